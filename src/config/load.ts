@@ -1,0 +1,264 @@
+// Reads a YAML config, applies defaults, validates it once against the schema plus cross-field rules,
+// resolves durations to milliseconds and deep-freezes the result. Every error names the key path.
+
+import fs from 'node:fs';
+import net from 'node:net';
+import YAML from 'yaml';
+import { Value } from '@sinclair/typebox/value';
+import { ValueErrorType } from '@sinclair/typebox/errors';
+import { EtdError } from '../errors.js';
+import { ConfigSchema, type Config, type RawConfig } from './schema.js';
+import { parseDuration } from './duration.js';
+import { parseCidr } from './cidr.js';
+
+/** One problem in a config: where, what, and how to fix it. */
+export interface ConfigProblem {
+  readonly path: string;
+  readonly message: string;
+}
+
+function pointerToPath(pointer: string): string {
+  if (pointer === '') return '(top level)';
+  return pointer
+    .split('/')
+    .slice(1)
+    .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'))
+    .reduce((acc, seg) => (/^\d+$/.test(seg) ? `${acc}[${seg}]` : acc ? `${acc}.${seg}` : seg), '');
+}
+
+function show(value: unknown): string {
+  return value === undefined ? 'nothing' : JSON.stringify(value);
+}
+
+/** Turns TypeBox's errors into operator-facing sentences, most specific first, one per path. */
+function schemaProblems(raw: unknown): ConfigProblem[] {
+  const seen = new Set<string>();
+  const out: ConfigProblem[] = [];
+  for (const e of Value.Errors(ConfigSchema, raw)) {
+    let path = pointerToPath(e.path);
+    let message: string;
+    const schema = e.schema as Record<string, unknown>;
+    switch (e.type) {
+      case ValueErrorType.ObjectAdditionalProperties: {
+        const extra = Object.keys((e.value ?? {}) as object).filter(
+          (k) => !Object.prototype.hasOwnProperty.call((schema.properties ?? {}) as object, k),
+        );
+        const known = Object.keys((schema.properties ?? {}) as object).join(', ');
+        for (const k of extra) {
+          const p = path === '(top level)' ? k : `${path}.${k}`;
+          if (seen.has(p)) continue;
+          seen.add(p);
+          out.push({ path: p, message: `unknown key; remove it or use one of: ${known}` });
+        }
+        continue;
+      }
+      case ValueErrorType.ObjectRequiredProperty:
+        message = 'is required';
+        break;
+      case ValueErrorType.StringPattern:
+        if (schema.pattern && String(schema.pattern).includes('(ms|s|m|h|d)')) {
+          message = `must be a duration such as 500ms, 6s, 2m, 1h or 1d (got ${show(e.value)})`;
+        } else if (String(schema.pattern).startsWith('^5')) {
+          message = `must be an SMTP reply starting with a 5xx code and a space, e.g. "554 5.5.1 Protocol error" (got ${show(e.value)})`;
+        } else if (String(schema.pattern).startsWith('^4')) {
+          message = `must be an SMTP reply starting with a 4xx code and a space, e.g. "421 4.3.2 Try again later" (got ${show(e.value)})`;
+        } else {
+          message = `has characters that are not allowed (got ${show(e.value)}; allowed: ${schema.pattern})`;
+        }
+        break;
+      case ValueErrorType.Union: {
+        const options = ((schema.anyOf ?? []) as Array<Record<string, unknown>>)
+          .map((s) => s.const)
+          .filter((c) => c !== undefined);
+        message = options.length
+          ? `must be one of ${options.map((o) => JSON.stringify(o)).join(', ')} (got ${show(e.value)})`
+          : `has the wrong type (got ${show(e.value)})`;
+        break;
+      }
+      case ValueErrorType.Integer:
+      case ValueErrorType.Number:
+        message = `must be a whole number (got ${show(e.value)})`;
+        break;
+      case ValueErrorType.IntegerMinimum:
+      case ValueErrorType.IntegerMaximum:
+        message = `must be from ${schema.minimum ?? '-∞'} to ${schema.maximum ?? '∞'} (got ${show(e.value)})`;
+        break;
+      case ValueErrorType.String:
+        message = `must be a string (got ${show(e.value)})`;
+        break;
+      case ValueErrorType.StringMinLength:
+        message = 'must not be empty';
+        break;
+      case ValueErrorType.Boolean:
+        message = `must be true or false (got ${show(e.value)})`;
+        break;
+      case ValueErrorType.Array:
+        message = `must be a list (got ${show(e.value)})`;
+        break;
+      case ValueErrorType.ArrayMinItems:
+        message = `must have at least ${schema.minItems} entr${schema.minItems === 1 ? 'y' : 'ies'}`;
+        break;
+      case ValueErrorType.Object:
+        message = `must be a mapping of keys to values (got ${show(e.value)})`;
+        break;
+      default:
+        message = `${e.message} (got ${show(e.value)})`;
+    }
+    if (seen.has(path)) continue;
+    seen.add(path);
+    out.push({ path, message });
+  }
+  // A literal mismatch inside a union also reports each literal; the union line says it all.
+  return out;
+}
+
+function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
+  const out: ConfigProblem[] = [];
+  const names = new Set<string>();
+  const binds = new Set<string>();
+  raw.listeners.forEach((l, i) => {
+    if (names.has(l.name)) out.push({ path: `listeners[${i}].name`, message: `"${l.name}" is used by two listeners; names must be unique` });
+    names.add(l.name);
+    if (!net.isIP(l.address)) out.push({ path: `listeners[${i}].address`, message: `"${l.address}" is not an IPv4 or IPv6 address (use 0.0.0.0 or :: for all)` });
+    const bind = `${l.address}:${l.port}`;
+    if (l.port !== 0 && binds.has(bind)) out.push({ path: `listeners[${i}].port`, message: `${bind} is already used by another listener` });
+    binds.add(bind);
+    l.destinations.forEach((d, j) => {
+      const c = parseCidr(d);
+      if (typeof c === 'string') out.push({ path: `listeners[${i}].destinations[${j}]`, message: c });
+    });
+    if (l.destinations.length && l.mode !== 'intercept') {
+      out.push({ path: `listeners[${i}].destinations`, message: 'only applies to mode: intercept; remove it or set mode: intercept' });
+    }
+    if (l.mode !== 'plain' && raw.upstream.source !== 'clientip') {
+      out.push({ path: `listeners[${i}].mode`, message: `mode ${l.mode} is transparent and needs upstream.source: clientip (got ${raw.upstream.source}); set it, or use mode: plain` });
+    }
+  });
+  const servers = new Set<string>();
+  raw.upstream.servers.forEach((s, i) => {
+    if (servers.has(s.name)) out.push({ path: `upstream.servers[${i}].name`, message: `"${s.name}" is used by two servers; names must be unique` });
+    servers.add(s.name);
+    if (!net.isIP(s.address)) out.push({ path: `upstream.servers[${i}].address`, message: `"${s.address}" is not an IPv4 or IPv6 address (host names are not resolved; write the address)` });
+  });
+  const forward = raw.upstream.forward ?? (raw.listeners.some((l) => l.mode === 'intercept') ? 'original' : 'pool');
+  if (forward === 'pool' && raw.upstream.servers.length === 0) {
+    out.push({ path: 'upstream.servers', message: 'is empty; list at least one server, e.g. - { name: smtp1, address: 10.0.2.10, port: 25 }' });
+  }
+  if (raw.upstream.source === 'clientip' && raw.listeners.every((l) => l.mode === 'plain')) {
+    out.push({ path: 'upstream.source', message: 'clientip needs a transparent listener (mode: vip or intercept); use source: self for plain listeners' });
+  }
+  if (forward === 'original' && !raw.listeners.every((l) => l.mode === 'intercept')) {
+    out.push({ path: 'upstream.forward', message: 'original only works when every listener is mode: intercept; use forward: pool' });
+  }
+  for (const key of ['window'] as const) {
+    const ms = parseDuration(raw.detection[key]);
+    if (ms !== undefined && ms > 300_000) out.push({ path: `detection.${key}`, message: `${raw.detection[key]} is longer than 5m; clients give up long before that` });
+  }
+  const ct = parseDuration(raw.upstream.connectTimeout);
+  if (ct === 0) out.push({ path: 'upstream.connectTimeout', message: 'must be more than 0' });
+  return out;
+}
+
+function resolve(raw: RawConfig): Config {
+  const ms = (d: string) => parseDuration(d) as number;
+  const forward = raw.upstream.forward ?? (raw.listeners.some((l) => l.mode === 'intercept') ? 'original' : 'pool');
+  return {
+    listeners: raw.listeners.map((l) => ({ ...l, destinations: [...l.destinations] })),
+    detection: { windowMs: ms(raw.detection.window), action: raw.detection.action, rejectReply: raw.detection.rejectReply },
+    upstream: {
+      source: raw.upstream.source,
+      balance: raw.upstream.balance,
+      forward,
+      connectTimeoutMs: ms(raw.upstream.connectTimeout),
+      retries: raw.upstream.retries,
+      noServerReply: raw.upstream.noServerReply,
+      servers: raw.upstream.servers.map((s) => ({ ...s })),
+    },
+    timeouts: { clientMs: ms(raw.timeouts.client), serverMs: ms(raw.timeouts.server), shutdownGraceMs: ms(raw.timeouts.shutdownGrace) },
+    limits: { ...raw.limits },
+    netfilter: { ...raw.netfilter },
+    log: { level: raw.log.level },
+  };
+}
+
+export function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value as object)) deepFreeze(v);
+  }
+  return value;
+}
+
+function invalid(source: string, problems: readonly ConfigProblem[]): EtdError {
+  const lines = problems.map((p) => `  ${p.path}: ${p.message}`).join('\n');
+  const err = new EtdError('ETD_ERR_CONFIG_INVALID', `${source}: ${problems.length} problem${problems.length > 1 ? 's' : ''}:\n${lines}`);
+  (err as EtdError & { problems: readonly ConfigProblem[] }).problems = problems;
+  return err;
+}
+
+/** Validates an already-parsed document. Throws ETD_ERR_CONFIG_INVALID listing every problem. */
+export function validateConfig(doc: unknown, source = 'config'): Config {
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) {
+    throw invalid(source, [{ path: '(top level)', message: `must be a mapping with at least "listeners" and "upstream" (got ${doc === null ? 'an empty file' : show(doc)})` }]);
+  }
+  const raw = Value.Default(ConfigSchema, structuredClone(doc)) as unknown;
+  const problems = schemaProblems(raw);
+  if (problems.length) throw invalid(source, problems);
+  const cross = crossFieldProblems(raw as RawConfig);
+  if (cross.length) throw invalid(source, cross);
+  return deepFreeze(resolve(raw as RawConfig));
+}
+
+/** Parses YAML text into a Config. */
+export function parseConfig(text: string, source = 'config'): Config {
+  let doc: unknown;
+  try {
+    doc = YAML.parse(text, { prettyErrors: true, uniqueKeys: true });
+  } catch (e) {
+    const msg = e instanceof Error ? e.message.split('\n')[0] : String(e);
+    throw new EtdError('ETD_ERR_CONFIG_PARSE', `${source}: not valid YAML: ${msg}`, { hint: 'fix the YAML syntax at the line shown (indentation, a missing colon, or a tab)' });
+  }
+  return validateConfig(doc ?? null, source);
+}
+
+/** Reads and validates a config file. */
+export function loadConfig(file: string): Config {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new EtdError('ETD_ERR_CONFIG_READ', `cannot read config ${file}: ${code ?? String(e)}`, {
+      hint: code === 'ENOENT' ? 'pass the path of an existing file with -c (see config/etd.example.yaml)' : 'check the file permissions',
+    });
+  }
+  return parseConfig(text, file);
+}
+
+/** The effective config as YAML, with durations written back as strings. */
+export function configToYaml(config: Config): string {
+  return YAML.stringify(configToDocument(config));
+}
+
+export function configToDocument(config: Config): unknown {
+  const d = (n: number) => formatDur(n);
+  return {
+    listeners: config.listeners,
+    detection: { window: d(config.detection.windowMs), action: config.detection.action, rejectReply: config.detection.rejectReply },
+    upstream: {
+      source: config.upstream.source,
+      balance: config.upstream.balance,
+      forward: config.upstream.forward,
+      connectTimeout: d(config.upstream.connectTimeoutMs),
+      retries: config.upstream.retries,
+      noServerReply: config.upstream.noServerReply,
+      servers: config.upstream.servers,
+    },
+    timeouts: { client: d(config.timeouts.clientMs), server: d(config.timeouts.serverMs), shutdownGrace: d(config.timeouts.shutdownGraceMs) },
+    limits: config.limits,
+    netfilter: config.netfilter,
+    log: config.log,
+  };
+}
+
+import { formatDuration as formatDur } from './duration.js';

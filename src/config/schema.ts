@@ -1,0 +1,146 @@
+// The one configuration schema (TypeBox → JSON Schema) with its defaults, and the resolved Config type.
+//
+// The YAML file is validated against `ConfigSchema`; durations are strings ("6s") in the file and
+// milliseconds in `Config`. The management API reuses these schemas for its request bodies.
+
+import { Type, type Static } from '@sinclair/typebox';
+import { DURATION_PATTERN } from './duration.js';
+
+const Duration = (def: string, description: string) =>
+  Type.String({ pattern: DURATION_PATTERN, default: def, description: `${description} (e.g. 500ms, 6s, 5m)` });
+
+export const Address = Type.String({ minLength: 1, description: 'an IPv4 or IPv6 address' });
+export const Port = Type.Integer({ minimum: 1, maximum: 65535 });
+
+export const ListenerSchema = Type.Object(
+  {
+    name: Type.String({ minLength: 1, pattern: '^[A-Za-z0-9_.-]+$' }),
+    address: Type.String({ default: '0.0.0.0' }),
+    port: Type.Integer({ minimum: 0, maximum: 65535, default: 25 }),
+    mode: Type.Union([Type.Literal('plain'), Type.Literal('vip'), Type.Literal('intercept')], { default: 'plain' }),
+    backlog: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 65535, description: 'accept backlog; the kernel caps it at net.core.somaxconn' }),
+    destinations: Type.Array(Type.String(), { default: [], description: 'intercept mode: only these destination prefixes (CIDR); empty = all' }),
+  },
+  { additionalProperties: false },
+);
+
+export const ServerSchema = Type.Object(
+  {
+    name: Type.String({ minLength: 1, pattern: '^[A-Za-z0-9_.-]+$' }),
+    address: Address,
+    port: Type.Integer({ minimum: 1, maximum: 65535, default: 25 }),
+    weight: Type.Integer({ minimum: 0, maximum: 256, default: 1 }),
+    backup: Type.Boolean({ default: false }),
+    check: Type.Boolean({ default: true }),
+  },
+  { additionalProperties: false },
+);
+
+export const ConfigSchema = Type.Object(
+  {
+    listeners: Type.Array(ListenerSchema, { minItems: 1 }),
+    detection: Type.Object(
+      {
+        window: Duration('6s', 'silent observation period'),
+        action: Type.Union([Type.Literal('drop'), Type.Literal('reject'), Type.Literal('log')], { default: 'drop' }),
+        rejectReply: Type.String({ default: '554 5.5.1 Protocol error: talking before the greeting', pattern: '^5[0-9][0-9] ' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    upstream: Type.Object(
+      {
+        source: Type.Union([Type.Literal('self'), Type.Literal('clientip'), Type.Literal('proxy-v1'), Type.Literal('proxy-v2')], { default: 'self' }),
+        balance: Type.Union([Type.Literal('roundrobin'), Type.Literal('leastconn'), Type.Literal('first')], { default: 'roundrobin' }),
+        forward: Type.Optional(Type.Union([Type.Literal('pool'), Type.Literal('original')])),
+        connectTimeout: Duration('5s', 'time allowed for one upstream connect'),
+        retries: Type.Integer({ minimum: 0, maximum: 16, default: 2 }),
+        noServerReply: Type.String({ default: '421 4.3.2 Service not available, try again later', pattern: '^4[0-9][0-9] ' }),
+        servers: Type.Array(ServerSchema, { default: [] }),
+      },
+      { additionalProperties: false },
+    ),
+    timeouts: Type.Object(
+      {
+        client: Duration('5m', 'idle time allowed on the client side of a relayed session'),
+        server: Duration('5m', 'idle time allowed on the server side of a relayed session'),
+        shutdownGrace: Duration('30s', 'on SIGTERM, how long relayed sessions may take to finish'),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    limits: Type.Object(
+      {
+        maxConnections: Type.Integer({ minimum: 1, default: 15000 }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    netfilter: Type.Object(
+      {
+        manage: Type.Boolean({ default: true }),
+        mark: Type.Integer({ minimum: 1, maximum: 0xffffffff, default: 1 }),
+        table: Type.Integer({ minimum: 1, maximum: 0xfffffffe, default: 100 }),
+        rulePriority: Type.Integer({ minimum: 1, maximum: 32765, default: 100 }),
+        tproxyPort: Type.Integer({ minimum: 1, maximum: 65535, default: 10025 }),
+        tableName: Type.String({ pattern: '^[A-Za-z][A-Za-z0-9_]{0,31}$', default: 'etd' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    log: Type.Object(
+      {
+        level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+  },
+  { additionalProperties: false },
+);
+
+/** The config as written in YAML, after defaults. */
+export type RawConfig = Static<typeof ConfigSchema>;
+
+export type Mode = 'plain' | 'vip' | 'intercept';
+export type Action = 'drop' | 'reject' | 'log';
+export type SourceMode = 'self' | 'clientip' | 'proxy-v1' | 'proxy-v2';
+
+export interface ListenerConfig {
+  readonly name: string;
+  readonly address: string;
+  readonly port: number;
+  readonly mode: Mode;
+  readonly backlog: number;
+  readonly destinations: readonly string[];
+}
+
+export interface ServerConfig {
+  readonly name: string;
+  readonly address: string;
+  readonly port: number;
+  readonly weight: number;
+  readonly backup: boolean;
+  readonly check: boolean;
+}
+
+/** The resolved, frozen config that the rest of etd uses: durations are milliseconds. */
+export interface Config {
+  readonly listeners: readonly ListenerConfig[];
+  readonly detection: { readonly windowMs: number; readonly action: Action; readonly rejectReply: string };
+  readonly upstream: {
+    readonly source: SourceMode;
+    readonly balance: 'roundrobin' | 'leastconn' | 'first';
+    readonly forward: 'pool' | 'original';
+    readonly connectTimeoutMs: number;
+    readonly retries: number;
+    readonly noServerReply: string;
+    readonly servers: readonly ServerConfig[];
+  };
+  readonly timeouts: { readonly clientMs: number; readonly serverMs: number; readonly shutdownGraceMs: number };
+  readonly limits: { readonly maxConnections: number };
+  readonly netfilter: {
+    readonly manage: boolean;
+    readonly mark: number;
+    readonly table: number;
+    readonly rulePriority: number;
+    readonly tproxyPort: number;
+    readonly tableName: string;
+  };
+  readonly log: { readonly level: string };
+}

@@ -1,0 +1,33 @@
+// Gate for privileged tests: they run as root; outside CI a non-root run skips them and says so,
+// while in CI (CI=true) a test that cannot run fails loudly instead of skipping.
+
+import { execFileSync } from 'node:child_process';
+
+export const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
+export const inCI = process.env.CI === 'true' || process.env.CI === '1';
+
+function netnsWorks(): boolean {
+  if (!isRoot) return false;
+  const name = `etdprobe${process.pid}`;
+  try {
+    execFileSync('ip', ['netns', 'add', name], { stdio: 'ignore' });
+    execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export const canNetns = netnsWorks();
+
+/**
+ * True when privileged tests should be skipped. Prints why. In CI it throws instead, so a
+ * privileged suite can never be silently skipped there.
+ */
+export function skipPrivileged(suite: string): boolean {
+  if (canNetns) return false;
+  const why = isRoot ? 'network namespaces are unavailable (ip netns add failed)' : 'not running as root';
+  if (inCI) throw new Error(`${suite}: cannot run in CI: ${why}. Privileged tests must run in CI.`);
+  console.warn(`SKIPPED ${suite}: ${why} (these tests run as root; CI runs them)`);
+  return true;
+}

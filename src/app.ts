@@ -1,0 +1,183 @@
+// Composition root: builds etd's parts from one Config with explicit dependencies; start, reload, stop in order.
+
+import type net from 'node:net';
+import type { Logger } from 'pino';
+import type { Config, ListenerConfig } from './config/schema.js';
+import { Pool } from './backend/pool.js';
+import { TimerHoldQueue } from './proxy/holdQueue.js';
+import { Listener, fmt } from './proxy/listener.js';
+import { Session, type SessionContext, type SessionPolicy, type SessionSummary } from './proxy/session.js';
+import { createSource } from './proxy/upstream.js';
+import { Stats } from './stats.js';
+
+export function policyOf(config: Config): SessionPolicy {
+  return {
+    windowMs: config.detection.windowMs,
+    action: config.detection.action,
+    rejectReply: config.detection.rejectReply,
+    noServerReply: config.upstream.noServerReply,
+    connectTimeoutMs: config.upstream.connectTimeoutMs,
+    retries: config.upstream.retries,
+    clientIdleMs: config.timeouts.clientMs,
+    serverIdleMs: config.timeouts.serverMs,
+    forward: config.upstream.forward,
+  };
+}
+
+function listenerKey(l: ListenerConfig): string {
+  return JSON.stringify([l.name, l.address, l.port, l.mode, l.backlog, l.destinations]);
+}
+
+/** Hooks for parts that observe sessions (API event ring, metrics); all optional. */
+export interface AppObserver {
+  sessionEnded?(summary: SessionSummary): void;
+}
+
+export class App {
+  readonly stats = new Stats();
+  readonly pool: Pool;
+  readonly hold = new TimerHoldQueue<Session>();
+  readonly sessions = new Set<Session>();
+  private listeners = new Map<string, Listener>();
+  private stopping = false;
+  private readonly observers: AppObserver[] = [];
+
+  constructor(
+    private config: Config,
+    readonly log: Logger,
+  ) {
+    this.pool = new Pool(config.upstream.servers, config.upstream.balance);
+    this.pool.onChange((c) => this.log.warn({ server: c.server, from: c.from, to: c.to, reason: c.reason }, `server ${c.server} is now ${c.to}`));
+  }
+
+  get currentConfig(): Config {
+    return this.config;
+  }
+
+  observe(o: AppObserver): void {
+    this.observers.push(o);
+  }
+
+  listenerList(): readonly Listener[] {
+    return [...this.listeners.values()];
+  }
+
+  async start(): Promise<void> {
+    for (const l of this.config.listeners) await this.startListener(l);
+  }
+
+  private makeContext(l: ListenerConfig): SessionContext {
+    const app = this;
+    return {
+      listener: l.name,
+      mode: l.mode,
+      log: this.log.child({ listener: l.name }),
+      pool: this.pool,
+      hold: this.hold,
+      source: createSource(this.config.upstream.source),
+      policy: policyOf(this.config),
+      sessionStarted(s) {
+        app.sessions.add(s);
+        app.stats.held++;
+      },
+      sessionRelaying() {
+        app.stats.held--;
+        app.stats.relaying++;
+        app.stats.relayed++;
+      },
+      sessionEnded(s, summary) {
+        app.sessions.delete(s);
+        if (s.relayed) app.stats.relaying--;
+        else app.stats.held--;
+        app.recordEnd(this.log, summary);
+      },
+    };
+  }
+
+  private recordEnd(log: Logger, summary: SessionSummary): void {
+    this.stats.ended(summary);
+    log.info(summary, 'session');
+    for (const o of this.observers) o.sessionEnded?.(summary);
+  }
+
+  private async startListener(l: ListenerConfig): Promise<void> {
+    const ctx = this.makeContext(l);
+    const listener = new Listener(l, ctx, (socket, c) => this.accept(socket, c), this.config.netfilter.tproxyPort);
+    await listener.start();
+    this.listeners.set(l.name, listener);
+  }
+
+  private accept(socket: net.Socket, ctx: SessionContext): void {
+    this.stats.accepted++;
+    if (this.stopping) {
+      socket.destroy();
+      return;
+    }
+    if (this.sessions.size >= this.config.limits.maxConnections) {
+      this.refuse(socket, ctx, 'max_connections');
+      return;
+    }
+    new Session(socket, ctx).begin();
+  }
+
+  /** A limit was hit: 421 and close, with its own summary line. */
+  private refuse(socket: net.Socket, ctx: SessionContext, cause: string): void {
+    const started = performance.now();
+    socket.on('error', () => socket.destroy());
+    socket.end('421 4.7.0 Too many connections, try again later\r\n');
+    socket.setTimeout(5000, () => socket.destroy());
+    const address = socket.remoteAddress ?? '';
+    this.recordEnd(ctx.log, {
+      id: 0,
+      listener: ctx.listener,
+      client: fmt(address.replace(/^::ffff:/, ''), socket.remotePort ?? 0),
+      clientAddress: address.replace(/^::ffff:/, ''),
+      verdict: 'limit',
+      attempts: 0,
+      heldMs: 0,
+      durationMs: Math.round(performance.now() - started),
+      bytesFromClient: 0,
+      bytesToClient: 0,
+      cause,
+    });
+  }
+
+  /**
+   * Applies a new, already validated config. Held and relayed sessions keep the policy they
+   * started with; new connections get the new one. Listeners are added, removed or rebound.
+   */
+  async reload(next: Config): Promise<void> {
+    const prev = this.config;
+    this.config = next;
+    this.pool.update(next.upstream.servers, next.upstream.balance);
+    const wanted = new Map(next.listeners.map((l) => [l.name, l]));
+    for (const [name, listener] of this.listeners) {
+      const want = wanted.get(name);
+      if (!want || listenerKey(want) !== listenerKey(listener.config)) {
+        await listener.stop();
+        this.listeners.delete(name);
+      }
+    }
+    for (const l of next.listeners) {
+      const existing = this.listeners.get(l.name);
+      if (existing) {
+        existing.ctx.policy = policyOf(next);
+        if (prev.upstream.source !== next.upstream.source) existing.ctx.source = createSource(next.upstream.source);
+      } else {
+        await this.startListener(l);
+      }
+    }
+  }
+
+  /** Stops accepting, sends 421 to held clients, lets relayed sessions finish within the grace time. */
+  async stop(graceMs = this.config.timeouts.shutdownGraceMs): Promise<void> {
+    this.stopping = true;
+    await Promise.all([...this.listeners.values()].map((l) => l.stop()));
+    this.listeners.clear();
+    for (const s of [...this.sessions]) s.shutdown();
+    const deadline = Date.now() + graceMs;
+    while (this.sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const s of [...this.sessions]) s.abort('shutdown');
+    this.hold.close();
+  }
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env node
+// The etd command line: run | check | rules | doctor | status — argument parsing and exit codes only.
+
+import { parseArgs } from 'node:util';
+import { createRequire } from 'node:module';
+import { EtdError, describeError } from './errors.js';
+
+const USAGE = `usage: etd <command> [options]
+
+commands:
+  run     -c FILE             start the proxy (foreground; SIGHUP reloads, SIGTERM stops)
+  check   -c FILE             validate a config file and print the effective config
+  rules   show|apply|remove -c FILE
+                              inspect or manage etd's nftables table and policy routing
+  version                     print the version
+
+options:
+  -c, --config FILE           configuration file (default /etc/etd/etd.yaml)
+  -h, --help                  this text
+`;
+
+function version(): string {
+  const require = createRequire(import.meta.url);
+  return (require('../package.json') as { version: string }).version;
+}
+
+const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`);
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      config: { type: 'string', short: 'c', default: '/etc/etd/etd.yaml' },
+      help: { type: 'boolean', short: 'h' },
+      json: { type: 'boolean' },
+    },
+  });
+  const [command, sub] = positionals;
+  if (values.help || !command) {
+    out(USAGE);
+    return command || values.help ? 0 : 2;
+  }
+  const file = values.config as string;
+  switch (command) {
+    case 'run': {
+      const { runCommand } = await import('./commands/run.js');
+      return runCommand(file);
+    }
+    case 'check': {
+      const { checkCommand } = await import('./commands/check.js');
+      return checkCommand(file, out);
+    }
+    case 'rules': {
+      if (sub !== 'show' && sub !== 'apply' && sub !== 'remove') {
+        process.stderr.write(`etd rules: expected show, apply or remove (got ${sub ?? 'nothing'})\n`);
+        return 2;
+      }
+      const { loadConfig } = await import('./config/load.js');
+      const { rulesCommand } = await import('./commands/rules.js');
+      return rulesCommand(sub, loadConfig(file), out);
+    }
+    case 'version':
+      out(version());
+      return 0;
+    default:
+      process.stderr.write(`etd: unknown command "${command}"\n\n${USAGE}`);
+      return 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    if (e instanceof EtdError) process.stderr.write(`etd: ${e.code}: ${e.message}\n`);
+    else if ((e as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`etd: ${(e as Error).message}\n\n${USAGE}`);
+      process.exitCode = 2;
+      return;
+    } else process.stderr.write(`etd: ${describeError(e)}\n`);
+    process.exitCode = 1;
+  },
+);

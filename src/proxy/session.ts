@@ -1,0 +1,444 @@
+// One client connection: hold → verdict → upstream connect → greeting → relay → one summary line.
+
+import net from 'node:net';
+import type { Logger } from 'pino';
+import type { Mode } from '../config/schema.js';
+import { normalizeAddress } from '../config/cidr.js';
+import type { Pool, Server } from '../backend/pool.js';
+import type { HoldQueue, HoldTicket, Holdable } from './holdQueue.js';
+import type { SourceStrategy, UpstreamTarget, ClientEndpoints } from './upstream.js';
+import { connectFailureCause } from './upstream.js';
+import { Relay, type RelayOwner } from './relay.js';
+import { earlyTalkAction, escapeBytes, findGreetingEnd, replyCode, type Verdict } from './verdict.js';
+
+/** The part of the config a session works by; captured when the connection arrives. */
+export interface SessionPolicy {
+  readonly windowMs: number;
+  readonly action: 'drop' | 'reject' | 'log';
+  readonly rejectReply: string;
+  readonly noServerReply: string;
+  readonly connectTimeoutMs: number;
+  readonly retries: number;
+  readonly clientIdleMs: number;
+  readonly serverIdleMs: number;
+  readonly forward: 'pool' | 'original';
+}
+
+export type Phase = 'held' | 'connecting' | 'greeting' | 'relaying' | 'closing' | 'closed';
+
+/** The operator's tcplog: one per session, logged once when the session ends. */
+export interface SessionSummary {
+  readonly id: number;
+  readonly listener: string;
+  readonly client: string;
+  readonly clientAddress: string;
+  readonly verdict: Verdict;
+  readonly action?: string;
+  readonly talkedAfterMs?: number;
+  readonly earlyBytes?: string;
+  readonly server?: string;
+  readonly serverAddress?: string;
+  readonly greeting?: string;
+  readonly connectMs?: number;
+  readonly attempts: number;
+  readonly heldMs: number;
+  readonly durationMs: number;
+  readonly bytesFromClient: number;
+  readonly bytesToClient: number;
+  readonly cause: string;
+  readonly hint?: string;
+}
+
+/** Who a session reports to: the listener's shared context. */
+export interface SessionContext {
+  readonly listener: string;
+  readonly mode: Mode;
+  readonly log: Logger;
+  readonly pool: Pool;
+  readonly hold: HoldQueue<Session>;
+  source: SourceStrategy;
+  policy: SessionPolicy;
+  sessionStarted(s: Session): void;
+  sessionRelaying(s: Session): void;
+  sessionEnded(s: Session, summary: SessionSummary): void;
+}
+
+/** Early-talk bytes kept for the log line; more are counted but not kept. */
+const EVIDENCE_BYTES = 100;
+/** With action: log, client bytes buffered before the greeting; past this the client is paused. */
+const PENDING_LIMIT = 64 * 1024;
+/** How long a client may take to read a final reply (554/421) before it is cut off. */
+const REPLY_LINGER_MS = 5_000;
+
+const kSession = Symbol('etd.session');
+type SessionSocket = net.Socket & { [kSession]?: Session };
+
+// Handlers shared by every session (no per-connection closures on the hold path).
+function onClientData(this: SessionSocket, chunk: Buffer): void {
+  this[kSession]?.clientData(chunk);
+}
+function onClientEnd(this: SessionSocket): void {
+  this[kSession]?.clientGone('client_closed');
+}
+function onClientError(this: SessionSocket, err: NodeJS.ErrnoException): void {
+  this[kSession]?.clientGone(err.code === 'ECONNRESET' ? 'client_reset' : `client_${(err.code ?? 'error').toLowerCase()}`);
+}
+function onClientClose(this: SessionSocket): void {
+  this[kSession]?.clientGone('client_closed');
+}
+function onLingerTimeout(this: net.Socket): void {
+  this.destroy();
+}
+function onUpstreamData(this: SessionSocket, chunk: Buffer): void {
+  this[kSession]?.upstreamGreeting(chunk);
+}
+function onUpstreamEnd(this: SessionSocket): void {
+  this[kSession]?.upstreamLost('server_closed_before_greeting');
+}
+function onUpstreamError(this: SessionSocket, err: NodeJS.ErrnoException): void {
+  this[kSession]?.upstreamLost(`server_${connectFailureCause(err)}_before_greeting`);
+}
+function onUpstreamTimeout(this: SessionSocket): void {
+  this[kSession]?.upstreamLost('server_greeting_timeout');
+}
+function noop(): void {}
+
+let nextId = 1;
+
+export class Session implements Holdable, RelayOwner {
+  readonly id = nextId++;
+  readonly started = performance.now();
+  readonly startedAt = Date.now();
+  readonly policy: SessionPolicy;
+  readonly clientAddress: string;
+  readonly clientPort: number;
+  readonly family: 4 | 6;
+  phase: Phase = 'held';
+  /** True once the greeting was complete and the relay started. */
+  relayed = false;
+  verdict: Verdict | undefined;
+  server: Server | undefined;
+  target: UpstreamTarget | undefined;
+
+  private ticket: HoldTicket | undefined;
+  private heldMs = 0;
+  private talkedAfterMs: number | undefined;
+  private evidence: Buffer | undefined;
+  private pending: Buffer[] | undefined;
+  private pendingBytes = 0;
+  private upstream: SessionSocket | undefined;
+  private relay: Relay | undefined;
+  private tried: Set<Server> | undefined;
+  private attempts = 0;
+  private connectStarted = 0;
+  private connectMs: number | undefined;
+  private greetingCarry = '';
+  private greetingBytes = 0;
+  private greeting: string | undefined;
+  private hint: string | undefined;
+  private lastFailure: string | undefined;
+
+  constructor(
+    readonly client: SessionSocket,
+    readonly ctx: SessionContext,
+  ) {
+    this.policy = ctx.policy;
+    this.clientAddress = normalizeAddress(client.remoteAddress ?? '');
+    this.clientPort = client.remotePort ?? 0;
+    this.family = net.isIPv6(this.clientAddress) ? 6 : 4;
+    client[kSession] = this;
+    client.on('data', onClientData);
+    client.on('end', onClientEnd);
+    client.on('error', onClientError);
+    client.on('close', onClientClose);
+  }
+
+  /** Starts the window (or connects at once when the window is zero). */
+  begin(): void {
+    this.ctx.sessionStarted(this);
+    if (this.policy.windowMs > 0) this.ticket = this.ctx.hold.add(this, this.policy.windowMs);
+    else this.onHoldExpired();
+  }
+
+  get done(): boolean {
+    return this.phase === 'closing' || this.phase === 'closed';
+  }
+
+  get bytesFromClient(): number {
+    return this.client.bytesRead;
+  }
+  get bytesToClient(): number {
+    return this.client.bytesWritten;
+  }
+  get ageMs(): number {
+    return performance.now() - this.started;
+  }
+
+  /** Client bytes before relaying: every one of them is early talk. */
+  clientData(chunk: Buffer): void {
+    if (this.done || this.phase === 'relaying') return;
+    if (this.talkedAfterMs === undefined) {
+      this.talkedAfterMs = Math.round((performance.now() - this.started) * 100) / 100;
+      this.evidence = chunk.subarray(0, EVIDENCE_BYTES);
+    } else if (this.evidence && this.evidence.length < EVIDENCE_BYTES) {
+      this.evidence = Buffer.concat([this.evidence, chunk.subarray(0, EVIDENCE_BYTES - this.evidence.length)]);
+    }
+    const action = earlyTalkAction(this.policy.action);
+    if (action === 'drop') {
+      this.endHold();
+      this.finish('early_talker', 'dropped');
+      this.client.resetAndDestroy();
+    } else if (action === 'reject') {
+      this.endHold();
+      this.finish('early_talker', 'rejected');
+      this.replyAndClose(this.policy.rejectReply);
+    } else {
+      // action: log — remember the bytes and deliver them after the greeting.
+      (this.pending ??= []).push(chunk);
+      this.pendingBytes += chunk.length;
+      if (this.pendingBytes >= PENDING_LIMIT) this.client.pause();
+    }
+  }
+
+  /** The client hung up (FIN, RST or close) before the relay started. */
+  clientGone(cause: string): void {
+    if (this.done || this.phase === 'relaying') return;
+    this.endHold();
+    this.finish('client_gone', cause);
+    this.client.destroy();
+  }
+
+  onHoldExpired(): void {
+    this.ticket = undefined;
+    if (this.done) return;
+    this.heldMs = performance.now() - this.started;
+    this.phase = 'connecting';
+    this.connectNext();
+  }
+
+  private endHold(): void {
+    if (this.ticket) {
+      this.ctx.hold.cancel(this.ticket);
+      this.ticket = undefined;
+      this.heldMs = performance.now() - this.started;
+    }
+  }
+
+  private connectNext(): void {
+    let target: UpstreamTarget;
+    if (this.policy.forward === 'original') {
+      // Intercept mode: the accepted socket's local end is the address the client dialled.
+      target = { address: normalizeAddress(this.client.localAddress ?? ''), port: this.client.localPort ?? 25 };
+      this.server = undefined;
+    } else {
+      const server = this.ctx.pool.pick(this.ctx.source.sameFamily ? this.family : undefined, this.tried);
+      if (!server) {
+        if (this.attempts === 0 && this.ctx.source.sameFamily && !this.ctx.pool.hasFamily(this.family)) {
+          this.hint = `no IPv${this.family} server is configured; clientip needs a server of the client's family`;
+        }
+        this.noServer(this.attempts === 0 ? 'no_server_up' : (this.lastFailure ?? 'connect_failed'));
+        return;
+      }
+      (this.tried ??= new Set()).add(server);
+      this.server = server;
+      server.active++;
+      target = { address: server.config.address, port: server.config.port };
+    }
+    this.target = target;
+    this.attempts++;
+    this.connectStarted = performance.now();
+    this.ctx.source.connect(target, this.endpoints(), this.policy.connectTimeoutMs).then(
+      (socket) => this.upstreamConnected(socket),
+      (err: unknown) => this.upstreamFailed(connectFailureCause(err), err),
+    );
+  }
+
+  endpoints(): ClientEndpoints {
+    return {
+      clientAddress: this.clientAddress,
+      clientPort: this.clientPort,
+      localAddress: normalizeAddress(this.client.localAddress ?? ''),
+      localPort: this.client.localPort ?? 0,
+    };
+  }
+
+  private upstreamConnected(socket: net.Socket): void {
+    if (this.done) {
+      // The client went away while we were connecting.
+      socket.destroy();
+      if (this.server) this.server.active--;
+      return;
+    }
+    this.connectMs = Math.round((performance.now() - this.connectStarted) * 100) / 100;
+    if (this.server) this.ctx.pool.connectSucceeded(this.server);
+    const up = socket as SessionSocket;
+    up[kSession] = this;
+    up.on('data', onUpstreamData);
+    up.on('end', onUpstreamEnd);
+    up.on('error', onUpstreamError);
+    up.on('timeout', onUpstreamTimeout);
+    up.setTimeout(this.policy.serverIdleMs);
+    this.upstream = up;
+    this.phase = 'greeting';
+  }
+
+  private upstreamFailed(cause: string, err: unknown): void {
+    if (this.server) {
+      this.server.active--;
+      this.ctx.pool.connectFailed(this.server, cause);
+    }
+    this.lastFailure = `connect_${cause}`;
+    if (this.done) return;
+    if (cause === 'timeout' && this.ctx.source.kind === 'clientip') {
+      this.hint =
+        'the spoofed connect got no answer: the return traffic is probably not routed through etd ' +
+        '(backend default route or PBR, the divert rule, or the fwmark ip rule is missing; run etd doctor)';
+    } else if (cause !== 'timeout' && cause !== 'refused' && cause !== 'unreachable' && err instanceof Error) {
+      this.hint = err.message;
+    }
+    if (this.attempts <= this.policy.retries && (this.policy.forward === 'pool' || this.attempts < 2)) {
+      this.connectNext();
+    } else {
+      this.noServer(this.lastFailure);
+    }
+  }
+
+  /** Backend bytes until its greeting is complete; every byte goes to the client as it comes. */
+  upstreamGreeting(chunk: Buffer): void {
+    if (this.done) return;
+    this.greetingBytes += chunk.length;
+    const { end, carry } = findGreetingEnd(this.greetingCarry, chunk);
+    this.greetingCarry = carry;
+    this.client.write(chunk);
+    if (end < 0) return;
+    const firstLine = chunk.toString('latin1', 0, Math.min(end, 200)).split(/\r?\n/)[0] ?? '';
+    this.greeting = replyCode(firstLine) ?? firstLine.slice(0, 40);
+    this.startRelay();
+  }
+
+  /** The backend went away (or stayed silent) before completing its greeting. */
+  upstreamLost(cause: string): void {
+    if (this.done || this.phase !== 'greeting') return;
+    const up = this.upstream!;
+    this.detachUpstream(up);
+    up.destroy();
+    this.upstream = undefined;
+    if (this.greetingBytes === 0) {
+      // Nothing reached the client yet: this is a failed attempt, so another server may serve it.
+      this.upstreamFailed(cause, undefined);
+      return;
+    }
+    if (this.server) this.server.active--;
+    this.finish('passed', cause);
+    this.client.end();
+    this.client.setTimeout(REPLY_LINGER_MS, onLingerTimeout);
+  }
+
+  private detachUpstream(up: SessionSocket): void {
+    up.removeListener('data', onUpstreamData);
+    up.removeListener('end', onUpstreamEnd);
+    up.removeListener('error', onUpstreamError);
+    up.removeListener('timeout', onUpstreamTimeout);
+    up.on('error', noop);
+    delete up[kSession];
+  }
+
+  private startRelay(): void {
+    const up = this.upstream!;
+    this.detachUpstream(up);
+    const c = this.client;
+    c.removeListener('data', onClientData);
+    c.removeListener('end', onClientEnd);
+    c.removeListener('error', onClientError);
+    c.removeListener('close', onClientClose);
+    delete c[kSession];
+    this.phase = 'relaying';
+    this.relayed = true;
+    this.verdict = 'passed';
+    this.ctx.sessionRelaying(this);
+    this.relay = new Relay(c, up, this.policy.clientIdleMs, this.policy.serverIdleMs, this);
+    this.relay.start(this.pending);
+    this.pending = undefined;
+  }
+
+  onRelayEnd(cause: string): void {
+    if (this.server) this.server.active--;
+    this.relay = undefined;
+    this.finish('passed', cause);
+  }
+
+  /** No backend could take the session: tell the client to come back later. */
+  private noServer(cause: string): void {
+    this.finish('no_server', cause);
+    this.replyAndClose(this.policy.noServerReply);
+  }
+
+  /** Held at shutdown: a polite 421 so the client retries later; relayed sessions are left to finish. */
+  shutdown(): void {
+    if (this.phase === 'held') {
+      this.endHold();
+      this.finish('shutdown', 'shutdown');
+      this.replyAndClose('421 4.3.2 Service shutting down, try again later');
+    }
+  }
+
+  /** Grace time is over: end the session whatever it is doing. */
+  abort(cause: string): void {
+    if (this.relay) {
+      this.relay.abort(cause);
+      return;
+    }
+    if (this.done) {
+      this.client.destroy();
+      return;
+    }
+    this.endHold();
+    this.finish(this.verdict ?? 'shutdown', cause);
+    this.client.destroy();
+  }
+
+  private replyAndClose(reply: string): void {
+    const c = this.client;
+    if (c.destroyed) return;
+    // Keep reading (and discarding) so unread input does not turn our close into a RST that
+    // could overtake the reply.
+    c.resume();
+    c.end(`${reply}\r\n`);
+    c.setTimeout(REPLY_LINGER_MS, onLingerTimeout);
+  }
+
+  private finish(verdict: Verdict, cause: string): void {
+    if (this.done) return;
+    this.phase = 'closing';
+    this.verdict = verdict;
+    if (this.upstream && verdict !== 'passed') {
+      this.detachUpstream(this.upstream);
+      this.upstream.destroy();
+      if (this.server) this.server.active--;
+      this.upstream = undefined;
+    }
+    const c = this.client;
+    const summary: SessionSummary = {
+      id: this.id,
+      listener: this.ctx.listener,
+      client: this.family === 6 ? `[${this.clientAddress}]:${this.clientPort}` : `${this.clientAddress}:${this.clientPort}`,
+      clientAddress: this.clientAddress,
+      verdict,
+      ...(this.talkedAfterMs !== undefined
+        ? { action: this.policy.action, talkedAfterMs: this.talkedAfterMs, earlyBytes: escapeBytes(this.evidence ?? Buffer.alloc(0)) }
+        : {}),
+      ...(this.target ? { server: this.server?.name ?? 'original', serverAddress: `${this.target.address}:${this.target.port}` } : {}),
+      ...(this.greeting ? { greeting: this.greeting } : {}),
+      ...(this.connectMs !== undefined ? { connectMs: this.connectMs } : {}),
+      attempts: this.attempts,
+      heldMs: Math.round(this.heldMs),
+      durationMs: Math.round(performance.now() - this.started),
+      bytesFromClient: c.bytesRead,
+      bytesToClient: c.bytesWritten,
+      cause,
+      ...(this.hint ? { hint: this.hint } : {}),
+    };
+    this.phase = 'closed';
+    this.ctx.sessionEnded(this, summary);
+  }
+}

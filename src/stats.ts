@@ -1,0 +1,46 @@
+// Counters since start and live gauges, fed by session events; read by the API, metrics and logs.
+
+import type { SessionSummary } from './proxy/session.js';
+import type { Verdict } from './proxy/verdict.js';
+
+export class Stats {
+  readonly startedAt = Date.now();
+  accepted = 0;
+  held = 0;
+  relaying = 0;
+  relayed = 0;
+  readonly verdicts: Record<Verdict, number> = {
+    passed: 0,
+    early_talker: 0,
+    no_server: 0,
+    limit: 0,
+    client_gone: 0,
+    shutdown: 0,
+  };
+  readonly earlyTalkers = { drop: 0, reject: 0, log: 0 };
+  bytesFromClient = 0;
+  bytesToClient = 0;
+
+  ended(s: SessionSummary): void {
+    this.verdicts[s.verdict]++;
+    if (s.verdict === 'early_talker' || s.action) {
+      const action = (s.action ?? 'drop') as keyof Stats['earlyTalkers'];
+      if (s.talkedAfterMs !== undefined) this.earlyTalkers[action]++;
+    }
+    this.bytesFromClient += s.bytesFromClient;
+    this.bytesToClient += s.bytesToClient;
+  }
+
+  snapshot() {
+    return {
+      startedAt: new Date(this.startedAt).toISOString(),
+      accepted: this.accepted,
+      held: this.held,
+      relaying: this.relaying,
+      relayed: this.relayed,
+      verdicts: { ...this.verdicts },
+      earlyTalkers: { ...this.earlyTalkers },
+      bytes: { fromClient: this.bytesFromClient, toClient: this.bytesToClient },
+    };
+  }
+}

@@ -8,7 +8,7 @@ import { Value } from '@sinclair/typebox/value';
 import { ValueErrorType } from '@sinclair/typebox/errors';
 import { EtdError } from '../errors.js';
 import { ConfigSchema, type Config, type RawConfig } from './schema.js';
-import { parseDuration } from './duration.js';
+import { formatDuration as formatDur, parseDuration } from './duration.js';
 import { parseCidr } from './cidr.js';
 
 /** One problem in a config: where, what, and how to fix it. */
@@ -26,6 +26,19 @@ function pointerToPath(pointer: string): string {
     .reduce((acc, seg) => (/^\d+$/.test(seg) ? `${acc}[${seg}]` : acc ? `${acc}.${seg}` : seg), '');
 }
 
+/** Whether two keys differ by at most one edit or a swap of neighbours (a likely typo). */
+function similar(a: string, b: string): boolean {
+  if (a === b) return false;
+  if (Math.abs(a.length - b.length) > 1) return false;
+  if (a.length === b.length) {
+    const diff = [...a].map((c, i) => (c === b[i] ? -1 : i)).filter((i) => i >= 0);
+    return diff.length === 1 || (diff.length === 2 && diff[1] === diff[0]! + 1 && a[diff[0]!] === b[diff[1]!] && a[diff[1]!] === b[diff[0]!]);
+  }
+  const [long, short] = a.length > b.length ? [a, b] : [b, a];
+  for (let i = 0; i < long.length; i++) if (long.slice(0, i) + long.slice(i + 1) === short) return true;
+  return false;
+}
+
 function show(value: unknown): string {
   return value === undefined ? 'nothing' : JSON.stringify(value);
 }
@@ -40,17 +53,12 @@ function schemaProblems(raw: unknown): ConfigProblem[] {
     const schema = e.schema as Record<string, unknown>;
     switch (e.type) {
       case ValueErrorType.ObjectAdditionalProperties: {
-        const extra = Object.keys((e.value ?? {}) as object).filter(
-          (k) => !Object.prototype.hasOwnProperty.call((schema.properties ?? {}) as object, k),
-        );
-        const known = Object.keys((schema.properties ?? {}) as object).join(', ');
-        for (const k of extra) {
-          const p = path === '(top level)' ? k : `${path}.${k}`;
-          if (seen.has(p)) continue;
-          seen.add(p);
-          out.push({ path: p, message: `unknown key; remove it or use one of: ${known}` });
-        }
-        continue;
+        // TypeBox points at the unexpected key itself; `schema` is the enclosing object's.
+        const known = Object.keys((schema.properties ?? {}) as object);
+        const key = path.split(/[.[]/).pop() ?? path;
+        const close = known.find((k) => similar(k, key));
+        message = `unknown key; ${close ? `did you mean "${close}"? ` : ''}remove it or use one of: ${known.join(', ')}`;
+        break;
       }
       case ValueErrorType.ObjectRequiredProperty:
         message = 'is required';
@@ -84,7 +92,9 @@ function schemaProblems(raw: unknown): ConfigProblem[] {
         message = `must be from ${schema.minimum ?? '-∞'} to ${schema.maximum ?? '∞'} (got ${show(e.value)})`;
         break;
       case ValueErrorType.String:
-        message = `must be a string (got ${show(e.value)})`;
+        message = String(schema.pattern ?? '').includes('(ms|s|m|h|d)')
+          ? `must be a duration such as 500ms, 6s, 2m, 1h or 1d (got ${show(e.value)}; add the unit)`
+          : `must be a string (got ${show(e.value)})`;
         break;
       case ValueErrorType.StringMinLength:
         message = 'must not be empty';
@@ -261,4 +271,3 @@ export function configToDocument(config: Config): unknown {
   };
 }
 
-import { formatDuration as formatDur } from './duration.js';

@@ -1,0 +1,128 @@
+// The config contract: defaults, duration parsing, and a table of malformed files with their exact errors.
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadConfig, parseConfig, configToYaml } from '../../src/config/load.js';
+import { isEtdError } from '../../src/errors.js';
+
+const GOOD = `
+listeners:
+  - name: smtp
+    address: 0.0.0.0
+    port: 25
+    mode: plain
+detection:
+  window: 6s
+  action: drop
+upstream:
+  source: self
+  balance: roundrobin
+  connectTimeout: 5s
+  retries: 2
+  servers:
+    - { name: smtp1, address: 10.0.2.10, port: 25 }
+timeouts: { client: 5m, server: 5m }
+limits: { maxConnections: 15000 }
+log: { level: info }
+`;
+
+describe('valid config', () => {
+  it('parses the contract keys and resolves durations to milliseconds', () => {
+    const c = parseConfig(GOOD);
+    expect(c.listeners[0]).toMatchObject({ name: 'smtp', address: '0.0.0.0', port: 25, mode: 'plain', backlog: 65535 });
+    expect(c.detection).toMatchObject({ windowMs: 6000, action: 'drop' });
+    expect(c.upstream).toMatchObject({ source: 'self', balance: 'roundrobin', connectTimeoutMs: 5000, retries: 2, forward: 'pool' });
+    expect(c.timeouts).toMatchObject({ clientMs: 300_000, serverMs: 300_000 });
+    expect(c.limits.maxConnections).toBe(15000);
+    expect(Object.isFrozen(c.upstream.servers[0])).toBe(true);
+  });
+
+  it('fills defaults for everything but listeners and servers', () => {
+    const c = parseConfig('listeners: [{ name: a }]\nupstream: { servers: [{ name: s, address: "::1" }] }\n');
+    expect(c.detection.windowMs).toBe(6000);
+    expect(c.detection.action).toBe('drop');
+    expect(c.listeners[0]!.port).toBe(25);
+    expect(c.upstream.servers[0]!.port).toBe(25);
+    expect(c.netfilter).toMatchObject({ manage: true, mark: 1, table: 100, tproxyPort: 10025 });
+  });
+
+  it('accepts 500ms, 2m, 1.5s durations', () => {
+    expect(parseConfig(GOOD.replace('window: 6s', 'window: 500ms')).detection.windowMs).toBe(500);
+    expect(parseConfig(GOOD.replace('window: 6s', 'window: 2m')).detection.windowMs).toBe(120_000);
+    expect(parseConfig(GOOD.replace('window: 6s', 'window: 1.5s')).detection.windowMs).toBe(1500);
+  });
+
+  it('round-trips through etd check output', () => {
+    const c = parseConfig(GOOD);
+    expect(parseConfig(configToYaml(c))).toEqual(c);
+  });
+});
+
+const BAD: Array<[string, string, RegExp]> = [
+  ['window without a unit', GOOD.replace('window: 6s', 'window: 6'), /detection\.window: must be a duration such as 500ms, 6s/],
+  ['window with a bad unit', GOOD.replace('window: 6s', 'window: 6 seconds'), /detection\.window: must be a duration/],
+  ['unknown action', GOOD.replace('action: drop', 'action: block'), /detection\.action: must be one of "drop", "reject", "log" \(got "block"\)/],
+  ['port out of range', GOOD.replace('port: 25\n    mode', 'port: 70000\n    mode'), /listeners\[0\]\.port: must be from 0 to 65535 \(got 70000\)/],
+  ["unknown key (typo)", GOOD.replace("retries: 2", "retires: 2"), /upstream\.retires: unknown key; did you mean "retries"\? remove it or use one of: /],
+  ['no listeners', GOOD.replace(/listeners:[\s\S]*?mode: plain\n/, 'listeners: []\n'), /listeners: must have at least 1 entry/],
+  ['missing listeners', GOOD.replace(/listeners:[\s\S]*?mode: plain\n/, ''), /listeners: is required/],
+  ['bad server address', GOOD.replace('address: 10.0.2.10', 'address: mail.example.com'), /upstream\.servers\[0\]\.address: "mail\.example\.com" is not an IPv4 or IPv6 address/],
+  ['no servers', GOOD.replace(/servers:\n.*\n/, 'servers: []\n'), /upstream\.servers: is empty; list at least one server/],
+  ['duplicate listener names', GOOD.replace('listeners:\n', 'listeners:\n  - { name: smtp, port: 2525 }\n'), /listeners\[1\]\.name: "smtp" is used by two listeners/],
+  ['vip without clientip', GOOD.replace('mode: plain', 'mode: vip'), /listeners\[0\]\.mode: mode vip is transparent and needs upstream\.source: clientip/],
+  ['bad mode', GOOD.replace('mode: plain', 'mode: transparent'), /listeners\[0\]\.mode: must be one of "plain", "vip", "intercept"/],
+  ['negative retries', GOOD.replace('retries: 2', 'retries: -1'), /upstream\.retries: must be from 0 to 16 \(got -1\)/],
+  ['string where a number belongs', GOOD.replace('maxConnections: 15000', 'maxConnections: lots'), /limits\.maxConnections: must be a whole number \(got "lots"\)/],
+  ['reject reply that is not 5xx', GOOD.replace('action: drop', 'action: reject\n  rejectReply: "250 ok"'), /detection\.rejectReply: must be an SMTP reply starting with a 5xx code/],
+  ['not a mapping', '- just\n- a list\n', /\(top level\): must be a mapping/],
+  ['empty file', '', /\(top level\): must be a mapping .*got an empty file/],
+  ['intercept destination with host bits', GOOD.replace('mode: plain', 'mode: intercept\n    destinations: [10.0.2.10/24]').replace('source: self', 'source: clientip'), /listeners\[0\]\.destinations\[0\]: "10\.0\.2\.10\/24" has host bits set; did you mean 10\.0\.2\.0\/24\?/],
+];
+
+describe('malformed configs give an error naming the key path, the problem and the fix', () => {
+  for (const [name, text, expected] of BAD) {
+    it(name, () => {
+      let err: unknown;
+      try {
+        parseConfig(text, 'etd.yaml');
+      } catch (e) {
+        err = e;
+      }
+      expect(isEtdError(err, 'ETD_ERR_CONFIG_INVALID')).toBe(true);
+      expect((err as Error).message).toMatch(expected);
+      expect((err as Error).message.startsWith('etd.yaml: ')).toBe(true);
+    });
+  }
+
+  it('invalid YAML is ETD_ERR_CONFIG_PARSE with the line', () => {
+    let err: unknown;
+    try {
+      parseConfig('listeners:\n  - name: a\n   port: 25\n', 'x.yaml');
+    } catch (e) {
+      err = e;
+    }
+    expect(isEtdError(err, 'ETD_ERR_CONFIG_PARSE')).toBe(true);
+    expect((err as Error).message).toMatch(/x\.yaml: not valid YAML: .*line 3/);
+  });
+
+  it('duplicate YAML keys are refused', () => {
+    expect(() => parseConfig(GOOD.replace('action: drop', 'action: drop\n  action: log'))).toThrow(/not valid YAML.*[Dd]uplicate|Map keys must be unique/);
+  });
+
+  it('a missing file is ETD_ERR_CONFIG_READ with a hint', () => {
+    const missing = path.join(os.tmpdir(), `etd-missing-${process.pid}.yaml`);
+    expect(() => loadConfig(missing)).toThrow(/cannot read config .*ENOENT — pass the path of an existing file/);
+  });
+
+  it('reads a real file', () => {
+    const f = path.join(os.tmpdir(), `etd-good-${process.pid}.yaml`);
+    fs.writeFileSync(f, GOOD);
+    try {
+      expect(loadConfig(f).upstream.servers).toHaveLength(1);
+    } finally {
+      fs.unlinkSync(f);
+    }
+  });
+});

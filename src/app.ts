@@ -46,7 +46,7 @@ export class App {
     private config: Config,
     readonly log: Logger,
   ) {
-    this.pool = new Pool(config.upstream.servers, config.upstream.balance);
+    this.pool = new Pool(config.upstream.servers, config.upstream.balance, { passiveFall: config.upstream.passiveFall });
     this.pool.onChange((c) => this.log.warn({ server: c.server, from: c.from, to: c.to, reason: c.reason }, `server ${c.server} is now ${c.to}`));
   }
 

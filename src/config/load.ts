@@ -122,6 +122,10 @@ function schemaProblems(raw: unknown): ConfigProblem[] {
   return out;
 }
 
+function isLoopback(address: string): boolean {
+  return address === '::1' || address.startsWith('127.') || address.toLowerCase().startsWith('::ffff:127.');
+}
+
 function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
   const out: ConfigProblem[] = [];
   const names = new Set<string>();
@@ -164,9 +168,37 @@ function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
     const ms = parseDuration(raw.detection[key]);
     if (ms !== undefined && ms > 300_000) out.push({ path: `detection.${key}`, message: `${raw.detection[key]} is longer than 5m; clients give up long before that` });
   }
+  const api = raw.api;
+  if (api.token !== undefined && api.tokenFile !== undefined) out.push({ path: 'api.tokenFile', message: 'set either api.token or api.tokenFile, not both' });
+  if (api.tokenFile !== undefined) {
+    try {
+      const t = fs.readFileSync(api.tokenFile, 'utf8').trim();
+      if (t.length < 16) out.push({ path: 'api.tokenFile', message: `${api.tokenFile} holds a token shorter than 16 characters; generate one with: openssl rand -hex 32` });
+    } catch (e) {
+      out.push({ path: 'api.tokenFile', message: `cannot read ${api.tokenFile}: ${(e as NodeJS.ErrnoException).code ?? String(e)}` });
+    }
+  }
+  if (api.enabled && !api.address.startsWith('/')) {
+    if (!net.isIP(api.address)) out.push({ path: 'api.address', message: `"${api.address}" is not an IP address or a unix socket path (starting with /)` });
+    else if (!isLoopback(api.address) && api.token === undefined && api.tokenFile === undefined) {
+      out.push({ path: 'api.token', message: `the API is bound to ${api.address}, which is not loopback: set api.token or api.tokenFile (e.g. openssl rand -hex 32), or bind it to 127.0.0.1` });
+    }
+  }
+  const h = raw.upstream.health;
+  const hi = parseDuration(h.interval);
+  const ht = parseDuration(h.timeout);
+  if (hi !== undefined && hi < 100) out.push({ path: 'upstream.health.interval', message: 'must be at least 100ms' });
+  if (hi !== undefined && ht !== undefined && ht > hi) out.push({ path: 'upstream.health.timeout', message: `${h.timeout} is longer than the interval ${h.interval}; make it shorter` });
   const ct = parseDuration(raw.upstream.connectTimeout);
   if (ct === 0) out.push({ path: 'upstream.connectTimeout', message: 'must be more than 0' });
   return out;
+}
+
+/** The API token from api.token or api.tokenFile (read once, here, so the config stays a value). */
+function resolveToken(raw: RawConfig): string | undefined {
+  if (raw.api.token !== undefined) return raw.api.token;
+  if (raw.api.tokenFile === undefined) return undefined;
+  return fs.readFileSync(raw.api.tokenFile, 'utf8').trim();
 }
 
 function resolve(raw: RawConfig): Config {
@@ -183,7 +215,18 @@ function resolve(raw: RawConfig): Config {
       retries: raw.upstream.retries,
       noServerReply: raw.upstream.noServerReply,
       servers: raw.upstream.servers.map((s) => ({ ...s })),
+      passiveFall: raw.upstream.passiveFall,
+      health: {
+        enabled: raw.upstream.health.enabled,
+        intervalMs: ms(raw.upstream.health.interval),
+        rise: raw.upstream.health.rise,
+        fall: raw.upstream.health.fall,
+        timeoutMs: ms(raw.upstream.health.timeout),
+        helo: raw.upstream.health.helo,
+        command: raw.upstream.health.command,
+      },
     },
+    api: { enabled: raw.api.enabled, address: raw.api.address, port: raw.api.port, token: resolveToken(raw) },
     timeouts: { clientMs: ms(raw.timeouts.client), serverMs: ms(raw.timeouts.server), shutdownGraceMs: ms(raw.timeouts.shutdownGrace) },
     limits: { ...raw.limits },
     netfilter: { ...raw.netfilter },
@@ -246,11 +289,12 @@ export function loadConfig(file: string): Config {
 }
 
 /** The effective config as YAML, with durations written back as strings. */
-export function configToYaml(config: Config): string {
-  return YAML.stringify(configToDocument(config));
+export function configToYaml(config: Config, redact = true): string {
+  return YAML.stringify(configToDocument(config, redact));
 }
 
-export function configToDocument(config: Config): unknown {
+/** The config as a YAML-shaped document; secrets are redacted unless `redact` is false. */
+export function configToDocument(config: Config, redact = true): unknown {
   const d = (n: number) => formatDur(n);
   return {
     listeners: config.listeners,
@@ -263,6 +307,22 @@ export function configToDocument(config: Config): unknown {
       retries: config.upstream.retries,
       noServerReply: config.upstream.noServerReply,
       servers: config.upstream.servers,
+      passiveFall: config.upstream.passiveFall,
+      health: {
+        enabled: config.upstream.health.enabled,
+        interval: d(config.upstream.health.intervalMs),
+        rise: config.upstream.health.rise,
+        fall: config.upstream.health.fall,
+        timeout: d(config.upstream.health.timeoutMs),
+        helo: config.upstream.health.helo,
+        command: config.upstream.health.command,
+      },
+    },
+    api: {
+      enabled: config.api.enabled,
+      address: config.api.address,
+      port: config.api.port,
+      ...(config.api.token !== undefined ? { token: redact ? '<redacted>' : config.api.token } : {}),
     },
     timeouts: { client: d(config.timeouts.clientMs), server: d(config.timeouts.serverMs), shutdownGrace: d(config.timeouts.shutdownGraceMs) },
     limits: config.limits,

@@ -56,8 +56,31 @@ export const ConfigSchema = Type.Object(
         retries: Type.Integer({ minimum: 0, maximum: 16, default: 2 }),
         noServerReply: Type.String({ default: '421 4.3.2 Service not available, try again later', pattern: '^4[0-9][0-9] ' }),
         servers: Type.Array(ServerSchema, { default: [] }),
+        passiveFall: Type.Integer({ minimum: 0, maximum: 100, default: 3, description: 'consecutive connect failures that mark a server down before its next check (0 = off)' }),
+        health: Type.Object(
+          {
+            enabled: Type.Boolean({ default: true }),
+            interval: Duration('3s', 'time between two checks of one server'),
+            rise: Type.Integer({ minimum: 1, maximum: 100, default: 2 }),
+            fall: Type.Integer({ minimum: 1, maximum: 100, default: 3 }),
+            timeout: Duration('2s', 'time allowed for one whole check'),
+            helo: Type.String({ minLength: 1, pattern: '^[A-Za-z0-9.-]+$', default: 'etd.localdomain' }),
+            command: Type.Union([Type.Literal('HELO'), Type.Literal('EHLO')], { default: 'HELO' }),
+          },
+          { additionalProperties: false, default: {} },
+        ),
       },
       { additionalProperties: false },
+    ),
+    api: Type.Object(
+      {
+        enabled: Type.Boolean({ default: true }),
+        address: Type.String({ default: '127.0.0.1', description: 'IP address, or a unix socket path starting with /' }),
+        port: Type.Integer({ minimum: 0, maximum: 65535, default: 8025 }),
+        token: Type.Optional(Type.String({ minLength: 16, description: 'bearer token; required when address is not loopback' })),
+        tokenFile: Type.Optional(Type.String({ minLength: 1 })),
+      },
+      { additionalProperties: false, default: {} },
     ),
     timeouts: Type.Object(
       {
@@ -119,6 +142,25 @@ export interface ServerConfig {
   readonly check: boolean;
 }
 
+export interface HealthConfig {
+  readonly enabled: boolean;
+  readonly intervalMs: number;
+  readonly rise: number;
+  readonly fall: number;
+  readonly timeoutMs: number;
+  readonly helo: string;
+  readonly command: 'HELO' | 'EHLO';
+}
+
+export interface ApiConfig {
+  readonly enabled: boolean;
+  /** An IP address, or a unix socket path (starts with "/"). */
+  readonly address: string;
+  readonly port: number;
+  /** The bearer token (read from tokenFile when that is set); undefined = no token. */
+  readonly token: string | undefined;
+}
+
 /** The resolved, frozen config that the rest of etd uses: durations are milliseconds. */
 export interface Config {
   readonly listeners: readonly ListenerConfig[];
@@ -131,7 +173,10 @@ export interface Config {
     readonly retries: number;
     readonly noServerReply: string;
     readonly servers: readonly ServerConfig[];
+    readonly passiveFall: number;
+    readonly health: HealthConfig;
   };
+  readonly api: ApiConfig;
   readonly timeouts: { readonly clientMs: number; readonly serverMs: number; readonly shutdownGraceMs: number };
   readonly limits: { readonly maxConnections: number };
   readonly netfilter: {

@@ -5,8 +5,9 @@ import pino, { type Logger } from 'pino';
 export type { Logger };
 
 export function createLogger(level: string, dest: number | string = 1): Logger {
-  // Asynchronous, buffered writes: one summary line per session must not cost a syscall each.
-  const stream = pino.destination({ dest, sync: false, minLength: 4096 });
+  // Asynchronous writes: lines written while a write is in flight are batched into the next one,
+  // so a busy proxy does not pay a syscall per line, and a quiet one still shows each line at once.
+  const stream = pino.destination({ dest, sync: false });
   const log = pino(
     {
       level,

@@ -1,0 +1,79 @@
+// Runs the built CLI (dist/cli.js) as a child process and follows its JSON log lines.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+
+export const CLI = path.join(__dirname, '../../dist/cli.js');
+
+export function assertBuilt(): void {
+  if (!fs.existsSync(CLI)) throw new Error(`${CLI} is missing: run "npm run build" first (npm test does)`);
+}
+
+export interface LogLine {
+  msg: string;
+  level: string;
+  [k: string]: unknown;
+}
+
+export interface RunningEtd {
+  child: ChildProcess;
+  lines: LogLine[];
+  stderr: string;
+  waitFor(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
+  exited: Promise<number | null>;
+}
+
+/** Starts `etd run -c FILE` (optionally under a wrapper such as `ip netns exec NS`). */
+export function runEtd(configFile: string, wrapper: string[] = []): RunningEtd {
+  assertBuilt();
+  const argv = [...wrapper, process.execPath, CLI, 'run', '-c', configFile];
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+  const lines: LogLine[] = [];
+  const waiters: Array<() => void> = [];
+  let buf = '';
+  const r: RunningEtd = {
+    child,
+    lines,
+    stderr: '',
+    exited: new Promise((resolve) => child.on('exit', (code) => resolve(code))),
+    waitFor(pred, timeoutMs = 10_000) {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          const hit = lines.find(pred);
+          if (hit) {
+            clearTimeout(timer);
+            resolve(hit);
+            return true;
+          }
+          return false;
+        };
+        const timer = setTimeout(() => {
+          const i = waiters.indexOf(poll);
+          if (i >= 0) waiters.splice(i, 1);
+          reject(new Error(`timed out waiting for a log line; got:\n${lines.map((l) => JSON.stringify(l)).join('\n')}\nstderr: ${r.stderr}`));
+        }, timeoutMs);
+        const poll = () => {
+          if (check()) waiters.splice(waiters.indexOf(poll), 1);
+        };
+        if (!check()) waiters.push(poll);
+      });
+    },
+  };
+  child.stdout!.on('data', (c: Buffer) => {
+    buf += c.toString();
+    let i: number;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      try {
+        lines.push(JSON.parse(line) as LogLine);
+      } catch {
+        lines.push({ msg: line, level: 'raw' });
+      }
+      for (const w of [...waiters]) w();
+    }
+  });
+  child.stderr!.on('data', (c: Buffer) => (r.stderr += c.toString()));
+  return r;
+}

@@ -21,6 +21,7 @@ export function policyOf(config: Config): SessionPolicy {
     clientIdleMs: config.timeouts.clientMs,
     serverIdleMs: config.timeouts.serverMs,
     forward: config.upstream.forward,
+    stripPipeconnect: config.detection.stripPipeconnect,
   };
 }
 

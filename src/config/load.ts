@@ -206,7 +206,12 @@ function resolve(raw: RawConfig): Config {
   const forward = raw.upstream.forward ?? (raw.listeners.some((l) => l.mode === 'intercept') ? 'original' : 'pool');
   return {
     listeners: raw.listeners.map((l) => ({ ...l, destinations: [...l.destinations] })),
-    detection: { windowMs: ms(raw.detection.window), action: raw.detection.action, rejectReply: raw.detection.rejectReply },
+    detection: {
+      windowMs: ms(raw.detection.window),
+      action: raw.detection.action,
+      rejectReply: raw.detection.rejectReply,
+      stripPipeconnect: raw.detection.stripPipeconnect,
+    },
     upstream: {
       source: raw.upstream.source,
       balance: raw.upstream.balance,
@@ -298,7 +303,12 @@ export function configToDocument(config: Config, redact = true): unknown {
   const d = (n: number) => formatDur(n);
   return {
     listeners: config.listeners,
-    detection: { window: d(config.detection.windowMs), action: config.detection.action, rejectReply: config.detection.rejectReply },
+    detection: {
+      window: d(config.detection.windowMs),
+      action: config.detection.action,
+      rejectReply: config.detection.rejectReply,
+      stripPipeconnect: config.detection.stripPipeconnect,
+    },
     upstream: {
       source: config.upstream.source,
       balance: config.upstream.balance,

@@ -44,6 +44,7 @@ export const ConfigSchema = Type.Object(
         window: Duration('6s', 'silent observation period'),
         action: Type.Union([Type.Literal('drop'), Type.Literal('reject'), Type.Literal('log')], { default: 'drop' }),
         rejectReply: Type.String({ default: '554 5.5.1 Protocol error: talking before the greeting', pattern: '^5[0-9][0-9] ' }),
+        stripPipeconnect: Type.Boolean({ default: true, description: 'remove PIPECONNECT from EHLO replies so Exim clients never talk early' }),
       },
       { additionalProperties: false, default: {} },
     ),
@@ -164,7 +165,7 @@ export interface ApiConfig {
 /** The resolved, frozen config that the rest of etd uses: durations are milliseconds. */
 export interface Config {
   readonly listeners: readonly ListenerConfig[];
-  readonly detection: { readonly windowMs: number; readonly action: Action; readonly rejectReply: string };
+  readonly detection: { readonly windowMs: number; readonly action: Action; readonly rejectReply: string; readonly stripPipeconnect: boolean };
   readonly upstream: {
     readonly source: SourceMode;
     readonly balance: 'roundrobin' | 'leastconn' | 'first';

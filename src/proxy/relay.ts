@@ -1,6 +1,7 @@
 // Two-way pipe between client and server: backpressure, half-close, idle timeouts, and the termination cause.
 
 import type net from 'node:net';
+import { CommandWatcher, PipeconnectStripper } from './smtpFilter.js';
 
 export interface RelayOwner {
   /** Called once, after both sockets have closed. */
@@ -42,8 +43,11 @@ export class Relay {
     private readonly owner: RelayOwner,
   ) {}
 
-  /** Starts relaying. `pending` are client bytes already read (action: log) to send first. */
-  start(pending: readonly Buffer[] = []): void {
+  /**
+   * Starts relaying. `pending` are client bytes already read (action: log) to send first.
+   * With `guard`, PIPECONNECT is stripped from the backend's EHLO reply (see smtpFilter.ts).
+   */
+  start(pending: readonly Buffer[] = [], guard = false): void {
     for (const [sock, side] of [
       [this.client, 'client'],
       [this.server, 'server'],
@@ -60,8 +64,14 @@ export class Relay {
     this.client.setTimeout(this.clientIdleMs);
     this.server.setTimeout(this.serverIdleMs);
     for (const chunk of pending) this.server.write(chunk);
-    this.client.pipe(this.server);
-    this.server.pipe(this.client);
+    if (guard) {
+      const stripper = new PipeconnectStripper();
+      this.client.pipe(new CommandWatcher(() => stripper.stop())).pipe(this.server);
+      this.server.pipe(stripper).pipe(this.client);
+    } else {
+      this.client.pipe(this.server);
+      this.server.pipe(this.client);
+    }
     this.client.resume();
     this.server.resume();
     if (this.open <= 0) this.finish();

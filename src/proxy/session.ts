@@ -22,6 +22,7 @@ export interface SessionPolicy {
   readonly clientIdleMs: number;
   readonly serverIdleMs: number;
   readonly forward: 'pool' | 'original';
+  readonly stripPipeconnect: boolean;
 }
 
 export type Phase = 'held' | 'connecting' | 'greeting' | 'relaying' | 'closing' | 'closed';
@@ -357,7 +358,7 @@ export class Session implements Holdable, RelayOwner {
     this.verdict = 'passed';
     this.ctx.sessionRelaying(this);
     this.relay = new Relay(c, up, this.policy.clientIdleMs, this.policy.serverIdleMs, this);
-    this.relay.start(this.pending);
+    this.relay.start(this.pending, this.policy.stripPipeconnect);
     this.pending = undefined;
   }
 

@@ -203,3 +203,51 @@ describe('failover and no server', () => {
     rude.close();
   });
 });
+
+describe('PIPECONNECT guard', () => {
+  it('strips PIPECONNECT from the EHLO reply split across segments, and leaves data after DATA untouched', async () => {
+    const net = await import('node:net');
+    // A scripted Exim-like backend that advertises PIPECONNECT in a reply split mid-line.
+    const exim = net.createServer((c) => {
+      c.write('220 exim.test ESMTP Exim\r\n');
+      let buf = '';
+      c.on('data', (d) => {
+        buf += d.toString('latin1');
+        if (buf.startsWith('EHLO') && buf.endsWith('\r\n')) {
+          buf = '';
+          c.write('250-exim.test Hello\r\n250-SIZE 52428800\r\n250-PIPE');
+          setTimeout(() => c.write('CONNECT\r\n250 CHUNKING\r\n'), 30);
+        } else if (buf.startsWith('DATA\r\n')) {
+          buf = '';
+          // After DATA the filter is off: this reply must arrive unchanged.
+          c.write('354 go\r\n250-PIPECONNECT\r\n250 done\r\n');
+          c.end();
+        }
+      });
+      c.on('error', () => undefined);
+    });
+    await new Promise<void>((r) => exim.listen(0, '127.0.0.1', r));
+    const port = (exim.address() as import('node:net').AddressInfo).port;
+    etd = await startEtdForTest({ detection: { window: '100ms' }, upstream: { servers: [{ name: 'exim', address: '127.0.0.1', port }] } });
+    const r = await rawClient(
+      etd.port,
+      (s) => {
+        let step = 0;
+        s.on('data', (d) => {
+          if (step === 0 && d.toString().startsWith('220 ')) {
+            step = 1;
+            s.write('EHLO me\r\n');
+          } else if (step === 1 && d.toString().includes('250 CHUNKING')) {
+            step = 2;
+            s.write('DATA\r\n');
+          }
+        });
+      },
+      3000,
+    );
+    expect(r.data.toString('latin1')).toBe(
+      '220 exim.test ESMTP Exim\r\n250-exim.test Hello\r\n250-SIZE 52428800\r\n250 CHUNKING\r\n354 go\r\n250-PIPECONNECT\r\n250 done\r\n',
+    );
+    exim.close();
+  });
+});

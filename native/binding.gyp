@@ -1,0 +1,16 @@
+# Build description of etd's one native addon (etd_transparent.node): transparent socket fds for Node.
+{
+  "targets": [
+    {
+      "target_name": "etd_transparent",
+      "sources": ["src/transparent.cc"],
+      # node-addon-api is header-only; resolve it the way Node would from this directory,
+      # so the build works both in the repo and when etd is installed as a dependency.
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      # Node-API 8 is in every Node >= 12.22 / 14.17 / 16; etd needs Node >= 20 anyway.
+      # No C++ exceptions: every error is thrown into JS explicitly, next to the syscall that failed.
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    }
+  ]
+}

@@ -1,0 +1,165 @@
+// Loads the etd_transparent native addon (listing every path it tried) and types its whole surface; nothing else.
+//
+// Usage with Node's net module — verified on Node 20 by test/netns/transparent.test.ts:
+//
+//   Upstream from the client's address:
+//     const fd = loadTransparent().transparentSocket(4, clientIp, mark, synCount); // bound, NOT connected
+//     const s = new net.Socket({ fd, readable: true, writable: true });            // Node owns fd from here
+//     s.connect({ host: serverIp, port });                                         // SAME synchronous turn
+//     s.once('connect', ...); s.once('error', ...)   // plus a JS timer: Node has no connect timeout
+//
+//   Call connect() in the same synchronous turn as the constructor, with an IP literal host
+//   (no DNS lookup). net.Socket({fd}) starts reading at once; if the event loop polls the still
+//   unconnected fd, read() fails with ENOTCONN, Node destroys the socket and closes the fd, and a
+//   later connect() then SILENTLY opens a new, ordinary socket from etd's own address. In the
+//   same turn, connect() reaches the kernel (nextTick) before any poll and everything works:
+//   'connect' fires, failures arrive as normal 'error's (syscall 'connect', ECONNREFUSED,
+//   ETIMEDOUT after TCP_SYNCNT retries), and s.localAddress is the client's address.
+//
+//   Transparent listener:
+//     const fd = loadTransparent().transparentListener(4, address, port, backlog);
+//     server.listen({ fd }, backlog, onListening);   // Node owns fd from here
+//
+//   Node ignores `backlog` inside the options object when `fd` is given and re-listens with 511;
+//   pass it as the second argument as above to keep it.
+//
+// fd ownership: a returned fd belongs to the caller. Hand it to Node (which then closes it) or
+// call closeFd on it — never both. The addon closes its own fds on every error path.
+
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { EtdError } from '../errors.js';
+
+/** The whole native surface. Argument type errors throw TypeError, range errors RangeError; failed syscalls throw TransparentSyscallError. */
+export interface TransparentAddon {
+  /** socket(AF_INET|AF_INET6, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC); IP_TRANSPARENT (v4) or IPV6_TRANSPARENT (v6);
+   *  IP_BIND_ADDRESS_NO_PORT; SO_MARK when mark > 0; TCP_SYNCNT = synCount when synCount > 0; bind(address, port 0).
+   *  Returns the fd; the caller owns it (hands it to net.Socket, or closeFd on failure). */
+  transparentSocket(family: 4 | 6, address: string, mark: number, synCount: number): number;
+  /** socket (non-blocking, cloexec), SO_REUSEADDR, IP_TRANSPARENT/IPV6_TRANSPARENT, IPV6_V6ONLY=1 for v6,
+   *  bind(address, port), listen(backlog). Returns the fd; the caller owns it (net.Server.listen({fd})). */
+  transparentListener(family: 4 | 6, address: string, port: number, backlog: number): number;
+  /** close(2) for an fd that was never handed to Node. */
+  closeFd(fd: number): void;
+}
+
+/** The names of the surface, for checking what the loaded binary exports. */
+export const TRANSPARENT_FUNCTIONS = ['closeFd', 'transparentListener', 'transparentSocket'] as const;
+
+/** The fields of the Node-style error the addon throws when a syscall fails. */
+interface NativeSysError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+  address?: string;
+  port?: number;
+}
+
+function isNativeSysError(e: unknown): e is NativeSysError {
+  if (!(e instanceof Error)) return false;
+  const o = e as Error & Record<string, unknown>;
+  return typeof o.code === 'string' && typeof o.errno === 'number' && typeof o.syscall === 'string';
+}
+
+/**
+ * A failed syscall in the addon, as ETD_ERR_SYSCALL. `sysCode` keeps the errno name ('EPERM') that
+ * EtdError's `code` cannot hold; `errno` is negative like Node's; `cause` is the addon's error.
+ */
+export class TransparentSyscallError extends EtdError {
+  readonly sysCode: string;
+  readonly address: string | undefined;
+  readonly port: number | undefined;
+
+  constructor(native: NativeSysError) {
+    super('ETD_ERR_SYSCALL', native.message, { errno: native.errno, syscall: native.syscall, cause: native });
+    this.name = 'TransparentSyscallError';
+    this.sysCode = native.code;
+    this.address = native.address;
+    this.port = native.port;
+  }
+}
+
+const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const ADDON_FILE = 'etd_transparent.node';
+
+/**
+ * Where the addon may be, in the order tried. src/native/*.ts (tests) and dist/native/*.js
+ * (production) both sit two levels below the package root. ETD_NATIVE_ADDON overrides.
+ */
+export function addonCandidates(): string[] {
+  const list = [
+    path.join(packageRoot, 'native', 'build', 'Release', ADDON_FILE),
+    path.join(packageRoot, 'native', 'build', 'Debug', ADDON_FILE),
+    path.join(path.dirname(fileURLToPath(import.meta.url)), ADDON_FILE),
+  ];
+  const override = process.env.ETD_NATIVE_ADDON;
+  return override ? [path.resolve(override), ...list] : list;
+}
+
+function hasSurface(m: unknown): m is TransparentAddon {
+  if (typeof m !== 'object' || m === null) return false;
+  const o = m as Record<string, unknown>;
+  return TRANSPARENT_FUNCTIONS.every((name) => typeof o[name] === 'function');
+}
+
+function wrapErrors<A extends unknown[], R>(fn: (...args: A) => R): (...args: A) => R {
+  return (...args: A): R => {
+    try {
+      return fn(...args);
+    } catch (e) {
+      throw isNativeSysError(e) ? new TransparentSyscallError(e) : e;
+    }
+  };
+}
+
+/**
+ * Loads the first candidate that loads and exports the whole surface, wrapped so syscall
+ * failures become TransparentSyscallError. Not cached: loadTransparent() is the normal entry;
+ * this one exists for diagnostics and tests. Throws ETD_ERR_NATIVE_LOAD listing every path tried.
+ */
+export function loadTransparentFrom(candidates: readonly string[]): { addon: TransparentAddon; path: string } {
+  const require = createRequire(import.meta.url);
+  const tried: string[] = [];
+  for (const candidate of candidates) {
+    let loaded: unknown;
+    try {
+      loaded = require(candidate);
+    } catch (e) {
+      const code = (e as { code?: unknown }).code;
+      tried.push(`  ${candidate}: ${code === 'MODULE_NOT_FOUND' ? 'not found' : e instanceof Error ? e.message : String(e)}`);
+      continue;
+    }
+    if (hasSurface(loaded)) {
+      const raw = loaded;
+      const addon: TransparentAddon = Object.freeze({
+        transparentSocket: wrapErrors(raw.transparentSocket.bind(raw)),
+        transparentListener: wrapErrors(raw.transparentListener.bind(raw)),
+        closeFd: wrapErrors(raw.closeFd.bind(raw)),
+      });
+      return { addon, path: candidate };
+    }
+    const names = typeof loaded === 'object' && loaded !== null ? Object.keys(loaded).join(', ') : typeof loaded;
+    tried.push(`  ${candidate}: loaded, but exports [${names}] instead of [${TRANSPARENT_FUNCTIONS.join(', ')}]`);
+  }
+  if (tried.length === 0) tried.push('  (no candidate paths)');
+  throw new EtdError('ETD_ERR_NATIVE_LOAD', `cannot load the native addon ${ADDON_FILE}; tried:\n${tried.join('\n')}\nnone loaded`, {
+    hint: 'run npm run install (needs g++, make, python3)',
+  });
+}
+
+let cached: { addon: TransparentAddon; path: string } | undefined;
+
+/**
+ * The addon, loaded on first use and cached. Syscall failures surface as TransparentSyscallError
+ * (ETD_ERR_SYSCALL); throws EtdError ETD_ERR_NATIVE_LOAD when no candidate loads.
+ */
+export function loadTransparent(): TransparentAddon {
+  cached ??= loadTransparentFrom(addonCandidates());
+  return cached.addon;
+}
+
+/** The path the addon was loaded from (for `etd doctor`), or undefined before the first load. */
+export function loadedAddonPath(): string | undefined {
+  return cached?.path;
+}

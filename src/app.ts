@@ -4,15 +4,24 @@ import type net from 'node:net';
 import type { Logger } from 'pino';
 import type { Config, ListenerConfig } from './config/schema.js';
 import { Pool } from './backend/pool.js';
+import { HealthChecker } from './backend/health.js';
 import { TimerHoldQueue } from './proxy/holdQueue.js';
 import { Listener, fmt } from './proxy/listener.js';
 import { Session, type SessionContext, type SessionPolicy, type SessionSummary } from './proxy/session.js';
 import { createSource } from './proxy/upstream.js';
 import { Stats } from './stats.js';
+import { normalizeAddress } from './config/cidr.js';
 
-export function policyOf(config: Config): SessionPolicy {
+/** A listener's session context: the policy in force is the normal or the stress one. */
+interface ListenerContext extends SessionContext {
+  normal: SessionPolicy;
+  stress: SessionPolicy;
+}
+
+/** The session policy for a config; under stress the window is the stress window. */
+export function policyOf(config: Config, stressed = false): SessionPolicy {
   return {
-    windowMs: config.detection.windowMs,
+    windowMs: stressed ? config.detection.stress.windowMs : config.detection.windowMs,
     action: config.detection.action,
     rejectReply: config.detection.rejectReply,
     noServerReply: config.upstream.noServerReply,
@@ -22,6 +31,7 @@ export function policyOf(config: Config): SessionPolicy {
     serverIdleMs: config.timeouts.serverMs,
     forward: config.upstream.forward,
     stripPipeconnect: config.detection.stripPipeconnect,
+    teaser: config.detection.teaser,
   };
 }
 
@@ -37,10 +47,17 @@ export interface AppObserver {
 export class App {
   readonly stats = new Stats();
   readonly pool: Pool;
+  /** Active SMTP checks of the pool's servers (rise/fall); `health.status(name)` for the API. */
+  readonly health: HealthChecker;
   readonly hold = new TimerHoldQueue<Session>();
   readonly sessions = new Set<Session>();
   private listeners = new Map<string, Listener>();
   private stopping = false;
+  /** Connections (held or relayed) per client address, for limits.perClient. */
+  private readonly perClient = new Map<string, number>();
+  /** True while the held connections are above detection.stress.above (until below .below). */
+  stressed = false;
+  stressChanges = 0;
   private readonly observers: AppObserver[] = [];
 
   constructor(
@@ -49,6 +66,7 @@ export class App {
   ) {
     this.pool = new Pool(config.upstream.servers, config.upstream.balance, { passiveFall: config.upstream.passiveFall });
     this.pool.onChange((c) => this.log.warn({ server: c.server, from: c.from, to: c.to, reason: c.reason }, `server ${c.server} is now ${c.to}`));
+    this.health = new HealthChecker(this.pool, config.upstream.health, log);
   }
 
   get currentConfig(): Config {
@@ -64,10 +82,11 @@ export class App {
   }
 
   async start(): Promise<void> {
+    this.health.start();
     for (const l of this.config.listeners) await this.startListener(l);
   }
 
-  private makeContext(l: ListenerConfig): SessionContext {
+  private makeContext(l: ListenerConfig): ListenerContext {
     const app = this;
     return {
       listener: l.name,
@@ -76,23 +95,52 @@ export class App {
       pool: this.pool,
       hold: this.hold,
       source: createSource(this.config.upstream.source),
-      policy: policyOf(this.config),
+      normal: policyOf(this.config),
+      stress: policyOf(this.config, true),
+      get policy() {
+        return app.stressed ? this.stress : this.normal;
+      },
       sessionStarted(s) {
         app.sessions.add(s);
         app.stats.held++;
+        app.perClient.set(s.clientAddress, (app.perClient.get(s.clientAddress) ?? 0) + 1);
+        app.checkStress();
       },
       sessionRelaying() {
         app.stats.held--;
         app.stats.relaying++;
         app.stats.relayed++;
+        app.checkStress();
       },
       sessionEnded(s, summary) {
         app.sessions.delete(s);
         if (s.relayed) app.stats.relaying--;
         else app.stats.held--;
+        const n = (app.perClient.get(s.clientAddress) ?? 1) - 1;
+        if (n > 0) app.perClient.set(s.clientAddress, n);
+        else app.perClient.delete(s.clientAddress);
+        app.checkStress();
         app.recordEnd(this.log, summary);
       },
     };
+  }
+
+  /**
+   * Stress: above `stress.above` held connections the window shortens (postscreen's 6s → 2s),
+   * and below `stress.below` the normal window returns. Hysteresis keeps it from flapping.
+   */
+  private checkStress(): void {
+    const { above, below } = this.config.detection.stress;
+    const held = this.stats.held;
+    if (!this.stressed && held > above) {
+      this.stressed = true;
+      this.stressChanges++;
+      this.log.warn({ held, above, window: this.config.detection.stress.windowMs }, 'entering stress: shorter window for new connections');
+    } else if (this.stressed && held < below) {
+      this.stressed = false;
+      this.stressChanges++;
+      this.log.warn({ held, below, window: this.config.detection.windowMs }, 'leaving stress: normal window again');
+    }
   }
 
   private recordEnd(log: Logger, summary: SessionSummary): void {
@@ -114,25 +162,39 @@ export class App {
       socket.destroy();
       return;
     }
-    if (this.sessions.size >= this.config.limits.maxConnections) {
-      this.refuse(socket, ctx, 'max_connections');
+    const limits = this.config.limits;
+    if (this.sessions.size >= limits.maxConnections) {
+      this.refuse(socket, ctx, 'max_connections', '421 4.7.0 Too many connections, try again later');
       return;
+    }
+    if (this.stats.held >= limits.maxHeld) {
+      this.refuse(socket, ctx, 'max_held', '421 4.7.0 Too many connections, try again later');
+      return;
+    }
+    if (limits.perClient > 0) {
+      const n = this.perClient.get(normalizeAddress(socket.remoteAddress ?? '')) ?? 0;
+      if (n >= limits.perClient) {
+        this.refuse(socket, ctx, 'per_client', '421 4.7.0 Too many connections from your address');
+        return;
+      }
     }
     new Session(socket, ctx).begin();
   }
 
   /** A limit was hit: 421 and close, with its own summary line. */
-  private refuse(socket: net.Socket, ctx: SessionContext, cause: string): void {
+  private refuse(socket: net.Socket, ctx: SessionContext, cause: 'max_connections' | 'max_held' | 'per_client', reply: string): void {
     const started = performance.now();
+    this.stats.limits[cause]++;
     socket.on('error', () => socket.destroy());
-    socket.end('421 4.7.0 Too many connections, try again later\r\n');
+    socket.resume();
+    socket.end(`${reply}\r\n`);
     socket.setTimeout(5000, () => socket.destroy());
-    const address = socket.remoteAddress ?? '';
+    const address = normalizeAddress(socket.remoteAddress ?? '');
     this.recordEnd(ctx.log, {
       id: 0,
       listener: ctx.listener,
-      client: fmt(address.replace(/^::ffff:/, ''), socket.remotePort ?? 0),
-      clientAddress: address.replace(/^::ffff:/, ''),
+      client: fmt(address, socket.remotePort ?? 0),
+      clientAddress: address,
       verdict: 'limit',
       attempts: 0,
       heldMs: 0,
@@ -151,6 +213,7 @@ export class App {
     const prev = this.config;
     this.config = next;
     this.pool.update(next.upstream.servers, next.upstream.balance);
+    this.health.update(next.upstream.health);
     const wanted = new Map(next.listeners.map((l) => [l.name, l]));
     for (const [name, listener] of this.listeners) {
       const want = wanted.get(name);
@@ -162,7 +225,9 @@ export class App {
     for (const l of next.listeners) {
       const existing = this.listeners.get(l.name);
       if (existing) {
-        existing.ctx.policy = policyOf(next);
+        const ctx = existing.ctx as ListenerContext;
+        ctx.normal = policyOf(next);
+        ctx.stress = policyOf(next, true);
         if (prev.upstream.source !== next.upstream.source) existing.ctx.source = createSource(next.upstream.source);
       } else {
         await this.startListener(l);
@@ -173,6 +238,7 @@ export class App {
   /** Stops accepting, sends 421 to held clients, lets relayed sessions finish within the grace time. */
   async stop(graceMs = this.config.timeouts.shutdownGraceMs): Promise<void> {
     this.stopping = true;
+    this.health.stop();
     await Promise.all([...this.listeners.values()].map((l) => l.stop()));
     this.listeners.clear();
     for (const s of [...this.sessions]) s.shutdown();

@@ -18,6 +18,8 @@ export class Stats {
     shutdown: 0,
   };
   readonly earlyTalkers = { drop: 0, reject: 0, log: 0 };
+  /** Connections refused by a limit, by limit. */
+  readonly limits = { max_connections: 0, max_held: 0, per_client: 0 };
   bytesFromClient = 0;
   bytesToClient = 0;
 
@@ -40,6 +42,7 @@ export class Stats {
       relayed: this.relayed,
       verdicts: { ...this.verdicts },
       earlyTalkers: { ...this.earlyTalkers },
+      limits: { ...this.limits },
       bytes: { fromClient: this.bytesFromClient, toClient: this.bytesToClient },
     };
   }

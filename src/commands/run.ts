@@ -18,7 +18,15 @@ export interface RunHandle {
 /** Starts etd with a validated config; resolves once listening. Signals are wired by the caller. */
 export async function startEtd(config: Config, logger: Logger): Promise<RunHandle> {
   const netfilter = needsNetfilter(config) ? await import('../netfilter/setup.js') : undefined;
-  if (netfilter) await netfilter.applyNetfilter(config, logger);
+  if (netfilter) {
+    try {
+      await netfilter.applyNetfilter(config, logger);
+    } catch (e) {
+      // Routing goes in before the nft batch: a failed batch must not leave half a setup behind.
+      await netfilter.removeNetfilter(config, logger).catch(() => undefined);
+      throw e;
+    }
+  }
   const app = new App(config, logger);
   try {
     await app.start();

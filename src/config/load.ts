@@ -141,6 +141,9 @@ function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
       const c = parseCidr(d);
       if (typeof c === 'string') out.push({ path: `listeners[${i}].destinations[${j}]`, message: c });
     });
+    if (l.mode === 'intercept' && l.port === 0) {
+      out.push({ path: `listeners[${i}].port`, message: 'intercept mode needs the real destination port to intercept (e.g. 25), not 0' });
+    }
     if (l.destinations.length && l.mode !== 'intercept') {
       out.push({ path: `listeners[${i}].destinations`, message: 'only applies to mode: intercept; remove it or set mode: intercept' });
     }
@@ -168,6 +171,15 @@ function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
     const ms = parseDuration(raw.detection[key]);
     if (ms !== undefined && ms > 300_000) out.push({ path: `detection.${key}`, message: `${raw.detection[key]} is longer than 5m; clients give up long before that` });
   }
+  const st = raw.detection.stress;
+  const stress = stressOf(raw);
+  if (stress.below >= stress.above) {
+    out.push({ path: 'detection.stress.below', message: `must be lower than detection.stress.above (${stress.below} ≥ ${stress.above}), or the window would flap` });
+  }
+  const nw = parseDuration(raw.detection.window);
+  if (st.window !== undefined && nw !== undefined && stress.windowMs > nw) {
+    out.push({ path: 'detection.stress.window', message: `${st.window} is longer than detection.window ${raw.detection.window}; under stress the window should shorten` });
+  }
   const api = raw.api;
   if (api.token !== undefined && api.tokenFile !== undefined) out.push({ path: 'api.tokenFile', message: 'set either api.token or api.tokenFile, not both' });
   if (api.tokenFile !== undefined) {
@@ -194,6 +206,15 @@ function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
   return out;
 }
 
+/** Stress thresholds: postscreen's 90% / 70% of the held limit unless set; the stress window defaults to 2s. */
+function stressOf(raw: RawConfig): { above: number; below: number; windowMs: number } {
+  const st = raw.detection.stress;
+  const above = st.above ?? Math.max(1, Math.floor(raw.limits.maxHeld * 0.9));
+  const below = st.below ?? Math.min(Math.floor(raw.limits.maxHeld * 0.7), above - 1);
+  const windowMs = st.window !== undefined ? (parseDuration(st.window) ?? 2000) : Math.min(2000, parseDuration(raw.detection.window) ?? 2000);
+  return { above, below, windowMs };
+}
+
 /** The API token from api.token or api.tokenFile (read once, here, so the config stays a value). */
 function resolveToken(raw: RawConfig): string | undefined {
   if (raw.api.token !== undefined) return raw.api.token;
@@ -211,6 +232,8 @@ function resolve(raw: RawConfig): Config {
       action: raw.detection.action,
       rejectReply: raw.detection.rejectReply,
       stripPipeconnect: raw.detection.stripPipeconnect,
+      teaser: raw.detection.teaser,
+      stress: stressOf(raw),
     },
     upstream: {
       source: raw.upstream.source,
@@ -308,6 +331,8 @@ export function configToDocument(config: Config, redact = true): unknown {
       action: config.detection.action,
       rejectReply: config.detection.rejectReply,
       stripPipeconnect: config.detection.stripPipeconnect,
+      ...(config.detection.teaser !== undefined ? { teaser: config.detection.teaser } : {}),
+      stress: { above: config.detection.stress.above, below: config.detection.stress.below, window: d(config.detection.stress.windowMs) },
     },
     upstream: {
       source: config.upstream.source,

@@ -44,6 +44,17 @@ export const ConfigSchema = Type.Object(
         window: Duration('6s', 'silent observation period'),
         action: Type.Union([Type.Literal('drop'), Type.Literal('reject'), Type.Literal('log')], { default: 'drop' }),
         rejectReply: Type.String({ default: '554 5.5.1 Protocol error: talking before the greeting', pattern: '^5[0-9][0-9] ' }),
+        teaser: Type.Optional(
+          Type.String({ pattern: '^220-[ -~]+$', maxLength: 200, description: 'first line of a multi-line greeting sent before the window, e.g. "220-mx.example.com ESMTP"' }),
+        ),
+        stress: Type.Object(
+          {
+            above: Type.Optional(Type.Integer({ minimum: 1, description: 'held connections above which the stress window applies (default 90% of limits.maxHeld)' })),
+            below: Type.Optional(Type.Integer({ minimum: 0, description: 'held connections below which the normal window returns (default 70% of limits.maxHeld)' })),
+            window: Type.Optional(Type.String({ pattern: DURATION_PATTERN, description: 'window while under stress (default 2s, or detection.window if shorter)' })),
+          },
+          { additionalProperties: false, default: {} },
+        ),
         stripPipeconnect: Type.Boolean({ default: true, description: 'remove PIPECONNECT from EHLO replies so Exim clients never talk early' }),
       },
       { additionalProperties: false, default: {} },
@@ -93,7 +104,9 @@ export const ConfigSchema = Type.Object(
     ),
     limits: Type.Object(
       {
-        maxConnections: Type.Integer({ minimum: 1, default: 15000 }),
+        maxConnections: Type.Integer({ minimum: 1, default: 15000, description: 'connections held or relayed at once; over it: 421' }),
+        maxHeld: Type.Integer({ minimum: 1, default: 10000, description: 'connections in the window at once; over it: 421' }),
+        perClient: Type.Integer({ minimum: 0, default: 50, description: 'connections at once from one client address (0 = no limit); over it: 421 4.7.0' }),
       },
       { additionalProperties: false, default: {} },
     ),
@@ -165,7 +178,14 @@ export interface ApiConfig {
 /** The resolved, frozen config that the rest of etd uses: durations are milliseconds. */
 export interface Config {
   readonly listeners: readonly ListenerConfig[];
-  readonly detection: { readonly windowMs: number; readonly action: Action; readonly rejectReply: string; readonly stripPipeconnect: boolean };
+  readonly detection: {
+    readonly windowMs: number;
+    readonly action: Action;
+    readonly rejectReply: string;
+    readonly stripPipeconnect: boolean;
+    readonly teaser: string | undefined;
+    readonly stress: { readonly above: number; readonly below: number; readonly windowMs: number };
+  };
   readonly upstream: {
     readonly source: SourceMode;
     readonly balance: 'roundrobin' | 'leastconn' | 'first';
@@ -179,7 +199,7 @@ export interface Config {
   };
   readonly api: ApiConfig;
   readonly timeouts: { readonly clientMs: number; readonly serverMs: number; readonly shutdownGraceMs: number };
-  readonly limits: { readonly maxConnections: number };
+  readonly limits: { readonly maxConnections: number; readonly maxHeld: number; readonly perClient: number };
   readonly netfilter: {
     readonly manage: boolean;
     readonly mark: number;

@@ -76,7 +76,8 @@ export class Listener {
             reject(e);
             return;
           }
-          server.listen({ fd }, done);
+          // listen({ fd, backlog }) would ignore the backlog (511); the positional form applies it.
+          server.listen({ fd }, this.config.backlog, done);
         } else {
           server.listen({ host: b.address, port: b.port, backlog: this.config.backlog, ipv6Only: false }, done);
         }

@@ -23,6 +23,8 @@ export interface SessionPolicy {
   readonly serverIdleMs: number;
   readonly forward: 'pool' | 'original';
   readonly stripPipeconnect: boolean;
+  /** First line of a multi-line greeting sent before the window ("220-mx ESMTP"), or undefined. */
+  readonly teaser: string | undefined;
 }
 
 export type Phase = 'held' | 'connecting' | 'greeting' | 'relaying' | 'closing' | 'closed';
@@ -58,7 +60,8 @@ export interface SessionContext {
   readonly pool: Pool;
   readonly hold: HoldQueue<Session>;
   source: SourceStrategy;
-  policy: SessionPolicy;
+  /** The policy for a connection arriving now (normal or stress). */
+  readonly policy: SessionPolicy;
   sessionStarted(s: Session): void;
   sessionRelaying(s: Session): void;
   sessionEnded(s: Session, summary: SessionSummary): void;
@@ -70,6 +73,8 @@ const EVIDENCE_BYTES = 100;
 const PENDING_LIMIT = 64 * 1024;
 /** How long a client may take to read a final reply (554/421) before it is cut off. */
 const REPLY_LINGER_MS = 5_000;
+/** After a teaser, how long etd waits for the client's first command to answer it with a refusal. */
+const DEFERRED_REPLY_WAIT_MS = 30_000;
 
 const kSession = Symbol('etd.session');
 type SessionSocket = net.Socket & { [kSession]?: Session };
@@ -103,6 +108,18 @@ function onUpstreamTimeout(this: SessionSocket): void {
   this[kSession]?.upstreamLost('server_greeting_timeout');
 }
 function noop(): void {}
+
+const kDeferred = Symbol('etd.deferredReply');
+type DeferredSocket = net.Socket & { [kDeferred]?: Buffer };
+// After "220 …" completed a teaser: the first command line gets the stored refusal, then close.
+function onDeferredData(this: DeferredSocket, chunk: Buffer): void {
+  const reply = this[kDeferred];
+  if (!reply || chunk.indexOf(0x0a) < 0) return;
+  this[kDeferred] = undefined;
+  this.removeListener('data', onDeferredData);
+  this.end(reply);
+  this.setTimeout(REPLY_LINGER_MS, onLingerTimeout);
+}
 
 let nextId = 1;
 
@@ -138,6 +155,9 @@ export class Session implements Holdable, RelayOwner {
   private greeting: string | undefined;
   private hint: string | undefined;
   private lastFailure: string | undefined;
+  private teaserSent = false;
+  /** With a teaser, the backend's greeting is collected whole to check its code before the client sees it. */
+  private greetingChunks: Buffer[] | undefined;
 
   constructor(
     readonly client: SessionSocket,
@@ -157,6 +177,11 @@ export class Session implements Holdable, RelayOwner {
   /** Starts the window (or connects at once when the window is zero). */
   begin(): void {
     this.ctx.sessionStarted(this);
+    if (this.policy.teaser !== undefined) {
+      // Bait: bots answer the first line of a multi-line greeting; RFC 5321 clients wait for the last.
+      this.client.write(`${this.policy.teaser}\r\n`);
+      this.teaserSent = true;
+    }
     if (this.policy.windowMs > 0) this.ticket = this.ctx.hold.add(this, this.policy.windowMs);
     else this.onHoldExpired();
   }
@@ -310,10 +335,29 @@ export class Session implements Holdable, RelayOwner {
     this.greetingBytes += chunk.length;
     const { end, carry } = findGreetingEnd(this.greetingCarry, chunk);
     this.greetingCarry = carry;
-    this.client.write(chunk);
+    if (this.teaserSent) (this.greetingChunks ??= []).push(chunk);
+    else this.client.write(chunk);
     if (end < 0) return;
-    const firstLine = chunk.toString('latin1', 0, Math.min(end, 200)).split(/\r?\n/)[0] ?? '';
+    const whole = this.greetingChunks ? Buffer.concat(this.greetingChunks) : chunk;
+    const firstLine = whole.toString('latin1', 0, Math.min(whole.length, 200)).split(/\r?\n/)[0] ?? '';
     this.greeting = replyCode(firstLine) ?? firstLine.slice(0, 40);
+    if (this.greetingChunks) {
+      this.greetingChunks = undefined;
+      if (this.greeting !== '220') {
+        // A refusing backend after our "220-" teaser: a reply's lines must share one code, so
+        // complete the greeting with 220 and give the backend's refusal to the client's first command.
+        const up = this.upstream!;
+        this.detachUpstream(up);
+        up.end('QUIT\r\n');
+        up.setTimeout(REPLY_LINGER_MS, onLingerTimeout);
+        this.upstream = undefined;
+        if (this.server) this.server.active--;
+        this.finish('passed', `server_greeting_${this.greeting}`);
+        this.deferredReply(whole);
+        return;
+      }
+      this.client.write(whole);
+    }
     this.startRelay();
   }
 
@@ -371,7 +415,21 @@ export class Session implements Holdable, RelayOwner {
   /** No backend could take the session: tell the client to come back later. */
   private noServer(cause: string): void {
     this.finish('no_server', cause);
-    this.replyAndClose(this.policy.noServerReply);
+    if (this.teaserSent) this.deferredReply(Buffer.from(`${this.policy.noServerReply}\r\n`, 'latin1'));
+    else this.replyAndClose(this.policy.noServerReply);
+  }
+
+  /** Completes the teaser with a final 220 line, then answers the client's first command with `reply` and closes. */
+  private deferredReply(reply: Buffer): void {
+    const c = this.client as DeferredSocket;
+    if (c.destroyed) return;
+    c.removeListener('data', onClientData);
+    delete (c as SessionSocket)[kSession];
+    c[kDeferred] = reply;
+    c.on('data', onDeferredData);
+    c.resume();
+    c.write(`220 ${this.policy.teaser!.slice(4)}\r\n`);
+    c.setTimeout(DEFERRED_REPLY_WAIT_MS, onLingerTimeout);
   }
 
   /** Held at shutdown: a polite 421 so the client retries later; relayed sessions are left to finish. */

@@ -25,7 +25,8 @@ export interface SourceStrategy {
 
 /** Why a connect failed, in the words the session summary uses. */
 export function connectFailureCause(e: unknown): string {
-  const code = (e as { code?: string }).code;
+  // The native addon's errors carry the errno name in sysCode (their code is ETD_ERR_SYSCALL).
+  const code = (e as { sysCode?: string }).sysCode ?? (e as { code?: string }).code;
   switch (code) {
     case 'ECONNREFUSED':
       return 'refused';
@@ -36,6 +37,9 @@ export function connectFailureCause(e: unknown): string {
       return 'unreachable';
     case 'ECONNRESET':
       return 'reset';
+    case 'EPERM':
+    case 'EACCES':
+      return 'no_privilege';
     default:
       return code ? code.toLowerCase() : 'error';
   }

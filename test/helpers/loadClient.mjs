@@ -1,9 +1,10 @@
 // Load client run as a child process (its own fd budget): opens N connections to etd at once;
 // even-numbered ones stay silent and expect a banner, odd ones talk early and expect to be cut off.
-// Usage: node loadClient.mjs PORT N WINDOW_MS TIMEOUT_MS  → prints one JSON line of results.
+// Usage: node loadClient.mjs PORT N WINDOW_MS TIMEOUT_MS [all-silent] → prints one JSON line of results.
 import net from 'node:net';
 
-const [port, n, windowMs, timeoutMs] = process.argv.slice(2).map(Number);
+const [port, n, windowMs, timeoutMs] = process.argv.slice(2, 6).map(Number);
+const allSilent = process.argv[6] === 'all-silent';
 const result = { opened: 0, connectErrors: 0, silentPassed: 0, silentFailed: 0, talkerDropped: 0, talkerFailed: 0, failures: [] };
 let pending = n;
 const deadline = setTimeout(() => {
@@ -27,7 +28,7 @@ function done(ok, kind, why) {
 }
 
 function open(i) {
-  const silent = i % 2 === 0;
+  const silent = allSilent || i % 2 === 0;
   const s = net.connect({ port, host: '127.0.0.1' });
   let data = '';
   let settled = false;

@@ -46,7 +46,6 @@ export class Listener {
     for (const b of bindAddresses(this.config, this.tproxyPort)) {
       const server = net.createServer({ allowHalfOpen: true, noDelay: true });
       server.on('connection', (socket) => this.onAccept(socket, this.ctx));
-      server.on('error', (err) => this.log.error({ err }, 'listener error'));
       await new Promise<void>((resolve, reject) => {
         const fail = (err: NodeJS.ErrnoException) => {
           reject(
@@ -66,6 +65,8 @@ export class Listener {
         server.once('error', fail);
         const done = () => {
           server.removeListener('error', fail);
+          // After a successful listen, errors (e.g. EMFILE on accept) are logged; Node keeps accepting.
+          server.on('error', (err) => this.log.error({ err }, 'listener error'));
           resolve();
         };
         if (b.transparent) {

@@ -57,6 +57,11 @@ export function runEtd(configFile: string, wrapper: string[] = []): RunningEtd {
           if (check()) waiters.splice(waiters.indexOf(poll), 1);
         };
         if (!check()) waiters.push(poll);
+        void r.exited.then((code) => {
+          if (check()) return;
+          clearTimeout(timer);
+          reject(new Error(`etd exited (${code}) before the expected log line; stderr: ${r.stderr}\nlog:\n${lines.map((l) => JSON.stringify(l)).join('\n')}`));
+        });
       });
     },
   };

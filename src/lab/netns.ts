@@ -11,8 +11,9 @@
 // left behind by a run that was SIGKILLed are deleted, with the processes still running inside
 // them, when the next lab is created (the pid in their name is no longer alive).
 //
-// Preconditions: root (or CAP_SYS_ADMIN + CAP_NET_ADMIN), iproute2, sysctl. Callers gate on
-// skipPrivileged() from test/helpers/privileged.ts.
+// Preconditions: root (or CAP_SYS_ADMIN + CAP_NET_ADMIN), iproute2, sysctl. Tests gate on
+// skipPrivileged() from test/helpers/privileged.ts; `npm run demo` checks for root itself.
+// It lives in src/ because the demo ships with etd; the tests use the same lab.
 
 import { execFile, execFileSync, spawn as spawnChild, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -96,13 +97,14 @@ export interface Lab {
   spawn(ns: string, cmd: string, args: readonly string[], opts?: SpawnOptions): ChildProcess;
   /** Spawns a process printing JSON lines on stdout and collects them. */
   spawnJson(ns: string, cmd: string, args: readonly string[], opts?: SpawnOptions): JsonLineProcess;
-  /** Starts test/netns/recorder.mjs in `ns` on the given addresses; resolves once it is ready. */
+  /** Starts scripts/lab-recorder.mjs in `ns` on the given addresses; resolves once it is ready. */
   startRecorder(ns: string, listens: readonly Listen[], opts?: { plain?: boolean; banner?: string; timeoutMs?: number }): Promise<JsonLineProcess>;
   /** Kills tracked processes by pid, deletes the namespaces. Idempotent. */
   destroy(): Promise<void>;
 }
 
-const RECORDER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'recorder.mjs');
+// src/lab and dist/lab are both two levels below the package root.
+const RECORDER = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..', 'scripts/lab-recorder.mjs');
 const NS_NAME = /^etd[cgb]([0-9a-z]+)-([0-9a-z]+)$/;
 
 /** "[v6]:port" or "v4:port". */

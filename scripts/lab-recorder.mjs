@@ -1,7 +1,7 @@
 // Recording SMTP backend for the netns lab: a real smtp-server that prints one JSON line per connect/message/close.
 //
 // Plain JS so it runs with `node` inside a namespace, no TS loader:
-//   node test/netns/recorder.mjs [--plain] [--banner=TEXT] ADDRESS:PORT [[V6ADDRESS]:PORT ...]
+//   node scripts/lab-recorder.mjs [--plain] [--banner=TEXT] ADDRESS:PORT [[V6ADDRESS]:PORT ...]
 // stdout, one JSON object per line:
 //   {"event":"ready","listening":[{"address","port"}...]}              once every address listens
 //   {"event":"connect","remoteAddress","remotePort","localAddress","localPort"}
@@ -18,7 +18,7 @@ import { SMTPServer } from 'smtp-server';
 const out = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
 
 function usage(msg) {
-  process.stderr.write(`recorder: ${msg}\nusage: node recorder.mjs [--plain] [--banner=TEXT] ADDRESS:PORT [[V6]:PORT ...]\n`);
+  process.stderr.write(`recorder: ${msg}\nusage: node scripts/lab-recorder.mjs [--plain] [--banner=TEXT] ADDRESS:PORT [[V6]:PORT ...]\n`);
   process.exit(2);
 }
 

@@ -1,0 +1,31 @@
+// Scripted SMTP clients run inside a lab namespace: an early talker and a polite swaks session.
+
+import type { Lab } from '../../src/lab/netns.js';
+
+/** Connects, sends `EHLO bot` at once, and prints how the connection ended and what came back. */
+const EARLY = `
+const net = require('net');
+const [host, port] = process.argv.slice(1);
+const s = net.connect({ host, port: Number(port) }, () => s.write('EHLO bot.example\\r\\n'));
+let data = '';
+s.on('data', (d) => (data += d));
+const done = (how) => { console.log(JSON.stringify({ how, data })); process.exit(0); };
+s.on('error', (e) => done(e.code));
+s.on('close', () => done('closed'));
+setTimeout(() => done('timeout'), 8000);
+`;
+
+export async function earlyTalker(lab: Lab, host: string, port = 25): Promise<{ how: string; data: string }> {
+  const r = await lab.exec(lab.ns.client, process.execPath, ['-e', EARLY, host, String(port)], { timeoutMs: 15_000 });
+  return JSON.parse(r.stdout.trim()) as { how: string; data: string };
+}
+
+export async function swaks(lab: Lab, server: string, port = 25, extra: string[] = []): Promise<string> {
+  const r = await lab.exec(
+    lab.ns.client,
+    'swaks',
+    ['--to', 'rcpt@example.net', '--from', 'sender@example.org', '--server', server, '--port', String(port), '--timeout', '15', '--helo', 'client.example', ...extra],
+    { timeoutMs: 30_000 },
+  );
+  return r.stdout;
+}

@@ -1,0 +1,150 @@
+// etd in vip mode in the netns lab: backends see the client's own address (IPv4 and IPv6), early
+// talkers never reach them, SIGTERM leaves nothing behind, SIGKILL's stale state is replaced.
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLab, type JsonLineProcess, type Lab } from '../../src/lab/netns.js';
+import { skipPrivileged } from '../helpers/privileged.js';
+import { runEtd, type RunningEtd } from '../helpers/cli.js';
+import { earlyTalker, swaks } from '../helpers/nsClient.js';
+
+const skip = skipPrivileged('vip mode end to end');
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-vip-'));
+let lab: Lab;
+let recorder: JsonLineProcess;
+const running: RunningEtd[] = [];
+
+function configFor(lab: Lab, extra = ''): string {
+  const file = path.join(dir, `etd-${running.length}.yaml`);
+  fs.writeFileSync(
+    file,
+    `
+listeners:
+  - { name: smtp4, address: ${lab.v4.gatewayClientSide}, port: 25, mode: vip }
+  - { name: smtp6, address: "${lab.v6.gatewayClientSide}", port: 25, mode: vip }
+detection: { window: 500ms, action: drop }
+upstream:
+  source: clientip
+  connectTimeout: 3s
+  retries: 0
+  health: { enabled: false }
+  servers:
+    - { name: b4, address: ${lab.v4.backends[0]}, port: 25 }
+    - { name: b6, address: "${lab.v6.backends[0]}", port: 25 }
+api: { enabled: false }
+log: { level: info }
+${extra}
+`,
+  );
+  return file;
+}
+
+async function start(file: string): Promise<RunningEtd> {
+  const etd = runEtd(file, ['ip', 'netns', 'exec', lab.ns.gateway]);
+  running.push(etd);
+  await etd.waitFor((l) => l.msg === 'etd started', 15_000);
+  return etd;
+}
+
+async function stop(etd: RunningEtd, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+  etd.child.kill(signal);
+  return etd.exited;
+}
+
+async function gatewayState(): Promise<{ nft: string; rules4: string; rules6: string; routes: string }> {
+  const gw = lab.ns.gateway;
+  const [nft, rules4, rules6, routes] = await Promise.all([
+    lab.exec(gw, 'nft', ['list', 'ruleset']),
+    lab.exec(gw, 'ip', ['rule', 'show']),
+    lab.exec(gw, 'ip', ['-6', 'rule', 'show']),
+    lab.exec(gw, 'ip', ['route', 'show', 'table', '100'], { allowFailure: true }),
+  ]);
+  return { nft: nft.stdout, rules4: rules4.stdout, rules6: rules6.stdout, routes: routes.stdout };
+}
+
+const connectsFrom = (addr: string) => recorder.events.filter((e) => e.event === 'connect' && e.remoteAddress === addr).length;
+
+describe.skipIf(skip)('vip mode in the lab', () => {
+  beforeAll(async () => {
+    lab = await createLab();
+    recorder = await lab.startRecorder(lab.ns.backend, [
+      { address: lab.v4.backends[0], port: 25 },
+      { address: lab.v6.backends[0], port: 25 },
+    ]);
+  }, 60_000);
+
+  afterAll(async () => {
+    for (const e of running) e.child.kill('SIGKILL');
+    await lab?.destroy();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('relays with the client address preserved (IPv4 and IPv6); early talkers never reach the backend; SIGTERM removes everything', async () => {
+    const etd = await start(configFor(lab));
+    const during = await gatewayState();
+    expect(during.nft).toMatch(/table inet etd \{[\s\S]*socket transparent 1 meta mark set 0x00000001 accept/);
+    expect(during.rules4).toMatch(/fwmark 0x1 lookup 100/);
+    expect(during.rules6).toMatch(/fwmark 0x1 lookup 100/);
+
+    for (const [family, client, gw] of [
+      ['v4', lab.v4.client, lab.v4.gatewayClientSide],
+      ['v6', lab.v6.client, lab.v6.gatewayClientSide],
+    ] as const) {
+      const out = await swaks(lab, gw);
+      expect(out, `${family}: ${out}`).toMatch(/<- +250 Queued/);
+      const msg = await recorder.waitFor((e) => e.event === 'message' && e.remoteAddress === client, 5000);
+      expect(msg.remoteAddress, family).toBe(client);
+
+      const before = connectsFrom(client);
+      const early = await earlyTalker(lab, gw);
+      expect(early.data, family).toBe('');
+      await new Promise((r) => setTimeout(r, 800)); // past the window
+      expect(connectsFrom(client), `${family}: early talker reached the backend`).toBe(before);
+    }
+    const sessions = etd.lines.filter((l) => l.msg === 'session');
+    expect(sessions.filter((s) => s.verdict === 'passed')).toHaveLength(2);
+    expect(sessions.filter((s) => s.verdict === 'early_talker')).toHaveLength(2);
+
+    expect(await stop(etd)).toBe(0);
+    const after = await gatewayState();
+    expect(after.nft).not.toMatch(/table inet etd/);
+    expect(after.rules4).not.toMatch(/fwmark 0x1/);
+    expect(after.rules6).not.toMatch(/fwmark 0x1/);
+    expect(after.routes.trim()).toBe('');
+  }, 90_000);
+
+  it('after SIGKILL the next start replaces the stale state and works', async () => {
+    const first = await start(configFor(lab));
+    expect(await stop(first, 'SIGKILL')).toBe(null);
+    const stale = await gatewayState();
+    expect(stale.nft).toMatch(/table inet etd/);
+    expect(stale.rules4).toMatch(/fwmark 0x1 lookup 100/);
+
+    const second = await start(configFor(lab));
+    const state = await gatewayState();
+    expect(state.rules4.match(/fwmark 0x1 lookup 100/g)).toHaveLength(1);
+    expect(state.nft.match(/socket transparent 1/g)).toHaveLength(1);
+    await swaks(lab, lab.v4.gatewayClientSide);
+    const msgs = recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client);
+    expect(msgs.length).toBeGreaterThanOrEqual(2);
+    expect(await stop(second)).toBe(0);
+    const after = await gatewayState();
+    expect(after.nft).not.toMatch(/table inet etd/);
+    expect(after.rules4).not.toMatch(/fwmark/);
+  }, 90_000);
+
+  it('without the divert rule the spoofed connect fails within the connect timeout and the log names the likely cause', async () => {
+    // manage: false — etd installs nothing, so the backend's replies to the client address never come back to etd.
+    const etd = await start(configFor(lab, 'netfilter: { manage: false }'));
+    const started = Date.now();
+    const out = await swaks(lab, lab.v4.gatewayClientSide, 25, ['--quit-after', 'CONNECT']).catch((e: Error) => e.message);
+    expect(Date.now() - started).toBeLessThan(10_000);
+    expect(out).toMatch(/421 4\.3\.2/);
+    const s = await etd.waitFor((l) => l.msg === 'session' && l.verdict === 'no_server', 10_000);
+    expect(s.cause).toBe('connect_timeout');
+    expect(String(s.hint)).toMatch(/return traffic is probably not routed through etd/);
+    expect(await stop(etd)).toBe(0);
+  }, 60_000);
+});

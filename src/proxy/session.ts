@@ -121,6 +121,10 @@ function onDeferredData(this: DeferredSocket, chunk: Buffer): void {
   this.setTimeout(REPLY_LINGER_MS, onLingerTimeout);
 }
 
+function hostPort(address: string, port: number): string {
+  return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
 let nextId = 1;
 
 export class Session implements Holdable, RelayOwner {
@@ -480,13 +484,13 @@ export class Session implements Holdable, RelayOwner {
     const summary: SessionSummary = {
       id: this.id,
       listener: this.ctx.listener,
-      client: this.family === 6 ? `[${this.clientAddress}]:${this.clientPort}` : `${this.clientAddress}:${this.clientPort}`,
+      client: hostPort(this.clientAddress, this.clientPort),
       clientAddress: this.clientAddress,
       verdict,
       ...(this.talkedAfterMs !== undefined
         ? { action: this.policy.action, talkedAfterMs: this.talkedAfterMs, earlyBytes: escapeBytes(this.evidence ?? Buffer.alloc(0)) }
         : {}),
-      ...(this.target ? { server: this.server?.name ?? 'original', serverAddress: `${this.target.address}:${this.target.port}` } : {}),
+      ...(this.target ? { server: this.server?.name ?? 'original', serverAddress: hostPort(this.target.address, this.target.port) } : {}),
       ...(this.greeting ? { greeting: this.greeting } : {}),
       ...(this.connectMs !== undefined ? { connectMs: this.connectMs } : {}),
       attempts: this.attempts,

@@ -16,9 +16,19 @@ export interface TestEtd {
 
 type Doc = Record<string, unknown>;
 
+/**
+ * Health checks connect to the backends on their own schedule, and tests that count backend
+ * connections would see them: they are off unless the test's `upstream` sets `health`.
+ */
+function withoutHealthChecks(doc: Doc): Doc {
+  const upstream = doc.upstream as Doc | undefined;
+  if (!upstream || 'health' in upstream) return doc;
+  return { ...doc, upstream: { ...upstream, health: { enabled: false } } };
+}
+
 /** `doc` is a YAML-shaped config document; the listener defaults to 127.0.0.1:0 in plain mode. */
 export async function startEtdForTest(doc: Doc): Promise<TestEtd> {
-  const config = validateConfig({ listeners: [{ name: 'test', address: '127.0.0.1', port: 0 }], log: { level: 'silent' }, ...doc });
+  const config = validateConfig({ listeners: [{ name: 'test', address: '127.0.0.1', port: 0 }], log: { level: 'silent' }, ...withoutHealthChecks(doc) });
   const app = new App(config, pino({ level: process.env.ETD_TEST_LOG ?? 'silent' }));
   const summaries: SessionSummary[] = [];
   app.observe({ sessionEnded: (s) => summaries.push(s) });

@@ -1,0 +1,57 @@
+// GET /v1/stats: counters since start — accepted, verdicts, early talkers per action, relayed, bytes.
+
+import { Type, type Static } from '@sinclair/typebox';
+import type { RoutePlugin } from '../context.js';
+
+const Count = (description: string) => Type.Integer({ minimum: 0, description });
+
+export const StatsBody = Type.Object({
+  startedAt: Type.String({ description: 'ISO 8601 time the counters started' }),
+  uptimeSeconds: Type.Number(),
+  accepted: Count('connections accepted'),
+  passed: Count('sessions that waited for the greeting and were relayed (verdict passed)'),
+  relayed: Count('sessions that reached the relay'),
+  earlyTalkers: Type.Object(
+    { total: Count('all early talkers'), drop: Count('dropped'), reject: Count('rejected with the 5xx reply'), log: Count('logged and passed') },
+    { description: 'clients that talked before the greeting, by the action taken' },
+  ),
+  noServer: Count('sessions refused with 421 because no backend could take them'),
+  limitRejections: Count('connections refused with 421 because a limit was hit'),
+  limits: Type.Object(
+    { max_connections: Count('limits.maxConnections'), max_held: Count('limits.maxHeld'), per_client: Count('limits.perClient') },
+    { description: 'limit rejections by limit' },
+  ),
+  clientGone: Count('clients that hung up during the window'),
+  shutdown: Count('held connections ended by a shutdown'),
+  verdicts: Type.Record(Type.String(), Type.Integer(), { description: 'ended sessions by verdict' }),
+  bytes: Type.Object({ fromClient: Count('bytes received from clients'), toClient: Count('bytes sent to clients') }),
+  now: Type.Object({ held: Count('held now'), relaying: Count('relayed now') }),
+});
+export type StatsBody = Static<typeof StatsBody>;
+
+export const statsRoutes: RoutePlugin = async (api, deps) => {
+  api.get(
+    '/v1/stats',
+    { schema: { summary: 'counters since start', tags: ['status'], response: { 200: StatsBody } } },
+    async (): Promise<StatsBody> => {
+      const s = deps.app.stats.snapshot();
+      const et = s.earlyTalkers;
+      return {
+        startedAt: s.startedAt,
+        uptimeSeconds: Math.round((Date.now() - deps.app.stats.startedAt) / 100) / 10,
+        accepted: s.accepted,
+        passed: s.verdicts.passed,
+        relayed: s.relayed,
+        earlyTalkers: { total: et.drop + et.reject + et.log, drop: et.drop, reject: et.reject, log: et.log },
+        noServer: s.verdicts.no_server,
+        limitRejections: s.verdicts.limit,
+        limits: s.limits,
+        clientGone: s.verdicts.client_gone,
+        shutdown: s.verdicts.shutdown,
+        verdicts: s.verdicts,
+        bytes: s.bytes,
+        now: { held: s.held, relaying: s.relaying },
+      };
+    },
+  );
+};

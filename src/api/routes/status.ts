@@ -1,0 +1,73 @@
+// GET /v1/status: what is running now — version, uptime, listeners and their modes, live connection counts, stress state.
+
+import { Type, type Static } from '@sinclair/typebox';
+import { ListenerSchema } from '../../config/schema.js';
+import { fmt } from '../../proxy/listener.js';
+import type { App } from '../../app.js';
+import type { RoutePlugin } from '../context.js';
+
+export const StatusBody = Type.Object({
+  version: Type.String(),
+  startedAt: Type.String({ description: 'ISO 8601 time etd started' }),
+  uptimeSeconds: Type.Number(),
+  listeners: Type.Array(
+    Type.Object({
+      name: ListenerSchema.properties.name,
+      mode: ListenerSchema.properties.mode,
+      addresses: Type.Array(Type.String(), { description: 'bound addresses (address:port)' }),
+    }),
+  ),
+  connections: Type.Object({
+    held: Type.Integer({ description: 'in the silent window now' }),
+    relaying: Type.Integer({ description: 'relayed to a backend now' }),
+    total: Type.Integer({ description: 'all open sessions (held, connecting, relaying, closing)' }),
+  }),
+  backends: Type.Object({ up: Type.Integer(), total: Type.Integer() }),
+  stress: Type.Object(
+    {
+      active: Type.Boolean({ description: 'true while the shorter stress window applies to new connections' }),
+      windowMs: Type.Integer({ description: 'the window new connections get now' }),
+      enterAbove: Type.Integer({ description: 'held connections above which stress starts (detection.stress.above)' }),
+      leaveBelow: Type.Integer({ description: 'held connections below which it ends (detection.stress.below)' }),
+      changes: Type.Integer({ description: 'times stress started or ended since start' }),
+    },
+    { description: 'overload protection: with many held connections the window shortens' },
+  ),
+});
+export type StatusBody = Static<typeof StatusBody>;
+
+/** The stress state as the App keeps it, with the thresholds that drive it. */
+function stressView(app: App): StatusBody['stress'] {
+  const d = app.currentConfig.detection;
+  return {
+    active: app.stressed,
+    windowMs: app.stressed ? d.stress.windowMs : d.windowMs,
+    enterAbove: d.stress.above,
+    leaveBelow: d.stress.below,
+    changes: app.stressChanges,
+  };
+}
+
+export const statusRoutes: RoutePlugin = async (api, deps) => {
+  api.get(
+    '/v1/status',
+    { schema: { summary: 'version, uptime, listeners, live connection counts, stress state', tags: ['status'], response: { 200: StatusBody } } },
+    async (): Promise<StatusBody> => {
+      const { app } = deps;
+      const servers = app.pool.list();
+      return {
+        version: deps.version,
+        startedAt: new Date(app.stats.startedAt).toISOString(),
+        uptimeSeconds: Math.round((Date.now() - app.stats.startedAt) / 100) / 10,
+        listeners: app.listenerList().map((l) => ({
+          name: l.config.name,
+          mode: l.config.mode,
+          addresses: l.addresses().map((a) => fmt(a.address, a.port)),
+        })),
+        connections: { held: app.stats.held, relaying: app.stats.relaying, total: app.sessions.size },
+        backends: { up: servers.filter((s) => s.state === 'up').length, total: servers.length },
+        stress: stressView(app),
+      };
+    },
+  );
+};

@@ -1,0 +1,158 @@
+// `etd status`: asks the running etd's management API (TCP or unix socket) and prints a readable summary, or the raw JSON with --json.
+
+import http from 'node:http';
+import type { ApiConfig } from '../config/schema.js';
+import { describeError } from '../errors.js';
+import type { BackendBody } from '../api/routes/backends.js';
+import type { StatsBody } from '../api/routes/stats.js';
+import type { StatusBody } from '../api/routes/status.js';
+
+export interface StatusOptions {
+  /** http://host:port of the API (ignored when `socket` is set). */
+  readonly url?: string;
+  /** Path of the API's unix socket. */
+  readonly socket?: string;
+  readonly token?: string;
+  readonly json: boolean;
+  readonly timeoutMs?: number;
+}
+
+/** Where `etd status` finds the API of an etd started with this config (wildcard binds are reached on loopback). */
+export function apiTarget(api: ApiConfig): { url?: string; socket?: string; token?: string } {
+  const token = api.token !== undefined ? { token: api.token } : {};
+  if (api.address.startsWith('/')) return { socket: api.address, ...token };
+  const host = api.address === '0.0.0.0' ? '127.0.0.1' : api.address === '::' ? '::1' : api.address;
+  return { url: `http://${host.includes(':') ? `[${host}]` : host}:${api.port}`, ...token };
+}
+
+class StatusError extends Error {}
+
+function where(opts: StatusOptions): string {
+  return opts.socket !== undefined ? `unix socket ${opts.socket}` : (opts.url ?? 'http://127.0.0.1:8025');
+}
+
+/** GET one API path; resolves with the parsed JSON, or rejects with a sentence for the operator. */
+function get(opts: StatusOptions, path: string): Promise<unknown> {
+  const base = new URL(opts.url ?? 'http://127.0.0.1:8025');
+  const target =
+    opts.socket !== undefined
+      ? { socketPath: opts.socket }
+      : { host: base.hostname.replace(/^\[|\]$/g, ''), port: Number(base.port || 80) };
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        ...target,
+        method: 'GET',
+        path,
+        headers: { accept: 'application/json', ...(opts.token !== undefined ? { authorization: `Bearer ${opts.token}` } : {}) },
+        timeout: opts.timeoutMs ?? 5000,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('error', (e) => reject(new StatusError(`reading ${path} from ${where(opts)}: ${describeError(e)}`)));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let body: unknown;
+          try {
+            body = JSON.parse(text);
+          } catch {
+            reject(new StatusError(`${where(opts)} answered ${path} with something that is not JSON (HTTP ${res.statusCode}); is that etd's API?`));
+            return;
+          }
+          if (res.statusCode === 401) {
+            reject(
+              new StatusError(
+                `the API at ${where(opts)} wants a bearer token${opts.token !== undefined ? ' and refused the one given' : ''}: ` +
+                  'pass -c with the config file that sets api.token (or api.tokenFile), or --token',
+              ),
+            );
+          } else if (res.statusCode !== 200) {
+            const msg = (body as { error?: unknown }).error;
+            reject(new StatusError(`${where(opts)}: GET ${path}: HTTP ${res.statusCode}: ${typeof msg === 'string' ? msg : text.slice(0, 200)}`));
+          } else resolve(body);
+        });
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`no answer within ${(opts.timeoutMs ?? 5000) / 1000} s`)));
+    req.on('error', (e: NodeJS.ErrnoException) => {
+      reject(new StatusError(`cannot reach the etd API at ${where(opts)}: ${e.code ?? e.message} — is etd running? is api.address/port right?`));
+    });
+    req.end();
+  });
+}
+
+function duration(seconds: number): string {
+  const s = Math.floor(seconds);
+  const d = Math.floor(s / 86400);
+  const h = Math.floor((s % 86400) / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  if (d) return `${d}d ${h}h ${m}m`;
+  if (h) return `${h}h ${m}m`;
+  if (m) return `${m}m ${s % 60}s`;
+  return `${s}s`;
+}
+
+function bytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
+}
+
+const num = (n: number) => n.toLocaleString('en-US');
+
+/** The readable summary: one screen, most important first. */
+export function formatStatus(status: StatusBody, stats: StatsBody, backends: readonly BackendBody[]): string {
+  const lines: string[] = [];
+  lines.push(`etd ${status.version}, up ${duration(status.uptimeSeconds)} (since ${status.startedAt})`);
+  lines.push(`connections  ${num(status.connections.held)} held, ${num(status.connections.relaying)} relaying, ${num(status.connections.total)} open`);
+  const st = status.stress;
+  lines.push(
+    st.active
+      ? `stress       ON: window ${st.windowMs / 1000}s for new connections until fewer than ${num(st.leaveBelow)} are held`
+      : `stress       off (window ${st.windowMs / 1000}s; stress above ${num(st.enterAbove)} held)`,
+  );
+  lines.push('listeners');
+  for (const l of status.listeners) lines.push(`  ${l.name.padEnd(16)} ${l.mode.padEnd(9)} ${l.addresses.join(' ') || '(not listening)'}`);
+  lines.push(`backends     ${status.backends.up} of ${status.backends.total} up`);
+  for (const b of backends) {
+    const why = b.state === 'down' ? `  (${b.lastReason})` : '';
+    lines.push(`  ${b.name.padEnd(16)} ${b.state.padEnd(6)} ${`${b.address}:${b.port}`.padEnd(24)} ${num(b.active)} active${why}`);
+  }
+  const et = stats.earlyTalkers;
+  lines.push('since start');
+  lines.push(`  accepted       ${num(stats.accepted)}`);
+  lines.push(`  passed         ${num(stats.passed)}  (relayed ${num(stats.relayed)})`);
+  lines.push(`  early talkers  ${num(et.total)}  (drop ${num(et.drop)}, reject ${num(et.reject)}, log ${num(et.log)})`);
+  lines.push(`  no server      ${num(stats.noServer)}`);
+  const lim = stats.limits;
+  lines.push(`  limit          ${num(stats.limitRejections)}  (max_connections ${num(lim.max_connections)}, max_held ${num(lim.max_held)}, per_client ${num(lim.per_client)})`);
+  lines.push(`  gone early     ${num(stats.clientGone)}`);
+  lines.push(`  bytes          ${bytes(stats.bytes.fromClient)} from clients, ${bytes(stats.bytes.toClient)} to clients`);
+  return lines.join('\n');
+}
+
+/** Returns the exit code: 0, or 1 when the API cannot be reached or answers with an error. */
+export async function statusCommand(
+  opts: StatusOptions,
+  out: (s: string) => void,
+  err: (s: string) => void = (s) => void process.stderr.write(`${s}\n`),
+): Promise<number> {
+  try {
+    const [status, stats, backends] = await Promise.all([get(opts, '/v1/status'), get(opts, '/v1/stats'), get(opts, '/v1/backends')]);
+    if (opts.json) {
+      out(JSON.stringify({ status, stats, backends: (backends as { backends: unknown }).backends }, null, 2));
+    } else {
+      out(formatStatus(status as StatusBody, stats as StatsBody, (backends as { backends: BackendBody[] }).backends));
+    }
+    return 0;
+  } catch (e) {
+    err(`etd status: ${e instanceof StatusError ? e.message : describeError(e)}`);
+    return 1;
+  }
+}

@@ -133,6 +133,11 @@ export function formatStatus(status: StatusBody, stats: StatsBody, backends: rea
   const lim = stats.limits;
   lines.push(`  limit          ${num(stats.limitRejections)}  (max_connections ${num(lim.max_connections)}, max_held ${num(lim.max_held)}, per_client ${num(lim.per_client)})`);
   lines.push(`  gone early     ${num(stats.clientGone)}`);
+  // Verdicts without a line of their own above (newer ones included).
+  const shown = new Set(['passed', 'early_talker', 'no_server', 'limit', 'client_gone']);
+  for (const [verdict, n] of Object.entries(stats.verdicts)) {
+    if (!shown.has(verdict) && n > 0) lines.push(`  ${verdict.replace(/_/g, ' ').padEnd(14)} ${num(n)}`);
+  }
   lines.push(`  bytes          ${bytes(stats.bytes.fromClient)} from clients, ${bytes(stats.bytes.toClient)} to clients`);
   return lines.join('\n');
 }

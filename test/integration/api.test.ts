@@ -14,6 +14,7 @@ import type { TSchema } from '@sinclair/typebox';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startApi, type ApiHandle } from '../../src/api/server.js';
 import { loadConfig } from '../../src/config/load.js';
+import { ConfigSchema } from '../../src/config/schema.js';
 import { isEtdError } from '../../src/errors.js';
 import { statusCommand } from '../../src/commands/status.js';
 import { StatusBody } from '../../src/api/routes/status.js';
@@ -59,6 +60,10 @@ function baseDoc(over: { window?: string; action?: string } = {}): Doc {
       ],
     },
     api: { address: '127.0.0.1', port: 0, token: TOKEN },
+    // The client cache remembers 127.0.0.1 between sessions (pass: skip the window; deny: refuse);
+    // these tests count single sessions, so it is off, and nothing is written under /var/lib.
+    ...('cache' in ConfigSchema.properties ? { cache: { enabled: false } } : {}),
+    ...('state' in ConfigSchema.properties ? { state: { path: ':memory:' } } : {}),
   };
 }
 

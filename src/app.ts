@@ -10,7 +10,11 @@ import { Listener, fmt } from './proxy/listener.js';
 import { Session, type SessionContext, type SessionPolicy, type SessionSummary } from './proxy/session.js';
 import { createSource } from './proxy/upstream.js';
 import { Stats } from './stats.js';
+import { EtdError, describeError } from './errors.js';
 import { normalizeAddress } from './config/cidr.js';
+import { AccessLists } from './policy/access.js';
+import { ClientCache } from './policy/clientCache.js';
+import { openStore, type StateStore } from './state/store.js';
 
 /** A listener's session context: the policy in force is the normal or the stress one. */
 interface ListenerContext extends SessionContext {
@@ -33,6 +37,13 @@ export function policyOf(config: Config, stressed = false): SessionPolicy {
     stripPipeconnect: config.detection.stripPipeconnect,
     teaser: config.detection.teaser,
   };
+}
+
+/** What decides the netfilter setup, which is applied at start: only a restart changes it. */
+function netfilterKey(c: Config): string {
+  const modes = [...new Set(c.listeners.map((l) => l.mode).filter((m) => m !== 'plain'))].sort();
+  const intercepted = c.listeners.filter((l) => l.mode === 'intercept').map((l) => [l.port, [...l.destinations].sort()]);
+  return JSON.stringify([c.netfilter, modes, intercepted]);
 }
 
 function listenerKey(l: ListenerConfig): string {
@@ -59,11 +70,18 @@ export class App {
   stressed = false;
   stressChanges = 0;
   private readonly observers: AppObserver[] = [];
+  /** SQLite (or, when that fails, memory) behind the caches and runtime access entries. */
+  readonly store: StateStore;
+  readonly access: AccessLists;
+  readonly cache: ClientCache;
 
   constructor(
     private config: Config,
     readonly log: Logger,
   ) {
+    this.store = openStore(config.state.path, log);
+    this.access = new AccessLists(config.access, this.store.loadAccess());
+    this.cache = new ClientCache(config.cache, this.store);
     this.pool = new Pool(config.upstream.servers, config.upstream.balance, { passiveFall: config.upstream.passiveFall });
     this.pool.onChange((c) => this.log.warn({ server: c.server, from: c.from, to: c.to, reason: c.reason }, `server ${c.server} is now ${c.to}`));
     this.health = new HealthChecker(this.pool, config.upstream.health, log);
@@ -73,8 +91,13 @@ export class App {
     return this.config;
   }
 
-  observe(o: AppObserver): void {
+  /** Adds an observer of session ends; returns the function that removes it. */
+  observe(o: AppObserver): () => void {
     this.observers.push(o);
+    return () => {
+      const i = this.observers.indexOf(o);
+      if (i >= 0) this.observers.splice(i, 1);
+    };
   }
 
   listenerList(): readonly Listener[] {
@@ -82,11 +105,15 @@ export class App {
   }
 
   async start(): Promise<void> {
+    const t0 = performance.now();
+    const loaded = this.cache.load();
+    this.log.info({ entries: loaded, ms: Math.round(performance.now() - t0), store: this.store.location }, 'client cache loaded');
+    this.cache.startSweeping();
     this.health.start();
     for (const l of this.config.listeners) await this.startListener(l);
   }
 
-  private makeContext(l: ListenerConfig): ListenerContext {
+  private makeContext(l: ListenerConfig, config: Config): ListenerContext {
     const app = this;
     return {
       listener: l.name,
@@ -94,9 +121,9 @@ export class App {
       log: this.log.child({ listener: l.name }),
       pool: this.pool,
       hold: this.hold,
-      source: createSource(this.config.upstream.source),
-      normal: policyOf(this.config),
-      stress: policyOf(this.config, true),
+      source: createSource(config.upstream.source),
+      normal: policyOf(config),
+      stress: policyOf(config, true),
       get policy() {
         return app.stressed ? this.stress : this.normal;
       },
@@ -106,7 +133,9 @@ export class App {
         app.perClient.set(s.clientAddress, (app.perClient.get(s.clientAddress) ?? 0) + 1);
         app.checkStress();
       },
-      sessionRelaying() {
+      sessionRelaying(s) {
+        // It waited for the greeting: next time it skips the window.
+        if (!s.talked && !s.skipped) app.cache.recordPass(s.clientAddress);
         app.stats.held--;
         app.stats.relaying++;
         app.stats.relayed++;
@@ -119,6 +148,7 @@ export class App {
         const n = (app.perClient.get(s.clientAddress) ?? 1) - 1;
         if (n > 0) app.perClient.set(s.clientAddress, n);
         else app.perClient.delete(s.clientAddress);
+        if (summary.verdict === 'early_talker') app.cache.recordDeny(s.clientAddress);
         app.checkStress();
         app.recordEnd(this.log, summary);
       },
@@ -149,11 +179,12 @@ export class App {
     for (const o of this.observers) o.sessionEnded?.(summary);
   }
 
-  private async startListener(l: ListenerConfig): Promise<void> {
-    const ctx = this.makeContext(l);
-    const listener = new Listener(l, ctx, (socket, c) => this.accept(socket, c), this.config.netfilter.tproxyPort);
+  private async startListener(l: ListenerConfig, config = this.config): Promise<Listener> {
+    const ctx = this.makeContext(l, config);
+    const listener = new Listener(l, ctx, (socket, c) => this.accept(socket, c), config.netfilter.tproxyPort);
     await listener.start();
     this.listeners.set(l.name, listener);
+    return listener;
   }
 
   private accept(socket: net.Socket, ctx: SessionContext): void {
@@ -178,7 +209,49 @@ export class App {
         return;
       }
     }
-    new Session(socket, ctx).begin();
+    // The allow/deny lists first, then the caches: a listed client never waits or is always refused.
+    const address = normalizeAddress(socket.remoteAddress ?? '');
+    const listed = this.access.match(address);
+    if (listed?.list === 'deny') {
+      this.deny(socket, ctx, 'access_deny');
+      return;
+    }
+    let skip: 'allowlist' | 'pass_cache' | undefined = listed ? 'allowlist' : undefined;
+    if (!skip) {
+      const cached = this.cache.lookup(address);
+      if (cached === 'deny') {
+        this.deny(socket, ctx, 'deny_cache');
+        return;
+      }
+      if (cached === 'pass') skip = 'pass_cache';
+    }
+    new Session(socket, ctx, skip).begin();
+  }
+
+  /** A denied client (access list or deny cache): 554 5.7.1 and close, or drop. */
+  private deny(socket: net.Socket, ctx: SessionContext, cause: 'access_deny' | 'deny_cache'): void {
+    const address = normalizeAddress(socket.remoteAddress ?? '');
+    const port = socket.remotePort ?? 0;
+    socket.on('error', () => socket.destroy());
+    if (this.config.access.denyAction === 'drop') socket.resetAndDestroy();
+    else {
+      socket.resume();
+      socket.end(`${this.config.access.denyReply}\r\n`);
+      socket.setTimeout(5000, () => socket.destroy());
+    }
+    this.recordEnd(ctx.log, {
+      id: 0,
+      listener: ctx.listener,
+      client: fmt(address, port),
+      clientAddress: address,
+      verdict: 'denied',
+      attempts: 0,
+      heldMs: 0,
+      durationMs: 0,
+      bytesFromClient: 0,
+      bytesToClient: 0,
+      cause,
+    });
   }
 
   /** A limit was hit: 421 and close, with its own summary line. */
@@ -211,27 +284,47 @@ export class App {
    */
   async reload(next: Config): Promise<void> {
     const prev = this.config;
+    if (netfilterKey(next) !== netfilterKey(prev)) {
+      throw new EtdError('ETD_ERR_CONFIG_INVALID', 'reload refused: the netfilter section, the transparent modes or the intercepted ports/destinations changed', {
+        hint: 'these are applied at start; restart etd (systemctl restart etd) to change them',
+      });
+    }
+    // Listeners first: it is the only step that can fail. If a bind fails, what was stopped is
+    // started again and nothing else changes, so a reload is all or nothing.
+    const wanted = new Map(next.listeners.map((l) => [l.name, l]));
+    const stopped: Listener[] = [];
+    const started: Listener[] = [];
+    try {
+      for (const [name, listener] of [...this.listeners]) {
+        const want = wanted.get(name);
+        if (!want || listenerKey(want) !== listenerKey(listener.config)) {
+          await listener.stop();
+          this.listeners.delete(name);
+          stopped.push(listener);
+        }
+      }
+      for (const l of next.listeners) {
+        if (!this.listeners.has(l.name)) started.push(await this.startListener(l, next));
+      }
+    } catch (e) {
+      for (const l of started) {
+        await l.stop();
+        this.listeners.delete(l.config.name);
+      }
+      for (const l of stopped) await this.startListener(l.config, prev).catch((err: unknown) => this.log.error({ err: describeError(err), listener: l.config.name }, 'could not restore a listener after a failed reload'));
+      throw e;
+    }
     this.config = next;
     this.pool.update(next.upstream.servers, next.upstream.balance);
+    this.access.replaceConfig(next.access);
+    this.cache.update(next.cache);
     this.health.update(next.upstream.health);
-    const wanted = new Map(next.listeners.map((l) => [l.name, l]));
-    for (const [name, listener] of this.listeners) {
-      const want = wanted.get(name);
-      if (!want || listenerKey(want) !== listenerKey(listener.config)) {
-        await listener.stop();
-        this.listeners.delete(name);
-      }
-    }
-    for (const l of next.listeners) {
-      const existing = this.listeners.get(l.name);
-      if (existing) {
-        const ctx = existing.ctx as ListenerContext;
-        ctx.normal = policyOf(next);
-        ctx.stress = policyOf(next, true);
-        if (prev.upstream.source !== next.upstream.source) existing.ctx.source = createSource(next.upstream.source);
-      } else {
-        await this.startListener(l);
-      }
+    if (next.state.path !== prev.state.path) this.log.warn({ from: prev.state.path, to: next.state.path }, 'state.path changes take effect at the next restart');
+    for (const listener of this.listeners.values()) {
+      const ctx = listener.ctx as ListenerContext;
+      ctx.normal = policyOf(next);
+      ctx.stress = policyOf(next, true);
+      if (prev.upstream.source !== next.upstream.source) ctx.source = createSource(next.upstream.source);
     }
   }
 
@@ -246,5 +339,7 @@ export class App {
     while (this.sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const s of [...this.sessions]) s.abort('shutdown');
     this.hold.close();
+    this.cache.stop();
+    this.store.close();
   }
 }

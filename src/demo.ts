@@ -84,6 +84,7 @@ upstream:
     - { name: backend4, address: ${lab.v4.backends[0]}, port: 25 }
     - { name: backend6, address: "${lab.v6.backends[0]}", port: 25 }
 api: { enabled: false }
+state: { path: ":memory:" }
 log: { level: info }
 `,
     );
@@ -175,6 +176,7 @@ async function loopbackDemo(why: string): Promise<void> {
 detection: { window: ${WINDOW}, action: drop }
 upstream: { source: self, servers: [{ name: backend, address: 127.0.0.1, port: ${backendPort} }] }
 api: { enabled: false }
+state: { path: ":memory:" }
 `,
     );
     const etd = spawn(process.execPath, [CLI, 'run', '-c', cfg], { stdio: ['ignore', 'pipe', 'inherit'] });

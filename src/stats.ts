@@ -14,6 +14,7 @@ export class Stats {
     early_talker: 0,
     no_server: 0,
     limit: 0,
+    denied: 0,
     client_gone: 0,
     shutdown: 0,
   };

@@ -66,8 +66,13 @@ export class Pool {
     this.update(configs, balance);
   }
 
-  onChange(fn: PoolListener): void {
+  /** Subscribes to state changes; returns the unsubscribe function. */
+  onChange(fn: PoolListener): () => void {
     this.listeners.push(fn);
+    return () => {
+      const i = this.listeners.indexOf(fn);
+      if (i >= 0) this.listeners.splice(i, 1);
+    };
   }
 
   list(): readonly Server[] {
@@ -107,6 +112,11 @@ export class Pool {
       (s) => s.state === 'up' && (family === undefined || s.family === family) && !exclude?.has(s),
     );
     return this.balancer.pick(usable) as Server | undefined;
+  }
+
+  /** Whether a server that is up (of `family`, when given) remains outside `exclude`. */
+  hasCandidate(family: 4 | 6 | undefined, exclude?: ReadonlySet<Server>): boolean {
+    return this.servers.some((s) => s.state === 'up' && (family === undefined || s.family === family) && !exclude?.has(s));
   }
 
   /** True when some server of this family exists at all (to tell "none configured" from "none up"). */

@@ -180,6 +180,12 @@ function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
   if (st.window !== undefined && nw !== undefined && stress.windowMs > nw) {
     out.push({ path: 'detection.stress.window', message: `${st.window} is longer than detection.window ${raw.detection.window}; under stress the window should shorten` });
   }
+  for (const list of ['allow', 'deny'] as const) {
+    raw.access[list].forEach((c, j) => {
+      const r = parseCidr(c);
+      if (typeof r === 'string') out.push({ path: `access.${list}[${j}]`, message: r });
+    });
+  }
   const api = raw.api;
   if (api.token !== undefined && api.tokenFile !== undefined) out.push({ path: 'api.tokenFile', message: 'set either api.token or api.tokenFile, not both' });
   if (api.tokenFile !== undefined) {
@@ -258,6 +264,9 @@ function resolve(raw: RawConfig): Config {
     timeouts: { clientMs: ms(raw.timeouts.client), serverMs: ms(raw.timeouts.server), shutdownGraceMs: ms(raw.timeouts.shutdownGrace) },
     limits: { ...raw.limits },
     netfilter: { ...raw.netfilter },
+    cache: { enabled: raw.cache.enabled, ttlMs: ms(raw.cache.ttl), denyTtlMs: ms(raw.cache.denyTtl), scope: raw.cache.scope },
+    access: { allow: [...raw.access.allow], deny: [...raw.access.deny], denyAction: raw.access.denyAction, denyReply: raw.access.denyReply },
+    state: { path: raw.state.path },
     log: { level: raw.log.level },
   };
 }
@@ -362,6 +371,9 @@ export function configToDocument(config: Config, redact = true): unknown {
     timeouts: { client: d(config.timeouts.clientMs), server: d(config.timeouts.serverMs), shutdownGrace: d(config.timeouts.shutdownGraceMs) },
     limits: config.limits,
     netfilter: config.netfilter,
+    cache: { enabled: config.cache.enabled, ttl: d(config.cache.ttlMs), denyTtl: d(config.cache.denyTtlMs), scope: config.cache.scope },
+    access: config.access,
+    state: config.state,
     log: config.log,
   };
 }

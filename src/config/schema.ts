@@ -121,6 +121,30 @@ export const ConfigSchema = Type.Object(
       },
       { additionalProperties: false, default: {} },
     ),
+    cache: Type.Object(
+      {
+        enabled: Type.Boolean({ default: true }),
+        ttl: Duration('1d', 'how long a client that waited skips the window'),
+        denyTtl: Duration('1h', 'how long an early talker is turned away at once'),
+        scope: Type.Union([Type.Literal('ip'), Type.Literal('net')], { default: 'ip', description: 'net: IPv4 per /24, IPv6 per /64' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    access: Type.Object(
+      {
+        allow: Type.Array(Type.String(), { default: [], description: 'CIDRs that skip the window' }),
+        deny: Type.Array(Type.String(), { default: [], description: 'CIDRs that are refused at once' }),
+        denyAction: Type.Union([Type.Literal('reject'), Type.Literal('drop')], { default: 'reject' }),
+        denyReply: Type.String({ default: '554 5.7.1 Service unavailable; client host blocked', pattern: '^5[0-9][0-9] ' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    state: Type.Object(
+      {
+        path: Type.String({ minLength: 1, default: '/var/lib/etd/state.db', description: 'SQLite file for the caches and runtime access entries (":memory:" = no persistence)' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
     log: Type.Object(
       {
         level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
@@ -208,5 +232,8 @@ export interface Config {
     readonly tproxyPort: number;
     readonly tableName: string;
   };
+  readonly cache: { readonly enabled: boolean; readonly ttlMs: number; readonly denyTtlMs: number; readonly scope: 'ip' | 'net' };
+  readonly access: { readonly allow: readonly string[]; readonly deny: readonly string[]; readonly denyAction: 'reject' | 'drop'; readonly denyReply: string };
+  readonly state: { readonly path: string };
   readonly log: { readonly level: string };
 }

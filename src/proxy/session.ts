@@ -42,6 +42,8 @@ export interface SessionSummary {
   readonly server?: string;
   readonly serverAddress?: string;
   readonly greeting?: string;
+  /** Why the window was skipped: allow list or pass cache. */
+  readonly skipped?: string;
   readonly connectMs?: number;
   readonly attempts: number;
   readonly heldMs: number;
@@ -166,6 +168,8 @@ export class Session implements Holdable, RelayOwner {
   constructor(
     readonly client: SessionSocket,
     readonly ctx: SessionContext,
+    /** Why the window is skipped (allow list, pass cache), if it is. */
+    readonly skipped?: 'allowlist' | 'pass_cache',
   ) {
     this.policy = ctx.policy;
     this.clientAddress = normalizeAddress(client.remoteAddress ?? '');
@@ -181,6 +185,11 @@ export class Session implements Holdable, RelayOwner {
   /** Starts the window (or connects at once when the window is zero). */
   begin(): void {
     this.ctx.sessionStarted(this);
+    if (this.skipped) {
+      // A known-good client: no teaser, no window — connect now, zero added delay.
+      this.onHoldExpired();
+      return;
+    }
     if (this.policy.teaser !== undefined) {
       // Bait: bots answer the first line of a multi-line greeting; RFC 5321 clients wait for the last.
       this.client.write(`${this.policy.teaser}\r\n`);
@@ -199,6 +208,10 @@ export class Session implements Holdable, RelayOwner {
   }
   get bytesToClient(): number {
     return this.client.bytesWritten;
+  }
+  /** Whether the client sent anything before the greeting. */
+  get talked(): boolean {
+    return this.talkedAfterMs !== undefined;
   }
   get ageMs(): number {
     return performance.now() - this.started;
@@ -272,6 +285,7 @@ export class Session implements Holdable, RelayOwner {
       (this.tried ??= new Set()).add(server);
       this.server = server;
       server.active++;
+      server.total++;
       target = { address: server.config.address, port: server.config.port };
     }
     this.target = target;
@@ -279,7 +293,7 @@ export class Session implements Holdable, RelayOwner {
     this.connectStarted = performance.now();
     this.ctx.source.connect(target, this.endpoints(), this.policy.connectTimeoutMs).then(
       (socket) => this.upstreamConnected(socket),
-      (err: unknown) => this.upstreamFailed(connectFailureCause(err), err),
+      (err: unknown) => this.attemptFailed(connectFailureCause(err), err),
     );
   }
 
@@ -312,75 +326,92 @@ export class Session implements Holdable, RelayOwner {
     this.phase = 'greeting';
   }
 
-  private upstreamFailed(cause: string, err: unknown): void {
+  /** Whether another attempt is allowed after a failed one: retries left, and (pool mode) a server not tried yet. */
+  private canRetry(): boolean {
+    if (this.attempts > this.policy.retries) return false;
+    if (this.policy.forward === 'original') return this.attempts < 2;
+    return this.ctx.pool.hasCandidate(this.ctx.source.sameFamily ? this.family : undefined, this.tried);
+  }
+
+  /** A connect or greeting failed: count it against the server, then retry or give up with 421. */
+  private attemptFailed(cause: string, err: unknown): void {
     if (this.server) {
       this.server.active--;
       this.ctx.pool.connectFailed(this.server, cause);
     }
-    this.lastFailure = `connect_${cause}`;
+    this.lastFailure = cause.startsWith('server_') ? cause : `connect_${cause}`;
     if (this.done) return;
     if (cause === 'timeout' && this.ctx.source.kind === 'clientip') {
       this.hint =
         'the spoofed connect got no answer: the return traffic is probably not routed through etd ' +
         '(backend default route or PBR, the divert rule, or the fwmark ip rule is missing; run etd doctor)';
-    } else if (cause !== 'timeout' && cause !== 'refused' && cause !== 'unreachable' && err instanceof Error) {
+    } else if (cause === 'no_privilege') {
+      this.hint = 'etd lacks CAP_NET_ADMIN/CAP_NET_RAW for IP_TRANSPARENT; run it as root or under the systemd unit';
+    } else if (err instanceof Error && !['timeout', 'refused', 'unreachable', 'reset'].includes(cause)) {
       this.hint = err.message;
     }
-    if (this.attempts <= this.policy.retries && (this.policy.forward === 'pool' || this.attempts < 2)) {
-      this.connectNext();
-    } else {
-      this.noServer(this.lastFailure);
-    }
+    this.phase = 'connecting';
+    if (this.canRetry()) this.connectNext();
+    else this.noServer(this.lastFailure);
   }
 
-  /** Backend bytes until its greeting is complete; every byte goes to the client as it comes. */
+  /**
+   * Backend bytes until its greeting is complete. The greeting is collected whole (it is one
+   * short reply) so its code can be checked before the client sees any of it: a backend that
+   * greets with 421/554 or garbage is a failed attempt, and another server may take the client.
+   */
   upstreamGreeting(chunk: Buffer): void {
     if (this.done) return;
     this.greetingBytes += chunk.length;
     const { end, carry } = findGreetingEnd(this.greetingCarry, chunk);
     this.greetingCarry = carry;
-    if (this.teaserSent) (this.greetingChunks ??= []).push(chunk);
-    else this.client.write(chunk);
+    (this.greetingChunks ??= []).push(chunk);
     if (end < 0) return;
-    const whole = this.greetingChunks ? Buffer.concat(this.greetingChunks) : chunk;
+    const whole = this.greetingChunks.length === 1 ? chunk : Buffer.concat(this.greetingChunks);
+    this.greetingChunks = undefined;
     const firstLine = whole.toString('latin1', 0, Math.min(whole.length, 200)).split(/\r?\n/)[0] ?? '';
-    this.greeting = replyCode(firstLine) ?? firstLine.slice(0, 40);
-    if (this.greetingChunks) {
-      this.greetingChunks = undefined;
-      if (this.greeting !== '220') {
-        // A refusing backend after our "220-" teaser: a reply's lines must share one code, so
-        // complete the greeting with 220 and give the backend's refusal to the client's first command.
-        const up = this.upstream!;
-        this.detachUpstream(up);
-        up.end('QUIT\r\n');
-        up.setTimeout(REPLY_LINGER_MS, onLingerTimeout);
-        this.upstream = undefined;
-        if (this.server) this.server.active--;
-        this.finish('passed', `server_greeting_${this.greeting}`);
-        this.deferredReply(whole);
-        return;
-      }
+    this.greeting = replyCode(firstLine) ?? 'garbage';
+    if (this.greeting === '220') {
       this.client.write(whole);
+      this.startRelay();
+      return;
     }
-    this.startRelay();
+    // The backend refused (or is not SMTP): let it go politely, then try another server.
+    const up = this.upstream!;
+    this.detachUpstream(up);
+    up.end('QUIT\r\n');
+    up.setTimeout(REPLY_LINGER_MS, onLingerTimeout);
+    this.upstream = undefined;
+    const cause = `server_greeting_${this.greeting}`;
+    if (this.canRetry()) {
+      this.attemptFailed(cause, undefined);
+      return;
+    }
+    if (this.server) {
+      this.server.active--;
+      this.ctx.pool.connectFailed(this.server, cause);
+    }
+    // No other server: the client gets this backend's own refusal. After a "220-" teaser a
+    // reply's lines must share one code, so 220 completes the greeting and the refusal
+    // answers the client's first command instead.
+    this.finish('passed', cause);
+    if (this.teaserSent) this.deferredReply(whole);
+    else {
+      this.client.end(whole);
+      this.client.setTimeout(REPLY_LINGER_MS, onLingerTimeout);
+    }
   }
 
-  /** The backend went away (or stayed silent) before completing its greeting. */
+  /** The backend went away (or stayed silent) before completing its greeting: a failed attempt. */
   upstreamLost(cause: string): void {
     if (this.done || this.phase !== 'greeting') return;
     const up = this.upstream!;
     this.detachUpstream(up);
     up.destroy();
     this.upstream = undefined;
-    if (this.greetingBytes === 0) {
-      // Nothing reached the client yet: this is a failed attempt, so another server may serve it.
-      this.upstreamFailed(cause, undefined);
-      return;
-    }
-    if (this.server) this.server.active--;
-    this.finish('passed', cause);
-    this.client.end();
-    this.client.setTimeout(REPLY_LINGER_MS, onLingerTimeout);
+    this.greetingChunks = undefined;
+    this.greetingCarry = '';
+    this.attemptFailed(cause, undefined);
   }
 
   private detachUpstream(up: SessionSocket): void {
@@ -493,6 +524,7 @@ export class Session implements Holdable, RelayOwner {
       ...(this.target ? { server: this.server?.name ?? 'original', serverAddress: hostPort(this.target.address, this.target.port) } : {}),
       ...(this.greeting ? { greeting: this.greeting } : {}),
       ...(this.connectMs !== undefined ? { connectMs: this.connectMs } : {}),
+      ...(this.skipped ? { skipped: this.skipped } : {}),
       attempts: this.attempts,
       heldMs: Math.round(this.heldMs),
       durationMs: Math.round(performance.now() - this.started),

@@ -2,12 +2,16 @@
 
 import type { Action } from '../config/schema.js';
 
+/** Every verdict word, for counters and metrics that need the list at run time. */
+export const VERDICTS = ['passed', 'early_talker', 'no_server', 'limit', 'denied', 'client_gone', 'shutdown'] as const;
+
 /** The verdict words of the session summary line (the operator's tcplog). */
 export type Verdict =
   | 'passed' // waited for the greeting and was relayed
   | 'early_talker' // spoke before the complete greeting
   | 'no_server' // no backend could be reached: 421 sent
   | 'limit' // a connection limit was hit: 421 sent
+  | 'denied' // access list deny or deny cache: 554 5.7.1 sent, or dropped
   | 'client_gone' // hung up during the window, before any verdict
   | 'shutdown'; // etd stopped while the connection was held
 

@@ -28,7 +28,17 @@ function withoutHealthChecks(doc: Doc): Doc {
 
 /** `doc` is a YAML-shaped config document; the listener defaults to 127.0.0.1:0 in plain mode. */
 export async function startEtdForTest(doc: Doc): Promise<TestEtd> {
-  const config = validateConfig({ listeners: [{ name: 'test', address: '127.0.0.1', port: 0 }], log: { level: 'silent' }, ...withoutHealthChecks(doc) });
+  // No state file unless a test asks for one (tests must not write /var/lib/etd). Every test client
+  // is 127.0.0.1, so the caches and the per-client limit are off unless a test turns them on.
+  const config = validateConfig({
+    listeners: [{ name: 'test', address: '127.0.0.1', port: 0 }],
+    log: { level: 'silent' },
+    state: { path: ':memory:' },
+    api: { enabled: false },
+    cache: { enabled: false },
+    limits: { perClient: 0 },
+    ...withoutHealthChecks(doc),
+  });
   const app = new App(config, pino({ level: process.env.ETD_TEST_LOG ?? 'silent' }));
   const summaries: SessionSummary[] = [];
   app.observe({ sessionEnded: (s) => summaries.push(s) });

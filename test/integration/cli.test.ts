@@ -35,6 +35,8 @@ detection: { window: ${window}, action: ${action} }
 upstream: { servers: [{ name: b, address: 127.0.0.1, port: ${backend.port} }] }
 timeouts: { shutdownGrace: 5s }
 api: { enabled: false }
+state: { path: ":memory:" }
+cache: { enabled: false }
 log: { level: info }
 `;
 

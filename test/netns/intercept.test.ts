@@ -33,6 +33,7 @@ listeners:
 detection: { window: 500ms }
 upstream: { source: clientip, connectTimeout: 3s }
 api: { enabled: false }
+state: { path: ":memory:" }
 `,
     );
     etd = runEtd(file, ['ip', 'netns', 'exec', lab.ns.gateway]);

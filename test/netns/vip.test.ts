@@ -34,6 +34,7 @@ upstream:
     - { name: b4, address: ${lab.v4.backends[0]}, port: 25 }
     - { name: b6, address: "${lab.v6.backends[0]}", port: 25 }
 api: { enabled: false }
+state: { path: ":memory:" }
 log: { level: info }
 ${extra}
 `,

@@ -1,0 +1,83 @@
+// Pure access lists: CIDR allow/deny entries from the config and the API; the most specific match wins.
+
+import { cidrContains, parseCidr, type Cidr } from '../config/cidr.js';
+
+export type AccessVerdict = 'allow' | 'deny';
+
+export interface AccessEntry {
+  readonly cidr: Cidr;
+  readonly list: AccessVerdict;
+  /** config entries come back on every reload; runtime entries live in the state store. */
+  readonly source: 'config' | 'runtime';
+}
+
+/**
+ * The entries are kept sorted most specific first (longest prefix), so "the first match wins"
+ * means what a routing table means: a /32 allow inside a /8 deny lets that host in. At equal
+ * length, deny comes first.
+ */
+export class AccessLists {
+  private entries: AccessEntry[] = [];
+
+  constructor(config: { allow: readonly string[]; deny: readonly string[] }, runtime: ReadonlyArray<{ cidr: string; list: AccessVerdict }> = []) {
+    this.replaceConfig(config);
+    for (const r of runtime) this.add(r.cidr, r.list, 'runtime');
+  }
+
+  /** Reload: config entries are replaced, runtime entries stay. */
+  replaceConfig(config: { allow: readonly string[]; deny: readonly string[] }): void {
+    const runtime = this.entries.filter((e) => e.source === 'runtime');
+    this.entries = [];
+    for (const c of config.allow) this.insert(mustParse(c), 'allow', 'config');
+    for (const c of config.deny) this.insert(mustParse(c), 'deny', 'config');
+    for (const e of runtime) this.insert(e.cidr, e.list, 'runtime');
+  }
+
+  /** Adds a runtime entry; returns an error string for a bad CIDR. Replaces an entry for the same prefix. */
+  add(text: string, list: AccessVerdict, source: 'config' | 'runtime' = 'runtime'): AccessEntry | string {
+    const c = parseCidr(text);
+    if (typeof c === 'string') return c;
+    this.remove(c.text);
+    return this.insert(c, list, source);
+  }
+
+  remove(text: string): boolean {
+    const c = parseCidr(text);
+    const key = typeof c === 'string' ? text : canonical(c);
+    const before = this.entries.length;
+    this.entries = this.entries.filter((e) => canonical(e.cidr) !== key);
+    return this.entries.length !== before;
+  }
+
+  match(address: string): AccessEntry | undefined {
+    for (const e of this.entries) if (cidrContains(e.cidr, address)) return e;
+    return undefined;
+  }
+
+  list(): readonly AccessEntry[] {
+    return this.entries;
+  }
+
+  private insert(cidr: Cidr, list: AccessVerdict, source: 'config' | 'runtime'): AccessEntry {
+    const entry = { cidr, list, source };
+    let i = 0;
+    while (i < this.entries.length && better(this.entries[i]!, entry)) i++;
+    this.entries.splice(i, 0, entry);
+    return entry;
+  }
+}
+
+function better(a: AccessEntry, b: AccessEntry): boolean {
+  if (a.cidr.prefix !== b.cidr.prefix) return a.cidr.prefix > b.cidr.prefix;
+  return a.list === 'deny' || b.list === 'allow';
+}
+
+export function canonical(c: Cidr): string {
+  return `${c.family}:${c.network.toString(16)}/${c.prefix}`;
+}
+
+function mustParse(text: string): Cidr {
+  const c = parseCidr(text);
+  if (typeof c === 'string') throw new Error(`access list entry ${c}`); // the config loader has already refused this
+  return c;
+}

@@ -2,7 +2,6 @@
 // The etd command line: run | check | rules | doctor | status — argument parsing and exit codes only.
 
 import { parseArgs } from 'node:util';
-import { createRequire } from 'node:module';
 import { EtdError, describeError } from './errors.js';
 
 const USAGE = `usage: etd <command> [options]
@@ -12,6 +11,8 @@ commands:
   check   -c FILE             validate a config file and print the effective config
   rules   show|apply|remove -c FILE
                               inspect or manage etd's nftables table and policy routing
+  status  [--json] [--url URL | --socket PATH] [--token T]
+                              summary of a running etd from its management API
   version                     print the version
 
 options:
@@ -19,10 +20,6 @@ options:
   -h, --help                  this text
 `;
 
-function version(): string {
-  const require = createRequire(import.meta.url);
-  return (require('../package.json') as { version: string }).version;
-}
 
 const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`);
 
@@ -34,6 +31,9 @@ async function main(argv: string[]): Promise<number> {
       config: { type: 'string', short: 'c', default: '/etc/etd/etd.yaml' },
       help: { type: 'boolean', short: 'h' },
       json: { type: 'boolean' },
+      url: { type: 'string' },
+      socket: { type: 'string' },
+      token: { type: 'string' },
     },
   });
   const [command, sub] = positionals;
@@ -60,9 +60,25 @@ async function main(argv: string[]): Promise<number> {
       const { rulesCommand } = await import('./commands/rules.js');
       return rulesCommand(sub, loadConfig(file), out);
     }
-    case 'version':
-      out(version());
+    case 'status': {
+      const { statusCommand, apiTarget } = await import('./commands/status.js');
+      let target: { url?: string; socket?: string; token?: string } = { url: 'http://127.0.0.1:8025' };
+      try {
+        const { loadConfig } = await import('./config/load.js');
+        target = apiTarget(loadConfig(file).api);
+      } catch {
+        /* no readable config: the default address, or --url/--socket */
+      }
+      if (values.url) target = { url: values.url as string, token: target.token };
+      if (values.socket) target = { socket: values.socket as string, token: target.token };
+      if (values.token) target = { ...target, token: values.token as string };
+      return statusCommand({ ...target, json: !!values.json }, out);
+    }
+    case 'version': {
+      const { VERSION } = await import('./version.js');
+      out(VERSION);
       return 0;
+    }
     default:
       process.stderr.write(`etd: unknown command "${command}"\n\n${USAGE}`);
       return 2;

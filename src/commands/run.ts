@@ -5,6 +5,9 @@ import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { describeError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
+import { startApi, type ApiHandle } from '../api/server.js';
+import { VERSION } from '../version.js';
+import { notifyReady, notifyStopping } from '../systemd/notify.js';
 
 export function needsNetfilter(config: Config): boolean {
   return config.netfilter.manage && config.listeners.some((l) => l.mode !== 'plain');
@@ -50,26 +53,44 @@ export async function runCommand(file: string): Promise<number> {
   const config = loadConfig(file);
   const log = createLogger(config.log.level);
   const handle = await startEtd(config, log);
-  log.info({ config: file, listeners: config.listeners.map((l) => `${l.name}/${l.mode}`), pid: process.pid }, 'etd started');
-  let reloading = Promise.resolve();
-  process.on('SIGHUP', () => {
-    reloading = reloading.then(async () => {
-      try {
-        const next = loadConfig(file);
-        await handle.app.reload(next);
-        log.info({ config: file }, 'configuration reloaded');
-      } catch (e) {
-        log.error({ err: describeError(e) }, 'reload refused; the running configuration stays');
-      }
+  // SIGHUP and POST /v1/reload share one queue, so two reloads never interleave.
+  let reloading: Promise<unknown> = Promise.resolve();
+  const reload = (): Promise<void> => {
+    const run = reloading.then(async () => {
+      const next = loadConfig(file);
+      await handle.app.reload(next);
+      log.info({ config: file }, 'configuration reloaded');
     });
+    reloading = run.catch(() => undefined);
+    return run;
+  };
+  let api: ApiHandle | undefined;
+  if (config.api.enabled) {
+    try {
+      api = await startApi(config.api, { app: handle.app, version: VERSION, log, reload });
+      log.info({ url: api.url }, 'management API listening');
+    } catch (e) {
+      await handle.stop();
+      throw e;
+    }
+  }
+  notifyReady();
+  log.info({ config: file, version: VERSION, listeners: config.listeners.map((l) => `${l.name}/${l.mode}`), pid: process.pid }, 'etd started');
+  process.on('SIGHUP', () => {
+    reload().catch((e: unknown) => log.error({ err: describeError(e) }, 'reload refused; the running configuration stays'));
   });
   return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) return;
       stopping = true;
+      notifyStopping();
       log.info({ signal, sessions: handle.app.sessions.size }, 'stopping: no new connections; relayed sessions may finish');
-      handle.stop().then(
+      // The API stays up through the grace time so operators can watch sessions drain.
+      handle
+        .stop()
+        .then(() => api?.close())
+        .then(
         () => {
           log.info({}, 'stopped');
           resolve(0);

@@ -129,3 +129,49 @@ describe('etd run', () => {
     expect((err as { stderr: string }).stderr).toMatch(/ETD_ERR_LISTEN: listener smtp: cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE — another process holds/);
   });
 });
+
+describe('etd run as a service', () => {
+  it('tells systemd READY=1 through NOTIFY_SOCKET, serves the API, and etd status reads it', async () => {
+    // A stand-in for systemd's notify socket: a unix datagram socket (python3: Node has no AF_UNIX datagrams).
+    const sock = path.join(dir, 'notify.sock');
+    const { spawn } = await import('node:child_process');
+    const listener = spawn('python3', ['-c', `
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+print("bound", flush=True)
+s.settimeout(20)
+while True:
+    print(s.recv(4096).decode().replace("\\n", "|"), flush=True)
+`, sock], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let got = '';
+    listener.stdout.on('data', (c) => (got += c));
+    const until = async (pred: () => boolean, ms = 10_000) => {
+      const end = Date.now() + ms;
+      while (!pred()) {
+        if (Date.now() > end) throw new Error(`timed out; notify socket got: ${got}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+    await until(() => got.includes('bound'));
+    const f = writeConfig('svc.yaml', config('1s', 'drop').replace('api: { enabled: false }', 'api: { address: 127.0.0.1, port: 0 }'));
+    process.env.NOTIFY_SOCKET = sock;
+    const etd = runEtd(f);
+    delete process.env.NOTIFY_SOCKET;
+    try {
+      const apiLine = await etd.waitFor((l) => l.msg === 'management API listening');
+      await until(() => got.includes('READY=1'));
+      expect(got).toMatch(/READY=1\|STATUS=serving\|MAINPID=\d+/);
+      const { stdout } = await exec(process.execPath, [CLI, 'status', '--url', String(apiLine.url)]);
+      expect(stdout).toMatch(/smtp/);
+      const json = JSON.parse((await exec(process.execPath, [CLI, 'status', '--json', '--url', String(apiLine.url)])).stdout);
+      expect(json.status.version).toMatch(/^\d+\.\d+\.\d+/);
+      etd.child.kill('SIGTERM');
+      expect(await etd.exited).toBe(0);
+      await until(() => got.includes('STOPPING=1'));
+    } finally {
+      etd.child.kill('SIGKILL');
+      listener.kill('SIGKILL');
+    }
+  });
+});

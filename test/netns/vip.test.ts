@@ -136,6 +136,31 @@ describe.skipIf(skip)('vip mode in the lab', () => {
     expect(after.rules4).not.toMatch(/fwmark/);
   }, 90_000);
 
+  it('a dual-stack [::] listener normalises ::ffff:-mapped IPv4 clients and connects from their IPv4 address', async () => {
+    const file = configFor(lab).replace(/^.*smtp4.*\n.*smtp6.*\n/m, '');
+    const text = fs.readFileSync(file, 'utf8').replace(/listeners:\n(?:  - .*\n)+/, 'listeners:\n  - { name: dual, address: "::", port: 25, mode: vip }\n');
+    fs.writeFileSync(file, text);
+    const etd = await start(file);
+    const before = recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length;
+    expect(await swaks(lab, lab.v4.gatewayClientSide)).toMatch(/<- +250 Queued/);
+    expect(await swaks(lab, lab.v6.gatewayClientSide)).toMatch(/<- +250 Queued/);
+    expect(recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length).toBe(before + 1);
+    const sessions = etd.lines.filter((l) => l.msg === 'session');
+    expect(sessions.map((s) => s.clientAddress)).toEqual([lab.v4.client, lab.v6.client]);
+    expect(await stop(etd)).toBe(0);
+  }, 60_000);
+
+  it('a client whose address family has no server gets 421 and the summary says why', async () => {
+    const file = configFor(lab);
+    fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace(/^ *- \{ name: b6.*\n/m, ''));
+    const etd = await start(file);
+    const out = await swaks(lab, lab.v6.gatewayClientSide, 25, ['--quit-after', 'CONNECT']).catch((e: Error) => e.message);
+    expect(out).toMatch(/421 4\.3\.2/);
+    const s = await etd.waitFor((l) => l.msg === 'session' && l.verdict === 'no_server', 10_000);
+    expect(String(s.hint)).toMatch(/no IPv6 server is configured/);
+    expect(await stop(etd)).toBe(0);
+  }, 60_000);
+
   it('without the divert rule the spoofed connect fails within the connect timeout and the log names the likely cause', async () => {
     // manage: false — etd installs nothing, so the backend's replies to the client address never come back to etd.
     const etd = await start(configFor(lab, 'netfilter: { manage: false }'));

@@ -11,12 +11,17 @@ commands:
   check   -c FILE             validate a config file and print the effective config
   rules   show|apply|remove -c FILE
                               inspect or manage etd's nftables table and policy routing
+  doctor  -c FILE [--json] [--client ADDRESS]
+                              check capabilities, kernel support, rules, sysctls and each
+                              backend's return path; every finding with its fix (exit 1 on FAIL)
   status  [--json] [--url URL | --socket PATH] [--token T]
                               summary of a running etd from its management API
   version                     print the version
 
 options:
   -c, --config FILE           configuration file (default /etc/etd/etd.yaml)
+  --client ADDRESS            doctor: the client address its return-path test spoofs
+                              (default: an unused address of the listener's network)
   -h, --help                  this text
 `;
 
@@ -34,6 +39,7 @@ async function main(argv: string[]): Promise<number> {
       url: { type: 'string' },
       socket: { type: 'string' },
       token: { type: 'string' },
+      client: { type: 'string' },
     },
   });
   const [command, sub] = positionals;
@@ -60,6 +66,12 @@ async function main(argv: string[]): Promise<number> {
       const { rulesCommand } = await import('./commands/rules.js');
       return rulesCommand(sub, loadConfig(file), out);
     }
+    case 'doctor': {
+      const { loadConfig } = await import('./config/load.js');
+      const { doctorCommand } = await import('./commands/doctor.js');
+      const client = values.client as string | undefined;
+      return doctorCommand(loadConfig(file), { json: !!values.json, configFile: file, ...(client === undefined ? {} : { client }) }, out);
+    }
     case 'status': {
       const { statusCommand, apiTarget } = await import('./commands/status.js');
       let target: { url?: string; socket?: string; token?: string } = { url: 'http://127.0.0.1:8025' };
@@ -84,6 +96,12 @@ async function main(argv: string[]): Promise<number> {
       return 2;
   }
 }
+
+// `etd doctor | head`: a closed pipe ends the output, it is not a crash.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw e;
+});
 
 main(process.argv.slice(2)).then(
   (code) => {

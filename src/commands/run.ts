@@ -30,6 +30,17 @@ export async function startEtd(config: Config, logger: Logger): Promise<RunHandl
       throw e;
     }
   }
+  if (config.listeners.some((l) => l.mode !== 'plain')) {
+    // After the rules went in: refuse to start when transparency cannot work (capabilities,
+    // kernel support, src_valid_mark, strict rp_filter), rather than fail every session silently.
+    const { preflight } = await import('./doctor.js');
+    try {
+      await preflight(config, logger);
+    } catch (e) {
+      if (netfilter) await netfilter.removeNetfilter(config, logger).catch(() => undefined);
+      throw e;
+    }
+  }
   const app = new App(config, logger);
   try {
     await app.start();

@@ -112,7 +112,7 @@ export function hostPort(address: string, port: number): string {
   return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
 }
 
-function run(cmd: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
+export function run(cmd: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
   const timeoutMs = opts.timeoutMs ?? 15_000;
   return new Promise((resolve, reject) => {
     const child = execFile(
@@ -273,7 +273,7 @@ function runSyncCleanups(): void {
   }
 }
 
-function registerSyncCleanup(f: () => void): void {
+export function registerSyncCleanup(f: () => void): void {
   syncCleanups.add(f);
   if (handlersInstalled) return;
   handlersInstalled = true;

@@ -44,10 +44,9 @@ export function buildOpenApi(routes: readonly RouteRecord[], info: { version: st
     for (const [code, body] of Object.entries((s.response ?? {}) as Record<string, unknown>)) {
       const media = code === '200' && s.produces ? s.produces : 'application/json';
       const schema = plain(body);
-      responses[code] = {
-        description: typeof schema.description === 'string' ? schema.description : (STATUS_CODES[Number(code)] ?? code),
-        content: { [media]: { schema } },
-      };
+      const description = typeof schema.description === 'string' ? schema.description : (STATUS_CODES[Number(code)] ?? code);
+      // 204 has no body (its schema, Type.Null, only carries the description).
+      responses[code] = code === '204' ? { description } : { description, content: { [media]: { schema } } };
     }
     if (info.bearer && !s.public) {
       responses['401'] = { description: 'missing or wrong bearer token', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } };

@@ -13,7 +13,9 @@ import { ApiError, type RouteDeps } from './context.js';
 import { EventRing, type SseStream } from './events.js';
 import { buildOpenApi, type RouteRecord } from './openapi.js';
 import { typeboxValidatorCompiler, type TypeBoxProvider } from './validation.js';
+import { accessRoutes } from './routes/access.js';
 import { backendRoutes } from './routes/backends.js';
+import { cacheRoutes } from './routes/cache.js';
 import { configRoutes } from './routes/config.js';
 import { eventRoutes } from './routes/events.js';
 import { healthRoutes } from './routes/health.js';
@@ -231,7 +233,7 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
     },
     openapi: () => (openapiDoc ??= buildOpenApi(routes, { version: deps.version, bearer: token !== undefined })),
   };
-  for (const plugin of [statusRoutes, statsRoutes, backendRoutes, sessionRoutes, eventRoutes, reloadRoutes, configRoutes, metricsRoutes, healthRoutes]) {
+  for (const plugin of [statusRoutes, statsRoutes, backendRoutes, sessionRoutes, eventRoutes, cacheRoutes, accessRoutes, reloadRoutes, configRoutes, metricsRoutes, healthRoutes]) {
     await api.register(plugin, routeDeps);
   }
   api.get('/openapi.json', { schema: { hide: true, public: true } }, async () => routeDeps.openapi());

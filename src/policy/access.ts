@@ -33,19 +33,20 @@ export class AccessLists {
     for (const e of runtime) this.insert(e.cidr, e.list, 'runtime');
   }
 
-  /** Adds a runtime entry; returns an error string for a bad CIDR. Replaces an entry for the same prefix. */
+  /** Adds a runtime entry; returns an error string for a bad CIDR. Replaces an entry of the same source for the same prefix. */
   add(text: string, list: AccessVerdict, source: 'config' | 'runtime' = 'runtime'): AccessEntry | string {
     const c = parseCidr(text);
     if (typeof c === 'string') return c;
-    this.remove(c.text);
+    this.remove(c.text, source);
     return this.insert(c, list, source);
   }
 
-  remove(text: string): boolean {
+  /** Removes the entries for this prefix (only those from `source`, when given); false when there were none. */
+  remove(text: string, source?: 'config' | 'runtime'): boolean {
     const c = parseCidr(text);
     const key = typeof c === 'string' ? text : canonical(c);
     const before = this.entries.length;
-    this.entries = this.entries.filter((e) => canonical(e.cidr) !== key);
+    this.entries = this.entries.filter((e) => canonical(e.cidr) !== key || (source !== undefined && e.source !== source));
     return this.entries.length !== before;
   }
 

@@ -1,0 +1,344 @@
+// PROXY protocol upstream against a real Postfix smtpd (smtpd_upstream_proxy_protocol = haproxy): Postfix logs the client's address that etd saw, not etd's own.
+//
+// An isolated Postfix instance runs from its own config directory under a temp dir (its own queue,
+// data directory and maillog_file, listening on 127.0.0.1 high ports), so it never touches the
+// host's Postfix. Mail is accepted and discarded (discard transport). Clients send from
+// 127.0.0.5 while etd listens on and connects from 127.0.0.1: Postfix can only know 127.0.0.5
+// from the PROXY header. Postfix must be started as root (its master drops privileges itself).
+
+import { execFile, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
+
+const CI = process.env.CI === 'true' || process.env.CI === '1';
+const CLIENT = '127.0.0.5';
+const POSTFIX = '/usr/sbin/postfix';
+const MASTER = '/usr/lib/postfix/sbin/master';
+const SWAKS = '/usr/bin/swaks';
+
+/** Why this test cannot run here, or undefined. */
+function missing(): string | undefined {
+  const absent = [POSTFIX, MASTER, SWAKS].filter((f) => !fs.existsSync(f));
+  if (absent.length) return `not installed: ${absent.join(', ')} (apt-get install postfix swaks)`;
+  if (process.getuid?.() !== 0) return 'Postfix must be started as root (its master process drops privileges itself)';
+  try {
+    execFileSync('id', ['-u', 'postfix'], { stdio: 'pipe' });
+  } catch {
+    return 'there is no "postfix" user (the Debian package creates it)';
+  }
+  return undefined;
+}
+
+const why = missing();
+if (why && !CI) console.warn(`postfix.test.ts skipped: ${why}`);
+
+function run(file: string, args: string[], timeoutMs = 30_000): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(file, args, { timeout: timeoutMs, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
+      resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+    });
+  });
+}
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Pids whose parent is `ppid` (from /proc). */
+function children(ppid: number): number[] {
+  const out: number[] = [];
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
+      // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ")".
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[1]) === ppid) out.push(Number(d));
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  return out;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 10_000, detail: () => string = () => ''): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${detail() ? `\n${detail()}` : ''}`);
+    await sleep(50);
+  }
+}
+
+/** The remote addresses of established TCP connections to local port `port` (IPv4, from /proc/net/tcp). */
+function tcpPeersOf(port: number): string[] {
+  const peers: string[] = [];
+  for (const line of fs.readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 4 || f[3] !== '01') continue; // 01 = ESTABLISHED
+    const [, localPort] = f[1]!.split(':');
+    if (Number.parseInt(localPort!, 16) !== port) continue;
+    const [remoteHex] = f[2]!.split(':');
+    const n = Number.parseInt(remoteHex!, 16); // little-endian on x86 and arm64
+    peers.push([n & 255, (n >>> 8) & 255, (n >>> 16) & 255, n >>> 24].join('.'));
+  }
+  return peers;
+}
+
+interface PostfixInstance {
+  readonly dir: string;
+  /** smtpd with smtpd_upstream_proxy_protocol = haproxy */
+  readonly proxyPort: number;
+  /** smtpd without the PROXY protocol (the control) */
+  readonly plainPort: number;
+  log(): string;
+  stop(): Promise<void>;
+}
+
+async function startPostfix(): Promise<PostfixInstance> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-postfix-'));
+  // Postfix daemons run as the postfix user and open data_directory and maillog by absolute path.
+  fs.chmodSync(dir, 0o755);
+  const etc = path.join(dir, 'etc');
+  const data = path.join(dir, 'data');
+  const maillog = path.join(dir, 'maillog');
+  for (const d of [etc, path.join(dir, 'spool'), data]) fs.mkdirSync(d);
+  const uid = Number(execFileSync('id', ['-u', 'postfix'], { encoding: 'utf8' }).trim());
+  const gid = Number(execFileSync('id', ['-g', 'postfix'], { encoding: 'utf8' }).trim());
+  fs.chownSync(data, uid, gid);
+  const proxyPort = await freePort();
+  const plainPort = await freePort();
+  fs.writeFileSync(
+    path.join(etc, 'main.cf'),
+    [
+      'compatibility_level = 3.6',
+      `queue_directory = ${dir}/spool`,
+      `data_directory = ${data}`,
+      'command_directory = /usr/sbin',
+      'daemon_directory = /usr/lib/postfix/sbin',
+      'shlib_directory = /usr/lib/postfix',
+      'meta_directory = /etc/postfix',
+      'mail_owner = postfix',
+      'setgid_group = postdrop',
+      'myhostname = etd-postfix-test.localdomain',
+      'mydomain = localdomain',
+      'inet_interfaces = loopback-only',
+      'inet_protocols = ipv4',
+      'mydestination =',
+      'mynetworks = 127.0.0.0/8',
+      'smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination',
+      // Accept and throw away: the test is about what smtpd logs, not delivery.
+      'default_transport = discard:etd-test',
+      'local_transport = discard:etd-test',
+      'alias_maps =',
+      'alias_database =',
+      // No syslog in a container: Postfix 3.4+ logs to a file through its postlog service.
+      `maillog_file = ${maillog}`,
+      `maillog_file_prefixes = ${dir}`,
+      'smtpd_upstream_proxy_protocol = haproxy',
+      'smtpd_upstream_proxy_timeout = 5s',
+      'smtpd_client_port_logging = yes',
+      'smtp_dns_support_level = disabled',
+      'smtputf8_enable = no',
+      'biff = no',
+      '',
+    ].join('\n'),
+  );
+  fs.writeFileSync(
+    path.join(etc, 'master.cf'),
+    [
+      `127.0.0.1:${proxyPort} inet n - n - - smtpd`,
+      `127.0.0.1:${plainPort} inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=`,
+      'cleanup   unix n - n - 0 cleanup',
+      'qmgr      unix n - n 300 1 qmgr',
+      'rewrite   unix - - n - - trivial-rewrite',
+      'bounce    unix - - n - 0 bounce',
+      'defer     unix - - n - 0 bounce',
+      'trace     unix - - n - 0 bounce',
+      'verify    unix - - n - 1 verify',
+      'flush     unix n - n 1000? 0 flush',
+      'proxymap  unix - - n - - proxymap',
+      'showq     unix n - n - - showq',
+      'error     unix - - n - - error',
+      'retry     unix - - n - - error',
+      'discard   unix - - n - - discard',
+      'anvil     unix - - n - 1 anvil',
+      'scache    unix - - n - 1 scache',
+      'postlog   unix-dgram n - n - 1 postlogd',
+      '',
+    ].join('\n'),
+  );
+  const log = () => (fs.existsSync(maillog) ? fs.readFileSync(maillog, 'utf8') : '');
+  const pidFile = path.join(dir, 'spool', 'pid', 'master.pid');
+  const masterPid = () => {
+    try {
+      const pid = Number(fs.readFileSync(pidFile, 'utf8').trim());
+      return pid > 0 ? pid : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    const pid = masterPid();
+    await run(POSTFIX, ['-c', etc, 'stop'], 20_000);
+    if (pid !== undefined) {
+      // The master ends its children; whatever is left of this instance is killed by pid.
+      const left = [...children(pid), pid];
+      const deadline = Date.now() + 5000;
+      while (alive(pid) && Date.now() < deadline) await sleep(50);
+      for (const p of [...children(pid), ...left]) {
+        if (alive(p)) process.kill(p, 'SIGKILL');
+      }
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+
+  const started = await run(POSTFIX, ['-c', etc, 'start'], 30_000);
+  try {
+    // `postfix` writes to stderr only on a tty; its reasons are in the maillog.
+    if (started.code !== 0) throw new Error(`postfix -c ${etc} start failed (exit ${started.code}):\n${started.stderr}${log()}`);
+    await waitFor(
+      'Postfix to listen',
+      () =>
+        new Promise<boolean>((resolve) => {
+          const s = net.connect({ port: plainPort, host: '127.0.0.1' });
+          s.once('data', () => {
+            s.end('QUIT\r\n');
+            resolve(true);
+          });
+          s.once('error', () => resolve(false));
+          s.setTimeout(2000, () => {
+            s.destroy();
+            resolve(false);
+          });
+        }),
+      15_000,
+      log,
+    );
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { dir, proxyPort, plainPort, log, stop };
+}
+
+/** swaks from 127.0.0.5 through etd; returns Postfix's queue id. */
+async function sendWithSwaks(port: number, subject: string): Promise<string> {
+  const r = await run(
+    SWAKS,
+    ['--server', '127.0.0.1', '--port', String(port), '--local-interface', CLIENT, '--helo', 'client.example', '--from', 'a@example.org', '--to', 'b@example.net', '--header', `Subject: ${subject}`, '--timeout', '15'],
+    30_000,
+  );
+  expect(r.code, `swaks failed:\n${r.stdout}\n${r.stderr}`).toBe(0);
+  const m = /250 2\.0\.0 Ok: queued as ([0-9A-Za-z]+)/.exec(r.stdout);
+  expect(m, r.stdout).not.toBeNull();
+  return m![1]!;
+}
+
+describe.skipIf(why !== undefined && !CI)('PROXY protocol to a real Postfix smtpd', () => {
+  let postfix: PostfixInstance | undefined;
+  const etds: TestEtd[] = [];
+
+  beforeAll(async () => {
+    if (why) throw new Error(`CI must run this test: ${why}`);
+    postfix = await startPostfix();
+  }, 60_000);
+
+  afterAll(async () => {
+    for (const e of etds) await e.stop(500);
+    await postfix?.stop();
+  }, 60_000);
+
+  async function etdTo(source: string, port: number): Promise<TestEtd> {
+    const etd = await startEtdForTest({
+      detection: { window: '300ms' },
+      upstream: { source, servers: [{ name: 'postfix', address: '127.0.0.1', port }] },
+    });
+    etds.push(etd);
+    return etd;
+  }
+
+  /** The client's port as etd saw it, from the session summary of the client at 127.0.0.5. */
+  async function clientPortSeenByEtd(etd: TestEtd, before: number): Promise<number> {
+    const sums = await etd.waitForSummaries(before + 1);
+    const s = sums.slice(before).find((x) => x.clientAddress === CLIENT);
+    expect(s, JSON.stringify(sums)).toBeDefined();
+    expect(s!.verdict).toBe('passed');
+    return Number(s!.client.split(':').pop());
+  }
+
+  for (const source of ['proxy-v2', 'proxy-v1'] as const) {
+    it(`upstream.source ${source}: Postfix logs the client's address and port (${CLIENT}), not etd's 127.0.0.1`, async () => {
+      const pf = postfix!;
+      const etd = await etdTo(source, pf.proxyPort);
+      const queueId = await sendWithSwaks(etd.port, `etd ${source}`);
+      const port = await clientPortSeenByEtd(etd, 0);
+      const esc = queueId.replace(/[^0-9A-Za-z]/g, '');
+      const line = await waitFor(`Postfix's client= line for ${queueId}`, () => new RegExp(`postfix/smtpd\\[\\d+\\]: ${esc}: client=([^\\s]+)`).exec(pf.log())?.[1], 10_000, pf.log);
+      console.log(`${source}: etd saw ${CLIENT}:${port}; Postfix logged ${queueId}: client=${line}`);
+      expect(line).toMatch(new RegExp(`\\[127\\.0\\.0\\.5\\]:${port}$`));
+      await waitFor(`${queueId} accepted and discarded`, () => new RegExp(`${esc}: to=<b@example\\.net>.*status=sent`).test(pf.log()), 10_000, pf.log);
+    });
+  }
+
+  it('proxy-v2: while a session is open, the only TCP peer Postfix has is 127.0.0.1 (etd), and Postfix names 127.0.0.5', async () => {
+    const pf = postfix!;
+    const etd = await etdTo('proxy-v2', pf.proxyPort);
+    const s = net.connect({ port: etd.port, host: '127.0.0.1', localAddress: CLIENT });
+    try {
+      let got = '';
+      s.on('data', (c: Buffer) => (got += c.toString('latin1')));
+      s.on('error', () => undefined);
+      await waitFor('the Postfix greeting through etd', () => /^220 etd-postfix-test\.localdomain /m.test(got), 10_000, () => got);
+      const clientPort = s.localPort!;
+      const peers = tcpPeersOf(pf.proxyPort);
+      const logged = await waitFor(
+        `Postfix's connect line for ${CLIENT}:${clientPort}`,
+        () => new RegExp(`postfix/smtpd\\[\\d+\\]: connect from ([^\\s]*\\[127\\.0\\.0\\.5\\]:${clientPort})`).exec(pf.log())?.[1],
+        10_000,
+        pf.log,
+      );
+      console.log(`proxy-v2: TCP peers of Postfix's port ${pf.proxyPort}: ${peers.join(', ')}; Postfix logged "connect from ${logged}"`);
+      expect(peers).toEqual(['127.0.0.1']);
+      s.write('QUIT\r\n');
+      await waitFor('221', () => /^221 /m.test(got), 10_000, () => got);
+    } finally {
+      s.destroy();
+    }
+  });
+
+  it('control: without the PROXY header (source self, a smtpd without haproxy) Postfix logs etd, 127.0.0.1', async () => {
+    const pf = postfix!;
+    const etd = await etdTo('self', pf.plainPort);
+    const queueId = await sendWithSwaks(etd.port, 'etd self');
+    const esc = queueId.replace(/[^0-9A-Za-z]/g, '');
+    const line = await waitFor(`Postfix's client= line for ${queueId}`, () => new RegExp(`postfix/smtpd\\[\\d+\\]: ${esc}: client=([^\\s]+)`).exec(pf.log())?.[1], 10_000, pf.log);
+    console.log(`self: Postfix logged ${queueId}: client=${line}`);
+    expect(line).toMatch(/\[127\.0\.0\.1\]:\d+$/);
+  });
+});

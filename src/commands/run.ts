@@ -19,7 +19,7 @@ export interface RunHandle {
 }
 
 /** Starts etd with a validated config; resolves once listening. Signals are wired by the caller. */
-export async function startEtd(config: Config, logger: Logger): Promise<RunHandle> {
+export async function startEtd(config: Config, logger: Logger, configFile = 'FILE'): Promise<RunHandle> {
   const netfilter = needsNetfilter(config) ? await import('../netfilter/setup.js') : undefined;
   if (netfilter) {
     try {
@@ -32,10 +32,10 @@ export async function startEtd(config: Config, logger: Logger): Promise<RunHandl
   }
   if (config.listeners.some((l) => l.mode !== 'plain')) {
     // After the rules went in: refuse to start when transparency cannot work (capabilities,
-    // kernel support, src_valid_mark, strict rp_filter), rather than fail every session silently.
+    // kernel support, src_valid_mark), rather than fail every session silently.
     const { preflight } = await import('./doctor.js');
     try {
-      await preflight(config, logger);
+      await preflight(config, logger, configFile);
     } catch (e) {
       if (netfilter) await netfilter.removeNetfilter(config, logger).catch(() => undefined);
       throw e;
@@ -63,7 +63,7 @@ export async function startEtd(config: Config, logger: Logger): Promise<RunHandl
 export async function runCommand(file: string): Promise<number> {
   const config = loadConfig(file);
   const log = createLogger(config.log.level);
-  const handle = await startEtd(config, log);
+  const handle = await startEtd(config, log, file);
   // SIGHUP and POST /v1/reload share one queue, so two reloads never interleave.
   let reloading: Promise<unknown> = Promise.resolve();
   const reload = (): Promise<void> => {

@@ -6,8 +6,9 @@
 //
 // `critical` marks the checks `etd run` enforces at start (commands/doctor.ts preflight()): a
 // critical FAIL means etd refuses to start. They are the ones whose failure makes transparency
-// silently impossible: capabilities, the native addon, kernel support, src_valid_mark, strict
-// rp_filter. Rules, forwarding and the return-path test are never critical: at start the rules
+// silently impossible: capabilities, the native addon, kernel support, src_valid_mark. Strict
+// rp_filter is a doctor FAIL but only a warning at start: on a symmetric path it works (measured),
+// and refusing to start a working gateway would be worse. Rules, forwarding and the return-path test are never critical: at start the rules
 // were just applied (or, with netfilter.manage false, may be installed by the operator after
 // start), and backends may be down.
 //
@@ -18,8 +19,8 @@
 //   validation runs even with rp_filter=0. Effective value: conf/all OR conf/<iface>.
 // - rp_filter=1 (strict) drops a diverted packet when it arrives on another interface than the
 //   route back to its source uses (asymmetric paths: multi-homed gateways, PBR routers). On a
-//   symmetric path it happens to pass; it is still critical because the drop is silent and
-//   intermittent, and loose mode (2) keeps the anti-spoofing check. Effective value: max(all, iface).
+//   symmetric path it passes, so it is not critical at start; the doctor still FAILs it because the
+//   drop is silent and intermittent, and loose mode (2) keeps the anti-spoofing check. Effective value: max(all, iface).
 
 import type { Config } from '../config/schema.js';
 import { addressToBigInt, formatAddress } from '../config/cidr.js';
@@ -561,15 +562,15 @@ function rpFilterFindings(f: DoctorFacts): Finding[] {
         'sysctl.rp_filter',
         what,
         `strict (1) ${where}${all === 1 ? ', from conf/all=1' : ''}. Strict reverse-path filtering silently drops etd's diverted packets (replies to its spoofed connects, intercepted SYNs) whenever they arrive on another interface than the route back to their source — asymmetric routing, multi-homed gateways, PBR. Loose mode (2) keeps the anti-spoofing check. To persist, put the same keys in /etc/sysctl.d/90-etd.conf`,
-        true,
+        false,
         `sysctl -w ${keys.join(' ')}`,
       ),
     );
   } else if (unknownAll) {
-    out.push(warn('sysctl.rp_filter', what, 'net.ipv4.conf.all.rp_filter cannot be read', true));
+    out.push(warn('sysctl.rp_filter', what, 'net.ipv4.conf.all.rp_filter cannot be read', false));
   } else {
     const values = f.interfaces.map((i) => `${i.name}=${effectiveRpFilter(all, i.rpFilter)}`).join(', ');
-    out.push(ok('sysctl.rp_filter', what, `all=${all}${values ? `; effective ${values}` : ''} (0 off, 2 loose)`, true));
+    out.push(ok('sysctl.rp_filter', what, `all=${all}${values ? `; effective ${values}` : ''} (0 off, 2 loose)`, false));
   }
   if (def === 1) {
     out.push(

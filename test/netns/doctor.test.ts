@@ -1,5 +1,6 @@
 // `etd doctor` in the netns lab: all OK on a correct lab; FAIL with the right fix for a missing ip rule, src_valid_mark=1,
-// strict rp_filter, and a backend whose return route does not point at etd; `etd run` refuses to start on a critical FAIL.
+// strict rp_filter, and a backend whose return route does not point at etd; `etd run` refuses to start on a critical FAIL
+// (src_valid_mark, capabilities, kernel support; strict rp_filter only warns at start).
 //
 // etd's rules are applied with the built CLI (`etd rules apply`) inside the gateway namespace;
 // each case breaks one thing, runs `etd doctor` there, and restores it.
@@ -150,14 +151,14 @@ state: { path: ":memory:" }
     }
   }, 60_000);
 
-  it("rp_filter=1 on the gateway's interfaces: FAIL, critical, with the sysctl that makes them loose", async () => {
+  it("rp_filter=1 on the gateway's interfaces: FAIL (a warning at start: symmetric paths work), with the sysctl that makes them loose", async () => {
     const { gatewayToBackend: gb, gatewayToClient: gc } = lab.ifaces;
     await sysctl(`net.ipv4.conf.${gb}.rp_filter=1`, `net.ipv4.conf.${gc}.rp_filter=1`);
     try {
       const r = await doctor();
       const f = find(r, 'sysctl.rp_filter');
       expect(f.status).toBe('FAIL');
-      expect(f.critical).toBe(true);
+      expect(f.critical).toBe(false);
       expect(f.fix).toMatch(/^sysctl -w /);
       expect(f.fix).toContain(`net.ipv4.conf.${gb}.rp_filter=2`);
       expect(f.fix).toContain(`net.ipv4.conf.${gc}.rp_filter=2`);

@@ -1,0 +1,59 @@
+// Runs etd for the benchmark: its config (vip mode, clientip source, limits out of the way) and the process in the gateway namespace.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { CLI, stopChild, tail, waitListening, type BenchLab } from './benchLab.js';
+import { sleep } from './procfs.js';
+import type { ProxySpec, RunningProxy } from './proxy.js';
+
+/**
+ * The benchmark's etd config. Same as the HAProxy recipe where they overlap: drop early
+ * talkers, roundrobin over the two backends, SMTP health checks every 3 s (rise 2, fall 3),
+ * 5 s connect timeout, 5 min idle timeouts, one log line per session. Limits are raised so
+ * they never interfere; the caches are off except where the scenario is about them.
+ * netfilter.manage is false because the lab applied the same rules once for both proxies.
+ */
+export function etdConfig(bl: BenchLab, spec: ProxySpec, port: number): string {
+  return `listeners:
+  - { name: smtp, address: ${bl.proxyAddress}, port: ${port}, mode: vip }
+detection: { window: ${spec.windowMs}ms, action: drop }
+upstream:
+  source: clientip
+  balance: roundrobin
+  connectTimeout: 5s
+  health: { enabled: true, interval: 3s, rise: 2, fall: 3, command: HELO }
+  servers:
+    - { name: smtp1, address: ${bl.backends[0]}, port: 25 }
+    - { name: smtp2, address: ${bl.backends[1]}, port: 25 }
+timeouts: { client: 5m, server: 5m, shutdownGrace: 2s }
+limits: { maxConnections: 1000000, maxHeld: 1000000, perClient: 0 }
+cache: { enabled: ${spec.cache === true} }
+netfilter: { manage: false }
+api: { enabled: false }
+state: { path: ":memory:" }
+log: { level: info }
+`;
+}
+
+export async function startEtdProxy(bl: BenchLab, spec: ProxySpec, port: number, cli = CLI): Promise<RunningProxy> {
+  const cfg = path.join(bl.dir, `etd-${spec.tag}.yaml`);
+  const logFile = path.join(bl.dir, `etd-${spec.tag}.log`);
+  fs.writeFileSync(cfg, etdConfig(bl, spec, port));
+  const child = bl.spawnLogged(bl.lab.ns.gateway, process.execPath, [...(spec.nodeArgs ?? []), cli, 'run', '-c', cfg], logFile, spec.cwd ? { cwd: spec.cwd } : {});
+  const pid = child.pid;
+  const stop = (graceMs = 5000): Promise<void> => stopChild(child, graceMs);
+  try {
+    if (pid === undefined) throw new Error('etd did not start (no pid)');
+    const deadline = Date.now() + 20_000;
+    while (!fs.readFileSync(logFile, 'utf8').includes('"msg":"etd started"')) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`etd exited (${child.exitCode ?? child.signalCode})`);
+      if (Date.now() > deadline) throw new Error('etd did not log "etd started" within 20 s');
+      await sleep(50);
+    }
+    await waitListening(bl.lab, bl.lab.ns.gateway, bl.proxyAddress, port, 5000, child);
+  } catch (e) {
+    await stop(1000);
+    throw new Error(`${e instanceof Error ? e.message : String(e)}\netd log:\n${tail(logFile)}`);
+  }
+  return { kind: 'etd', pid, address: bl.proxyAddress, port, logFile, child, stop };
+}

@@ -1,0 +1,193 @@
+// The benchmark result: its JSON document, the etd/HAProxy ratio and target of each figure, and the printed table.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import type { MachineInfo } from './machine.js';
+import type { ProxyKind } from './proxy.js';
+import type { HeldFigures } from './scenarios/held.js';
+import type { CpuProfileFigures, HeapFigures } from './scenarios/profiling.js';
+import type { DirectFigures, LatencyFigures } from './scenarios/returning.js';
+import type { RelayFigures, SessionsFigures } from './scenarios/sessions.js';
+
+type PerProxy<T> = Partial<Record<ProxyKind, T>>;
+
+export interface BenchResult {
+  version: 1;
+  startedAt: string;
+  durationS: number;
+  quick: boolean;
+  /** False when the run was cut short (deadline, signal). */
+  complete: boolean;
+  machine: MachineInfo;
+  lab: { notes: string[] };
+  settings: Record<string, unknown>;
+  held: PerProxy<HeldFigures>;
+  sessions: PerProxy<SessionsFigures>;
+  relay: PerProxy<RelayFigures>;
+  returning: { direct?: DirectFigures } & PerProxy<LatencyFigures>;
+  profile: { cpu?: CpuProfileFigures; heap?: HeapFigures };
+  figures: Figure[];
+  /** Scenario runs that failed or were skipped, with the reason. */
+  problems: string[];
+}
+
+export interface Figure {
+  id: string;
+  scenario: string;
+  label: string;
+  unit: string;
+  better: 'lower' | 'higher';
+  etd: number | null;
+  haproxy: number | null;
+  /** HAProxy with its default nbthread, where measured. */
+  haproxyMt: number | null;
+  /** etd / HAProxy (nbthread 1). */
+  ratio: number | null;
+  /** The issue's target, in words, or null (informational figure). */
+  target: string | null;
+  met: boolean | null;
+}
+
+interface FigureDef {
+  id: string;
+  scenario: string;
+  label: string;
+  unit: string;
+  better: 'lower' | 'higher';
+  value: (r: BenchResult, k: ProxyKind) => number | undefined;
+  target?: { text: string; met: (ratio: number | null, etd: number | null) => boolean | null };
+}
+
+const ratioAtMost = (max: number) => ({ text: `etd/HAProxy ≤ ${max}`, met: (ratio: number | null) => (ratio === null ? null : ratio <= max) });
+const ratioAtLeast = (min: number) => ({ text: `etd/HAProxy ≥ ${min}`, met: (ratio: number | null) => (ratio === null ? null : ratio >= min) });
+
+const DEFS: FigureDef[] = [
+  { id: 'held.rssPerConn', scenario: 'held', label: 'RSS per held connection', unit: 'bytes', better: 'lower', value: (r, k) => r.held[k]?.rssPerConnBytes, target: ratioAtMost(1) },
+  { id: 'held.acceptRate', scenario: 'held', label: 'accept rate (full accept queue)', unit: 'conn/s', better: 'higher', value: (r, k) => r.held[k]?.acceptPerS },
+  { id: 'held.cpuPerConn', scenario: 'held', label: 'CPU per accepted connection', unit: 'µs', better: 'lower', value: (r, k) => r.held[k]?.cpuUsPerConn },
+  { id: 'sessions.rate', scenario: 'sessions', label: 'sessions per second', unit: 'sessions/s', better: 'higher', value: (r, k) => r.sessions[k]?.sessionsPerS, target: ratioAtLeast(1) },
+  { id: 'sessions.cpuPerSession', scenario: 'sessions', label: 'proxy CPU per session', unit: 'ms', better: 'lower', value: (r, k) => r.sessions[k]?.cpuMsPerSession, target: ratioAtMost(1.5) },
+  { id: 'relay.throughput', scenario: 'relay', label: 'relay throughput', unit: 'MB/s', better: 'higher', value: (r, k) => r.relay[k]?.mbPerS, target: ratioAtLeast(0.8) },
+  { id: 'relay.cpuPerMb', scenario: 'relay', label: 'proxy CPU per MB', unit: 'ms', better: 'lower', value: (r, k) => r.relay[k]?.cpuMsPerMb },
+  { id: 'returning.firstVisit', scenario: 'returning', label: 'connect→greeting, first visit (median)', unit: 'ms', better: 'lower', value: (r, k) => r.returning[k]?.firstVisit.median },
+  { id: 'returning.returning', scenario: 'returning', label: 'connect→greeting, returning sender (median)', unit: 'ms', better: 'lower', value: (r, k) => r.returning[k]?.returning.median },
+  {
+    id: 'returning.added',
+    scenario: 'returning',
+    label: 'added latency, returning sender (vs direct)',
+    unit: 'ms',
+    better: 'lower',
+    value: (r, k) => r.returning[k]?.addedMs,
+    target: { text: 'etd < 1 ms', met: (_ratio, etd) => (etd === null ? null : etd < 1) },
+  },
+];
+
+const orNull = (v: number | undefined): number | null => (v === undefined || !Number.isFinite(v) ? null : v);
+
+export function computeFigures(r: BenchResult): Figure[] {
+  return DEFS.map((d) => {
+    const etd = orNull(d.value(r, 'etd'));
+    const haproxy = orNull(d.value(r, 'haproxy'));
+    const haproxyMt = orNull(d.value(r, 'haproxy-mt'));
+    const ratio = etd !== null && haproxy !== null && haproxy !== 0 ? etd / haproxy : null;
+    return {
+      id: d.id,
+      scenario: d.scenario,
+      label: d.label,
+      unit: d.unit,
+      better: d.better,
+      etd,
+      haproxy,
+      haproxyMt,
+      ratio,
+      target: d.target?.text ?? null,
+      met: d.target ? d.target.met(ratio, etd) : null,
+    };
+  });
+}
+
+/** Three significant digits, thousands separated; "—" for a missing value. */
+export function num(v: number | null): string {
+  if (v === null) return '—';
+  const a = Math.abs(v);
+  if (a >= 100) return Math.round(v).toLocaleString('en-US');
+  if (a >= 10) return v.toFixed(1);
+  if (a >= 1) return v.toFixed(2);
+  return v.toPrecision(2);
+}
+
+/** The figures as a Markdown table (readable on a terminal, pasteable into docs/performance.md). */
+export function table(all: readonly Figure[]): string {
+  // Scenarios that were not run (--only) have no row at all.
+  const figures = all.filter((f) => f.etd !== null || f.haproxy !== null || f.haproxyMt !== null);
+  const header = ['scenario', 'figure', 'unit', 'etd', 'HAProxy nbthread 1', 'etd/HAProxy', 'HAProxy nbthread auto', 'target', 'met'];
+  const rows = figures.map((f) => [
+    f.scenario,
+    f.label,
+    f.unit,
+    num(f.etd),
+    num(f.haproxy),
+    f.ratio === null ? '—' : `${f.ratio.toFixed(2)}×`,
+    num(f.haproxyMt),
+    f.target ?? '',
+    f.met === null ? '' : f.met ? 'yes' : 'NO',
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] as string).length)));
+  const line = (cells: string[]): string => `| ${cells.map((c, i) => (i >= 3 && i <= 6 ? c.padStart(widths[i] as number) : c.padEnd(widths[i] as number))).join(' | ')} |`;
+  const sep = `|${widths.map((w, i) => (i >= 3 && i <= 6 ? `${'-'.repeat(w + 1)}:` : '-'.repeat(w + 2))).join('|')}|`;
+  return [line(header), sep, ...rows.map(line)].join('\n');
+}
+
+/** Lines under the table: the baseline, the machine, sanity counts, and what went wrong. */
+export function notes(r: BenchResult): string {
+  const out: string[] = [];
+  const d = r.returning.direct;
+  if (d) out.push(`direct connection to a backend (no proxy): connect→greeting median ${num(d.direct.median)} ms, p90 ${num(d.direct.p90)} ms`);
+  for (const k of ['etd', 'haproxy'] as const) {
+    const h = r.held[k];
+    if (h) out.push(`held ${k}: ${h.held} of ${h.n} held, fit r² ${h.r2.toFixed(3)}, client failures ${h.clients.failed}, closed by proxy ${h.clients.closedByPeer}, idle CPU ${num(h.idleCpuMsPerS)} ms/s`);
+  }
+  type Run = { kernelShare: number; endings: Record<string, number>; problemCount: number; problems: string[]; exit: number | string };
+  const runs: Array<[string, PerProxy<Run>]> = [
+    ['sessions', r.sessions],
+    ['relay', r.relay],
+  ];
+  for (const [name, set] of runs) {
+    const split = Object.entries(set).map(([k, v]) => `${k} ${Math.round(v.kernelShare * 100)}%`);
+    if (split.length) out.push(`${name}: kernel (system) share of the proxy's CPU time: ${split.join(', ')}`);
+    for (const [k, v] of Object.entries(set)) {
+      const endings = Object.entries(v.endings).sort((a, b) => b[1] - a[1]).map(([e, c]) => `${e} ${c}`);
+      out.push(`${name} ${k}: sessions ended (proxy log): ${endings.join(', ') || 'none logged'}`);
+    }
+    for (const [k, v] of Object.entries(set)) if (v.problemCount > 0 || v.exit !== 0) out.push(`${name} ${k}: smtp-source exit ${v.exit}, ${v.problemCount} warnings (${v.problems.slice(0, 2).join(' | ')})`);
+  }
+  const m = r.machine;
+  out.push(`machine: ${m.cpus} × ${m.cpuModel}, ${m.memTotal}, ${m.kernel}, node ${m.node}, ${m.haproxy}, postfix ${m.postfix}, fd limit ${m.fdLimit}`);
+  out.push(`load average at start ${m.loadStart.join(' ')}${m.loadEnd ? `, at end ${m.loadEnd.join(' ')}` : ''}; run took ${r.durationS} s${r.complete ? '' : ' (INCOMPLETE)'}`);
+  for (const p of r.problems) out.push(`problem: ${p}`);
+  return out.join('\n');
+}
+
+export function profileText(r: BenchResult): string {
+  const out: string[] = [];
+  const c = r.profile.cpu;
+  if (c) {
+    out.push(`etd CPU profile (${c.sessions} sessions, ${c.busyMs} ms busy): self time by module`);
+    for (const m of c.modules.slice(0, 12)) out.push(`  ${m.pct.toFixed(1).padStart(5)}%  ${m.name}`);
+    out.push('  time in (and under) the entry points of the work (they nest, so they overlap)');
+    for (const ph of c.phases) out.push(`  ${ph.pct.toFixed(1).padStart(5)}%  ${ph.name}`);
+    out.push('  top functions by self time');
+    for (const f of c.functions.slice(0, 15)) out.push(`  ${f.pct.toFixed(1).padStart(5)}%  ${f.name}`);
+  }
+  const h = r.profile.heap;
+  if (h) {
+    out.push(`etd heap per held connection (${h.connections} held): ${num(h.heapBytesPerConn)} bytes of JS heap`);
+    for (const i of h.items.slice(0, 15)) out.push(`  ${String(i.bytes).padStart(6)} B  ${i.count.toFixed(2).padStart(5)} × ${i.name}`);
+  }
+  return out.join('\n');
+}
+
+export function writeJson(file: string, r: BenchResult): void {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, `${JSON.stringify(r, null, 2)}\n`);
+}

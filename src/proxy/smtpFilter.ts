@@ -26,6 +26,8 @@ export class PipeconnectStripper extends Transform {
   private held: Buffer | undefined;
   /** How many keyword lines were removed (for the session summary). */
   stripped = 0;
+  /** Output of the chunk being transformed, pushed as one buffer: one socket write per chunk, not per reply line. */
+  private out: Buffer[] | undefined;
 
   /** Stops filtering: what is held goes out as it is and the rest passes through untouched. */
   stop(): void {
@@ -44,6 +46,7 @@ export class PipeconnectStripper extends Transform {
     }
     let data = this.carry ? Buffer.concat([this.carry, chunk]) : chunk;
     this.carry = undefined;
+    this.out = [];
     let start = 0;
     for (let nl = data.indexOf(0x0a, start); nl >= 0; nl = data.indexOf(0x0a, start)) {
       this.line(data.subarray(start, nl + 1));
@@ -53,10 +56,20 @@ export class PipeconnectStripper extends Transform {
       data = data.subarray(start);
       if (data.length > MAX_LINE) {
         this.flushHeld();
-        this.push(data);
+        this.send(data);
       } else this.carry = Buffer.from(data);
     }
+    const out = this.out;
+    this.out = undefined;
+    if (out.length === 1) this.push(out[0]);
+    else if (out.length > 1) this.push(Buffer.concat(out));
     done();
+  }
+
+  /** Emits `b`: collected while a chunk is transformed, pushed at once otherwise. */
+  private send(b: Buffer): void {
+    if (this.out) this.out.push(b);
+    else this.push(b);
   }
 
   override _flush(done: TransformCallback): void {
@@ -67,7 +80,7 @@ export class PipeconnectStripper extends Transform {
   }
 
   private flushHeld(): void {
-    if (this.held) this.push(this.held);
+    if (this.held) this.send(this.held);
     this.held = undefined;
   }
 
@@ -80,17 +93,17 @@ export class PipeconnectStripper extends Transform {
         const last = Buffer.from(this.held);
         last[3] = 0x20;
         this.held = undefined;
-        this.push(last);
+        this.send(last);
       } else if (head[3] === ' ') {
         // A one-line "250 PIPECONNECT" is no EHLO reply (its first line is the domain): keep it.
         this.stripped--;
-        this.push(line);
+        this.send(line);
       }
       return;
     }
     this.flushHeld();
     if (head.startsWith('250-')) this.held = Buffer.from(line);
-    else this.push(line);
+    else this.send(line);
   }
 }
 

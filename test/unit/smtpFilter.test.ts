@@ -39,6 +39,15 @@ describe('PipeconnectStripper', () => {
     });
   }
 
+  it('sends a reply that arrived in one segment on as one chunk (one socket write, not one per line)', async () => {
+    const t = new PipeconnectStripper();
+    const chunks: string[] = [];
+    t.on('data', (c: Buffer) => chunks.push(c.toString('latin1')));
+    t.write(Buffer.from('250-mx.test\r\n250-PIPELINING\r\n250-PIPECONNECT\r\n250-8BITMIME\r\n250 HELP\r\n'));
+    await new Promise((r) => setImmediate(r));
+    expect(chunks).toEqual(['250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 HELP\r\n']);
+  });
+
   it('leaves PIPELINING and look-alikes alone', async () => {
     const r = '250-mx\r\n250-PIPELINING\r\n250-PIPECONNECTX\r\n250 CHUNKING\r\n';
     expect(await through(new PipeconnectStripper(), [r])).toBe(r);

@@ -1,5 +1,6 @@
 // One SMTP health probe of one backend: connect, expect 220, HELO/EHLO, expect 250, QUIT — and the pure reply reader it uses.
 
+import { connectFailure } from '../proxy/upstream.js';
 import net from 'node:net';
 import { escapeBytes } from '../proxy/verdict.js';
 
@@ -124,21 +125,8 @@ export function detailOf(line: string): string {
 }
 
 function transportFailure(err: NodeJS.ErrnoException): CheckFailure {
-  switch (err.code) {
-    case 'ECONNREFUSED':
-      return 'refused';
-    case 'ETIMEDOUT':
-      return 'timeout';
-    case 'EHOSTUNREACH':
-    case 'ENETUNREACH':
-    case 'EADDRNOTAVAIL':
-      return 'unreachable';
-    case 'ECONNRESET':
-    case 'EPIPE':
-      return 'reset';
-    default:
-      return 'error';
-  }
+  const c = connectFailure(err);
+  return c === 'no_privilege' ? 'error' : c;
 }
 
 type Phase = 'connect' | 'banner' | 'helo' | 'quit';

@@ -10,6 +10,7 @@
 // Every fact that cannot be read becomes { error } in the facts, never an exception: the doctor
 // must report as much as it can on a half-broken host.
 
+import { connectFailure } from '../proxy/upstream.js';
 import fs from 'node:fs';
 import net from 'node:net';
 import type { Config } from '../config/schema.js';
@@ -251,17 +252,8 @@ async function pathInterfaces(config: Config, routes: readonly ServerRoute[], cl
 // ---- the spoofed test connect ----------------------------------------------------------------
 
 function classify(code: string | undefined): ProbeOutcome {
-  switch (code) {
-    case 'ECONNREFUSED':
-      return 'refused';
-    case 'ETIMEDOUT':
-      return 'timeout';
-    case 'EHOSTUNREACH':
-    case 'ENETUNREACH':
-      return 'unreachable';
-    default:
-      return 'error';
-  }
+  const c = connectFailure({ code });
+  return c === 'refused' || c === 'timeout' || c === 'unreachable' ? c : 'error';
 }
 
 /**

@@ -23,10 +23,13 @@ export interface SourceStrategy {
   connect(target: UpstreamTarget, client: ClientEndpoints, timeoutMs: number): Promise<net.Socket>;
 }
 
-/** Why a connect failed, in the words the session summary uses. */
-export function connectFailureCause(e: unknown): string {
+/** Why a connect failed, in the words of session summaries, health checks and the doctor. */
+export type ConnectFailure = 'refused' | 'timeout' | 'unreachable' | 'reset' | 'no_privilege' | 'error';
+
+/** Classifies a connect error by its errno name (the one place that does). */
+export function connectFailure(e: unknown): ConnectFailure {
   // The native addon's errors carry the errno name in sysCode (their code is ETD_ERR_SYSCALL).
-  const code = (e as { sysCode?: string }).sysCode ?? (e as { code?: string }).code;
+  const code = (e as { sysCode?: string } | undefined)?.sysCode ?? (e as { code?: string } | undefined)?.code;
   switch (code) {
     case 'ECONNREFUSED':
       return 'refused';
@@ -34,15 +37,25 @@ export function connectFailureCause(e: unknown): string {
       return 'timeout';
     case 'EHOSTUNREACH':
     case 'ENETUNREACH':
+    case 'EADDRNOTAVAIL':
       return 'unreachable';
     case 'ECONNRESET':
+    case 'EPIPE':
       return 'reset';
     case 'EPERM':
     case 'EACCES':
       return 'no_privilege';
     default:
-      return code ? code.toLowerCase() : 'error';
+      return 'error';
   }
+}
+
+/** The session summary's word for a failed connect: the class, or the errno name when unclassified. */
+export function connectFailureCause(e: unknown): string {
+  const c = connectFailure(e);
+  if (c !== 'error') return c;
+  const code = (e as { sysCode?: string } | undefined)?.sysCode ?? (e as { code?: string } | undefined)?.code;
+  return code ? code.toLowerCase() : 'error';
 }
 
 function timeoutError(target: UpstreamTarget, ms: number): Error {

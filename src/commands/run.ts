@@ -49,9 +49,11 @@ export async function startEtd(config: Config, logger: Logger, configFile = 'FIL
     if (netfilter) await netfilter.removeNetfilter(config, logger).catch(() => undefined);
     throw e;
   }
+  const unwatch = netfilter && config.netfilter.watchMs > 0 ? (await import('../netfilter/watch.js')).watchNetfilter(config, logger, config.netfilter.watchMs) : undefined;
   return {
     app,
     async stop() {
+      unwatch?.();
       await app.stop();
       // Remove what was applied at start: netfilter settings are not changed by a reload.
       if (netfilter) await netfilter.removeNetfilter(config, logger);

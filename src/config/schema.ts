@@ -118,6 +118,7 @@ export const ConfigSchema = Type.Object(
         rulePriority: Type.Integer({ minimum: 1, maximum: 32765, default: 100 }),
         tproxyPort: Type.Integer({ minimum: 1, maximum: 65535, default: 10025 }),
         tableName: Type.String({ pattern: '^[A-Za-z][A-Za-z0-9_]{0,31}$', default: 'etd' }),
+        watch: Duration('30s', 'how often etd checks that its rules are still in place and re-applies them (0ms = never)'),
       },
       { additionalProperties: false, default: {} },
     ),
@@ -231,6 +232,7 @@ export interface Config {
     readonly rulePriority: number;
     readonly tproxyPort: number;
     readonly tableName: string;
+    readonly watchMs: number;
   };
   readonly cache: { readonly enabled: boolean; readonly ttlMs: number; readonly denyTtlMs: number; readonly scope: 'ip' | 'net' };
   readonly access: { readonly allow: readonly string[]; readonly deny: readonly string[]; readonly denyAction: 'reject' | 'drop'; readonly denyReply: string };

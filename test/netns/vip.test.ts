@@ -116,6 +116,19 @@ describe.skipIf(skip)('vip mode in the lab', () => {
     expect(after.routes.trim()).toBe('');
   }, 90_000);
 
+  it('re-applies its rules when something flushes them while it runs (nftables restart)', async () => {
+    const etd = await start(configFor(lab, 'netfilter: { watch: 500ms }'));
+    await lab.exec(lab.ns.gateway, 'nft', ['flush', 'ruleset']);
+    await lab.exec(lab.ns.gateway, 'ip', ['rule', 'del', 'fwmark', '0x1', 'lookup', '100']);
+    await etd.waitFor((l) => String(l.msg).includes('re-applying'), 5000);
+    await new Promise((r) => setTimeout(r, 300));
+    const state = await gatewayState();
+    expect(state.nft).toMatch(/socket transparent 1/);
+    expect(state.rules4).toMatch(/fwmark 0x1 lookup 100/);
+    expect(await swaks(lab, lab.v4.gatewayClientSide)).toMatch(/<- +250 Queued/);
+    expect(await stop(etd)).toBe(0);
+  }, 60_000);
+
   it('after SIGKILL the next start replaces the stale state and works', async () => {
     const first = await start(configFor(lab));
     expect(await stop(first, 'SIGKILL')).toBe(null);

@@ -27,7 +27,8 @@ export interface HoldQueue<T extends Holdable> {
 
 class Entry<T> implements HoldTicket {
   constructor(
-    readonly item: T,
+    /** Cleared on cancel: a dead entry waits in its FIFO until its deadline and must not keep the session alive. */
+    public item: T | undefined,
     readonly deadline: number,
     public live: boolean,
   ) {}
@@ -98,6 +99,7 @@ export class TimerHoldQueue<T extends Holdable> implements HoldQueue<T> {
     const e = ticket as Entry<T>;
     if (!e.live) return;
     e.live = false;
+    e.item = undefined;
     this.count--;
     // The timer stays armed; when it fires it skips dead entries and re-arms for the next live one.
   }
@@ -107,7 +109,7 @@ export class TimerHoldQueue<T extends Holdable> implements HoldQueue<T> {
     this.timer = undefined;
     this.armedFor = Infinity;
     const rest: T[] = [];
-    for (const q of this.queues.values()) for (const e of q.drain()) rest.push(e.item);
+    for (const q of this.queues.values()) for (const e of q.drain()) rest.push(e.item as T);
     this.queues.clear();
     this.count = 0;
     return rest;
@@ -130,7 +132,7 @@ export class TimerHoldQueue<T extends Holdable> implements HoldQueue<T> {
         q.shift();
         e.live = false;
         this.count--;
-        due.push(e.item);
+        due.push(e.item as T);
       }
       const head = q.peek();
       if (head) next = Math.min(next, head.deadline);

@@ -63,9 +63,10 @@ export class SqliteStore implements StateStore {
     readonly location: string,
     private readonly log: StoreLog,
   ) {
+    let db: Database.Database | undefined;
     try {
       if (location !== ':memory:') fs.mkdirSync(path.dirname(location), { recursive: true });
-      this.db = new Database(location);
+      this.db = db = new Database(location);
       this.db.pragma('journal_mode = WAL');
       this.db.pragma('synchronous = NORMAL');
       this.db.exec(`
@@ -88,6 +89,12 @@ export class SqliteStore implements StateStore {
           .pluck(),
       };
     } catch (e) {
+      // Opened, then a pragma or CREATE failed (a full disk): the half-made database must not keep its file open.
+      try {
+        db?.close();
+      } catch {
+        /* not open */
+      }
       throw new EtdError('ETD_ERR_STATE', `cannot open the state store ${location}: ${describeError(e)}`, {
         hint: 'check state.path, its directory permissions and free space',
         cause: e,

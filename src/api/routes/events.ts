@@ -55,6 +55,11 @@ type StreamFilter = Static<typeof StreamQuery>;
 
 /** Takes the response over for an event stream; replays from Last-Event-ID (or ?since=) when given. */
 function stream(deps: RouteDeps, req: FastifyRequest, reply: FastifyReply, q: StreamFilter): void {
+  if (req.method === 'HEAD') {
+    // A HEAD response has no body: a stream would never send its headers and would hold a slot forever.
+    void reply.code(200).header('content-type', 'text/event-stream; charset=utf-8').header('cache-control', 'no-store').send();
+    return;
+  }
   if (deps.streams.size >= deps.sse.maxClients) {
     throw new ApiError(429, `too many event streams open (${deps.sse.maxClients}); close one or poll GET /v1/events?since=`);
   }

@@ -117,9 +117,10 @@ describe.skipIf(skipLab)('a blackholed backend (netns lab)', () => {
   let lab: Lab;
   let recorder: JsonLineProcess;
   let running: RunningEtd | undefined;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-blackhole-'));
+  let dir = '';
 
   beforeAll(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-blackhole-'));
     lab = await createLab();
     recorder = await lab.startRecorder(lab.ns.backend, [{ address: lab.v4.backends[0], port: 25 }]);
     // Everything to the second backend address vanishes: no RST, no ICMP — only the connect timeout can tell.
@@ -137,7 +138,7 @@ describe.skipIf(skipLab)('a blackholed backend (netns lab)', () => {
       await running.exited;
     }
     await lab?.destroy();
-    fs.rmSync(dir, { recursive: true, force: true });
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
   function config(servers: string, retries: number): string {

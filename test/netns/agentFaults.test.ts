@@ -10,7 +10,7 @@ import { skipPrivileged } from '../helpers/privileged.js';
 import { runEtd, type RunningEtd } from '../helpers/cli.js';
 
 const skip = skipPrivileged('agent faults: SIGKILL under load (netns)');
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-kill-'));
+let dir = '';
 const LOAD = path.join(__dirname, 'mailLoad.mjs');
 let lab: Lab;
 let recorder: JsonLineProcess;
@@ -32,6 +32,7 @@ const delivered = (events: JsonEvent[]) => events.filter((e) => e.event === 'res
 
 describe.skipIf(skip)('SIGKILL under load', () => {
   beforeAll(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-kill-'));
     lab = await createLab();
     recorder = await lab.startRecorder(lab.ns.backend, [{ address: lab.v4.backends[0], port: 25 }]);
   }, 60_000);
@@ -39,7 +40,7 @@ describe.skipIf(skip)('SIGKILL under load', () => {
   afterAll(async () => {
     for (const e of running) if (e.child.exitCode === null && e.child.signalCode === null) e.child.kill('SIGKILL');
     await lab?.destroy();
-    fs.rmSync(dir, { recursive: true, force: true });
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
   it('after SIGKILL mid-load the next start cleans up and serves within 2 s; no accepted message is lost', async () => {

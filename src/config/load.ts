@@ -218,6 +218,21 @@ function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
   const ht = parseDuration(h.timeout);
   if (hi !== undefined && hi < 100) out.push({ path: 'upstream.health.interval', message: 'must be at least 100ms' });
   if (hi !== undefined && ht !== undefined && ht > hi) out.push({ path: 'upstream.health.timeout', message: `${h.timeout} is longer than the interval ${h.interval}; make it shorter` });
+  // These become Node timers, which cannot exceed 2^31-1 ms (about 24.8 days).
+  const timers: Array<[string, string | undefined]> = [
+    ['detection.stress.window', raw.detection.stress.window],
+    ['upstream.connectTimeout', raw.upstream.connectTimeout],
+    ['upstream.health.interval', raw.upstream.health.interval],
+    ['upstream.health.timeout', raw.upstream.health.timeout],
+    ['timeouts.client', raw.timeouts.client],
+    ['timeouts.server', raw.timeouts.server],
+    ['timeouts.shutdownGrace', raw.timeouts.shutdownGrace],
+    ['netfilter.watch', raw.netfilter.watch],
+  ];
+  for (const [path, text] of timers) {
+    const v = text === undefined ? undefined : parseDuration(text);
+    if (v !== undefined && v > 2_147_483_647) out.push({ path, message: `${text} is too long for a timer; use at most 24d` });
+  }
   const ct = parseDuration(raw.upstream.connectTimeout);
   if (ct === 0) out.push({ path: 'upstream.connectTimeout', message: 'must be more than 0' });
   return out;

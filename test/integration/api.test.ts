@@ -450,6 +450,12 @@ describe('backends', () => {
 
   it('a drained server gets no new sessions while its open session completes; drain survives a reload; up returns it', async () => {
     const { etd } = await startStack(baseDoc({ window: '200ms' }));
+    // Counted from here: a late connection from an earlier test's teardown must not count.
+    await new Promise((r) => setTimeout(r, 200));
+    b1.connections.length = 0;
+    b2.connections.length = 0;
+    b1.messages.length = 0;
+    b2.messages.length = 0;
     // Session A on s1 (balance: first), mid-transaction.
     const a = await smtpClient(etd.port);
     expect(a.banner).toMatch(/^220 one\.test/);

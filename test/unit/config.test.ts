@@ -76,6 +76,7 @@ const BAD: Array<[string, string, RegExp]> = [
   ['negative retries', GOOD.replace('retries: 2', 'retries: -1'), /upstream\.retries: must be from 0 to 16 \(got -1\)/],
   ['string where a number belongs', GOOD.replace('maxConnections: 15000', 'maxConnections: lots'), /limits\.maxConnections: must be a whole number \(got "lots"\)/],
   ['reject reply that is not 5xx', GOOD.replace('action: drop', 'action: reject\n  rejectReply: "250 ok"'), /detection\.rejectReply: must be an SMTP reply starting with a 5xx code/],
+  ['a timer longer than Node allows', GOOD.replace('client: 5m', 'client: 30d'), /timeouts\.client: 30d is too long for a timer; use at most 24d/],
   ['not a mapping', '- just\n- a list\n', /\(top level\): must be a mapping/],
   ['empty file', '', /\(top level\): must be a mapping .*got an empty file/],
   ['intercept destination with host bits', GOOD.replace('mode: plain', 'mode: intercept\n    destinations: [10.0.2.10/24]').replace('source: self', 'source: clientip'), /listeners\[0\]\.destinations\[0\]: "10\.0\.2\.10\/24" has host bits set; did you mean 10\.0\.2\.0\/24\?/],

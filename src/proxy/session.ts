@@ -162,7 +162,7 @@ export class Session implements Holdable, RelayOwner {
   private hint: string | undefined;
   private lastFailure: string | undefined;
   private teaserSent = false;
-  /** With a teaser, the backend's greeting is collected whole to check its code before the client sees it. */
+  /** The backend's greeting, collected whole to check its code before the client sees any of it. */
   private greetingChunks: Buffer[] | undefined;
 
   constructor(

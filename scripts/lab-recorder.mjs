@@ -109,7 +109,8 @@ try {
   process.stderr.write(`recorder: listen failed: ${e.stack ?? e.message}\n`);
   process.exit(1);
 }
-out({ event: 'ready', listening: listens });
+// The ports actually bound (port 0 asks the kernel for a free one).
+out({ event: 'ready', listening: servers.map((s) => ({ address: s.server.address().address, port: s.server.address().port })) });
 
 function shutdown() {
   // Bounded: smtp-server waits for open sessions on close; do not wait for stragglers.

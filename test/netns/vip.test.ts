@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createLab, type JsonLineProcess, type Lab } from '../../src/lab/netns.js';
 import { skipPrivileged } from '../helpers/privileged.js';
 import { runEtd, type RunningEtd } from '../helpers/cli.js';
@@ -76,6 +76,16 @@ describe.skipIf(skip)('vip mode in the lab', () => {
     ]);
   }, 60_000);
 
+  afterEach(async () => {
+    // A test that failed before stopping its etd must not leave it holding port 25 for the next one.
+    for (const e of running) {
+      if (e.child.exitCode === null && e.child.signalCode === null) {
+        e.child.kill('SIGKILL');
+        await e.exited;
+      }
+    }
+  });
+
   afterAll(async () => {
     for (const e of running) e.child.kill('SIGKILL');
     await lab?.destroy();
@@ -104,6 +114,7 @@ describe.skipIf(skip)('vip mode in the lab', () => {
       await new Promise((r) => setTimeout(r, 800)); // past the window
       expect(connectsFrom(client), `${family}: early talker reached the backend`).toBe(before);
     }
+    await etd.waitFor(() => etd.lines.filter((l) => l.msg === 'session').length >= 4, 5000);
     const sessions = etd.lines.filter((l) => l.msg === 'session');
     expect(sessions.filter((s) => s.verdict === 'passed')).toHaveLength(2);
     expect(sessions.filter((s) => s.verdict === 'early_talker')).toHaveLength(2);
@@ -158,6 +169,8 @@ describe.skipIf(skip)('vip mode in the lab', () => {
     expect(await swaks(lab, lab.v4.gatewayClientSide)).toMatch(/<- +250 Queued/);
     expect(await swaks(lab, lab.v6.gatewayClientSide)).toMatch(/<- +250 Queued/);
     expect(recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length).toBe(before + 1);
+    // A summary is written when both sides have closed, which can trail swaks' exit a little.
+    await etd.waitFor(() => etd.lines.filter((l) => l.msg === 'session').length >= 2, 5000);
     const sessions = etd.lines.filter((l) => l.msg === 'session');
     expect(sessions.map((s) => s.clientAddress)).toEqual([lab.v4.client, lab.v6.client]);
     expect(await stop(etd)).toBe(0);

@@ -58,6 +58,7 @@ state: { path: ":memory:" }
       const c = await recorder.waitFor((e) => e.event === 'connect' && e.remoteAddress === client, 5000);
       expect(c.localAddress, family).toBe(backend);
     }
+    await etd!.waitFor(() => etd!.lines.filter((l) => l.msg === 'session' && l.verdict === 'passed').length >= 2, 5000);
     const sessions = etd!.lines.filter((l) => l.msg === 'session' && l.verdict === 'passed');
     expect(sessions.map((s) => s.server)).toEqual(['original', 'original']);
   }, 60_000);

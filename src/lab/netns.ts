@@ -67,7 +67,21 @@ export interface Listen {
   port: number;
 }
 
-export interface Lab {
+/** What every lab offers for running things in its namespaces (this lab and the PBR lab). */
+export interface LabProcesses {
+  /** Runs `ip netns exec <ns> cmd args...`; rejects on non-zero exit unless allowFailure. */
+  exec(ns: string, cmd: string, args: readonly string[], opts?: ExecOptions): Promise<ExecResult>;
+  /** Spawns `ip netns exec <ns> cmd args...` (ip execs in place, so child.pid is the command's pid); tracked and killed on destroy. */
+  spawn(ns: string, cmd: string, args: readonly string[], opts?: SpawnOptions): ChildProcess;
+  /** Spawns a process printing JSON lines on stdout and collects them. */
+  spawnJson(ns: string, cmd: string, args: readonly string[], opts?: SpawnOptions): JsonLineProcess;
+  /** Starts scripts/lab-recorder.mjs in `ns` on the given addresses; resolves once it is ready. */
+  startRecorder(ns: string, listens: readonly Listen[], opts?: { plain?: boolean; banner?: string; timeoutMs?: number }): Promise<JsonLineProcess>;
+  /** Kills tracked processes by pid, deletes the namespaces. Idempotent. */
+  destroy(): Promise<void>;
+}
+
+export interface Lab extends LabProcesses {
   readonly id: string;
   /** Subnet index: 10.x.1.0/24, 10.x.2.0/24, fd00:x:1::/64, fd00:x:2::/64. */
   readonly x: number;
@@ -91,16 +105,6 @@ export interface Lab {
     readonly gatewayToBackend: string;
     readonly backend: string;
   };
-  /** Runs `ip netns exec <ns> cmd args...`; rejects on non-zero exit unless allowFailure. */
-  exec(ns: string, cmd: string, args: readonly string[], opts?: ExecOptions): Promise<ExecResult>;
-  /** Spawns `ip netns exec <ns> cmd args...` (ip execs in place, so child.pid is the command's pid); tracked and killed on destroy. */
-  spawn(ns: string, cmd: string, args: readonly string[], opts?: SpawnOptions): ChildProcess;
-  /** Spawns a process printing JSON lines on stdout and collects them. */
-  spawnJson(ns: string, cmd: string, args: readonly string[], opts?: SpawnOptions): JsonLineProcess;
-  /** Starts scripts/lab-recorder.mjs in `ns` on the given addresses; resolves once it is ready. */
-  startRecorder(ns: string, listens: readonly Listen[], opts?: { plain?: boolean; banner?: string; timeoutMs?: number }): Promise<JsonLineProcess>;
-  /** Kills tracked processes by pid, deletes the namespaces. Idempotent. */
-  destroy(): Promise<void>;
 }
 
 // src/lab and dist/lab are both two levels below the package root.

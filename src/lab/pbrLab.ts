@@ -15,11 +15,11 @@
 // SIGKILLed run is deleted by the next createLab() together with its siblings, and it is deleted
 // by destroy() and on process exit like them.
 
-import type { SpawnOptions, ChildProcess } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
-import { createLab, registerSyncCleanup, run, type ExecOptions, type ExecResult, type JsonLineProcess, type Lab, type Listen } from './netns.js';
+import { createLab, registerSyncCleanup, run, type ExecResult, type Lab, type LabProcesses } from './netns.js';
 
-export interface PbrLab {
+/** The PBR lab: the shared process API plus its own topology; destroy() covers all four namespaces. */
+export interface PbrLab extends LabProcesses {
   /** The underlying three-namespace lab; its gateway is the router. */
   readonly lab: Lab;
   readonly id: string;
@@ -35,12 +35,6 @@ export interface PbrLab {
     readonly etd: string;
     readonly backend: string;
   };
-  exec(ns: string, cmd: string, args: readonly string[], opts?: ExecOptions): Promise<ExecResult>;
-  spawn(ns: string, cmd: string, args: readonly string[], opts?: SpawnOptions): ChildProcess;
-  spawnJson(ns: string, cmd: string, args: readonly string[], opts?: SpawnOptions): JsonLineProcess;
-  startRecorder(ns: string, listens: readonly Listen[], opts?: { plain?: boolean; banner?: string; timeoutMs?: number }): Promise<JsonLineProcess>;
-  /** Kills every process of the lab, deletes all four namespaces. Idempotent. */
-  destroy(): Promise<void>;
 }
 
 export interface PbrAddresses {

@@ -7,7 +7,7 @@ import { Pool } from './backend/pool.js';
 import { HealthChecker } from './backend/health.js';
 import { TimerHoldQueue } from './proxy/holdQueue.js';
 import { Listener, fmt } from './proxy/listener.js';
-import { Session, type SessionContext, type SessionPolicy, type SessionSummary } from './proxy/session.js';
+import { Session, type LiveSession, type SessionContext, type SessionPolicy, type SessionSummary } from './proxy/session.js';
 import { createSource } from './proxy/upstream.js';
 import { Stats } from './stats.js';
 import { EtdError, describeError } from './errors.js';
@@ -61,7 +61,7 @@ export class App {
   /** Active SMTP checks of the pool's servers (rise/fall); `health.status(name)` for the API. */
   readonly health: HealthChecker;
   readonly hold = new TimerHoldQueue<Session>();
-  readonly sessions = new Set<Session>();
+  readonly sessions = new Set<LiveSession>();
   private listeners = new Map<string, Listener>();
   private stopping = false;
   /** Connections (held or relayed) per client address, for limits.perClient. */

@@ -8,6 +8,7 @@ import type { Pool, Server } from '../backend/pool.js';
 import type { HoldQueue, HoldTicket, Holdable } from './holdQueue.js';
 import type { SourceStrategy, UpstreamTarget, ClientEndpoints } from './upstream.js';
 import { connectFailureCause } from './upstream.js';
+import { Attempts } from './attempts.js';
 import { Relay, type RelayOwner } from './relay.js';
 import { earlyTalkAction, escapeBytes, findGreetingEnd, replyCode, type Verdict } from './verdict.js';
 
@@ -54,6 +55,31 @@ export interface SessionSummary {
   readonly hint?: string;
 }
 
+/** What the API, the stats and shutdown need of a live session, whichever engine runs it. */
+export interface LiveSession {
+  readonly id: number;
+  readonly ctx: SessionContext;
+  readonly family: 4 | 6;
+  readonly clientAddress: string;
+  readonly clientPort: number;
+  readonly phase: Phase;
+  readonly server: Server | undefined;
+  readonly startedAt: number;
+  readonly ageMs: number;
+  readonly bytesFromClient: number;
+  readonly bytesToClient: number;
+  /** Whether the client sent anything before the greeting. */
+  readonly talked: boolean;
+  /** Why the window was skipped (allow list, pass cache), if it was. */
+  readonly skipped?: 'allowlist' | 'pass_cache' | undefined;
+  /** True once the greeting was complete and the relay started. */
+  readonly relayed: boolean;
+  /** Held at shutdown: a polite 421; relayed sessions are left to finish. */
+  shutdown(): void;
+  /** Grace time is over: end the session whatever it is doing. */
+  abort(cause: string): void;
+}
+
 /** Who a session reports to: the listener's shared context. */
 export interface SessionContext {
   readonly listener: string;
@@ -64,9 +90,9 @@ export interface SessionContext {
   source: SourceStrategy;
   /** The policy for a connection arriving now (normal or stress). */
   readonly policy: SessionPolicy;
-  sessionStarted(s: Session): void;
-  sessionRelaying(s: Session): void;
-  sessionEnded(s: Session, summary: SessionSummary): void;
+  sessionStarted(s: LiveSession): void;
+  sessionRelaying(s: LiveSession): void;
+  sessionEnded(s: LiveSession, summary: SessionSummary): void;
 }
 
 /** Early-talk bytes kept for the log line; more are counted but not kept. */
@@ -128,9 +154,13 @@ function hostPort(address: string, port: number): string {
 }
 
 let nextId = 1;
+/** Session ids grow in arrival order across both engines (the API pages by them). */
+export function nextSessionId(): number {
+  return nextId++;
+}
 
-export class Session implements Holdable, RelayOwner {
-  readonly id = nextId++;
+export class Session implements Holdable, RelayOwner, LiveSession {
+  readonly id = nextSessionId();
   readonly started = performance.now();
   readonly startedAt = Date.now();
   readonly policy: SessionPolicy;
@@ -141,8 +171,6 @@ export class Session implements Holdable, RelayOwner {
   /** True once the greeting was complete and the relay started. */
   relayed = false;
   verdict: Verdict | undefined;
-  server: Server | undefined;
-  target: UpstreamTarget | undefined;
 
   private ticket: HoldTicket | undefined;
   private heldMs = 0;
@@ -152,15 +180,12 @@ export class Session implements Holdable, RelayOwner {
   private pendingBytes = 0;
   private upstream: SessionSocket | undefined;
   private relay: Relay | undefined;
-  private tried: Set<Server> | undefined;
-  private attempts = 0;
+  private readonly attempts: Attempts;
   private connectStarted = 0;
   private connectMs: number | undefined;
   private greetingCarry = '';
   private greetingBytes = 0;
   private greeting: string | undefined;
-  private hint: string | undefined;
-  private lastFailure: string | undefined;
   private teaserSent = false;
   /** The backend's greeting, collected whole to check its code before the client sees any of it. */
   private greetingChunks: Buffer[] | undefined;
@@ -175,6 +200,11 @@ export class Session implements Holdable, RelayOwner {
     this.clientAddress = normalizeAddress(client.remoteAddress ?? '');
     this.clientPort = client.remotePort ?? 0;
     this.family = net.isIPv6(this.clientAddress) ? 6 : 4;
+    // Intercept mode: the accepted socket's local end is the address the client dialled.
+    this.attempts = new Attempts(ctx, this.policy, this.family, () => ({
+      address: normalizeAddress(this.client.localAddress ?? ''),
+      port: this.client.localPort ?? 25,
+    }));
     client[kSession] = this;
     client.on('data', onClientData);
     client.on('end', onClientEnd);
@@ -197,6 +227,10 @@ export class Session implements Holdable, RelayOwner {
     }
     if (this.policy.windowMs > 0) this.ticket = this.ctx.hold.add(this, this.policy.windowMs);
     else this.onHoldExpired();
+  }
+
+  get server(): Server | undefined {
+    return this.attempts.server;
   }
 
   get done(): boolean {
@@ -268,28 +302,11 @@ export class Session implements Holdable, RelayOwner {
   }
 
   private connectNext(): void {
-    let target: UpstreamTarget;
-    if (this.policy.forward === 'original') {
-      // Intercept mode: the accepted socket's local end is the address the client dialled.
-      target = { address: normalizeAddress(this.client.localAddress ?? ''), port: this.client.localPort ?? 25 };
-      this.server = undefined;
-    } else {
-      const server = this.ctx.pool.pick(this.ctx.source.sameFamily ? this.family : undefined, this.tried);
-      if (!server) {
-        if (this.attempts === 0 && this.ctx.source.sameFamily && !this.ctx.pool.hasFamily(this.family)) {
-          this.hint = `no IPv${this.family} server is configured; clientip needs a server of the client's family`;
-        }
-        this.noServer(this.attempts === 0 ? 'no_server_up' : (this.lastFailure ?? 'connect_failed'));
-        return;
-      }
-      (this.tried ??= new Set()).add(server);
-      this.server = server;
-      server.active++;
-      server.total++;
-      target = { address: server.config.address, port: server.config.port };
+    const target = this.attempts.next();
+    if ('noServer' in target) {
+      this.noServer(target.noServer);
+      return;
     }
-    this.target = target;
-    this.attempts++;
     this.connectStarted = performance.now();
     this.ctx.source.connect(target, this.endpoints(), this.policy.connectTimeoutMs).then(
       (socket) => this.upstreamConnected(socket),
@@ -310,11 +327,11 @@ export class Session implements Holdable, RelayOwner {
     if (this.done) {
       // The client went away while we were connecting.
       socket.destroy();
-      if (this.server) this.server.active--;
+      this.attempts.release();
       return;
     }
     this.connectMs = Math.round((performance.now() - this.connectStarted) * 100) / 100;
-    if (this.server) this.ctx.pool.connectSucceeded(this.server);
+    this.attempts.connected();
     const up = socket as SessionSocket;
     up[kSession] = this;
     up.on('data', onUpstreamData);
@@ -326,33 +343,13 @@ export class Session implements Holdable, RelayOwner {
     this.phase = 'greeting';
   }
 
-  /** Whether another attempt is allowed after a failed one: retries left, and (pool mode) a server not tried yet. */
-  private canRetry(): boolean {
-    if (this.attempts > this.policy.retries) return false;
-    if (this.policy.forward === 'original') return this.attempts < 2;
-    return this.ctx.pool.hasCandidate(this.ctx.source.sameFamily ? this.family : undefined, this.tried);
-  }
-
   /** A connect or greeting failed: count it against the server, then retry or give up with 421. */
   private attemptFailed(cause: string, err: unknown): void {
-    if (this.server) {
-      this.server.active--;
-      this.ctx.pool.connectFailed(this.server, cause);
-    }
-    this.lastFailure = cause.startsWith('server_') ? cause : `connect_${cause}`;
+    const retry = this.attempts.failed(cause, err);
     if (this.done) return;
-    if (cause === 'timeout' && this.ctx.source.kind === 'clientip') {
-      this.hint =
-        'the spoofed connect got no answer: the return traffic is probably not routed through etd ' +
-        '(backend default route or PBR, the divert rule, or the fwmark ip rule is missing; run etd doctor)';
-    } else if (cause === 'no_privilege') {
-      this.hint = 'etd lacks CAP_NET_ADMIN/CAP_NET_RAW for IP_TRANSPARENT; run it as root or under the systemd unit';
-    } else if (err instanceof Error && !['timeout', 'refused', 'unreachable', 'reset'].includes(cause)) {
-      this.hint = err.message;
-    }
     this.phase = 'connecting';
-    if (this.canRetry()) this.connectNext();
-    else this.noServer(this.lastFailure);
+    if (retry) this.connectNext();
+    else this.noServer(this.attempts.lastFailure ?? cause);
   }
 
   /**
@@ -383,13 +380,10 @@ export class Session implements Holdable, RelayOwner {
     up.setTimeout(REPLY_LINGER_MS, onLingerTimeout);
     this.upstream = undefined;
     const cause = `server_greeting_${this.greeting}`;
-    if (this.canRetry()) {
-      this.attemptFailed(cause, undefined);
+    if (this.attempts.failed(cause, undefined)) {
+      this.phase = 'connecting';
+      this.connectNext();
       return;
-    }
-    if (this.server) {
-      this.server.active--;
-      this.ctx.pool.connectFailed(this.server, cause);
     }
     // No other server: the client gets this backend's own refusal. After a "220-" teaser a
     // reply's lines must share one code, so 220 completes the greeting and the refusal
@@ -442,7 +436,7 @@ export class Session implements Holdable, RelayOwner {
   }
 
   onRelayEnd(cause: string): void {
-    if (this.server) this.server.active--;
+    this.attempts.release();
     this.relay = undefined;
     this.finish('passed', cause);
   }
@@ -508,9 +502,10 @@ export class Session implements Holdable, RelayOwner {
     if (this.upstream && verdict !== 'passed') {
       this.detachUpstream(this.upstream);
       this.upstream.destroy();
-      if (this.server) this.server.active--;
       this.upstream = undefined;
     }
+    // Ended (also while connecting or before the greeting): the server no longer carries it.
+    this.attempts.release();
     const c = this.client;
     const summary: SessionSummary = {
       id: this.id,
@@ -521,17 +516,19 @@ export class Session implements Holdable, RelayOwner {
       ...(this.talkedAfterMs !== undefined
         ? { action: this.policy.action, talkedAfterMs: this.talkedAfterMs, earlyBytes: escapeBytes(this.evidence ?? Buffer.alloc(0)) }
         : {}),
-      ...(this.target ? { server: this.server?.name ?? 'original', serverAddress: hostPort(this.target.address, this.target.port) } : {}),
+      ...(this.attempts.target
+        ? { server: this.server?.name ?? 'original', serverAddress: hostPort(this.attempts.target.address, this.attempts.target.port) }
+        : {}),
       ...(this.greeting ? { greeting: this.greeting } : {}),
       ...(this.connectMs !== undefined ? { connectMs: this.connectMs } : {}),
       ...(this.skipped ? { skipped: this.skipped } : {}),
-      attempts: this.attempts,
+      attempts: this.attempts.count,
       heldMs: Math.round(this.heldMs),
       durationMs: Math.round(performance.now() - this.started),
       bytesFromClient: c.bytesRead,
       bytesToClient: c.bytesWritten,
       cause,
-      ...(this.hint ? { hint: this.hint } : {}),
+      ...(this.attempts.hint ? { hint: this.attempts.hint } : {}),
     };
     this.phase = 'closed';
     this.ctx.sessionEnded(this, summary);

@@ -1,9 +1,9 @@
-# Build description of etd's one native addon (etd_transparent.node): transparent socket fds for Node.
+# Build description of etd's one native addon (etd_transparent.node): transparent socket fds and the session engine.
 {
   "targets": [
     {
       "target_name": "etd_transparent",
-      "sources": ["src/transparent.cc"],
+      "sources": ["src/addon.cc", "src/common.cc", "src/transparent.cc", "src/engine.cc"],
       # node-addon-api is header-only; resolve it the way Node would from this directory,
       # so the build works both in the repo and when etd is installed as a dependency.
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -1,4 +1,4 @@
-// Loads the etd_transparent native addon (listing every path it tried) and types its whole surface; nothing else.
+// Loads the etd_transparent native addon (listing every path it tried) and types its transparent-socket surface (the engine's: engine.ts).
 //
 // Usage with Node's net module — verified on Node 20 by test/netns/transparent.test.ts:
 //
@@ -31,7 +31,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EtdError } from '../errors.js';
 
-/** The whole native surface. Argument type errors throw TypeError, range errors RangeError; failed syscalls throw TransparentSyscallError. */
+/** The transparent-socket surface. Argument type errors throw TypeError, range errors RangeError; failed syscalls throw TransparentSyscallError. */
 export interface TransparentAddon {
   /** socket(AF_INET|AF_INET6, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC); IP_TRANSPARENT (v4) or IPV6_TRANSPARENT (v6);
    *  IP_BIND_ADDRESS_NO_PORT; SO_MARK when mark > 0; TCP_SYNCNT = synCount when synCount > 0; bind(address, port 0).
@@ -103,7 +103,8 @@ function hasSurface(m: unknown): m is TransparentAddon {
   return TRANSPARENT_FUNCTIONS.every((name) => typeof o[name] === 'function');
 }
 
-function wrapErrors<A extends unknown[], R>(fn: (...args: A) => R): (...args: A) => R {
+/** `fn` with the addon's Node-shaped syscall errors turned into TransparentSyscallError; other throws pass unchanged. */
+export function wrapSyscallErrors<A extends unknown[], R>(fn: (...args: A) => R): (...args: A) => R {
   return (...args: A): R => {
     try {
       return fn(...args);
@@ -118,7 +119,7 @@ function wrapErrors<A extends unknown[], R>(fn: (...args: A) => R): (...args: A)
  * failures become TransparentSyscallError. Not cached: loadTransparent() is the normal entry;
  * this one exists for diagnostics and tests. Throws ETD_ERR_NATIVE_LOAD listing every path tried.
  */
-export function loadTransparentFrom(candidates: readonly string[]): { addon: TransparentAddon; path: string } {
+export function loadTransparentFrom(candidates: readonly string[]): { addon: TransparentAddon; path: string; module: Record<string, unknown> } {
   const require = createRequire(import.meta.url);
   const tried: string[] = [];
   for (const candidate of candidates) {
@@ -133,11 +134,11 @@ export function loadTransparentFrom(candidates: readonly string[]): { addon: Tra
     if (hasSurface(loaded)) {
       const raw = loaded;
       const addon: TransparentAddon = Object.freeze({
-        transparentSocket: wrapErrors(raw.transparentSocket.bind(raw)),
-        transparentListener: wrapErrors(raw.transparentListener.bind(raw)),
-        closeFd: wrapErrors(raw.closeFd.bind(raw)),
+        transparentSocket: wrapSyscallErrors(raw.transparentSocket.bind(raw)),
+        transparentListener: wrapSyscallErrors(raw.transparentListener.bind(raw)),
+        closeFd: wrapSyscallErrors(raw.closeFd.bind(raw)),
       });
-      return { addon, path: candidate };
+      return { addon, path: candidate, module: loaded as unknown as Record<string, unknown> };
     }
     const names = typeof loaded === 'object' && loaded !== null ? Object.keys(loaded).join(', ') : typeof loaded;
     tried.push(`  ${candidate}: loaded, but exports [${names}] instead of [${TRANSPARENT_FUNCTIONS.join(', ')}]`);
@@ -148,7 +149,7 @@ export function loadTransparentFrom(candidates: readonly string[]): { addon: Tra
   });
 }
 
-let cached: { addon: TransparentAddon; path: string } | undefined;
+let cached: { addon: TransparentAddon; path: string; module: Record<string, unknown> } | undefined;
 
 /**
  * The addon, loaded on first use and cached. Syscall failures surface as TransparentSyscallError
@@ -162,4 +163,13 @@ export function loadTransparent(): TransparentAddon {
 /** The path the addon was loaded from (for `etd doctor`), or undefined before the first load. */
 export function loadedAddonPath(): string | undefined {
   return cached?.path;
+}
+
+/**
+ * The loaded binary's whole export object, unwrapped (loaded and cached like loadTransparent).
+ * For the other surfaces of the same addon (src/native/engine.ts), which wrap what they use.
+ */
+export function loadAddonModule(): Record<string, unknown> {
+  loadTransparent();
+  return cached!.module;
 }

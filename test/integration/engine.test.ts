@@ -1,0 +1,1157 @@
+// The native session engine (docs/engine.md) over real loopback sockets: events, hold, early talk, upstream, relay, guards, deadlines, leaks.
+//
+// The engine is one per thread: it is started once for this file and every test routes its
+// events through `events` (everything since the test began) and `onAccept` (which must decide
+// in the same callback, as the spec demands). After each test the engine must own nothing but
+// the two listeners and the process must have the fds it had before.
+
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { readdirSync } from 'node:fs';
+import net from 'node:net';
+import { Worker } from 'node:worker_threads';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import {
+  EV_ACCEPT,
+  EV_END,
+  EV_ERROR,
+  EV_EXPIRED,
+  EV_GONE,
+  EV_GREETING,
+  EV_TALK,
+  EV_UPSTREAM_FAILED,
+  loadEngine,
+  type EngineEvent,
+} from '../../src/native/engine.js';
+import { TransparentSyscallError, loadTransparent, loadedAddonPath } from '../../src/native/transparent.js';
+
+const engine = loadEngine();
+type AcceptEvent = Extract<EngineEvent, [typeof EV_ACCEPT, ...unknown[]]>;
+
+// Profiles: [idx, action, rejectReply, clientIdleMs, serverIdleMs, strip]
+const P_DROP = 0;
+const P_REJECT = 1;
+const P_STRIP = 2;
+const P_GREETING_TIMEOUT = 3;
+const P_CLIENT_IDLE = 4;
+const P_SERVER_IDLE = 5;
+const REJECT = '554 5.7.1 early talk\r\n';
+
+const LID4 = 1;
+const LID6 = 2;
+let port4 = 0;
+let port6 = 0;
+
+const events: EngineEvent[] = [];
+const waiters = new Set<() => void>();
+let onAccept: (ev: AcceptEvent) => void = (ev) => engine.engineDrop(ev[1]);
+let batches = 0;
+
+function onEvents(batch: EngineEvent[]): void {
+  batches++;
+  for (const ev of batch) {
+    events.push(ev);
+    if (ev[0] === EV_ACCEPT) onAccept(ev);
+  }
+  for (const w of [...waiters]) w();
+}
+
+const openFds = (): number => readdirSync('/proc/self/fd').length;
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const show = (evs: EngineEvent[]): string =>
+  JSON.stringify(evs.slice(-20).map((e) => e.map((x) => (Buffer.isBuffer(x) ? x.toString('latin1') : x))));
+
+/** The first event (since the test began) matching `pred`, waiting up to `ms` for it. */
+function waitEvent<E extends EngineEvent = EngineEvent>(pred: (ev: EngineEvent) => boolean, ms = 5000): Promise<E> {
+  return new Promise((resolve, reject) => {
+    let timer: NodeJS.Timeout | undefined;
+    const check = (): boolean => {
+      const found = events.find(pred);
+      if (!found) return false;
+      if (timer) clearTimeout(timer);
+      waiters.delete(check);
+      resolve(found as E);
+      return true;
+    };
+    if (check()) return;
+    timer = setTimeout(() => {
+      waiters.delete(check);
+      reject(new Error(`no matching engine event within ${ms} ms; last events: ${show(events)}`));
+    }, ms);
+    waiters.add(check);
+  });
+}
+
+const evFor = <T extends number>(type: T, id: number) => (ev: EngineEvent): boolean => ev[0] === type && ev[1] === id;
+const eventsOf = (id: number): EngineEvent[] => events.filter((e) => e[0] !== EV_ERROR && e[1] === id);
+
+async function waitUntil(what: () => string, cond: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what()}`);
+    await sleep(10);
+  }
+}
+
+// ----- test peers ----------------------------------------------------------------------------
+
+interface TestClient {
+  sock: net.Socket;
+  data(): Buffer;
+  text(): string;
+  waitData(pred: string | ((b: Buffer) => boolean), ms?: number): Promise<void>;
+  /** Resolves when the socket closed: whether it saw EOF, and the error code if it failed. */
+  closed: Promise<{ end: boolean; code: string | undefined }>;
+}
+
+const clients = new Set<net.Socket>();
+
+function wrapClient(sock: net.Socket): TestClient {
+  clients.add(sock);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let end = false;
+  let code: string | undefined;
+  const notify = new Set<() => void>();
+  sock.on('data', (d: Buffer) => {
+    chunks.push(d);
+    size += d.length;
+    for (const n of [...notify]) n();
+  });
+  sock.on('end', () => {
+    end = true;
+    for (const n of [...notify]) n();
+  });
+  sock.on('error', (e: NodeJS.ErrnoException) => (code ??= e.code));
+  const closed = new Promise<{ end: boolean; code: string | undefined }>((r) =>
+    sock.on('close', () => {
+      clients.delete(sock);
+      r({ end, code });
+    }),
+  );
+  const data = (): Buffer => {
+    if (chunks.length > 1) chunks.splice(0, chunks.length, Buffer.concat(chunks, size));
+    return chunks[0] ?? Buffer.alloc(0);
+  };
+  return {
+    sock,
+    data,
+    text: () => data().toString('latin1'),
+    closed,
+    waitData: (pred, ms = 5000) =>
+      new Promise<void>((resolve, reject) => {
+        const test = typeof pred === 'string' ? (b: Buffer) => b.toString('latin1').includes(pred) : pred;
+        const check = (): void => {
+          if (!test(data())) return;
+          clearTimeout(t);
+          notify.delete(check);
+          resolve();
+        };
+        const t = setTimeout(() => {
+          notify.delete(check);
+          reject(new Error(`client did not receive ${String(pred)} in ${ms} ms; got ${JSON.stringify(data().toString('latin1').slice(-300))}`));
+        }, ms);
+        notify.add(check);
+        check();
+      }),
+  };
+}
+
+function connectClient(port: number, host = '127.0.0.1', opts: { allowHalfOpen?: boolean } = {}): TestClient & { connected: Promise<void> } {
+  const sock = net.connect({ port, host, allowHalfOpen: opts.allowHalfOpen ?? false });
+  const c = wrapClient(sock);
+  // A connection the engine resets at once may fail before 'connect': `closed` tells.
+  const connected = new Promise<void>((resolve, reject) => {
+    sock.once('connect', () => resolve());
+    sock.once('error', reject);
+  });
+  connected.catch(() => undefined);
+  return { ...c, connected };
+}
+
+/** The next client's ACCEPT is answered by `decide` in the engine's callback (one connection at a time). */
+async function accepted(
+  decide: (ev: AcceptEvent) => void,
+  opts: { host?: string; port?: number; allowHalfOpen?: boolean } = {},
+): Promise<{ id: number; ev: AcceptEvent; c: ReturnType<typeof connectClient> }> {
+  let got: AcceptEvent | undefined;
+  onAccept = (ev) => {
+    onAccept = (e) => engine.engineDrop(e[1]);
+    got = ev;
+    decide(ev);
+  };
+  const c = connectClient(opts.port ?? port4, opts.host ?? '127.0.0.1', opts);
+  const ev = await waitEvent<AcceptEvent>((e) => e === got);
+  return { id: ev[1], ev, c };
+}
+
+interface Backend {
+  port: number;
+  conns: net.Socket[];
+  connected: Promise<net.Socket>;
+  close(): Promise<void>;
+}
+
+const backends = new Set<Backend>();
+
+async function startBackend(onConn: (s: net.Socket) => void, opts: { allowHalfOpen?: boolean; host?: string } = {}): Promise<Backend> {
+  const conns: net.Socket[] = [];
+  let first: (s: net.Socket) => void = () => undefined;
+  const connected = new Promise<net.Socket>((r) => (first = r));
+  const server = net.createServer({ allowHalfOpen: opts.allowHalfOpen ?? false }, (s) => {
+    conns.push(s);
+    s.on('error', () => undefined);
+    first(s);
+    onConn(s);
+  });
+  await new Promise<void>((r) => server.listen(0, opts.host ?? '127.0.0.1', r));
+  const b: Backend = {
+    port: (server.address() as net.AddressInfo).port,
+    conns,
+    connected,
+    close: async () => {
+      backends.delete(b);
+      for (const s of conns) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+  backends.add(b);
+  return b;
+}
+
+/** Collects what a backend connection receives. */
+function collect(s: net.Socket): { text(): string; buf(): Buffer; ended: Promise<void> } {
+  const chunks: Buffer[] = [];
+  s.on('data', (d: Buffer) => chunks.push(d));
+  const ended = new Promise<void>((r) => {
+    s.on('end', () => r());
+    s.on('close', () => r());
+  });
+  return { text: () => Buffer.concat(chunks).toString('latin1'), buf: () => Buffer.concat(chunks), ended };
+}
+
+const connectTo = (port: number, profile: number, opts: { timeoutMs?: number; preamble?: Buffer; family?: 4 | 6; host?: string } = {}) =>
+  (ev: AcceptEvent): void => {
+    engine.engineConnect(ev[1], profile, opts.family ?? 4, '', 0, opts.host ?? '127.0.0.1', port, opts.timeoutMs ?? 3000, opts.preamble ?? Buffer.alloc(0));
+  };
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+// ----- lifecycle -----------------------------------------------------------------------------
+
+let fdsBefore = 0;
+
+beforeAll(() => {
+  engine.engineProfile(P_DROP, 0, '', 0, 0, 0);
+  engine.engineProfile(P_REJECT, 1, REJECT, 0, 0, 0);
+  engine.engineProfile(P_STRIP, 0, '', 10_000, 10_000, 1);
+  engine.engineProfile(P_GREETING_TIMEOUT, 0, '', 10_000, 300, 0);
+  engine.engineProfile(P_CLIENT_IDLE, 0, '', 300, 10_000, 0);
+  engine.engineProfile(P_SERVER_IDLE, 0, '', 10_000, 300, 0);
+  engine.engineStart(onEvents);
+  const fd4 = engine.plainListener(4, '127.0.0.1', 0, 4096, false);
+  engine.engineListen(fd4, LID4);
+  port4 = engine.sockName(fd4)[1];
+  const fd6 = engine.plainListener(6, '::1', 0, 128, true);
+  engine.engineListen(fd6, LID6);
+  port6 = engine.sockName(fd6)[1];
+});
+
+afterAll(() => {
+  engine.engineStop();
+});
+
+beforeEach(() => {
+  events.length = 0;
+  onAccept = (ev) => engine.engineDrop(ev[1]);
+  fdsBefore = openFds();
+});
+
+afterEach(async () => {
+  for (const s of clients) s.destroy();
+  for (const b of [...backends]) await b.close();
+  // Nothing left behind: the engine owns only its two listeners, the process has its fds back.
+  await waitUntil(
+    () => `the engine to let go (counts ${JSON.stringify(engine.engineCounts())})`,
+    () => engine.engineCounts().connections === 0,
+    7000,
+  );
+  expect(engine.engineCounts()).toEqual({ connections: 0, held: 0, relaying: 0, listeners: 2, fds: 2 });
+  await waitUntil(() => `fds back to ${fdsBefore} (now ${openFds()})`, () => openFds() <= fdsBefore, 5000);
+});
+
+// ----- accept --------------------------------------------------------------------------------
+
+describe('accept', () => {
+  it('reports family, peer and local address of an IPv4 client', async () => {
+    const { id, ev, c } = await accepted((e) => engine.engineReply(e[1], '554 no\r\n'));
+    await c.waitData('554 no\r\n');
+    expect(ev).toEqual([EV_ACCEPT, id, LID4, 4, '127.0.0.1', c.sock.localPort, '127.0.0.1', port4]);
+    expect(Number.isInteger(id) && id > 0).toBe(true);
+    expect(await c.closed).toEqual({ end: true, code: undefined });
+  });
+
+  it('drop resets the client', async () => {
+    const { id, c } = await accepted((e) => engine.engineDrop(e[1]));
+    expect(await c.closed).toMatchObject({ code: 'ECONNRESET' });
+    expect(engine.engineDrop(id)).toBe(false); // gone: no-op
+  });
+
+  it('reports an IPv6 client on ::1', async () => {
+    const { id, ev, c } = await accepted((e) => engine.engineReply(e[1], '554 no\r\n'), { host: '::1', port: port6 });
+    await c.waitData('554 no\r\n');
+    expect(ev).toEqual([EV_ACCEPT, id, LID6, 6, '::1', c.sock.localPort, '::1', port6]);
+    await c.closed;
+  });
+
+  it('shows an IPv4 peer of a dual-stack listener as family 4 with plain addresses', async () => {
+    const fd = engine.plainListener(6, '::', 0, 16, false);
+    engine.engineListen(fd, 99);
+    const port = engine.sockName(fd)[1];
+    try {
+      const { id, ev, c } = await accepted((e) => engine.engineReply(e[1], '554 no\r\n'), { port });
+      await c.waitData('554 no\r\n');
+      expect(ev).toEqual([EV_ACCEPT, id, 99, 4, '127.0.0.1', c.sock.localPort, '127.0.0.1', port]);
+      await c.closed;
+    } finally {
+      engine.engineUnlisten(99);
+    }
+    expect(engine.engineCounts().listeners).toBe(2);
+  });
+
+  it('ids increase and ids that never existed are no-ops', async () => {
+    const a = await accepted((e) => engine.engineDrop(e[1]));
+    const b = await accepted((e) => engine.engineDrop(e[1]));
+    expect(b.id).toBeGreaterThan(a.id);
+    const never = b.id + 1_000_000;
+    expect(engine.engineHold(never, 100, P_DROP)).toBe(false);
+    expect(engine.engineConnect(never, P_DROP, 4, '', 0, '127.0.0.1', 1, 100, Buffer.alloc(0))).toBe(false);
+    expect(engine.engineReply(never, 'x\r\n')).toBe(false);
+    expect(engine.engineReplyGreeting(never)).toBe(false);
+    expect(engine.engineDrop(never)).toBe(false);
+    expect(engine.engineRelease(never)).toBe(-1);
+    expect(engine.engineClose(never, 'x')).toBe(false);
+    await Promise.all([a.c.closed, b.c.closed]);
+  });
+
+  it('a connection left undecided by the ACCEPT callback is reset and reported GONE undecided', async () => {
+    const { id, c } = await accepted(() => undefined);
+    const gone = await waitEvent(evFor(EV_GONE, id));
+    expect(gone).toEqual([EV_GONE, id, 'undecided']);
+    expect((await c.closed).code).toBe('ECONNRESET');
+  });
+
+  it('engineRelease hands over a usable fd', async () => {
+    let fd = -2;
+    const { id, c } = await accepted((e) => (fd = engine.engineRelease(e[1])));
+    expect(fd).toBeGreaterThan(2);
+    expect(engine.engineCounts().connections).toBe(0);
+    expect(engine.engineRelease(id)).toBe(-1);
+    const s = wrapClient(new net.Socket({ fd, readable: true, writable: true }));
+    s.sock.write('220 released\r\n');
+    await c.waitData('220 released\r\n');
+    c.sock.write('QUIT\r\n');
+    await s.waitData('QUIT\r\n');
+    s.sock.end('221 bye\r\n');
+    await c.waitData('221 bye\r\n');
+    c.sock.end();
+    await Promise.all([c.closed, s.closed]);
+    expect(eventsOf(id).map((e) => e[0])).toEqual([EV_ACCEPT]);
+  });
+});
+
+// ----- hold ----------------------------------------------------------------------------------
+
+describe('hold', () => {
+  it('expires after the window, then engineReply sends the text and closes', async () => {
+    const t0 = performance.now();
+    const { id, c } = await accepted((e) => expect(engine.engineHold(e[1], 300, P_DROP)).toBe(true));
+    expect(engine.engineCounts().held).toBe(1);
+    expect(engine.engineHold(id, 300, P_DROP)).toBe(false); // not `new` any more
+    expect(engine.engineRelease(id)).toBe(-1);
+    const ev = await waitEvent(evFor(EV_EXPIRED, id));
+    const heldMs = ev[2] as number;
+    expect(heldMs).toBeGreaterThanOrEqual(299);
+    expect(heldMs).toBeLessThan(1000);
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(299);
+    expect(engine.engineCounts().held).toBe(0);
+    expect(engine.engineReplyGreeting(id)).toBe(false); // no refused greeting to send
+    expect(engine.engineReply(id, '421 4.3.2 try later\r\n')).toBe(true);
+    expect(engine.engineReply(id, 'again\r\n')).toBe(false);
+    await c.waitData('421 4.3.2 try later\r\n');
+    c.sock.end();
+    expect(await c.closed).toEqual({ end: true, code: undefined });
+    expect(c.text()).toBe('421 4.3.2 try later\r\n');
+    expect(eventsOf(id).map((e) => e[0])).toEqual([EV_ACCEPT, EV_EXPIRED]);
+  });
+
+  it('early talk with action drop: TALK with the exact partial line, then RST', async () => {
+    const { id, c } = await accepted((e) => engine.engineHold(e[1], 5000, P_DROP));
+    await sleep(50);
+    c.sock.write('EHLO x');
+    const talk = await waitEvent(evFor(EV_TALK, id));
+    expect(talk[2]).toBeGreaterThanOrEqual(40);
+    expect(talk[2]).toBeLessThan(2000);
+    expect((talk[3] as Buffer).toString('latin1')).toBe('EHLO x');
+    expect(talk[4]).toBe(6);
+    expect((await c.closed).code).toBe('ECONNRESET');
+    expect(engine.engineDrop(id)).toBe(false);
+    await sleep(50);
+    expect(eventsOf(id).map((e) => e[0])).toEqual([EV_ACCEPT, EV_TALK]);
+  });
+
+  it('early talk with action reject: the reply, then EOF', async () => {
+    const { id, c } = await accepted((e) => engine.engineHold(e[1], 5000, P_REJECT));
+    c.sock.write('EHLO reject.test\r\n');
+    const talk = await waitEvent(evFor(EV_TALK, id));
+    expect((talk[3] as Buffer).toString()).toBe('EHLO reject.test\r\n');
+    await c.waitData(REJECT);
+    c.sock.end();
+    expect(await c.closed).toEqual({ end: true, code: undefined });
+    expect(c.text()).toBe(REJECT);
+  });
+
+  it('a client that hangs up during the hold is GONE client_closed', async () => {
+    const { id, c } = await accepted((e) => engine.engineHold(e[1], 5000, P_DROP));
+    c.sock.end();
+    expect(await waitEvent(evFor(EV_GONE, id))).toEqual([EV_GONE, id, 'client_closed']);
+    await c.closed;
+  });
+
+  it('a client that resets during the hold is GONE client_reset', async () => {
+    const { id, c } = await accepted((e) => engine.engineHold(e[1], 5000, P_DROP));
+    c.sock.resetAndDestroy();
+    expect(await waitEvent(evFor(EV_GONE, id))).toEqual([EV_GONE, id, 'client_reset']);
+  });
+
+  it('a 1 MB flood during the hold is read at most 128 bytes at a time and dropped', async () => {
+    const { id, c } = await accepted((e) => engine.engineHold(e[1], 5000, P_DROP));
+    const flood = randomBytes(1024 * 1024);
+    c.sock.write(flood);
+    const talk = await waitEvent(evFor(EV_TALK, id));
+    const bytes = talk[4] as number;
+    expect(bytes).toBeGreaterThan(0);
+    expect(bytes).toBeLessThanOrEqual(128);
+    expect((talk[3] as Buffer).equals(flood.subarray(0, Math.min(100, bytes)))).toBe(true);
+    expect(['ECONNRESET', 'EPIPE']).toContain((await c.closed).code);
+  });
+
+  it('2,000 connections held at once all expire', async () => {
+    const n = 2000;
+    const ids = new Set<number>();
+    onAccept = (e) => {
+      ids.add(e[1]);
+      engine.engineHold(e[1], 2500, P_DROP);
+    };
+    const cs: TestClient[] = [];
+    for (let i = 0; i < n; i += 200) {
+      const batch = Array.from({ length: Math.min(200, n - i) }, () => connectClient(port4));
+      await Promise.all(batch.map((c) => c.connected));
+      cs.push(...batch);
+    }
+    await waitUntil(() => `${n} accepted (${ids.size})`, () => ids.size === n);
+    expect(engine.engineCounts()).toMatchObject({ connections: n, held: n, fds: n + 2 });
+    await waitUntil(
+      () => `${n} EXPIRED (${events.filter((e) => e[0] === EV_EXPIRED).length})`,
+      () => events.filter((e) => e[0] === EV_EXPIRED).length === n,
+      10_000,
+    );
+    const expired = events.filter((e) => e[0] === EV_EXPIRED);
+    expect(new Set(expired.map((e) => e[1]))).toEqual(ids);
+    for (const e of expired) {
+      expect(e[2]).toBeGreaterThanOrEqual(2499);
+      expect(e[2]).toBeLessThan(4000);
+    }
+    expect(engine.engineCounts()).toMatchObject({ connections: n, held: 0 });
+    for (const id of ids) expect(engine.engineDrop(id)).toBe(true);
+    const results = await Promise.all(cs.map((c) => c.closed));
+    expect(results.every((r) => r.code === 'ECONNRESET')).toBe(true);
+  }, 60_000);
+
+  it('a reply lingers at most 5 s for a client that never closes', async () => {
+    const { id, c } = await accepted((e) => engine.engineReply(e[1], '421 busy\r\n'), { allowHalfOpen: true });
+    await c.waitData('421 busy\r\n');
+    await new Promise<void>((r) => c.sock.once('end', () => r())); // the reply is followed by FIN
+    const t0 = performance.now();
+    expect(engine.engineCounts().connections).toBe(1); // waiting for the client's EOF
+    // The client never ends its side: the engine lets go after 5 s anyway.
+    await waitUntil(() => 'the engine to close the lingering reply', () => engine.engineCounts().connections === 0, 8000);
+    expect(performance.now() - t0).toBeGreaterThan(4500);
+    c.sock.end();
+    await c.closed;
+    expect(eventsOf(id).map((e) => e[0])).toEqual([EV_ACCEPT]);
+  }, 15_000);
+});
+
+// ----- upstream ------------------------------------------------------------------------------
+
+describe('upstream', () => {
+  it('GREETING 220 starts the relay: SMTP both ways, 5 MB each way byte-identical, half-close, END counts', async () => {
+    const MB5 = 5 * 1024 * 1024;
+    const up = randomBytes(MB5);
+    const down = randomBytes(MB5);
+    let backendGot: Buffer | undefined;
+    let backendDone: () => void = () => undefined;
+    const backendFinished = new Promise<void>((r) => (backendDone = r));
+    const b = await startBackend(
+      (s) => {
+        const chunks: Buffer[] = [];
+        let phase: 'ehlo' | 'payload' = 'ehlo';
+        s.write('220 ok\r\n');
+        s.on('data', (d: Buffer) => {
+          chunks.push(d);
+          if (phase === 'ehlo' && Buffer.concat(chunks).toString('latin1').includes('\r\n')) {
+            const all = Buffer.concat(chunks);
+            chunks.length = 0;
+            if (all.length > 8) chunks.push(all.subarray(8));
+            phase = 'payload';
+            expect(all.subarray(0, 8).toString()).toBe('EHLO t\r\n');
+            s.write('250 hi\r\n');
+            s.end(down); // the server's half: 5 MB, then FIN
+          }
+        });
+        s.on('end', () => {
+          backendGot = Buffer.concat(chunks);
+          backendDone();
+        });
+      },
+      { allowHalfOpen: true },
+    );
+    const backendPort = b.port;
+    const { id, c } = await accepted(connectTo(backendPort, P_STRIP), { allowHalfOpen: true });
+    const greeting = await waitEvent(evFor(EV_GREETING, id));
+    expect(greeting[2]).toBe('220');
+    expect(greeting[3]).toBeGreaterThanOrEqual(0);
+    expect(greeting[4]).toBe(1);
+    expect(engine.engineCounts().relaying).toBe(1);
+    await c.waitData('220 ok\r\n');
+    expect(engine.engineReply(id, 'no\r\n')).toBe(false); // relaying: too late for a reply
+    expect(engine.engineConnect(id, P_DROP, 4, '', 0, '127.0.0.1', backendPort, 100, Buffer.alloc(0))).toBe(false);
+    c.sock.write('EHLO t\r\n');
+    await c.waitData('220 ok\r\n250 hi\r\n');
+    c.sock.end(up);
+    await backendFinished;
+    const r = await c.closed;
+    expect(r).toEqual({ end: true, code: undefined });
+    const got = c.data();
+    expect(got.subarray(0, 16).toString()).toBe('220 ok\r\n250 hi\r\n');
+    expect(sha(got.subarray(16))).toBe(sha(down));
+    expect(sha(backendGot!)).toBe(sha(up));
+    const end = await waitEvent(evFor(EV_END, id));
+    expect(['client_closed', 'server_closed']).toContain(end[2]);
+    expect(end[3]).toBe(8 + MB5); // what the client sent
+    expect(end[4]).toBe(got.length); // what the client received
+    expect(eventsOf(id).map((e) => e[0])).toEqual([EV_ACCEPT, EV_GREETING, EV_END]);
+  }, 60_000);
+
+  it('the preamble reaches the backend before anything else; a multi-line greeting split in writes is relayed whole', async () => {
+    const b = await startBackend((s) => {
+      s.write('220-first line\r\n');
+      setTimeout(() => s.write('220 second'), 30);
+      setTimeout(() => s.write(' line\r\n'), 60);
+    });
+    const preamble = Buffer.from('PROXY TCP4 192.0.2.1 192.0.2.2 1234 25\r\n');
+    const { id, c } = await accepted(connectTo(b.port, P_DROP, { preamble }));
+    const s = await b.connected;
+    const seen = collect(s);
+    const greeting = await waitEvent(evFor(EV_GREETING, id));
+    expect(greeting).toEqual([EV_GREETING, id, '220', greeting[3], 1]);
+    await c.waitData('220 second line\r\n');
+    expect(c.text()).toBe('220-first line\r\n220 second line\r\n');
+    c.sock.write('QUIT\r\n');
+    await waitUntil(() => `backend got ${JSON.stringify(seen.text())}`, () => seen.text().includes('QUIT\r\n'));
+    expect(seen.text()).toBe(`${preamble.toString()}QUIT\r\n`);
+    s.end('221 bye\r\n');
+    await c.waitData('221 bye\r\n');
+    c.sock.end();
+    const end = await waitEvent(evFor(EV_END, id));
+    expect(end).toEqual([EV_END, id, 'server_closed', 6, c.data().length]);
+  });
+
+  it('GREETING 421: QUIT to the backend, the client waits; engineReplyGreeting sends the 421', async () => {
+    let seen: ReturnType<typeof collect> | undefined;
+    const b = await startBackend((s) => {
+      seen = collect(s);
+      s.write('421 busy\r\n');
+    });
+    const { id, c } = await accepted(connectTo(b.port, P_DROP));
+    const greeting = await waitEvent(evFor(EV_GREETING, id));
+    expect(greeting[2]).toBe('421');
+    expect(greeting[4]).toBe(0);
+    await seen!.ended;
+    expect(seen!.text()).toBe('QUIT\r\n');
+    expect(c.text()).toBe('');
+    expect(engine.engineCounts()).toMatchObject({ connections: 1, relaying: 0, fds: 3 });
+    expect(engine.engineReplyGreeting(id)).toBe(true);
+    await c.waitData('421 busy\r\n');
+    c.sock.end();
+    expect(await c.closed).toEqual({ end: true, code: undefined });
+    expect(c.text()).toBe('421 busy\r\n');
+  });
+
+  it('a garbage greeting is GREETING garbage; the client can be connected again', async () => {
+    const bad = await startBackend((s) => s.write('HTTP/1.1 400 Bad\r\n'));
+    const good = await startBackend((s) => s.write('220 good\r\n'));
+    const { id, c } = await accepted(connectTo(bad.port, P_DROP));
+    expect((await waitEvent(evFor(EV_GREETING, id)))[2]).toBe('garbage');
+    expect(engine.engineConnect(id, P_DROP, 4, '', 0, '127.0.0.1', good.port, 3000, Buffer.alloc(0))).toBe(true);
+    await waitEvent((e) => e[0] === EV_GREETING && e[1] === id && e[2] === '220');
+    await c.waitData('220 good\r\n');
+    expect(c.text()).toBe('220 good\r\n');
+    c.sock.end();
+    (await good.connected).end();
+    await waitEvent(evFor(EV_END, id));
+  });
+
+  it.skipIf(process.getuid?.() !== 0)('with a sourceAddress (root) the backend sees that address as the peer', async () => {
+    // 127.0.0.2 is local through the 127/8 route, so no TPROXY rule is needed for the replies.
+    let peer: string | undefined;
+    const b = await startBackend((s) => {
+      peer = s.remoteAddress;
+      s.write('220 spoofed\r\n');
+    });
+    const { id, c } = await accepted((e) =>
+      engine.engineConnect(e[1], P_DROP, 4, '127.0.0.2', 2, '127.0.0.1', b.port, 3000, Buffer.alloc(0)),
+    );
+    expect((await waitEvent(evFor(EV_GREETING, id)))[4]).toBe(1);
+    expect(peer).toBe('127.0.0.2');
+    await c.waitData('220 spoofed\r\n');
+    c.sock.end();
+    (await b.connected).end();
+    await waitEvent(evFor(EV_END, id));
+  });
+
+  it('a refused connect throws ECONNREFUSED at once or reports UPSTREAM_FAILED connect; the client stays', async () => {
+    const closed = await startBackend(() => undefined);
+    const port = closed.port;
+    await closed.close();
+    let thrown: unknown;
+    const { id, c } = await accepted((e) => {
+      try {
+        engine.engineConnect(e[1], P_DROP, 4, '', 0, '127.0.0.1', port, 3000, Buffer.alloc(0));
+      } catch (err) {
+        thrown = err;
+      }
+    });
+    if (thrown) {
+      // Loopback may refuse inside connect(2) itself.
+      expect(thrown).toBeInstanceOf(TransparentSyscallError);
+      expect((thrown as TransparentSyscallError).sysCode).toBe('ECONNREFUSED');
+      expect((thrown as TransparentSyscallError).syscall).toBe('connect');
+      expect((thrown as TransparentSyscallError).port).toBe(port);
+      expect(engine.engineCounts()).toMatchObject({ connections: 1, fds: 3 });
+      // still `new`: it can be connected or answered
+    } else {
+      const failed = await waitEvent(evFor(EV_UPSTREAM_FAILED, id));
+      expect(failed.slice(0, 4)).toEqual([EV_UPSTREAM_FAILED, id, 'connect', 'ECONNREFUSED']);
+      expect(failed[4]).toBeLessThan(1000);
+    }
+    console.info(`[engine test] a refused loopback connect ${thrown ? 'throws synchronously' : 'is an UPSTREAM_FAILED event'}`);
+    expect(engine.engineReply(id, '421 no server\r\n')).toBe(true);
+    await c.waitData('421 no server\r\n');
+    c.sock.end();
+    await c.closed;
+  });
+
+  it('a connect that gets no answer times out: UPSTREAM_FAILED connect ETIMEDOUT', async () => {
+    // A listener whose accept queue is full drops SYNs: the connect hangs like one to a dead host.
+    const transparent = loadTransparent();
+    const lfd = engine.plainListener(4, '127.0.0.1', 0, 1, false);
+    const lport = engine.sockName(lfd)[1];
+    const fillers: TestClient[] = [];
+    try {
+      for (let i = 0; i < 2; i++) {
+        const f = connectClient(lport);
+        await f.connected;
+        fillers.push(f);
+      }
+      const { id, c } = await accepted(connectTo(lport, P_DROP, { timeoutMs: 300 }));
+      const failed = await waitEvent(evFor(EV_UPSTREAM_FAILED, id));
+      expect(failed.slice(0, 4)).toEqual([EV_UPSTREAM_FAILED, id, 'connect', 'ETIMEDOUT']);
+      expect(failed[4]).toBeGreaterThanOrEqual(299);
+      expect(failed[4]).toBeLessThan(1500);
+      expect(engine.engineDrop(id)).toBe(true);
+      await c.closed;
+    } finally {
+      for (const f of fillers) f.sock.destroy();
+      transparent.closeFd(lfd);
+    }
+  });
+
+  it('a backend that never greets: UPSTREAM_FAILED greeting ETIMEDOUT after serverIdleMs', async () => {
+    const b = await startBackend(() => undefined);
+    const { id, c } = await accepted(connectTo(b.port, P_GREETING_TIMEOUT));
+    const failed = await waitEvent(evFor(EV_UPSTREAM_FAILED, id));
+    expect(failed.slice(0, 4)).toEqual([EV_UPSTREAM_FAILED, id, 'greeting', 'ETIMEDOUT']);
+    expect(failed[4]).toBeGreaterThanOrEqual(299);
+    expect(failed[4]).toBeLessThan(1500);
+    const s = await b.connected;
+    await new Promise((r) => (s.destroyed ? r(undefined) : s.once('close', r))); // the engine closed it
+    expect(engine.engineCounts()).toMatchObject({ connections: 1, fds: 3 });
+    engine.engineDrop(id);
+    await c.closed;
+  });
+
+  it('a backend that closes before (or in the middle of) its greeting: UPSTREAM_FAILED greeting EOF', async () => {
+    for (const half of ['', '220 half a gree']) {
+      const b = await startBackend((s) => s.end(half));
+      const { id, c } = await accepted(connectTo(b.port, P_DROP));
+      const failed = await waitEvent(evFor(EV_UPSTREAM_FAILED, id));
+      expect(failed.slice(0, 4)).toEqual([EV_UPSTREAM_FAILED, id, 'greeting', 'EOF']);
+      expect(c.text()).toBe('');
+      engine.engineDrop(id);
+      await c.closed;
+      await b.close();
+    }
+  });
+
+  it('early talk while connecting or waiting for the greeting closes the upstream too', async () => {
+    const b = await startBackend(() => undefined); // never greets
+    const { id, c } = await accepted(connectTo(b.port, P_REJECT));
+    const s = await b.connected;
+    const seen = collect(s);
+    c.sock.write('HELO early\r\n');
+    const talk = await waitEvent(evFor(EV_TALK, id));
+    expect((talk[3] as Buffer).toString()).toBe('HELO early\r\n');
+    await seen.ended;
+    expect(seen.text()).toBe('');
+    await c.waitData(REJECT);
+    c.sock.end();
+    await c.closed;
+  });
+});
+
+// ----- relay ---------------------------------------------------------------------------------
+
+describe('relay', () => {
+  /** A client relayed to a backend that greets `220 mx\r\n` and runs `script` per received line. */
+  async function relayed(
+    profile: number,
+    script: (line: string, s: net.Socket) => void = () => undefined,
+    opts: { allowHalfOpen?: boolean } = {},
+  ): Promise<{ id: number; c: TestClient; s: net.Socket; b: Backend }> {
+    const b = await startBackend((s) => {
+      s.write('220 mx\r\n');
+      let buf = '';
+      s.on('data', (d: Buffer) => {
+        buf += d.toString('latin1');
+        for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+          const line = buf.slice(0, nl + 1);
+          buf = buf.slice(nl + 1);
+          script(line, s);
+        }
+      });
+    });
+    const { id, c } = await accepted(connectTo(b.port, profile), opts);
+    await waitEvent(evFor(EV_GREETING, id));
+    await c.waitData('220 mx\r\n');
+    return { id, c, s: await b.connected, b };
+  }
+
+  it('strips PIPECONNECT from an EHLO reply split across writes, until DATA', async () => {
+    const { id, c, s } = await relayed(P_STRIP, (line, sock) => {
+      if (line === 'EHLO one\r\n') {
+        sock.write('250-mx\r\n250-PIPECONNECT\r\n');
+        setTimeout(() => sock.write('250 SIZE 10\r\n'), 30);
+      } else if (line === 'EHLO two\r\n') {
+        sock.write('250-mx\r\n250-SIZE 10\r\n');
+        setTimeout(() => sock.write('250 X_PIPE_CONNECT\r\n'), 30);
+      } else if (line === 'EHLO three\r\n') {
+        sock.write('250-mx\r\n250-pipeconnect\r\n250-PIPECONNECTION\r\n250 8BITMIME\r\n');
+      } else if (line === 'NOOP\r\n') {
+        sock.write('250 PIPECONNECT\r\n'); // one-line: kept
+      } else if (line === 'DATA\r\n') {
+        sock.write('354 go\r\n');
+      } else if (line === '.\r\n') {
+        sock.write('250-mx\r\n250 PIPECONNECT\r\n');
+      }
+    });
+    let at = c.data().length;
+    const next = async (cmd: string, expectText: string): Promise<void> => {
+      c.sock.write(cmd);
+      await c.waitData((b) => b.length >= at + expectText.length);
+      await sleep(60); // nothing more may arrive
+      expect(c.data().subarray(at).toString('latin1')).toBe(expectText);
+      at = c.data().length;
+    };
+    await next('EHLO one\r\n', '250-mx\r\n250 SIZE 10\r\n');
+    await next('EHLO two\r\n', '250-mx\r\n250 SIZE 10\r\n');
+    await next('EHLO three\r\n', '250-mx\r\n250-PIPECONNECTION\r\n250 8BITMIME\r\n');
+    await next('NOOP\r\n', '250 PIPECONNECT\r\n');
+    await next('DA', '');
+    await next('TA\r\n', '354 go\r\n');
+    await next('Subject: x\r\n\r\nbody\r\n.\r\n', '250-mx\r\n250 PIPECONNECT\r\n');
+    s.end();
+    c.sock.end();
+    const end = await waitEvent(evFor(EV_END, id));
+    expect(end[3]).toBe(c.sock.bytesWritten);
+    expect(end[4]).toBe(c.data().length);
+  });
+
+  it('without the guard PIPECONNECT passes untouched', async () => {
+    const { id, c, s } = await relayed(P_DROP, (line, sock) => {
+      if (line.startsWith('EHLO')) sock.write('250-mx\r\n250 PIPECONNECT\r\n');
+    });
+    c.sock.write('EHLO x\r\n');
+    await c.waitData('250 PIPECONNECT\r\n');
+    expect(c.text()).toBe('220 mx\r\n250-mx\r\n250 PIPECONNECT\r\n');
+    s.end();
+    c.sock.end();
+    await waitEvent(evFor(EV_END, id));
+  });
+
+  it('client idle: END client_timeout after clientIdleMs without client activity (activity pushes it back)', async () => {
+    const { id, c } = await relayed(P_CLIENT_IDLE, (line, sock) => sock.write('250 ok\r\n'));
+    const t0 = performance.now();
+    for (let i = 0; i < 6; i++) {
+      await sleep(100);
+      c.sock.write('NOOP\r\n');
+    }
+    const activeUntil = performance.now();
+    const end = await waitEvent(evFor(EV_END, id), 3000);
+    expect(end[2]).toBe('client_timeout');
+    const at = performance.now();
+    expect(at - t0).toBeGreaterThan(800);
+    expect(at - activeUntil).toBeGreaterThan(200);
+    expect(at - activeUntil).toBeLessThan(1500);
+    await c.closed;
+  });
+
+  it('server idle: END server_timeout after serverIdleMs without server activity', async () => {
+    const { id, c } = await relayed(P_SERVER_IDLE);
+    const t0 = performance.now();
+    const end = await waitEvent(evFor(EV_END, id), 3000);
+    expect(end[2]).toBe('server_timeout');
+    expect(performance.now() - t0).toBeGreaterThan(250);
+    expect(performance.now() - t0).toBeLessThan(1500);
+    await c.closed;
+  });
+
+  it('a server reset: the client gets what was sent, a clean EOF, and END server_reset after its own EOF', async () => {
+    const { id, c } = await relayed(P_DROP, (line, sock) => {
+      if (line === 'EHLO x\r\n') {
+        sock.write('250 last words\r\n', () => setTimeout(() => sock.resetAndDestroy(), 20));
+      }
+    }, { allowHalfOpen: true });
+    c.sock.write('EHLO x\r\n');
+    await c.waitData('250 last words\r\n');
+    await new Promise<void>((r) => c.sock.once('end', () => r()));
+    expect(eventsOf(id).some((e) => e[0] === EV_END)).toBe(false); // waits for the client's EOF
+    c.sock.end();
+    const end = await waitEvent(evFor(EV_END, id));
+    expect(end).toEqual([EV_END, id, 'server_reset', 8, c.data().length]);
+    expect((await c.closed).code).toBeUndefined();
+  });
+
+  it('a client reset closes the backend at once: END client_reset', async () => {
+    const { id, c, s } = await relayed(P_DROP);
+    const seen = collect(s);
+    c.sock.write('MAIL FROM:<a@b>\r\n');
+    await waitUntil(() => 'backend to get MAIL', () => seen.text().includes('MAIL'));
+    c.sock.resetAndDestroy();
+    const end = await waitEvent(evFor(EV_END, id));
+    expect(end[2]).toBe('client_reset');
+    await seen.ended;
+  });
+
+  it('engineClose ends a relay with its cause; held connections close without events', async () => {
+    const { id, c, s } = await relayed(P_DROP);
+    const seen = collect(s);
+    const held = await accepted((e) => engine.engineHold(e[1], 10_000, P_DROP));
+    expect(engine.engineClose(id, 'shutdown')).toBe(true);
+    expect(engine.engineClose(held.id, 'shutdown')).toBe(true);
+    expect(engine.engineClose(id, 'again')).toBe(false);
+    const end = await waitEvent(evFor(EV_END, id));
+    expect(end).toEqual([EV_END, id, 'shutdown', 0, 8]);
+    expect((await c.closed).end).toBe(true);
+    expect((await held.c.closed).end).toBe(true);
+    await seen.ended;
+    expect(eventsOf(held.id).map((e) => e[0])).toEqual([EV_ACCEPT]);
+  });
+
+  it('END from engineClose outside a callback arrives without other I/O', async () => {
+    const { id } = await relayed(P_DROP);
+    const before = batches;
+    await sleep(20);
+    engine.engineClose(id, 'operator');
+    await waitEvent(evFor(EV_END, id), 500);
+    expect(batches).toBe(before + 1);
+  });
+});
+
+// ----- commands and errors -------------------------------------------------------------------
+
+describe('commands', () => {
+  const thrown = (fn: () => unknown): unknown => {
+    try {
+      fn();
+    } catch (e) {
+      return e;
+    }
+    throw new Error('expected a throw');
+  };
+
+  it('argument errors are TypeError / RangeError; failed syscalls TransparentSyscallError', async () => {
+    const raw = engine as unknown as Record<string, (...a: unknown[]) => unknown>;
+    expect(thrown(() => raw.engineHold!('1', 10, 0))).toBeInstanceOf(TypeError);
+    expect(thrown(() => raw.engineHold!(1, -1, 0))).toBeInstanceOf(RangeError);
+    expect((thrown(() => raw.engineHold!(1, 10, 999)) as Error).message).toMatch(/profile 999 is not defined/);
+    expect(thrown(() => raw.engineProfile!(65536, 0, '', 0, 0, 0))).toBeInstanceOf(RangeError);
+    expect(thrown(() => raw.engineProfile!(0, 2, '', 0, 0, 0))).toBeInstanceOf(RangeError);
+    expect(thrown(() => raw.engineConnect!(1, 0, 4, '', 0, '127.0.0.1', 25, 100, 'PROXY'))).toBeInstanceOf(TypeError);
+    expect(thrown(() => raw.engineConnect!(1, 0, 4, '', 0, '127.0.0.1', 25, 100))).toBeInstanceOf(TypeError);
+    expect(thrown(() => raw.plainListener!(4, '127.0.0.1', 0, 1, 'no'))).toBeInstanceOf(TypeError);
+    expect(thrown(() => raw.engineStart!(() => undefined))).toMatchObject({ message: expect.stringMatching(/already started/) });
+
+    // A connection in `new` to try engineConnect errors on: it stays untouched.
+    let errs: unknown[] = [];
+    const { id, c } = await accepted((e) => {
+      errs = [
+        thrown(() => engine.engineConnect(e[1], P_DROP, 4, '', 0, '::1', 25, 100, Buffer.alloc(0))),
+        thrown(() => engine.engineConnect(e[1], P_DROP, 6, '127.0.0.1', 0, '::1', 25, 100, Buffer.alloc(0))),
+      ];
+      engine.engineHold(e[1], 10_000, P_DROP);
+    });
+    for (const e of errs) {
+      expect(e).toBeInstanceOf(TransparentSyscallError);
+      expect((e as TransparentSyscallError).sysCode).toBe('EINVAL');
+      expect((e as TransparentSyscallError).syscall).toBe('inet_pton');
+    }
+    expect(engine.engineCounts().held).toBe(1);
+    engine.engineDrop(id);
+    await c.closed;
+
+    const badFd = thrown(() => engine.sockName(100_000)) as TransparentSyscallError;
+    expect(badFd).toBeInstanceOf(TransparentSyscallError);
+    expect(badFd.sysCode).toBe('EBADF');
+    expect(badFd.syscall).toBe('getsockname');
+
+    const inUse = thrown(() => engine.plainListener(4, '127.0.0.1', port4, 1, false)) as TransparentSyscallError;
+    expect(inUse.sysCode).toBe('EADDRINUSE');
+    expect(inUse.syscall).toBe('bind');
+
+    // engineListen takes only listening sockets; the fd stays the caller's on failure.
+    const other = await accepted((e) => engine.engineHold(e[1], 10_000, P_DROP));
+    await other.c.connected;
+    const clientFd = (other.c.sock as unknown as { _handle: { fd: number } })._handle.fd;
+    const notListening = thrown(() => engine.engineListen(clientFd, 50)) as TransparentSyscallError;
+    expect(notListening).toBeInstanceOf(TransparentSyscallError);
+    expect(notListening.sysCode).toBe('EINVAL');
+    expect(notListening.syscall).toBe('getsockopt(SO_ACCEPTCONN)');
+    const closedFd = thrown(() => engine.engineListen(100_000, 50)) as TransparentSyscallError;
+    expect(closedFd.sysCode).toBe('EBADF');
+    engine.engineDrop(other.id);
+    await other.c.closed;
+  });
+
+  it('sockName shows addresses of both families', () => {
+    const fd = engine.plainListener(6, '::1', 0, 1, true);
+    try {
+      expect(engine.sockName(fd)).toEqual(['::1', expect.any(Number)]);
+    } finally {
+      loadTransparent().closeFd(fd);
+    }
+  });
+
+  it('accept failing with EMFILE reports ERROR and pauses the listener, then goes on', async () => {
+    // For half a second this process may open no fd at all (soft RLIMIT_NOFILE 3), so the
+    // engine's accept4 fails; the limiter and the clients are child processes started before.
+    const lfd = engine.plainListener(4, '127.0.0.1', 0, 64, false);
+    engine.engineListen(lfd, 77);
+    const lport = engine.sockName(lfd)[1];
+    const ids: number[] = [];
+    onAccept = (e) => {
+      ids.push(e[1]);
+      engine.engineReply(e[1], '220 late\r\n');
+    };
+    const soft = await new Promise<string>((resolve) => {
+      const p = spawn('prlimit', ['--pid', String(process.pid), '--nofile', '--raw', '--noheadings', '--output=SOFT']);
+      let out = '';
+      p.stdout.on('data', (d) => (out += d));
+      p.on('exit', () => resolve(out.trim()));
+    });
+    expect(soft).toMatch(/^\d+$/);
+    const clientsScript = `
+      const net = require('node:net');
+      process.stdin.once('data', () => {
+        let ok = 0, left = 3;
+        for (let i = 0; i < 3; i++) {
+          const s = net.connect(${lport}, '127.0.0.1');
+          let d = '';
+          s.on('data', (x) => (d += x));
+          s.on('error', () => undefined);
+          s.on('end', () => { if (d === '220 late\\r\\n') ok++; s.end(); });
+          s.on('close', () => { if (--left === 0) { console.log(ok); process.exit(0); } });
+        }
+      });`;
+    const clientsChild = spawn(process.execPath, ['-e', clientsScript], { stdio: ['pipe', 'pipe', 'inherit'] });
+    let clientsOut = '';
+    clientsChild.stdout.on('data', (d) => (clientsOut += d));
+    const clientsExited = new Promise((r) => clientsChild.on('exit', r));
+    const limiter = spawn(
+      'sh',
+      ['-c', `prlimit --pid ${process.pid} --nofile=3: && echo limited && sleep 0.5; prlimit --pid ${process.pid} --nofile=${soft}:`],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    const limiterExited = new Promise((r) => limiter.on('exit', r));
+    await new Promise<void>((r) => limiter.stdout.on('data', (d) => String(d).includes('limited') && r()));
+    clientsChild.stdin.write('go\n');
+    const err = await waitEvent((e) => e[0] === EV_ERROR && e[1] === 77, 5000);
+    await limiterExited;
+    expect(err).toEqual([EV_ERROR, 77, 'accept', 'EMFILE']);
+    await clientsExited;
+    expect(clientsOut.trim()).toBe('3');
+    expect(ids).toHaveLength(3);
+    engine.engineUnlisten(77);
+  });
+});
+
+// ----- environments --------------------------------------------------------------------------
+
+describe('environments', () => {
+  it('runs inside a worker thread, survives a throwing callback, and is torn down with the worker', async () => {
+    const addonPath = loadedAddonPath();
+    const worker = new Worker(
+      `
+      const { parentPort, workerData } = require('node:worker_threads');
+      const a = require(workerData.addon);
+      process.on('uncaughtException', (e) => parentPort.postMessage({ uncaught: e.message }));
+      a.engineProfile(0, 0, '', 0, 0, 0);
+      let first = true;
+      a.engineStart((batch) => {
+        for (const ev of batch) {
+          parentPort.postMessage({ ev: ev.map((x) => (Buffer.isBuffer(x) ? x.toString() : x)) });
+          if (ev[0] === 1) {
+            if (first) { first = false; throw new Error('handler failed'); }
+            a.engineHold(ev[1], 60000, 0);
+            parentPort.postMessage({ counts: a.engineCounts() });
+          }
+        }
+      });
+      const fd = a.plainListener(4, '127.0.0.1', 0, 16, false);
+      a.engineListen(fd, 7);
+      parentPort.postMessage({ port: a.sockName(fd)[1] });
+      `,
+      { eval: true, workerData: { addon: addonPath } },
+    );
+    const messages: Array<Record<string, unknown>> = [];
+    worker.on('message', (m: Record<string, unknown>) => messages.push(m));
+    const errors: unknown[] = [];
+    worker.on('error', (e) => errors.push(e));
+    await waitUntil(() => 'the worker listener', () => messages.some((m) => 'port' in m));
+    const port = messages.find((m) => 'port' in m)!.port as number;
+
+    const first = connectClient(port);
+    expect((await first.closed).code).toBe('ECONNRESET'); // undecided: reset
+    await waitUntil(() => JSON.stringify(messages), () => messages.some((m) => (m.ev as unknown[] | undefined)?.[2] === 'undecided'));
+    expect(messages.find((m) => 'uncaught' in m)).toEqual({ uncaught: 'handler failed' });
+
+    const second = connectClient(port);
+    await waitUntil(() => JSON.stringify(messages), () => messages.some((m) => 'counts' in m));
+    expect(messages.find((m) => 'counts' in m)!.counts).toMatchObject({ connections: 1, held: 1, listeners: 1, fds: 2 });
+    // The main thread's engine is a different one.
+    expect(engine.engineCounts().connections).toBe(0);
+
+    // No engineStop: terminating the worker must close its fds (the cleanup hook) without a crash.
+    await worker.terminate();
+    expect((await second.closed).end).toBe(true);
+    expect(errors).toEqual([]);
+  });
+
+  it('engineStop and engineStart from inside the callback; process.exit in a worker with the engine running', async () => {
+    const worker = new Worker(
+      `
+      const { parentPort, workerData } = require('node:worker_threads');
+      const a = require(workerData.addon);
+      a.engineProfile(0, 0, '', 0, 0, 0);
+      const listen = () => {
+        const fd = a.plainListener(4, '127.0.0.1', 0, 16, false);
+        a.engineListen(fd, 1);
+        parentPort.postMessage({ port: a.sockName(fd)[1] });
+      };
+      let accepts = 0;
+      const onEvents = (batch) => {
+        for (const ev of batch) {
+          if (ev[0] !== 1) continue;
+          a.engineHold(ev[1], 60000, 0);
+          if (++accepts === 1) {
+            a.engineStop(); // closes the connection just held and the listener
+            parentPort.postMessage({ afterStop: a.engineCounts() });
+            a.engineStart(onEvents);
+            listen();
+          } else {
+            parentPort.postMessage({ held: a.engineCounts() });
+            setTimeout(() => process.exit(0), 20); // the engine is still running
+          }
+        }
+      };
+      a.engineStart(onEvents);
+      listen();
+      `,
+      { eval: true, workerData: { addon: loadedAddonPath() } },
+    );
+    const messages: Array<Record<string, unknown>> = [];
+    worker.on('message', (m: Record<string, unknown>) => messages.push(m));
+    const exited = new Promise<number>((r) => worker.on('exit', r));
+    const ports = (): number[] => messages.filter((m) => 'port' in m).map((m) => m.port as number);
+    await waitUntil(() => 'the first port', () => ports().length === 1);
+    const first = connectClient(ports()[0]!);
+    expect((await first.closed).end).toBe(true);
+    await waitUntil(() => 'the second port', () => ports().length === 2);
+    expect(messages.find((m) => 'afterStop' in m)!.afterStop).toEqual({ connections: 0, held: 0, relaying: 0, listeners: 0, fds: 0 });
+    const second = connectClient(ports()[1]!);
+    expect(await exited).toBe(0);
+    expect(messages.find((m) => 'held' in m)!.held).toMatchObject({ connections: 1, held: 1, listeners: 1 });
+    expect((await second.closed).end).toBe(true);
+  });
+});
+
+// ----- stop (last: it restarts the engine) ---------------------------------------------------
+
+describe('engineStop', () => {
+  it('closes every connection and listener, is idempotent, and the engine can start again', async () => {
+    const b = await startBackend((s) => s.write('220 mx\r\n'));
+    const relay = await accepted(connectTo(b.port, P_DROP));
+    await waitEvent(evFor(EV_GREETING, relay.id));
+    const holds = [];
+    for (let i = 0; i < 5; i++) holds.push(await accepted((e) => engine.engineHold(e[1], 60_000, P_DROP)));
+    expect(engine.engineCounts()).toMatchObject({ connections: 6, held: 5, relaying: 1, listeners: 2, fds: 2 + 5 + 2 });
+    const before = events.length;
+    engine.engineStop();
+    engine.engineStop();
+    expect(engine.engineCounts()).toEqual({ connections: 0, held: 0, relaying: 0, listeners: 0, fds: 0 });
+    for (const h of holds) expect((await h.c.closed).end).toBe(true);
+    expect((await relay.c.closed).end).toBe(true);
+    await sleep(50);
+    expect(events.length).toBe(before); // no events after stop
+    expect(engine.engineHold(relay.id, 1, P_DROP)).toBe(false);
+    expect(thrown(() => engine.engineListen(0, 1))).toMatchObject({ message: expect.stringMatching(/not started/) });
+    const refused = await connectClient(port4).connected.then(
+      () => 'connected',
+      (e: NodeJS.ErrnoException) => e.code,
+    );
+    expect(refused).toBe('ECONNREFUSED');
+
+    // Start again for the rest of the file's hooks.
+    engine.engineStart(onEvents);
+    const fd4 = engine.plainListener(4, '127.0.0.1', 0, 4096, false);
+    engine.engineListen(fd4, LID4);
+    port4 = engine.sockName(fd4)[1];
+    const fd6 = engine.plainListener(6, '::1', 0, 128, true);
+    engine.engineListen(fd6, LID6);
+    port6 = engine.sockName(fd6)[1];
+    const again = await accepted((e) => engine.engineReply(e[1], '220 again\r\n'));
+    await again.c.waitData('220 again\r\n');
+    again.c.sock.end();
+    await again.c.closed;
+  });
+
+  function thrown(fn: () => unknown): unknown {
+    try {
+      fn();
+    } catch (e) {
+      return e;
+    }
+    throw new Error('expected a throw');
+  }
+});

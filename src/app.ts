@@ -1,6 +1,6 @@
 // Composition root: builds etd's parts from one Config with explicit dependencies; start, reload, stop in order.
 
-import type net from 'node:net';
+import net from 'node:net';
 import type { Logger } from 'pino';
 import type { Config, ListenerConfig } from './config/schema.js';
 import { Pool } from './backend/pool.js';
@@ -9,6 +9,8 @@ import { TimerHoldQueue } from './proxy/holdQueue.js';
 import { Listener, fmt } from './proxy/listener.js';
 import { Session, type LiveSession, type SessionContext, type SessionPolicy, type SessionSummary } from './proxy/session.js';
 import { createSource } from './proxy/upstream.js';
+import { engineDriver, type EngineDriver, type NativeAccept } from './proxy/engineDriver.js';
+import { NativeSession } from './proxy/nativeSession.js';
 import { Stats } from './stats.js';
 import { EtdError, describeError } from './errors.js';
 import { normalizeAddress } from './config/cidr.js';
@@ -47,7 +49,18 @@ function netfilterKey(c: Config): string {
 }
 
 function listenerKey(l: ListenerConfig): string {
-  return JSON.stringify([l.name, l.address, l.port, l.mode, l.backlog, l.destinations]);
+  return JSON.stringify([l.name, l.address, l.port, l.mode, l.backlog, l.destinations, l.engine]);
+}
+
+/** What happens to a new connection, before any session exists: decided by limits, access lists and caches. */
+type Admission =
+  | { readonly refuse: 'max_connections' | 'max_held' | 'per_client'; readonly reply: string }
+  | { readonly deny: 'access_deny' | 'deny_cache' }
+  | { readonly skip: 'allowlist' | 'pass_cache' | undefined };
+
+/** Policies only the Node engine implements: a teaser line, and relaying early talkers (action: log). */
+function needsNodeEngine(p: SessionPolicy): boolean {
+  return p.teaser !== undefined || p.action === 'log';
 }
 
 /** Hooks for parts that observe sessions (API event ring, metrics); all optional. */
@@ -74,6 +87,8 @@ export class App {
   readonly store: StateStore;
   readonly access: AccessLists;
   readonly cache: ClientCache;
+  /** The native session engine, once a native listener started (released at stop). */
+  private engine: EngineDriver | undefined;
 
   constructor(
     private config: Config,
@@ -181,10 +196,35 @@ export class App {
 
   private async startListener(l: ListenerConfig, config = this.config): Promise<Listener> {
     const ctx = this.makeContext(l, config);
-    const listener = new Listener(l, ctx, (socket, c) => this.accept(socket, c), config.netfilter.tproxyPort);
+    let native: ConstructorParameters<typeof Listener>[4];
+    if (l.engine === 'native') {
+      if (!this.engine) {
+        const driver = engineDriver();
+        driver.acquire(this.log);
+        this.engine = driver;
+      }
+      native = { driver: this.engine, onAccept: (conn, c) => this.acceptNative(conn, c) };
+    }
+    const listener = new Listener(l, ctx, (socket, c) => this.accept(socket, c), config.netfilter.tproxyPort, native);
     await listener.start();
     this.listeners.set(l.name, listener);
     return listener;
+  }
+
+  /** Limits first, then the allow/deny lists, then the caches: a listed client never waits or is always refused. */
+  private admit(address: string): Admission {
+    const limits = this.config.limits;
+    if (this.sessions.size >= limits.maxConnections) return { refuse: 'max_connections', reply: '421 4.7.0 Too many connections, try again later' };
+    if (this.stats.held >= limits.maxHeld) return { refuse: 'max_held', reply: '421 4.7.0 Too many connections, try again later' };
+    if (limits.perClient > 0 && (this.perClient.get(address) ?? 0) >= limits.perClient) {
+      return { refuse: 'per_client', reply: '421 4.7.0 Too many connections from your address' };
+    }
+    const listed = this.access.match(address);
+    if (listed?.list === 'deny') return { deny: 'access_deny' };
+    if (listed) return { skip: 'allowlist' };
+    const cached = this.cache.lookup(address);
+    if (cached === 'deny') return { deny: 'deny_cache' };
+    return { skip: cached === 'pass' ? 'pass_cache' : undefined };
   }
 
   private accept(socket: net.Socket, ctx: SessionContext): void {
@@ -193,52 +233,61 @@ export class App {
       socket.destroy();
       return;
     }
-    const limits = this.config.limits;
-    if (this.sessions.size >= limits.maxConnections) {
-      this.refuse(socket, ctx, 'max_connections', '421 4.7.0 Too many connections, try again later');
-      return;
-    }
-    if (this.stats.held >= limits.maxHeld) {
-      this.refuse(socket, ctx, 'max_held', '421 4.7.0 Too many connections, try again later');
-      return;
-    }
-    if (limits.perClient > 0) {
-      const n = this.perClient.get(normalizeAddress(socket.remoteAddress ?? '')) ?? 0;
-      if (n >= limits.perClient) {
-        this.refuse(socket, ctx, 'per_client', '421 4.7.0 Too many connections from your address');
-        return;
-      }
-    }
-    // The allow/deny lists first, then the caches: a listed client never waits or is always refused.
-    const address = normalizeAddress(socket.remoteAddress ?? '');
-    const listed = this.access.match(address);
-    if (listed?.list === 'deny') {
-      this.deny(socket, ctx, 'access_deny');
-      return;
-    }
-    let skip: 'allowlist' | 'pass_cache' | undefined = listed ? 'allowlist' : undefined;
-    if (!skip) {
-      const cached = this.cache.lookup(address);
-      if (cached === 'deny') {
-        this.deny(socket, ctx, 'deny_cache');
-        return;
-      }
-      if (cached === 'pass') skip = 'pass_cache';
-    }
-    new Session(socket, ctx, skip).begin();
-  }
-
-  /** A denied client (access list or deny cache): 554 5.7.1 and close, or drop. */
-  private deny(socket: net.Socket, ctx: SessionContext, cause: 'access_deny' | 'deny_cache'): void {
     const address = normalizeAddress(socket.remoteAddress ?? '');
     const port = socket.remotePort ?? 0;
-    socket.on('error', () => socket.destroy());
-    if (this.config.access.denyAction === 'drop') socket.resetAndDestroy();
-    else {
+    const a = this.admit(address);
+    if ('refuse' in a) {
+      socket.on('error', () => socket.destroy());
       socket.resume();
-      socket.end(`${this.config.access.denyReply}\r\n`);
+      socket.end(`${a.reply}\r\n`);
       socket.setTimeout(5000, () => socket.destroy());
+      this.refused(ctx, address, port, a.refuse);
+    } else if ('deny' in a) {
+      socket.on('error', () => socket.destroy());
+      if (this.config.access.denyAction === 'drop') socket.resetAndDestroy();
+      else {
+        socket.resume();
+        socket.end(`${this.config.access.denyReply}\r\n`);
+        socket.setTimeout(5000, () => socket.destroy());
+      }
+      this.denied(ctx, address, port, a.deny);
+    } else {
+      new Session(socket, ctx, a.skip).begin();
     }
+  }
+
+  /** A connection accepted by the native engine: the same decisions; the engine does the I/O. */
+  private acceptNative(conn: NativeAccept, ctx: SessionContext): void {
+    const engine = this.engine!.addon;
+    if (this.stopping) {
+      this.stats.accepted++;
+      engine.engineDrop(conn.eid);
+      return;
+    }
+    if (needsNodeEngine(ctx.policy)) {
+      // Hand the connection over to a Node socket (accept() counts it).
+      const fd = engine.engineRelease(conn.eid);
+      const socket = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
+      socket.setNoDelay(true);
+      this.accept(socket, ctx);
+      return;
+    }
+    this.stats.accepted++;
+    const a = this.admit(conn.peerAddress);
+    if ('refuse' in a) {
+      engine.engineReply(conn.eid, `${a.reply}\r\n`);
+      this.refused(ctx, conn.peerAddress, conn.peerPort, a.refuse);
+    } else if ('deny' in a) {
+      if (this.config.access.denyAction === 'drop') engine.engineDrop(conn.eid);
+      else engine.engineReply(conn.eid, `${this.config.access.denyReply}\r\n`);
+      this.denied(ctx, conn.peerAddress, conn.peerPort, a.deny);
+    } else {
+      new NativeSession(this.engine!, conn, ctx, a.skip).begin();
+    }
+  }
+
+  /** The summary of a denied client (access list or deny cache: 554 5.7.1 and close, or drop). */
+  private denied(ctx: SessionContext, address: string, port: number, cause: 'access_deny' | 'deny_cache'): void {
     this.recordEnd(ctx.log, {
       id: 0,
       listener: ctx.listener,
@@ -254,24 +303,18 @@ export class App {
     });
   }
 
-  /** A limit was hit: 421 and close, with its own summary line. */
-  private refuse(socket: net.Socket, ctx: SessionContext, cause: 'max_connections' | 'max_held' | 'per_client', reply: string): void {
-    const started = performance.now();
+  /** The summary of a connection refused by a limit (421 and close). */
+  private refused(ctx: SessionContext, address: string, port: number, cause: 'max_connections' | 'max_held' | 'per_client'): void {
     this.stats.limits[cause]++;
-    socket.on('error', () => socket.destroy());
-    socket.resume();
-    socket.end(`${reply}\r\n`);
-    socket.setTimeout(5000, () => socket.destroy());
-    const address = normalizeAddress(socket.remoteAddress ?? '');
     this.recordEnd(ctx.log, {
       id: 0,
       listener: ctx.listener,
-      client: fmt(address, socket.remotePort ?? 0),
+      client: fmt(address, port),
       clientAddress: address,
       verdict: 'limit',
       attempts: 0,
       heldMs: 0,
-      durationMs: Math.round(performance.now() - started),
+      durationMs: 0,
       bytesFromClient: 0,
       bytesToClient: 0,
       cause,
@@ -339,6 +382,8 @@ export class App {
     while (this.sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const s of [...this.sessions]) s.abort('shutdown');
     this.hold.close();
+    this.engine?.release();
+    this.engine = undefined;
     this.cache.stop();
     this.store.close();
   }

@@ -372,6 +372,14 @@ class Engine {
   int Release(uint64_t id);
   bool Close(uint64_t id, const std::string& cause);
   void Counts(double* connections, double* held, double* relaying, double* listeners, double* fds) const;
+  // Bytes read from / written to the client so far (for live views); false if the id is unknown.
+  bool Bytes(uint64_t id, double* from, double* to) {
+    Conn* c = Find(id);
+    if (c == nullptr) return false;
+    *from = c->bytes_from_client;
+    *to = c->bytes_to_client;
+    return true;
+  }
   // After a command made outside a dispatch: frees what it killed.
   void EndCommand() {
     if (!dispatching_) grave_.clear();
@@ -1640,6 +1648,7 @@ constexpr const char* kDropSig = "engineDrop(id)";
 constexpr const char* kReleaseSig = "engineRelease(id)";
 constexpr const char* kCloseSig = "engineClose(id, cause)";
 constexpr const char* kCountsSig = "engineCounts()";
+constexpr const char* kBytesSig = "engineBytes(id)";
 constexpr const char* kSockNameSig = "sockName(fd)";
 constexpr const char* kPlainListenerSig = "plainListener(family, address, port, backlog, v6only)";
 
@@ -1886,6 +1895,19 @@ Napi::Value EngineCounts(const Napi::CallbackInfo& info) {
   return o;
 }
 
+Napi::Value EngineBytes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t id;
+  if (!CheckArity(info, 1, kBytesSig) || !GetId(info, kBytesSig, &id)) return env.Undefined();
+  double from = 0, to = 0;
+  Engine* e = Running(env);
+  if (e == nullptr || !e->Bytes(id, &from, &to)) return env.Null();
+  Napi::Array a = Napi::Array::New(env, 2);
+  a.Set(uint32_t{0}, Napi::Number::New(env, from));
+  a.Set(uint32_t{1}, Napi::Number::New(env, to));
+  return a;
+}
+
 Napi::Value SockName(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int64_t fd;
@@ -1962,6 +1984,7 @@ void RegisterEngine(Napi::Env env, Napi::Object exports) {
   exports.Set("engineRelease", Napi::Function::New(env, EngineRelease, "engineRelease"));
   exports.Set("engineClose", Napi::Function::New(env, EngineClose, "engineClose"));
   exports.Set("engineCounts", Napi::Function::New(env, EngineCounts, "engineCounts"));
+  exports.Set("engineBytes", Napi::Function::New(env, EngineBytes, "engineBytes"));
   exports.Set("sockName", Napi::Function::New(env, SockName, "sockName"));
   exports.Set("plainListener", Napi::Function::New(env, PlainListener, "plainListener"));
 }

@@ -29,6 +29,8 @@ export interface BenchOptions {
   readonly keepProfiles: string | undefined;
   /** The etd build measured (default dist/cli.js of this tree): another build's cli.js for an A/B comparison. */
   readonly etdCli: string;
+  /** etd's listeners[].engine in every scenario (A/B: the native engine against Node sockets). */
+  readonly etdEngine: 'native' | 'node';
   /** The whole run's hard limit. */
   readonly deadlineMs: number;
 }
@@ -53,6 +55,7 @@ options:
   --keep-profiles DIR   keep the .cpuprofile and .heapsnapshot files of the profile pass
   --deadline SECONDS    a shorter bound for the whole run (at most 600)
   --etd-cli FILE        measure this etd build's cli.js (A/B against another build; default dist/cli.js)
+  --etd-engine E        etd's listeners[].engine: native (default) or node (A/B of the two engines)
   -h, --help            this text
 `;
 
@@ -80,6 +83,7 @@ export function parseOptions(argv: readonly string[]): BenchOptions | undefined 
       'no-haproxy-threads': { type: 'boolean' },
       'keep-profiles': { type: 'string' },
       'etd-cli': { type: 'string' },
+      'etd-engine': { type: 'string' },
       deadline: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -93,6 +97,8 @@ export function parseOptions(argv: readonly string[]): BenchOptions | undefined 
     if (bad.length) throw new Error(`--only: unknown scenario ${bad.join(', ')} (known: ${SCENARIOS.join(', ')})`);
     scenarios = SCENARIOS.filter((s) => wanted.includes(s));
   }
+  const etdEngine = values['etd-engine'] ?? 'native';
+  if (etdEngine !== 'native' && etdEngine !== 'node') throw new Error(`--etd-engine expects native or node, got ${JSON.stringify(etdEngine)}`);
   const held = Math.round(positiveInt('held', values.held, quick ? 1000 : 15_000));
   const relayMb = positiveInt('relay-mb', values['relay-mb'], quick ? 1 : 10);
   return {
@@ -116,6 +122,7 @@ export function parseOptions(argv: readonly string[]): BenchOptions | undefined 
     haproxyThreads: !quick && values['no-haproxy-threads'] !== true,
     keepProfiles: values['keep-profiles'] === undefined ? undefined : path.resolve(values['keep-profiles']),
     etdCli: path.resolve(values['etd-cli'] ?? path.join(ROOT, 'dist', 'cli.js')),
+    etdEngine,
     deadlineMs: Math.round(Math.min(600, positiveInt('deadline', values.deadline, 600)) * 1000),
   };
 }

@@ -98,6 +98,8 @@ export interface EngineAddon {
   /** Any state: closes both fds; a relay reports END with `cause`. */
   engineClose(id: number, cause: string): boolean;
   engineCounts(): EngineCounts;
+  /** Bytes read from and written to the client so far, or null for an unknown id (live views: GET /v1/sessions). */
+  engineBytes(id: number): [number, number] | null;
   /** getsockname of any fd; IPv4-mapped addresses come back as plain IPv4. */
   sockName(fd: number): [string, number];
   /** An ordinary listening fd (non-blocking, SO_REUSEADDR, IPV6_V6ONLY = v6only for v6); the caller owns it. */
@@ -109,6 +111,7 @@ export const ENGINE_FUNCTIONS = [
   'engineClose',
   'engineConnect',
   'engineCounts',
+  'engineBytes',
   'engineDrop',
   'engineHold',
   'engineListen',
@@ -158,6 +161,7 @@ export function loadEngine(): EngineAddon {
     engineRelease: fn('engineRelease'),
     engineClose: fn('engineClose'),
     engineCounts: fn('engineCounts'),
+    engineBytes: fn('engineBytes'),
     sockName: fn('sockName'),
     plainListener: fn('plainListener'),
   });

@@ -1,14 +1,39 @@
-// One listening socket per configured listener; hands each accepted connection to a Session.
+// One listening socket per configured listener; hands each accepted connection to a session (Node socket or native engine).
 
 import net from 'node:net';
 import type { Logger } from 'pino';
 import type { ListenerConfig } from '../config/schema.js';
 import { EtdError } from '../errors.js';
 import { loadTransparent } from '../native/transparent.js';
+import { loadEngine } from '../native/engine.js';
+import type { EngineDriver, NativeAccept } from './engineDriver.js';
 import type { SessionContext } from './session.js';
 
 export interface AcceptHandler {
   (socket: net.Socket, ctx: SessionContext): void;
+}
+
+export interface NativeAcceptHandler {
+  (conn: NativeAccept, ctx: SessionContext): void;
+}
+
+/** What the operator should do when a listen fails with this errno name. */
+function listenHint(code: string | undefined): string {
+  switch (code) {
+    case 'EADDRINUSE':
+      return 'another process holds that address and port; stop it or choose another port';
+    case 'EACCES':
+      return 'ports below 1024 need root or CAP_NET_BIND_SERVICE';
+    case 'EADDRNOTAVAIL':
+      return 'that address is not configured on this host; use one of its addresses or 0.0.0.0';
+    default:
+      return 'check the listener address and port';
+  }
+}
+
+function errnoName(err: unknown): string | undefined {
+  const e = err as { sysCode?: string; code?: string } | undefined;
+  return e?.sysCode ?? e?.code;
 }
 
 /** Where a listener binds: plain/vip bind the configured address; intercept binds the TPROXY target. */
@@ -26,6 +51,8 @@ export function bindAddresses(config: ListenerConfig, tproxyPort: number): Array
 
 export class Listener {
   private servers: net.Server[] = [];
+  /** Native engine listeners: the engine's id for each bound fd, and what it is bound to. */
+  private native: Array<{ id: number; address: string; port: number }> = [];
   readonly log: Logger;
 
   constructor(
@@ -33,16 +60,71 @@ export class Listener {
     readonly ctx: SessionContext,
     private readonly onAccept: AcceptHandler,
     private readonly tproxyPort: number,
+    /** With the native engine (listeners[].engine: native): the driver and the accept handler. */
+    private readonly engine?: { driver: EngineDriver; onAccept: NativeAcceptHandler },
   ) {
     this.log = ctx.log;
   }
 
   /** The addresses actually bound (port 0 resolved), for logs and tests. */
   addresses(): Array<{ address: string; port: number }> {
+    if (this.native.length) return this.native.map(({ address, port }) => ({ address, port }));
     return this.servers.map((s) => s.address()).filter((a): a is net.AddressInfo => !!a && typeof a === 'object');
   }
 
   async start(): Promise<void> {
+    if (this.engine) this.startNative(this.engine.driver, this.engine.onAccept);
+    else await this.startNode();
+    this.log.info({ addresses: this.addresses().map((a) => fmt(a.address, a.port)), mode: this.config.mode, engine: this.engine ? 'native' : 'node' }, 'listening');
+  }
+
+  /** Binds each address natively and hands the fd to the engine; all or nothing. */
+  private startNative(driver: EngineDriver, onAccept: NativeAcceptHandler): void {
+    const engine = loadEngine();
+    const ctx = this.ctx;
+    const log = this.log;
+    const name = this.config.name;
+    try {
+      for (const b of bindAddresses(this.config, this.tproxyPort)) {
+        const family = net.isIPv6(b.address) ? 6 : 4;
+        let fd: number;
+        try {
+          fd = b.transparent
+            ? loadTransparent().transparentListener(family, b.address, b.port, this.config.backlog)
+            : engine.plainListener(family, b.address, b.port, this.config.backlog, false);
+        } catch (err) {
+          throw new EtdError('ETD_ERR_LISTEN', `listener ${name}: cannot listen on ${fmt(b.address, b.port)}: ${errnoName(err) ?? (err as Error).message}`, {
+            hint: listenHint(errnoName(err)),
+            cause: err,
+          });
+        }
+        let bound: [string, number];
+        let id: number;
+        try {
+          bound = engine.sockName(fd);
+          id = driver.listen(fd, {
+            accepted: (conn) => onAccept(conn, ctx),
+            // After a successful listen, errors (e.g. EMFILE on accept) are logged; the engine keeps accepting.
+            failed: (syscall, code) => log.error({ syscall, code, listener: name }, `listener error: ${syscall} ${code}`),
+          });
+        } catch (err) {
+          loadTransparent().closeFd(fd);
+          throw err;
+        }
+        this.native.push({ id, address: bound[0], port: bound[1] });
+      }
+    } catch (err) {
+      this.stopNative();
+      throw err;
+    }
+  }
+
+  private stopNative(): void {
+    for (const n of this.native) this.engine?.driver.unlisten(n.id);
+    this.native = [];
+  }
+
+  private async startNode(): Promise<void> {
     for (const b of bindAddresses(this.config, this.tproxyPort)) {
       const server = net.createServer({ allowHalfOpen: true, noDelay: true });
       server.on('connection', (socket) => this.onAccept(socket, this.ctx));
@@ -50,14 +132,7 @@ export class Listener {
         const fail = (err: NodeJS.ErrnoException) => {
           reject(
             new EtdError('ETD_ERR_LISTEN', `listener ${this.config.name}: cannot listen on ${fmt(b.address, b.port)}: ${err.code ?? err.message}`, {
-              hint:
-                err.code === 'EADDRINUSE'
-                  ? 'another process holds that address and port; stop it or choose another port'
-                  : err.code === 'EACCES'
-                    ? 'ports below 1024 need root or CAP_NET_BIND_SERVICE'
-                    : err.code === 'EADDRNOTAVAIL'
-                      ? 'that address is not configured on this host; use one of its addresses or 0.0.0.0'
-                      : 'check the listener address and port',
+              hint: listenHint(err.code),
               cause: err,
             }),
           );
@@ -85,11 +160,11 @@ export class Listener {
       });
       this.servers.push(server);
     }
-    this.log.info({ addresses: this.addresses().map((a) => fmt(a.address, a.port)), mode: this.config.mode }, 'listening');
   }
 
   /** Stops accepting; existing connections are not touched. */
   async stop(): Promise<void> {
+    this.stopNative();
     const servers = this.servers;
     this.servers = [];
     // close() frees the port at once but its callback waits for every connection to end;

@@ -21,7 +21,22 @@ export interface SourceStrategy {
   readonly sameFamily: boolean;
   /** Resolves with a connected socket (headers already queued), or rejects with a coded cause. */
   connect(target: UpstreamTarget, client: ClientEndpoints, timeoutMs: number): Promise<net.Socket>;
+  /** The same connection for the native engine to make; throws where connect would reject before connecting. */
+  plan(target: UpstreamTarget, client: ClientEndpoints): NativePlan;
 }
+
+/** How the native engine makes the upstream connection (see docs/engine.md, engineConnect). */
+export interface NativePlan {
+  /** '' = etd's own address (the kernel chooses); otherwise the spoofed source (IP_TRANSPARENT). */
+  readonly sourceAddress: string;
+  /** TCP_SYNCNT for the spoofed socket (0 = the kernel's default). */
+  readonly synCount: number;
+  /** Bytes sent before anything else (a PROXY protocol header), possibly empty. */
+  readonly preamble: Buffer;
+}
+
+const NO_PREAMBLE = Buffer.alloc(0);
+const SELF_PLAN: NativePlan = { sourceAddress: '', synCount: 0, preamble: NO_PREAMBLE };
 
 /** Why a connect failed, in the words of session summaries, health checks and the doctor. */
 export type ConnectFailure = 'refused' | 'timeout' | 'unreachable' | 'reset' | 'no_privilege' | 'error';
@@ -91,6 +106,9 @@ export class SelfSource implements SourceStrategy {
     const socket = net.connect({ host: target.address, port: target.port, allowHalfOpen: true, noDelay: true });
     return awaitConnect(socket, target, timeoutMs);
   }
+  plan(): NativePlan {
+    return SELF_PLAN;
+  }
 }
 
 /** From etd's own address, then a PROXY protocol header (v1 or v2) carrying the client's address. */
@@ -100,8 +118,14 @@ export class ProxyHeaderSource implements SourceStrategy {
   constructor(readonly kind: 'proxy-v1' | 'proxy-v2') {}
   async connect(target: UpstreamTarget, client: ClientEndpoints, timeoutMs: number): Promise<net.Socket> {
     const socket = await this.inner.connect(target, client, timeoutMs);
-    socket.write(this.kind === 'proxy-v1' ? proxyV1(client) : proxyV2(client));
+    socket.write(this.header(client));
     return socket;
+  }
+  plan(_target: UpstreamTarget, client: ClientEndpoints): NativePlan {
+    return { sourceAddress: '', synCount: 0, preamble: this.header(client) };
+  }
+  private header(client: ClientEndpoints): Buffer {
+    return this.kind === 'proxy-v1' ? proxyV1(client) : proxyV2(client);
   }
 }
 
@@ -118,12 +142,23 @@ export class ClientIpSource implements SourceStrategy {
     private readonly mark: number,
     private readonly synCount = 2,
   ) {}
-  connect(target: UpstreamTarget, client: ClientEndpoints, timeoutMs: number): Promise<net.Socket> {
+  plan(target: UpstreamTarget, client: ClientEndpoints): NativePlan {
+    this.checkFamily(target, client);
+    return { sourceAddress: client.clientAddress, synCount: this.synCount, preamble: NO_PREAMBLE };
+  }
+  private checkFamily(target: UpstreamTarget, client: ClientEndpoints): 4 | 6 {
     const family = net.isIPv6(client.clientAddress) ? 6 : 4;
     if (net.isIP(target.address) !== family) {
-      return Promise.reject(
-        new EtdError('ETD_ERR_NO_SERVER', `server ${target.address} is not IPv${family} like client ${client.clientAddress}`),
-      );
+      throw new EtdError('ETD_ERR_NO_SERVER', `server ${target.address} is not IPv${family} like client ${client.clientAddress}`);
+    }
+    return family;
+  }
+  connect(target: UpstreamTarget, client: ClientEndpoints, timeoutMs: number): Promise<net.Socket> {
+    let family: 4 | 6;
+    try {
+      family = this.checkFamily(target, client);
+    } catch (e) {
+      return Promise.reject(e);
     }
     let fd: number;
     try {

@@ -5,7 +5,7 @@
 import crypto from 'node:crypto';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Session } from '../../src/proxy/session.js';
+import { Session, type LiveSession } from '../../src/proxy/session.js';
 import { sendMail, startSink, type Sink } from '../../src/bench/smtpPeers.js';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
 import { MB, fdCount, settledHeap, waitUntil } from '../helpers/leak.js';
@@ -20,7 +20,7 @@ let baseHeap = 0;
 let baseArrayBuffers = 0;
 let tagNo = 0;
 /** Every Session etd creates, weakly: after GC, the ones still reachable are leaked. */
-let sessionRefs: Array<WeakRef<Session>> = [];
+let sessionRefs: Array<WeakRef<LiveSession>> = [];
 let socketRefs: Array<WeakRef<net.Socket>> = [];
 let tracked = 0;
 /** Figures per scenario, printed at the end (docs/reliability.md quotes them). */
@@ -39,10 +39,11 @@ function doc(over: { action?: string; window?: string } = {}): Record<string, un
 function census(t: TestEtd): void {
   const set = t.app.sessions;
   const add = set.add.bind(set);
-  set.add = (s: Session): Set<Session> => {
+  set.add = (s: LiveSession): Set<LiveSession> => {
     tracked++;
     sessionRefs.push(new WeakRef(s));
-    socketRefs.push(new WeakRef(s.client));
+    // Node-engine sessions own a client socket; native ones own none (the engine holds the fd).
+    if (s instanceof Session) socketRefs.push(new WeakRef(s.client));
     return add(s);
   };
 }

@@ -1,4 +1,4 @@
-// Unprivileged checks of the native addon loader and surface: it loads, exports exactly three functions, rejects bad arguments cleanly.
+// Unprivileged checks of the native addon loader and surface: it loads, exports exactly the typed functions (transparent + engine), rejects bad arguments cleanly.
 
 import { readdirSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { EtdError, isEtdError } from '../../src/errors.js';
+import { ENGINE_FUNCTIONS, loadEngine } from '../../src/native/engine.js';
 import {
   TRANSPARENT_FUNCTIONS,
   TransparentSyscallError,
@@ -48,8 +49,9 @@ describe('native addon loader', () => {
     expect(addonCandidates()[0]).toBe(loadedAddonPath());
   });
 
-  it('the binary and the wrapper expose exactly the three functions', () => {
-    expect(Object.keys(raw()).sort()).toEqual([...TRANSPARENT_FUNCTIONS]);
+  it('the binary exposes exactly the typed functions; each wrapper exactly its own', () => {
+    expect(Object.keys(raw()).sort()).toEqual([...TRANSPARENT_FUNCTIONS, ...ENGINE_FUNCTIONS].sort());
+    expect(Object.keys(loadEngine()).sort()).toEqual([...ENGINE_FUNCTIONS].sort());
     const addon = loadTransparent();
     expect(Object.keys(addon).sort()).toEqual([...TRANSPARENT_FUNCTIONS]);
     for (const name of TRANSPARENT_FUNCTIONS) expect(typeof addon[name]).toBe('function');

@@ -1,0 +1,185 @@
+// The process's one native session engine (docs/engine.md): started with the first user, stopped with the last; routes its events.
+//
+// The engine is a singleton in the addon, and several Apps may run in one process (tests), so
+// users are counted. Listener ids and policy profiles are handed out here. Every event of a
+// batch is handled on its own: a handler that throws is logged and the rest of the batch goes on.
+
+import type { Logger } from 'pino';
+import {
+  EV_ACCEPT,
+  EV_END,
+  EV_ERROR,
+  EV_EXPIRED,
+  EV_GONE,
+  EV_GREETING,
+  EV_TALK,
+  EV_UPSTREAM_FAILED,
+  loadEngine,
+  type EngineAddon,
+  type EngineEvent,
+} from '../native/engine.js';
+import type { SessionPolicy } from './session.js';
+
+/** A connection the engine accepted: it waits for a command in the same turn. */
+export interface NativeAccept {
+  readonly eid: number;
+  readonly family: 4 | 6;
+  readonly peerAddress: string;
+  readonly peerPort: number;
+  readonly localAddress: string;
+  readonly localPort: number;
+}
+
+/** A listener's side of the engine. `accepted` must give the connection a command before it returns. */
+export interface EngineListener {
+  accepted(a: NativeAccept): void;
+  failed(syscall: string, code: string): void;
+}
+
+/** A session's side of the engine: one method per event (docs/engine.md, Events). */
+export interface EngineSession {
+  talkedEarly(afterMs: number, evidence: Buffer, bytes: number): void;
+  gone(cause: string): void;
+  expired(heldMs: number): void;
+  upstreamFailed(stage: 'connect' | 'greeting', code: string, elapsedMs: number): void;
+  greeted(code: string, connectMs: number, relaying: boolean): void;
+  ended(cause: string, bytesFromClient: number, bytesToClient: number): void;
+}
+
+export class EngineDriver {
+  readonly addon: EngineAddon;
+  private users = 0;
+  private readonly sessions = new Map<number, EngineSession>();
+  private readonly listeners = new Map<number, EngineListener>();
+  private nextListenerId = 1;
+  private readonly profiles = new Map<string, number>();
+  private log: Logger | undefined;
+  private readonly onEvents = (batch: EngineEvent[]): void => this.dispatch(batch);
+
+  constructor(addon: EngineAddon = loadEngine()) {
+    this.addon = addon;
+  }
+
+  /** Starts the engine for its first user. */
+  acquire(log: Logger): void {
+    this.log ??= log;
+    if (this.users++ === 0) this.addon.engineStart(this.onEvents);
+  }
+
+  /** Stops the engine when its last user is done (every fd it still owns is closed). */
+  release(): void {
+    if (this.users === 0) return;
+    if (--this.users > 0) return;
+    this.addon.engineStop();
+    this.sessions.clear();
+    this.listeners.clear();
+    this.profiles.clear();
+    this.log = undefined;
+  }
+
+  /** Hands a bound, listening fd to the engine; returns the listener id for unlisten. */
+  listen(fd: number, listener: EngineListener): number {
+    const id = this.nextListenerId++;
+    this.listeners.set(id, listener);
+    try {
+      this.addon.engineListen(fd, id);
+    } catch (e) {
+      this.listeners.delete(id);
+      throw e;
+    }
+    return id;
+  }
+
+  unlisten(id: number): void {
+    if (!this.listeners.delete(id)) return;
+    this.addon.engineUnlisten(id);
+  }
+
+  attach(eid: number, s: EngineSession): void {
+    this.sessions.set(eid, s);
+  }
+
+  /** The session needs no more events (it has ended, or gave the connection a final command). */
+  detach(eid: number): void {
+    this.sessions.delete(eid);
+  }
+
+  /** The engine profile for a policy (what the engine applies on its own: early-talk action, idle timeouts, the guard). */
+  profile(p: SessionPolicy): number {
+    const action = p.action === 'reject' ? 1 : 0;
+    const strip = p.stripPipeconnect ? 1 : 0;
+    const key = `${action}|${p.clientIdleMs}|${p.serverIdleMs}|${strip}|${p.rejectReply}`;
+    let idx = this.profiles.get(key);
+    if (idx === undefined) {
+      idx = this.profiles.size;
+      this.addon.engineProfile(idx, action, `${p.rejectReply}\r\n`, p.clientIdleMs, p.serverIdleMs, strip);
+      this.profiles.set(key, idx);
+    }
+    return idx;
+  }
+
+  get liveSessions(): number {
+    return this.sessions.size;
+  }
+
+  private dispatch(batch: EngineEvent[]): void {
+    for (const ev of batch) {
+      try {
+        this.handle(ev);
+      } catch (err) {
+        this.log?.error({ err, event: ev[0], id: ev[1] }, 'native engine event handler failed');
+      }
+    }
+  }
+
+  private handle(ev: EngineEvent): void {
+    switch (ev[0]) {
+      case EV_ACCEPT: {
+        const [, eid, listenerId, family, peerAddress, peerPort, localAddress, localPort] = ev;
+        const l = this.listeners.get(listenerId);
+        if (!l) {
+          this.addon.engineDrop(eid);
+          return;
+        }
+        try {
+          l.accepted({ eid, family, peerAddress, peerPort, localAddress, localPort });
+        } catch (err) {
+          // Never leave an accepted connection without a command: it would be held forever.
+          this.sessions.delete(eid);
+          this.addon.engineDrop(eid);
+          throw err;
+        }
+        return;
+      }
+      case EV_TALK:
+        this.sessions.get(ev[1])?.talkedEarly(ev[2], ev[3], ev[4]);
+        return;
+      case EV_GONE:
+        this.sessions.get(ev[1])?.gone(ev[2]);
+        return;
+      case EV_EXPIRED:
+        this.sessions.get(ev[1])?.expired(ev[2]);
+        return;
+      case EV_UPSTREAM_FAILED:
+        this.sessions.get(ev[1])?.upstreamFailed(ev[2], ev[3], ev[4]);
+        return;
+      case EV_GREETING:
+        this.sessions.get(ev[1])?.greeted(ev[2], ev[3], ev[4] === 1);
+        return;
+      case EV_END:
+        this.sessions.get(ev[1])?.ended(ev[2], ev[3], ev[4]);
+        return;
+      case EV_ERROR:
+        this.listeners.get(ev[1])?.failed(ev[2], ev[3]);
+        return;
+    }
+  }
+}
+
+let shared: EngineDriver | undefined;
+
+/** The process's engine driver (loads the addon on first use; throws if it cannot be loaded). */
+export function engineDriver(): EngineDriver {
+  shared ??= new EngineDriver();
+  return shared;
+}

@@ -34,6 +34,10 @@ export interface CpuSummary {
 
 /** Where a proxied session's work starts: a function (and a piece of its script URL) and what it stands for. */
 const PHASES: ReadonlyArray<{ name: string; fn: string; url: string }> = [
+  // Native engine (default): one batch of events per wakeup, handled by the driver.
+  { name: 'native engine: event batches (accept, expiry, greeting, end → decisions)', fn: 'dispatch', url: 'engineDriver' },
+  { name: 'native engine: window expiry → server choice → engineConnect', fn: 'connectNext', url: 'nativeSession' },
+  // Node sockets (engine: node).
   { name: 'accept: new connection (Node socket + etd session)', fn: 'onconnection', url: 'node:net' },
   { name: 'window expiry: hold queue → upstream connect', fn: 'expire', url: 'holdQueue' },
   { name: 'upstream connect completed', fn: 'afterConnect', url: 'node:net' },

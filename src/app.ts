@@ -115,6 +115,13 @@ export class App {
     };
   }
 
+  /** What the native engine owns now, or null when no listener runs on it. */
+  engineCounts(): { connections: number; fds: number } | null {
+    if (!this.engine) return null;
+    const c = this.engine.addon.engineCounts();
+    return { connections: c.connections, fds: c.fds };
+  }
+
   listenerList(): readonly Listener[] {
     return [...this.listeners.values()];
   }

@@ -14,6 +14,7 @@ export const StatusBody = Type.Object({
     Type.Object({
       name: ListenerSchema.properties.name,
       mode: ListenerSchema.properties.mode,
+      engine: ListenerSchema.properties.engine,
       addresses: Type.Array(Type.String(), { description: 'bound addresses (address:port)' }),
     }),
   ),
@@ -22,6 +23,16 @@ export const StatusBody = Type.Object({
     relaying: Type.Integer({ description: 'relayed to a backend now' }),
     total: Type.Integer({ description: 'all open sessions (held, connecting, relaying, closing)' }),
   }),
+  engine: Type.Union(
+    [
+      Type.Object({
+        connections: Type.Integer({ description: 'client connections the native engine owns (held, relaying, or finishing a reply)' }),
+        fds: Type.Integer({ description: 'file descriptors it owns (listeners, clients, upstreams)' }),
+      }),
+      Type.Null(),
+    ],
+    { description: 'the native session engine (docs/engine.md); null when no listener uses it' },
+  ),
   backends: Type.Object({ up: Type.Integer(), total: Type.Integer() }),
   stress: Type.Object(
     {
@@ -62,9 +73,11 @@ export const statusRoutes: RoutePlugin = async (api, deps) => {
         listeners: app.listenerList().map((l) => ({
           name: l.config.name,
           mode: l.config.mode,
+          engine: l.config.engine,
           addresses: l.addresses().map((a) => fmt(a.address, a.port)),
         })),
         connections: { held: app.stats.held, relaying: app.stats.relaying, total: app.sessions.size },
+        engine: app.engineCounts(),
         backends: { up: servers.filter((s) => s.state === 'up').length, total: servers.length },
         stress: stressView(app),
       };

@@ -130,6 +130,14 @@ export class Metrics {
         this.set(stats.relaying);
       },
     });
+    new Gauge({
+      name: 'etd_engine_fds',
+      help: 'file descriptors the native session engine owns now (listeners, clients, upstreams; 0 without it)',
+      registers,
+      collect() {
+        this.set(app.engineCounts()?.fds ?? 0);
+      },
+    });
     const pool = app.pool;
     new Gauge({
       name: 'etd_backend_up',

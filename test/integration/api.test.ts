@@ -635,6 +635,8 @@ describe('metrics and health', () => {
       expect(stats.bytes.fromClient).toBeGreaterThan(100);
       expect(m.get('etd_held_connections{}')).toBe(stats.now.held);
       expect(m.get('etd_held_connections{}')).toBe(1);
+      // The held client and the listener are the native engine's fds.
+      expect(m.get('etd_engine_fds{}')).toBe(2);
       expect(m.get('etd_sessions_active{}')).toBe(stats.now.relaying);
       expect(m.get('etd_upstream_connect_seconds_count{server="s1"}')).toBe(2);
       expect(m.get('etd_backend_up{server="s1"}')).toBe(1);

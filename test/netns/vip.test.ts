@@ -127,6 +127,23 @@ describe.skipIf(skip)('vip mode in the lab', () => {
     expect(after.routes.trim()).toBe('');
   }, 90_000);
 
+  it('engine: node (Node sockets, as a teaser or action: log use) also connects from the client address (IPv4 and IPv6)', async () => {
+    const file = configFor(lab);
+    fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replaceAll('mode: vip }', 'mode: vip, engine: node }'));
+    const etd = await start(file);
+    expect(etd.lines.filter((l) => l.msg === 'listening').map((l) => l.engine)).toEqual(['node', 'node']);
+    for (const [family, client, gw] of [
+      ['v4', lab.v4.client, lab.v4.gatewayClientSide],
+      ['v6', lab.v6.client, lab.v6.gatewayClientSide],
+    ] as const) {
+      const before = recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === client).length;
+      const out = await swaks(lab, gw);
+      expect(out, `${family}: ${out}`).toMatch(/<- +250 Queued/);
+      await recorder.waitFor(() => recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === client).length > before, 5000);
+    }
+    expect(await stop(etd)).toBe(0);
+  }, 60_000);
+
   it('re-applies its rules when something flushes them while it runs (nftables restart)', async () => {
     const etd = await start(configFor(lab, 'netfilter: { watch: 500ms }'));
     await lab.exec(lab.ns.gateway, 'nft', ['flush', 'ruleset']);

@@ -66,6 +66,12 @@ async function backToBaseline(label: string, connections: number): Promise<void>
   expect((app as unknown as { perClient: Map<string, number> }).perClient.size).toBe(0);
   await waitUntil(`${label}: backend connections to close (${sink.open.size} open)`, () => sink.open.size === 0, 15_000);
   await waitUntil(() => `${label}: fds back to ${baseFds} ± 5 (now ${fdCount()})`, () => fdCount() <= baseFds + 5, 15_000);
+  // The native engine owns nothing but the listener's fd (replies it lingers on are done too).
+  await waitUntil(
+    () => `${label}: native engine back to its listener (${JSON.stringify(app.engineCounts())})`,
+    () => app.engineCounts()?.connections === 0 && app.engineCounts()?.fds === 1,
+    15_000,
+  );
   // The summaries are the test's own record, not etd's memory.
   etd.summaries.length = 0;
   const heap = await settledHeap();

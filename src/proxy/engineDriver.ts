@@ -53,6 +53,8 @@ export class EngineDriver {
   private readonly listeners = new Map<number, EngineListener>();
   private nextListenerId = 1;
   private readonly profiles = new Map<string, number>();
+  /** Policies are built once per config (and reload), so a session finds its profile with one lookup. */
+  private byPolicy = new WeakMap<SessionPolicy, number>();
   private log: Logger | undefined;
   private readonly onEvents = (batch: EngineEvent[]): void => this.dispatch(batch);
 
@@ -74,6 +76,7 @@ export class EngineDriver {
     this.sessions.clear();
     this.listeners.clear();
     this.profiles.clear();
+    this.byPolicy = new WeakMap();
     this.log = undefined;
   }
 
@@ -106,6 +109,8 @@ export class EngineDriver {
 
   /** The engine profile for a policy (what the engine applies on its own: early-talk action, idle timeouts, the guard). */
   profile(p: SessionPolicy): number {
+    const known = this.byPolicy.get(p);
+    if (known !== undefined) return known;
     const action = p.action === 'reject' ? 1 : 0;
     const strip = p.stripPipeconnect ? 1 : 0;
     const key = `${action}|${p.clientIdleMs}|${p.serverIdleMs}|${strip}|${p.rejectReply}`;
@@ -115,6 +120,7 @@ export class EngineDriver {
       this.addon.engineProfile(idx, action, `${p.rejectReply}\r\n`, p.clientIdleMs, p.serverIdleMs, strip);
       this.profiles.set(key, idx);
     }
+    this.byPolicy.set(p, idx);
     return idx;
   }
 

@@ -295,30 +295,23 @@ export class App {
 
   /** The summary of a denied client (access list or deny cache: 554 5.7.1 and close, or drop). */
   private denied(ctx: SessionContext, address: string, port: number, cause: 'access_deny' | 'deny_cache'): void {
-    this.recordEnd(ctx.log, {
-      id: 0,
-      listener: ctx.listener,
-      client: fmt(address, port),
-      clientAddress: address,
-      verdict: 'denied',
-      attempts: 0,
-      heldMs: 0,
-      durationMs: 0,
-      bytesFromClient: 0,
-      bytesToClient: 0,
-      cause,
-    });
+    this.endedAtAccept(ctx, address, port, 'denied', cause);
   }
 
   /** The summary of a connection refused by a limit (421 and close). */
   private refused(ctx: SessionContext, address: string, port: number, cause: 'max_connections' | 'max_held' | 'per_client'): void {
     this.stats.limits[cause]++;
+    this.endedAtAccept(ctx, address, port, 'limit', cause);
+  }
+
+  /** A connection answered at accept, before any session existed: its summary line. */
+  private endedAtAccept(ctx: SessionContext, address: string, port: number, verdict: 'denied' | 'limit', cause: string): void {
     this.recordEnd(ctx.log, {
       id: 0,
       listener: ctx.listener,
       client: fmt(address, port),
       clientAddress: address,
-      verdict: 'limit',
+      verdict,
       attempts: 0,
       heldMs: 0,
       durationMs: 0,

@@ -8,12 +8,8 @@ import type { Server } from '../backend/pool.js';
 import { Attempts } from './attempts.js';
 import type { EngineDriver, EngineSession, NativeAccept } from './engineDriver.js';
 import { connectFailureCause } from './upstream.js';
-import { escapeBytes, type Verdict } from './verdict.js';
-import { nextSessionId, type LiveSession, type Phase, type SessionContext, type SessionPolicy, type SessionSummary } from './session.js';
-
-function hostPort(address: string, port: number): string {
-  return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
-}
+import type { Verdict } from './verdict.js';
+import { nextSessionId, summaryOf, type LiveSession, type Phase, type SessionContext, type SessionPolicy } from './session.js';
 
 /** The summary's cause for an upstream failure reported by the engine (the Node engine's words). */
 export function upstreamFailureCause(stage: 'connect' | 'greeting', code: string): string {
@@ -160,10 +156,7 @@ export class NativeSession implements LiveSession, EngineSession {
   }
 
   private connectNext(): void {
-    const a = (this.attempts ??= new Attempts(this.ctx, this.policy, this.family, () => ({
-      address: this.conn.localAddress,
-      port: this.conn.localPort,
-    })));
+    const a = (this.attempts ??= this.newAttempts());
     this.phase = 'connecting';
     // A synchronous failure (no privilege, wrong family, an immediate refusal) is a failed attempt like any other.
     for (;;) {
@@ -201,6 +194,12 @@ export class NativeSession implements LiveSession, EngineSession {
     }
   }
 
+  /** Created at the first attempt: a session that never gets there (early talk, hang-up) needs none. */
+  private newAttempts(): Attempts {
+    // Intercept mode: the accepted connection's local end is the address the client dialled.
+    return new Attempts(this.ctx, this.policy, this.family, () => ({ address: this.conn.localAddress, port: this.conn.localPort }));
+  }
+
   private retryOrGiveUp(cause: string, err: unknown): void {
     const a = this.attempts!;
     if (a.failed(cause, err)) this.connectNext();
@@ -223,28 +222,25 @@ export class NativeSession implements LiveSession, EngineSession {
     this.phase = 'closed';
     this.engine.detach(this.eid);
     this.attempts?.release();
-    const a = this.attempts;
-    const summary: SessionSummary = {
+    const summary = summaryOf({
       id: this.id,
       listener: this.ctx.listener,
-      client: hostPort(this.clientAddress, this.clientPort),
       clientAddress: this.clientAddress,
+      clientPort: this.clientPort,
       verdict,
-      ...(this.talkedAfterMs !== undefined
-        ? { action: this.policy.action, talkedAfterMs: this.talkedAfterMs, earlyBytes: escapeBytes(this.evidence ?? Buffer.alloc(0)) }
-        : {}),
-      ...(a?.target ? { server: a.server?.name ?? 'original', serverAddress: hostPort(a.target.address, a.target.port) } : {}),
-      ...(this.greeting ? { greeting: this.greeting } : {}),
-      ...(this.connectMs !== undefined ? { connectMs: this.connectMs } : {}),
-      ...(this.skipped ? { skipped: this.skipped } : {}),
-      attempts: a?.count ?? 0,
-      heldMs: Math.round(this.heldMs),
-      durationMs: Math.round(performance.now() - this.started),
+      cause,
+      action: this.policy.action,
+      talkedAfterMs: this.talkedAfterMs,
+      evidence: this.evidence,
+      attempts: this.attempts,
+      greeting: this.greeting,
+      connectMs: this.connectMs,
+      skipped: this.skipped,
+      heldMs: this.heldMs,
+      started: this.started,
       bytesFromClient: this.finalFrom,
       bytesToClient: this.finalTo,
-      cause,
-      ...(a?.hint ? { hint: a.hint } : {}),
-    };
+    });
     this.ctx.sessionEnded(this, summary);
   }
 }

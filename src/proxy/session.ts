@@ -55,6 +55,58 @@ export interface SessionSummary {
   readonly hint?: string;
 }
 
+/** What a session knows when it ends; `summaryOf` turns it into the summary line (both engines). */
+export interface SummaryFacts {
+  readonly id: number;
+  readonly listener: string;
+  readonly clientAddress: string;
+  readonly clientPort: number;
+  readonly verdict: Verdict;
+  readonly cause: string;
+  readonly action: string;
+  readonly talkedAfterMs: number | undefined;
+  readonly evidence: Buffer | undefined;
+  /** Undefined when no attempt was made (early talk or hang-up in the window). */
+  readonly attempts: Attempts | undefined;
+  readonly greeting: string | undefined;
+  readonly connectMs: number | undefined;
+  readonly skipped: string | undefined;
+  readonly heldMs: number;
+  readonly started: number;
+  readonly bytesFromClient: number;
+  readonly bytesToClient: number;
+}
+
+function hostPort(address: string, port: number): string {
+  return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
+/** The one summary line of a session (the operator's tcplog); optional fields only when they apply. */
+export function summaryOf(f: SummaryFacts): SessionSummary {
+  const a = f.attempts;
+  return {
+    id: f.id,
+    listener: f.listener,
+    client: hostPort(f.clientAddress, f.clientPort),
+    clientAddress: f.clientAddress,
+    verdict: f.verdict,
+    ...(f.talkedAfterMs !== undefined
+      ? { action: f.action, talkedAfterMs: f.talkedAfterMs, earlyBytes: escapeBytes(f.evidence ?? Buffer.alloc(0)) }
+      : {}),
+    ...(a?.target ? { server: a.server?.name ?? 'original', serverAddress: hostPort(a.target.address, a.target.port) } : {}),
+    ...(f.greeting ? { greeting: f.greeting } : {}),
+    ...(f.connectMs !== undefined ? { connectMs: f.connectMs } : {}),
+    ...(f.skipped ? { skipped: f.skipped } : {}),
+    attempts: a?.count ?? 0,
+    heldMs: Math.round(f.heldMs),
+    durationMs: Math.round(performance.now() - f.started),
+    bytesFromClient: f.bytesFromClient,
+    bytesToClient: f.bytesToClient,
+    cause: f.cause,
+    ...(a?.hint ? { hint: a.hint } : {}),
+  };
+}
+
 /** What the API, the stats and shutdown need of a live session, whichever engine runs it. */
 export interface LiveSession {
   readonly id: number;
@@ -147,10 +199,6 @@ function onDeferredData(this: DeferredSocket, chunk: Buffer): void {
   this.removeListener('data', onDeferredData);
   this.end(reply);
   this.setTimeout(REPLY_LINGER_MS, onLingerTimeout);
-}
-
-function hostPort(address: string, port: number): string {
-  return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
 }
 
 let nextId = 1;
@@ -506,30 +554,25 @@ export class Session implements Holdable, RelayOwner, LiveSession {
     }
     // Ended (also while connecting or before the greeting): the server no longer carries it.
     this.attempts.release();
-    const c = this.client;
-    const summary: SessionSummary = {
+    const summary = summaryOf({
       id: this.id,
       listener: this.ctx.listener,
-      client: hostPort(this.clientAddress, this.clientPort),
       clientAddress: this.clientAddress,
+      clientPort: this.clientPort,
       verdict,
-      ...(this.talkedAfterMs !== undefined
-        ? { action: this.policy.action, talkedAfterMs: this.talkedAfterMs, earlyBytes: escapeBytes(this.evidence ?? Buffer.alloc(0)) }
-        : {}),
-      ...(this.attempts.target
-        ? { server: this.server?.name ?? 'original', serverAddress: hostPort(this.attempts.target.address, this.attempts.target.port) }
-        : {}),
-      ...(this.greeting ? { greeting: this.greeting } : {}),
-      ...(this.connectMs !== undefined ? { connectMs: this.connectMs } : {}),
-      ...(this.skipped ? { skipped: this.skipped } : {}),
-      attempts: this.attempts.count,
-      heldMs: Math.round(this.heldMs),
-      durationMs: Math.round(performance.now() - this.started),
-      bytesFromClient: c.bytesRead,
-      bytesToClient: c.bytesWritten,
       cause,
-      ...(this.attempts.hint ? { hint: this.attempts.hint } : {}),
-    };
+      action: this.policy.action,
+      talkedAfterMs: this.talkedAfterMs,
+      evidence: this.evidence,
+      attempts: this.attempts,
+      greeting: this.greeting,
+      connectMs: this.connectMs,
+      skipped: this.skipped,
+      heldMs: this.heldMs,
+      started: this.started,
+      bytesFromClient: this.client.bytesRead,
+      bytesToClient: this.client.bytesWritten,
+    });
     this.phase = 'closed';
     this.ctx.sessionEnded(this, summary);
   }

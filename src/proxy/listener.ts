@@ -17,8 +17,8 @@ export interface NativeAcceptHandler {
   (conn: NativeAccept, ctx: SessionContext): void;
 }
 
-/** What the operator should do when a listen fails with this errno name. */
-function listenHint(code: string | undefined): string {
+/** What the operator should do when a listen fails with this errno name (undefined: nothing specific). */
+function listenHint(code: string | undefined): string | undefined {
   switch (code) {
     case 'EADDRINUSE':
       return 'another process holds that address and port; stop it or choose another port';
@@ -27,7 +27,7 @@ function listenHint(code: string | undefined): string {
     case 'EADDRNOTAVAIL':
       return 'that address is not configured on this host; use one of its addresses or 0.0.0.0';
     default:
-      return 'check the listener address and port';
+      return undefined;
   }
 }
 
@@ -94,7 +94,8 @@ export class Listener {
             : engine.plainListener(family, b.address, b.port, this.config.backlog, false);
         } catch (err) {
           throw new EtdError('ETD_ERR_LISTEN', `listener ${name}: cannot listen on ${fmt(b.address, b.port)}: ${errnoName(err) ?? (err as Error).message}`, {
-            hint: listenHint(errnoName(err)),
+            // The addon's own message already says what to do (e.g. the capability an EPERM needs).
+            hint: listenHint(errnoName(err)) ?? (err as Error).message,
             cause: err,
           });
         }
@@ -132,7 +133,7 @@ export class Listener {
         const fail = (err: NodeJS.ErrnoException) => {
           reject(
             new EtdError('ETD_ERR_LISTEN', `listener ${this.config.name}: cannot listen on ${fmt(b.address, b.port)}: ${err.code ?? err.message}`, {
-              hint: listenHint(err.code),
+              hint: listenHint(err.code) ?? 'check the listener address and port',
               cause: err,
             }),
           );

@@ -31,3 +31,11 @@ export function skipPrivileged(suite: string): boolean {
   console.warn(`SKIPPED ${suite}: ${why} (these tests run as root; CI runs them)`);
   return true;
 }
+
+/** Like skipPrivileged for a test that needs root but no network namespace. */
+export function skipUnlessRoot(what: string): boolean {
+  if (isRoot) return false;
+  if (inCI) throw new Error(`${what}: cannot run in CI: not running as root. Privileged tests must run in CI.`);
+  console.warn(`SKIPPED ${what}: not running as root (CI runs it as root)`);
+  return true;
+}

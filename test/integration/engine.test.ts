@@ -24,6 +24,7 @@ import {
   type EngineEvent,
 } from '../../src/native/engine.js';
 import { TransparentSyscallError, loadTransparent, loadedAddonPath } from '../../src/native/transparent.js';
+import { skipUnlessRoot } from '../helpers/privileged.js';
 
 const engine = loadEngine();
 type AcceptEvent = Extract<EngineEvent, [typeof EV_ACCEPT, ...unknown[]]>;
@@ -603,7 +604,7 @@ describe('upstream', () => {
     await waitEvent(evFor(EV_END, id));
   });
 
-  it.skipIf(process.getuid?.() !== 0)('with a sourceAddress (root) the backend sees that address as the peer', async () => {
+  it.skipIf(skipUnlessRoot('engine: connect from a sourceAddress'))('with a sourceAddress (root) the backend sees that address as the peer', async () => {
     // 127.0.0.2 is local through the 127/8 route, so no TPROXY rule is needed for the replies.
     let peer: string | undefined;
     const b = await startBackend((s) => {

@@ -24,6 +24,7 @@ import { reloadRoutes } from './routes/reload.js';
 import { sessionRoutes } from './routes/sessions.js';
 import { statsRoutes } from './routes/stats.js';
 import { statusRoutes } from './routes/status.js';
+import { jsonNesting } from './jsonDepth.js';
 
 export interface ApiDeps {
   readonly app: App;
@@ -151,6 +152,8 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
   const routes: RouteRecord[] = [];
   let openapiDoc: unknown;
 
+  /** Deeper JSON bodies are refused with 400 (none of etd's request bodies nests more than 3 levels). */
+  const MAX_JSON_NESTING = 32;
   const api = Fastify({
     logger: false,
     bodyLimit: BODY_LIMIT,
@@ -163,6 +166,18 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
 
   // Bodies are JSON; fastify's default text/plain parser would turn a form-ish body into a string.
   api.removeContentTypeParser('text/plain');
+  // JSON bodies keep fastify's own parser (prototype-poisoning checks included) behind a depth
+  // limit: a body nested thousands of levels deep would overflow the validator's stack (a 500).
+  const parseJson = api.getDefaultJsonParser('error', 'error');
+  api.removeContentTypeParser('application/json');
+  api.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+    const text = typeof body === 'string' ? body : body.toString('utf8');
+    if (jsonNesting(text, MAX_JSON_NESTING) > MAX_JSON_NESTING) {
+      done(Object.assign(new Error(`the JSON body nests deeper than ${MAX_JSON_NESTING} levels; etd's request bodies are flat objects`), { statusCode: 400 }), undefined);
+      return;
+    }
+    parseJson(req, text, done);
+  });
   api.setValidatorCompiler(typeboxValidatorCompiler);
   // Response schemas document the API (and type the handlers); they must not silently drop
   // fields the way fast-json-stringify does with undeclared properties.

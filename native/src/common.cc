@@ -272,4 +272,27 @@ bool FormatAddress(const sockaddr_storage& ss, int* family, std::string* address
   return false;
 }
 
+
+int OpenListener(Napi::Env env, int family, const std::string& address, int port, int backlog, bool transparent,
+                 bool v6only) {
+  sockaddr_storage ss;
+  socklen_t len;
+  if (!ParseAddress(env, family, address, port, &ss, &len)) return -1;
+  int raw;
+  if (!OpenSocket(env, family, address, &raw)) return -1;
+  FdGuard fd(raw);
+  if (!SetIntOpt(env, fd.get(), SOL_SOCKET, SO_REUSEADDR, "SO_REUSEADDR", 1, family, address)) return -1;
+  if (transparent && !SetTransparent(env, fd.get(), family, address)) return -1;
+  if (family == 6 && !SetIntOpt(env, fd.get(), SOL_IPV6, IPV6_V6ONLY, "IPV6_V6ONLY", v6only ? 1 : 0, family, address))
+    return -1;
+  if (!Bind(env, fd.get(), ss, len, family, address, port, true)) return -1;
+  if (listen(fd.get(), backlog) != 0) {
+    int err = errno;
+    ThrowSys(env, err, "listen", Hint(err, "listen", family, address, port, true),
+             Where{HostPort(family, address, port), &address, port});
+    return -1;
+  }
+  return fd.release();
+}
+
 }  // namespace etd

@@ -1947,24 +1947,8 @@ Napi::Value PlainListener(const Napi::CallbackInfo& info) {
       !GetInt(info, 3, kPlainListenerSig, "backlog", 1, 2147483647.0, &backlog) ||
       !GetBool(info, 4, kPlainListenerSig, "v6only", &v6only))
     return env.Undefined();
-  sockaddr_storage ss;
-  socklen_t len;
-  if (!ParseAddress(env, family, address, static_cast<int>(port), &ss, &len)) return env.Undefined();
-  int raw;
-  if (!OpenSocket(env, family, address, &raw)) return env.Undefined();
-  FdGuard fd(raw);
-  if (!SetIntOpt(env, fd.get(), SOL_SOCKET, SO_REUSEADDR, "SO_REUSEADDR", 1, family, address)) return env.Undefined();
-  if (family == 6 && !SetIntOpt(env, fd.get(), SOL_IPV6, IPV6_V6ONLY, "IPV6_V6ONLY", v6only ? 1 : 0, family, address))
-    return env.Undefined();
-  if (!Bind(env, fd.get(), ss, len, family, address, static_cast<int>(port), true)) return env.Undefined();
-  if (listen(fd.get(), static_cast<int>(backlog)) != 0) {
-    int err = errno;
-    int p = static_cast<int>(port);
-    ThrowSys(env, err, "listen", Hint(err, "listen", family, address, p, true),
-             Where{HostPort(family, address, p), &address, p});
-    return env.Undefined();
-  }
-  return Napi::Number::New(env, fd.release());
+  int fd = OpenListener(env, family, address, static_cast<int>(port), static_cast<int>(backlog), false, v6only);
+  return fd < 0 ? env.Undefined() : Napi::Number::New(env, fd);
 }
 
 }  // namespace

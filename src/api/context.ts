@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import type { App } from '../app.js';
 import type { Metrics } from '../metrics.js';
 import type { EventRing, SseStream } from './events.js';
+import type { SecondRing } from './history.js';
 import type { TypeBoxProvider } from './validation.js';
 
 declare module 'fastify' {
@@ -33,6 +34,10 @@ export type RouteDeps = {
   /** Re-reads and applies the config file; throws an EtdError (ETD_ERR_CONFIG_*) and changes nothing on a bad file. */
   readonly reload: () => Promise<void>;
   readonly events: EventRing;
+  /** Per-second aggregates of the last hour (GET /v1/history, the dashboard's charts). */
+  readonly history: SecondRing;
+  /** The config file, for the doctor's fix commands ("FILE" when unknown). */
+  readonly configFile: string;
   readonly metrics: Metrics;
   /** Live SSE streams, so shutdown can end them (they would otherwise hold the server open). */
   readonly streams: Set<SseStream>;

@@ -11,6 +11,7 @@ import { EtdError, describeError } from '../errors.js';
 import { Metrics } from '../metrics.js';
 import { ApiError, type RouteDeps } from './context.js';
 import { EventRing, type SseStream } from './events.js';
+import { SecondRing } from './history.js';
 import { buildOpenApi, type RouteRecord } from './openapi.js';
 import { typeboxValidatorCompiler, type TypeBoxProvider } from './validation.js';
 import { accessRoutes } from './routes/access.js';
@@ -24,6 +25,10 @@ import { reloadRoutes } from './routes/reload.js';
 import { sessionRoutes } from './routes/sessions.js';
 import { statsRoutes } from './routes/stats.js';
 import { statusRoutes } from './routes/status.js';
+import { historyRoutes } from './routes/history.js';
+import { clientRoutes } from './routes/clients.js';
+import { doctorRoutes } from './routes/doctor.js';
+import { uiRoutes } from './routes/ui.js';
 import { jsonNesting } from './jsonDepth.js';
 
 export interface ApiDeps {
@@ -32,6 +37,8 @@ export interface ApiDeps {
   readonly log: Logger;
   /** Re-reads the config file, validates, applies; throws EtdError ETD_ERR_CONFIG_* leaving the running config. */
   reload(): Promise<void>;
+  /** The config file, named in the doctor's fix commands (`etd rules apply -c FILE`). */
+  readonly configFile?: string;
   /** Tuning, mostly for tests; the defaults suit production. */
   readonly options?: ApiOptions;
 }
@@ -45,6 +52,8 @@ export interface ApiOptions {
   readonly sseHeartbeatMs?: number;
   /** Concurrent event streams (default 32). */
   readonly sseMaxClients?: number;
+  /** Seconds of per-second aggregates kept for GET /v1/history and the dashboard (default 3600). */
+  readonly historySeconds?: number;
   /** Node process metrics on /metrics (default true). */
   readonly processMetrics?: boolean;
 }
@@ -146,7 +155,18 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
   const events = new EventRing(o.eventCapacity ?? 1000);
   let closed = false;
   // App has no way to remove an observer, so a closed API just stops recording.
-  deps.app.observe({ sessionEnded: (s) => (closed ? undefined : void events.push(s)) });
+  // The last hour per second: sessions as they end, the live counts sampled each second.
+  const history = new SecondRing((o.historySeconds ?? 3600) + 1);
+  deps.app.observe({
+    sessionEnded: (s) => {
+      if (closed) return;
+      events.push(s);
+      history.record(Date.now(), s);
+    },
+  });
+  const sampler = setInterval(() => history.sample(Date.now(), deps.app.stats.held, deps.app.stats.relaying), 1000);
+  sampler.unref();
+  history.sample(Date.now(), deps.app.stats.held, deps.app.stats.relaying);
   const metrics = new Metrics(deps.app, { version: deps.version, processMetrics: o.processMetrics ?? true });
   const streams = new Set<SseStream>();
   const routes: RouteRecord[] = [];
@@ -239,6 +259,8 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
     log,
     reload: () => deps.reload(),
     events,
+    history,
+    configFile: deps.configFile ?? 'FILE',
     metrics,
     streams,
     sse: {
@@ -248,13 +270,30 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
     },
     openapi: () => (openapiDoc ??= buildOpenApi(routes, { version: deps.version, bearer: token !== undefined })),
   };
-  for (const plugin of [statusRoutes, statsRoutes, backendRoutes, sessionRoutes, eventRoutes, cacheRoutes, accessRoutes, reloadRoutes, configRoutes, metricsRoutes, healthRoutes]) {
+  for (const plugin of [
+    statusRoutes,
+    statsRoutes,
+    historyRoutes,
+    backendRoutes,
+    sessionRoutes,
+    eventRoutes,
+    cacheRoutes,
+    accessRoutes,
+    clientRoutes,
+    reloadRoutes,
+    configRoutes,
+    doctorRoutes,
+    metricsRoutes,
+    healthRoutes,
+    uiRoutes,
+  ]) {
     await api.register(plugin, routeDeps);
   }
   api.get('/openapi.json', { schema: { hide: true, public: true } }, async () => routeDeps.openapi());
 
   const fail = async (e: unknown): Promise<never> => {
     closed = true;
+    clearInterval(sampler);
     metrics.close();
     await api.close().catch(() => undefined);
     throw e;
@@ -292,6 +331,7 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
     async close() {
       if (closed) return;
       closed = true;
+      clearInterval(sampler);
       metrics.close();
       await api.close();
     },

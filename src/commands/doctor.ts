@@ -28,7 +28,8 @@ export function formatFindings(findings: readonly Finding[]): string[] {
   return lines;
 }
 
-function verdictLine(findings: readonly Finding[]): string {
+/** One sentence on the findings as a whole: what etd run would do with them. */
+export function verdictLine(findings: readonly Finding[]): string {
   const s = summarize(findings);
   const critical = criticalFailures(findings);
   const head = `${s.FAIL} FAIL, ${s.WARN} WARN, ${s.OK} OK`;

@@ -80,7 +80,7 @@ export async function runCommand(file: string): Promise<number> {
   let api: ApiHandle | undefined;
   if (config.api.enabled) {
     try {
-      api = await startApi(config.api, { app: handle.app, version: VERSION, log, reload });
+      api = await startApi(config.api, { app: handle.app, version: VERSION, log, reload, configFile: file });
       log.info({ url: api.url }, 'management API listening');
     } catch (e) {
       await handle.stop();

@@ -50,7 +50,8 @@ function text(c: Cidr): string {
   return `${formatAddress(c.family, c.network)}/${c.prefix}`;
 }
 
-function view(e: AccessEntry): AccessEntryBody {
+/** An access entry as the API shows it. */
+export function accessView(e: AccessEntry): AccessEntryBody {
   return { cidr: text(e.cidr), list: e.list, source: e.source };
 }
 
@@ -68,7 +69,7 @@ export const accessRoutes: RoutePlugin = async (api, deps) => {
   api.get(
     '/v1/access',
     { schema: { summary: 'the allow and deny lists, in match order', tags: ['access'], response: { 200: AccessListBody } } },
-    async (): Promise<AccessListBody> => ({ denyAction: deps.app.currentConfig.access.denyAction, entries: access.list().map(view) }),
+    async (): Promise<AccessListBody> => ({ denyAction: deps.app.currentConfig.access.denyAction, entries: access.list().map(accessView) }),
   );
 
   api.post(
@@ -95,7 +96,7 @@ export const accessRoutes: RoutePlugin = async (api, deps) => {
       const replaced = same.length > 0;
       deps.log.info({ cidr: text(c), list: req.body.list, replaced }, `access entry ${text(c)} (${req.body.list}) added through the API`);
       void reply.code(replaced ? 200 : 201);
-      return { ...view(added), replaced, persisted: store.healthy };
+      return { ...accessView(added), replaced, persisted: store.healthy };
     },
   );
 

@@ -30,6 +30,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EtdError } from '../errors.js';
+import { PACKAGE_ROOT } from '../paths.js';
 
 /** The transparent-socket surface. Argument type errors throw TypeError, range errors RangeError; failed syscalls throw TransparentSyscallError. */
 export interface TransparentAddon {
@@ -80,7 +81,7 @@ export class TransparentSyscallError extends EtdError {
   }
 }
 
-const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const packageRoot = PACKAGE_ROOT;
 const ADDON_FILE = 'etd_transparent.node';
 
 /**

@@ -1,10 +1,10 @@
-// Runs the built CLI (dist/cli.js) as a child process and follows its JSON log lines.
+// Runs the built CLI (dist/src/cli.js) as a child process and follows its JSON log lines.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
-export const CLI = path.join(__dirname, '../../dist/cli.js');
+export const CLI = path.join(__dirname, '../../dist/src/cli.js');
 
 export function assertBuilt(): void {
   if (!fs.existsSync(CLI)) throw new Error(`${CLI} is missing: run "npm run build" first (npm test does)`);

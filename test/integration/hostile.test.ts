@@ -6,7 +6,7 @@ import crypto from 'node:crypto';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Session, type LiveSession } from '../../src/proxy/session.js';
-import { sendMail, startSink, type Sink } from '../../src/bench/smtpPeers.js';
+import { sendMail, startSink, type Sink } from '../../bench/smtpPeers.js';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
 import { MB, fdCount, settledHeap, waitUntil } from '../helpers/leak.js';
 

@@ -2,8 +2,8 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Type } from '@sinclair/typebox';
+import { PACKAGE_ROOT } from '../../paths.js';
 import { ApiError, ErrorBody, type RoutePlugin } from '../context.js';
 
 const TYPES: Record<string, string> = {
@@ -19,13 +19,8 @@ const TYPES: Record<string, string> = {
  */
 const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/** dist/ui next to the built code, wherever the package's build puts this file (found by walking up to package.json). */
-export function uiDirectory(from = path.dirname(fileURLToPath(import.meta.url))): string | undefined {
-  for (let dir = from; ; dir = path.dirname(dir)) {
-    if (fs.existsSync(path.join(dir, 'package.json'))) return path.join(dir, 'dist', 'ui');
-    if (path.dirname(dir) === dir) return undefined;
-  }
-}
+/** Where `npm run build` puts the dashboard (scripts/build-ui.mjs). */
+export const UI_DIRECTORY = path.join(PACKAGE_ROOT, 'dist', 'ui');
 
 interface Asset {
   readonly body: Buffer;
@@ -33,9 +28,9 @@ interface Asset {
 }
 
 /** The built files, read once: the set is fixed at build time and small (≈ 100 kB). */
-function loadAssets(dir: string | undefined): Map<string, Asset> {
+function loadAssets(dir: string): Map<string, Asset> {
   const assets = new Map<string, Asset>();
-  if (!dir || !fs.existsSync(dir)) return assets;
+  if (!fs.existsSync(dir)) return assets;
   for (const name of fs.readdirSync(dir)) {
     const type = TYPES[path.extname(name)];
     if (type) assets.set(name, { body: fs.readFileSync(path.join(dir, name)), type });
@@ -46,7 +41,7 @@ function loadAssets(dir: string | undefined): Map<string, Asset> {
 const FileParams = Type.Object({ file: Type.String({ maxLength: 100 }) }, { additionalProperties: false });
 
 export const uiRoutes: RoutePlugin = async (api) => {
-  const assets = loadAssets(uiDirectory());
+  const assets = loadAssets(UI_DIRECTORY);
 
   const send = (name: string) => {
     const asset = assets.get(name);

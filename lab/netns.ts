@@ -18,7 +18,7 @@
 import { execFile, execFileSync, spawn as spawnChild, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { PACKAGE_ROOT } from '../src/paths.js';
 
 export type NsRole = 'client' | 'gateway' | 'backend';
 
@@ -107,8 +107,7 @@ export interface Lab extends LabProcesses {
   };
 }
 
-// src/lab and dist/lab are both two levels below the package root.
-const RECORDER = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..', 'scripts/lab-recorder.mjs');
+const RECORDER = path.join(PACKAGE_ROOT, 'scripts/lab-recorder.mjs');
 const NS_NAME = /^etd[cgb]([0-9a-z]+)-([0-9a-z]+)$/;
 
 /** "[v6]:port" or "v4:port". */

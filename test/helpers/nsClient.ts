@@ -1,4 +1,4 @@
-// Scripted SMTP clients run inside a lab namespace: an early talker and a polite swaks session.
+// Scripted SMTP clients run inside a lab namespace: an early talker, a polite swaks session, and a greeting timer.
 
 import type { Lab } from '../../lab/netns.js';
 
@@ -28,4 +28,24 @@ export async function swaks(lab: Lab, server: string, port = 25, extra: string[]
     { timeoutMs: 30_000 },
   );
   return r.stdout;
+}
+
+/** Connects, waits for the greeting, says QUIT; prints how long the greeting took. */
+const BANNER = `
+const net = require('net');
+const [host, port] = process.argv.slice(1);
+const t0 = Date.now();
+const s = net.connect({ host, port: Number(port) });
+let data = '', first;
+s.on('data', (d) => { first ??= Date.now() - t0; data += d; if (data.includes('\\r\\n') && !data.includes('221')) s.write('QUIT\\r\\n'); });
+const done = (how) => { console.log(JSON.stringify({ how, bannerMs: first, data })); process.exit(0); };
+s.on('error', (e) => done(e.code));
+s.on('close', () => done('closed'));
+setTimeout(() => done('timeout'), 15000);
+`;
+
+/** A polite client that only waits for the greeting: how long it waited (the window, or none with a pass-cache hit). */
+export async function bannerTime(lab: Lab, host: string, port = 25): Promise<{ how: string; bannerMs: number | undefined; data: string }> {
+  const r = await lab.exec(lab.ns.client, process.execPath, ['-e', BANNER, host, String(port)], { timeoutMs: 20_000 });
+  return JSON.parse(r.stdout.trim()) as { how: string; bannerMs: number | undefined; data: string };
 }

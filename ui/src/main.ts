@@ -182,7 +182,7 @@ function row(r: VerdictRecord): HTMLTableRowElement {
   tr.dataset.verdict = r.verdict;
   tr.tabIndex = 0;
   const td = (text: string, cls?: string) => tr.append(el('td', text, cls));
-  td(new Date(r.at).toLocaleTimeString());
+  td(new Date(r.at).toLocaleTimeString([], { hour12: false }));
   td(r.listener);
   td(r.client, 'mono');
   const v = el('td');
@@ -256,7 +256,7 @@ const STATE_SYMBOL: Record<string, string> = { up: '● up', down: '✗ down', d
 
 function checkText(c: Check | null | undefined): string {
   if (!c) return '';
-  const when = new Date(c.at).toLocaleTimeString();
+  const when = new Date(c.at).toLocaleTimeString([], { hour12: false });
   return c.ok ? `ok in ${ms(c.ms)} at ${when}` : `${c.reason ?? 'failed'}${c.detail ? `: ${c.detail}` : ''} at ${when}`;
 }
 
@@ -308,7 +308,7 @@ async function lookup(address: string): Promise<void> {
   clearError('lookup-error');
   const c = await get<Client>(`/v1/clients/${encodeURIComponent(address)}`);
   $('lookup-result').hidden = false;
-  $('lookup-decision').textContent = `${c.decision === 'deny' ? '⊘ refused at once' : c.decision === 'skip' ? '✓ skips the window' : '⏱ waits the window'} — ${c.reason}`;
+  $('lookup-decision').textContent = `${c.decision === 'deny' ? '⊘ refused at once' : c.decision === 'skip' ? '✓ skips the window' : '… waits the window'} — ${c.reason}`;
   $('lookup-access').textContent = c.access ? `${c.access.list} ${c.access.cidr} (${c.access.source})` : 'no match';
   $('lookup-cache').textContent = c.cache ? `${c.cache.kind} entry ${c.cache.key}, until ${new Date(c.cache.expires).toLocaleString()}` : `no entry (key ${c.cacheKey})`;
   const del = $<HTMLButtonElement>('lookup-delete');

@@ -10,7 +10,7 @@ export const VERDICTS: readonly VerdictView[] = [
   { id: 'passed', label: 'passed', symbol: '✓' },
   { id: 'early_talker', label: 'early talker', symbol: '✗' },
   { id: 'denied', label: 'denied', symbol: '⊘' },
-  { id: 'limit', label: 'limit', symbol: '⏸' },
+  { id: 'limit', label: 'limit', symbol: '‖' },
   { id: 'no_server', label: 'no server', symbol: '⚠' },
   { id: 'client_gone', label: 'client gone', symbol: '…' },
   { id: 'shutdown', label: 'shutdown', symbol: '■' },

@@ -6,10 +6,32 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createLab, type JsonEvent, type JsonLineProcess, type Lab } from './netns.js';
+import { forwardIntoNamespace, type Forward } from './forward.js';
+import { botAddresses, botWave } from './wave.js';
 import { CLI_PATH as CLI, PACKAGE_ROOT as ROOT } from '../src/paths.js';
 const WINDOW = '2s';
 
 const say = (s = '') => process.stdout.write(`${s}\n`);
+
+/** `npm run demo -- --keep`: leave etd and the lab running (dashboard open) until Ctrl-C. */
+const KEEP = process.argv.includes('--keep');
+
+/**
+ * With --keep: say where the dashboard is and wait for Ctrl-C (SIGINT) or SIGTERM; true once
+ * that came. The lab's own signal handler has by then ended its processes (etd included) and
+ * deleted its namespaces, etd's rules with them, so the caller only tidies up.
+ */
+async function keepUntilSignal(dashboard: string): Promise<boolean> {
+  if (!KEEP) return false;
+  say(`\n--keep: etd and the lab stay up. Open the dashboard: ${dashboard}`);
+  say('press Ctrl-C to stop etd and tear everything down.');
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', () => resolve());
+    process.once('SIGTERM', () => resolve());
+  });
+  say('\nstopping: etd and the demo processes are ended (in the lab, its namespaces are deleted).');
+  return true;
+}
 
 function canUseNetns(): string | undefined {
   if (process.env.ETD_DEMO_LOOPBACK === '1') return 'ETD_DEMO_LOOPBACK=1';
@@ -61,6 +83,7 @@ async function labDemo(): Promise<void> {
   say('building the lab: client ns ── gateway ns (etd) ── backend ns (recording SMTP server) …');
   const lab: Lab = await createLab();
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-demo-'));
+  let dashboardForward: Forward | undefined;
   try {
     say(`  client  ${lab.v4.client}  ${lab.v6.client}`);
     say(`  etd     ${lab.v4.gatewayClientSide}:25  [${lab.v6.gatewayClientSide}]:25`);
@@ -81,7 +104,7 @@ upstream:
   servers:
     - { name: backend4, address: ${lab.v4.backends[0]}, port: 25 }
     - { name: backend6, address: "${lab.v6.backends[0]}", port: 25 }
-api: { enabled: false }
+api: { address: 127.0.0.1, port: 8025 }
 state: { path: ":memory:" }
 log: { level: info }
 `,
@@ -89,6 +112,10 @@ log: { level: info }
     say(`starting etd in the gateway namespace (window ${WINDOW}) …`);
     const etd = followEtd(lab.spawnJson(lab.ns.gateway, process.execPath, [CLI, 'run', '-c', cfg]));
     await etd.waitFor((l) => l.msg === 'etd started', 15_000);
+    // etd's API listens on the gateway namespace's loopback; a relay makes it reachable here.
+    dashboardForward = await forwardIntoNamespace(lab, lab.ns.gateway, '127.0.0.1', 8025, 8025);
+    const dashboard = `${dashboardForward.url}/ui/`;
+    say(`dashboard: ${dashboard}${KEEP ? '' : '  (run with --keep to keep it up: npm run demo -- --keep)'}`);
     const nft = await lab.exec(lab.ns.gateway, 'nft', ['list', 'table', 'inet', 'etd']);
     say('etd installed its netfilter table:');
     say(nft.stdout.trimEnd().replace(/^/gm, '  '));
@@ -109,6 +136,14 @@ log: { level: info }
     say(`  bot: connection ${e.how === 'ECONNRESET' ? 'reset' : e.how}, received ${e.data.length} bytes`);
     await new Promise((r) => setTimeout(r, 500));
 
+    const bots = botAddresses(lab, 20);
+    say(`\na bot wave: 200 early talkers from ${bots.length} addresses (${bots[0]} … ${bots.at(-1)}) within 2 s …`);
+    const wave = await botWave(lab, lab.v4.gatewayClientSide, { bots: bots.length, connections: 200, spreadMs: 2000 });
+    await new Promise((r) => setTimeout(r, 500));
+    const waveLines = etd.lines.filter((l) => l.msg === 'session' && bots.includes(String(l.clientAddress)));
+    const count = (v: string) => waveLines.filter((l) => l.verdict === v).length;
+    say(`  ${wave.opened} connections: ${count('early_talker')} early talkers dropped, ${count('denied')} turned away by the deny cache (554) — none reached the backend`);
+
     say('\nwhat the backend saw (its own log of each connection):');
     const gateway = new Set([lab.v4.gatewayBackendSide, lab.v6.gatewayBackendSide]);
     for (const ev of recorder.events.filter((x) => x.event === 'connect' || x.event === 'message')) {
@@ -119,13 +154,15 @@ log: { level: info }
     // The bot used the client's IPv4 address too: any connection beyond the two polite ones would be its.
     const fromBot = fromClient - 2;
     say(`  → ${fromClient} connections from the client's real addresses; ${fromBot <= 0 ? "none from the bot's early talk" : `${fromBot} MORE than the polite clients made: the bot got through!`}`);
-    say('\netd session log (one line per session):');
-    sessionTable(etd.lines);
+    say('\netd session log (one line per session; the wave left out):');
+    sessionTable(etd.lines.filter((l) => !bots.includes(String(l.clientAddress))));
+    if (await keepUntilSignal(dashboard)) return;
     say('\nstopping etd (SIGTERM) — it removes its rules …');
     await etd.stop();
     const left = await lab.exec(lab.ns.gateway, 'nft', ['list', 'ruleset']);
     say(`  nft ruleset after stop: ${left.stdout.includes('table inet etd') ? 'etd table STILL PRESENT' : 'no etd table left'}`);
   } finally {
+    await dashboardForward?.close();
     await lab.destroy();
     fs.rmSync(tmp, { recursive: true, force: true });
     say('lab torn down.');
@@ -175,7 +212,7 @@ async function loopbackDemo(why: string): Promise<void> {
       `listeners: [{ name: smtp, address: 127.0.0.1, port: 0, mode: plain }]
 detection: { window: ${WINDOW}, action: drop }
 upstream: { source: self, health: { enabled: false }, servers: [{ name: backend, address: 127.0.0.1, port: ${backendPort} }] }
-api: { enabled: false }
+api: { address: 127.0.0.1, port: 0 }
 state: { path: ":memory:" }
 `,
     );
@@ -185,6 +222,9 @@ state: { path: ":memory:" }
     const listening = await waitFor(etdLines, (e) => e.msg === 'listening', 10_000);
     const port = String((listening.addresses as string[])[0]).split(':').pop()!;
     say(`etd listens on 127.0.0.1:${port}, backend on 127.0.0.1:${backendPort}`);
+    const apiLine = await waitFor(etdLines, (e) => e.msg === 'management API listening', 10_000);
+    const dashboard = `${String(apiLine.url)}/ui/`;
+    say(`dashboard: ${dashboard}${KEEP ? '' : '  (run with --keep to keep it up: npm run demo -- --keep)'}`);
     say('\npolite client (swaks) …');
     try {
       const out = execFileSync('swaks', ['--to', 'rcpt@example.net', '--server', '127.0.0.1', '--port', port, '--timeout', '15'], { encoding: 'utf8' });
@@ -200,6 +240,7 @@ state: { path: ":memory:" }
     for (const ev of recLines.filter((x) => x.event === 'connect' || x.event === 'message')) say(`  ${String(ev.event).padEnd(8)} from ${String(ev.remoteAddress)}`);
     say('\netd session log:');
     sessionTable(etdLines);
+    await keepUntilSignal(dashboard);
   } finally {
     for (const c of children) c.kill('SIGTERM');
     fs.rmSync(tmp, { recursive: true, force: true });

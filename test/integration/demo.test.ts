@@ -13,6 +13,7 @@ it('the loopback demo relays a polite client and drops an early talker', async (
   assertBuilt();
   const { stdout } = await exec(process.execPath, [DEMO], { env: { ...process.env, ETD_DEMO_LOOPBACK: '1' }, timeout: 60_000 });
   expect(stdout).toMatch(/embedded loopback lab, plain mode/);
+  expect(stdout).toMatch(/^dashboard: http:\/\/127\.0\.0\.1:\d+\/ui\/ /m);
   expect(stdout).toMatch(/swaks: message accepted/);
   expect(stdout).toMatch(/bot: connection (reset|closed), received 0 bytes/);
   expect(stdout).toMatch(/message +from 127\.0\.0\.1/);

@@ -22,8 +22,8 @@ interface Chart {
   readonly columns: Array<Array<number | null>>;
 }
 
-function series(label: string, stroke: string, dash?: number[]): uPlot.Series {
-  return { label, stroke, width: 1.5, ...(dash ? { dash } : {}), spanGaps: false, points: { show: false } };
+function series(label: string, stroke: string, dash?: number[], points = false): uPlot.Series {
+  return { label, stroke, width: 1.5, ...(dash ? { dash } : {}), spanGaps: false, points: { show: points, size: 4, fill: stroke } };
 }
 
 function makeChart(el: HTMLElement, title: string, unit: string, list: uPlot.Series[]): Chart {
@@ -58,7 +58,7 @@ export class HistoryCharts {
         VERDICTS.map((v, i) => series(v.label, VERDICT_COLOURS[v.id] ?? '#555', DASHES[i % DASHES.length])),
       ),
       makeChart(counts, 'held and relaying connections', 'connections', [series('held', '#b35900'), series('relaying', '#1f6fb2', [6, 3])]),
-      makeChart(latency, 'backend connect latency', 'ms', [series('mean', '#1f6fb2'), series('worst', '#8a3ab9', [6, 3])]),
+      makeChart(latency, 'backend connect latency', 'ms', [series('mean', '#1f6fb2', undefined, true), series('worst', '#8a3ab9', [6, 3], true)]),
     );
     const resize = new ResizeObserver(() => {
       for (const [c, el] of [

@@ -257,7 +257,7 @@ const STATE_SYMBOL: Record<string, string> = { up: '● up', down: '✗ down', d
 function checkText(c: Check | null | undefined): string {
   if (!c) return '';
   const when = new Date(c.at).toLocaleTimeString([], { hour12: false });
-  return c.ok ? `ok in ${ms(c.ms)} at ${when}` : `${c.reason ?? 'failed'}${c.detail ? `: ${c.detail}` : ''} at ${when}`;
+  return c.ok ? `✓ ${ms(c.ms)}, ${when}` : `✗ ${c.reason ?? 'failed'}${c.detail ? `: ${c.detail}` : ''}, ${when}`;
 }
 
 async function pollBackends(): Promise<void> {

@@ -118,8 +118,8 @@ export function formatStatus(status: StatusBody, stats: StatsBody, backends: rea
       : `stress       off (window ${st.windowMs / 1000}s; stress above ${num(st.enterAbove)} held)`,
   );
   lines.push('listeners');
-  for (const l of status.listeners) lines.push(`  ${l.name.padEnd(16)} ${l.mode.padEnd(9)} ${l.engine.padEnd(7)} ${l.addresses.join(' ') || '(not listening)'}`);
-  if (status.engine) lines.push(`engine       native: ${num(status.engine.connections)} connections, ${num(status.engine.fds)} fds`);
+  for (const l of status.listeners) lines.push(`  ${l.name.padEnd(16)} ${l.mode.padEnd(9)} ${l.addresses.join(' ') || '(not listening)'}`);
+  if (status.engine) lines.push(`engine       ${num(status.engine.connections)} connections, ${num(status.engine.fds)} fds, ${num(status.engine.bufferedBytes)} bytes buffered`);
   lines.push(`backends     ${status.backends.up} of ${status.backends.total} up`);
   for (const b of backends) {
     const why = b.state === 'down' ? `  (${b.lastReason})` : '';

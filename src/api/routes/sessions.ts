@@ -2,7 +2,7 @@
 
 import { Type, type Static } from '@sinclair/typebox';
 import { ListenerSchema } from '../../config/schema.js';
-import type { LiveSession as Session } from '../../proxy/session.js';
+import type { LiveSession as Session } from '../../proxy/protocol.js';
 import { ErrorBody, type RoutePlugin } from '../context.js';
 
 const PhaseSchema = Type.Union(

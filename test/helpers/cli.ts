@@ -82,3 +82,14 @@ export function runEtd(configFile: string, wrapper: string[] = []): RunningEtd {
   child.stderr!.on('data', (c: Buffer) => (r.stderr += c.toString()));
   return r;
 }
+
+/**
+ * Starts `etd run -c FILE` inside namespace `ns` and waits for "etd started". It goes into
+ * `running` at once, so a test's cleanup finds it even when the start fails.
+ */
+export async function startEtdInNetns(ns: string, file: string, running: RunningEtd[], timeoutMs = 20_000): Promise<RunningEtd> {
+  const etd = runEtd(file, ['ip', 'netns', 'exec', ns]);
+  running.push(etd);
+  await etd.waitFor((l) => l.msg === 'etd started', timeoutMs);
+  return etd;
+}

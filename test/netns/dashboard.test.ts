@@ -9,7 +9,7 @@ import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
 import { forwardIntoNamespace, type Forward } from '../../lab/forward.js';
 import { botWave } from '../../lab/wave.js';
 import { skipPrivileged } from '../helpers/privileged.js';
-import { runEtd, type RunningEtd } from '../helpers/cli.js';
+import { startEtdInNetns, type RunningEtd } from '../helpers/cli.js';
 import { bannerTime, earlyTalker, swaks } from '../helpers/nsClient.js';
 import { fitsWidth, launchBrowser, screenshot, skipWithoutChromium, type Browser, type TrackedPage } from '../helpers/browser.js';
 
@@ -35,12 +35,7 @@ function write(name: string, text: string): string {
   return file;
 }
 
-async function startEtd(file: string): Promise<RunningEtd> {
-  const e = runEtd(file, ['ip', 'netns', 'exec', lab.ns.gateway]);
-  running.push(e);
-  await e.waitFor((l) => l.msg === 'etd started', 20_000);
-  return e;
-}
+const startEtd = (file: string): Promise<RunningEtd> => startEtdInNetns(lab.ns.gateway, file, running);
 
 async function getJson<T>(url: string, token?: string): Promise<T> {
   const res = await fetch(url, { headers: token ? { authorization: `Bearer ${token}` } : {} });

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
 import { skipPrivileged } from '../helpers/privileged.js';
-import { runEtd, type RunningEtd } from '../helpers/cli.js';
+import { startEtdInNetns, type RunningEtd } from '../helpers/cli.js';
 import { earlyTalker, swaks } from '../helpers/nsClient.js';
 
 const skip = skipPrivileged('vip mode end to end');
@@ -42,11 +42,8 @@ ${extra}
   return file;
 }
 
-async function start(file: string): Promise<RunningEtd> {
-  const etd = runEtd(file, ['ip', 'netns', 'exec', lab.ns.gateway]);
-  running.push(etd);
-  await etd.waitFor((l) => l.msg === 'etd started', 15_000);
-  return etd;
+function start(file: string): Promise<RunningEtd> {
+  return startEtdInNetns(lab.ns.gateway, file, running, 15_000);
 }
 
 async function stop(etd: RunningEtd, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {

@@ -1,19 +1,12 @@
 // The last hour as three uPlot charts (sessions/s by verdict, held and relaying, backend connect latency), fed by GET /v1/history and appended to each second.
 
 import uPlot from 'uplot';
-import { VERDICT_COLOURS, VERDICTS } from './verdicts.js';
+import { VERDICTS } from './verdicts.js';
 
-/** The columns of GET /v1/history. */
-export interface History {
-  readonly now: number;
-  readonly t: number[];
-  readonly verdicts: Record<string, number[]>;
-  readonly earlyTalkers: number[];
-  readonly held: Array<number | null>;
-  readonly relaying: Array<number | null>;
-  readonly connectMsAvg: Array<number | null>;
-  readonly connectMsMax: Array<number | null>;
-}
+import type { HistoryColumns } from '../../src/api/history.js';
+
+/** The answer of GET /v1/history: the ring's columns and the second they end before. */
+export type History = HistoryColumns & { readonly now: number };
 
 const HOUR = 3600;
 
@@ -55,7 +48,7 @@ export class HistoryCharts {
         sessions,
         'sessions per second, by verdict',
         'per s',
-        VERDICTS.map((v, i) => series(v.label, VERDICT_COLOURS[v.id] ?? '#555', DASHES[i % DASHES.length])),
+        VERDICTS.map((v, i) => series(v.label, v.colour, DASHES[i % DASHES.length])),
       ),
       makeChart(counts, 'held and relaying connections', 'connections', [series('held', '#b35900'), series('relaying', '#1f6fb2', [6, 3])]),
       makeChart(latency, 'backend connect latency', 'ms', [series('mean', '#1f6fb2', undefined, true), series('worst', '#8a3ab9', [6, 3], true)]),
@@ -77,7 +70,7 @@ export class HistoryCharts {
     const start = h.t.findIndex((t) => t > this.lastT);
     if (start < 0) return;
     const rows: Array<Array<Array<number | null>>> = [
-      [h.t, ...VERDICTS.map((v) => h.verdicts[v.id] ?? [])],
+      [h.t, ...VERDICTS.map((v) => h.verdicts[v.id])],
       [h.t, h.held, h.relaying],
       [h.t, h.connectMsAvg, h.connectMsMax],
     ];

@@ -7,6 +7,7 @@ import { HistoryCharts, type History } from './charts.js';
 import { VerdictFeed, type VerdictRecord } from './feed.js';
 import { openStream, type StreamHandle } from './stream.js';
 import { VERDICTS, verdictView } from './verdicts.js';
+import type { Verdict } from '../../src/proxy/verdict.js';
 
 // ---- small DOM helpers ------------------------------------------------------------------------
 
@@ -40,6 +41,19 @@ function verdictBadge(verdict: string): HTMLElement {
   const b = el('span', `${v.symbol} ${v.label}`, `badge v-${verdict}`);
   b.dataset.verdict = verdict;
   return b;
+}
+
+/** Replaces a table's rows: one per item, filled in by `render`. */
+function fillTable<T>(tableId: string, items: readonly T[], render: (item: T, tr: HTMLTableRowElement) => void): void {
+  $(tableId)
+    .querySelector('tbody')!
+    .replaceChildren(
+      ...items.map((item) => {
+        const tr = el('tr');
+        render(item, tr);
+        return tr;
+      }),
+    );
 }
 
 const ms = (x: number | undefined): string => (x === undefined ? '' : x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${x.toFixed(x < 10 ? 2 : 0)} ms`);
@@ -140,38 +154,32 @@ function paintStatus(s: Status): void {
   }
 }
 
-/** Rates over the last complete seconds of the history (5 s average). */
-function paintRates(h: History): void {
-  const n = Math.min(5, h.t.length);
+/** The last complete seconds (at most RATE_SECONDS), for the rate tiles. */
+const RATE_SECONDS = 5;
+const lastSeconds: Array<{ verdicts: Record<Verdict, number>; early: number }> = [];
+
+function paintRates(): void {
+  const n = lastSeconds.length;
   if (n === 0) return;
-  const sum = (a: number[]) => a.slice(-n).reduce((x, y) => x + y, 0);
-  const by = VERDICTS.map((v) => ({ v, rate: sum(h.verdicts[v.id] ?? []) / n })).filter((x) => x.rate > 0);
+  const by = VERDICTS.map((v) => ({ v, rate: lastSeconds.reduce((x, s) => x + s.verdicts[v.id], 0) / n })).filter((x) => x.rate > 0);
   const total = by.reduce((x, y) => x + y.rate, 0);
   $('now-rate').textContent = total.toFixed(1);
   $('now-rate-by').textContent = by.map((x) => `${x.v.symbol} ${x.v.label} ${x.rate.toFixed(1)}`).join(' · ');
-  const early = sum(h.earlyTalkers) / n;
+  const early = lastSeconds.reduce((x, s) => x + s.early, 0) / n;
   $('now-early').textContent = early.toFixed(1);
   $('now-early-share').textContent = total > 0 ? `${Math.round((100 * early) / total)}% of sessions` : '';
 }
 
-/** The history window the rates and charts use: the whole hour once, then what is new. */
-let recent: History | undefined;
+/** The whole hour once, then only the seconds after the last one seen. */
 async function pollHistory(): Promise<void> {
   const since = charts?.lastT;
   const h = await get<History>(since ? `/v1/history?since=${since}` : '/v1/history');
   charts?.append(h);
-  // Keep the last few seconds for the rate tiles.
-  if (!recent || !since) recent = h;
-  else {
-    const merged = (a: number[], b: number[]) => [...a, ...b].slice(-10);
-    recent = {
-      ...h,
-      t: merged(recent.t, h.t),
-      earlyTalkers: merged(recent.earlyTalkers, h.earlyTalkers),
-      verdicts: Object.fromEntries(VERDICTS.map((v) => [v.id, merged(recent!.verdicts[v.id] ?? [], h.verdicts[v.id] ?? [])])),
-    };
+  for (let i = Math.max(0, h.t.length - RATE_SECONDS); i < h.t.length; i++) {
+    lastSeconds.push({ verdicts: Object.fromEntries(VERDICTS.map((v) => [v.id, h.verdicts[v.id][i] ?? 0])) as Record<Verdict, number>, early: h.earlyTalkers[i] ?? 0 });
   }
-  paintRates(recent);
+  lastSeconds.splice(0, Math.max(0, lastSeconds.length - RATE_SECONDS));
+  paintRates();
 }
 
 // ---- verdict stream -------------------------------------------------------------------------
@@ -262,44 +270,39 @@ function checkText(c: Check | null | undefined): string {
 
 async function pollBackends(): Promise<void> {
   const { backends } = await get<{ backends: Backend[] }>('/v1/backends');
-  const body = $('backends').querySelector('tbody')!;
-  body.replaceChildren(
-    ...backends.map((b) => {
-      const tr = el('tr');
-      tr.dataset.server = b.name;
-      tr.append(el('td', b.name + (b.backup ? ' (backup)' : '')), el('td', `${b.address}:${b.port}`, 'mono'));
-      const st = el('td');
-      const badge = el('span', STATE_SYMBOL[b.state] ?? b.state, `badge s-${b.state}`);
-      badge.dataset.state = b.state;
-      badge.title = b.lastReason;
-      st.append(badge);
-      tr.append(st);
-      tr.append(el('td', b.check?.checked ? checkText(b.check.last) : 'not checked'), el('td', checkText(b.check?.lastFailure)));
-      tr.append(el('td', String(b.active)), el('td', String(b.total)), el('td', String(b.weight)));
-      const actions = el('td', undefined, 'actions');
-      for (const [label, state] of [
-        ['ready', 'up'],
-        ['drain', 'drain'],
-        ['maint', 'maint'],
-      ] as const) {
-        const btn = el('button', label);
-        btn.type = 'button';
-        btn.dataset.action = state;
-        const current = state === 'up' ? b.state === 'up' || b.state === 'down' : b.state === state;
-        btn.disabled = current;
-        btn.setAttribute('aria-label', `${label} ${b.name}`);
-        btn.addEventListener('click', () => {
-          clearError('backends-error');
-          call('PATCH', `/v1/backends/${encodeURIComponent(b.name)}`, { state, reason: 'from the dashboard' })
-            .then(pollBackends)
-            .catch((e: unknown) => showError('backends-error', e));
-        });
-        actions.append(btn);
-      }
-      tr.append(actions);
-      return tr;
-    }),
-  );
+  fillTable('backends', backends, (b, tr) => {
+    tr.dataset.server = b.name;
+    tr.append(el('td', b.name + (b.backup ? ' (backup)' : '')), el('td', `${b.address}:${b.port}`, 'mono'));
+    const st = el('td');
+    const badge = el('span', STATE_SYMBOL[b.state] ?? b.state, `badge s-${b.state}`);
+    badge.dataset.state = b.state;
+    badge.title = b.lastReason;
+    st.append(badge);
+    tr.append(st);
+    tr.append(el('td', b.check?.checked ? checkText(b.check.last) : 'not checked'), el('td', checkText(b.check?.lastFailure)));
+    tr.append(el('td', String(b.active)), el('td', String(b.total)), el('td', String(b.weight)));
+    const actions = el('td', undefined, 'actions');
+    for (const [label, state] of [
+      ['ready', 'up'],
+      ['drain', 'drain'],
+      ['maint', 'maint'],
+    ] as const) {
+      const btn = el('button', label);
+      btn.type = 'button';
+      btn.dataset.action = state;
+      const current = state === 'up' ? b.state === 'up' || b.state === 'down' : b.state === state;
+      btn.disabled = current;
+      btn.setAttribute('aria-label', `${label} ${b.name}`);
+      btn.addEventListener('click', () => {
+        clearError('backends-error');
+        call('PATCH', `/v1/backends/${encodeURIComponent(b.name)}`, { state, reason: 'from the dashboard' })
+          .then(pollBackends)
+          .catch((e: unknown) => showError('backends-error', e));
+      });
+      actions.append(btn);
+    }
+    tr.append(actions);
+  });
 }
 
 // ---- clients and access lists -----------------------------------------------------------------
@@ -318,28 +321,23 @@ async function lookup(address: string): Promise<void> {
 
 async function pollAccess(): Promise<void> {
   const { entries } = await get<{ entries: AccessEntry[] }>('/v1/access');
-  const body = $('access').querySelector('tbody')!;
-  body.replaceChildren(
-    ...entries.map((a) => {
-      const tr = el('tr');
-      tr.append(el('td', a.cidr, 'mono'), el('td', a.list === 'deny' ? '⊘ deny' : '✓ allow'), el('td', a.source));
-      const td = el('td');
-      if (a.source === 'runtime') {
-        const b = el('button', 'Remove');
-        b.type = 'button';
-        b.setAttribute('aria-label', `remove ${a.cidr}`);
-        b.addEventListener('click', () => {
-          clearError('access-error');
-          call('DELETE', `/v1/access/${encodeURIComponent(a.cidr)}`)
-            .then(pollAccess)
-            .catch((e: unknown) => showError('access-error', e));
-        });
-        td.append(b);
-      } else td.textContent = 'edit the config file';
-      tr.append(td);
-      return tr;
-    }),
-  );
+  fillTable('access', entries, (a, tr) => {
+    tr.append(el('td', a.cidr, 'mono'), el('td', a.list === 'deny' ? '⊘ deny' : '✓ allow'), el('td', a.source));
+    const td = el('td');
+    if (a.source === 'runtime') {
+      const b = el('button', 'Remove');
+      b.type = 'button';
+      b.setAttribute('aria-label', `remove ${a.cidr}`);
+      b.addEventListener('click', () => {
+        clearError('access-error');
+        call('DELETE', `/v1/access/${encodeURIComponent(a.cidr)}`)
+          .then(pollAccess)
+          .catch((e: unknown) => showError('access-error', e));
+      });
+      td.append(b);
+    } else td.textContent = 'edit the config file';
+    tr.append(td);
+  });
 }
 
 // ---- config and doctor ----------------------------------------------------------------------
@@ -354,16 +352,12 @@ async function runDoctor(): Promise<void> {
     $('doctor-verdict').textContent = r.verdict;
     const table = $('doctor');
     table.hidden = false;
-    table.querySelector('tbody')!.replaceChildren(
-      ...r.findings.map((f) => {
-        const tr = el('tr');
-        tr.dataset.status = f.status;
-        const st = el('td');
-        st.append(el('span', f.status === 'OK' ? '✓ OK' : f.status === 'WARN' ? '⚠ WARN' : '✗ FAIL', `badge d-${f.status}`));
-        tr.append(st, el('td', f.id, 'mono'), el('td', f.what), el('td', f.detail), el('td', f.status === 'OK' ? '' : (f.fix ?? ''), 'mono'));
-        return tr;
-      }),
-    );
+    fillTable('doctor', r.findings, (f, tr) => {
+      tr.dataset.status = f.status;
+      const st = el('td');
+      st.append(el('span', f.status === 'OK' ? '✓ OK' : f.status === 'WARN' ? '⚠ WARN' : '✗ FAIL', `badge d-${f.status}`));
+      tr.append(st, el('td', f.id, 'mono'), el('td', f.what), el('td', f.detail), el('td', f.status === 'OK' ? '' : (f.fix ?? ''), 'mono'));
+    });
   } catch (e) {
     $('doctor-verdict').textContent = '';
     showError('health-error', e);

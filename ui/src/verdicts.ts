@@ -1,31 +1,27 @@
 // Verdict words as the page shows them: a symbol and a label with each colour, so colour is never the only signal.
 
+import type { Verdict } from '../../src/proxy/verdict.js';
+
 export interface VerdictView {
-  readonly id: string;
+  readonly id: Verdict;
   readonly label: string;
   readonly symbol: string;
+  readonly colour: string;
 }
 
-export const VERDICTS: readonly VerdictView[] = [
-  { id: 'passed', label: 'passed', symbol: '✓' },
-  { id: 'early_talker', label: 'early talker', symbol: '✗' },
-  { id: 'denied', label: 'denied', symbol: '⊘' },
-  { id: 'limit', label: 'limit', symbol: '‖' },
-  { id: 'no_server', label: 'no server', symbol: '⚠' },
-  { id: 'client_gone', label: 'client gone', symbol: '…' },
-  { id: 'shutdown', label: 'shutdown', symbol: '■' },
-];
-
-export const VERDICT_COLOURS: Record<string, string> = {
-  passed: '#1a7f37',
-  early_talker: '#c62828',
-  denied: '#8a3ab9',
-  limit: '#b35900',
-  no_server: '#9a6700',
-  client_gone: '#57606a',
-  shutdown: '#24292f',
+// A Record over the server's Verdict type: a verdict added there is a type error here until it has its view.
+const VIEWS: Record<Verdict, Omit<VerdictView, 'id'>> = {
+  passed: { label: 'passed', symbol: '✓', colour: '#1a7f37' },
+  early_talker: { label: 'early talker', symbol: '✗', colour: '#c62828' },
+  denied: { label: 'denied', symbol: '⊘', colour: '#8a3ab9' },
+  limit: { label: 'limit', symbol: '‖', colour: '#b35900' },
+  no_server: { label: 'no server', symbol: '⚠', colour: '#9a6700' },
+  client_gone: { label: 'client gone', symbol: '…', colour: '#57606a' },
+  shutdown: { label: 'shutdown', symbol: '■', colour: '#24292f' },
 };
 
-export function verdictView(id: string): VerdictView {
-  return VERDICTS.find((v) => v.id === id) ?? { id, label: id, symbol: '?' };
+export const VERDICTS: readonly VerdictView[] = (Object.keys(VIEWS) as Verdict[]).map((id) => ({ id, ...VIEWS[id] }));
+
+export function verdictView(id: string): { label: string; symbol: string } {
+  return VIEWS[id as Verdict] ?? { label: id, symbol: '?' };
 }

@@ -59,13 +59,13 @@ export class Listener {
   }
 
   private bind(b: { address: string; port: number; transparent: boolean }): { id: number; address: string; port: number } {
-    const engine = this.driver.engine;
+    const sockets = loadTransparent();
     const family = net.isIPv6(b.address) ? 6 : 4;
     let fd: number;
     try {
       fd = b.transparent
-        ? loadTransparent().transparentListener(family, b.address, b.port, this.config.backlog)
-        : engine.plainListener(family, b.address, b.port, this.config.backlog, false);
+        ? sockets.transparentListener(family, b.address, b.port, this.config.backlog)
+        : sockets.plainListener({ family, address: b.address, port: b.port, backlog: this.config.backlog, v6only: false });
     } catch (err) {
       const code = errnoName(err);
       throw new EtdError('ETD_ERR_LISTEN', `listener ${this.config.name}: cannot listen on ${hostPort(b.address, b.port)}: ${code ?? (err as Error).message}`, {
@@ -75,7 +75,7 @@ export class Listener {
       });
     }
     try {
-      const [address, port] = engine.sockName(fd);
+      const [address, port] = sockets.sockName(fd);
       const ctx = this.ctx;
       const id = this.driver.listen(fd, {
         accepted: (conn) => this.onAccept(conn, ctx),
@@ -84,7 +84,7 @@ export class Listener {
       });
       return { id, address, port };
     } catch (err) {
-      loadTransparent().closeFd(fd);
+      sockets.closeFd(fd);
       throw err;
     }
   }

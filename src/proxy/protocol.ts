@@ -100,6 +100,8 @@ export interface EngineReply {
   readonly text?: string;
   readonly greeting?: boolean;
   readonly first?: string;
+  /** The profile whose linger times apply; required while the connection is still `new` (no hold/connect gave it one). */
+  readonly profile?: number;
 }
 
 export type EngineState = 'new' | 'held' | 'waiting' | 'connecting' | 'greeting' | 'relaying' | 'closing';

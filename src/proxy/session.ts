@@ -294,7 +294,7 @@ export class Session implements LiveSession, EngineSession {
    */
   private replyAndFinish(reply: { text: string } | { greeting: true }, verdict: Verdict, cause: string, deferrable = true): void {
     const first = deferrable && this.teased ? `220 ${this.policy.teaser!.slice(4)}\r\n` : undefined;
-    this.engine.engine.reply(this.eid, first !== undefined ? { ...reply, first } : reply);
+    this.finalTo = Math.max(0, this.engine.engine.reply(this.eid, first !== undefined ? { ...reply, first } : reply));
     this.finish(verdict, cause);
   }
 
@@ -319,7 +319,8 @@ export class Session implements LiveSession, EngineSession {
       const live = this.engine.engine.inspect(this.eid);
       if (live) {
         this.finalFrom = Math.max(this.finalFrom, live.bytesFromClient);
-        this.finalTo = live.bytesToClient;
+        // A final reply is counted by the engine, or else by what reply() said it wrote.
+        this.finalTo = Math.max(this.finalTo, live.bytesToClient);
       }
     }
     this.state = 'closed';

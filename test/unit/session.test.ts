@@ -55,8 +55,6 @@ function fakeEngine(calls: Call[], o: FakeOptions = {}): Engine {
     close: rec('close'),
     inspect: () => o.inspect ?? null,
     counts: () => ({ connections: 0, held: 0, relaying: 0, listeners: 0, fds: 0, bufferedBytes: 0, deadlines: 0, callbackErrors: 0 }),
-    sockName: () => ['127.0.0.1', 0],
-    plainListener: () => -1,
   } as unknown as Engine;
 }
 

@@ -261,7 +261,7 @@ describe('status, sessions and stats', () => {
       const status = await getJson<StatusBody>('/v1/status');
       conforms(StatusBody, status);
       expect(status.version).toBe('test-1.2.3');
-      expect(status.listeners).toEqual([{ name: 'test', mode: 'plain', addresses: [`127.0.0.1:${etd.port}`] }]);
+      expect(status.listeners).toEqual([{ name: 'test', mode: 'plain', state: 'listening', addresses: [`127.0.0.1:${etd.port}`] }]);
       expect(status.connections).toEqual({ held: 3, relaying: 0, total: 3 });
       // The engine owns the three held clients and the listener's fd (and, in this process, nothing else of its own).
       expect(status.engine).toMatchObject({ connections: 3, fds: 4, handlerErrors: 0 });
@@ -695,6 +695,10 @@ describe('OpenAPI and etd status', () => {
         'GET /v1/access',
         'POST /v1/access',
         'DELETE /v1/access/{cidr}',
+        'GET /v1/history',
+        'GET /v1/clients/{address}',
+        'GET /v1/doctor',
+        'GET /ui/',
         'POST /v1/reload',
         'GET /v1/config',
         'GET /metrics',

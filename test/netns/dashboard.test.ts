@@ -241,6 +241,12 @@ log: { level: info }
     await page.setViewportSize({ width: 390, height: 844 });
     await page.waitForTimeout(500);
     expect(await fitsWidth(page)).toBe(true);
+    // On a phone the verdict and a backend's buttons are on screen without scrolling sideways.
+    for (const sel of ['#stream tbody tr:first-child .badge', '#backends tbody tr[data-server="b1"] button[data-action="maint"]']) {
+      const box = await page.locator(sel).boundingBox();
+      expect(box, sel).not.toBeNull();
+      expect(box!.x + box!.width, sel).toBeLessThanOrEqual(390);
+    }
     await screenshot(page, 'wave-phone');
     expect(errors).toEqual([]);
     await page.close();

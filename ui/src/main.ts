@@ -191,16 +191,17 @@ function row(r: VerdictRecord): HTMLTableRowElement {
   tr.tabIndex = 0;
   const td = (text: string, cls?: string) => tr.append(el('td', text, cls));
   td(new Date(r.at).toLocaleTimeString([], { hour12: false }));
-  td(r.listener);
-  td(r.client, 'mono');
   const v = el('td');
   v.append(verdictBadge(r.verdict));
   tr.append(v);
+  td(r.client, 'mono');
   td(r.cause);
-  td(ms(r.talkedAfterMs));
-  td(r.earlyBytes ?? '', 'mono clip');
-  td(r.server ?? '');
-  td(ms(r.durationMs));
+  // Optional columns: hidden on a phone (the row's dialog shows them).
+  td(ms(r.talkedAfterMs), 'opt');
+  td(r.earlyBytes ?? '', 'opt mono clip');
+  td(r.server ?? '', 'opt');
+  td(ms(r.durationMs), 'opt');
+  td(r.listener, 'opt');
   return tr;
 }
 
@@ -272,15 +273,12 @@ async function pollBackends(): Promise<void> {
   const { backends } = await get<{ backends: Backend[] }>('/v1/backends');
   fillTable('backends', backends, (b, tr) => {
     tr.dataset.server = b.name;
-    tr.append(el('td', b.name + (b.backup ? ' (backup)' : '')), el('td', `${b.address}:${b.port}`, 'mono'));
     const st = el('td');
     const badge = el('span', STATE_SYMBOL[b.state] ?? b.state, `badge s-${b.state}`);
     badge.dataset.state = b.state;
     badge.title = b.lastReason;
     st.append(badge);
-    tr.append(st);
-    tr.append(el('td', b.check?.checked ? checkText(b.check.last) : 'not checked'), el('td', checkText(b.check?.lastFailure)));
-    tr.append(el('td', String(b.active)), el('td', String(b.total)), el('td', String(b.weight)));
+    tr.append(el('td', b.name + (b.backup ? ' (backup)' : '')), st, el('td', String(b.active)));
     const actions = el('td', undefined, 'actions');
     for (const [label, state] of [
       ['ready', 'up'],
@@ -302,6 +300,14 @@ async function pollBackends(): Promise<void> {
       actions.append(btn);
     }
     tr.append(actions);
+    // Optional columns: hidden on a phone.
+    tr.append(
+      el('td', b.check?.checked ? checkText(b.check.last) : 'not checked', 'opt'),
+      el('td', checkText(b.check?.lastFailure), 'opt'),
+      el('td', String(b.total), 'opt'),
+      el('td', String(b.weight), 'opt'),
+      el('td', `${b.address}:${b.port}`, 'opt mono'),
+    );
   });
 }
 

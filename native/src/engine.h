@@ -36,6 +36,7 @@ class Engine;
 // The per-environment slot: profiles outlive engine restarts; the engine pointer is set while running.
 struct EnvSlot {
   Engine* engine = nullptr;
+  uint64_t next_id = 1;  // connection ids are never reused in an environment, across engine restarts
   std::unordered_map<uint32_t, std::shared_ptr<const Profile>> profiles;
 };
 

@@ -26,7 +26,7 @@ double NowMs() {
 }
 
 Engine::Engine(napi_env env, uv_loop_t* loop, EnvSlot* slot)
-    : env_(env), loop_(loop), slot_(slot), buf_(new char[kReadBuffer]) {}
+    : env_(env), loop_(loop), slot_(slot), buf_(new char[kReadBuffer]), next_id_(slot->next_id) {}
 
 // ----- lifecycle -----------------------------------------------------------------------------
 
@@ -422,6 +422,7 @@ void Engine::Accept(uint64_t key, double now) {
     }
     auto c = std::make_unique<Conn>();
     c->id = next_id_++;
+    if (slot_ != nullptr) slot_->next_id = next_id_;
     c->cfd = fd;
     c->accepted_at = now;
     ev.id = c->id;

@@ -58,6 +58,7 @@ const P_LOG = 6;
 const P_LOG_SMALL = 7;
 const P_TEASER = 8;
 const P_DECISION = 9;
+const P_LONG_IDLE = 10;
 const TEASER = '220-mx.test ESMTP wait\r\n';
 const REJECT = '554 5.7.1 early talk\r\n';
 
@@ -276,14 +277,26 @@ beforeAll(() => {
   engine.defineProfile(P_LOG_SMALL, { ...BASE, action: 'log', earlyBufferBytes: 16, evidenceBytes: 8 });
   engine.defineProfile(P_TEASER, { ...BASE, teaser: TEASER, deferredReplyMs: 400 });
   engine.defineProfile(P_DECISION, { ...BASE, decisionMs: 200 });
-  engine.start(onEvents);
+  engine.defineProfile(P_LONG_IDLE, { ...BASE, clientIdleMs: 300_000, serverIdleMs: 300_000, greetingTimeoutMs: 300_000, stripPipeconnect: true });
+  startEngine();
+});
+
+/** Starts the file's engine with its two listeners (ETD_ENGINE_FAULTS as given, read at start). */
+function startEngine(faults?: string): void {
+  if (faults === undefined) delete process.env.ETD_ENGINE_FAULTS;
+  else process.env.ETD_ENGINE_FAULTS = faults;
+  try {
+    engine.start(onEvents);
+  } finally {
+    delete process.env.ETD_ENGINE_FAULTS;
+  }
   const fd4 = sockets.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 4096, v6only: false });
   engine.listen(fd4, LID4);
   port4 = sockets.sockName(fd4)[1];
   const fd6 = sockets.plainListener({ family: 6, address: '::1', port: 0, backlog: 128, v6only: true });
   engine.listen(fd6, LID6);
   port6 = sockets.sockName(fd6)[1];
-});
+}
 
 afterAll(() => {
   engine.stop();
@@ -1071,6 +1084,116 @@ describe('relay', () => {
   });
 });
 
+// ----- resources: deadlines, buffers, a backend's last words ---------------------------------
+
+describe('resources', () => {
+  it('deadlines do not outlive their connections: 300 short relayed sessions with 5-minute idle limits leave none', async () => {
+    const b = await startBackend((s) => {
+      s.write('220 mx\r\n');
+      s.on('data', (d: Buffer) => {
+        if (d.toString('latin1').includes('QUIT')) s.end('221 bye\r\n');
+      });
+    });
+    onAccept = (e) => {
+      engine.connect(e[1], { profile: P_LONG_IDLE, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: b.port, timeoutMs: 3000, preamble: Buffer.alloc(0) });
+    };
+    let maxRatio = 0;
+    const one = async (): Promise<void> => {
+      const c = connectClient(port4);
+      await c.waitData('220 mx\r\n');
+      const k = engine.counts();
+      maxRatio = Math.max(maxRatio, k.deadlines / Math.max(1, k.connections));
+      c.sock.write('QUIT\r\n');
+      await c.waitData('221 bye\r\n');
+      c.sock.end();
+      await c.closed;
+    };
+    for (let i = 0; i < 300; i += 20) await Promise.all(Array.from({ length: 20 }, one));
+    await waitUntil(() => `300 END (${events.filter((e) => e[0] === EV_END).length})`, () => events.filter((e) => e[0] === EV_END).length === 300);
+    expect(maxRatio).toBeLessThanOrEqual(3); // at most state + two idle deadlines per connection
+    expect(engine.counts()).toMatchObject({ connections: 0, deadlines: 0 });
+  }, 60_000);
+
+  it('a slow reader (1 byte/s) pins at most one read buffer per direction while the server sends 16 MB; drained, nothing is held', async () => {
+    // 16 MB, not 1: on loopback the kernel's socket buffers (64 KiB MSS, autotuned) absorb several MB
+    // before the engine has to keep anything.
+    const MB = 16 * 1024 * 1024;
+    let serverSock: net.Socket | undefined;
+    const b = await startBackend((s) => {
+      serverSock = s;
+      s.write('220 mx\r\n');
+      s.write(randomBytes(MB));
+    });
+    let id = 0;
+    onAccept = (e) => {
+      id = e[1];
+      engine.connect(e[1], { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: b.port, timeoutMs: 3000, preamble: Buffer.alloc(0) });
+    };
+    const sock = net.connect({ port: port4, host: '127.0.0.1' });
+    clients.add(sock);
+    sock.on('error', () => undefined);
+    sock.pause();
+    await new Promise<void>((r) => sock.once('connect', () => r()));
+    let got = 0;
+    let maxBuffered = 0;
+    const BOUND = 65536 + 2 * 4096 + 16; // docs/engine.md: one read buffer per direction (+ the guard's lines)
+    for (let i = 0; i < 4; i++) {
+      await sleep(i === 0 ? 300 : 1000);
+      const chunk = sock.read(1) as Buffer | null;
+      got += chunk?.length ?? 0;
+      const k = engine.counts();
+      maxBuffered = Math.max(maxBuffered, k.bufferedBytes);
+      expect(k.bufferedBytes).toBeLessThanOrEqual(2 * BOUND);
+    }
+    console.info(`[engine test] slow reader: got ${got}, maxBuffered ${maxBuffered}, server still holds ${serverSock!.writableLength}`);
+    expect(got).toBeGreaterThan(0);
+    expect(maxBuffered).toBeGreaterThan(0); // the engine did hold bytes for this reader...
+    expect(maxBuffered).toBeLessThanOrEqual(BOUND); // ...and no more than the bound
+    expect(serverSock!.writableLength).toBeGreaterThan(0); // the backpressure reached the server
+    expect(engine.inspect(id)?.state).toBe('relaying');
+    // Now read everything: the pending bytes drain and their memory is released.
+    sock.resume();
+    await waitUntil(() => `bufferedBytes 0 (${engine.counts().bufferedBytes})`, () => engine.counts().bufferedBytes === 0 && serverSock!.writableLength === 0, 10_000);
+    sock.destroy();
+    await waitEvent(evFor(EV_END, id));
+  }, 20_000);
+
+  it("a backend's last reply is not lost when a send to it fails: 554 before a reset reaches the client", async () => {
+    const b = await startBackend((s) => {
+      s.write('220 mx\r\n');
+      let got = 0;
+      s.on('data', (d: Buffer) => {
+        got += d.length;
+        if (got > 8) {
+          // Stop reading (the windows fill up, the engine keeps bytes for the backend), then refuse and reset.
+          s.pause();
+          // The reply and the reset (close with unread bytes) arrive together: the engine sees the
+          // failed send to the backend before it reads the reply.
+          setTimeout(() => {
+            s.write('554 5.3.4 Message too big\r\n');
+            s.destroy();
+          }, 300);
+        }
+      });
+    });
+    const { id, c } = await accepted(connectTo(b.port, P_DROP), { allowHalfOpen: true });
+    await c.waitData('220 mx\r\n');
+    c.sock.write('DATA\r\n');
+    const body = randomBytes(64 * 1024);
+    let writing = true;
+    const pump = (): void => {
+      while (writing && c.sock.write(body));
+    };
+    c.sock.on('drain', pump);
+    pump();
+    await c.waitData('554 5.3.4 Message too big\r\n', 5000);
+    writing = false;
+    c.sock.destroy();
+    const end = await waitEvent(evFor(EV_END, id));
+    expect(['server_reset', 'server_error', 'client_reset']).toContain(end[2]);
+  });
+});
+
 // ----- commands and errors -------------------------------------------------------------------
 
 describe('commands', () => {
@@ -1337,17 +1460,53 @@ describe('engineStop', () => {
     expect(refused).toBe('ECONNREFUSED');
 
     // Start again for the rest of the file's hooks.
-    engine.start(onEvents);
-    const fd4 = sockets.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 4096, v6only: false });
-    engine.listen(fd4, LID4);
-    port4 = sockets.sockName(fd4)[1];
-    const fd6 = sockets.plainListener({ family: 6, address: '::1', port: 0, backlog: 128, v6only: true });
-    engine.listen(fd6, LID6);
-    port6 = sockets.sockName(fd6)[1];
+    startEngine();
     const again = await accepted((e) => engine.reply(e[1], { text: '220 again\r\n', profile: P_DROP }));
     await again.c.waitData('220 again\r\n');
     again.c.sock.end();
     await again.c.closed;
+  });
+
+  it('ETD_ENGINE_FAULTS fails the n-th syscall: hold and connect throw and leave the client new; an epoll failure later is GONE engine_<errno>', async () => {
+    engine.stop();
+    expect((thrown(() => startEngine('epoll_ctl:x:ENOSPC')) as Error).message).toMatch(
+      /^engineStart\(onEvents\): ETD_ENGINE_FAULTS must be <syscall>:<n>:<ERRNO>\[,\.\.\.\] .* \(got "epoll_ctl:x:ENOSPC"\) \(unset it, or fix it\)$/,
+    );
+    expect(engine.counts().listeners).toBe(0); // not started
+
+    // Calls 1 and 2 of epoll_ctl are the two listeners; the first hold is call 3.
+    startEngine('epoll_ctl:3:ENOSPC,connect:1:ENOMEM');
+    const errs: unknown[] = [];
+    const states: unknown[] = [];
+    const a = await accepted((e) => {
+      errs.push(thrown(() => engine.hold(e[1], { windowMs: 1000, profile: P_DROP })));
+      states.push(engine.inspect(e[1])?.state);
+      errs.push(thrown(() => engine.connect(e[1], { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: 9, timeoutMs: 100, preamble: Buffer.alloc(0) })));
+      states.push(engine.inspect(e[1])?.state);
+      engine.reply(e[1], { text: '421 4.3.2 engine trouble\r\n', profile: P_DROP });
+    });
+    expect(errs[0]).toBeInstanceOf(TransparentSyscallError);
+    expect(errs[0]).toMatchObject({ syscall: 'epoll_ctl', sysCode: 'ENOSPC' });
+    expect((errs[0] as Error).message).toMatch(/fs\.epoll\.max_user_watches/);
+    expect(errs[1]).toMatchObject({ syscall: 'connect', sysCode: 'ENOMEM', port: 9 });
+    expect(states).toEqual(['new', 'new']);
+    await a.c.waitData('421 4.3.2 engine trouble\r\n');
+    a.c.sock.end();
+    await a.c.closed;
+    await waitUntil(() => 'the reply to end', () => engine.counts().connections === 0);
+
+    // Call 4: the early buffer of action log is full, the client leaves epoll (DEL) — and that fails.
+    engine.stop();
+    startEngine('epoll_ctl:4:ENOMEM');
+    events.length = 0; // ids start again at 1 with a new engine
+    const b = await accepted((e) => engine.hold(e[1], { windowMs: 5000, profile: P_LOG_SMALL }));
+    b.c.sock.write('x'.repeat(100));
+    expect(await waitEvent(evFor(EV_GONE, b.id))).toEqual([EV_GONE, b.id, 'engine_enomem']);
+    expect(eventsOf(b.id).map((e) => e[0])).toEqual([EV_ACCEPT, EV_TALK, EV_GONE]);
+    await b.c.closed;
+
+    engine.stop();
+    startEngine();
   });
 
   function thrown(fn: () => unknown): unknown {

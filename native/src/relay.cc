@@ -65,7 +65,7 @@ void Engine::IdleExpired(Conn* c, Timer* t, double now) {
   double last = client ? c->client_active : c->server_active;
   if (now - last >= idle) {
     Note(c, client ? "client_timeout" : "server_timeout");
-    EndRelay(c, c->cause);
+    EndRelay(c, Cause(c));
     return;
   }
   // There was activity since: look again when the idle time after it has passed (lazy: no
@@ -85,7 +85,7 @@ void Engine::EndRelay(Conn* c, const std::string& cause) {
 void Engine::ClientFailed(Conn* c, int err) {
   // The client is gone: close both at once, so the backend cannot take a half-sent message as complete.
   Note(c, err == ECONNRESET || err == EPIPE ? "client_reset" : "client_error");
-  EndRelay(c, c->cause);
+  EndRelay(c, Cause(c));
 }
 
 void Engine::ServerFailed(Conn* c, int err, double now) {
@@ -124,7 +124,7 @@ void Engine::ServerFailed(Conn* c, int err, double now) {
     c->s2c.shut = true;
   }
   if (c->c2s.eof && c->s2c.shut) {
-    EndRelay(c, c->cause);
+    EndRelay(c, Cause(c));
     return;
   }
   SetStateTimer(c, Kind::ServerGoneLinger, c->profile->server_gone_linger_ms, now);
@@ -269,7 +269,7 @@ void Engine::ShutServerIfDone(Conn* c) {
 }
 
 void Engine::MaybeDone(Conn* c) {
-  if (c->c2s.eof && c->c2s.shut && c->s2c.eof && c->s2c.shut) EndRelay(c, c->cause);
+  if (c->c2s.eof && c->c2s.shut && c->s2c.eof && c->s2c.shut) EndRelay(c, Cause(c));
 }
 
 }  // namespace etd

@@ -167,10 +167,10 @@ enum class Kind : uint8_t {
 
 struct Timer {
   double at = 0;
-  size_t idx = SIZE_MAX;  // position in the heap; SIZE_MAX = not scheduled
-  uint64_t owner = 0;     // connection id, or listener key for ListenerResume
+  uint64_t owner = 0;       // connection id, or listener key for ListenerResume
+  uint32_t idx = UINT32_MAX;  // position in the heap; UINT32_MAX = not scheduled
   Kind kind = Kind::Window;
-  bool scheduled() const { return idx != SIZE_MAX; }
+  bool scheduled() const { return idx != UINT32_MAX; }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -202,14 +202,15 @@ struct Conn {
   Timer sidle;        // relay: server idle
   std::string greeting;  // the greeting being read
   size_t greeting_line = 0;
-  std::string refused;  // the last refused greeting, for reply({greeting})
-  std::string early;    // action log: the client's early bytes, forwarded after the greeting
-  std::string deferred;  // reply({first}): the reply written after the client's first line
+  // A reply kept for later: in waiting, the last refused greeting (for reply({greeting})); in
+  // deferring, the reply written after the client's first line.
+  std::string kept;
+  std::string early;  // action log: the client's early bytes, forwarded after the greeting
   Dir c2s;  // client → server (before the relay: the preamble)
   Dir s2c;  // server → client (before the relay: teaser / final reply)
   std::unique_ptr<Stripper> stripper;
   std::unique_ptr<CommandWatcher> watcher;
-  std::string cause;  // the relay's first end cause
+  const char* cause = nullptr;  // the relay's first end cause (a literal)
 };
 
 struct Listener {

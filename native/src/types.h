@@ -29,16 +29,9 @@ constexpr int kServer = 1;
 // ---------------------------------------------------------------------------------------------
 // Events (protocol.ts EV_*)
 
-enum EventType : uint8_t {
-  EV_ACCEPT = 1,
-  EV_TALK = 2,
-  EV_GONE = 3,
-  EV_EXPIRED = 4,
-  EV_UPSTREAM_FAILED = 5,
-  EV_GREETING = 6,
-  EV_END = 7,
-  EV_ERROR = 8,
-};
+// Numbered as protocol.ts's EV_* (test/unit/native.test.ts compares the two).
+enum EventType : uint8_t { EV_ACCEPT = 1, EV_TALK = 2, EV_GONE = 3, EV_EXPIRED = 4,
+                           EV_UPSTREAM_FAILED = 5, EV_GREETING = 6, EV_END = 7, EV_ERROR = 8 };
 
 // One event on its way to JS; the fields each type uses are listed in binding.cc (ToJs).
 struct Ev {

@@ -22,6 +22,7 @@ import {
   EV_GREETING,
   EV_TALK,
   EV_UPSTREAM_FAILED,
+  type EngineConnect,
   type EngineEvent,
   type EngineProfile,
 } from '../../src/proxy/protocol.js';
@@ -255,10 +256,42 @@ function collect(s: net.Socket): { text(): string; buf(): Buffer; ended: Promise
   return { text: () => Buffer.concat(chunks).toString('latin1'), buf: () => Buffer.concat(chunks), ended };
 }
 
-const connectTo = (port: number, profile: number, opts: { timeoutMs?: number; preamble?: Buffer; family?: 4 | 6; host?: string } = {}) =>
+/** connect() options for a loopback backend: no spoofed source, a 3 s connect timeout, no preamble, unless given. */
+const upstream = (port: number, profile: number, opts: Partial<EngineConnect> = {}): EngineConnect => ({
+  profile,
+  family: 4,
+  sourceAddress: '',
+  synCount: 0,
+  address: '127.0.0.1',
+  port,
+  timeoutMs: 3000,
+  preamble: Buffer.alloc(0),
+  ...opts,
+});
+
+const connectTo = (port: number, profile: number, opts: Partial<EngineConnect> = {}) =>
   (ev: AcceptEvent): void => {
-    engine.connect(ev[1], { profile: profile, family: opts.family ?? 4, sourceAddress: '', synCount: 0, address: opts.host ?? '127.0.0.1', port: port, timeoutMs: opts.timeoutMs ?? 3000, preamble: opts.preamble ?? Buffer.alloc(0) });
+    engine.connect(ev[1], upstream(port, profile, opts));
   };
+
+/** A loopback listener whose accept queue is full: it drops SYNs, so a connect to it stays in flight. */
+async function blackHole(): Promise<{ port: number; close(): void }> {
+  const lfd = sockets.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 1, v6only: false });
+  const port = sockets.sockName(lfd)[1];
+  const fillers: TestClient[] = [];
+  for (let i = 0; i < 2; i++) {
+    const f = connectClient(port);
+    await f.connected;
+    fillers.push(f);
+  }
+  return {
+    port,
+    close: () => {
+      for (const f of fillers) f.sock.destroy();
+      sockets.closeFd(lfd);
+    },
+  };
+}
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
@@ -366,7 +399,7 @@ describe('accept', () => {
     expect(b.id).toBeGreaterThan(a.id);
     const never = b.id + 1_000_000;
     expect(engine.hold(never, { windowMs: 100, profile: P_DROP })).toBe(false);
-    expect(engine.connect(never, { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: 1, timeoutMs: 100, preamble: Buffer.alloc(0) })).toBe(false);
+    expect(engine.connect(never, upstream(1, P_DROP, { timeoutMs: 100 }))).toBe(false);
     expect(engine.reply(never, { text: 'x\r\n', profile: P_DROP })).toBe(-1);
     expect(engine.reply(never, { greeting: true })).toBe(-1);
     expect(engine.drop(never)).toBe(false);
@@ -548,7 +581,7 @@ describe('profiles', () => {
     await c.waitData(TEASER);
     expect(engine.inspect(id)).toEqual({ state: 'held', bytesFromClient: 0, bytesToClient: TEASER.length });
     await waitEvent(evFor(EV_EXPIRED, id));
-    engine.connect(id, { profile: P_TEASER, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: b.port, timeoutMs: 3000, preamble: Buffer.alloc(0) });
+    engine.connect(id, upstream(b.port, P_TEASER));
     await c.waitData('220 mx\r\n');
     expect(c.text()).toBe(`${TEASER}220 mx\r\n`);
     c.sock.end();
@@ -566,7 +599,7 @@ describe('profiles', () => {
     c.sock.write('MAIL FROM:<a@b>\r\n'); // more early bytes: buffered, no second TALK
     await waitEvent(evFor(EV_EXPIRED, id));
     expect(engine.inspect(id)).toEqual({ state: 'waiting', bytesFromClient: 29, bytesToClient: 0 });
-    engine.connect(id, { profile: P_LOG, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: b.port, timeoutMs: 3000, preamble: Buffer.alloc(0) });
+    engine.connect(id, upstream(b.port, P_LOG));
     expect((await waitEvent(evFor(EV_GREETING, id)))[4]).toBe(1);
     await c.waitData('220 mx\r\n');
     await waitUntil(() => `backend got ${JSON.stringify(seen())}`, () => seen() === 'EHLO early\r\nMAIL FROM:<a@b>\r\n');
@@ -589,7 +622,7 @@ describe('profiles', () => {
     expect(talk[4]).toBe(16);
     await waitEvent(evFor(EV_EXPIRED, id));
     expect(engine.inspect(id)?.bytesFromClient).toBe(16);
-    engine.connect(id, { profile: P_LOG_SMALL, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: b.port, timeoutMs: 3000, preamble: Buffer.alloc(0) });
+    engine.connect(id, upstream(b.port, P_LOG_SMALL));
     await waitUntil(() => `backend got ${seen().length} bytes`, () => seen() === early);
     c.sock.end();
     (await b.connected).end();
@@ -606,24 +639,16 @@ describe('profiles', () => {
 
   it('TALK says the stage: greeting (connected, no greeting yet) and connecting (connect in flight)', async () => {
     const silent = await startBackend(() => undefined);
-    const g = await accepted((e) => engine.connect(e[1], { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: silent.port, timeoutMs: 3000, preamble: Buffer.alloc(0) }));
+    const g = await accepted((e) => engine.connect(e[1], upstream(silent.port, P_DROP)));
     await silent.connected;
     await waitUntil(() => 'state greeting', () => engine.inspect(g.id)?.state === 'greeting');
     g.c.sock.write('EHLO x\r\n');
     expect((await waitEvent(evFor(EV_TALK, g.id)))[5]).toBe('greeting');
     await g.c.closed;
 
-    // A listener whose accept queue is full drops SYNs: the connect stays in flight.
-    const lfd = sockets.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 1, v6only: false });
-    const lport = sockets.sockName(lfd)[1];
-    const fillers: TestClient[] = [];
+    const hole = await blackHole();
     try {
-      for (let i = 0; i < 2; i++) {
-        const f = connectClient(lport);
-        await f.connected;
-        fillers.push(f);
-      }
-      const k = await accepted((e) => engine.connect(e[1], { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: lport, timeoutMs: 5000, preamble: Buffer.alloc(0) }));
+      const k = await accepted((e) => engine.connect(e[1], upstream(hole.port, P_DROP, { timeoutMs: 5000 })));
       expect(engine.inspect(k.id)?.state).toBe('connecting');
       k.c.sock.write('EHLO y\r\n');
       const talk = await waitEvent(evFor(EV_TALK, k.id));
@@ -631,8 +656,7 @@ describe('profiles', () => {
       expect(talk[4]).toBe(8);
       await k.c.closed;
     } finally {
-      for (const f of fillers) f.sock.destroy();
-      sockets.closeFd(lfd);
+      hole.close();
     }
   });
 
@@ -731,7 +755,7 @@ describe('upstream', () => {
     await c.waitData('220 ok\r\n');
     expect(engine.reply(id, { text: 'no\r\n', profile: P_DROP })).toBe(-1); // relaying: too late for a reply
     expect(engine.inspect(id)?.state).toBe('relaying');
-    expect(engine.connect(id, { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: backendPort, timeoutMs: 100, preamble: Buffer.alloc(0) })).toBe(false);
+    expect(engine.connect(id, upstream(backendPort, P_DROP, { timeoutMs: 100 }))).toBe(false);
     c.sock.write('EHLO t\r\n');
     await c.waitData('220 ok\r\n250 hi\r\n');
     c.sock.end(up);
@@ -799,7 +823,7 @@ describe('upstream', () => {
     const good = await startBackend((s) => s.write('220 good\r\n'));
     const { id, c } = await accepted(connectTo(bad.port, P_DROP));
     expect((await waitEvent(evFor(EV_GREETING, id)))[2]).toBe('garbage');
-    expect(engine.connect(id, { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: good.port, timeoutMs: 3000, preamble: Buffer.alloc(0) })).toBe(true);
+    expect(engine.connect(id, upstream(good.port, P_DROP))).toBe(true);
     await waitEvent((e) => e[0] === EV_GREETING && e[1] === id && e[2] === '220');
     await c.waitData('220 good\r\n');
     expect(c.text()).toBe('220 good\r\n');
@@ -816,7 +840,7 @@ describe('upstream', () => {
       s.write('220 spoofed\r\n');
     });
     const { id, c } = await accepted((e) =>
-      engine.connect(e[1], { profile: P_DROP, family: 4, sourceAddress: '127.0.0.2', synCount: 2, address: '127.0.0.1', port: b.port, timeoutMs: 3000, preamble: Buffer.alloc(0) }),
+      engine.connect(e[1], upstream(b.port, P_DROP, { sourceAddress: '127.0.0.2', synCount: 2 })),
     );
     expect((await waitEvent(evFor(EV_GREETING, id)))[4]).toBe(1);
     expect(peer).toBe('127.0.0.2');
@@ -833,7 +857,7 @@ describe('upstream', () => {
     let thrown: unknown;
     const { id, c } = await accepted((e) => {
       try {
-        engine.connect(e[1], { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: port, timeoutMs: 3000, preamble: Buffer.alloc(0) });
+        engine.connect(e[1], upstream(port, P_DROP));
       } catch (err) {
         thrown = err;
       }
@@ -859,18 +883,9 @@ describe('upstream', () => {
   });
 
   it('a connect that gets no answer times out: UPSTREAM_FAILED connect ETIMEDOUT', async () => {
-    // A listener whose accept queue is full drops SYNs: the connect hangs like one to a dead host.
-    const transparent = loadTransparent();
-    const lfd = sockets.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 1, v6only: false });
-    const lport = sockets.sockName(lfd)[1];
-    const fillers: TestClient[] = [];
+    const hole = await blackHole(); // the connect hangs like one to a dead host
     try {
-      for (let i = 0; i < 2; i++) {
-        const f = connectClient(lport);
-        await f.connected;
-        fillers.push(f);
-      }
-      const { id, c } = await accepted(connectTo(lport, P_DROP, { timeoutMs: 300 }));
+      const { id, c } = await accepted(connectTo(hole.port, P_DROP, { timeoutMs: 300 }));
       const failed = await waitEvent(evFor(EV_UPSTREAM_FAILED, id));
       expect(failed.slice(0, 4)).toEqual([EV_UPSTREAM_FAILED, id, 'connect', 'ETIMEDOUT']);
       expect(failed[4]).toBeGreaterThanOrEqual(299);
@@ -878,8 +893,7 @@ describe('upstream', () => {
       expect(engine.drop(id)).toBe(true);
       await c.closed;
     } finally {
-      for (const f of fillers) f.sock.destroy();
-      transparent.closeFd(lfd);
+      hole.close();
     }
   });
 
@@ -1095,7 +1109,7 @@ describe('resources', () => {
       });
     });
     onAccept = (e) => {
-      engine.connect(e[1], { profile: P_LONG_IDLE, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: b.port, timeoutMs: 3000, preamble: Buffer.alloc(0) });
+      engine.connect(e[1], upstream(b.port, P_LONG_IDLE));
     };
     let maxRatio = 0;
     const one = async (): Promise<void> => {
@@ -1127,7 +1141,7 @@ describe('resources', () => {
     let id = 0;
     onAccept = (e) => {
       id = e[1];
-      engine.connect(e[1], { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: b.port, timeoutMs: 3000, preamble: Buffer.alloc(0) });
+      engine.connect(e[1], upstream(b.port, P_DROP));
     };
     const sock = net.connect({ port: port4, host: '127.0.0.1' });
     clients.add(sock);
@@ -1233,8 +1247,8 @@ describe('commands', () => {
     let errs: unknown[] = [];
     const { id, c } = await accepted((e) => {
       errs = [
-        thrown(() => engine.connect(e[1], { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '::1', port: 25, timeoutMs: 100, preamble: Buffer.alloc(0) })),
-        thrown(() => engine.connect(e[1], { profile: P_DROP, family: 6, sourceAddress: '127.0.0.1', synCount: 0, address: '::1', port: 25, timeoutMs: 100, preamble: Buffer.alloc(0) })),
+        thrown(() => engine.connect(e[1], upstream(25, P_DROP, { address: '::1', timeoutMs: 100 }))),
+        thrown(() => engine.connect(e[1], upstream(25, P_DROP, { family: 6, sourceAddress: '127.0.0.1', address: '::1', timeoutMs: 100 }))),
       ];
       engine.hold(e[1], { windowMs: 10_000, profile: P_DROP });
     });
@@ -1481,7 +1495,7 @@ describe('engineStop', () => {
     const a = await accepted((e) => {
       errs.push(thrown(() => engine.hold(e[1], { windowMs: 1000, profile: P_DROP })));
       states.push(engine.inspect(e[1])?.state);
-      errs.push(thrown(() => engine.connect(e[1], { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: 9, timeoutMs: 100, preamble: Buffer.alloc(0) })));
+      errs.push(thrown(() => engine.connect(e[1], upstream(9, P_DROP, { timeoutMs: 100 }))));
       states.push(engine.inspect(e[1])?.state);
       engine.reply(e[1], { text: '421 4.3.2 engine trouble\r\n', profile: P_DROP });
     });

@@ -16,6 +16,7 @@ void Engine::StartRelay(Conn* c, double now) {
   std::string bytes;
   bytes.swap(c->greeting);  // the greeting and whatever the server sent after it
   c->greeting_line = 0;
+  std::string().swap(c->kept);  // an earlier server's refused greeting is of no use any more
   c->st = St::Relaying;
   Unschedule(&c->state_timer);  // the relay is bounded by its idle limits
   c->c2s.eof = c->c2s.shut = false;  // c2s.pending may still hold the end of the preamble

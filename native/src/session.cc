@@ -109,7 +109,7 @@ void Engine::EarlyRead(Conn* c, double now) {
   c->bytes_from_client += static_cast<double>(n);
   if (log) {
     // Record it, keep holding; the bytes go upstream after a 220 greeting.
-    c->early.append(buf_.get(), static_cast<size_t>(n));
+    AppendBounded(&c->early, buf_.get(), static_cast<size_t>(n), p.early_buffer_bytes);
     if (!c->talked) {
       c->talked = true;
       ReportTalk(c, c->early.data(), c->early.size(), now);
@@ -215,7 +215,7 @@ void Engine::ReadGreeting(Conn* c, double now) {
     return;
   }
   size_t from = c->greeting.size();
-  c->greeting.append(buf_.get(), static_cast<size_t>(n));
+  AppendBounded(&c->greeting, buf_.get(), static_cast<size_t>(n), c->profile->greeting_max_bytes + kReadBuffer);
   size_t end = GreetingEnd(c->greeting, from, &c->greeting_line);
   if (end == std::string::npos) {
     if (c->greeting.size() <= c->profile->greeting_max_bytes) return;

@@ -135,6 +135,17 @@ struct Buf {
   size_t Heap() const { return data.capacity() > 15 ? data.capacity() : 0; }
 };
 
+// Appends to a buffer that may hold at most `cap` bytes, growing its block at most to `cap`
+// (plain appends double the capacity, which would double the documented bound).
+inline void AppendBounded(std::string* s, const char* p, size_t n, size_t cap) {
+  size_t need = s->size() + n;
+  if (need > s->capacity()) {
+    size_t grow = s->capacity() * 2;
+    s->reserve(grow > need ? (grow < cap ? grow : (need > cap ? need : cap)) : need);
+  }
+  s->append(p, n);
+}
+
 // One direction of the relay (or of a final reply).
 struct Dir {
   Buf pending;

@@ -660,6 +660,21 @@ describe('profiles', () => {
     }
   });
 
+  it('redefining a profile applies to new uses only: a held connection keeps the reply it was given', async () => {
+    const P_REDEFINED = 20;
+    engine.defineProfile(P_REDEFINED, { ...BASE, action: 'reject', rejectReply: '554 old\r\n' });
+    const first = await accepted((e) => engine.hold(e[1], { windowMs: 5000, profile: P_REDEFINED }));
+    engine.defineProfile(P_REDEFINED, { ...BASE, action: 'reject', rejectReply: '554 new\r\n' });
+    const second = await accepted((e) => engine.hold(e[1], { windowMs: 5000, profile: P_REDEFINED }));
+    first.c.sock.write('EHLO a\r\n');
+    second.c.sock.write('EHLO b\r\n');
+    await first.c.waitData('554 old\r\n');
+    await second.c.waitData('554 new\r\n');
+    first.c.sock.end();
+    second.c.sock.end();
+    await Promise.all([first.c.closed, second.c.closed]);
+  });
+
   it('deferred reply: `first` at once, the reply after the client\'s first line, then EOF', async () => {
     const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 50, profile: P_TEASER }), { allowHalfOpen: true });
     await waitEvent(evFor(EV_EXPIRED, id));

@@ -29,7 +29,7 @@ export const clientRoutes: RoutePlugin = async (api, deps) => {
     '/v1/clients/:address',
     {
       schema: {
-        summary: "one client: its access-list match, its pass/deny cache entry, and what etd would do with its next connection",
+        summary: 'one client: its access-list match, its pass/deny cache entry, and what etd would do with its next connection',
         description: 'Limits (per-client, held, total) are not part of the answer: they depend on the moment. DNSBL scores are not implemented yet.',
         tags: ['clients'],
         params: ClientParams,

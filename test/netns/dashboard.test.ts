@@ -145,6 +145,30 @@ log: { level: info }
     await tab.page.click('#line-dialog button');
   }, 30_000);
 
+  it('filters by verdict, client and listener; pause holds the table and says what arrived meanwhile', async () => {
+    const { page } = tab;
+    const verdicts = () => page.$$eval('#stream tbody tr', (rows) => rows.map((r) => (r as HTMLElement).dataset.verdict));
+    await page.selectOption('#f-verdict', 'early_talker');
+    await page.waitForFunction(() => [...document.querySelectorAll('#stream tbody tr')].every((r) => (r as HTMLElement).dataset.verdict === 'early_talker'));
+    expect(await verdicts()).toContain('early_talker');
+    await page.selectOption('#f-verdict', '');
+    await page.selectOption('#f-listener', 'smtp6');
+    await page.waitForFunction(() => document.querySelectorAll('#stream tbody tr').length === 1);
+    await page.selectOption('#f-listener', '');
+    await page.fill('#f-client', lab.v4.client);
+    await page.waitForFunction(() => [...document.querySelectorAll('#stream tbody tr')].every((r) => r.textContent?.includes('passed')));
+    await page.fill('#f-client', '');
+
+    await page.click('#pause');
+    expect(await page.getAttribute('#pause', 'aria-pressed')).toBe('true');
+    const rows = await page.locator('#stream tbody tr').count();
+    await earlyTalker(lab, lab.v6.gatewayClientSide); // denied now (deny cache): a new line all the same
+    await page.waitForFunction(() => /paused: 1 arrived since/.test(document.querySelector('#stream-info')?.textContent ?? ''), undefined, { timeout: 3000 });
+    expect(await page.locator('#stream tbody tr').count()).toBe(rows);
+    await page.click('#pause');
+    await page.waitForFunction((n) => document.querySelectorAll('#stream tbody tr').length === n + 1, rows, { timeout: 3000 });
+  }, 30_000);
+
   it('clicking drain makes GET /v1/backends report drain, and new sessions avoid that server', async () => {
     await tab.page.click('#backends tbody tr[data-server="b1"] button[data-action="drain"]');
     await until('b1 drained', async () => {

@@ -1309,8 +1309,10 @@ describe('commands', () => {
   });
 
   it('accept failing with EMFILE reports ERROR and pauses the listener, then goes on', async () => {
-    // For half a second this process may open no fd at all (soft RLIMIT_NOFILE 3), so the
-    // engine's accept4 fails; the limiter and the clients are child processes started before.
+    // Until the engine reports the failure, this process may open no fd at all (soft
+    // RLIMIT_NOFILE 3), so the engine's accept4 fails; the limiter and the clients are child
+    // processes started before. The limit is lifted on a condition (ERROR seen, or 10 s), never
+    // on a timer: a loaded machine only makes the test slower.
     const lfd = sockets.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 64, v6only: false });
     engine.listen(lfd, 77);
     const lport = sockets.sockName(lfd)[1];
@@ -1345,19 +1347,25 @@ describe('commands', () => {
     const clientsExited = new Promise((r) => clientsChild.on('exit', r));
     const limiter = spawn(
       'sh',
-      ['-c', `prlimit --pid ${process.pid} --nofile=3: && echo limited && sleep 0.5; prlimit --pid ${process.pid} --nofile=${soft}:`],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
+      ['-c', `prlimit --pid ${process.pid} --nofile=3: && echo limited; read release; prlimit --pid ${process.pid} --nofile=${soft}:`],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
     );
     const limiterExited = new Promise((r) => limiter.on('exit', r));
-    await new Promise<void>((r) => limiter.stdout.on('data', (d) => String(d).includes('limited') && r()));
-    clientsChild.stdin.write('go\n');
-    const err = await waitEvent((e) => e[0] === EV_ERROR && e[1] === 77, 5000);
-    await limiterExited;
-    expect(err).toEqual([EV_ERROR, 77, 'accept', 'EMFILE']);
-    await clientsExited;
-    expect(clientsOut.trim()).toBe('3');
-    expect(ids).toHaveLength(3);
-    engine.unlisten(77);
+    try {
+      await new Promise<void>((r) => limiter.stdout.on('data', (d) => String(d).includes('limited') && r()));
+      clientsChild.stdin.write('go\n');
+      const err = await waitEvent((e) => e[0] === EV_ERROR && e[1] === 77, 10_000).finally(() => limiter.stdin.end('release\n'));
+      await limiterExited;
+      expect(err).toEqual([EV_ERROR, 77, 'accept', 'EMFILE']);
+      await clientsExited;
+      expect(clientsOut.trim()).toBe('3');
+      expect(ids).toHaveLength(3);
+    } finally {
+      limiter.stdin.end();
+      await limiterExited;
+      clientsChild.kill();
+      engine.unlisten(77);
+    }
   });
 });
 

@@ -171,7 +171,7 @@ check_system() {
   fi
   if ((!UNINSTALL)); then
     local f
-    for f in dist/cli.js native/build/Release/etd_transparent.node package.json package-lock.json config/etd.example.yaml systemd/etd.service; do
+    for f in dist/src/cli.js native/build/Release/etd_transparent.node package.json package-lock.json config/etd.example.yaml systemd/etd.service; do
       [[ -e $SRC/$f ]] || block "$SRC/$f is missing: build the checkout first (npm ci && npm run build)"
     done
     if ((COPY_MODULES)) && [[ ! -d $SRC/node_modules ]]; then
@@ -189,7 +189,7 @@ check_node() {
   if [[ -n $major ]] && ((major >= NODE_MIN)); then
     note "node: $node ($("$node" --version))"
     command -v npm >/dev/null || block "npm is missing: install the npm that goes with $node (npm ci builds /opt/etd/node_modules)"
-    # The unit starts /opt/etd/dist/cli.js through "#!/usr/bin/env node" with systemd's PATH.
+    # The unit starts /opt/etd/dist/src/cli.js through "#!/usr/bin/env node" with systemd's PATH.
     case $(dirname "$node") in
       /usr/local/sbin | /usr/local/bin | /usr/sbin | /usr/bin | /sbin | /bin) ;;
       *) warn "$node is not on systemd's default PATH: link it as /usr/local/bin/node, or the unit cannot start" ;;
@@ -265,7 +265,7 @@ install_files() {
   run chown -R root:root "$STAGE"
   run chmod -R go-w "$STAGE"
   # Prove the copy works before it replaces the installed one.
-  run node "$STAGE/dist/cli.js" version
+  run node "$STAGE/dist/src/cli.js" version
   run node -e 'require(process.argv[1]); const D = require(process.argv[2]); new D(":memory:").close()' \
     "$STAGE/native/build/Release/etd_transparent.node" "$STAGE/node_modules/better-sqlite3"
   if [[ -e $PREFIX ]]; then
@@ -295,20 +295,20 @@ install_config() {
     CONFIG_IS_NEW=1
   fi
   # The service reads it as $ETD_USER: check it that way (a warning only; etd check prints why).
-  show runuser -u "$ETD_USER" -- "$PREFIX/dist/cli.js" check -c "$CONF"
-  if ((!DRY_RUN)) && ! runuser -u "$ETD_USER" -- "$PREFIX/dist/cli.js" check -c "$CONF" >/dev/null; then
+  show runuser -u "$ETD_USER" -- "$PREFIX/dist/src/cli.js" check -c "$CONF"
+  if ((!DRY_RUN)) && ! runuser -u "$ETD_USER" -- "$PREFIX/dist/src/cli.js" check -c "$CONF" >/dev/null; then
     warn "$CONF does not pass etd check as user $ETD_USER: fix it before starting etd"
   fi
 }
 
 install_command() {
-  step "command $BIN_LINK -> $PREFIX/dist/cli.js"
+  step "command $BIN_LINK -> $PREFIX/dist/src/cli.js"
   if [[ -e $BIN_LINK && ! -L $BIN_LINK ]]; then
     block "$BIN_LINK exists and is not a symlink: move it away, then run this again"
-  elif [[ $(readlink "$BIN_LINK" 2>/dev/null) == "$PREFIX/dist/cli.js" ]]; then
+  elif [[ $(readlink "$BIN_LINK" 2>/dev/null) == "$PREFIX/dist/src/cli.js" ]]; then
     note "$BIN_LINK is up to date"
   else
-    run ln -sfn "$PREFIX/dist/cli.js" "$BIN_LINK"
+    run ln -sfn "$PREFIX/dist/src/cli.js" "$BIN_LINK"
   fi
 }
 
@@ -374,13 +374,13 @@ uninstall() {
   fi
 
   step "remove etd's nftables table and ip rules (idempotent)"
-  if [[ -x $PREFIX/dist/cli.js && -r $CONF ]]; then
-    show "$PREFIX/dist/cli.js" rules remove -c "$CONF"
-    if ((!DRY_RUN)) && ! "$PREFIX/dist/cli.js" rules remove -c "$CONF"; then
+  if [[ -x $PREFIX/dist/src/cli.js && -r $CONF ]]; then
+    show "$PREFIX/dist/src/cli.js" rules remove -c "$CONF"
+    if ((!DRY_RUN)) && ! "$PREFIX/dist/src/cli.js" rules remove -c "$CONF"; then
       warn "etd rules remove failed: check with nft list table inet etd and ip rule"
     fi
   else
-    note "no $PREFIX/dist/cli.js or no readable $CONF: nothing to run (check nft list tables and ip rule by hand)"
+    note "no $PREFIX/dist/src/cli.js or no readable $CONF: nothing to run (check nft list tables and ip rule by hand)"
   fi
 
   step "remove the unit $UNIT"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Soak test: etd (the built CLI) on loopback against two SMTP sinks, under a mix of polite senders, early talkers,
-# connect-and-RST bursts, slowloris clients, backend restarts and SIGHUP reloads (src/bench/soak.ts).
+# connect-and-RST bursts, slowloris clients, backend restarts and SIGHUP reloads (bench/soak.ts).
 # Prints one line a minute: messages sent vs received by the backends (must be equal), etd RSS/heap/fds, errors.
 #
 #   scripts/soak.sh                 30 minutes

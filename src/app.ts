@@ -1,19 +1,17 @@
 // Composition root: builds etd's parts from one Config with explicit dependencies; start, reload, stop in order.
 
-import net from 'node:net';
 import type { Logger } from 'pino';
 import type { Config, ListenerConfig } from './config/schema.js';
 import { Pool } from './backend/pool.js';
 import { HealthChecker } from './backend/health.js';
-import { TimerHoldQueue } from './proxy/holdQueue.js';
-import { Listener, fmt } from './proxy/listener.js';
-import { Session, type LiveSession, type SessionContext, type SessionPolicy, type SessionSummary } from './proxy/session.js';
+import { Listener } from './proxy/listener.js';
+import type { EngineCounts, LiveSession, SessionContext, SessionPolicy, SessionSummary } from './proxy/protocol.js';
+import { policyOf } from './proxy/policy.js';
+import { Session, SHUTDOWN_REPLY, summaryOf } from './proxy/session.js';
 import { createSource } from './proxy/upstream.js';
 import { engineDriver, type EngineDriver, type NativeAccept } from './proxy/engineDriver.js';
-import { NativeSession } from './proxy/nativeSession.js';
 import { Stats } from './stats.js';
 import { EtdError, describeError } from './errors.js';
-import { normalizeAddress } from './config/cidr.js';
 import { AccessLists } from './policy/access.js';
 import { ClientCache } from './policy/clientCache.js';
 import { openStore, type StateStore } from './state/store.js';
@@ -24,23 +22,6 @@ interface ListenerContext extends SessionContext {
   stress: SessionPolicy;
 }
 
-/** The session policy for a config; under stress the window is the stress window. */
-export function policyOf(config: Config, stressed = false): SessionPolicy {
-  return {
-    windowMs: stressed ? config.detection.stress.windowMs : config.detection.windowMs,
-    action: config.detection.action,
-    rejectReply: config.detection.rejectReply,
-    noServerReply: config.upstream.noServerReply,
-    connectTimeoutMs: config.upstream.connectTimeoutMs,
-    retries: config.upstream.retries,
-    clientIdleMs: config.timeouts.clientMs,
-    serverIdleMs: config.timeouts.serverMs,
-    forward: config.upstream.forward,
-    stripPipeconnect: config.detection.stripPipeconnect,
-    teaser: config.detection.teaser,
-  };
-}
-
 /** What decides the netfilter setup, which is applied at start: only a restart changes it. */
 function netfilterKey(c: Config): string {
   const modes = [...new Set(c.listeners.map((l) => l.mode).filter((m) => m !== 'plain'))].sort();
@@ -49,7 +30,7 @@ function netfilterKey(c: Config): string {
 }
 
 function listenerKey(l: ListenerConfig): string {
-  return JSON.stringify([l.name, l.address, l.port, l.mode, l.backlog, l.destinations, l.engine]);
+  return JSON.stringify([l.name, l.address, l.port, l.mode, l.backlog, l.destinations]);
 }
 
 /** What happens to a new connection, before any session exists: decided by limits, access lists and caches. */
@@ -57,11 +38,6 @@ type Admission =
   | { readonly refuse: 'max_connections' | 'max_held' | 'per_client'; readonly reply: string }
   | { readonly deny: 'access_deny' | 'deny_cache' }
   | { readonly skip: 'allowlist' | 'pass_cache' | undefined };
-
-/** Policies only the Node engine implements: a teaser line, and relaying early talkers (action: log). */
-function needsNodeEngine(p: SessionPolicy): boolean {
-  return p.teaser !== undefined || p.action === 'log';
-}
 
 /** Hooks for parts that observe sessions (API event ring, metrics); all optional. */
 export interface AppObserver {
@@ -73,7 +49,6 @@ export class App {
   readonly pool: Pool;
   /** Active SMTP checks of the pool's servers (rise/fall); `health.status(name)` for the API. */
   readonly health: HealthChecker;
-  readonly hold = new TimerHoldQueue<Session>();
   readonly sessions = new Set<LiveSession>();
   private listeners = new Map<string, Listener>();
   private stopping = false;
@@ -87,7 +62,7 @@ export class App {
   readonly store: StateStore;
   readonly access: AccessLists;
   readonly cache: ClientCache;
-  /** The native session engine, once a native listener started (released at stop). */
+  /** The native session engine, from start to stop. */
   private engine: EngineDriver | undefined;
 
   constructor(
@@ -115,11 +90,10 @@ export class App {
     };
   }
 
-  /** What the native engine owns now, or null when no listener runs on it. */
-  engineCounts(): { connections: number; fds: number } | null {
+  /** What the native engine owns now, or null when it is not running (before start, after stop). */
+  engineCounts(): (EngineCounts & { handlerErrors: number }) | null {
     if (!this.engine) return null;
-    const c = this.engine.addon.engineCounts();
-    return { connections: c.connections, fds: c.fds };
+    return { ...this.engine.engine.counts(), handlerErrors: this.engine.handlerErrors };
   }
 
   listenerList(): readonly Listener[] {
@@ -132,6 +106,9 @@ export class App {
     this.log.info({ entries: loaded, ms: Math.round(performance.now() - t0), store: this.store.location }, 'client cache loaded');
     this.cache.startSweeping();
     this.health.start();
+    const driver = engineDriver();
+    driver.acquire(this.log);
+    this.engine = driver;
     for (const l of this.config.listeners) await this.startListener(l);
   }
 
@@ -142,7 +119,6 @@ export class App {
       mode: l.mode,
       log: this.log.child({ listener: l.name }),
       pool: this.pool,
-      hold: this.hold,
       source: createSource(config.upstream.source),
       normal: policyOf(config),
       stress: policyOf(config, true),
@@ -172,7 +148,7 @@ export class App {
         else app.perClient.delete(s.clientAddress);
         if (summary.verdict === 'early_talker') app.cache.recordDeny(s.clientAddress);
         app.checkStress();
-        app.recordEnd(this.log, summary);
+        app.recordEnd(summary);
       },
     };
   }
@@ -195,24 +171,16 @@ export class App {
     }
   }
 
-  private recordEnd(log: Logger, summary: SessionSummary): void {
+  /** The summary line goes to the root logger: it carries `listener` itself (a child logger's binding would repeat the key). */
+  private recordEnd(summary: SessionSummary): void {
     this.stats.ended(summary);
-    log.info(summary, 'session');
+    this.log.info(summary, 'session');
     for (const o of this.observers) o.sessionEnded?.(summary);
   }
 
   private async startListener(l: ListenerConfig, config = this.config): Promise<Listener> {
     const ctx = this.makeContext(l, config);
-    let native: ConstructorParameters<typeof Listener>[4];
-    if (l.engine === 'native') {
-      if (!this.engine) {
-        const driver = engineDriver();
-        driver.acquire(this.log);
-        this.engine = driver;
-      }
-      native = { driver: this.engine, onAccept: (conn, c) => this.acceptNative(conn, c) };
-    }
-    const listener = new Listener(l, ctx, (socket, c) => this.accept(socket, c), config.netfilter.tproxyPort, native);
+    const listener = new Listener(l, ctx, this.engine!, (conn, c) => this.accept(conn, c), config.netfilter.tproxyPort);
     await listener.start();
     this.listeners.set(l.name, listener);
     return listener;
@@ -234,91 +202,46 @@ export class App {
     return { skip: cached === 'pass' ? 'pass_cache' : undefined };
   }
 
-  private accept(socket: net.Socket, ctx: SessionContext): void {
+  /** A connection the engine accepted: admission decides, then a session or an answer at once. */
+  private accept(conn: NativeAccept, ctx: SessionContext): void {
+    const engine = this.engine!.engine;
     this.stats.accepted++;
     if (this.stopping) {
-      socket.destroy();
+      // Arrived while etd stops (still in the accept queue): the same polite 421 as a held client.
+      const sent = engine.reply(conn.eid, { text: `${SHUTDOWN_REPLY}\r\n` });
+      this.endedAtAccept(ctx, conn, 'shutdown', 'shutdown', sent);
       return;
     }
-    const address = normalizeAddress(socket.remoteAddress ?? '');
-    const port = socket.remotePort ?? 0;
-    const a = this.admit(address);
-    if ('refuse' in a) {
-      socket.on('error', () => socket.destroy());
-      socket.resume();
-      socket.end(`${a.reply}\r\n`);
-      socket.setTimeout(5000, () => socket.destroy());
-      this.refused(ctx, address, port, a.refuse);
-    } else if ('deny' in a) {
-      socket.on('error', () => socket.destroy());
-      if (this.config.access.denyAction === 'drop') socket.resetAndDestroy();
-      else {
-        socket.resume();
-        socket.end(`${this.config.access.denyReply}\r\n`);
-        socket.setTimeout(5000, () => socket.destroy());
-      }
-      this.denied(ctx, address, port, a.deny);
-    } else {
-      new Session(socket, ctx, a.skip).begin();
-    }
-  }
-
-  /** A connection accepted by the native engine: the same decisions; the engine does the I/O. */
-  private acceptNative(conn: NativeAccept, ctx: SessionContext): void {
-    const engine = this.engine!.addon;
-    if (this.stopping) {
-      this.stats.accepted++;
-      engine.engineDrop(conn.eid);
-      return;
-    }
-    if (needsNodeEngine(ctx.policy)) {
-      // Hand the connection over to a Node socket (accept() counts it).
-      const fd = engine.engineRelease(conn.eid);
-      const socket = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
-      socket.setNoDelay(true);
-      this.accept(socket, ctx);
-      return;
-    }
-    this.stats.accepted++;
     const a = this.admit(conn.peerAddress);
     if ('refuse' in a) {
-      engine.engineReply(conn.eid, `${a.reply}\r\n`);
-      this.refused(ctx, conn.peerAddress, conn.peerPort, a.refuse);
+      const sent = engine.reply(conn.eid, { text: `${a.reply}\r\n` });
+      this.stats.limits[a.refuse]++;
+      this.endedAtAccept(ctx, conn, 'limit', a.refuse, sent);
     } else if ('deny' in a) {
-      if (this.config.access.denyAction === 'drop') engine.engineDrop(conn.eid);
-      else engine.engineReply(conn.eid, `${this.config.access.denyReply}\r\n`);
-      this.denied(ctx, conn.peerAddress, conn.peerPort, a.deny);
+      let sent = 0;
+      if (this.config.access.denyAction === 'drop') engine.drop(conn.eid);
+      else sent = engine.reply(conn.eid, { text: `${this.config.access.denyReply}\r\n` });
+      this.endedAtAccept(ctx, conn, 'denied', a.deny, sent);
     } else {
-      new NativeSession(this.engine!, conn, ctx, a.skip).begin();
+      new Session(this.engine!, conn, ctx, a.skip).begin();
     }
   }
 
-  /** The summary of a denied client (access list or deny cache: 554 5.7.1 and close, or drop). */
-  private denied(ctx: SessionContext, address: string, port: number, cause: 'access_deny' | 'deny_cache'): void {
-    this.endedAtAccept(ctx, address, port, 'denied', cause);
-  }
-
-  /** The summary of a connection refused by a limit (421 and close). */
-  private refused(ctx: SessionContext, address: string, port: number, cause: 'max_connections' | 'max_held' | 'per_client'): void {
-    this.stats.limits[cause]++;
-    this.endedAtAccept(ctx, address, port, 'limit', cause);
-  }
-
-  /** A connection answered at accept, before any session existed: its summary line. */
-  private endedAtAccept(ctx: SessionContext, address: string, port: number, verdict: 'denied' | 'limit', cause: string): void {
-    this.recordEnd(ctx.log, {
-      id: 0,
-      listener: ctx.listener,
-      client: fmt(address, port),
-      clientAddress: address,
-      verdict,
-      attempts: 0,
-      heldMs: 0,
-      durationMs: 0,
-      bytesFromClient: 0,
-      bytesToClient: 0,
-      cause,
-    });
+  /** A connection answered at accept, before any session existed: its summary line (`sent`: the reply's bytes, -1 none). */
+  private endedAtAccept(ctx: SessionContext, conn: NativeAccept, verdict: 'denied' | 'limit' | 'shutdown', cause: string, sent: number): void {
+    this.recordEnd(
+      summaryOf({
+        id: 0,
+        listener: ctx.listener,
+        clientAddress: conn.peerAddress,
+        clientPort: conn.peerPort,
+        verdict,
+        cause,
+        heldMs: 0,
+        bytesFromClient: 0,
+        bytesToClient: Math.max(0, sent),
+      }),
+    );
   }
 
   /**
@@ -381,7 +304,6 @@ export class App {
     const deadline = Date.now() + graceMs;
     while (this.sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const s of [...this.sessions]) s.abort('shutdown');
-    this.hold.close();
     this.engine?.release();
     this.engine = undefined;
     this.cache.stop();

@@ -2,7 +2,7 @@
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { App } from './app.js';
-import type { SessionSummary } from './proxy/session.js';
+import type { SessionSummary } from './proxy/protocol.js';
 
 /** Early talk happens within the window: from a few ms (bots) to the whole window (up to ~30 s). */
 const EARLY_TALK_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30];
@@ -136,6 +136,24 @@ export class Metrics {
       registers,
       collect() {
         this.set(app.engineCounts()?.fds ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'etd_engine_buffered_bytes',
+      help: 'bytes the native engine holds in relay, reply and early-talk buffers now (bounded per connection: docs/engine.md)',
+      registers,
+      collect() {
+        this.set(app.engineCounts()?.bufferedBytes ?? 0);
+      },
+    });
+    new Counter({
+      name: 'etd_engine_event_errors_total',
+      help: 'native engine events whose handler threw (each cause logged once; the engine keeps serving)',
+      registers,
+      collect() {
+        const c = app.engineCounts();
+        this.reset();
+        if (c) this.inc(c.handlerErrors + c.callbackErrors);
       },
     });
     const pool = app.pool;

@@ -1,6 +1,6 @@
 // Counters since start and live gauges, fed by session events; read by the API, metrics and logs.
 
-import type { SessionSummary } from './proxy/session.js';
+import type { SessionSummary } from './proxy/protocol.js';
 import type { Verdict } from './proxy/verdict.js';
 
 export class Stats {

@@ -1,5 +1,7 @@
-// etd's version, read once from package.json (dist/ and src/ are both one level below it).
+// etd's version, read once from package.json.
 
-import { createRequire } from 'node:module';
+import fs from 'node:fs';
+import path from 'node:path';
+import { PACKAGE_ROOT } from './paths.js';
 
-export const VERSION: string = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
+export const VERSION: string = (JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;

@@ -7,10 +7,10 @@
 
 namespace etd {
 
-// transparentSocket, transparentListener, closeFd (transparent.cc).
+// transparentSocket, transparentListener, plainListener, sockName, closeFd (transparent.cc).
 void RegisterTransparent(Napi::Env env, Napi::Object exports);
 
-// engineStart ... plainListener, sockName (engine.cc, docs/engine.md). Also sets the
+// engineStart ... engineCounts (binding.cc, docs/engine.md). Also sets the
 // environment's instance data (the engine state of this main thread or worker).
 void RegisterEngine(Napi::Env env, Napi::Object exports);
 

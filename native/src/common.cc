@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <netinet/tcp.h>
 
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -14,6 +15,12 @@ namespace etd {
 const char* ErrnoName(int err) {
   const char* name = strerrorname_np(err);  // glibc >= 2.32
   return name != nullptr ? name : "EUNKNOWN";
+}
+
+std::string Lower(const char* s) {
+  std::string out(s);
+  for (char& ch : out) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return out;
 }
 
 std::string HostPort(int family, const std::string& address, int port) {
@@ -113,11 +120,10 @@ bool CheckArity(const Napi::CallbackInfo& info, size_t n, const char* signature)
   return false;
 }
 
-bool GetInt(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, double min,
-            double max, int64_t* out) {
-  Napi::Value v = info[i];
+bool ReadInt(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, double min, double max,
+             int64_t* out) {
   if (!v.IsNumber()) {
-    Napi::TypeError::New(info.Env(), std::string(signature) + ": " + name + " must be a number, got " + TypeName(v))
+    Napi::TypeError::New(env, std::string(signature) + ": " + name + " must be a number, got " + TypeName(v))
         .ThrowAsJavaScriptException();
     return false;
   }
@@ -125,8 +131,7 @@ bool GetInt(const Napi::CallbackInfo& info, size_t i, const char* signature, con
   if (!std::isfinite(d) || std::trunc(d) != d || d < min || d > max) {
     char range[96];
     snprintf(range, sizeof range, "an integer from %.0f to %.0f", min, max);
-    Napi::RangeError::New(info.Env(),
-                          std::string(signature) + ": " + name + " must be " + range + ", got " + ShowNumber(d))
+    Napi::RangeError::New(env, std::string(signature) + ": " + name + " must be " + range + ", got " + ShowNumber(d))
         .ThrowAsJavaScriptException();
     return false;
   }
@@ -134,16 +139,15 @@ bool GetInt(const Napi::CallbackInfo& info, size_t i, const char* signature, con
   return true;
 }
 
-bool GetFamily(const Napi::CallbackInfo& info, size_t i, const char* signature, int* out) {
-  Napi::Value v = info[i];
+bool ReadFamily(Napi::Env env, const Napi::Value& v, const char* signature, int* out) {
   if (!v.IsNumber()) {
-    Napi::TypeError::New(info.Env(), std::string(signature) + ": family must be the number 4 or 6, got " + TypeName(v))
+    Napi::TypeError::New(env, std::string(signature) + ": family must be the number 4 or 6, got " + TypeName(v))
         .ThrowAsJavaScriptException();
     return false;
   }
   double d = v.As<Napi::Number>().DoubleValue();
   if (d != 4 && d != 6) {
-    Napi::RangeError::New(info.Env(), std::string(signature) + ": family must be 4 or 6, got " + ShowNumber(d))
+    Napi::RangeError::New(env, std::string(signature) + ": family must be 4 or 6, got " + ShowNumber(d))
         .ThrowAsJavaScriptException();
     return false;
   }
@@ -151,10 +155,9 @@ bool GetFamily(const Napi::CallbackInfo& info, size_t i, const char* signature, 
   return true;
 }
 
-bool GetString(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, std::string* out) {
-  Napi::Value v = info[i];
+bool ReadString(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, std::string* out) {
   if (!v.IsString()) {
-    Napi::TypeError::New(info.Env(), std::string(signature) + ": " + name + " must be a string, got " + TypeName(v))
+    Napi::TypeError::New(env, std::string(signature) + ": " + name + " must be a string, got " + TypeName(v))
         .ThrowAsJavaScriptException();
     return false;
   }
@@ -162,14 +165,53 @@ bool GetString(const Napi::CallbackInfo& info, size_t i, const char* signature, 
   return true;
 }
 
-bool GetBool(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, bool* out) {
-  Napi::Value v = info[i];
+bool ReadBool(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, bool* out) {
   if (!v.IsBoolean()) {
-    Napi::TypeError::New(info.Env(), std::string(signature) + ": " + name + " must be a boolean, got " + TypeName(v))
+    Napi::TypeError::New(env, std::string(signature) + ": " + name + " must be a boolean, got " + TypeName(v))
         .ThrowAsJavaScriptException();
     return false;
   }
   *out = v.As<Napi::Boolean>().Value();
+  return true;
+}
+
+bool ReadBytes(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, std::string* out) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    Napi::TypeError::New(env, std::string(signature) + ": " + name + " must be a Buffer, got " + TypeName(v))
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  Napi::Uint8Array bytes = v.As<Napi::Uint8Array>();
+  out->assign(reinterpret_cast<const char*>(bytes.Data()), bytes.ByteLength());
+  return true;
+}
+
+bool GetInt(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, double min,
+            double max, int64_t* out) {
+  return ReadInt(info.Env(), info[i], signature, name, min, max, out);
+}
+
+bool GetFamily(const Napi::CallbackInfo& info, size_t i, const char* signature, int* out) {
+  return ReadFamily(info.Env(), info[i], signature, out);
+}
+
+bool GetString(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, std::string* out) {
+  return ReadString(info.Env(), info[i], signature, name, out);
+}
+
+bool GetBool(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, bool* out) {
+  return ReadBool(info.Env(), info[i], signature, name, out);
+}
+
+bool GetOptions(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, Napi::Object* out) {
+  Napi::Value v = info[i];
+  if (!v.IsObject() || v.IsArray() || v.IsFunction() || v.IsTypedArray()) {
+    Napi::TypeError::New(info.Env(),
+                         std::string(signature) + ": " + name + " must be an options object, got " + TypeName(v))
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  *out = v.As<Napi::Object>();
   return true;
 }
 

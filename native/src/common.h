@@ -56,6 +56,9 @@ class FdGuard {
 // "ECONNREFUSED" for ECONNREFUSED; "EUNKNOWN" when glibc has no name.
 const char* ErrnoName(int err);
 
+// ASCII lower case ("ECONNRESET" -> "econnreset"), for causes like engine_enomem.
+std::string Lower(const char* s);
+
 // "192.0.2.1:25" or "[2001:db8::1]:25".
 std::string HostPort(int family, const std::string& address, int port);
 
@@ -90,6 +93,17 @@ bool GetInt(const Napi::CallbackInfo& info, size_t i, const char* signature, con
 bool GetFamily(const Napi::CallbackInfo& info, size_t i, const char* signature, int* out);
 bool GetString(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, std::string* out);
 bool GetBool(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, bool* out);
+// info[i] must be a plain object (the options of a call); its fields are read with Read*.
+bool GetOptions(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, Napi::Object* out);
+
+// The same readers for any value (an options object's field, named `name` in the error).
+bool ReadInt(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, double min, double max,
+             int64_t* out);
+bool ReadFamily(Napi::Env env, const Napi::Value& v, const char* signature, int* out);
+bool ReadString(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, std::string* out);
+bool ReadBool(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, bool* out);
+// A Buffer / Uint8Array, copied.
+bool ReadBytes(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, std::string* out);
 
 // Parses `address` as a literal of `family` (no names, no scope ids). On failure throws an
 // EINVAL-shaped error naming the address; no fd exists yet at that point.

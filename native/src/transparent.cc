@@ -1,8 +1,10 @@
-// The transparent-socket half of the etd_transparent addon: transparent (IP_TRANSPARENT) TCP socket fds for Node to wrap.
+// The socket helpers of the etd_transparent addon: transparent (IP_TRANSPARENT) and plain listening fds, spoofed-source sockets, sockName, closeFd.
 //
-// Surface (typed in src/native/transparent.ts, the only caller):
+// Surface (typed in src/native/addon.ts, wrapped by src/native/transparent.ts):
 //   transparentSocket(family, address, mark, synCount) -> fd   spoofed-source upstream socket, bound, unconnected
 //   transparentListener(family, address, port, backlog) -> fd  transparent listening socket
+//   plainListener({ family, address, port, backlog, v6only }) -> fd  ordinary listening socket (for the engine)
+//   sockName(fd) -> [address, port]                             getsockname, v4-mapped shown as v4
 //   closeFd(fd)                                                 close(2) an fd that was never handed to Node
 //
 // fd ownership: inside a call, a new fd is held by an FdGuard, which closes it on every error path
@@ -25,6 +27,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <string>
 
 namespace etd {
@@ -34,6 +37,8 @@ namespace {
 constexpr const char* kSocketSig = "transparentSocket(family, address, mark, synCount)";
 constexpr const char* kListenerSig = "transparentListener(family, address, port, backlog)";
 constexpr const char* kCloseSig = "closeFd(fd)";
+constexpr const char* kSockNameSig = "sockName(fd)";
+constexpr const char* kPlainListenerSig = "plainListener({ family, address, port, backlog, v6only })";
 
 // Spoofed-source upstream socket: bound to (address, port 0) with the port chosen at connect
 // time (IP_BIND_ADDRESS_NO_PORT), so the client's own port is never reused (conntrack
@@ -94,12 +99,59 @@ Napi::Value CloseFd(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value SockName(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t fd;
+  if (!CheckArity(info, 1, kSockNameSig) || !GetInt(info, 0, kSockNameSig, "fd", 0, 2147483647.0, &fd))
+    return env.Undefined();
+  sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  std::string shown = "fd " + std::to_string(fd);
+  if (getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+    int err = errno;
+    ThrowSys(env, err, "getsockname", err == EBADF ? "the fd is not open" : strerror(err), Where{shown, nullptr, -1});
+    return env.Undefined();
+  }
+  int family, port;
+  std::string address;
+  if (!FormatAddress(ss, &family, &address, &port)) {
+    ThrowSys(env, EAFNOSUPPORT, "getsockname", "the fd is not an IPv4 or IPv6 socket", Where{shown, nullptr, -1});
+    return env.Undefined();
+  }
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(0u, Napi::String::New(env, address));
+  out.Set(1u, Napi::Number::New(env, port));
+  return out;
+}
+
+// An ordinary listening socket for the engine (plain mode): like transparentListener without
+// IP_TRANSPARENT, and v6-only as asked (false = dual-stack, IPv4 peers arrive v4-mapped).
+Napi::Value PlainListener(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* sig = kPlainListenerSig;
+  Napi::Object o;
+  int family;
+  std::string address;
+  int64_t port, backlog;
+  bool v6only;
+  if (!CheckArity(info, 1, sig) || !GetOptions(info, 0, sig, "listener", &o) ||
+      !ReadFamily(env, o.Get("family"), sig, &family) || !ReadString(env, o.Get("address"), sig, "address", &address) ||
+      !ReadInt(env, o.Get("port"), sig, "port", 0, 65535, &port) ||
+      !ReadInt(env, o.Get("backlog"), sig, "backlog", 1, 2147483647.0, &backlog) ||
+      !ReadBool(env, o.Get("v6only"), sig, "v6only", &v6only))
+    return env.Undefined();
+  int fd = OpenListener(env, family, address, static_cast<int>(port), static_cast<int>(backlog), false, v6only);
+  return fd < 0 ? env.Undefined() : Napi::Number::New(env, fd);
+}
+
 }  // namespace
 
 void RegisterTransparent(Napi::Env env, Napi::Object exports) {
   exports.Set("transparentSocket", Napi::Function::New(env, TransparentSocket, "transparentSocket"));
   exports.Set("transparentListener", Napi::Function::New(env, TransparentListener, "transparentListener"));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd, "closeFd"));
+  exports.Set("sockName", Napi::Function::New(env, SockName, "sockName"));
+  exports.Set("plainListener", Napi::Function::New(env, PlainListener, "plainListener"));
 }
 
 }  // namespace etd

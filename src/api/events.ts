@@ -1,7 +1,7 @@
 // Recent session verdicts for the API: a fixed-size ring of summaries, and live Server-Sent-Events streams fed from it.
 
 import type { ServerResponse } from 'node:http';
-import type { SessionSummary } from '../proxy/session.js';
+import type { SessionSummary } from '../proxy/protocol.js';
 
 /** One session summary as the API shows it: numbered (for SSE resumption) and time-stamped. */
 export type EventRecord = SessionSummary & { readonly seq: number; readonly at: string };

@@ -1,5 +1,7 @@
 // The local management API: fastify with one route plugin per resource, bearer-token auth, JSON errors, TCP or unix socket.
 
+import { isLoopback, urlHost } from '../util/address.js';
+import { listenHint } from '../util/errno.js';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -58,9 +60,6 @@ export interface ApiHandle {
 /** Request bodies are small JSON objects; anything large is a mistake or an attack. */
 const BODY_LIMIT = 64 * 1024;
 
-export function isLoopback(address: string): boolean {
-  return address === '::1' || address.startsWith('127.') || address.toLowerCase().startsWith('::ffff:127.');
-}
 
 const sha256 = (s: string) => crypto.createHash('sha256').update(s, 'utf8').digest();
 
@@ -116,19 +115,10 @@ async function prepareSocketPath(path: string): Promise<void> {
   });
 }
 
-function listenHint(code: string | undefined, unix: boolean): string {
-  switch (code) {
-    case 'EADDRINUSE':
-      return 'another process holds that address and port; stop it or set another api.port';
-    case 'EADDRNOTAVAIL':
-      return 'that address is not configured on this host; use 127.0.0.1 or one of its addresses';
-    case 'EACCES':
-      return unix ? 'etd cannot create the socket there; check the directory permissions' : 'ports below 1024 need CAP_NET_BIND_SERVICE; use a higher api.port';
-    case 'ENOENT':
-      return 'the directory of the socket does not exist; create it (e.g. systemd RuntimeDirectory=etd)';
-    default:
-      return 'check api.address and api.port';
-  }
+function apiListenHint(code: string | undefined, unix: boolean): string {
+  if (unix && code === 'EACCES') return 'etd cannot create the socket there; check the directory permissions';
+  if (code === 'ENOENT') return 'the directory of the socket does not exist; create it (e.g. systemd RuntimeDirectory=etd)';
+  return listenHint(code, 'api.port') ?? 'check api.address and api.port';
 }
 
 /** Starts the API. Rejects with ETD_ERR_API when it cannot listen or would be exposed without a token. */
@@ -267,7 +257,7 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
       await api.listen({ path: config.address });
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      return fail(new EtdError('ETD_ERR_API', `cannot listen on the API socket ${config.address}: ${code ?? describeError(e)}`, { hint: listenHint(code, true), cause: e }));
+      return fail(new EtdError('ETD_ERR_API', `cannot listen on the API socket ${config.address}: ${code ?? describeError(e)}`, { hint: apiListenHint(code, true), cause: e }));
     }
     // Owner and group only: the API changes what the proxy does. (Before the chmod the mode
     // follows the umask; the directory's permissions are what closes that window.)
@@ -279,11 +269,11 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       return fail(
-        new EtdError('ETD_ERR_API', `cannot listen on ${config.address}:${config.port} for the API: ${code ?? describeError(e)}`, { hint: listenHint(code, false), cause: e }),
+        new EtdError('ETD_ERR_API', `cannot listen on ${config.address}:${config.port} for the API: ${code ?? describeError(e)}`, { hint: apiListenHint(code, false), cause: e }),
       );
     }
     const addr = api.server.address() as net.AddressInfo;
-    url = `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`;
+    url = `http://${urlHost(addr.address)}:${addr.port}`;
   }
   log.info({ url, auth: token !== undefined ? 'bearer' : 'none' }, 'management API listening');
 

@@ -1,8 +1,8 @@
 // One SMTP health probe of one backend: connect, expect 220, HELO/EHLO, expect 250, QUIT — and the pure reply reader it uses.
 
-import { connectFailure } from '../proxy/upstream.js';
+import { connectFailure } from '../util/errno.js';
 import net from 'node:net';
-import { escapeBytes } from '../proxy/verdict.js';
+import { escapeBytes } from '../util/escapeBytes.js';
 
 export interface CheckTarget {
   readonly address: string;

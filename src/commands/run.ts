@@ -81,7 +81,6 @@ export async function runCommand(file: string): Promise<number> {
   if (config.api.enabled) {
     try {
       api = await startApi(config.api, { app: handle.app, version: VERSION, log, reload });
-      log.info({ url: api.url }, 'management API listening');
     } catch (e) {
       await handle.stop();
       throw e;

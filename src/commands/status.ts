@@ -1,5 +1,6 @@
 // `etd status`: asks the running etd's management API (TCP or unix socket) and prints a readable summary, or the raw JSON with --json.
 
+import { urlHost } from '../util/address.js';
 import http from 'node:http';
 import type { ApiConfig } from '../config/schema.js';
 import { describeError } from '../errors.js';
@@ -22,7 +23,7 @@ export function apiTarget(api: ApiConfig): { url?: string; socket?: string; toke
   const token = api.token !== undefined ? { token: api.token } : {};
   if (api.address.startsWith('/')) return { socket: api.address, ...token };
   const host = api.address === '0.0.0.0' ? '127.0.0.1' : api.address === '::' ? '::1' : api.address;
-  return { url: `http://${host.includes(':') ? `[${host}]` : host}:${api.port}`, ...token };
+  return { url: `http://${urlHost(host)}:${api.port}`, ...token };
 }
 
 class StatusError extends Error {}
@@ -118,8 +119,8 @@ export function formatStatus(status: StatusBody, stats: StatsBody, backends: rea
       : `stress       off (window ${st.windowMs / 1000}s; stress above ${num(st.enterAbove)} held)`,
   );
   lines.push('listeners');
-  for (const l of status.listeners) lines.push(`  ${l.name.padEnd(16)} ${l.mode.padEnd(9)} ${l.engine.padEnd(7)} ${l.addresses.join(' ') || '(not listening)'}`);
-  if (status.engine) lines.push(`engine       native: ${num(status.engine.connections)} connections, ${num(status.engine.fds)} fds`);
+  for (const l of status.listeners) lines.push(`  ${l.name.padEnd(16)} ${l.mode.padEnd(9)} ${l.addresses.join(' ') || '(not listening)'}`);
+  if (status.engine) lines.push(`engine       ${num(status.engine.connections)} connections, ${num(status.engine.fds)} fds, ${num(status.engine.bufferedBytes)} bytes buffered`);
   lines.push(`backends     ${status.backends.up} of ${status.backends.total} up`);
   for (const b of backends) {
     const why = b.state === 'down' ? `  (${b.lastReason})` : '';

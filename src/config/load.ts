@@ -1,6 +1,7 @@
 // Reads a YAML config, applies defaults, validates it once against the schema plus cross-field rules,
 // resolves durations to milliseconds and deep-freezes the result. Every error names the key path.
 
+import { isLoopback } from '../util/address.js';
 import fs from 'node:fs';
 import net from 'node:net';
 import YAML from 'yaml';
@@ -82,7 +83,7 @@ function schemaProblems(raw: unknown): ConfigProblem[] {
         } else if (String(schema.pattern).startsWith('^4')) {
           message = `must be an SMTP reply starting with a 4xx code and a space, e.g. "421 4.3.2 Try again later" (got ${show(e.value)})`;
         } else {
-          message = `has characters that are not allowed (got ${show(e.value)}; allowed: ${schema.pattern})`;
+          message = `${PATTERN_WORDS[String(schema.pattern)] ?? `does not match ${schema.pattern}`} (got ${show(e.value)})`;
         }
         break;
       case ValueErrorType.Union: {
@@ -108,7 +109,11 @@ function schemaProblems(raw: unknown): ConfigProblem[] {
           : `must be a string (got ${show(e.value)})`;
         break;
       case ValueErrorType.StringMinLength:
-        message = 'must not be empty';
+        // The value is not echoed: it may be a secret (api.token).
+        message = schema.minLength === 1 ? 'must not be empty' : `must be at least ${schema.minLength} characters (got ${String(e.value).length})`;
+        break;
+      case ValueErrorType.StringMaxLength:
+        message = `must be at most ${schema.maxLength} characters (got ${String(e.value).length})`;
         break;
       case ValueErrorType.Boolean:
         message = `must be true or false (got ${show(e.value)})`;
@@ -133,9 +138,13 @@ function schemaProblems(raw: unknown): ConfigProblem[] {
   return out;
 }
 
-function isLoopback(address: string): boolean {
-  return address === '::1' || address.startsWith('127.') || address.toLowerCase().startsWith('::ffff:127.');
-}
+/** What each non-duration, non-reply pattern of the schema asks for, in words. */
+const PATTERN_WORDS: Record<string, string> = {
+  '^[A-Za-z0-9_.-]+$': 'may only contain letters, digits, "_", "." and "-"',
+  '^[A-Za-z0-9.-]+$': 'must be a host name: letters, digits, "." and "-"',
+  '^[A-Za-z][A-Za-z0-9_]{0,31}$': 'must start with a letter, then at most 31 letters, digits or "_"',
+  '^220-[ -~]+$': 'must be the first line of a multi-line greeting: "220-" then printable ASCII, e.g. "220-mx.example.com ESMTP"',
+};
 
 function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
   const out: ConfigProblem[] = [];

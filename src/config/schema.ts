@@ -20,10 +20,6 @@ export const ListenerSchema = Type.Object(
     mode: Type.Union([Type.Literal('plain'), Type.Literal('vip'), Type.Literal('intercept')], { default: 'plain' }),
     backlog: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 65535, description: 'accept backlog; the kernel caps it at net.core.somaxconn' }),
     destinations: Type.Array(Type.String(), { default: [], description: 'intercept mode: only these destination prefixes (CIDR); empty = all' }),
-    engine: Type.Union([Type.Literal('native'), Type.Literal('node')], {
-      default: 'native',
-      description: 'native: the addon holds, checks and relays connections (docs/engine.md); node: Node sockets do (teaser and action log always use node)',
-    }),
   },
   { additionalProperties: false },
 );
@@ -174,7 +170,6 @@ export interface ListenerConfig {
   readonly mode: Mode;
   readonly backlog: number;
   readonly destinations: readonly string[];
-  readonly engine: 'native' | 'node';
 }
 
 export interface ServerConfig {

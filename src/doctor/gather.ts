@@ -10,7 +10,7 @@
 // Every fact that cannot be read becomes { error } in the facts, never an exception: the doctor
 // must report as much as it can on a half-broken host.
 
-import { connectFailure } from '../proxy/upstream.js';
+import { connectFailure } from '../util/errno.js';
 import fs from 'node:fs';
 import net from 'node:net';
 import type { Config } from '../config/schema.js';

@@ -1,4 +1,4 @@
-// Loads the etd_transparent native addon (listing every path it tried) and types its transparent-socket surface (the engine's: engine.ts).
+// Loads the etd_transparent native addon (listing every path it tried) and wraps its socket helpers (the engine: engine.ts; the raw surface: addon.ts).
 //
 // Usage with Node's net module — verified on Node 20 by test/netns/transparent.test.ts:
 //
@@ -30,22 +30,14 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EtdError } from '../errors.js';
+import { PACKAGE_ROOT } from '../paths.js';
+import { ADDON_FUNCTIONS, type NativeAddon } from './addon.js';
 
-/** The transparent-socket surface. Argument type errors throw TypeError, range errors RangeError; failed syscalls throw TransparentSyscallError. */
-export interface TransparentAddon {
-  /** socket(AF_INET|AF_INET6, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC); IP_TRANSPARENT (v4) or IPV6_TRANSPARENT (v6);
-   *  IP_BIND_ADDRESS_NO_PORT; SO_MARK when mark > 0; TCP_SYNCNT = synCount when synCount > 0; bind(address, port 0).
-   *  Returns the fd; the caller owns it (hands it to net.Socket, or closeFd on failure). */
-  transparentSocket(family: 4 | 6, address: string, mark: number, synCount: number): number;
-  /** socket (non-blocking, cloexec), SO_REUSEADDR, IP_TRANSPARENT/IPV6_TRANSPARENT, IPV6_V6ONLY=1 for v6,
-   *  bind(address, port), listen(backlog). Returns the fd; the caller owns it (net.Server.listen({fd})). */
-  transparentListener(family: 4 | 6, address: string, port: number, backlog: number): number;
-  /** close(2) for an fd that was never handed to Node. */
-  closeFd(fd: number): void;
-}
+/** The socket helpers (declared in addon.ts). Argument type errors throw TypeError, range errors RangeError; failed syscalls throw TransparentSyscallError. */
+export type TransparentAddon = Pick<NativeAddon, (typeof SOCKET_FUNCTIONS)[number]>;
 
-/** The names of the surface, for checking what the loaded binary exports. */
-export const TRANSPARENT_FUNCTIONS = ['closeFd', 'transparentListener', 'transparentSocket'] as const;
+/** The socket helpers among the addon's exports: what loadTransparent() hands out. */
+export const SOCKET_FUNCTIONS = ['closeFd', 'plainListener', 'sockName', 'transparentListener', 'transparentSocket'] as const satisfies readonly (keyof NativeAddon)[];
 
 /** The fields of the Node-style error the addon throws when a syscall fails. */
 interface NativeSysError extends Error {
@@ -80,7 +72,7 @@ export class TransparentSyscallError extends EtdError {
   }
 }
 
-const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+
 const ADDON_FILE = 'etd_transparent.node';
 
 /**
@@ -89,18 +81,18 @@ const ADDON_FILE = 'etd_transparent.node';
  */
 export function addonCandidates(): string[] {
   const list = [
-    path.join(packageRoot, 'native', 'build', 'Release', ADDON_FILE),
-    path.join(packageRoot, 'native', 'build', 'Debug', ADDON_FILE),
+    path.join(PACKAGE_ROOT, 'native', 'build', 'Release', ADDON_FILE),
+    path.join(PACKAGE_ROOT, 'native', 'build', 'Debug', ADDON_FILE),
     path.join(path.dirname(fileURLToPath(import.meta.url)), ADDON_FILE),
   ];
   const override = process.env.ETD_NATIVE_ADDON;
   return override ? [path.resolve(override), ...list] : list;
 }
 
-function hasSurface(m: unknown): m is TransparentAddon {
+function hasSurface(m: unknown): m is NativeAddon {
   if (typeof m !== 'object' || m === null) return false;
   const o = m as Record<string, unknown>;
-  return TRANSPARENT_FUNCTIONS.every((name) => typeof o[name] === 'function');
+  return ADDON_FUNCTIONS.every((name) => typeof o[name] === 'function');
 }
 
 /** `fn` with the addon's Node-shaped syscall errors turned into TransparentSyscallError; other throws pass unchanged. */
@@ -119,7 +111,7 @@ export function wrapSyscallErrors<A extends unknown[], R>(fn: (...args: A) => R)
  * failures become TransparentSyscallError. Not cached: loadTransparent() is the normal entry;
  * this one exists for diagnostics and tests. Throws ETD_ERR_NATIVE_LOAD listing every path tried.
  */
-export function loadTransparentFrom(candidates: readonly string[]): { addon: TransparentAddon; path: string; module: Record<string, unknown> } {
+export function loadTransparentFrom(candidates: readonly string[]): { addon: TransparentAddon; path: string; module: NativeAddon } {
   const require = createRequire(import.meta.url);
   const tried: string[] = [];
   for (const candidate of candidates) {
@@ -136,12 +128,15 @@ export function loadTransparentFrom(candidates: readonly string[]): { addon: Tra
       const addon: TransparentAddon = Object.freeze({
         transparentSocket: wrapSyscallErrors(raw.transparentSocket.bind(raw)),
         transparentListener: wrapSyscallErrors(raw.transparentListener.bind(raw)),
+        plainListener: wrapSyscallErrors(raw.plainListener.bind(raw)),
+        sockName: wrapSyscallErrors(raw.sockName.bind(raw)),
         closeFd: wrapSyscallErrors(raw.closeFd.bind(raw)),
       });
-      return { addon, path: candidate, module: loaded as unknown as Record<string, unknown> };
+      return { addon, path: candidate, module: raw };
     }
     const names = typeof loaded === 'object' && loaded !== null ? Object.keys(loaded).join(', ') : typeof loaded;
-    tried.push(`  ${candidate}: loaded, but exports [${names}] instead of [${TRANSPARENT_FUNCTIONS.join(', ')}]`);
+    const missing = ADDON_FUNCTIONS.filter((name) => typeof (loaded as Record<string, unknown> | null)?.[name] !== 'function');
+    tried.push(`  ${candidate}: loaded, but exports [${names}]: missing [${missing.join(', ')}] (built from older sources?)`);
   }
   if (tried.length === 0) tried.push('  (no candidate paths)');
   throw new EtdError('ETD_ERR_NATIVE_LOAD', `cannot load the native addon ${ADDON_FILE}; tried:\n${tried.join('\n')}\nnone loaded`, {
@@ -149,7 +144,7 @@ export function loadTransparentFrom(candidates: readonly string[]): { addon: Tra
   });
 }
 
-let cached: { addon: TransparentAddon; path: string; module: Record<string, unknown> } | undefined;
+let cached: { addon: TransparentAddon; path: string; module: NativeAddon } | undefined;
 
 /**
  * The addon, loaded on first use and cached. Syscall failures surface as TransparentSyscallError
@@ -167,9 +162,9 @@ export function loadedAddonPath(): string | undefined {
 
 /**
  * The loaded binary's whole export object, unwrapped (loaded and cached like loadTransparent).
- * For the other surfaces of the same addon (src/native/engine.ts), which wrap what they use.
+ * For the engine's surface of the same addon (src/native/engine.ts), which wraps what it uses.
  */
-export function loadAddonModule(): Record<string, unknown> {
+export function loadAddonModule(): NativeAddon {
   loadTransparent();
   return cached!.module;
 }

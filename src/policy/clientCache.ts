@@ -37,7 +37,7 @@ export class ClientCache {
   /** Entries recorded since start (including loaded ones recorded again): key → expiry in ms, negative for deny. */
   private readonly map = new Map<string, number>();
   /**
-   * The entries loaded at start, sorted by key (src/bench/cacheLoad.ts measures why). A value of 0
+   * The entries loaded at start, sorted by key (bench/cacheLoad.ts measures why). A value of 0
    * marks one that was deleted, expired, or superseded by an entry in `map`: a key is live in at
    * most one of the two.
    */

@@ -1,7 +1,7 @@
-// One session's upstream attempts: which server next, whether to retry, why the last one failed; shared by both session engines.
+// One session's upstream attempts: which server next, whether to retry, why the last one failed.
 
 import type { Server } from '../backend/pool.js';
-import type { SessionContext, SessionPolicy } from './session.js';
+import type { SessionContext, SessionPolicy } from './protocol.js';
 import type { UpstreamTarget } from './upstream.js';
 
 /** The summary's `cause` when no attempt could be made or the last one failed. */
@@ -19,6 +19,8 @@ export class Attempts {
   private tried: Set<Server> | undefined;
   /** Whether `server.active` counts this session now (so it is decremented exactly once). */
   private counted = false;
+  /** The attempt whose connect was credited to its server (once each: early talk during the greeting, then the greeting). */
+  private credited = 0;
 
   constructor(
     private readonly ctx: SessionContext,
@@ -57,6 +59,8 @@ export class Attempts {
 
   /** The connect succeeded (the greeting may still fail). */
   connected(): void {
+    if (this.credited === this.count) return;
+    this.credited = this.count;
     if (this.server) this.ctx.pool.connectSucceeded(this.server);
   }
 

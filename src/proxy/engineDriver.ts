@@ -1,10 +1,12 @@
 // The process's one native session engine (docs/engine.md): started with the first user, stopped with the last; routes its events.
 //
-// The engine is a singleton in the addon, and several Apps may run in one process (tests), so
-// users are counted. Listener ids and policy profiles are handed out here. Every event of a
-// batch is handled on its own: a handler that throws is logged and the rest of the batch goes on.
+// The engine is one per Node environment, and several Apps may run in one process (tests), so
+// users are counted. Listener ids and profiles are handed out here. Every event of a batch is
+// handled on its own: a handler that throws is counted, logged once per cause, and the rest of
+// the batch goes on (an accepted connection whose handler threw is dropped, never held forever).
 
 import type { Logger } from 'pino';
+import { loadEngine, type Engine } from '../native/engine.js';
 import {
   EV_ACCEPT,
   EV_END,
@@ -14,11 +16,10 @@ import {
   EV_GREETING,
   EV_TALK,
   EV_UPSTREAM_FAILED,
-  loadEngine,
-  type EngineAddon,
   type EngineEvent,
-} from '../native/engine.js';
-import type { SessionPolicy } from './session.js';
+  type EngineProfile,
+  type TalkStage,
+} from './protocol.js';
 
 /** A connection the engine accepted: it waits for a command in the same turn. */
 export interface NativeAccept {
@@ -38,7 +39,7 @@ export interface EngineListener {
 
 /** A session's side of the engine: one method per event (docs/engine.md, Events). */
 export interface EngineSession {
-  talkedEarly(afterMs: number, evidence: Buffer, bytes: number): void;
+  talkedEarly(afterMs: number, evidence: Buffer, bytes: number, stage: TalkStage): void;
   gone(cause: string): void;
   expired(heldMs: number): void;
   upstreamFailed(stage: 'connect' | 'greeting', code: string, elapsedMs: number): void;
@@ -46,37 +47,43 @@ export interface EngineSession {
   ended(cause: string, bytesFromClient: number, bytesToClient: number): void;
 }
 
+/** Distinct handler-failure causes logged; past this they are only counted. */
+const LOGGED_CAUSES_MAX = 100;
+
 export class EngineDriver {
-  readonly addon: EngineAddon;
+  readonly engine: Engine;
   private users = 0;
   private readonly sessions = new Map<number, EngineSession>();
   private readonly listeners = new Map<number, EngineListener>();
   private nextListenerId = 1;
   private readonly profiles = new Map<string, number>();
-  /** Policies are built once per config (and reload), so a session finds its profile with one lookup. */
-  private byPolicy = new WeakMap<SessionPolicy, number>();
+  /** Profiles are built once per config (and reload), so a session finds its index with one lookup. */
+  private byProfile = new WeakMap<EngineProfile, number>();
+  /** Event handlers that threw (each is logged once per cause). */
+  handlerErrors = 0;
+  private readonly loggedCauses = new Set<string>();
   private log: Logger | undefined;
   private readonly onEvents = (batch: EngineEvent[]): void => this.dispatch(batch);
 
-  constructor(addon: EngineAddon = loadEngine()) {
-    this.addon = addon;
+  constructor(engine: Engine = loadEngine()) {
+    this.engine = engine;
   }
 
   /** Starts the engine for its first user. */
   acquire(log: Logger): void {
     this.log ??= log;
-    if (this.users++ === 0) this.addon.engineStart(this.onEvents);
+    if (this.users++ === 0) this.engine.start(this.onEvents);
   }
 
   /** Stops the engine when its last user is done (every fd it still owns is closed). */
   release(): void {
     if (this.users === 0) return;
     if (--this.users > 0) return;
-    this.addon.engineStop();
+    this.engine.stop();
     this.sessions.clear();
     this.listeners.clear();
     this.profiles.clear();
-    this.byPolicy = new WeakMap();
+    this.byProfile = new WeakMap();
     this.log = undefined;
   }
 
@@ -85,7 +92,7 @@ export class EngineDriver {
     const id = this.nextListenerId++;
     this.listeners.set(id, listener);
     try {
-      this.addon.engineListen(fd, id);
+      this.engine.listen(fd, id);
     } catch (e) {
       this.listeners.delete(id);
       throw e;
@@ -95,7 +102,7 @@ export class EngineDriver {
 
   unlisten(id: number): void {
     if (!this.listeners.delete(id)) return;
-    this.addon.engineUnlisten(id);
+    this.engine.unlisten(id);
   }
 
   attach(eid: number, s: EngineSession): void {
@@ -107,20 +114,18 @@ export class EngineDriver {
     this.sessions.delete(eid);
   }
 
-  /** The engine profile for a policy (what the engine applies on its own: early-talk action, idle timeouts, the guard). */
-  profile(p: SessionPolicy): number {
-    const known = this.byPolicy.get(p);
+  /** The engine's index for a profile (one per distinct profile, defined on first use). */
+  profile(p: EngineProfile): number {
+    const known = this.byProfile.get(p);
     if (known !== undefined) return known;
-    const action = p.action === 'reject' ? 1 : 0;
-    const strip = p.stripPipeconnect ? 1 : 0;
-    const key = `${action}|${p.clientIdleMs}|${p.serverIdleMs}|${strip}|${p.rejectReply}`;
+    const key = JSON.stringify(p);
     let idx = this.profiles.get(key);
     if (idx === undefined) {
       idx = this.profiles.size;
-      this.addon.engineProfile(idx, action, `${p.rejectReply}\r\n`, p.clientIdleMs, p.serverIdleMs, strip);
+      this.engine.defineProfile(idx, p);
       this.profiles.set(key, idx);
     }
-    this.byPolicy.set(p, idx);
+    this.byProfile.set(p, idx);
     return idx;
   }
 
@@ -133,9 +138,18 @@ export class EngineDriver {
       try {
         this.handle(ev);
       } catch (err) {
-        this.log?.error({ err, event: ev[0], id: ev[1] }, 'native engine event handler failed');
+        this.handlerFailed(ev, err);
       }
     }
+  }
+
+  private handlerFailed(ev: EngineEvent, err: unknown): void {
+    this.handlerErrors++;
+    const message = err instanceof Error ? err.message : String(err);
+    const cause = `${ev[0]}:${message}`;
+    if (this.loggedCauses.has(cause) || this.loggedCauses.size >= LOGGED_CAUSES_MAX) return;
+    this.loggedCauses.add(cause);
+    this.log?.error({ err, event: ev[0], id: ev[1] }, `native engine event handler failed (logged once per cause): ${message}`);
   }
 
   private handle(ev: EngineEvent): void {
@@ -144,7 +158,7 @@ export class EngineDriver {
         const [, eid, listenerId, family, peerAddress, peerPort, localAddress, localPort] = ev;
         const l = this.listeners.get(listenerId);
         if (!l) {
-          this.addon.engineDrop(eid);
+          this.engine.drop(eid);
           return;
         }
         try {
@@ -152,13 +166,13 @@ export class EngineDriver {
         } catch (err) {
           // Never leave an accepted connection without a command: it would be held forever.
           this.sessions.delete(eid);
-          this.addon.engineDrop(eid);
+          this.engine.drop(eid);
           throw err;
         }
         return;
       }
       case EV_TALK:
-        this.sessions.get(ev[1])?.talkedEarly(ev[2], ev[3], ev[4]);
+        this.sessions.get(ev[1])?.talkedEarly(ev[2], ev[3], ev[4], ev[5]);
         return;
       case EV_GONE:
         this.sessions.get(ev[1])?.gone(ev[2]);

@@ -103,7 +103,7 @@ export class SqliteStore implements StateStore {
   }
 
   loadCache(now: number, fn: (key: string, expires: number, kind: CacheKind) => void): void {
-    // Measured (src/bench/cacheLoad.ts): one row at a time from SQLite into JS costs ~1 µs a row,
+    // Measured (bench/cacheLoad.ts): one row at a time from SQLite into JS costs ~1 µs a row,
     // a second or more for a million entries. So each chunk of entries comes as one text,
     // "key ±expires" per line (negative = deny), which is split here: ~4x faster.
     // `+expires` keeps SQLite on the primary key (in key order) instead of the expiry index,

@@ -1,10 +1,11 @@
-// Runs the built CLI (dist/cli.js) as a child process and follows its JSON log lines.
+// Runs the built CLI (dist/src/cli.js) as a child process and follows its JSON log lines.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { parseStrictJson } from '../../src/util/strictJson.js';
 
-export const CLI = path.join(__dirname, '../../dist/cli.js');
+export const CLI = path.join(__dirname, '../../dist/src/cli.js');
 
 export function assertBuilt(): void {
   if (!fs.existsSync(CLI)) throw new Error(`${CLI} is missing: run "npm run build" first (npm test does)`);
@@ -19,6 +20,8 @@ export interface LogLine {
 export interface RunningEtd {
   child: ChildProcess;
   lines: LogLine[];
+  /** stdout lines that are not strict JSON objects (invalid, or a key repeated: log pipelines reject those). */
+  badLines: Array<{ line: string; problem: string }>;
   stderr: string;
   waitFor(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
   exited: Promise<number | null>;
@@ -35,6 +38,7 @@ export function runEtd(configFile: string, wrapper: string[] = []): RunningEtd {
   const r: RunningEtd = {
     child,
     lines,
+    badLines: [],
     stderr: '',
     exited: new Promise((resolve) => child.on('exit', (code) => resolve(code))),
     waitFor(pred, timeoutMs = 10_000) {
@@ -72,8 +76,9 @@ export function runEtd(configFile: string, wrapper: string[] = []): RunningEtd {
       const line = buf.slice(0, i);
       buf = buf.slice(i + 1);
       try {
-        lines.push(JSON.parse(line) as LogLine);
-      } catch {
+        lines.push(parseStrictJson(line) as LogLine);
+      } catch (e) {
+        r.badLines.push({ line, problem: (e as Error).message });
         lines.push({ msg: line, level: 'raw' });
       }
       for (const w of [...waiters]) w();

@@ -1,6 +1,6 @@
 // Scripted SMTP clients run inside a lab namespace: an early talker and a polite swaks session.
 
-import type { Lab } from '../../src/lab/netns.js';
+import type { Lab } from '../../lab/netns.js';
 
 /** Connects, sends `EHLO bot` at once, and prints how the connection ended and what came back. */
 const EARLY = `

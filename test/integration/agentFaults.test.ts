@@ -11,7 +11,7 @@ import YAML from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { App } from '../../src/app.js';
 import { validateConfig } from '../../src/config/load.js';
-import { sendMail, startSink, type MailResult, type Sink } from '../../src/bench/smtpPeers.js';
+import { sendMail, startSink, type MailResult, type Sink } from '../../bench/smtpPeers.js';
 import { runEtd, type RunningEtd } from '../helpers/cli.js';
 import { skipPrivileged } from '../helpers/privileged.js';
 import { fdCount, rssBytes, waitUntil, MB } from '../helpers/leak.js';

@@ -7,7 +7,7 @@ import { expect, it } from 'vitest';
 import { assertBuilt } from '../helpers/cli.js';
 
 const exec = promisify(execFile);
-const DEMO = path.join(__dirname, '../../dist/demo.js');
+const DEMO = path.join(__dirname, '../../dist/lab/demo.js');
 
 it('the loopback demo relays a polite client and drops an early talker', async () => {
   assertBuilt();

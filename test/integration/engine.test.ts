@@ -11,6 +11,8 @@ import { readdirSync } from 'node:fs';
 import net from 'node:net';
 import { Worker } from 'node:worker_threads';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { loadEngine } from '../../src/native/engine.js';
+import { TransparentSyscallError, loadTransparent, loadedAddonPath } from '../../src/native/transparent.js';
 import {
   EV_ACCEPT,
   EV_END,
@@ -20,22 +22,43 @@ import {
   EV_GREETING,
   EV_TALK,
   EV_UPSTREAM_FAILED,
-  loadEngine,
   type EngineEvent,
-} from '../../src/native/engine.js';
-import { TransparentSyscallError, loadTransparent, loadedAddonPath } from '../../src/native/transparent.js';
+  type EngineProfile,
+} from '../../src/proxy/protocol.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
 
 const engine = loadEngine();
+const sockets = loadTransparent();
 type AcceptEvent = Extract<EngineEvent, [typeof EV_ACCEPT, ...unknown[]]>;
 
-// Profiles: [idx, action, rejectReply, clientIdleMs, serverIdleMs, strip]
+/** A profile for tests: short lingers, no idle limits; each test profile changes what it is about. */
+const BASE: EngineProfile = {
+  action: 'drop',
+  rejectReply: '',
+  teaser: '',
+  clientIdleMs: 0,
+  serverIdleMs: 0,
+  greetingTimeoutMs: 0,
+  stripPipeconnect: false,
+  evidenceBytes: 100,
+  greetingMaxBytes: 4096,
+  earlyBufferBytes: 65536,
+  replyLingerMs: 1000,
+  serverGoneLingerMs: 3000,
+  deferredReplyMs: 1000,
+  decisionMs: 60_000,
+};
 const P_DROP = 0;
 const P_REJECT = 1;
 const P_STRIP = 2;
 const P_GREETING_TIMEOUT = 3;
 const P_CLIENT_IDLE = 4;
 const P_SERVER_IDLE = 5;
+const P_LOG = 6;
+const P_LOG_SMALL = 7;
+const P_TEASER = 8;
+const P_DECISION = 9;
+const TEASER = '220-mx.test ESMTP wait\r\n';
 const REJECT = '554 5.7.1 early talk\r\n';
 
 const LID4 = 1;
@@ -45,7 +68,7 @@ let port6 = 0;
 
 const events: EngineEvent[] = [];
 const waiters = new Set<() => void>();
-let onAccept: (ev: AcceptEvent) => void = (ev) => engine.engineDrop(ev[1]);
+let onAccept: (ev: AcceptEvent) => void = (ev) => engine.drop(ev[1]);
 let batches = 0;
 
 function onEvents(batch: EngineEvent[]): void {
@@ -177,7 +200,7 @@ async function accepted(
 ): Promise<{ id: number; ev: AcceptEvent; c: ReturnType<typeof connectClient> }> {
   let got: AcceptEvent | undefined;
   onAccept = (ev) => {
-    onAccept = (e) => engine.engineDrop(e[1]);
+    onAccept = (e) => engine.drop(e[1]);
     got = ev;
     decide(ev);
   };
@@ -233,7 +256,7 @@ function collect(s: net.Socket): { text(): string; buf(): Buffer; ended: Promise
 
 const connectTo = (port: number, profile: number, opts: { timeoutMs?: number; preamble?: Buffer; family?: 4 | 6; host?: string } = {}) =>
   (ev: AcceptEvent): void => {
-    engine.engineConnect(ev[1], profile, opts.family ?? 4, '', 0, opts.host ?? '127.0.0.1', port, opts.timeoutMs ?? 3000, opts.preamble ?? Buffer.alloc(0));
+    engine.connect(ev[1], { profile: profile, family: opts.family ?? 4, sourceAddress: '', synCount: 0, address: opts.host ?? '127.0.0.1', port: port, timeoutMs: opts.timeoutMs ?? 3000, preamble: opts.preamble ?? Buffer.alloc(0) });
   };
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -243,28 +266,32 @@ const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 let fdsBefore = 0;
 
 beforeAll(() => {
-  engine.engineProfile(P_DROP, 0, '', 0, 0, 0);
-  engine.engineProfile(P_REJECT, 1, REJECT, 0, 0, 0);
-  engine.engineProfile(P_STRIP, 0, '', 10_000, 10_000, 1);
-  engine.engineProfile(P_GREETING_TIMEOUT, 0, '', 10_000, 300, 0);
-  engine.engineProfile(P_CLIENT_IDLE, 0, '', 300, 10_000, 0);
-  engine.engineProfile(P_SERVER_IDLE, 0, '', 10_000, 300, 0);
-  engine.engineStart(onEvents);
-  const fd4 = engine.plainListener(4, '127.0.0.1', 0, 4096, false);
-  engine.engineListen(fd4, LID4);
-  port4 = engine.sockName(fd4)[1];
-  const fd6 = engine.plainListener(6, '::1', 0, 128, true);
-  engine.engineListen(fd6, LID6);
-  port6 = engine.sockName(fd6)[1];
+  engine.defineProfile(P_DROP, BASE);
+  engine.defineProfile(P_REJECT, { ...BASE, action: 'reject', rejectReply: REJECT });
+  engine.defineProfile(P_STRIP, { ...BASE, clientIdleMs: 10_000, serverIdleMs: 10_000, stripPipeconnect: true });
+  engine.defineProfile(P_GREETING_TIMEOUT, { ...BASE, clientIdleMs: 10_000, serverIdleMs: 10_000, greetingTimeoutMs: 300 });
+  engine.defineProfile(P_CLIENT_IDLE, { ...BASE, clientIdleMs: 300, serverIdleMs: 10_000 });
+  engine.defineProfile(P_SERVER_IDLE, { ...BASE, clientIdleMs: 10_000, serverIdleMs: 300 });
+  engine.defineProfile(P_LOG, { ...BASE, action: 'log' });
+  engine.defineProfile(P_LOG_SMALL, { ...BASE, action: 'log', earlyBufferBytes: 16, evidenceBytes: 8 });
+  engine.defineProfile(P_TEASER, { ...BASE, teaser: TEASER, deferredReplyMs: 400 });
+  engine.defineProfile(P_DECISION, { ...BASE, decisionMs: 200 });
+  engine.start(onEvents);
+  const fd4 = sockets.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 4096, v6only: false });
+  engine.listen(fd4, LID4);
+  port4 = sockets.sockName(fd4)[1];
+  const fd6 = sockets.plainListener({ family: 6, address: '::1', port: 0, backlog: 128, v6only: true });
+  engine.listen(fd6, LID6);
+  port6 = sockets.sockName(fd6)[1];
 });
 
 afterAll(() => {
-  engine.engineStop();
+  engine.stop();
 });
 
 beforeEach(() => {
   events.length = 0;
-  onAccept = (ev) => engine.engineDrop(ev[1]);
+  onAccept = (ev) => engine.drop(ev[1]);
   fdsBefore = openFds();
 });
 
@@ -273,11 +300,11 @@ afterEach(async () => {
   for (const b of [...backends]) await b.close();
   // Nothing left behind: the engine owns only its two listeners, the process has its fds back.
   await waitUntil(
-    () => `the engine to let go (counts ${JSON.stringify(engine.engineCounts())})`,
-    () => engine.engineCounts().connections === 0,
+    () => `the engine to let go (counts ${JSON.stringify(engine.counts())})`,
+    () => engine.counts().connections === 0,
     7000,
   );
-  expect(engine.engineCounts()).toEqual({ connections: 0, held: 0, relaying: 0, listeners: 2, fds: 2 });
+  expect(engine.counts()).toMatchObject({ connections: 0, held: 0, relaying: 0, listeners: 2, fds: 2, bufferedBytes: 0, deadlines: 0 });
   await waitUntil(() => `fds back to ${fdsBefore} (now ${openFds()})`, () => openFds() <= fdsBefore, 5000);
 });
 
@@ -285,7 +312,7 @@ afterEach(async () => {
 
 describe('accept', () => {
   it('reports family, peer and local address of an IPv4 client', async () => {
-    const { id, ev, c } = await accepted((e) => engine.engineReply(e[1], '554 no\r\n'));
+    const { id, ev, c } = await accepted((e) => engine.reply(e[1], { text: '554 no\r\n', profile: P_DROP }));
     await c.waitData('554 no\r\n');
     expect(ev).toEqual([EV_ACCEPT, id, LID4, 4, '127.0.0.1', c.sock.localPort, '127.0.0.1', port4]);
     expect(Number.isInteger(id) && id > 0).toBe(true);
@@ -293,45 +320,45 @@ describe('accept', () => {
   });
 
   it('drop resets the client', async () => {
-    const { id, c } = await accepted((e) => engine.engineDrop(e[1]));
+    const { id, c } = await accepted((e) => engine.drop(e[1]));
     expect(await c.closed).toMatchObject({ code: 'ECONNRESET' });
-    expect(engine.engineDrop(id)).toBe(false); // gone: no-op
+    expect(engine.drop(id)).toBe(false); // gone: no-op
   });
 
   it('reports an IPv6 client on ::1', async () => {
-    const { id, ev, c } = await accepted((e) => engine.engineReply(e[1], '554 no\r\n'), { host: '::1', port: port6 });
+    const { id, ev, c } = await accepted((e) => engine.reply(e[1], { text: '554 no\r\n', profile: P_DROP }), { host: '::1', port: port6 });
     await c.waitData('554 no\r\n');
     expect(ev).toEqual([EV_ACCEPT, id, LID6, 6, '::1', c.sock.localPort, '::1', port6]);
     await c.closed;
   });
 
   it('shows an IPv4 peer of a dual-stack listener as family 4 with plain addresses', async () => {
-    const fd = engine.plainListener(6, '::', 0, 16, false);
-    engine.engineListen(fd, 99);
-    const port = engine.sockName(fd)[1];
+    const fd = sockets.plainListener({ family: 6, address: '::', port: 0, backlog: 16, v6only: false });
+    engine.listen(fd, 99);
+    const port = sockets.sockName(fd)[1];
     try {
-      const { id, ev, c } = await accepted((e) => engine.engineReply(e[1], '554 no\r\n'), { port });
+      const { id, ev, c } = await accepted((e) => engine.reply(e[1], { text: '554 no\r\n', profile: P_DROP }), { port });
       await c.waitData('554 no\r\n');
       expect(ev).toEqual([EV_ACCEPT, id, 99, 4, '127.0.0.1', c.sock.localPort, '127.0.0.1', port]);
       await c.closed;
     } finally {
-      engine.engineUnlisten(99);
+      engine.unlisten(99);
     }
-    expect(engine.engineCounts().listeners).toBe(2);
+    expect(engine.counts().listeners).toBe(2);
   });
 
   it('ids increase and ids that never existed are no-ops', async () => {
-    const a = await accepted((e) => engine.engineDrop(e[1]));
-    const b = await accepted((e) => engine.engineDrop(e[1]));
+    const a = await accepted((e) => engine.drop(e[1]));
+    const b = await accepted((e) => engine.drop(e[1]));
     expect(b.id).toBeGreaterThan(a.id);
     const never = b.id + 1_000_000;
-    expect(engine.engineHold(never, 100, P_DROP)).toBe(false);
-    expect(engine.engineConnect(never, P_DROP, 4, '', 0, '127.0.0.1', 1, 100, Buffer.alloc(0))).toBe(false);
-    expect(engine.engineReply(never, 'x\r\n')).toBe(false);
-    expect(engine.engineReplyGreeting(never)).toBe(false);
-    expect(engine.engineDrop(never)).toBe(false);
-    expect(engine.engineRelease(never)).toBe(-1);
-    expect(engine.engineClose(never, 'x')).toBe(false);
+    expect(engine.hold(never, { windowMs: 100, profile: P_DROP })).toBe(false);
+    expect(engine.connect(never, { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: 1, timeoutMs: 100, preamble: Buffer.alloc(0) })).toBe(false);
+    expect(engine.reply(never, { text: 'x\r\n', profile: P_DROP })).toBe(-1);
+    expect(engine.reply(never, { greeting: true })).toBe(-1);
+    expect(engine.drop(never)).toBe(false);
+    expect(engine.close(never, 'x')).toBe(false);
+    expect(engine.inspect(never)).toBeNull();
     await Promise.all([a.c.closed, b.c.closed]);
   });
 
@@ -342,21 +369,25 @@ describe('accept', () => {
     expect((await c.closed).code).toBe('ECONNRESET');
   });
 
-  it('engineRelease hands over a usable fd', async () => {
-    let fd = -2;
-    const { id, c } = await accepted((e) => (fd = engine.engineRelease(e[1])));
-    expect(fd).toBeGreaterThan(2);
-    expect(engine.engineCounts().connections).toBe(0);
-    expect(engine.engineRelease(id)).toBe(-1);
-    const s = wrapClient(new net.Socket({ fd, readable: true, writable: true }));
-    s.sock.write('220 released\r\n');
-    await c.waitData('220 released\r\n');
-    c.sock.write('QUIT\r\n');
-    await s.waitData('QUIT\r\n');
-    s.sock.end('221 bye\r\n');
-    await c.waitData('221 bye\r\n');
+  it('reply in state new needs a profile (its linger times) and says so; inspect shows state and bytes', async () => {
+    let err: unknown;
+    let written = 0;
+    const { id, c } = await accepted((e) => {
+      expect(engine.inspect(e[1])).toEqual({ state: 'new', bytesFromClient: 0, bytesToClient: 0 });
+      try {
+        engine.reply(e[1], { text: '554 no\r\n' });
+      } catch (x) {
+        err = x;
+      }
+      written = engine.reply(e[1], { text: '554 no\r\n', profile: P_DROP });
+      expect(engine.inspect(e[1])).toEqual({ state: 'closing', bytesFromClient: 0, bytesToClient: 8 });
+    });
+    expect(err).toBeInstanceOf(TypeError);
+    expect((err as Error).message).toMatch(/has no profile yet: give reply\(id, \{ \.\.\., profile \}\)/);
+    expect(written).toBe(8);
+    await c.waitData('554 no\r\n');
     c.sock.end();
-    await Promise.all([c.closed, s.closed]);
+    await c.closed;
     expect(eventsOf(id).map((e) => e[0])).toEqual([EV_ACCEPT]);
   });
 });
@@ -366,19 +397,20 @@ describe('accept', () => {
 describe('hold', () => {
   it('expires after the window, then engineReply sends the text and closes', async () => {
     const t0 = performance.now();
-    const { id, c } = await accepted((e) => expect(engine.engineHold(e[1], 300, P_DROP)).toBe(true));
-    expect(engine.engineCounts().held).toBe(1);
-    expect(engine.engineHold(id, 300, P_DROP)).toBe(false); // not `new` any more
-    expect(engine.engineRelease(id)).toBe(-1);
+    const { id, c } = await accepted((e) => expect(engine.hold(e[1], { windowMs: 300, profile: P_DROP })).toBe(true));
+    expect(engine.counts().held).toBe(1);
+    expect(engine.hold(id, { windowMs: 300, profile: P_DROP })).toBe(false); // not `new` any more
+    expect(engine.inspect(id)?.state).toBe('held');
     const ev = await waitEvent(evFor(EV_EXPIRED, id));
+    expect(engine.inspect(id)?.state).toBe('waiting');
     const heldMs = ev[2] as number;
     expect(heldMs).toBeGreaterThanOrEqual(299);
     expect(heldMs).toBeLessThan(1000);
     expect(performance.now() - t0).toBeGreaterThanOrEqual(299);
-    expect(engine.engineCounts().held).toBe(0);
-    expect(engine.engineReplyGreeting(id)).toBe(false); // no refused greeting to send
-    expect(engine.engineReply(id, '421 4.3.2 try later\r\n')).toBe(true);
-    expect(engine.engineReply(id, 'again\r\n')).toBe(false);
+    expect(engine.counts().held).toBe(0);
+    expect(engine.reply(id, { greeting: true })).toBe(-1); // no refused greeting to send
+    expect(engine.reply(id, { text: '421 4.3.2 try later\r\n' })).toBe(21);
+    expect(engine.reply(id, { text: 'again\r\n' })).toBe(-1);
     await c.waitData('421 4.3.2 try later\r\n');
     c.sock.end();
     expect(await c.closed).toEqual({ end: true, code: undefined });
@@ -387,7 +419,7 @@ describe('hold', () => {
   });
 
   it('early talk with action drop: TALK with the exact partial line, then RST', async () => {
-    const { id, c } = await accepted((e) => engine.engineHold(e[1], 5000, P_DROP));
+    const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 5000, profile: P_DROP }));
     await sleep(50);
     c.sock.write('EHLO x');
     const talk = await waitEvent(evFor(EV_TALK, id));
@@ -396,13 +428,13 @@ describe('hold', () => {
     expect((talk[3] as Buffer).toString('latin1')).toBe('EHLO x');
     expect(talk[4]).toBe(6);
     expect((await c.closed).code).toBe('ECONNRESET');
-    expect(engine.engineDrop(id)).toBe(false);
+    expect(engine.drop(id)).toBe(false);
     await sleep(50);
     expect(eventsOf(id).map((e) => e[0])).toEqual([EV_ACCEPT, EV_TALK]);
   });
 
   it('early talk with action reject: the reply, then EOF', async () => {
-    const { id, c } = await accepted((e) => engine.engineHold(e[1], 5000, P_REJECT));
+    const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 5000, profile: P_REJECT }));
     c.sock.write('EHLO reject.test\r\n');
     const talk = await waitEvent(evFor(EV_TALK, id));
     expect((talk[3] as Buffer).toString()).toBe('EHLO reject.test\r\n');
@@ -413,26 +445,26 @@ describe('hold', () => {
   });
 
   it('a client that hangs up during the hold is GONE client_closed', async () => {
-    const { id, c } = await accepted((e) => engine.engineHold(e[1], 5000, P_DROP));
+    const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 5000, profile: P_DROP }));
     c.sock.end();
     expect(await waitEvent(evFor(EV_GONE, id))).toEqual([EV_GONE, id, 'client_closed']);
     await c.closed;
   });
 
   it('a client that resets during the hold is GONE client_reset', async () => {
-    const { id, c } = await accepted((e) => engine.engineHold(e[1], 5000, P_DROP));
+    const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 5000, profile: P_DROP }));
     c.sock.resetAndDestroy();
     expect(await waitEvent(evFor(EV_GONE, id))).toEqual([EV_GONE, id, 'client_reset']);
   });
 
-  it('a 1 MB flood during the hold is read at most 128 bytes at a time and dropped', async () => {
-    const { id, c } = await accepted((e) => engine.engineHold(e[1], 5000, P_DROP));
+  it('a 1 MB flood during the hold is read at most one read buffer (64 KiB) and dropped', async () => {
+    const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 5000, profile: P_DROP }));
     const flood = randomBytes(1024 * 1024);
     c.sock.write(flood);
     const talk = await waitEvent(evFor(EV_TALK, id));
     const bytes = talk[4] as number;
     expect(bytes).toBeGreaterThan(0);
-    expect(bytes).toBeLessThanOrEqual(128);
+    expect(bytes).toBeLessThanOrEqual(65536);
     expect((talk[3] as Buffer).equals(flood.subarray(0, Math.min(100, bytes)))).toBe(true);
     expect(['ECONNRESET', 'EPIPE']).toContain((await c.closed).code);
   });
@@ -442,7 +474,7 @@ describe('hold', () => {
     const ids = new Set<number>();
     onAccept = (e) => {
       ids.add(e[1]);
-      engine.engineHold(e[1], 2500, P_DROP);
+      engine.hold(e[1], { windowMs: 2500, profile: P_DROP });
     };
     const cs: TestClient[] = [];
     for (let i = 0; i < n; i += 200) {
@@ -451,7 +483,7 @@ describe('hold', () => {
       cs.push(...batch);
     }
     await waitUntil(() => `${n} accepted (${ids.size})`, () => ids.size === n);
-    expect(engine.engineCounts()).toMatchObject({ connections: n, held: n, fds: n + 2 });
+    expect(engine.counts()).toMatchObject({ connections: n, held: n, fds: n + 2 });
     await waitUntil(
       () => `${n} EXPIRED (${events.filter((e) => e[0] === EV_EXPIRED).length})`,
       () => events.filter((e) => e[0] === EV_EXPIRED).length === n,
@@ -463,25 +495,183 @@ describe('hold', () => {
       expect(e[2]).toBeGreaterThanOrEqual(2499);
       expect(e[2]).toBeLessThan(4000);
     }
-    expect(engine.engineCounts()).toMatchObject({ connections: n, held: 0 });
-    for (const id of ids) expect(engine.engineDrop(id)).toBe(true);
+    expect(engine.counts()).toMatchObject({ connections: n, held: 0 });
+    for (const id of ids) expect(engine.drop(id)).toBe(true);
     const results = await Promise.all(cs.map((c) => c.closed));
     expect(results.every((r) => r.code === 'ECONNRESET')).toBe(true);
   }, 60_000);
 
-  it('a reply lingers at most 5 s for a client that never closes', async () => {
-    const { id, c } = await accepted((e) => engine.engineReply(e[1], '421 busy\r\n'), { allowHalfOpen: true });
+  it('a reply lingers at most replyLingerMs for a client that never closes', async () => {
+    const { id, c } = await accepted((e) => engine.reply(e[1], { text: '421 busy\r\n', profile: P_DROP }), { allowHalfOpen: true });
     await c.waitData('421 busy\r\n');
     await new Promise<void>((r) => c.sock.once('end', () => r())); // the reply is followed by FIN
     const t0 = performance.now();
-    expect(engine.engineCounts().connections).toBe(1); // waiting for the client's EOF
-    // The client never ends its side: the engine lets go after 5 s anyway.
-    await waitUntil(() => 'the engine to close the lingering reply', () => engine.engineCounts().connections === 0, 8000);
-    expect(performance.now() - t0).toBeGreaterThan(4500);
+    expect(engine.counts().connections).toBe(1); // waiting for the client's EOF
+    // The client never ends its side: the engine lets go after replyLingerMs (1 s) anyway.
+    await waitUntil(() => 'the engine to close the lingering reply', () => engine.counts().connections === 0, 5000);
+    expect(performance.now() - t0).toBeGreaterThan(800);
     c.sock.end();
     await c.closed;
     expect(eventsOf(id).map((e) => e[0])).toEqual([EV_ACCEPT]);
   }, 15_000);
+});
+
+// ----- profile behaviours: teaser, action log, deferred reply, talk stages, decision bound ----
+
+describe('profiles', () => {
+  /** A backend that greets `220 mx\r\n` and records what it receives. */
+  async function recordingBackend(): Promise<{ b: Backend; seen: () => string }> {
+    let got = '';
+    const b = await startBackend((s) => {
+      s.write('220 mx\r\n');
+      s.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    });
+    return { b, seen: () => got };
+  }
+
+  it('hold writes the profile teaser at once; the backend greeting completes it', async () => {
+    const { b } = await recordingBackend();
+    const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 100, profile: P_TEASER }));
+    await c.waitData(TEASER);
+    expect(engine.inspect(id)).toEqual({ state: 'held', bytesFromClient: 0, bytesToClient: TEASER.length });
+    await waitEvent(evFor(EV_EXPIRED, id));
+    engine.connect(id, { profile: P_TEASER, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: b.port, timeoutMs: 3000, preamble: Buffer.alloc(0) });
+    await c.waitData('220 mx\r\n');
+    expect(c.text()).toBe(`${TEASER}220 mx\r\n`);
+    c.sock.end();
+    (await b.connected).end();
+    const end = await waitEvent(evFor(EV_END, id));
+    expect(end[4]).toBe(TEASER.length + 8);
+  });
+
+  it('action log: TALK (stage held), the hold goes on, and the early bytes reach the backend first after the 220', async () => {
+    const { b, seen } = await recordingBackend();
+    const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 300, profile: P_LOG }));
+    c.sock.write('EHLO early\r\n');
+    const talk = await waitEvent(evFor(EV_TALK, id));
+    expect(talk).toEqual([EV_TALK, id, talk[2], Buffer.from('EHLO early\r\n'), 12, 'held']);
+    c.sock.write('MAIL FROM:<a@b>\r\n'); // more early bytes: buffered, no second TALK
+    await waitEvent(evFor(EV_EXPIRED, id));
+    expect(engine.inspect(id)).toEqual({ state: 'waiting', bytesFromClient: 29, bytesToClient: 0 });
+    engine.connect(id, { profile: P_LOG, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: b.port, timeoutMs: 3000, preamble: Buffer.alloc(0) });
+    expect((await waitEvent(evFor(EV_GREETING, id)))[4]).toBe(1);
+    await c.waitData('220 mx\r\n');
+    await waitUntil(() => `backend got ${JSON.stringify(seen())}`, () => seen() === 'EHLO early\r\nMAIL FROM:<a@b>\r\n');
+    c.sock.write('QUIT\r\n');
+    await waitUntil(() => `backend got ${JSON.stringify(seen())}`, () => seen().endsWith('QUIT\r\n'));
+    c.sock.end();
+    (await b.connected).end();
+    const end = await waitEvent(evFor(EV_END, id));
+    expect(end[3]).toBe(35);
+    expect(eventsOf(id).filter((e) => e[0] === EV_TALK)).toHaveLength(1);
+  });
+
+  it('action log: past earlyBufferBytes the client is not read until the relay (no drop), then everything arrives in order', async () => {
+    const { b, seen } = await recordingBackend();
+    const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 300, profile: P_LOG_SMALL }));
+    const early = 'x'.repeat(100) + '\r\n';
+    c.sock.write(early);
+    const talk = await waitEvent(evFor(EV_TALK, id));
+    expect(talk[3]).toEqual(Buffer.from('x'.repeat(8))); // evidenceBytes
+    expect(talk[4]).toBe(16);
+    await waitEvent(evFor(EV_EXPIRED, id));
+    expect(engine.inspect(id)?.bytesFromClient).toBe(16);
+    engine.connect(id, { profile: P_LOG_SMALL, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: b.port, timeoutMs: 3000, preamble: Buffer.alloc(0) });
+    await waitUntil(() => `backend got ${seen().length} bytes`, () => seen() === early);
+    c.sock.end();
+    (await b.connected).end();
+    expect((await waitEvent(evFor(EV_END, id)))[3]).toBe(102);
+  });
+
+  it('action log: a client that hangs up after talking is GONE client_closed', async () => {
+    const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 5000, profile: P_LOG }));
+    c.sock.write('EHLO x\r\n');
+    await waitEvent(evFor(EV_TALK, id));
+    c.sock.end();
+    expect(await waitEvent(evFor(EV_GONE, id))).toEqual([EV_GONE, id, 'client_closed']);
+  });
+
+  it('TALK says the stage: greeting (connected, no greeting yet) and connecting (connect in flight)', async () => {
+    const silent = await startBackend(() => undefined);
+    const g = await accepted((e) => engine.connect(e[1], { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: silent.port, timeoutMs: 3000, preamble: Buffer.alloc(0) }));
+    await silent.connected;
+    await waitUntil(() => 'state greeting', () => engine.inspect(g.id)?.state === 'greeting');
+    g.c.sock.write('EHLO x\r\n');
+    expect((await waitEvent(evFor(EV_TALK, g.id)))[5]).toBe('greeting');
+    await g.c.closed;
+
+    // A listener whose accept queue is full drops SYNs: the connect stays in flight.
+    const lfd = sockets.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 1, v6only: false });
+    const lport = sockets.sockName(lfd)[1];
+    const fillers: TestClient[] = [];
+    try {
+      for (let i = 0; i < 2; i++) {
+        const f = connectClient(lport);
+        await f.connected;
+        fillers.push(f);
+      }
+      const k = await accepted((e) => engine.connect(e[1], { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: lport, timeoutMs: 5000, preamble: Buffer.alloc(0) }));
+      expect(engine.inspect(k.id)?.state).toBe('connecting');
+      k.c.sock.write('EHLO y\r\n');
+      const talk = await waitEvent(evFor(EV_TALK, k.id));
+      expect(talk[5]).toBe('connecting');
+      expect(talk[4]).toBe(8);
+      await k.c.closed;
+    } finally {
+      for (const f of fillers) f.sock.destroy();
+      sockets.closeFd(lfd);
+    }
+  });
+
+  it('deferred reply: `first` at once, the reply after the client\'s first line, then EOF', async () => {
+    const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 50, profile: P_TEASER }), { allowHalfOpen: true });
+    await waitEvent(evFor(EV_EXPIRED, id));
+    expect(engine.reply(id, { first: '220 mx.test ESMTP\r\n', text: '550 5.7.1 go away\r\n' })).toBe(19);
+    await c.waitData(`${TEASER}220 mx.test ESMTP\r\n`);
+    await sleep(100);
+    expect(c.text()).toBe(`${TEASER}220 mx.test ESMTP\r\n`); // nothing more before the client's line
+    expect(engine.inspect(id)?.state).toBe('closing');
+    c.sock.write('EHLO x');
+    await sleep(50);
+    c.sock.write('\r\n');
+    await c.waitData('550 5.7.1 go away\r\n');
+    await new Promise<void>((r) => c.sock.once('end', () => r()));
+    c.sock.end();
+    await c.closed;
+    expect(eventsOf(id).map((e) => e[0])).toEqual([EV_ACCEPT, EV_EXPIRED]);
+  });
+
+  it('deferred reply: a silent client gets the reply after deferredReplyMs anyway', async () => {
+    const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 50, profile: P_TEASER }));
+    await waitEvent(evFor(EV_EXPIRED, id));
+    const t0 = performance.now();
+    engine.reply(id, { first: '220 mx\r\n', text: '421 4.3.2 later\r\n' });
+    await c.waitData('421 4.3.2 later\r\n');
+    expect(performance.now() - t0).toBeGreaterThan(350);
+    await c.closed;
+  });
+
+  it('waiting is bounded: no command within decisionMs is GONE undecided (reset)', async () => {
+    const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 50, profile: P_DECISION }));
+    const expired = await waitEvent(evFor(EV_EXPIRED, id));
+    const gone = await waitEvent(evFor(EV_GONE, id), 2000);
+    expect(gone).toEqual([EV_GONE, id, 'undecided']);
+    expect(events.indexOf(gone)).toBeGreaterThan(events.indexOf(expired));
+    expect((await c.closed).code).toBe('ECONNRESET');
+  });
+
+  it('an exception escaping the event callback is caught and counted; the engine keeps serving', async () => {
+    const before = engine.counts().callbackErrors;
+    const { id, c } = await accepted(() => {
+      throw new Error('handler failed on purpose');
+    });
+    expect(await waitEvent(evFor(EV_GONE, id))).toEqual([EV_GONE, id, 'undecided']);
+    await c.closed;
+    expect(engine.counts().callbackErrors).toBe(before + 1);
+    const next = await accepted((e) => engine.reply(e[1], { text: '220 still here\r\n', profile: P_DROP }));
+    await next.c.waitData('220 still here\r\n');
+    await next.c.closed;
+  });
 });
 
 // ----- upstream ------------------------------------------------------------------------------
@@ -524,10 +714,11 @@ describe('upstream', () => {
     expect(greeting[2]).toBe('220');
     expect(greeting[3]).toBeGreaterThanOrEqual(0);
     expect(greeting[4]).toBe(1);
-    expect(engine.engineCounts().relaying).toBe(1);
+    expect(engine.counts().relaying).toBe(1);
     await c.waitData('220 ok\r\n');
-    expect(engine.engineReply(id, 'no\r\n')).toBe(false); // relaying: too late for a reply
-    expect(engine.engineConnect(id, P_DROP, 4, '', 0, '127.0.0.1', backendPort, 100, Buffer.alloc(0))).toBe(false);
+    expect(engine.reply(id, { text: 'no\r\n', profile: P_DROP })).toBe(-1); // relaying: too late for a reply
+    expect(engine.inspect(id)?.state).toBe('relaying');
+    expect(engine.connect(id, { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: backendPort, timeoutMs: 100, preamble: Buffer.alloc(0) })).toBe(false);
     c.sock.write('EHLO t\r\n');
     await c.waitData('220 ok\r\n250 hi\r\n');
     c.sock.end(up);
@@ -582,8 +773,8 @@ describe('upstream', () => {
     await seen!.ended;
     expect(seen!.text()).toBe('QUIT\r\n');
     expect(c.text()).toBe('');
-    expect(engine.engineCounts()).toMatchObject({ connections: 1, relaying: 0, fds: 3 });
-    expect(engine.engineReplyGreeting(id)).toBe(true);
+    expect(engine.counts()).toMatchObject({ connections: 1, relaying: 0, fds: 3 });
+    expect(engine.reply(id, { greeting: true })).toBe(10);
     await c.waitData('421 busy\r\n');
     c.sock.end();
     expect(await c.closed).toEqual({ end: true, code: undefined });
@@ -595,7 +786,7 @@ describe('upstream', () => {
     const good = await startBackend((s) => s.write('220 good\r\n'));
     const { id, c } = await accepted(connectTo(bad.port, P_DROP));
     expect((await waitEvent(evFor(EV_GREETING, id)))[2]).toBe('garbage');
-    expect(engine.engineConnect(id, P_DROP, 4, '', 0, '127.0.0.1', good.port, 3000, Buffer.alloc(0))).toBe(true);
+    expect(engine.connect(id, { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: good.port, timeoutMs: 3000, preamble: Buffer.alloc(0) })).toBe(true);
     await waitEvent((e) => e[0] === EV_GREETING && e[1] === id && e[2] === '220');
     await c.waitData('220 good\r\n');
     expect(c.text()).toBe('220 good\r\n');
@@ -612,7 +803,7 @@ describe('upstream', () => {
       s.write('220 spoofed\r\n');
     });
     const { id, c } = await accepted((e) =>
-      engine.engineConnect(e[1], P_DROP, 4, '127.0.0.2', 2, '127.0.0.1', b.port, 3000, Buffer.alloc(0)),
+      engine.connect(e[1], { profile: P_DROP, family: 4, sourceAddress: '127.0.0.2', synCount: 2, address: '127.0.0.1', port: b.port, timeoutMs: 3000, preamble: Buffer.alloc(0) }),
     );
     expect((await waitEvent(evFor(EV_GREETING, id)))[4]).toBe(1);
     expect(peer).toBe('127.0.0.2');
@@ -629,7 +820,7 @@ describe('upstream', () => {
     let thrown: unknown;
     const { id, c } = await accepted((e) => {
       try {
-        engine.engineConnect(e[1], P_DROP, 4, '', 0, '127.0.0.1', port, 3000, Buffer.alloc(0));
+        engine.connect(e[1], { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: port, timeoutMs: 3000, preamble: Buffer.alloc(0) });
       } catch (err) {
         thrown = err;
       }
@@ -640,7 +831,7 @@ describe('upstream', () => {
       expect((thrown as TransparentSyscallError).sysCode).toBe('ECONNREFUSED');
       expect((thrown as TransparentSyscallError).syscall).toBe('connect');
       expect((thrown as TransparentSyscallError).port).toBe(port);
-      expect(engine.engineCounts()).toMatchObject({ connections: 1, fds: 3 });
+      expect(engine.counts()).toMatchObject({ connections: 1, fds: 3 });
       // still `new`: it can be connected or answered
     } else {
       const failed = await waitEvent(evFor(EV_UPSTREAM_FAILED, id));
@@ -648,7 +839,7 @@ describe('upstream', () => {
       expect(failed[4]).toBeLessThan(1000);
     }
     console.info(`[engine test] a refused loopback connect ${thrown ? 'throws synchronously' : 'is an UPSTREAM_FAILED event'}`);
-    expect(engine.engineReply(id, '421 no server\r\n')).toBe(true);
+    expect(engine.reply(id, { text: '421 no server\r\n', profile: P_DROP })).toBe(15);
     await c.waitData('421 no server\r\n');
     c.sock.end();
     await c.closed;
@@ -657,8 +848,8 @@ describe('upstream', () => {
   it('a connect that gets no answer times out: UPSTREAM_FAILED connect ETIMEDOUT', async () => {
     // A listener whose accept queue is full drops SYNs: the connect hangs like one to a dead host.
     const transparent = loadTransparent();
-    const lfd = engine.plainListener(4, '127.0.0.1', 0, 1, false);
-    const lport = engine.sockName(lfd)[1];
+    const lfd = sockets.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 1, v6only: false });
+    const lport = sockets.sockName(lfd)[1];
     const fillers: TestClient[] = [];
     try {
       for (let i = 0; i < 2; i++) {
@@ -671,7 +862,7 @@ describe('upstream', () => {
       expect(failed.slice(0, 4)).toEqual([EV_UPSTREAM_FAILED, id, 'connect', 'ETIMEDOUT']);
       expect(failed[4]).toBeGreaterThanOrEqual(299);
       expect(failed[4]).toBeLessThan(1500);
-      expect(engine.engineDrop(id)).toBe(true);
+      expect(engine.drop(id)).toBe(true);
       await c.closed;
     } finally {
       for (const f of fillers) f.sock.destroy();
@@ -679,7 +870,7 @@ describe('upstream', () => {
     }
   });
 
-  it('a backend that never greets: UPSTREAM_FAILED greeting ETIMEDOUT after serverIdleMs', async () => {
+  it('a backend that never greets: UPSTREAM_FAILED greeting ETIMEDOUT after greetingTimeoutMs', async () => {
     const b = await startBackend(() => undefined);
     const { id, c } = await accepted(connectTo(b.port, P_GREETING_TIMEOUT));
     const failed = await waitEvent(evFor(EV_UPSTREAM_FAILED, id));
@@ -688,8 +879,8 @@ describe('upstream', () => {
     expect(failed[4]).toBeLessThan(1500);
     const s = await b.connected;
     await new Promise((r) => (s.destroyed ? r(undefined) : s.once('close', r))); // the engine closed it
-    expect(engine.engineCounts()).toMatchObject({ connections: 1, fds: 3 });
-    engine.engineDrop(id);
+    expect(engine.counts()).toMatchObject({ connections: 1, fds: 3 });
+    engine.drop(id);
     await c.closed;
   });
 
@@ -700,7 +891,7 @@ describe('upstream', () => {
       const failed = await waitEvent(evFor(EV_UPSTREAM_FAILED, id));
       expect(failed.slice(0, 4)).toEqual([EV_UPSTREAM_FAILED, id, 'greeting', 'EOF']);
       expect(c.text()).toBe('');
-      engine.engineDrop(id);
+      engine.drop(id);
       await c.closed;
       await b.close();
     }
@@ -858,10 +1049,10 @@ describe('relay', () => {
   it('engineClose ends a relay with its cause; held connections close without events', async () => {
     const { id, c, s } = await relayed(P_DROP);
     const seen = collect(s);
-    const held = await accepted((e) => engine.engineHold(e[1], 10_000, P_DROP));
-    expect(engine.engineClose(id, 'shutdown')).toBe(true);
-    expect(engine.engineClose(held.id, 'shutdown')).toBe(true);
-    expect(engine.engineClose(id, 'again')).toBe(false);
+    const held = await accepted((e) => engine.hold(e[1], { windowMs: 10_000, profile: P_DROP }));
+    expect(engine.close(id, 'shutdown')).toBe(true);
+    expect(engine.close(held.id, 'shutdown')).toBe(true);
+    expect(engine.close(id, 'again')).toBe(false);
     const end = await waitEvent(evFor(EV_END, id));
     expect(end).toEqual([EV_END, id, 'shutdown', 0, 8]);
     expect((await c.closed).end).toBe(true);
@@ -874,7 +1065,7 @@ describe('relay', () => {
     const { id } = await relayed(P_DROP);
     const before = batches;
     await sleep(20);
-    engine.engineClose(id, 'operator');
+    engine.close(id, 'operator');
     await waitEvent(evFor(EV_END, id), 500);
     expect(batches).toBe(before + 1);
   });
@@ -893,62 +1084,73 @@ describe('commands', () => {
   };
 
   it('argument errors are TypeError / RangeError; failed syscalls TransparentSyscallError', async () => {
-    const raw = engine as unknown as Record<string, (...a: unknown[]) => unknown>;
-    expect(thrown(() => raw.engineHold!('1', 10, 0))).toBeInstanceOf(TypeError);
-    expect(thrown(() => raw.engineHold!(1, -1, 0))).toBeInstanceOf(RangeError);
-    expect((thrown(() => raw.engineHold!(1, 10, 999)) as Error).message).toMatch(/profile 999 is not defined/);
-    expect(thrown(() => raw.engineProfile!(65536, 0, '', 0, 0, 0))).toBeInstanceOf(RangeError);
-    expect(thrown(() => raw.engineProfile!(0, 2, '', 0, 0, 0))).toBeInstanceOf(RangeError);
-    expect(thrown(() => raw.engineConnect!(1, 0, 4, '', 0, '127.0.0.1', 25, 100, 'PROXY'))).toBeInstanceOf(TypeError);
-    expect(thrown(() => raw.engineConnect!(1, 0, 4, '', 0, '127.0.0.1', 25, 100))).toBeInstanceOf(TypeError);
-    expect(thrown(() => raw.plainListener!(4, '127.0.0.1', 0, 1, 'no'))).toBeInstanceOf(TypeError);
-    expect(thrown(() => raw.engineStart!(() => undefined))).toMatchObject({ message: expect.stringMatching(/already started/) });
+    const raw = { ...engine, ...sockets } as unknown as Record<string, (...a: unknown[]) => unknown>;
+    const conn = { profile: 0, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: 25, timeoutMs: 100, preamble: Buffer.alloc(0) };
+    expect(thrown(() => raw.hold!('1', { windowMs: 10, profile: 0 }))).toBeInstanceOf(TypeError);
+    expect(thrown(() => raw.hold!(1, 10, 0))).toBeInstanceOf(TypeError);
+    expect((thrown(() => raw.hold!(1, { windowMs: -1, profile: 0 })) as Error).message).toBe(
+      'engineHold(id, { windowMs, profile }): windowMs must be an integer from 0 to 2147483647, got -1',
+    );
+    expect((thrown(() => raw.hold!(1, { windowMs: 10, profile: 999 })) as Error).message).toMatch(/profile 999 is not defined/);
+    expect(thrown(() => raw.defineProfile!(65536, BASE))).toBeInstanceOf(RangeError);
+    expect((thrown(() => raw.defineProfile!(0, { ...BASE, action: 'bounce' })) as Error).message).toBe(
+      "engineProfile(idx, profile): action must be 'drop', 'reject' or 'log', got 'bounce'",
+    );
+    expect((thrown(() => raw.defineProfile!(0, { ...BASE, decisionMs: 0 })) as Error).message).toMatch(/decisionMs must be an integer from 1 to/);
+    expect((thrown(() => raw.defineProfile!(0, { ...BASE, teaser: undefined })) as Error).message).toMatch(/teaser must be a string, got undefined/);
+    expect((thrown(() => raw.connect!(1, { ...conn, preamble: 'PROXY' })) as Error).message).toMatch(/preamble must be a Buffer, got string$/);
+    expect(thrown(() => raw.connect!(1, { ...conn, port: 0 }))).toBeInstanceOf(RangeError);
+    expect(thrown(() => raw.reply!(1, {}))).toBeInstanceOf(TypeError);
+    expect(thrown(() => raw.reply!(1, { text: 'x', greeting: true }))).toBeInstanceOf(TypeError);
+    expect(thrown(() => raw.plainListener!({ family: 4, address: '127.0.0.1', port: 0, backlog: 1, v6only: 'no' }))).toBeInstanceOf(TypeError);
+    expect(thrown(() => raw.plainListener!(4, '127.0.0.1', 0, 1, false))).toBeInstanceOf(TypeError);
+    expect(thrown(() => raw.start!(() => undefined))).toMatchObject({ message: expect.stringMatching(/already started/) });
 
     // A connection in `new` to try engineConnect errors on: it stays untouched.
     let errs: unknown[] = [];
     const { id, c } = await accepted((e) => {
       errs = [
-        thrown(() => engine.engineConnect(e[1], P_DROP, 4, '', 0, '::1', 25, 100, Buffer.alloc(0))),
-        thrown(() => engine.engineConnect(e[1], P_DROP, 6, '127.0.0.1', 0, '::1', 25, 100, Buffer.alloc(0))),
+        thrown(() => engine.connect(e[1], { profile: P_DROP, family: 4, sourceAddress: '', synCount: 0, address: '::1', port: 25, timeoutMs: 100, preamble: Buffer.alloc(0) })),
+        thrown(() => engine.connect(e[1], { profile: P_DROP, family: 6, sourceAddress: '127.0.0.1', synCount: 0, address: '::1', port: 25, timeoutMs: 100, preamble: Buffer.alloc(0) })),
       ];
-      engine.engineHold(e[1], 10_000, P_DROP);
+      engine.hold(e[1], { windowMs: 10_000, profile: P_DROP });
     });
     for (const e of errs) {
       expect(e).toBeInstanceOf(TransparentSyscallError);
       expect((e as TransparentSyscallError).sysCode).toBe('EINVAL');
       expect((e as TransparentSyscallError).syscall).toBe('inet_pton');
     }
-    expect(engine.engineCounts().held).toBe(1);
-    engine.engineDrop(id);
+    expect(engine.counts().held).toBe(1);
+    engine.drop(id);
     await c.closed;
 
-    const badFd = thrown(() => engine.sockName(100_000)) as TransparentSyscallError;
+    const badFd = thrown(() => sockets.sockName(100_000)) as TransparentSyscallError;
     expect(badFd).toBeInstanceOf(TransparentSyscallError);
     expect(badFd.sysCode).toBe('EBADF');
     expect(badFd.syscall).toBe('getsockname');
 
-    const inUse = thrown(() => engine.plainListener(4, '127.0.0.1', port4, 1, false)) as TransparentSyscallError;
+    const inUse = thrown(() => sockets.plainListener({ family: 4, address: '127.0.0.1', port: port4, backlog: 1, v6only: false })) as TransparentSyscallError;
     expect(inUse.sysCode).toBe('EADDRINUSE');
     expect(inUse.syscall).toBe('bind');
 
     // engineListen takes only listening sockets; the fd stays the caller's on failure.
-    const other = await accepted((e) => engine.engineHold(e[1], 10_000, P_DROP));
+    const other = await accepted((e) => engine.hold(e[1], { windowMs: 10_000, profile: P_DROP }));
     await other.c.connected;
     const clientFd = (other.c.sock as unknown as { _handle: { fd: number } })._handle.fd;
-    const notListening = thrown(() => engine.engineListen(clientFd, 50)) as TransparentSyscallError;
+    const notListening = thrown(() => engine.listen(clientFd, 50)) as TransparentSyscallError;
     expect(notListening).toBeInstanceOf(TransparentSyscallError);
     expect(notListening.sysCode).toBe('EINVAL');
     expect(notListening.syscall).toBe('getsockopt(SO_ACCEPTCONN)');
-    const closedFd = thrown(() => engine.engineListen(100_000, 50)) as TransparentSyscallError;
+    const closedFd = thrown(() => engine.listen(100_000, 50)) as TransparentSyscallError;
     expect(closedFd.sysCode).toBe('EBADF');
-    engine.engineDrop(other.id);
+    engine.drop(other.id);
     await other.c.closed;
   });
 
   it('sockName shows addresses of both families', () => {
-    const fd = engine.plainListener(6, '::1', 0, 1, true);
+    const fd = sockets.plainListener({ family: 6, address: '::1', port: 0, backlog: 1, v6only: true });
     try {
-      expect(engine.sockName(fd)).toEqual(['::1', expect.any(Number)]);
+      expect(sockets.sockName(fd)).toEqual(['::1', expect.any(Number)]);
     } finally {
       loadTransparent().closeFd(fd);
     }
@@ -957,13 +1159,13 @@ describe('commands', () => {
   it('accept failing with EMFILE reports ERROR and pauses the listener, then goes on', async () => {
     // For half a second this process may open no fd at all (soft RLIMIT_NOFILE 3), so the
     // engine's accept4 fails; the limiter and the clients are child processes started before.
-    const lfd = engine.plainListener(4, '127.0.0.1', 0, 64, false);
-    engine.engineListen(lfd, 77);
-    const lport = engine.sockName(lfd)[1];
+    const lfd = sockets.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 64, v6only: false });
+    engine.listen(lfd, 77);
+    const lport = sockets.sockName(lfd)[1];
     const ids: number[] = [];
     onAccept = (e) => {
       ids.push(e[1]);
-      engine.engineReply(e[1], '220 late\r\n');
+      engine.reply(e[1], { text: '220 late\r\n', profile: P_DROP });
     };
     const soft = await new Promise<string>((resolve) => {
       const p = spawn('prlimit', ['--pid', String(process.pid), '--nofile', '--raw', '--noheadings', '--output=SOFT']);
@@ -1003,7 +1205,7 @@ describe('commands', () => {
     await clientsExited;
     expect(clientsOut.trim()).toBe('3');
     expect(ids).toHaveLength(3);
-    engine.engineUnlisten(77);
+    engine.unlisten(77);
   });
 });
 
@@ -1017,23 +1219,23 @@ describe('environments', () => {
       const { parentPort, workerData } = require('node:worker_threads');
       const a = require(workerData.addon);
       process.on('uncaughtException', (e) => parentPort.postMessage({ uncaught: e.message }));
-      a.engineProfile(0, 0, '', 0, 0, 0);
+      a.engineProfile(0, workerData.profile);
       let first = true;
       a.engineStart((batch) => {
         for (const ev of batch) {
           parentPort.postMessage({ ev: ev.map((x) => (Buffer.isBuffer(x) ? x.toString() : x)) });
           if (ev[0] === 1) {
             if (first) { first = false; throw new Error('handler failed'); }
-            a.engineHold(ev[1], 60000, 0);
+            a.engineHold(ev[1], { windowMs: 60000, profile: 0 });
             parentPort.postMessage({ counts: a.engineCounts() });
           }
         }
       });
-      const fd = a.plainListener(4, '127.0.0.1', 0, 16, false);
+      const fd = a.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 16, v6only: false });
       a.engineListen(fd, 7);
       parentPort.postMessage({ port: a.sockName(fd)[1] });
       `,
-      { eval: true, workerData: { addon: addonPath } },
+      { eval: true, workerData: { addon: addonPath, profile: BASE } },
     );
     const messages: Array<Record<string, unknown>> = [];
     worker.on('message', (m: Record<string, unknown>) => messages.push(m));
@@ -1045,13 +1247,14 @@ describe('environments', () => {
     const first = connectClient(port);
     expect((await first.closed).code).toBe('ECONNRESET'); // undecided: reset
     await waitUntil(() => JSON.stringify(messages), () => messages.some((m) => (m.ev as unknown[] | undefined)?.[2] === 'undecided'));
-    expect(messages.find((m) => 'uncaught' in m)).toEqual({ uncaught: 'handler failed' });
+    // The engine caught the handler's exception and counted it: nothing reached the process.
+    expect(messages.find((m) => 'uncaught' in m)).toBeUndefined();
 
     const second = connectClient(port);
     await waitUntil(() => JSON.stringify(messages), () => messages.some((m) => 'counts' in m));
-    expect(messages.find((m) => 'counts' in m)!.counts).toMatchObject({ connections: 1, held: 1, listeners: 1, fds: 2 });
+    expect(messages.find((m) => 'counts' in m)!.counts).toMatchObject({ connections: 1, held: 1, listeners: 1, fds: 2, callbackErrors: 1 });
     // The main thread's engine is a different one.
-    expect(engine.engineCounts().connections).toBe(0);
+    expect(engine.counts().connections).toBe(0);
 
     // No engineStop: terminating the worker must close its fds (the cleanup hook) without a crash.
     await worker.terminate();
@@ -1064,9 +1267,9 @@ describe('environments', () => {
       `
       const { parentPort, workerData } = require('node:worker_threads');
       const a = require(workerData.addon);
-      a.engineProfile(0, 0, '', 0, 0, 0);
+      a.engineProfile(0, workerData.profile);
       const listen = () => {
-        const fd = a.plainListener(4, '127.0.0.1', 0, 16, false);
+        const fd = a.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 16, v6only: false });
         a.engineListen(fd, 1);
         parentPort.postMessage({ port: a.sockName(fd)[1] });
       };
@@ -1074,7 +1277,7 @@ describe('environments', () => {
       const onEvents = (batch) => {
         for (const ev of batch) {
           if (ev[0] !== 1) continue;
-          a.engineHold(ev[1], 60000, 0);
+          a.engineHold(ev[1], { windowMs: 60000, profile: 0 });
           if (++accepts === 1) {
             a.engineStop(); // closes the connection just held and the listener
             parentPort.postMessage({ afterStop: a.engineCounts() });
@@ -1089,7 +1292,7 @@ describe('environments', () => {
       a.engineStart(onEvents);
       listen();
       `,
-      { eval: true, workerData: { addon: loadedAddonPath() } },
+      { eval: true, workerData: { addon: loadedAddonPath(), profile: BASE } },
     );
     const messages: Array<Record<string, unknown>> = [];
     worker.on('message', (m: Record<string, unknown>) => messages.push(m));
@@ -1099,7 +1302,7 @@ describe('environments', () => {
     const first = connectClient(ports()[0]!);
     expect((await first.closed).end).toBe(true);
     await waitUntil(() => 'the second port', () => ports().length === 2);
-    expect(messages.find((m) => 'afterStop' in m)!.afterStop).toEqual({ connections: 0, held: 0, relaying: 0, listeners: 0, fds: 0 });
+    expect(messages.find((m) => 'afterStop' in m)!.afterStop).toMatchObject({ connections: 0, held: 0, relaying: 0, listeners: 0, fds: 0, deadlines: 0 });
     const second = connectClient(ports()[1]!);
     expect(await exited).toBe(0);
     expect(messages.find((m) => 'held' in m)!.held).toMatchObject({ connections: 1, held: 1, listeners: 1 });
@@ -1115,18 +1318,18 @@ describe('engineStop', () => {
     const relay = await accepted(connectTo(b.port, P_DROP));
     await waitEvent(evFor(EV_GREETING, relay.id));
     const holds = [];
-    for (let i = 0; i < 5; i++) holds.push(await accepted((e) => engine.engineHold(e[1], 60_000, P_DROP)));
-    expect(engine.engineCounts()).toMatchObject({ connections: 6, held: 5, relaying: 1, listeners: 2, fds: 2 + 5 + 2 });
+    for (let i = 0; i < 5; i++) holds.push(await accepted((e) => engine.hold(e[1], { windowMs: 60_000, profile: P_DROP })));
+    expect(engine.counts()).toMatchObject({ connections: 6, held: 5, relaying: 1, listeners: 2, fds: 2 + 5 + 2 });
     const before = events.length;
-    engine.engineStop();
-    engine.engineStop();
-    expect(engine.engineCounts()).toEqual({ connections: 0, held: 0, relaying: 0, listeners: 0, fds: 0 });
+    engine.stop();
+    engine.stop();
+    expect(engine.counts()).toMatchObject({ connections: 0, held: 0, relaying: 0, listeners: 0, fds: 0, deadlines: 0 });
     for (const h of holds) expect((await h.c.closed).end).toBe(true);
     expect((await relay.c.closed).end).toBe(true);
     await sleep(50);
     expect(events.length).toBe(before); // no events after stop
-    expect(engine.engineHold(relay.id, 1, P_DROP)).toBe(false);
-    expect(thrown(() => engine.engineListen(0, 1))).toMatchObject({ message: expect.stringMatching(/not started/) });
+    expect(engine.hold(relay.id, { windowMs: 1, profile: P_DROP })).toBe(false);
+    expect(thrown(() => engine.listen(0, 1))).toMatchObject({ message: expect.stringMatching(/not started/) });
     const refused = await connectClient(port4).connected.then(
       () => 'connected',
       (e: NodeJS.ErrnoException) => e.code,
@@ -1134,14 +1337,14 @@ describe('engineStop', () => {
     expect(refused).toBe('ECONNREFUSED');
 
     // Start again for the rest of the file's hooks.
-    engine.engineStart(onEvents);
-    const fd4 = engine.plainListener(4, '127.0.0.1', 0, 4096, false);
-    engine.engineListen(fd4, LID4);
-    port4 = engine.sockName(fd4)[1];
-    const fd6 = engine.plainListener(6, '::1', 0, 128, true);
-    engine.engineListen(fd6, LID6);
-    port6 = engine.sockName(fd6)[1];
-    const again = await accepted((e) => engine.engineReply(e[1], '220 again\r\n'));
+    engine.start(onEvents);
+    const fd4 = sockets.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 4096, v6only: false });
+    engine.listen(fd4, LID4);
+    port4 = sockets.sockName(fd4)[1];
+    const fd6 = sockets.plainListener({ family: 6, address: '::1', port: 0, backlog: 128, v6only: true });
+    engine.listen(fd6, LID6);
+    port6 = sockets.sockName(fd6)[1];
+    const again = await accepted((e) => engine.reply(e[1], { text: '220 again\r\n', profile: P_DROP }));
     await again.c.waitData('220 again\r\n');
     again.c.sock.end();
     await again.c.closed;

@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, parseConfig, validateConfig } from '../../src/config/load.js';
 import { isEtdError } from '../../src/errors.js';
 import { startApi, type ApiHandle } from '../../src/api/server.js';
-import { startSink, sendMail, type Sink } from '../../src/bench/smtpPeers.js';
+import { startSink, sendMail, type Sink } from '../../bench/smtpPeers.js';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
 import { CLI, assertBuilt } from '../helpers/cli.js';
 

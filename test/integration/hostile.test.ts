@@ -5,8 +5,8 @@
 import crypto from 'node:crypto';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Session, type LiveSession } from '../../src/proxy/session.js';
-import { sendMail, startSink, type Sink } from '../../src/bench/smtpPeers.js';
+import type { LiveSession } from '../../src/proxy/protocol.js';
+import { sendMail, startSink, type Sink } from '../../bench/smtpPeers.js';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
 import { MB, fdCount, settledHeap, waitUntil } from '../helpers/leak.js';
 
@@ -21,7 +21,6 @@ let baseArrayBuffers = 0;
 let tagNo = 0;
 /** Every Session etd creates, weakly: after GC, the ones still reachable are leaked. */
 let sessionRefs: Array<WeakRef<LiveSession>> = [];
-let socketRefs: Array<WeakRef<net.Socket>> = [];
 let tracked = 0;
 /** Figures per scenario, printed at the end (docs/reliability.md quotes them). */
 const figures: Array<Record<string, string | number>> = [];
@@ -42,8 +41,6 @@ function census(t: TestEtd): void {
   set.add = (s: LiveSession): Set<LiveSession> => {
     tracked++;
     sessionRefs.push(new WeakRef(s));
-    // Node-engine sessions own a client socket; native ones own none (the engine holds the fd).
-    if (s instanceof Session) socketRefs.push(new WeakRef(s.client));
     return add(s);
   };
 }
@@ -59,7 +56,7 @@ async function polite(label: string): Promise<void> {
 async function backToBaseline(label: string, connections: number): Promise<void> {
   const app = etd.app;
   await waitUntil(`${label}: sessions to end (${app.sessions.size} left)`, () => app.sessions.size === 0, 20_000);
-  expect(app.hold.size).toBe(0);
+  expect((app as unknown as { engine: { liveSessions: number } }).engine.liveSessions, `${label}: sessions the engine driver still routes to`).toBe(0);
   expect(app.stats.held).toBe(0);
   expect(app.stats.relaying).toBe(0);
   expect(app.pool.get('sink')?.active).toBe(0);
@@ -77,9 +74,7 @@ async function backToBaseline(label: string, connections: number): Promise<void>
   const heap = await settledHeap();
   // Only the live ones are kept: the census itself must not grow the heap it measures.
   sessionRefs = sessionRefs.filter((r) => r.deref() !== undefined);
-  socketRefs = socketRefs.filter((r) => r.deref() !== undefined);
   const liveSessions = sessionRefs.length;
-  const liveSockets = socketRefs.length;
   const arrayBuffers = process.memoryUsage().arrayBuffers;
   const fds = fdCount();
   figures.push({
@@ -89,13 +84,14 @@ async function backToBaseline(label: string, connections: number): Promise<void>
     heapMB: `${(baseHeap / MB).toFixed(1)} → ${(heap / MB).toFixed(1)}`,
     arrayBuffersMB: `${(baseArrayBuffers / MB).toFixed(1)} → ${(arrayBuffers / MB).toFixed(1)}`,
     liveSessions: `${liveSessions}/${tracked}`,
-    liveClientSockets: liveSockets,
   });
+  // The leak check that counts: a leaked engine session is ~200 B of heap (5,000 of them stay under
+  // the heap limit), but every one of them is a Session object still reachable after GC.
+  expect(liveSessions, `${label}: Session objects still reachable after GC`).toBe(0);
   expect(Math.abs(fds - baseFds), `${label}: fds ${baseFds} → ${fds}`).toBeLessThanOrEqual(5);
   expect(heap - baseHeap, `${label}: heap grew ${((heap - baseHeap) / MB).toFixed(2)} MB`).toBeLessThan(3 * MB);
   expect(arrayBuffers - baseArrayBuffers, `${label}: array buffers grew ${((arrayBuffers - baseArrayBuffers) / MB).toFixed(2)} MB`).toBeLessThan(3 * MB);
-  expect(liveSessions, `${label}: Session objects still reachable after GC`).toBe(0);
-  expect(liveSockets, `${label}: client sockets still reachable after GC`).toBe(0);
+
 }
 
 interface Outcome {
@@ -292,17 +288,17 @@ describe('hostile clients', () => {
   }, 120_000);
 
   it('a client that resets during a long window is released at once, not when its window would have ended', async () => {
-    // Regression: the hold queue's cancelled entries kept their Session (and its socket) until the
-    // deadline, so a connect-and-RST flood under a 6 s window held ~1.7 KB per connection for 6 s.
+    // Regression (docs/reliability.md, bug 1): a cancelled hold kept its session until the deadline,
+    // so a connect-and-RST flood under a 6 s window held every session for 6 s. Each session's own
+    // duration shows when it was released, whatever the machine's load.
     const long = await startEtdForTest({ ...doc({ window: '6s' }) });
-    const refs: Array<WeakRef<Session>> = [];
+    const refs: Array<WeakRef<LiveSession>> = [];
     const add = long.app.sessions.add.bind(long.app.sessions);
-    long.app.sessions.add = (s: Session): Set<Session> => {
+    long.app.sessions.add = (s: LiveSession): Set<LiveSession> => {
       refs.push(new WeakRef(s));
       return add(s);
     };
     try {
-      const t0 = performance.now();
       await pool(2000, 400, (i) =>
         new Promise<void>((resolve) => {
           const s = net.connect({ port: long.port, host: '127.0.0.1', localAddress: addr(60, i) }, () => s.resetAndDestroy());
@@ -310,19 +306,20 @@ describe('hostile clients', () => {
           s.on('close', () => resolve());
         }),
       );
-      await waitUntil('sessions to end', () => long.app.sessions.size === 0);
+      await waitUntil(() => `2,000 summaries (got ${long.summaries.length})`, () => long.summaries.length >= 2000, 60_000);
+      const longest = Math.max(...long.summaries.map((x) => x.durationMs));
+      expect(new Set(long.summaries.map((x) => `${x.verdict}/${x.cause}`))).toEqual(new Set(['client_gone/client_reset']));
+      expect(longest, 'every session ended before its 6 s window').toBeLessThan(6000);
       long.summaries.length = 0;
       await settledHeap();
       const live = refs.filter((r) => r.deref() !== undefined).length;
-      const elapsed = performance.now() - t0;
-      figures.push({ scenario: 'RST inside a 6 s window', connections: 2000, liveSessionsBeforeDeadline: live, ms: Math.round(elapsed) });
-      expect(elapsed, 'measured before the first window ended').toBeLessThan(5800);
+      figures.push({ scenario: 'RST inside a 6 s window', connections: 2000, liveSessionsAfter: live, longestSessionMs: longest });
       expect(refs).toHaveLength(2000);
-      expect(live, 'Sessions still reachable before their window ended').toBe(0);
+      expect(live, 'Sessions still reachable (their windows have not ended)').toBe(0);
     } finally {
       await long.stop(200);
     }
-  }, 30_000);
+  }, 90_000);
 
   it('clients that half-close during the hold are let go at once; a half-close after QUIT still gets the 221', async () => {
     const n = 200;
@@ -400,13 +397,37 @@ describe('hostile clients', () => {
     await backToBaseline('unwanted PROXY header', 3);
   }, 30_000);
 
-  it('the gauges see a leak: 5,000 retained sockets or Session-sized objects push the heap past the threshold', async () => {
-    // Calibration of the checks above: what a leak of one small object graph per connection looks like.
+  it('the checks see a leak on purpose: 5,000 engine sessions kept reachable pass the heap limit but not the session count', async () => {
+    // Calibration: what a leak of one engine session per connection looks like to the checks above.
+    const leaked: LiveSession[] = [];
+    const set = etd.app.sessions;
+    const add = set.add;
+    set.add = function (this: Set<LiveSession>, s: LiveSession): Set<LiveSession> {
+      leaked.push(s); // the deliberate leak: a registry that never forgets
+      return add.call(this, s);
+    };
     const before = await settledHeap();
-    const retained = Array.from({ length: 5000 }, () => ({ socket: new net.Socket(), evidence: 'EHLO x'.repeat(10), ids: [1, 2, 3] }));
-    const after = await settledHeap();
-    expect(retained).toHaveLength(5000);
-    expect(after - before).toBeGreaterThan(3 * MB);
-    figures.push({ scenario: 'gauge calibration: 5,000 retained sockets', heapGrowthMB: ((after - before) / MB).toFixed(2) });
-  });
+    try {
+      await pool(5000, 400, (i) =>
+        new Promise<void>((resolve) => {
+          const s = net.connect({ port: etd.port, host: '127.0.0.1', localAddress: addr(70 + (i % 4), i) }, () => s.resetAndDestroy());
+          s.on('error', () => undefined);
+          s.on('close', () => resolve());
+        }),
+      );
+      await waitUntil(() => `5,000 summaries (got ${etd.summaries.length})`, () => etd.summaries.length >= 5000, 60_000);
+      etd.summaries.length = 0;
+      const growth = (await settledHeap()) - before;
+      figures.push({ scenario: 'deliberate leak: 5,000 sessions retained', heapGrowthMB: (growth / MB).toFixed(2) });
+      // The heap alone would not say so (a session is a few hundred bytes) ...
+      expect(growth).toBeLessThan(3 * MB);
+      // ... the session count does: backToBaseline fails on it.
+      await expect(backToBaseline('deliberate leak', 5000)).rejects.toThrow(/Session objects still reachable after GC/);
+    } finally {
+      set.add = add;
+      leaked.length = 0;
+      figures.pop();
+      sessionRefs = [];
+    }
+  }, 120_000);
 });

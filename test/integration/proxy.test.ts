@@ -1,4 +1,4 @@
-// Plain-mode proxy core against real SMTP software: early talkers, silent clients, failover, big messages — on both session engines.
+// Plain-mode proxy core against real SMTP software: early talkers, silent clients, failover, big messages.
 
 import crypto from 'node:crypto';
 import { execFile } from 'node:child_process';
@@ -35,10 +35,8 @@ const servers = () => [
   { name: 's2', address: '127.0.0.1', port: b2.port },
 ];
 
-// Every scenario runs on the native engine (the default) and on Node sockets (listeners[].engine: node).
-describe.each(['native', 'node'] as const)('%s engine', (engine) => {
-  const start = (doc: Record<string, unknown>) =>
-    startEtdForTest({ ...doc, listeners: [{ name: 'test', address: '127.0.0.1', port: 0, engine }] });
+describe('the session engine', () => {
+  const start = (doc: Record<string, unknown>) => startEtdForTest({ ...doc, listeners: [{ name: 'test', address: '127.0.0.1', port: 0 }] });
 
   describe('silent clients pass', () => {
     it('gets the backend banner after the window, as the first bytes, and relays a 20 MB message byte-identical (nodemailer)', async () => {
@@ -150,19 +148,57 @@ describe.each(['native', 'node'] as const)('%s engine', (engine) => {
       expect(b1.connections).toHaveLength(1);
     });
 
-    it('counts bytes sent while etd connects to the backend as early talk', async () => {
+    it('counts bytes sent while etd connects to the backend as early talk (the upstream connection was open, its greeting not yet sent)', async () => {
       // A backend that accepts but delays its banner: the client talks after the window, before the greeting.
       const net = await import('node:net');
-      const slow = net.createServer((c) => setTimeout(() => c.end('220 slow ready\r\n'), 400));
+      const accepted: number[] = [];
+      const slow = net.createServer((c) => {
+        accepted.push(performance.now());
+        c.on('error', () => undefined);
+        setTimeout(() => c.end('220 slow ready\r\n'), 400);
+      });
       await new Promise<void>((r) => slow.listen(0, '127.0.0.1', r));
       const port = (slow.address() as import('node:net').AddressInfo).port;
       etd = await start({ detection: { window: '100ms' }, upstream: { servers: [{ name: 'slow', address: '127.0.0.1', port }] } });
-      const r = await rawClient(etd.port, (s) => setTimeout(() => s.write('EHLO x\r\n'), 250), 2000);
+      let talkedAt = 0;
+      const r = await rawClient(
+        etd.port,
+        (s) =>
+          setTimeout(() => {
+            talkedAt = performance.now();
+            s.write('EHLO x\r\n');
+          }, 250),
+        2000,
+      );
       expect(r.data.length).toBe(0);
       const [s] = await etd.waitForSummaries(1);
       expect(s!.verdict).toBe('early_talker');
       expect(s!.talkedAfterMs).toBeGreaterThan(200);
+      // Not hold-time talk: the engine had connected upstream (the backend accepted before the
+      // client spoke) and was waiting for the greeting.
+      expect(s!.talkedDuring).toBe('greeting');
+      expect(accepted).toHaveLength(1);
+      expect(accepted[0]!).toBeLessThan(talkedAt);
+      expect(s!.attempts).toBe(1);
+      expect(s!.server).toBe('slow');
       slow.close();
+    });
+
+    it('reports talk in the window as held', async () => {
+      etd = await start({ detection: { window: '500ms' }, upstream: { servers: servers() } });
+      await rawClient(etd.port, (s) => s.write('EHLO bot\r\n'), 1000);
+      const [s] = await etd.waitForSummaries(1);
+      expect(s!.talkedDuring).toBe('held');
+      expect(s!.attempts).toBe(0);
+    });
+
+    it('counts every early byte read, not only the evidence kept', async () => {
+      etd = await start({ detection: { window: '500ms', action: 'drop' }, upstream: { servers: servers() } });
+      const flood = Buffer.alloc(3000, 0x41);
+      await rawClient(etd.port, (s) => s.write(flood), 1000);
+      const [s] = await etd.waitForSummaries(1);
+      expect(s!.earlyBytes).toBe('A'.repeat(100));
+      expect(s!.bytesFromClient).toBe(3000);
     });
   });
 
@@ -192,6 +228,8 @@ describe.each(['native', 'node'] as const)('%s engine', (engine) => {
       const [s] = await etd.waitForSummaries(1);
       expect(s!.verdict).toBe('no_server');
       expect(s!.cause).toBe('connect_refused');
+      // The 421 etd sent is counted.
+      expect(s!.bytesToClient).toBe('421 4.3.2 Service not available, try again later\r\n'.length);
     });
 
     it('tries another server when a backend closes before its greeting', async () => {

@@ -60,15 +60,15 @@ describe('systemd/etd.service', () => {
   const d = directives(text);
 
   /**
-   * verify checks that every Exec* command exists and is executable, and /opt/etd/dist/cli.js
+   * verify checks that every Exec* command exists and is executable, and /opt/etd/dist/src/cli.js
    * exists only on an installed gateway. So it checks a copy in a temp dir whose commands point
-   * at this checkout's built dist/cli.js instead (same file, same directives otherwise).
+   * at this checkout's built dist/src/cli.js instead (same file, same directives otherwise).
    */
   function verifiableCopy(body: string): string {
     assertBuilt();
     const dir = fs.mkdtempSync(path.join(tmp, 'unit-'));
     const file = path.join(dir, 'etd.service'); // the unit name comes from the file name
-    fs.writeFileSync(file, body.replaceAll('/opt/etd/dist/cli.js', CLI));
+    fs.writeFileSync(file, body.replaceAll('/opt/etd/dist/src/cli.js', CLI));
     return file;
   }
 
@@ -102,9 +102,9 @@ describe('systemd/etd.service', () => {
     expect(one(d, 'ConfigurationDirectory')).toBe('etd');
     expect(Number(one(d, 'LimitNOFILE'))).toBeGreaterThanOrEqual(65536);
     expect(one(d, 'Restart')).toBe('on-failure');
-    expect(one(d, 'ExecStart')).toBe('/opt/etd/dist/cli.js run -c /etc/etd/etd.yaml');
+    expect(one(d, 'ExecStart')).toBe('/opt/etd/dist/src/cli.js run -c /etc/etd/etd.yaml');
     expect(one(d, 'ExecReload')).toBe('/bin/kill -HUP $MAINPID');
-    expect(one(d, 'ExecStopPost')).toMatch(/^-?\/opt\/etd\/dist\/cli\.js rules remove -c \/etc\/etd\/etd\.yaml$/);
+    expect(one(d, 'ExecStopPost')).toMatch(/^-?\/opt\/etd\/dist\/src\/cli\.js rules remove -c \/etc\/etd\/etd\.yaml$/);
     expect(one(d, 'KillMode')).toBe('mixed');
   });
 
@@ -241,7 +241,7 @@ describe('scripts/install.sh --dry-run', () => {
     expect(out).toMatch(/\+ install -m 0644 -o root -g root \S+\/config\/etd\.example\.yaml \/etc\/etd\/etd\.example\.yaml/);
     expect(out).toMatch(/\+ install -m 0640 -o root -g etd \S+\/config\/etd\.example\.yaml \/etc\/etd\/etd\.yaml|\/etc\/etd\/etd\.yaml exists: kept/);
     // The command.
-    expect(out).toMatch(/\+ ln -sfn \/opt\/etd\/dist\/cli\.js \/usr\/local\/bin\/etd|\/usr\/local\/bin\/etd is up to date/);
+    expect(out).toMatch(/\+ ln -sfn \/opt\/etd\/dist\/src\/cli\.js \/usr\/local\/bin\/etd|\/usr\/local\/bin\/etd is up to date/);
     // The sysctl drop-in, every value commented.
     const sysctl = out.includes('/etc/sysctl.d/90-etd.conf is up to date')
       ? fs.readFileSync('/etc/sysctl.d/90-etd.conf', 'utf8')

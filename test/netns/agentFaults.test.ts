@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLab, type JsonEvent, type JsonLineProcess, type Lab } from '../../src/lab/netns.js';
+import { createLab, type JsonEvent, type JsonLineProcess, type Lab } from '../../lab/netns.js';
 import { skipPrivileged } from '../helpers/privileged.js';
 import { runEtd, type RunningEtd } from '../helpers/cli.js';
 

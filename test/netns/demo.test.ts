@@ -8,7 +8,7 @@ import { assertBuilt } from '../helpers/cli.js';
 import { skipPrivileged } from '../helpers/privileged.js';
 
 const exec = promisify(execFile);
-const DEMO = path.join(__dirname, '../../dist/demo.js');
+const DEMO = path.join(__dirname, '../../dist/lab/demo.js');
 
 describe.skipIf(skipPrivileged('npm run demo (netns lab)'))('the lab demo', () => {
   it('shows the backend seeing the client address, the bot dropped, and the rules removed', async () => {

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLab, type JsonLineProcess, type Lab } from '../../src/lab/netns.js';
+import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
 import type { Finding } from '../../src/doctor/checks.js';
 import { skipPrivileged } from '../helpers/privileged.js';
 import { assertBuilt, CLI, runEtd } from '../helpers/cli.js';

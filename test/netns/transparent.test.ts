@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { skipPrivileged } from '../helpers/privileged.js';
-import { createLab, type JsonEvent, type JsonLineProcess, type Lab } from '../../src/lab/netns.js';
+import { createLab, type JsonEvent, type JsonLineProcess, type Lab } from '../../lab/netns.js';
 
 const CHILD = fileURLToPath(new URL('./transparent-child.mjs', import.meta.url));
 const ADDON = fileURLToPath(new URL('../../native/build/Release/etd_transparent.node', import.meta.url));

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createLab, type JsonLineProcess, type Lab } from '../../src/lab/netns.js';
+import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
 import { skipPrivileged } from '../helpers/privileged.js';
 import { runEtd, type RunningEtd } from '../helpers/cli.js';
 import { earlyTalker, swaks } from '../helpers/nsClient.js';
@@ -127,19 +127,32 @@ describe.skipIf(skip)('vip mode in the lab', () => {
     expect(after.routes.trim()).toBe('');
   }, 90_000);
 
-  it('engine: node (Node sockets, as a teaser or action: log use) also connects from the client address (IPv4 and IPv6)', async () => {
+  it('a teaser and action: log run on the engine too: the client sees the teaser first, an early talker is relayed from its own address (IPv4 and IPv6)', async () => {
     const file = configFor(lab);
-    fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replaceAll('mode: vip }', 'mode: vip, engine: node }'));
+    fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('detection: { window: 500ms, action: drop }', 'detection: { window: 500ms, action: log, teaser: "220-gw.example ESMTP" }'));
     const etd = await start(file);
-    expect(etd.lines.filter((l) => l.msg === 'listening').map((l) => l.engine)).toEqual(['node', 'node']);
     for (const [family, client, gw] of [
       ['v4', lab.v4.client, lab.v4.gatewayClientSide],
       ['v6', lab.v6.client, lab.v6.gatewayClientSide],
     ] as const) {
       const before = recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === client).length;
       const out = await swaks(lab, gw);
+      expect(out, `${family}: ${out}`).toMatch(/<- +220-gw\.example ESMTP/);
       expect(out, `${family}: ${out}`).toMatch(/<- +250 Queued/);
       await recorder.waitFor(() => recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === client).length > before, 5000);
+      // The early talker is logged and still relayed: the backend answers its early EHLO, from the client's address.
+      const connects = recorder.events.filter((e) => e.event === 'connect' && e.remoteAddress === client).length;
+      const early = await earlyTalker(lab, gw);
+      expect(early.data, family).toMatch(/^220-gw\.example ESMTP\r\n220 /);
+      expect(early.data, family).toMatch(/\r\n250[- ]/);
+      expect(recorder.events.filter((e) => e.event === 'connect' && e.remoteAddress === client).length, family).toBe(connects + 1);
+    }
+    await etd.waitFor(() => etd.lines.filter((l) => l.msg === 'session').length >= 4, 10_000);
+    const logged = etd.lines.filter((l) => l.msg === 'session' && l.action === 'log');
+    expect(logged).toHaveLength(2);
+    for (const l of logged) {
+      expect(l.verdict).toBe('passed');
+      expect(l.earlyBytes).toBe('EHLO bot.example\\r\\n');
     }
     expect(await stop(etd)).toBe(0);
   }, 60_000);

@@ -1,12 +1,12 @@
 // The benchmark's pure parts: statistics, the split of held connections, profile summaries, figures with ratios and targets, options.
 
 import { describe, expect, it } from 'vitest';
-import { distribution, linearFit } from '../../src/bench/procfs.js';
-import { splitAcross } from '../../src/bench/scenarios/held.js';
-import { heapCensus, perConnection, summariseCpuProfile, moduleOf, type CpuProfile, type HeapSnapshot } from '../../src/bench/profile.js';
-import { computeFigures, num, table, type BenchResult } from '../../src/bench/report.js';
-import { parseOptions } from '../../src/bench/options.js';
-import { sessionEndings } from '../../src/bench/logSummary.js';
+import { distribution, linearFit } from '../../bench/procfs.js';
+import { splitAcross } from '../../bench/scenarios/held.js';
+import { heapCensus, perConnection, summariseCpuProfile, moduleOf, type CpuProfile, type HeapSnapshot } from '../../bench/profile.js';
+import { computeFigures, num, table, type BenchResult } from '../../bench/report.js';
+import { parseOptions } from '../../bench/options.js';
+import { sessionEndings } from '../../bench/logSummary.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';

@@ -80,6 +80,15 @@ const BAD: Array<[string, string, RegExp]> = [
   ['not a mapping', '- just\n- a list\n', /\(top level\): must be a mapping/],
   ['empty file', '', /\(top level\): must be a mapping .*got an empty file/],
   ['intercept destination with host bits', GOOD.replace('mode: plain', 'mode: intercept\n    destinations: [10.0.2.10/24]').replace('source: self', 'source: clientip'), /listeners\[0\]\.destinations\[0\]: "10\.0\.2\.10\/24" has host bits set; did you mean 10\.0\.2\.0\/24\?/],
+  // Every kind of schema constraint says what it wants, in words (and never echoes a secret).
+  ['an api.token shorter than 16 characters', `${GOOD}api: { token: s3cret-t0ken }\n`, /api\.token: must be at least 16 characters \(got 12\)$/m],
+  ['an empty listener name', GOOD.replace('name: smtp\n', 'name: ""\n'), /listeners\[0\]\.name: must not be empty/],
+  ['a listener name with a space', GOOD.replace('name: smtp\n', 'name: "my smtp"\n'), /listeners\[0\]\.name: may only contain letters, digits, "_", "\." and "-" \(got "my smtp"\)/],
+  ['a teaser that is not a 220- line', GOOD.replace('action: drop', 'action: drop\n  teaser: "220 mx"'), /detection\.teaser: must be the first line of a multi-line greeting: "220-" then printable ASCII/],
+  ['a teaser longer than 200 characters', GOOD.replace('action: drop', `action: drop\n  teaser: "220-${'x'.repeat(250)}"`), /detection\.teaser: must be at most 200 characters \(got 254\)/],
+  ['a health HELO name with a space', GOOD.replace('retries: 2', 'retries: 2\n  health: { helo: "my host" }'), /upstream\.health\.helo: must be a host name: letters, digits, "\." and "-" \(got "my host"\)/],
+  ['a table name starting with a digit', `${GOOD}netfilter: { tableName: 1etd }\n`, /netfilter\.tableName: must start with a letter, then at most 31 letters, digits or "_" \(got "1etd"\)/],
+  ['a backlog of 0', GOOD.replace('mode: plain', 'mode: plain\n    backlog: 0'), /listeners\[0\]\.backlog: must be from 1 to 1000000 \(got 0\)/],
 ];
 
 describe('malformed configs give an error naming the key path, the problem and the fix', () => {

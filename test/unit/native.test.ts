@@ -1,14 +1,17 @@
-// Unprivileged checks of the native addon loader and surface: it loads, exports exactly the typed functions (transparent + engine), rejects bad arguments cleanly.
+// Unprivileged checks of the native addon loader and surface: it loads, exports exactly what addon.ts declares, shares the event vocabulary with protocol.ts, rejects bad arguments cleanly.
 
-import { readdirSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { EtdError, isEtdError } from '../../src/errors.js';
-import { ENGINE_FUNCTIONS, loadEngine } from '../../src/native/engine.js';
+import { ADDON_FUNCTIONS } from '../../src/native/addon.js';
+import { loadEngine } from '../../src/native/engine.js';
+import * as protocol from '../../src/proxy/protocol.js';
+import type { EngineState } from '../../src/proxy/protocol.js';
 import {
-  TRANSPARENT_FUNCTIONS,
+  SOCKET_FUNCTIONS,
   TransparentSyscallError,
   addonCandidates,
   loadTransparent,
@@ -49,12 +52,29 @@ describe('native addon loader', () => {
     expect(addonCandidates()[0]).toBe(loadedAddonPath());
   });
 
-  it('the binary exposes exactly the typed functions; each wrapper exactly its own', () => {
-    expect(Object.keys(raw()).sort()).toEqual([...TRANSPARENT_FUNCTIONS, ...ENGINE_FUNCTIONS].sort());
-    expect(Object.keys(loadEngine()).sort()).toEqual([...ENGINE_FUNCTIONS].sort());
+  it('the binary exports exactly what addon.ts declares (both directions); each wrapper exactly its own', () => {
+    const exported = Object.keys(raw()).sort();
+    expect(exported.filter((n) => !(ADDON_FUNCTIONS as readonly string[]).includes(n))).toEqual([]); // nothing undeclared
+    expect(ADDON_FUNCTIONS.filter((n) => !exported.includes(n))).toEqual([]); // nothing missing
+    expect(exported).toEqual([...ADDON_FUNCTIONS]);
+    for (const name of exported) expect(typeof raw()[name]).toBe('function');
+    expect(Object.keys(loadEngine()).sort()).toEqual(
+      ['close', 'connect', 'counts', 'defineProfile', 'drop', 'hold', 'inspect', 'listen', 'reply', 'start', 'stop', 'unlisten'],
+    );
     const addon = loadTransparent();
-    expect(Object.keys(addon).sort()).toEqual([...TRANSPARENT_FUNCTIONS]);
-    for (const name of TRANSPARENT_FUNCTIONS) expect(typeof addon[name]).toBe('function');
+    expect(Object.keys(addon).sort()).toEqual([...SOCKET_FUNCTIONS]);
+    for (const name of SOCKET_FUNCTIONS) expect(typeof addon[name]).toBe('function');
+  });
+
+  it('native/src/types.h has the event codes and state names of protocol.ts', () => {
+    const header = readFileSync(path.resolve(import.meta.dirname, '../../native/src/types.h'), 'utf8');
+    const cCodes = Object.fromEntries([...header.matchAll(/^\s+(EV_[A-Z_]+) = (\d+),/gm)].map((m) => [m[1]!, Number(m[2])]));
+    const tsCodes = Object.fromEntries(Object.entries(protocol).filter(([k]) => k.startsWith('EV_')));
+    expect(Object.keys(cCodes).length).toBeGreaterThan(0);
+    expect(cCodes).toEqual(tsCodes);
+    const cStates = new Set([...header.matchAll(/return "([a-z]+)";/g)].map((m) => m[1]));
+    const tsStates: Record<EngineState, true> = { new: true, held: true, waiting: true, connecting: true, greeting: true, relaying: true, closing: true };
+    expect(cStates).toEqual(new Set(Object.keys(tsStates)));
   });
 
   it('a failed load names every path tried and how to fix it', () => {
@@ -68,7 +88,7 @@ describe('native addon loader', () => {
     const msg = (e as EtdError).message;
     expect(msg).toContain(`${missing}: not found`);
     expect(msg).toContain(`${garbage}: `);
-    expect(msg).toContain(`${notAddon}: loaded, but exports [hello] instead of [closeFd, transparentListener, transparentSocket]`);
+    expect(msg).toContain(`${notAddon}: loaded, but exports [hello]: missing [${ADDON_FUNCTIONS.join(', ')}] (built from older sources?)`);
     expect(msg).toMatch(/none loaded — run npm run install \(needs g\+\+, make, python3\)$/);
     expect((e as EtdError).hint).toBe('run npm run install (needs g++, make, python3)');
   });

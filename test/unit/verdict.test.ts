@@ -1,15 +1,8 @@
-// Pure session decisions: early-talk actions, evidence escaping, greeting end detection.
+// Pure session words: evidence escaping, early-talk causes, the summary's words for engine failures.
 
 import { describe, expect, it } from 'vitest';
-import { earlyTalkAction, escapeBytes, findGreetingEnd, replyCode } from '../../src/proxy/verdict.js';
-
-describe('earlyTalkAction', () => {
-  it('maps config actions', () => {
-    expect(earlyTalkAction('drop')).toBe('drop');
-    expect(earlyTalkAction('reject')).toBe('reject');
-    expect(earlyTalkAction('log')).toBe('pass');
-  });
-});
+import { escapeBytes } from '../../src/util/escapeBytes.js';
+import { earlyTalkCause, VERDICTS } from '../../src/proxy/verdict.js';
 
 describe('escapeBytes', () => {
   it('escapes like postscreen and caps at 100 bytes', () => {
@@ -19,24 +12,12 @@ describe('escapeBytes', () => {
   });
 });
 
-describe('findGreetingEnd', () => {
-  it('finds a one-line greeting', () => {
-    const r = findGreetingEnd('', Buffer.from('220 mx ESMTP\r\n'));
-    expect(r.end).toBe(14);
+describe('earlyTalkCause', () => {
+  it('names what the engine did to an early talker', () => {
+    expect(earlyTalkCause('drop')).toBe('dropped');
+    expect(earlyTalkCause('reject')).toBe('rejected');
   });
-  it('waits for the final line of a multi-line greeting, across chunks', () => {
-    let r = findGreetingEnd('', Buffer.from('220-mx hello\r\n220-more'));
-    expect(r.end).toBe(-1);
-    r = findGreetingEnd(r.carry, Buffer.from(' text\r\n22'));
-    expect(r.end).toBe(-1);
-    r = findGreetingEnd(r.carry, Buffer.from('0 done\r\nEXTRA'));
-    expect(r.end).toBe(8);
-  });
-  it('treats a non-conforming line as the end (garbage is passed on, not waited for)', () => {
-    expect(findGreetingEnd('', Buffer.from('hello\n')).end).toBe(6);
-  });
-  it('reads reply codes', () => {
-    expect(replyCode('421 busy')).toBe('421');
-    expect(replyCode('junk')).toBeUndefined();
+  it('every verdict word is listed once', () => {
+    expect(new Set(VERDICTS).size).toBe(VERDICTS.length);
   });
 });

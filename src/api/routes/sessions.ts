@@ -1,8 +1,9 @@
 // GET /v1/sessions: the live sessions (client, phase, server, age, bytes), oldest first, paginated by a cursor.
 
+import { hostPort } from '../../util/address.js';
 import { Type, type Static } from '@sinclair/typebox';
 import { ListenerSchema } from '../../config/schema.js';
-import type { LiveSession as Session } from '../../proxy/session.js';
+import type { LiveSession as Session } from '../../proxy/protocol.js';
 import { ErrorBody, type RoutePlugin } from '../context.js';
 
 const PhaseSchema = Type.Union(
@@ -44,7 +45,7 @@ function view(s: Session): SessionBody {
   return {
     id: s.id,
     listener: s.ctx.listener,
-    client: s.family === 6 ? `[${s.clientAddress}]:${s.clientPort}` : `${s.clientAddress}:${s.clientPort}`,
+    client: hostPort(s.clientAddress, s.clientPort),
     state: s.phase,
     server: s.server?.name ?? null,
     startedAt: new Date(s.startedAt).toISOString(),

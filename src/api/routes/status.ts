@@ -2,7 +2,7 @@
 
 import { Type, type Static } from '@sinclair/typebox';
 import { ListenerSchema } from '../../config/schema.js';
-import { fmt } from '../../proxy/listener.js';
+import { hostPort } from '../../util/address.js';
 import type { App } from '../../app.js';
 import type { RoutePlugin } from '../context.js';
 
@@ -14,7 +14,6 @@ export const StatusBody = Type.Object({
     Type.Object({
       name: ListenerSchema.properties.name,
       mode: ListenerSchema.properties.mode,
-      engine: ListenerSchema.properties.engine,
       addresses: Type.Array(Type.String(), { description: 'bound addresses (address:port)' }),
     }),
   ),
@@ -28,10 +27,13 @@ export const StatusBody = Type.Object({
       Type.Object({
         connections: Type.Integer({ description: 'client connections the native engine owns (held, relaying, or finishing a reply)' }),
         fds: Type.Integer({ description: 'file descriptors it owns (listeners, clients, upstreams)' }),
+        bufferedBytes: Type.Integer({ description: 'bytes in its relay, reply and early-talk buffers now' }),
+        deadlines: Type.Integer({ description: 'deadline entries queued (proportional to live connections)' }),
+        handlerErrors: Type.Integer({ description: 'event handlers that threw (logged once per cause; the engine keeps serving)' }),
       }),
       Type.Null(),
     ],
-    { description: 'the native session engine (docs/engine.md); null when no listener uses it' },
+    { description: 'the native session engine (docs/engine.md); null before start and after stop' },
   ),
   backends: Type.Object({ up: Type.Integer(), total: Type.Integer() }),
   stress: Type.Object(
@@ -59,6 +61,12 @@ function stressView(app: App): StatusBody['stress'] {
   };
 }
 
+function engineView(app: App): StatusBody['engine'] {
+  const c = app.engineCounts();
+  if (!c) return null;
+  return { connections: c.connections, fds: c.fds, bufferedBytes: c.bufferedBytes, deadlines: c.deadlines, handlerErrors: c.handlerErrors + c.callbackErrors };
+}
+
 export const statusRoutes: RoutePlugin = async (api, deps) => {
   api.get(
     '/v1/status',
@@ -73,11 +81,10 @@ export const statusRoutes: RoutePlugin = async (api, deps) => {
         listeners: app.listenerList().map((l) => ({
           name: l.config.name,
           mode: l.config.mode,
-          engine: l.config.engine,
-          addresses: l.addresses().map((a) => fmt(a.address, a.port)),
+          addresses: l.addresses().map((a) => hostPort(a.address, a.port)),
         })),
         connections: { held: app.stats.held, relaying: app.stats.relaying, total: app.sessions.size },
-        engine: app.engineCounts(),
+        engine: engineView(app),
         backends: { up: servers.filter((s) => s.state === 'up').length, total: servers.length },
         stress: stressView(app),
       };

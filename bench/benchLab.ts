@@ -10,12 +10,13 @@ import type { ChildProcess, SpawnOptions } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { createLab, hostPort, type Lab } from '../lab/netns.js';
 import { sleep } from './procfs.js';
 
-export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-export const CLI = path.join(ROOT, 'dist/cli.js');
+import { CLI_PATH, PACKAGE_ROOT } from '../src/paths.js';
+
+export const ROOT = PACKAGE_ROOT;
+export const CLI = CLI_PATH;
 export const SMTP_SINK = '/usr/sbin/smtp-sink';
 export const SMTP_SOURCE = '/usr/sbin/smtp-source';
 

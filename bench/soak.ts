@@ -12,11 +12,10 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { CLI_PATH as CLI } from '../src/paths.js';
 import { parseArgs } from 'node:util';
 import { sendMail, startSink, type Sink } from './smtpPeers.js';
 
-const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../cli.js');
 
 interface Options {
   minutes: number;

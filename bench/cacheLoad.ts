@@ -8,8 +8,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { ClientCache } from '../policy/clientCache.js';
-import { openStore } from '../state/store.js';
+import { ClientCache } from '../src/policy/clientCache.js';
+import { openStore } from '../src/state/store.js';
 
 const quiet = { warn: (o: object, m: string) => console.error(m, o), info: () => undefined };
 

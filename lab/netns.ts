@@ -18,7 +18,8 @@
 import { execFile, execFileSync, spawn as spawnChild, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { PACKAGE_ROOT } from '../src/paths.js';
+import { parseStrictJson } from '../src/util/strictJson.js';
 
 export type NsRole = 'client' | 'gateway' | 'backend';
 
@@ -107,14 +108,12 @@ export interface Lab extends LabProcesses {
   };
 }
 
-// src/lab and dist/lab are both two levels below the package root.
-const RECORDER = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..', 'scripts/lab-recorder.mjs');
+const RECORDER = path.join(PACKAGE_ROOT, 'scripts/lab-recorder.mjs');
 const NS_NAME = /^etd[cgb]([0-9a-z]+)-([0-9a-z]+)$/;
 
-/** "[v6]:port" or "v4:port". */
-export function hostPort(address: string, port: number): string {
-  return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
-}
+import { hostPort } from '../src/util/address.js';
+
+export { hostPort };
 
 export function run(cmd: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
   const timeoutMs = opts.timeoutMs ?? 15_000;
@@ -206,7 +205,7 @@ function collectJson(child: ChildProcess, label: string): JsonLineProcess {
       partial = partial.slice(nl + 1);
       if (!line) continue;
       try {
-        const parsed: unknown = JSON.parse(line);
+        const parsed: unknown = parseStrictJson(line);
         if (typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed)) events.push(parsed as JsonEvent);
         else noise.push(line);
       } catch {

@@ -5,11 +5,8 @@ import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { createLab, type JsonEvent, type JsonLineProcess, type Lab } from './lab/netns.js';
-
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const CLI = path.join(ROOT, 'dist/cli.js');
+import { createLab, type JsonEvent, type JsonLineProcess, type Lab } from './netns.js';
+import { CLI_PATH as CLI, PACKAGE_ROOT as ROOT } from '../src/paths.js';
 const WINDOW = '2s';
 
 const say = (s = '') => process.stdout.write(`${s}\n`);

@@ -1,6 +1,6 @@
 // `npm run bench`: etd against HAProxy's early-talker recipe in one run on the same load — scenarios, 10-minute deadline, table and JSON.
 //
-// Runs as root in a network-namespace lab (src/bench/benchLab.ts). For each scenario etd and
+// Runs as root in a network-namespace lab (bench/benchLab.ts). For each scenario etd and
 // HAProxy run one after the other, each a fresh process, on the same lab and the same load;
 // every figure is reported with its etd/HAProxy ratio. A profile pass of etd follows. The
 // whole run is bounded: steps that no longer fit are skipped (and reported), and a hard timer

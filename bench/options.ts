@@ -1,7 +1,7 @@
 // Benchmark options: the command line of `npm run bench` (node dist/bench/run.js), with full and --quick defaults.
 
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { PACKAGE_ROOT as ROOT } from '../src/paths.js';
 import { parseArgs } from 'node:util';
 
 export const SCENARIOS = ['held', 'sessions', 'relay', 'returning', 'profile'] as const;
@@ -27,7 +27,7 @@ export interface BenchOptions {
   readonly haproxyThreads: boolean;
   /** Keep the raw .cpuprofile and .heapsnapshot files here (default: summarised, then deleted). */
   readonly keepProfiles: string | undefined;
-  /** The etd build measured (default dist/cli.js of this tree): another build's cli.js for an A/B comparison. */
+  /** The etd build measured (default dist/src/cli.js of this tree): another build's cli.js for an A/B comparison. */
   readonly etdCli: string;
   /** etd's listeners[].engine in every scenario (A/B: the native engine against Node sockets). */
   readonly etdEngine: 'native' | 'node';
@@ -35,7 +35,6 @@ export interface BenchOptions {
   readonly deadlineMs: number;
 }
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 export const USAGE = `usage: npm run bench -- [options]      (as root: it builds a network-namespace lab)
 
@@ -54,7 +53,7 @@ options:
   --no-haproxy-threads  skip the extra HAProxy run with its default nbthread
   --keep-profiles DIR   keep the .cpuprofile and .heapsnapshot files of the profile pass
   --deadline SECONDS    a shorter bound for the whole run (at most 600)
-  --etd-cli FILE        measure this etd build's cli.js (A/B against another build; default dist/cli.js)
+  --etd-cli FILE        measure this etd build's cli.js (A/B against another build; default dist/src/cli.js)
   --etd-engine E        etd's listeners[].engine: native (default) or node (A/B of the two engines)
   -h, --help            this text
 `;

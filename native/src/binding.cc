@@ -1,0 +1,422 @@
+// The engine's N-API binding: argument and option-object readers, the event tuples handed to JS, the per-environment slot, the exports.
+
+#include "addon.h"
+#include "common.h"
+#include "engine.h"
+
+#include <napi.h>
+
+#include <cerrno>
+#include <string>
+
+namespace etd {
+namespace {
+
+constexpr const char* kStartSig = "engineStart(onEvents)";
+constexpr const char* kStopSig = "engineStop()";
+constexpr const char* kProfileSig = "engineProfile(idx, profile)";
+constexpr const char* kListenSig = "engineListen(fd, listenerId)";
+constexpr const char* kUnlistenSig = "engineUnlisten(listenerId)";
+constexpr const char* kHoldSig = "engineHold(id, { windowMs, profile })";
+constexpr const char* kConnectSig =
+    "engineConnect(id, { profile, family, sourceAddress, synCount, address, port, timeoutMs, preamble })";
+constexpr const char* kReplySig = "engineReply(id, { text | greeting, first?, profile? })";
+constexpr const char* kDropSig = "engineDrop(id)";
+constexpr const char* kCloseSig = "engineClose(id, cause)";
+constexpr const char* kInspectSig = "engineInspect(id)";
+constexpr const char* kCountsSig = "engineCounts()";
+
+// Profile limits (docs/engine.md, Profiles).
+constexpr double kMaxGreetingBytes = 1 << 20;
+constexpr double kMaxEarlyBytes = 1 << 24;
+
+EnvSlot* Slot(Napi::Env env) { return env.GetInstanceData<EnvSlot>(); }
+
+Engine* Running(Napi::Env env) {
+  EnvSlot* slot = Slot(env);
+  return slot == nullptr ? nullptr : slot->engine;
+}
+
+void FinalizeSlot(Napi::Env, EnvSlot* slot) {
+  if (slot->engine != nullptr) slot->engine->Unlink();  // the cleanup hook stops it
+  delete slot;
+}
+
+bool ReadProfileRef(Napi::Env env, const Napi::Value& v, const char* sig, std::shared_ptr<const Profile>* out) {
+  int64_t idx;
+  if (!ReadInt(env, v, sig, "profile", 0, 65535, &idx)) return false;
+  EnvSlot* slot = Slot(env);
+  auto it = slot->profiles.find(static_cast<uint32_t>(idx));
+  if (it == slot->profiles.end()) {
+    Napi::RangeError::New(env, std::string(sig) + ": profile " + std::to_string(idx) +
+                                   " is not defined (call engineProfile first)")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  *out = it->second;
+  return true;
+}
+
+bool GetId(const Napi::CallbackInfo& info, const char* sig, uint64_t* id) {
+  int64_t v;
+  if (!GetInt(info, 0, sig, "id", 0, kMaxId, &v)) return false;
+  *id = static_cast<uint64_t>(v);
+  return true;
+}
+
+bool ReadMs(Napi::Env env, const Napi::Object& o, const char* sig, const char* name, double min, uint32_t* out) {
+  int64_t v;
+  if (!ReadInt(env, o.Get(name), sig, name, min, kMaxMs, &v)) return false;
+  *out = static_cast<uint32_t>(v);
+  return true;
+}
+
+bool ReadSize(Napi::Env env, const Napi::Object& o, const char* sig, const char* name, double min, double max,
+              uint32_t* out) {
+  int64_t v;
+  if (!ReadInt(env, o.Get(name), sig, name, min, max, &v)) return false;
+  *out = static_cast<uint32_t>(v);
+  return true;
+}
+
+bool ReadProfile(Napi::Env env, const Napi::Object& o, Profile* p) {
+  const char* sig = kProfileSig;
+  std::string action;
+  if (!ReadString(env, o.Get("action"), sig, "action", &action)) return false;
+  if (action == "drop") {
+    p->action = Action::Drop;
+  } else if (action == "reject") {
+    p->action = Action::Reject;
+  } else if (action == "log") {
+    p->action = Action::Log;
+  } else {
+    Napi::RangeError::New(env, std::string(sig) + ": action must be 'drop', 'reject' or 'log', got '" + action + "'")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  return ReadString(env, o.Get("rejectReply"), sig, "rejectReply", &p->reject_reply) &&
+         ReadString(env, o.Get("teaser"), sig, "teaser", &p->teaser) &&
+         ReadMs(env, o, sig, "clientIdleMs", 0, &p->client_idle_ms) &&
+         ReadMs(env, o, sig, "serverIdleMs", 0, &p->server_idle_ms) &&
+         ReadMs(env, o, sig, "greetingTimeoutMs", 0, &p->greeting_timeout_ms) &&
+         ReadBool(env, o.Get("stripPipeconnect"), sig, "stripPipeconnect", &p->strip) &&
+         ReadSize(env, o, sig, "evidenceBytes", 0, kReadBuffer, &p->evidence_bytes) &&
+         ReadSize(env, o, sig, "greetingMaxBytes", 1, kMaxGreetingBytes, &p->greeting_max_bytes) &&
+         ReadSize(env, o, sig, "earlyBufferBytes", 1, kMaxEarlyBytes, &p->early_buffer_bytes) &&
+         ReadMs(env, o, sig, "replyLingerMs", 0, &p->reply_linger_ms) &&
+         ReadMs(env, o, sig, "serverGoneLingerMs", 0, &p->server_gone_linger_ms) &&
+         ReadMs(env, o, sig, "deferredReplyMs", 0, &p->deferred_reply_ms) &&
+         // Waiting must always end: a decision time of 0 would end it before JS saw the event.
+         ReadMs(env, o, sig, "decisionMs", 1, &p->decision_ms);
+}
+
+// ----- functions -----------------------------------------------------------------------------
+
+Napi::Value EngineStart(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArity(info, 1, kStartSig)) return env.Undefined();
+  if (!info[0].IsFunction()) {
+    Napi::TypeError::New(env, std::string(kStartSig) + ": onEvents must be a function, got " + TypeName(info[0]))
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  EnvSlot* slot = Slot(env);
+  if (slot->engine != nullptr) {
+    Napi::Error::New(env, std::string(kStartSig) + ": the engine is already started (call engineStop first)")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+    Napi::Error::New(env, std::string(kStartSig) + ": no event loop").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  auto* engine = new Engine(env, loop, slot);
+  if (!engine->Start(env, info[0].As<Napi::Function>())) {
+    delete engine;  // Start failed before any handle was initialised
+    return env.Undefined();
+  }
+  slot->engine = engine;
+  return env.Undefined();
+}
+
+Napi::Value EngineStop(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArity(info, 0, kStopSig)) return env.Undefined();
+  if (Engine* e = Running(env)) e->Stop();
+  return env.Undefined();
+}
+
+Napi::Value EngineProfile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t idx;
+  Napi::Object o;
+  if (!CheckArity(info, 2, kProfileSig) || !GetInt(info, 0, kProfileSig, "idx", 0, 65535, &idx) ||
+      !GetOptions(info, 1, kProfileSig, "profile", &o))
+    return env.Undefined();
+  auto p = std::make_shared<Profile>();
+  if (!ReadProfile(env, o, p.get())) return env.Undefined();
+  // Connections keep the profile they were given; a redefinition applies to new uses only.
+  Slot(env)->profiles[static_cast<uint32_t>(idx)] = std::move(p);
+  return env.Undefined();
+}
+
+Napi::Value EngineListen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t fd, lid;
+  if (!CheckArity(info, 2, kListenSig) || !GetInt(info, 0, kListenSig, "fd", 0, 2147483647.0, &fd) ||
+      !GetInt(info, 1, kListenSig, "listenerId", 0, kMaxId, &lid))
+    return env.Undefined();
+  Engine* e = Running(env);
+  if (e == nullptr) {
+    Napi::Error::New(env, std::string(kListenSig) + ": the engine is not started (call engineStart first)")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  e->Listen(env, static_cast<int>(fd), static_cast<double>(lid));
+  return env.Undefined();
+}
+
+Napi::Value EngineUnlisten(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t lid;
+  if (!CheckArity(info, 1, kUnlistenSig) || !GetInt(info, 0, kUnlistenSig, "listenerId", 0, kMaxId, &lid))
+    return env.Undefined();
+  if (Engine* e = Running(env)) e->Unlisten(static_cast<double>(lid));
+  return env.Undefined();
+}
+
+Napi::Value EngineHold(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t id;
+  Napi::Object o;
+  uint32_t window;
+  std::shared_ptr<const Profile> profile;
+  if (!CheckArity(info, 2, kHoldSig) || !GetId(info, kHoldSig, &id) || !GetOptions(info, 1, kHoldSig, "hold", &o) ||
+      !ReadMs(env, o, kHoldSig, "windowMs", 0, &window) || !ReadProfileRef(env, o.Get("profile"), kHoldSig, &profile))
+    return env.Undefined();
+  Engine* e = Running(env);
+  if (e == nullptr) return Napi::Boolean::New(env, false);
+  bool done = false;
+  bool ok = e->Hold(env, id, window, std::move(profile), &done);
+  e->EndCommand();
+  return ok ? Napi::Boolean::New(env, done) : env.Undefined();
+}
+
+Napi::Value EngineConnect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* sig = kConnectSig;
+  uint64_t id;
+  Napi::Object o;
+  ConnectSpec spec;
+  int64_t syn_count, port;
+  uint32_t timeout;
+  if (!CheckArity(info, 2, sig) || !GetId(info, sig, &id) || !GetOptions(info, 1, sig, "connect", &o) ||
+      !ReadProfileRef(env, o.Get("profile"), sig, &spec.profile) || !ReadFamily(env, o.Get("family"), sig, &spec.family) ||
+      !ReadString(env, o.Get("sourceAddress"), sig, "sourceAddress", &spec.source) ||
+      !ReadInt(env, o.Get("synCount"), sig, "synCount", 0, 127, &syn_count) ||
+      !ReadString(env, o.Get("address"), sig, "address", &spec.address) ||
+      !ReadInt(env, o.Get("port"), sig, "port", 1, 65535, &port) || !ReadMs(env, o, sig, "timeoutMs", 0, &timeout) ||
+      !ReadBytes(env, o.Get("preamble"), sig, "preamble", &spec.preamble))
+    return env.Undefined();
+  spec.syn_count = static_cast<int>(syn_count);
+  spec.port = static_cast<int>(port);
+  spec.timeout_ms = timeout;
+  Engine* e = Running(env);
+  if (e == nullptr) return Napi::Boolean::New(env, false);
+  bool done = false;
+  bool ok = e->Connect(env, id, spec, &done);
+  e->EndCommand();
+  return ok ? Napi::Boolean::New(env, done) : env.Undefined();
+}
+
+Napi::Value EngineReply(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* sig = kReplySig;
+  uint64_t id;
+  Napi::Object o;
+  ReplySpec spec;
+  if (!CheckArity(info, 2, sig) || !GetId(info, sig, &id) || !GetOptions(info, 1, sig, "reply", &o))
+    return env.Undefined();
+  Napi::Value text = o.Get("text"), greeting = o.Get("greeting"), first = o.Get("first"), profile = o.Get("profile");
+  if (!greeting.IsUndefined() && !ReadBool(env, greeting, sig, "greeting", &spec.greeting)) return env.Undefined();
+  if (spec.greeting == !text.IsUndefined()) {
+    Napi::TypeError::New(env, std::string(sig) + ": give exactly one of text (a string) and greeting: true")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (!spec.greeting && !ReadString(env, text, sig, "text", &spec.text)) return env.Undefined();
+  spec.has_first = !first.IsUndefined();
+  if (spec.has_first && !ReadString(env, first, sig, "first", &spec.first)) return env.Undefined();
+  if (!profile.IsUndefined() && !ReadProfileRef(env, profile, sig, &spec.profile)) return env.Undefined();
+  Engine* e = Running(env);
+  if (e == nullptr) return Napi::Number::New(env, -1);
+  double written = e->Reply(id, spec);
+  e->EndCommand();
+  if (written == -2) {
+    Napi::TypeError::New(env, std::string(sig) + ": connection " + std::to_string(id) +
+                                  " is new and has no profile yet: give reply(id, { ..., profile })")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, written);
+}
+
+Napi::Value EngineDrop(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t id;
+  if (!CheckArity(info, 1, kDropSig) || !GetId(info, kDropSig, &id)) return env.Undefined();
+  Engine* e = Running(env);
+  if (e == nullptr) return Napi::Boolean::New(env, false);
+  bool ok = e->Drop(id);
+  e->EndCommand();
+  return Napi::Boolean::New(env, ok);
+}
+
+Napi::Value EngineClose(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t id;
+  std::string cause;
+  if (!CheckArity(info, 2, kCloseSig) || !GetId(info, kCloseSig, &id) || !GetString(info, 1, kCloseSig, "cause", &cause))
+    return env.Undefined();
+  Engine* e = Running(env);
+  if (e == nullptr) return Napi::Boolean::New(env, false);
+  bool ok = e->Close(id, cause);
+  e->EndCommand();
+  return Napi::Boolean::New(env, ok);
+}
+
+Napi::Value EngineInspect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t id;
+  if (!CheckArity(info, 1, kInspectSig) || !GetId(info, kInspectSig, &id)) return env.Undefined();
+  Engine* e = Running(env);
+  const Conn* c = e == nullptr ? nullptr : e->Inspect(id);
+  if (c == nullptr) return env.Null();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("state", StateName(c->st));
+  o.Set("bytesFromClient", c->bytes_from_client);
+  o.Set("bytesToClient", c->bytes_to_client);
+  return o;
+}
+
+Napi::Value EngineCounts(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArity(info, 0, kCountsSig)) return env.Undefined();
+  Counts k;
+  if (Engine* e = Running(env)) k = e->GetCounts();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("connections", k.connections);
+  o.Set("held", k.held);
+  o.Set("relaying", k.relaying);
+  o.Set("listeners", k.listeners);
+  o.Set("fds", k.fds);
+  o.Set("bufferedBytes", k.buffered);
+  o.Set("deadlines", k.deadlines);
+  o.Set("callbackErrors", k.callback_errors);
+  return o;
+}
+
+}  // namespace
+
+// ----- events to JS --------------------------------------------------------------------------
+
+// Each event becomes one array (protocol.ts EngineEvent); the batch one array of them.
+void Engine::CallJs(std::vector<Ev>* batch) {
+  Napi::Env env(env_);
+  Napi::HandleScope scope(env);
+  Napi::Array arr = Napi::Array::New(env, batch->size());
+  uint32_t i = 0;
+  for (Ev& ev : *batch) {
+    Napi::Array a;
+    auto num = [&](double d) { return Napi::Number::New(env, d); };
+    auto str = [&](const std::string& s) { return Napi::String::New(env, s); };
+    switch (ev.type) {
+      case EV_ACCEPT:  // id, listenerId, family, peerAddress, peerPort, localAddress, localPort
+        a = Napi::Array::New(env, 8);
+        a.Set(2u, num(ev.n1));
+        a.Set(3u, num(ev.i1));
+        a.Set(4u, str(ev.s1));
+        a.Set(5u, num(ev.i2));
+        a.Set(6u, str(ev.s2));
+        a.Set(7u, num(ev.n2));
+        break;
+      case EV_TALK:  // id, afterMs, evidence, bytes, stage
+        a = Napi::Array::New(env, 6);
+        a.Set(2u, num(ev.n1));
+        a.Set(3u, Napi::Buffer<char>::Copy(env, ev.s1.data(), ev.s1.size()));
+        a.Set(4u, num(ev.n2));
+        a.Set(5u, str(ev.s2));
+        break;
+      case EV_GONE:  // id, cause
+        a = Napi::Array::New(env, 3);
+        a.Set(2u, str(ev.s1));
+        break;
+      case EV_EXPIRED:  // id, heldMs
+        a = Napi::Array::New(env, 3);
+        a.Set(2u, num(ev.n1));
+        break;
+      case EV_UPSTREAM_FAILED:  // id, stage, code, elapsedMs
+        a = Napi::Array::New(env, 5);
+        a.Set(2u, str(ev.s1));
+        a.Set(3u, str(ev.s2));
+        a.Set(4u, num(ev.n1));
+        break;
+      case EV_GREETING:  // id, code, connectMs, relaying
+        a = Napi::Array::New(env, 5);
+        a.Set(2u, str(ev.s1));
+        a.Set(3u, num(ev.n1));
+        a.Set(4u, num(ev.i1));
+        break;
+      case EV_END:  // id, cause, bytesFromClient, bytesToClient
+        a = Napi::Array::New(env, 5);
+        a.Set(2u, str(ev.s1));
+        a.Set(3u, num(ev.n1));
+        a.Set(4u, num(ev.n2));
+        break;
+      case EV_ERROR:  // listenerId, syscall, code
+        a = Napi::Array::New(env, 4);
+        a.Set(2u, str(ev.s1));
+        a.Set(3u, str(ev.s2));
+        break;
+    }
+    a.Set(0u, num(ev.type));
+    a.Set(1u, num(ev.type == EV_ERROR ? ev.n1 : static_cast<double>(ev.id)));
+    arr.Set(i++, a);
+  }
+  batch->clear();
+  napi_value argv[1] = {arr};
+  napi_value result;
+  // napi_make_callback wants an object as receiver (undefined would throw a TypeError).
+  napi_status status = napi_make_callback(env_, async_, env.Global(), callback_.Value(), 1, argv, &result);
+  if (status == napi_ok) return;
+  bool pending = false;
+  napi_is_exception_pending(env_, &pending);
+  if (!pending) return;  // the environment cannot run JS any more (worker terminating)
+  napi_value exc;
+  if (napi_get_and_clear_last_exception(env_, &exc) != napi_ok) return;
+  napi_valuetype type;
+  // A null "exception" is how a terminating isolate shows up here: nothing to report.
+  if (napi_typeof(env_, exc, &type) == napi_ok && (type == napi_null || type == napi_undefined)) return;
+  // The handler threw: caught and counted (counts().callbackErrors); the process and the engine
+  // go on. TypeScript logs its own handler errors; this is the net under it.
+  callback_errors_++;
+}
+
+void RegisterEngine(Napi::Env env, Napi::Object exports) {
+  env.SetInstanceData<EnvSlot, FinalizeSlot>(new EnvSlot());
+  exports.Set("engineStart", Napi::Function::New(env, EngineStart, "engineStart"));
+  exports.Set("engineStop", Napi::Function::New(env, EngineStop, "engineStop"));
+  exports.Set("engineProfile", Napi::Function::New(env, EngineProfile, "engineProfile"));
+  exports.Set("engineListen", Napi::Function::New(env, EngineListen, "engineListen"));
+  exports.Set("engineUnlisten", Napi::Function::New(env, EngineUnlisten, "engineUnlisten"));
+  exports.Set("engineHold", Napi::Function::New(env, EngineHold, "engineHold"));
+  exports.Set("engineConnect", Napi::Function::New(env, EngineConnect, "engineConnect"));
+  exports.Set("engineReply", Napi::Function::New(env, EngineReply, "engineReply"));
+  exports.Set("engineDrop", Napi::Function::New(env, EngineDrop, "engineDrop"));
+  exports.Set("engineClose", Napi::Function::New(env, EngineClose, "engineClose"));
+  exports.Set("engineInspect", Napi::Function::New(env, EngineInspect, "engineInspect"));
+  exports.Set("engineCounts", Napi::Function::New(env, EngineCounts, "engineCounts"));
+}
+
+}  // namespace etd

@@ -1,0 +1,275 @@
+// The relay (state relaying): both directions with bounded buffers, the PIPECONNECT guard on the way, half-closes, idle limits, failures of either side.
+
+#include "engine.h"
+
+#include "common.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+namespace etd {
+
+void Engine::StartRelay(Conn* c, double now) {
+  std::string bytes;
+  bytes.swap(c->greeting);  // the greeting and whatever the server sent after it
+  c->greeting_line = 0;
+  c->st = St::Relaying;
+  Unschedule(&c->state_timer);  // the relay is bounded by its idle limits
+  c->c2s.eof = c->c2s.shut = false;  // c2s.pending may still hold the end of the preamble
+  c->s2c.eof = c->s2c.shut = false;  // s2c.pending may still hold the end of a teaser
+  const Profile& p = *c->profile;
+  if (p.strip) {
+    c->stripper = std::make_unique<Stripper>();
+    c->watcher = std::make_unique<CommandWatcher>();
+  }
+  c->client_active = c->server_active = now;
+  if (p.client_idle_ms > 0) Schedule(&c->cidle, Kind::ClientIdle, c->id, now + p.client_idle_ms);
+  if (p.server_idle_ms > 0) Schedule(&c->sidle, Kind::ServerIdle, c->id, now + p.server_idle_ms);
+  Ev ev{EV_GREETING, c->id};
+  ev.s1 = "220";
+  ev.n1 = c->connect_ms;
+  ev.i1 = 1;
+  Push(std::move(ev));
+  ToClient(c, bytes.data(), bytes.size(), now);
+  if (c->dead || c->early.empty()) return;
+  // action log: the client's early bytes go first, as if relayed now (through the command watcher).
+  std::string early;
+  early.swap(c->early);
+  FromClient(c, early.data(), early.size(), now);
+}
+
+void Engine::OnRelayClient(Conn* c, uint32_t events, double now) {
+  if ((events & (EPOLLOUT | EPOLLERR)) && !c->s2c.pending.empty()) {
+    FlushToClient(c, now);
+    if (c->dead) return;
+  }
+  bool readable = events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP);
+  if (readable && !c->c2s.eof && c->c2s.pending.empty()) ReadClient(c, now);
+}
+
+void Engine::OnRelayServer(Conn* c, uint32_t events, double now) {
+  if ((events & (EPOLLOUT | EPOLLERR)) && !c->c2s.pending.empty()) {
+    FlushToServer(c, now);
+    if (c->dead || c->st != St::Relaying) return;
+  }
+  if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !c->s2c.eof && c->s2c.pending.empty()) ReadServer(c, now);
+}
+
+void Engine::IdleExpired(Conn* c, Timer* t, double now) {
+  if (c->st != St::Relaying) return;
+  bool client = t->kind == Kind::ClientIdle;
+  uint32_t idle = client ? c->profile->client_idle_ms : c->profile->server_idle_ms;
+  double last = client ? c->client_active : c->server_active;
+  if (now - last >= idle) {
+    Note(c, client ? "client_timeout" : "server_timeout");
+    EndRelay(c, c->cause);
+    return;
+  }
+  // There was activity since: look again when the idle time after it has passed (lazy: no
+  // heap work per read).
+  Schedule(t, t->kind, c->id, last + idle);
+}
+
+void Engine::EndRelay(Conn* c, const std::string& cause) {
+  Ev ev{EV_END, c->id};
+  ev.s1 = cause;
+  ev.n1 = c->bytes_from_client;
+  ev.n2 = c->bytes_to_client;
+  Push(std::move(ev));
+  Kill(c, false);
+}
+
+void Engine::ClientFailed(Conn* c, int err) {
+  // The client is gone: close both at once, so the backend cannot take a half-sent message as complete.
+  Note(c, err == ECONNRESET || err == EPIPE ? "client_reset" : "client_error");
+  EndRelay(c, c->cause);
+}
+
+void Engine::ServerFailed(Conn* c, int err, double now) {
+  // The backend failed: give the client what it sent (its last reply may still sit unread in the
+  // receive queue, e.g. "554 5.3.4 Message too big" before a reset), a clean half-close, and
+  // serverGoneLingerMs to go away.
+  Note(c, err == ECONNRESET || err == EPIPE ? "server_reset" : "server_error");
+  c->st = St::ServerGone;
+  size_t room = kReadBuffer > c->s2c.pending.size() ? kReadBuffer - c->s2c.pending.size() : 0;
+  if (room > 0 && !c->s2c.eof) {
+    ssize_t n = Recv(c->ufd, buf_.get(), room, MSG_DONTWAIT);
+    if (n > 0) {
+      c->server_active = now;
+      ToClient(c, buf_.get(), static_cast<size_t>(n), now);
+      if (c->dead) return;
+    }
+  }
+  close(c->ufd);
+  c->ufd = -1;
+  c->umask = 0;
+  c->c2s.pending.Clear();
+  Unschedule(&c->cidle);
+  Unschedule(&c->sidle);
+  if (c->stripper) {
+    std::string out;
+    c->stripper->Flush(&out);
+    c->stripper.reset();
+    c->watcher.reset();
+    if (!out.empty()) {
+      ToClientRaw(c, out.data(), out.size(), now);
+      if (c->dead) return;
+    }
+  }
+  if (c->s2c.pending.empty() && !c->s2c.shut) {
+    shutdown(c->cfd, SHUT_WR);
+    c->s2c.shut = true;
+  }
+  if (c->c2s.eof && c->s2c.shut) {
+    EndRelay(c, c->cause);
+    return;
+  }
+  SetStateTimer(c, Kind::ServerGoneLinger, c->profile->server_gone_linger_ms, now);
+}
+
+void Engine::ReadClient(Conn* c, double now) {
+  ssize_t n = Recv(c->cfd, buf_.get(), kReadBuffer, 0);
+  if (n < 0) {
+    int err = errno;
+    if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) return;
+    ClientFailed(c, err);
+    return;
+  }
+  c->client_active = now;
+  if (n == 0) {
+    Note(c, "client_closed");
+    c->c2s.eof = true;
+    ShutServerIfDone(c);
+    MaybeDone(c);
+    return;
+  }
+  c->bytes_from_client += static_cast<double>(n);
+  FromClient(c, buf_.get(), static_cast<size_t>(n), now);
+}
+
+// Client bytes on their way to the server (read now, or the early bytes of action log).
+void Engine::FromClient(Conn* c, const char* p, size_t n, double now) {
+  if (c->watcher && c->watcher->watching() && c->watcher->Scan(p, n)) {
+    // DATA/BDAT/STARTTLS: from here on the bytes are message data or TLS, never touched.
+    std::string out;
+    c->stripper->Stop(&out);
+    if (!out.empty()) {
+      ToClientRaw(c, out.data(), out.size(), now);
+      if (c->dead) return;
+    }
+  }
+  ToServer(c, p, n, now);
+}
+
+void Engine::ReadServer(Conn* c, double now) {
+  ssize_t n = Recv(c->ufd, buf_.get(), kReadBuffer, 0);
+  if (n < 0) {
+    int err = errno;
+    if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) return;
+    ServerFailed(c, err, now);
+    return;
+  }
+  c->server_active = now;
+  if (n == 0) {
+    Note(c, "server_closed");
+    c->s2c.eof = true;
+    if (c->stripper) {
+      std::string out;
+      c->stripper->Flush(&out);
+      if (!out.empty()) {
+        ToClientRaw(c, out.data(), out.size(), now);
+        if (c->dead) return;
+      }
+    }
+    ShutClientIfDone(c);
+    MaybeDone(c);
+    return;
+  }
+  ToClient(c, buf_.get(), static_cast<size_t>(n), now);
+}
+
+void Engine::ToServer(Conn* c, const char* p, size_t n, double now) {
+  if (!c->c2s.pending.empty()) {
+    c->c2s.pending.Append(p, n);
+    return;
+  }
+  ssize_t w = SendSome(c->ufd, p, n);
+  if (w < 0) {
+    ServerFailed(c, static_cast<int>(-w), now);
+    return;
+  }
+  if (w > 0) c->server_active = now;
+  if (static_cast<size_t>(w) < n) c->c2s.pending.Assign(p + w, n - static_cast<size_t>(w));
+}
+
+void Engine::ToClient(Conn* c, const char* p, size_t n, double now) {
+  if (c->stripper && c->stripper->active()) {
+    std::string out;
+    c->stripper->Transform(p, n, &out);
+    if (!out.empty()) ToClientRaw(c, out.data(), out.size(), now);
+    return;
+  }
+  ToClientRaw(c, p, n, now);
+}
+
+void Engine::ToClientRaw(Conn* c, const char* p, size_t n, double now) {
+  ssize_t w = WriteClient(c, p, n);
+  if (w < 0) {
+    ClientFailed(c, static_cast<int>(-w));
+    return;
+  }
+  if (w > 0) c->client_active = now;
+}
+
+void Engine::FlushToClient(Conn* c, double now) {
+  ssize_t w = SendSome(c->cfd, c->s2c.pending.begin(), c->s2c.pending.size());
+  if (w < 0) {
+    ClientFailed(c, static_cast<int>(-w));
+    return;
+  }
+  if (w > 0) {
+    c->client_active = now;
+    c->bytes_to_client += static_cast<double>(w);
+  }
+  c->s2c.pending.Consume(static_cast<size_t>(w));
+  if (!c->s2c.pending.empty()) return;
+  ShutClientIfDone(c);
+  MaybeDone(c);
+}
+
+void Engine::FlushToServer(Conn* c, double now) {
+  ssize_t w = SendSome(c->ufd, c->c2s.pending.begin(), c->c2s.pending.size());
+  if (w < 0) {
+    ServerFailed(c, static_cast<int>(-w), now);
+    return;
+  }
+  if (w > 0) c->server_active = now;
+  c->c2s.pending.Consume(static_cast<size_t>(w));
+  if (!c->c2s.pending.empty()) return;
+  ShutServerIfDone(c);
+  MaybeDone(c);
+}
+
+// The server ended and everything it sent reached the client: pass the half-close on.
+void Engine::ShutClientIfDone(Conn* c) {
+  if (c->s2c.eof && !c->s2c.shut && c->s2c.pending.empty()) {
+    shutdown(c->cfd, SHUT_WR);
+    c->s2c.shut = true;
+  }
+}
+
+void Engine::ShutServerIfDone(Conn* c) {
+  if (c->c2s.eof && !c->c2s.shut && c->c2s.pending.empty()) {
+    shutdown(c->ufd, SHUT_WR);
+    c->c2s.shut = true;
+  }
+}
+
+void Engine::MaybeDone(Conn* c) {
+  if (c->c2s.eof && c->c2s.shut && c->s2c.eof && c->s2c.shut) EndRelay(c, c->cause);
+}
+
+}  // namespace etd

@@ -1,0 +1,224 @@
+// The engine's data types: event codes, states, profiles, buffers, deadlines, connections, listeners, events (no behaviour).
+//
+// The event codes and state names are the vocabulary shared with TypeScript
+// (src/proxy/protocol.ts: EV_*, EngineState); test/unit/native.test.ts checks they match.
+
+#ifndef ETD_TYPES_H_
+#define ETD_TYPES_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace etd {
+
+// ---------------------------------------------------------------------------------------------
+// Engine-internal tuning (no policy: every number the engine applies on a client is in Profile)
+
+constexpr size_t kReadBuffer = 65536;  // the one read buffer; also the bound of each direction's pending bytes
+constexpr uint32_t kAcceptPauseMs = 100;  // a listener failing with EMFILE & co. rests this long
+constexpr int kAcceptBurst = 256;         // accepts per listener wakeup
+constexpr int kEpollBatch = 256;          // epoll events per wakeup
+constexpr double kMaxId = 9007199254740991.0;  // 2^53 - 1: every id is exact as a JS number
+constexpr double kMaxMs = 2147483647.0;
+constexpr uint64_t kListenerTag = 1ull << 63;  // epoll data of listener fds; connection tags are id << 1 | side
+constexpr int kClient = 0;
+constexpr int kServer = 1;
+
+// ---------------------------------------------------------------------------------------------
+// Events (protocol.ts EV_*)
+
+enum EventType : uint8_t {
+  EV_ACCEPT = 1,
+  EV_TALK = 2,
+  EV_GONE = 3,
+  EV_EXPIRED = 4,
+  EV_UPSTREAM_FAILED = 5,
+  EV_GREETING = 6,
+  EV_END = 7,
+  EV_ERROR = 8,
+};
+
+// One event on its way to JS; the fields each type uses are listed in binding.cc (ToJs).
+struct Ev {
+  EventType type;
+  uint64_t id;  // connection id; unused for EV_ERROR (the listener id is n1)
+  double n1 = 0;
+  double n2 = 0;
+  int i1 = 0;
+  int i2 = 0;
+  std::string s1;
+  std::string s2;
+  std::string s3;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Profiles (protocol.ts EngineProfile): everything the engine applies without asking
+
+enum class Action : uint8_t { Drop, Reject, Log };
+
+struct Profile {
+  Action action = Action::Drop;
+  std::string reject_reply;
+  std::string teaser;
+  uint32_t client_idle_ms = 0;       // 0 = none
+  uint32_t server_idle_ms = 0;       // 0 = none
+  uint32_t greeting_timeout_ms = 0;  // 0 = none; fixed, from the established connection
+  bool strip = false;
+  uint32_t evidence_bytes = 0;
+  uint32_t greeting_max_bytes = 0;
+  uint32_t early_buffer_bytes = 0;
+  uint32_t reply_linger_ms = 0;
+  uint32_t server_gone_linger_ms = 0;
+  uint32_t deferred_reply_ms = 0;
+  uint32_t decision_ms = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// States (protocol.ts EngineState; the three closing states all show as 'closing')
+
+enum class St : uint8_t {
+  New,         // accepted, JS decides in the ACCEPT callback; the fd is not in epoll yet
+  Held,        // window running
+  Waiting,     // window over (or an attempt failed); JS decides within decisionMs
+  Connecting,  // upstream connect in progress
+  Greeting,    // connected, preamble written, reading the greeting
+  Relaying,
+  ServerGone,  // relay whose server failed: flush to the client, half-close, wait for its EOF
+  Deferring,   // reply({first}): `first` written, waiting for the client's first line
+  Replying,    // final reply written, discarding until the client's EOF; no more events
+};
+
+// protocol.ts EngineState.
+inline const char* StateName(St st) {
+  switch (st) {
+    case St::New: return "new";
+    case St::Held: return "held";
+    case St::Waiting: return "waiting";
+    case St::Connecting: return "connecting";
+    case St::Greeting: return "greeting";
+    case St::Relaying: return "relaying";
+    case St::ServerGone:
+    case St::Deferring:
+    case St::Replying: return "closing";
+  }
+  return "closing";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Buffers
+
+// Bytes one side could not take yet. Consumed from the front by an offset (no memmove per
+// partial write); the heap block is freed as soon as it drains, so an idle session holds none.
+struct Buf {
+  std::string data;
+  size_t off = 0;
+
+  bool empty() const { return off >= data.size(); }
+  size_t size() const { return data.size() - off; }
+  const char* begin() const { return data.data() + off; }
+  void Consume(size_t n) {
+    off += n;
+    if (off >= data.size()) Clear();
+  }
+  void Clear() {
+    std::string().swap(data);
+    off = 0;
+  }
+  void Assign(const char* p, size_t n) {
+    data.assign(p, n);
+    off = 0;
+  }
+  // Appends with an exact-size block (no doubling): the bound per direction stays what it says.
+  void Append(const char* p, size_t n) {
+    std::string next;
+    next.reserve(size() + n);
+    next.append(begin(), size()).append(p, n);
+    data.swap(next);
+    off = 0;
+  }
+  // Heap bytes held (for counts().bufferedBytes): the capacity past the small-string slot.
+  size_t Heap() const { return data.capacity() > 15 ? data.capacity() : 0; }
+};
+
+// One direction of the relay (or of a final reply).
+struct Dir {
+  Buf pending;
+  bool eof = false;   // the source ended
+  bool shut = false;  // the destination got shutdown(SHUT_WR)
+};
+
+// ---------------------------------------------------------------------------------------------
+// Deadlines: intrusive nodes of one min-heap (loop.cc); a node is unlinked when its purpose ends
+
+enum class Kind : uint8_t {
+  Window,
+  Decision,
+  ConnectTimeout,
+  GreetingTimeout,
+  ClientIdle,
+  ServerIdle,
+  DeferredReply,
+  ReplyLinger,
+  ServerGoneLinger,
+  ListenerResume,
+};
+
+struct Timer {
+  double at = 0;
+  size_t idx = SIZE_MAX;  // position in the heap; SIZE_MAX = not scheduled
+  uint64_t owner = 0;     // connection id, or listener key for ListenerResume
+  Kind kind = Kind::Window;
+  bool scheduled() const { return idx != SIZE_MAX; }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Connections and listeners
+
+class Stripper;
+class CommandWatcher;
+
+struct Conn {
+  uint64_t id = 0;
+  int cfd = -1;
+  int ufd = -1;
+  St st = St::New;
+  bool dead = false;
+  bool talked = false;  // action log: TALK already reported
+  uint32_t cmask = 0;   // epoll masks as registered; 0 = not registered
+  uint32_t umask = 0;
+  double accepted_at = 0;
+  double hold_start = 0;
+  double connect_start = 0;
+  double connect_ms = 0;
+  double client_active = 0;
+  double server_active = 0;
+  double bytes_from_client = 0;
+  double bytes_to_client = 0;
+  std::shared_ptr<const Profile> profile;
+  Timer state_timer;  // the bound of the current state (window, decision, connect, greeting, linger...)
+  Timer cidle;        // relay: client idle
+  Timer sidle;        // relay: server idle
+  std::string greeting;  // the greeting being read
+  size_t greeting_line = 0;
+  std::string refused;  // the last refused greeting, for reply({greeting})
+  std::string early;    // action log: the client's early bytes, forwarded after the greeting
+  std::string deferred;  // reply({first}): the reply written after the client's first line
+  Dir c2s;  // client → server (before the relay: the preamble)
+  Dir s2c;  // server → client (before the relay: teaser / final reply)
+  std::unique_ptr<Stripper> stripper;
+  std::unique_ptr<CommandWatcher> watcher;
+  std::string cause;  // the relay's first end cause
+};
+
+struct Listener {
+  int fd;
+  double listener_id;
+  bool paused;
+  Timer resume;
+};
+
+}  // namespace etd
+
+#endif  // ETD_TYPES_H_

@@ -44,8 +44,6 @@ const PRUNE = [
   /^node_modules\/fastify\/(scripts|integration|types)$/,
   /^node_modules\/pino\/(index\.html|inc-version\.sh|favicon[^/]*|pretty-demo\.png)$/,
 ];
-// Development tools compiled next to the CLI before the layout moved them to the top level.
-const DEV_TREES = new Set(['bench', 'lab', 'demo.js']);
 
 const sh = (cmd, args, opts = {}) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], ...opts });
 
@@ -141,7 +139,7 @@ function rfc2822(date) {
 export async function build(outDir) {
   const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
   const cliPath = pkg.bin.etd.replace(/^\.\//, '');
-  const cliTree = path.dirname(cliPath); // dist (or dist/src): what the CLI needs at run time
+  const cliTree = path.dirname(cliPath); // dist/src: the agent (bench/ and lab/ are built beside it, not shipped)
   const addon = 'native/build/Release/etd_transparent.node';
   for (const need of [cliPath, addon, 'node_modules']) {
     if (!fs.existsSync(path.join(ROOT, need))) fail(`${need} is missing: this is not a built checkout`, 'npm ci && npm run build (npm run package does both)');
@@ -152,10 +150,7 @@ export async function build(outDir) {
     const lib = path.join(stage, PREFIX.slice(1));
     // The program.
     write(path.join(lib, 'package.json'), `${JSON.stringify({ name: pkg.name, version, type: pkg.type, bin: pkg.bin, dependencies: pkg.dependencies }, null, 2)}\n`);
-    copyTree(path.join(ROOT, cliTree), path.join(lib, cliTree), (rel) => {
-      const inTree = path.relative(cliTree, rel);
-      return DEV_TREES.has(inTree.split(path.sep)[0]) || /\.(d\.ts|map)$/.test(rel);
-    });
+    copyTree(path.join(ROOT, cliTree), path.join(lib, cliTree), (rel) => /\.(d\.ts|map)$/.test(rel));
     copyTree(path.join(ROOT, addon), path.join(lib, addon));
     for (const mod of productionModules()) {
       copyTree(path.join(ROOT, mod), path.join(lib, mod), (rel) => rel !== mod && (rel.startsWith(`${mod}/node_modules/`) || rel === `${mod}/node_modules` || PRUNE.some((re) => re.test(rel))));

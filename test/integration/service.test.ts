@@ -242,10 +242,9 @@ describe('scripts/install.sh --dry-run', () => {
     expect(out).toMatch(/\+ install -m 0640 -o root -g etd \S+\/config\/etd\.example\.yaml \/etc\/etd\/etd\.yaml|\/etc\/etd\/etd\.yaml exists: kept/);
     // The command.
     expect(out).toMatch(/\+ ln -sfn \/opt\/etd\/dist\/src\/cli\.js \/usr\/local\/bin\/etd|\/usr\/local\/bin\/etd is up to date/);
-    // The sysctl drop-in, every value commented.
-    const sysctl = out.includes('/etc/sysctl.d/90-etd.conf is up to date')
-      ? fs.readFileSync('/etc/sysctl.d/90-etd.conf', 'utf8')
-      : out.split('\n').filter((l) => l.startsWith('    | ')).map((l) => l.slice(6)).join('\n');
+    // The sysctl drop-in (systemd/90-etd.conf, shared with the Debian package), every value commented.
+    expect(out).toMatch(/would write \/etc\/sysctl\.d\/90-etd\.conf .*from systemd\/90-etd\.conf|\/etc\/sysctl\.d\/90-etd\.conf is up to date/);
+    const sysctl = fs.readFileSync(out.includes('/etc/sysctl.d/90-etd.conf is up to date') ? '/etc/sysctl.d/90-etd.conf' : path.join(ROOT, 'systemd/90-etd.conf'), 'utf8');
     const want = {
       'net.ipv4.ip_forward': '1',
       'net.ipv6.conf.all.forwarding': '1',

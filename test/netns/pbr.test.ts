@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPbrLab, type PbrLab } from '../../lab/pbrLab.js';
 import type { JsonLineProcess } from '../../lab/netns.js';
 import type { Finding } from '../../src/doctor/checks.js';
-import { startFrr, frrInstalled, type FrrRouter } from '../../src/lab/frr.js';
+import { startFrr, frrInstalled, type FrrRouter } from '../../lab/frr.js';
 import { inCI, skipPrivileged } from '../helpers/privileged.js';
 import { CLI, runEtd, type RunningEtd } from '../helpers/cli.js';
 

@@ -25,7 +25,19 @@ const PREFIX = '/usr/lib/etd';
 const MAINTAINER = 'etd developers <etd@users.noreply.github.com>';
 // Runtime needs beyond the shared libraries dpkg-shlibdeps finds in the native modules.
 // passwd: useradd/userdel in the maintainer scripts.
-const DEPENDS = ['nodejs (>= 20)', 'libnftables1', 'nftables', 'iproute2', 'libsystemd0', 'passwd'];
+// nodejs (<< next major): better-sqlite3 is compiled against this Node.js major's V8 ABI
+// (NODE_MODULE_VERSION); etd's own addon uses Node-API and would not mind.
+const NODE_MAJOR = Number(process.versions.node.split('.')[0]);
+const DEPENDS = [
+  'nodejs (>= 20)',
+  ...(NODE_MAJOR > 20 ? [`nodejs (>= ${NODE_MAJOR})`] : []),
+  `nodejs (<< ${NODE_MAJOR + 1})`,
+  'libnftables1',
+  'nftables',
+  'iproute2',
+  'libsystemd0',
+  'passwd',
+];
 // Needed only to compile the addon (headers), not at run time.
 const BUILD_ONLY_MODULES = new Set(['node_modules/node-addon-api']);
 // Inside the production modules: sources, build leftovers, other platforms' binaries, docs.

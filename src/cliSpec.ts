@@ -57,7 +57,7 @@ export const COMMANDS: readonly CommandSpec[] = [
   },
   {
     name: 'status',
-    args: '[--json] [--url URL | --socket PATH] [--token T]',
+    args: '[-c FILE] [--json] [--url URL | --socket PATH] [--token T]',
     summary: 'summary of a running etd from its management API',
   },
   { name: 'version', args: '', summary: 'print the version' },

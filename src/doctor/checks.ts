@@ -679,7 +679,7 @@ export function routerPbrFix(server: string, router: string, family: Family, hos
     `not on ${server} (its replies pass the router ${router}, so a default route via etd cannot work there): on that router, send what ${host} sends from port ${port} to etd ${etd} — ` +
     `Linux: scripts/pbr-linux.sh apply --etd ${etd} --from ${host} --iif IFACE; ` +
     `nftables mark: the same with --mark 0x25; ` +
-    `FRRouting: pbr-map etd seq 10, match src-ip ${host}, match mark 0x25 (set by the nftables rule: FRR 8.4 installs no port match), set nexthop ${etd}; pbr-policy etd on the interface facing ${server} ` +
+    `FRRouting: pbr-map etd seq 10, match src-ip ${host}, match mark 37 (0x25, set by the nftables rule: FRR 8.4 installs no port match), set nexthop ${etd}; pbr-policy etd on the interface facing ${server} ` +
     `(docs/routing.md${family === 6 ? ', IPv6 the same with ip6 addresses' : ''})`
   );
 }

@@ -162,7 +162,7 @@ state: { path: ":memory:" }
       expect(f.fix).not.toContain('route replace default');
       expect(f.fix).toContain(`pbr-linux.sh apply --etd ${etdAddr} --from ${backend}`);
       expect(f.fix).toContain('--mark 0x25');
-      expect(f.fix).toContain(`FRRouting: pbr-map etd seq 10, match src-ip ${backend}, match mark 0x25`);
+      expect(f.fix).toContain(`FRRouting: pbr-map etd seq 10, match src-ip ${backend}, match mark 37 (0x25`);
     }
     // The same for a mail server named with --probe.
     const probed = await doctor(['--probe', lab.v4.backends[1]]);

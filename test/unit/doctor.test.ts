@@ -463,7 +463,7 @@ describe('evaluate', () => {
       expect(f.fix).toMatch(/^not on b4 .*router 10\.9\.2\.254/);
       expect(f.fix).toContain('scripts/pbr-linux.sh apply --etd 10.9.2.1 --from 10.9.5.10/32');
       expect(f.fix).toContain('--mark 0x25');
-      expect(f.fix).toContain('FRRouting: pbr-map etd seq 10, match src-ip 10.9.5.10/32, match mark 0x25');
+      expect(f.fix).toContain('FRRouting: pbr-map etd seq 10, match src-ip 10.9.5.10/32, match mark 37 (0x25');
       expect(f.fix).toContain('set nexthop 10.9.2.1');
     });
 

@@ -282,22 +282,34 @@ table inet ${nftTable} {
       expect(statusOf(await doctor(['--client', `10.${lab.x}.1.254`]), 'return.b4')).toBe('OK');
     }, 120_000);
 
-    it('the trap: `match src-port 25` shows as installed in `show pbr map`, but the kernel rule has no sport (it matches every port)', async () => {
-      // A host that does not exist, so this rule diverts nothing real.
-      const host = `10.${lab.x}.2.99/32`;
-      await frr!.vtysh('configure terminal', 'pbr-map etd seq 30', `match src-ip ${host}`, 'match ip-protocol tcp', 'match src-port 25', `set nexthop ${lab.v4.etd}`);
+    it('what the kernel gets per match: src-port/dst-port are dropped while `show pbr map` says installed (the trap); dscp only within the TOS bits', async () => {
+      // Hosts and networks that do not exist, so these rules divert nothing real.
+      const x = lab.x;
+      const cases = [
+        { seq: 30, matches: [`match src-ip 10.${x}.2.99/32`, 'match ip-protocol tcp', 'match src-port 25'], key: `from 10.${x}.2.99 `, kernel: new RegExp(`from 10\\.${x}\\.2\\.99 iif ${lab.ifaces.routerToBackend} ipproto tcp lookup \\d+ proto zebra`), shown: /SRC Port Match: 25/ },
+        { seq: 40, matches: [`match dst-ip 10.${x}.99.0/24`, 'match dst-port 25'], key: `to 10.${x}.99.0/24 `, kernel: new RegExp(`from all to 10\\.${x}\\.99\\.0/24 iif ${lab.ifaces.routerToBackend} lookup \\d+ proto zebra`), shown: /DST Port Match: 25/ },
+        { seq: 50, matches: [`match src-ip 10.${x}.2.98/32`, 'match dscp 4'], key: `from 10.${x}.2.98 `, kernel: new RegExp(`from 10\\.${x}\\.2\\.98 tos 0x10 iif ${lab.ifaces.routerToBackend} lookup \\d+ proto zebra`), shown: /DSCP Match: 4/ },
+      ];
       try {
-        const rules = await zebraRules((r) => r.v4.some((l) => l.includes(`from 10.${lab.x}.2.99 `)));
-        const rule = rules.v4.find((l) => l.includes(`from 10.${lab.x}.2.99 `));
-        expect(rule, frr!.logs()).toMatch(new RegExp(`from 10\\.${lab.x}\\.2\\.99 iif ${lab.ifaces.routerToBackend} ipproto tcp lookup \\d+ proto zebra`));
-        expect(rule).not.toMatch(/sport/);
+        for (const c of cases) await frr!.vtysh('configure terminal', `pbr-map etd seq ${c.seq}`, ...c.matches, `set nexthop ${lab.v4.etd}`);
+        await frr!.vtysh('configure terminal', 'pbr-map etd seq 60', `match src-ip 10.${x}.2.97/32`, 'match dscp 10', `set nexthop ${lab.v4.etd}`);
+        const rules = await zebraRules((r) => cases.every((c) => r.v4.some((l) => l.includes(c.key))));
         const map = await frr!.vtysh('show pbr map etd');
-        const seq30 = map.slice(map.indexOf('Seq: 30'));
-        expect(seq30).toMatch(/SRC Port Match: 25/);
-        expect(seq30).toMatch(/Installed: yes Reason: Valid/);
+        for (const c of cases) {
+          const rule = rules.v4.find((l) => l.includes(c.key));
+          expect(rule, `seq ${c.seq}: ${frr!.logs()}`).toMatch(c.kernel);
+          expect(rule).not.toMatch(/sport|dport/);
+          const seq = map.slice(map.indexOf(`Seq: ${c.seq} `), map.indexOf(`Seq: ${c.seq + 10} `));
+          expect(seq).toMatch(c.shown);
+          expect(seq).toMatch(/Installed: yes Reason: Valid/);
+        }
+        // dscp 10 (tos 0x28) is outside the kernel's TOS bits: no kernel rule, though the reason says "Valid".
+        expect(rules.v4.some((l) => l.includes(`from 10.${x}.2.97 `))).toBe(false);
+        expect(map.slice(map.indexOf('Seq: 60 '))).toMatch(/Installed: no Reason: Valid/);
       } finally {
-        await frr!.vtysh('configure terminal', 'no pbr-map etd seq 30');
+        for (const seq of [30, 40, 50, 60]) await frr!.vtysh('configure terminal', `no pbr-map etd seq ${seq}`);
       }
+      expect((await zebraRules((r) => r.v4.length === 1)).v4).toHaveLength(1);
     }, 60_000);
 
     it('stopping zebra and pbrd removes their rules; the router is as before', async () => {

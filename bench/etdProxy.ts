@@ -15,7 +15,7 @@ import type { ProxySpec, RunningProxy } from './proxy.js';
  */
 export function etdConfig(bl: BenchLab, spec: ProxySpec, port: number): string {
   return `listeners:
-  - { name: smtp, address: ${bl.proxyAddress}, port: ${port}, mode: vip${spec.engine === 'node' ? ', engine: node' : ''} }
+  - { name: smtp, address: ${bl.proxyAddress}, port: ${port}, mode: vip }
 detection: { window: ${spec.windowMs}ms, action: drop }
 upstream:
   source: clientip

@@ -1,7 +1,7 @@
 // Benchmark options: the command line of `npm run bench` (node dist/bench/run.js), with full and --quick defaults.
 
 import path from 'node:path';
-import { PACKAGE_ROOT as ROOT } from '../src/paths.js';
+import { CLI_PATH, PACKAGE_ROOT as ROOT } from '../src/paths.js';
 import { parseArgs } from 'node:util';
 
 export const SCENARIOS = ['held', 'sessions', 'relay', 'returning', 'profile'] as const;
@@ -29,8 +29,6 @@ export interface BenchOptions {
   readonly keepProfiles: string | undefined;
   /** The etd build measured (default dist/src/cli.js of this tree): another build's cli.js for an A/B comparison. */
   readonly etdCli: string;
-  /** etd's listeners[].engine in every scenario (A/B: the native engine against Node sockets). */
-  readonly etdEngine: 'native' | 'node';
   /** The whole run's hard limit. */
   readonly deadlineMs: number;
 }
@@ -54,7 +52,6 @@ options:
   --keep-profiles DIR   keep the .cpuprofile and .heapsnapshot files of the profile pass
   --deadline SECONDS    a shorter bound for the whole run (at most 600)
   --etd-cli FILE        measure this etd build's cli.js (A/B against another build; default dist/src/cli.js)
-  --etd-engine E        etd's listeners[].engine: native (default) or node (A/B of the two engines)
   -h, --help            this text
 `;
 
@@ -82,7 +79,6 @@ export function parseOptions(argv: readonly string[]): BenchOptions | undefined 
       'no-haproxy-threads': { type: 'boolean' },
       'keep-profiles': { type: 'string' },
       'etd-cli': { type: 'string' },
-      'etd-engine': { type: 'string' },
       deadline: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -96,8 +92,6 @@ export function parseOptions(argv: readonly string[]): BenchOptions | undefined 
     if (bad.length) throw new Error(`--only: unknown scenario ${bad.join(', ')} (known: ${SCENARIOS.join(', ')})`);
     scenarios = SCENARIOS.filter((s) => wanted.includes(s));
   }
-  const etdEngine = values['etd-engine'] ?? 'native';
-  if (etdEngine !== 'native' && etdEngine !== 'node') throw new Error(`--etd-engine expects native or node, got ${JSON.stringify(etdEngine)}`);
   const held = Math.round(positiveInt('held', values.held, quick ? 1000 : 15_000));
   const relayMb = positiveInt('relay-mb', values['relay-mb'], quick ? 1 : 10);
   return {
@@ -120,8 +114,7 @@ export function parseOptions(argv: readonly string[]): BenchOptions | undefined 
     returning: quick ? { addresses: 5, samples: 20 } : { addresses: 50, samples: 200 },
     haproxyThreads: !quick && values['no-haproxy-threads'] !== true,
     keepProfiles: values['keep-profiles'] === undefined ? undefined : path.resolve(values['keep-profiles']),
-    etdCli: path.resolve(values['etd-cli'] ?? path.join(ROOT, 'dist', 'cli.js')),
-    etdEngine,
+    etdCli: path.resolve(values['etd-cli'] ?? CLI_PATH),
     deadlineMs: Math.round(Math.min(600, positiveInt('deadline', values.deadline, 600)) * 1000),
   };
 }

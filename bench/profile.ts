@@ -34,16 +34,11 @@ export interface CpuSummary {
 
 /** Where a proxied session's work starts: a function (and a piece of its script URL) and what it stands for. */
 const PHASES: ReadonlyArray<{ name: string; fn: string; url: string }> = [
-  // Native engine (default): one batch of events per wakeup, handled by the driver.
-  { name: 'native engine: event batches (accept, expiry, greeting, end → decisions)', fn: 'dispatch', url: 'engineDriver' },
-  { name: 'native engine: window expiry → server choice → engineConnect', fn: 'connectNext', url: 'nativeSession' },
-  // Node sockets (engine: node).
-  { name: 'accept: new connection (Node socket + etd session)', fn: 'onconnection', url: 'node:net' },
-  { name: 'window expiry: hold queue → upstream connect', fn: 'expire', url: 'holdQueue' },
-  { name: 'upstream connect completed', fn: 'afterConnect', url: 'node:net' },
-  { name: 'socket reads and all they trigger (greeting, relay writes)', fn: 'onStreamRead', url: 'stream_base_commons' },
-  { name: 'socket writes (the write syscall and below)', fn: 'writeBuffer', url: '' },
-  { name: 'socket close (close syscall)', fn: 'closeSocketHandle', url: 'node:net' },
+  // The engine: one batch of events per wakeup, handled by the driver.
+  { name: 'engine event batches (accept, expiry, greeting, end → decisions)', fn: 'dispatch', url: 'engineDriver' },
+  { name: 'admission (limits, access lists, caches) → session', fn: 'accept', url: 'app' },
+  { name: 'window expiry → server choice → connect command', fn: 'connectNext', url: 'proxy/session' },
+  { name: 'session end → summary, stats, caches', fn: 'finish', url: 'proxy/session' },
   { name: 'session log line (pino)', fn: 'LOG', url: 'pino' },
   { name: 'health checks', fn: 'run', url: 'backend/health' },
   { name: 'garbage collection', fn: '(garbage collector)', url: '' },
@@ -62,13 +57,13 @@ export function moduleOf(url: string, functionName: string): string {
   }
   const pkg = /\/node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(url);
   if (pkg) return `npm:${pkg[1]}`;
-  const dist = /\/dist\/(.+)$/.exec(url);
+  const dist = /\/dist\/(?:src\/)?(.+)$/.exec(url);
   if (dist) return `etd:${dist[1]}`;
   return url.slice(url.lastIndexOf('/') + 1);
 }
 
 function shortUrl(url: string): string {
-  const dist = /\/dist\/(.+)$/.exec(url);
+  const dist = /\/dist\/(?:src\/)?(.+)$/.exec(url);
   if (dist) return dist[1] as string;
   const pkg = /\/node_modules\/(.+)$/.exec(url);
   if (pkg) return pkg[1] as string;

@@ -23,8 +23,6 @@ export interface ProxySpec {
   readonly nodeArgs?: readonly string[];
   /** Working directory of the process (where heap snapshots land). */
   readonly cwd?: string;
-  /** etd only: listeners[].engine (default native). */
-  readonly engine?: 'native' | 'node';
   /** Distinguishes the config and log files of several runs. */
   readonly tag: string;
 }
@@ -45,5 +43,5 @@ export const PROXY_PORT: Record<ProxyKind, number> = { etd: 25, haproxy: 2525, '
 
 export function startProxy(kind: ProxyKind, ctx: BenchContext, spec: ProxySpec): Promise<RunningProxy> {
   const bl = ctx.bl;
-  return kind === 'etd' ? startEtdProxy(bl, { engine: ctx.opts.etdEngine, ...spec }, PROXY_PORT.etd, ctx.opts.etdCli) : startHaproxyProxy(bl, spec, PROXY_PORT[kind], kind === 'haproxy' ? 1 : undefined);
+  return kind === 'etd' ? startEtdProxy(bl, spec, PROXY_PORT.etd, ctx.opts.etdCli) : startHaproxyProxy(bl, spec, PROXY_PORT[kind], kind === 'haproxy' ? 1 : undefined);
 }

@@ -173,6 +173,19 @@ async function heapMB(api: string): Promise<number> {
   }
 }
 
+/** What the native engine owns now (GET /v1/status), for the flat-memory check: fds, queued deadlines, buffered bytes. */
+async function engineView(api: string): Promise<string> {
+  try {
+    const status = (await (await fetch(`${api}/v1/status`, { signal: AbortSignal.timeout(3000) })).json()) as {
+      engine: { connections: number; fds: number; deadlines: number; bufferedBytes: number } | null;
+    };
+    const e = status.engine;
+    return e ? `engine conns ${e.connections} fds ${e.fds} deadlines ${e.deadlines} buffered ${Math.round(e.bufferedBytes / 1024)} KiB` : 'engine -';
+  } catch {
+    return 'engine ?';
+  }
+}
+
 /** A source address on loopback for client class `block`, cycling over `spread` addresses. */
 const source = (block: number, i: number, spread: number) => {
   const n = i % spread;
@@ -373,6 +386,7 @@ async function main(): Promise<number> {
     const inFlight = received.size - (tally.sent.size - lost);
     const p = procStatus(etd.pid);
     const heap = etd.api ? await heapMB(etd.api) : -1;
+    const engine = etd.api ? await engineView(etd.api) : 'engine ?';
     const e = tally.etd;
     console.log(
       `[${stamp(t0)}] ${label.padEnd(6)} sent ${tally.sent.size} received ${received.size} ${lost === 0 && inFlight === 0 ? 'equal' : `lost ${lost} unconfirmed ${inFlight}`}` +
@@ -380,7 +394,7 @@ async function main(): Promise<number> {
         ` | early dropped ${tally.early.dropped} denied ${tally.early.denied} leaked ${tally.early.leaked}` +
         ` | rst ${tally.rst.done} | slowloris ok ${tally.slow.ok} failed ${tally.slow.failed}` +
         ` | restarts ${tally.restarts} reloads ${e.reloaded}/${tally.reloadsSent}` +
-        ` | etd rss ${p.rssMB} MB heap ${heap} MB fds ${p.fds} | errors ${e.error} warnings ${e.warn} refused ${e.refused}`,
+        ` | etd rss ${p.rssMB} MB heap ${heap} MB fds ${p.fds} | ${engine} | errors ${e.error} warnings ${e.warn} refused ${e.refused}`,
     );
     return { lost, inFlight, fds: p.fds };
   };

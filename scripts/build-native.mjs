@@ -7,6 +7,12 @@
 //   ETD_NODEDIR / npm_config_nodedir   where Node's headers live (a dir holding include/node)
 //   ETD_NODE_GYP / npm_config_node_gyp path to node-gyp's bin/node-gyp.js
 // On any failure it exits non-zero with the compiler output and what to install.
+// Sanitizers: node-gyp takes CXXFLAGS/LDFLAGS from the environment. AddressSanitizer (the load
+// check below and the tests then need the runtime preloaded):
+//   export LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0
+//   CXXFLAGS="-fsanitize=address -fno-omit-frame-pointer -g" LDFLAGS=-fsanitize=address node scripts/build-native.mjs
+//   npx vitest run test/integration/engine.test.ts test/integration/guard.test.ts
+// and a plain `node scripts/build-native.mjs` (without LD_PRELOAD) afterwards.
 
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';

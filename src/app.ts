@@ -205,22 +205,24 @@ export class App {
   /** A connection the engine accepted: admission decides, then a session or an answer at once. */
   private accept(conn: NativeAccept, ctx: SessionContext): void {
     const engine = this.engine!.engine;
+    // A reply at accept lingers by the listener's policy (replyLingerMs).
+    const answer = (text: string): number => engine.reply(conn.eid, { text, profile: this.engine!.profile(ctx.policy.profile) });
     this.stats.accepted++;
     if (this.stopping) {
       // Arrived while etd stops (still in the accept queue): the same polite 421 as a held client.
-      const sent = engine.reply(conn.eid, { text: `${SHUTDOWN_REPLY}\r\n` });
+      const sent = answer(`${SHUTDOWN_REPLY}\r\n`);
       this.endedAtAccept(ctx, conn, 'shutdown', 'shutdown', sent);
       return;
     }
     const a = this.admit(conn.peerAddress);
     if ('refuse' in a) {
-      const sent = engine.reply(conn.eid, { text: `${a.reply}\r\n` });
+      const sent = answer(`${a.reply}\r\n`);
       this.stats.limits[a.refuse]++;
       this.endedAtAccept(ctx, conn, 'limit', a.refuse, sent);
     } else if ('deny' in a) {
       let sent = 0;
       if (this.config.access.denyAction === 'drop') engine.drop(conn.eid);
-      else sent = engine.reply(conn.eid, { text: `${this.config.access.denyReply}\r\n` });
+      else sent = answer(`${this.config.access.denyReply}\r\n`);
       this.endedAtAccept(ctx, conn, 'denied', a.deny, sent);
     } else {
       new Session(this.engine!, conn, ctx, a.skip).begin();

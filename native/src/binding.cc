@@ -8,23 +8,10 @@
 
 #include <cerrno>
 #include <string>
+#include <vector>
 
 namespace etd {
 namespace {
-
-constexpr const char* kStartSig = "engineStart(onEvents)";
-constexpr const char* kStopSig = "engineStop()";
-constexpr const char* kProfileSig = "engineProfile(idx, profile)";
-constexpr const char* kListenSig = "engineListen(fd, listenerId)";
-constexpr const char* kUnlistenSig = "engineUnlisten(listenerId)";
-constexpr const char* kHoldSig = "engineHold(id, { windowMs, profile })";
-constexpr const char* kConnectSig =
-    "engineConnect(id, { profile, family, sourceAddress, synCount, address, port, timeoutMs, preamble })";
-constexpr const char* kReplySig = "engineReply(id, { text | greeting, first?, profile? })";
-constexpr const char* kDropSig = "engineDrop(id)";
-constexpr const char* kCloseSig = "engineClose(id, cause)";
-constexpr const char* kInspectSig = "engineInspect(id)";
-constexpr const char* kCountsSig = "engineCounts()";
 
 // Profile limits (docs/engine.md, Profiles).
 constexpr double kMaxGreetingBytes = 1 << 20;
@@ -57,11 +44,26 @@ bool ReadProfileRef(Napi::Env env, const Napi::Value& v, const char* sig, std::s
   return true;
 }
 
+// Runs a command on this environment's engine, then frees what it killed; `idle` when the engine is not started.
+template <typename F>
+Napi::Value Command(Napi::Env env, Napi::Value idle, F&& fn) {
+  Engine* e = Running(env);
+  if (e == nullptr) return idle;
+  Napi::Value out = fn(e);
+  e->EndCommand();
+  return out;
+}
+
 bool GetId(const Napi::CallbackInfo& info, const char* sig, uint64_t* id) {
   int64_t v;
   if (!GetInt(info, 0, sig, "id", 0, kMaxId, &v)) return false;
   *id = static_cast<uint64_t>(v);
   return true;
+}
+
+// (id, { ... }): the arguments of the commands that take an options object.
+bool GetIdOptions(const Napi::CallbackInfo& info, const char* sig, const char* name, uint64_t* id, Napi::Object* o) {
+  return CheckArity(info, 2, sig) && GetId(info, sig, id) && GetOptions(info, 1, sig, name, o);
 }
 
 bool ReadMs(Napi::Env env, const Napi::Object& o, const char* sig, const char* name, double min, uint32_t* out) {
@@ -79,6 +81,7 @@ bool ReadSize(Napi::Env env, const Napi::Object& o, const char* sig, const char*
   return true;
 }
 
+constexpr const char* kProfileSig = "engineProfile(idx, profile)";
 bool ReadProfile(Napi::Env env, const Napi::Object& o, Profile* p) {
   const char* sig = kProfileSig;
   std::string action;
@@ -112,6 +115,7 @@ bool ReadProfile(Napi::Env env, const Napi::Object& o, Profile* p) {
 
 // ----- functions -----------------------------------------------------------------------------
 
+constexpr const char* kStartSig = "engineStart(onEvents)";
 Napi::Value EngineStart(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckArity(info, 1, kStartSig)) return env.Undefined();
@@ -140,6 +144,7 @@ Napi::Value EngineStart(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+constexpr const char* kStopSig = "engineStop()";
 Napi::Value EngineStop(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckArity(info, 0, kStopSig)) return env.Undefined();
@@ -161,6 +166,7 @@ Napi::Value EngineProfile(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+constexpr const char* kListenSig = "engineListen(fd, listenerId)";
 Napi::Value EngineListen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int64_t fd, lid;
@@ -177,6 +183,7 @@ Napi::Value EngineListen(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+constexpr const char* kUnlistenSig = "engineUnlisten(listenerId)";
 Napi::Value EngineUnlisten(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int64_t lid;
@@ -186,23 +193,24 @@ Napi::Value EngineUnlisten(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+constexpr const char* kHoldSig = "engineHold(id, { windowMs, profile })";
 Napi::Value EngineHold(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t id;
   Napi::Object o;
   uint32_t window;
   std::shared_ptr<const Profile> profile;
-  if (!CheckArity(info, 2, kHoldSig) || !GetId(info, kHoldSig, &id) || !GetOptions(info, 1, kHoldSig, "hold", &o) ||
+  if (!GetIdOptions(info, kHoldSig, "hold", &id, &o) ||
       !ReadMs(env, o, kHoldSig, "windowMs", 0, &window) || !ReadProfileRef(env, o.Get("profile"), kHoldSig, &profile))
     return env.Undefined();
-  Engine* e = Running(env);
-  if (e == nullptr) return Napi::Boolean::New(env, false);
-  bool done = false;
-  bool ok = e->Hold(env, id, window, std::move(profile), &done);
-  e->EndCommand();
-  return ok ? Napi::Boolean::New(env, done) : env.Undefined();
+  return Command(env, Napi::Boolean::New(env, false), [&](Engine* e) -> Napi::Value {
+    bool done = false;
+    return e->Hold(env, id, window, std::move(profile), &done) ? Napi::Boolean::New(env, done) : env.Undefined();
+  });
 }
 
+constexpr const char* kConnectSig =
+    "engineConnect(id, { profile, family, sourceAddress, synCount, address, port, timeoutMs, preamble })";
 Napi::Value EngineConnect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* sig = kConnectSig;
@@ -211,8 +219,7 @@ Napi::Value EngineConnect(const Napi::CallbackInfo& info) {
   ConnectSpec spec;
   int64_t syn_count, port;
   uint32_t timeout;
-  if (!CheckArity(info, 2, sig) || !GetId(info, sig, &id) || !GetOptions(info, 1, sig, "connect", &o) ||
-      !ReadProfileRef(env, o.Get("profile"), sig, &spec.profile) || !ReadFamily(env, o.Get("family"), sig, &spec.family) ||
+  if (!GetIdOptions(info, sig, "connect", &id, &o) || !ReadProfileRef(env, o.Get("profile"), sig, &spec.profile) || !ReadFamily(env, o.Get("family"), sig, &spec.family) ||
       !ReadString(env, o.Get("sourceAddress"), sig, "sourceAddress", &spec.source) ||
       !ReadInt(env, o.Get("synCount"), sig, "synCount", 0, 127, &syn_count) ||
       !ReadString(env, o.Get("address"), sig, "address", &spec.address) ||
@@ -222,22 +229,20 @@ Napi::Value EngineConnect(const Napi::CallbackInfo& info) {
   spec.syn_count = static_cast<int>(syn_count);
   spec.port = static_cast<int>(port);
   spec.timeout_ms = timeout;
-  Engine* e = Running(env);
-  if (e == nullptr) return Napi::Boolean::New(env, false);
-  bool done = false;
-  bool ok = e->Connect(env, id, spec, &done);
-  e->EndCommand();
-  return ok ? Napi::Boolean::New(env, done) : env.Undefined();
+  return Command(env, Napi::Boolean::New(env, false), [&](Engine* e) -> Napi::Value {
+    bool done = false;
+    return e->Connect(env, id, spec, &done) ? Napi::Boolean::New(env, done) : env.Undefined();
+  });
 }
 
+constexpr const char* kReplySig = "engineReply(id, { text | greeting, first?, profile? })";
 Napi::Value EngineReply(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* sig = kReplySig;
   uint64_t id;
   Napi::Object o;
+  if (!GetIdOptions(info, sig, "reply", &id, &o)) return env.Undefined();
   ReplySpec spec;
-  if (!CheckArity(info, 2, sig) || !GetId(info, sig, &id) || !GetOptions(info, 1, sig, "reply", &o))
-    return env.Undefined();
   Napi::Value text = o.Get("text"), greeting = o.Get("greeting"), first = o.Get("first"), profile = o.Get("profile");
   if (!greeting.IsUndefined() && !ReadBool(env, greeting, sig, "greeting", &spec.greeting)) return env.Undefined();
   if (spec.greeting == !text.IsUndefined()) {
@@ -249,43 +254,36 @@ Napi::Value EngineReply(const Napi::CallbackInfo& info) {
   spec.has_first = !first.IsUndefined();
   if (spec.has_first && !ReadString(env, first, sig, "first", &spec.first)) return env.Undefined();
   if (!profile.IsUndefined() && !ReadProfileRef(env, profile, sig, &spec.profile)) return env.Undefined();
-  Engine* e = Running(env);
-  if (e == nullptr) return Napi::Number::New(env, -1);
-  double written = e->Reply(id, spec);
-  e->EndCommand();
-  if (written == -2) {
+  return Command(env, Napi::Number::New(env, -1), [&](Engine* e) -> Napi::Value {
+    double written = e->Reply(id, spec);
+    if (written != -2) return Napi::Number::New(env, written);
     Napi::TypeError::New(env, std::string(sig) + ": connection " + std::to_string(id) +
                                   " is new and has no profile yet: give reply(id, { ..., profile })")
         .ThrowAsJavaScriptException();
     return env.Undefined();
-  }
-  return Napi::Number::New(env, written);
+  });
 }
 
+constexpr const char* kDropSig = "engineDrop(id)";
 Napi::Value EngineDrop(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t id;
   if (!CheckArity(info, 1, kDropSig) || !GetId(info, kDropSig, &id)) return env.Undefined();
-  Engine* e = Running(env);
-  if (e == nullptr) return Napi::Boolean::New(env, false);
-  bool ok = e->Drop(id);
-  e->EndCommand();
-  return Napi::Boolean::New(env, ok);
+  return Command(env, Napi::Boolean::New(env, false), [&](Engine* e) { return Napi::Boolean::New(env, e->Drop(id)); });
 }
 
+constexpr const char* kCloseSig = "engineClose(id, cause)";
 Napi::Value EngineClose(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t id;
   std::string cause;
   if (!CheckArity(info, 2, kCloseSig) || !GetId(info, kCloseSig, &id) || !GetString(info, 1, kCloseSig, "cause", &cause))
     return env.Undefined();
-  Engine* e = Running(env);
-  if (e == nullptr) return Napi::Boolean::New(env, false);
-  bool ok = e->Close(id, cause);
-  e->EndCommand();
-  return Napi::Boolean::New(env, ok);
+  return Command(env, Napi::Boolean::New(env, false),
+                 [&](Engine* e) { return Napi::Boolean::New(env, e->Close(id, cause)); });
 }
 
+constexpr const char* kInspectSig = "engineInspect(id)";
 Napi::Value EngineInspect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t id;
@@ -300,6 +298,7 @@ Napi::Value EngineInspect(const Napi::CallbackInfo& info) {
   return o;
 }
 
+constexpr const char* kCountsSig = "engineCounts()";
 Napi::Value EngineCounts(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckArity(info, 0, kCountsSig)) return env.Undefined();
@@ -328,60 +327,37 @@ void Engine::CallJs(std::vector<Ev>* batch) {
   Napi::Array arr = Napi::Array::New(env, batch->size());
   uint32_t i = 0;
   for (Ev& ev : *batch) {
-    Napi::Array a;
-    auto num = [&](double d) { return Napi::Number::New(env, d); };
-    auto str = [&](const std::string& s) { return Napi::String::New(env, s); };
+    auto num = [&](double d) -> napi_value { return Napi::Number::New(env, d); };
+    auto str = [&](const std::string& v) -> napi_value { return Napi::String::New(env, v); };
+    std::vector<napi_value> t{num(ev.type), num(ev.type == EV_ERROR ? ev.n1 : static_cast<double>(ev.id))};
     switch (ev.type) {
-      case EV_ACCEPT:  // id, listenerId, family, peerAddress, peerPort, localAddress, localPort
-        a = Napi::Array::New(env, 8);
-        a.Set(2u, num(ev.n1));
-        a.Set(3u, num(ev.i1));
-        a.Set(4u, str(ev.s1));
-        a.Set(5u, num(ev.i2));
-        a.Set(6u, str(ev.s2));
-        a.Set(7u, num(ev.n2));
+      case EV_ACCEPT:  // listenerId, family, peerAddress, peerPort, localAddress, localPort
+        t.insert(t.end(), {num(ev.n1), num(ev.i1), str(ev.s1), num(ev.i2), str(ev.s2), num(ev.n2)});
         break;
-      case EV_TALK:  // id, afterMs, evidence, bytes, stage
-        a = Napi::Array::New(env, 6);
-        a.Set(2u, num(ev.n1));
-        a.Set(3u, Napi::Buffer<char>::Copy(env, ev.s1.data(), ev.s1.size()));
-        a.Set(4u, num(ev.n2));
-        a.Set(5u, str(ev.s2));
+      case EV_TALK:  // afterMs, evidence, bytes, stage
+        t.insert(t.end(), {num(ev.n1), Napi::Buffer<char>::Copy(env, ev.s1.data(), ev.s1.size()), num(ev.n2), str(ev.s2)});
         break;
-      case EV_GONE:  // id, cause
-        a = Napi::Array::New(env, 3);
-        a.Set(2u, str(ev.s1));
+      case EV_GONE:  // cause
+        t.push_back(str(ev.s1));
         break;
-      case EV_EXPIRED:  // id, heldMs
-        a = Napi::Array::New(env, 3);
-        a.Set(2u, num(ev.n1));
+      case EV_EXPIRED:  // heldMs
+        t.push_back(num(ev.n1));
         break;
-      case EV_UPSTREAM_FAILED:  // id, stage, code, elapsedMs
-        a = Napi::Array::New(env, 5);
-        a.Set(2u, str(ev.s1));
-        a.Set(3u, str(ev.s2));
-        a.Set(4u, num(ev.n1));
+      case EV_UPSTREAM_FAILED:  // stage, code, elapsedMs
+        t.insert(t.end(), {str(ev.s1), str(ev.s2), num(ev.n1)});
         break;
-      case EV_GREETING:  // id, code, connectMs, relaying
-        a = Napi::Array::New(env, 5);
-        a.Set(2u, str(ev.s1));
-        a.Set(3u, num(ev.n1));
-        a.Set(4u, num(ev.i1));
+      case EV_GREETING:  // code, connectMs, relaying
+        t.insert(t.end(), {str(ev.s1), num(ev.n1), num(ev.i1)});
         break;
-      case EV_END:  // id, cause, bytesFromClient, bytesToClient
-        a = Napi::Array::New(env, 5);
-        a.Set(2u, str(ev.s1));
-        a.Set(3u, num(ev.n1));
-        a.Set(4u, num(ev.n2));
+      case EV_END:  // cause, bytesFromClient, bytesToClient
+        t.insert(t.end(), {str(ev.s1), num(ev.n1), num(ev.n2)});
         break;
-      case EV_ERROR:  // listenerId, syscall, code
-        a = Napi::Array::New(env, 4);
-        a.Set(2u, str(ev.s1));
-        a.Set(3u, str(ev.s2));
+      case EV_ERROR:  // syscall, code (the listener id is in place of the connection id)
+        t.insert(t.end(), {str(ev.s1), str(ev.s2)});
         break;
     }
-    a.Set(0u, num(ev.type));
-    a.Set(1u, num(ev.type == EV_ERROR ? ev.n1 : static_cast<double>(ev.id)));
+    Napi::Array a = Napi::Array::New(env, t.size());
+    for (uint32_t k = 0; k < t.size(); k++) a.Set(k, t[k]);
     arr.Set(i++, a);
   }
   batch->clear();
@@ -405,18 +381,11 @@ void Engine::CallJs(std::vector<Ev>* batch) {
 
 void RegisterEngine(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<EnvSlot, FinalizeSlot>(new EnvSlot());
-  exports.Set("engineStart", Napi::Function::New(env, EngineStart, "engineStart"));
-  exports.Set("engineStop", Napi::Function::New(env, EngineStop, "engineStop"));
-  exports.Set("engineProfile", Napi::Function::New(env, EngineProfile, "engineProfile"));
-  exports.Set("engineListen", Napi::Function::New(env, EngineListen, "engineListen"));
-  exports.Set("engineUnlisten", Napi::Function::New(env, EngineUnlisten, "engineUnlisten"));
-  exports.Set("engineHold", Napi::Function::New(env, EngineHold, "engineHold"));
-  exports.Set("engineConnect", Napi::Function::New(env, EngineConnect, "engineConnect"));
-  exports.Set("engineReply", Napi::Function::New(env, EngineReply, "engineReply"));
-  exports.Set("engineDrop", Napi::Function::New(env, EngineDrop, "engineDrop"));
-  exports.Set("engineClose", Napi::Function::New(env, EngineClose, "engineClose"));
-  exports.Set("engineInspect", Napi::Function::New(env, EngineInspect, "engineInspect"));
-  exports.Set("engineCounts", Napi::Function::New(env, EngineCounts, "engineCounts"));
+  Export(env, exports,
+         {{"engineStart", EngineStart}, {"engineStop", EngineStop}, {"engineProfile", EngineProfile},
+          {"engineListen", EngineListen}, {"engineUnlisten", EngineUnlisten}, {"engineHold", EngineHold},
+          {"engineConnect", EngineConnect}, {"engineReply", EngineReply}, {"engineDrop", EngineDrop},
+          {"engineClose", EngineClose}, {"engineInspect", EngineInspect}, {"engineCounts", EngineCounts}});
 }
 
 }  // namespace etd

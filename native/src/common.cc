@@ -337,4 +337,8 @@ int OpenListener(Napi::Env env, int family, const std::string& address, int port
   return fd.release();
 }
 
+void Export(Napi::Env env, Napi::Object exports, std::initializer_list<NamedFunction> fns) {
+  for (const NamedFunction& f : fns) exports.Set(f.name, Napi::Function::New(env, f.fn, f.name));
+}
+
 }  // namespace etd

@@ -14,6 +14,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #ifndef IP_TRANSPARENT
@@ -139,6 +140,13 @@ int OpenListener(Napi::Env env, int family, const std::string& address, int port
                  bool v6only);
 
 bool FormatAddress(const sockaddr_storage& ss, int* family, std::string* address, int* port);
+
+// Sets each function on `exports` under its name (the names are listed in src/native/addon.ts).
+struct NamedFunction {
+  const char* name;
+  Napi::Value (*fn)(const Napi::CallbackInfo&);
+};
+void Export(Napi::Env env, Napi::Object exports, std::initializer_list<NamedFunction> fns);
 
 }  // namespace etd
 

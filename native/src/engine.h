@@ -1,4 +1,4 @@
-// The native session engine's class (docs/engine.md): its commands, its loop, its per-connection I/O; split across loop.cc, session.cc, relay.cc.
+// The native session engine's class (docs/engine.md): its commands, its loop, its per-connection I/O; split across loop.cc, listeners.cc, session.cc, relay.cc (binding.cc: N-API).
 //
 // Every decision stays in TypeScript; the engine only does I/O and reports a few events per
 // session, in batches, to one JS callback. It runs on the thread of the Node environment that
@@ -36,6 +36,7 @@ class Engine;
 // The per-environment slot: profiles outlive engine restarts; the engine pointer is set while running.
 struct EnvSlot {
   Engine* engine = nullptr;
+  uint64_t next_id = 1;  // connection ids are never reused in an environment, across engine restarts
   std::unordered_map<uint32_t, std::shared_ptr<const Profile>> profiles;
 };
 
@@ -97,7 +98,7 @@ class Engine {
   }
 
  private:
-  // ----- loop.cc: lifecycle, dispatch, deadlines, listeners, epoll interest, syscalls
+  // ----- loop.cc: lifecycle, dispatch, deadlines, epoll interest, syscalls (listeners.cc: Accept, PauseListener)
   static void OnPoll(uv_poll_t* handle, int status, int events);
   static void OnTimer(uv_timer_t* handle);
   static void OnClosed(uv_handle_t* handle);
@@ -117,7 +118,7 @@ class Engine {
   void HeapDown(size_t i);
   void HeapSet(size_t i, Timer* t) {
     heap_[i] = t;
-    t->idx = i;
+    t->idx = static_cast<uint32_t>(i);
   }
   void StartTimer(double at);
   void Arm();
@@ -163,8 +164,10 @@ class Engine {
   void OnRelayClient(Conn* c, uint32_t events, double now);
   void OnRelayServer(Conn* c, uint32_t events, double now);
   void Note(Conn* c, const char* cause) {
-    if (c->cause.empty()) c->cause = cause;
+    if (c->cause == nullptr) c->cause = cause;
   }
+  // The noted cause; every path to a relay's end notes one first ("unknown" would be a bug to report).
+  static const char* Cause(const Conn* c) { return c->cause != nullptr ? c->cause : "unknown"; }
   void EndRelay(Conn* c, const std::string& cause);
   void ClientFailed(Conn* c, int err);
   void ServerFailed(Conn* c, int err, double now);

@@ -16,6 +16,7 @@ void Engine::StartRelay(Conn* c, double now) {
   std::string bytes;
   bytes.swap(c->greeting);  // the greeting and whatever the server sent after it
   c->greeting_line = 0;
+  std::string().swap(c->kept);  // an earlier server's refused greeting is of no use any more
   c->st = St::Relaying;
   Unschedule(&c->state_timer);  // the relay is bounded by its idle limits
   c->c2s.eof = c->c2s.shut = false;  // c2s.pending may still hold the end of the preamble
@@ -65,7 +66,7 @@ void Engine::IdleExpired(Conn* c, Timer* t, double now) {
   double last = client ? c->client_active : c->server_active;
   if (now - last >= idle) {
     Note(c, client ? "client_timeout" : "server_timeout");
-    EndRelay(c, c->cause);
+    EndRelay(c, Cause(c));
     return;
   }
   // There was activity since: look again when the idle time after it has passed (lazy: no
@@ -85,7 +86,7 @@ void Engine::EndRelay(Conn* c, const std::string& cause) {
 void Engine::ClientFailed(Conn* c, int err) {
   // The client is gone: close both at once, so the backend cannot take a half-sent message as complete.
   Note(c, err == ECONNRESET || err == EPIPE ? "client_reset" : "client_error");
-  EndRelay(c, c->cause);
+  EndRelay(c, Cause(c));
 }
 
 void Engine::ServerFailed(Conn* c, int err, double now) {
@@ -124,7 +125,7 @@ void Engine::ServerFailed(Conn* c, int err, double now) {
     c->s2c.shut = true;
   }
   if (c->c2s.eof && c->s2c.shut) {
-    EndRelay(c, c->cause);
+    EndRelay(c, Cause(c));
     return;
   }
   SetStateTimer(c, Kind::ServerGoneLinger, c->profile->server_gone_linger_ms, now);
@@ -269,7 +270,7 @@ void Engine::ShutServerIfDone(Conn* c) {
 }
 
 void Engine::MaybeDone(Conn* c) {
-  if (c->c2s.eof && c->c2s.shut && c->s2c.eof && c->s2c.shut) EndRelay(c, c->cause);
+  if (c->c2s.eof && c->c2s.shut && c->s2c.eof && c->s2c.shut) EndRelay(c, Cause(c));
 }
 
 }  // namespace etd

@@ -109,7 +109,7 @@ void Engine::EarlyRead(Conn* c, double now) {
   c->bytes_from_client += static_cast<double>(n);
   if (log) {
     // Record it, keep holding; the bytes go upstream after a 220 greeting.
-    c->early.append(buf_.get(), static_cast<size_t>(n));
+    AppendBounded(&c->early, buf_.get(), static_cast<size_t>(n), p.early_buffer_bytes);
     if (!c->talked) {
       c->talked = true;
       ReportTalk(c, c->early.data(), c->early.size(), now);
@@ -215,7 +215,7 @@ void Engine::ReadGreeting(Conn* c, double now) {
     return;
   }
   size_t from = c->greeting.size();
-  c->greeting.append(buf_.get(), static_cast<size_t>(n));
+  AppendBounded(&c->greeting, buf_.get(), static_cast<size_t>(n), c->profile->greeting_max_bytes + kReadBuffer);
   size_t end = GreetingEnd(c->greeting, from, &c->greeting_line);
   if (end == std::string::npos) {
     if (c->greeting.size() <= c->profile->greeting_max_bytes) return;
@@ -231,7 +231,7 @@ void Engine::ReadGreeting(Conn* c, double now) {
   Ev ev{EV_GREETING, c->id};
   ev.s1 = code;
   ev.n1 = c->connect_ms;
-  c->refused.assign(c->greeting, 0, end);
+  c->kept.assign(c->greeting, 0, end);
   for (int i = 0; i < 16; i++) {
     ssize_t r = Recv(c->ufd, buf_.get(), kReadBuffer, MSG_DONTWAIT);
     if (r <= 0) break;
@@ -250,9 +250,8 @@ void Engine::StartReply(Conn* c, const std::string& text, double now) {
   c->st = St::Replying;
   c->stripper.reset();
   c->watcher.reset();
-  std::string().swap(c->refused);
+  std::string().swap(c->kept);
   std::string().swap(c->early);
-  std::string().swap(c->deferred);
   Unschedule(&c->cidle);
   Unschedule(&c->sidle);
   SetStateTimer(c, Kind::ReplyLinger, c->profile->reply_linger_ms, now);
@@ -268,7 +267,7 @@ void Engine::StartReply(Conn* c, const std::string& text, double now) {
 
 void Engine::FinishDeferred(Conn* c, double now) {
   std::string text;
-  text.swap(c->deferred);
+  text.swap(c->kept);
   StartReply(c, text, now);
 }
 
@@ -278,7 +277,7 @@ void Engine::OnClosing(Conn* c, uint32_t events, double now) {
   bool relay = c->st == St::ServerGone;
   auto finish = [&]() {
     if (relay)
-      EndRelay(c, c->cause);
+      EndRelay(c, Cause(c));
     else
       Kill(c, false);
   };
@@ -431,10 +430,10 @@ bool Engine::Connect(Napi::Env env, uint64_t id, const ConnectSpec& spec, bool* 
 double Engine::Reply(uint64_t id, const ReplySpec& spec) {
   Conn* c = Find(id);
   if (c == nullptr || (c->st != St::New && !PreRelay(c->st))) return -1;
-  if (spec.greeting && c->refused.empty()) return -1;
+  if (spec.greeting && c->kept.empty()) return -1;
   if (!spec.profile && !c->profile) return -2;  // state new: binding.cc throws, naming the fix
   if (spec.profile) c->profile = spec.profile;
-  std::string text = spec.greeting ? c->refused : spec.text;
+  std::string text = spec.greeting ? c->kept : spec.text;
   double now = NowMs();
   double before = c->bytes_to_client;
   if (spec.has_first) {
@@ -442,9 +441,8 @@ double Engine::Reply(uint64_t id, const ReplySpec& spec) {
     c->st = St::Deferring;
     c->stripper.reset();
     c->watcher.reset();
-    std::string().swap(c->refused);
     std::string().swap(c->early);
-    c->deferred = std::move(text);
+    c->kept = std::move(text);
     SetStateTimer(c, Kind::DeferredReply, c->profile->deferred_reply_ms, now);
     if (WriteClient(c, spec.first.data(), spec.first.size()) < 0) Kill(c, false);
   } else {

@@ -147,11 +147,9 @@ Napi::Value PlainListener(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void RegisterTransparent(Napi::Env env, Napi::Object exports) {
-  exports.Set("transparentSocket", Napi::Function::New(env, TransparentSocket, "transparentSocket"));
-  exports.Set("transparentListener", Napi::Function::New(env, TransparentListener, "transparentListener"));
-  exports.Set("closeFd", Napi::Function::New(env, CloseFd, "closeFd"));
-  exports.Set("sockName", Napi::Function::New(env, SockName, "sockName"));
-  exports.Set("plainListener", Napi::Function::New(env, PlainListener, "plainListener"));
+  Export(env, exports,
+         {{"transparentSocket", TransparentSocket}, {"transparentListener", TransparentListener}, {"closeFd", CloseFd},
+          {"sockName", SockName}, {"plainListener", PlainListener}});
 }
 
 }  // namespace etd

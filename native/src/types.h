@@ -29,16 +29,9 @@ constexpr int kServer = 1;
 // ---------------------------------------------------------------------------------------------
 // Events (protocol.ts EV_*)
 
-enum EventType : uint8_t {
-  EV_ACCEPT = 1,
-  EV_TALK = 2,
-  EV_GONE = 3,
-  EV_EXPIRED = 4,
-  EV_UPSTREAM_FAILED = 5,
-  EV_GREETING = 6,
-  EV_END = 7,
-  EV_ERROR = 8,
-};
+// Numbered as protocol.ts's EV_* (test/unit/native.test.ts compares the two).
+enum EventType : uint8_t { EV_ACCEPT = 1, EV_TALK = 2, EV_GONE = 3, EV_EXPIRED = 4,
+                           EV_UPSTREAM_FAILED = 5, EV_GREETING = 6, EV_END = 7, EV_ERROR = 8 };
 
 // One event on its way to JS; the fields each type uses are listed in binding.cc (ToJs).
 struct Ev {
@@ -142,6 +135,17 @@ struct Buf {
   size_t Heap() const { return data.capacity() > 15 ? data.capacity() : 0; }
 };
 
+// Appends to a buffer that may hold at most `cap` bytes, growing its block at most to `cap`
+// (plain appends double the capacity, which would double the documented bound).
+inline void AppendBounded(std::string* s, const char* p, size_t n, size_t cap) {
+  size_t need = s->size() + n;
+  if (need > s->capacity()) {
+    size_t grow = s->capacity() * 2;
+    s->reserve(grow > need ? (grow < cap ? grow : (need > cap ? need : cap)) : need);
+  }
+  s->append(p, n);
+}
+
 // One direction of the relay (or of a final reply).
 struct Dir {
   Buf pending;
@@ -167,10 +171,10 @@ enum class Kind : uint8_t {
 
 struct Timer {
   double at = 0;
-  size_t idx = SIZE_MAX;  // position in the heap; SIZE_MAX = not scheduled
-  uint64_t owner = 0;     // connection id, or listener key for ListenerResume
+  uint64_t owner = 0;       // connection id, or listener key for ListenerResume
+  uint32_t idx = UINT32_MAX;  // position in the heap; UINT32_MAX = not scheduled
   Kind kind = Kind::Window;
-  bool scheduled() const { return idx != SIZE_MAX; }
+  bool scheduled() const { return idx != UINT32_MAX; }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -202,14 +206,15 @@ struct Conn {
   Timer sidle;        // relay: server idle
   std::string greeting;  // the greeting being read
   size_t greeting_line = 0;
-  std::string refused;  // the last refused greeting, for reply({greeting})
-  std::string early;    // action log: the client's early bytes, forwarded after the greeting
-  std::string deferred;  // reply({first}): the reply written after the client's first line
+  // A reply kept for later: in waiting, the last refused greeting (for reply({greeting})); in
+  // deferring, the reply written after the client's first line.
+  std::string kept;
+  std::string early;  // action log: the client's early bytes, forwarded after the greeting
   Dir c2s;  // client → server (before the relay: the preamble)
   Dir s2c;  // server → client (before the relay: teaser / final reply)
   std::unique_ptr<Stripper> stripper;
   std::unique_ptr<CommandWatcher> watcher;
-  std::string cause;  // the relay's first end cause
+  const char* cause = nullptr;  // the relay's first end cause (a literal)
 };
 
 struct Listener {

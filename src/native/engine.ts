@@ -18,42 +18,34 @@
 //   - Profiles belong to the environment and survive stop/start.
 
 import { EtdError } from '../errors.js';
-import type {
-  EngineConnect,
-  EngineCounts,
-  EngineEvent,
-  EngineHold,
-  EngineInspect,
-  EngineProfile,
-  EngineReply,
-} from '../proxy/protocol.js';
+import type * as P from '../proxy/protocol.js';
 import type { NativeAddon } from './addon.js';
 import { loadAddonModule, loadedAddonPath, wrapSyscallErrors } from './transparent.js';
 
 export interface Engine {
   /** Starts the engine on this thread's loop; `onEvents` gets every batch. Throws if already started (or ETD_ENGINE_FAULTS is malformed). */
-  start(onEvents: (batch: EngineEvent[]) => void): void;
+  start(onEvents: (batch: P.EngineEvent[]) => void): void;
   /** Closes every connection, listener and handle without events. Idempotent. */
   stop(): void;
   /** Defines profile `idx` (0..65535); a redefinition applies to new uses only. */
-  defineProfile(idx: number, p: EngineProfile): void;
+  defineProfile(idx: number, p: P.EngineProfile): void;
   /** The engine takes a bound, listening fd (made non-blocking) and accepts on it. Throws if not started or not a listener. */
   listen(fd: number, listenerId: number): void;
   /** Closes every fd of the listener; accepted connections go on. */
   unlisten(listenerId: number): void;
   /** State `new` only: holds the client silently for windowMs; writes profile.teaser (if any) at once. */
-  hold(id: number, h: EngineHold): boolean;
+  hold(id: number, h: P.EngineHold): boolean;
   /** States `new`/`waiting`: connects upstream, writes the preamble, reads the greeting. Sync failures throw TransparentSyscallError. */
-  connect(id: number, c: EngineConnect): boolean;
+  connect(id: number, c: P.EngineConnect): boolean;
   /** Any state before the relay: the final reply (or `first`, then the reply after the client's first line). Bytes written at once, or -1. */
-  reply(id: number, r: EngineReply): number;
+  reply(id: number, r: P.EngineReply): number;
   /** Any state: RST to the client, upstream closed. No more events. */
   drop(id: number): boolean;
   /** Any state: closes both fds; a relay reports END with `cause`. */
   close(id: number, cause: string): boolean;
   /** State and byte counts of a live connection, or null. */
-  inspect(id: number): EngineInspect | null;
-  counts(): EngineCounts;
+  inspect(id: number): P.EngineInspect | null;
+  counts(): P.EngineCounts;
 }
 
 let cached: Engine | undefined;

@@ -294,7 +294,8 @@ export class Session implements LiveSession, EngineSession {
    */
   private replyAndFinish(reply: { text: string } | { greeting: true }, verdict: Verdict, cause: string, deferrable = true): void {
     const first = deferrable && this.teased ? `220 ${this.policy.teaser!.slice(4)}\r\n` : undefined;
-    this.finalTo = Math.max(0, this.engine.engine.reply(this.eid, first !== undefined ? { ...reply, first } : reply));
+    // The profile goes along: a connection still `new` (no window) has none yet.
+    this.finalTo = Math.max(0, this.engine.engine.reply(this.eid, { ...reply, profile: this.profile, ...(first !== undefined ? { first } : {}) }));
     this.finish(verdict, cause);
   }
 

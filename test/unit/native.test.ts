@@ -68,7 +68,7 @@ describe('native addon loader', () => {
 
   it('native/src/types.h has the event codes and state names of protocol.ts', () => {
     const header = readFileSync(path.resolve(import.meta.dirname, '../../native/src/types.h'), 'utf8');
-    const cCodes = Object.fromEntries([...header.matchAll(/^\s+(EV_[A-Z_]+) = (\d+),/gm)].map((m) => [m[1]!, Number(m[2])]));
+    const cCodes = Object.fromEntries([...header.matchAll(/\b(EV_[A-Z_]+) = (\d+)\b/g)].map((m) => [m[1]!, Number(m[2])]));
     const tsCodes = Object.fromEntries(Object.entries(protocol).filter(([k]) => k.startsWith('EV_')));
     expect(Object.keys(cCodes).length).toBeGreaterThan(0);
     expect(cCodes).toEqual(tsCodes);
@@ -116,6 +116,10 @@ describe('native addon arguments', () => {
     ['closeFd', ['3'], 'TypeError', /^closeFd\(fd\): fd must be a number, got string$/],
     ['closeFd', [-1], 'RangeError', /^closeFd\(fd\): fd must be an integer from 0 to 2147483647, got -1$/],
     ['closeFd', [], 'TypeError', /^closeFd\(fd\): expected 1 arguments, got 0$/],
+    ['plainListener', [4, '127.0.0.1', 0, 1, false], 'TypeError', /^plainListener\(\{ family, address, port, backlog, v6only \}\): expected 1 arguments, got 5$/],
+    ['plainListener', [{ family: 4, address: '127.0.0.1', port: 0, backlog: 1 }], 'TypeError', /v6only must be a boolean, got undefined$/],
+    ['plainListener', [{ family: 4, address: '127.0.0.1', port: 70000, backlog: 1, v6only: false }], 'RangeError', /port must be an integer from 0 to 65535, got 70000$/],
+    ['sockName', ['3'], 'TypeError', /^sockName\(fd\): fd must be a number, got string$/],
   ];
 
   const show = (args: unknown[]): string =>

@@ -151,7 +151,7 @@ describe('Session', () => {
     const connects = calls.filter((c) => c[0] === 'connect').map((c) => (c[2] as { address: string }).address);
     expect(connects).toEqual(['10.0.0.1', '10.0.0.2']);
     s.greeted('554', 1, false);
-    expect(calls.at(-1)).toEqual(['reply', 7, { greeting: true }]);
+    expect(calls.at(-1)).toEqual(['reply', 7, { greeting: true, profile: 0 }]);
     expect(summaries[0]).toMatchObject({ verdict: 'passed', cause: 'server_greeting_554', attempts: 2 });
     expect(server(pool, 'a').active + server(pool, 'b').active).toBe(0);
   });
@@ -164,7 +164,7 @@ describe('Session', () => {
     s.expired(100);
     s.upstreamFailed('connect', 'ETIMEDOUT');
     // The second server threw synchronously; no server is left.
-    expect(calls.at(-1)).toEqual(['reply', 7, { text: '421 4.3.2 Service not available, try again later\r\n' }]);
+    expect(calls.at(-1)).toEqual(['reply', 7, { text: '421 4.3.2 Service not available, try again later\r\n', profile: 0 }]);
     expect(summaries[0]).toMatchObject({ verdict: 'no_server', cause: 'connect_refused', attempts: 2 });
   });
 
@@ -184,7 +184,7 @@ describe('Session', () => {
     const held = new Session(a.driver, a.conn, a.ctx);
     held.begin();
     held.shutdown();
-    expect(a.calls.at(-1)).toEqual(['reply', 7, { text: '421 4.3.2 Service shutting down, try again later\r\n' }]);
+    expect(a.calls.at(-1)).toEqual(['reply', 7, { text: '421 4.3.2 Service shutting down, try again later\r\n', profile: 0 }]);
     expect(a.summaries[0]).toMatchObject({ verdict: 'shutdown', cause: 'shutdown' });
     const b = setup();
     const relayed = new Session(b.driver, b.conn, b.ctx);
@@ -244,7 +244,7 @@ describe('Session', () => {
     s.expired(100);
     s.greeted('421', 1, false);
     s.greeted('421', 1, false);
-    expect(calls.at(-1)).toEqual(['reply', 7, { greeting: true, first: '220 mx.example ESMTP\r\n' }]);
+    expect(calls.at(-1)).toEqual(['reply', 7, { greeting: true, profile: 0, first: '220 mx.example ESMTP\r\n' }]);
     expect(summaries[0]).toMatchObject({ verdict: 'passed', cause: 'server_greeting_421' });
   });
 

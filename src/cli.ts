@@ -7,7 +7,6 @@ import { parseArgsOptions, renderUsage } from './cliSpec.js';
 
 const USAGE = renderUsage();
 
-
 const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`);
 
 async function main(argv: string[]): Promise<number> {

@@ -329,35 +329,39 @@ void Engine::CallJs(std::vector<Ev>* batch) {
   for (Ev& ev : *batch) {
     auto num = [&](double d) -> napi_value { return Napi::Number::New(env, d); };
     auto str = [&](const std::string& v) -> napi_value { return Napi::String::New(env, v); };
-    std::vector<napi_value> t{num(ev.type), num(ev.type == EV_ERROR ? ev.n1 : static_cast<double>(ev.id))};
+    napi_value t[8] = {num(ev.type), num(ev.type == EV_ERROR ? ev.n1 : static_cast<double>(ev.id))};  // ≤ 8 fields
+    uint32_t n = 2;
+    auto add = [&](std::initializer_list<napi_value> vs) {
+      for (napi_value v : vs) t[n++] = v;
+    };
     switch (ev.type) {
       case EV_ACCEPT:  // listenerId, family, peerAddress, peerPort, localAddress, localPort
-        t.insert(t.end(), {num(ev.n1), num(ev.i1), str(ev.s1), num(ev.i2), str(ev.s2), num(ev.n2)});
+        add({num(ev.n1), num(ev.i1), str(ev.s1), num(ev.i2), str(ev.s2), num(ev.n2)});
         break;
       case EV_TALK:  // afterMs, evidence, bytes, stage
-        t.insert(t.end(), {num(ev.n1), Napi::Buffer<char>::Copy(env, ev.s1.data(), ev.s1.size()), num(ev.n2), str(ev.s2)});
+        add({num(ev.n1), Napi::Buffer<char>::Copy(env, ev.s1.data(), ev.s1.size()), num(ev.n2), str(ev.s2)});
         break;
       case EV_GONE:  // cause
-        t.push_back(str(ev.s1));
+        add({str(ev.s1)});
         break;
       case EV_EXPIRED:  // heldMs
-        t.push_back(num(ev.n1));
+        add({num(ev.n1)});
         break;
       case EV_UPSTREAM_FAILED:  // stage, code, elapsedMs
-        t.insert(t.end(), {str(ev.s1), str(ev.s2), num(ev.n1)});
+        add({str(ev.s1), str(ev.s2), num(ev.n1)});
         break;
       case EV_GREETING:  // code, connectMs, relaying
-        t.insert(t.end(), {str(ev.s1), num(ev.n1), num(ev.i1)});
+        add({str(ev.s1), num(ev.n1), num(ev.i1)});
         break;
       case EV_END:  // cause, bytesFromClient, bytesToClient
-        t.insert(t.end(), {str(ev.s1), num(ev.n1), num(ev.n2)});
+        add({str(ev.s1), num(ev.n1), num(ev.n2)});
         break;
       case EV_ERROR:  // syscall, code (the listener id is in place of the connection id)
-        t.insert(t.end(), {str(ev.s1), str(ev.s2)});
+        add({str(ev.s1), str(ev.s2)});
         break;
     }
-    Napi::Array a = Napi::Array::New(env, t.size());
-    for (uint32_t k = 0; k < t.size(); k++) a.Set(k, t[k]);
+    Napi::Array a = Napi::Array::New(env, n);
+    for (uint32_t k = 0; k < n; k++) a.Set(k, t[k]);
     arr.Set(i++, a);
   }
   batch->clear();

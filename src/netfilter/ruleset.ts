@@ -6,6 +6,7 @@
 
 import { parseCidr, formatAddress, type Cidr } from '../config/cidr.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
+import { hostPort } from '../util/address.js';
 
 /** A base chain etd owns, as nft reports it back (JSON `prio` is numeric: mangle = -150). */
 export interface ChainSpec {
@@ -73,7 +74,7 @@ export function cidrText(c: Cidr): string {
 function interceptRuleText(r: InterceptRule, nf: Config['netfilter']): string {
   const ipx = r.family === 4 ? 'ip' : 'ip6';
   const match = r.destinations.length ? ` ${ipx} daddr { ${r.destinations.map(cidrText).join(', ')} }` : '';
-  const to = r.family === 4 ? `${TPROXY_ADDRESS[4]}:${nf.tproxyPort}` : `[${TPROXY_ADDRESS[6]}]:${nf.tproxyPort}`;
+  const to = hostPort(TPROXY_ADDRESS[r.family], nf.tproxyPort);
   return `tcp dport ${r.port}${match} tproxy ${ipx} to ${to} meta mark set ${hex(nf.mark)} accept`;
 }
 

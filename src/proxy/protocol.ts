@@ -3,7 +3,7 @@
 // Like HAProxy's `-t.h` headers, this file holds no behaviour: the engine (native/src, typed by
 // src/native/engine.ts), the session (src/proxy/session.ts), the App and the API all speak
 // these types. The event codes are the one shared vocabulary with the C++ side
-// (native/src/types.h), checked by test/integration/engine.test.ts.
+// (native/src/types.h), checked by test/unit/native.test.ts.
 
 import type { Logger } from 'pino';
 import type { Mode } from '../config/schema.js';

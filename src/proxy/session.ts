@@ -80,14 +80,38 @@ export function summaryOf(f: SummaryFacts): SessionSummary {
 
 const round2 = (ms: number) => Math.round(ms * 100) / 100;
 
+/** What only a session that got past the silent hold has: kept apart so a held session stays small. */
+interface Outcome {
+  talkedAfterMs?: number;
+  talkedDuring?: TalkStage;
+  evidence?: Buffer;
+  greeting?: string;
+  connectMs?: number;
+}
+
+/**
+ * Strings of the accepted connection's local end: one per distinct address, shared by every
+ * session (in vip and plain mode it is the same address for all of them).
+ */
+const localAddresses = new Map<string, string>();
+function shared(address: string): string {
+  const known = localAddresses.get(address);
+  if (known !== undefined) return known;
+  if (localAddresses.size < 1024) localAddresses.set(address, address);
+  return address;
+}
+
 export class Session implements LiveSession, EngineSession {
+  // Every held connection has one of these, so its fields are few (docs/performance.md, held
+  // memory): what only later states need lives in `outcome`, created when first needed.
   readonly id = nextSessionId();
   readonly started = performance.now();
-  readonly startedAt = Date.now();
   readonly policy: SessionPolicy;
-  readonly family: 4 | 6;
   readonly clientAddress: string;
   readonly clientPort: number;
+  /** The accepted connection's local end: in intercept mode, the address the client dialled. */
+  private readonly localAddress: string;
+  private readonly localPort: number;
   relayed = false;
   private state: Phase = 'held';
   /** Counts from the engine's last word (TALK, END, or read at the end); while live, the getters ask the engine. */
@@ -97,26 +121,31 @@ export class Session implements LiveSession, EngineSession {
   private readonly profile: number;
   private attempts: Attempts | undefined;
   private heldMs = 0;
-  private talkedAfterMs: number | undefined;
-  private talkedDuring: TalkStage | undefined;
-  private evidence: Buffer | undefined;
-  private greeting: string | undefined;
-  private connectMs: number | undefined;
+  private outcome: Outcome | undefined;
   /** The teaser went out: a refusal must complete the greeting first (deferred reply). */
   private teased = false;
 
   constructor(
     private readonly engine: EngineDriver,
-    private readonly conn: NativeAccept,
+    conn: NativeAccept,
     readonly ctx: SessionContext,
     readonly skipped?: 'allowlist' | 'pass_cache',
   ) {
     this.policy = ctx.policy;
     this.eid = conn.eid;
-    this.family = conn.family;
     this.clientAddress = conn.peerAddress;
     this.clientPort = conn.peerPort;
+    this.localAddress = shared(conn.localAddress);
+    this.localPort = conn.localPort;
     this.profile = engine.profile(this.policy.profile);
+  }
+
+  get family(): 4 | 6 {
+    return this.clientAddress.includes(':') ? 6 : 4;
+  }
+  /** Wall-clock time of the accept (derived: a held session keeps one clock reading, not two). */
+  get startedAt(): number {
+    return performance.timeOrigin + this.started;
   }
 
   /** `greeting` while the engine reads the backend's greeting (asked only when someone looks). */
@@ -137,7 +166,7 @@ export class Session implements LiveSession, EngineSession {
     return performance.now() - this.started;
   }
   get talked(): boolean {
-    return this.talkedAfterMs !== undefined;
+    return this.outcome?.talkedAfterMs !== undefined;
   }
   get done(): boolean {
     return this.state === 'closed';
@@ -161,10 +190,11 @@ export class Session implements LiveSession, EngineSession {
   }
 
   talkedEarly(afterMs: number, evidence: Buffer, bytes: number, stage: TalkStage): void {
-    if (this.done || this.talkedAfterMs !== undefined) return;
-    this.talkedAfterMs = round2(afterMs);
-    this.talkedDuring = stage;
-    this.evidence = evidence;
+    if (this.done || this.talked) return;
+    const o = (this.outcome ??= {});
+    o.talkedAfterMs = round2(afterMs);
+    o.talkedDuring = stage;
+    o.evidence = evidence;
     this.finalFrom = bytes;
     // The connect had succeeded: the server did its part, whatever the client does.
     if (stage === 'greeting') this.attempts?.connected();
@@ -196,8 +226,9 @@ export class Session implements LiveSession, EngineSession {
 
   greeted(code: string, connectMs: number, relaying: boolean): void {
     if (this.done || !this.attempts) return;
-    this.connectMs = round2(connectMs);
-    this.greeting = code;
+    const o = (this.outcome ??= {});
+    o.connectMs = round2(connectMs);
+    o.greeting = code;
     this.attempts.connected();
     if (relaying) {
       this.state = 'relaying';
@@ -252,8 +283,8 @@ export class Session implements LiveSession, EngineSession {
         const plan = this.ctx.source.plan(target, {
           clientAddress: this.clientAddress,
           clientPort: this.clientPort,
-          localAddress: this.conn.localAddress,
-          localPort: this.conn.localPort,
+          localAddress: this.localAddress,
+          localPort: this.localPort,
         });
         const ok = this.engine.engine.connect(this.eid, {
           profile: this.profile,
@@ -279,7 +310,7 @@ export class Session implements LiveSession, EngineSession {
   /** Created at the first attempt: a session that never gets there (early talk, hang-up) needs none. */
   private newAttempts(): Attempts {
     // Intercept mode: the accepted connection's local end is the address the client dialled.
-    return new Attempts(this.ctx, this.policy, this.family, () => ({ address: this.conn.localAddress, port: this.conn.localPort }));
+    return new Attempts(this.ctx, this.policy, this.family, () => ({ address: this.localAddress, port: this.localPort }));
   }
 
   /** No backend could take the session: tell the client to come back later. */
@@ -337,12 +368,12 @@ export class Session implements LiveSession, EngineSession {
         verdict,
         cause,
         action: this.policy.action,
-        talkedAfterMs: this.talkedAfterMs,
-        talkedDuring: this.talkedDuring,
-        evidence: this.evidence,
+        talkedAfterMs: this.outcome?.talkedAfterMs,
+        talkedDuring: this.outcome?.talkedDuring,
+        evidence: this.outcome?.evidence,
         attempts: this.attempts,
-        greeting: this.greeting,
-        connectMs: this.connectMs,
+        greeting: this.outcome?.greeting,
+        connectMs: this.outcome?.connectMs,
         skipped: this.skipped,
         heldMs: this.heldMs,
         started: this.started,

@@ -314,38 +314,7 @@ install_command() {
 
 install_sysctl() {
   step "kernel settings: $SYSCTL"
-  write_file "$SYSCTL" 0644 root root <<'EOF'
-# etd: kernel settings for a transparent SMTP proxy on a gateway (installed by etd's
-# scripts/install.sh; removed by install.sh --uninstall). See /opt/etd/docs/operations.md.
-
-# The gateway routes the backends' and clients' other traffic: in vip mode the backends use it
-# as their default gateway (or PBR next hop), in intercept mode it sits on the path of all
-# traffic. etd's own relayed sessions do not need forwarding.
-net.ipv4.ip_forward = 1
-# The same for IPv6. Note: with forwarding on, an interface ignores router advertisements unless
-# its accept_ra is 2; a gateway that takes its own IPv6 address by SLAAC needs that set.
-net.ipv6.conf.all.forwarding = 1
-
-# Loose reverse-path filtering (2), never strict (1): strict drops a packet diverted to etd when
-# it arrives on another interface than the route back to its source uses (multi-homed gateways,
-# PBR routers), silently and only for some clients. Loose keeps the anti-spoofing check (the
-# source must be routable at all). The kernel uses the maximum of "all" and each interface's
-# value, so an interface set to 1 elsewhere stays strict: etd doctor names it.
-net.ipv4.conf.all.rp_filter = 2
-# Interfaces that appear later (VLANs, tunnels) start loose too.
-net.ipv4.conf.default.rp_filter = 2
-# No source validation by fwmark: with src_valid_mark=1 the kernel validates a marked packet's
-# source in etd's routing table (only "local default dev lo"), counts it as a martian and drops
-# it silently (intercepted SYNs, replies to etd's spoofed sockets). The kernel ORs "all" with
-# each interface's value.
-net.ipv4.conf.all.src_valid_mark = 0
-
-# Accept queue of the port-25 listeners (etd asks for 65535; the kernel caps it at somaxconn).
-# Bots open connections in bursts and etd holds each one for the detection window.
-net.core.somaxconn = 65535
-# Half-open connections (SYN received, handshake not complete) queued during such bursts.
-net.ipv4.tcp_max_syn_backlog = 65535
-EOF
+  write_file "$SYSCTL" 0644 root root "systemd/90-etd.conf" <"$SRC/systemd/90-etd.conf"
   # Applies this file now (it is read at every boot anyway). A container may refuse some keys.
   show sysctl -p "$SYSCTL"
   if ((!DRY_RUN)) && ! sysctl -p "$SYSCTL" >/dev/null; then

@@ -1,30 +1,11 @@
 #!/usr/bin/env node
-// The etd command line: run | check | rules | doctor | status — argument parsing and exit codes only.
+// The etd command line: run | check | rules | doctor | status | version — dispatch and exit codes only (the commands and options are described in cliSpec.ts).
 
 import { parseArgs } from 'node:util';
 import { EtdError, describeError } from './errors.js';
+import { parseArgsOptions, renderUsage } from './cliSpec.js';
 
-const USAGE = `usage: etd <command> [options]
-
-commands:
-  run     -c FILE             start the proxy (foreground; SIGHUP reloads, SIGTERM stops)
-  check   -c FILE             validate a config file and print the effective config
-  rules   show|apply|remove -c FILE
-                              inspect or manage etd's nftables table and policy routing
-  doctor  -c FILE [--json] [--client ADDRESS]
-                              check capabilities, kernel support, rules, sysctls and each
-                              backend's return path; every finding with its fix (exit 1 on FAIL)
-  status  [--json] [--url URL | --socket PATH] [--token T]
-                              summary of a running etd from its management API
-  version                     print the version
-
-options:
-  -c, --config FILE           configuration file (default /etc/etd/etd.yaml)
-  --client ADDRESS            doctor: the client address its return-path test spoofs
-                              (default: an unused address of the listener's network)
-  -h, --help                  this text
-`;
-
+const USAGE = renderUsage();
 
 const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`);
 
@@ -32,15 +13,7 @@ async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: {
-      config: { type: 'string', short: 'c', default: '/etc/etd/etd.yaml' },
-      help: { type: 'boolean', short: 'h' },
-      json: { type: 'boolean' },
-      url: { type: 'string' },
-      socket: { type: 'string' },
-      token: { type: 'string' },
-      client: { type: 'string' },
-    },
+    options: parseArgsOptions(),
   });
   const [command, sub] = positionals;
   if (values.help || !command) {
@@ -70,7 +43,8 @@ async function main(argv: string[]): Promise<number> {
       const { loadConfig } = await import('./config/load.js');
       const { doctorCommand } = await import('./commands/doctor.js');
       const client = values.client as string | undefined;
-      return doctorCommand(loadConfig(file), { json: !!values.json, configFile: file, ...(client === undefined ? {} : { client }) }, out);
+      const probes = (values.probe as string[] | undefined) ?? [];
+      return doctorCommand(loadConfig(file), { json: !!values.json, configFile: file, probes, ...(client === undefined ? {} : { client }) }, out);
     }
     case 'status': {
       const { statusCommand, apiTarget } = await import('./commands/status.js');
@@ -108,6 +82,11 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (e: unknown) => {
+    if (e instanceof EtdError && e.code === 'ETD_ERR_USAGE') {
+      process.stderr.write(`etd: ${e.code}: ${e.message}\n`);
+      process.exitCode = 2;
+      return;
+    }
     if (e instanceof EtdError) process.stderr.write(`etd: ${e.code}: ${e.message}\n`);
     else if ((e as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`etd: ${(e as Error).message}\n\n${USAGE}`);

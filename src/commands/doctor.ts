@@ -1,9 +1,10 @@
-// `etd doctor -c FILE [--json] [--client ADDRESS]` and the start preflight: gather facts, evaluate them, print them or refuse to start.
+// `etd doctor -c FILE [--json] [--client ADDRESS] [--probe ADDRESS[:PORT]]...` and the start preflight: gather facts, evaluate them, print them or refuse to start.
 
 import type { Config } from '../config/schema.js';
 import { EtdError } from '../errors.js';
 import { criticalFailures, evaluate, summarize, type Finding } from '../doctor/checks.js';
 import { gatherFacts } from '../doctor/gather.js';
+import { parseProbe } from '../doctor/targets.js';
 
 export interface DoctorOptions {
   readonly json: boolean;
@@ -11,6 +12,8 @@ export interface DoctorOptions {
   readonly client?: string;
   /** The config file, for the fix commands (`etd rules apply -c FILE`). */
   readonly configFile?: string;
+  /** `--probe` values: mail servers whose return path is tested too (parsed here; ETD_ERR_USAGE when malformed). */
+  readonly probes?: readonly string[];
 }
 
 const PLACEHOLDER_FILE = 'FILE';
@@ -41,8 +44,10 @@ export function verdictLine(findings: readonly Finding[]): string {
 /** Runs every check (including the spoofed return-path test) and prints the findings. Exit code: 0 without FAIL, 1 with. */
 export async function doctorCommand(config: Config, opts: DoctorOptions, out: (line: string) => void): Promise<number> {
   const configFile = opts.configFile ?? PLACEHOLDER_FILE;
+  const probes = (opts.probes ?? []).map(parseProbe);
   const facts = await gatherFacts(config, {
     configFile,
+    probes,
     returnPath: true,
     netfilter: true,
     ...(opts.client === undefined ? {} : { client: opts.client }),

@@ -28,6 +28,9 @@ import type { CheckItem, NetfilterState } from '../netfilter/setup.js';
 import { interceptListeners, interceptRules } from '../netfilter/ruleset.js';
 import { formatStep, routeArgs, ruleArgs, type Family } from '../netfilter/routing.js';
 import { bindAddresses } from '../proxy/listener.js';
+import { interceptForwardsOriginal, returnPathServers, returnTargets, type ReturnTarget } from './targets.js';
+
+export { returnPathServers } from './targets.js';
 
 // ---- findings --------------------------------------------------------------------------------
 
@@ -146,8 +149,10 @@ export type ReturnProbe =
       readonly error?: string;
       /** The server's first line, when it sent one within a second of the connect. */
       readonly greeting?: string;
+      /** Named with --probe. */
+      readonly probe?: boolean;
     }
-  | { readonly server: string; readonly address: string; readonly port: number; readonly family: Family; readonly skipped: string };
+  | { readonly server: string; readonly address: string; readonly port: number; readonly family: Family; readonly skipped: string; readonly probe?: boolean };
 
 export interface DoctorFacts {
   readonly config: Config;
@@ -165,6 +170,8 @@ export interface DoctorFacts {
   readonly testClients: readonly TestClient[];
   /** undefined: not run (the preflight). */
   readonly returnPath?: readonly ReturnProbe[];
+  /** Mail servers named with `etd doctor --probe`, tested like configured servers. */
+  readonly probes?: readonly ReturnTarget[];
 }
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -208,11 +215,6 @@ export function familiesInUse(config: Config): Family[] {
   return [...out].sort();
 }
 
-/** The servers the return-path test connects to: those of pool forwarding with clientip source. */
-export function returnPathServers(config: Config): Config['upstream']['servers'] {
-  if (config.upstream.source !== 'clientip' || transparentListeners(config).length === 0) return [];
-  return config.upstream.servers;
-}
 
 // ---- test client choice (pure, used by gather before the probes) ----------------------------
 
@@ -327,21 +329,19 @@ export function chooseTestClient(
 
 /** Per server: the source to spoof, or why the test is skipped. */
 export function planReturnPath(
-  facts: Pick<DoctorFacts, 'config' | 'capabilities' | 'addon' | 'netfilter' | 'testClients' | 'routes'>,
-): Array<{ server: string; address: string; port: number; family: Family; source?: string; skipped?: string }> {
-  const out: Array<{ server: string; address: string; port: number; family: Family; source?: string; skipped?: string }> = [];
+  facts: Pick<DoctorFacts, 'config' | 'capabilities' | 'addon' | 'netfilter' | 'testClients' | 'routes' | 'probes'>,
+): Array<ReturnTarget & { source?: string; skipped?: string }> {
+  const out: Array<ReturnTarget & { source?: string; skipped?: string }> = [];
   const capOk = hasCap(facts.capabilities, CAP_NET_ADMIN) !== false || hasCap(facts.capabilities, CAP_NET_RAW) === true;
-  for (const s of returnPathServers(facts.config)) {
-    const family = familyOf(s.address);
-    if (!family) continue;
-    const base = { server: s.name, address: s.address, port: s.port, family };
+  for (const base of returnTargets(facts.config, facts.probes)) {
+    const { family } = base;
     const client = facts.testClients.find((c) => c.family === family);
-    const route = facts.routes.find((r) => r.server === s.name);
+    const route = facts.routes.find((r) => r.server === base.server);
     let skipped: string | undefined;
     if (!capOk) skipped = 'this process lacks CAP_NET_ADMIN and CAP_NET_RAW, needed for the spoofed socket';
     else if (facts.addon && isProblem(facts.addon)) skipped = 'the native addon is not loaded';
     else if (!client || client.address === undefined) skipped = `no IPv${family} test client address (${client && client.address === undefined ? client.reason : 'none'})`;
-    else if (route?.error !== undefined) skipped = `etd has no route to ${s.address}`;
+    else if (route?.error !== undefined) skipped = `etd has no route to ${base.address}`;
     else if (facts.netfilter && !isProblem(facts.netfilter) && facts.netfilter.clean) skipped = "etd's divert rule and policy routing are not installed";
     out.push(skipped !== undefined || !client || client.address === undefined ? { ...base, skipped: skipped ?? 'no test client' } : { ...base, source: client.address });
   }
@@ -640,7 +640,7 @@ function routeFindings(f: DoctorFacts): Finding[] {
 function testClientFindings(f: DoctorFacts): Finding[] {
   // Only meaningful next to the test it is for (not in the start preflight).
   if (!f.returnPath) return [];
-  const wanted = new Set(returnPathServers(f.config).map((s) => familyOf(s.address)));
+  const wanted = new Set(returnTargets(f.config, f.probes).map((t) => t.family));
   const out: Finding[] = [];
   for (const c of f.testClients) {
     if (!wanted.has(c.family)) continue;
@@ -673,22 +673,46 @@ function localCauses(previous: readonly Finding[], family: Family): string[] {
     .map((x) => x.id);
 }
 
-function returnFindings(f: DoctorFacts, previous: readonly Finding[]): Finding[] {
-  if (!f.returnPath) return [];
-  const out: Finding[] = [];
-  if (returnPathServers(f.config).length === 0 && f.config.upstream.source === 'clientip') {
-    out.push(
+/** The router-side fixes for a server whose replies pass a router: the Linux, nftables-mark and FRRouting recipes of docs/routing.md. */
+export function routerPbrFix(server: string, router: string, family: Family, host: string, etd: string, port: number): string {
+  return (
+    `not on ${server} (its replies pass the router ${router}, so a default route via etd cannot work there): on that router, send what ${host} sends from port ${port} to etd ${etd} — ` +
+    `Linux: scripts/pbr-linux.sh apply --etd ${etd} --from ${host} --iif IFACE; ` +
+    `nftables mark: the same with --mark 0x25; ` +
+    `FRRouting: pbr-map etd seq 10, match src-ip ${host}, match mark 37 (0x25, set by the nftables rule: FRR 8.4 installs no port match), set nexthop ${etd}; pbr-policy etd on the interface facing ${server} ` +
+    `(docs/routing.md${family === 6 ? ', IPv6 the same with ip6 addresses' : ''})`
+  );
+}
+
+const targetWhat = (p: ReturnTarget) =>
+  p.probe ? `return path from mail server ${p.address}:${p.port} (--probe) comes back through etd` : `return path from server ${p.server} (${p.address}:${p.port}) comes back through etd`;
+
+function untestedFindings(f: DoctorFacts): Finding[] {
+  if (f.config.upstream.source !== 'clientip' || (f.probes ?? []).length > 0) return [];
+  const fix = `etd doctor -c ${f.configFile} --probe ADDRESS[:PORT]   (repeatable: each mail server whose port-25 traffic etd intercepts)`;
+  if (interceptForwardsOriginal(f.config)) {
+    return [
       warn(
         'return',
-        'return path from the servers comes back through etd',
-        'not tested: upstream.servers is empty (intercept mode connects to each original destination, which the doctor cannot know); the summary line of a relayed session names a connect timeout and its likely cause',
+        'return path from the mail servers comes back through etd',
+        `not tested${returnPathServers(f.config).length ? ' for the intercepted destinations (the servers listed are tested, but forward: original connects to each original destination)' : ''}: intercept mode with forward: original connects to each client's original destination, which the config does not name; test them with --probe. Meanwhile the summary line of a relayed session names a connect timeout and its likely cause`,
         false,
+        fix,
       ),
-    );
+    ];
   }
+  if (returnPathServers(f.config).length === 0) {
+    return [warn('return', 'return path from the servers comes back through etd', 'not tested: upstream.servers is empty; name the mail servers with --probe', false, fix)];
+  }
+  return [];
+}
+
+function returnFindings(f: DoctorFacts, previous: readonly Finding[]): Finding[] {
+  if (!f.returnPath) return [];
+  const out: Finding[] = untestedFindings(f);
   for (const p of f.returnPath) {
     const id = `return.${p.server}`;
-    const what = `return path from server ${p.server} (${p.address}:${p.port}) comes back through etd`;
+    const what = targetWhat(p);
     if ('skipped' in p) {
       out.push(warn(id, what, `not tested: ${p.skipped}`, false));
       continue;
@@ -734,13 +758,27 @@ function returnFindings(f: DoctorFacts, previous: readonly Finding[]): Finding[]
         const gw = via ?? 'ETD_ADDRESS';
         const ipf = p.family === 4 ? 'ip' : 'ip -6';
         const host = p.family === 4 ? `${p.address}/32` : `${p.address}/128`;
+        const name = p.probe ? p.address : p.server;
+        if (route?.gateway !== undefined) {
+          // Routed: the server is not on a subnet of etd's; its default route points at its own router.
+          out.push(
+            fail(
+              id,
+              what,
+              `${test} ${outcome}: the server's replies to client addresses do not come back through etd. etd reaches ${p.address} through the router ${route.gateway}, so the server is not on a subnet of etd's: its replies go to its own router, which must send those from source port ${p.port} to etd${via ? ` (${via})` : ''} with a policy route (picture 2, docs/routing.md); less likely, the server is down or a firewall drops the connection`,
+              false,
+              routerPbrFix(name, route.gateway, p.family, host, gw, p.port),
+            ),
+          );
+          break;
+        }
         out.push(
           fail(
             id,
             what,
             `${test} ${outcome}: the server's replies to client addresses do not come back through etd${via ? ` (${via}, etd's address toward it)` : ''}. Either the server's default route points elsewhere (picture 1: etd is the backends' default gateway) or its router lacks the policy route for source port ${p.port} (picture 2, docs/routing.md); less likely, the server is down or a firewall drops the connection`,
             false,
-            `on ${p.server}: ${ipf} route replace default via ${gw}   — or, with a PBR router, on the router: scripts/pbr-linux.sh apply --etd ${gw} --from ${host}`,
+            `on ${name}: ${ipf} route replace default via ${gw}   — or, with a PBR router, on the router: scripts/pbr-linux.sh apply --etd ${gw} --from ${host}`,
           ),
         );
         break;

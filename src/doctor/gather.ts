@@ -42,6 +42,7 @@ import {
   type Sysctls,
   type TestClient,
 } from './checks.js';
+import { returnTargets, type ReturnTarget } from './targets.js';
 
 export interface GatherOptions {
   /** Shown in fix commands (`etd rules apply -c FILE`). */
@@ -54,6 +55,8 @@ export interface GatherOptions {
   readonly netfilter: boolean;
   /** Upper bound of one test connect (default: min(upstream.connectTimeout, 3 s)). */
   readonly probeTimeoutMs?: number;
+  /** `--probe` targets: mail servers to test besides the configured ones. */
+  readonly probes?: readonly ReturnTarget[];
   /** Injectable `ip` runner (tests). */
   readonly ip?: IpRunner;
 }
@@ -214,14 +217,15 @@ async function routeGet(ip: IpRunner, address: string): Promise<{ dev?: string; 
   return { ...(dev === undefined ? {} : { dev }), ...(prefsrc === undefined ? {} : { prefsrc }), ...(gateway === undefined ? {} : { gateway }) };
 }
 
-async function serverRoutes(config: Config, ip: IpRunner): Promise<ServerRoute[]> {
-  const routes = await Promise.all(
-    config.upstream.servers.map(async (s): Promise<ServerRoute | undefined> => {
+async function serverRoutes(config: Config, probes: readonly ReturnTarget[], ip: IpRunner): Promise<ServerRoute[]> {
+  const targets = [
+    ...config.upstream.servers.flatMap((s) => {
       const family = familyOf(s.address);
-      return family ? { server: s.name, address: s.address, port: s.port, family, ...(await routeGet(ip, s.address)) } : undefined;
+      return family ? [{ server: s.name, address: s.address, port: s.port, family }] : [];
     }),
-  );
-  return routes.filter((r): r is ServerRoute => r !== undefined);
+    ...returnTargets(config, probes).filter((t) => t.probe),
+  ];
+  return Promise.all(targets.map(async (t): Promise<ServerRoute> => ({ server: t.server, address: t.address, port: t.port, family: t.family, ...(await routeGet(ip, t.address)) })));
 }
 
 /** Interfaces that carry etd's traffic: toward each server, toward the test clients, and those holding a listener's address. */
@@ -351,8 +355,10 @@ export async function gatherFacts(config: Config, opts: GatherOptions): Promise<
       netfilter = { error: describeError(e) };
     }
   }
-  const [addrs, defaults, routes] = await Promise.all([readAddrs(ip), readDefaults(ip), serverRoutes(config, ip)]);
-  const testClients = familiesInUse(config).map((family) => chooseTestClient(family, config, addrs, defaults, opts.client));
+  const probes = opts.probes ?? [];
+  const [addrs, defaults, routes] = await Promise.all([readAddrs(ip), readDefaults(ip), serverRoutes(config, probes, ip)]);
+  const families = [...new Set([...familiesInUse(config), ...probes.map((p) => p.family)])].sort();
+  const testClients = families.map((family) => chooseTestClient(family, config, addrs, defaults, opts.client));
   const interfaces = await pathInterfaces(config, routes, testClients, addrs, ip);
   const base = {
     config,
@@ -365,12 +371,13 @@ export async function gatherFacts(config: Config, opts: GatherOptions): Promise<
     interfaces,
     routes,
     testClients,
+    ...(probes.length ? { probes } : {}),
   };
   if (!opts.returnPath) return base;
   const timeoutMs = opts.probeTimeoutMs ?? Math.min(config.upstream.connectTimeoutMs, 3000);
   const returnPath: ReturnProbe[] = await Promise.all(
     planReturnPath(base).map(async (p): Promise<ReturnProbe> => {
-      const target = { server: p.server, address: p.address, port: p.port, family: p.family };
+      const target = { server: p.server, address: p.address, port: p.port, family: p.family, ...(p.probe ? { probe: true } : {}) };
       if (p.source === undefined) return { ...target, skipped: p.skipped ?? 'not tested' };
       const r = await spoofedConnect(p.family, p.source, p.address, p.port, timeoutMs);
       return { ...target, source: p.source, ...r };

@@ -39,3 +39,21 @@ export function skipUnlessRoot(what: string): boolean {
   console.warn(`SKIPPED ${what}: not running as root (CI runs it as root)`);
   return true;
 }
+
+export function hasTool(tool: string): boolean {
+  try {
+    execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** True when `suite` must be skipped because `tool` (from Debian package `pkg`) is missing; throws in CI. */
+export function skipWithout(tool: string, pkg: string, suite: string): boolean {
+  if (hasTool(tool)) return false;
+  const why = `${tool} is not installed (Debian: apt-get install ${pkg})`;
+  if (inCI) throw new Error(`${suite}: cannot run in CI: ${why}. CI must install it.`);
+  console.warn(`SKIPPED ${suite}: ${why}`);
+  return true;
+}

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CLI, assertBuilt } from '../helpers/cli.js';
-import { inCI, isRoot } from '../helpers/privileged.js';
+import { isRoot, skipWithout } from '../helpers/privileged.js';
 
 const exec = promisify(execFile);
 const ROOT = path.join(__dirname, '../..');
@@ -19,24 +19,6 @@ const UNIT = path.join(ROOT, 'systemd/etd.service');
 const INSTALL = path.join(ROOT, 'scripts/install.sh');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-service-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
-
-function hasTool(tool: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** True when `suite` must be skipped because `tool` (from Debian package `pkg`) is missing; throws in CI. */
-function skipWithout(tool: string, pkg: string, suite: string): boolean {
-  if (hasTool(tool)) return false;
-  const why = `${tool} is not installed (Debian: apt-get install ${pkg})`;
-  if (inCI) throw new Error(`${suite}: cannot run in CI: ${why}. CI must install it.`);
-  console.warn(`SKIPPED ${suite}: ${why}`);
-  return true;
-}
 
 interface Run {
   code: number;
@@ -199,7 +181,7 @@ describe('scripts/install.sh --dry-run', () => {
    */
   function unprivilegedCopy(): string {
     const dir = fs.mkdtempSync(path.join(tmp, 'checkout-'));
-    for (const f of ['scripts/install.sh', 'package.json', 'package-lock.json', 'config/etd.example.yaml', 'systemd/etd.service', 'native/build/Release/etd_transparent.node']) {
+    for (const f of ['scripts/install.sh', 'package.json', 'package-lock.json', 'config/etd.example.yaml', 'systemd/etd.service', 'systemd/90-etd.conf', 'native/build/Release/etd_transparent.node']) {
       fs.mkdirSync(path.join(dir, path.dirname(f)), { recursive: true });
       fs.copyFileSync(path.join(ROOT, f), path.join(dir, f));
     }
@@ -260,10 +242,9 @@ describe('scripts/install.sh --dry-run', () => {
     expect(out).toMatch(/\+ install -m 0640 -o root -g etd \S+\/config\/etd\.example\.yaml \/etc\/etd\/etd\.yaml|\/etc\/etd\/etd\.yaml exists: kept/);
     // The command.
     expect(out).toMatch(/\+ ln -sfn \/opt\/etd\/dist\/src\/cli\.js \/usr\/local\/bin\/etd|\/usr\/local\/bin\/etd is up to date/);
-    // The sysctl drop-in, every value commented.
-    const sysctl = out.includes('/etc/sysctl.d/90-etd.conf is up to date')
-      ? fs.readFileSync('/etc/sysctl.d/90-etd.conf', 'utf8')
-      : out.split('\n').filter((l) => l.startsWith('    | ')).map((l) => l.slice(6)).join('\n');
+    // The sysctl drop-in (systemd/90-etd.conf, shared with the Debian package), every value commented.
+    expect(out).toMatch(/would write \/etc\/sysctl\.d\/90-etd\.conf .*from systemd\/90-etd\.conf|\/etc\/sysctl\.d\/90-etd\.conf is up to date/);
+    const sysctl = fs.readFileSync(out.includes('/etc/sysctl.d/90-etd.conf is up to date') ? '/etc/sysctl.d/90-etd.conf' : path.join(ROOT, 'systemd/90-etd.conf'), 'utf8');
     const want = {
       'net.ipv4.ip_forward': '1',
       'net.ipv6.conf.all.forwarding': '1',

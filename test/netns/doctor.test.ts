@@ -1,5 +1,5 @@
 // `etd doctor` in the netns lab: all OK on a correct lab; FAIL with the right fix for a missing ip rule, src_valid_mark=1,
-// strict rp_filter, and a backend whose return route does not point at etd; `etd run` refuses to start on a critical FAIL
+// strict rp_filter, and a backend whose return route does not point at etd; intercept mode's `--probe`; `etd run` refuses to start on a critical FAIL
 // (src_valid_mark, capabilities, kernel support; strict rp_filter only warns at start).
 //
 // etd's rules are applied with the built CLI (`etd rules apply`) inside the gateway namespace;
@@ -214,6 +214,72 @@ state: { path: ":memory:" }
     expect(find(own, 'client.v4').status).toBe('FAIL');
     expect(find(own, 'return.b4').status).toBe('WARN');
   }, 60_000);
+
+  it('intercept with forward: original: the untested return path names --probe; --probe tests the named mail servers and breaks like a server', async () => {
+    const icfg = path.join(dir, 'intercept.yaml');
+    fs.writeFileSync(
+      icfg,
+      `
+listeners:
+  - { name: mx, mode: intercept }
+upstream: { source: clientip, connectTimeout: 3s, health: { enabled: false } }
+api: { enabled: false }
+cache: { enabled: false }
+state: { path: ":memory:" }
+`,
+    );
+    const [b4, b6] = [lab.v4.backends[0], lab.v6.backends[0]];
+    const key4 = `return.probe:${b4}:25`;
+    const key6 = `return.probe:[${b6}]:25`;
+    const idoctor = async (extra: readonly string[] = []) => {
+      const r = await etdCli(['doctor', '-c', icfg, '--json', ...extra]);
+      return { ...(JSON.parse(r.stdout) as Report), code: r.code };
+    };
+    // An intercepting gateway's default route leads toward the clients (the internet): the test client comes from that network.
+    await gw('ip', '-4', 'route', 'add', 'default', 'via', lab.v4.client);
+    await gw('ip', '-6', 'route', 'add', 'default', 'via', lab.v6.client);
+    await etdCli(['rules', 'remove', '-c', file]);
+    const applied = await etdCli(['rules', 'apply', '-c', icfg]);
+    expect(applied.code, applied.stdout + applied.stderr).toBe(0);
+    try {
+      const untested = await idoctor();
+      expect(find(untested, 'return')).toMatchObject({ status: 'WARN', fix: expect.stringContaining(`etd doctor -c ${icfg} --probe ADDRESS[:PORT]`) });
+      expect(find(untested, 'return').detail).toContain('forward: original');
+      expect(untested.findings.some((f) => f.id.startsWith('return.'))).toBe(false);
+
+      const probed = await idoctor(['--probe', b4, '--probe', `[${b6}]:25`]);
+      expect(probed.findings.some((f) => f.id === 'return')).toBe(false);
+      expect(find(probed, key4), JSON.stringify(probed.findings.filter((f) => f.status !== 'OK'))).toMatchObject({ status: 'OK', what: expect.stringContaining(`mail server ${b4}:25 (--probe)`) });
+      expect(find(probed, key4).detail).toMatch(/greeted "220/);
+      expect(find(probed, key6).status).toBe('OK');
+      await recorder.waitFor((e) => e.event === 'connect' && e.remoteAddress === `10.${lab.x}.1.254`, 5000);
+
+      // Break the named server's return route: the probe fails with the route through etd as the fix.
+      await lab.exec(lab.ns.backend, 'ip', ['-4', 'route', 'replace', 'default', 'via', `10.${lab.x}.2.99`]);
+      try {
+        const broken = await idoctor(['--probe', b4]);
+        expect(broken.code).toBe(1);
+        expect(find(broken, key4).status).toBe('FAIL');
+        expect(find(broken, key4).fix).toMatch(new RegExp(`^on ${b4.replaceAll('.', '\\.')}: ip route replace default via ${lab.v4.gatewayBackendSide.replaceAll('.', '\\.')}`));
+      } finally {
+        await lab.exec(lab.ns.backend, 'ip', ['-4', 'route', 'replace', 'default', 'via', lab.v4.gatewayBackendSide]);
+      }
+
+      // A malformed --probe is a usage error naming the value and the forms.
+      const bad = await etdCli(['doctor', '-c', icfg, '--probe', 'mx.example.com']);
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toContain('ETD_ERR_USAGE');
+      expect(bad.stderr).toContain('--probe mx.example.com');
+      expect(bad.stderr).toContain('[ADDRESS]:PORT');
+    } finally {
+      await etdCli(['rules', 'remove', '-c', icfg]);
+      await gw('ip', '-4', 'route', 'del', 'default');
+      await gw('ip', '-6', 'route', 'del', 'default');
+      const back = await etdCli(['rules', 'apply', '-c', file]);
+      expect(back.code, back.stdout + back.stderr).toBe(0);
+    }
+    expect(notOk(await doctor())).toEqual([]);
+  }, 90_000);
 
   it('etd run refuses to start on a critical FAIL, says why and how to fix it, and leaves no rules behind', async () => {
     await sysctl('net.ipv4.conf.all.src_valid_mark=1');

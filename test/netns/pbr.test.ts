@@ -1,5 +1,6 @@
 // Deployment picture 2 end to end: the backends' default route points at a router, not etd; the router applies
-// scripts/pbr-linux.sh (ip rule sport 25, then the nftables-mark variant) and sessions relay with the client's IP preserved.
+// scripts/pbr-linux.sh (ip rule sport 25, then the nftables-mark variant), then FRRouting's pbrd (Debian's frr, zebra + pbrd
+// started here), and sessions relay with the client's IP preserved. Also: what FRR 8.4 really installs for a src-port match.
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -8,10 +9,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPbrLab, type PbrLab } from '../../lab/pbrLab.js';
 import type { JsonLineProcess } from '../../lab/netns.js';
 import type { Finding } from '../../src/doctor/checks.js';
-import { skipPrivileged } from '../helpers/privileged.js';
+import { startFrr, frrInstalled, type FrrRouter } from '../../lab/frr.js';
+import { inCI, skipPrivileged } from '../helpers/privileged.js';
 import { CLI, runEtd, type RunningEtd } from '../helpers/cli.js';
 
 const skip = skipPrivileged('PBR router lab');
+const skipFrr = skip || !frrInstalled();
+if (!skip && skipFrr) {
+  if (inCI) throw new Error('PBR lab with FRRouting: cannot run in CI: frr is not installed (Debian: apt-get install frr). CI must install it.');
+  console.warn('SKIPPED PBR lab with FRRouting: frr is not installed (Debian: apt-get install frr)');
+}
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-pbr-'));
 const SCRIPT = path.join(__dirname, '../../scripts/pbr-linux.sh');
 let lab: PbrLab;
@@ -138,14 +145,30 @@ state: { path: ":memory:" }
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  it("the backends' default route points at the router, and without PBR their replies bypass etd", async () => {
+  it("the backends' default route points at the router, and without PBR their replies bypass etd; the doctor names the router-side fixes, not a default route on the backend", async () => {
     const route = await lab.exec(lab.ns.backend, 'ip', ['-4', 'route', 'show', 'default']);
     expect(route.stdout).toContain(`via ${lab.v4.routerBackendSide}`);
     expect(route.stdout).not.toContain(lab.v4.etd);
     const findings = await doctor();
     expect(statusOf(findings, 'return.b4')).toBe('FAIL');
     expect(statusOf(findings, 'return.b6')).toBe('FAIL');
-    expect(findings.find((f) => f.id === 'return.b4')?.fix).toContain(`pbr-linux.sh apply --etd ${lab.v4.etd}`);
+    for (const [id, etdAddr, backend, router] of [
+      ['return.b4', lab.v4.etd, `${lab.v4.backends[0]}/32`, lab.v4.routerEtdSide],
+      ['return.b6', lab.v6.etd, `${lab.v6.backends[0]}/128`, lab.v6.routerEtdSide],
+    ] as const) {
+      const f = findings.find((x) => x.id === id)!;
+      expect(f.detail).toContain(`through the router ${router}`);
+      // A default route via etd cannot work on a backend that is not on etd's subnet.
+      expect(f.fix).not.toContain('route replace default');
+      expect(f.fix).toContain(`pbr-linux.sh apply --etd ${etdAddr} --from ${backend}`);
+      expect(f.fix).toContain('--mark 0x25');
+      expect(f.fix).toContain(`FRRouting: pbr-map etd seq 10, match src-ip ${backend}, match mark 37 (0x25`);
+    }
+    // The same for a mail server named with --probe.
+    const probed = await doctor(['--probe', lab.v4.backends[1]]);
+    const p = probed.find((x) => x.id === `return.probe:${lab.v4.backends[1]}:25`)!;
+    expect(p.status).toBe('FAIL');
+    expect(p.fix).toMatch(new RegExp(`^not on ${lab.v4.backends[1].replaceAll('.', '\\.')} `));
   }, 60_000);
 
   it('ip rule sport 25 on the router: relayed with the client IP preserved (IPv4, IPv6); the doctor passes; remove restores the rules', async () => {
@@ -185,4 +208,117 @@ state: { path: ":memory:" }
     expect(await routerRules()).toEqual(before);
     expect((await lab.exec(lab.ns.router, 'nft', ['list', 'ruleset'])).stdout).toBe(nftBefore);
   }, 120_000);
+
+  describe.skipIf(skipFrr)('FRRouting pbrd on the router (Debian frr: zebra + pbrd started here)', () => {
+    // FRR 8.4 installs no port match in the kernel (see the last test): the backends' port-25 replies
+    // are marked by nftables and the pbr-map matches the mark (docs/routing.md, FRRouting).
+    const MARK = 0x25;
+    const nftTable = 'etd_frr';
+    let frr: FrrRouter | undefined;
+    const pbrdConfig = (): string => `
+pbr-map etd seq 10
+ match src-ip ${lab.v4.backendNet}
+ match mark ${MARK}
+ set nexthop ${lab.v4.etd}
+exit
+pbr-map etd seq 20
+ match src-ip ${lab.v6.backendNet}
+ match mark ${MARK}
+ set nexthop ${lab.v6.etd}
+exit
+interface ${lab.ifaces.routerToBackend}
+ pbr-policy etd
+exit
+`;
+    const markRules = (): string => `
+table inet ${nftTable} {
+  chain prerouting {
+    type filter hook prerouting priority mangle; policy accept;
+    iifname "${lab.ifaces.routerToBackend}" ip saddr ${lab.v4.backendNet} tcp sport 25 meta mark set ${MARK}
+    iifname "${lab.ifaces.routerToBackend}" ip6 saddr ${lab.v6.backendNet} tcp sport 25 meta mark set ${MARK}
+  }
+}
+`;
+    /** FRR's kernel rules (proto zebra), polled until `want` holds (bounded: 10 s). */
+    async function zebraRules(want: (r: { v4: string[]; v6: string[] }) => boolean): Promise<{ v4: string[]; v6: string[] }> {
+      const until = Date.now() + 10_000;
+      for (;;) {
+        const all = await routerRules();
+        const r = { v4: all.v4.split('\n').filter((l) => /proto zebra/.test(l)), v6: all.v6.split('\n').filter((l) => /proto zebra/.test(l)) };
+        if (want(r) || Date.now() > until) return r;
+        await new Promise((res) => setTimeout(res, 200));
+      }
+    }
+    let rulesBefore: { v4: string; v6: string };
+    let nftBefore: string;
+
+    beforeAll(async () => {
+      rulesBefore = await routerRules();
+      nftBefore = (await lab.exec(lab.ns.router, 'nft', ['list', 'ruleset'])).stdout;
+      await lab.exec(lab.ns.router, 'nft', ['-f', '-'], { input: markRules() });
+      frr = await startFrr(lab, lab.ns.router, pbrdConfig());
+    }, 60_000);
+
+    afterAll(async () => {
+      await frr?.stop();
+      await lab.exec(lab.ns.router, 'nft', ['delete', 'table', 'inet', nftTable], { allowFailure: true });
+    });
+
+    it('pbr-map with match mark: the kernel rules are FRR\'s (proto zebra, fwmark, iif), sessions relay with the client IP, the doctor passes', async () => {
+      const rules = await zebraRules((r) => r.v4.length >= 1 && r.v6.length >= 1);
+      const iif = lab.ifaces.routerToBackend;
+      expect(rules.v4, frr!.logs()).toEqual([expect.stringMatching(new RegExp(`^\\d+:\\s+from ${lab.v4.backendNet} fwmark 0x25 iif ${iif} lookup \\d+ proto zebra\\s*$`))]);
+      expect(rules.v6, frr!.logs()).toEqual([expect.stringMatching(new RegExp(`^\\d+:\\s+from ${lab.v6.backendNet.replace('/', '\\/')} fwmark 0x25 iif ${iif} lookup \\d+ proto zebra\\s*$`))]);
+      // The route behind each rule is FRR's too, to etd.
+      const table = /lookup (\d+)/.exec(rules.v4[0]!)![1]!;
+      expect((await lab.exec(lab.ns.router, 'ip', ['-4', 'route', 'show', 'table', table])).stdout).toMatch(new RegExp(`^default .*via ${lab.v4.etd.replaceAll('.', '\\.')} .*proto pbr`, 'm'));
+      const map = await frr!.vtysh('show pbr map etd');
+      expect(map).toMatch(/pbr-map etd valid: yes/);
+      expect(map.match(/Installed: yes Reason: Valid/g)).toHaveLength(2);
+
+      await expectRelayed('FRR pbr-map');
+      const findings = await doctor();
+      expect(findings.filter((f) => f.status !== 'OK').map((f) => `${f.id}: ${f.detail}`)).toEqual([]);
+      expect(statusOf(await doctor(['--client', `10.${lab.x}.1.254`]), 'return.b4')).toBe('OK');
+    }, 120_000);
+
+    it('what the kernel gets per match: src-port/dst-port are dropped while `show pbr map` says installed (the trap); dscp only within the TOS bits', async () => {
+      // Hosts and networks that do not exist, so these rules divert nothing real.
+      const x = lab.x;
+      const cases = [
+        { seq: 30, matches: [`match src-ip 10.${x}.2.99/32`, 'match ip-protocol tcp', 'match src-port 25'], key: `from 10.${x}.2.99 `, kernel: new RegExp(`from 10\\.${x}\\.2\\.99 iif ${lab.ifaces.routerToBackend} ipproto tcp lookup \\d+ proto zebra`), shown: /SRC Port Match: 25/ },
+        { seq: 40, matches: [`match dst-ip 10.${x}.99.0/24`, 'match dst-port 25'], key: `to 10.${x}.99.0/24 `, kernel: new RegExp(`from all to 10\\.${x}\\.99\\.0/24 iif ${lab.ifaces.routerToBackend} lookup \\d+ proto zebra`), shown: /DST Port Match: 25/ },
+        { seq: 50, matches: [`match src-ip 10.${x}.2.98/32`, 'match dscp 4'], key: `from 10.${x}.2.98 `, kernel: new RegExp(`from 10\\.${x}\\.2\\.98 tos 0x10 iif ${lab.ifaces.routerToBackend} lookup \\d+ proto zebra`), shown: /DSCP Match: 4/ },
+      ];
+      try {
+        for (const c of cases) await frr!.vtysh('configure terminal', `pbr-map etd seq ${c.seq}`, ...c.matches, `set nexthop ${lab.v4.etd}`);
+        await frr!.vtysh('configure terminal', 'pbr-map etd seq 60', `match src-ip 10.${x}.2.97/32`, 'match dscp 10', `set nexthop ${lab.v4.etd}`);
+        const rules = await zebraRules((r) => cases.every((c) => r.v4.some((l) => l.includes(c.key))));
+        const map = await frr!.vtysh('show pbr map etd');
+        for (const c of cases) {
+          const rule = rules.v4.find((l) => l.includes(c.key));
+          expect(rule, `seq ${c.seq}: ${frr!.logs()}`).toMatch(c.kernel);
+          expect(rule).not.toMatch(/sport|dport/);
+          const seq = map.slice(map.indexOf(`Seq: ${c.seq} `), map.indexOf(`Seq: ${c.seq + 10} `));
+          expect(seq).toMatch(c.shown);
+          expect(seq).toMatch(/Installed: yes Reason: Valid/);
+        }
+        // dscp 10 (tos 0x28) is outside the kernel's TOS bits: no kernel rule, though the reason says "Valid".
+        expect(rules.v4.some((l) => l.includes(`from 10.${x}.2.97 `))).toBe(false);
+        expect(map.slice(map.indexOf('Seq: 60 '))).toMatch(/Installed: no Reason: Valid/);
+      } finally {
+        for (const seq of [30, 40, 50, 60]) await frr!.vtysh('configure terminal', `no pbr-map etd seq ${seq}`);
+      }
+      expect((await zebraRules((r) => r.v4.length === 1)).v4).toHaveLength(1);
+    }, 60_000);
+
+    it('stopping zebra and pbrd removes their rules; the router is as before', async () => {
+      await frr!.stop();
+      const after = await zebraRules((r) => r.v4.length === 0 && r.v6.length === 0);
+      expect(after).toEqual({ v4: [], v6: [] });
+      await lab.exec(lab.ns.router, 'nft', ['delete', 'table', 'inet', nftTable]);
+      expect(await routerRules()).toEqual(rulesBefore);
+      expect((await lab.exec(lab.ns.router, 'nft', ['list', 'ruleset'])).stdout).toBe(nftBefore);
+    }, 60_000);
+  });
 });

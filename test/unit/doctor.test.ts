@@ -24,6 +24,7 @@ import {
   type ReturnProbe,
 } from '../../src/doctor/checks.js';
 import { formatFindings } from '../../src/commands/doctor.js';
+import { parseProbe } from '../../src/doctor/targets.js';
 
 // ---- fixtures: the netns lab's gateway, as the doctor sees it when everything is right --------
 
@@ -448,6 +449,40 @@ describe('evaluate', () => {
       const fs = evaluate(facts({ config: INTERCEPT, kernel: { probes: neededFeatures(INTERCEPT).map((feature) => ({ feature, ok: true })) }, returnPath: [] }));
       expect(byId(fs, 'return')).toMatchObject({ status: 'WARN', detail: expect.stringContaining('not tested') });
       expect(fs.some((f) => f.id.startsWith('client.'))).toBe(false);
+    });
+
+    it('routed server (etd reaches it through a router): the fix is the router-side PBR, never a default route on the server', () => {
+      const routed = facts({
+        routes: [{ server: 'b4', address: '10.9.5.10', port: 25, family: 4, dev: 'veth-gb', prefsrc: '10.9.2.1', gateway: '10.9.2.254' }],
+        returnPath: [{ ...probe('b4', 'timeout'), address: '10.9.5.10' }],
+      });
+      const f = byId(evaluate(routed), 'return.b4');
+      expect(f.status).toBe('FAIL');
+      expect(f.detail).toContain('through the router 10.9.2.254');
+      expect(f.fix).not.toContain('route replace default');
+      expect(f.fix).toMatch(/^not on b4 .*router 10\.9\.2\.254/);
+      expect(f.fix).toContain('scripts/pbr-linux.sh apply --etd 10.9.2.1 --from 10.9.5.10/32');
+      expect(f.fix).toContain('--mark 0x25');
+      expect(f.fix).toContain('FRRouting: pbr-map etd seq 10, match src-ip 10.9.5.10/32, match mark 37 (0x25');
+      expect(f.fix).toContain('set nexthop 10.9.2.1');
+    });
+
+    it('intercept with forward: original: the untested return path names --probe; with probes they are tested instead', () => {
+      const config = INTERCEPT;
+      const kernel = { probes: neededFeatures(config).map((feature) => ({ feature, ok: true })) };
+      const untested = byId(evaluate(facts({ config, kernel, returnPath: [] })), 'return');
+      expect(untested).toMatchObject({ status: 'WARN' });
+      expect(untested.detail).toContain('forward: original');
+      expect(untested.fix).toBe('etd doctor -c /etc/etd/etd.yaml --probe ADDRESS[:PORT]   (repeatable: each mail server whose port-25 traffic etd intercepts)');
+
+      const mx = parseProbe('10.9.2.10');
+      const probed = facts({ config, kernel, probes: [mx] });
+      expect(planReturnPath(probed)).toEqual([{ ...mx, source: '10.9.1.254' }]);
+      const fs = evaluate({ ...probed, returnPath: [{ ...mx, source: '10.9.1.254', outcome: 'connected', ms: 2 }] });
+      expect(fs.some((x) => x.id === 'return')).toBe(false);
+      expect(byId(fs, 'return.probe:10.9.2.10:25')).toMatchObject({ status: 'OK', what: expect.stringContaining('mail server 10.9.2.10:25 (--probe)') });
+      const timedOut = evaluate({ ...probed, returnPath: [{ ...mx, source: '10.9.1.254', outcome: 'timeout', ms: 3000 }] });
+      expect(byId(timedOut, 'return.probe:10.9.2.10:25').fix).toMatch(/^on 10\.9\.2\.10: ip route replace default/);
     });
 
     it('unreachable and other errors FAIL with the error text', () => {

@@ -3,7 +3,7 @@
 // usage: node scripts/package.mjs [--out DIR]        (npm run package builds first)
 //
 // What goes where (docs/packaging.md explains each choice and the lintian warnings left):
-//   /usr/lib/etd/            package.json, the compiled CLI tree, production node_modules, the addon
+//   /usr/lib/etd/            package.json, the compiled CLI tree, the dashboard (dist/ui), production node_modules, the addon
 //   /usr/bin/etd             a wrapper that runs the system node on the CLI
 //   /lib/systemd/system/etd.service   systemd/etd.service with the package's paths
 //   /etc/etd/etd.yaml        config/etd.example.yaml, a conffile (an upgrade never overwrites an edit)
@@ -153,7 +153,7 @@ export async function build(outDir) {
   const cliPath = pkg.bin.etd.replace(/^\.\//, '');
   const cliTree = path.dirname(cliPath); // dist/src: the agent (bench/ and lab/ are built beside it, not shipped)
   const addon = 'native/build/Release/etd_transparent.node';
-  for (const need of [cliPath, addon, 'node_modules']) {
+  for (const need of [cliPath, addon, 'dist/ui/index.html', 'node_modules']) {
     if (!fs.existsSync(path.join(ROOT, need))) fail(`${need} is missing: this is not a built checkout`, 'npm ci && npm run build (npm run package does both)');
   }
   const version = packageVersion();
@@ -164,6 +164,8 @@ export async function build(outDir) {
     write(path.join(lib, 'package.json'), `${JSON.stringify({ name: pkg.name, version, type: pkg.type, bin: pkg.bin, dependencies: pkg.dependencies }, null, 2)}\n`);
     copyTree(path.join(ROOT, cliTree), path.join(lib, cliTree), (rel) => /\.(d\.ts|map)$/.test(rel));
     copyTree(path.join(ROOT, addon), path.join(lib, addon));
+    // The dashboard (GET /ui/): its files are built by npm run build; uPlot is bundled into them.
+    copyTree(path.join(ROOT, 'dist/ui'), path.join(lib, 'dist/ui'));
     for (const mod of productionModules()) {
       copyTree(path.join(ROOT, mod), path.join(lib, mod), (rel) => rel !== mod && (rel.startsWith(`${mod}/node_modules/`) || rel === `${mod}/node_modules` || PRUNE.some((re) => re.test(rel))));
     }

@@ -130,6 +130,8 @@ describe.skipIf(skip)('the Debian package (npm run package), installed on this m
       '/usr/lib/etd/native/build/Release/etd_transparent.node',
       '/usr/lib/etd/node_modules/better-sqlite3/build/Release/better_sqlite3.node',
       '/usr/lib/etd/node_modules/fastify/package.json',
+      '/usr/lib/etd/dist/ui/index.html',
+      '/usr/lib/etd/dist/ui/app.js',
       '/lib/systemd/system/etd.service',
       '/etc/etd/etd.yaml',
       '/usr/lib/sysctl.d/90-etd.conf',
@@ -140,7 +142,7 @@ describe.skipIf(skip)('the Debian package (npm run package), installed on this m
       expect(files, f).toContain(f);
     }
     // Production modules only.
-    for (const dev of ['vitest', 'typescript', 'nodemailer', 'smtp-server']) expect(files.some((f) => f.startsWith(`/usr/lib/etd/node_modules/${dev}/`)), dev).toBe(false);
+    for (const dev of ['vitest', 'typescript', 'nodemailer', 'smtp-server', 'esbuild', 'playwright-core', 'uplot']) expect(files.some((f) => f.startsWith(`/usr/lib/etd/node_modules/${dev}/`)), dev).toBe(false);
     expect((await run('dpkg-deb', ['-f', deb, 'Package'])).stdout.trim()).toBe('etd');
     const conffiles = execFileSync('dpkg-deb', ['--info', deb, 'conffiles'], { encoding: 'utf8' });
     expect(conffiles.trim()).toBe('/etc/etd/etd.yaml');
@@ -206,6 +208,10 @@ describe.skipIf(skip)('the Debian package (npm run package), installed on this m
       const status = (await (await fetch(`http://127.0.0.1:${apiPort}/v1/status`)).json()) as { version: string; listeners: Array<{ name: string }> };
       expect(status.version).toBe(version);
       expect(status.listeners.map((l) => l.name)).toEqual(['p']);
+      // The dashboard ships in the package (no CDN, no build on the appliance).
+      const ui = await fetch(`http://127.0.0.1:${apiPort}/ui/app.js`);
+      expect(ui.status).toBe(200);
+      expect((await ui.text()).length).toBeGreaterThan(10_000);
       expect(fs.existsSync('/var/lib/etd/state.db')).toBe(true);
     } finally {
       if (child.pid !== undefined && child.exitCode === null) process.kill(child.pid, 'SIGTERM');

@@ -7,9 +7,8 @@
 // ends the run, with whatever was measured, before the 10 minutes are up. Every child process
 // is spawned through the lab, which kills it by pid, and the lab is always destroyed.
 
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import { CLI, SMTP_SINK, SMTP_SOURCE, createBenchLab, type BenchLab } from './benchLab.js';
+import { createBenchLab, missingPrerequisites, type BenchLab } from './benchLab.js';
 import { OutOfTime, type BenchContext } from './context.js';
 import { loadNow, machineInfo } from './machine.js';
 import { USAGE, parseOptions, type BenchOptions, type ScenarioName } from './options.js';
@@ -26,30 +25,6 @@ const TEARDOWN_MS = 25_000;
 const say = (line: string): void => {
   process.stderr.write(`${line}\n`);
 };
-
-function missingPrerequisites(etdCli: string): string[] {
-  const problems: string[] = [];
-  if (process.getuid?.() !== 0) problems.push('not running as root: the benchmark builds network namespaces and runs transparent proxies');
-  const need: Array<[string, string[], string]> = [
-    ['ip', ['-V'], 'iproute2'],
-    ['nft', ['--version'], 'nftables'],
-    ['ss', ['-V'], 'iproute2'],
-    ['haproxy', ['-v'], 'haproxy'],
-    [SMTP_SOURCE, [], 'postfix'],
-    [SMTP_SINK, [], 'postfix'],
-    ['sysctl', ['-V'], 'procps'],
-  ];
-  for (const [file, args, pkg] of need) {
-    try {
-      execFileSync(file, args, { stdio: 'ignore', timeout: 5000 });
-    } catch (e) {
-      // smtp-source/smtp-sink print their usage and exit non-zero: only "not found" counts.
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') problems.push(`${file} not found (Debian package ${pkg})`);
-    }
-  }
-  for (const file of new Set([CLI, etdCli])) if (!fs.existsSync(file)) problems.push(`${file} is missing: run npm run build`);
-  return problems;
-}
 
 function settings(o: BenchOptions): Record<string, unknown> {
   return {
@@ -79,7 +54,7 @@ async function main(): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
-  const missing = missingPrerequisites(opts.etdCli);
+  const missing = missingPrerequisites(opts.etdCli, { haproxy: true });
   if (missing.length) {
     process.stderr.write(`bench: cannot run:\n${missing.map((m) => `  - ${m}`).join('\n')}\n`);
     return 2;

@@ -6,7 +6,7 @@
 // `usesrc clientip` sockets get their return traffic exactly like etd's. Every process is
 // spawned through the lab, which tracks it and kills it by pid on destroy.
 
-import type { ChildProcess, SpawnOptions } from 'node:child_process';
+import { execFileSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -53,6 +53,31 @@ upstream:
 api: { enabled: false }
 state: { path: ":memory:" }
 `;
+}
+
+/** What keeps the benchmark from running here (not root, a tool or the build missing); empty when nothing. HAProxy only when it is measured. */
+export function missingPrerequisites(etdCli: string, want: { haproxy: boolean }): string[] {
+  const problems: string[] = [];
+  if (process.getuid?.() !== 0) problems.push('not running as root: the benchmark builds network namespaces and runs transparent proxies');
+  const need: Array<[string, string[], string]> = [
+    ['ip', ['-V'], 'iproute2'],
+    ['nft', ['--version'], 'nftables'],
+    ['ss', ['-V'], 'iproute2'],
+    ...(want.haproxy ? [['haproxy', ['-v'], 'haproxy'] as [string, string[], string]] : []),
+    [SMTP_SOURCE, [], 'postfix'],
+    [SMTP_SINK, [], 'postfix'],
+    ['sysctl', ['-V'], 'procps'],
+  ];
+  for (const [file, args, pkg] of need) {
+    try {
+      execFileSync(file, args, { stdio: 'ignore', timeout: 5000 });
+    } catch (e) {
+      // smtp-source/smtp-sink print their usage and exit non-zero: only "not found" counts.
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') problems.push(`${file} not found (Debian package ${pkg})`);
+    }
+  }
+  for (const file of new Set([CLI, etdCli])) if (!fs.existsSync(file)) problems.push(`${file} is missing: run npm run build`);
+  return problems;
 }
 
 /** Polls until `ss` shows a TCP listener on address:port in `ns`. */

@@ -12,6 +12,7 @@ import type { ProxySpec, RunningProxy } from './proxy.js';
  * 5 s connect timeout, 5 min idle timeouts, one log line per session. Limits are raised so
  * they never interfere; the caches are off except where the scenario is about them.
  * netfilter.manage is false because the lab applied the same rules once for both proxies.
+ * The management API is off unless the spec names a unix socket for it (the endurance run).
  */
 export function etdConfig(bl: BenchLab, spec: ProxySpec, port: number): string {
   return `listeners:
@@ -29,7 +30,7 @@ timeouts: { client: 5m, server: 5m, shutdownGrace: 2s }
 limits: { maxConnections: 1000000, maxHeld: 1000000, perClient: 0 }
 cache: { enabled: ${spec.cache === true} }
 netfilter: { manage: false }
-api: { enabled: false }
+api: ${spec.apiSocket ? `{ enabled: true, address: ${JSON.stringify(spec.apiSocket)} }` : '{ enabled: false }'}
 state: { path: ":memory:" }
 log: { level: info }
 `;

@@ -21,6 +21,8 @@ export interface ProxySpec {
   readonly cache?: boolean;
   /** etd only: extra node flags (--cpu-prof, --heapsnapshot-signal). */
   readonly nodeArgs?: readonly string[];
+  /** etd only: serve the management API on this unix socket (reachable from the host namespace); off when absent. */
+  readonly apiSocket?: string;
   /** Working directory of the process (where heap snapshots land). */
   readonly cwd?: string;
   /** Distinguishes the config and log files of several runs. */

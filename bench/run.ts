@@ -7,9 +7,8 @@
 // ends the run, with whatever was measured, before the 10 minutes are up. Every child process
 // is spawned through the lab, which kills it by pid, and the lab is always destroyed.
 
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import { CLI, SMTP_SINK, SMTP_SOURCE, createBenchLab, type BenchLab } from './benchLab.js';
+import { createBenchLab, missingPrerequisites, type BenchLab } from './benchLab.js';
 import { OutOfTime, type BenchContext } from './context.js';
 import { loadNow, machineInfo } from './machine.js';
 import { USAGE, parseOptions, type BenchOptions, type ScenarioName } from './options.js';
@@ -26,30 +25,6 @@ const TEARDOWN_MS = 25_000;
 const say = (line: string): void => {
   process.stderr.write(`${line}\n`);
 };
-
-function missingPrerequisites(etdCli: string): string[] {
-  const problems: string[] = [];
-  if (process.getuid?.() !== 0) problems.push('not running as root: the benchmark builds network namespaces and runs transparent proxies');
-  const need: Array<[string, string[], string]> = [
-    ['ip', ['-V'], 'iproute2'],
-    ['nft', ['--version'], 'nftables'],
-    ['ss', ['-V'], 'iproute2'],
-    ['haproxy', ['-v'], 'haproxy'],
-    [SMTP_SOURCE, [], 'postfix'],
-    [SMTP_SINK, [], 'postfix'],
-    ['sysctl', ['-V'], 'procps'],
-  ];
-  for (const [file, args, pkg] of need) {
-    try {
-      execFileSync(file, args, { stdio: 'ignore', timeout: 5000 });
-    } catch (e) {
-      // smtp-source/smtp-sink print their usage and exit non-zero: only "not found" counts.
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') problems.push(`${file} not found (Debian package ${pkg})`);
-    }
-  }
-  for (const file of new Set([CLI, etdCli])) if (!fs.existsSync(file)) problems.push(`${file} is missing: run npm run build`);
-  return problems;
-}
 
 function settings(o: BenchOptions): Record<string, unknown> {
   return {
@@ -79,7 +54,7 @@ async function main(): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
-  const missing = missingPrerequisites(opts.etdCli);
+  const missing = missingPrerequisites(opts.etdCli, { haproxy: true });
   if (missing.length) {
     process.stderr.write(`bench: cannot run:\n${missing.map((m) => `  - ${m}`).join('\n')}\n`);
     return 2;
@@ -105,11 +80,10 @@ async function main(): Promise<number> {
     problems: [],
   };
   let bl: BenchLab | undefined;
-  let finished = false;
+  let finishing: Promise<void> | undefined;
 
-  const finish = async (complete: boolean): Promise<void> => {
-    if (finished) return;
-    finished = true;
+  // Once: every later call gets the first one's promise, so whoever exits waits for the teardown.
+  const finish = (complete: boolean): Promise<void> => (finishing ??= (async () => {
     result.complete = complete;
     result.durationS = Math.round((Date.now() - started) / 1000);
     result.machine.loadEnd = loadNow();
@@ -122,10 +96,12 @@ async function main(): Promise<number> {
     process.stdout.write(`\nJSON: ${o.json}\n`);
     say('tearing down the lab …');
     await bl?.destroy();
-  };
+  })());
 
   // The hard stop: whatever is still running, report what was measured and tear down in time.
   const hardStop = (why: string, code: number): void => {
+    // Once: a second signal, or one during the normal finish, must not cut the teardown short.
+    if (finishing) return;
     result.problems.push(why);
     const force = setTimeout(() => process.exit(code), TEARDOWN_MS - 5000);
     void finish(false).finally(() => {
@@ -134,7 +110,8 @@ async function main(): Promise<number> {
     });
   };
   const killer = setTimeout(() => hardStop(`hard deadline: the run was stopped ${TEARDOWN_MS / 1000} s before its ${o.deadlineMs / 60_000}-minute limit`, 3), o.deadlineMs - TEARDOWN_MS + 5000);
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => hardStop(`stopped by ${sig}`, 130));
+  // `on`, not `once`: the lab's own handler re-raises the signal (ending the process before the teardown) when no other listener is left.
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => hardStop(`stopped by ${sig}`, 130));
 
   const left = (): number => hardDeadline - TEARDOWN_MS - Date.now();
   try {
@@ -143,7 +120,7 @@ async function main(): Promise<number> {
     const ctx: BenchContext = { bl, opts: o, say, left };
 
     const attempt = async <T>(what: string, f: () => Promise<T>): Promise<T | undefined> => {
-      if (finished) return undefined;
+      if (finishing) return undefined;
       const t0 = Date.now();
       say(`${what} …`);
       try {
@@ -198,7 +175,7 @@ async function main(): Promise<number> {
     result.problems.push(`lab: ${e instanceof Error ? e.message : String(e)}`);
   } finally {
     clearTimeout(killer);
-    // After a hard stop this returns at once: that stop already reported, as incomplete.
+    // After a hard stop this waits for that stop's teardown: it already reported, as incomplete.
     await finish(true);
   }
   return result.figures.some((f) => f.etd !== null) ? 0 : 1;

@@ -72,7 +72,7 @@ export async function runCpuProfile(ctx: BenchContext, dir: string): Promise<Cpu
   const before = new Set(fs.readdirSync(dir));
   const proxy = await startProxy('etd', ctx, { windowMs: ctx.opts.windowMs, tag: 'cpuprof', nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir] });
   try {
-    await probe(ctx, proxy);
+    await probe(ctx.bl, proxy);
     const r = await runSmtpSource(
       ctx.bl,
       { host: proxy.address, port: proxy.port, parallel: ctx.opts.sessions.parallel, messages: sessions, size: ctx.opts.sessions.size, keepConnections: false },

@@ -49,7 +49,7 @@ export async function runReturning(ctx: BenchContext, kind: ProxyKind, direct: D
   ensureTime(ctx, `returning ${kind}`, 10_000 + windowMs + slowBudgetMs);
   const proxy = await startProxy(kind, ctx, { windowMs, cache: true, tag: 'returning' });
   try {
-    await probe(ctx, proxy);
+    await probe(ctx.bl, proxy);
     const first = await runBannerClient(bl, { host: proxy.address, port: proxy.port, sources, rounds: 1, parallel: true, timeoutMs: windowMs + 10_000 }, windowMs + 20_000);
     if (first.samples.length === 0) throw new Error(`no first visit through ${kind} got a greeting: ${first.errors.join('; ')}`);
     const again = await runBannerClient(

@@ -6,6 +6,7 @@
 // per connection and the figure is the byte throughput: MB/s (10^6 bytes of payload) and CPU
 // ms per MB. Before the timed run one probe connection must get a greeting through the proxy.
 
+import type { BenchLab } from '../benchLab.js';
 import { ensureTime, type BenchContext } from '../context.js';
 import { runBannerClient, runSmtpSource, type SmtpSourceResult } from '../load.js';
 import { sessionEndings } from '../logSummary.js';
@@ -45,10 +46,10 @@ export interface RelayFigures {
 }
 
 /** One connection through the proxy must get its greeting (backends up, rules in place). */
-export async function probe(ctx: BenchContext, proxy: RunningProxy): Promise<void> {
+export async function probe(bl: BenchLab, proxy: RunningProxy): Promise<void> {
   const r = await runBannerClient(
-    ctx.bl,
-    { host: proxy.address, port: proxy.port, sources: [ctx.bl.lab.v4.client], rounds: 1, parallel: false, timeoutMs: 10_000 },
+    bl,
+    { host: proxy.address, port: proxy.port, sources: [bl.lab.v4.client], rounds: 1, parallel: false, timeoutMs: 10_000 },
     15_000,
   );
   if (r.samples.length !== 1) throw new Error(`probe through ${proxy.kind} got no greeting: ${r.errors.join('; ')}`);
@@ -63,7 +64,7 @@ async function measured(
   const proxy = await startProxy(kind, ctx, { windowMs: ctx.opts.windowMs, tag });
   let stopped = false;
   try {
-    await probe(ctx, proxy);
+    await probe(ctx.bl, proxy);
     const s0 = cpuSplitMs(proxy.pid);
     const c0 = cpuMs(proxy.pid);
     const r = await run(proxy);

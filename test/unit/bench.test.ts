@@ -1,4 +1,4 @@
-// The benchmark's pure parts: statistics, the split of held connections, profile summaries, figures with ratios and targets, options.
+// The benchmark's pure parts: statistics, the split of held connections, profile summaries, figures with ratios and targets, options, the endurance verdict.
 
 import { describe, expect, it } from 'vitest';
 import { distribution, linearFit } from '../../bench/procfs.js';
@@ -7,6 +7,7 @@ import { heapCensus, perConnection, summariseCpuProfile, moduleOf, type CpuProfi
 import { computeFigures, num, table, type BenchResult } from '../../bench/report.js';
 import { parseOptions } from '../../bench/options.js';
 import { sessionEndings } from '../../bench/logSummary.js';
+import { DEFAULT_RULES, heapUsedFromMetrics, judge, sampleLine, type EnduranceRun, type Sample } from '../../bench/flatness.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -139,5 +140,66 @@ describe('options', () => {
     expect(parseOptions(['--deadline', '9999'])?.deadlineMs).toBe(600_000);
     expect(() => parseOptions(['--only', 'nope'])).toThrow(/unknown scenario nope/);
     expect(parseOptions(['--help'])).toBeUndefined();
+  });
+});
+
+describe('endurance verdict', () => {
+  const MiB = 1024 * 1024;
+  const rules = { ...DEFAULT_RULES, warmupMs: 60_000 };
+  /** A 10-minute run sampled every 30 s at 1,000 sessions/s with 400 live connections, then the idle sample. */
+  const samples = (rssMiB: (i: number) => number, deadlines: (i: number) => number = () => 1000): Sample[] => [
+    ...Array.from({ length: 21 }, (_, i): Sample => ({
+      atMs: i * 30_000,
+      phase: i === 0 ? 'start' : 'load',
+      sessions: i * 30_000,
+      perS: i ? 1000 : 0,
+      rssBytes: rssMiB(i) * MiB,
+      connections: i ? 400 : 0,
+      fds: i ? 802 : 1,
+      deadlines: i ? deadlines(i) : 0,
+      bufferedBytes: 0,
+      heapUsedBytes: 20 * MiB,
+    })),
+    { atMs: 603_000, phase: 'end', sessions: 600_001, perS: 0, rssBytes: rssMiB(21) * MiB, connections: 0, fds: 1, deadlines: 0, bufferedBytes: 0, heapUsedBytes: undefined },
+  ];
+  const run = (s: Sample[], extra: Partial<EnduranceRun> = {}): EnduranceRun => ({ samples: s, messages: 600_000, rounds: 20, sourceProblems: 0, aborted: undefined, ...extra });
+
+  it('passes flat RSS after warm-up (a large warm-up step does not count) and bounded engine counts', () => {
+    const v = judge(run(samples((i) => (i < 2 ? 40 + i * 30 : 80 + (i % 3)))), rules);
+    expect(v.problems).toEqual([]);
+    expect(v.ok).toBe(true);
+    expect(v.findings[0]).toMatch(/^ok {3}RSS flat: last third's max 82\.0 MB vs first third's 82\.0 MB after 60 s warm-up/);
+    expect(v.findings.join('\n')).toMatch(/deadlines ≤ 3 × connections \+ 4 in every sample \(most: 1000 with 400 connections; last: 0 with 0\)/);
+  });
+
+  it('fails RSS that keeps growing, and allows 8 MiB or 10 %, whichever is larger', () => {
+    expect(judge(run(samples((i) => 60 + i)), rules).problems[0]).toMatch(/^RSS flat: last third's max 81\.0 MB vs first third's 68\.0 MB/);
+    expect(judge(run(samples((i) => (i < 15 ? 60 : 67.9))), rules).ok).toBe(true);
+    expect(judge(run(samples((i) => (i < 15 ? 60 : 68.1))), rules).ok).toBe(false);
+    expect(judge(run(samples((i) => (i < 15 ? 200 : 219))), rules).ok).toBe(true);
+    expect(judge(run(samples((i) => (i < 15 ? 200 : 221))), rules).ok).toBe(false);
+  });
+
+  it('fails deadlines that grow with the sessions instead of the live connections (the defect of issue 13)', () => {
+    const v = judge(run(samples(() => 80, (i) => i * 60_000)), rules);
+    expect(v.ok).toBe(false);
+    expect(v.problems).toEqual([expect.stringMatching(/^deadlines ≤ 3 × connections \+ 4 in every sample \(most: 1200000 with 400 connections.*over the bound in 20 of 22$/)]);
+  });
+
+  it('fails on smtp-source problems, missing sessions, an aborted run and too few samples', () => {
+    const flat = samples(() => 80);
+    expect(judge(run(flat, { sourceProblems: 3 }), rules).problems).toEqual(['smtp-source problems: 3']);
+    expect(judge(run(flat, { messages: 700_000 }), rules).problems).toEqual([expect.stringMatching(/^sessions: etd passed 600,001, smtp-source sent 700,000/)]);
+    expect(judge(run(flat, { aborted: 'etd died' }), rules).problems).toEqual(['run: etd died']);
+    expect(judge(run(flat.slice(0, 2)), rules).problems[0]).toMatch(/^RSS: 0 sample\(s\) after the 60 s warm-up/);
+    expect(judge(run([]), rules).ok).toBe(false);
+  });
+
+  it('prints one line per sample and reads the heap from /metrics', () => {
+    const s = samples(() => 80)[3] as Sample;
+    expect(sampleLine(s)).toBe('[01:30] load  sessions    90,000 (1,000/s) | rss  80.0 MB | engine conns  400 fds  802 deadlines  1000 buffered 0 KiB | heap 20.0 MB');
+    expect(heapUsedFromMetrics('# HELP x\nnodejs_heap_size_used_bytes 21495808\nnodejs_heap_size_total_bytes 3e7\n')).toBe(21_495_808);
+    expect(heapUsedFromMetrics('nodejs_heap_size_used_bytes{app="etd"} 1.5e+7\n')).toBe(15_000_000);
+    expect(heapUsedFromMetrics('')).toBeUndefined();
   });
 });

@@ -39,6 +39,19 @@ type Admission =
   | { readonly deny: 'access_deny' | 'deny_cache' }
   | { readonly skip: 'allowlist' | 'pass_cache' | undefined };
 
+// Every answer admission can give, made once (admission runs for every connection).
+const BUSY = '421 4.7.0 Too many connections, try again later';
+const ADMIT = {
+  maxConnections: { refuse: 'max_connections', reply: BUSY },
+  maxHeld: { refuse: 'max_held', reply: BUSY },
+  perClient: { refuse: 'per_client', reply: '421 4.7.0 Too many connections from your address' },
+  accessDeny: { deny: 'access_deny' },
+  denyCache: { deny: 'deny_cache' },
+  allowlist: { skip: 'allowlist' },
+  passCache: { skip: 'pass_cache' },
+  window: { skip: undefined },
+} as const satisfies Record<string, Admission>;
+
 /** Hooks for parts that observe sessions (API event ring, metrics); all optional. */
 export interface AppObserver {
   sessionEnded?(summary: SessionSummary): void;
@@ -189,44 +202,45 @@ export class App {
   /** Limits first, then the allow/deny lists, then the caches: a listed client never waits or is always refused. */
   private admit(address: string): Admission {
     const limits = this.config.limits;
-    if (this.sessions.size >= limits.maxConnections) return { refuse: 'max_connections', reply: '421 4.7.0 Too many connections, try again later' };
-    if (this.stats.held >= limits.maxHeld) return { refuse: 'max_held', reply: '421 4.7.0 Too many connections, try again later' };
-    if (limits.perClient > 0 && (this.perClient.get(address) ?? 0) >= limits.perClient) {
-      return { refuse: 'per_client', reply: '421 4.7.0 Too many connections from your address' };
-    }
+    if (this.sessions.size >= limits.maxConnections) return ADMIT.maxConnections;
+    if (this.stats.held >= limits.maxHeld) return ADMIT.maxHeld;
+    if (limits.perClient > 0 && (this.perClient.get(address) ?? 0) >= limits.perClient) return ADMIT.perClient;
     const listed = this.access.match(address);
-    if (listed?.list === 'deny') return { deny: 'access_deny' };
-    if (listed) return { skip: 'allowlist' };
+    if (listed?.list === 'deny') return ADMIT.accessDeny;
+    if (listed) return ADMIT.allowlist;
     const cached = this.cache.lookup(address);
-    if (cached === 'deny') return { deny: 'deny_cache' };
-    return { skip: cached === 'pass' ? 'pass_cache' : undefined };
+    if (cached === 'deny') return ADMIT.denyCache;
+    return cached === 'pass' ? ADMIT.passCache : ADMIT.window;
   }
 
   /** A connection the engine accepted: admission decides, then a session or an answer at once. */
   private accept(conn: NativeAccept, ctx: SessionContext): void {
-    const engine = this.engine!.engine;
-    // A reply at accept lingers by the listener's policy (replyLingerMs).
-    const answer = (text: string): number => engine.reply(conn.eid, { text, profile: this.engine!.profile(ctx.policy.profile) });
     this.stats.accepted++;
     if (this.stopping) {
       // Arrived while etd stops (still in the accept queue): the same polite 421 as a held client.
-      const sent = answer(`${SHUTDOWN_REPLY}\r\n`);
+      const sent = this.answer(conn, ctx, `${SHUTDOWN_REPLY}\r\n`);
       this.endedAtAccept(ctx, conn, 'shutdown', 'shutdown', sent);
       return;
     }
     const a = this.admit(conn.peerAddress);
     if ('refuse' in a) {
-      const sent = answer(`${a.reply}\r\n`);
+      const sent = this.answer(conn, ctx, `${a.reply}\r\n`);
       this.stats.limits[a.refuse]++;
       this.endedAtAccept(ctx, conn, 'limit', a.refuse, sent);
     } else if ('deny' in a) {
       let sent = 0;
-      if (this.config.access.denyAction === 'drop') engine.drop(conn.eid);
-      else sent = answer(`${this.config.access.denyReply}\r\n`);
+      if (this.config.access.denyAction === 'drop') this.engine!.engine.drop(conn.eid);
+      else sent = this.answer(conn, ctx, `${this.config.access.denyReply}\r\n`);
       this.endedAtAccept(ctx, conn, 'denied', a.deny, sent);
     } else {
       new Session(this.engine!, conn, ctx, a.skip).begin();
     }
+  }
+
+  /** A reply at accept, lingering by the listener's policy (replyLingerMs); the bytes written. */
+  private answer(conn: NativeAccept, ctx: SessionContext, text: string): number {
+    const driver = this.engine!;
+    return driver.engine.reply(conn.eid, { text, profile: driver.profile(ctx.policy.profile) });
   }
 
   /** A connection answered at accept, before any session existed: its summary line (`sent`: the reply's bytes, -1 none). */

@@ -347,7 +347,7 @@ bool Engine::Hold(Napi::Env env, uint64_t id, uint32_t window_ms, std::shared_pt
 bool Engine::Connect(Napi::Env env, uint64_t id, const ConnectSpec& spec, bool* done) {
   *done = false;
   Conn* c = Find(id);
-  if (c == nullptr || (c->st != St::New && c->st != St::Waiting)) return true;
+  if (c == nullptr || (c->st != St::New && c->st != St::Held && c->st != St::Waiting)) return true;
   const int family = spec.family;
   const std::string& target = spec.address;
   const int port = spec.port;

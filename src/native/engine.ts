@@ -35,7 +35,7 @@ export interface Engine {
   unlisten(listenerId: number): void;
   /** State `new` only: holds the client silently for windowMs; writes profile.teaser (if any) at once. */
   hold(id: number, h: P.EngineHold): boolean;
-  /** States `new`/`waiting`: connects upstream, writes the preamble, reads the greeting. Sync failures throw TransparentSyscallError. */
+  /** States `new`/`held`/`waiting` (`held`: ends the window early): connects upstream, writes the preamble, reads the greeting. Sync failures throw TransparentSyscallError. */
   connect(id: number, c: P.EngineConnect): boolean;
   /** Any state before the relay: the final reply (or `first`, then the reply after the client's first line). Bytes written at once, or -1. */
   reply(id: number, r: P.EngineReply): number;

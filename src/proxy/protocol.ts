@@ -166,6 +166,8 @@ export interface SessionSummary {
   readonly greeting?: string;
   /** Why the window was skipped: allow list or pass cache. */
   readonly skipped?: string;
+  /** Why the window ended early (decided during the hold). */
+  readonly released?: string;
   readonly connectMs?: number;
   readonly attempts: number;
   readonly heldMs: number;

@@ -45,6 +45,8 @@ export interface SummaryFacts {
   readonly greeting?: string;
   readonly connectMs?: number;
   readonly skipped?: string;
+  /** The window ended early, decided during the hold (an allowlisting score, a cluster peer's pass). */
+  readonly released?: string;
   readonly heldMs: number;
   /** performance.now() at accept; undefined for a connection answered at once. */
   readonly started?: number;
@@ -68,6 +70,7 @@ export function summaryOf(f: SummaryFacts): SessionSummary {
     ...(f.greeting ? { greeting: f.greeting } : {}),
     ...(f.connectMs !== undefined ? { connectMs: f.connectMs } : {}),
     ...(f.skipped ? { skipped: f.skipped } : {}),
+    ...(f.released ? { released: f.released } : {}),
     attempts: a?.count ?? 0,
     heldMs: Math.round(f.heldMs),
     durationMs: f.started === undefined ? 0 : Math.round(performance.now() - f.started),
@@ -87,6 +90,7 @@ interface Outcome {
   evidence?: Buffer;
   greeting?: string;
   connectMs?: number;
+  released?: string;
 }
 
 /**
@@ -175,13 +179,16 @@ export class Session implements LiveSession, EngineSession {
   /**
    * Starts the window (or connects at once: allow list, pass cache, zero window). Called right
    * after admission: whatever throws here ends the session, so no slot is kept by a ghost.
+   * `holdMs` holds this long instead, even a client that skips the window (a returning sender
+   * whose lookups are still out is held only as long as they may take).
    */
-  begin(): void {
+  begin(holdMs?: number): void {
     this.engine.attach(this.eid, this);
     this.ctx.sessionStarted(this);
     try {
-      if (!this.skipped && this.policy.windowMs > 0) {
-        if (!this.engine.engine.hold(this.eid, { windowMs: this.policy.windowMs, profile: this.profile })) this.lost();
+      const windowMs = holdMs ?? (this.skipped ? 0 : this.policy.windowMs);
+      if (windowMs > 0) {
+        if (!this.engine.engine.hold(this.eid, { windowMs, profile: this.profile })) this.lost();
         else this.teased = this.policy.teaser !== undefined;
       } else this.connectNext();
     } catch (err) {
@@ -202,6 +209,43 @@ export class Session implements LiveSession, EngineSession {
     // action log: recorded; the engine keeps holding and forwards the bytes after the greeting.
     if (this.policy.action === 'log') return;
     this.finish('early_talker', earlyTalkCause(this.policy.action));
+  }
+
+  /** True while the client is silently held (the window runs): `release` and `refuse` act only then. */
+  get holding(): boolean {
+    return this.state === 'held' && !this.talked;
+  }
+
+  /**
+   * Ends the window early and connects now: something learnt during the hold vouches for the
+   * client (an allowlisting score, a cluster peer that saw it pass). `reason` goes to the summary
+   * as `released`. No-op unless the client is still silently held.
+   */
+  release(reason: string): void {
+    if (!this.holding) return;
+    this.endHold();
+    (this.outcome ??= {}).released = reason;
+    try {
+      this.connectNext();
+    } catch (err) {
+      this.engineFailed(err);
+    }
+  }
+
+  /**
+   * Turns a held client away instead of connecting it (a blocklist score, a cluster peer's
+   * deny): `drop` resets the connection, otherwise `reply` (one SMTP reply, no CRLF) is sent.
+   * No-op unless the client is still silently held.
+   */
+  refuse(verdict: Verdict, cause: string, how: { readonly drop: true } | { readonly reply: string }): void {
+    if (!this.holding) return;
+    this.endHold();
+    if ('reply' in how) {
+      this.replyAndFinish({ text: `${how.reply}\r\n` }, verdict, cause);
+      return;
+    }
+    this.finish(verdict, cause);
+    this.engine.engine.drop(this.eid);
   }
 
   gone(cause: string): void {
@@ -375,6 +419,7 @@ export class Session implements LiveSession, EngineSession {
         greeting: this.outcome?.greeting,
         connectMs: this.outcome?.connectMs,
         skipped: this.skipped,
+        released: this.outcome?.released,
         heldMs: this.heldMs,
         started: this.started,
         bytesFromClient: this.finalFrom,

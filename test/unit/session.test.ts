@@ -286,4 +286,55 @@ describe('Session', () => {
     s.expired(100);
     expect(s.phase).toBe('greeting');
   });
+
+  it('release ends the window early: connects at once, summarises `released` and the real heldMs; no-op once connecting', () => {
+    const { calls, driver, ctx, conn, summaries } = setup({ detection: { window: '6s' } });
+    const s = new Session(driver, conn, ctx);
+    s.begin();
+    expect(s.holding).toBe(true);
+    s.release('dnswl');
+    expect(calls.filter((c) => c[0] === 'connect')).toHaveLength(1);
+    expect(s.phase).toBe('connecting');
+    s.release('again');
+    s.refuse('denied', 'late', { drop: true });
+    expect(calls.filter((c) => c[0] === 'connect')).toHaveLength(1);
+    expect(calls.some((c) => c[0] === 'drop')).toBe(false);
+    s.greeted('220', 1, true);
+    s.ended('client_closed', 10, 20);
+    expect(summaries[0]).toMatchObject({ verdict: 'passed', released: 'dnswl', attempts: 1 });
+    expect(summaries[0]!.heldMs).toBeLessThan(1000);
+  });
+
+  it('refuse turns a held client away with a reply or a drop, never connecting; an early talker stays an early talker', () => {
+    const a = setup({ detection: { window: '6s' } });
+    const s1 = new Session(a.driver, a.conn, a.ctx);
+    s1.begin();
+    s1.refuse('denied', 'cluster_deny', { reply: '554 5.7.1 no' });
+    expect(a.calls.find((c) => c[0] === 'reply')).toEqual(['reply', 7, { text: '554 5.7.1 no\r\n', profile: 0 }]);
+    expect(a.summaries[0]).toMatchObject({ verdict: 'denied', cause: 'cluster_deny', bytesToClient: 14, attempts: 0 });
+    const b = setup({ detection: { window: '6s' } });
+    const s2 = new Session(b.driver, b.conn, b.ctx);
+    s2.begin();
+    s2.refuse('denied', 'cluster_deny', { drop: true });
+    expect(b.calls.some((c) => c[0] === 'drop')).toBe(true);
+    expect(b.calls.some((c) => c[0] === 'connect')).toBe(false);
+    const c = setup({ detection: { window: '6s', action: 'log' } });
+    const s3 = new Session(c.driver, c.conn, c.ctx);
+    s3.begin();
+    s3.talkedEarly(5, Buffer.from('x'), 1, 'held');
+    s3.release('dnswl');
+    s3.refuse('denied', 'x', { drop: true });
+    expect(c.calls.some((x) => x[0] === 'connect' || x[0] === 'drop')).toBe(false);
+  });
+
+  it('begin(holdMs) holds a client that skips the window for that long (its lookups), and release connects it', () => {
+    const { calls, driver, ctx, conn, summaries } = setup({ detection: { window: '6s' } });
+    const s = new Session(driver, conn, ctx, 'pass_cache');
+    s.begin(2000);
+    expect(calls.find((c) => c[0] === 'hold')).toEqual(['hold', 7, { windowMs: 2000, profile: 0 }]);
+    s.release('lookups_done');
+    s.greeted('220', 1, true);
+    s.ended('client_closed', 1, 1);
+    expect(summaries[0]).toMatchObject({ skipped: 'pass_cache', released: 'lookups_done' });
+  });
 });

@@ -316,7 +316,7 @@ bool FormatAddress(const sockaddr_storage& ss, int* family, std::string* address
 
 
 int OpenListener(Napi::Env env, int family, const std::string& address, int port, int backlog, bool transparent,
-                 bool v6only) {
+                 bool v6only, bool freebind) {
   sockaddr_storage ss;
   socklen_t len;
   if (!ParseAddress(env, family, address, port, &ss, &len)) return -1;
@@ -325,6 +325,11 @@ int OpenListener(Napi::Env env, int family, const std::string& address, int port
   FdGuard fd(raw);
   if (!SetIntOpt(env, fd.get(), SOL_SOCKET, SO_REUSEADDR, "SO_REUSEADDR", 1, family, address)) return -1;
   if (transparent && !SetTransparent(env, fd.get(), family, address)) return -1;
+  // freebind: bind an address this host does not hold yet (a keepalived VIP owned by the peer);
+  // the socket starts receiving the moment the address is added. No privilege needed.
+  if (freebind && !(family == 4 ? SetIntOpt(env, fd.get(), SOL_IP, IP_FREEBIND, "IP_FREEBIND", 1, family, address)
+                                : SetIntOpt(env, fd.get(), SOL_IPV6, IPV6_FREEBIND, "IPV6_FREEBIND", 1, family, address)))
+    return -1;
   if (family == 6 && !SetIntOpt(env, fd.get(), SOL_IPV6, IPV6_V6ONLY, "IPV6_V6ONLY", v6only ? 1 : 0, family, address))
     return -1;
   if (!Bind(env, fd.get(), ss, len, family, address, port, true)) return -1;

@@ -26,6 +26,12 @@
 #ifndef IPV6_TRANSPARENT
 #define IPV6_TRANSPARENT 75
 #endif
+#ifndef IP_FREEBIND
+#define IP_FREEBIND 15
+#endif
+#ifndef IPV6_FREEBIND
+#define IPV6_FREEBIND 78
+#endif
 
 namespace etd {
 
@@ -137,7 +143,7 @@ bool PrepareSpoofedSource(Napi::Env env, int fd, int family, const std::string& 
 // IPV6_V6ONLY = v6only for v6, bind, listen). Returns the fd (the caller owns it), or -1 after
 // throwing the Node-shaped error.
 int OpenListener(Napi::Env env, int family, const std::string& address, int port, int backlog, bool transparent,
-                 bool v6only);
+                 bool v6only, bool freebind = false);
 
 bool FormatAddress(const sockaddr_storage& ss, int* family, std::string* address, int* port);
 

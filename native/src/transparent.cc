@@ -3,7 +3,7 @@
 // Surface (typed in src/native/addon.ts, wrapped by src/native/transparent.ts):
 //   transparentSocket(family, address, mark, synCount) -> fd   spoofed-source upstream socket, bound, unconnected
 //   transparentListener(family, address, port, backlog) -> fd  transparent listening socket
-//   plainListener({ family, address, port, backlog, v6only }) -> fd  ordinary listening socket (for the engine)
+//   plainListener({ family, address, port, backlog, v6only, freebind? }) -> fd  ordinary listening socket (for the engine)
 //   sockName(fd) -> [address, port]                             getsockname, v4-mapped shown as v4
 //   closeFd(fd)                                                 close(2) an fd that was never handed to Node
 //
@@ -38,7 +38,7 @@ constexpr const char* kSocketSig = "transparentSocket(family, address, mark, syn
 constexpr const char* kListenerSig = "transparentListener(family, address, port, backlog)";
 constexpr const char* kCloseSig = "closeFd(fd)";
 constexpr const char* kSockNameSig = "sockName(fd)";
-constexpr const char* kPlainListenerSig = "plainListener({ family, address, port, backlog, v6only })";
+constexpr const char* kPlainListenerSig = "plainListener({ family, address, port, backlog, v6only, freebind? })";
 
 // Spoofed-source upstream socket: bound to (address, port 0) with the port chosen at connect
 // time (IP_BIND_ADDRESS_NO_PORT), so the client's own port is never reused (conntrack
@@ -133,14 +133,15 @@ Napi::Value PlainListener(const Napi::CallbackInfo& info) {
   int family;
   std::string address;
   int64_t port, backlog;
-  bool v6only;
+  bool v6only, freebind = false;
   if (!CheckArity(info, 1, sig) || !GetOptions(info, 0, sig, "listener", &o) ||
       !ReadFamily(env, o.Get("family"), sig, &family) || !ReadString(env, o.Get("address"), sig, "address", &address) ||
       !ReadInt(env, o.Get("port"), sig, "port", 0, 65535, &port) ||
       !ReadInt(env, o.Get("backlog"), sig, "backlog", 1, 2147483647.0, &backlog) ||
-      !ReadBool(env, o.Get("v6only"), sig, "v6only", &v6only))
+      !ReadBool(env, o.Get("v6only"), sig, "v6only", &v6only) ||
+      (!o.Get("freebind").IsUndefined() && !ReadBool(env, o.Get("freebind"), sig, "freebind", &freebind)))
     return env.Undefined();
-  int fd = OpenListener(env, family, address, static_cast<int>(port), static_cast<int>(backlog), false, v6only);
+  int fd = OpenListener(env, family, address, static_cast<int>(port), static_cast<int>(backlog), false, v6only, freebind);
   return fd < 0 ? env.Undefined() : Napi::Number::New(env, fd);
 }
 

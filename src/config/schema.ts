@@ -20,6 +20,7 @@ export const ListenerSchema = Type.Object(
     mode: Type.Union([Type.Literal('plain'), Type.Literal('vip'), Type.Literal('intercept')], { default: 'plain' }),
     backlog: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 65535, description: 'accept backlog; the kernel caps it at net.core.somaxconn' }),
     destinations: Type.Array(Type.String(), { default: [], description: 'intercept mode: only these destination prefixes (CIDR); empty = all' }),
+    freebind: Type.Boolean({ default: false, description: 'plain/vip mode: listen on the address even while this host does not hold it (IP_FREEBIND), e.g. a keepalived VIP on the peer' }),
   },
   { additionalProperties: false },
 );
@@ -170,6 +171,7 @@ export interface ListenerConfig {
   readonly mode: Mode;
   readonly backlog: number;
   readonly destinations: readonly string[];
+  readonly freebind: boolean;
 }
 
 export interface ServerConfig {

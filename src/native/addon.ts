@@ -22,6 +22,8 @@ export interface PlainListenerOptions {
   readonly backlog: number;
   /** false = dual-stack for v6 (IPv4 peers arrive v4-mapped; the engine shows them as v4). */
   readonly v6only: boolean;
+  /** IP_FREEBIND / IPV6_FREEBIND: bind an address not (yet) on this host, e.g. a VIP the peer holds. Default false. */
+  readonly freebind?: boolean;
 }
 
 export interface NativeAddon {
@@ -30,7 +32,7 @@ export interface NativeAddon {
   transparentSocket(family: 4 | 6, address: string, mark: number, synCount: number): number;
   /** socket, SO_REUSEADDR, IP(V6)_TRANSPARENT, IPV6_V6ONLY=1 for v6, bind, listen; the caller owns the fd. */
   transparentListener(family: 4 | 6, address: string, port: number, backlog: number): number;
-  /** socket (non-blocking, cloexec), SO_REUSEADDR, IPV6_V6ONLY = v6only for v6, bind, listen; the caller owns the fd. */
+  /** socket (non-blocking, cloexec), SO_REUSEADDR, IP(V6)_FREEBIND when freebind, IPV6_V6ONLY = v6only for v6, bind, listen; the caller owns the fd. */
   plainListener(options: PlainListenerOptions): number;
   /** getsockname of any fd; IPv4-mapped addresses come back as plain IPv4. */
   sockName(fd: number): [string, number];

@@ -15,16 +15,17 @@ export interface AcceptHandler {
 }
 
 /** Where a listener binds: plain/vip bind the configured address; intercept binds the TPROXY target. */
-export function bindAddresses(config: ListenerConfig, tproxyPort: number): Array<{ address: string; port: number; transparent: boolean }> {
+export function bindAddresses(config: ListenerConfig, tproxyPort: number): Array<{ address: string; port: number; transparent: boolean; freebind: boolean }> {
   if (config.mode === 'intercept') {
     return [
-      { address: '127.0.0.1', port: tproxyPort, transparent: true },
-      { address: '::1', port: tproxyPort, transparent: true },
+      { address: '127.0.0.1', port: tproxyPort, transparent: true, freebind: false },
+      { address: '::1', port: tproxyPort, transparent: true, freebind: false },
     ];
   }
   // vip: clients dial etd's own address, so the listener itself needs no IP_TRANSPARENT — and must
   // not have it: a transparent wildcard listener would grab all port-25 traffic routed through.
-  return [{ address: config.address, port: config.port, transparent: false }];
+  // freebind: an HA pair's standby listens on the VIP before keepalived moves it here (docs/ha.md).
+  return [{ address: config.address, port: config.port, transparent: false, freebind: config.freebind }];
 }
 
 export class Listener {
@@ -58,19 +59,22 @@ export class Listener {
     this.log.info({ addresses: this.addresses().map((a) => hostPort(a.address, a.port)), mode: this.config.mode }, 'listening');
   }
 
-  private bind(b: { address: string; port: number; transparent: boolean }): { id: number; address: string; port: number } {
+  private bind(b: { address: string; port: number; transparent: boolean; freebind: boolean }): { id: number; address: string; port: number } {
     const sockets = loadTransparent();
     const family = net.isIPv6(b.address) ? 6 : 4;
     let fd: number;
     try {
       fd = b.transparent
         ? sockets.transparentListener(family, b.address, b.port, this.config.backlog)
-        : sockets.plainListener({ family, address: b.address, port: b.port, backlog: this.config.backlog, v6only: false });
+        : sockets.plainListener({ family, address: b.address, port: b.port, backlog: this.config.backlog, v6only: false, freebind: b.freebind });
     } catch (err) {
       const code = errnoName(err);
       throw new EtdError('ETD_ERR_LISTEN', `listener ${this.config.name}: cannot listen on ${hostPort(b.address, b.port)}: ${code ?? (err as Error).message}`, {
         // The addon's own message already says what to do (e.g. the capability an EPERM needs).
-        hint: listenHint(code, `listeners[].port`) ?? (err as Error).message,
+        hint:
+          code === 'EADDRNOTAVAIL' && this.config.mode !== 'intercept'
+            ? `${listenHint(code, 'listeners[].port')}; for a VIP that keepalived moves between gateways, set listeners[].freebind: true (docs/ha.md)`
+            : (listenHint(code, `listeners[].port`) ?? (err as Error).message),
         cause: err,
       });
     }

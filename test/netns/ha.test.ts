@@ -1,0 +1,204 @@
+// An HA pair with keepalived (docs/ha.md): two etd gateways in vip mode behind one VIP, real
+// keepalived running the shipped examples/keepalived configs and track script, a real SMTP
+// backend that records the client's address, swaks as the client.
+//
+//   (a) clients deliver through the VIP; the backend sees the client's own address;
+//   (b) etd on the master is SIGKILLed: the track script fails, keepalived moves both VIPs, and
+//       new sessions are delivered through the backup within 5 s (measured and printed);
+//   (c) etd on A is started again: A becomes a healthy BACKUP and the VIPs stay on B (nopreempt,
+//       as the example configures); then B's etd dies and the VIPs come back to A, delivering.
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHaLab, type HaGateway, type HaLab } from '../../lab/haLab.js';
+import { checkKeepalivedConfig, startKeepalived, type Keepalived } from '../../lab/keepalived.js';
+import type { JsonLineProcess } from '../../lab/netns.js';
+import { startEtdInNetns, type RunningEtd } from '../helpers/cli.js';
+import { swaks } from '../helpers/nsClient.js';
+import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
+
+const EXAMPLES = path.join(__dirname, '../../examples/keepalived');
+const skip = skipPrivileged('HA pair with keepalived') || skipWithout('keepalived', 'keepalived', 'HA pair with keepalived') || skipWithout('swaks', 'swaks', 'HA pair with keepalived');
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-ha-'));
+let ha: HaLab;
+let recorder: JsonLineProcess;
+const running: RunningEtd[] = [];
+const etd: Partial<Record<HaGateway, RunningEtd>> = {};
+const keepalived: Partial<Record<HaGateway, Keepalived>> = {};
+
+/** Gateway A's API is a unix socket, B's loopback TCP: the track script is exercised both ways. */
+function apiOf(gw: HaGateway): string {
+  return gw === 'a' ? path.join(dir, 'api-a.sock') : '127.0.0.1:8025';
+}
+
+function etdConfig(gw: HaGateway): string {
+  const file = path.join(dir, `etd-${gw}.yaml`);
+  const api = gw === 'a' ? `{ enabled: true, address: ${apiOf('a')} }` : '{ enabled: true, address: 127.0.0.1, port: 8025 }';
+  fs.writeFileSync(
+    file,
+    `
+listeners:
+  - { name: vip, address: ${ha.v4.vipClient}, port: 25, mode: vip, freebind: true }
+detection: { window: 300ms, action: drop }
+upstream:
+  source: clientip
+  connectTimeout: 3s
+  retries: 0
+  health: { enabled: false }
+  servers:
+    - { name: b4, address: ${ha.v4.backends[0]}, port: 25 }
+api: ${api}
+state: { path: ":memory:" }
+log: { level: info }
+`,
+  );
+  return file;
+}
+
+/** The shipped example for gateway `gw`, with the lab's interfaces, VIPs, script path and API address. */
+function keepalivedConfig(gw: HaGateway): string {
+  let text = fs.readFileSync(path.join(EXAMPLES, `keepalived-${gw}.conf`), 'utf8');
+  const subst: Array<[RegExp, string]> = [
+    [/\beth0\b/g, ha.ifaces.clientSide],
+    [/\beth1\b/g, ha.ifaces.backendSide],
+    [/192\.0\.2\.25\/24/g, `${ha.v4.vipClient}/${ha.v4.prefix}`],
+    [/198\.51\.100\.1\/24/g, `${ha.v4.vipBackend}/${ha.v4.prefix}`],
+    [/"\/etc\/keepalived\/etd-health\.sh 127\.0\.0\.1:8025 \/healthz"/g, `"${path.join(EXAMPLES, 'etd-health.sh')} ${apiOf(gw)} /healthz"`],
+  ];
+  for (const [re, to] of subst) {
+    expect(text, `examples/keepalived/keepalived-${gw}.conf no longer contains ${re.source}: update this test`).toMatch(re);
+    text = text.replace(re, to);
+  }
+  return text;
+}
+
+async function startEtd(gw: HaGateway): Promise<RunningEtd> {
+  const e = await startEtdInNetns(ha.ns[gw], etdConfig(gw), running, 20_000);
+  etd[gw] = e;
+  return e;
+}
+
+async function killEtd(gw: HaGateway): Promise<void> {
+  const e = etd[gw]!;
+  e.child.kill('SIGKILL');
+  expect(await e.exited).toBe(null);
+}
+
+/** Whether gateway `gw` holds the client-side and the backend-side VIP. */
+async function holdsVips(gw: HaGateway): Promise<{ client: boolean; backend: boolean }> {
+  const r = await ha.exec(ha.ns[gw], 'ip', ['-4', '-o', 'addr', 'show']);
+  return { client: r.stdout.includes(` ${ha.v4.vipClient}/`), backend: r.stdout.includes(` ${ha.v4.vipBackend}/`) };
+}
+
+const passedOn = (gw: HaGateway): number => (etd[gw]?.lines ?? []).filter((l) => l.msg === 'session' && l.verdict === 'passed').length;
+const messagesFromClient = (): number => recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === ha.v4.client).length;
+
+/** One SMTP session from the client to the VIP; resolves when the backend recorded it from the client's own address, and says which gateway relayed it. */
+async function deliver(timeoutS = 15): Promise<HaGateway> {
+  const before = { a: passedOn('a'), b: passedOn('b'), msgs: messagesFromClient() };
+  const out = await swaks(ha.lab, ha.v4.vipClient, 25, ['--timeout', String(timeoutS)]);
+  expect(out).toMatch(/<- +250 Queued/);
+  await recorder.waitFor(() => messagesFromClient() > before.msgs, 5000);
+  // The session's summary is written when both sides have closed, which can trail swaks a little.
+  const until = Date.now() + 5000;
+  while (passedOn('a') === before.a && passedOn('b') === before.b && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+  const onA = passedOn('a') - before.a;
+  const onB = passedOn('b') - before.b;
+  expect(onA + onB, 'exactly one gateway relayed the session').toBe(1);
+  return onA === 1 ? 'a' : 'b';
+}
+
+/**
+ * Kills etd on `from` and measures, from the kill, when keepalived on `to` enters MASTER and when
+ * the first new session is delivered through it (a client retrying every 200 ms, as senders retry).
+ */
+async function failover(from: HaGateway, to: HaGateway): Promise<{ vipMs: number; deliveredMs: number }> {
+  const since = keepalived[to]!.lines.length;
+  const t0 = Date.now();
+  await killEtd(from);
+  const vipMoved = keepalived[to]!.waitForState('MASTER', 10_000, since).then(() => Date.now() - t0);
+  let deliveredMs: number | undefined;
+  const failures: string[] = [];
+  for (let attempt = 0; attempt < 60 && Date.now() - t0 < 10_000; attempt++) {
+    try {
+      const via = await deliver(2);
+      expect(via).toBe(to);
+      deliveredMs = Date.now() - t0;
+      break;
+    } catch (e) {
+      failures.push(String((e as Error).message).split('\n')[0] ?? '');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  const vipMs = await vipMoved;
+  expect(deliveredMs, `no session delivered through ${to} within 10 s of the kill; attempts: ${failures.join(' | ')}`).toBeDefined();
+  return { vipMs, deliveredMs: deliveredMs! };
+}
+
+describe.skipIf(skip)('HA pair with keepalived', () => {
+  beforeAll(async () => {
+    ha = await createHaLab();
+    recorder = await ha.startRecorder(ha.ns.backend, [{ address: ha.v4.backends[0], port: 25 }]);
+    // Both etds listen on the VIP (freebind) before either gateway holds it.
+    await Promise.all([startEtd('a'), startEtd('b')]);
+    for (const gw of ['a', 'b'] as const) await checkKeepalivedConfig(ha, ha.ns[gw], keepalivedConfig(gw));
+    // A first, so it is the master; B then joins as BACKUP.
+    keepalived.a = await startKeepalived(ha, ha.ns.a, keepalivedConfig('a'));
+    await keepalived.a.waitForState('MASTER', 15_000);
+    keepalived.b = await startKeepalived(ha, ha.ns.b, keepalivedConfig('b'));
+    await keepalived.b.waitForState('BACKUP', 15_000);
+  }, 90_000);
+
+  afterAll(async () => {
+    for (const k of Object.values(keepalived)) await k?.stop();
+    for (const e of running) e.child.kill('SIGKILL');
+    await ha?.destroy();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('(a) clients deliver through the VIP held by A; the backend sees the client address', async () => {
+    expect(await holdsVips('a')).toEqual({ client: true, backend: true });
+    expect(await holdsVips('b')).toEqual({ client: false, backend: false });
+    for (let i = 0; i < 3; i++) expect(await deliver()).toBe('a');
+    const msgs = recorder.events.filter((e) => e.event === 'message');
+    expect(msgs.length).toBeGreaterThanOrEqual(3);
+    for (const m of msgs) expect(m.remoteAddress).toBe(ha.v4.client);
+  }, 60_000);
+
+  it('(b) SIGKILL of etd on the master: keepalived moves both VIPs to B and sessions deliver through B within 5 s', async () => {
+    const { vipMs, deliveredMs } = await failover('a', 'b');
+    console.log(`HA failover A -> B: VIP moved ${vipMs} ms after the SIGKILL, first session delivered through B after ${deliveredMs} ms`);
+    expect(keepalived.a!.state()).toBe('FAULT');
+    expect(keepalived.a!.lines.some((l) => /etd_health/.test(l) && /fail|failed/i.test(l))).toBe(true);
+    expect(await holdsVips('a')).toEqual({ client: false, backend: false });
+    expect(await holdsVips('b')).toEqual({ client: true, backend: true });
+    expect(deliveredMs).toBeLessThan(5000);
+    expect(await deliver()).toBe('b');
+    const last = recorder.events.filter((e) => e.event === 'message').at(-1);
+    expect(last?.remoteAddress).toBe(ha.v4.client);
+  }, 60_000);
+
+  it('(c) etd on A starts again: A is a healthy BACKUP, the VIPs stay on B (nopreempt); when B fails they return to A', async () => {
+    const since = keepalived.a!.lines.length;
+    await startEtd('a');
+    await keepalived.a!.waitForState('BACKUP', 10_000, since);
+    // nopreempt: A has the higher priority but does not take the VIPs back (that would break B's relayed sessions again).
+    await new Promise((r) => setTimeout(r, 3000));
+    expect(keepalived.a!.state()).toBe('BACKUP');
+    expect(keepalived.b!.state()).toBe('MASTER');
+    expect(await holdsVips('b')).toEqual({ client: true, backend: true });
+    expect(await holdsVips('a')).toEqual({ client: false, backend: false });
+    expect(await deliver()).toBe('b');
+
+    // A is a real standby again: B's etd dies and the pair fails back to A.
+    const { vipMs, deliveredMs } = await failover('b', 'a');
+    console.log(`HA failover B -> A: VIP moved ${vipMs} ms after the SIGKILL, first session delivered through A after ${deliveredMs} ms`);
+    expect(deliveredMs).toBeLessThan(5000);
+    expect(await holdsVips('a')).toEqual({ client: true, backend: true });
+    expect(keepalived.b!.state()).toBe('FAULT');
+    const last = recorder.events.filter((e) => e.event === 'message').at(-1);
+    expect(last?.remoteAddress).toBe(ha.v4.client);
+  }, 90_000);
+});

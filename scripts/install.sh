@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs etd on a Debian or Ubuntu gateway (packages, user, /opt/etd, /etc/etd, sysctl drop-in, systemd unit), or removes it.
 #
-# usage: scripts/install.sh [--dry-run] [--copy-node-modules] [--start]
+# usage: scripts/install.sh [--dry-run] [--copy-node-modules] [--start] [--keepalived]
 #        scripts/install.sh --uninstall [--purge] [--dry-run]
 #
 # Run it as root from a built checkout (npm ci && npm run build). Running it again is safe: it
@@ -33,17 +33,22 @@ UNINSTALL=0
 PURGE=0
 COPY_MODULES=0
 START=0
+KEEPALIVED=0
+KA_DIR=/etc/keepalived
 BLOCKED=()     # dry-run: problems that would stop a real run
 
 usage() {
   cat <<EOF
-usage: $0 [--dry-run] [--copy-node-modules] [--start]
+usage: $0 [--dry-run] [--copy-node-modules] [--start] [--keepalived]
        $0 --uninstall [--purge] [--dry-run]
 
   --dry-run            print every step and command, change nothing (no root needed)
   --copy-node-modules  copy this checkout's node_modules (pruned to production) instead of
                        running npm ci: for gateways without access to the npm registry
   --start              start etd after installing (restart it when it is running)
+  --keepalived         also prepare an HA pair (docs/ha.md): install keepalived and curl, the track
+                       script $KA_DIR/etd-health.sh and the example configs as
+                       $KA_DIR/etd-keepalived-{a,b}.conf.example; never keepalived.conf itself
   --uninstall          stop and disable etd, remove its rules, /opt/etd, the unit, the command
                        and the sysctl drop-in; keep /etc/etd, /var/lib/etd and the user
   --purge              with --uninstall: also remove /etc/etd, /var/lib/etd and the user etd
@@ -57,12 +62,16 @@ while (($#)); do
     --purge) PURGE=1 ;;
     --copy-node-modules) COPY_MODULES=1 ;;
     --start) START=1 ;;
+    --keepalived) KEEPALIVED=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "install.sh: unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
   shift
 done
 if ((PURGE && !UNINSTALL)); then echo "install.sh: --purge only goes with --uninstall" >&2; exit 2; fi
+if ((KEEPALIVED && UNINSTALL)); then echo "install.sh: --keepalived goes with an install (--uninstall removes what it installed)" >&2; exit 2; fi
+# keepalived: the VRRP daemon of the HA pair; curl: the track script asks etd's API with it.
+if ((KEEPALIVED)); then PACKAGES+=(keepalived curl); fi
 
 # --- output and execution helpers ---------------------------------------------------------------
 
@@ -241,6 +250,7 @@ install_files() {
   run install -d -m 0755 "$STAGE" "$STAGE/native/build/Release" "$STAGE/config" "$STAGE/systemd"
   run cp -R "$SRC/dist" "$SRC/scripts" "$SRC/package.json" "$SRC/package-lock.json" "$STAGE/"
   if [[ -d $SRC/docs ]]; then run cp -R "$SRC/docs" "$STAGE/"; fi
+  if [[ -d $SRC/examples ]]; then run cp -R "$SRC/examples" "$STAGE/"; fi
   run cp "$SRC/native/build/Release/etd_transparent.node" "$STAGE/native/build/Release/"
   run cp "$SRC/config/etd.example.yaml" "$STAGE/config/"
   run cp "$SRC/systemd/etd.service" "$STAGE/systemd/"
@@ -346,6 +356,26 @@ install_unit() {
   fi
 }
 
+# Only with --keepalived. The configs need this site's interfaces and addresses, so they are
+# installed as examples: a keepalived.conf written here would make keepalived (whose Debian unit
+# starts when the file exists) claim documentation addresses on a live network.
+install_keepalived() {
+  step "HA pair (--keepalived): track script and example configs in $KA_DIR"
+  run install -d -m 0755 "$KA_DIR"
+  write_file "$KA_DIR/etd-health.sh" 0755 root root "examples/keepalived/etd-health.sh" <"$SRC/examples/keepalived/etd-health.sh"
+  local gw
+  for gw in a b; do
+    write_file "$KA_DIR/etd-keepalived-$gw.conf.example" 0644 root root "examples/keepalived/keepalived-$gw.conf" <"$SRC/examples/keepalived/keepalived-$gw.conf"
+  done
+  if [[ -e $KA_DIR/keepalived.conf ]]; then
+    note "$KA_DIR/keepalived.conf exists: kept as it is"
+  else
+    note "next, on gateway A (B: the -b file): adapt $KA_DIR/etd-keepalived-a.conf.example (interfaces,"
+    note "VIPs, api address) and save it as $KA_DIR/keepalived.conf; in $CONF listen on the VIP with"
+    note "freebind: true; then systemctl restart keepalived (docs/ha.md)"
+  fi
+}
+
 next_steps() {
   step "done"
   if ((CONFIG_IS_NEW)); then
@@ -417,6 +447,23 @@ uninstall() {
     note "not present"
   fi
 
+  # Only when --keepalived installed something: the step is not shown otherwise.
+  local ka_files=() f
+  for f in "$KA_DIR/etd-keepalived-a.conf.example" "$KA_DIR/etd-keepalived-b.conf.example"; do
+    if [[ -e $f ]]; then ka_files+=("$f"); fi
+  done
+  if ((${#ka_files[@]})) || [[ -e $KA_DIR/etd-health.sh ]]; then
+    step "HA pair files of --keepalived in $KA_DIR (keepalived itself and keepalived.conf are left alone)"
+    if ((${#ka_files[@]})); then run rm -f "${ka_files[@]}"; fi
+    if [[ -e $KA_DIR/etd-health.sh ]]; then
+      if ((PURGE)); then
+        run rm -f "$KA_DIR/etd-health.sh"
+      else
+        note "kept $KA_DIR/etd-health.sh: a keepalived.conf may still name it (removed with --purge)"
+      fi
+    fi
+  fi
+
   step "configuration, state and user"
   if ((PURGE)); then
     run rm -rf "$CONF_DIR" "$STATE_DIR"
@@ -451,6 +498,7 @@ else
   install_command
   install_sysctl
   install_unit
+  if ((KEEPALIVED)); then install_keepalived; fi
   next_steps
 fi
 

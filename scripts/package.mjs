@@ -9,7 +9,8 @@
 //   /etc/etd/etd.yaml        config/etd.example.yaml, a conffile (an upgrade never overwrites an edit)
 //   /usr/lib/sysctl.d/90-etd.conf     systemd/90-etd.conf (an admin overrides it in /etc/sysctl.d)
 //   /usr/share/man/man8/etd.8.gz      rendered from src/cliSpec.ts (the source of --help and the README table)
-//   /usr/share/doc/etd/      copyright, changelog, README.md, docs/*.md, the example config
+//   /usr/share/doc/etd/      copyright, changelog, README.md, docs/*.md, the example config,
+//                            examples/keepalived/ (the HA pair: configs, track script; docs/ha.md)
 // Version: package.json's, plus "+git<hash>" when the git tree has uncommitted changes.
 // Needs: dpkg-deb, dpkg-shlibdeps (dpkg-dev), strip (binutils), gzip. Runs as any user: ownership
 // is set by dpkg-deb --root-owner-group.
@@ -200,6 +201,13 @@ export async function build(outDir) {
     write(path.join(doc, 'README.md'), fs.readFileSync(path.join(ROOT, 'README.md')));
     for (const f of fs.readdirSync(path.join(ROOT, 'docs')).filter((f) => f.endsWith('.md'))) write(path.join(doc, f), fs.readFileSync(path.join(ROOT, 'docs', f)));
     write(path.join(doc, 'etd.example.yaml'), fs.readFileSync(path.join(ROOT, 'config/etd.example.yaml')));
+    // The HA pair's example: nothing is configured, the operator copies it (docs/ha.md). Scripts
+    // keep their executable bit, which lintian accepts under examples/.
+    const kaSrc = path.join(ROOT, 'examples/keepalived');
+    for (const f of fs.readdirSync(kaSrc)) {
+      const text = fs.readFileSync(path.join(kaSrc, f));
+      write(path.join(doc, 'examples/keepalived', f), text, text.subarray(0, 2).toString() === '#!' ? 0o755 : 0o644);
+    }
 
     // Control area.
     const control = path.join(stage, 'DEBIAN');
@@ -214,6 +222,8 @@ export async function build(outDir) {
         `Maintainer: ${MAINTAINER}`,
         `Installed-Size: ${sizeKiB}`,
         `Depends: ${depends.join(', ')}`,
+        // An HA pair (docs/ha.md): keepalived runs the VRRP, its track script asks etd's API with curl.
+        'Suggests: keepalived, curl',
         'Section: net',
         'Priority: optional',
         'Description: SMTP early-talker detection: a transparent proxy in front of mail servers',

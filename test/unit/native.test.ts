@@ -116,7 +116,7 @@ describe('native addon arguments', () => {
     ['closeFd', ['3'], 'TypeError', /^closeFd\(fd\): fd must be a number, got string$/],
     ['closeFd', [-1], 'RangeError', /^closeFd\(fd\): fd must be an integer from 0 to 2147483647, got -1$/],
     ['closeFd', [], 'TypeError', /^closeFd\(fd\): expected 1 arguments, got 0$/],
-    ['plainListener', [4, '127.0.0.1', 0, 1, false], 'TypeError', /^plainListener\(\{ family, address, port, backlog, v6only \}\): expected 1 arguments, got 5$/],
+    ['plainListener', [4, '127.0.0.1', 0, 1, false], 'TypeError', /^plainListener\(\{ family, address, port, backlog, v6only, freebind\? \}\): expected 1 arguments, got 5$/],
     ['plainListener', [{ family: 4, address: '127.0.0.1', port: 0, backlog: 1 }], 'TypeError', /v6only must be a boolean, got undefined$/],
     ['plainListener', [{ family: 4, address: '127.0.0.1', port: 70000, backlog: 1, v6only: false }], 'RangeError', /port must be an integer from 0 to 65535, got 70000$/],
     ['sockName', ['3'], 'TypeError', /^sockName\(fd\): fd must be a number, got string$/],

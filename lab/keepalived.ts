@@ -80,8 +80,12 @@ export async function checkKeepalivedConfig(procs: LabProcesses, ns: string, con
   }
 }
 
-/** Starts keepalived (VRRP only) in namespace `ns` with configuration text `config`. Resolves once it logged its startup. */
-export async function startKeepalived(procs: LabProcesses, ns: string, config: string): Promise<Keepalived> {
+/**
+ * Starts keepalived (VRRP only) in namespace `ns` with configuration text `config`. Resolves once
+ * it logged its startup. `env` is keepalived's environment, which its scripts inherit (PATH
+ * decides, e.g., whether a track script finds curl).
+ */
+export async function startKeepalived(procs: LabProcesses, ns: string, config: string, opts: { env?: NodeJS.ProcessEnv } = {}): Promise<Keepalived> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-keepalived-'));
   const file = path.join(dir, 'keepalived.conf');
   fs.writeFileSync(file, config, { mode: 0o644 });
@@ -89,6 +93,7 @@ export async function startKeepalived(procs: LabProcesses, ns: string, config: s
   const vrrpPidFile = path.join(dir, 'vrrp.pid');
   const child = procs.spawn(ns, keepalivedPath() ?? 'keepalived', ['-n', '-l', '-G', '-D', '-P', '-f', file, '-p', pidFile, '-r', vrrpPidFile, '-c', path.join(dir, 'checkers.pid')], {
     stdio: ['ignore', 'pipe', 'pipe'],
+    ...(opts.env ? { env: opts.env } : {}),
   });
   const lines: string[] = [];
   const listeners = new Set<() => void>();

@@ -11,8 +11,8 @@
 #                       vrrp_script's timeout
 #
 # It asks the API rather than checking the process: a process that is alive but stuck (a stalled
-# event loop) must fail too. curl is used when installed (and needed for a unix socket); over TCP,
-# without curl, bash's /dev/tcp sends one HTTP/1.0 request.
+# event loop) must fail too. curl is used when installed. Without curl, over TCP bash's /dev/tcp
+# sends one HTTP/1.0 request, and over a unix socket node (which etd runs on) asks.
 
 set -u
 
@@ -36,8 +36,16 @@ if command -v curl >/dev/null 2>&1; then
 fi
 
 if [[ $api == /* ]]; then
-  echo "etd-health.sh: asking etd over the unix socket $api needs curl (apt-get install curl)" >&2
-  exit 2
+  if ! command -v node >/dev/null 2>&1; then
+    echo "etd-health.sh: asking etd over the unix socket $api needs curl or node (apt-get install curl)" >&2
+    exit 2
+  fi
+  exec node -e '
+    const [socketPath, path, seconds] = process.argv.slice(1);
+    const req = require("http").get({ socketPath, path, timeout: seconds * 1000 }, (res) => process.exit(res.statusCode === 200 ? 0 : 1));
+    req.on("timeout", () => process.exit(1));
+    req.on("error", () => process.exit(1));
+  ' "$api" "$endpoint" "$timeout_s"
 fi
 
 host=${api%:*}

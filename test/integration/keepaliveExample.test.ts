@@ -1,6 +1,7 @@
 // examples/keepalived: the track script passes shellcheck and answers right against a real HTTP
-// server on loopback TCP (with curl and, without it, over bash's /dev/tcp) and on a unix socket;
-// the configs of A and B differ only where they must. test/netns/ha.test.ts runs them in keepalived.
+// server on loopback TCP and on a unix socket, without curl (bash's /dev/tcp; node) and, where
+// curl is installed (CI does not install it), with curl; the configs of A and B differ only where
+// they must. test/netns/ha.test.ts runs them in keepalived.
 
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
@@ -9,7 +10,7 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { skipWithout } from '../helpers/privileged.js';
+import { hasTool, skipWithout } from '../helpers/privileged.js';
 
 const EXAMPLES = path.join(__dirname, '../../examples/keepalived');
 const SCRIPT = path.join(EXAMPLES, 'etd-health.sh');
@@ -33,10 +34,18 @@ function runScript(args: string[], env: NodeJS.ProcessEnv = process.env): Promis
   });
 }
 
-/** An environment whose PATH has no curl: the script must fall back to /dev/tcp. */
-const noCurl = { ...process.env, PATH: dir };
+/** PATH with node but no curl: the script must fall back to /dev/tcp (TCP) and node (unix socket). */
+const nodeOnly = path.join(dir, 'node-only');
+const noCurl = { ...process.env, PATH: nodeOnly };
+/** PATH with neither. */
+const nothing = { ...process.env, PATH: path.join(dir, 'empty') };
+const curl = hasTool('curl');
+if (!curl) console.warn('SKIPPED the curl cases of etd-health.sh: curl is not installed (the fallbacks are tested)');
 
 beforeAll(async () => {
+  fs.mkdirSync(nodeOnly);
+  fs.mkdirSync(path.join(dir, 'empty'));
+  fs.symlinkSync(process.execPath, path.join(nodeOnly, 'node'));
   for (const listen of [{ port: 0, host: '127.0.0.1' }, { path: sock }]) {
     const s = http.createServer(handler);
     servers.push(s);
@@ -69,16 +78,16 @@ describe.skipIf(skipWithout('shellcheck', 'shellcheck', 'shellcheck of examples/
   });
 });
 
-describe.skipIf(skipWithout('curl', 'curl', 'etd-health.sh over curl'))('etd-health.sh', () => {
+describe('etd-health.sh', () => {
   it('is executable', () => {
     expect(fs.statSync(SCRIPT).mode & 0o111).toBe(0o111);
   });
 
-  for (const [how, env] of [
-    ['curl', process.env],
-    ['/dev/tcp', noCurl],
+  for (const [how, env, skip] of [
+    ['curl', process.env, !curl],
+    ['/dev/tcp', noCurl, false],
   ] as const) {
-    it(`over TCP with ${how}: 0 for a 200, non-zero for a 503, a refused connect or a stuck server`, async () => {
+    it.skipIf(skip)(`over TCP with ${how}: 0 for a 200, non-zero for a 503, a refused connect or a stuck server`, async () => {
       expect((await runScript([`127.0.0.1:${port}`], env)).code).toBe(0);
       expect((await runScript([`127.0.0.1:${port}`, '/healthz'], env)).code).toBe(0);
       expect((await runScript([`127.0.0.1:${port}`, '/readyz'], env)).code).not.toBe(0);
@@ -90,12 +99,21 @@ describe.skipIf(skipWithout('curl', 'curl', 'etd-health.sh over curl'))('etd-hea
     });
   }
 
-  it('over a unix socket with curl; without curl it says curl is needed', async () => {
-    expect((await runScript([sock, '/healthz'])).code).toBe(0);
-    expect((await runScript([sock, '/readyz'])).code).not.toBe(0);
-    const r = await runScript([sock], noCurl);
+  for (const [how, env, skip] of [
+    ['curl', process.env, !curl],
+    ['node', noCurl, false],
+  ] as const) {
+    it.skipIf(skip)(`over a unix socket with ${how}: 0 for a 200, non-zero for a 503 or no socket`, async () => {
+      expect((await runScript([sock, '/healthz'], env)).code).toBe(0);
+      expect((await runScript([sock, '/readyz'], env)).code).not.toBe(0);
+      expect((await runScript([path.join(dir, 'no.sock')], env)).code).not.toBe(0);
+    });
+  }
+
+  it('over a unix socket with neither curl nor node it says what it needs', async () => {
+    const r = await runScript([sock], nothing);
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/needs curl/);
+    expect(r.stderr).toMatch(/needs curl or node/);
   });
 
   it('refuses an endpoint other than /healthz and /readyz', async () => {

@@ -8,6 +8,7 @@
 //   (c) etd on A is started again: A becomes a healthy BACKUP and the VIPs stay on B (nopreempt,
 //       as the example configures); then B's etd dies and the VIPs come back to A, delivering.
 
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -31,6 +32,22 @@ const keepalived: Partial<Record<HaGateway, Keepalived>> = {};
 /** Gateway A's API is a unix socket, B's loopback TCP: the track script is exercised both ways. */
 function apiOf(gw: HaGateway): string {
   return gw === 'a' ? path.join(dir, 'api-a.sock') : '127.0.0.1:8025';
+}
+
+/**
+ * keepalived's environment, which the track script inherits. A: this process's (curl if
+ * installed, else node asks the socket). B: a PATH with only `ip` and `node`, so its script
+ * asks over bash's /dev/tcp whether or not curl is installed.
+ */
+function keepalivedEnv(gw: HaGateway): NodeJS.ProcessEnv {
+  if (gw === 'a') return process.env;
+  const bin = path.join(dir, 'bin-b');
+  if (!fs.existsSync(bin)) {
+    fs.mkdirSync(bin);
+    fs.symlinkSync(process.execPath, path.join(bin, 'node'));
+    fs.symlinkSync(execFileSync('sh', ['-c', 'command -v ip'], { encoding: 'utf8' }).trim(), path.join(bin, 'ip'));
+  }
+  return { ...process.env, PATH: bin };
 }
 
 function etdConfig(gw: HaGateway): string {
@@ -146,9 +163,9 @@ describe.skipIf(skip)('HA pair with keepalived', () => {
     await Promise.all([startEtd('a'), startEtd('b')]);
     for (const gw of ['a', 'b'] as const) await checkKeepalivedConfig(ha, ha.ns[gw], keepalivedConfig(gw));
     // A first, so it is the master; B then joins as BACKUP.
-    keepalived.a = await startKeepalived(ha, ha.ns.a, keepalivedConfig('a'));
+    keepalived.a = await startKeepalived(ha, ha.ns.a, keepalivedConfig('a'), { env: keepalivedEnv('a') });
     await keepalived.a.waitForState('MASTER', 15_000);
-    keepalived.b = await startKeepalived(ha, ha.ns.b, keepalivedConfig('b'));
+    keepalived.b = await startKeepalived(ha, ha.ns.b, keepalivedConfig('b'), { env: keepalivedEnv('b') });
     await keepalived.b.waitForState('BACKUP', 15_000);
   }, 90_000);
 

@@ -109,6 +109,24 @@ async function holdsVips(gw: HaGateway): Promise<{ client: boolean; backend: boo
   return { client: r.stdout.includes(` ${ha.v4.vipClient}/`), backend: r.stdout.includes(` ${ha.v4.vipBackend}/`) };
 }
 
+/** A client in the middle of a relayed session: greeting read, EHLO answered; prints how the connection ended. */
+const RELAYING = `
+const net = require('net');
+const [host] = process.argv.slice(1);
+const out = (o) => console.log(JSON.stringify(o));
+const s = net.connect({ host, port: 25 });
+let data = '', said = false;
+s.on('data', (d) => {
+  data += d;
+  if (!said && /^220 /m.test(data)) { said = true; s.write('EHLO relaying.example\\r\\n'); }
+  if (said && /^250 /m.test(data)) { data = ''; said = null; out({ event: 'relaying' }); }
+});
+const end = (how) => { out({ event: 'ended', how }); process.exit(0); };
+s.on('error', (e) => end(e.code));
+s.on('close', () => end('closed'));
+setTimeout(() => end('timeout'), 20000);
+`;
+
 const passedOn = (gw: HaGateway): number => (etd[gw]?.lines ?? []).filter((l) => l.msg === 'session' && l.verdict === 'passed').length;
 const messagesFromClient = (): number => recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === ha.v4.client).length;
 
@@ -185,8 +203,13 @@ describe.skipIf(skip)('HA pair with keepalived', () => {
     for (const m of msgs) expect(m.remoteAddress).toBe(ha.v4.client);
   }, 60_000);
 
-  it('(b) SIGKILL of etd on the master: keepalived moves both VIPs to B and sessions deliver through B within 5 s', async () => {
+  it('(b) SIGKILL of etd on the master: its relayed session breaks, keepalived moves both VIPs to B and sessions deliver through B within 5 s', async () => {
+    // A session being relayed through A when A's etd dies: it ends, it is not carried over.
+    const relaying = ha.spawnJson(ha.ns.client, process.execPath, ['-e', RELAYING, ha.v4.vipClient]);
+    await relaying.waitFor((e) => e.event === 'relaying', 10_000);
     const { vipMs, deliveredMs } = await failover('a', 'b');
+    const ended = await relaying.waitFor((e) => e.event === 'ended', 5000);
+    expect(['closed', 'ECONNRESET', 'EPIPE']).toContain(ended.how);
     console.log(`HA failover A -> B: VIP moved ${vipMs} ms after the SIGKILL, first session delivered through B after ${deliveredMs} ms`);
     expect(keepalived.a!.state()).toBe('FAULT');
     expect(keepalived.a!.lines.some((l) => /etd_health/.test(l) && /fail|failed/i.test(l))).toBe(true);

@@ -25,6 +25,8 @@ export interface Keepalived {
   state(): VrrpState;
   /** Resolves when the instance has entered `state` after `since` (a this.lines index); rejects after timeoutMs or when keepalived exits. */
   waitForState(state: VrrpState, timeoutMs: number, since?: number): Promise<void>;
+  /** Resolves when a log line matches `re`; rejects after timeoutMs or when keepalived exits. */
+  waitForLine(re: RegExp, timeoutMs: number): Promise<void>;
   /** SIGTERM (SIGKILL after a grace) to the parent and the VRRP child, removes the directory. Idempotent. */
   stop(): Promise<void>;
 }
@@ -177,6 +179,7 @@ export async function startKeepalived(procs: LabProcesses, ns: string, config: s
     lines,
     state: () => stateAfter(0) ?? 'INIT',
     waitForState: (state, timeoutMs, since = 0) => waitFor(() => stateAfter(since) === state, `state ${state}`, timeoutMs),
+    waitForLine: (re, timeoutMs) => waitFor(() => lines.some((l) => re.test(l)), `a line matching ${re}`, timeoutMs),
     stop,
   };
 }

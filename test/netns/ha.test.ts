@@ -74,6 +74,18 @@ log: { level: info }
   return file;
 }
 
+/**
+ * The shipped track script, copied byte for byte into this test's private directory (root, 0700):
+ * keepalived's enable_script_security refuses a script whose path a non-root user could change,
+ * and a checkout may live anywhere.
+ */
+function trackScript(): string {
+  const file = path.join(dir, 'etd-health.sh');
+  if (!fs.existsSync(file)) fs.copyFileSync(path.join(EXAMPLES, 'etd-health.sh'), file);
+  fs.chmodSync(file, 0o755);
+  return file;
+}
+
 /** The shipped example for gateway `gw`, with the lab's interfaces, VIPs, script path and API address. */
 function keepalivedConfig(gw: HaGateway): string {
   let text = fs.readFileSync(path.join(EXAMPLES, `keepalived-${gw}.conf`), 'utf8');
@@ -82,7 +94,7 @@ function keepalivedConfig(gw: HaGateway): string {
     [/\beth1\b/g, ha.ifaces.backendSide],
     [/192\.0\.2\.25\/24/g, `${ha.v4.vipClient}/${ha.v4.prefix}`],
     [/198\.51\.100\.1\/24/g, `${ha.v4.vipBackend}/${ha.v4.prefix}`],
-    [/"\/etc\/keepalived\/etd-health\.sh 127\.0\.0\.1:8025 \/healthz"/g, `"${path.join(EXAMPLES, 'etd-health.sh')} ${apiOf(gw)} /healthz"`],
+    [/"\/etc\/keepalived\/etd-health\.sh 127\.0\.0\.1:8025 \/healthz"/g, `"${trackScript()} ${apiOf(gw)} /healthz"`],
   ];
   for (const [re, to] of subst) {
     expect(text, `examples/keepalived/keepalived-${gw}.conf no longer contains ${re.source}: update this test`).toMatch(re);
@@ -195,6 +207,11 @@ describe.skipIf(skip)('HA pair with keepalived', () => {
   });
 
   it('(a) clients deliver through the VIP held by A; the backend sees the client address', async () => {
+    // The track script runs (keepalived disables one it deems unsafe, and then nothing would fail over).
+    for (const gw of ['a', 'b'] as const) {
+      await keepalived[gw]!.waitForLine(/VRRP_Script\(etd_health\) succeeded/, 5000);
+      expect(keepalived[gw]!.lines.join('\n'), `keepalived ${gw}`).not.toMatch(/unsafe|disabl/i);
+    }
     expect(await holdsVips('a')).toEqual({ client: true, backend: true });
     expect(await holdsVips('b')).toEqual({ client: false, backend: false });
     for (let i = 0; i < 3; i++) expect(await deliver()).toBe('a');

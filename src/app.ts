@@ -30,7 +30,7 @@ function netfilterKey(c: Config): string {
 }
 
 function listenerKey(l: ListenerConfig): string {
-  return JSON.stringify([l.name, l.address, l.port, l.mode, l.backlog, l.destinations]);
+  return JSON.stringify([l.name, l.address, l.port, l.mode, l.backlog, l.destinations, l.freebind]);
 }
 
 /** What happens to a new connection, before any session exists: decided by limits, access lists and caches. */

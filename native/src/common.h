@@ -139,7 +139,7 @@ bool PrepareSpoofedSource(Napi::Env env, int fd, int family, const std::string& 
 
 // An inet socket address as text and port; IPv4-mapped IPv6 (::ffff:a.b.c.d) comes back as
 // family 4 and "a.b.c.d". False for other address families.
-// A listening socket (non-blocking, cloexec, SO_REUSEADDR, IP(V6)_TRANSPARENT when asked,
+// A listening socket (non-blocking, cloexec, SO_REUSEADDR, IP(V6)_TRANSPARENT when asked, IP(V6)_FREEBIND when asked,
 // IPV6_V6ONLY = v6only for v6, bind, listen). Returns the fd (the caller owns it), or -1 after
 // throwing the Node-shaped error.
 int OpenListener(Napi::Env env, int family, const std::string& address, int port, int backlog, bool transparent,

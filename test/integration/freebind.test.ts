@@ -75,6 +75,24 @@ state: { path: ":memory:" }
     expect(r.stderr).toMatch(/listeners\[\]\.freebind: true/);
   });
 
+  it('a reload that turns freebind off rebinds the listener, so it is refused and the running listener stays', async () => {
+    const file = path.join(dir, 'reload.yaml');
+    fs.copyFileSync(configFile(true), file);
+    const etd = runEtd(file);
+    try {
+      await etd.waitFor((l) => l.msg === 'etd started', 15_000);
+      fs.writeFileSync(file, fs.readFileSync(configFile(false), 'utf8'));
+      etd.child.kill('SIGHUP');
+      const refused = await etd.waitFor((l) => l.msg === 'reload refused; the running configuration stays', 15_000);
+      expect(JSON.stringify(refused)).toMatch(/EADDRNOTAVAIL/);
+      expect(etd.lines.filter((l) => l.msg === 'listening').length).toBeGreaterThanOrEqual(2); // restored after the failed rebind
+      etd.child.kill('SIGTERM');
+      expect(await etd.exited).toBe(0);
+    } finally {
+      etd.child.kill('SIGKILL');
+    }
+  });
+
   it('with freebind: etd starts, listening on it, and stops cleanly', async () => {
     const etd = runEtd(configFile(true));
     try {

@@ -6,7 +6,8 @@
 //   (b) etd on the master is SIGKILLed: the track script fails, keepalived moves both VIPs, and
 //       new sessions are delivered through the backup within 5 s (measured and printed);
 //   (c) etd on A is started again: A becomes a healthy BACKUP and the VIPs stay on B (nopreempt,
-//       as the example configures); then B's etd dies and the VIPs come back to A, delivering.
+//       as the example configures); then B's etd dies and the VIPs come back to A, delivering;
+//   (d) etd doctor passes on the master; on the backup it cannot test the return path (docs/ha.md).
 
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -16,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHaLab, type HaGateway, type HaLab } from '../../lab/haLab.js';
 import { checkKeepalivedConfig, startKeepalived, type Keepalived } from '../../lab/keepalived.js';
 import type { JsonLineProcess } from '../../lab/netns.js';
-import { startEtdInNetns, type RunningEtd } from '../helpers/cli.js';
+import { CLI, startEtdInNetns, type RunningEtd } from '../helpers/cli.js';
 import { swaks } from '../helpers/nsClient.js';
 import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
 
@@ -259,4 +260,18 @@ describe.skipIf(skip)('HA pair with keepalived', () => {
     const last = recorder.events.filter((e) => e.event === 'message').at(-1);
     expect(last?.remoteAddress).toBe(ha.v4.client);
   }, 90_000);
+
+  it('(d) etd doctor: on the master every check passes, the return path included; on the backup the return path is not tested (a warning, no failure)', async () => {
+    // After (c), A is the master and B (its etd killed) holds no VIP. The doctor needs no running etd.
+    const doctor = (gw: HaGateway) => ha.exec(ha.ns[gw], process.execPath, [CLI, 'doctor', '-c', path.join(dir, `etd-${gw}.yaml`)], { allowFailure: true, timeoutMs: 60_000 });
+    const master = await doctor('a');
+    expect(master.code, master.stdout + master.stderr).toBe(0);
+    expect(master.stdout).toMatch(/^OK +return\.b4 /m);
+    expect(master.stdout).toMatch(/0 FAIL, 0 WARN/);
+    const backup = await doctor('b');
+    expect(backup.code, backup.stdout + backup.stderr).toBe(0);
+    expect(backup.stdout).toMatch(/^WARN +client\.v4 [\s\S]*no IPv4 client-side network found/m);
+    expect(backup.stdout).toMatch(/^WARN +return\.b4 [\s\S]*not tested/m);
+    expect(backup.stdout).toMatch(/0 FAIL/);
+  }, 120_000);
 });

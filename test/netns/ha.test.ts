@@ -23,7 +23,8 @@ import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
 
 const EXAMPLES = path.join(__dirname, '../../examples/keepalived');
 const skip = skipPrivileged('HA pair with keepalived') || skipWithout('keepalived', 'keepalived', 'HA pair with keepalived') || skipWithout('swaks', 'swaks', 'HA pair with keepalived');
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-ha-'));
+// Only when the suite runs: a skipped suite's afterAll would not remove it.
+const dir = skip ? '' : fs.mkdtempSync(path.join(os.tmpdir(), 'etd-ha-'));
 let ha: HaLab;
 let recorder: JsonLineProcess;
 const running: RunningEtd[] = [];

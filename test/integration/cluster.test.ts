@@ -1,0 +1,169 @@
+// Two in-process etd Apps on loopback sharing one real redis-server: a pass, a deny and an access entry learnt on A act on B; Redis down and back.
+
+import net from 'node:net';
+import { Writable } from 'node:stream';
+import pino from 'pino';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Redis } from 'ioredis';
+import { App } from '../../src/app.js';
+import { validateConfig } from '../../src/config/load.js';
+import type { SessionSummary } from '../../src/proxy/protocol.js';
+import { rawClient } from '../helpers/etd.js';
+import { skipWithout } from '../helpers/privileged.js';
+import { freePort, startRedis, type TestRedis } from '../helpers/redis.js';
+
+const skip = skipWithout('redis-server', 'redis-server', 'cluster over Redis (loopback)');
+const WINDOW_MS = 1500;
+
+interface Gateway {
+  app: App;
+  port: number;
+  summaries: SessionSummary[];
+  logs: Array<Record<string, unknown>>;
+}
+
+let backend: net.Server;
+let backendPort = 0;
+let redis: TestRedis;
+let redisPort = 0;
+const gateways: Gateway[] = [];
+
+async function gateway(prefix: string): Promise<Gateway> {
+  const logs: Array<Record<string, unknown>> = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const line of chunk.toString().split('\n')) if (line) logs.push(JSON.parse(line) as Record<string, unknown>);
+      cb();
+    },
+  });
+  const config = validateConfig({
+    listeners: [{ name: 'test', address: '127.0.0.1', port: 0 }],
+    detection: { window: `${WINDOW_MS}ms`, action: 'drop' },
+    upstream: { servers: [{ name: 'b', address: '127.0.0.1', port: backendPort }], health: { enabled: false } },
+    cache: { enabled: true, ttl: '1h', denyTtl: '1h' },
+    access: { denyAction: 'reject' },
+    state: { path: ':memory:' },
+    api: { enabled: false },
+    limits: { perClient: 0 },
+    cluster: { redis: { url: `redis://127.0.0.1:${redisPort}`, keyPrefix: prefix, commandTimeout: '300ms', connectTimeout: '500ms' }, syncInterval: '500ms' },
+  });
+  const app = new App(config, pino({ level: 'debug' }, sink));
+  const summaries: SessionSummary[] = [];
+  app.observe({ sessionEnded: (s) => summaries.push(s) });
+  await app.start();
+  const g = { app, port: app.listenerList()[0]!.addresses()[0]!.port, summaries, logs };
+  gateways.push(g);
+  return g;
+}
+
+async function until<T>(what: string, f: () => T | undefined, timeoutMs = 5000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = f();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const polite = (port: number) =>
+  rawClient(port, (s) => s.once('data', () => s.write('QUIT\r\n')), WINDOW_MS + 3000);
+const early = (port: number) => rawClient(port, (s) => s.write('EHLO bot.example\r\n'), WINDOW_MS + 3000);
+
+describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
+  beforeAll(async () => {
+    backend = net.createServer((c) => {
+      c.on('error', () => undefined);
+      c.write('220 cluster.test ESMTP\r\n');
+      c.on('data', (d) => {
+        if (d.toString('latin1').toUpperCase().startsWith('QUIT')) c.end('221 2.0.0 bye\r\n');
+      });
+    });
+    await new Promise<void>((r) => backend.listen(0, '127.0.0.1', r));
+    backendPort = (backend.address() as net.AddressInfo).port;
+    redisPort = await freePort();
+    redis = await startRedis('127.0.0.1', redisPort);
+  }, 20_000);
+
+  afterEach(async () => {
+    for (const g of gateways.splice(0)) await g.app.stop(200);
+  });
+
+  afterAll(async () => {
+    await redis?.kill('SIGKILL');
+    await new Promise((r) => backend?.close(r));
+  });
+
+  it('a pass on A releases the client on B at once; an early talker on A is refused on B', async () => {
+    const a = await gateway('t1:');
+    const b = await gateway('t1:');
+    await until('both connected', () => a.app.cluster!.up && b.app.cluster!.up);
+
+    const first = await polite(a.port);
+    expect(first.firstByteAfterMs!).toBeGreaterThanOrEqual(WINDOW_MS - 50);
+    await until('the pass written to Redis', () => a.app.cluster!.status().pendingWrites === 0 && a.summaries.length === 1);
+    await new Promise((r) => setTimeout(r, 50));
+    const onB = await polite(b.port);
+    expect(onB.data.toString()).toMatch(/^220 cluster.test/);
+    expect(onB.firstByteAfterMs!).toBeLessThan(100);
+    const sb = await until('B summary', () => b.summaries[0]);
+    expect(sb).toMatchObject({ verdict: 'passed', released: 'cluster_pass' });
+    // Adopted locally: the next connection on B is a local pass-cache hit.
+    await polite(b.port);
+    expect(await until('second B summary', () => b.summaries[1])).toMatchObject({ verdict: 'passed', skipped: 'pass_cache' });
+
+    // Now the same address talks early on A: the deny replaces the pass everywhere.
+    a.app.cache.delete('127.0.0.1');
+    b.app.cache.delete('127.0.0.1');
+    const bot = await early(a.port);
+    expect(bot.data.length).toBe(0);
+    await until('the deny written', () => a.summaries.some((s) => s.verdict === 'early_talker') && a.app.cluster!.status().pendingWrites === 0);
+    await new Promise((r) => setTimeout(r, 50));
+    b.app.cache.delete('127.0.0.1');
+    const refused = await polite(b.port);
+    expect(refused.data.toString()).toMatch(/^554 5\.7\.1/);
+    expect(refused.firstByteAfterMs!).toBeLessThan(200);
+    expect(await until('B deny summary', () => b.summaries.find((x) => x.verdict === 'denied'))).toMatchObject({ verdict: 'denied', cause: 'cluster_deny' });
+  }, 30_000);
+
+  it('an access entry added on A applies on B within a second, and its deletion too', async () => {
+    const a = await gateway('t2:');
+    const b = await gateway('t2:');
+    await until('both connected', () => a.app.cluster!.up && b.app.cluster!.up);
+    const t0 = performance.now();
+    a.app.access.add('192.0.2.0/24', 'deny');
+    a.app.cluster!.accessChanged('192.0.2.0/24', 'deny');
+    await until('B has the entry', () => b.app.access.match('192.0.2.7')?.list === 'deny', 1000);
+    const ms = performance.now() - t0;
+    console.log(`access entry from A applied on B after ${ms.toFixed(1)} ms`);
+    expect(ms).toBeLessThan(1000);
+    a.app.access.remove('192.0.2.0/24', 'runtime');
+    a.app.cluster!.accessChanged('192.0.2.0/24', undefined);
+    await until('B dropped it', () => b.app.access.match('192.0.2.7') === undefined || undefined, 1000);
+  }, 20_000);
+
+  it('Redis down: sessions run their window from local state, one warning each way, and what was learnt is written back', async () => {
+    const prefix = 't3:';
+    const a = await gateway(prefix);
+    await until('connected', () => a.app.cluster!.up);
+    await redis.kill('SIGKILL');
+    await until('down', () => !a.app.cluster!.up || undefined);
+    const down = await polite(a.port);
+    expect(down.data.toString()).toMatch(/^220 cluster.test/);
+    expect(down.firstByteAfterMs!).toBeGreaterThanOrEqual(WINDOW_MS - 50);
+    expect(down.firstByteAfterMs!).toBeLessThan(WINDOW_MS + 500);
+    redis = await startRedis('127.0.0.1', redisPort);
+    await until('up again', () => a.app.cluster!.up || undefined, 10_000);
+    await until('written back', () => a.app.cluster!.status().pendingWrites === 0 || undefined);
+    const check = new Redis({ port: redisPort, host: '127.0.0.1', keyPrefix: prefix, lazyConnect: true });
+    await check.connect();
+    try {
+      expect(await check.get('cache:127.0.0.1')).toBe('pass');
+      expect(await check.pttl('cache:127.0.0.1')).toBeGreaterThan(3_000_000);
+    } finally {
+      check.disconnect();
+    }
+    const warns = a.logs.filter((l) => l.level === 40 && String(l.msg).startsWith('cluster:')).map((l) => l.msg);
+    expect(warns).toEqual([expect.stringMatching(/Redis is down/), expect.stringMatching(/Redis is up again/)]);
+  }, 30_000);
+});

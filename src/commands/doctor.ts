@@ -50,6 +50,7 @@ export async function doctorCommand(config: Config, opts: DoctorOptions, out: (l
     probes,
     returnPath: true,
     netfilter: true,
+    redis: true,
     ...(opts.client === undefined ? {} : { client: opts.client }),
   });
   const findings = evaluate(facts);

@@ -1,7 +1,8 @@
 // Pure: how shared state is laid out in Redis (one namespace per kind under cluster.redis.keyPrefix), the pub/sub message codec, and the access-list reconcile.
 //
 // Layout (after keyPrefix, which ioredis adds to every key):
-//   cache:<cache key>        "pass" | "deny", with a PX expiry (the same keys as the local cache: ip or net scope)
+//   cache:<cache key>        "pass:<expiry ms>" | "deny:<expiry ms>", with the same PX expiry (the same keys as
+//                            the local cache: ip or net scope; the expiry in the value saves a PTTL per lookup)
 //   access:runtime           hash  cidr → "allow" | "deny" (runtime access entries made through any gateway's API)
 //   meta:epoch               a random id set once per Redis data set: a gateway that sees it change
 //                            knows Redis lost its data (restart without persistence) and writes back
@@ -52,9 +53,17 @@ export function decodeEvent(text: string): AccessEvent | undefined {
   return { from: o.from, kind: 'access', cidr: o.cidr, list: o.list as AccessListName | undefined };
 }
 
-/** A cached verdict read back from Redis; undefined when absent or not etd's. */
-export function decodeVerdict(v: unknown): CacheVerdict | undefined {
-  return v === 'pass' || v === 'deny' ? v : undefined;
+export function encodeVerdict(kind: CacheVerdict, expires: number): string {
+  return `${kind}:${expires}`;
+}
+
+/** A cached verdict read back from Redis with its expiry (ms since epoch); undefined when absent, lapsed or not etd's. */
+export function decodeVerdict(v: unknown, now: number): { kind: CacheVerdict; expires: number } | undefined {
+  if (typeof v !== 'string') return undefined;
+  const m = /^(pass|deny):(\d{1,15})$/.exec(v);
+  if (!m) return undefined;
+  const expires = Number(m[2]);
+  return expires > now ? { kind: m[1] as CacheVerdict, expires } : undefined;
 }
 
 export function decodeList(v: unknown): AccessListName | undefined {

@@ -23,6 +23,7 @@ import {
   decodeEvent,
   decodeVerdict,
   encodeEvent,
+  encodeVerdict,
   eventChannel,
   reconcileAccess,
   sharedKey,
@@ -156,24 +157,17 @@ export class SharedState {
       this.lookups.skipped++;
       return;
     }
-    const k = sharedKey('cache', key);
-    c.pipeline()
-      .get(k)
-      .pttl(k)
-      .exec()
+    c.get(sharedKey('cache', key))
       .then(
-        (res) => {
-          const [getErr, value] = res?.[0] ?? [new Error('no reply'), null];
-          const [, pttl] = res?.[1] ?? [null, -2];
-          if (getErr) throw getErr;
-          const kind = decodeVerdict(value);
-          if (kind === undefined || typeof pttl !== 'number' || pttl <= 0) {
+        (value) => {
+          const v = decodeVerdict(value, Date.now());
+          if (v === undefined) {
             this.lookups.miss++;
             return;
           }
-          this.lookups[kind]++;
-          this.local.adoptCache(key, kind, Date.now() + pttl);
-          done(kind, Date.now() + pttl);
+          this.lookups[v.kind]++;
+          this.local.adoptCache(key, v.kind, v.expires);
+          done(v.kind, v.expires);
         },
         (e: unknown) => {
           this.lookups.error++;
@@ -310,8 +304,9 @@ export class SharedState {
             const px = op.expires - now;
             if (px <= 0) continue;
             const k = sharedKey('cache', op.key);
-            if (op.nx) p.set(k, op.kind, 'PX', px, 'NX');
-            else p.set(k, op.kind, 'PX', px);
+            const value = encodeVerdict(op.kind, op.expires);
+            if (op.nx) p.set(k, value, 'PX', px, 'NX');
+            else p.set(k, value, 'PX', px);
           } else {
             if (op.list === undefined) p.hdel(ACCESS_HASH, op.cidr);
             else if (op.nx) p.hsetnx(ACCESS_HASH, op.cidr, op.list);

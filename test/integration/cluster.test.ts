@@ -158,7 +158,7 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
     const check = new Redis({ port: redisPort, host: '127.0.0.1', keyPrefix: prefix, lazyConnect: true });
     await check.connect();
     try {
-      expect(await check.get('cache:127.0.0.1')).toBe('pass');
+      expect(await check.get('cache:127.0.0.1')).toMatch(/^pass:\d+$/);
       expect(await check.pttl('cache:127.0.0.1')).toBeGreaterThan(3_000_000);
     } finally {
       check.disconnect();

@@ -2,7 +2,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { decideShared } from '../../src/cluster/attach.js';
-import { decodeEvent, encodeEvent, eventChannel, reconcileAccess, sharedKey } from '../../src/cluster/keys.js';
+import { decodeEvent, decodeVerdict, encodeEvent, encodeVerdict, eventChannel, reconcileAccess, sharedKey } from '../../src/cluster/keys.js';
 import { linkStep, type LinkEvent, type LinkState } from '../../src/cluster/link.js';
 import { parseEndpoint, reconnectDelay, redisOptions, redisWhere } from '../../src/cluster/options.js';
 import { redisFindings } from '../../src/doctor/checks.js';
@@ -72,6 +72,18 @@ describe('key layout and messages', () => {
       expect(decodeEvent(bad)).toBeUndefined();
     }
   });
+});
+
+describe('cached verdicts carry their expiry', () => {
+  it.each([
+    [encodeVerdict('pass', 2000), 1000, { kind: 'pass', expires: 2000 }],
+    [encodeVerdict('deny', 2000), 1000, { kind: 'deny', expires: 2000 }],
+    [encodeVerdict('pass', 2000), 2000, undefined],
+    ['pass', 1000, undefined],
+    ['maybe:5000', 1000, undefined],
+    [null, 1000, undefined],
+    [42, 1000, undefined],
+  ])('%s at %s', (value, now, want) => expect(decodeVerdict(value, now)).toEqual(want));
 });
 
 describe('reconcileAccess', () => {

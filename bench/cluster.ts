@@ -61,7 +61,9 @@ interface Etd {
 
 async function startEtd(lab: Lab, ns: string, file: string, log: string, waitCluster: boolean): Promise<Etd> {
   const fd = fs.openSync(log, 'a');
-  const child = lab.spawn(ns, process.execPath, [CLI_PATH, 'run', '-c', file], { stdio: ['ignore', fd, fd] });
+  // ETD_BENCH_CLUSTER_PROFILE=DIR: a V8 CPU profile of each etd run lands there (where the time goes).
+  const prof = process.env.ETD_BENCH_CLUSTER_PROFILE;
+  const child = lab.spawn(ns, process.execPath, [...(prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : []), CLI_PATH, 'run', '-c', file], { stdio: ['ignore', fd, fd] });
   fs.closeSync(fd);
   const deadline = Date.now() + 20_000;
   const want = waitCluster ? 'cluster: connected to Redis' : '"msg":"etd started"';

@@ -179,13 +179,12 @@ export class Metrics {
       },
     });
 
-    const cluster = app.cluster;
     new Gauge({
       name: 'etd_cluster_up',
       help: 'whether Redis (cluster.redis) answers now (1 = up; 0 = down, or no cluster configured)',
       registers,
       collect() {
-        this.set(cluster?.up ? 1 : 0);
+        this.set(app.cluster?.up ? 1 : 0);
       },
     });
     new Counter({
@@ -195,6 +194,7 @@ export class Metrics {
       registers,
       collect() {
         this.reset();
+        const cluster = app.cluster;
         if (cluster) for (const [op, n] of Object.entries(cluster.errors)) this.inc({ op }, n);
       },
     });
@@ -205,6 +205,7 @@ export class Metrics {
       registers,
       collect() {
         this.reset();
+        const cluster = app.cluster;
         if (cluster) for (const [result, n] of Object.entries(cluster.lookups)) this.inc({ result }, n);
       },
     });
@@ -213,7 +214,7 @@ export class Metrics {
       help: 'writes queued for Redis (kept while it is down, written back when it returns)',
       registers,
       collect() {
-        this.set(cluster?.status().pendingWrites ?? 0);
+        this.set(app.cluster?.status().pendingWrites ?? 0);
       },
     });
 

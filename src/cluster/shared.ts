@@ -61,10 +61,13 @@ export type ErrorOp = 'connect' | 'lookup' | 'write' | 'sync' | 'subscribe';
 
 /** Queued writes kept while Redis is down; beyond it the oldest go (counted in `dropped`). */
 const MAX_QUEUE = 100_000;
-/** Ops per pipeline: big enough to batch a burst, small enough not to stall the event loop. */
-const BATCH = 500;
+/** Ops per pipeline: ioredis takes ~25 µs to build one command, so 100 keep a batch to a few ms of the event loop. */
+const BATCH = 100;
+const DROP_CHUNK = 1000;
 /** Writes wait this long to share one pipeline (a TCP write costs far more than a command). */
 const FLUSH_MS = 20;
+/** Under load, lookups wait at most this long to share an MGET (against a window of seconds). */
+const LOOKUP_GAP_MS = 2;
 /** Local cache entries written back after Redis lost its data (the most recent first are not known: a cap). */
 const WRITE_BACK_MAX = 200_000;
 
@@ -97,6 +100,7 @@ export class SharedState {
   private epoch: string | undefined;
   private queue: Op[] = [];
   /** Lookups asked in this turn of the event loop, sent together. */
+  private lastLookupAt = -Infinity;
   private asked: Array<{ key: string; done: (kind: CacheVerdict, expires: number) => void }> = [];
   /** The batch being written now (a full sync must not undo it before it lands). */
   private inflight: readonly Op[] = [];
@@ -159,14 +163,19 @@ export class SharedState {
       this.lookups.skipped++;
       return;
     }
-    // Lookups asked in one turn of the event loop go out as one MGET: one write, one read.
+    // Lookups go out together as one MGET (one write, one read: the TCP write costs more than
+    // the command). Alone, a lookup goes at once; under load, at most one MGET per LOOKUP_GAP_MS.
     this.asked.push({ key, done });
-    if (this.asked.length === 1) setImmediate(() => this.sendLookups());
+    if (this.asked.length > 1) return;
+    const wait = this.lastLookupAt + LOOKUP_GAP_MS - performance.now();
+    if (wait > 0) setTimeout(() => this.sendLookups(), wait);
+    else setImmediate(() => this.sendLookups());
   }
 
   private sendLookups(): void {
     const asked = this.asked;
     this.asked = [];
+    this.lastLookupAt = performance.now();
     const c = this.client;
     if (!c || !this.up) {
       this.lookups.skipped += asked.length;
@@ -250,13 +259,14 @@ export class SharedState {
       const lost = created || (this.epoch !== undefined && this.epoch !== current);
       const joining = this.epoch === undefined;
       this.epoch = current;
-      if (lost) this.queueWriteBack(true);
-      else if (joining) this.queueWriteBack(false);
+      this.change('ready');
+      this.everUp = true;
+      if (lost || joining) await this.queueWriteBack(lost);
     } catch (e) {
       this.noteError('sync', e);
+      this.change('ready');
+      this.everUp = true;
     }
-    this.change('ready');
-    this.everUp = true;
     await this.flushNow().catch((e: unknown) => this.noteError('write', e));
     await this.sync();
   }
@@ -266,8 +276,10 @@ export class SharedState {
    * Otherwise (this gateway joins a running cluster): add its runtime access entries the shared
    * hash does not have yet (HSETNX: a peer's newer entry wins).
    */
-  private queueWriteBack(all: boolean): void {
+  private async queueWriteBack(all: boolean): Promise<void> {
     let n = 0;
+    // Cache writes still queued are in the local cache too (same or later expiry): written once, below.
+    if (all) this.queue = this.queue.filter((op) => op.t !== 'cache');
     for (const [cidr, list] of this.local.runtimeAccess()) {
       this.enqueue({ t: 'access', cidr, list, publish: all, nx: !all }, true);
       n++;
@@ -276,7 +288,8 @@ export class SharedState {
       for (const e of this.local.cacheEntries()) {
         if (n >= WRITE_BACK_MAX) break;
         this.enqueue({ t: 'cache', key: e.key, kind: e.kind, expires: e.expires, nx: true }, true);
-        n++;
+        // A large cache is queued a slice per turn of the event loop: sessions go on meanwhile.
+        if (++n % 2000 === 0) await new Promise((r) => setImmediate(r));
       }
     }
     this.writtenBack += n;
@@ -293,8 +306,9 @@ export class SharedState {
 
   private enqueue(op: Op, quiet = false): void {
     if (this.queue.length >= MAX_QUEUE) {
-      this.queue.shift();
-      this.dropped++;
+      // The oldest go, a chunk at a time (shifting one per write would cost O(queue) each).
+      this.queue.splice(0, DROP_CHUNK);
+      this.dropped += DROP_CHUNK;
     }
     this.queue.push(op);
     if (!quiet || this.queue.length === 1) this.scheduleFlush();

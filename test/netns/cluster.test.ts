@@ -152,7 +152,8 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
 
   it('a client that passed through A gets its banner through B in under 5 ms', async () => {
     const times: number[] = [];
-    for (let i = 0; i < 5; i++) {
+    // Nine clients, each a first visit on A; the median is the figure (one sample can meet a busy machine).
+    for (let i = 0; i < 9; i++) {
       const first = await client('banner', lab.v4.gatewayClientSide, src(i));
       expect(first.data).toMatch(/^220 /);
       expect(first.bannerMs!).toBeGreaterThanOrEqual(WINDOW_MS - 50);
@@ -169,9 +170,9 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
     const direct = (await client('banner', lab.v4.backends[0], src(0), 25)).bannerMs!;
     console.log(`local pass-cache hit on B: ${local.toFixed(2)} ms; backend banner direct: ${direct.toFixed(2)} ms`);
     const sorted = [...times].sort((x, y) => x - y);
-    console.log(`banner through B after a pass on A: ${times.map((t) => t.toFixed(2)).join(', ')} ms (median ${sorted[2]!.toFixed(2)})`);
-    expect(sorted[2]!).toBeLessThan(5);
-    expect(sorted[4]!).toBeLessThan(WINDOW_MS / 4);
+    console.log(`banner through B after a pass on A: ${times.map((t) => t.toFixed(2)).join(', ')} ms (median ${sorted[4]!.toFixed(2)})`);
+    expect(sorted[4]!).toBeLessThan(5);
+    expect(sorted[8]!).toBeLessThan(WINDOW_MS / 4);
   }, 60_000);
 
   it('an early talker caught on A is refused on B', async () => {
@@ -205,8 +206,10 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
     const loadB = lab.spawnJson(lab.ns.client, process.execPath, [CLIENT, 'load', lab.peer!.v4, String(PORT), '30', '4', ...pool]);
     const results = (p: JsonLineProcess) => p.events.filter((e: JsonEvent) => e.event === 'result');
     await until('load running on both', () => results(loadA).length >= 10 && results(loadB).length >= 10, 20_000, 100);
-    // Scrape once so the event-loop maximum covers only what follows.
+    // Scrape once so the event-loop maximum covers only what follows; 2 s with Redis up, for comparison.
     await Promise.all([loopMaxMs('a'), loopMaxMs('b')]);
+    await new Promise((r) => setTimeout(r, 2000));
+    const control = { a: await loopMaxMs('a'), b: await loopMaxMs('b') };
     const killedAt = Date.now();
     await redis.kill('SIGKILL');
     await until('both see Redis down', async () => !(await clusterStatus('a')).connected && !(await clusterStatus('b')).connected, 5000);
@@ -232,7 +235,7 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
     const afterKill = all.filter((e) => Number(e.at) > killedAt).length;
     console.log(
       `Redis SIGKILL under load: ${all.length} sessions (${afterKill} after the kill, ${sessionsDuringOutage} before the restart), ${failed.length} failed; ` +
-        `event-loop max delay while down: A ${stall.a.toFixed(1)} ms, B ${stall.b.toFixed(1)} ms`,
+        `event-loop max delay while down: A ${stall.a.toFixed(1)} ms, B ${stall.b.toFixed(1)} ms (the 2 s before the kill: A ${control.a.toFixed(1)} ms, B ${control.b.toFixed(1)} ms)`,
     );
     expect(failed).toEqual([]);
     expect(afterKill).toBeGreaterThan(0);

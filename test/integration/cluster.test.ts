@@ -8,6 +8,10 @@ import { Redis } from 'ioredis';
 import { App } from '../../src/app.js';
 import { validateConfig } from '../../src/config/load.js';
 import type { SessionSummary } from '../../src/proxy/protocol.js';
+import { Value } from '@sinclair/typebox/value';
+import { startApi } from '../../src/api/server.js';
+import { StatusBody } from '../../src/api/routes/status.js';
+import { statusCommand } from '../../src/commands/status.js';
 import { rawClient } from '../helpers/etd.js';
 import { skipWithout } from '../helpers/privileged.js';
 import { freePort, startRedis, type TestRedis } from '../helpers/redis.js';
@@ -140,6 +144,37 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
     a.app.access.remove('192.0.2.0/24', 'runtime');
     a.app.cluster!.accessChanged('192.0.2.0/24', undefined);
     await until('B dropped it', () => b.app.access.match('192.0.2.7') === undefined || undefined, 1000);
+  }, 20_000);
+
+  it('status, etd status, /metrics and POST /v1/access show and use the cluster', async () => {
+    const a = await gateway('t4:');
+    const b = await gateway('t4:');
+    await until('both connected', () => a.app.cluster!.up && b.app.cluster!.up);
+    const api = await startApi(
+      { enabled: true, address: '127.0.0.1', port: 0, token: undefined },
+      { app: a.app, version: 'test', log: pino({ level: 'silent' }), reload: async () => undefined, options: { processMetrics: false } },
+    );
+    try {
+      const status = (await (await fetch(`${api.url}/v1/status`)).json()) as StatusBody;
+      expect(Value.Check(StatusBody, status)).toBe(true);
+      expect(status.cluster).toMatchObject({ connected: true, state: 'up', where: `redis://127.0.0.1:${redisPort}`, lastError: null });
+      const metrics = await (await fetch(`${api.url}/metrics`)).text();
+      expect(metrics).toMatch(/^etd_cluster_up 1$/m);
+      expect(metrics).toMatch(/^etd_cluster_errors_total\{op="connect"\} 0$/m);
+      const out: string[] = [];
+      expect(await statusCommand({ url: api.url, json: false }, (l) => out.push(l))).toBe(0);
+      expect(out.join('\n')).toMatch(new RegExp(`^cluster +up: redis://127\\.0\\.0\\.1:${redisPort}`, 'm'));
+      // The API route announces the change: B applies it.
+      const post = await fetch(`${api.url}/v1/access`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ cidr: '198.51.100.0/24', list: 'deny' }) });
+      expect(post.status).toBe(201);
+      await until('B has it', () => b.app.access.match('198.51.100.9')?.list === 'deny' || undefined, 1000);
+      expect(b.app.access.list().find((e) => e.source === 'runtime')).toMatchObject({ list: 'deny', source: 'runtime' });
+      const del = await fetch(`${api.url}/v1/access/198.51.100.0%2F24`, { method: 'DELETE' });
+      expect(del.status).toBe(204);
+      await until('B dropped it', () => b.app.access.match('198.51.100.9') === undefined || undefined, 1000);
+    } finally {
+      await api.close();
+    }
   }, 20_000);
 
   it('Redis down: sessions run their window from local state, one warning each way, and what was learnt is written back', async () => {

@@ -1,6 +1,10 @@
 // Two in-process etd Apps on loopback sharing one real redis-server: a pass, a deny and an access entry learnt on A act on B; Redis down and back.
 
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -32,7 +36,7 @@ let redis: TestRedis;
 let redisPort = 0;
 const gateways: Gateway[] = [];
 
-async function gateway(prefix: string): Promise<Gateway> {
+async function gateway(prefix: string, redis: Record<string, unknown> = { url: `redis://127.0.0.1:${redisPort}` }): Promise<Gateway> {
   const logs: Array<Record<string, unknown>> = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -49,7 +53,7 @@ async function gateway(prefix: string): Promise<Gateway> {
     state: { path: ':memory:' },
     api: { enabled: false },
     limits: { perClient: 0 },
-    cluster: { redis: { url: `redis://127.0.0.1:${redisPort}`, keyPrefix: prefix, commandTimeout: '300ms', connectTimeout: '500ms' }, syncInterval: '500ms' },
+    cluster: { redis: { ...redis, keyPrefix: prefix, commandTimeout: '300ms', connectTimeout: '500ms' }, syncInterval: '500ms' },
   });
   const app = new App(config, pino({ level: 'debug' }, sink));
   const summaries: SessionSummary[] = [];
@@ -176,6 +180,32 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
       await api.close();
     }
   }, 20_000);
+
+  it('through Sentinel: a gateway that finds the master by its name shares with one that has its URL', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-sentinel-'));
+    const port = await freePort();
+    // Sentinel rewrites its config file: it gets its own, in a directory the test deletes.
+    fs.writeFileSync(path.join(dir, 'sentinel.conf'), `port ${port}\nbind 127.0.0.1\ndir ${dir}\nsentinel monitor mymaster 127.0.0.1 ${redisPort} 1\n`);
+    const sentinel = spawn('redis-server', [path.join(dir, 'sentinel.conf'), '--sentinel'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      let out = '';
+      sentinel.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+      await until('sentinel monitoring', () => out.includes('+monitor master mymaster') || undefined, 10_000);
+      const a = await gateway('t5:', { sentinels: [`127.0.0.1:${port}`], name: 'mymaster' });
+      const b = await gateway('t5:');
+      await until('both connected', () => a.app.cluster!.up && b.app.cluster!.up, 10_000);
+      expect(a.app.cluster!.status().where).toBe(`sentinel mymaster via 127.0.0.1:${port}`);
+      await polite(a.port);
+      await until('the pass written through the sentinel-found master', () => a.summaries.length === 1 && a.app.cluster!.status().pendingWrites === 0);
+      await new Promise((r) => setTimeout(r, 50));
+      const onB = await polite(b.port);
+      expect(onB.firstByteAfterMs!).toBeLessThan(200);
+      expect(await until('B summary', () => b.summaries[0])).toMatchObject({ verdict: 'passed', released: 'cluster_pass' });
+    } finally {
+      if (sentinel.pid !== undefined && sentinel.exitCode === null) process.kill(sentinel.pid, 'SIGKILL');
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
 
   it('Redis down: sessions run their window from local state, one warning each way, and what was learnt is written back', async () => {
     const prefix = 't3:';

@@ -74,6 +74,11 @@ export function redisProblems(r: RawRedis, base = 'cluster.redis'): Array<{ path
   return out;
 }
 
+/** TLS options: the system CA store, plus cluster.redis.caFile when set. */
+function tlsOf(c: ClusterConfig): { ca?: string } {
+  return c.redis.ca !== undefined ? { ca: c.redis.ca } : {};
+}
+
 /** ioredis options for a valid config (redisProblems found nothing). Reconnects for ever with backoff; never queues commands while down. */
 export function redisOptions(c: ClusterConfig): RedisOptions {
   const r = c.redis;
@@ -89,7 +94,7 @@ export function redisOptions(c: ClusterConfig): RedisOptions {
     ...(main?.username !== undefined ? { username: main.username } : {}),
     ...(main?.password !== undefined ? { password: main.password } : {}),
     ...(main?.db !== undefined ? { db: main.db } : {}),
-    ...(main?.tls ? { tls: {} } : {}),
+    ...(main?.tls ? { tls: tlsOf(c) } : {}),
   };
   if (r.sentinels === undefined) return { ...common, host: main!.host, port: main!.port };
   const sentinels = r.sentinels.map((s) => parseEndpoint(s, 26379, true) as Endpoint);
@@ -101,7 +106,7 @@ export function redisOptions(c: ClusterConfig): RedisOptions {
     sentinelRetryStrategy: reconnectDelay,
     ...(auth?.username !== undefined ? { sentinelUsername: auth.username } : {}),
     ...(auth?.password !== undefined ? { sentinelPassword: auth.password } : {}),
-    ...(sentinels.some((s) => s.tls) ? { sentinelTLS: {} } : {}),
+    ...(sentinels.some((s) => s.tls) ? { sentinelTLS: tlsOf(c) } : {}),
     // rediss:// in url: the master that the sentinels name is reached over TLS too.
     ...(main?.tls ? { enableTLSForSentinelMode: true } : {}),
   };

@@ -248,6 +248,18 @@ function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
   if (ct === 0) out.push({ path: 'upstream.connectTimeout', message: 'must be more than 0' });
   if (raw.cluster !== undefined) {
     out.push(...redisProblems(raw.cluster.redis));
+    const caFile = raw.cluster.redis.caFile;
+    if (caFile !== undefined) {
+      const tls = [raw.cluster.redis.url ?? '', ...(raw.cluster.redis.sentinels ?? [])].some((u) => u.startsWith('rediss://'));
+      if (!tls) out.push({ path: 'cluster.redis.caFile', message: 'a CA is only used over TLS: write rediss:// in url (or a sentinel), or remove caFile' });
+      try {
+        if (!fs.readFileSync(caFile, 'utf8').includes('-----BEGIN CERTIFICATE-----')) {
+          out.push({ path: 'cluster.redis.caFile', message: `${caFile} holds no PEM certificate ("-----BEGIN CERTIFICATE-----"); give the CA certificate that signed Redis' certificate` });
+        }
+      } catch (e) {
+        out.push({ path: 'cluster.redis.caFile', message: `cannot read ${caFile}: ${(e as NodeJS.ErrnoException).code ?? String(e)}` });
+      }
+    }
     for (const [path, text, min] of [
       ['cluster.redis.connectTimeout', raw.cluster.redis.connectTimeout, 1],
       ['cluster.redis.commandTimeout', raw.cluster.redis.commandTimeout, 1],
@@ -332,6 +344,8 @@ function resolve(raw: RawConfig): Config {
               url: raw.cluster.redis.url,
               sentinels: raw.cluster.redis.sentinels === undefined ? undefined : [...raw.cluster.redis.sentinels],
               name: raw.cluster.redis.name,
+              caFile: raw.cluster.redis.caFile,
+              ca: raw.cluster.redis.caFile === undefined ? undefined : fs.readFileSync(raw.cluster.redis.caFile, 'utf8'),
               keyPrefix: raw.cluster.redis.keyPrefix,
               connectTimeoutMs: ms(raw.cluster.redis.connectTimeout),
               commandTimeoutMs: ms(raw.cluster.redis.commandTimeout),
@@ -439,6 +453,7 @@ function clusterDocument(c: NonNullable<Config['cluster']>, redact: boolean): un
       ...(r.url !== undefined ? { url: hide(r.url) } : {}),
       ...(r.sentinels !== undefined ? { sentinels: r.sentinels.map(hide) } : {}),
       ...(r.name !== undefined ? { name: r.name } : {}),
+      ...(r.caFile !== undefined ? { caFile: r.caFile } : {}),
       keyPrefix: r.keyPrefix,
       connectTimeout: formatDur(r.connectTimeoutMs),
       commandTimeout: formatDur(r.commandTimeoutMs),

@@ -156,6 +156,7 @@ export const ConfigSchema = Type.Object(
               ),
               sentinels: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'Sentinel addresses, "host:port" or redis[s]://[:password@]host:port' })),
               name: Type.Optional(Type.String({ minLength: 1, description: 'the master name the sentinels monitor' })),
+              caFile: Type.Optional(Type.String({ minLength: 1, description: 'PEM file of the CA that signed the Redis (and Sentinel) TLS certificates, when it is not in the system store' })),
               keyPrefix: Type.String({ default: 'etd:', pattern: '^[!-~]{1,64}$', description: 'prefix of every key and channel etd uses, so gateways of one cluster share it and others do not' }),
               connectTimeout: Duration('2s', 'time allowed to connect to Redis'),
               commandTimeout: Duration('500ms', 'time allowed for one Redis command; a slower answer counts as an error'),
@@ -268,6 +269,9 @@ export interface ClusterConfig {
     readonly url: string | undefined;
     readonly sentinels: readonly string[] | undefined;
     readonly name: string | undefined;
+    /** The caFile path as written, and its PEM text (read once, at load). */
+    readonly caFile: string | undefined;
+    readonly ca: string | undefined;
     readonly keyPrefix: string;
     readonly connectTimeoutMs: number;
     readonly commandTimeoutMs: number;

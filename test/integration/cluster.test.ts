@@ -1,6 +1,6 @@
 // Two in-process etd Apps on loopback sharing one real redis-server: a pass, a deny and an access entry learnt on A act on B; Redis down and back.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -203,6 +203,29 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
       expect(await until('B summary', () => b.summaries[0])).toMatchObject({ verdict: 'passed', released: 'cluster_pass' });
     } finally {
       if (sentinel.pid !== undefined && sentinel.exitCode === null) process.kill(sentinel.pid, 'SIGKILL');
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
+
+  it('over TLS (rediss://): the certificate is verified against cluster.redis.caFile', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-tls-'));
+    const port = await freePort();
+    let server: ReturnType<typeof spawn> | undefined;
+    try {
+      execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', path.join(dir, 'key.pem'), '-out', path.join(dir, 'cert.pem'), '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+      server = spawn('redis-server', ['--port', '0', '--tls-port', String(port), '--tls-cert-file', path.join(dir, 'cert.pem'), '--tls-key-file', path.join(dir, 'key.pem'), '--tls-auth-clients', 'no', '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--requirepass', 'tls-test-secret'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      server.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+      await until('TLS redis ready', () => out.includes('Ready to accept connections') || undefined, 10_000);
+      const url = `rediss://:tls-test-secret@127.0.0.1:${port}`;
+      const trusted = await gateway('t6:', { url, caFile: path.join(dir, 'cert.pem') });
+      const untrusted = await gateway('t6:', { url });
+      await until('connected over TLS with the CA', () => trusted.app.cluster!.up || undefined, 10_000);
+      await until('the other refused the unknown certificate', () => untrusted.app.cluster!.status().lastError?.match(/certificate/i) ?? undefined, 10_000);
+      expect(untrusted.app.cluster!.up).toBe(false);
+      expect(trusted.app.cluster!.status().where).toBe(`rediss://127.0.0.1:${port}`);
+    } finally {
+      if (server?.pid !== undefined && server.exitCode === null) process.kill(server.pid, 'SIGKILL');
       fs.rmSync(dir, { recursive: true, force: true });
     }
   }, 30_000);

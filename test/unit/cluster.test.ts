@@ -9,7 +9,7 @@ import { redisFindings } from '../../src/doctor/checks.js';
 import type { ClusterConfig } from '../../src/config/schema.js';
 
 const cluster = (redis: Partial<ClusterConfig['redis']>): ClusterConfig => ({
-  redis: { url: undefined, sentinels: undefined, name: undefined, keyPrefix: 'etd:', connectTimeoutMs: 2000, commandTimeoutMs: 500, ...redis },
+  redis: { url: undefined, sentinels: undefined, name: undefined, caFile: undefined, ca: undefined, keyPrefix: 'etd:', connectTimeoutMs: 2000, commandTimeoutMs: 500, ...redis },
   syncIntervalMs: 5000,
 });
 

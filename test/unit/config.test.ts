@@ -97,6 +97,8 @@ const BAD: Array<[string, string, RegExp]> = [
   ['a master name without sentinels', `${GOOD}cluster: { redis: { url: "redis://10.0.0.5", name: mymaster } }\n`, /cluster\.redis\.name: name is the Sentinel master name: add sentinels/],
   ['a key prefix with a space', `${GOOD}cluster: { redis: { url: "redis://10.0.0.5", keyPrefix: "etd prod:" } }\n`, /cluster\.redis\.keyPrefix: must be 1 to 64 printable ASCII characters without spaces/],
   ['a cluster command timeout of 0', `${GOOD}cluster: { redis: { url: "redis://10.0.0.5", commandTimeout: 0ms } }\n`, /cluster\.redis\.commandTimeout: must be at least 1ms/],
+  ['a cluster CA without TLS', `${GOOD}cluster: { redis: { url: "redis://10.0.0.5", caFile: /etc/hostname } }\n`, /cluster\.redis\.caFile: a CA is only used over TLS: write rediss:\/\/ in url/],
+  ['a cluster CA file that does not exist', `${GOOD}cluster: { redis: { url: "rediss://10.0.0.5", caFile: /nonexistent/ca.pem } }\n`, /cluster\.redis\.caFile: cannot read \/nonexistent\/ca\.pem: ENOENT/],
   ['an unknown cluster key', `${GOOD}cluster: { redis: { url: "redis://10.0.0.5" }, sync: 1s }\n`, /cluster\.sync: unknown key; .*syncInterval/],
 ];
 

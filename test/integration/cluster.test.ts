@@ -16,6 +16,7 @@ import { Value } from '@sinclair/typebox/value';
 import { startApi } from '../../src/api/server.js';
 import { StatusBody } from '../../src/api/routes/status.js';
 import { statusCommand } from '../../src/commands/status.js';
+import { doctorCommand } from '../../src/commands/doctor.js';
 import { rawClient } from '../helpers/etd.js';
 import { skipWithout } from '../helpers/privileged.js';
 import { freePort, startRedis, type TestRedis } from '../helpers/redis.js';
@@ -179,6 +180,25 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
     } finally {
       await api.close();
     }
+  }, 20_000);
+
+  it('etd doctor: Redis reachable and the prefix writable is OK; a Redis that does not answer is a FAIL with the fix', async () => {
+    const base = {
+      listeners: [{ name: 'test', address: '127.0.0.1', port: 0 }],
+      upstream: { servers: [{ name: 'b', address: '127.0.0.1', port: backendPort }], health: { enabled: false } },
+      state: { path: ':memory:' },
+      api: { enabled: false },
+    };
+    const findings = async (url: string) => {
+      const out: string[] = [];
+      await doctorCommand(validateConfig({ ...base, cluster: { redis: { url, keyPrefix: 'doc:', connectTimeout: '500ms' } } }), { json: true }, (l) => out.push(l));
+      return (JSON.parse(out.join('\n')) as { findings: Array<{ id: string; status: string; detail: string; fix?: string }> }).findings.find((f) => f.id === 'cluster.redis');
+    };
+    expect(await findings(`redis://127.0.0.1:${redisPort}`)).toMatchObject({ status: 'OK' });
+    const down = await findings(`redis://127.0.0.1:${await freePort()}`);
+    expect(down).toMatchObject({ status: 'FAIL' });
+    expect(down!.detail).toMatch(/ECONNREFUSED/);
+    expect(down!.fix).toMatch(/redis-cli/);
   }, 20_000);
 
   it('through Sentinel: a gateway that finds the master by its name shares with one that has its URL', async () => {

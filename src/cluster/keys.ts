@@ -8,9 +8,12 @@
 //                            knows Redis lost its data (restart without persistence) and writes back
 // Channel (pub/sub channels are not keys, so the prefix is added here): <keyPrefix>events
 //
-// Another kind (e.g. DNSBL answers) gets its own namespace: `sharedKey('dnsbl', ...)`.
+// Another kind gets its own namespace: `dnsbl:<key>` is reserved for DNSBL answers (issue 14),
+// shared through SharedState.put/get (a value with a PX expiry, batched like the cache).
 
-export type SharedKind = 'cache' | 'access' | 'meta';
+export type SharedKind = 'cache' | 'access' | 'meta' | 'dnsbl';
+/** The kinds stored as one value per key with an expiry. */
+export type ValueKind = 'cache' | 'dnsbl';
 export type CacheVerdict = 'pass' | 'deny';
 export type AccessListName = 'allow' | 'deny';
 

@@ -30,6 +30,7 @@ import {
   type AccessChange,
   type AccessListName,
   type CacheVerdict,
+  type ValueKind,
 } from './keys.js';
 import { linkStep, type LinkState } from './link.js';
 import { redisOptions, redisWhere } from './options.js';
@@ -53,7 +54,7 @@ export interface SharedLog {
 }
 
 type Op =
-  | { readonly t: 'cache'; readonly key: string; readonly kind: CacheVerdict; readonly expires: number; readonly nx?: boolean }
+  | { readonly t: 'value'; readonly kind: ValueKind; readonly key: string; readonly value: string; readonly expires: number; readonly nx?: boolean }
   | { readonly t: 'access'; readonly cidr: string; readonly list: AccessListName | undefined; readonly publish: boolean; readonly nx?: boolean };
 
 export type LookupResult = 'pass' | 'deny' | 'miss' | 'skipped' | 'error';
@@ -101,7 +102,7 @@ export class SharedState {
   private queue: Op[] = [];
   /** Lookups asked in this turn of the event loop, sent together. */
   private lastLookupAt = -Infinity;
-  private asked: Array<{ key: string; done: (kind: CacheVerdict, expires: number) => void }> = [];
+  private asked: Array<{ readonly key: string; readonly take: (raw: unknown, now: number) => void; readonly failed: () => void }> = [];
   /** The batch being written now (a full sync must not undo it before it lands). */
   private inflight: readonly Op[] = [];
   private flushTimer: NodeJS.Timeout | undefined;
@@ -163,9 +164,38 @@ export class SharedState {
       this.lookups.skipped++;
       return;
     }
+    this.ask(sharedKey('cache', key), (raw, now) => {
+      const v = decodeVerdict(raw, now);
+      if (v === undefined) {
+        this.lookups.miss++;
+        return;
+      }
+      this.lookups[v.kind]++;
+      this.local.adoptCache(key, v.kind, v.expires);
+      done(v.kind, v.expires);
+    }, () => this.lookups.error++);
+  }
+
+  /**
+   * Reads a value of another kind that a peer shared with `put` (e.g. DNSBL answers): `done` runs
+   * later with it, or not at all (absent, down, error). Batched with the cache lookups.
+   */
+  get(kind: ValueKind, key: string, done: (value: string) => void): void {
+    if (!this.client || !this.up) return;
+    this.ask(sharedKey(kind, key), (raw) => {
+      if (typeof raw === 'string') done(raw);
+    }, () => undefined);
+  }
+
+  /** Shares a value of another kind until `expires` (ms since epoch), batched like the cache writes. */
+  put(kind: ValueKind, key: string, value: string, expires: number): void {
+    this.enqueue({ t: 'value', kind, key, value, expires });
+  }
+
+  private ask(key: string, take: (raw: unknown, now: number) => void, failed: () => void): void {
     // Lookups go out together as one MGET (one write, one read: the TCP write costs more than
     // the command). Alone, a lookup goes at once; under load, at most one MGET per LOOKUP_GAP_MS.
-    this.asked.push({ key, done });
+    this.asked.push({ key, take, failed });
     if (this.asked.length > 1) return;
     const wait = this.lastLookupAt + LOOKUP_GAP_MS - performance.now();
     if (wait > 0) setTimeout(() => this.sendLookups(), wait);
@@ -181,26 +211,19 @@ export class SharedState {
       this.lookups.skipped += asked.length;
       return;
     }
-    c.mget(asked.map((a) => sharedKey('cache', a.key))).then(
+    c.mget(asked.map((a) => a.key)).then(
       (values) => {
         const now = Date.now();
         asked.forEach((a, i) => {
-          const v = decodeVerdict(values[i], now);
-          if (v === undefined) {
-            this.lookups.miss++;
-            return;
-          }
-          this.lookups[v.kind]++;
-          this.local.adoptCache(a.key, v.kind, v.expires);
           try {
-            a.done(v.kind, v.expires);
+            a.take(values[i], now);
           } catch (e) {
             this.log.warn({ err: describeError(e) }, 'cluster: a lookup callback threw');
           }
         });
       },
       (e: unknown) => {
-        this.lookups.error += asked.length;
+        for (const a of asked) a.failed();
         this.noteError('lookup', e);
       },
     );
@@ -208,7 +231,7 @@ export class SharedState {
 
   /** A verdict learnt here: shared with PX = what is left of `expires`. */
   recordCache(key: string, kind: CacheVerdict, expires: number): void {
-    this.enqueue({ t: 'cache', key, kind, expires });
+    this.enqueue({ t: 'value', kind: 'cache', key, value: encodeVerdict(kind, expires), expires });
   }
 
   /** A runtime access change made through this gateway's API: stored in the shared hash and announced. */
@@ -279,7 +302,7 @@ export class SharedState {
   private async queueWriteBack(all: boolean): Promise<void> {
     let n = 0;
     // Cache writes still queued are in the local cache too (same or later expiry): written once, below.
-    if (all) this.queue = this.queue.filter((op) => op.t !== 'cache');
+    if (all) this.queue = this.queue.filter((op) => op.t !== 'value' || op.kind !== 'cache');
     for (const [cidr, list] of this.local.runtimeAccess()) {
       this.enqueue({ t: 'access', cidr, list, publish: all, nx: !all }, true);
       n++;
@@ -287,7 +310,7 @@ export class SharedState {
     if (all) {
       for (const e of this.local.cacheEntries()) {
         if (n >= WRITE_BACK_MAX) break;
-        this.enqueue({ t: 'cache', key: e.key, kind: e.kind, expires: e.expires, nx: true }, true);
+        this.enqueue({ t: 'value', kind: 'cache', key: e.key, value: encodeVerdict(e.kind, e.expires), expires: e.expires, nx: true }, true);
         // A large cache is queued a slice per turn of the event loop: sessions go on meanwhile.
         if (++n % 2000 === 0) await new Promise((r) => setImmediate(r));
       }
@@ -334,13 +357,12 @@ export class SharedState {
         const now = Date.now();
         const channel = eventChannel(this.config.redis.keyPrefix);
         for (const op of batch) {
-          if (op.t === 'cache') {
+          if (op.t === 'value') {
             const px = op.expires - now;
             if (px <= 0) continue;
-            const k = sharedKey('cache', op.key);
-            const value = encodeVerdict(op.kind, op.expires);
-            if (op.nx) p.set(k, value, 'PX', px, 'NX');
-            else p.set(k, value, 'PX', px);
+            const k = sharedKey(op.kind, op.key);
+            if (op.nx) p.set(k, op.value, 'PX', px, 'NX');
+            else p.set(k, op.value, 'PX', px);
           } else {
             if (op.list === undefined) p.hdel(ACCESS_HASH, op.cidr);
             else if (op.nx) p.hsetnx(ACCESS_HASH, op.cidr, op.list);

@@ -151,6 +151,26 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
     await until('B dropped it', () => b.app.access.match('192.0.2.7') === undefined || undefined, 1000);
   }, 20_000);
 
+  it('another kind of value (dnsbl) shared with put on A is read with get on B, in its own namespace', async () => {
+    const a = await gateway('t7:');
+    const b = await gateway('t7:');
+    await until('both connected', () => a.app.cluster!.up && b.app.cluster!.up);
+    a.app.cluster!.put('dnsbl', '192.0.2.5', 'zen.spamhaus.org=127.0.0.2', Date.now() + 60_000);
+    await until('written', () => a.app.cluster!.status().pendingWrites === 0 || undefined);
+    await new Promise((r) => setTimeout(r, 50));
+    const got = await new Promise<string | undefined>((resolve) => {
+      b.app.cluster!.get('dnsbl', '192.0.2.5', resolve);
+      setTimeout(() => resolve(undefined), 1000);
+    });
+    expect(got).toBe('zen.spamhaus.org=127.0.0.2');
+    // Not a cache entry: the cache lookup for the same address finds nothing.
+    const cacheHit = await new Promise<string | undefined>((resolve) => {
+      b.app.cluster!.lookup('192.0.2.5', (kind) => resolve(kind));
+      setTimeout(() => resolve(undefined), 300);
+    });
+    expect(cacheHit).toBeUndefined();
+  }, 20_000);
+
   it('status, etd status, /metrics and POST /v1/access show and use the cluster', async () => {
     const a = await gateway('t4:');
     const b = await gateway('t4:');

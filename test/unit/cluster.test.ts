@@ -6,6 +6,7 @@ import { decodeEvent, decodeVerdict, encodeEvent, encodeVerdict, eventChannel, r
 import { linkStep, type LinkEvent, type LinkState } from '../../src/cluster/link.js';
 import { parseEndpoint, reconnectDelay, redisOptions, redisWhere } from '../../src/cluster/options.js';
 import { redisFindings } from '../../src/doctor/checks.js';
+import { verdictLine } from '../../src/commands/doctor.js';
 import type { ClusterConfig } from '../../src/config/schema.js';
 
 const cluster = (redis: Partial<ClusterConfig['redis']>): ClusterConfig => ({
@@ -144,5 +145,6 @@ describe('doctor: cluster.redis', () => {
     expect(down[0]!.detail).toMatch(/ECONNREFUSED/);
     const ro = redisFindings({ redis: { where: 'redis://r:6379', keyPrefix: 'etd:', stage: 'write', error: "READONLY You can't write against a read only replica." } });
     expect(ro[0]!.fix).toMatch(/ACL SETUSER/);
+    expect(verdictLine(down)).toMatch(/would start and serve from its local state, but would not share it/);
   });
 });

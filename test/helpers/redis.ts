@@ -34,7 +34,7 @@ export async function startRedis(
   spawner: (cmd: string, args: string[]) => ChildProcess = (cmd, args) => spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }),
   timeoutMs = 10_000,
 ): Promise<TestRedis> {
-  const args = ['--port', String(port), '--bind', host, '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--protected-mode', 'no', '--loglevel', 'notice'];
+  const args = ['--port', String(port), '--bind', host, '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--protected-mode', 'no', '--loglevel', 'notice', '--enable-debug-command', 'local'];
   const child = spawner('redis-server', args);
   let out = '';
   await new Promise<void>((resolve, reject) => {

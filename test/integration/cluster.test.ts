@@ -270,6 +270,28 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
     }
   }, 30_000);
 
+  it('Redis slow (DEBUG SLEEP): the lookup times out, the session is connected when its window ends, no down/up warnings', async () => {
+    const a = await gateway('t8:');
+    await until('connected', () => a.app.cluster!.up);
+    const blocker = new Redis({ port: redisPort, host: '127.0.0.1', lazyConnect: true });
+    await blocker.connect();
+    try {
+      const sleeping = blocker.call('DEBUG', 'SLEEP', '2.5').catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 100));
+      const slow = await polite(a.port);
+      expect(slow.data.toString()).toMatch(/^220 cluster.test/);
+      expect(slow.firstByteAfterMs!).toBeGreaterThanOrEqual(WINDOW_MS - 50);
+      expect(slow.firstByteAfterMs!).toBeLessThan(WINDOW_MS + 300);
+      expect(a.app.cluster!.status().lookups.error).toBe(1);
+      expect(a.app.cluster!.status().errors.lookup).toBe(1);
+      expect(a.app.cluster!.status().lastError).toMatch(/Command timed out/);
+      await sleeping;
+    } finally {
+      blocker.disconnect();
+    }
+    expect(a.logs.filter((l) => l.level === 40 && String(l.msg).startsWith('cluster:'))).toEqual([]);
+  }, 20_000);
+
   it('Redis down: sessions run their window from local state, one warning each way, and what was learnt is written back', async () => {
     const prefix = 't3:';
     const a = await gateway(prefix);

@@ -13,7 +13,9 @@ import { engineDriver, type EngineDriver, type NativeAccept } from './proxy/engi
 import { Stats } from './stats.js';
 import { EtdError, describeError } from './errors.js';
 import { AccessLists } from './policy/access.js';
-import { ClientCache } from './policy/clientCache.js';
+import { ClientCache, cacheKey } from './policy/clientCache.js';
+import type { SharedState } from './cluster/shared.js';
+import { consultShared, localState } from './cluster/attach.js';
 import { openStore, type StateStore } from './state/store.js';
 
 /** A listener's session context: the policy in force is the normal or the stress one. */
@@ -75,6 +77,8 @@ export class App {
   readonly store: StateStore;
   readonly access: AccessLists;
   readonly cache: ClientCache;
+  /** Shared state over Redis (cluster.redis), from start; undefined when this gateway is on its own. */
+  cluster: SharedState | undefined;
   /** The native session engine, from start to stop. */
   private engine: EngineDriver | undefined;
 
@@ -119,6 +123,12 @@ export class App {
     this.log.info({ entries: loaded, ms: Math.round(performance.now() - t0), store: this.store.location }, 'client cache loaded');
     this.cache.startSweeping();
     this.health.start();
+    if (this.config.cluster) {
+      // Loaded only when configured: ioredis costs ~35 ms of start-up to every other etd.
+      const { SharedState } = await import('./cluster/shared.js');
+      this.cluster = new SharedState(this.config.cluster, localState(this.cache, this.access, this.store, this.log), this.log);
+      this.cluster.start();
+    }
     const driver = engineDriver();
     driver.acquire(this.log);
     this.engine = driver;
@@ -146,7 +156,7 @@ export class App {
       },
       sessionRelaying(s) {
         // It waited for the greeting: next time it skips the window.
-        if (!s.talked && !s.skipped) app.cache.recordPass(s.clientAddress);
+        if (!s.talked && !s.skipped) app.learnt('pass', app.cache.recordPass(s.clientAddress));
         app.stats.held--;
         app.stats.relaying++;
         app.stats.relayed++;
@@ -159,11 +169,16 @@ export class App {
         const n = (app.perClient.get(s.clientAddress) ?? 1) - 1;
         if (n > 0) app.perClient.set(s.clientAddress, n);
         else app.perClient.delete(s.clientAddress);
-        if (summary.verdict === 'early_talker') app.cache.recordDeny(s.clientAddress);
+        if (summary.verdict === 'early_talker') app.learnt('deny', app.cache.recordDeny(s.clientAddress));
         app.checkStress();
         app.recordEnd(summary);
       },
     };
+  }
+
+  /** A verdict recorded in the local cache goes to the cluster too (batched, never awaited). */
+  private learnt(kind: 'pass' | 'deny', entry: { key: string; expires: number } | undefined): void {
+    if (entry) this.cluster?.recordCache(entry.key, kind, entry.expires);
   }
 
   /**
@@ -233,7 +248,12 @@ export class App {
       else sent = this.answer(conn, ctx, `${this.config.access.denyReply}\r\n`);
       this.endedAtAccept(ctx, conn, 'denied', a.deny, sent);
     } else {
-      new Session(this.engine!, conn, ctx, a.skip).begin();
+      const session = new Session(this.engine!, conn, ctx, a.skip);
+      session.begin();
+      // A local miss: the window runs as usual and the cluster is asked alongside (never awaited).
+      if (a.skip === undefined && this.cluster && this.config.cache.enabled && session.holding) {
+        consultShared(this.cluster, session, cacheKey(conn.peerAddress, this.config.cache.scope), () => this.config.access);
+      }
     }
   }
 
@@ -301,6 +321,7 @@ export class App {
     this.access.replaceConfig(next.access);
     this.cache.update(next.cache);
     this.health.update(next.upstream.health);
+    if (JSON.stringify(next.cluster) !== JSON.stringify(prev.cluster)) this.log.warn({}, 'cluster changes take effect at the next restart');
     if (next.state.path !== prev.state.path) this.log.warn({ from: prev.state.path, to: next.state.path }, 'state.path changes take effect at the next restart');
     for (const listener of this.listeners.values()) {
       const ctx = listener.ctx as ListenerContext;
@@ -322,6 +343,7 @@ export class App {
     for (const s of [...this.sessions]) s.abort('shutdown');
     this.engine?.release();
     this.engine = undefined;
+    await this.cluster?.stop();
     this.cache.stop();
     this.store.close();
   }

@@ -88,6 +88,18 @@ const BAD: Array<[string, string, RegExp]> = [
   ['a teaser longer than 200 characters', GOOD.replace('action: drop', `action: drop\n  teaser: "220-${'x'.repeat(250)}"`), /detection\.teaser: must be at most 200 characters \(got 254\)/],
   ['a health HELO name with a space', GOOD.replace('retries: 2', 'retries: 2\n  health: { helo: "my host" }'), /upstream\.health\.helo: must be a host name: letters, digits, "\." and "-" \(got "my host"\)/],
   ['a table name starting with a digit', `${GOOD}netfilter: { tableName: 1etd }\n`, /netfilter\.tableName: must start with a letter, then at most 31 letters, digits or "_" \(got "1etd"\)/],
+  ['a DNSBL zone that is not a DNS name', `${GOOD}reputation: { dnsbl: [{ zone: "zen..example", weight: 3 }] }\n`, /reputation\.dnsbl\[0\]\.zone: "zen\.\.example" is not a DNS zone name; write it like zen\.spamhaus\.org/],
+  ['a DNSBL entry without a weight', `${GOOD}reputation: { dnsbl: [{ zone: zen.example }] }\n`, /reputation\.dnsbl\[0\]\.weight: is required/],
+  ['a DNSBL weight of 0', `${GOOD}reputation: { dnsbl: [{ zone: zen.example, weight: 0 }] }\n`, /reputation\.dnsbl\[0\]\.weight: is 0, so the list never changes the score; give it a weight/],
+  ['a DNSBL match range that runs backwards', `${GOOD}reputation: { dnsbl: [{ zone: zen.example, weight: 3, match: ["127.0.0.11-127.0.0.2"] }] }\n`, /reputation\.dnsbl\[0\]\.match\[0\]: "127\.0\.0\.11-127\.0\.0\.2" runs backwards; write the lower address first/],
+  ['a DNSBL match octet out of range', `${GOOD}reputation: { dnsbl: [{ zone: zen.example, weight: 3, match: ["127.0.[0..300].2"] }] }\n`, /reputation\.dnsbl\[0\]\.match\[0\]: "127\.0\.\[0\.\.300\]\.2": octets go from 0 to 255/],
+  ['an allowThreshold not under the threshold', `${GOOD}reputation: { threshold: 3, allowThreshold: 3 }\n`, /reputation\.allowThreshold: must be lower than reputation\.threshold \(3 ≥ 3\)/],
+  ['a DNSBL reply that is not 5xx', `${GOOD}reputation: { reply: "450 try later" }\n`, /reputation\.reply: must be an SMTP reply starting with a 5xx code/],
+  ['an unknown placeholder in the DNSBL reply', `${GOOD}reputation: { reply: "554 blocked by {zone}" }\n`, /reputation\.reply: \{zone\} is not a placeholder; use \{client\}/],
+  ['a DNSBL resolver given by name', `${GOOD}reputation: { resolvers: [dns.example] }\n`, /reputation\.resolvers\[0\]: "dns\.example" is not a DNS server address; write an IP address/],
+  ['a DNSBL minTtl over maxTtl', `${GOOD}reputation: { minTtl: 2h, maxTtl: 1h }\n`, /reputation\.minTtl: 2h is longer than reputation\.maxTtl 1h; make it shorter/],
+  ['an unknown DNSBL action', `${GOOD}reputation: { action: ignore }\n`, /reputation\.action: must be one of "reject", "drop" \(got "ignore"\)/],
+  ['a DNSBL timeout without a unit', `${GOOD}reputation: { timeout: 2 }\n`, /reputation\.timeout: must be a duration/],
   ['a backlog of 0', GOOD.replace('mode: plain', 'mode: plain\n    backlog: 0'), /listeners\[0\]\.backlog: must be from 1 to 1000000 \(got 0\)/],
 ];
 

@@ -11,7 +11,7 @@ import type { ReputationConfig } from '../config/schema.js';
 import { normalizeAddress } from '../config/cidr.js';
 import { compilePatterns, DEFAULT_MATCH, isRefusedAnswer } from './match.js';
 import { queryName } from './query.js';
-import { scoreOf, type ReputationList, type Score, type ZoneAnswer } from './score.js';
+import { scoreOf, settledDecision, type ReputationList, type Score, type ZoneAnswer } from './score.js';
 
 /** Distinct client addresses kept in the answer cache; the oldest go first past it (a flood of new addresses). */
 const CACHE_MAX = 200_000;
@@ -125,9 +125,16 @@ export class Reputation {
     return () => this.observers.delete(o);
   }
 
-  /** The score from the cache, when every configured zone has a valid answer there; else undefined (lookups needed). */
+  /**
+   * The score from the cache when it is final: every zone has a valid answer there, or those
+   * missing could not change the decision (settledDecision). Undefined: lookups are needed.
+   */
   cached(address: string): Score | undefined {
-    return this.fromCache(normalizeAddress(address), false);
+    const a = normalizeAddress(address);
+    if (!this.cache.has(a)) return undefined;
+    const s = this.fromCache(a, true)!;
+    const c = this.config;
+    return settledDecision(this.lists, s, c.threshold, c.allowThreshold) === undefined ? undefined : s;
   }
 
   /** The score from what the cache holds now, zones without a valid answer counting 0 (the window ended first). */

@@ -82,3 +82,22 @@ export function replyText(template: string, client: string, hits: readonly ListH
   const top = [...hits].sort((a, b) => b.weight - a.weight)[0];
   return template.replaceAll('{client}', client).replaceAll('{name}', top?.name ?? 'a DNS blocklist');
 }
+
+/**
+ * Whether a score is final although some zones have not answered: the unanswered lists' weights
+ * could not change the decision (a listed client with only blocklists pending is refused, an
+ * allowlisted one with only allowlists pending is let in). Undefined while they still could.
+ */
+export function settledDecision(lists: readonly ReputationList[], s: Score, threshold: number, allowThreshold: number): ReputationDecision | undefined {
+  if (s.unanswered.length === 0) return decide(s.score, threshold, allowThreshold);
+  let up = 0;
+  let down = 0;
+  for (const l of lists) {
+    if (!s.unanswered.includes(l.zone)) continue;
+    if (l.weight > 0) up += l.weight;
+    else down += l.weight;
+  }
+  if (s.score + down >= threshold) return 'refuse';
+  if (s.score + up <= allowThreshold) return 'allow';
+  return undefined;
+}

@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_MATCH, compilePatterns, isRefusedAnswer, matchesAny, parsePattern } from '../../src/reputation/match.js';
 import { queryName } from '../../src/reputation/query.js';
-import { decide, replyText, scoreOf, type ReputationList, type ZoneAnswer } from '../../src/reputation/score.js';
+import { decide, replyText, scoreOf, settledDecision, type ReputationList, type ZoneAnswer } from '../../src/reputation/score.js';
 import { isResolverAddress, isZoneName } from '../../src/reputation/configCheck.js';
 
 describe('answer patterns', () => {
@@ -123,4 +123,20 @@ describe('config helpers', () => {
     ['dns.example', false],
     ['192.0.2.53:0', false],
   ])('resolver %s: %s', (r, want) => expect(isResolverAddress(r)).toBe(want));
+});
+
+describe('a decision that pending zones cannot change is final', () => {
+  const lists = [list('bl3.test', 3), list('dead.test', 3), list('wl.test', -2), list('one.test', 1)];
+  const rows: Array<[string, Record<string, ZoneAnswer>, string | undefined]> = [
+    ['listed, only blocklists pending', { 'bl3.test': A('127.0.0.2'), 'wl.test': NONE }, 'refuse'],
+    ['listed, an allowlist pending', { 'bl3.test': A('127.0.0.2') }, undefined],
+    ['allowlisted, blocklists pending', { 'wl.test': A('127.0.0.2') }, undefined],
+    ['allowlisted, nothing pending', { 'bl3.test': NONE, 'dead.test': NONE, 'wl.test': A('127.0.0.2'), 'one.test': NONE }, 'allow'],
+    ['clean, all answered', { 'bl3.test': NONE, 'dead.test': NONE, 'wl.test': NONE, 'one.test': NONE }, 'window'],
+    ['clean, one pending', { 'bl3.test': NONE, 'wl.test': NONE, 'one.test': NONE }, undefined],
+  ];
+  it.each(rows)('%s → %s', (_, answers, want) => {
+    const s = scoreOf(lists, new Map(Object.entries(answers)));
+    expect(settledDecision(lists, s, 3, -1)).toBe(want);
+  });
 });

@@ -7,7 +7,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { LabProcesses } from './netns.js';
+import { spawn as spawnChild, type ChildProcess } from 'node:child_process';
+import { run, type ExecOptions, type ExecResult, type LabProcesses } from './netns.js';
 import { queryName } from '../src/reputation/query.js';
 
 export interface TestZone {
@@ -21,9 +22,28 @@ export interface TestZone {
   readonly dead?: boolean;
 }
 
+/** Where unbound and its helpers run: a lab namespace, or this host (unprivileged, on loopback). */
+export interface Runner {
+  spawn(cmd: string, args: readonly string[]): ChildProcess;
+  exec(cmd: string, args: readonly string[], opts?: ExecOptions): Promise<ExecResult>;
+}
+
+export function inNamespace(lab: LabProcesses, ns: string): Runner {
+  return { spawn: (cmd, args) => lab.spawn(ns, cmd, args), exec: (cmd, args, o) => lab.exec(ns, cmd, args, o) };
+}
+
+/** On this host: the caller stops what it started (stop() does, by pid). */
+export const onHost: Runner = {
+  spawn: (cmd, args) => spawnChild(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }),
+  exec: (cmd, args, o) => run(cmd, args, o),
+};
+
 export interface RunningUnbound {
-  /** Where it answers (port 53). */
+  /** Where it answers. */
   readonly address: string;
+  readonly port: number;
+  /** `address` or `address:port`, as reputation.resolvers takes it. */
+  readonly server: string;
   readonly conf: string;
   /** Ends unbound and the dead zone's socket (by pid), removes the files. */
   stop(): Promise<void>;
@@ -32,11 +52,11 @@ export interface RunningUnbound {
 /** The silent server of dead zones: a UDP socket that never answers. */
 const SILENT = `require('dgram').createSocket('udp4').on('message',()=>{}).bind(+process.argv[1],'127.0.0.1',()=>console.log(JSON.stringify({event:'ready'})))`;
 
-export function unboundConf(dir: string, addresses: readonly string[], zones: readonly TestZone[], silentPort: number): string {
+export function unboundConf(dir: string, addresses: readonly string[], zones: readonly TestZone[], silentPort: number, port = 53): string {
   const lines = [
     'server:',
     ...addresses.map((a) => `  interface: ${a}`),
-    '  port: 53',
+    `  port: ${port}`,
     '  access-control: 0.0.0.0/0 allow',
     '  access-control: ::/0 allow',
     '  chroot: ""',
@@ -74,20 +94,30 @@ export function unboundConf(dir: string, addresses: readonly string[], zones: re
   return `${[...lines, ...stubs].join('\n')}\n`;
 }
 
-/** Starts unbound in `ns` on `address`:53 with the zones; resolves once it answers. */
-export async function startUnbound(lab: LabProcesses, ns: string, address: string, zones: readonly TestZone[], timeoutMs = 10_000): Promise<RunningUnbound> {
+/** Starts unbound on `address`:`port` (default 53) with the zones; resolves once it answers. */
+export async function startUnbound(runner: Runner, address: string, zones: readonly TestZone[], opts: { port?: number; timeoutMs?: number } = {}): Promise<RunningUnbound> {
+  const port = opts.port ?? 53;
+  const timeoutMs = opts.timeoutMs ?? 10_000;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-unbound-'));
   const silentPort = 20_000 + Math.floor(Math.random() * 20_000);
   const conf = path.join(dir, 'unbound.conf');
-  fs.writeFileSync(conf, unboundConf(dir, [address], zones, silentPort));
-  const silent = zones.some((z) => z.dead) ? lab.spawnJson(ns, process.execPath, ['-e', SILENT, String(silentPort)]) : undefined;
-  await silent?.waitFor((e) => e.event === 'ready', timeoutMs);
-  const child = lab.spawn(ns, 'unbound', ['-d', '-c', conf]);
+  fs.writeFileSync(conf, unboundConf(dir, [address], zones, silentPort, port));
+  const silent = zones.some((z) => z.dead) ? runner.spawn(process.execPath, ['-e', SILENT, String(silentPort)]) : undefined;
+  if (silent) {
+    await new Promise<void>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('the dead zone\'s silent socket did not start')), timeoutMs);
+      silent.stdout?.once('data', () => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+  const child = runner.spawn('unbound', ['-d', '-c', conf]);
   let output = '';
   child.stdout?.on('data', (d: Buffer) => (output += d.toString()));
   child.stderr?.on('data', (d: Buffer) => (output += d.toString()));
   const stop = async (): Promise<void> => {
-    for (const p of [child, silent?.child]) {
+    for (const p of [child, silent]) {
       if (p && p.exitCode === null && p.signalCode === null) {
         const exited = new Promise((r) => p.once('exit', r));
         p.kill('SIGTERM');
@@ -97,6 +127,7 @@ export async function startUnbound(lab: LabProcesses, ns: string, address: strin
     }
     fs.rmSync(dir, { recursive: true, force: true });
   };
+  const server = port === 53 ? address : address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
   // Ready when it answers a name of its own zones (any answer, NXDOMAIN included, means it is up).
   const probe = `const r=new (require('dns').promises.Resolver)({timeout:300,tries:1}); r.setServers([process.argv[1]]);
 r.resolve4('probe.invalid').then(()=>process.exit(0),(e)=>process.exit(e.code==='ECONNREFUSED'||e.code==='ETIMEOUT'?1:0))`;
@@ -106,13 +137,13 @@ r.resolve4('probe.invalid').then(()=>process.exit(0),(e)=>process.exit(e.code===
       await stop();
       throw new Error(`unbound exited with ${child.exitCode}: ${output.trim()}`);
     }
-    const r = await lab.exec(ns, process.execPath, ['-e', probe, address], { allowFailure: true, timeoutMs: 3000 });
+    const r = await runner.exec(process.execPath, ['-e', probe, server], { allowFailure: true, timeoutMs: 3000 });
     if (r.code === 0) break;
     if (Date.now() > deadline) {
       await stop();
-      throw new Error(`unbound did not answer on ${address}:53 within ${timeoutMs} ms: ${output.trim()}`);
+      throw new Error(`unbound did not answer on ${server} within ${timeoutMs} ms: ${output.trim()}`);
     }
     await new Promise((res) => setTimeout(res, 100));
   }
-  return { address, conf, stop };
+  return { address, port, server, conf, stop };
 }

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
-import { startUnbound, type RunningUnbound } from '../../lab/unbound.js';
+import { inNamespace, startUnbound, type RunningUnbound } from '../../lab/unbound.js';
 import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
 import { startEtdInNetns, type LogLine, type RunningEtd } from '../helpers/cli.js';
 
@@ -106,7 +106,7 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
       input: `${extra.flatMap((n) => [`addr add 10.${lab.x}.1.${n}/24 dev ${lab.ifaces.client}`, `addr add fd00:${lab.x}:1::${n}/64 dev ${lab.ifaces.client} nodad`]).join('\n')}\n`,
     });
     const both = (role: Role, answer: string) => ({ [addr(4, role)]: answer, [addr(6, role)]: answer });
-    unbound = await startUnbound(lab, lab.ns.backend, lab.v4.backends[1], [
+    unbound = await startUnbound(inNamespace(lab, lab.ns.backend), lab.v4.backends[1], [
       { zone: 'bl3.test', listed: both('listed', '127.0.0.2') },
       { zone: 'one.test', listed: both('twoLists', '127.0.0.2') },
       { zone: 'two.test', listed: both('twoLists', '127.0.0.10') },

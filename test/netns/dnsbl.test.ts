@@ -55,9 +55,13 @@ async function swaksFrom(family: 4 | 6, role: Role): Promise<string> {
   return r.stdout;
 }
 
+async function get(p: string): Promise<{ status: number; body: string }> {
+  const r = await lab.exec(lab.ns.gateway, process.execPath, ['-e', "fetch('http://127.0.0.1:8025'+process.argv[1]).then(async r=>console.log(JSON.stringify({status:r.status,body:await r.text()})))", p]);
+  return JSON.parse(r.stdout) as { status: number; body: string };
+}
+
 async function metrics(): Promise<string> {
-  const r = await lab.exec(lab.ns.gateway, process.execPath, ['-e', "fetch('http://127.0.0.1:8025/metrics').then(r=>r.text()).then(t=>process.stdout.write(t))"]);
-  return r.stdout;
+  return (await get('/metrics')).body;
 }
 
 function metric(text: string, name: string, label: string): number {
@@ -209,6 +213,25 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
     expect(metric(m, 'etd_dnsbl_queries_total', 'zone="bl3.test"')).toBeGreaterThanOrEqual(8);
     expect(m).toMatch(/^etd_dnsbl_query_seconds_count\{zone="bl3\.test"\} \d+/m);
     expect(m).toMatch(/^etd_connections_total\{listener="smtp4",verdict="dnsbl"\} 1/m);
+
+    // The API: one client's score and each list's answer; /v1/stats counts; a bad address is a 400 with the reason.
+    const rep = await get(`/v1/reputation/${addr(6, 'twoLists')}`);
+    expect(rep.status).toBe(200);
+    const body = JSON.parse(rep.body) as { score: number; decision: string; cached: boolean; lists: Array<{ name: string; status: string; answers: string[]; matched: boolean; refused: boolean }> };
+    expect(body).toMatchObject({ score: 2, decision: 'window', cached: true });
+    expect(body.lists.find((l) => l.name === 'two.test')).toMatchObject({ status: 'answer', answers: ['127.0.0.10'], matched: true });
+    expect(body.lists.find((l) => l.name === 'refused.test')).toMatchObject({ status: 'answer', answers: ['127.255.255.254'], matched: false, refused: true });
+    expect(body.lists.find((l) => l.name === 'bl3.test')).toMatchObject({ status: 'none', matched: false });
+    const fresh = JSON.parse((await get('/v1/reputation/10.255.0.9')).body) as { score: number; cached: boolean };
+    expect(fresh).toMatchObject({ score: 0, cached: false });
+    const bad = await get('/v1/reputation/not-an-ip');
+    expect(bad.status).toBe(400);
+    expect(bad.body).toMatch(/path\.address: \\"not-an-ip\\" is not an IPv4 or IPv6 address/);
+    const stats = JSON.parse((await get('/v1/stats')).body) as { verdicts: Record<string, number>; reputation: { refused: number; allowlisted: number; refusedAnswers: Record<string, number> } };
+    expect(stats.verdicts.dnsbl).toBe(2);
+    expect(stats.reputation.refused).toBe(2);
+    expect(stats.reputation.allowlisted).toBeGreaterThanOrEqual(2);
+    expect(stats.reputation.refusedAnswers['refused.test']).toBeGreaterThanOrEqual(8);
   }, 120_000);
 
   it('a zone that never answers costs no more than the window; a listed client is still refused; the timeout is logged and counted', async () => {

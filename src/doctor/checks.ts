@@ -30,6 +30,7 @@ import { formatStep, routeArgs, ruleArgs, type Family } from '../netfilter/routi
 import { bindAddresses } from '../proxy/listener.js';
 import { interceptForwardsOriginal, returnPathServers, returnTargets, type ReturnTarget } from './targets.js';
 
+import { dnsblFindings, type ZoneProbe } from '../reputation/doctorFindings.js';
 export { returnPathServers } from './targets.js';
 
 // ---- findings --------------------------------------------------------------------------------
@@ -172,6 +173,8 @@ export interface DoctorFacts {
   readonly returnPath?: readonly ReturnProbe[];
   /** Mail servers named with `etd doctor --probe`, tested like configured servers. */
   readonly probes?: readonly ReturnTarget[];
+  /** Each DNSBL zone's answer for the test entry 127.0.0.2; undefined: not checked (the preflight). */
+  readonly dnsbl?: readonly ZoneProbe[];
 }
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -793,10 +796,12 @@ function returnFindings(f: DoctorFacts, previous: readonly Finding[]): Finding[]
  * routes, test client, return path. Facts left undefined produce no findings (not checked).
  */
 export function evaluate(f: DoctorFacts): Finding[] {
+  const dnsbl = f.dnsbl ? dnsblFindings(f.config.reputation, f.dnsbl) : [];
   if (transparentListeners(f.config).length === 0) {
     return [
       ok('mode.plain', 'listener modes', 'every listener is mode: plain: no transparency, so no netfilter, sysctl or return-path requirements', false),
       ...capabilityFindings(f),
+      ...dnsbl,
     ];
   }
   const out: Finding[] = [
@@ -810,7 +815,7 @@ export function evaluate(f: DoctorFacts): Finding[] {
     ...routeFindings(f),
     ...testClientFindings(f),
   ];
-  return [...out, ...returnFindings(f, out)];
+  return [...out, ...returnFindings(f, out), ...dnsbl];
 }
 
 /** The critical FAILs: what makes `etd run` refuse to start. */

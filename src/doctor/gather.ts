@@ -10,6 +10,7 @@
 // Every fact that cannot be read becomes { error } in the facts, never an exception: the doctor
 // must report as much as it can on a half-broken host.
 
+import { probeZones } from '../reputation/probe.js';
 import { connectFailure } from '../util/errno.js';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -342,8 +343,10 @@ export async function gatherFacts(config: Config, opts: GatherOptions): Promise<
   const transparent = transparentListeners(config).length > 0;
   const capabilities = readCapabilities();
   const sysctls = readSysctls();
+  // The zones are queried by the doctor, not by the start preflight (a slow resolver must not delay a start).
+  const dnsbl = opts.returnPath && config.reputation.dnsbl.length ? { dnsbl: await probeZones(config.reputation) } : {};
   if (!transparent) {
-    return { config, configFile: opts.configFile, capabilities, sysctls, interfaces: [], routes: [], testClients: [] };
+    return { config, configFile: opts.configFile, capabilities, sysctls, interfaces: [], routes: [], testClients: [], ...dnsbl };
   }
   const addon = readAddon();
   const kernel = probeKernel(neededFeatures(config));
@@ -372,6 +375,7 @@ export async function gatherFacts(config: Config, opts: GatherOptions): Promise<
     routes,
     testClients,
     ...(probes.length ? { probes } : {}),
+    ...dnsbl,
   };
   if (!opts.returnPath) return base;
   const timeoutMs = opts.probeTimeoutMs ?? Math.min(config.upstream.connectTimeoutMs, 3000);

@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
 import { inNamespace, startUnbound, type RunningUnbound } from '../../lab/unbound.js';
 import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
-import { startEtdInNetns, type LogLine, type RunningEtd } from '../helpers/cli.js';
+import { CLI, startEtdInNetns, type LogLine, type RunningEtd } from '../helpers/cli.js';
 
 const skip = skipPrivileged('DNSBL scoring against unbound') || skipWithout('unbound', 'unbound', 'DNSBL scoring against unbound');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-dnsbl-'));
@@ -111,7 +111,7 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
     });
     const both = (role: Role, answer: string) => ({ [addr(4, role)]: answer, [addr(6, role)]: answer });
     unbound = await startUnbound(inNamespace(lab, lab.ns.backend), lab.v4.backends[1], [
-      { zone: 'bl3.test', listed: both('listed', '127.0.0.2') },
+      { zone: 'bl3.test', listed: { ...both('listed', '127.0.0.2'), '127.0.0.2': '127.0.0.2' } },
       { zone: 'one.test', listed: both('twoLists', '127.0.0.2') },
       { zone: 'two.test', listed: both('twoLists', '127.0.0.10') },
       { zone: 'wl.test', listed: { ...both('allowed', '127.0.10.2'), ...both('allowedTalker', '127.0.10.3') } },
@@ -266,4 +266,22 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
     await etd.waitFor(() => sessionsOf(etd, addr(4, 'listed')).length >= 2, 5000);
     expect(sessionsOf(etd, addr(4, 'listed'))[1]).toMatchObject({ verdict: 'dnsbl', heldMs: 0, score: 3 });
   }, 90_000);
+
+  it('etd doctor queries each zone for the test entry 127.0.0.2 and flags a refused query with its fix', async () => {
+    const file = configFor(
+      '3s',
+      '1s',
+      `    - { zone: bl3.test, weight: 3 }
+    - { zone: one.test, weight: 1 }
+    - { zone: refused.test, weight: 3 }
+    - { zone: dead.test, weight: 3 }`,
+    );
+    const r = await lab.exec(lab.ns.gateway, process.execPath, [CLI, 'doctor', '-c', file, '--json'], { allowFailure: true, timeoutMs: 30_000 });
+    const report = JSON.parse(r.stdout) as { findings: Array<{ id: string; status: string; detail: string; fix?: string }> };
+    const find = (id: string) => report.findings.find((f) => f.id === id);
+    expect(find('dnsbl.bl3.test')).toMatchObject({ status: 'OK', detail: expect.stringMatching(/answered 127\.0\.0\.2 through /) });
+    expect(find('dnsbl.one.test')).toMatchObject({ status: 'WARN', detail: expect.stringMatching(/2\.0\.0\.127\.one\.test does not exist/) });
+    expect(find('dnsbl.refused.test')).toMatchObject({ status: 'FAIL', detail: expect.stringMatching(/answered 127\.255\.255\.254: the list refused the query/), fix: expect.stringMatching(/use your own resolver, not a public one/) });
+    expect(find('dnsbl.dead.test')).toMatchObject({ status: 'FAIL', detail: expect.stringMatching(/no answer for 2\.0\.0\.127\.dead\.test/) });
+  }, 60_000);
 });

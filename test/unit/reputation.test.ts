@@ -5,6 +5,7 @@ import { DEFAULT_MATCH, compilePatterns, isRefusedAnswer, matchesAny, parsePatte
 import { queryName } from '../../src/reputation/query.js';
 import { decide, replyText, scoreOf, settledDecision, type ReputationList, type ZoneAnswer } from '../../src/reputation/score.js';
 import { isResolverAddress, isZoneName } from '../../src/reputation/configCheck.js';
+import { dnsblFindings, type ZoneProbe } from '../../src/reputation/doctorFindings.js';
 
 describe('answer patterns', () => {
   const cases: Array<[string, string, boolean]> = [
@@ -138,5 +139,37 @@ describe('a decision that pending zones cannot change is final', () => {
   it.each(rows)('%s → %s', (_, answers, want) => {
     const s = scoreOf(lists, new Map(Object.entries(answers)));
     expect(settledDecision(lists, s, 3, -1)).toBe(want);
+  });
+});
+
+describe('doctor findings per zone (test entry 127.0.0.2)', () => {
+  const c = {
+    dnsbl: [
+      { zone: 'zen.example', weight: 3, match: undefined, name: undefined },
+      { zone: 'wl.example', weight: -2, match: ['127.0.[0..255].[1..3]'], name: 'allowlist' },
+    ],
+    threshold: 3,
+    allowThreshold: -1,
+    action: 'reject' as const,
+    reply: '554 x',
+    timeoutMs: 1000,
+    resolvers: ['192.0.2.53'],
+    minTtlMs: 1,
+    maxTtlMs: 2,
+    maxInFlight: 1,
+  };
+  const rows: Array<[string, ZoneProbe, string, RegExp]> = [
+    ['listed as it should be', { zone: 'zen.example', answers: ['127.0.0.2'] }, 'OK', /answered 127\.0\.0\.2 through 192\.0\.2\.53/],
+    ['refused (public resolver)', { zone: 'zen.example', answers: ['127.255.255.254'] }, 'FAIL', /refused the query/],
+    ['no such name', { zone: 'zen.example', none: true }, 'WARN', /does not exist: the zone name may be wrong/],
+    ['unreachable', { zone: 'zen.example', error: 'ETIMEOUT' }, 'FAIL', /no answer for 2\.0\.0\.127\.zen\.example through 192\.0\.2\.53 \(ETIMEOUT\)/],
+    ['an answer outside match', { zone: 'wl.example', answers: ['127.0.0.9'] }, 'WARN', /does not count/],
+  ];
+  it.each(rows)('%s', (_, probe, status, detail) => {
+    const f = dnsblFindings(c, [probe]).find((x) => x.id === `dnsbl.${probe.zone}`)!;
+    expect(f.status).toBe(status);
+    expect(f.detail).toMatch(detail);
+    if (status !== 'OK') expect(f.fix).toBeTruthy();
+    if (/refused/.test(_)) expect(f.fix).toMatch(/use your own resolver, not a public one/);
   });
 });

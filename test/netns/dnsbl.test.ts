@@ -141,19 +141,16 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
   });
 
   it('a listed client is refused unseen by the backend, two weight-1 lists pass, an allowlisted client is connected at once, a refused-query zone counts nothing and warns, an allowlisted early talker is dropped', async () => {
-    const etd = await startEtdInNetns(
-      lab.ns.gateway,
-      configFor(
-        '3s',
-        '1500ms',
-        `    - { zone: bl3.test, weight: 3 }
+    const file = configFor(
+      '3s',
+      '1500ms',
+      `    - { zone: bl3.test, weight: 3 }
     - { zone: one.test, weight: 1 }
     - { zone: two.test, weight: 1, match: [127.0.0.2-127.0.0.11] }
     - { zone: wl.test, weight: -2, match: ["127.0.[0..255].[1..3]"], name: allowlist }
     - { zone: refused.test, weight: 3 }`,
-      ),
-      running,
     );
+    const etd = await startEtdInNetns(lab.ns.gateway, file, running);
     for (const family of [4, 6] as const) {
       const f = `IPv${family}`;
       // Weight 3 ≥ threshold 3: refused with the reply, never connected upstream.
@@ -232,6 +229,16 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
     expect(stats.reputation.refused).toBe(2);
     expect(stats.reputation.allowlisted).toBeGreaterThanOrEqual(2);
     expect(stats.reputation.refusedAnswers['refused.test']).toBeGreaterThanOrEqual(8);
+
+    // A reload applies new weights to new connections: one.test now weighs 2, so the client on
+    // two lists scores 3 and is refused (at accept: its answers are cached).
+    fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('{ zone: one.test, weight: 1 }', '{ zone: one.test, weight: 2 }'));
+    const reload = await lab.exec(lab.ns.gateway, process.execPath, ['-e', "fetch('http://127.0.0.1:8025/v1/reload',{method:'POST'}).then(r=>console.log(r.status))"]);
+    expect(reload.stdout.trim()).toBe('200');
+    const refusedNow = await client(4, 'twoLists');
+    expect(refusedNow.data).toMatch(/^554 5\.7\.1 .*blocked using one\.test\r\n$/);
+    await etd.waitFor(() => sessionsOf(etd, addr(4, 'twoLists')).length >= 2, 5000);
+    expect(sessionsOf(etd, addr(4, 'twoLists'))[1]).toMatchObject({ verdict: 'dnsbl', score: 3, heldMs: 0 });
   }, 120_000);
 
   it('a zone that never answers costs no more than the window; a listed client is still refused; the timeout is logged and counted', async () => {

@@ -83,6 +83,18 @@ const DEFS: FigureDef[] = [
     value: (r, k) => r.returning[k]?.addedMs,
     target: { text: 'etd < 1 ms', met: (_ratio, etd) => (etd === null ? null : etd < 1) },
   },
+  // etd against itself (HAProxy has no DNSBL): the etd column is the figure.
+  { id: 'dnsbl.ratio', scenario: 'dnsbl', label: 'sessions/s, three DNSBL lists ÷ none', unit: '×', better: 'higher', value: (r, k) => (k === 'etd' ? r.dnsbl?.ratio : undefined), target: { text: 'etd ≥ 0.9×', met: (_ratio, etd) => (etd === null ? null : etd >= 0.9) } },
+  { id: 'dnsbl.cpuPerSession', scenario: 'dnsbl', label: 'etd CPU per session, three DNSBL lists', unit: 'ms', better: 'lower', value: (r, k) => (k === 'etd' ? r.dnsbl?.withLists.cpuMsPerSession : undefined) },
+  {
+    id: 'dnsbl.returningAdded',
+    scenario: 'dnsbl',
+    label: 'added latency, returning sender with DNSBL lists',
+    unit: 'ms',
+    better: 'lower',
+    value: (r, k) => (k === 'etd' ? r.dnsbl?.returning?.addedMs : undefined),
+    target: { text: 'etd < 1 ms', met: (_ratio, etd) => (etd === null ? null : etd < 1) },
+  },
 ];
 
 const orNull = (v: number | undefined): number | null => (v === undefined || !Number.isFinite(v) ? null : v);

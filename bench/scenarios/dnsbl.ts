@@ -64,7 +64,9 @@ function stats(socket: string): Promise<{ reputation: { queries: Record<string, 
 async function sessionsRun(ctx: BenchContext, tag: string, extra: string): Promise<DnsblRun> {
   const s = ctx.opts.sessions;
   const socket = path.join(ctx.bl.dir, `api-${tag}.sock`);
-  const proxy = await startProxy('etd', ctx, { windowMs: ctx.opts.windowMs, tag, apiSocket: socket, extraConfig: extra });
+  // ETD_BENCH_DNSBL_PROF=DIR: a CPU profile of each run (development aid; the figures are measured without it too).
+  const prof = process.env.ETD_BENCH_DNSBL_PROF;
+  const proxy = await startProxy('etd', ctx, { windowMs: ctx.opts.windowMs, tag, apiSocket: socket, extraConfig: extra, ...(prof ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', path.join(prof, tag)] } : {}) });
   try {
     await probe(ctx.bl, proxy);
     const q0 = Object.values((await stats(socket)).reputation.queries).reduce((a, b) => a + b, 0);

@@ -100,7 +100,8 @@ const DEFS: FigureDef[] = [
 const orNull = (v: number | undefined): number | null => (v === undefined || !Number.isFinite(v) ? null : v);
 
 export function computeFigures(r: BenchResult): Figure[] {
-  return DEFS.map((d) => {
+  // The dnsbl rows only when that scenario ran (it is not part of --quick).
+  return DEFS.filter((d) => d.scenario !== 'dnsbl' || r.dnsbl !== undefined).map((d) => {
     const etd = orNull(d.value(r, 'etd'));
     const haproxy = orNull(d.value(r, 'haproxy'));
     const haproxyMt = orNull(d.value(r, 'haproxy-mt'));

@@ -50,7 +50,7 @@ export interface RunningUnbound {
 }
 
 /** The silent server of dead zones: a UDP socket that never answers. */
-const SILENT = `require('dgram').createSocket('udp4').on('message',()=>{}).bind(+process.argv[1],'127.0.0.1',()=>console.log(JSON.stringify({event:'ready'})))`;
+const SILENT = `const u=require('dgram').createSocket('udp4').on('message',()=>{});u.bind(0,'127.0.0.1',()=>console.log(JSON.stringify({event:'ready',port:u.address().port})))`;
 
 export function unboundConf(dir: string, addresses: readonly string[], zones: readonly TestZone[], silentPort: number, port = 53): string {
   const lines = [
@@ -94,24 +94,36 @@ export function unboundConf(dir: string, addresses: readonly string[], zones: re
   return `${[...lines, ...stubs].join('\n')}\n`;
 }
 
-/** Starts unbound on `address`:`port` (default 53) with the zones; resolves once it answers. */
+/**
+ * Starts unbound on `address`:`port` (default 53; 0 = a free port, tried again if another
+ * process takes it first) with the zones; resolves once it answers.
+ */
 export async function startUnbound(runner: Runner, address: string, zones: readonly TestZone[], opts: { port?: number; timeoutMs?: number } = {}): Promise<RunningUnbound> {
-  const port = opts.port ?? 53;
-  const timeoutMs = opts.timeoutMs ?? 10_000;
+  for (let attempt = 1; ; attempt++) {
+    const port = opts.port === 0 ? 20_000 + Math.floor(Math.random() * 30_000) : (opts.port ?? 53);
+    try {
+      return await startOnce(runner, address, zones, port, opts.timeoutMs ?? 10_000);
+    } catch (e) {
+      if (opts.port !== 0 || attempt >= 5 || !/Address already in use/.test(String(e))) throw e;
+    }
+  }
+}
+
+async function startOnce(runner: Runner, address: string, zones: readonly TestZone[], port: number, timeoutMs: number): Promise<RunningUnbound> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-unbound-'));
-  const silentPort = 20_000 + Math.floor(Math.random() * 20_000);
   const conf = path.join(dir, 'unbound.conf');
-  fs.writeFileSync(conf, unboundConf(dir, [address], zones, silentPort, port));
-  const silent = zones.some((z) => z.dead) ? runner.spawn(process.execPath, ['-e', SILENT, String(silentPort)]) : undefined;
+  const silent = zones.some((z) => z.dead) ? runner.spawn(process.execPath, ['-e', SILENT]) : undefined;
+  let silentPort = 0;
   if (silent) {
-    await new Promise<void>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error('the dead zone\'s silent socket did not start')), timeoutMs);
-      silent.stdout?.once('data', () => {
+    silentPort = await new Promise<number>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error("the dead zone's silent socket did not start")), timeoutMs);
+      silent.stdout?.once('data', (d: Buffer) => {
         clearTimeout(t);
-        resolve();
+        resolve((JSON.parse(d.toString()) as { port: number }).port);
       });
     });
   }
+  fs.writeFileSync(conf, unboundConf(dir, [address], zones, silentPort, port));
   const child = runner.spawn('unbound', ['-d', '-c', conf]);
   let output = '';
   child.stdout?.on('data', (d: Buffer) => (output += d.toString()));

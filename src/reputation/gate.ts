@@ -58,7 +58,9 @@ export function watchLookups(s: Session, rep: Reputation, holdMs: number): void 
   let done = false;
   const timer = setTimeout(() => {
     done = true;
-    applyScore(s, rep, rep.partial(s.clientAddress));
+    const partial = rep.partial(s.clientAddress);
+    if (partial.unanswered.length && s.holding) rep.windowEnded(partial.unanswered, holdMs);
+    applyScore(s, rep, partial);
   }, Math.max(0, deadline));
   void lookup.then((score) => {
     if (done) return;

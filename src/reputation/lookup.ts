@@ -154,6 +154,23 @@ export class Reputation {
     return { ...(await this.fetch(a)), cached };
   }
 
+  /**
+   * Zones that had not answered when a window ended (they counted 0 for that session): logged
+   * as timeouts, at most once per zone per minute (the query's own timeout is counted when it comes).
+   */
+  windowEnded(zones: readonly string[], windowMs: number): void {
+    const now = this.now();
+    for (const zone of zones) {
+      const last = this.lastTimeoutLog.get(zone);
+      if (last && now - last.at < TIMEOUT_LOG_MS) {
+        this.lastTimeoutLog.set(zone, { at: last.at, since: last.since + 1 });
+        continue;
+      }
+      this.log.warn({ zone, windowMs, timeouts: (last?.since ?? 0) + 1 }, `DNSBL zone ${zone} had not answered by the end of the ${windowMs} ms hold: the lookup counts 0 (a timeout; check the resolver and the zone, or lengthen detection.window)`);
+      this.lastTimeoutLog.set(zone, { at: now, since: 0 });
+    }
+  }
+
   /** Counts a score that decided a connection (once per connection): hits per list, refusals, allowlistings. */
   decided(decision: 'refuse' | 'allow' | 'window', s: Score): void {
     this.counters.scored++;

@@ -45,26 +45,32 @@ export function applyScore(s: Session, rep: Reputation, score: Score): void {
 
 /**
  * Starts the lookups for a session that was just begun (held for `holdMs`), and applies the
- * score when they answer, or when the hold is about to end (unanswered zones count 0).
+ * score as soon as it is settled: when the answers so far already decide (a listed client with
+ * only blocklists pending, every list answered), when all lookups end, or when the hold is about
+ * to end (unanswered zones count 0).
  */
 export function watchLookups(s: Session, rep: Reputation, holdMs: number): void {
   const deadline = holdMs - WINDOW_MARGIN_MS;
-  const lookup = rep.lookup(s.clientAddress);
-  if (deadline >= rep.settings.timeoutMs) {
-    // The lookups settle within `timeout` on their own: no timer needed while the window is longer.
-    void lookup.then((score) => applyScore(s, rep, score));
-    return;
-  }
-  let done = false;
-  const timer = setTimeout(() => {
-    done = true;
-    const partial = rep.partial(s.clientAddress);
-    if (partial.unanswered.length && s.holding) rep.windowEnded(partial.unanswered, holdMs);
-    applyScore(s, rep, partial);
-  }, Math.max(0, deadline));
-  void lookup.then((score) => {
-    if (done) return;
-    clearTimeout(timer);
+  let over = false;
+  let timer: NodeJS.Timeout | undefined;
+  const finish = (score: Score): void => {
+    if (over) return;
+    over = true;
+    unwatch();
+    if (timer) clearTimeout(timer);
     applyScore(s, rep, score);
+  };
+  const unwatch = rep.watch(s.clientAddress, () => {
+    const settled = rep.cached(s.clientAddress);
+    if (settled) finish(settled);
   });
+  void rep.lookup(s.clientAddress).then(finish);
+  // The lookups settle within `timeout` on their own: a timer only when the hold is shorter.
+  if (deadline < rep.settings.timeoutMs) {
+    timer = setTimeout(() => {
+      const partial = rep.partial(s.clientAddress);
+      if (partial.unanswered.length && s.holding) rep.windowEnded(partial.unanswered, holdMs);
+      finish(partial);
+    }, Math.max(0, deadline));
+  }
 }

@@ -64,6 +64,8 @@ export class Reputation {
   private readonly lastRefusedLog = new Map<string, number>();
   private readonly lastTimeoutLog = new Map<string, { at: number; since: number }>();
   private readonly observers = new Set<QueryObserver>();
+  /** Per client address: who waits for its zones' answers one by one (held sessions deciding early). */
+  private readonly watchers = new Map<string, Set<() => void>>();
   private sweeper: NodeJS.Timeout | undefined;
   readonly counters: ReputationCounters = {
     queries: new Map(),
@@ -135,6 +137,21 @@ export class Reputation {
     const s = this.fromCache(a, true)!;
     const c = this.config;
     return settledDecision(this.lists, s, c.threshold, c.allowThreshold) === undefined ? undefined : s;
+  }
+
+  /**
+   * Calls `f` each time a zone answers for this client (the answer is in the cache by then), so a
+   * held session can decide as soon as the answers so far settle it. Returns the unsubscribe.
+   */
+  watch(address: string, f: () => void): () => void {
+    const a = normalizeAddress(address);
+    let set = this.watchers.get(a);
+    if (!set) this.watchers.set(a, (set = new Set()));
+    set.add(f);
+    return () => {
+      set.delete(f);
+      if (set.size === 0 && this.watchers.get(a) === set) this.watchers.delete(a);
+    };
   }
 
   /** The score from what the cache holds now, zones without a valid answer counting 0 (the window ended first). */
@@ -241,6 +258,7 @@ export class Reputation {
         if (ttlMs !== undefined) this.store(address, zone, answer, ttlMs);
         this.account(zone, answer, (performance.now() - t0) / 1000);
         resolve(answer);
+        if (ttlMs !== undefined) for (const w of [...(this.watchers.get(address) ?? [])]) w();
       };
       // c-ares ends the query after `timeout` itself (tries: 1); this timer makes the bound exact.
       const timer = setTimeout(() => settle({ status: 'timeout' }, undefined), timeoutMs);

@@ -258,12 +258,15 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
       expect(clean.data, f).toMatch(/^220 /);
       expect(clean.firstMs, f).toBeGreaterThanOrEqual(900);
       expect(clean.firstMs, f).toBeLessThan(1800);
+      // bl3.test answers at once and the dead zone is a blocklist too (it could only add): the
+      // score is settled without it, so the refusal comes long before the window ends.
       const listed = await client(family, 'listed');
       expect(listed.data, f).toMatch(/^554 5\.7\.1 .*blocked using bl3\.test\r\n$/);
-      expect(listed.firstMs, f).toBeLessThan(1800);
+      expect(listed.firstMs, f).toBeLessThan(600);
       expect(connectsFrom(addr(family, 'listed')), f).toBe(0);
     }
     // Logged as a timeout when the hold ended without its answer (once per zone per minute) …
+    // (the clean client's hold ended without dead.test's answer)
     const timeout = await etd.waitFor((l) => l.level === 'warn' && /DNSBL zone dead\.test had not answered by the end of the 1000 ms hold: the lookup counts 0/.test(l.msg), 8000);
     expect(timeout.zone).toBe('dead.test');
     // … and counted when the query itself times out (reputation.timeout 3 s).

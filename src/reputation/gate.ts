@@ -60,10 +60,7 @@ export function watchLookups(s: Session, rep: Reputation, holdMs: number): void 
     if (timer) clearTimeout(timer);
     applyScore(s, rep, score);
   };
-  const unwatch = rep.watch(s.clientAddress, () => {
-    const settled = rep.cached(s.clientAddress);
-    if (settled) finish(settled);
-  });
+  const unwatch = rep.watch(s.clientAddress, finish);
   void rep.lookup(s.clientAddress).then(finish);
   // The lookups settle within `timeout` on their own: a timer only when the hold is shorter.
   if (deadline < rep.settings.timeoutMs) {

@@ -49,6 +49,8 @@ export function compileLists(c: ReputationConfig): ReputationList[] {
   return c.dnsbl.map((d) => ({ zone: d.zone, name: d.name ?? d.zone, weight: d.weight, patterns: compilePatterns(d.match ?? DEFAULT_MATCH) }));
 }
 
+const scoreOnly = (r: { score: Score }): Score => r.score;
+
 function bump(m: Map<string, number>, key: string, n = 1): void {
   m.set(key, (m.get(key) ?? 0) + n);
 }
@@ -65,7 +67,7 @@ export class Reputation {
   private readonly lastTimeoutLog = new Map<string, { at: number; since: number }>();
   private readonly observers = new Set<QueryObserver>();
   /** Per client address: who waits for its zones' answers one by one (held sessions deciding early). */
-  private readonly watchers = new Map<string, Set<() => void>>();
+  private readonly watchers = new Map<string, Set<(score: Score) => void>>();
   private sweeper: NodeJS.Timeout | undefined;
   readonly counters: ReputationCounters = {
     queries: new Map(),
@@ -140,10 +142,11 @@ export class Reputation {
   }
 
   /**
-   * Calls `f` each time a zone answers for this client (the answer is in the cache by then), so a
-   * held session can decide as soon as the answers so far settle it. Returns the unsubscribe.
+   * Calls `f` with the score once a zone's answer settles it (settledDecision) before every zone
+   * has answered, so a held session can decide early. The score is computed once per answer,
+   * whatever the number of sessions of that client waiting. Returns the unsubscribe.
    */
-  watch(address: string, f: () => void): () => void {
+  watch(address: string, f: (score: Score) => void): () => void {
     const a = normalizeAddress(address);
     let set = this.watchers.get(a);
     if (!set) this.watchers.set(a, (set = new Set()));
@@ -161,7 +164,7 @@ export class Reputation {
 
   /** Looks the client up in every zone (cached answers reused); settles within the timeout, never rejects. */
   lookup(address: string): Promise<Score> {
-    return this.fetch(normalizeAddress(address)).then(({ score }) => score);
+    return this.fetch(normalizeAddress(address)).then(scoreOnly);
   }
 
   /** For the API: each zone's answer and the score, looking up what the cache lacks; counts nothing. */
@@ -258,7 +261,7 @@ export class Reputation {
         if (ttlMs !== undefined) this.store(address, zone, answer, ttlMs);
         this.account(zone, answer, (performance.now() - t0) / 1000);
         resolve(answer);
-        if (ttlMs !== undefined) for (const w of [...(this.watchers.get(address) ?? [])]) w();
+        if (ttlMs !== undefined) this.notify(address);
       };
       // c-ares ends the query after `timeout` itself (tries: 1); this timer makes the bound exact.
       const timer = setTimeout(() => settle({ status: 'timeout' }, undefined), timeoutMs);
@@ -274,6 +277,13 @@ export class Reputation {
         },
       ).finally(() => this.inFlight--);
     });
+  }
+
+  private notify(address: string): void {
+    const set = this.watchers.get(address);
+    if (!set) return;
+    const settled = this.cached(address);
+    if (settled) for (const w of [...set]) w(settled);
   }
 
   private store(address: string, zone: string, answer: ZoneAnswer, ttlMs: number): void {

@@ -28,6 +28,12 @@ export interface LabOptions {
   backendDefaultRoute?: boolean;
   /** Give the client a default route via the gateway (default true). */
   clientDefaultRoute?: boolean;
+  /**
+   * Add a second gateway namespace (`ns.peer`, 10.x.3.2 | fd00:x:3::2) linked to the gateway
+   * (10.x.3.1), which routes between it and the client and backend nets: a second etd there sees
+   * the same client addresses and reaches the same backends (cluster tests). Default false.
+   */
+  peerGateway?: boolean;
 }
 
 export interface ExecOptions {
@@ -99,6 +105,8 @@ export interface Lab extends LabProcesses {
     readonly gatewayBackendSide: string;
     readonly backends: readonly [string, string];
   };
+  /** With `peerGateway`: the second gateway's namespace and addresses (undefined otherwise). */
+  readonly peer?: { readonly ns: string; readonly v4: string; readonly v6: string; readonly gatewaySideV4: string; readonly gatewaySideV6: string };
   /** Interface names inside each namespace. */
   readonly ifaces: {
     readonly client: string;
@@ -109,7 +117,7 @@ export interface Lab extends LabProcesses {
 }
 
 const RECORDER = path.join(PACKAGE_ROOT, 'scripts/lab-recorder.mjs');
-const NS_NAME = /^etd[cgb]([0-9a-z]+)-([0-9a-z]+)$/;
+const NS_NAME = /^etd[cgbp]([0-9a-z]+)-([0-9a-z]+)$/;
 
 import { hostPort } from '../src/util/address.js';
 
@@ -311,6 +319,9 @@ export async function createLab(opts: LabOptions = {}): Promise<Lab> {
     backends: [`fd00:${x}:2::10`, `fd00:${x}:2::11`] as const,
   };
 
+  const peer = opts.peerGateway
+    ? { ns: `etdp${id}`, v4: `10.${x}.3.2`, v6: `fd00:${x}:3::2`, gatewaySideV4: `10.${x}.3.1`, gatewaySideV6: `fd00:${x}:3::1` }
+    : undefined;
   const children = new Set<ChildProcess>();
   const created: string[] = [];
   let destroying: Promise<void> | undefined;
@@ -363,6 +374,7 @@ export async function createLab(opts: LabOptions = {}): Promise<Lab> {
     ns,
     v4,
     v6,
+    ...(peer ? { peer } : {}),
     ifaces,
     exec,
     spawn,
@@ -383,7 +395,7 @@ export async function createLab(opts: LabOptions = {}): Promise<Lab> {
 
   try {
     await removeStaleLabs();
-    for (const name of [ns.client, ns.gateway, ns.backend]) {
+    for (const name of [ns.client, ns.gateway, ns.backend, ...(peer ? [peer.ns] : [])]) {
       await run('ip', ['netns', 'add', name]);
       created.push(name);
       // Before any interface exists, so new interfaces inherit it: addresses usable at once, no DAD wait.
@@ -434,6 +446,23 @@ export async function createLab(opts: LabOptions = {}): Promise<Lab> {
         ? []
         : [`route add default via ${v4.gatewayBackendSide}`, `route add ::/0 via ${v6.gatewayBackendSide}`]),
     ]);
+    if (peer) {
+      await run('ip', ['link', 'add', 'veth-gp', 'netns', ns.gateway, 'type', 'veth', 'peer', 'name', 'veth-pg', 'netns', peer.ns]);
+      await exec(peer.ns, 'sysctl', ['-q', '-w', 'net.ipv4.conf.all.rp_filter=0', 'net.ipv4.conf.default.rp_filter=0']);
+      await exec(ns.gateway, 'sysctl', ['-q', '-w', 'net.ipv4.conf.veth-gp.rp_filter=0']);
+      await batch(ns.gateway, [
+        `addr add ${peer.gatewaySideV4}/24 dev veth-gp`,
+        `addr add ${peer.gatewaySideV6}/64 dev veth-gp nodad`,
+        'link set veth-gp up',
+      ]);
+      await batch(peer.ns, [
+        `addr add ${peer.v4}/24 dev veth-pg`,
+        `addr add ${peer.v6}/64 dev veth-pg nodad`,
+        'link set veth-pg up',
+        `route add default via ${peer.gatewaySideV4}`,
+        `route add ::/0 via ${peer.gatewaySideV6}`,
+      ]);
+    }
   } catch (e) {
     await destroy();
     throw e;

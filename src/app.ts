@@ -13,7 +13,9 @@ import { engineDriver, type EngineDriver, type NativeAccept } from './proxy/engi
 import { Stats } from './stats.js';
 import { EtdError, describeError } from './errors.js';
 import { AccessLists } from './policy/access.js';
-import { ClientCache } from './policy/clientCache.js';
+import { ClientCache, cacheKey } from './policy/clientCache.js';
+import type { SharedState } from './cluster/shared.js';
+import { consultShared, localState } from './cluster/attach.js';
 import { openStore, type StateStore } from './state/store.js';
 import { Reputation } from './reputation/lookup.js';
 import { applyScore, judge, refusalOf, watchLookups } from './reputation/gate.js';
@@ -80,6 +82,8 @@ export class App {
   readonly cache: ClientCache;
   /** DNSBL/DNSWL lookups and their cache (reputation:); inert without lists. */
   readonly reputation: Reputation;
+  /** Shared state over Redis (cluster.redis), from start; undefined when this gateway is on its own. */
+  cluster: SharedState | undefined;
   /** The native session engine, from start to stop. */
   private engine: EngineDriver | undefined;
 
@@ -125,6 +129,12 @@ export class App {
     this.log.info({ entries: loaded, ms: Math.round(performance.now() - t0), store: this.store.location }, 'client cache loaded');
     this.cache.startSweeping();
     this.health.start();
+    if (this.config.cluster) {
+      // Loaded only when configured: ioredis costs ~35 ms of start-up to every other etd.
+      const { SharedState } = await import('./cluster/shared.js');
+      this.cluster = new SharedState(this.config.cluster, localState(this.cache, this.access, this.store, this.log), this.log);
+      this.cluster.start();
+    }
     const driver = engineDriver();
     driver.acquire(this.log);
     this.engine = driver;
@@ -152,8 +162,8 @@ export class App {
       },
       sessionRelaying(s) {
         // It waited for the greeting: next time it skips the window. A session released early
-        // (allowlisted by score) did not wait, so it earns no pass: its lookups vouch for it again.
-        if (!s.talked && !s.skipped && !s.released) app.cache.recordPass(s.clientAddress);
+        // (allowlisted by score, a peer's pass) did not wait here, so it earns no pass of its own.
+        if (!s.talked && !s.skipped && !s.released) app.learnt('pass', app.cache.recordPass(s.clientAddress));
         app.stats.held--;
         app.stats.relaying++;
         app.stats.relayed++;
@@ -166,11 +176,16 @@ export class App {
         const n = (app.perClient.get(s.clientAddress) ?? 1) - 1;
         if (n > 0) app.perClient.set(s.clientAddress, n);
         else app.perClient.delete(s.clientAddress);
-        if (summary.verdict === 'early_talker') app.cache.recordDeny(s.clientAddress);
+        if (summary.verdict === 'early_talker') app.learnt('deny', app.cache.recordDeny(s.clientAddress));
         app.checkStress();
         app.recordEnd(summary);
       },
     };
+  }
+
+  /** A verdict recorded in the local cache goes to the cluster too (batched, never awaited). */
+  private learnt(kind: 'pass' | 'deny', entry: { key: string; expires: number } | undefined): void {
+    if (entry) this.cluster?.recordCache(entry.key, kind, entry.expires);
   }
 
   /**
@@ -240,9 +255,18 @@ export class App {
       else sent = this.answer(conn, ctx, `${this.config.access.denyReply}\r\n`);
       this.endedAtAccept(ctx, conn, 'denied', a.deny, sent);
     } else if (a.skip === 'allowlist' || !this.reputation.enabled) {
-      new Session(this.engine!, conn, ctx, a.skip).begin();
+      const session = new Session(this.engine!, conn, ctx, a.skip);
+      session.begin();
+      this.consultCluster(session, conn, a.skip);
     } else {
       this.acceptWithReputation(conn, ctx, a.skip);
+    }
+  }
+
+  /** A local miss: the window runs as usual and the cluster is asked alongside (never awaited). */
+  private consultCluster(session: Session, conn: NativeAccept, skip: 'allowlist' | 'pass_cache' | undefined): void {
+    if (skip === undefined && this.cluster && this.config.cache.enabled && session.holding) {
+      consultShared(this.cluster, session, cacheKey(conn.peerAddress, this.config.cache.scope), () => this.config.access);
     }
   }
 
@@ -276,12 +300,14 @@ export class App {
       rep.decided(j.decision, known);
       s.noteReputation(j.facts);
       s.begin();
+      this.consultCluster(s, conn, skip);
       return;
     }
     const s = new Session(this.engine!, conn, ctx, skip);
     const holdMs = skip ? Math.min(rep.settings.timeoutMs, s.policy.windowMs) : s.policy.windowMs;
     s.begin(skip ? holdMs : undefined);
     if (!s.done && holdMs > 0) watchLookups(s, rep, holdMs);
+    this.consultCluster(s, conn, skip);
   }
 
   /** A reply at accept, lingering by the listener's policy (replyLingerMs); the bytes written. */
@@ -350,6 +376,7 @@ export class App {
     this.cache.update(next.cache);
     this.reputation.update(next.reputation);
     this.health.update(next.upstream.health);
+    if (JSON.stringify(next.cluster) !== JSON.stringify(prev.cluster)) this.log.warn({}, 'cluster changes take effect at the next restart');
     if (next.state.path !== prev.state.path) this.log.warn({ from: prev.state.path, to: next.state.path }, 'state.path changes take effect at the next restart');
     for (const listener of this.listeners.values()) {
       const ctx = listener.ctx as ListenerContext;
@@ -371,6 +398,7 @@ export class App {
     for (const s of [...this.sessions]) s.abort('shutdown');
     this.engine?.release();
     this.engine = undefined;
+    await this.cluster?.stop();
     this.cache.stop();
     this.reputation.stop();
     this.store.close();

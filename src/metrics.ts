@@ -182,6 +182,45 @@ export class Metrics {
     });
 
     this.stopReputation = registerReputationMetrics(this.registry, app.reputation);
+    new Gauge({
+      name: 'etd_cluster_up',
+      help: 'whether Redis (cluster.redis) answers now (1 = up; 0 = down, or no cluster configured)',
+      registers,
+      collect() {
+        this.set(app.cluster?.up ? 1 : 0);
+      },
+    });
+    new Counter({
+      name: 'etd_cluster_errors_total',
+      help: 'Redis errors, by operation (connect, lookup, write, sync, subscribe); etd serves from local state meanwhile',
+      labelNames: ['op'],
+      registers,
+      collect() {
+        this.reset();
+        const cluster = app.cluster;
+        if (cluster) for (const [op, n] of Object.entries(cluster.errors)) this.inc({ op }, n);
+      },
+    });
+    new Counter({
+      name: 'etd_cluster_lookups_total',
+      help: 'shared lookups on a local cache miss, by answer (pass, deny, miss, skipped while down, error)',
+      labelNames: ['result'],
+      registers,
+      collect() {
+        this.reset();
+        const cluster = app.cluster;
+        if (cluster) for (const [result, n] of Object.entries(cluster.lookups)) this.inc({ result }, n);
+      },
+    });
+    new Gauge({
+      name: 'etd_cluster_pending_writes',
+      help: 'writes queued for Redis (kept while it is down, written back when it returns)',
+      registers,
+      collect() {
+        this.set(app.cluster?.status().pendingWrites ?? 0);
+      },
+    });
+
     app.observe({ sessionEnded: (s) => this.sessionEnded(s) });
     pool.onChange((c) => {
       if (!this.closed) this.transitions.inc({ server: c.server, to: c.to });

@@ -37,6 +37,8 @@ export function verdictLine(findings: readonly Finding[]): string {
   const critical = criticalFailures(findings);
   const head = `${s.FAIL} FAIL, ${s.WARN} WARN, ${s.OK} OK`;
   if (critical.length) return `${head} — etd run would refuse to start (${critical.map((f) => f.id).join(', ')})`;
+  const fails = findings.filter((f) => f.status === 'FAIL');
+  if (s.FAIL && fails.every((f) => f.id === 'cluster.redis')) return `${head} — etd would start and serve from its local state, but would not share it with the other gateways`;
   if (s.FAIL) return `${head} — etd would start, but the FAILs above break transparent sessions`;
   return s.WARN ? `${head} — no failures; read the warnings` : `${head} — all checks passed`;
 }
@@ -50,6 +52,7 @@ export async function doctorCommand(config: Config, opts: DoctorOptions, out: (l
     probes,
     returnPath: true,
     netfilter: true,
+    redis: true,
     ...(opts.client === undefined ? {} : { client: opts.client }),
   });
   const findings = evaluate(facts);

@@ -122,6 +122,15 @@ export function formatStatus(status: StatusBody, stats: StatsBody, backends: rea
   for (const l of status.listeners) lines.push(`  ${l.name.padEnd(16)} ${l.mode.padEnd(9)} ${l.addresses.join(' ') || '(not listening)'}`);
   if (status.engine) lines.push(`engine       ${num(status.engine.connections)} connections, ${num(status.engine.fds)} fds, ${num(status.engine.bufferedBytes)} bytes buffered`);
   lines.push(`backends     ${status.backends.up} of ${status.backends.total} up`);
+  const c = status.cluster;
+  if (c) {
+    const lag = c.lagMs === null ? '' : `, lag ${c.lagMs} ms`;
+    lines.push(
+      c.connected
+        ? `cluster      up: ${c.where}${lag}, ${num(c.pendingWrites)} writes queued`
+        : `cluster      ${c.state.toUpperCase()} since ${c.since}: ${c.where}; serving from local state, ${num(c.pendingWrites)} writes kept${c.lastError ? ` (${c.lastError})` : ''}`,
+    );
+  }
   for (const b of backends) {
     const why = b.state === 'down' ? `  (${b.lastReason})` : '';
     lines.push(`  ${b.name.padEnd(16)} ${b.state.padEnd(6)} ${`${b.address}:${b.port}`.padEnd(24)} ${num(b.active)} active${why}`);

@@ -12,6 +12,7 @@ import { ConfigSchema, type Config, type RawConfig } from './schema.js';
 import { formatDuration as formatDur, parseDuration } from './duration.js';
 import { parseCidr } from './cidr.js';
 import { reputationProblems } from '../reputation/configCheck.js';
+import { redisProblems } from '../cluster/options.js';
 
 /** One problem in a config: where, what, and how to fix it. */
 export interface ConfigProblem {
@@ -144,6 +145,7 @@ const PATTERN_WORDS: Record<string, string> = {
   '^[A-Za-z0-9_.-]+$': 'may only contain letters, digits, "_", "." and "-"',
   '^[A-Za-z0-9.-]+$': 'must be a host name: letters, digits, "." and "-"',
   '^[A-Za-z][A-Za-z0-9_]{0,31}$': 'must start with a letter, then at most 31 letters, digits or "_"',
+  '^[!-~]{1,64}$': 'must be 1 to 64 printable ASCII characters without spaces, e.g. "etd:"',
   '^220-[ -~]+$': 'must be the first line of a multi-line greeting: "220-" then printable ASCII, e.g. "220-mx.example.com ESMTP"',
 };
 
@@ -246,6 +248,30 @@ function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
   const ct = parseDuration(raw.upstream.connectTimeout);
   if (ct === 0) out.push({ path: 'upstream.connectTimeout', message: 'must be more than 0' });
   out.push(...reputationProblems(raw.reputation));
+  if (raw.cluster !== undefined) {
+    out.push(...redisProblems(raw.cluster.redis));
+    const caFile = raw.cluster.redis.caFile;
+    if (caFile !== undefined) {
+      const tls = [raw.cluster.redis.url ?? '', ...(raw.cluster.redis.sentinels ?? [])].some((u) => u.startsWith('rediss://'));
+      if (!tls) out.push({ path: 'cluster.redis.caFile', message: 'a CA is only used over TLS: write rediss:// in url (or a sentinel), or remove caFile' });
+      try {
+        if (!fs.readFileSync(caFile, 'utf8').includes('-----BEGIN CERTIFICATE-----')) {
+          out.push({ path: 'cluster.redis.caFile', message: `${caFile} holds no PEM certificate ("-----BEGIN CERTIFICATE-----"); give the CA certificate that signed Redis' certificate` });
+        }
+      } catch (e) {
+        out.push({ path: 'cluster.redis.caFile', message: `cannot read ${caFile}: ${(e as NodeJS.ErrnoException).code ?? String(e)}` });
+      }
+    }
+    for (const [path, text, min] of [
+      ['cluster.redis.connectTimeout', raw.cluster.redis.connectTimeout, 1],
+      ['cluster.redis.commandTimeout', raw.cluster.redis.commandTimeout, 1],
+      ['cluster.syncInterval', raw.cluster.syncInterval, 100],
+    ] as const) {
+      const v = parseDuration(text);
+      if (v !== undefined && v < min) out.push({ path, message: `must be at least ${min}ms (got ${text})` });
+      if (v !== undefined && v > 2_147_483_647) out.push({ path, message: `${text} is too long for a timer; use at most 24d` });
+    }
+  }
   return out;
 }
 
@@ -324,6 +350,22 @@ function resolve(raw: RawConfig): Config {
       maxInFlight: raw.reputation.maxInFlight,
     },
     state: { path: raw.state.path },
+    cluster:
+      raw.cluster === undefined
+        ? undefined
+        : {
+            redis: {
+              url: raw.cluster.redis.url,
+              sentinels: raw.cluster.redis.sentinels === undefined ? undefined : [...raw.cluster.redis.sentinels],
+              name: raw.cluster.redis.name,
+              caFile: raw.cluster.redis.caFile,
+              ca: raw.cluster.redis.caFile === undefined ? undefined : fs.readFileSync(raw.cluster.redis.caFile, 'utf8'),
+              keyPrefix: raw.cluster.redis.keyPrefix,
+              connectTimeoutMs: ms(raw.cluster.redis.connectTimeout),
+              commandTimeoutMs: ms(raw.cluster.redis.commandTimeout),
+            },
+            syncIntervalMs: ms(raw.cluster.syncInterval),
+          },
     log: { level: raw.log.level },
   };
 }
@@ -416,6 +458,24 @@ export function loadConfig(file: string): Config {
   return parseConfig(text, file);
 }
 
+/** The cluster section as written in YAML; the URL's password is redacted unless `redact` is false. */
+function clusterDocument(c: NonNullable<Config['cluster']>, redact: boolean): unknown {
+  const hide = (u: string) => (redact ? u.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:<redacted>@') : u);
+  const r = c.redis;
+  return {
+    redis: {
+      ...(r.url !== undefined ? { url: hide(r.url) } : {}),
+      ...(r.sentinels !== undefined ? { sentinels: r.sentinels.map(hide) } : {}),
+      ...(r.name !== undefined ? { name: r.name } : {}),
+      ...(r.caFile !== undefined ? { caFile: r.caFile } : {}),
+      keyPrefix: r.keyPrefix,
+      connectTimeout: formatDur(r.connectTimeoutMs),
+      commandTimeout: formatDur(r.commandTimeoutMs),
+    },
+    syncInterval: formatDur(c.syncIntervalMs),
+  };
+}
+
 /** The effective config as YAML, with durations written back as strings. */
 export function configToYaml(config: Config, redact = true): string {
   return YAML.stringify(configToDocument(config, redact));
@@ -485,6 +545,7 @@ export function configToDocument(config: Config, redact = true): unknown {
       maxInFlight: config.reputation.maxInFlight,
     },
     state: config.state,
+    ...(config.cluster !== undefined ? { cluster: clusterDocument(config.cluster, redact) } : {}),
     log: config.log,
   };
 }

@@ -172,6 +172,28 @@ export const ConfigSchema = Type.Object(
       },
       { additionalProperties: false, default: {} },
     ),
+    cluster: Type.Optional(
+      Type.Object(
+        {
+          redis: Type.Object(
+            {
+              url: Type.Optional(
+                Type.String({ minLength: 1, description: 'redis://[user:password@]host[:port][/db], or rediss:// for TLS; with sentinels: only its credentials, TLS and db are used' }),
+              ),
+              sentinels: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'Sentinel addresses, "host:port" or redis[s]://[:password@]host:port' })),
+              name: Type.Optional(Type.String({ minLength: 1, description: 'the master name the sentinels monitor' })),
+              caFile: Type.Optional(Type.String({ minLength: 1, description: 'PEM file of the CA that signed the Redis (and Sentinel) TLS certificates, when it is not in the system store' })),
+              keyPrefix: Type.String({ default: 'etd:', pattern: '^[!-~]{1,64}$', description: 'prefix of every key and channel etd uses, so gateways of one cluster share it and others do not' }),
+              connectTimeout: Duration('2s', 'time allowed to connect to Redis'),
+              commandTimeout: Duration('500ms', 'time allowed for one Redis command; a slower answer counts as an error'),
+            },
+            { additionalProperties: false },
+          ),
+          syncInterval: Duration('5s', 'how often the runtime access entries are read back whole from Redis (pub/sub carries each change at once)'),
+        },
+        { additionalProperties: false },
+      ),
+    ),
     log: Type.Object(
       {
         level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
@@ -286,5 +308,22 @@ export interface Config {
   readonly access: { readonly allow: readonly string[]; readonly deny: readonly string[]; readonly denyAction: 'reject' | 'drop'; readonly denyReply: string };
   readonly reputation: ReputationConfig;
   readonly state: { readonly path: string };
+  /** Shared state over Redis (src/cluster/); undefined = this gateway keeps its state to itself. */
+  readonly cluster: ClusterConfig | undefined;
   readonly log: { readonly level: string };
+}
+
+export interface ClusterConfig {
+  readonly redis: {
+    readonly url: string | undefined;
+    readonly sentinels: readonly string[] | undefined;
+    readonly name: string | undefined;
+    /** The caFile path as written, and its PEM text (read once, at load). */
+    readonly caFile: string | undefined;
+    readonly ca: string | undefined;
+    readonly keyPrefix: string;
+    readonly connectTimeoutMs: number;
+    readonly commandTimeoutMs: number;
+  };
+  readonly syncIntervalMs: number;
 }

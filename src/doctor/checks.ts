@@ -28,6 +28,7 @@ import type { CheckItem, NetfilterState } from '../netfilter/setup.js';
 import { interceptListeners, interceptRules } from '../netfilter/ruleset.js';
 import { formatStep, routeArgs, ruleArgs, type Family } from '../netfilter/routing.js';
 import { bindAddresses } from '../proxy/listener.js';
+import type { RedisProbe } from '../cluster/probe.js';
 import { interceptForwardsOriginal, returnPathServers, returnTargets, type ReturnTarget } from './targets.js';
 
 import { dnsblFindings, type ZoneProbe } from '../reputation/doctorFindings.js';
@@ -175,6 +176,8 @@ export interface DoctorFacts {
   readonly probes?: readonly ReturnTarget[];
   /** Each DNSBL zone's answer for the test entry 127.0.0.2; undefined: not checked (the preflight). */
   readonly dnsbl?: readonly ZoneProbe[];
+  /** cluster.redis reachable and its key prefix writable; undefined: not checked (no cluster, or the preflight). */
+  readonly redis?: RedisProbe;
 }
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -801,6 +804,7 @@ export function evaluate(f: DoctorFacts): Finding[] {
     return [
       ok('mode.plain', 'listener modes', 'every listener is mode: plain: no transparency, so no netfilter, sysctl or return-path requirements', false),
       ...capabilityFindings(f),
+      ...redisFindings(f),
       ...dnsbl,
     ];
   }
@@ -815,7 +819,25 @@ export function evaluate(f: DoctorFacts): Finding[] {
     ...routeFindings(f),
     ...testClientFindings(f),
   ];
-  return [...out, ...returnFindings(f, out), ...dnsbl];
+  return [...out, ...returnFindings(f, out), ...redisFindings(f), ...dnsbl];
+}
+
+/** cluster.redis: never critical (etd serves from local state without Redis), but a FAIL: the gateways do not share. */
+export function redisFindings(f: Pick<DoctorFacts, 'redis'>): Finding[] {
+  const r = f.redis;
+  if (r === undefined) return [];
+  const what = 'shared state over Redis (cluster.redis)';
+  if ('ms' in r) return [ok('cluster.redis', what, `${r.where} answers; wrote, read back and deleted a key under "${r.keyPrefix}" in ${r.ms} ms`, false)];
+  if (r.stage === 'connect') {
+    return [
+      fail('cluster.redis', what, `cannot connect to ${r.where}: ${r.error}; gateways do not share state until it answers`, false,
+        'check that redis-server runs and listens on that address (redis-cli -u URL ping), the firewall, and the password and TLS (rediss://) in cluster.redis.url'),
+    ];
+  }
+  return [
+    fail('cluster.redis', what, `${r.where} answers, but writing under "${r.keyPrefix}" failed: ${r.error}`, false,
+      'grant the Redis user etd logs in as read/write on the prefix: ACL SETUSER <user> ~<keyPrefix>* &<keyPrefix>* +@read +@write +@pubsub +ping; a replica is read-only: point etd at the master (or use sentinels)'),
+  ];
 }
 
 /** The critical FAILs: what makes `etd run` refuse to start. */

@@ -60,6 +60,8 @@ export interface GatherOptions {
   readonly probes?: readonly ReturnTarget[];
   /** Injectable `ip` runner (tests). */
   readonly ip?: IpRunner;
+  /** Connect to cluster.redis and write a key (the doctor; not the start preflight, which never waits on Redis). */
+  readonly redis?: boolean;
 }
 
 // ---- small readers ---------------------------------------------------------------------------
@@ -339,6 +341,12 @@ const GREETING_MS = 1000;
 // ---- all facts -------------------------------------------------------------------------------
 
 export async function gatherFacts(config: Config, opts: GatherOptions): Promise<DoctorFacts> {
+  const redis = opts.redis && config.cluster ? await (await import('../cluster/probe.js')).probeRedis(config.cluster) : undefined;
+  const facts = await gatherHostFacts(config, opts);
+  return redis === undefined ? facts : { ...facts, redis };
+}
+
+async function gatherHostFacts(config: Config, opts: GatherOptions): Promise<DoctorFacts> {
   const ip = opts.ip ?? runIp;
   const transparent = transparentListeners(config).length > 0;
   const capabilities = readCapabilities();

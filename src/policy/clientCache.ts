@@ -27,6 +27,12 @@ export function cacheKey(address: string, scope: 'ip' | 'net'): string {
   return `${formatAddress(6, p.value & ~((1n << 64n) - 1n))}/64`;
 }
 
+export interface RecordedEntry {
+  readonly key: string;
+  /** ms since epoch */
+  readonly expires: number;
+}
+
 export interface CacheEntryView {
   readonly key: string;
   readonly kind: CacheKind;
@@ -108,21 +114,43 @@ export class ClientCache {
     return v < 0 ? 'deny' : 'pass';
   }
 
-  recordPass(address: string): void {
-    this.record(address, 'pass', this.config.ttlMs);
+  /** Records a client that waited; returns the entry written (for the cluster), undefined when the cache is off. */
+  recordPass(address: string): RecordedEntry | undefined {
+    return this.record(address, 'pass', this.config.ttlMs);
   }
 
-  recordDeny(address: string): void {
-    this.record(address, 'deny', this.config.denyTtlMs);
+  recordDeny(address: string): RecordedEntry | undefined {
+    return this.record(address, 'deny', this.config.denyTtlMs);
   }
 
-  private record(address: string, kind: CacheKind, ttlMs: number): void {
-    if (!this.config.enabled || ttlMs <= 0) return;
+  private record(address: string, kind: CacheKind, ttlMs: number): RecordedEntry | undefined {
+    if (!this.config.enabled || ttlMs <= 0) return undefined;
     const key = cacheKey(address, this.config.scope);
     const expires = this.now() + ttlMs;
+    this.put(key, kind, expires);
+    return { key, expires };
+  }
+
+  /** An entry a cluster peer recorded (its key already scoped), kept until `expires` like one of ours. */
+  adopt(key: string, kind: CacheKind, expires: number): void {
+    if (!this.config.enabled || expires <= this.now()) return;
+    this.put(key, kind, expires);
+  }
+
+  private put(key: string, kind: CacheKind, expires: number): void {
     this.dropBase(key);
     this.map.set(key, kind === 'deny' ? -expires : expires);
     this.store.putCache(key, kind, expires);
+  }
+
+  /** Every live entry (loaded ones, then newer ones), for the cluster's write-back. */
+  *entries(): Generator<{ key: string; kind: CacheKind; expires: number }> {
+    const now = this.now();
+    for (let i = 0; i < this.baseKeys.length; i++) {
+      const v = this.baseVals[i]!;
+      if (v !== 0 && Math.abs(v) > now) yield { key: this.baseKeys[i]!, kind: v < 0 ? 'deny' : 'pass', expires: Math.abs(v) };
+    }
+    for (const [key, v] of this.map) if (Math.abs(v) > now) yield { key, kind: v < 0 ? 'deny' : 'pass', expires: Math.abs(v) };
   }
 
   /** Looks up by address or by key; undefined when absent or expired. */

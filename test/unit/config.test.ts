@@ -101,6 +101,17 @@ const BAD: Array<[string, string, RegExp]> = [
   ['an unknown DNSBL action', `${GOOD}reputation: { action: ignore }\n`, /reputation\.action: must be one of "reject", "drop" \(got "ignore"\)/],
   ['a DNSBL timeout without a unit', `${GOOD}reputation: { timeout: 2 }\n`, /reputation\.timeout: must be a duration/],
   ['a backlog of 0', GOOD.replace('mode: plain', 'mode: plain\n    backlog: 0'), /listeners\[0\]\.backlog: must be from 1 to 1000000 \(got 0\)/],
+  ['a cluster without url or sentinels', `${GOOD}cluster: { redis: { keyPrefix: "etd:" } }\n`, /cluster\.redis\.url: set url \(redis:\/\/\[:password@\]host:6379\) or sentinels plus name/],
+  ['a cluster url that is not redis', `${GOOD}cluster: { redis: { url: "http://10.0.0.5:6379" } }\n`, /cluster\.redis\.url: scheme "http:" is not redis: or rediss: \(TLS\)/],
+  ['a cluster url without a scheme', `${GOOD}cluster: { redis: { url: "10.0.0.5:6379" } }\n`, /cluster\.redis\.url: "10\.0\.0\.5:6379" is not a URL; write redis:\/\/host:6379/],
+  ['sentinels without the master name', `${GOOD}cluster: { redis: { sentinels: ["10.0.0.5:26379"] } }\n`, /cluster\.redis\.name: sentinels need the master name they monitor/],
+  ['a sentinel that is not host:port', `${GOOD}cluster: { redis: { sentinels: ["10.0.0.5:port"], name: mymaster } }\n`, /cluster\.redis\.sentinels\[0\]: "10\.0\.0\.5:port" is not host:port/],
+  ['a master name without sentinels', `${GOOD}cluster: { redis: { url: "redis://10.0.0.5", name: mymaster } }\n`, /cluster\.redis\.name: name is the Sentinel master name: add sentinels/],
+  ['a key prefix with a space', `${GOOD}cluster: { redis: { url: "redis://10.0.0.5", keyPrefix: "etd prod:" } }\n`, /cluster\.redis\.keyPrefix: must be 1 to 64 printable ASCII characters without spaces/],
+  ['a cluster command timeout of 0', `${GOOD}cluster: { redis: { url: "redis://10.0.0.5", commandTimeout: 0ms } }\n`, /cluster\.redis\.commandTimeout: must be at least 1ms/],
+  ['a cluster CA without TLS', `${GOOD}cluster: { redis: { url: "redis://10.0.0.5", caFile: /etc/hostname } }\n`, /cluster\.redis\.caFile: a CA is only used over TLS: write rediss:\/\/ in url/],
+  ['a cluster CA file that does not exist', `${GOOD}cluster: { redis: { url: "rediss://10.0.0.5", caFile: /nonexistent/ca.pem } }\n`, /cluster\.redis\.caFile: cannot read \/nonexistent\/ca\.pem: ENOENT/],
+  ['an unknown cluster key', `${GOOD}cluster: { redis: { url: "redis://10.0.0.5" }, sync: 1s }\n`, /cluster\.sync: unknown key; .*syncInterval/],
 ];
 
 describe('malformed configs give an error naming the key path, the problem and the fix', () => {

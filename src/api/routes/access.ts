@@ -93,6 +93,7 @@ export const accessRoutes: RoutePlugin = async (api, deps) => {
       const added = access.add(text(c), req.body.list, 'runtime');
       if (typeof added === 'string') throw new ApiError(400, `body.cidr: ${added}`); // parse() above accepted it: not reached
       store.putAccess(text(c), req.body.list);
+      deps.app.cluster?.accessChanged(text(c), req.body.list);
       const replaced = same.length > 0;
       deps.log.info({ cidr: text(c), list: req.body.list, replaced }, `access entry ${text(c)} (${req.body.list}) added through the API`);
       void reply.code(replaced ? 200 : 201);
@@ -123,6 +124,7 @@ export const accessRoutes: RoutePlugin = async (api, deps) => {
       }
       access.remove(text(c), 'runtime');
       store.deleteAccess(text(c));
+      deps.app.cluster?.accessChanged(text(c), undefined);
       deps.log.info({ cidr: text(c) }, `access entry ${text(c)} deleted through the API`);
       return reply.code(204).send(null);
     },

@@ -48,6 +48,7 @@ export const doctorRoutes: RoutePlugin = async (api, deps) => {
       configFile: deps.configFile,
       returnPath,
       netfilter: true,
+      redis: true,
       ...(client === undefined ? {} : { client }),
     });
     const findings: Finding[] = evaluate(facts);

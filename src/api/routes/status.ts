@@ -6,6 +6,26 @@ import { hostPort } from '../../util/address.js';
 import type { App } from '../../app.js';
 import type { RoutePlugin } from '../context.js';
 
+const Count = Type.Integer({ minimum: 0 });
+
+export const ClusterStatusBody = Type.Object(
+  {
+    where: Type.String({ description: 'the Redis URL (without password) or the Sentinel master and addresses' }),
+    state: Type.Union([Type.Literal('connecting'), Type.Literal('up'), Type.Literal('down')]),
+    connected: Type.Boolean({ description: 'true while Redis answers; when false etd serves from its local state' }),
+    since: Type.String({ description: 'ISO 8601 time of the last state change' }),
+    lastError: Type.Union([Type.String(), Type.Null()], { description: 'the last Redis error (operation: message), null if none' }),
+    lagMs: Type.Union([Type.Number(), Type.Null()], { description: 'round trip of the last full sync of the access entries (ms)' }),
+    lastSyncAt: Type.Union([Type.String(), Type.Null()], { description: 'ISO 8601 time of the last full sync' }),
+    pendingWrites: Type.Integer({ description: 'writes queued for Redis (kept while it is down, written back when it returns)' }),
+    droppedWrites: Type.Integer({ description: 'writes dropped because the queue was full during a long outage' }),
+    writtenBack: Type.Integer({ description: 'local entries written back after a reconnect (Redis had lost its data, or this gateway joined)' }),
+    errors: Type.Object({ connect: Count, lookup: Count, write: Count, sync: Count, subscribe: Count }),
+    lookups: Type.Object({ pass: Count, deny: Count, miss: Count, skipped: Count, error: Count }, { description: 'shared lookups on a local cache miss, by answer' }),
+  },
+  { description: 'shared state over Redis (cluster.redis); null when not configured' },
+);
+
 export const StatusBody = Type.Object({
   version: Type.String(),
   startedAt: Type.String({ description: 'ISO 8601 time etd started' }),
@@ -47,6 +67,7 @@ export const StatusBody = Type.Object({
     },
     { description: 'overload protection: with many held connections the window shortens' },
   ),
+  cluster: Type.Union([ClusterStatusBody, Type.Null()]),
 });
 export type StatusBody = Static<typeof StatusBody>;
 
@@ -89,6 +110,7 @@ export const statusRoutes: RoutePlugin = async (api, deps) => {
         engine: engineView(app),
         backends: { up: servers.filter((s) => s.state === 'up').length, total: servers.length },
         stress: stressView(app),
+        cluster: app.cluster?.status() ?? null,
       };
     },
   );

@@ -1,0 +1,100 @@
+// Pure: how shared state is laid out in Redis (one namespace per kind under cluster.redis.keyPrefix), the pub/sub message codec, and the access-list reconcile.
+//
+// Layout (after keyPrefix, which ioredis adds to every key):
+//   cache:<cache key>        "pass:<expiry ms>" | "deny:<expiry ms>", with the same PX expiry (the same keys as
+//                            the local cache: ip or net scope; the expiry in the value saves a PTTL per lookup)
+//   access:runtime           hash  cidr → "allow" | "deny" (runtime access entries made through any gateway's API)
+//   meta:epoch               a random id set once per Redis data set: a gateway that sees it change
+//                            knows Redis lost its data (restart without persistence) and writes back
+// Channel (pub/sub channels are not keys, so the prefix is added here): <keyPrefix>events
+//
+// Another kind gets its own namespace: `dnsbl:<key>` is reserved for DNSBL answers (issue 14),
+// shared through SharedState.put/get (a value with a PX expiry, batched like the cache).
+
+export type SharedKind = 'cache' | 'access' | 'meta' | 'dnsbl';
+/** The kinds stored as one value per key with an expiry. */
+export type ValueKind = 'cache' | 'dnsbl';
+export type CacheVerdict = 'pass' | 'deny';
+export type AccessListName = 'allow' | 'deny';
+
+export function sharedKey(kind: SharedKind, key: string): string {
+  return `${kind}:${key}`;
+}
+
+export const ACCESS_HASH = sharedKey('access', 'runtime');
+export const EPOCH_KEY = sharedKey('meta', 'epoch');
+
+export function eventChannel(keyPrefix: string): string {
+  return `${keyPrefix}events`;
+}
+
+/** A change one gateway announces to the others. */
+export interface AccessEvent {
+  readonly from: string;
+  readonly kind: 'access';
+  readonly cidr: string;
+  /** undefined: the entry was deleted. */
+  readonly list: AccessListName | undefined;
+}
+
+export function encodeEvent(e: AccessEvent): string {
+  return JSON.stringify({ from: e.from, kind: e.kind, cidr: e.cidr, ...(e.list !== undefined ? { list: e.list } : {}) });
+}
+
+/** Parses a message from the channel; undefined for anything malformed (another version, a stray PUBLISH). */
+export function decodeEvent(text: string): AccessEvent | undefined {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (typeof v !== 'object' || v === null) return undefined;
+  const o = v as Record<string, unknown>;
+  if (typeof o.from !== 'string' || o.kind !== 'access' || typeof o.cidr !== 'string' || o.cidr.length > 64) return undefined;
+  if (o.list !== undefined && o.list !== 'allow' && o.list !== 'deny') return undefined;
+  return { from: o.from, kind: 'access', cidr: o.cidr, list: o.list as AccessListName | undefined };
+}
+
+export function encodeVerdict(kind: CacheVerdict, expires: number): string {
+  return `${kind}:${expires}`;
+}
+
+/** A cached verdict read back from Redis with its expiry (ms since epoch); undefined when absent, lapsed or not etd's. */
+export function decodeVerdict(v: unknown, now: number): { kind: CacheVerdict; expires: number } | undefined {
+  if (typeof v !== 'string') return undefined;
+  const m = /^(pass|deny):(\d{1,15})$/.exec(v);
+  if (!m) return undefined;
+  const expires = Number(m[2]);
+  return expires > now ? { kind: m[1] as CacheVerdict, expires } : undefined;
+}
+
+export function decodeList(v: unknown): AccessListName | undefined {
+  return v === 'allow' || v === 'deny' ? v : undefined;
+}
+
+export interface AccessChange {
+  readonly cidr: string;
+  readonly list: AccessListName | undefined;
+}
+
+/**
+ * The changes that make the local runtime entries equal to the shared ones, leaving out the
+ * prefixes in `skip` (changed locally since the shared copy was read: the local change is newer).
+ */
+export function reconcileAccess(
+  local: ReadonlyMap<string, AccessListName>,
+  shared: Readonly<Record<string, string>>,
+  skip: ReadonlySet<string> = new Set(),
+): AccessChange[] {
+  const out: AccessChange[] = [];
+  for (const [cidr, raw] of Object.entries(shared)) {
+    const list = decodeList(raw);
+    if (list === undefined || skip.has(cidr)) continue;
+    if (local.get(cidr) !== list) out.push({ cidr, list });
+  }
+  for (const cidr of local.keys()) {
+    if (!skip.has(cidr) && !Object.hasOwn(shared, cidr)) out.push({ cidr, list: undefined });
+  }
+  return out;
+}

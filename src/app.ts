@@ -161,9 +161,9 @@ export class App {
         app.checkStress();
       },
       sessionRelaying(s) {
-        // It waited for the greeting: next time it skips the window. A session released early
-        // (allowlisted by score, a peer's pass) did not wait here, so it earns no pass of its own.
-        if (!s.talked && !s.skipped && !s.released) app.learnt('pass', app.cache.recordPass(s.clientAddress));
+        // It waited for the greeting: next time it skips the window. A client let in by its
+        // allowlist score (released: dnswl) did not wait, so it earns no pass: its lookups vouch for it again.
+        if (!s.talked && !s.skipped && s.released !== 'dnswl') app.learnt('pass', app.cache.recordPass(s.clientAddress));
         app.stats.held--;
         app.stats.relaying++;
         app.stats.relayed++;

@@ -33,7 +33,7 @@ netfilter: { manage: false }
 api: ${spec.apiSocket ? `{ enabled: true, address: ${JSON.stringify(spec.apiSocket)} }` : '{ enabled: false }'}
 state: { path: ":memory:" }
 log: { level: info }
-`;
+${spec.extraConfig ?? ''}`;
 }
 
 export async function startEtdProxy(bl: BenchLab, spec: ProxySpec, port: number, cli = CLI): Promise<RunningProxy> {

@@ -27,6 +27,8 @@ export interface ProxySpec {
   readonly cwd?: string;
   /** Distinguishes the config and log files of several runs. */
   readonly tag: string;
+  /** etd only: YAML appended to its config (the dnsbl scenario's reputation: section). */
+  readonly extraConfig?: string;
 }
 
 export interface RunningProxy {

@@ -8,6 +8,7 @@ import type { HeldFigures } from './scenarios/held.js';
 import type { CpuProfileFigures, HeapFigures } from './scenarios/profiling.js';
 import type { DirectFigures, LatencyFigures } from './scenarios/returning.js';
 import type { RelayFigures, SessionsFigures } from './scenarios/sessions.js';
+import type { DnsblFigures } from './scenarios/dnsbl.js';
 
 type PerProxy<T> = Partial<Record<ProxyKind, T>>;
 
@@ -26,6 +27,8 @@ export interface BenchResult {
   relay: PerProxy<RelayFigures>;
   returning: { direct?: DirectFigures } & PerProxy<LatencyFigures>;
   profile: { cpu?: CpuProfileFigures; heap?: HeapFigures };
+  /** etd with three DNSBL lists against none (issue 14); absent when not run. */
+  dnsbl?: DnsblFigures;
   figures: Figure[];
   /** Scenario runs that failed or were skipped, with the reason. */
   problems: string[];
@@ -80,12 +83,25 @@ const DEFS: FigureDef[] = [
     value: (r, k) => r.returning[k]?.addedMs,
     target: { text: 'etd < 1 ms', met: (_ratio, etd) => (etd === null ? null : etd < 1) },
   },
+  // etd against itself (HAProxy has no DNSBL): the etd column is the figure.
+  { id: 'dnsbl.ratio', scenario: 'dnsbl', label: 'sessions/s, three DNSBL lists ÷ none', unit: '×', better: 'higher', value: (r, k) => (k === 'etd' ? r.dnsbl?.ratio : undefined), target: { text: 'etd ≥ 0.9×', met: (_ratio, etd) => (etd === null ? null : etd >= 0.9) } },
+  { id: 'dnsbl.cpuPerSession', scenario: 'dnsbl', label: 'etd CPU per session, three DNSBL lists', unit: 'ms', better: 'lower', value: (r, k) => (k === 'etd' ? r.dnsbl?.withLists.cpuMsPerSession : undefined) },
+  {
+    id: 'dnsbl.returningAdded',
+    scenario: 'dnsbl',
+    label: 'added latency, returning sender with DNSBL lists',
+    unit: 'ms',
+    better: 'lower',
+    value: (r, k) => (k === 'etd' ? r.dnsbl?.returning?.addedMs : undefined),
+    target: { text: 'etd < 1 ms', met: (_ratio, etd) => (etd === null ? null : etd < 1) },
+  },
 ];
 
 const orNull = (v: number | undefined): number | null => (v === undefined || !Number.isFinite(v) ? null : v);
 
 export function computeFigures(r: BenchResult): Figure[] {
-  return DEFS.map((d) => {
+  // The dnsbl rows only when that scenario ran (it is not part of --quick).
+  return DEFS.filter((d) => d.scenario !== 'dnsbl' || r.dnsbl !== undefined).map((d) => {
     const etd = orNull(d.value(r, 'etd'));
     const haproxy = orNull(d.value(r, 'haproxy'));
     const haproxyMt = orNull(d.value(r, 'haproxy-mt'));
@@ -161,6 +177,7 @@ export function notes(r: BenchResult): string {
     }
     for (const [k, v] of Object.entries(set)) if (v.problemCount > 0 || v.exit !== 0) out.push(`${name} ${k}: smtp-source exit ${v.exit}, ${v.problemCount} warnings (${v.problems.slice(0, 2).join(' | ')})`);
   }
+  if (r.dnsbl) out.push(...dnsblLines(r.dnsbl));
   const m = r.machine;
   out.push(`machine: ${m.cpus} × ${m.cpuModel}, ${m.memTotal}, ${m.kernel}, node ${m.node}, ${m.haproxy}, postfix ${m.postfix}, fd limit ${m.fdLimit}`);
   out.push(`load average at start ${m.loadStart.join(' ')}${m.loadEnd ? `, at end ${m.loadEnd.join(' ')}` : ''}; run took ${r.durationS} s${r.complete ? '' : ' (INCOMPLETE)'}`);
@@ -190,4 +207,17 @@ export function profileText(r: BenchResult): string {
 export function writeJson(file: string, r: BenchResult): void {
   fs.mkdirSync(path.dirname(file), { recursive: true });
   fs.writeFileSync(file, `${JSON.stringify(r, null, 2)}\n`);
+}
+
+/** The dnsbl scenario's figures: etd with three lists against etd without, and the returning sender with lists. */
+export function dnsblLines(d: DnsblFigures): string[] {
+  const run = (name: string, x: DnsblFigures['without']) =>
+    `dnsbl ${name}: ${num(x.sessionsPerS)} sessions/s, CPU ${num(x.cpuMsPerSession)} ms/session, ${num(x.queriesPerSession)} DNS queries/session, ended: ${Object.entries(x.endings).filter(([, n]) => n > 0).map(([v, n]) => `${v} ${n}`).join(', ')}`;
+  const out = [run('without lists', d.without), run('three lists  ', d.withLists)];
+  out.push(`dnsbl: sessions/s with three lists ÷ without = ${d.ratio.toFixed(2)}× (target ≥ 0.9×: ${d.ratio >= 0.9 ? 'met' : 'NOT met'})`);
+  if (d.returning) {
+    const r = d.returning;
+    out.push(`dnsbl returning sender (lists on, answers cached, pass cache): connect→greeting median ${num(r.returning.median)} ms (p90 ${num(r.returning.p90)}), first visit ${num(r.firstVisit.median)} ms; added vs direct ${num(r.addedMs)} ms (target < 1 ms: ${r.addedMs < 1 ? 'met' : 'NOT met'})`);
+  }
+  return out;
 }

@@ -18,6 +18,7 @@ import { HOLD_WINDOW_MS, runHeld } from './scenarios/held.js';
 import { runCpuProfile, runHeapProfile } from './scenarios/profiling.js';
 import { runDirect, runReturning } from './scenarios/returning.js';
 import { runRelay, runSessions } from './scenarios/sessions.js';
+import { runDnsbl } from './scenarios/dnsbl.js';
 
 /** Kept free at the end of the budget for stopping processes and deleting the lab. */
 const TEARDOWN_MS = 25_000;
@@ -116,7 +117,7 @@ async function main(): Promise<number> {
   const left = (): number => hardDeadline - TEARDOWN_MS - Date.now();
   try {
     say(`etd benchmark${o.quick ? ' (--quick)' : ''}: scenarios ${o.scenarios.join(', ')}; held N ${o.held}; deadline ${o.deadlineMs / 60_000} min`);
-    bl = await createBenchLab(o.scenarios.includes('returning') ? o.returning.addresses : 0, say);
+    bl = await createBenchLab(o.scenarios.includes('returning') || o.scenarios.includes('dnsbl') ? o.returning.addresses : 0, say);
     const ctx: BenchContext = { bl, opts: o, say, left };
 
     const attempt = async <T>(what: string, f: () => Promise<T>): Promise<T | undefined> => {
@@ -162,6 +163,10 @@ async function main(): Promise<number> {
             if (v) result.returning[k] = v;
           }
         }
+      } else if (scenario === 'dnsbl') {
+        result.returning.direct ??= await attempt('returning sender: direct baseline', () => runDirect(ctx));
+        const v = await attempt(`dnsbl: sessions (${o.sessions.messages}) through etd without lists and with three, and the returning sender`, () => runDnsbl(ctx, result.returning.direct));
+        if (v) result.dnsbl = v;
       } else {
         const dir = o.keepProfiles ?? `${bl.dir}/profiles`;
         fs.mkdirSync(dir, { recursive: true });

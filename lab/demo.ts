@@ -8,6 +8,7 @@ import path from 'node:path';
 import { createLab, type JsonEvent, type JsonLineProcess, type Lab } from './netns.js';
 import { forwardIntoNamespace, type Forward } from './forward.js';
 import { botAddresses, botWave } from './wave.js';
+import { inNamespace, startUnbound, type RunningUnbound } from './unbound.js';
 import { CLI_PATH as CLI, PACKAGE_ROOT as ROOT } from '../src/paths.js';
 const WINDOW = '2s';
 
@@ -52,6 +53,11 @@ const EARLY = `const s=require('net').connect({host:process.argv[1],port:+proces
 let d='';s.on('data',c=>d+=c);const f=h=>{console.log(JSON.stringify({how:h,data:d}));process.exit(0)};
 s.on('error',e=>f(e.code));s.on('close',()=>f('closed'));setTimeout(()=>f('timeout'),8000);`;
 
+/** A polite client from a given address: waits for the first line, says QUIT; when it came and what it was. */
+const POLITE_FROM = `const t0=Date.now();const s=require('net').connect({host:process.argv[1],port:+process.argv[2],localAddress:process.argv[3]});
+let d='',first;s.on('data',c=>{first??=Date.now()-t0;d+=c;if(/^220 /m.test(d))s.end('QUIT\\r\\n')});
+const f=h=>{console.log(JSON.stringify({how:h,firstMs:first,data:d}));process.exit(0)};s.on('error',e=>f(e.code));s.on('close',()=>f('closed'));setTimeout(()=>f('timeout'),8000);`;
+
 interface EtdProcess {
   lines: JsonEvent[];
   waitFor(pred: (e: JsonEvent) => boolean, ms: number): Promise<JsonEvent>;
@@ -70,10 +76,13 @@ function sessionTable(lines: JsonEvent[]): void {
   const rows = lines.filter((l) => l.msg === 'session');
   say('  client                          verdict        detail');
   for (const r of rows) {
+    const lists = Array.isArray(r.lists) ? (r.lists as Array<{ name: string; answer: string }>).map((l) => `${l.name} ${l.answer}`).join(', ') : '';
     const detail =
       r.verdict === 'early_talker'
         ? `talked after ${String(r.talkedAfterMs)} ms: "${String(r.earlyBytes)}" → ${String(r.cause)}`
-        : `server ${String(r.server)} (${String(r.serverAddress)}), connect ${String(r.connectMs)} ms, ${String(r.bytesFromClient)}/${String(r.bytesToClient)} bytes, ${String(r.cause)}`;
+        : r.verdict === 'dnsbl'
+          ? `DNSBL score ${String(r.score)} (${lists}) → ${String(r.cause)}, never connected upstream`
+          : `server ${String(r.server)} (${String(r.serverAddress)}), connect ${String(r.connectMs)} ms, ${String(r.bytesFromClient)}/${String(r.bytesToClient)} bytes, ${String(r.cause)}${r.allowlisted ? `; allowlisted (score ${String(r.score)}: ${lists}), held ${String(r.heldMs)} ms` : ''}`;
     say(`  ${String(r.client).padEnd(31)} ${String(r.verdict).padEnd(14)} ${detail}`);
   }
 }
@@ -84,6 +93,7 @@ async function labDemo(): Promise<void> {
   const lab: Lab = await createLab();
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-demo-'));
   let dashboardForward: Forward | undefined;
+  let unbound: RunningUnbound | undefined;
   try {
     say(`  client  ${lab.v4.client}  ${lab.v6.client}`);
     say(`  etd     ${lab.v4.gatewayClientSide}:25  [${lab.v6.gatewayClientSide}]:25`);
@@ -92,6 +102,16 @@ async function labDemo(): Promise<void> {
       { address: lab.v4.backends[0], port: 25 },
       { address: lab.v6.backends[0], port: 25 },
     ]);
+    // Two more client addresses: one on a DNS blocklist, one on an allowlist, served by a real
+    // unbound in the backend namespace.
+    const listed = `10.${lab.x}.1.3`;
+    const allowed = `10.${lab.x}.1.4`;
+    await lab.exec(lab.ns.client, 'ip', ['-batch', '-'], { input: `addr add ${listed}/24 dev ${lab.ifaces.client}\naddr add ${allowed}/24 dev ${lab.ifaces.client}\n` });
+    unbound = await startUnbound(inNamespace(lab, lab.ns.backend), lab.v4.backends[1], [
+      { zone: 'bl.demo.test', listed: { [listed]: '127.0.0.2' } },
+      { zone: 'wl.demo.test', listed: { [allowed]: '127.0.10.2' } },
+    ]);
+    say(`  DNS     unbound on ${unbound.address}:53: bl.demo.test lists ${listed} (weight 3), wl.demo.test allowlists ${allowed} (weight -2)`);
     const cfg = path.join(tmp, 'etd.yaml');
     fs.writeFileSync(
       cfg,
@@ -104,6 +124,11 @@ upstream:
   servers:
     - { name: backend4, address: ${lab.v4.backends[0]}, port: 25 }
     - { name: backend6, address: "${lab.v6.backends[0]}", port: 25 }
+reputation:
+  resolvers: [${unbound.address}]
+  dnsbl:
+    - { zone: bl.demo.test, weight: 3 }
+    - { zone: wl.demo.test, weight: -2, match: ["127.0.[0..255].[1..3]"] }
 api: { address: 127.0.0.1, port: 8025 }
 state: { path: ":memory:" }
 log: { level: info }
@@ -136,6 +161,18 @@ log: { level: info }
     say(`  bot: connection ${e.how === 'ECONNRESET' ? 'reset' : e.how}, received ${e.data.length} bytes`);
     await new Promise((r) => setTimeout(r, 500));
 
+    const politeFrom = async (from: string) => {
+      const out = await lab.exec(lab.ns.client, process.execPath, ['-e', POLITE_FROM, lab.v4.gatewayClientSide, '25', from], { timeoutMs: 15_000 });
+      return JSON.parse(out.stdout.trim()) as { how: string; firstMs: number | undefined; data: string };
+    };
+    say(`\nDNSBL: a client on a blocklist (${listed}, score 3 ≥ threshold 3) waits politely …`);
+    const bl = await politeFrom(listed);
+    say(`  got after ${String(bl.firstMs)} ms: ${bl.data.trim() || '(nothing)'}`);
+    say(`DNSWL: an allowlisted client (${allowed}, score -2 ≤ -1), first visit …`);
+    const wl = await politeFrom(allowed);
+    say(`  banner after ${String(wl.firstMs)} ms (the window is ${WINDOW}): ${wl.data.split('\r\n')[0]}`);
+    await new Promise((r) => setTimeout(r, 300));
+
     const bots = botAddresses(lab, 20);
     say(`\na bot wave: 200 early talkers from ${bots.length} addresses (${bots[0]} … ${bots.at(-1)}) within 2 s …`);
     const wave = await botWave(lab, lab.v4.gatewayClientSide, { bots: bots.length, connections: 200, spreadMs: 2000 });
@@ -163,6 +200,7 @@ log: { level: info }
     say(`  nft ruleset after stop: ${left.stdout.includes('table inet etd') ? 'etd table STILL PRESENT' : 'no etd table left'}`);
   } finally {
     await dashboardForward?.close();
+    await unbound?.stop();
     await lab.destroy();
     fs.rmSync(tmp, { recursive: true, force: true });
     say('lab torn down.');
@@ -172,6 +210,7 @@ log: { level: info }
 /** Without root: the same flow on loopback in plain mode (no address spoofing possible). */
 async function loopbackDemo(why: string): Promise<void> {
   say(`etd demo: embedded loopback lab, plain mode (${why}; run as root for the transparent netns demo)`);
+  say('(DNSBL/DNSWL scoring is shown in the root demo only: it needs unbound in a namespace)');
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-demo-'));
   const children: Array<ReturnType<typeof spawn>> = [];
   const json = (p: ReturnType<typeof spawn>) => {

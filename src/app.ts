@@ -17,6 +17,9 @@ import { ClientCache, cacheKey } from './policy/clientCache.js';
 import type { SharedState } from './cluster/shared.js';
 import { consultShared, localState } from './cluster/attach.js';
 import { openStore, type StateStore } from './state/store.js';
+import { Reputation } from './reputation/lookup.js';
+import { applyScore, judge, refusalOf, watchLookups } from './reputation/gate.js';
+import type { SessionReputation } from './proxy/protocol.js';
 
 /** A listener's session context: the policy in force is the normal or the stress one. */
 interface ListenerContext extends SessionContext {
@@ -77,6 +80,8 @@ export class App {
   readonly store: StateStore;
   readonly access: AccessLists;
   readonly cache: ClientCache;
+  /** DNSBL/DNSWL lookups and their cache (reputation:); inert without lists. */
+  readonly reputation: Reputation;
   /** Shared state over Redis (cluster.redis), from start; undefined when this gateway is on its own. */
   cluster: SharedState | undefined;
   /** The native session engine, from start to stop. */
@@ -89,6 +94,7 @@ export class App {
     this.store = openStore(config.state.path, log);
     this.access = new AccessLists(config.access, this.store.loadAccess());
     this.cache = new ClientCache(config.cache, this.store);
+    this.reputation = new Reputation(config.reputation, log.child({ part: 'reputation' }));
     this.pool = new Pool(config.upstream.servers, config.upstream.balance, { passiveFall: config.upstream.passiveFall });
     this.pool.onChange((c) => this.log.warn({ server: c.server, from: c.from, to: c.to, reason: c.reason }, `server ${c.server} is now ${c.to}`));
     this.health = new HealthChecker(this.pool, config.upstream.health, log);
@@ -155,8 +161,9 @@ export class App {
         app.checkStress();
       },
       sessionRelaying(s) {
-        // It waited for the greeting: next time it skips the window.
-        if (!s.talked && !s.skipped) app.learnt('pass', app.cache.recordPass(s.clientAddress));
+        // It waited for the greeting: next time it skips the window. A client let in by its
+        // allowlist score (released: dnswl) did not wait, so it earns no pass: its lookups vouch for it again.
+        if (!s.talked && !s.skipped && s.released !== 'dnswl') app.learnt('pass', app.cache.recordPass(s.clientAddress));
         app.stats.held--;
         app.stats.relaying++;
         app.stats.relayed++;
@@ -247,14 +254,60 @@ export class App {
       if (this.config.access.denyAction === 'drop') this.engine!.engine.drop(conn.eid);
       else sent = this.answer(conn, ctx, `${this.config.access.denyReply}\r\n`);
       this.endedAtAccept(ctx, conn, 'denied', a.deny, sent);
-    } else {
+    } else if (a.skip === 'allowlist' || !this.reputation.enabled) {
       const session = new Session(this.engine!, conn, ctx, a.skip);
       session.begin();
-      // A local miss: the window runs as usual and the cluster is asked alongside (never awaited).
-      if (a.skip === undefined && this.cluster && this.config.cache.enabled && session.holding) {
-        consultShared(this.cluster, session, cacheKey(conn.peerAddress, this.config.cache.scope), () => this.config.access);
-      }
+      this.consultCluster(session, conn, a.skip);
+    } else {
+      this.acceptWithReputation(conn, ctx, a.skip);
     }
+  }
+
+  /** A local miss: the window runs as usual and the cluster is asked alongside (never awaited). */
+  private consultCluster(session: Session, conn: NativeAccept, skip: 'allowlist' | 'pass_cache' | undefined): void {
+    if (skip === undefined && this.cluster && this.config.cache.enabled && session.holding) {
+      consultShared(this.cluster, session, cacheKey(conn.peerAddress, this.config.cache.scope), () => this.config.access);
+    }
+  }
+
+  /**
+   * A window or pass-cache admission with DNSBL lists configured: a score already cached decides
+   * now (refused at accept, or connected at once); otherwise the lookups run during the hold.
+   * A returning sender (pass cache) is held only as long as its lookups may take.
+   */
+  private acceptWithReputation(conn: NativeAccept, ctx: SessionContext, skip: 'pass_cache' | undefined): void {
+    const rep = this.reputation;
+    const known = rep.cached(conn.peerAddress);
+    if (known) {
+      const j = judge(rep.settings, known);
+      if (j.decision === 'refuse') {
+        rep.decided('refuse', known);
+        const r = refusalOf(rep.settings, conn.peerAddress, known);
+        let sent = 0;
+        if ('drop' in r.how) this.engine!.engine.drop(conn.eid);
+        else sent = this.answer(conn, ctx, `${r.how.reply}\r\n`);
+        this.endedAtAccept(ctx, conn, 'dnsbl', r.cause, sent, j.facts);
+        return;
+      }
+      const s = new Session(this.engine!, conn, ctx, skip);
+      if (j.decision === 'allow' && !skip) {
+        // Held for an instant, then released: the summary says `released: dnswl`.
+        s.begin();
+        applyScore(s, rep, known);
+        return;
+      }
+      // The window as usual, or a returning sender whose answers are still valid: connected at once.
+      rep.decided(j.decision, known);
+      s.noteReputation(j.facts);
+      s.begin();
+      this.consultCluster(s, conn, skip);
+      return;
+    }
+    const s = new Session(this.engine!, conn, ctx, skip);
+    const holdMs = skip ? Math.min(rep.settings.timeoutMs, s.policy.windowMs) : s.policy.windowMs;
+    s.begin(skip ? holdMs : undefined);
+    if (!s.done && holdMs > 0) watchLookups(s, rep, holdMs);
+    this.consultCluster(s, conn, skip);
   }
 
   /** A reply at accept, lingering by the listener's policy (replyLingerMs); the bytes written. */
@@ -264,7 +317,7 @@ export class App {
   }
 
   /** A connection answered at accept, before any session existed: its summary line (`sent`: the reply's bytes, -1 none). */
-  private endedAtAccept(ctx: SessionContext, conn: NativeAccept, verdict: 'denied' | 'limit' | 'shutdown', cause: string, sent: number): void {
+  private endedAtAccept(ctx: SessionContext, conn: NativeAccept, verdict: 'denied' | 'limit' | 'shutdown' | 'dnsbl', cause: string, sent: number, reputation?: SessionReputation): void {
     this.recordEnd(
       summaryOf({
         id: 0,
@@ -276,6 +329,7 @@ export class App {
         heldMs: 0,
         bytesFromClient: 0,
         bytesToClient: Math.max(0, sent),
+        ...(reputation ? { reputation } : {}),
       }),
     );
   }
@@ -320,6 +374,7 @@ export class App {
     this.pool.update(next.upstream.servers, next.upstream.balance);
     this.access.replaceConfig(next.access);
     this.cache.update(next.cache);
+    this.reputation.update(next.reputation);
     this.health.update(next.upstream.health);
     if (JSON.stringify(next.cluster) !== JSON.stringify(prev.cluster)) this.log.warn({}, 'cluster changes take effect at the next restart');
     if (next.state.path !== prev.state.path) this.log.warn({ from: prev.state.path, to: next.state.path }, 'state.path changes take effect at the next restart');
@@ -345,6 +400,7 @@ export class App {
     this.engine = undefined;
     await this.cluster?.stop();
     this.cache.stop();
+    this.reputation.stop();
     this.store.close();
   }
 }

@@ -3,6 +3,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { App } from './app.js';
 import type { SessionSummary } from './proxy/protocol.js';
+import { registerReputationMetrics } from './reputation/metrics.js';
 
 /** Early talk happens within the window: from a few ms (bots) to the whole window (up to ~30 s). */
 const EARLY_TALK_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30];
@@ -23,6 +24,7 @@ export interface MetricsOptions {
 export class Metrics {
   readonly registry = new Registry();
   private closed = false;
+  private readonly stopReputation: () => void;
   private readonly connections: Counter<'listener' | 'verdict'>;
   private readonly earlyTalkers: Counter<'listener' | 'action'>;
   private readonly earlyTalkDelay: Histogram<'listener'>;
@@ -37,7 +39,7 @@ export class Metrics {
     new Gauge({ name: 'etd_build_info', help: 'etd version (always 1)', labelNames: ['version'], registers }).set({ version: opts.version }, 1);
     this.connections = new Counter({
       name: 'etd_connections_total',
-      help: 'connections that ended, by listener and verdict (passed, early_talker, no_server, limit, client_gone, shutdown)',
+      help: 'connections that ended, by listener and verdict (passed, early_talker, no_server, limit, denied, client_gone, shutdown, dnsbl)',
       labelNames: ['listener', 'verdict'],
       registers,
     });
@@ -179,6 +181,7 @@ export class Metrics {
       },
     });
 
+    this.stopReputation = registerReputationMetrics(this.registry, app.reputation);
     new Gauge({
       name: 'etd_cluster_up',
       help: 'whether Redis (cluster.redis) answers now (1 = up; 0 = down, or no cluster configured)',
@@ -249,5 +252,6 @@ export class Metrics {
 
   close(): void {
     this.closed = true;
+    this.stopReputation();
   }
 }

@@ -17,6 +17,7 @@ export class Stats {
     denied: 0,
     client_gone: 0,
     shutdown: 0,
+    dnsbl: 0,
   };
   readonly earlyTalkers = { drop: 0, reject: 0, log: 0 };
   /** Connections refused by a limit, by limit. */

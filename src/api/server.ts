@@ -29,6 +29,7 @@ import { statsRoutes } from './routes/stats.js';
 import { statusRoutes } from './routes/status.js';
 import { historyRoutes } from './routes/history.js';
 import { clientRoutes } from './routes/clients.js';
+import { reputationRoutes } from './routes/reputation.js';
 import { doctorRoutes } from './routes/doctor.js';
 import { uiRoutes } from './routes/ui.js';
 import { jsonNesting } from './jsonDepth.js';
@@ -270,6 +271,7 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
     cacheRoutes,
     accessRoutes,
     clientRoutes,
+    reputationRoutes,
     reloadRoutes,
     configRoutes,
     doctorRoutes,

@@ -11,6 +11,7 @@ import { EtdError } from '../errors.js';
 import { ConfigSchema, type Config, type RawConfig } from './schema.js';
 import { formatDuration as formatDur, parseDuration } from './duration.js';
 import { parseCidr } from './cidr.js';
+import { reputationProblems } from '../reputation/configCheck.js';
 import { redisProblems } from '../cluster/options.js';
 
 /** One problem in a config: where, what, and how to fix it. */
@@ -246,6 +247,7 @@ function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
   }
   const ct = parseDuration(raw.upstream.connectTimeout);
   if (ct === 0) out.push({ path: 'upstream.connectTimeout', message: 'must be more than 0' });
+  out.push(...reputationProblems(raw.reputation));
   if (raw.cluster !== undefined) {
     out.push(...redisProblems(raw.cluster.redis));
     const caFile = raw.cluster.redis.caFile;
@@ -335,6 +337,18 @@ function resolve(raw: RawConfig): Config {
     },
     cache: { enabled: raw.cache.enabled, ttlMs: ms(raw.cache.ttl), denyTtlMs: ms(raw.cache.denyTtl), scope: raw.cache.scope },
     access: { allow: [...raw.access.allow], deny: [...raw.access.deny], denyAction: raw.access.denyAction, denyReply: raw.access.denyReply },
+    reputation: {
+      dnsbl: raw.reputation.dnsbl.map((d) => ({ zone: d.zone.replace(/\.$/, '').toLowerCase(), weight: d.weight, match: d.match ? [...d.match] : undefined, name: d.name })),
+      threshold: raw.reputation.threshold,
+      allowThreshold: raw.reputation.allowThreshold,
+      action: raw.reputation.action,
+      reply: raw.reputation.reply,
+      timeoutMs: ms(raw.reputation.timeout),
+      resolvers: [...raw.reputation.resolvers],
+      minTtlMs: ms(raw.reputation.minTtl),
+      maxTtlMs: ms(raw.reputation.maxTtl),
+      maxInFlight: raw.reputation.maxInFlight,
+    },
     state: { path: raw.state.path },
     cluster:
       raw.cluster === undefined
@@ -518,6 +532,18 @@ export function configToDocument(config: Config, redact = true): unknown {
     },
     cache: { enabled: config.cache.enabled, ttl: d(config.cache.ttlMs), denyTtl: d(config.cache.denyTtlMs), scope: config.cache.scope },
     access: config.access,
+    reputation: {
+      dnsbl: config.reputation.dnsbl.map((d) => ({ zone: d.zone, weight: d.weight, ...(d.match ? { match: d.match } : {}), ...(d.name !== undefined ? { name: d.name } : {}) })),
+      threshold: config.reputation.threshold,
+      allowThreshold: config.reputation.allowThreshold,
+      action: config.reputation.action,
+      reply: config.reputation.reply,
+      timeout: d(config.reputation.timeoutMs),
+      resolvers: config.reputation.resolvers,
+      minTtl: d(config.reputation.minTtlMs),
+      maxTtl: d(config.reputation.maxTtlMs),
+      maxInFlight: config.reputation.maxInFlight,
+    },
     state: config.state,
     ...(config.cluster !== undefined ? { cluster: clusterDocument(config.cluster, redact) } : {}),
     log: config.log,

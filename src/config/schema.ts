@@ -141,6 +141,32 @@ export const ConfigSchema = Type.Object(
       },
       { additionalProperties: false, default: {} },
     ),
+    reputation: Type.Object(
+      {
+        dnsbl: Type.Array(
+          Type.Object(
+            {
+              zone: Type.String({ minLength: 1, maxLength: 200, description: 'the DNS zone queried, e.g. zen.spamhaus.org' }),
+              weight: Type.Integer({ minimum: -100, maximum: 100, description: 'added to the score when the list matches; negative = an allowlist (DNSWL)' }),
+              match: Type.Optional(Type.Array(Type.String(), { minItems: 1, description: 'answers that count, e.g. 127.0.0.2-127.0.0.11, 127.0.[0..255].[2..3], 127.0.0.0/24 (default 127.0.0.0/8 minus 127.255.255.0/24)' })),
+              name: Type.Optional(Type.String({ minLength: 1, maxLength: 100, description: 'what logs and the reply call the list (default: the zone); hides the zone as postscreen_dnsbl_reply_map does' })),
+            },
+            { additionalProperties: false },
+          ),
+          { default: [], description: 'DNSBL/DNSWL zones queried during the window (empty = no lookups)' },
+        ),
+        threshold: Type.Integer({ minimum: -1000, maximum: 1000, default: 3, description: 'score at or above which the client is refused' }),
+        allowThreshold: Type.Integer({ minimum: -1000, maximum: 1000, default: -1, description: 'score at or below which the client skips the window' }),
+        action: Type.Union([Type.Literal('reject'), Type.Literal('drop')], { default: 'reject' }),
+        reply: Type.String({ default: '554 5.7.1 Service unavailable; client [{client}] blocked using {name}', pattern: '^5[0-9][0-9] ' }),
+        timeout: Duration('2s', 'how long one lookup may take; later answers count 0'),
+        resolvers: Type.Array(Type.String(), { default: [], description: 'DNS servers (address or address:port); empty = the system resolver (/etc/resolv.conf)' }),
+        minTtl: Duration('60s', 'an answer is cached at least this long (and a negative answer exactly this long)'),
+        maxTtl: Duration('1h', 'an answer is cached at most this long'),
+        maxInFlight: Type.Integer({ minimum: 1, maximum: 100_000, default: 1000, description: 'DNS queries in flight at once; over it a lookup counts 0' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
     state: Type.Object(
       {
         path: Type.String({ minLength: 1, default: '/var/lib/etd/state.db', description: 'SQLite file for the caches and runtime access entries (":memory:" = no persistence)' }),
@@ -224,6 +250,28 @@ export interface ApiConfig {
   readonly token: string | undefined;
 }
 
+export interface DnsblConfig {
+  readonly zone: string;
+  readonly weight: number;
+  /** Undefined = the default (127.0.0.0/8 minus 127.255.255.0/24). */
+  readonly match: readonly string[] | undefined;
+  /** Undefined = the zone. */
+  readonly name: string | undefined;
+}
+
+export interface ReputationConfig {
+  readonly dnsbl: readonly DnsblConfig[];
+  readonly threshold: number;
+  readonly allowThreshold: number;
+  readonly action: 'reject' | 'drop';
+  readonly reply: string;
+  readonly timeoutMs: number;
+  readonly resolvers: readonly string[];
+  readonly minTtlMs: number;
+  readonly maxTtlMs: number;
+  readonly maxInFlight: number;
+}
+
 /** The resolved, frozen config that the rest of etd uses: durations are milliseconds. */
 export interface Config {
   readonly listeners: readonly ListenerConfig[];
@@ -260,6 +308,7 @@ export interface Config {
   };
   readonly cache: { readonly enabled: boolean; readonly ttlMs: number; readonly denyTtlMs: number; readonly scope: 'ip' | 'net' };
   readonly access: { readonly allow: readonly string[]; readonly deny: readonly string[]; readonly denyAction: 'reject' | 'drop'; readonly denyReply: string };
+  readonly reputation: ReputationConfig;
   readonly state: { readonly path: string };
   /** Shared state over Redis (src/cluster/); undefined = this gateway keeps its state to itself. */
   readonly cluster: ClusterConfig | undefined;

@@ -31,6 +31,7 @@ import { bindAddresses } from '../proxy/listener.js';
 import type { RedisProbe } from '../cluster/probe.js';
 import { interceptForwardsOriginal, returnPathServers, returnTargets, type ReturnTarget } from './targets.js';
 
+import { dnsblFindings, type ZoneProbe } from '../reputation/doctorFindings.js';
 export { returnPathServers } from './targets.js';
 
 // ---- findings --------------------------------------------------------------------------------
@@ -173,6 +174,8 @@ export interface DoctorFacts {
   readonly returnPath?: readonly ReturnProbe[];
   /** Mail servers named with `etd doctor --probe`, tested like configured servers. */
   readonly probes?: readonly ReturnTarget[];
+  /** Each DNSBL zone's answer for the test entry 127.0.0.2; undefined: not checked (the preflight). */
+  readonly dnsbl?: readonly ZoneProbe[];
   /** cluster.redis reachable and its key prefix writable; undefined: not checked (no cluster, or the preflight). */
   readonly redis?: RedisProbe;
 }
@@ -796,11 +799,13 @@ function returnFindings(f: DoctorFacts, previous: readonly Finding[]): Finding[]
  * routes, test client, return path. Facts left undefined produce no findings (not checked).
  */
 export function evaluate(f: DoctorFacts): Finding[] {
+  const dnsbl = f.dnsbl ? dnsblFindings(f.config.reputation, f.dnsbl) : [];
   if (transparentListeners(f.config).length === 0) {
     return [
       ok('mode.plain', 'listener modes', 'every listener is mode: plain: no transparency, so no netfilter, sysctl or return-path requirements', false),
       ...capabilityFindings(f),
       ...redisFindings(f),
+      ...dnsbl,
     ];
   }
   const out: Finding[] = [
@@ -814,7 +819,7 @@ export function evaluate(f: DoctorFacts): Finding[] {
     ...routeFindings(f),
     ...testClientFindings(f),
   ];
-  return [...out, ...returnFindings(f, out), ...redisFindings(f)];
+  return [...out, ...returnFindings(f, out), ...redisFindings(f), ...dnsbl];
 }
 
 /** cluster.redis: never critical (etd serves from local state without Redis), but a FAIL: the gateways do not share. */

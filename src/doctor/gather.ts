@@ -10,6 +10,7 @@
 // Every fact that cannot be read becomes { error } in the facts, never an exception: the doctor
 // must report as much as it can on a half-broken host.
 
+import { probeZones } from '../reputation/probe.js';
 import { connectFailure } from '../util/errno.js';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -350,8 +351,10 @@ async function gatherHostFacts(config: Config, opts: GatherOptions): Promise<Doc
   const transparent = transparentListeners(config).length > 0;
   const capabilities = readCapabilities();
   const sysctls = readSysctls();
+  // The zones are queried by the doctor, not by the start preflight (a slow resolver must not delay a start).
+  const dnsbl = opts.returnPath && config.reputation.dnsbl.length ? { dnsbl: await probeZones(config.reputation) } : {};
   if (!transparent) {
-    return { config, configFile: opts.configFile, capabilities, sysctls, interfaces: [], routes: [], testClients: [] };
+    return { config, configFile: opts.configFile, capabilities, sysctls, interfaces: [], routes: [], testClients: [], ...dnsbl };
   }
   const addon = readAddon();
   const kernel = probeKernel(neededFeatures(config));
@@ -380,6 +383,7 @@ async function gatherHostFacts(config: Config, opts: GatherOptions): Promise<Doc
     routes,
     testClients,
     ...(probes.length ? { probes } : {}),
+    ...dnsbl,
   };
   if (!opts.returnPath) return base;
   const timeoutMs = opts.probeTimeoutMs ?? Math.min(config.upstream.connectTimeoutMs, 3000);

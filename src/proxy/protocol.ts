@@ -147,7 +147,16 @@ export interface SessionPolicy {
 
 export type Phase = 'held' | 'connecting' | 'greeting' | 'relaying' | 'closing' | 'closed';
 
-export type Verdict = 'passed' | 'early_talker' | 'no_server' | 'limit' | 'denied' | 'client_gone' | 'shutdown';
+export type Verdict = 'passed' | 'early_talker' | 'no_server' | 'limit' | 'denied' | 'client_gone' | 'shutdown' | 'dnsbl';
+
+/** What the DNSBL/DNSWL lookups said of a session's client (src/reputation): its summary's `score`, `lists`, `allowlisted`. */
+export interface SessionReputation {
+  readonly score: number;
+  /** The lists that matched and the answer each gave. */
+  readonly lists: readonly { readonly name: string; readonly answer: string }[];
+  /** The score was at or under reputation.allowThreshold: the window was skipped. */
+  readonly allowlisted: boolean;
+}
 
 /** The operator's tcplog: one per session, logged once when the session ends. */
 export interface SessionSummary {
@@ -168,6 +177,11 @@ export interface SessionSummary {
   readonly skipped?: string;
   /** Why the window ended early (decided during the hold). */
   readonly released?: string;
+  /** DNSBL score and the lists that matched (only when one did). */
+  readonly score?: number;
+  readonly lists?: SessionReputation['lists'];
+  /** The DNSBL/DNSWL score was at or under reputation.allowThreshold. */
+  readonly allowlisted?: true;
   readonly connectMs?: number;
   readonly attempts: number;
   readonly heldMs: number;
@@ -197,6 +211,8 @@ export interface LiveSession {
   readonly skipped?: 'allowlist' | 'pass_cache' | undefined;
   /** True once the greeting was complete and the relay started. */
   readonly relayed: boolean;
+  /** Why the window ended early (decided during the hold), if it did. */
+  readonly released?: string | undefined;
   /** Held at shutdown: a polite 421; relayed sessions are left to finish. */
   shutdown(): void;
   /** Grace time is over: end the session whatever it is doing. */

@@ -16,7 +16,7 @@ import { connectFailureCause } from '../util/errno.js';
 import { escapeBytes } from '../util/escapeBytes.js';
 import { Attempts } from './attempts.js';
 import type { EngineDriver, EngineSession, NativeAccept } from './engineDriver.js';
-import type { LiveSession, Phase, SessionContext, SessionPolicy, SessionSummary, TalkStage, Verdict } from './protocol.js';
+import type { LiveSession, Phase, SessionContext, SessionPolicy, SessionReputation, SessionSummary, TalkStage, Verdict } from './protocol.js';
 import { earlyTalkCause, upstreamFailureCause } from './verdict.js';
 
 let nextId = 1;
@@ -47,6 +47,8 @@ export interface SummaryFacts {
   readonly skipped?: string;
   /** The window ended early, decided during the hold (an allowlisting score, a cluster peer's pass). */
   readonly released?: string;
+  /** What the DNSBL/DNSWL lookups said, when they counted for this session. */
+  readonly reputation?: SessionReputation;
   readonly heldMs: number;
   /** performance.now() at accept; undefined for a connection answered at once. */
   readonly started?: number;
@@ -71,6 +73,8 @@ export function summaryOf(f: SummaryFacts): SessionSummary {
     ...(f.connectMs !== undefined ? { connectMs: f.connectMs } : {}),
     ...(f.skipped ? { skipped: f.skipped } : {}),
     ...(f.released ? { released: f.released } : {}),
+    ...(f.reputation?.lists.length ? { score: f.reputation.score, lists: f.reputation.lists } : {}),
+    ...(f.reputation?.allowlisted ? { allowlisted: true as const } : {}),
     attempts: a?.count ?? 0,
     heldMs: Math.round(f.heldMs),
     durationMs: f.started === undefined ? 0 : Math.round(performance.now() - f.started),
@@ -91,6 +95,7 @@ interface Outcome {
   greeting?: string;
   connectMs?: number;
   released?: string;
+  reputation?: SessionReputation;
 }
 
 /**
@@ -174,6 +179,14 @@ export class Session implements LiveSession, EngineSession {
   }
   get done(): boolean {
     return this.state === 'closed';
+  }
+  get released(): string | undefined {
+    return this.outcome?.released;
+  }
+
+  /** What the DNSBL/DNSWL lookups said of the client, for the summary line (src/reputation). */
+  noteReputation(r: SessionReputation): void {
+    (this.outcome ??= {}).reputation = r;
   }
 
   /**
@@ -420,6 +433,7 @@ export class Session implements LiveSession, EngineSession {
         connectMs: this.outcome?.connectMs,
         skipped: this.skipped,
         released: this.outcome?.released,
+        reputation: this.outcome?.reputation,
         heldMs: this.heldMs,
         started: this.started,
         bytesFromClient: this.finalFrom,

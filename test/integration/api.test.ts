@@ -697,6 +697,7 @@ describe('OpenAPI and etd status', () => {
         'DELETE /v1/access/{cidr}',
         'GET /v1/history',
         'GET /v1/clients/{address}',
+        'GET /v1/reputation/{address}',
         'GET /v1/doctor',
         'GET /ui/',
         'POST /v1/reload',

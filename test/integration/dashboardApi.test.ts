@@ -86,6 +86,13 @@ describe('the dashboard API', () => {
     expect(bad.error).toMatch(/path\.address: "not-an-ip" is not an IPv4 or IPv6 address/);
   });
 
+  it('GET /v1/reputation/{address}: no lists configured → enabled false, score 0; 400 with the reason for a non-address', async () => {
+    const r = await json<{ enabled: boolean; score: number; address: string; lists: unknown[] }>('/v1/reputation/2001:DB8::0001');
+    expect(r).toMatchObject({ address: '2001:db8::1', enabled: false, score: 0, lists: [] });
+    const bad = await json<{ error: string }>('/v1/reputation/not-an-ip', 400);
+    expect(bad.error).toMatch(/path\.address: "not-an-ip" is not an IPv4 or IPv6 address/);
+  });
+
   it('GET /v1/doctor: the findings with OK/WARN/FAIL, the verdict sentence; 400 for a bad client', async () => {
     const d = await json<DoctorBody>('/v1/doctor?returnPath=false');
     expect(Value.Check(DoctorBody, d)).toBe(true);
@@ -125,6 +132,7 @@ describe('the dashboard API', () => {
     for (const [p, method] of [
       ['/v1/history', 'get'],
       ['/v1/clients/{address}', 'get'],
+      ['/v1/reputation/{address}', 'get'],
       ['/v1/doctor', 'get'],
       ['/ui/', 'get'],
     ] as const) {

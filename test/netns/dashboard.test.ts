@@ -198,6 +198,7 @@ log: { level: info }
     await page.waitForSelector('#lookup-result:not([hidden])');
     expect(await page.textContent('#lookup-cache')).toMatch(/^pass entry/);
     expect(await page.textContent('#lookup-decision')).toMatch(/skips the window/);
+    expect(await page.textContent('#lookup-dnsbl')).toMatch(/^no lists configured/);
     await page.click('#lookup-delete');
     await page.waitForFunction(() => document.querySelector('#lookup-cache')?.textContent?.startsWith('no entry'), undefined, { timeout: 5000 });
     expect(await page.textContent('#lookup-decision')).toMatch(/waits the window/);

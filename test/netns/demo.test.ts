@@ -20,6 +20,13 @@ describe.skipIf(skipPrivileged('npm run demo (netns lab)'))('the lab demo', () =
     expect(stdout.match(/swaks: message accepted/g)).toHaveLength(2);
     expect(stdout).toMatch(/bot: connection (reset|closed), received 0 bytes/);
     expect(stdout).toMatch(/→ 2 connections from the client's real addresses; none from the bot's early talk/);
+    // DNSBL: the listed client is refused with the reply, the allowlisted one gets the banner far sooner than the 2 s window.
+    expect(stdout).toMatch(/got after \d+ ms: 554 5\.7\.1 Service unavailable; client \[10\.\d+\.1\.3\] blocked using bl\.demo\.test/);
+    const fast = /banner after (\d+) ms \(the window is 2s\): 220 /.exec(stdout);
+    expect(fast, stdout).not.toBeNull();
+    expect(Number(fast![1])).toBeLessThan(1000);
+    expect(stdout).toMatch(/10\.\d+\.1\.3:\d+ +dnsbl +DNSBL score 3 \(bl\.demo\.test 127\.0\.0\.2\) → dnsbl_reject, never connected upstream/);
+    expect(stdout).toMatch(/10\.\d+\.1\.4:\d+ +passed .*allowlisted \(score -2: wl\.demo\.test 127\.0\.10\.2\)/);
     expect(stdout).toMatch(/no etd table left/);
     expect(stdout).toMatch(/lab torn down/);
   }, 120_000);

@@ -136,6 +136,8 @@ describe('options', () => {
     const quick = parseOptions(['--quick', '--held', '200']);
     expect(quick).toMatchObject({ quick: true, held: 200, haproxyThreads: false });
     expect(quick?.scenarios).not.toContain('profile');
+    expect(full?.scenarios).toContain('dnsbl');
+    expect(quick?.scenarios).not.toContain('dnsbl');
     expect(parseOptions(['--only', 'held,relay'])?.scenarios).toEqual(['held', 'relay']);
     expect(parseOptions(['--deadline', '9999'])?.deadlineMs).toBe(600_000);
     expect(() => parseOptions(['--only', 'nope'])).toThrow(/unknown scenario nope/);

@@ -14,6 +14,7 @@ const VIEWS: Record<Verdict, Omit<VerdictView, 'id'>> = {
   passed: { label: 'passed', symbol: '✓', colour: '#1a7f37' },
   early_talker: { label: 'early talker', symbol: '✗', colour: '#c62828' },
   denied: { label: 'denied', symbol: '⊘', colour: '#8a3ab9' },
+  dnsbl: { label: 'DNSBL', symbol: '⛔', colour: '#6e2b8a' },
   limit: { label: 'limit', symbol: '‖', colour: '#b35900' },
   no_server: { label: 'no server', symbol: '⚠', colour: '#9a6700' },
   client_gone: { label: 'client gone', symbol: '…', colour: '#57606a' },

@@ -30,7 +30,7 @@ export const clientRoutes: RoutePlugin = async (api, deps) => {
     {
       schema: {
         summary: 'one client: its access-list match, its pass/deny cache entry, and what etd would do with its next connection',
-        description: 'Limits (per-client, held, total) are not part of the answer: they depend on the moment. DNSBL scores are not implemented yet.',
+        description: 'Limits (per-client, held, total) are not part of the answer: they depend on the moment. DNSBL/DNSWL scores: GET /v1/reputation/{address}.',
         tags: ['clients'],
         params: ClientParams,
         response: { 200: ClientBody, 400: ErrorBody },

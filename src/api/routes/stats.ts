@@ -2,6 +2,23 @@
 
 import { Type, type Static } from '@sinclair/typebox';
 import type { RoutePlugin } from '../context.js';
+import type { Reputation } from '../../reputation/lookup.js';
+
+function reputationStats(r: Reputation): StatsBody['reputation'] {
+  const c = r.counters;
+  const o = (m: Map<string, number>) => Object.fromEntries(m);
+  return {
+    queries: o(c.queries),
+    hits: o(c.hits),
+    timeouts: o(c.timeouts),
+    errors: o(c.errors),
+    refusedAnswers: o(c.refused),
+    overflow: c.overflow,
+    refused: c.refusedClients,
+    allowlisted: c.allowlistedClients,
+    inFlight: r.queriesInFlight,
+  };
+}
 
 const Count = (description: string) => Type.Integer({ minimum: 0, description });
 
@@ -26,6 +43,20 @@ export const StatsBody = Type.Object({
   verdicts: Type.Record(Type.String(), Type.Integer(), { description: 'ended sessions by verdict' }),
   bytes: Type.Object({ fromClient: Count('bytes received from clients'), toClient: Count('bytes sent to clients') }),
   now: Type.Object({ held: Count('held now'), relaying: Count('relayed now') }),
+  reputation: Type.Object(
+    {
+      queries: Type.Record(Type.String(), Type.Integer(), { description: 'DNSBL queries sent, by zone' }),
+      hits: Type.Record(Type.String(), Type.Integer(), { description: 'connections a list matched, by list name' }),
+      timeouts: Type.Record(Type.String(), Type.Integer(), { description: 'queries not answered within reputation.timeout, by zone' }),
+      errors: Type.Record(Type.String(), Type.Integer(), { description: 'queries that failed, by zone' }),
+      refusedAnswers: Type.Record(Type.String(), Type.Integer(), { description: '127.255.255.x answers (refused query), by zone' }),
+      overflow: Count('queries not sent because reputation.maxInFlight were out'),
+      refused: Count('connections refused by score (verdict dnsbl)'),
+      allowlisted: Count('connections let in at once by score'),
+      inFlight: Count('queries out now'),
+    },
+    { description: 'DNSBL/DNSWL lookups (reputation:)' },
+  ),
 });
 export type StatsBody = Static<typeof StatsBody>;
 
@@ -51,6 +82,7 @@ export const statsRoutes: RoutePlugin = async (api, deps) => {
         verdicts: s.verdicts,
         bytes: s.bytes,
         now: { held: s.held, relaying: s.relaying },
+        reputation: reputationStats(deps.app.reputation),
       };
     },
   );

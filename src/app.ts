@@ -18,7 +18,7 @@ import type { SharedState } from './cluster/shared.js';
 import { consultShared, localState } from './cluster/attach.js';
 import { openStore, type StateStore } from './state/store.js';
 import { Reputation } from './reputation/lookup.js';
-import { applyScore, judge, refusalOf, watchLookups } from './reputation/gate.js';
+import { applyScore, judge, refusalOf, vouching, watchLookups } from './reputation/gate.js';
 import type { SessionReputation } from './proxy/protocol.js';
 
 /** A listener's session context: the policy in force is the normal or the stress one. */
@@ -134,6 +134,9 @@ export class App {
       const { SharedState } = await import('./cluster/shared.js');
       this.cluster = new SharedState(this.config.cluster, localState(this.cache, this.access, this.store, this.log), this.log);
       this.cluster.start();
+      // DNSBL answers are shared too: a peer's answer can settle a zone before the resolver does.
+      const cluster = this.cluster;
+      this.reputation.share({ get: (key, done) => cluster.get('dnsbl', key, done), put: (key, value, expires) => cluster.put('dnsbl', key, value, expires) });
     }
     const driver = engineDriver();
     driver.acquire(this.log);
@@ -266,7 +269,8 @@ export class App {
   /** A local miss: the window runs as usual and the cluster is asked alongside (never awaited). */
   private consultCluster(session: Session, conn: NativeAccept, skip: 'allowlist' | 'pass_cache' | undefined): void {
     if (skip === undefined && this.cluster && this.config.cache.enabled && session.holding) {
-      consultShared(this.cluster, session, cacheKey(conn.peerAddress, this.config.cache.scope), () => this.config.access);
+      const held = this.reputation.enabled ? vouching(session) : session;
+      consultShared(this.cluster, held, cacheKey(conn.peerAddress, this.config.cache.scope), () => this.config.access);
     }
   }
 

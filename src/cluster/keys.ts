@@ -8,8 +8,8 @@
 //                            knows Redis lost its data (restart without persistence) and writes back
 // Channel (pub/sub channels are not keys, so the prefix is added here): <keyPrefix>events
 //
-// Another kind gets its own namespace: `dnsbl:<key>` is reserved for DNSBL answers (issue 14),
-// shared through SharedState.put/get (a value with a PX expiry, batched like the cache).
+// Another kind gets its own namespace: `dnsbl:<zone>/<address>` holds DNSBL answers (src/reputation/lookup.ts,
+// AnswerExchange), shared through SharedState.put/get (a value with a PX expiry, batched like the cache).
 
 export type SharedKind = 'cache' | 'access' | 'meta' | 'dnsbl';
 /** The kinds stored as one value per key with an expiry. */

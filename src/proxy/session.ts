@@ -96,6 +96,8 @@ interface Outcome {
   connectMs?: number;
   released?: string;
   reputation?: SessionReputation;
+  /** A peer's pass that waits for the lookups. */
+  vouched?: string;
 }
 
 /**
@@ -187,6 +189,17 @@ export class Session implements LiveSession, EngineSession {
   /** What the DNSBL/DNSWL lookups said of the client, for the summary line (src/reputation). */
   noteReputation(r: SessionReputation): void {
     (this.outcome ??= {}).reputation = r;
+  }
+  /** Whether a score was noted (the lookups settled, or the cache knew it). */
+  get scored(): boolean {
+    return this.outcome?.reputation !== undefined;
+  }
+  /** A peer vouched for the client while its lookups ran (src/reputation/gate.ts `vouching`): released when they settle. */
+  get vouched(): string | undefined {
+    return this.outcome?.vouched;
+  }
+  vouch(reason: string): void {
+    (this.outcome ??= {}).vouched = reason;
   }
 
   /**

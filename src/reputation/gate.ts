@@ -39,8 +39,27 @@ export function applyScore(s: Session, rep: Reputation, score: Score): void {
     const r = refusalOf(c, s.clientAddress, score);
     s.refuse('dnsbl', r.cause, r.how);
   } else if (decision === 'allow') s.release('dnswl');
-  // A returning sender (pass cache) is held only until its lookups are known.
+  // A returning sender (pass cache, or a cluster peer's pass) is held only until its lookups are known.
+  else if (s.vouched) s.release(s.vouched);
   else if (s.skipped) s.release('reputation');
+}
+
+/**
+ * The session as a cluster peer's verdict sees it while lookups may still run: a peer's pass is
+ * a pass-cache hit from afar, so like a local one it ends the hold only once the score is known
+ * (a listed client that passed on another gateway is still refused here); a peer's deny acts at once.
+ */
+export function vouching(s: Session): Pick<Session, 'holding' | 'release' | 'refuse'> {
+  return {
+    get holding() {
+      return s.holding;
+    },
+    release(reason: string) {
+      if (s.scored) s.release(reason);
+      else s.vouch(reason);
+    },
+    refuse: (verdict, cause, how) => s.refuse(verdict, cause, how),
+  };
 }
 
 /**

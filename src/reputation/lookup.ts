@@ -41,6 +41,8 @@ export interface ReputationCounters {
   scored: number;
   refusedClients: number;
   allowlistedClients: number;
+  /** Zone answers taken from other gateways (cluster), before this gateway's own query answered. */
+  fromPeers: number;
 }
 
 export type QueryObserver = (zone: string, seconds: number, status: ZoneAnswer['status']) => void;
@@ -53,6 +55,21 @@ const scoreOnly = (r: { score: Score }): Score => r.score;
 
 function bump(m: Map<string, number>, key: string, n = 1): void {
   m.set(key, (m.get(key) ?? 0) + n);
+}
+
+/**
+ * Where answers are shared with other gateways (the cluster's `dnsbl` values over Redis): a
+ * peer's answer, when it comes before the resolver's, settles the zone; this gateway's own
+ * answers are offered for as long as they are valid. Never waited on.
+ */
+export interface AnswerExchange {
+  get(key: string, done: (value: string) => void): void;
+  put(key: string, value: string, expires: number): void;
+}
+
+/** The shared key of one zone's answer for one client. */
+export function exchangeKey(address: string, zone: string): string {
+  return `${zone}/${address}`;
 }
 
 export class Reputation {
@@ -69,6 +86,7 @@ export class Reputation {
   /** Per client address: who waits for its zones' answers one by one (held sessions deciding early). */
   private readonly watchers = new Map<string, Set<(score: Score) => void>>();
   private sweeper: NodeJS.Timeout | undefined;
+  private exchange: AnswerExchange | undefined;
   readonly counters: ReputationCounters = {
     queries: new Map(),
     hits: new Map(),
@@ -79,6 +97,7 @@ export class Reputation {
     scored: 0,
     refusedClients: 0,
     allowlistedClients: 0,
+    fromPeers: 0,
   };
 
   constructor(
@@ -199,6 +218,11 @@ export class Reputation {
     else if (decision === 'allow') this.counters.allowlistedClients++;
   }
 
+  /** Shares answers with other gateways from now on (undefined: no longer). */
+  share(exchange: AnswerExchange | undefined): void {
+    this.exchange = exchange;
+  }
+
   stop(): void {
     if (this.sweeper) clearInterval(this.sweeper);
     this.sweeper = undefined;
@@ -228,6 +252,7 @@ export class Reputation {
       this.zones.map(async (zone): Promise<[string, ZoneAnswer]> => {
         const c = entry?.get(zone);
         if (c && c.expires > now) return [zone, c.answer];
+        this.askPeers(address, zone);
         return [zone, await this.query(address, zone)];
       }),
     ).then((pairs) => {
@@ -258,7 +283,10 @@ export class Reputation {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
-        if (ttlMs !== undefined) this.store(address, zone, answer, ttlMs);
+        if (ttlMs !== undefined) {
+          this.store(address, zone, answer, ttlMs);
+          this.exchange?.put(exchangeKey(address, zone), JSON.stringify({ answer, expires: this.now() + ttlMs }), this.now() + ttlMs);
+        }
         this.account(zone, answer, (performance.now() - t0) / 1000);
         resolve(answer);
         if (ttlMs !== undefined) this.notify(address);
@@ -276,6 +304,29 @@ export class Reputation {
           else settle({ status: 'error' }, undefined);
         },
       ).finally(() => this.inFlight--);
+    });
+  }
+
+  /** A peer's answer for a zone this gateway is about to query: taken when it is still valid and nothing newer is known here. */
+  private askPeers(address: string, zone: string): void {
+    const x = this.exchange;
+    if (!x) return;
+    x.get(exchangeKey(address, zone), (raw) => {
+      let shared: { answer: ZoneAnswer; expires: number };
+      try {
+        shared = JSON.parse(raw) as { answer: ZoneAnswer; expires: number };
+      } catch {
+        return; // not ours (another version's data, or garbage): the resolver answers
+      }
+      const { answer, expires } = shared;
+      const ttlMs = expires - this.now();
+      if (ttlMs <= 0 || (answer?.status !== 'answer' && answer?.status !== 'none')) return;
+      if (answer.status === 'answer' && (!Array.isArray(answer.addresses) || !answer.addresses.every((a) => typeof a === 'string'))) return;
+      const known = this.cache.get(address)?.get(zone);
+      if (known && known.expires > this.now()) return;
+      this.store(address, zone, answer, ttlMs);
+      this.counters.fromPeers++;
+      this.notify(address);
     });
   }
 

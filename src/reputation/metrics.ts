@@ -44,6 +44,15 @@ export function registerReputationMetrics(registry: Registry, rep: Reputation): 
       this.inc(c.allowlistedClients);
     },
   });
+  new Counter({
+    name: 'etd_dnsbl_peer_answers_total',
+    help: "zone answers taken from other gateways (cluster.redis) before this gateway's own query answered",
+    registers,
+    collect() {
+      this.reset();
+      this.inc(c.fromPeers);
+    },
+  });
   const latency = new Histogram({ name: 'etd_dnsbl_query_seconds', help: 'time a DNSBL query took (to its answer, error or timeout), by zone', labelNames: ['zone'], buckets: QUERY_BUCKETS, registers });
   return rep.onQuery((zone, seconds) => latency.observe({ zone }, seconds));
 }

@@ -11,7 +11,7 @@ import type { SessionContext, SessionSummary } from '../../src/proxy/protocol.js
 import { Session } from '../../src/proxy/session.js';
 import { createSource } from '../../src/proxy/upstream.js';
 import { Reputation } from '../../src/reputation/lookup.js';
-import { applyScore } from '../../src/reputation/gate.js';
+import { applyScore, vouching } from '../../src/reputation/gate.js';
 import type { Score } from '../../src/reputation/score.js';
 import { parseStrictJson } from '../../src/util/strictJson.js';
 
@@ -118,5 +118,38 @@ describe('a score applied to a held session', () => {
     expect(t.summaries).toHaveLength(1);
     expect(t.summaries[0]).toMatchObject({ verdict: 'early_talker' });
     expect(t.summaries[0]).not.toHaveProperty('allowlisted');
+  });
+
+  it("a cluster peer's pass waits for the lookups: released when they settle short of a refusal, refused when listed", () => {
+    const t = setup();
+    const s = new Session(t.driver, t.conn, t.ctx);
+    s.begin();
+    vouching(s).release('cluster_pass');
+    expect(s.holding).toBe(true);
+    expect(t.calls.some((c) => c[0] === 'connect')).toBe(false);
+    applyScore(s, t.rep, score(1, [['x', '127.0.0.2', 1]]));
+    expect(s.released).toBe('cluster_pass');
+    expect(t.calls.filter((c) => c[0] === 'connect')).toHaveLength(1);
+
+    const u = setup();
+    const listed = new Session(u.driver, u.conn, u.ctx);
+    listed.begin();
+    vouching(listed).release('cluster_pass');
+    applyScore(listed, u.rep, score(3, [['bl.test', '127.0.0.2', 3]]));
+    expect(u.calls.some((c) => c[0] === 'connect')).toBe(false);
+    expect(u.summaries[0]).toMatchObject({ verdict: 'dnsbl', cause: 'dnsbl_reject' });
+
+    // Once the score is known, a peer's pass ends the window at once; a peer's deny always acts at once.
+    const v = setup();
+    const known = new Session(v.driver, v.conn, v.ctx);
+    known.begin();
+    applyScore(known, v.rep, score(0, []));
+    vouching(known).release('cluster_pass');
+    expect(known.released).toBe('cluster_pass');
+    const w = setup();
+    const denied = new Session(w.driver, w.conn, w.ctx);
+    denied.begin();
+    vouching(denied).refuse('denied', 'cluster_deny', { drop: true });
+    expect(w.summaries[0]).toMatchObject({ verdict: 'denied', cause: 'cluster_deny' });
   });
 });

@@ -16,6 +16,7 @@ function reputationStats(r: Reputation): StatsBody['reputation'] {
     overflow: c.overflow,
     refused: c.refusedClients,
     allowlisted: c.allowlistedClients,
+    fromPeers: c.fromPeers,
     inFlight: r.queriesInFlight,
   };
 }
@@ -53,6 +54,7 @@ export const StatsBody = Type.Object({
       overflow: Count('queries not sent because reputation.maxInFlight were out'),
       refused: Count('connections refused by score (verdict dnsbl)'),
       allowlisted: Count('connections let in at once by score'),
+      fromPeers: Count('zone answers taken from other gateways (cluster) before this gateway\'s own query answered'),
       inFlight: Count('queries out now'),
     },
     { description: 'DNSBL/DNSWL lookups (reputation:)' },

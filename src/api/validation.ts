@@ -5,6 +5,7 @@ import { KindGuard, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors';
 import { Value } from '@sinclair/typebox/value';
+import { addressToBigInt, formatAddress } from '../config/cidr.js';
 import { ApiError } from './context.js';
 
 /** Lets route handlers see `request.body` etc. as the TypeBox schema's static type. */
@@ -115,3 +116,10 @@ export const typeboxValidatorCompiler: FastifySchemaCompiler<unknown> = (def) =>
     return { error: new ApiError(400, list.length ? list.join('; ') : `${part}: is not valid`) };
   };
 };
+
+/** A client address given in a request (`where`: e.g. `path.address`), in its canonical spelling; a 400 naming it when it is not one. */
+export function clientAddressParam(where: string, text: string): string {
+  const a = addressToBigInt(text);
+  if (!a) throw new ApiError(400, `${where}: "${text}" is not an IPv4 or IPv6 address`);
+  return formatAddress(a.family, a.value);
+}

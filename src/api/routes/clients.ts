@@ -1,9 +1,9 @@
 // GET /v1/clients/{address}: everything etd would consult about one client — its access-list match and its pass/deny cache entry — and what it would do.
 
 import { Type, type Static } from '@sinclair/typebox';
-import { addressToBigInt, formatAddress } from '../../config/cidr.js';
 import { cacheKey } from '../../policy/clientCache.js';
-import { ApiError, ErrorBody, type RoutePlugin } from '../context.js';
+import { ErrorBody, type RoutePlugin } from '../context.js';
+import { clientAddressParam } from '../validation.js';
 import { AccessEntryBody, accessView } from './access.js';
 import { CacheEntryBody } from './cache.js';
 
@@ -37,9 +37,7 @@ export const clientRoutes: RoutePlugin = async (api, deps) => {
       },
     },
     async (req): Promise<ClientBody> => {
-      const a = addressToBigInt(req.params.address);
-      if (!a) throw new ApiError(400, `path.address: "${req.params.address}" is not an IPv4 or IPv6 address`);
-      const address = formatAddress(a.family, a.value);
+      const address = clientAddressParam('path.address', req.params.address);
       const { app } = deps;
       const config = app.currentConfig.cache;
       const listed = app.access.match(address);

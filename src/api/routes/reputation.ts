@@ -1,9 +1,9 @@
 // GET /v1/reputation/{address}: a client's DNSBL/DNSWL score and each list's answer (from the cache, looked up when missing).
 
 import { Type, type Static } from '@sinclair/typebox';
-import { addressToBigInt, formatAddress } from '../../config/cidr.js';
 import { decide } from '../../reputation/score.js';
-import { ApiError, ErrorBody, type RoutePlugin } from '../context.js';
+import { ErrorBody, type RoutePlugin } from '../context.js';
+import { clientAddressParam } from '../validation.js';
 import { ClientParams } from './clients.js';
 
 export const ReputationBody = Type.Object({
@@ -41,9 +41,7 @@ export const reputationRoutes: RoutePlugin = async (api, deps) => {
       },
     },
     async (req): Promise<ReputationBody> => {
-      const a = addressToBigInt(req.params.address);
-      if (!a) throw new ApiError(400, `path.address: "${req.params.address}" is not an IPv4 or IPv6 address`);
-      const address = formatAddress(a.family, a.value);
+      const address = clientAddressParam('path.address', req.params.address);
       const rep = deps.app.reputation;
       const c = rep.settings;
       if (!rep.enabled) return { address, enabled: false, score: 0, decision: 'window', cached: true, lists: [] };

@@ -315,8 +315,7 @@ bool FormatAddress(const sockaddr_storage& ss, int* family, std::string* address
 }
 
 
-int OpenListener(Napi::Env env, int family, const std::string& address, int port, int backlog, bool transparent,
-                 bool v6only, bool freebind) {
+int OpenListener(Napi::Env env, int family, const std::string& address, int port, int backlog, const ListenerOpts& opts) {
   sockaddr_storage ss;
   socklen_t len;
   if (!ParseAddress(env, family, address, port, &ss, &len)) return -1;
@@ -324,13 +323,17 @@ int OpenListener(Napi::Env env, int family, const std::string& address, int port
   if (!OpenSocket(env, family, address, &raw)) return -1;
   FdGuard fd(raw);
   if (!SetIntOpt(env, fd.get(), SOL_SOCKET, SO_REUSEADDR, "SO_REUSEADDR", 1, family, address)) return -1;
-  if (transparent && !SetTransparent(env, fd.get(), family, address)) return -1;
+  // SO_REUSEPORT before bind: every socket of the group must set it (the kernel spreads new
+  // connections over the group's sockets, and stops routing to one the moment it is closed).
+  if (opts.reuse_port && !SetIntOpt(env, fd.get(), SOL_SOCKET, SO_REUSEPORT, "SO_REUSEPORT", 1, family, address))
+    return -1;
+  if (opts.transparent && !SetTransparent(env, fd.get(), family, address)) return -1;
   // freebind: bind an address this host does not hold yet (a keepalived VIP owned by the peer);
   // the socket starts receiving the moment the address is added. No privilege needed.
-  if (freebind && !(family == 4 ? SetIntOpt(env, fd.get(), SOL_IP, IP_FREEBIND, "IP_FREEBIND", 1, family, address)
+  if (opts.freebind && !(family == 4 ? SetIntOpt(env, fd.get(), SOL_IP, IP_FREEBIND, "IP_FREEBIND", 1, family, address)
                                 : SetIntOpt(env, fd.get(), SOL_IPV6, IPV6_FREEBIND, "IPV6_FREEBIND", 1, family, address)))
     return -1;
-  if (family == 6 && !SetIntOpt(env, fd.get(), SOL_IPV6, IPV6_V6ONLY, "IPV6_V6ONLY", v6only ? 1 : 0, family, address))
+  if (family == 6 && !SetIntOpt(env, fd.get(), SOL_IPV6, IPV6_V6ONLY, "IPV6_V6ONLY", opts.v6only ? 1 : 0, family, address))
     return -1;
   if (!Bind(env, fd.get(), ss, len, family, address, port, true)) return -1;
   if (listen(fd.get(), backlog) != 0) {

@@ -137,14 +137,19 @@ bool Bind(Napi::Env env, int fd, const sockaddr_storage& ss, socklen_t len, int 
 bool PrepareSpoofedSource(Napi::Env env, int fd, int family, const std::string& address, const sockaddr_storage& source,
                           socklen_t len, uint32_t mark, int synCount);
 
+// A listening socket (non-blocking, cloexec, SO_REUSEADDR, SO_REUSEPORT when asked, IP(V6)_TRANSPARENT when asked,
+// IP(V6)_FREEBIND when asked, IPV6_V6ONLY = v6only for v6, bind, listen). Returns the fd (the caller owns it), or -1
+// after throwing the Node-shaped error.
+struct ListenerOpts {
+  bool transparent = false;
+  bool v6only = true;
+  bool freebind = false;
+  bool reuse_port = false;  // several sockets (one per engine thread) on one address and port
+};
+int OpenListener(Napi::Env env, int family, const std::string& address, int port, int backlog, const ListenerOpts& opts);
+
 // An inet socket address as text and port; IPv4-mapped IPv6 (::ffff:a.b.c.d) comes back as
 // family 4 and "a.b.c.d". False for other address families.
-// A listening socket (non-blocking, cloexec, SO_REUSEADDR, IP(V6)_TRANSPARENT when asked, IP(V6)_FREEBIND when asked,
-// IPV6_V6ONLY = v6only for v6, bind, listen). Returns the fd (the caller owns it), or -1 after
-// throwing the Node-shaped error.
-int OpenListener(Napi::Env env, int family, const std::string& address, int port, int backlog, bool transparent,
-                 bool v6only, bool freebind = false);
-
 bool FormatAddress(const sockaddr_storage& ss, int* family, std::string* address, int* port);
 
 // Sets each function on `exports` under its name (the names are listed in src/native/addon.ts).

@@ -2,8 +2,8 @@
 //
 // Surface (typed in src/native/addon.ts, wrapped by src/native/transparent.ts):
 //   transparentSocket(family, address, mark, synCount) -> fd   spoofed-source upstream socket, bound, unconnected
-//   transparentListener(family, address, port, backlog) -> fd  transparent listening socket
-//   plainListener({ family, address, port, backlog, v6only, freebind? }) -> fd  ordinary listening socket (for the engine)
+//   transparentListener(family, address, port, backlog, { reusePort }?) -> fd  transparent listening socket
+//   plainListener({ family, address, port, backlog, v6only, freebind?, reusePort? }) -> fd  ordinary listening socket (for the engine)
 //   sockName(fd) -> [address, port]                             getsockname, v4-mapped shown as v4
 //   closeFd(fd)                                                 close(2) an fd that was never handed to Node
 //
@@ -35,10 +35,17 @@ namespace etd {
 namespace {
 
 constexpr const char* kSocketSig = "transparentSocket(family, address, mark, synCount)";
-constexpr const char* kListenerSig = "transparentListener(family, address, port, backlog)";
+constexpr const char* kListenerSig = "transparentListener(family, address, port, backlog, { reusePort }?)";
 constexpr const char* kCloseSig = "closeFd(fd)";
 constexpr const char* kSockNameSig = "sockName(fd)";
-constexpr const char* kPlainListenerSig = "plainListener({ family, address, port, backlog, v6only, freebind? })";
+constexpr const char* kPlainListenerSig =
+    "plainListener({ family, address, port, backlog, v6only, freebind?, reusePort? })";
+
+// An optional boolean field of an options object: absent (undefined) leaves *out as it is.
+bool ReadOptionalBool(Napi::Env env, const Napi::Object& o, const char* sig, const char* name, bool* out) {
+  Napi::Value v = o.Get(name);
+  return v.IsUndefined() || ReadBool(env, v, sig, name, out);
+}
 
 // Spoofed-source upstream socket: bound to (address, port 0) with the port chosen at connect
 // time (IP_BIND_ADDRESS_NO_PORT), so the client's own port is never reused (conntrack
@@ -69,19 +76,32 @@ Napi::Value TransparentSocket(const Napi::CallbackInfo& info) {
 
 // Transparent listening socket: accepts connections addressed to non-local addresses that
 // netfilter (TPROXY) steers to it, and its accepted sockets report the original destination
-// via getsockname. IPv6 listeners are v6-only so they never see IPv4-mapped peers.
+// via getsockname. IPv6 listeners are v6-only so they never see IPv4-mapped peers. The optional
+// 5th argument `{ reusePort }` sets SO_REUSEPORT (one socket per engine thread on one port).
 Napi::Value TransparentListener(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int family;
   std::string address;
   int64_t port, backlog;
-  if (!CheckArity(info, 4, kListenerSig) || !GetFamily(info, 0, kListenerSig, &family) ||
-      !GetString(info, 1, kListenerSig, "address", &address) ||
+  ListenerOpts opts;
+  opts.transparent = true;
+  opts.v6only = true;
+  if (info.Length() != 4 && info.Length() != 5) {
+    Napi::TypeError::New(env, std::string(kListenerSig) + ": expected 4 or 5 arguments, got " +
+                                  std::to_string(info.Length()))
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Object o;
+  if (!GetFamily(info, 0, kListenerSig, &family) || !GetString(info, 1, kListenerSig, "address", &address) ||
       !GetInt(info, 2, kListenerSig, "port", 0, 65535, &port) ||
-      !GetInt(info, 3, kListenerSig, "backlog", 1, 2147483647.0, &backlog))
+      !GetInt(info, 3, kListenerSig, "backlog", 1, 2147483647.0, &backlog) ||
+      (info.Length() == 5 && !info[4].IsUndefined() &&
+       (!GetOptions(info, 4, kListenerSig, "options", &o) ||
+        !ReadOptionalBool(env, o, kListenerSig, "reusePort", &opts.reuse_port))))
     return env.Undefined();
 
-  int fd = OpenListener(env, family, address, static_cast<int>(port), static_cast<int>(backlog), true, true);
+  int fd = OpenListener(env, family, address, static_cast<int>(port), static_cast<int>(backlog), opts);
   return fd < 0 ? env.Undefined() : Napi::Number::New(env, fd);
 }
 
@@ -125,7 +145,8 @@ Napi::Value SockName(const Napi::CallbackInfo& info) {
 }
 
 // An ordinary listening socket for the engine (plain mode): like transparentListener without
-// IP_TRANSPARENT, and v6-only as asked (false = dual-stack, IPv4 peers arrive v4-mapped).
+// IP_TRANSPARENT, and v6-only as asked (false = dual-stack, IPv4 peers arrive v4-mapped);
+// reusePort sets SO_REUSEPORT.
 Napi::Value PlainListener(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* sig = kPlainListenerSig;
@@ -133,15 +154,16 @@ Napi::Value PlainListener(const Napi::CallbackInfo& info) {
   int family;
   std::string address;
   int64_t port, backlog;
-  bool v6only, freebind = false;
+  ListenerOpts opts;
   if (!CheckArity(info, 1, sig) || !GetOptions(info, 0, sig, "listener", &o) ||
       !ReadFamily(env, o.Get("family"), sig, &family) || !ReadString(env, o.Get("address"), sig, "address", &address) ||
       !ReadInt(env, o.Get("port"), sig, "port", 0, 65535, &port) ||
       !ReadInt(env, o.Get("backlog"), sig, "backlog", 1, 2147483647.0, &backlog) ||
-      !ReadBool(env, o.Get("v6only"), sig, "v6only", &v6only) ||
-      (!o.Get("freebind").IsUndefined() && !ReadBool(env, o.Get("freebind"), sig, "freebind", &freebind)))
+      !ReadBool(env, o.Get("v6only"), sig, "v6only", &opts.v6only) ||
+      !ReadOptionalBool(env, o, sig, "freebind", &opts.freebind) ||
+      !ReadOptionalBool(env, o, sig, "reusePort", &opts.reuse_port))
     return env.Undefined();
-  int fd = OpenListener(env, family, address, static_cast<int>(port), static_cast<int>(backlog), false, v6only, freebind);
+  int fd = OpenListener(env, family, address, static_cast<int>(port), static_cast<int>(backlog), opts);
   return fd < 0 ? env.Undefined() : Napi::Number::New(env, fd);
 }
 

@@ -24,15 +24,26 @@ export interface PlainListenerOptions {
   readonly v6only: boolean;
   /** IP_FREEBIND / IPV6_FREEBIND: bind an address not (yet) on this host, e.g. a VIP the peer holds. Default false. */
   readonly freebind?: boolean;
+  /**
+   * SO_REUSEPORT before bind: several sockets (one per engine worker thread) on the same address
+   * and port, each with the flag; the kernel spreads new connections over them. Default false.
+   */
+  readonly reusePort?: boolean;
+}
+
+/** The optional last argument of transparentListener. */
+export interface TransparentListenerOptions {
+  /** SO_REUSEPORT before bind, as PlainListenerOptions.reusePort. Default false. */
+  readonly reusePort?: boolean;
 }
 
 export interface NativeAddon {
   // ----- socket helpers (native/src/transparent.cc, common.cc)
   /** socket + IP(V6)_TRANSPARENT + IP_BIND_ADDRESS_NO_PORT + SO_MARK (mark > 0) + TCP_SYNCNT (synCount > 0) + bind(address, 0); the caller owns the fd. */
   transparentSocket(family: 4 | 6, address: string, mark: number, synCount: number): number;
-  /** socket, SO_REUSEADDR, IP(V6)_TRANSPARENT, IPV6_V6ONLY=1 for v6, bind, listen; the caller owns the fd. */
-  transparentListener(family: 4 | 6, address: string, port: number, backlog: number): number;
-  /** socket (non-blocking, cloexec), SO_REUSEADDR, IP(V6)_FREEBIND when freebind, IPV6_V6ONLY = v6only for v6, bind, listen; the caller owns the fd. */
+  /** socket, SO_REUSEADDR, SO_REUSEPORT when options.reusePort, IP(V6)_TRANSPARENT, IPV6_V6ONLY=1 for v6, bind, listen; the caller owns the fd. */
+  transparentListener(family: 4 | 6, address: string, port: number, backlog: number, options?: TransparentListenerOptions): number;
+  /** socket (non-blocking, cloexec), SO_REUSEADDR, SO_REUSEPORT when reusePort, IP(V6)_FREEBIND when freebind, IPV6_V6ONLY = v6only for v6, bind, listen; the caller owns the fd. */
   plainListener(options: PlainListenerOptions): number;
   /** getsockname of any fd; IPv4-mapped addresses come back as plain IPv4. */
   sockName(fd: number): [string, number];

@@ -18,6 +18,7 @@
 //
 //   Transparent listener:
 //     const fd = loadTransparent().transparentListener(4, address, port, backlog);
+//     (or ..., backlog, { reusePort: true }) for one of several sockets on the same port (SO_REUSEPORT)
 //     server.listen({ fd }, backlog, onListening);   // Node owns fd from here
 //
 //   Node ignores `backlog` inside the options object when `fd` is given and re-listens with 511;

@@ -131,7 +131,8 @@ export class App {
     /** Set in an engine worker thread: its link to the main thread (src/workers/side.ts). */
     private readonly worker?: WorkerSide,
   ) {
-    this.sessions = worker || config.workers <= 1 ? new Set() : new RemoteSessions(() => this.counts.sessions);
+    // Main thread of several workers: a session counts until its summary line has arrived here.
+    this.sessions = worker || config.workers <= 1 ? new Set() : new RemoteSessions(() => this.counts.sessions + (this.workers?.board.unreported ?? 0));
     this.store = worker ? WORKER_STORE : openStore(config.state.path, log);
     this.access = new AccessLists(config.access, worker ? worker.init.access : this.store.loadAccess());
     this.cache = new ClientCache(config.cache, this.store);

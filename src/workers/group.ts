@@ -255,6 +255,7 @@ export class WorkerGroup {
         if (thread) thread.counters = m.counters;
         for (const [kind, address] of m.learnt) this.owner.learnt(kind, address);
         for (const s of m.summaries) this.owner.ended(s);
+        if (m.summaries.length > 0 && thread?.state !== 'restarting') this.board.reported(index, -m.summaries.length);
         return;
       case 'log': {
         const obj = { ...m.obj, worker: index };

@@ -118,6 +118,7 @@ export class WorkerSide {
 
   summary(s: SessionSummary): void {
     this.summaries.push(s);
+    this.board.reported(this.index, 1);
     this.schedule();
   }
 
@@ -146,6 +147,8 @@ export class WorkerSide {
     const board = this.board;
     const worker = this.index;
     server.mirror = (delta) => board.serverActive(worker, slot, delta);
+    // leastconn weighs every worker's sessions, not only this one's.
+    server.source = () => board.server(slot);
   }
 
   private counters(): WorkerCounters {

@@ -18,7 +18,9 @@ afterEach(async () => {
 async function startWithFaults(faults: string, doc: Record<string, unknown>): Promise<TestEtd> {
   process.env.ETD_ENGINE_FAULTS = faults;
   try {
-    return await startEtdForTest(doc);
+    // ETD_ENGINE_FAULTS numbers each engine's own calls ("connect call 2"): these scenarios need
+    // one engine, so they run with one worker whatever ETD_TEST_WORKERS says.
+    return await startEtdForTest({ workers: 1, ...doc });
   } finally {
     delete process.env.ETD_ENGINE_FAULTS;
   }

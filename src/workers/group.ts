@@ -169,7 +169,9 @@ export class WorkerGroup {
       access: this.owner.access.runtimeEntries(),
       servers: this.owner.pool.list().map(serverState),
       cluster: this.owner.cluster() !== undefined,
-      firstId: index + 1,
+      // A restarted worker must not reuse its previous run's ids (its summaries were logged with them):
+      // each run of worker `index` gets its own block of 2^32 ids (2^53 is reached after 2^21 / workers restarts).
+      firstId: index + 1 + this.size * restarts * 2 ** 32,
       idStep: this.size,
     };
     const worker = new Worker(threadScript(), { workerData: init, stdout: false, stderr: false });

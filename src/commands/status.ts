@@ -112,7 +112,7 @@ export function workerLine(w: WorkerStatusBody): string {
   const state = w.state === 'running' ? '' : ` ${w.state.toUpperCase()}`;
   const restarts = w.restarts > 0 ? `, restarted ${num(w.restarts)}×` : '';
   return (
-    `#${String(w.index).padEnd(3)} ${num(w.sessions).padStart(7)} connections (${num(w.held)} held, ${num(w.relaying)} relaying), ` +
+    `${`#${w.index}`.padEnd(4)} ${num(w.sessions)} connections (${num(w.held)} held, ${num(w.relaying)} relaying), ` +
     `${num(w.accepted)} accepted, CPU ${num(w.cpuMs)} ms (${w.cpuPercent.toFixed(1)}%)${restarts}${state}`
   );
 }
@@ -134,7 +134,7 @@ export function formatStatus(status: StatusBody, stats: StatsBody, backends: rea
   // An older etd's answer has no workers: nothing to show.
   const workers = status.workers ?? [];
   if (workers.length > 0) {
-    const lost = status.lostSessions > 0 || status.workerRestarts > 0 ? `; ${num(status.workerRestarts)} restarts, ${num(status.lostSessions)} connections lost` : '';
+    const lost = status.lostSessions > 0 || status.workerRestarts > 0 ? `; ${num(status.workerRestarts)} restart${status.workerRestarts === 1 ? '' : 's'}, ${num(status.lostSessions)} connection${status.lostSessions === 1 ? '' : 's'} lost` : '';
     lines.push(`workers      ${workers.length}${lost}`);
     for (const w of workers) lines.push(`  ${workerLine(w)}`);
   }

@@ -9,6 +9,9 @@ import pino from 'pino';
 import nodemailer from 'nodemailer';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { App } from '../../src/app.js';
+import { startApi } from '../../src/api/server.js';
+import type { StatusBody } from '../../src/api/routes/status.js';
+import { statusCommand } from '../../src/commands/status.js';
 import { validateConfig } from '../../src/config/load.js';
 import type { SessionSummary } from '../../src/proxy/session.js';
 import type { WorkerGroup } from '../../src/workers/group.js';
@@ -310,6 +313,30 @@ describe('engine workers (workers: 2)', () => {
           `${attempts.length} messages tried, ${ok.length} delivered, ${later.length} begun after the restart (all delivered); accepted per worker now ${end.map((w) => w.accepted).join(' / ')}; duplicate ids ${dup.length}`,
       );
       expect(dup).toEqual([]);
+
+      // The API, /metrics and etd status say the same.
+      const api = await startApi({ enabled: true, address: '127.0.0.1', port: 0, token: undefined }, { app: etd.app, version: 'w', log: pino({ level: 'silent' }), reload: async () => undefined, options: { processMetrics: false } });
+      try {
+        const status = (await (await fetch(`${api.url}/v1/status`)).json()) as StatusBody;
+        expect(status.lostSessions).toBe(group.lost);
+        expect(status.workerRestarts).toBe(1);
+        expect(status.workers.map((w) => [w.index, w.state, w.restarts])).toEqual([
+          [0, 'running', 1],
+          [1, 'running', 0],
+        ]);
+        const metrics = await (await fetch(`${api.url}/metrics`)).text();
+        expect(metrics).toMatch(new RegExp(`^etd_sessions_lost_total ${group.lost}$`, 'm'));
+        expect(metrics).toMatch(/^etd_worker_restarts_total 1$/m);
+        expect(metrics).toMatch(/^etd_worker_sessions\{worker="1"\} \d+$/m);
+        const out: string[] = [];
+        expect(await statusCommand({ url: api.url, json: false }, (t) => out.push(t))).toBe(0);
+        const text = out.join('\n');
+        console.log(text.split('\n').filter((l) => /^workers|^  #/.test(l)).join('\n'));
+        expect(text).toMatch(new RegExp(`^workers\\s+2; 1 restart, ${group.lost} connections? lost$`, 'm'));
+        expect(text).toMatch(/^  #0 .*restarted 1×$/m);
+      } finally {
+        await api.close();
+      }
     } finally {
       stopLoad = true;
       await load;
@@ -317,7 +344,7 @@ describe('engine workers (workers: 2)', () => {
   });
 
   describe('limits count across workers', () => {
-    /** Opens `n` held connections, again until both workers hold some (SO_REUSEPORT picks by hash). */
+    /** Opens `n` held connections, again until both workers hold some (SO_REUSEPORT picks by hash); the closed tries end as client_gone. */
     async function heldOnBoth(etd: WorkersEtd, n: number, localAddress?: string): Promise<net.Socket[]> {
       for (let tries = 0; tries < 20; tries++) {
         const socks: net.Socket[] = [];
@@ -344,7 +371,7 @@ describe('engine workers (workers: 2)', () => {
       expect(etd.app.stats.limits.max_connections).toBe(12);
       expect(took[0]! + took[1]!).toBe(12);
       expect(took.every((t) => t > 0)).toBe(true);
-      expect(etd.summaries.every((s) => s.cause === 'max_connections')).toBe(true);
+      expect(etd.summaries.filter((s) => s.verdict === 'limit').every((s) => s.cause === 'max_connections')).toBe(true);
       expect(etd.app.stats.held).toBe(4);
     });
 
@@ -353,7 +380,7 @@ describe('engine workers (workers: 2)', () => {
       await heldOnBoth(etd, 3);
       const extra = await Promise.all(Array.from({ length: 8 }, () => rawClient(etd.port, () => undefined, 3000)));
       expect(extra.every((r) => /^421 4\.7\.0 /.test(r.data.toString()))).toBe(true);
-      await until('8 limit summaries', () => etd.summaries.length === 8);
+      await until('8 limit summaries', () => etd.summaries.filter((s) => s.verdict === 'limit').length === 8);
       await etd.group.refresh();
       expect(etd.app.stats.limits.max_held).toBe(8);
     });
@@ -363,15 +390,49 @@ describe('engine workers (workers: 2)', () => {
       await heldOnBoth(etd, 2);
       const extra = await Promise.all(Array.from({ length: 8 }, () => rawClient(etd.port, () => undefined, 3000)));
       expect(extra.map((r) => r.data.toString())).toEqual(Array(8).fill('421 4.7.0 Too many connections from your address\r\n'));
-      await until('8 limit summaries', () => etd.summaries.length === 8);
+      await until('8 limit summaries', () => etd.summaries.filter((s) => s.verdict === 'limit').length === 8);
       await etd.group.refresh();
       expect(etd.app.stats.limits.per_client).toBe(8);
       // 127.0.0.2 is another client: held like anyone else.
       await silent(etd.port, '127.0.0.2');
       await silent(etd.port, '127.0.0.2');
       await until('4 held', () => etd.app.stats.held === 4);
-      expect(etd.summaries).toHaveLength(8);
+      expect(etd.summaries.filter((s) => s.verdict === 'limit')).toHaveLength(8);
     });
+  });
+
+  it('the stress window follows the held count of both workers together', async () => {
+    const etd = await startWorkers({ detection: { window: '20s', stress: { above: 3, below: 1, window: '200ms' } } });
+    // 4 held (above 3): 2 on each worker would not be above it on either alone.
+    let held: net.Socket[] = [];
+    for (let tries = 0; tries < 20; tries++) {
+      held = [];
+      for (let i = 0; i < 4; i++) held.push(await silent(etd.port));
+      await until('4 held', () => etd.app.stats.held === 4);
+      if (etd.group.status().every((w) => w.held > 0)) break;
+      for (const h of held) h.destroy();
+      await until('none held', () => etd.app.stats.held === 0);
+    }
+    const st = etd.group.status();
+    expect(st.every((w) => w.held > 0)).toBe(true);
+    await until('stress', () => etd.app.stressed);
+    const attempts = await sendMany(etd.port, 20, 5, 'stress');
+    expect(attempts.every((x) => x.ok)).toBe(true);
+    await until('20 passed', () => etd.summaries.filter((s) => s.verdict === 'passed').length === 20);
+    const passed = etd.summaries.filter((s) => s.verdict === 'passed');
+    const byWorker = [0, 1].map((w) => passed.filter((s) => workerOf(s) === w));
+    console.log(`stress: held per worker ${st.map((w) => w.held).join(' / ')}; sessions during stress per worker ${byWorker.map((l) => l.length).join(' / ')}, held ${Math.min(...passed.map((s) => s.heldMs))}..${Math.max(...passed.map((s) => s.heldMs))} ms`);
+    for (const list of byWorker) {
+      expect(list.length).toBeGreaterThan(0);
+      expect(list.every((s) => s.heldMs >= 190 && s.heldMs < 5000)).toBe(true);
+    }
+    // One line per change, whichever worker made it (a try that did not spread entered and left stress too).
+    const lines = (what: string) => etd.logs.filter((l) => l.msg.startsWith(what)).length;
+    expect(lines('entering stress')).toBe(lines('leaving stress') + 1);
+    for (const h of held) h.destroy();
+    await until('stress ends', () => !etd.app.stressed);
+    await until('the leaving line', () => lines('leaving stress') === lines('entering stress'));
+    expect(etd.app.stressChanges).toBe(lines('entering stress') * 2);
   });
 
   it('roundrobin stays fair across workers: 200 sessions over 2 servers, 100 ± 2 each', async () => {

@@ -23,7 +23,7 @@ export class Server {
   private ownTotal = 0;
   /** In an engine worker: each change of `active` is also counted on the shared board (src/workers/board.ts). */
   mirror: ((delta: number) => void) | undefined;
-  /** On the main thread of a multi-worker etd: the counts summed over the workers. */
+  /** With several workers (main thread and engine workers): the counts summed over the workers. */
   source: (() => { active: number; total: number }) | undefined;
   consecutiveConnectFailures = 0;
   lastReason = 'initial';
@@ -33,13 +33,16 @@ export class Server {
     this.family = net.isIPv6(config.address) ? 6 : 4;
   }
 
-  /** Sessions connected to it now (with several workers, read on the main thread: all workers' sessions). */
+  /** Sessions connected to it now (with several workers: all workers' sessions, so leastconn in a worker weighs them all). */
   get active(): number {
     return this.source ? this.source().active : this.ownActive;
   }
-  set active(n: number) {
-    const delta = n - this.ownActive;
-    this.ownActive = n;
+  /**
+   * This thread's sessions on it changed by `delta`. Not `active++`: where `active` reads the
+   * shared board, another worker may change it between the read and the write.
+   */
+  addActive(delta: number): void {
+    this.ownActive += delta;
     this.mirror?.(delta);
   }
   /** Sessions it has taken since start. */

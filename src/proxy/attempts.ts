@@ -47,7 +47,7 @@ export class Attempts {
       }
       (this.tried ??= new Set()).add(server);
       this.server = server;
-      server.active++;
+      server.addActive(1);
       server.total++;
       this.counted = true;
       target = { address: server.config.address, port: server.config.port };
@@ -85,7 +85,7 @@ export class Attempts {
 
   /** The session is done with its server (ended, or abandoned while connecting). Idempotent. */
   release(): void {
-    if (this.counted && this.server) this.server.active--;
+    if (this.counted && this.server) this.server.addActive(-1);
     this.counted = false;
   }
 

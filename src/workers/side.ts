@@ -146,6 +146,8 @@ export class WorkerSide {
     const board = this.board;
     const worker = this.index;
     server.mirror = (delta) => board.serverActive(worker, slot, delta);
+    // leastconn weighs every worker's sessions, not this worker's alone.
+    server.source = () => board.server(slot);
   }
 
   private counters(): WorkerCounters {

@@ -448,6 +448,37 @@ describe('engine workers (workers: 2)', () => {
     expect(etd.app.pool.get('a')!.total + etd.app.pool.get('b')!.total).toBe(200);
   });
 
+  it('leastconn weighs the sessions of both workers', async () => {
+    const etd = await startWorkers({ detection: { window: '0ms' }, upstream: { balance: 'leastconn', servers: [serverA(), serverB()], health: { enabled: false } } });
+    const pool = etd.app.pool;
+    /** A relayed session that stays open; resolves with the server whose banner it got. */
+    const open = async (): Promise<string> => {
+      const s = await silent(etd.port);
+      let data = '';
+      await until('a banner', () => {
+        const c = s.read() as Buffer | null;
+        if (c) data += c.toString('latin1');
+        return /^220 /.test(data);
+      });
+      return /^220 (\w)\.test/.exec(data)?.[1] ?? data;
+    };
+    // Four sessions on a, over both workers (b out of the way meanwhile).
+    pool.setAdmin(pool.get('b')!, 'maint', 'test');
+    const onA: string[] = [];
+    for (let i = 0; i < 4; i++) onA.push(await open());
+    expect(onA).toEqual(['a', 'a', 'a', 'a']);
+    await until('4 relaying', () => etd.app.stats.relaying === 4);
+    const st = etd.group.status();
+    pool.setAdmin(pool.get('b')!, undefined, 'test');
+    // a has 4, b 0: the next four go to b whichever worker takes them (a worker that counted only its own would send some to a).
+    const next: string[] = [];
+    for (let i = 0; i < 4; i++) next.push(await open());
+    const after = await rows(etd.group);
+    console.log(`leastconn: a's sessions per worker ${st.map((w) => w.relaying).join(' / ')}; the next four went to ${next.join(', ')}; accepted per worker ${after.map((w) => w.accepted).join(' / ')}`);
+    expect(next).toEqual(['b', 'b', 'b', 'b']);
+    expect([pool.get('a')!.active, pool.get('b')!.active]).toEqual([4, 4]);
+  });
+
   describe('reload', () => {
     it('a new window and a new server list apply in both workers', async () => {
       const etd = await startWorkers({ detection: { window: '3s' } });

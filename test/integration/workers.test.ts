@@ -464,12 +464,14 @@ describe('engine workers (workers: 2)', () => {
     };
     // Four sessions on a, over both workers (b out of the way meanwhile).
     pool.setAdmin(pool.get('b')!, 'maint', 'test');
+    await etd.group.refresh(); // the workers have applied it once they answer a message sent after it
     const onA: string[] = [];
     for (let i = 0; i < 4; i++) onA.push(await open());
     expect(onA).toEqual(['a', 'a', 'a', 'a']);
     await until('4 relaying', () => etd.app.stats.relaying === 4);
     const st = etd.group.status();
     pool.setAdmin(pool.get('b')!, undefined, 'test');
+    await etd.group.refresh();
     // a has 4, b 0: the next four go to b whichever worker takes them (a worker that counted only its own would send some to a).
     const next: string[] = [];
     for (let i = 0; i < 4; i++) next.push(await open());

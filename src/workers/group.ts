@@ -420,7 +420,8 @@ export class WorkerGroup {
         sessions: row.sessions,
         held: row.held,
         relaying: row.relaying,
-        accepted: row.accepted,
+        // Nothing counts accepts on the board (Board.accepted is never called): the worker's own counter, since it started.
+        accepted: t?.counters?.accepted ?? 0,
         cpuMs: Math.round(cpuMs),
         cpuPercent: upMs > 0 ? Math.round((cpuMs / upMs) * 1000) / 10 : 0,
         restarts: t?.restarts ?? 0,

@@ -46,6 +46,12 @@ export function addressBucket(address: string): number {
     h ^= address.charCodeAt(i);
     h = Math.imul(h, 0x01000193);
   }
+  // murmur3's finalizer: addresses differ in their last characters, which FNV alone spreads poorly.
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
   return (h >>> 0) & (PER_CLIENT_BUCKETS - 1);
 }
 

@@ -94,6 +94,7 @@ export class WorkerGroup {
   private cacheQueue: Array<readonly [string, CacheKind | null, number]> = [];
   private accessDirty = false;
   private flushQueued = false;
+  private flushTimer: NodeJS.Immediate | undefined;
   private readonly exchange: AnswerExchange;
   private readonly warnings = warnGateBuffer();
   private dnsblQueue: Array<readonly [string, string]> = [];
@@ -107,13 +108,16 @@ export class WorkerGroup {
     private readonly owner: Owner,
   ) {
     this.assignSlots(config);
+    // Verdicts learnt under load are batched; an operator's change (an access entry, a cache
+    // entry deleted through the API) goes out at once, so the next connection already sees it.
     owner.cache.onChange = (key, kind, expires) => {
       this.cacheQueue.push([key, kind ?? null, expires]);
-      this.queueFlush();
+      if (kind === undefined) this.flushNow();
+      else this.queueFlush();
     };
     owner.access.onChange = () => {
       this.accessDirty = true;
-      this.queueFlush();
+      this.flushNow();
     };
     owner.pool.onChange((c) => {
       const s = owner.pool.get(c.server);
@@ -353,29 +357,35 @@ export class WorkerGroup {
   private queueFlush(): void {
     if (this.flushQueued) return;
     this.flushQueued = true;
-    setImmediate(() => {
-      this.flushQueued = false;
-      if (this.cacheQueue.length > 0) {
-        const changes = this.cacheQueue;
-        this.cacheQueue = [];
-        this.broadcast({ t: 'cache', changes });
-      }
-      if (this.dnsblQueue.length > 0) {
-        const answers = this.dnsblQueue;
-        const from = this.dnsblFrom;
-        this.dnsblQueue = [];
-        this.dnsblFrom = [];
-        this.threads.forEach((t, i) => {
-          if (!t || t.state === 'restarting') return;
-          const theirs = answers.filter((_, j) => from[j] !== i);
-          if (theirs.length > 0) t.worker.postMessage({ t: 'dnsbl', answers: theirs } satisfies ToWorker);
-        });
-      }
-      if (this.accessDirty) {
-        this.accessDirty = false;
-        this.broadcast({ t: 'access', entries: this.owner.access.runtimeEntries() });
-      }
-    });
+    // One post per worker per event-loop turn: the workers' batches (side.ts, every few ms) come in
+    // whole, so a turn carries all they learnt; a pass reaches the other workers within a turn.
+    this.flushTimer = setImmediate(() => this.flushNow());
+  }
+
+  private flushNow(): void {
+    if (this.flushTimer) clearImmediate(this.flushTimer);
+    this.flushTimer = undefined;
+    this.flushQueued = false;
+    if (this.cacheQueue.length > 0) {
+      const changes = this.cacheQueue;
+      this.cacheQueue = [];
+      this.broadcast({ t: 'cache', changes });
+    }
+    if (this.dnsblQueue.length > 0) {
+      const answers = this.dnsblQueue;
+      const from = this.dnsblFrom;
+      this.dnsblQueue = [];
+      this.dnsblFrom = [];
+      this.threads.forEach((t, i) => {
+        if (!t || t.state === 'restarting') return;
+        const theirs = answers.filter((_, j) => from[j] !== i);
+        if (theirs.length > 0) t.worker.postMessage({ t: 'dnsbl', answers: theirs } satisfies ToWorker);
+      });
+    }
+    if (this.accessDirty) {
+      this.accessDirty = false;
+      this.broadcast({ t: 'access', entries: this.owner.access.runtimeEntries() });
+    }
   }
 
   /** Asks every running worker; resolves with their answers (a worker that dies meanwhile answers nothing). */
@@ -465,6 +475,7 @@ export class WorkerGroup {
   async stop(graceMs: number): Promise<void> {
     this.stopping = true;
     clearInterval(this.countersTimer);
+    if (this.flushTimer) clearImmediate(this.flushTimer);
     await Promise.all(
       this.threads.map(async (t, i) => {
         if (!t) return;

@@ -1,7 +1,7 @@
 // An engine worker's end of the link to the main thread: what its App sends (summaries, learnt verdicts, shared lookups, logs) and what it is told (cache, access lists, servers, reload, stop).
 //
-// Sends are batched: everything a worker has to say in one event-loop turn goes in one message
-// (setImmediate), so a busy worker posts one message per engine batch, not one per session.
+// Sends are batched: everything a worker has to say within FLUSH_MS goes in one message, so a
+// busy worker posts at most 200 messages a second, not one per session.
 
 import fs from 'node:fs';
 import type { MessagePort } from 'node:worker_threads';
@@ -23,6 +23,12 @@ import type { FromWorker, ToWorker, WorkerCounters, WorkerInit } from './message
  * asked is forgotten: Redis answers a miss with nothing, and a session's window is shorter.
  */
 const ASK_SWEEP_MS = 10_000;
+
+/**
+ * What a worker has to tell the main thread is sent at most this often: one message carries every
+ * summary, verdict and count of that time (fewer, larger messages: each costs both threads).
+ */
+const FLUSH_MS = 5;
 
 /** Clock ticks per second of /proc's CPU times (USER_HZ: 100 on every Linux etd supports). */
 const USER_HZ = 100;
@@ -185,7 +191,7 @@ export class WorkerSide {
   private schedule(): void {
     if (this.flushing) return;
     this.flushing = true;
-    setImmediate(() => this.flush());
+    setTimeout(() => this.flush(), FLUSH_MS);
   }
 
   private flush(): void {

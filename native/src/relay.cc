@@ -185,6 +185,12 @@ void Engine::ReadServer(Conn* c, double now) {
         if (c->dead) return;
       }
     }
+    // A client already reset (seen in this wakeup's events): nothing to half-close, nothing left
+    // to read from it, and its pending bytes cannot be delivered. The cause stays server_closed.
+    if (c->client_hup) {
+      EndRelay(c, Cause(c));
+      return;
+    }
     ShutClientIfDone(c);
     MaybeDone(c);
     return;
@@ -257,7 +263,7 @@ void Engine::FlushToServer(Conn* c, double now) {
 // The server ended and everything it sent reached the client: pass the half-close on.
 void Engine::ShutClientIfDone(Conn* c) {
   if (c->s2c.eof && !c->s2c.shut && c->s2c.pending.empty()) {
-    shutdown(c->cfd, SHUT_WR);
+    if (!c->client_hup) shutdown(c->cfd, SHUT_WR);  // on a reset client it could only fail (ENOTCONN)
     c->s2c.shut = true;
   }
 }

@@ -1088,6 +1088,20 @@ describe('relay', () => {
     await seen.ended;
   });
 
+  it('a server close and a client reset seen in one wakeup: END server_closed, both fds closed', async () => {
+    // Like smtp-source after QUIT: the server's 221 and FIN, then the client's RST, all before the
+    // engine's next epoll_wait. The server's EOF comes first in the batch; the relay ends at once
+    // (no half-close of, and no read from, the reset client) and the first cause stands.
+    const { id, c, s } = await relayed(P_DROP);
+    s.write('221 bye\r\n');
+    await c.waitData('221 bye');
+    s.destroy(); // FIN from the server now
+    c.sock.resetAndDestroy(); // RST from the client, in the same JS turn
+    const end = await waitEvent(evFor(EV_END, id));
+    expect(end).toEqual([EV_END, id, 'server_closed', 0, c.data().length]);
+    expect(engine.counts()).toMatchObject({ connections: 0, relaying: 0 });
+  });
+
   it('engineClose ends a relay with its cause; held connections close without events', async () => {
     const { id, c, s } = await relayed(P_DROP);
     const seen = collect(s);

@@ -14,7 +14,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 if [ "$(id -u)" = 0 ]; then SINK_USER=(-u nobody); else SINK_USER=(); fi
-smtp-sink "${SINK_USER[@]}" -c 127.0.0.1:"$SINK_PORT" 1000 & pids+=($!)
+smtp-sink "${SINK_USER[@]}" -c 127.0.0.1:"$SINK_PORT" 1000 >/dev/null 2>&1 & pids+=($!)
 cat >"$DIR/etd.yaml" <<YAML
 listeners:
   - { name: smtp, address: 127.0.0.1, port: $ETD_PORT, mode: plain }
@@ -39,11 +39,11 @@ node "$CLI" run -c "$DIR/etd.yaml" >"$DIR/etd.log" 2>&1 & ETD=$!; pids+=($ETD)
 for _ in $(seq 100); do grep -q '"msg":"etd started"' "$DIR/etd.log" && break; sleep 0.1; done
 grep -q '"msg":"etd started"' "$DIR/etd.log" || { cat "$DIR/etd.log"; exit 1; }
 # warm-up (JIT, first allocations), not counted
-smtp-source -s 10 -m 200 -l 2000 127.0.0.1:"$ETD_PORT" >/dev/null
+smtp-source -s 10 -m 200 -l 2000 127.0.0.1:"$ETD_PORT" >/dev/null 2>&1
 # -f with -p attaches every thread of the process
 strace -f ${STRACE_OPTS:--c} -o "$DIR/strace.txt" -p "$ETD" 2>"$DIR/strace.err" & ST=$!; pids+=($ST)
 sleep 1
-smtp-source -s "$PARALLEL" -m "$SESSIONS" -l 2000 127.0.0.1:"$ETD_PORT" >/dev/null
+smtp-source -s "$PARALLEL" -m "$SESSIONS" -l 2000 127.0.0.1:"$ETD_PORT" >/dev/null 2>&1
 sleep 0.5
 kill -INT "$ST"; wait "$ST" 2>/dev/null || true
 python3 - "$DIR/strace.txt" "$SESSIONS" <<'PY'

@@ -189,8 +189,9 @@ struct Conn {
   St st = St::New;
   bool dead = false;
   bool talked = false;  // action log: TALK already reported
-  // epoll reported EPOLLERR/EPOLLHUP on the client fd (loop.cc, OnPoll): before our own
-  // shutdown that means it was reset or failed; a half-close or a read could only fail.
+  // The client is reset: epoll reported EPOLLERR/EPOLLHUP on its fd before our own half-close
+  // (loop.cc, OnPoll), or that half-close failed with ENOTCONN (relay.cc). A relay whose server
+  // has ended then ends at once.
   bool client_hup = false;
   uint32_t cmask = 0;   // epoll masks as registered; 0 = not registered
   uint32_t umask = 0;

@@ -2,6 +2,7 @@
 # Syscalls per session of an etd process (docs/performance.md, "Syscalls per session"): etd in plain mode on loopback, smtp-sink behind it, smtp-source in front; strace -c attached to every thread of etd only while the load runs.
 #
 # usage: bench/syscalls.sh [SESSIONS] [PARALLEL] [ETD_CLI]    (default 2000 50 dist/src/cli.js; needs strace, Postfix's smtp-source/smtp-sink)
+#        TRACE=none bench/syscalls.sh ...   etd's CPU per session and sessions/s instead (no strace)
 # Loopback only; every process it starts is stopped by its pid on exit.
 set -euo pipefail
 SESSIONS=${1:-2000}
@@ -40,6 +41,15 @@ for _ in $(seq 100); do grep -q '"msg":"etd started"' "$DIR/etd.log" && break; s
 grep -q '"msg":"etd started"' "$DIR/etd.log" || { cat "$DIR/etd.log"; exit 1; }
 # warm-up (JIT, first allocations), not counted
 smtp-source -s 10 -m 200 -l 2000 127.0.0.1:"$ETD_PORT" >/dev/null 2>&1
+if [ "${TRACE:-strace}" = none ]; then
+  # CPU per session instead (no tracer to slow etd down): utime + stime of every etd thread, in clock ticks.
+  cpu() { awk '{print $14 + $15}' /proc/"$ETD"/stat; }
+  t0=$(cpu); s0=$(date +%s.%N)
+  smtp-source -s "$PARALLEL" -m "$SESSIONS" -l 2000 127.0.0.1:"$ETD_PORT" >/dev/null 2>&1
+  t1=$(cpu); s1=$(date +%s.%N)
+  python3 -c "import os; hz=os.sysconf('SC_CLK_TCK'); n=$SESSIONS; cpu=($t1-$t0)/hz; wall=$s1-$s0; print(f'sessions {n}: {n/wall:.0f}/s, etd CPU {cpu*1000/n:.3f} ms/session ({cpu:.2f} s CPU over {wall:.2f} s)')"
+  exit 0
+fi
 # -f with -p attaches every thread of the process
 strace -f ${STRACE_OPTS:--c} -o "$DIR/strace.txt" -p "$ETD" 2>"$DIR/strace.err" & ST=$!; pids+=($ST)
 sleep 1

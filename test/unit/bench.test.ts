@@ -97,19 +97,25 @@ describe('report', () => {
   });
   const sessions = (perS: number, cpu: number) => ({ sessions: 1, parallel: 1, wallMs: 1, sessionsPerS: perS, cpuMs: 1, cpuMsPerSession: cpu, kernelShare: 0.5, endings: {}, problems: [], problemCount: 0, exit: 0 });
 
-  it('gives each figure its etd/HAProxy ratio and checks the targets', () => {
+  it('gives each figure the ratio of both pairs and checks the targets (issue 18)', () => {
     const r = base();
-    r.sessions = { etd: sessions(1500, 0.4), haproxy: sessions(1000, 0.2) };
+    r.sessions = { etd: sessions(1500, 0.4), haproxy: sessions(1000, 0.2), 'etd-mt': sessions(2400, 0.3), 'haproxy-mt': sessions(2000, 0.25) };
     const f = computeFigures(r);
     const rate = f.find((x) => x.id === 'sessions.rate');
     const cpu = f.find((x) => x.id === 'sessions.cpuPerSession');
-    expect(rate).toMatchObject({ etd: 1500, haproxy: 1000, ratio: 1.5, met: true });
-    expect(cpu).toMatchObject({ ratio: 2, met: false, target: 'etd/HAProxy ≤ 1.15' });
-    expect(f.find((x) => x.id === 'relay.throughput')).toMatchObject({ etd: null, ratio: null, met: null });
+    // sessions/s: etd workers auto ≥ 1.0 × HAProxy nbthread auto; CPU: etd workers 1 ≤ 0.85 × HAProxy nbthread 1.
+    expect(rate).toMatchObject({ etd: 1500, haproxy: 1000, ratio: 1.5, etdMt: 2400, haproxyMt: 2000, ratioMt: 1.2, met: true, target: 'etd-mt/HAProxy-mt ≥ 1' });
+    expect(cpu).toMatchObject({ ratio: 2, met: false, target: 'etd/HAProxy ≤ 0.85' });
+    expect(f.find((x) => x.id === 'relay.throughput')).toMatchObject({ etd: null, ratio: null, ratioMt: null, met: null });
     const t = table(f);
+    expect(t).toMatch(/etd workers 1 .* HAProxy nbthread 1 .* etd workers auto .* HAProxy nbthread auto/);
     expect(t).toMatch(/sessions per second/);
     expect(t).not.toMatch(/relay throughput/);
     expect(t).toMatch(/2\.00× .* NO/);
+    expect(t).toMatch(/1\.20× .* yes/);
+    // Without the multi-thread pair the sessions/s target cannot be judged.
+    r.sessions = { etd: sessions(1500, 0.4), haproxy: sessions(1000, 0.2) };
+    expect(computeFigures(r).find((x) => x.id === 'sessions.rate')).toMatchObject({ ratio: 1.5, ratioMt: null, met: null });
   });
 
   it('formats numbers with three significant digits', () => {

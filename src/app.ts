@@ -12,6 +12,10 @@ import { createSource } from './proxy/upstream.js';
 import { engineDriver, type EngineDriver, type NativeAccept } from './proxy/engineDriver.js';
 import { Stats } from './stats.js';
 import { EtdError, describeError } from './errors.js';
+import { hostPort } from './util/address.js';
+import { loadTransparent } from './native/transparent.js';
+
+const closeFd = (fd: number): void => loadTransparent().closeFd(fd);
 import { AccessLists } from './policy/access.js';
 import { ClientCache, cacheKey } from './policy/clientCache.js';
 import type { SharedState } from './cluster/shared.js';
@@ -19,7 +23,14 @@ import { consultShared, localState } from './cluster/attach.js';
 import { openStore, type StateStore } from './state/store.js';
 import { Reputation } from './reputation/lookup.js';
 import { applyScore, judge, refusalOf, vouching, watchLookups } from './reputation/gate.js';
-import type { SessionReputation } from './proxy/protocol.js';
+import type { LiveSessionView, SessionReputation } from './proxy/protocol.js';
+import { viewOfSession } from './proxy/session.js';
+import { bindListener, type BoundFd } from './proxy/listener.js';
+import { WORKER_STORE } from './state/store.js';
+import { BoardCounts, LocalCounts, type LiveCounts } from './workers/counts.js';
+import { Board } from './workers/board.js';
+import type { WorkerSide } from './workers/side.js';
+import type { WorkerGroup } from './workers/group.js';
 
 /** A listener's session context: the policy in force is the normal or the stress one. */
 interface ListenerContext extends SessionContext {
@@ -36,6 +47,19 @@ function netfilterKey(c: Config): string {
 
 function listenerKey(l: ListenerConfig): string {
   return JSON.stringify([l.name, l.address, l.port, l.mode, l.backlog, l.destinations, l.freebind]);
+}
+
+/**
+ * The main thread's sessions of a multi-worker etd: the sessions live in the workers, so the Set
+ * is empty and its size is their count on the shared board (for logs, tests and the API totals).
+ */
+class RemoteSessions extends Set<LiveSession> {
+  constructor(private readonly count: () => number) {
+    super();
+  }
+  override get size(): number {
+    return this.count();
+  }
 }
 
 /** What happens to a new connection, before any session exists: decided by limits, access lists and caches. */
@@ -57,25 +81,39 @@ const ADMIT = {
   window: { skip: undefined },
 } as const satisfies Record<string, Admission>;
 
+/** A listener as the API shows it: its config and the addresses it is bound to. */
+export interface ListenerView {
+  readonly config: ListenerConfig;
+  addresses(): Array<{ address: string; port: number }>;
+}
+
 /** Hooks for parts that observe sessions (API event ring, metrics); all optional. */
 export interface AppObserver {
   sessionEnded?(summary: SessionSummary): void;
 }
 
+/**
+ * Three roles (docs/workers.md): with `workers: 1` one App runs everything on the main thread.
+ * With more, the App on the main thread owns the state (store, caches, access lists, health
+ * checks, cluster, API, logs) and binds the listening sockets, and an App in each engine worker
+ * thread (`worker` set) runs its engine and decides for its own connections.
+ */
 export class App {
   readonly stats = new Stats();
   readonly pool: Pool;
   /** Active SMTP checks of the pool's servers (rise/fall); `health.status(name)` for the API. */
   readonly health: HealthChecker;
-  readonly sessions = new Set<LiveSession>();
+  /** This thread's live sessions (with several workers, the main thread's Set is empty and its size is all workers' sessions). */
+  readonly sessions: Set<LiveSession>;
   private listeners = new Map<string, Listener>();
   private stopping = false;
-  /** Connections (held or relayed) per client address, for limits.perClient. */
-  private readonly perClient = new Map<string, number>();
-  /** True while the held connections are above detection.stress.above (until below .below). */
-  stressed = false;
-  stressChanges = 0;
+  /** Sessions held or relayed, for the limits and the stress window: this thread's, or all workers' (shared board). */
+  private counts: LiveCounts = new LocalCounts();
   private readonly observers: AppObserver[] = [];
+  /** The engine workers, on the main thread of a multi-worker etd (from start). */
+  workers: WorkerGroup | undefined;
+  /** Main thread of a multi-worker etd: the sockets bound for the workers, by listener. */
+  private bound = new Map<string, { config: ListenerConfig; fds: BoundFd[][] }>();
   /** SQLite (or, when that fails, memory) behind the caches and runtime access entries. */
   readonly store: StateStore;
   readonly access: AccessLists;
@@ -90,16 +128,47 @@ export class App {
   constructor(
     private config: Config,
     readonly log: Logger,
+    /** Set in an engine worker thread: its link to the main thread (src/workers/side.ts). */
+    private readonly worker?: WorkerSide,
   ) {
-    this.store = openStore(config.state.path, log);
-    this.access = new AccessLists(config.access, this.store.loadAccess());
+    this.sessions = worker || config.workers <= 1 ? new Set() : new RemoteSessions(() => this.counts.sessions);
+    this.store = worker ? WORKER_STORE : openStore(config.state.path, log);
+    this.access = new AccessLists(config.access, worker ? worker.init.access : this.store.loadAccess());
     this.cache = new ClientCache(config.cache, this.store);
     this.reputation = new Reputation(config.reputation, log.child({ part: 'reputation' }));
     this.pool = new Pool(config.upstream.servers, config.upstream.balance, { passiveFall: config.upstream.passiveFall });
-    this.pool.onChange((c) => this.log.warn({ server: c.server, from: c.from, to: c.to, reason: c.reason }, `server ${c.server} is now ${c.to}`));
-    this.health = new HealthChecker(this.pool, config.upstream.health, log);
+    // The main thread logs server changes (a worker's passive "down" reaches it as a message).
+    if (!worker) this.pool.onChange((c) => this.log.warn({ server: c.server, from: c.from, to: c.to, reason: c.reason }, `server ${c.server} is now ${c.to}`));
+    // Health checks run on the main thread only; workers are told the outcome.
+    this.health = new HealthChecker(this.pool, worker ? { ...config.upstream.health, enabled: false } : config.upstream.health, log);
+    if (worker) {
+      this.counts = new BoardCounts(worker.board, worker.index);
+      for (const [key, kind, expires] of worker.init.cache) this.cache.adopt(key, kind, expires);
+      for (const st of worker.init.servers) {
+        const s = this.pool.get(st.name);
+        if (s) {
+          s.admin = st.admin;
+          s.healthy = st.healthy;
+          s.lastReason = st.reason;
+        }
+      }
+    }
   }
 
+  /** True while the held connections (all workers') are above detection.stress.above (until below .below). */
+  get stressed(): boolean {
+    return this.counts.stressed;
+  }
+
+  get stressChanges(): number {
+    return this.counts.stressChanges;
+  }
+
+  /** The live sessions as the API lists them, oldest first (all workers'). */
+  async liveSessions(): Promise<LiveSessionView[]> {
+    if (this.workers) return this.workers.sessions();
+    return [...this.sessions].map(viewOfSession);
+  }
   get currentConfig(): Config {
     return this.config;
   }
@@ -113,17 +182,22 @@ export class App {
     };
   }
 
-  /** What the native engine owns now, or null when it is not running (before start, after stop). */
+  /** What the native engine owns now (all workers' engines, summed), or null when it is not running (before start, after stop). */
   engineCounts(): (EngineCounts & { handlerErrors: number }) | null {
+    if (this.workers) return this.workers.engineCounts();
     if (!this.engine) return null;
     return { ...this.engine.engine.counts(), handlerErrors: this.engine.handlerErrors };
   }
 
-  listenerList(): readonly Listener[] {
+  listenerList(): readonly ListenerView[] {
+    if (!this.worker && this.config.workers > 1) {
+      return [...this.bound.values()].map(({ config, fds }) => ({ config, addresses: () => (fds[0] ?? []).map(({ address, port }) => ({ address, port })) }));
+    }
     return [...this.listeners.values()];
   }
 
   async start(): Promise<void> {
+    if (this.worker) return this.startWorker(this.worker);
     const t0 = performance.now();
     const loaded = this.cache.load();
     this.log.info({ entries: loaded, ms: Math.round(performance.now() - t0), store: this.store.location }, 'client cache loaded');
@@ -138,10 +212,81 @@ export class App {
       const cluster = this.cluster;
       this.reputation.share({ get: (key, done) => cluster.get('dnsbl', key, done), put: (key, value, expires) => cluster.put('dnsbl', key, value, expires) });
     }
+    if (this.config.workers > 1) return this.startWorkers();
     const driver = engineDriver();
     driver.acquire(this.log);
     this.engine = driver;
     for (const l of this.config.listeners) await this.startListener(l);
+  }
+
+  /** Main thread, several workers: binds every listener once per worker, then starts the workers. */
+  private async startWorkers(): Promise<void> {
+    const n = this.config.workers;
+    const board = Board.create(n);
+    this.counts = new BoardCounts(board, -1);
+    try {
+      for (const l of this.config.listeners) this.bound.set(l.name, { config: l, fds: bindListener(l, this.config.netfilter.tproxyPort, n) });
+    } catch (e) {
+      this.closeBound();
+      throw e;
+    }
+    const { WorkerGroup } = await import('./workers/group.js');
+    this.workers = new WorkerGroup(this.config, board, this.log, this.ownerHooks());
+    this.workers.countInto(this.stats);
+    const fds = (i: number) => Object.fromEntries([...this.bound].map(([name, b]) => [name, b.fds[i] ?? []]));
+    await this.workers.start(fds);
+    for (const l of this.bound.values()) {
+      this.log.info({ addresses: (l.fds[0] ?? []).map((a) => hostPort(a.address, a.port)), mode: l.config.mode, workers: n }, 'listening');
+    }
+  }
+
+  /** Closes the sockets the main thread bound and no worker took (a failed start). */
+  private closeBound(): void {
+    for (const b of this.bound.values()) for (const fds of b.fds) for (const f of fds) closeFd(f.fd);
+    this.bound.clear();
+  }
+
+  /** Engine worker thread: the state comes from the main thread; the listeners' sockets too. */
+  private async startWorker(side: WorkerSide): Promise<void> {
+    this.cache.startSweeping();
+    this.cluster = side.cluster as SharedState | undefined;
+    if (this.reputation.enabled) this.reputation.share(side.answers);
+    side.serve(this);
+    const driver = engineDriver();
+    driver.acquire(this.log);
+    this.engine = driver;
+    for (const l of this.config.listeners) await this.startListener(l, this.config, side.fds(l.name) ?? []);
+  }
+
+  /** What the engine workers need from the main thread's App (src/workers/group.ts). */
+  private ownerHooks(): import('./workers/group.js').Owner {
+    return {
+      ended: (summary) => this.recordEnd(summary),
+      learnt: (kind, address) => this.learnt(kind, kind === 'pass' ? this.cache.recordPass(address) : this.cache.recordDeny(address)),
+      cache: this.cache,
+      access: this.access,
+      pool: this.pool,
+      cluster: () => this.cluster,
+      reputation: this.reputation,
+      rebind: (worker) => this.rebindFor(worker),
+    };
+  }
+
+  /** A restarted worker's sockets: each listener bound again on its resolved port, with SO_REUSEPORT. */
+  private rebindFor(worker: number): Record<string, BoundFd[]> {
+    const out: Record<string, BoundFd[]> = {};
+    try {
+      for (const [name, b] of this.bound) {
+        const port = b.fds[0]?.[0]?.port ?? b.config.port;
+        const fds = bindListener(b.config.mode === 'intercept' ? b.config : { ...b.config, port }, this.config.netfilter.tproxyPort, 1, true)[0]!;
+        b.fds[worker] = fds;
+        out[name] = fds;
+      }
+    } catch (e) {
+      for (const fds of Object.values(out)) for (const f of fds) closeFd(f.fd);
+      throw e;
+    }
+    return out;
   }
 
   private makeContext(l: ListenerConfig, config: Config): ListenerContext {
@@ -160,35 +305,42 @@ export class App {
       sessionStarted(s) {
         app.sessions.add(s);
         app.stats.held++;
-        app.perClient.set(s.clientAddress, (app.perClient.get(s.clientAddress) ?? 0) + 1);
+        app.counts.started(s.clientAddress);
         app.checkStress();
       },
       sessionRelaying(s) {
         // It waited for the greeting: next time it skips the window. A client let in by its
         // allowlist score (released: dnswl) did not wait, so it earns no pass: its lookups vouch for it again.
-        if (!s.talked && !s.skipped && s.released !== 'dnswl') app.learnt('pass', app.cache.recordPass(s.clientAddress));
+        if (!s.talked && !s.skipped && s.released !== 'dnswl') app.learnt('pass', app.cache.recordPass(s.clientAddress), s.clientAddress);
         app.stats.held--;
         app.stats.relaying++;
         app.stats.relayed++;
+        app.counts.relaying();
         app.checkStress();
       },
       sessionEnded(s, summary) {
         app.sessions.delete(s);
         if (s.relayed) app.stats.relaying--;
         else app.stats.held--;
-        const n = (app.perClient.get(s.clientAddress) ?? 1) - 1;
-        if (n > 0) app.perClient.set(s.clientAddress, n);
-        else app.perClient.delete(s.clientAddress);
-        if (summary.verdict === 'early_talker') app.learnt('deny', app.cache.recordDeny(s.clientAddress));
+        app.counts.ended(s.clientAddress, s.relayed);
+        if (summary.verdict === 'early_talker') app.learnt('deny', app.cache.recordDeny(s.clientAddress), s.clientAddress);
         app.checkStress();
         app.recordEnd(summary);
       },
     };
   }
 
-  /** A verdict recorded in the local cache goes to the cluster too (batched, never awaited). */
-  private learnt(kind: 'pass' | 'deny', entry: { key: string; expires: number } | undefined): void {
-    if (entry) this.cluster?.recordCache(entry.key, kind, entry.expires);
+  /**
+   * A verdict recorded in the local cache goes to the cluster too (batched, never awaited). In an
+   * engine worker it goes to the main thread, which records it for every worker and the cluster.
+   */
+  private learnt(kind: 'pass' | 'deny', entry: { key: string; expires: number } | undefined, address?: string): void {
+    if (!entry) return;
+    if (this.worker) {
+      if (address !== undefined) this.worker.learnt(kind, address);
+      return;
+    }
+    this.cluster?.recordCache(entry.key, kind, entry.expires);
   }
 
   /**
@@ -197,28 +349,30 @@ export class App {
    */
   private checkStress(): void {
     const { above, below } = this.config.detection.stress;
-    const held = this.stats.held;
-    if (!this.stressed && held > above) {
-      this.stressed = true;
-      this.stressChanges++;
-      this.log.warn({ held, above, window: this.config.detection.stress.windowMs }, 'entering stress: shorter window for new connections');
-    } else if (this.stressed && held < below) {
-      this.stressed = false;
-      this.stressChanges++;
-      this.log.warn({ held, below, window: this.config.detection.windowMs }, 'leaving stress: normal window again');
+    const counts = this.counts;
+    const held = counts.held;
+    if (!counts.stressed && held > above) {
+      if (counts.setStressed(true)) this.log.warn({ held, above, window: this.config.detection.stress.windowMs }, 'entering stress: shorter window for new connections');
+    } else if (counts.stressed && held < below) {
+      if (counts.setStressed(false)) this.log.warn({ held, below, window: this.config.detection.windowMs }, 'leaving stress: normal window again');
     }
   }
 
   /** The summary line goes to the root logger: it carries `listener` itself (a child logger's binding would repeat the key). */
   private recordEnd(summary: SessionSummary): void {
     this.stats.ended(summary);
+    if (this.worker) {
+      // The main thread writes the line and tells the observers (API ring, history, metrics).
+      this.worker.summary(summary);
+      return;
+    }
     this.log.info(summary, 'session');
     for (const o of this.observers) o.sessionEnded?.(summary);
   }
 
-  private async startListener(l: ListenerConfig, config = this.config): Promise<Listener> {
+  private async startListener(l: ListenerConfig, config = this.config, given?: readonly BoundFd[]): Promise<Listener> {
     const ctx = this.makeContext(l, config);
-    const listener = new Listener(l, ctx, this.engine!, (conn, c) => this.accept(conn, c), config.netfilter.tproxyPort);
+    const listener = new Listener(l, ctx, this.engine!, (conn, c) => this.accept(conn, c), config.netfilter.tproxyPort, given);
     await listener.start();
     this.listeners.set(l.name, listener);
     return listener;
@@ -227,9 +381,10 @@ export class App {
   /** Limits first, then the allow/deny lists, then the caches: a listed client never waits or is always refused. */
   private admit(address: string): Admission {
     const limits = this.config.limits;
-    if (this.sessions.size >= limits.maxConnections) return ADMIT.maxConnections;
-    if (this.stats.held >= limits.maxHeld) return ADMIT.maxHeld;
-    if (limits.perClient > 0 && (this.perClient.get(address) ?? 0) >= limits.perClient) return ADMIT.perClient;
+    const counts = this.counts;
+    if (counts.sessions >= limits.maxConnections) return ADMIT.maxConnections;
+    if (counts.held >= limits.maxHeld) return ADMIT.maxHeld;
+    if (limits.perClient > 0 && counts.perClient(address) >= limits.perClient) return ADMIT.perClient;
     const listed = this.access.match(address);
     if (listed?.list === 'deny') return ADMIT.accessDeny;
     if (listed) return ADMIT.allowlist;
@@ -349,22 +504,76 @@ export class App {
         hint: 'these are applied at start; restart etd (systemctl restart etd) to change them',
       });
     }
+    if (next.workers !== prev.workers && !this.worker) this.log.warn({ from: prev.workers, to: next.workers }, 'workers changes take effect at the next restart');
+    // The worker count is fixed at start: the config every part keeps says so.
+    next = next.workers === prev.workers ? next : { ...next, workers: prev.workers, workersSetting: prev.workersSetting };
+    if (this.workers) {
+      await this.reloadWorkers(next);
+    } else {
+      await this.reloadListeners(next, prev);
+    }
+    this.config = next;
+    this.pool.update(next.upstream.servers, next.upstream.balance);
+    this.workers?.linkServers();
+    this.access.replaceConfig(next.access);
+    this.cache.update(next.cache);
+    this.reputation.update(next.reputation);
+    this.health.update(this.worker ? { ...next.upstream.health, enabled: false } : next.upstream.health);
+    if (JSON.stringify(next.cluster) !== JSON.stringify(prev.cluster) && !this.worker) this.log.warn({}, 'cluster changes take effect at the next restart');
+    if (next.state.path !== prev.state.path && !this.worker) this.log.warn({ from: prev.state.path, to: next.state.path }, 'state.path changes take effect at the next restart');
+    for (const listener of this.listeners.values()) {
+      const ctx = listener.ctx as ListenerContext;
+      ctx.normal = policyOf(next);
+      ctx.stress = policyOf(next, true);
+      if (prev.upstream.source !== next.upstream.source) ctx.source = createSource(next.upstream.source);
+    }
+  }
+
+  /**
+   * Main thread, several workers: the new and changed listeners are bound here first (the only
+   * step that can fail, so a failed bind changes nothing anywhere); then every worker applies the
+   * new config with its sockets. A worker that cannot is restarted with it: all run the new one.
+   */
+  private async reloadWorkers(next: Config): Promise<void> {
+    const n = next.workers;
+    const fresh = new Map<string, { config: ListenerConfig; fds: BoundFd[][] }>();
+    try {
+      for (const l of next.listeners) {
+        const have = this.bound.get(l.name);
+        if (have && listenerKey(have.config) === listenerKey(l)) continue;
+        fresh.set(l.name, { config: l, fds: bindListener(l, next.netfilter.tproxyPort, n) });
+      }
+    } catch (e) {
+      for (const b of fresh.values()) for (const fds of b.fds) for (const f of fds) closeFd(f.fd);
+      throw e;
+    }
+    const wanted = new Set(next.listeners.map((l) => l.name));
+    // Removed listeners: their workers close the sockets (unlisten); changed ones are replaced.
+    for (const name of [...this.bound.keys()]) if (!wanted.has(name)) this.bound.delete(name);
+    for (const [name, b] of fresh) this.bound.set(name, b);
+    await this.workers!.reload(next, (i) => Object.fromEntries([...fresh].map(([name, b]) => [name, b.fds[i] ?? []])));
+  }
+
+  /** One thread (or an engine worker with the sockets the main thread bound): listeners are stopped, started or rebound. */
+  private async reloadListeners(next: Config, prev: Config): Promise<void> {
     // Listeners first: it is the only step that can fail. If a bind fails, what was stopped is
     // started again and nothing else changes, so a reload is all or nothing.
     const wanted = new Map(next.listeners.map((l) => [l.name, l]));
     const stopped: Listener[] = [];
     const started: Listener[] = [];
     try {
+      const given = this.worker;
       for (const [name, listener] of [...this.listeners]) {
         const want = wanted.get(name);
-        if (!want || listenerKey(want) !== listenerKey(listener.config)) {
+        // An engine worker restarts exactly the listeners the main thread sent sockets for.
+        if (!want || (given ? given.fds(name) !== undefined : listenerKey(want) !== listenerKey(listener.config))) {
           await listener.stop();
           this.listeners.delete(name);
           stopped.push(listener);
         }
       }
       for (const l of next.listeners) {
-        if (!this.listeners.has(l.name)) started.push(await this.startListener(l, next));
+        if (!this.listeners.has(l.name)) started.push(await this.startListener(l, next, given?.fds(l.name)));
       }
     } catch (e) {
       for (const l of started) {
@@ -374,26 +583,19 @@ export class App {
       for (const l of stopped) await this.startListener(l.config, prev).catch((err: unknown) => this.log.error({ err: describeError(err), listener: l.config.name }, 'could not restore a listener after a failed reload'));
       throw e;
     }
-    this.config = next;
-    this.pool.update(next.upstream.servers, next.upstream.balance);
-    this.access.replaceConfig(next.access);
-    this.cache.update(next.cache);
-    this.reputation.update(next.reputation);
-    this.health.update(next.upstream.health);
-    if (JSON.stringify(next.cluster) !== JSON.stringify(prev.cluster)) this.log.warn({}, 'cluster changes take effect at the next restart');
-    if (next.state.path !== prev.state.path) this.log.warn({ from: prev.state.path, to: next.state.path }, 'state.path changes take effect at the next restart');
-    for (const listener of this.listeners.values()) {
-      const ctx = listener.ctx as ListenerContext;
-      ctx.normal = policyOf(next);
-      ctx.stress = policyOf(next, true);
-      if (prev.upstream.source !== next.upstream.source) ctx.source = createSource(next.upstream.source);
-    }
   }
 
   /** Stops accepting, sends 421 to held clients, lets relayed sessions finish within the grace time. */
   async stop(graceMs = this.config.timeouts.shutdownGraceMs): Promise<void> {
     this.stopping = true;
     this.health.stop();
+    if (this.workers) {
+      // Every worker drains as one etd would (421 to held clients, relayed ones finish within the grace time).
+      await this.workers.stop(graceMs);
+      this.workers = undefined;
+    }
+    // The workers' engines closed the sockets the main thread bound for them.
+    this.bound.clear();
     await Promise.all([...this.listeners.values()].map((l) => l.stop()));
     this.listeners.clear();
     for (const s of [...this.sessions]) s.shutdown();

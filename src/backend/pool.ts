@@ -19,14 +19,35 @@ export class Server {
   healthy = true;
   /** Operator's override: drain or maint, or undefined. */
   admin: 'drain' | 'maint' | undefined;
-  active = 0;
-  total = 0;
+  private ownActive = 0;
+  private ownTotal = 0;
+  /** In an engine worker: each change of `active` is also counted on the shared board (src/workers/board.ts). */
+  mirror: ((delta: number) => void) | undefined;
+  /** On the main thread of a multi-worker etd: the counts summed over the workers. */
+  source: (() => { active: number; total: number }) | undefined;
   consecutiveConnectFailures = 0;
   lastReason = 'initial';
   readonly family: 4 | 6;
 
   constructor(public config: ServerConfig) {
     this.family = net.isIPv6(config.address) ? 6 : 4;
+  }
+
+  /** Sessions connected to it now (with several workers, read on the main thread: all workers' sessions). */
+  get active(): number {
+    return this.source ? this.source().active : this.ownActive;
+  }
+  set active(n: number) {
+    const delta = n - this.ownActive;
+    this.ownActive = n;
+    this.mirror?.(delta);
+  }
+  /** Sessions it has taken since start. */
+  get total(): number {
+    return this.source ? this.source().total : this.ownTotal;
+  }
+  set total(n: number) {
+    this.ownTotal = n;
   }
 
   get name(): string {

@@ -3,6 +3,7 @@
 
 import { isLoopback } from '../util/address.js';
 import fs from 'node:fs';
+import os from 'node:os';
 import net from 'node:net';
 import YAML from 'yaml';
 import { Value } from '@sinclair/typebox/value';
@@ -291,11 +292,18 @@ function resolveToken(raw: RawConfig): string | undefined {
   return fs.readFileSync(raw.api.tokenFile, 'utf8').trim();
 }
 
+/** `workers: auto`: the cores this process may run on (its affinity mask), at most 16. */
+export function autoWorkers(): number {
+  return Math.max(1, Math.min(16, os.availableParallelism()));
+}
+
 function resolve(raw: RawConfig): Config {
   const ms = (d: string) => parseDuration(d) as number;
   const forward = raw.upstream.forward ?? (raw.listeners.some((l) => l.mode === 'intercept') ? 'original' : 'pool');
   return {
     listeners: raw.listeners.map((l) => ({ ...l, destinations: [...l.destinations] })),
+    workers: raw.workers === 'auto' ? autoWorkers() : raw.workers,
+    workersSetting: raw.workers,
     detection: {
       windowMs: ms(raw.detection.window),
       action: raw.detection.action,
@@ -486,6 +494,7 @@ export function configToDocument(config: Config, redact = true): unknown {
   const d = (n: number) => formatDur(n);
   return {
     listeners: config.listeners,
+    workers: config.workersSetting,
     detection: {
       window: d(config.detection.windowMs),
       action: config.detection.action,

@@ -40,6 +40,10 @@ export const ServerSchema = Type.Object(
 export const ConfigSchema = Type.Object(
   {
     listeners: Type.Array(ListenerSchema, { minItems: 1 }),
+    workers: Type.Union([Type.Integer({ minimum: 1, maximum: 16 }), Type.Literal('auto')], {
+      default: 'auto',
+      description: 'engine worker threads, each with its own SO_REUSEPORT listening socket (auto = the cores this process may use, at most 16; 1 = one thread)',
+    }),
     detection: Type.Object(
       {
         window: Duration('6s', 'silent observation period'),
@@ -275,6 +279,10 @@ export interface ReputationConfig {
 /** The resolved, frozen config that the rest of etd uses: durations are milliseconds. */
 export interface Config {
   readonly listeners: readonly ListenerConfig[];
+  /** Engine worker threads (1 = the main thread runs the engine; `auto` resolved at load). */
+  readonly workers: number;
+  /** `workers` as written: a number or 'auto'. */
+  readonly workersSetting: number | 'auto';
   readonly detection: {
     readonly windowMs: number;
     readonly action: Action;

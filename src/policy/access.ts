@@ -18,6 +18,8 @@ export interface AccessEntry {
  */
 export class AccessLists {
   private entries: AccessEntry[] = [];
+  /** Told when a runtime entry is added or removed: the engine workers' copies follow it. */
+  onChange: (() => void) | undefined;
 
   constructor(config: { allow: readonly string[]; deny: readonly string[] }, runtime: ReadonlyArray<{ cidr: string; list: AccessVerdict }> = []) {
     this.replaceConfig(config);
@@ -33,12 +35,25 @@ export class AccessLists {
     for (const e of runtime) this.insert(e.cidr, e.list, 'runtime');
   }
 
+  /** The runtime entries become exactly `runtime` (an engine worker's copy of the main thread's lists). */
+  replaceRuntime(runtime: ReadonlyArray<{ cidr: string; list: AccessVerdict }>): void {
+    this.entries = this.entries.filter((e) => e.source !== 'runtime');
+    for (const r of runtime) this.add(r.cidr, r.list, 'runtime');
+  }
+
+  /** The runtime entries as text, for an engine worker's copy. */
+  runtimeEntries(): Array<{ cidr: string; list: AccessVerdict }> {
+    return this.entries.filter((e) => e.source === 'runtime').map((e) => ({ cidr: e.cidr.text, list: e.list }));
+  }
+
   /** Adds a runtime entry; returns an error string for a bad CIDR. Replaces an entry of the same source for the same prefix. */
   add(text: string, list: AccessVerdict, source: 'config' | 'runtime' = 'runtime'): AccessEntry | string {
     const c = parseCidr(text);
     if (typeof c === 'string') return c;
     this.remove(c.text, source);
-    return this.insert(c, list, source);
+    const entry = this.insert(c, list, source);
+    if (source === 'runtime') this.onChange?.();
+    return entry;
   }
 
   /** Removes the entries for this prefix (only those from `source`, when given); false when there were none. */
@@ -47,7 +62,9 @@ export class AccessLists {
     const key = typeof c === 'string' ? text : canonical(c);
     const before = this.entries.length;
     this.entries = this.entries.filter((e) => canonical(e.cidr) !== key || (source !== undefined && e.source !== source));
-    return this.entries.length !== before;
+    if (this.entries.length === before) return false;
+    if (source !== 'config') this.onChange?.();
+    return true;
   }
 
   match(address: string): AccessEntry | undefined {

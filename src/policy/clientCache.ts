@@ -51,6 +51,8 @@ export class ClientCache {
   private baseVals: number[] = [];
   private baseLive = 0;
   private sweepTimer: NodeJS.Timeout | undefined;
+  /** Told of every entry recorded, adopted or deleted (not of expiry): the engine workers' copies follow it. */
+  onChange: ((key: string, kind: CacheKind | undefined, expires: number) => void) | undefined;
 
   constructor(
     private config: CacheConfig,
@@ -141,6 +143,7 @@ export class ClientCache {
     this.dropBase(key);
     this.map.set(key, kind === 'deny' ? -expires : expires);
     this.store.putCache(key, kind, expires);
+    this.onChange?.(key, kind, expires);
   }
 
   /** Every live entry (loaded ones, then newer ones), for the cluster's write-back. */
@@ -165,6 +168,7 @@ export class ClientCache {
     const key = this.value(addressOrKey) !== undefined ? addressOrKey : cacheKey(addressOrKey, this.config.scope);
     if (!this.forget(key)) return false;
     this.store.deleteCache(key);
+    this.onChange?.(key, undefined, 0);
     return true;
   }
 

@@ -28,6 +28,65 @@ export function bindAddresses(config: ListenerConfig, tproxyPort: number): Array
   return [{ address: config.address, port: config.port, transparent: false, freebind: config.freebind }];
 }
 
+/** A listening socket: its fd and what it is bound to (port 0 resolved). */
+export interface BoundFd {
+  readonly fd: number;
+  readonly address: string;
+  readonly port: number;
+}
+
+/**
+ * Binds a listener's addresses: `copies` sockets per address, one per engine worker, with
+ * SO_REUSEPORT when there are several (the first resolves port 0, the others bind that port).
+ * All or nothing: on failure every fd bound so far is closed. Returns the sockets by copy.
+ */
+export function bindListener(config: ListenerConfig, tproxyPort: number, copies = 1, reusePort = copies > 1): BoundFd[][] {
+  const sockets = loadTransparent();
+  const out: BoundFd[][] = Array.from({ length: copies }, () => []);
+  try {
+    for (const b of bindAddresses(config, tproxyPort)) {
+      let port = b.port;
+      for (let i = 0; i < copies; i++) {
+        const bound = bindOne(config, { ...b, port }, reusePort);
+        out[i]!.push(bound);
+        port = bound.port;
+      }
+    }
+  } catch (err) {
+    for (const fds of out) for (const b of fds) sockets.closeFd(b.fd);
+    throw err;
+  }
+  return out;
+}
+
+function bindOne(config: ListenerConfig, b: { address: string; port: number; transparent: boolean; freebind: boolean }, reusePort: boolean): BoundFd {
+  const sockets = loadTransparent();
+  const family = net.isIPv6(b.address) ? 6 : 4;
+  let fd: number;
+  try {
+    fd = b.transparent
+      ? sockets.transparentListener(family, b.address, b.port, config.backlog, { reusePort })
+      : sockets.plainListener({ family, address: b.address, port: b.port, backlog: config.backlog, v6only: false, freebind: b.freebind, reusePort });
+  } catch (err) {
+    const code = errnoName(err);
+    throw new EtdError('ETD_ERR_LISTEN', `listener ${config.name}: cannot listen on ${hostPort(b.address, b.port)}: ${code ?? (err as Error).message}`, {
+      // The addon's own message already says what to do (e.g. the capability an EPERM needs).
+      hint:
+        code === 'EADDRNOTAVAIL' && config.mode !== 'intercept'
+          ? `${listenHint(code, 'listeners[].port')}; for a VIP that keepalived moves between gateways, set listeners[].freebind: true (docs/ha.md)`
+          : (listenHint(code, `listeners[].port`) ?? (err as Error).message),
+      cause: err,
+    });
+  }
+  try {
+    const [address, port] = sockets.sockName(fd);
+    return { fd, address, port };
+  } catch (err) {
+    sockets.closeFd(fd);
+    throw err;
+  }
+}
+
 export class Listener {
   /** The engine's id for each bound fd, and what it is bound to. */
   private bound: Array<{ id: number; address: string; port: number }> = [];
@@ -39,6 +98,8 @@ export class Listener {
     private readonly driver: EngineDriver,
     private readonly onAccept: AcceptHandler,
     private readonly tproxyPort: number,
+    /** Sockets bound by the main thread for this engine worker; the Listener binds its own when undefined. */
+    private readonly given?: readonly BoundFd[],
   ) {
     this.log = ctx.log;
   }
@@ -48,49 +109,29 @@ export class Listener {
     return this.bound.map(({ address, port }) => ({ address, port }));
   }
 
-  /** Binds each address and hands the fd to the engine; all or nothing. */
+  /** Binds each address (or takes the given sockets) and hands the fds to the engine; all or nothing. */
   async start(): Promise<void> {
+    const fds = this.given ?? bindListener(this.config, this.tproxyPort)[0]!;
+    let i = 0;
     try {
-      for (const b of bindAddresses(this.config, this.tproxyPort)) this.bound.push(this.bind(b));
+      for (; i < fds.length; i++) this.bound.push(this.attach(fds[i]!));
     } catch (err) {
+      const sockets = loadTransparent();
+      for (; i < fds.length; i++) sockets.closeFd(fds[i]!.fd);
       await this.stop();
       throw err;
     }
-    this.log.info({ addresses: this.addresses().map((a) => hostPort(a.address, a.port)), mode: this.config.mode }, 'listening');
+    if (!this.given) this.log.info({ addresses: this.addresses().map((a) => hostPort(a.address, a.port)), mode: this.config.mode }, 'listening');
   }
 
-  private bind(b: { address: string; port: number; transparent: boolean; freebind: boolean }): { id: number; address: string; port: number } {
-    const sockets = loadTransparent();
-    const family = net.isIPv6(b.address) ? 6 : 4;
-    let fd: number;
-    try {
-      fd = b.transparent
-        ? sockets.transparentListener(family, b.address, b.port, this.config.backlog)
-        : sockets.plainListener({ family, address: b.address, port: b.port, backlog: this.config.backlog, v6only: false, freebind: b.freebind });
-    } catch (err) {
-      const code = errnoName(err);
-      throw new EtdError('ETD_ERR_LISTEN', `listener ${this.config.name}: cannot listen on ${hostPort(b.address, b.port)}: ${code ?? (err as Error).message}`, {
-        // The addon's own message already says what to do (e.g. the capability an EPERM needs).
-        hint:
-          code === 'EADDRNOTAVAIL' && this.config.mode !== 'intercept'
-            ? `${listenHint(code, 'listeners[].port')}; for a VIP that keepalived moves between gateways, set listeners[].freebind: true (docs/ha.md)`
-            : (listenHint(code, `listeners[].port`) ?? (err as Error).message),
-        cause: err,
-      });
-    }
-    try {
-      const [address, port] = sockets.sockName(fd);
-      const ctx = this.ctx;
-      const id = this.driver.listen(fd, {
-        accepted: (conn) => this.onAccept(conn, ctx),
-        // After a successful listen, errors (e.g. EMFILE on accept) are logged; the engine keeps accepting.
-        failed: (syscall, code) => this.log.error({ syscall, code }, `listener error: ${syscall} ${code}`),
-      });
-      return { id, address, port };
-    } catch (err) {
-      sockets.closeFd(fd);
-      throw err;
-    }
+  private attach(b: BoundFd): { id: number; address: string; port: number } {
+    const ctx = this.ctx;
+    const id = this.driver.listen(b.fd, {
+      accepted: (conn) => this.onAccept(conn, ctx),
+      // After a successful listen, errors (e.g. EMFILE on accept) are logged; the engine keeps accepting.
+      failed: (syscall, code) => this.log.error({ syscall, code }, `listener error: ${syscall} ${code}`),
+    });
+    return { id, address: b.address, port: b.port };
   }
 
   /** Stops accepting; existing connections are not touched. */

@@ -193,6 +193,20 @@ export interface SessionSummary {
 }
 
 /** What the API, the stats and shutdown need of a live session. */
+/** A live session as the API lists it (plain data: it crosses threads). */
+export interface LiveSessionView {
+  readonly id: number;
+  readonly listener: string;
+  readonly clientAddress: string;
+  readonly clientPort: number;
+  readonly phase: Phase;
+  readonly server: string | undefined;
+  readonly startedAt: number;
+  readonly ageMs: number;
+  readonly bytesFromClient: number;
+  readonly bytesToClient: number;
+}
+
 export interface LiveSession {
   readonly id: number;
   readonly ctx: SessionContext;

@@ -16,13 +16,38 @@ import { connectFailureCause } from '../util/errno.js';
 import { escapeBytes } from '../util/escapeBytes.js';
 import { Attempts } from './attempts.js';
 import type { EngineDriver, EngineSession, NativeAccept } from './engineDriver.js';
-import type { LiveSession, Phase, SessionContext, SessionPolicy, SessionReputation, SessionSummary, TalkStage, Verdict } from './protocol.js';
+import type { LiveSession, LiveSessionView, Phase, SessionContext, SessionPolicy, SessionReputation, SessionSummary, TalkStage, Verdict } from './protocol.js';
 import { earlyTalkCause, upstreamFailureCause } from './verdict.js';
 
 let nextId = 1;
+let idStep = 1;
 /** Session ids grow in arrival order (the API pages by them); 0 is a connection answered at accept. */
 export function nextSessionId(): number {
-  return nextId++;
+  const id = nextId;
+  nextId += idStep;
+  return id;
+}
+
+/** Engine worker i of n numbers its sessions i+1, i+1+n, …: ids stay unique across workers. */
+export function sessionIdSpace(first: number, step: number): void {
+  nextId = first;
+  idStep = step;
+}
+
+/** A live session as the API lists it. */
+export function viewOfSession(s: LiveSession): LiveSessionView {
+  return {
+    id: s.id,
+    listener: s.ctx.listener,
+    clientAddress: s.clientAddress,
+    clientPort: s.clientPort,
+    phase: s.phase,
+    server: s.server?.name,
+    startedAt: s.startedAt,
+    ageMs: s.ageMs,
+    bytesFromClient: s.bytesFromClient,
+    bytesToClient: s.bytesToClient,
+  };
 }
 
 /** The reply to a held client when etd stops. */

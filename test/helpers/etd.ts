@@ -26,6 +26,16 @@ function withoutHealthChecks(doc: Doc): Doc {
   return { ...doc, upstream: { ...upstream, health: { enabled: false } } };
 }
 
+/**
+ * Engine workers of the etd a test starts: ETD_TEST_WORKERS (1 when unset). `npm test` runs the
+ * proxy scenarios a second time with 2 (vitest.workers.config.ts); a test that sets `workers` wins.
+ */
+export function testWorkers(): number {
+  const n = Number(process.env.ETD_TEST_WORKERS ?? 1);
+  if (!Number.isInteger(n) || n < 1 || n > 16) throw new Error(`ETD_TEST_WORKERS must be 1..16, not ${process.env.ETD_TEST_WORKERS}`);
+  return n;
+}
+
 /** `doc` is a YAML-shaped config document; the listener defaults to 127.0.0.1:0 in plain mode. */
 export async function startEtdForTest(doc: Doc): Promise<TestEtd> {
   // No state file unless a test asks for one (tests must not write /var/lib/etd). Every test client
@@ -37,6 +47,7 @@ export async function startEtdForTest(doc: Doc): Promise<TestEtd> {
     api: { enabled: false },
     cache: { enabled: false },
     limits: { perClient: 0 },
+    workers: testWorkers(),
     ...withoutHealthChecks(doc),
   });
   const app = new App(config, pino({ level: process.env.ETD_TEST_LOG ?? 'silent' }));

@@ -3,7 +3,7 @@
 import { hostPort } from '../../util/address.js';
 import { Type, type Static } from '@sinclair/typebox';
 import { ListenerSchema } from '../../config/schema.js';
-import type { LiveSession as Session } from '../../proxy/protocol.js';
+import type { LiveSessionView as Session } from '../../proxy/protocol.js';
 import { ErrorBody, type RoutePlugin } from '../context.js';
 
 const PhaseSchema = Type.Union(
@@ -44,10 +44,10 @@ export type SessionsBody = Static<typeof SessionsBody>;
 function view(s: Session): SessionBody {
   return {
     id: s.id,
-    listener: s.ctx.listener,
+    listener: s.listener,
     client: hostPort(s.clientAddress, s.clientPort),
     state: s.phase,
-    server: s.server?.name ?? null,
+    server: s.server ?? null,
     startedAt: new Date(s.startedAt).toISOString(),
     ageMs: Math.round(s.ageMs),
     bytesFromClient: s.bytesFromClient,
@@ -69,10 +69,10 @@ export const sessionRoutes: RoutePlugin = async (api, deps) => {
     },
     async (req): Promise<SessionsBody> => {
       const { limit, after, listener, state } = req.query;
-      // The Set keeps insertion order, and ids grow with it: iteration is oldest first, ids ascending.
+      // Ids grow in arrival order (each engine worker's own sequence, interleaved): sorted by id, oldest first.
       const matching: Session[] = [];
-      for (const s of deps.app.sessions) {
-        if (listener !== undefined && s.ctx.listener !== listener) continue;
+      for (const s of await deps.app.liveSessions()) {
+        if (listener !== undefined && s.listener !== listener) continue;
         if (state !== undefined && s.phase !== state) continue;
         matching.push(s);
       }

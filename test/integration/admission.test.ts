@@ -30,7 +30,7 @@ function expectNoSlotKept(t: TestEtd): void {
   expect(app.sessions.size).toBe(0);
   expect(app.stats.held).toBe(0);
   expect(app.stats.relaying).toBe(0);
-  expect((app as unknown as { perClient: Map<string, number> }).perClient.size).toBe(0);
+  expect((app as unknown as { counts: { sessions: number; held: number } }).counts.sessions).toBe(0);
   expect((app as unknown as { engine: { liveSessions: number } }).engine.liveSessions).toBe(0);
   expect(app.engineCounts()?.connections).toBe(0);
 }

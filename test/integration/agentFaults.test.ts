@@ -1,6 +1,7 @@
 // Agent faults: a SIGHUP storm (100 reloads in 10 s) under load drops no session; a full disk under state.path is a
 // logged warning and etd keeps proxying (tmpfs, root only). The SIGKILL restart is in test/netns/agentFaults.test.ts.
 
+import { testWorkers } from '../helpers/etd.js';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -147,6 +148,7 @@ describe.skipIf(skipDisk)('a full disk under state.path', () => {
 
   async function start(statePath: string): Promise<{ app: App; port: number }> {
     const config = validateConfig({
+      workers: testWorkers(),
       listeners: [{ name: 'test', address: '127.0.0.1', port: 0 }],
       detection: { window: '200ms', action: 'drop' },
       upstream: { retries: 0, health: { enabled: false }, servers: [{ name: 'sink', address: '127.0.0.1', port: sink.port }] },

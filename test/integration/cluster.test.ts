@@ -17,7 +17,7 @@ import { startApi } from '../../src/api/server.js';
 import { StatusBody } from '../../src/api/routes/status.js';
 import { statusCommand } from '../../src/commands/status.js';
 import { doctorCommand } from '../../src/commands/doctor.js';
-import { rawClient } from '../helpers/etd.js';
+import { rawClient, testWorkers } from '../helpers/etd.js';
 import { skipWithout } from '../helpers/privileged.js';
 import { freePort, startRedis, type TestRedis } from '../helpers/redis.js';
 
@@ -46,6 +46,7 @@ async function gateway(prefix: string, redis: Record<string, unknown> = { url: `
     },
   });
   const config = validateConfig({
+      workers: testWorkers(),
     listeners: [{ name: 'test', address: '127.0.0.1', port: 0 }],
     detection: { window: `${WINDOW_MS}ms`, action: 'drop' },
     upstream: { servers: [{ name: 'b', address: '127.0.0.1', port: backendPort }], health: { enabled: false } },

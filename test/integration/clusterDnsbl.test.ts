@@ -9,7 +9,7 @@ import { onHost, startUnbound, type RunningUnbound } from '../../lab/unbound.js'
 import { App } from '../../src/app.js';
 import { validateConfig } from '../../src/config/load.js';
 import type { SessionSummary } from '../../src/proxy/protocol.js';
-import { rawClient } from '../helpers/etd.js';
+import { rawClient, testWorkers } from '../helpers/etd.js';
 import { skipWithout } from '../helpers/privileged.js';
 import { freePort, startRedis, type TestRedis } from '../helpers/redis.js';
 
@@ -44,6 +44,7 @@ describe.skipIf(skip)('DNSBL answers shared over a real Redis', () => {
 
   async function gateway(resolver: string): Promise<{ app: App; port: number; summaries: SessionSummary[] }> {
     const config = validateConfig({
+      workers: testWorkers(),
       listeners: [{ name: 'test', address: '127.0.0.1', port: 0 }],
       detection: { window: `${WINDOW_MS}ms` },
       upstream: { servers: [{ name: 'b', address: '127.0.0.1', port: (backend.address() as net.AddressInfo).port }], health: { enabled: false } },

@@ -85,7 +85,10 @@ state: { path: ":memory:" }
       etd.child.kill('SIGHUP');
       const refused = await etd.waitFor((l) => l.msg === 'reload refused; the running configuration stays', 15_000);
       expect(JSON.stringify(refused)).toMatch(/EADDRNOTAVAIL/);
-      expect(etd.lines.filter((l) => l.msg === 'listening').length).toBeGreaterThanOrEqual(2); // restored after the failed rebind
+      // One engine thread: stopped, then restored after the failed rebind (2 lines). Several workers:
+      // the main thread binds the new sockets before it touches the running ones (1 line).
+      expect(etd.lines.filter((l) => l.msg === 'listening').length).toBeGreaterThanOrEqual(1);
+      expect(etd.lines.some((l) => l.msg === 'configuration reloaded')).toBe(false);
       etd.child.kill('SIGTERM');
       expect(await etd.exited).toBe(0);
     } finally {

@@ -7,6 +7,9 @@ import { heapCensus, perConnection, summariseCpuProfile, moduleOf, type CpuProfi
 import { computeFigures, num, table, type BenchResult } from '../../bench/report.js';
 import { parseOptions } from '../../bench/options.js';
 import { sessionEndings } from '../../bench/logSummary.js';
+import type { BenchLab } from '../../bench/benchLab.js';
+import { etdConfig } from '../../bench/etdProxy.js';
+import { haproxyConfig } from '../../bench/haproxyProxy.js';
 import { DEFAULT_RULES, heapUsedFromMetrics, judge, sampleLine, type EnduranceRun, type Sample } from '../../bench/flatness.js';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -131,6 +134,22 @@ describe('report', () => {
     expect(sessionEndings('etd', etdLog)).toEqual({ 'passed/server_closed': 2 });
     expect(sessionEndings('haproxy', hapLog)).toEqual({ CD: 1 });
     fs.rmSync(dir, { recursive: true, force: true });
+  });
+});
+
+describe('contenders', () => {
+  const bl = { proxyAddress: '10.9.1.1', backends: ['10.9.2.10', '10.9.2.11'] } as unknown as BenchLab;
+  it('HAProxy logs every session with option tcplog in both thread settings; etd gets the workers key it is given', () => {
+    for (const threads of [1, undefined]) {
+      const cfg = haproxyConfig(bl, { windowMs: 100, tag: 't' }, 2525, threads);
+      expect(cfg).toMatch(/^\s+option tcplog$/m);
+      expect(cfg).toMatch(/^\s+log stdout format raw local0 info$/m);
+      expect(cfg).toMatch(/^\s+log global$/m);
+      expect(/nbthread 1/.test(cfg)).toBe(threads === 1);
+    }
+    expect(etdConfig(bl, { windowMs: 100, tag: 't', workers: 1 }, 25)).toMatch(/^workers: 1$/m);
+    expect(etdConfig(bl, { windowMs: 100, tag: 't', workers: 'auto' }, 26)).toMatch(/^workers: auto$/m);
+    expect(etdConfig(bl, { windowMs: 100, tag: 't' }, 25)).not.toMatch(/workers/);
   });
 });
 

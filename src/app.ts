@@ -131,7 +131,8 @@ export class App {
     /** Set in an engine worker thread: its link to the main thread (src/workers/side.ts). */
     private readonly worker?: WorkerSide,
   ) {
-    this.sessions = worker || config.workers <= 1 ? new Set() : new RemoteSessions(() => this.counts.sessions);
+    // Main thread of several workers: a session counts until its summary line has arrived here.
+    this.sessions = worker || config.workers <= 1 ? new Set() : new RemoteSessions(() => this.counts.sessions + (this.workers?.board.unreported ?? 0));
     this.store = worker ? WORKER_STORE : openStore(config.state.path, log);
     this.access = new AccessLists(config.access, worker ? worker.init.access : this.store.loadAccess());
     this.cache = new ClientCache(config.cache, this.store);
@@ -202,7 +203,6 @@ export class App {
     const loaded = this.cache.load();
     this.log.info({ entries: loaded, ms: Math.round(performance.now() - t0), store: this.store.location }, 'client cache loaded');
     this.cache.startSweeping();
-    this.health.start();
     if (this.config.cluster) {
       // Loaded only when configured: ioredis costs ~35 ms of start-up to every other etd.
       const { SharedState } = await import('./cluster/shared.js');
@@ -212,11 +212,16 @@ export class App {
       const cluster = this.cluster;
       this.reputation.share({ get: (key, done) => cluster.get('dnsbl', key, done), put: (key, value, expires) => cluster.put('dnsbl', key, value, expires) });
     }
-    if (this.config.workers > 1) return this.startWorkers();
-    const driver = engineDriver();
-    driver.acquire(this.log);
-    this.engine = driver;
-    for (const l of this.config.listeners) await this.startListener(l);
+    if (this.config.workers > 1) {
+      await this.startWorkers();
+    } else {
+      const driver = engineDriver();
+      driver.acquire(this.log);
+      this.engine = driver;
+      for (const l of this.config.listeners) await this.startListener(l);
+    }
+    // Checks begin once etd serves (with several workers, starting them takes a few hundred ms).
+    this.health.start();
   }
 
   /** Main thread, several workers: binds every listener once per worker, then starts the workers. */

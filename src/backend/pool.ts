@@ -21,9 +21,9 @@ export class Server {
   admin: 'drain' | 'maint' | undefined;
   private ownActive = 0;
   private ownTotal = 0;
-  /** In an engine worker: each change of `active` is also counted on the shared board (src/workers/board.ts). */
+  /** In an engine worker: each session taken or released is also counted on the shared board (src/workers/board.ts). */
   mirror: ((delta: number) => void) | undefined;
-  /** On the main thread of a multi-worker etd: the counts summed over the workers. */
+  /** With several workers: the counts summed over the workers (the board), for the API and for leastconn. */
   source: (() => { active: number; total: number }) | undefined;
   consecutiveConnectFailures = 0;
   lastReason = 'initial';
@@ -33,21 +33,26 @@ export class Server {
     this.family = net.isIPv6(config.address) ? 6 : 4;
   }
 
-  /** Sessions connected to it now (with several workers, read on the main thread: all workers' sessions). */
+  /** Sessions connected to it now (with several workers: all workers' sessions, from the shared board). */
   get active(): number {
     return this.source ? this.source().active : this.ownActive;
-  }
-  set active(n: number) {
-    const delta = n - this.ownActive;
-    this.ownActive = n;
-    this.mirror?.(delta);
   }
   /** Sessions it has taken since start. */
   get total(): number {
     return this.source ? this.source().total : this.ownTotal;
   }
-  set total(n: number) {
-    this.ownTotal = n;
+
+  /** A session chose this server. */
+  took(): void {
+    this.ownActive++;
+    this.ownTotal++;
+    this.mirror?.(1);
+  }
+
+  /** That session is done with it. */
+  released(): void {
+    this.ownActive--;
+    this.mirror?.(-1);
   }
 
   get name(): string {

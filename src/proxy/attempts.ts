@@ -47,8 +47,7 @@ export class Attempts {
       }
       (this.tried ??= new Set()).add(server);
       this.server = server;
-      server.active++;
-      server.total++;
+      server.took();
       this.counted = true;
       target = { address: server.config.address, port: server.config.port };
     }
@@ -85,7 +84,7 @@ export class Attempts {
 
   /** The session is done with its server (ended, or abandoned while connecting). Idempotent. */
   release(): void {
-    if (this.counted && this.server) this.server.active--;
+    if (this.counted && this.server) this.server.released();
     this.counted = false;
   }
 

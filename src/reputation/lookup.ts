@@ -87,6 +87,7 @@ export class Reputation {
   private readonly watchers = new Map<string, Set<(score: Score) => void>>();
   private sweeper: NodeJS.Timeout | undefined;
   private exchange: AnswerExchange | undefined;
+  // Replaced by a sum over the engine workers on the main thread of several (src/workers/repCounters.ts).
   readonly counters: ReputationCounters = {
     queries: new Map(),
     hits: new Map(),
@@ -140,6 +141,11 @@ export class Reputation {
       this.sweeper = setInterval(() => this.sweep(), 60_000);
       this.sweeper.unref();
     }
+  }
+
+  /** A query an engine worker's lookups made, told to this (the main thread's) observers: the histogram covers every worker. */
+  observed(zone: string, seconds: number, status: ZoneAnswer['status']): void {
+    for (const o of this.observers) o(zone, seconds, status);
   }
 
   /** Adds a listener of query latencies (the metrics histogram); returns the function that removes it. */

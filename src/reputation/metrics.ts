@@ -9,7 +9,8 @@ const QUERY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2
 /** Registers the reputation metrics; returns the function that stops feeding the histogram. */
 export function registerReputationMetrics(registry: Registry, rep: Reputation): () => void {
   const registers = [registry];
-  const c = rep.counters;
+  // Read at each scrape (with several engine workers, `counters` is their sum, made fresh each time).
+  const counters = () => rep.counters;
   const perKey = (name: string, help: string, label: 'zone' | 'list', read: () => Map<string, number>) =>
     new Counter({
       name,
@@ -21,18 +22,18 @@ export function registerReputationMetrics(registry: Registry, rep: Reputation): 
         for (const [k, n] of read()) this.inc({ [label]: k }, n);
       },
     });
-  perKey('etd_dnsbl_queries_total', 'DNSBL/DNSWL queries sent, by zone', 'zone', () => c.queries);
-  perKey('etd_dnsbl_hits_total', 'connections whose client a list matched, by list name', 'list', () => c.hits);
-  perKey('etd_dnsbl_timeouts_total', 'DNSBL queries not answered within reputation.timeout (counted 0), by zone', 'zone', () => c.timeouts);
-  perKey('etd_dnsbl_errors_total', 'DNSBL queries that failed (SERVFAIL, REFUSED, network error; counted 0), by zone', 'zone', () => c.errors);
-  perKey('etd_dnsbl_refused_answers_total', 'answers in 127.255.255.0/24 (the list refused the query: public resolver or no access; counted 0), by zone', 'zone', () => c.refused);
+  perKey('etd_dnsbl_queries_total', 'DNSBL/DNSWL queries sent, by zone', 'zone', () => counters().queries);
+  perKey('etd_dnsbl_hits_total', 'connections whose client a list matched, by list name', 'list', () => counters().hits);
+  perKey('etd_dnsbl_timeouts_total', 'DNSBL queries not answered within reputation.timeout (counted 0), by zone', 'zone', () => counters().timeouts);
+  perKey('etd_dnsbl_errors_total', 'DNSBL queries that failed (SERVFAIL, REFUSED, network error; counted 0), by zone', 'zone', () => counters().errors);
+  perKey('etd_dnsbl_refused_answers_total', 'answers in 127.255.255.0/24 (the list refused the query: public resolver or no access; counted 0), by zone', 'zone', () => counters().refused);
   new Counter({
     name: 'etd_dnsbl_overflow_total',
     help: 'DNSBL queries not sent because reputation.maxInFlight were out (counted 0)',
     registers,
     collect() {
       this.reset();
-      this.inc(c.overflow);
+      this.inc(counters().overflow);
     },
   });
   new Counter({
@@ -41,7 +42,7 @@ export function registerReputationMetrics(registry: Registry, rep: Reputation): 
     registers,
     collect() {
       this.reset();
-      this.inc(c.allowlistedClients);
+      this.inc(counters().allowlistedClients);
     },
   });
   new Counter({
@@ -50,7 +51,7 @@ export function registerReputationMetrics(registry: Registry, rep: Reputation): 
     registers,
     collect() {
       this.reset();
-      this.inc(c.fromPeers);
+      this.inc(counters().fromPeers);
     },
   });
   const latency = new Histogram({ name: 'etd_dnsbl_query_seconds', help: 'time a DNSBL query took (to its answer, error or timeout), by zone', labelNames: ['zone'], buckets: QUERY_BUCKETS, registers });

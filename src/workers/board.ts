@@ -25,6 +25,8 @@ const R_SESSIONS = 0;
 const R_HELD = 1;
 const R_RELAYING = 2;
 const R_ACCEPTED = 3;
+/** Summary lines this worker has sent that the main thread has not taken in yet. */
+const R_UNREPORTED = 4;
 /** Distinct server names the board can count (slots are never reused while etd runs). */
 export const SERVER_SLOTS = 1024;
 export const PER_CLIENT_BUCKETS = 1 << 17;
@@ -109,6 +111,18 @@ export class Board {
     return { sessions: Atomics.load(c, r + R_SESSIONS), held: Atomics.load(c, r + R_HELD), relaying: Atomics.load(c, r + R_RELAYING), accepted: Atomics.load(c, r + R_ACCEPTED) };
   }
 
+  /** Summary lines sent by the workers and not yet taken in by the main thread. */
+  get unreported(): number {
+    let n = 0;
+    for (let w = 0; w < this.workers; w++) n += Atomics.load(this.cells, this.rowsAt + w * ROW + R_UNREPORTED);
+    return n;
+  }
+
+  /** `n` summary lines of `worker` were sent (positive) or taken in by the main thread (negative). */
+  reported(worker: number, n: number): void {
+    Atomics.add(this.cells, this.rowsAt + worker * ROW + R_UNREPORTED, n);
+  }
+
   accepted(worker: number): void {
     Atomics.add(this.cells, this.rowsAt + worker * ROW + R_ACCEPTED, 1);
   }
@@ -156,6 +170,7 @@ export class Board {
     Atomics.store(c, r + R_SESSIONS, 0);
     Atomics.store(c, r + R_HELD, 0);
     Atomics.store(c, r + R_RELAYING, 0);
+    Atomics.store(c, r + R_UNREPORTED, 0);
     for (let slot = 0; slot < SERVER_SLOTS; slot++) Atomics.store(c, this.serversAt + slot * (1 + this.workers) + 1 + worker, 0);
     c.fill(0, this.bucketsAt + worker * PER_CLIENT_BUCKETS, this.bucketsAt + (worker + 1) * PER_CLIENT_BUCKETS);
     return had;

@@ -18,6 +18,13 @@ import type { AnswerExchange, Reputation } from '../reputation/lookup.js';
 import type { Stats } from '../stats.js';
 import type { CacheKind } from '../state/store.js';
 import { SERVER_SLOTS, type Board } from './board.js';
+import { repData, sumCounters, type RepCountersData } from './repCounters.js';
+
+/** Two data sets as one (a retired worker's counters added to those retired before). */
+function sumCountersData(prev: readonly RepCountersData[], next: RepCountersData): RepCountersData {
+  const empty = sumCounters({ queries: new Map(), hits: new Map(), timeouts: new Map(), errors: new Map(), refused: new Map(), overflow: 0, scored: 0, refusedClients: 0, allowlistedClients: 0, fromPeers: 0 }, [...prev, next]);
+  return repData(empty);
+}
 import type { FromWorker, ServerStateMsg, ToWorker, WorkerCounters, WorkerInit } from './messages.js';
 
 /** What the workers need from the main thread's App. */
@@ -76,6 +83,7 @@ export class WorkerGroup {
   private readonly slots = new Map<string, number>();
   /** Counters of workers that died or were restarted, so the sums never go back. */
   private retired = { accepted: 0, relayed: 0, limits: { max_connections: 0, max_held: 0, per_client: 0 } };
+  private retiredReputation: RepCountersData[] = [];
   /** Connections lost with workers that died. */
   lost = 0;
   restarts = 0;
@@ -137,6 +145,12 @@ export class WorkerGroup {
     for (const k of ['max_connections', 'max_held', 'per_client'] as const) {
       Object.defineProperty(limits, k, { enumerable: true, get: () => this.retired.limits[k] + sum((c) => c.limits[k]) });
     }
+    // The DNSBL counters: the main thread's own lookups (the API's) plus every worker's.
+    const rep = this.owner.reputation;
+    const own = rep.counters;
+    Object.defineProperty(rep, 'counters', {
+      get: () => sumCounters(own, [...this.retiredReputation, ...this.threads.flatMap((t) => (t?.counters?.reputation ? [t.counters.reputation] : []))]),
+    });
     Object.defineProperties(stats, {
       held: { get: () => this.board.held },
       relaying: { get: () => this.board.relaying },
@@ -243,6 +257,7 @@ export class WorkerGroup {
     const c = thread.counters;
     thread.counters = undefined;
     if (!c) return;
+    if (c.reputation) this.retiredReputation = [sumCountersData(this.retiredReputation, c.reputation)];
     this.retired.accepted += c.accepted;
     this.retired.relayed += c.relayed;
     for (const k of ['max_connections', 'max_held', 'per_client'] as const) this.retired.limits[k] += c.limits[k];
@@ -254,7 +269,9 @@ export class WorkerGroup {
       case 'batch':
         if (thread) thread.counters = m.counters;
         for (const [kind, address] of m.learnt) this.owner.learnt(kind, address);
+        for (const [zone, seconds, status] of m.queries) this.owner.reputation.observed(zone, seconds, status as never);
         for (const s of m.summaries) this.owner.ended(s);
+        if (m.summaries.length > 0 && thread?.state !== 'restarting') this.board.reported(index, -m.summaries.length);
         return;
       case 'log': {
         const obj = { ...m.obj, worker: index };

@@ -4,6 +4,7 @@ import type { Config } from '../config/schema.js';
 import type { EngineCounts, LiveSessionView, SessionSummary } from '../proxy/protocol.js';
 import type { BoundFd } from '../proxy/listener.js';
 import type { CacheKind } from '../state/store.js';
+import type { RepCountersData } from './repCounters.js';
 
 /** A server's state as the main thread's pool has it (health checks and operator overrides). */
 export interface ServerStateMsg {
@@ -41,6 +42,8 @@ export interface WorkerCounters {
   readonly engine: (EngineCounts & { handlerErrors: number }) | null;
   /** This thread's CPU time since it started (ms). */
   readonly cpuMs: number;
+  /** Its DNSBL counters, when lists are configured. */
+  readonly reputation: RepCountersData | undefined;
 }
 
 export type ToWorker =
@@ -62,6 +65,8 @@ export type FromWorker =
       /** [kind, client address]: a verdict this worker recorded in its cache copy; the main thread records it for all. */
       readonly learnt: ReadonlyArray<readonly [CacheKind, string]>;
       readonly counters: WorkerCounters;
+      /** DNSBL queries answered since the last batch: [zone, seconds, status] (the main thread's latency histogram). */
+      readonly queries: ReadonlyArray<readonly [string, number, string]>;
     }
   | { readonly t: 'log'; readonly level: number; readonly obj: Record<string, unknown>; readonly msg: string }
   | { readonly t: 'health'; readonly name: string; readonly healthy: boolean; readonly reason: string }

@@ -14,6 +14,7 @@ import { sessionIdSpace, viewOfSession } from '../proxy/session.js';
 import type { AnswerExchange } from '../reputation/lookup.js';
 import type { CacheKind } from '../state/store.js';
 import { Board } from './board.js';
+import { repData } from './repCounters.js';
 import type { FromWorker, ToWorker, WorkerCounters, WorkerInit } from './messages.js';
 
 /** Clock ticks per second of /proc's CPU times (USER_HZ: 100 on every Linux etd supports). */
@@ -44,6 +45,7 @@ export class WorkerSide {
   private app: App | undefined;
   private summaries: SessionSummary[] = [];
   private learntQueue: Array<readonly [CacheKind, string]> = [];
+  private queries: Array<readonly [string, number, string]> = [];
   private flushing = false;
   private nextAsk = 1;
   private readonly asks = new Map<number, (value: string | null) => void>();
@@ -102,6 +104,10 @@ export class WorkerSide {
   serve(app: App): void {
     this.app = app;
     for (const s of app.pool.list()) this.wireServer(s.name);
+    app.reputation.onQuery((zone, seconds, status) => {
+      this.queries.push([zone, seconds, status]);
+      this.schedule();
+    });
     app.pool.onChange((c) => {
       if (!this.applyingServer && c.to === 'down') this.post({ t: 'health', name: c.server, healthy: false, reason: c.reason });
     });
@@ -118,6 +124,7 @@ export class WorkerSide {
 
   summary(s: SessionSummary): void {
     this.summaries.push(s);
+    this.board.reported(this.index, 1);
     this.schedule();
   }
 
@@ -146,12 +153,21 @@ export class WorkerSide {
     const board = this.board;
     const worker = this.index;
     server.mirror = (delta) => board.serverActive(worker, slot, delta);
+    // leastconn weighs every worker's sessions, not only this one's.
+    server.source = () => board.server(slot);
   }
 
   private counters(): WorkerCounters {
     const app = this.app!;
     const st = app.stats;
-    return { accepted: st.accepted, relayed: st.relayed, limits: { ...st.limits }, engine: app.engineCounts(), cpuMs: this.cpuMs };
+    return {
+      accepted: st.accepted,
+      relayed: st.relayed,
+      limits: { ...st.limits },
+      engine: app.engineCounts(),
+      cpuMs: this.cpuMs,
+      reputation: app.reputation.enabled ? repData(app.reputation.counters) : undefined,
+    };
   }
 
   private schedule(): void {
@@ -165,9 +181,11 @@ export class WorkerSide {
     if (!this.app) return;
     const summaries = this.summaries;
     const learnt = this.learntQueue;
+    const queries = this.queries;
     this.summaries = [];
     this.learntQueue = [];
-    this.post({ t: 'batch', summaries, learnt, counters: this.counters() });
+    this.queries = [];
+    this.post({ t: 'batch', summaries, learnt, counters: this.counters(), queries });
   }
 
   private post(m: FromWorker): void {

@@ -77,6 +77,7 @@ describe.skipIf(skip)('DNSBL answers shared over a real Redis', () => {
 
     const onA = await rawClient(a.port, () => undefined, WINDOW_MS + 3000);
     expect(onA.data.toString()).toMatch(/^554 /);
+    await until("A's summary line", () => a.summaries.length > 0);
     expect(a.summaries[0]).toMatchObject({ verdict: 'dnsbl', cause: 'dnsbl_reject', score: 3 });
     await until("A's answer written to Redis", () => a.app.cluster!.status().pendingWrites === 0);
 
@@ -85,6 +86,7 @@ describe.skipIf(skip)('DNSBL answers shared over a real Redis', () => {
     const ms = performance.now() - t0;
     console.log(`B refused the client from A's shared answer after ${ms.toFixed(1)} ms (window ${WINDOW_MS} ms, B's own resolver silent)`);
     expect(onB.data.toString()).toMatch(/^554 /);
+    await until("B's summary line", () => b.summaries.length > 0);
     expect(b.summaries[0]).toMatchObject({ verdict: 'dnsbl', cause: 'dnsbl_reject', score: 3, lists: [{ name: 'bl.test', answer: '127.0.0.2' }] });
     expect(b.app.reputation.counters.fromPeers).toBeGreaterThanOrEqual(1);
     // Decided from the peer's answer, not at the end of B's window or of its query's timeout.

@@ -43,6 +43,7 @@ describe('limits', () => {
     const held = await openSilent(etd.port, 3);
     const r = await rawClient(etd.port, () => undefined, 2000);
     expect(r.data.toString()).toBe('421 4.7.0 Too many connections from your address\r\n');
+    await etd.waitForSummaries(1); // with several workers the counts reach the main thread with the summary
     expect(etd.app.stats.limits.per_client).toBe(1);
     const limit = etd.summaries.find((s) => s.verdict === 'limit')!;
     expect(limit.cause).toBe('per_client');
@@ -54,6 +55,7 @@ describe('limits', () => {
     const held = await openSilent(etd.port, 2);
     const r = await rawClient(etd.port, () => undefined, 2000);
     expect(r.data.toString()).toMatch(/^421 4\.7\.0 /);
+    await etd.waitForSummaries(1); // with several workers the counts reach the main thread with the summary
     expect(etd.app.stats.limits.max_held).toBe(1);
     for (const s of held) s.destroy();
   });
@@ -63,6 +65,7 @@ describe('limits', () => {
     const held = await openSilent(etd.port, 2);
     const r = await rawClient(etd.port, () => undefined, 2000);
     expect(r.data.toString()).toMatch(/^421 4\.7\.0 /);
+    await etd.waitForSummaries(1); // with several workers the counts reach the main thread with the summary
     expect(etd.app.stats.limits.max_connections).toBe(1);
     for (const s of held) s.destroy();
   });

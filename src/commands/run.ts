@@ -61,6 +61,15 @@ export async function startEtd(config: Config, logger: Logger, configFile = 'FIL
   };
 }
 
+/**
+ * After a stop the process ends when nothing is left to run. Should anything still hold it (an
+ * engine worker that did not end after a failed stop), it ends 3 s later all the same: a stopped
+ * etd never lingers as a process.
+ */
+function exitSoon(code: number): void {
+  setTimeout(() => process.exit(code), 3000).unref();
+}
+
 /** The long-running command: start, then serve until SIGTERM/SIGINT; SIGHUP re-reads the file. */
 export async function runCommand(file: string): Promise<number> {
   const config = loadConfig(file);
@@ -105,10 +114,12 @@ export async function runCommand(file: string): Promise<number> {
         .then(
         () => {
           log.info({}, 'stopped');
+          exitSoon(0);
           resolve(0);
         },
         (e) => {
           log.error({ err: describeError(e) }, 'stop failed');
+          exitSoon(1);
           resolve(1);
         },
       );

@@ -81,6 +81,12 @@ export class Reputation {
   private readonly pending = new Map<string, Promise<{ score: Score; answers: ReadonlyMap<string, ZoneAnswer> }>>();
   private inFlight = 0;
   private readonly lastRefusedLog = new Map<string, number>();
+  /**
+   * Whether a warning logged at most once per `periodMs` (per `key`) is due now. With several
+   * engine workers it is one gate for all of them (src/workers/warnGate.ts), so the operator sees
+   * one line per zone and period, not one per worker.
+   */
+  warnDue: ((key: string, periodMs: number, now: number) => boolean) | undefined;
   private readonly lastTimeoutLog = new Map<string, { at: number; since: number }>();
   private readonly observers = new Set<QueryObserver>();
   /** Per client address: who waits for its zones' answers one by one (held sessions deciding early). */
@@ -207,8 +213,8 @@ export class Reputation {
     const now = this.now();
     for (const zone of zones) {
       const last = this.lastTimeoutLog.get(zone);
-      if (last && now - last.at < TIMEOUT_LOG_MS) {
-        this.lastTimeoutLog.set(zone, { at: last.at, since: last.since + 1 });
+      if (!this.due(`timeout:${zone}`, TIMEOUT_LOG_MS, now, last?.at)) {
+        this.lastTimeoutLog.set(zone, { at: last?.at ?? now, since: (last?.since ?? 0) + 1 });
         continue;
       }
       this.log.warn({ zone, windowMs, timeouts: (last?.since ?? 0) + 1 }, `DNSBL zone ${zone} had not answered by the end of the ${windowMs} ms hold: the lookup counts 0 (a timeout; check the resolver and the zone, or lengthen detection.window)`);
@@ -318,21 +324,7 @@ export class Reputation {
     const x = this.exchange;
     if (!x) return;
     x.get(exchangeKey(address, zone), (raw) => {
-      let shared: { answer: ZoneAnswer; expires: number };
-      try {
-        shared = JSON.parse(raw) as { answer: ZoneAnswer; expires: number };
-      } catch {
-        return; // not ours (another version's data, or garbage): the resolver answers
-      }
-      const { answer, expires } = shared;
-      const ttlMs = expires - this.now();
-      if (ttlMs <= 0 || (answer?.status !== 'answer' && answer?.status !== 'none')) return;
-      if (answer.status === 'answer' && (!Array.isArray(answer.addresses) || !answer.addresses.every((a) => typeof a === 'string'))) return;
-      const known = this.cache.get(address)?.get(zone);
-      if (known && known.expires > this.now()) return;
-      this.store(address, zone, answer, ttlMs);
-      this.counters.fromPeers++;
-      this.notify(address);
+      if (this.takeShared(address, zone, raw)) this.counters.fromPeers++;
     });
   }
 
@@ -359,18 +351,17 @@ export class Reputation {
     if (answer.status === 'timeout') {
       bump(this.counters.timeouts, zone);
       const last = this.lastTimeoutLog.get(zone);
-      if (!last || now - last.at >= TIMEOUT_LOG_MS) {
+      if (this.due(`timeout:${zone}`, TIMEOUT_LOG_MS, now, last?.at)) {
         this.log.warn({ zone, timeoutMs: this.config.timeoutMs, timeouts: (last?.since ?? 0) + 1 }, `DNSBL zone ${zone} did not answer within ${this.config.timeoutMs} ms: the lookup counts 0 (check the resolver and the zone)`);
         this.lastTimeoutLog.set(zone, { at: now, since: 0 });
-      } else this.lastTimeoutLog.set(zone, { at: last.at, since: last.since + 1 });
+      } else this.lastTimeoutLog.set(zone, { at: last?.at ?? now, since: (last?.since ?? 0) + 1 });
     } else if (answer.status === 'error') {
       bump(this.counters.errors, zone);
     } else if (answer.status === 'answer') {
       const refused = answer.addresses.find(isRefusedAnswer);
       if (refused !== undefined) {
         bump(this.counters.refused, zone);
-        const last = this.lastRefusedLog.get(zone);
-        if (last === undefined || now - last >= REFUSED_LOG_MS) {
+        if (this.due(`refused:${zone}`, REFUSED_LOG_MS, now, this.lastRefusedLog.get(zone))) {
           this.lastRefusedLog.set(zone, now);
           this.log.warn(
             { zone, answer: refused },
@@ -379,6 +370,38 @@ export class Reputation {
         }
       }
     }
+  }
+
+  /** A once-per-period warning is due: by the shared gate when there is one, else by this thread's last time. */
+  private due(key: string, periodMs: number, now: number, last: number | undefined): boolean {
+    if (this.warnDue) return this.warnDue(key, periodMs, now);
+    return last === undefined || now - last >= periodMs;
+  }
+
+  /** An answer another engine worker got (its exchange value), kept here as if this thread had asked. */
+  adopt(key: string, raw: string): void {
+    const slash = key.indexOf('/');
+    if (slash <= 0) return;
+    this.takeShared(key.slice(slash + 1), key.slice(0, slash), raw);
+  }
+
+  /** A shared answer, when valid and newer than what is known here: stored; true when taken. */
+  private takeShared(address: string, zone: string, raw: string): boolean {
+    let shared: { answer: ZoneAnswer; expires: number };
+    try {
+      shared = JSON.parse(raw) as { answer: ZoneAnswer; expires: number };
+    } catch {
+      return false; // not ours (another version's data, or garbage): the resolver answers
+    }
+    const { answer, expires } = shared;
+    const ttlMs = expires - this.now();
+    if (ttlMs <= 0 || (answer?.status !== 'answer' && answer?.status !== 'none')) return false;
+    if (answer.status === 'answer' && (!Array.isArray(answer.addresses) || !answer.addresses.every((a) => typeof a === 'string'))) return false;
+    const known = this.cache.get(address)?.get(zone);
+    if (known && known.expires > this.now()) return false;
+    this.store(address, zone, answer, ttlMs);
+    this.notify(address);
+    return true;
   }
 
   private sweep(): void {

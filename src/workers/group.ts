@@ -19,6 +19,7 @@ import type { Stats } from '../stats.js';
 import type { CacheKind } from '../state/store.js';
 import { SERVER_SLOTS, type Board } from './board.js';
 import { repData, sumCounters, type RepCountersData } from './repCounters.js';
+import { warnGate, warnGateBuffer } from './warnGate.js';
 
 /** Two data sets as one (a retired worker's counters added to those retired before). */
 function sumCountersData(prev: readonly RepCountersData[], next: RepCountersData): RepCountersData {
@@ -75,8 +76,6 @@ function threadScript(): URL {
 
 /** Answers a dead worker's asks never get: dropped after this long. */
 const COUNTERS_EVERY_MS = 1000;
-/** DNSBL answers the main thread keeps for the workers (the oldest go first). */
-const ANSWERS_MAX = 100_000;
 
 export class WorkerGroup {
   private readonly threads: Array<Thread | undefined> = [];
@@ -93,8 +92,10 @@ export class WorkerGroup {
   private cacheQueue: Array<readonly [string, CacheKind | null, number]> = [];
   private accessDirty = false;
   private flushQueued = false;
-  private readonly answers = new Map<string, { value: string; expires: number }>();
   private readonly exchange: AnswerExchange;
+  private readonly warnings = warnGateBuffer();
+  private dnsblQueue: Array<readonly [string, string]> = [];
+  private dnsblFrom: number[] = [];
   private readonly countersTimer: NodeJS.Timeout;
 
   constructor(
@@ -116,21 +117,18 @@ export class WorkerGroup {
       const s = owner.pool.get(c.server);
       if (s) this.broadcast({ t: 'server', state: serverState(s) });
     });
-    // DNSBL answers: one store for every worker (and the API's lookups), shared with the cluster when there is one.
+    // DNSBL answers: a worker's answer goes to every other worker (and to the cluster, when there
+    // is one), so a returning client is decided from the cache whichever worker takes it. Lookups
+    // of other gateways' answers go to the cluster.
     this.exchange = {
-      get: (key, done) => {
-        const a = this.answers.get(key);
-        if (a && a.expires > Date.now()) return done(a.value);
-        this.owner.cluster()?.get('dnsbl', key, done);
-      },
-      put: (key, value, expires) => {
-        if (this.answers.size >= ANSWERS_MAX) this.answers.delete(this.answers.keys().next().value as string);
-        this.answers.delete(key);
-        this.answers.set(key, { value, expires });
-        this.owner.cluster()?.put('dnsbl', key, value, expires);
-      },
+      get: (key, done) => this.owner.cluster()?.get('dnsbl', key, done),
+      put: (key, value, expires) => this.owner.cluster()?.put('dnsbl', key, value, expires),
     };
-    if (owner.reputation.enabled) owner.reputation.share(this.exchange);
+    if (owner.reputation.enabled) {
+      // The main thread's own lookups (GET /v1/reputation) are shared with the workers too.
+      owner.reputation.share({ get: this.exchange.get, put: (key, value, expires) => this.shareAnswer(-1, key, value, expires) });
+      owner.reputation.warnDue = warnGate(this.warnings);
+    }
     this.countersTimer = setInterval(() => this.broadcast({ t: 'counters', id: 0 }), COUNTERS_EVERY_MS).unref();
   }
 
@@ -176,6 +174,7 @@ export class WorkerGroup {
       index,
       workers: this.size,
       board: this.board.buffer,
+      warnings: this.warnings,
       config: this.config,
       slots: [...this.slots],
       fds,
@@ -297,7 +296,8 @@ export class WorkerGroup {
         this.exchange.get(m.key, (value) => this.answer(index, m.id, value));
         return;
       case 'dnsbl-put':
-        this.exchange.put(m.key, m.value, m.expires);
+        this.owner.reputation.adopt(m.key, m.value);
+        this.shareAnswer(index, m.key, m.value, m.expires);
         return;
       case 'counters':
         if (thread) thread.counters = m.counters;
@@ -310,6 +310,14 @@ export class WorkerGroup {
         else this.queries.get(-index - 1)?.(m);
         return;
     }
+  }
+
+  /** An answer worker `from` got (-1: the main thread): to the cluster and to every other worker, batched. */
+  private shareAnswer(from: number, key: string, value: string, expires: number): void {
+    this.exchange.put(key, value, expires);
+    this.dnsblQueue.push([key, value]);
+    this.dnsblFrom.push(from);
+    this.queueFlush();
   }
 
   private answer(index: number, id: number, value: string | null): void {
@@ -329,6 +337,17 @@ export class WorkerGroup {
         const changes = this.cacheQueue;
         this.cacheQueue = [];
         this.broadcast({ t: 'cache', changes });
+      }
+      if (this.dnsblQueue.length > 0) {
+        const answers = this.dnsblQueue;
+        const from = this.dnsblFrom;
+        this.dnsblQueue = [];
+        this.dnsblFrom = [];
+        this.threads.forEach((t, i) => {
+          if (!t || t.state === 'restarting') return;
+          const theirs = answers.filter((_, j) => from[j] !== i);
+          if (theirs.length > 0) t.worker.postMessage({ t: 'dnsbl', answers: theirs } satisfies ToWorker);
+        });
       }
       if (this.accessDirty) {
         this.accessDirty = false;

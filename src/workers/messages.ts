@@ -19,6 +19,8 @@ export interface WorkerInit {
   readonly index: number;
   readonly workers: number;
   readonly board: SharedArrayBuffer;
+  /** The once-per-period warnings every worker shares (warnGate.ts). */
+  readonly warnings: SharedArrayBuffer;
   readonly config: Config;
   /** The board's slot of each server name. */
   readonly slots: ReadonlyArray<readonly [string, number]>;
@@ -52,6 +54,8 @@ export type ToWorker =
   | { readonly t: 'access'; readonly entries: ReadonlyArray<{ readonly cidr: string; readonly list: 'allow' | 'deny' }> }
   | { readonly t: 'server'; readonly state: ServerStateMsg }
   | { readonly t: 'answer'; readonly id: number; readonly value: string | null }
+  /** DNSBL answers another worker (or the main thread) got: [exchange key, value]. */
+  | { readonly t: 'dnsbl'; readonly answers: ReadonlyArray<readonly [string, string]> }
   | { readonly t: 'sessions'; readonly id: number }
   | { readonly t: 'counters'; readonly id: number }
   | { readonly t: 'stop'; readonly graceMs: number };

@@ -15,6 +15,7 @@ import type { AnswerExchange } from '../reputation/lookup.js';
 import type { CacheKind } from '../state/store.js';
 import { Board } from './board.js';
 import { repData } from './repCounters.js';
+import { warnGate } from './warnGate.js';
 import type { FromWorker, ToWorker, WorkerCounters, WorkerInit } from './messages.js';
 
 /** Clock ticks per second of /proc's CPU times (USER_HZ: 100 on every Linux etd supports). */
@@ -103,6 +104,7 @@ export class WorkerSide {
   /** The App this side serves (set once it is built; messages before that are not sent). */
   serve(app: App): void {
     this.app = app;
+    app.reputation.warnDue = warnGate(this.init.warnings);
     for (const s of app.pool.list()) this.wireServer(s.name);
     app.reputation.onQuery((zone, seconds, status) => {
       this.queries.push([zone, seconds, status]);
@@ -223,6 +225,9 @@ export class WorkerSide {
         }
         return;
       }
+      case 'dnsbl':
+        for (const [key, value] of m.answers) app.reputation.adopt(key, value);
+        return;
       case 'answer': {
         const done = this.asks.get(m.id);
         this.asks.delete(m.id);

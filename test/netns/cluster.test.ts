@@ -42,6 +42,9 @@ function config(name: string, listen: string): string {
     `
 listeners:
   - { name: smtp, address: ${listen}, port: ${PORT}, mode: plain }
+# Two gateways share this 2-core machine, each standing for a box of its own: one engine worker
+# each (workers: auto would give both 2 workers on the same 2 cores, beside the load and Redis).
+workers: 1
 detection: { window: ${WINDOW_MS}ms, action: drop }
 upstream:
   connectTimeout: 2s

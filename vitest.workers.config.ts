@@ -1,0 +1,27 @@
+// The second pass of `npm test`: the in-process proxy scenarios again, with 2 engine workers (ETD_TEST_WORKERS=2, docs/workers.md).
+//
+// Not here: test/integration/admission.test.ts (ETD_ENGINE_FAULTS numbers one engine's calls) and
+// hostile.test.ts (it counts one thread's Session objects and heap), which pin one worker; the
+// CLI and netns tests, which run `etd run` with `workers: auto` in the first pass.
+import { defineConfig } from 'vitest/config';
+import base from './vitest.config.js';
+
+export const WORKER_SCENARIOS = [
+  'test/integration/proxy.test.ts',
+  'test/integration/hold.test.ts',
+  'test/integration/limits.test.ts',
+  'test/integration/health.test.ts',
+  'test/integration/backendFaults.test.ts',
+  'test/integration/agentFaults.test.ts',
+  'test/integration/cache.test.ts',
+  'test/integration/api.test.ts',
+  'test/integration/dashboardApi.test.ts',
+  'test/integration/fuzz.test.ts',
+  'test/integration/postfix.test.ts',
+  'test/integration/cluster.test.ts',
+  'test/integration/clusterDnsbl.test.ts',
+];
+
+export default defineConfig({
+  test: { ...base.test, include: WORKER_SCENARIOS },
+});

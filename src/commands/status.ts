@@ -6,7 +6,7 @@ import type { ApiConfig } from '../config/schema.js';
 import { describeError } from '../errors.js';
 import type { BackendBody } from '../api/routes/backends.js';
 import type { StatsBody } from '../api/routes/stats.js';
-import type { StatusBody } from '../api/routes/status.js';
+import type { StatusBody, WorkerStatusBody } from '../api/routes/status.js';
 
 export interface StatusOptions {
   /** http://host:port of the API (ignored when `socket` is set). */
@@ -107,6 +107,16 @@ function bytes(n: number): string {
 
 const num = (n: number) => n.toLocaleString('en-US');
 
+/** One engine worker: its connections now, CPU time and share of a core, and its restarts if any. */
+export function workerLine(w: WorkerStatusBody): string {
+  const state = w.state === 'running' ? '' : ` ${w.state.toUpperCase()}`;
+  const restarts = w.restarts > 0 ? `, restarted ${num(w.restarts)}×` : '';
+  return (
+    `${`#${w.index}`.padEnd(4)} ${num(w.sessions)} connections (${num(w.held)} held, ${num(w.relaying)} relaying), ` +
+    `${num(w.accepted)} accepted, CPU ${num(w.cpuMs)} ms (${w.cpuPercent.toFixed(1)}%)${restarts}${state}`
+  );
+}
+
 /** The readable summary: one screen, most important first. */
 export function formatStatus(status: StatusBody, stats: StatsBody, backends: readonly BackendBody[]): string {
   const lines: string[] = [];
@@ -121,6 +131,13 @@ export function formatStatus(status: StatusBody, stats: StatsBody, backends: rea
   lines.push('listeners');
   for (const l of status.listeners) lines.push(`  ${l.name.padEnd(16)} ${l.mode.padEnd(9)} ${l.addresses.join(' ') || '(not listening)'}`);
   if (status.engine) lines.push(`engine       ${num(status.engine.connections)} connections, ${num(status.engine.fds)} fds, ${num(status.engine.bufferedBytes)} bytes buffered`);
+  // An older etd's answer has no workers: nothing to show.
+  const workers = status.workers ?? [];
+  if (workers.length > 0) {
+    const lost = status.lostSessions > 0 || status.workerRestarts > 0 ? `; ${num(status.workerRestarts)} restart${status.workerRestarts === 1 ? '' : 's'}, ${num(status.lostSessions)} connection${status.lostSessions === 1 ? '' : 's'} lost` : '';
+    lines.push(`workers      ${workers.length}${lost}`);
+    for (const w of workers) lines.push(`  ${workerLine(w)}`);
+  }
   lines.push(`backends     ${status.backends.up} of ${status.backends.total} up`);
   const c = status.cluster;
   if (c) {

@@ -20,18 +20,15 @@ import type { LiveSession, LiveSessionView, Phase, SessionContext, SessionPolicy
 import { earlyTalkCause, upstreamFailureCause } from './verdict.js';
 
 let nextId = 1;
-let idStep = 1;
+let sharedIds: (() => number) | undefined;
 /** Session ids grow in arrival order (the API pages by them); 0 is a connection answered at accept. */
 export function nextSessionId(): number {
-  const id = nextId;
-  nextId += idStep;
-  return id;
+  return sharedIds ? sharedIds() : nextId++;
 }
 
-/** Engine worker i of n numbers its sessions i+1, i+1+n, …: ids stay unique across workers. */
-export function sessionIdSpace(first: number, step: number): void {
-  nextId = first;
-  idStep = step;
+/** In an engine worker: ids come from one counter all workers share (src/workers/board.ts), so they stay unique and in arrival order. */
+export function sessionIdSource(next: () => number): void {
+  sharedIds = next;
 }
 
 /** A live session as the API lists it. */

@@ -4,7 +4,7 @@
 // totals (with Atomics), so nothing on the accept path waits on another thread. A worker that
 // dies leaves its row behind: the main thread subtracts it from the totals (`clearWorker`).
 //
-// Layout (Int32): [totals: sessions, held, relaying, stressed, stressChanges, …]
+// Layout (Int32): [last session id (64 bits), totals: sessions, held, relaying, stressed, stressChanges, …]
 //                 [per worker: sessions, held, relaying, accepted, …]
 //                 [per server slot: total, then active per worker]
 //                 [per worker: perClient buckets]
@@ -14,12 +14,13 @@
 // share a bucket share a count, so a false refusal needs their summed connections to reach
 // limits.perClient (50 by default) — rare with 131,072 buckets.
 
+// Ints 0–1 are the 64-bit session id counter.
 const TOTALS = 8;
-const T_SESSIONS = 0;
-const T_HELD = 1;
-const T_RELAYING = 2;
-const T_STRESSED = 3;
-const T_STRESS_CHANGES = 4;
+const T_SESSIONS = 2;
+const T_HELD = 3;
+const T_RELAYING = 4;
+const T_STRESSED = 5;
+const T_STRESS_CHANGES = 6;
 const ROW = 8;
 const R_SESSIONS = 0;
 const R_HELD = 1;
@@ -50,6 +51,7 @@ export function addressBucket(address: string): number {
 
 export class Board {
   readonly cells: Int32Array;
+  private readonly ids: BigInt64Array;
   private readonly rowsAt = TOTALS;
   private readonly serversAt: number;
   private readonly bucketsAt: number;
@@ -59,6 +61,7 @@ export class Board {
     readonly workers: number,
   ) {
     this.cells = new Int32Array(buffer);
+    this.ids = new BigInt64Array(buffer, 0, 1);
     this.serversAt = TOTALS + workers * ROW;
     this.bucketsAt = this.serversAt + SERVER_SLOTS * (1 + workers);
   }
@@ -88,6 +91,11 @@ export class Board {
   }
   get stressChanges(): number {
     return Atomics.load(this.cells, T_STRESS_CHANGES);
+  }
+
+  /** The next session id: one sequence for all workers (and restarts), in arrival order. */
+  nextId(): number {
+    return Number(Atomics.add(this.ids, 0, 1n)) + 1;
   }
 
   /** Enters (true) or leaves (false) stress; true for the one worker whose call changed it. */

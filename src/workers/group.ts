@@ -62,6 +62,8 @@ type EngineTotals = EngineCounts & { handlerErrors: number };
 
 interface Thread {
   worker: Worker;
+  /** Settles when the worker serves (or could not start). */
+  ready: Promise<void>;
   state: WorkerStatus['state'];
   counters: WorkerCounters | undefined;
   startedAt: number;
@@ -182,13 +184,11 @@ export class WorkerGroup {
       access: this.owner.access.runtimeEntries(),
       servers: this.owner.pool.list().map(serverState),
       cluster: this.owner.cluster() !== undefined,
-      firstId: index + 1,
-      idStep: this.size,
     };
     const worker = new Worker(threadScript(), { workerData: init, stdout: false, stderr: false });
-    const thread: Thread = { worker, state: 'starting', counters: undefined, startedAt: performance.now(), restarts };
+    const thread: Thread = { worker, ready: Promise.resolve(), state: 'starting', counters: undefined, startedAt: performance.now(), restarts };
     this.threads[index] = thread;
-    return new Promise<void>((resolve, reject) => {
+    thread.ready = new Promise<void>((resolve, reject) => {
       let settled = false;
       worker.on('message', (m: FromWorker) => {
         if (m.t === 'ready' && !settled) {
@@ -212,6 +212,28 @@ export class WorkerGroup {
         }
         this.exited(index, thread, code);
       });
+    });
+    return thread.ready;
+  }
+
+  /**
+   * Sends `m` (made with a query id) to one worker; resolves with its answer, or undefined when
+   * the worker exits first or `timeoutMs` passes (a worker that died never answers).
+   */
+  private query(t: Thread, make: (id: number) => ToWorker, timeoutMs: number): Promise<FromWorker | undefined> {
+    return new Promise((resolve) => {
+      const id = this.nextQuery++;
+      const done = (m: FromWorker | undefined): void => {
+        clearTimeout(timer);
+        this.queries.delete(id);
+        t.worker.off('exit', onExit);
+        resolve(m);
+      };
+      const onExit = (): void => done(undefined);
+      const timer = setTimeout(() => done(undefined), timeoutMs);
+      this.queries.set(id, done);
+      t.worker.once('exit', onExit);
+      t.worker.postMessage(make(id));
     });
   }
 
@@ -359,24 +381,7 @@ export class WorkerGroup {
   /** Asks every running worker; resolves with their answers (a worker that dies meanwhile answers nothing). */
   private ask<R extends FromWorker>(make: (id: number) => ToWorker, timeoutMs = 5000): Promise<R[]> {
     const live = this.threads.filter((t): t is Thread => t !== undefined && t.state === 'running');
-    return Promise.all(
-      live.map(
-        (t) =>
-          new Promise<R | undefined>((resolve) => {
-            const id = this.nextQuery++;
-            const timer = setTimeout(() => {
-              this.queries.delete(id);
-              resolve(undefined);
-            }, timeoutMs);
-            this.queries.set(id, (m) => {
-              clearTimeout(timer);
-              this.queries.delete(id);
-              resolve(m as R);
-            });
-            t.worker.postMessage(make(id));
-          }),
-      ),
-    ).then((all) => all.filter((r): r is Awaited<R> => r !== undefined) as R[]);
+    return Promise.all(live.map((t) => this.query(t, make, timeoutMs))).then((all) => all.filter((r) => r !== undefined) as R[]);
   }
 
   /** Every worker's live sessions, oldest first. */
@@ -415,7 +420,8 @@ export class WorkerGroup {
         sessions: row.sessions,
         held: row.held,
         relaying: row.relaying,
-        accepted: row.accepted,
+        // Nothing counts accepts on the board (Board.accepted is never called): the worker's own counter, since it started.
+        accepted: t?.counters?.accepted ?? 0,
         cpuMs: Math.round(cpuMs),
         cpuPercent: upMs > 0 ? Math.round((cpuMs / upMs) * 1000) / 10 : 0,
         restarts: t?.restarts ?? 0,
@@ -433,20 +439,19 @@ export class WorkerGroup {
     const slots = [...this.slots];
     const results = await Promise.all(
       this.threads.map(async (t, i) => {
-        if (!t || t.state !== 'running') {
-          // Starting or restarting: it is given the new config and fresh sockets when it starts.
-          for (const list of Object.values(fds(i))) for (const f of list) closeQuietly(f.fd);
+        const given = fds(i);
+        const drop = (): undefined => {
+          // It starts again with the new config and fresh sockets (rebind), or it is stopping.
+          for (const list of Object.values(given)) for (const f of list) closeQuietly(f.fd);
           return undefined;
-        }
-        const answer = await new Promise<Extract<FromWorker, { t: 'reloaded' }>>((resolve) => {
-          const id = this.nextQuery++;
-          this.queries.set(id, (m) => {
-            this.queries.delete(id);
-            resolve(m as Extract<FromWorker, { t: 'reloaded' }>);
-          });
-          t.worker.postMessage({ t: 'reload', id, config: next, fds: fds(i), slots } satisfies ToWorker);
-        });
-        return answer.error === undefined ? undefined : { index: i, error: answer.error };
+        };
+        if (!t || (t.state !== 'running' && t.state !== 'starting')) return drop();
+        // A worker being (re)started took the config of its start: it gets this one once it serves.
+        if (t.state === 'starting' && !(await t.ready.then(() => true, () => false))) return drop();
+        if (this.threads[i] !== t || t.state !== 'running') return drop();
+        const answer = (await this.query(t, (id) => ({ t: 'reload', id, config: next, fds: given, slots }), 60_000)) as Extract<FromWorker, { t: 'reloaded' }> | undefined;
+        // No answer: it died meanwhile and is restarted with the new config.
+        return answer?.error === undefined ? undefined : { index: i, error: answer.error };
       }),
     );
     for (const r of results) {

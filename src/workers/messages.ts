@@ -31,9 +31,6 @@ export interface WorkerInit {
   readonly servers: readonly ServerStateMsg[];
   /** The main thread has a cluster (Redis): shared lookups go through it. */
   readonly cluster: boolean;
-  /** Session ids: this worker's first id and the step between its ids (ids stay unique across workers). */
-  readonly firstId: number;
-  readonly idStep: number;
 }
 
 /** Counters of one worker that the main thread sums (the rest comes from the summaries). */

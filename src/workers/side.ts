@@ -10,7 +10,7 @@ import type { App } from '../app.js';
 import { EtdError, describeError } from '../errors.js';
 import type { BoundFd } from '../proxy/listener.js';
 import type { SessionSummary } from '../proxy/protocol.js';
-import { sessionIdSpace, viewOfSession } from '../proxy/session.js';
+import { sessionIdSource, viewOfSession } from '../proxy/session.js';
 import type { AnswerExchange } from '../reputation/lookup.js';
 import type { CacheKind } from '../state/store.js';
 import { Board } from './board.js';
@@ -65,7 +65,8 @@ export class WorkerSide {
     this.board = Board.attach(init.board, init.workers);
     this.slots = new Map(init.slots);
     this.fdsByListener = init.fds;
-    sessionIdSpace(init.firstId, init.idStep);
+    const board = this.board;
+    sessionIdSource(() => board.nextId());
     this.cluster = init.cluster
       ? {
           lookup: (key, done) => this.ask({ t: 'lookup', id: 0, key }, (v) => {

@@ -263,8 +263,18 @@ describe('status, sessions and stats', () => {
       expect(status.version).toBe('test-1.2.3');
       expect(status.listeners).toEqual([{ name: 'test', mode: 'plain', state: 'listening', addresses: [`127.0.0.1:${etd.port}`] }]);
       expect(status.connections).toEqual({ held: 3, relaying: 0, total: 3 });
-      // The engine owns the three held clients and the listener's fd (and, in this process, nothing else of its own).
-      expect(status.engine).toMatchObject({ connections: 3, fds: 4, handlerErrors: 0 });
+      // The engine owns the three held clients and the listener's fd, one per engine worker (and, in this process, nothing else of its own).
+      const workers = etd.app.currentConfig.workers;
+      expect(status.engine).toMatchObject({ connections: 3, fds: 3 + workers, handlerErrors: 0 });
+      expect(status.workers).toHaveLength(workers);
+      expect(status.workers.map((w) => [w.index, w.state, w.restarts])).toEqual(Array.from({ length: workers }, (_, i) => [i, 'running', 0]));
+      expect(status.workers.reduce((n, w) => n + w.held, 0)).toBe(3);
+      expect(status.workers.reduce((n, w) => n + w.sessions, 0)).toBe(3);
+      expect(status.workers.reduce((n, w) => n + w.accepted, 0)).toBe(3);
+      expect(status.workers.every((w) => w.cpuMs >= 0 && w.cpuPercent >= 0 && w.threadId !== null)).toBe(true);
+      if (workers === 1) expect(status.workers[0]!.threadId).toBe(0);
+      expect(status.lostSessions).toBe(0);
+      expect(status.workerRestarts).toBe(0);
       expect(status.engine!.deadlines).toBeGreaterThanOrEqual(0);
       expect(status.backends).toEqual({ up: 2, total: 2 });
       // Three held is above detection.stress.above (2): connections arriving from now on get the 1 s window.
@@ -636,8 +646,16 @@ describe('metrics and health', () => {
       expect(stats.bytes.fromClient).toBeGreaterThan(100);
       expect(m.get('etd_held_connections{}')).toBe(stats.now.held);
       expect(m.get('etd_held_connections{}')).toBe(1);
-      // The held client and the listener are the native engine's fds.
-      expect(m.get('etd_engine_fds{}')).toBe(2);
+      // The held client and the listener (one per engine worker) are the native engine's fds.
+      const workers = etd.app.currentConfig.workers;
+      expect(m.get('etd_engine_fds{}')).toBe(1 + workers);
+      expect(sum(m, 'etd_worker_sessions')).toBe(1);
+      for (let i = 0; i < workers; i++) {
+        expect(m.get(`etd_worker_sessions{worker="${i}"}`), `worker ${i}`).toBeGreaterThanOrEqual(0);
+        expect(m.get(`etd_worker_cpu_seconds_total{worker="${i}"}`), `worker ${i}`).toBeGreaterThanOrEqual(0);
+      }
+      expect(m.get('etd_worker_restarts_total{}')).toBe(0);
+      expect(m.get('etd_sessions_lost_total{}')).toBe(0);
       expect(m.get('etd_sessions_active{}')).toBe(stats.now.relaying);
       expect(m.get('etd_upstream_connect_seconds_count{server="s1"}')).toBe(2);
       expect(m.get('etd_backend_up{server="s1"}')).toBe(1);
@@ -730,11 +748,19 @@ describe('OpenAPI and etd status', () => {
     expect(text).toMatch(/passed\s+1 /);
     expect(text).toMatch(/early talkers\s+0\s+\(drop 0, reject 0, log 0\)/);
     expect(text).toMatch(/stress\s+off \(window 0\.3s; stress above 9,000 held\)/);
+    // One line per engine worker: connections, held, relaying, accepted, CPU time and share.
+    const workers = etd.app.currentConfig.workers;
+    expect(text).toMatch(new RegExp(`^workers\\s+${workers}$`, 'm'));
+    for (let i = 0; i < workers; i++) {
+      expect(text).toMatch(new RegExp(`^  #${i}\\s+\\d+ connections \\(\\d+ held, \\d+ relaying\\), \\d+ accepted, CPU [\\d,]+ ms \\(\\d+\\.\\d%\\)$`, 'm'));
+    }
 
     const json: string[] = [];
     expect(await statusCommand({ url: api.url, token: TOKEN, json: true }, (s) => json.push(s))).toBe(0);
     const raw = JSON.parse(json.join('')) as { status: StatusBody; stats: StatsBody; backends: unknown[] };
     expect(raw.status.version).toBe('test-1.2.3');
+    expect(raw.status.workers).toHaveLength(workers);
+    expect(raw.status.workers.reduce((n, w) => n + w.accepted, 0)).toBe(1);
     expect(raw.stats.passed).toBe(1);
     expect(raw.backends).toHaveLength(2);
 

@@ -1,4 +1,4 @@
-// GET /v1/status: what is running now — version, uptime, listeners and their modes, live connection counts, stress state.
+// GET /v1/status: what is running now — version, uptime, listeners and their modes, live connection counts, stress state, engine workers.
 
 import { Type, type Static } from '@sinclair/typebox';
 import { ListenerSchema } from '../../config/schema.js';
@@ -25,6 +25,23 @@ export const ClusterStatusBody = Type.Object(
   },
   { description: 'shared state over Redis (cluster.redis); null when not configured' },
 );
+
+export const WorkerStatusBody = Type.Object(
+  {
+    index: Type.Integer({ minimum: 0, description: 'the worker number (0 .. workers-1)' }),
+    threadId: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()], { description: "the thread's id (0: the main thread, with workers: 1); null while it restarts" }),
+    state: Type.Union([Type.Literal('starting'), Type.Literal('running'), Type.Literal('restarting'), Type.Literal('stopping')]),
+    sessions: Type.Integer({ minimum: 0, description: 'its sessions now (held or relaying)' }),
+    held: Type.Integer({ minimum: 0, description: 'in the silent window now' }),
+    relaying: Type.Integer({ minimum: 0, description: 'relayed to a backend now' }),
+    accepted: Type.Integer({ minimum: 0, description: 'connections it accepted since start' }),
+    cpuMs: Type.Integer({ minimum: 0, description: 'CPU time (user + system) of the thread since it started (ms); the whole process with workers: 1' }),
+    cpuPercent: Type.Number({ minimum: 0, description: 'that CPU time as a share of one core since it started (%)' }),
+    restarts: Type.Integer({ minimum: 0, description: 'times it was restarted after it died' }),
+  },
+  { description: 'one engine worker (config workers:); with workers: 1 the one row is the main thread' },
+);
+export type WorkerStatusBody = Static<typeof WorkerStatusBody>;
 
 export const StatusBody = Type.Object({
   version: Type.String(),
@@ -68,6 +85,9 @@ export const StatusBody = Type.Object({
     { description: 'overload protection: with many held connections the window shortens' },
   ),
   cluster: Type.Union([ClusterStatusBody, Type.Null()]),
+  workers: Type.Array(WorkerStatusBody, { description: 'the engine workers, by index (docs/workers.md)' }),
+  lostSessions: Type.Integer({ minimum: 0, description: 'sessions lost with engine workers that died since start' }),
+  workerRestarts: Type.Integer({ minimum: 0, description: 'engine workers restarted after they died since start' }),
 });
 export type StatusBody = Static<typeof StatusBody>;
 
@@ -89,12 +109,34 @@ function engineView(app: App): StatusBody['engine'] {
   return { connections: c.connections, fds: c.fds, bufferedBytes: c.bufferedBytes, deadlines: c.deadlines, handlerErrors: c.handlerErrors + c.callbackErrors };
 }
 
+/** With workers: 1 the main thread is the one engine worker: its row from the App's own counts. */
+function mainThreadRow(app: App): WorkerStatusBody {
+  const cpu = process.cpuUsage();
+  const cpuMs = Math.round((cpu.user + cpu.system) / 1000);
+  const upMs = process.uptime() * 1000;
+  return {
+    index: 0,
+    threadId: 0,
+    state: 'running',
+    sessions: app.sessions.size,
+    held: app.stats.held,
+    relaying: app.stats.relaying,
+    accepted: app.stats.accepted,
+    cpuMs,
+    cpuPercent: upMs > 0 ? Math.round((cpuMs / upMs) * 1000) / 10 : 0,
+    restarts: 0,
+  };
+}
+
 export const statusRoutes: RoutePlugin = async (api, deps) => {
   api.get(
     '/v1/status',
     { schema: { summary: 'version, uptime, listeners, live connection counts, stress state', tags: ['status'], response: { 200: StatusBody } } },
     async (): Promise<StatusBody> => {
       const { app } = deps;
+      // The workers' counters arrive once a second on their own: ask for fresh ones first.
+      const group = app.workers;
+      await group?.refresh();
       const servers = app.pool.list();
       return {
         version: deps.version,
@@ -111,6 +153,10 @@ export const statusRoutes: RoutePlugin = async (api, deps) => {
         backends: { up: servers.filter((s) => s.state === 'up').length, total: servers.length },
         stress: stressView(app),
         cluster: app.cluster?.status() ?? null,
+        // Several workers but no group: before start or after stop, nothing runs.
+        workers: group ? group.status() : app.currentConfig.workers > 1 ? [] : [mainThreadRow(app)],
+        lostSessions: group?.lost ?? 0,
+        workerRestarts: group?.restarts ?? 0,
       };
     },
   );

@@ -12,7 +12,7 @@
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       # Node-API 8 is in every Node >= 12.22 / 14.17 / 16; etd needs Node >= 20 anyway.
       # No C++ exceptions: every error is thrown into JS explicitly, next to the syscall that failed.
-      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
       "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     }
   ]

@@ -5,7 +5,7 @@
 // dies leaves its row behind: the main thread subtracts it from the totals (`clearWorker`).
 //
 // Layout (Int32): [last session id (64 bits), totals: sessions, held, relaying, stressed, stressChanges, …]
-//                 [per worker: sessions, held, relaying, accepted, …]
+//                 [per worker: sessions, held, relaying, unreported summaries, …]
 //                 [per server slot: total, then active per worker]
 //                 [per worker: perClient buckets]
 //
@@ -25,7 +25,6 @@ const ROW = 8;
 const R_SESSIONS = 0;
 const R_HELD = 1;
 const R_RELAYING = 2;
-const R_ACCEPTED = 3;
 /** Summary lines this worker has sent that the main thread has not taken in yet. */
 const R_UNREPORTED = 4;
 /** Distinct server names the board can count (slots are never reused while etd runs). */
@@ -36,7 +35,6 @@ export interface WorkerRow {
   readonly sessions: number;
   readonly held: number;
   readonly relaying: number;
-  readonly accepted: number;
 }
 
 /** FNV-1a of the address text: the per-client bucket. */
@@ -46,6 +44,12 @@ export function addressBucket(address: string): number {
     h ^= address.charCodeAt(i);
     h = Math.imul(h, 0x01000193);
   }
+  // murmur3's finalizer: addresses differ in their last characters, which FNV alone spreads poorly.
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
   return (h >>> 0) & (PER_CLIENT_BUCKETS - 1);
 }
 
@@ -116,7 +120,7 @@ export class Board {
   row(worker: number): WorkerRow {
     const r = this.rowsAt + worker * ROW;
     const c = this.cells;
-    return { sessions: Atomics.load(c, r + R_SESSIONS), held: Atomics.load(c, r + R_HELD), relaying: Atomics.load(c, r + R_RELAYING), accepted: Atomics.load(c, r + R_ACCEPTED) };
+    return { sessions: Atomics.load(c, r + R_SESSIONS), held: Atomics.load(c, r + R_HELD), relaying: Atomics.load(c, r + R_RELAYING) };
   }
 
   /** Summary lines sent by the workers and not yet taken in by the main thread. */
@@ -129,10 +133,6 @@ export class Board {
   /** `n` summary lines of `worker` were sent (positive) or taken in by the main thread (negative). */
   reported(worker: number, n: number): void {
     Atomics.add(this.cells, this.rowsAt + worker * ROW + R_UNREPORTED, n);
-  }
-
-  accepted(worker: number): void {
-    Atomics.add(this.cells, this.rowsAt + worker * ROW + R_ACCEPTED, 1);
   }
 
   /** A session began (held) on `worker`. */

@@ -18,6 +18,12 @@ import { repData } from './repCounters.js';
 import { warnGate } from './warnGate.js';
 import type { FromWorker, ToWorker, WorkerCounters, WorkerInit } from './messages.js';
 
+/**
+ * A question to the main thread (a shared lookup) that got no answer this long after it was
+ * asked is forgotten: Redis answers a miss with nothing, and a session's window is shorter.
+ */
+const ASK_SWEEP_MS = 10_000;
+
 /** Clock ticks per second of /proc's CPU times (USER_HZ: 100 on every Linux etd supports). */
 const USER_HZ = 100;
 
@@ -49,7 +55,9 @@ export class WorkerSide {
   private queries: Array<readonly [string, number, string]> = [];
   private flushing = false;
   private nextAsk = 1;
-  private readonly asks = new Map<number, (value: string | null) => void>();
+  /** Questions to the main thread by id; a shared lookup that finds nothing is never answered, so old ones are dropped. */
+  private readonly asks = new Map<number, { done: (value: string | null) => void; at: number }>();
+  private readonly askSweeper: NodeJS.Timeout;
   /** True while a server state from the main thread is applied (its change must not echo back). */
   private applyingServer = false;
   private cpuMs = 0;
@@ -82,6 +90,7 @@ export class WorkerSide {
     };
     this.cpuMs = threadCpuMs();
     this.cpuTimer = setInterval(() => (this.cpuMs = threadCpuMs()), 1000).unref();
+    this.askSweeper = setInterval(() => this.sweepAsks(), ASK_SWEEP_MS).unref();
     port.on('message', (m: ToWorker) => this.receive(m));
   }
 
@@ -197,8 +206,16 @@ export class WorkerSide {
 
   private ask(m: Extract<FromWorker, { t: 'lookup' | 'dnsbl-get' }>, done: (value: string | null) => void): void {
     const id = this.nextAsk++;
-    this.asks.set(id, done);
+    this.asks.set(id, { done, at: performance.now() });
     this.post({ ...m, id });
+  }
+
+  private sweepAsks(): void {
+    const old = performance.now() - ASK_SWEEP_MS;
+    for (const [id, a] of this.asks) {
+      if (a.at >= old) break; // ids grow with time: the rest are newer
+      this.asks.delete(id);
+    }
   }
 
   private receive(m: ToWorker): void {
@@ -230,9 +247,9 @@ export class WorkerSide {
         for (const [key, value] of m.answers) app.reputation.adopt(key, value);
         return;
       case 'answer': {
-        const done = this.asks.get(m.id);
+        const ask = this.asks.get(m.id);
         this.asks.delete(m.id);
-        done?.(m.value);
+        ask?.done(m.value);
         return;
       }
       case 'sessions':
@@ -258,6 +275,7 @@ export class WorkerSide {
           () => {
             this.flush();
             clearInterval(this.cpuTimer);
+            clearInterval(this.askSweeper);
             this.post({ t: 'stopped' });
           },
           () => this.post({ t: 'stopped' }),

@@ -2,7 +2,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { ClientCache, cacheKey, type CacheConfig } from '../../src/policy/clientCache.js';
-import { openStore, type CacheKind, type StateStore } from '../../src/state/store.js';
+import { openStore, WORKER_STORE, type CacheKind, type StateStore } from '../../src/state/store.js';
 
 const quiet = { warn: () => undefined, info: () => undefined };
 const config: CacheConfig = { enabled: true, ttlMs: 10_000, denyTtlMs: 5_000, scope: 'ip' };
@@ -131,19 +131,7 @@ describe('ClientCache', () => {
       ['2001:db8::1', 9e12, 'pass'],
       ['172.16.0.1', 9e12, 'pass'],
     ];
-    const store: StateStore = {
-      loadCache: (_now, fn) => rows.forEach(([k, e, kind]) => fn(k, e, kind)),
-      putCache: () => undefined,
-      deleteCache: () => undefined,
-      sweep: () => 0,
-      loadAccess: () => [],
-      putAccess: () => undefined,
-      deleteAccess: () => undefined,
-      flush: () => undefined,
-      close: () => undefined,
-      healthy: true,
-      location: 'fake',
-    };
+    const store: StateStore = { ...WORKER_STORE, loadCache: (_now, fn) => rows.forEach(([k, e, kind]) => fn(k, e, kind)), location: 'fake' };
     const cache = new ClientCache(config, store);
     expect(cache.load()).toBe(4);
     for (const [k, , kind] of rows) expect(cache.lookup(k)).toBe(kind);

@@ -31,6 +31,8 @@ export interface BenchLab {
   readonly visitorAddresses: readonly string[];
   /** What the lab set up (sysctls that took, conntrack state), for the report. */
   readonly notes: string[];
+  /** The smtp-sink backends' pids (load generators: their CPU is counted beside smtp-source's). */
+  readonly sinkPids: readonly number[];
   /** Spawns in a namespace with stdout+stderr appended to `logFile`; tracked by the lab. */
   spawnLogged(ns: string, cmd: string, args: readonly string[], logFile: string, opts?: SpawnOptions): ChildProcess;
   destroy(): Promise<void>;
@@ -131,6 +133,7 @@ export async function createBenchLab(visitors: number, say: (s: string) => void)
   const lab = await createLab();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-bench-'));
   const notes: string[] = [];
+  const sinkPids: number[] = [];
   const proxyAddress = lab.v4.gatewayClientSide;
   const backends = lab.v4.backends;
   const visitorAddresses = Array.from({ length: Math.min(visitors, 100) }, (_, i) => `10.${lab.x}.1.${100 + i}`);
@@ -174,11 +177,12 @@ export async function createBenchLab(visitors: number, say: (s: string) => void)
     for (const [i, address] of backends.entries()) {
       const sink = spawnLogged(lab.ns.backend, SMTP_SINK, ['-u', 'nobody', '-m', '8192', `${address}:25`, '8192'], path.join(dir, `smtp-sink-${i}.log`));
       await waitListening(lab, lab.ns.backend, address, 25, 10_000, sink);
+      if (sink.pid !== undefined) sinkPids.push(sink.pid);
     }
     say(`lab ${lab.id}: client ${lab.v4.client} (+${visitorAddresses.length} visitor addresses) → gateway ${proxyAddress} → smtp-sink ${backends.join(', ')}`);
   } catch (e) {
     await destroy();
     throw e;
   }
-  return { lab, dir, proxyAddress, backends, visitorAddresses, notes, spawnLogged, destroy };
+  return { lab, dir, proxyAddress, backends, visitorAddresses, notes, sinkPids, spawnLogged, destroy };
 }

@@ -10,6 +10,8 @@ export interface BenchContext {
   say(line: string): void;
   /** Milliseconds left before the run must wrap up (the hard deadline minus teardown time). */
   left(): number;
+  /** The etd build accepts the top-level `workers` key (run.ts asks `etd check`); without it etd-mt cannot run. */
+  readonly etdWorkers?: boolean;
 }
 
 /** Thrown when a step would not fit into what is left of the run's time budget. */

@@ -13,6 +13,7 @@ import type { ProxySpec, RunningProxy } from './proxy.js';
  * they never interfere; the caches are off except where the scenario is about them.
  * netfilter.manage is false because the lab applied the same rules once for both proxies.
  * The management API is off unless the spec names a unix socket for it (the endurance run).
+ * `workers` (engine worker threads, issue 18) is written when the spec gives it.
  */
 export function etdConfig(bl: BenchLab, spec: ProxySpec, port: number): string {
   return `listeners:
@@ -33,12 +34,12 @@ netfilter: { manage: false }
 api: ${spec.apiSocket ? `{ enabled: true, address: ${JSON.stringify(spec.apiSocket)} }` : '{ enabled: false }'}
 state: { path: ":memory:" }
 log: { level: info }
-${spec.extraConfig ?? ''}`;
+${spec.workers === undefined ? '' : `workers: ${spec.workers}\n`}${spec.extraConfig ?? ''}`;
 }
 
-export async function startEtdProxy(bl: BenchLab, spec: ProxySpec, port: number, cli = CLI): Promise<RunningProxy> {
-  const cfg = path.join(bl.dir, `etd-${spec.tag}.yaml`);
-  const logFile = path.join(bl.dir, `etd-${spec.tag}.log`);
+export async function startEtdProxy(bl: BenchLab, spec: ProxySpec, port: number, cli = CLI, kind: 'etd' | 'etd-mt' = 'etd'): Promise<RunningProxy> {
+  const cfg = path.join(bl.dir, `${kind}-${spec.tag}.yaml`);
+  const logFile = path.join(bl.dir, `${kind}-${spec.tag}.log`);
   fs.writeFileSync(cfg, etdConfig(bl, spec, port));
   const child = bl.spawnLogged(bl.lab.ns.gateway, process.execPath, [...(spec.nodeArgs ?? []), cli, 'run', '-c', cfg], logFile, spec.cwd ? { cwd: spec.cwd } : {});
   const pid = child.pid;
@@ -56,5 +57,5 @@ export async function startEtdProxy(bl: BenchLab, spec: ProxySpec, port: number,
     await stop(1000);
     throw new Error(`${e instanceof Error ? e.message : String(e)}\netd log:\n${tail(logFile)}`);
   }
-  return { kind: 'etd', pid, address: bl.proxyAddress, port, logFile, child, stop };
+  return { kind, pid, address: bl.proxyAddress, port, logFile, child, stop };
 }

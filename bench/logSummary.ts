@@ -1,7 +1,7 @@
 // Sanity check of a measured run from the proxy's own session log: how the sessions ended (etd verdict/cause, HAProxy termination state).
 
 import fs from 'node:fs';
-import type { ProxyKind } from './proxy.js';
+import { isEtd, type ProxyKind } from './proxy.js';
 
 /** HAProxy tcplog: "... Tw/Tc/Tt bytes TS actconn/feconn/beconn/srv_conn/retries srv_queue/backend_queue". */
 const TCPLOG_END = / \d+ (\S\S) \d+\/\d+\/\d+\/\d+\/\+?\d+ \d+\/\d+\s*$/;
@@ -20,7 +20,7 @@ export function sessionEndings(kind: ProxyKind, logFile: string): Record<string,
   }
   for (const line of text.split('\n')) {
     let key: string | undefined;
-    if (kind === 'etd') {
+    if (isEtd(kind)) {
       if (!line.includes('"msg":"session"')) continue;
       try {
         const o = JSON.parse(line) as { verdict?: unknown; cause?: unknown };

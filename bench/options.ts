@@ -23,7 +23,7 @@ export interface BenchOptions {
   readonly relay: { readonly parallel: number; readonly messages: number; readonly size: number };
   /** Returning sender: client addresses (one first visit each) and sequential connections measured. */
   readonly returning: { readonly addresses: number; readonly samples: number };
-  /** Also run HAProxy with its default nbthread (one thread per CPU) in the sessions and relay scenarios. */
+  /** Also run the multi-thread pair — etd with `workers: auto`, HAProxy with its default nbthread (one thread per CPU) — in the held, sessions and relay scenarios. */
   readonly haproxyThreads: boolean;
   /** Keep the raw .cpuprofile and .heapsnapshot files here (default: summarised, then deleted). */
   readonly keepProfiles: string | undefined;
@@ -49,7 +49,7 @@ options:
   --parallel N          smtp-source parallel sessions in scenario 2 (default 400)
   --relay-mb N          message size in MB (10^6 bytes) in scenario 3 (default 10)
   --relay-count N       messages in scenario 3 (default 200)
-  --no-haproxy-threads  skip the extra HAProxy run with its default nbthread
+  --no-haproxy-threads  skip the multi-thread pair (etd workers auto, HAProxy nbthread auto)
   --keep-profiles DIR   keep the .cpuprofile and .heapsnapshot files of the profile pass
   --deadline SECONDS    a shorter bound for the whole run (at most 600)
   --etd-cli FILE        measure this etd build's cli.js (A/B against another build; default dist/src/cli.js)

@@ -7,7 +7,9 @@
 // ends the run, with whatever was measured, before the 10 minutes are up. Every child process
 // is spawned through the lab, which kills it by pid, and the lab is always destroyed.
 
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
 import { createBenchLab, missingPrerequisites, type BenchLab } from './benchLab.js';
 import { OutOfTime, type BenchContext } from './context.js';
 import { loadNow, machineInfo } from './machine.js';
@@ -19,6 +21,15 @@ import { runCpuProfile, runHeapProfile } from './scenarios/profiling.js';
 import { runDirect, runReturning } from './scenarios/returning.js';
 import { runRelay, runSessions } from './scenarios/sessions.js';
 import { runDnsbl } from './scenarios/dnsbl.js';
+
+/** Whether this etd build accepts the top-level `workers` key (issue 18): `etd check` on a config with it. */
+async function etdHasWorkers(cli: string, dir: string): Promise<boolean> {
+  const cfg = path.join(dir, 'workers-check.yaml');
+  fs.writeFileSync(cfg, 'listeners:\n  - { name: smtp, address: 127.0.0.1, port: 2525, mode: plain }\nupstream:\n  servers:\n    - { name: a, address: 127.0.0.1, port: 25 }\nworkers: auto\n');
+  return new Promise((resolve) => {
+    execFile(process.execPath, [cli, 'check', '-c', cfg], { timeout: 20_000 }, (err) => resolve(err === null));
+  });
+}
 
 /** Kept free at the end of the budget for stopping processes and deleting the lab. */
 const TEARDOWN_MS = 25_000;
@@ -38,7 +49,7 @@ function settings(o: BenchOptions): Record<string, unknown> {
     relay: o.relay,
     returning: o.returning,
     haproxyThreads: o.haproxyThreads,
-    etd: 'vip mode, upstream.source clientip, roundrobin, health checks 3s rise 2 fall 3, limits off, cache off (on in returning), log level info to a file',
+    etd: 'workers 1 (etd-mt: workers auto) when the build has the key, vip mode, upstream.source clientip, roundrobin, health checks 3s rise 2 fall 3, limits off, cache off (on in returning), log level info to a file',
     haproxy: 'the original recipe (inspect-delay = window, req_len gt 0 → reject, usesrc clientip, roundrobin, smtpchk HELO inter 3s rise 2 fall 3), tcplog to a file, maxconn 19500, no strict-limits',
   };
 }
@@ -118,7 +129,9 @@ async function main(): Promise<number> {
   try {
     say(`etd benchmark${o.quick ? ' (--quick)' : ''}: scenarios ${o.scenarios.join(', ')}; held N ${o.held}; deadline ${o.deadlineMs / 60_000} min`);
     bl = await createBenchLab(o.scenarios.includes('returning') || o.scenarios.includes('dnsbl') ? o.returning.addresses : 0, say);
-    const ctx: BenchContext = { bl, opts: o, say, left };
+    const etdWorkers = await etdHasWorkers(o.etdCli, bl.dir);
+    if (!etdWorkers && o.haproxyThreads) result.problems.push('etd-mt not run: this etd build rejects the `workers` config key (issue 18); etd ran without it');
+    const ctx: BenchContext = { bl, opts: o, say, left, etdWorkers };
 
     const attempt = async <T>(what: string, f: () => Promise<T>): Promise<T | undefined> => {
       if (finishing) return undefined;
@@ -135,8 +148,11 @@ async function main(): Promise<number> {
         return undefined;
       }
     };
+    // The multi-thread pair (etd workers auto, HAProxy nbthread auto) in held, sessions and relay.
     const proxies = (scenario: ScenarioName): ProxyKind[] =>
-      o.haproxyThreads && (scenario === 'sessions' || scenario === 'relay') ? ['etd', 'haproxy', 'haproxy-mt'] : ['etd', 'haproxy'];
+      o.haproxyThreads && (scenario === 'held' || scenario === 'sessions' || scenario === 'relay')
+        ? ['etd', 'haproxy', ...(etdWorkers ? (['etd-mt'] as const) : []), 'haproxy-mt']
+        : ['etd', 'haproxy'];
 
     for (const scenario of o.scenarios) {
       if (scenario === 'held') {

@@ -6,11 +6,12 @@
 // per connection and the figure is the byte throughput: MB/s (10^6 bytes of payload) and CPU
 // ms per MB. Before the timed run one probe connection must get a greeting through the proxy.
 
+import os from 'node:os';
 import type { BenchLab } from '../benchLab.js';
 import { ensureTime, type BenchContext } from '../context.js';
 import { runBannerClient, runSmtpSource, type SmtpSourceResult } from '../load.js';
 import { sessionEndings } from '../logSummary.js';
-import { cpuMs, cpuSplitMs } from '../procfs.js';
+import { cpuMs, cpuSplitMs, machineCpuMs, reapedChildrenCpuMs } from '../procfs.js';
 import { startProxy, type ProxyKind, type RunningProxy } from '../proxy.js';
 
 export interface SessionsFigures {
@@ -22,12 +23,31 @@ export interface SessionsFigures {
   cpuMsPerSession: number;
   /** Share of the proxy's CPU time spent in the kernel (system time / user + system, from /proc/PID/stat). */
   kernelShare: number;
+  /** Where the machine's CPU went during the run (see MachineShare). */
+  machine: MachineShare;
   /** How the proxy logged the sessions ending (includes the probe): etd verdict/cause, HAProxy termination state. */
   endings: Record<string, number>;
   /** smtp-source's warnings/errors (should be none) and exit. */
   problems: string[];
   problemCount: number;
   exit: number | string;
+}
+
+/**
+ * The machine's CPU during a timed run: the proxy, the load generators (smtp-source, which ends
+ * with the run, and the two smtp-sink backends) and everything (busy time of all CPUs, any
+ * process: the rest is other work on the machine), in ms and as shares of the CPU capacity
+ * (wall time × CPUs). On a small machine the generators compete with the proxy for the cores.
+ */
+export interface MachineShare {
+  cpus: number;
+  capacityMs: number;
+  proxyMs: number;
+  loadGeneratorsMs: number;
+  busyMs: number;
+  proxyShare: number;
+  loadGeneratorsShare: number;
+  busyShare: number;
 }
 
 export interface RelayFigures {
@@ -39,6 +59,7 @@ export interface RelayFigures {
   cpuMs: number;
   cpuMsPerMb: number;
   kernelShare: number;
+  machine: MachineShare;
   endings: Record<string, number>;
   problems: string[];
   problemCount: number;
@@ -60,22 +81,40 @@ async function measured(
   kind: ProxyKind,
   tag: string,
   run: (proxy: RunningProxy) => Promise<SmtpSourceResult>,
-): Promise<{ r: SmtpSourceResult; cpu: number; kernelShare: number; endings: Record<string, number> }> {
+): Promise<{ r: SmtpSourceResult; cpu: number; kernelShare: number; machine: MachineShare; endings: Record<string, number> }> {
   const proxy = await startProxy(kind, ctx, { windowMs: ctx.opts.windowMs, tag });
   let stopped = false;
+  const generators = (): number => reapedChildrenCpuMs() + ctx.bl.sinkPids.reduce((a, pid) => a + cpuMs(pid), 0);
   try {
     await probe(ctx.bl, proxy);
     const s0 = cpuSplitMs(proxy.pid);
     const c0 = cpuMs(proxy.pid);
+    const g0 = generators();
+    const m0 = machineCpuMs();
     const r = await run(proxy);
     const cpu = cpuMs(proxy.pid) - c0;
     const s1 = cpuSplitMs(proxy.pid);
+    const m1 = machineCpuMs();
+    const gen = generators() - g0;
     if (r.timedOut) throw new Error(`smtp-source through ${kind} did not finish in time (${r.problems.join('; ')})`);
     const user = s1.user - s0.user;
     const system = s1.system - s0.system;
     await proxy.stop();
     stopped = true;
-    return { r, cpu, kernelShare: user + system > 0 ? system / (user + system) : 0, endings: sessionEndings(kind, proxy.logFile) };
+    const cpus = os.availableParallelism();
+    const capacityMs = r.wallMs * cpus;
+    const busyMs = m1.busy - m0.busy;
+    const machine: MachineShare = {
+      cpus,
+      capacityMs,
+      proxyMs: cpu,
+      loadGeneratorsMs: gen,
+      busyMs,
+      proxyShare: cpu / capacityMs,
+      loadGeneratorsShare: gen / capacityMs,
+      busyShare: busyMs / capacityMs,
+    };
+    return { r, cpu, kernelShare: user + system > 0 ? system / (user + system) : 0, machine, endings: sessionEndings(kind, proxy.logFile) };
   } finally {
     if (!stopped) await proxy.stop();
   }
@@ -86,7 +125,7 @@ export async function runSessions(ctx: BenchContext, kind: ProxyKind): Promise<S
   // A generous guess (300 sessions/s on a slow loaded machine) decides whether it still fits.
   const expectMs = 8000 + (s.messages / 300) * 1000;
   ensureTime(ctx, `sessions ${kind}`, expectMs);
-  const { r, cpu, kernelShare, endings } = await measured(ctx, kind, 'sessions', (proxy) =>
+  const { r, cpu, kernelShare, machine, endings } = await measured(ctx, kind, 'sessions', (proxy) =>
     runSmtpSource(ctx.bl, { host: proxy.address, port: proxy.port, parallel: s.parallel, messages: s.messages, size: s.size, keepConnections: false }, Math.max(10_000, ctx.left() - 5000)),
   );
   return {
@@ -97,6 +136,7 @@ export async function runSessions(ctx: BenchContext, kind: ProxyKind): Promise<S
     cpuMs: cpu,
     cpuMsPerSession: cpu / s.messages,
     kernelShare,
+    machine,
     endings,
     problems: r.problems,
     problemCount: r.problemCount,
@@ -109,7 +149,7 @@ export async function runRelay(ctx: BenchContext, kind: ProxyKind): Promise<Rela
   const mb = (s.messages * s.size) / 1e6;
   // Guess: at least 40 MB/s.
   ensureTime(ctx, `relay ${kind}`, 8000 + (mb / 40) * 1000);
-  const { r, cpu, kernelShare, endings } = await measured(ctx, kind, 'relay', (proxy) =>
+  const { r, cpu, kernelShare, machine, endings } = await measured(ctx, kind, 'relay', (proxy) =>
     runSmtpSource(ctx.bl, { host: proxy.address, port: proxy.port, parallel: s.parallel, messages: s.messages, size: s.size, keepConnections: true }, Math.max(10_000, ctx.left() - 5000)),
   );
   return {
@@ -121,6 +161,7 @@ export async function runRelay(ctx: BenchContext, kind: ProxyKind): Promise<Rela
     cpuMs: cpu,
     cpuMsPerMb: cpu / mb,
     kernelShare,
+    machine,
     endings,
     problems: r.problems,
     problemCount: r.problemCount,

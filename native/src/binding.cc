@@ -320,6 +320,21 @@ Napi::Value EngineCounts(const Napi::CallbackInfo& info) {
 
 // ----- events to JS --------------------------------------------------------------------------
 
+namespace {
+// Event strings are nearly always ASCII (addresses, causes, codes): latin1 skips V8's UTF-8
+// decoder (perf: string creation 0.6 % -> 0.2 % of etd's CPU under the sessions load).
+napi_value JsString(napi_env env, const std::string& v) {
+  bool ascii = true;
+  for (unsigned char ch : v) ascii &= ch < 0x80;
+  napi_value out = nullptr;
+  if (ascii)
+    napi_create_string_latin1(env, v.data(), v.size(), &out);
+  else
+    napi_create_string_utf8(env, v.data(), v.size(), &out);
+  return out;
+}
+}  // namespace
+
 // Each event becomes one array (protocol.ts EngineEvent); the batch one array of them.
 void Engine::CallJs(std::vector<Ev>* batch) {
   Napi::Env env(env_);
@@ -328,7 +343,7 @@ void Engine::CallJs(std::vector<Ev>* batch) {
   uint32_t i = 0;
   for (Ev& ev : *batch) {
     auto num = [&](double d) -> napi_value { return Napi::Number::New(env, d); };
-    auto str = [&](const std::string& v) -> napi_value { return Napi::String::New(env, v); };
+    auto str = [&](const std::string& v) -> napi_value { return JsString(env_, v); };
     napi_value t[8] = {num(ev.type), num(ev.type == EV_ERROR ? ev.n1 : static_cast<double>(ev.id))};  // ≤ 8 fields
     uint32_t n = 2;
     auto add = [&](std::initializer_list<napi_value> vs) {

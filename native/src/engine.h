@@ -123,6 +123,7 @@ class Engine {
   void StartTimer(double at);
   void Arm();
 
+  void LearnListener(int fd, Listener* l);
   void Accept(uint64_t key, double now);
   void PauseListener(uint64_t key, Listener* l, double now);
 

@@ -53,8 +53,38 @@ bool Engine::Listen(Napi::Env env, int fd, double listener_id) {
              Where{shown, nullptr, -1});
     return false;
   }
-  listeners_[key] = Listener{fd, listener_id, false, Timer{}};
+  Listener l{fd, listener_id, false, Timer{}};
+  LearnListener(fd, &l);
+  listeners_[key] = std::move(l);
   return true;
+}
+
+// What every accepted socket of this listener will share, found out once here instead of by a
+// syscall per connection. Linux copies TCP_NODELAY from the listener to the sockets it accepts.
+// A listener bound to one address (no wildcard) and not IP_TRANSPARENT only ever accepts
+// connections addressed to that address and port, so their local end is known; a wildcard or a
+// transparent (TPROXY) listener needs getsockname per connection (the original destination).
+// Anything that cannot be found out keeps the per-connection syscall.
+void Engine::LearnListener(int fd, Listener* l) {
+  int one = 1;
+  l->nodelay_inherited = setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0;
+  sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return;
+  int transparent = 1;
+  socklen_t tlen = sizeof transparent;
+  bool wildcard;
+  if (ss.ss_family == AF_INET) {
+    wildcard = reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+    if (getsockopt(fd, SOL_IP, IP_TRANSPARENT, &transparent, &tlen) != 0) return;
+  } else if (ss.ss_family == AF_INET6) {
+    wildcard = IN6_IS_ADDR_UNSPECIFIED(&reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr);
+    if (getsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &transparent, &tlen) != 0) return;
+  } else {
+    return;
+  }
+  if (wildcard || transparent != 0) return;
+  l->local_known = FormatAddress(ss, &l->local_family, &l->local_address, &l->local_port);
 }
 
 void Engine::Unlisten(double listener_id) {
@@ -102,15 +132,23 @@ void Engine::Accept(uint64_t key, double now) {
       PauseListener(key, l, now);
       return;
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    sockaddr_storage local;
-    socklen_t llen = sizeof local;
+    if (!l->nodelay_inherited) {
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
     Ev ev{EV_ACCEPT, 0};
     int lfamily;
     int lport;
-    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &llen) != 0 ||
-        !FormatAddress(peer, &ev.i1, &ev.s1, &ev.i2) || !FormatAddress(local, &lfamily, &ev.s2, &lport)) {
+    bool ok = FormatAddress(peer, &ev.i1, &ev.s1, &ev.i2);
+    if (ok && l->local_known) {
+      ev.s2 = l->local_address;
+      lport = l->local_port;
+    } else if (ok) {
+      sockaddr_storage local;
+      socklen_t llen = sizeof local;
+      ok = getsockname(fd, reinterpret_cast<sockaddr*>(&local), &llen) == 0 && FormatAddress(local, &lfamily, &ev.s2, &lport);
+    }
+    if (!ok) {
       close(fd);  // not an inet peer, or already gone: nothing JS could do with it
       continue;
     }

@@ -115,6 +115,14 @@ void Engine::OnPoll(uv_poll_t* handle, int, int) {
   epoll_event events[kEpollBatch];
   int n = epoll_wait(e->epfd_, events, kEpollBatch, 0);
   double now = NowMs();
+  // First note which clients are already reset in this batch: a server's EOF handled before its
+  // client's event then ends the relay at once instead of a shutdown (ENOTCONN) and a read
+  // (ECONNRESET) on a dead socket (relay.cc, ReadServer).
+  for (int i = 0; i < n; i++) {
+    uint64_t tag = events[i].data.u64;
+    if ((tag & kListenerTag) || (tag & 1) != kClient || !(events[i].events & (EPOLLERR | EPOLLHUP))) continue;
+    if (Conn* c = e->Find(tag >> 1)) c->client_hup = true;
+  }
   for (int i = 0; i < n; i++) e->HandleEvent(events[i], now);
   e->EndDispatch();
 }

@@ -185,7 +185,14 @@ void Engine::ReadServer(Conn* c, double now) {
         if (c->dead) return;
       }
     }
+    // A client already reset (seen in this wakeup's events, or by the half-close failing with
+    // ENOTCONN): nothing to half-close, and nothing more to relay — the server has ended and the
+    // client aborted, so what it sent before its RST goes nowhere. The cause stays server_closed.
     ShutClientIfDone(c);
+    if (c->client_hup) {
+      EndRelay(c, Cause(c));
+      return;
+    }
     MaybeDone(c);
     return;
   }
@@ -257,7 +264,8 @@ void Engine::FlushToServer(Conn* c, double now) {
 // The server ended and everything it sent reached the client: pass the half-close on.
 void Engine::ShutClientIfDone(Conn* c) {
   if (c->s2c.eof && !c->s2c.shut && c->s2c.pending.empty()) {
-    shutdown(c->cfd, SHUT_WR);
+    // On a client already reset it could only fail; ENOTCONN says it was reset meanwhile.
+    if (!c->client_hup && shutdown(c->cfd, SHUT_WR) != 0 && errno == ENOTCONN) c->client_hup = true;
     c->s2c.shut = true;
   }
 }

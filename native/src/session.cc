@@ -62,9 +62,13 @@ void Engine::OnServer(Conn* c, uint32_t events, double now) {
   switch (c->st) {
     case St::Connecting: {
       if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
+      // Writable without an error or hang-up is a completed connect: a failed one always raises
+      // EPOLLERR, so SO_ERROR is only asked when epoll reported one.
       int err = 0;
-      socklen_t len = sizeof err;
-      if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+      if (events & (EPOLLERR | EPOLLHUP)) {
+        socklen_t len = sizeof err;
+        if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+      }
       if (err != 0)
         UpstreamFailed(c, "connect", ErrnoName(err), now);
       else if (events & EPOLLOUT)

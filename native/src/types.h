@@ -189,6 +189,10 @@ struct Conn {
   St st = St::New;
   bool dead = false;
   bool talked = false;  // action log: TALK already reported
+  // The client is reset: epoll reported EPOLLERR/EPOLLHUP on its fd before our own half-close
+  // (loop.cc, OnPoll), or that half-close failed with ENOTCONN (relay.cc). A relay whose server
+  // has ended then ends at once.
+  bool client_hup = false;
   uint32_t cmask = 0;   // epoll masks as registered; 0 = not registered
   uint32_t umask = 0;
   double accepted_at = 0;
@@ -221,6 +225,12 @@ struct Listener {
   double listener_id;
   bool paused;
   Timer resume;
+  // Learnt once at listen (listeners.cc) to save a syscall per accepted connection:
+  bool nodelay_inherited = false;  // TCP_NODELAY set on the listener: accepted sockets inherit it
+  bool local_known = false;        // bound to one address (not a wildcard, not IP_TRANSPARENT): every
+  int local_family = 0;            // accepted socket's local end is the listener's own, no getsockname
+  int local_port = 0;
+  std::string local_address;
 };
 
 }  // namespace etd

@@ -393,6 +393,24 @@ describe('accept', () => {
     expect(engine.counts().listeners).toBe(2);
   });
 
+  it('a wildcard listener reports the address each client reached; a one-address listener its own', async () => {
+    // The engine learns a one-address listener's local end once (no getsockname per accept); a
+    // wildcard listener's accepted sockets differ in their local address (here 127.0.0.2 of lo's /8).
+    const fd = sockets.plainListener({ family: 4, address: '0.0.0.0', port: 0, backlog: 16, v6only: false });
+    engine.listen(fd, 98);
+    const port = sockets.sockName(fd)[1];
+    try {
+      for (const host of ['127.0.0.2', '127.0.0.1']) {
+        const { id, ev, c } = await accepted((e) => engine.reply(e[1], { text: '554 no\r\n', profile: P_DROP }), { host, port });
+        await c.waitData('554 no\r\n');
+        expect(ev).toEqual([EV_ACCEPT, id, 98, 4, '127.0.0.1', c.sock.localPort, host, port]);
+        await c.closed;
+      }
+    } finally {
+      engine.unlisten(98);
+    }
+  });
+
   it('ids increase and ids that never existed are no-ops', async () => {
     const a = await accepted((e) => engine.drop(e[1]));
     const b = await accepted((e) => engine.drop(e[1]));
@@ -1086,6 +1104,20 @@ describe('relay', () => {
     const end = await waitEvent(evFor(EV_END, id));
     expect(end[2]).toBe('client_reset');
     await seen.ended;
+  });
+
+  it('a server close and a client reset seen in one wakeup: END server_closed, both fds closed', async () => {
+    // Like smtp-source after QUIT: the server's 221 and FIN, then the client's RST, all before the
+    // engine's next epoll_wait. The server's EOF comes first in the batch; the relay ends at once
+    // (no half-close of, and no read from, the reset client) and the first cause stands.
+    const { id, c, s } = await relayed(P_DROP);
+    s.write('221 bye\r\n');
+    await c.waitData('221 bye');
+    s.destroy(); // FIN from the server now
+    c.sock.resetAndDestroy(); // RST from the client, in the same JS turn
+    const end = await waitEvent(evFor(EV_END, id));
+    expect(end).toEqual([EV_END, id, 'server_closed', 0, c.data().length]);
+    expect(engine.counts()).toMatchObject({ connections: 0, relaying: 0 });
   });
 
   it('engineClose ends a relay with its cause; held connections close without events', async () => {

@@ -7,6 +7,9 @@ import { heapCensus, perConnection, summariseCpuProfile, moduleOf, type CpuProfi
 import { computeFigures, num, table, type BenchResult } from '../../bench/report.js';
 import { parseOptions } from '../../bench/options.js';
 import { sessionEndings } from '../../bench/logSummary.js';
+import type { BenchLab } from '../../bench/benchLab.js';
+import { etdConfig } from '../../bench/etdProxy.js';
+import { haproxyConfig } from '../../bench/haproxyProxy.js';
 import { DEFAULT_RULES, heapUsedFromMetrics, judge, sampleLine, type EnduranceRun, type Sample } from '../../bench/flatness.js';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -97,19 +100,25 @@ describe('report', () => {
   });
   const sessions = (perS: number, cpu: number) => ({ sessions: 1, parallel: 1, wallMs: 1, sessionsPerS: perS, cpuMs: 1, cpuMsPerSession: cpu, kernelShare: 0.5, endings: {}, problems: [], problemCount: 0, exit: 0 });
 
-  it('gives each figure its etd/HAProxy ratio and checks the targets', () => {
+  it('gives each figure the ratio of both pairs and checks the targets (issue 18)', () => {
     const r = base();
-    r.sessions = { etd: sessions(1500, 0.4), haproxy: sessions(1000, 0.2) };
+    r.sessions = { etd: sessions(1500, 0.4), haproxy: sessions(1000, 0.2), 'etd-mt': sessions(2400, 0.3), 'haproxy-mt': sessions(2000, 0.25) };
     const f = computeFigures(r);
     const rate = f.find((x) => x.id === 'sessions.rate');
     const cpu = f.find((x) => x.id === 'sessions.cpuPerSession');
-    expect(rate).toMatchObject({ etd: 1500, haproxy: 1000, ratio: 1.5, met: true });
-    expect(cpu).toMatchObject({ ratio: 2, met: false, target: 'etd/HAProxy ≤ 1.15' });
-    expect(f.find((x) => x.id === 'relay.throughput')).toMatchObject({ etd: null, ratio: null, met: null });
+    // sessions/s: etd workers auto ≥ 1.0 × HAProxy nbthread auto; CPU: etd workers 1 ≤ 0.85 × HAProxy nbthread 1.
+    expect(rate).toMatchObject({ etd: 1500, haproxy: 1000, ratio: 1.5, etdMt: 2400, haproxyMt: 2000, ratioMt: 1.2, met: true, target: 'etd-mt/HAProxy-mt ≥ 1' });
+    expect(cpu).toMatchObject({ ratio: 2, met: false, target: 'etd/HAProxy ≤ 0.85' });
+    expect(f.find((x) => x.id === 'relay.throughput')).toMatchObject({ etd: null, ratio: null, ratioMt: null, met: null });
     const t = table(f);
+    expect(t).toMatch(/etd workers 1 .* HAProxy nbthread 1 .* etd workers auto .* HAProxy nbthread auto/);
     expect(t).toMatch(/sessions per second/);
     expect(t).not.toMatch(/relay throughput/);
     expect(t).toMatch(/2\.00× .* NO/);
+    expect(t).toMatch(/1\.20× .* yes/);
+    // Without the multi-thread pair the sessions/s target cannot be judged.
+    r.sessions = { etd: sessions(1500, 0.4), haproxy: sessions(1000, 0.2) };
+    expect(computeFigures(r).find((x) => x.id === 'sessions.rate')).toMatchObject({ ratio: 1.5, ratioMt: null, met: null });
   });
 
   it('formats numbers with three significant digits', () => {
@@ -125,6 +134,22 @@ describe('report', () => {
     expect(sessionEndings('etd', etdLog)).toEqual({ 'passed/server_closed': 2 });
     expect(sessionEndings('haproxy', hapLog)).toEqual({ CD: 1 });
     fs.rmSync(dir, { recursive: true, force: true });
+  });
+});
+
+describe('contenders', () => {
+  const bl = { proxyAddress: '10.9.1.1', backends: ['10.9.2.10', '10.9.2.11'] } as unknown as BenchLab;
+  it('HAProxy logs every session with option tcplog in both thread settings; etd gets the workers key it is given', () => {
+    for (const threads of [1, undefined]) {
+      const cfg = haproxyConfig(bl, { windowMs: 100, tag: 't' }, 2525, threads);
+      expect(cfg).toMatch(/^\s+option tcplog$/m);
+      expect(cfg).toMatch(/^\s+log stdout format raw local0 info$/m);
+      expect(cfg).toMatch(/^\s+log global$/m);
+      expect(/nbthread 1/.test(cfg)).toBe(threads === 1);
+    }
+    expect(etdConfig(bl, { windowMs: 100, tag: 't', workers: 1 }, 25)).toMatch(/^workers: 1$/m);
+    expect(etdConfig(bl, { windowMs: 100, tag: 't', workers: 'auto' }, 26)).toMatch(/^workers: auto$/m);
+    expect(etdConfig(bl, { windowMs: 100, tag: 't' }, 25)).not.toMatch(/workers/);
   });
 });
 

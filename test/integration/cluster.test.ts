@@ -123,13 +123,16 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
     expect(await until('second B summary', () => b.summaries[1])).toMatchObject({ verdict: 'passed', skipped: 'pass_cache' });
 
     // Now the same address talks early on A: the deny replaces the pass everywhere.
+    // (With engine workers, a deletion reaches their copies as a message: wait for that, as the API does.)
     a.app.cache.delete('127.0.0.1');
     b.app.cache.delete('127.0.0.1');
+    await Promise.all([a.app.workers?.refresh(), b.app.workers?.refresh()]);
     const bot = await early(a.port);
     expect(bot.data.length).toBe(0);
     await until('the deny written', () => a.summaries.some((s) => s.verdict === 'early_talker') && a.app.cluster!.status().pendingWrites === 0);
     await new Promise((r) => setTimeout(r, 50));
     b.app.cache.delete('127.0.0.1');
+    await b.app.workers?.refresh();
     const refused = await polite(b.port);
     expect(refused.data.toString()).toMatch(/^554 5\.7\.1/);
     expect(refused.firstByteAfterMs!).toBeLessThan(200);

@@ -76,7 +76,7 @@ function threadScript(): URL {
   return here.pathname.endsWith('.ts') ? new URL('../../dist/src/workers/thread.js', here) : new URL('./thread.js', here);
 }
 
-/** Answers a dead worker's asks never get: dropped after this long. */
+/** How often every worker is asked for its counters (CPU time, engine counts) when it has nothing else to say. */
 const COUNTERS_EVERY_MS = 1000;
 
 export class WorkerGroup {

@@ -27,28 +27,13 @@ import {
   type EngineProfile,
 } from '../../src/proxy/protocol.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
+import { TEST_PROFILE } from '../helpers/engineProfile.js';
 
 const engine = loadEngine();
 const sockets = loadTransparent();
 type AcceptEvent = Extract<EngineEvent, [typeof EV_ACCEPT, ...unknown[]]>;
 
-/** A profile for tests: short lingers, no idle limits; each test profile changes what it is about. */
-const BASE: EngineProfile = {
-  action: 'drop',
-  rejectReply: '',
-  teaser: '',
-  clientIdleMs: 0,
-  serverIdleMs: 0,
-  greetingTimeoutMs: 0,
-  stripPipeconnect: false,
-  evidenceBytes: 100,
-  greetingMaxBytes: 4096,
-  earlyBufferBytes: 65536,
-  replyLingerMs: 1000,
-  serverGoneLingerMs: 3000,
-  deferredReplyMs: 1000,
-  decisionMs: 60_000,
-};
+const BASE = TEST_PROFILE;
 const P_DROP = 0;
 const P_REJECT = 1;
 const P_STRIP = 2;

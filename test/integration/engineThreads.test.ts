@@ -15,27 +15,13 @@ import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { TransparentSyscallError, loadTransparent } from '../../src/native/transparent.js';
 import type { EngineCounts, EngineProfile } from '../../src/proxy/protocol.js';
+import { TEST_PROFILE } from '../helpers/engineProfile.js';
 
 const sockets = loadTransparent();
 const WORKER = path.join(__dirname, '../helpers/engineWorker.mjs');
 const DIST_ENGINE = path.join(__dirname, '../../dist/src/native/engine.js');
 
-const PROFILE: EngineProfile = {
-  action: 'drop',
-  rejectReply: '',
-  teaser: '',
-  clientIdleMs: 0,
-  serverIdleMs: 0,
-  greetingTimeoutMs: 0,
-  stripPipeconnect: false,
-  evidenceBytes: 100,
-  greetingMaxBytes: 4096,
-  earlyBufferBytes: 65536,
-  replyLingerMs: 1000,
-  serverGoneLingerMs: 1000,
-  deferredReplyMs: 1000,
-  decisionMs: 60_000,
-};
+const PROFILE: EngineProfile = { ...TEST_PROFILE, serverGoneLingerMs: 1000 };
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 

@@ -24,7 +24,6 @@ import {
   EV_UPSTREAM_FAILED,
   type EngineConnect,
   type EngineEvent,
-  type EngineProfile,
 } from '../../src/proxy/protocol.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
 import { TEST_PROFILE } from '../helpers/engineProfile.js';

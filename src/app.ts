@@ -327,6 +327,7 @@ export class App {
         app.sessions.delete(s);
         if (s.relayed) app.stats.relaying--;
         else app.stats.held--;
+        app.worker?.ending();
         app.counts.ended(s.clientAddress, s.relayed);
         if (summary.verdict === 'early_talker') app.learnt('deny', app.cache.recordDeny(s.clientAddress), s.clientAddress);
         app.checkStress();
@@ -482,6 +483,7 @@ export class App {
 
   /** A connection answered at accept, before any session existed: its summary line (`sent`: the reply's bytes, -1 none). */
   private endedAtAccept(ctx: SessionContext, conn: NativeAccept, verdict: 'denied' | 'limit' | 'shutdown' | 'dnsbl', cause: string, sent: number, reputation?: SessionReputation): void {
+    this.worker?.ending();
     this.recordEnd(
       summaryOf({
         id: 0,

@@ -140,9 +140,17 @@ export class WorkerSide {
     return this.fdsByListener[listener];
   }
 
+  /**
+   * A session is ending: its summary is owed to the main thread. Counted before the board's session count drops,
+   * so the main thread's `sessions.size` (sessions + owed summaries) never reads 0 while a summary is on its way.
+   */
+  ending(): void {
+    this.board.reported(this.index, 1);
+  }
+
+  /** The summary owed since `ending()`. */
   summary(s: SessionSummary): void {
     this.summaries.push(s);
-    this.board.reported(this.index, 1);
     this.schedule();
   }
 

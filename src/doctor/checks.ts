@@ -23,7 +23,8 @@
 //   drop is silent and intermittent, and loose mode (2) keeps the anti-spoofing check. Effective value: max(all, iface).
 
 import type { Config } from '../config/schema.js';
-import { addressToBigInt, formatAddress } from '../config/cidr.js';
+import { addressToBigInt, cidrContains } from '../config/cidr.js';
+import { cidrsOverlap, networkOf, spareHost } from '../config/cidrMath.js';
 import type { CheckItem, NetfilterState } from '../netfilter/setup.js';
 import { interceptListeners, interceptRules } from '../netfilter/ruleset.js';
 import { formatStep, routeArgs, ruleArgs, type Family } from '../netfilter/routing.js';
@@ -224,40 +225,17 @@ export function familiesInUse(config: Config): Family[] {
 
 // ---- test client choice (pure, used by gather before the probes) ----------------------------
 
-const BITS = { 4: 32, 6: 128 } as const;
-
-function inPrefix(family: Family, network: bigint, prefixlen: number, address: string): boolean {
-  const a = addressToBigInt(address);
-  if (!a || a.family !== family) return false;
-  const shift = BigInt(BITS[family] - prefixlen);
-  return a.value >> shift === network >> shift;
-}
-
 /**
  * An unused address of the prefix that `addr` sits in, counting down from the last-but-one
  * host (the top of a subnet is rarely a real host); undefined when the prefix is too small or
  * every candidate is taken. `taken`: etd's own addresses, gateways, servers.
  */
 export function spareAddress(addr: IfAddr, taken: ReadonlySet<string>): string | undefined {
-  const bits = BITS[addr.family];
-  const hostBits = bits - addr.prefixlen;
-  if (hostBits < 2) return undefined;
-  const a = addressToBigInt(addr.local);
-  if (!a) return undefined;
-  const network = (a.value >> BigInt(hostBits)) << BigInt(hostBits);
-  const top = network + (1n << BigInt(hostBits)) - 2n;
-  for (let i = 0n; i < 16n && top - i > network; i++) {
-    const candidate = formatAddress(addr.family, top - i);
-    if (!taken.has(candidate)) return candidate;
-  }
-  return undefined;
+  const net = networkOf(addr.local, addr.prefixlen);
+  return net && spareHost(net, taken);
 }
 
-const prefixText = (a: IfAddr) => {
-  const v = addressToBigInt(a.local)?.value ?? 0n;
-  const hostBits = BigInt(BITS[a.family] - a.prefixlen);
-  return `${formatAddress(a.family, (v >> hostBits) << hostBits)}/${a.prefixlen}`;
-};
+const prefixText = (a: IfAddr) => networkOf(a.local, a.prefixlen)?.text ?? `${a.local}/${a.prefixlen}`;
 
 /**
  * Chooses the source address the return-path test spoofs for one family. It must stand in for a
@@ -267,7 +245,11 @@ const prefixText = (a: IfAddr) => {
  * backends commonly filter such bogons, so the test would fail where real clients work.
  *
  * Order: `--client` when it is of this family; else an unused address of a transparent
- * listener's network; else an unused address of the network behind etd's default route.
+ * listener's network; else an unused address of the network behind etd's default route; else,
+ * in intercept mode, an unused address of a connected network outside the intercepted
+ * destinations (an intercepting gateway without a default route sits between client networks and
+ * mail networks: the connected networks that are not intercepted are the client side).
+ * `mailServers`: the --probe addresses, servers too (their networks are not the client side).
  */
 export function chooseTestClient(
   family: Family,
@@ -275,6 +257,7 @@ export function chooseTestClient(
   addrs: readonly IfAddr[],
   defaults: readonly DefaultRoute[],
   explicit?: string,
+  mailServers: readonly string[] = [],
 ): TestClient {
   const local = new Set(addrs.map((a) => a.local));
   if (explicit !== undefined && familyOf(explicit) === undefined) {
@@ -286,12 +269,12 @@ export function chooseTestClient(
     }
     return { family, address: explicit, how: `${explicit} (given with --client)`, explicit: true };
   }
-  const servers = config.upstream.servers.filter((s) => familyOf(s.address) === family).map((s) => s.address);
+  const servers = [...config.upstream.servers.map((s) => s.address), ...mailServers].filter((a) => familyOf(a) === family);
   const taken = new Set<string>([...local, ...servers, ...defaults.map((d) => d.gateway ?? '').filter(Boolean)]);
   const usable = (a: IfAddr | undefined): a is IfAddr => {
     if (!a || a.family !== family || a.scope !== 'global') return false;
-    const net = addressToBigInt(a.local)?.value ?? 0n;
-    return !servers.some((s) => inPrefix(family, net, a.prefixlen, s));
+    const net = networkOf(a.local, a.prefixlen);
+    return net !== undefined && !servers.some((s) => cidrContains(net, s));
   };
   const notes: string[] = [];
   for (const l of transparentListeners(config)) {
@@ -327,8 +310,37 @@ export function chooseTestClient(
       }
     } else if (a) notes.push(`the default route's network ${prefixText(a)} also holds a backend`);
   }
+  const intercepted = interceptListeners(config)
+    .flatMap(interceptRules)
+    .filter((r) => r.family === family);
+  if (intercepted.length) {
+    // A rule without destinations intercepts every destination, yet its clients still sit on some
+    // connected network: only the networks holding a server are ruled out then.
+    const destinations = intercepted.every((r) => r.destinations.length) ? intercepted.flatMap((r) => r.destinations) : [];
+    for (const a of addrs) {
+      if (a.family !== family || a.scope !== 'global') continue;
+      if (!usable(a)) continue;
+      const net = networkOf(a.local, a.prefixlen);
+      if (net && destinations.some((d) => cidrsOverlap(d, net))) {
+        notes.push(`the connected network ${prefixText(a)} is inside the intercepted destinations`);
+        continue;
+      }
+      const spare = spareAddress(a, taken);
+      if (spare) {
+        return {
+          family,
+          address: spare,
+          how: `${spare}, an unused address of ${prefixText(a)} (${a.ifname}), a connected network outside the intercepted destinations, standing in for a client`,
+          explicit: false,
+        };
+      }
+    }
+  }
   const why = notes.length ? ` (${notes.join('; ')})` : '';
-  return { family, reason: `no IPv${family} client-side network found: no transparent listener address or default route of this family gives one${why}` };
+  return {
+    family,
+    reason: `no IPv${family} client-side network found: no transparent listener address, default route${intercepted.length ? ' or connected network outside the intercepted destinations' : ''} of this family gives one${why}`,
+  };
 }
 
 // ---- return-path plan (pure, used by gather) --------------------------------------------------

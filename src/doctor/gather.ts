@@ -369,7 +369,8 @@ async function gatherHostFacts(config: Config, opts: GatherOptions): Promise<Doc
   const probes = opts.probes ?? [];
   const [addrs, defaults, routes] = await Promise.all([readAddrs(ip), readDefaults(ip), serverRoutes(config, probes, ip)]);
   const families = [...new Set([...familiesInUse(config), ...probes.map((p) => p.family)])].sort();
-  const testClients = families.map((family) => chooseTestClient(family, config, addrs, defaults, opts.client));
+  const mailServers = probes.map((p) => p.address);
+  const testClients = families.map((family) => chooseTestClient(family, config, addrs, defaults, opts.client, mailServers));
   const interfaces = await pathInterfaces(config, routes, testClients, addrs, ip);
   const base = {
     config,

@@ -237,7 +237,7 @@ export interface LiveSession {
 export interface SessionContext {
   readonly listener: string;
   readonly mode: Mode;
-  /** The listener's logger (its lines carry `listener`); summary lines go to `summaryLog`, which does not. */
+  /** The listener's logger (its lines carry `listener`); summary lines go to the root logger through sessionEnded (the summary carries `listener` itself). */
   readonly log: Logger;
   readonly pool: Pool;
   source: SourceStrategy;

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Syscalls per session of an etd process (docs/performance.md, "Syscalls per session"): etd in plain mode on loopback, smtp-sink behind it, smtp-source in front; strace -c attached to every thread of etd only while the load runs.
+# Syscalls per session of an etd process (docs/history/performance-notebook.md, "Syscalls per session"): etd in plain mode on loopback, smtp-sink behind it, smtp-source in front; strace -c attached to every thread of etd only while the load runs.
 #
 # usage: bench/syscalls.sh [SESSIONS] [PARALLEL] [ETD_CLI]    (default 2000 50 dist/src/cli.js; needs strace, Postfix's smtp-source/smtp-sink)
 #        TRACE=none bench/syscalls.sh ...   etd's CPU per session and sessions/s instead (no strace)

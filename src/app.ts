@@ -7,7 +7,7 @@ import { HealthChecker } from './backend/health.js';
 import { Listener } from './proxy/listener.js';
 import type { EngineCounts, LiveSession, SessionContext, SessionPolicy, SessionSummary } from './proxy/protocol.js';
 import { policyOf } from './proxy/policy.js';
-import { Session, SHUTDOWN_REPLY, summaryOf } from './proxy/session.js';
+import { nextSessionId, Session, SHUTDOWN_REPLY, summaryOf } from './proxy/session.js';
 import { createSource } from './proxy/upstream.js';
 import { engineDriver, type EngineDriver, type NativeAccept } from './proxy/engineDriver.js';
 import { Stats } from './stats.js';
@@ -486,7 +486,7 @@ export class App {
     this.worker?.ending();
     this.recordEnd(
       summaryOf({
-        id: 0,
+        id: nextSessionId(),
         listener: ctx.listener,
         clientAddress: conn.peerAddress,
         clientPort: conn.peerPort,

@@ -353,8 +353,8 @@ void Engine::CallJs(std::vector<Ev>* batch) {
       case EV_ACCEPT:  // listenerId, family, peerAddress, peerPort, localAddress, localPort
         add({num(ev.n1), num(ev.i1), str(ev.s1), num(ev.i2), str(ev.s2), num(ev.n2)});
         break;
-      case EV_TALK:  // afterMs, evidence, bytes, stage
-        add({num(ev.n1), Napi::Buffer<char>::Copy(env, ev.s1.data(), ev.s1.size()), num(ev.n2), str(ev.s2)});
+      case EV_TALK:  // afterMs, evidence, bytes, stage, bytesToClient
+        add({num(ev.n1), Napi::Buffer<char>::Copy(env, ev.s1.data(), ev.s1.size()), num(ev.n2), str(ev.s2), num(ev.n3)});
         break;
       case EV_GONE:  // cause
         add({str(ev.s1)});

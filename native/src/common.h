@@ -1,7 +1,7 @@
 // Helpers shared by the addon's sources: fd guard, Node-shaped system errors with hints, argument readers, socket setup.
 //
 // Everything here was first written for transparent.cc and keeps its exact behaviour (messages,
-// error properties, syscall names); engine.cc uses the same pieces so both surfaces fail alike.
+// error properties, syscall names); the engine's sources (loop.cc, session.cc, relay.cc, listeners.cc) use the same pieces so both surfaces fail alike.
 
 #ifndef ETD_COMMON_H_
 #define ETD_COMMON_H_

@@ -134,6 +134,8 @@ void Engine::ReportTalk(Conn* c, const char* p, size_t n, double now) {
   ev.s1.assign(p, std::min<size_t>(n, c->profile->evidence_bytes));
   ev.n2 = c->bytes_from_client;
   ev.s2 = Stage(c->st);
+  // The teaser went out before: once a dropped connection is gone, only this event can count it.
+  ev.n3 = c->bytes_to_client;
   Push(std::move(ev));
 }
 

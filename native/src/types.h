@@ -39,6 +39,7 @@ struct Ev {
   uint64_t id;  // connection id; unused for EV_ERROR (the listener id is n1)
   double n1 = 0;
   double n2 = 0;
+  double n3 = 0;
   int i1 = 0;
   int i2 = 0;
   std::string s1;

@@ -6,6 +6,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors';
 import { Value } from '@sinclair/typebox/value';
 import { addressToBigInt, formatAddress } from '../config/cidr.js';
+import { fallbackMessage, knownKeys, pointerToPath, showValue } from '../config/schemaErrors.js';
 import { ApiError } from './context.js';
 
 /** Lets route handlers see `request.body` etc. as the TypeBox schema's static type. */
@@ -17,63 +18,22 @@ export interface TypeBoxProvider extends FastifyTypeProvider {
 /** How each request part is named in messages, so an operator knows where to look. */
 const PART_NAMES: Record<string, string> = { body: 'body', querystring: 'query', params: 'path', headers: 'header' };
 
-function show(value: unknown): string {
-  if (value === undefined || value === null) return 'nothing';
-  const s = JSON.stringify(value);
-  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
-}
-
-function fieldPath(part: string, pointer: string): string {
-  const segs = pointer
-    .split('/')
-    .slice(1)
-    .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
-  return segs.reduce((acc, seg) => (/^\d+$/.test(seg) ? `${acc}[${seg}]` : `${acc}.${seg}`), part);
-}
+/** Request values are quoted shorter than config values (the message goes back in one JSON line); fastify hands a missing body over as null. */
+const show = (value: unknown) => (value === null ? 'nothing' : showValue(value, 60));
 
 /** One operator-facing sentence for one TypeBox error. */
 function describe(part: string, e: ValueError): string {
-  const path = fieldPath(part, e.path);
+  const path = pointerToPath(e.path, part);
   const schema = e.schema as Record<string, unknown>;
   switch (e.type) {
-    case ValueErrorType.ObjectAdditionalProperties: {
-      // TypeBox points at the unexpected key; `schema` is the enclosing object's.
-      const known = Object.keys((schema.properties ?? {}) as object);
-      return `${path}: unknown field; allowed: ${known.join(', ') || 'none'}`;
-    }
-    case ValueErrorType.ObjectRequiredProperty:
-      return `${path}: is required`;
+    case ValueErrorType.ObjectAdditionalProperties:
+      return `${path}: unknown field; allowed: ${knownKeys(e).join(', ') || 'none'}`;
     case ValueErrorType.Object:
       return `${path}: must be a JSON object (got ${show(e.value)})`;
-    case ValueErrorType.Union: {
-      const options = ((schema.anyOf ?? []) as Array<Record<string, unknown>>).map((s) => s.const).filter((c) => c !== undefined);
-      return options.length
-        ? `${path}: must be one of ${options.map((o) => JSON.stringify(o)).join(', ')} (got ${show(e.value)})`
-        : `${path}: has the wrong type (got ${show(e.value)})`;
-    }
-    case ValueErrorType.Integer:
-      return `${path}: must be a whole number (got ${show(e.value)})`;
-    case ValueErrorType.Number:
-      return `${path}: must be a number (got ${show(e.value)})`;
-    case ValueErrorType.IntegerMinimum:
-    case ValueErrorType.IntegerMaximum:
-    case ValueErrorType.NumberMinimum:
-    case ValueErrorType.NumberMaximum:
-      return `${path}: must be from ${schema.minimum ?? '-∞'} to ${schema.maximum ?? '∞'} (got ${show(e.value)})`;
-    case ValueErrorType.String:
-      return `${path}: must be a string (got ${show(e.value)})`;
-    case ValueErrorType.StringMinLength:
-      return `${path}: must not be empty`;
-    case ValueErrorType.StringMaxLength:
-      return `${path}: must be at most ${schema.maxLength} characters`;
     case ValueErrorType.StringPattern:
       return `${path}: has characters that are not allowed (got ${show(e.value)}; allowed: ${schema.pattern})`;
-    case ValueErrorType.Boolean:
-      return `${path}: must be true or false (got ${show(e.value)})`;
-    case ValueErrorType.Literal:
-      return `${path}: must be ${JSON.stringify(schema.const)} (got ${show(e.value)})`;
     default:
-      return `${path}: ${e.message} (got ${show(e.value)})`;
+      return `${path}: ${fallbackMessage(e, show)}`;
   }
 }
 

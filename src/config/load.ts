@@ -12,6 +12,7 @@ import { EtdError } from '../errors.js';
 import { ConfigSchema, type Config, type RawConfig } from './schema.js';
 import { formatDuration as formatDur, parseDuration } from './duration.js';
 import { parseCidr } from './cidr.js';
+import { fallbackMessage, knownKeys, pointerToPath, SHOW_MAX, showValue as show } from './schemaErrors.js';
 import { reputationProblems } from '../reputation/configCheck.js';
 import { redisProblems } from '../cluster/options.js';
 
@@ -19,15 +20,6 @@ import { redisProblems } from '../cluster/options.js';
 export interface ConfigProblem {
   readonly path: string;
   readonly message: string;
-}
-
-function pointerToPath(pointer: string): string {
-  if (pointer === '') return '(top level)';
-  return pointer
-    .split('/')
-    .slice(1)
-    .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'))
-    .reduce((acc, seg) => (/^\d+$/.test(seg) ? `${acc}[${seg}]` : acc ? `${acc}.${seg}` : seg), '');
 }
 
 /** Whether two keys differ by at most one edit or a swap of neighbours (a likely typo). */
@@ -43,41 +35,22 @@ function similar(a: string, b: string): boolean {
   return false;
 }
 
-/** Longest value quoted in a message: a 5 MB scalar must not come back as a 5 MB error. */
-const SHOW_MAX = 80;
-
-function show(value: unknown): string {
-  if (value === undefined) return 'nothing';
-  let s: string | undefined;
-  try {
-    s = JSON.stringify(value);
-  } catch {
-    s = undefined; // too deep, a BigInt, a cycle: say what it is instead
-  }
-  if (s === undefined) s = Array.isArray(value) ? 'a list' : typeof value === 'object' && value !== null ? 'a mapping' : typeof value;
-  return s.length > SHOW_MAX ? `${s.slice(0, SHOW_MAX - 3)}... (${s.length} characters)` : s;
-}
-
 /** Turns TypeBox's errors into operator-facing sentences, most specific first, one per path. */
 function schemaProblems(raw: unknown): ConfigProblem[] {
   const seen = new Set<string>();
   const out: ConfigProblem[] = [];
   for (const e of Value.Errors(ConfigSchema, raw)) {
-    let path = pointerToPath(e.path);
+    const path = pointerToPath(e.path) || '(top level)';
     let message: string;
     const schema = e.schema as Record<string, unknown>;
     switch (e.type) {
       case ValueErrorType.ObjectAdditionalProperties: {
-        // TypeBox points at the unexpected key itself; `schema` is the enclosing object's.
-        const known = Object.keys((schema.properties ?? {}) as object);
+        const known = knownKeys(e);
         const key = path.split(/[.[]/).pop() ?? path;
         const close = known.find((k) => similar(k, key));
         message = `unknown key; ${close ? `did you mean "${close}"? ` : ''}remove it or use one of: ${known.join(', ')}`;
         break;
       }
-      case ValueErrorType.ObjectRequiredProperty:
-        message = 'is required';
-        break;
       case ValueErrorType.StringPattern:
         if (schema.pattern && String(schema.pattern).includes('(ms|s|m|h|d)')) {
           message = `must be a duration such as 500ms, 6s, 2m, 1h or 1d (got ${show(e.value)})`;
@@ -89,49 +62,16 @@ function schemaProblems(raw: unknown): ConfigProblem[] {
           message = `${PATTERN_WORDS[String(schema.pattern)] ?? `does not match ${schema.pattern}`} (got ${show(e.value)})`;
         }
         break;
-      case ValueErrorType.Union: {
-        const options = ((schema.anyOf ?? []) as Array<Record<string, unknown>>)
-          .map((s) => s.const)
-          .filter((c) => c !== undefined);
-        message = options.length
-          ? `must be one of ${options.map((o) => JSON.stringify(o)).join(', ')} (got ${show(e.value)})`
-          : `has the wrong type (got ${show(e.value)})`;
-        break;
-      }
-      case ValueErrorType.Integer:
-      case ValueErrorType.Number:
-        message = `must be a whole number (got ${show(e.value)})`;
-        break;
-      case ValueErrorType.IntegerMinimum:
-      case ValueErrorType.IntegerMaximum:
-        message = `must be from ${schema.minimum ?? '-∞'} to ${schema.maximum ?? '∞'} (got ${show(e.value)})`;
-        break;
       case ValueErrorType.String:
         message = String(schema.pattern ?? '').includes('(ms|s|m|h|d)')
           ? `must be a duration such as 500ms, 6s, 2m, 1h or 1d (got ${show(e.value)}; add the unit)`
-          : `must be a string (got ${show(e.value)})`;
-        break;
-      case ValueErrorType.StringMinLength:
-        // The value is not echoed: it may be a secret (api.token).
-        message = schema.minLength === 1 ? 'must not be empty' : `must be at least ${schema.minLength} characters (got ${String(e.value).length})`;
-        break;
-      case ValueErrorType.StringMaxLength:
-        message = `must be at most ${schema.maxLength} characters (got ${String(e.value).length})`;
-        break;
-      case ValueErrorType.Boolean:
-        message = `must be true or false (got ${show(e.value)})`;
-        break;
-      case ValueErrorType.Array:
-        message = `must be a list (got ${show(e.value)})`;
-        break;
-      case ValueErrorType.ArrayMinItems:
-        message = `must have at least ${schema.minItems} entr${schema.minItems === 1 ? 'y' : 'ies'}`;
+          : fallbackMessage(e);
         break;
       case ValueErrorType.Object:
         message = `must be a mapping of keys to values (got ${show(e.value)})`;
         break;
       default:
-        message = `${e.message} (got ${show(e.value)})`;
+        message = fallbackMessage(e);
     }
     if (seen.has(path)) continue;
     seen.add(path);

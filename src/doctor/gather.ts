@@ -4,7 +4,7 @@
 // that is added and deleted in the same atomic transaction — so it never exists for anyone else
 // to see and cannot be left behind — to learn whether the kernel accepts the socket/tproxy/fib
 // expressions. What it sends: with `returnPath`, one TCP connection per backend server, from a
-// spoofed client address (see chooseTestClient in checks.ts), closed as soon as it is
+// spoofed client address (see chooseTestClient in testClient.ts), closed as soon as it is
 // established; the server logs a short connection from that address.
 //
 // Every fact that cannot be read becomes { error } in the facts, never an exception: the doctor
@@ -21,12 +21,9 @@ import { run as nftRun } from '../native/nftables.js';
 import { runIp, type Family, type IpRunner } from '../netfilter/routing.js';
 import { verifyNetfilter } from '../netfilter/setup.js';
 import {
-  chooseTestClient,
   familiesInUse,
   familyOf,
-  neededFeatures,
   parseCapEff,
-  planReturnPath,
   transparentListeners,
   type AddonFacts,
   type Capabilities,
@@ -42,7 +39,10 @@ import {
   type ServerRoute,
   type Sysctls,
   type TestClient,
-} from './checks.js';
+} from './facts.js';
+import { neededFeatures } from './hostFindings.js';
+import { planReturnPath } from './returnPath.js';
+import { chooseTestClient } from './testClient.js';
 import { returnTargets, type ReturnTarget } from './targets.js';
 
 export interface GatherOptions {
@@ -369,7 +369,8 @@ async function gatherHostFacts(config: Config, opts: GatherOptions): Promise<Doc
   const probes = opts.probes ?? [];
   const [addrs, defaults, routes] = await Promise.all([readAddrs(ip), readDefaults(ip), serverRoutes(config, probes, ip)]);
   const families = [...new Set([...familiesInUse(config), ...probes.map((p) => p.family)])].sort();
-  const testClients = families.map((family) => chooseTestClient(family, config, addrs, defaults, opts.client));
+  const mailServers = probes.map((p) => p.address);
+  const testClients = families.map((family) => chooseTestClient(family, config, addrs, defaults, opts.client, mailServers));
   const interfaces = await pathInterfaces(config, routes, testClients, addrs, ip);
   const base = {
     config,

@@ -39,7 +39,7 @@ export interface EngineListener {
 
 /** A session's side of the engine: one method per event (docs/engine.md, Events). */
 export interface EngineSession {
-  talkedEarly(afterMs: number, evidence: Buffer, bytes: number, stage: TalkStage): void;
+  talkedEarly(afterMs: number, evidence: Buffer, bytes: number, stage: TalkStage, bytesToClient: number): void;
   gone(cause: string): void;
   expired(heldMs: number): void;
   upstreamFailed(stage: 'connect' | 'greeting', code: string, elapsedMs: number): void;
@@ -172,7 +172,7 @@ export class EngineDriver {
         return;
       }
       case EV_TALK:
-        this.sessions.get(ev[1])?.talkedEarly(ev[2], ev[3], ev[4], ev[5]);
+        this.sessions.get(ev[1])?.talkedEarly(ev[2], ev[3], ev[4], ev[5], ev[6]);
         return;
       case EV_GONE:
         this.sessions.get(ev[1])?.gone(ev[2]);

@@ -27,7 +27,7 @@ export type TalkStage = 'held' | 'connecting' | 'greeting';
 
 export type EngineEvent =
   | [typeof EV_ACCEPT, number, number, 4 | 6, string, number, string, number] // id, listenerId, family, peerAddress, peerPort, localAddress, localPort
-  | [typeof EV_TALK, number, number, Buffer, number, TalkStage] // id, afterMs, evidence, bytes read so far, stage
+  | [typeof EV_TALK, number, number, Buffer, number, TalkStage, number] // id, afterMs, evidence, bytes read so far, stage, bytes sent so far (teaser)
   | [typeof EV_GONE, number, string] // id, cause
   | [typeof EV_EXPIRED, number, number] // id, heldMs
   | [typeof EV_UPSTREAM_FAILED, number, 'connect' | 'greeting', string, number] // id, stage, code, elapsedMs
@@ -237,7 +237,7 @@ export interface LiveSession {
 export interface SessionContext {
   readonly listener: string;
   readonly mode: Mode;
-  /** The listener's logger (its lines carry `listener`); summary lines go to `summaryLog`, which does not. */
+  /** The listener's logger (its lines carry `listener`); summary lines go to the root logger through sessionEnded (the summary carries `listener` itself). */
   readonly log: Logger;
   readonly pool: Pool;
   source: SourceStrategy;

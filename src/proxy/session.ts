@@ -21,7 +21,7 @@ import { earlyTalkCause, upstreamFailureCause } from './verdict.js';
 
 let nextId = 1;
 let sharedIds: (() => number) | undefined;
-/** Session ids grow in arrival order (the API pages by them); 0 is a connection answered at accept. */
+/** Session ids grow in arrival order (the API pages by them); a connection answered at accept takes one too. */
 export function nextSessionId(): number {
   return sharedIds ? sharedIds() : nextId++;
 }
@@ -244,13 +244,15 @@ export class Session implements LiveSession, EngineSession {
     }
   }
 
-  talkedEarly(afterMs: number, evidence: Buffer, bytes: number, stage: TalkStage): void {
+  talkedEarly(afterMs: number, evidence: Buffer, bytes: number, stage: TalkStage, bytesToClient: number): void {
     if (this.done || this.talked) return;
     const o = (this.outcome ??= {});
     o.talkedAfterMs = round2(afterMs);
     o.talkedDuring = stage;
     o.evidence = evidence;
     this.finalFrom = bytes;
+    // The teaser: a dropped connection is gone before finish() could ask the engine.
+    this.finalTo = Math.max(this.finalTo, bytesToClient);
     // The connect had succeeded: the server did its part, whatever the client does.
     if (stage === 'greeting') this.attempts?.connected();
     this.endHold();

@@ -592,12 +592,21 @@ describe('profiles', () => {
     expect(end[4]).toBe(TEASER.length + 8);
   });
 
+  it('TALK carries the bytes sent to the client so far: the teaser of a client that talks after it', async () => {
+    const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 10_000, profile: P_TEASER }));
+    await c.waitData(TEASER);
+    c.sock.write('EHLO x\r\n');
+    const talk = await waitEvent(evFor(EV_TALK, id));
+    expect(talk[6]).toBe(TEASER.length);
+    await c.closed;
+  });
+
   it('action log: TALK (stage held), the hold goes on, and the early bytes reach the backend first after the 220', async () => {
     const { b, seen } = await recordingBackend();
     const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 300, profile: P_LOG }));
     c.sock.write('EHLO early\r\n');
     const talk = await waitEvent(evFor(EV_TALK, id));
-    expect(talk).toEqual([EV_TALK, id, talk[2], Buffer.from('EHLO early\r\n'), 12, 'held']);
+    expect(talk).toEqual([EV_TALK, id, talk[2], Buffer.from('EHLO early\r\n'), 12, 'held', 0]);
     c.sock.write('MAIL FROM:<a@b>\r\n'); // more early bytes: buffered, no second TALK
     await waitEvent(evFor(EV_EXPIRED, id));
     expect(engine.inspect(id)).toEqual({ state: 'waiting', bytesFromClient: 29, bytesToClient: 0 });

@@ -183,6 +183,34 @@ describe('chooseTestClient', () => {
     expect(c.address).toBeUndefined();
     expect(c.address === undefined && c.reason).toMatch(/no IPv4 client-side network found/);
   });
+
+  // Issue 25: an intercept gateway between a client network and a mail network, no default route.
+  describe('intercept gateway without a default route', () => {
+    const GW: IfAddr[] = [
+      { ifname: 'lo', family: 4, local: '127.0.0.1', prefixlen: 8, scope: 'host' },
+      { ifname: 'eth-mail', family: 4, local: '10.9.2.1', prefixlen: 24, scope: 'global' },
+      { ifname: 'eth-clients', family: 4, local: '10.9.1.1', prefixlen: 24, scope: 'global' },
+    ];
+    const intercept = (destinations: string[]) =>
+      cfg({ listeners: [{ name: 'mx', mode: 'intercept', destinations }], upstream: { source: 'clientip', forward: 'original' } });
+
+    it('takes an unused address of a connected network outside destinations', () => {
+      const c = chooseTestClient(4, intercept(['10.9.2.0/24']), GW, []);
+      expect(c.address).toBe('10.9.1.254');
+      expect(c.address !== undefined && c.how).toContain('10.9.1.0/24 (eth-clients), a connected network outside the intercepted destinations');
+    });
+
+    it('without destinations, skips the network of a --probe mail server', () => {
+      const c = chooseTestClient(4, intercept([]), GW, [], undefined, ['10.9.2.10']);
+      expect(c.address).toBe('10.9.1.254');
+    });
+
+    it('gives none when every connected network is intercepted, and says so', () => {
+      const c = chooseTestClient(4, intercept(['10.9.0.0/16']), GW, []);
+      expect(c.address).toBeUndefined();
+      expect(c.address === undefined && c.reason).toMatch(/no IPv4 client-side network found.*10\.9\.1\.0\/24.*inside the intercepted destinations/);
+    });
+  });
 });
 
 describe('planReturnPath', () => {

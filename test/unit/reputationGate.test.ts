@@ -112,7 +112,7 @@ describe('a score applied to a held session', () => {
     const t = setup();
     const s = new Session(t.driver, t.conn, t.ctx);
     s.begin();
-    s.talkedEarly(3, Buffer.from('EHLO x\r\n'), 8, 'held');
+    s.talkedEarly(3, Buffer.from('EHLO x\r\n'), 8, 'held', 0);
     applyScore(s, t.rep, score(-2, [['wl.test', '127.0.10.2', -2]]));
     expect(t.calls.some((c) => c[0] === 'connect')).toBe(false);
     expect(t.summaries).toHaveLength(1);

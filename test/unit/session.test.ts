@@ -134,7 +134,7 @@ describe('Session', () => {
     s.begin();
     s.expired(100);
     expect(server(pool, 'a').active).toBe(1);
-    s.talkedEarly(130.456, Buffer.from('EHLO x\r\n'), 8, 'connecting');
+    s.talkedEarly(130.456, Buffer.from('EHLO x\r\n'), 8, 'connecting', 0);
     expect(server(pool, 'a').active).toBe(0);
     expect(summaries[0]).toMatchObject({ verdict: 'early_talker', cause: 'rejected', action: 'reject', talkedAfterMs: 130.46, talkedDuring: 'connecting', earlyBytes: 'EHLO x\\r\\n', bytesFromClient: 8 });
     // Later events for the same id change nothing.
@@ -213,7 +213,7 @@ describe('Session', () => {
     const { calls, driver, ctx, conn, summaries, events } = setup({ detection: { window: '100ms', action: 'log' } });
     const s = new Session(driver, conn, ctx);
     s.begin();
-    s.talkedEarly(10, Buffer.from('EHLO x\r\n'), 8, 'held');
+    s.talkedEarly(10, Buffer.from('EHLO x\r\n'), 8, 'held', 0);
     expect(summaries).toHaveLength(0);
     expect(s.talked).toBe(true);
     s.expired(100);
@@ -231,7 +231,7 @@ describe('Session', () => {
     const s = new Session(driver, conn, ctx);
     s.begin();
     s.expired(100);
-    s.talkedEarly(150, Buffer.from('Q'), 1, 'greeting');
+    s.talkedEarly(150, Buffer.from('Q'), 1, 'greeting', 0);
     // One failure then a success: the failure streak is reset, so one more failure does not take it down.
     pool.connectFailed(a, 'timeout');
     expect(a.state).toBe('up');
@@ -321,7 +321,7 @@ describe('Session', () => {
     const c = setup({ detection: { window: '6s', action: 'log' } });
     const s3 = new Session(c.driver, c.conn, c.ctx);
     s3.begin();
-    s3.talkedEarly(5, Buffer.from('x'), 1, 'held');
+    s3.talkedEarly(5, Buffer.from('x'), 1, 'held', 0);
     s3.release('dnswl');
     s3.refuse('denied', 'x', { drop: true });
     expect(c.calls.some((x) => x[0] === 'connect' || x[0] === 'drop')).toBe(false);

@@ -9,6 +9,7 @@ import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
 import { inNamespace, startUnbound, type RunningUnbound } from '../../lab/unbound.js';
 import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
 import { CLI, startEtdInNetns, type LogLine, type RunningEtd } from '../helpers/cli.js';
+import { waitFor } from '../helpers/wait.js';
 
 const skip = skipPrivileged('DNSBL scoring against unbound') || skipWithout('unbound', 'unbound', 'DNSBL scoring against unbound');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-dnsbl-'));
@@ -270,9 +271,7 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
     const timeout = await etd.waitFor((l) => l.level === 'warn' && /DNSBL zone dead\.test had not answered by the end of the 1000 ms hold: the lookup counts 0/.test(l.msg), 8000);
     expect(timeout.zone).toBe('dead.test');
     // … and counted when the query itself times out (reputation.timeout 3 s).
-    const deadline = Date.now() + 8000;
-    let timeouts = 0;
-    while (Date.now() < deadline && (timeouts = metric(await metrics(), 'etd_dnsbl_timeouts_total', 'zone="dead.test"')) < 1) await new Promise((r) => setTimeout(r, 250));
+    const timeouts = await waitFor(async () => metric(await metrics(), 'etd_dnsbl_timeouts_total', 'zone="dead.test"') || undefined, { timeout: 8000, interval: 250, what: 'etd_dnsbl_timeouts_total{zone="dead.test"} to count' });
     expect(timeouts).toBeGreaterThanOrEqual(1);
     // A second visit of the listed client: its answer is cached, so it is refused at accept.
     const again = await client(4, 'listed');

@@ -9,6 +9,7 @@ import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
 import { skipPrivileged } from '../helpers/privileged.js';
 import { startEtdInNetns, type RunningEtd } from '../helpers/cli.js';
 import { earlyTalker, swaks } from '../helpers/nsClient.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
 const skip = skipPrivileged('vip mode end to end');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-vip-'));
@@ -108,7 +109,7 @@ describe.skipIf(skip)('vip mode in the lab', () => {
       const before = connectsFrom(client);
       const early = await earlyTalker(lab, gw);
       expect(early.data, family).toBe('');
-      await new Promise((r) => setTimeout(r, 800)); // past the window
+      await sleep(800); // past the window
       expect(connectsFrom(client), `${family}: early talker reached the backend`).toBe(before);
     }
     await etd.waitFor(() => etd.lines.filter((l) => l.msg === 'session').length >= 4, 5000);
@@ -161,8 +162,10 @@ describe.skipIf(skip)('vip mode in the lab', () => {
     await lab.exec(lab.ns.gateway, 'nft', ['flush', 'ruleset']);
     await lab.exec(lab.ns.gateway, 'ip', ['rule', 'del', 'fwmark', '0x1', 'lookup', '100']);
     await etd.waitFor((l) => String(l.msg).includes('re-applying'), 5000);
-    await new Promise((r) => setTimeout(r, 300));
-    const state = await gatewayState();
+    const state = await waitFor(async () => {
+      const s = await gatewayState();
+      return /socket transparent 1/.test(s.nft) && /fwmark 0x1 lookup 100/.test(s.rules4) && s;
+    }, { timeout: 5000, what: 'the rules and the policy route re-applied' });
     expect(state.nft).toMatch(/socket transparent 1/);
     expect(state.rules4).toMatch(/fwmark 0x1 lookup 100/);
     expect(await swaks(lab, lab.v4.gatewayClientSide)).toMatch(/<- +250 Queued/);

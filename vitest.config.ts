@@ -11,6 +11,9 @@ export const SERIAL_INTEGRATION = [
   'test/integration/fuzz.test.ts', // CPU-bound; bounds each case's time
   'test/integration/guard.test.ts', // 15 ms gaps must split the bytes into separate reads
   'test/integration/dashboardBurst.test.ts', // Chromium under a verdict burst; measures frame gaps
+  'test/integration/cache.test.ts', // asserts allowed and denied answers within 150 ms (239 ms seen beside other files)
+  'test/integration/limits.test.ts', // opens 2,000 connections at once (1,950 held seen beside other files)
+  'test/integration/agentFaults.test.ts', // a SIGHUP storm paced at 100 ms and a full tmpfs (its deny entry was missed beside other files)
 ];
 
 /** Parallel workers for unit and integration files (ETD_TEST_PARALLEL; default 3: most of their time is spent waiting on windows and sockets, not CPU). */

@@ -4,7 +4,7 @@
 // hostile.test.ts (it counts one thread's Session objects and heap), which pin one worker; the
 // CLI and netns tests, which run `etd run` with `workers: auto` in the first pass.
 import { defineConfig } from 'vitest/config';
-import base from './vitest.config.js';
+import { projects, SERIAL_INTEGRATION } from './vitest.config.js';
 
 export const WORKER_SCENARIOS = [
   'test/integration/proxy.test.ts',
@@ -23,5 +23,8 @@ export const WORKER_SCENARIOS = [
 ];
 
 export default defineConfig({
-  test: { ...base.test, include: WORKER_SCENARIOS },
+  test: {
+    reporters: ['default'],
+    projects: projects(WORKER_SCENARIOS, WORKER_SCENARIOS.filter((f) => SERIAL_INTEGRATION.includes(f))),
+  },
 });

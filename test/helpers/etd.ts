@@ -5,6 +5,7 @@ import pino from 'pino';
 import { App } from '../../src/app.js';
 import { validateConfig } from '../../src/config/load.js';
 import type { SessionSummary } from '../../src/proxy/session.js';
+import { waitFor } from './wait.js';
 
 export interface TestEtd {
   readonly app: App;
@@ -60,11 +61,7 @@ export async function startEtdForTest(doc: Doc): Promise<TestEtd> {
     port,
     summaries,
     async waitForSummaries(n, timeoutMs = 15_000) {
-      const deadline = Date.now() + timeoutMs;
-      while (summaries.length < n) {
-        if (Date.now() > deadline) throw new Error(`expected ${n} session summaries, got ${summaries.length}: ${JSON.stringify(summaries)}`);
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await waitFor(() => summaries.length >= n, { timeout: timeoutMs, what: () => `${n} session summaries, got ${summaries.length}: ${JSON.stringify(summaries)}` });
       return summaries;
     },
     stop: (graceMs = 1000) => app.stop(graceMs),

@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import v8 from 'node:v8';
 import vm from 'node:vm';
+import { waitFor } from './wait.js';
 
 /** Open file descriptors of `pid` (default: this process). */
 export function fdCount(pid: number | 'self' = 'self'): number {
@@ -39,13 +40,12 @@ export async function settledHeap(): Promise<number> {
   return process.memoryUsage().heapUsed;
 }
 
-/** Polls `cond` every 20 ms until it holds; throws with `what` after `timeoutMs`. */
-export async function waitUntil(what: string | (() => string), cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'string' ? what : what()}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+/**
+ * The old argument order of waitFor (test/helpers/wait.ts), kept only for
+ * test/integration/engineThreads.test.ts, which another branch rewrites; new code calls waitFor.
+ */
+export function waitUntil(what: string | (() => string), cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<true> {
+  return waitFor(cond, { what, timeout: timeoutMs });
 }
 
 export const MB = 1024 * 1024;

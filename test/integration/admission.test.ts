@@ -3,6 +3,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 import { rawClient, startEtdForTest, type TestEtd } from '../helpers/etd.js';
+import { waitFor } from '../helpers/wait.js';
 
 let etd: TestEtd | undefined;
 let backend: TestBackend | undefined;
@@ -52,7 +53,7 @@ describe('admission rollback', () => {
     expect(first.data.length).toBe(0);
     const [s] = await etd.waitForSummaries(1);
     expect(s).toMatchObject({ verdict: 'client_gone', cause: 'engine_enospc' });
-    await new Promise((r) => setTimeout(r, 50));
+    await waitFor(() => etd!.app.sessions.size === 0 && etd!.app.stats.held === 0 && (etd!.app.engineCounts()?.connections ?? 0) === 0, { what: 'the session and its engine connection to be released' });
     expectNoSlotKept(etd);
     // perClient 1 and maxHeld 1: a ghost would make this client a 421.
     const second = await rawClient(etd.port, () => undefined, 1500);
@@ -73,7 +74,7 @@ describe('admission rollback', () => {
     expect(r.data.toString('latin1')).toBe('421 4.3.2 Service not available, try again later\r\n');
     const [s] = await etd.waitForSummaries(1);
     expect(s).toMatchObject({ verdict: 'no_server', cause: 'connect_enomem', attempts: 2 });
-    await new Promise((r) => setTimeout(r, 50));
+    await waitFor(() => etd!.app.sessions.size === 0 && etd!.app.stats.held === 0 && (etd!.app.engineCounts()?.connections ?? 0) === 0, { what: 'the session and its engine connection to be released' });
     expectNoSlotKept(etd);
     expect(etd.app.pool.get('b')?.active).toBe(0);
     expect(etd.app.pool.get('c')?.active).toBe(0);

@@ -15,7 +15,8 @@ import { validateConfig } from '../../src/config/load.js';
 import { sendMail, startSink, type MailResult, type Sink } from '../../bench/smtpPeers.js';
 import { runEtd, type RunningEtd } from '../helpers/cli.js';
 import { skipPrivileged } from '../helpers/privileged.js';
-import { fdCount, rssBytes, waitUntil, MB } from '../helpers/leak.js';
+import { fdCount, rssBytes, MB } from '../helpers/leak.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-agent-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -85,10 +86,10 @@ describe('SIGHUP storm under load', () => {
     for (let i = 1; i <= 100; i++) {
       write(i);
       etd.child.kill('SIGHUP');
-      await new Promise((r) => setTimeout(r, 100));
+      await sleep(100);
     }
     const stormMs = Date.now() - t0;
-    await waitUntil(() => `100 reloads (${etd!.lines.filter((l) => l.msg === 'configuration reloaded').length})`, () => etd!.lines.filter((l) => l.msg === 'configuration reloaded').length >= 100, 20_000).catch(() => undefined);
+    await waitFor(() => etd!.lines.filter((l) => l.msg === 'configuration reloaded').length >= 100, { what: () => `100 reloads (${etd!.lines.filter((l) => l.msg === 'configuration reloaded').length})`, timeout: 20_000 }).catch(() => undefined);
     storming = false;
     await Promise.all(clients);
 
@@ -109,7 +110,7 @@ describe('SIGHUP storm under load', () => {
     expect(tags.filter((t) => !received.has(t))).toEqual([]);
     expect(received.size).toBe(tags.length);
     const sessions = etd.lines.filter((l) => l.msg === 'session');
-    await waitUntil('every session summary', () => etd!.lines.filter((l) => l.msg === 'session').length >= results.length);
+    await waitFor(() => etd!.lines.filter((l) => l.msg === 'session').length >= results.length, { what: 'every session summary' });
     expect(sessions.filter((s) => s.verdict !== 'passed')).toEqual([]);
 
     etd.child.kill('SIGTERM');
@@ -207,10 +208,10 @@ describe.skipIf(skipDisk)('a full disk under state.path', () => {
   it('writes that fail are one logged warning; sessions pass, the cache works from memory, and writes resume when space returns', async () => {
     const { app, port } = await start(path.join(dir, 'state.db'));
     for (let i = 1; i <= 5; i++) expect((await sendMail({ port, tag: `before-${i}@disk.test`, localAddress: `127.0.90.${i}` })).delivered).toBe(true);
-    await waitUntil('the first cache writes', () => {
+    await waitFor(() => {
       app.store.flush();
       return app.cache.size === 5;
-    });
+    }, { what: 'the first cache writes' });
     expect(app.store.healthy).toBe(true);
 
     const filler = fill();
@@ -218,7 +219,7 @@ describe.skipIf(skipDisk)('a full disk under state.path', () => {
     expect(results.filter((r) => !r.delivered), 'sessions while the disk is full').toEqual([]);
     const early = await Promise.all(Array.from({ length: 5 }, (_, i) => earlyTalker(port, `127.0.92.${i + 1}`)));
     expect(early).toEqual([0, 0, 0, 0, 0]);
-    await waitUntil('the write-failure warning', () => lines.some((l) => /state store .* failed; etd keeps proxying from memory/.test(String(l.msg))), 5000);
+    await waitFor(() => lines.some((l) => /state store .* failed; etd keeps proxying from memory/.test(String(l.msg))), { what: 'the write-failure warning', timeout: 5000 });
     expect(app.store.healthy).toBe(false);
     const warnings = lines.filter((l) => /state store .* failed/.test(String(l.msg)));
     expect(warnings.length, 'rate-limited: one warning, not one per write').toBe(1);
@@ -233,10 +234,10 @@ describe.skipIf(skipDisk)('a full disk under state.path', () => {
 
     fs.rmSync(filler);
     expect((await sendMail({ port, tag: 'after@disk.test', localAddress: '127.0.93.1' })).delivered).toBe(true);
-    await waitUntil('writes to work again', () => {
+    await waitFor(() => {
       app.store.flush();
       return app.store.healthy;
-    });
+    }, { what: 'writes to work again' });
     expect(lines.some((l) => l.msg === 'state store writes work again')).toBe(true);
   }, 60_000);
 

@@ -24,6 +24,7 @@ import { SessionsBody } from '../../src/api/routes/sessions.js';
 import { EventsBody } from '../../src/api/routes/events.js';
 import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 import { rawClient, startEtdForTest, type TestEtd } from '../helpers/etd.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
 const TOKEN = 'test-token-0123456789abcdef';
 const silent = pino({ level: 'silent' });
@@ -142,14 +143,6 @@ function conforms(schema: TSchema, value: unknown): void {
   expect(errors).toEqual([]);
 }
 
-async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 /** A scripted SMTP client: one command at a time, each resolving with the complete reply. */
 async function smtpClient(port: number): Promise<{ banner: string; cmd(line: string): Promise<string>; raw(data: string): Promise<string>; close(): void }> {
   const s = net.connect({ port, host: '127.0.0.1' });
@@ -253,11 +246,12 @@ describe('status, sessions and stats', () => {
   it('shows held, then relayed sessions; pages through /v1/sessions; rejects bad queries with the field named', async () => {
     const doc = baseDoc({ window: '1500ms' });
     (doc.detection as Doc).stress = { above: 2, below: 1, window: '1s' };
+    const startedAt = performance.now();
     const { etd } = await startStack(doc);
     const clients = [0, 1, 2].map(() => net.connect({ port: etd.port, host: '127.0.0.1' }));
     for (const c of clients) c.on('error', () => undefined);
     try {
-      await waitFor('3 held', () => etd.app.stats.held === 3);
+      await waitFor(() => etd.app.stats.held === 3, { what: '3 held' });
       const status = await getJson<StatusBody>('/v1/status');
       conforms(StatusBody, status);
       expect(status.version).toBe('test-1.2.3');
@@ -275,11 +269,14 @@ describe('status, sessions and stats', () => {
       if (workers === 1) expect(status.workers[0]!.threadId).toBe(0);
       expect(status.lostSessions).toBe(0);
       expect(status.workerRestarts).toBe(0);
-      expect(status.engine!.deadlines).toBeGreaterThanOrEqual(0);
+      // Each held client has its hold deadline queued (one entry per live connection at least).
+      expect(status.engine!.deadlines).toBeGreaterThanOrEqual(3);
       expect(status.backends).toEqual({ up: 2, total: 2 });
       // Three held is above detection.stress.above (2): connections arriving from now on get the 1 s window.
       expect(status.stress).toEqual({ active: true, windowMs: 1000, enterAbove: 2, leaveBelow: 1, changes: 1 });
       expect(status.uptimeSeconds).toBeGreaterThanOrEqual(0);
+      // Not more than the time since this test started etd (to the 0.1 s it is rounded to).
+      expect(status.uptimeSeconds).toBeLessThanOrEqual(Math.ceil((performance.now() - startedAt) / 100) / 10);
 
       const p1 = await getJson<SessionsBody>('/v1/sessions?limit=2');
       conforms(SessionsBody, p1);
@@ -306,7 +303,7 @@ describe('status, sessions and stats', () => {
         expect((r.json as { error: string }).error, q).toMatch(msg);
       }
 
-      await waitFor('3 relaying', () => etd.app.stats.relaying === 3);
+      await waitFor(() => etd.app.stats.relaying === 3, { what: '3 relaying' });
       const relaying = await getJson<StatusBody>('/v1/status');
       expect(relaying.connections).toEqual({ held: 0, relaying: 3, total: 3 });
       expect(relaying.stress).toMatchObject({ active: false, windowMs: 1500, changes: 2 });
@@ -428,7 +425,7 @@ describe('backends', () => {
       ['s1', 'up', null, 0],
       ['s2', 'up', null, 0],
     ]);
-    await waitFor('a health check of s1', async () => ((await getJson<BackendListBody>('/v1/backends')).backends[0]!.check?.checks ?? 0) >= 1);
+    await waitFor(async () => ((await getJson<BackendListBody>('/v1/backends')).backends[0]!.check?.checks ?? 0) >= 1, { what: 'a health check of s1' });
     const checked = await getJson<BackendListBody>('/v1/backends');
     conforms(BackendListBody, checked);
     expect(checked.backends[0]!.check).toMatchObject({ checked: true, failStreak: 0, last: { ok: true } });
@@ -464,7 +461,7 @@ describe('backends', () => {
   it('a drained server gets no new sessions while its open session completes; drain survives a reload; up returns it', async () => {
     const { etd } = await startStack(baseDoc({ window: '200ms' }));
     // Counted from here: a late connection from an earlier test's teardown must not count.
-    await new Promise((r) => setTimeout(r, 200));
+    await sleep(200);
     b1.connections.length = 0;
     b2.connections.length = 0;
     b1.messages.length = 0;
@@ -492,9 +489,9 @@ describe('backends', () => {
     expect(await a.raw('Subject: during drain\r\n\r\nstill delivered\r\n.\r\n')).toMatch(/^250/);
     expect(await a.cmd('QUIT')).toMatch(/^221/);
     a.close();
-    await waitFor('b1 message', () => b1.messages.length === 1);
+    await waitFor(() => b1.messages.length === 1, { what: 'b1 message' });
     expect(b1.messages[0]!.to).toEqual(['b@example.net']);
-    await waitFor('s1 idle', () => etd.app.pool.get('s1')!.active === 0);
+    await waitFor(() => etd.app.pool.get('s1')!.active === 0, { what: 's1 idle' });
 
     // Drain survives a reload of the (unchanged) file.
     const reload = await call('POST', '/v1/reload');
@@ -619,7 +616,7 @@ describe('metrics and health', () => {
     const held = net.connect({ port: etd.port, host: '127.0.0.1' });
     held.on('error', () => undefined);
     try {
-      await waitFor('held', () => etd.app.stats.held === 1);
+      await waitFor(() => etd.app.stats.held === 1, { what: 'held' });
       const r = await call('GET', '/metrics');
       expect(r.status).toBe(200);
       expect(r.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
@@ -651,8 +648,10 @@ describe('metrics and health', () => {
       expect(m.get('etd_engine_fds{}')).toBe(1 + workers);
       expect(sum(m, 'etd_worker_sessions')).toBe(1);
       for (let i = 0; i < workers; i++) {
-        expect(m.get(`etd_worker_sessions{worker="${i}"}`), `worker ${i}`).toBeGreaterThanOrEqual(0);
-        expect(m.get(`etd_worker_cpu_seconds_total{worker="${i}"}`), `worker ${i}`).toBeGreaterThanOrEqual(0);
+        // The one session is on one worker: each worker's gauge is 0 or 1 (their sum, 1, is checked above).
+        expect([0, 1], `worker ${i}`).toContain(m.get(`etd_worker_sessions{worker="${i}"}`));
+        // Every worker thread has run (it accepted or polled): its CPU time is above zero.
+        expect(m.get(`etd_worker_cpu_seconds_total{worker="${i}"}`), `worker ${i}`).toBeGreaterThan(0);
       }
       expect(m.get('etd_worker_restarts_total{}')).toBe(0);
       expect(m.get('etd_sessions_lost_total{}')).toBe(0);

@@ -11,7 +11,8 @@ import { sendMail, startSink, type Sink } from '../../bench/smtpPeers.js';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
 import { runEtd, type RunningEtd } from '../helpers/cli.js';
 import { skipPrivileged } from '../helpers/privileged.js';
-import { fdCount, waitUntil } from '../helpers/leak.js';
+import { fdCount } from '../helpers/leak.js';
+import { waitFor } from '../helpers/wait.js';
 
 let sink: Sink;
 let etd: TestEtd;
@@ -27,7 +28,7 @@ beforeAll(async () => {
   });
   const warm = await sendMail({ port: etd.port, tag: 'warmup@faults.test' });
   expect(warm.delivered).toBe(true);
-  await waitUntil('warm-up session to end', () => etd.app.sessions.size === 0 && sink.open.size === 0);
+  await waitFor(() => etd.app.sessions.size === 0 && sink.open.size === 0, { what: 'warm-up session to end' });
   baseFds = fdCount();
 });
 
@@ -39,18 +40,18 @@ afterAll(async () => {
 afterEach(async () => {
   sink.fault = 'none';
   // Whatever the fault, nothing may stay behind: no session, no backend connection, no fd.
-  await waitUntil(() => `sessions to end (${etd.app.sessions.size})`, () => etd.app.sessions.size === 0, 15_000);
+  await waitFor(() => etd.app.sessions.size === 0, { what: () => `sessions to end (${etd.app.sessions.size})`, timeout: 15_000 });
   expect(etd.app.pool.get('sink')?.active).toBe(0);
-  await waitUntil(() => `fds back to ${baseFds} (now ${fdCount()})`, () => fdCount() <= baseFds + 3, 15_000);
+  await waitFor(() => fdCount() <= baseFds + 3, { what: () => `fds back to ${baseFds} (now ${fdCount()})`, timeout: 15_000 });
   const after = await sendMail({ port: etd.port, tag: `after-${++tagNo}@faults.test` });
   expect(after.delivered, 'etd still serves after the fault').toBe(true);
-  await waitUntil('the check session to end', () => etd.app.sessions.size === 0);
+  await waitFor(() => etd.app.sessions.size === 0, { what: 'the check session to end' });
   etd.summaries.length = 0;
 });
 
 /** The summary of the (single) faulted session. */
 async function faultSummary() {
-  await waitUntil(() => `the faulted session's summary (${etd.summaries.length})`, () => etd.summaries.length >= 1, 15_000);
+  await waitFor(() => etd.summaries.length >= 1, { what: () => `the faulted session's summary (${etd.summaries.length})`, timeout: 15_000 });
   return etd.summaries[0]!;
 }
 

@@ -12,6 +12,7 @@ import { startApi, type ApiHandle } from '../../src/api/server.js';
 import { AccessListBody, AccessPostBody } from '../../src/api/routes/access.js';
 import { CacheEntryBody, CacheListBody } from '../../src/api/routes/cache.js';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
 const WINDOW_MS = 600;
 const silent = pino({ level: 'silent' });
@@ -136,16 +137,6 @@ function probe(port: number, opts: { from?: string; talk?: string; timeoutMs?: n
   });
 }
 
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 /** A full window: at least the window (timer granularity aside). */
 function expectWindow(p: Probe, what: string): void {
   expect(p.bannerMs, `${what}: ${JSON.stringify(p)}`).toBeDefined();
@@ -170,7 +161,7 @@ describe('pass cache', () => {
   it('a client that waited gets the banner with no window on its next connection', async () => {
     const etd = await start(doc());
     const first = await probe(etd.port);
-    await waitFor('the pass entry', () => etd.app.cache.get('127.0.0.1')?.kind === 'pass');
+    await waitFor(() => etd.app.cache.get('127.0.0.1')?.kind === 'pass', { what: 'the pass entry' });
     const second = await probe(etd.port);
     const direct = await probe(backend.port);
     console.log(
@@ -193,7 +184,7 @@ describe('pass cache', () => {
     const first = await probe(one.port);
     const talker = await probe(one.port, { from: '127.0.0.3', talk: 'EHLO bot\r\n' });
     expect(talker.closedBy).toBe('reset');
-    await waitFor('both entries', () => one.app.cache.size === 2);
+    await waitFor(() => one.app.cache.size === 2, { what: 'both entries' });
     // stop() flushes the batched writes (they would otherwise wait up to 200 ms).
     await stop(one);
 
@@ -216,7 +207,7 @@ describe('pass cache', () => {
   it('an entry that lapsed (ttl) brings the window back', async () => {
     const etd = await start(doc({ cache: { enabled: true, ttl: '1s', denyTtl: '1h', scope: 'ip' } }));
     const first = await probe(etd.port);
-    await waitFor('the pass entry', () => etd.app.cache.get('127.0.0.1') !== undefined);
+    await waitFor(() => etd.app.cache.get('127.0.0.1') !== undefined, { what: 'the pass entry' });
     const second = await probe(etd.port);
     await sleep(1200);
     expect(etd.app.cache.get('127.0.0.1')).toBeUndefined();
@@ -234,7 +225,7 @@ describe('pass cache', () => {
     const etd = await start(doc({ state: { path: file }, cache: { enabled: true, ttl: '300ms', denyTtl: '300ms', scope: 'ip' } }));
     await probe(etd.port);
     await probe(etd.port, { from: '127.0.0.3', talk: 'EHLO bot\r\n' });
-    await waitFor('both entries', () => etd.app.cache.size === 2);
+    await waitFor(() => etd.app.cache.size === 2, { what: 'both entries' });
     etd.app.store.flush();
     await sleep(400);
     expect(etd.app.cache.sweep()).toBe(2);
@@ -247,7 +238,7 @@ describe('pass cache', () => {
   it('with scope net, another address of the same IPv4 /24 skips the window; one of another /24 does not', async () => {
     const etd = await start(doc({ cache: { enabled: true, ttl: '1d', denyTtl: '1h', scope: 'net' } }));
     const first = await probe(etd.port, { from: '127.0.0.2' });
-    await waitFor('the /24 entry', () => etd.app.cache.get('127.0.0.0/24') !== undefined);
+    await waitFor(() => etd.app.cache.get('127.0.0.0/24') !== undefined, { what: 'the /24 entry' });
     const sameNet = await probe(etd.port, { from: '127.0.0.9' });
     const otherNet = await probe(etd.port, { from: '127.0.1.9' });
     console.log(`scope net: 127.0.0.2 ${ms(first.bannerMs)}, 127.0.0.9 ${ms(sameNet.bannerMs)}, 127.0.1.9 ${ms(otherNet.bannerMs)}`);
@@ -263,7 +254,7 @@ describe('deny cache', () => {
     const etd = await start(doc());
     const talker = await probe(etd.port, { talk: 'EHLO bot\r\n' });
     expect(talker.closedBy).toBe('reset');
-    await waitFor('the deny entry', () => etd.app.cache.get('127.0.0.1')?.kind === 'deny');
+    await waitFor(() => etd.app.cache.get('127.0.0.1')?.kind === 'deny', { what: 'the deny entry' });
     const before = backend.connections;
     const next = await probe(etd.port);
     console.log(`deny cache: 554 after ${ms(next.firstByteMs)}`);
@@ -362,7 +353,7 @@ describe('API: /v1/cache', () => {
     await probe(etd.port); // pass: 127.0.0.1
     await probe(etd.port, { from: '127.0.0.2' }); // pass: 127.0.0.2
     await probe(etd.port, { from: '127.0.0.3', talk: 'EHLO bot\r\n' }); // deny: 127.0.0.3
-    await waitFor('three entries', () => etd.app.cache.size === 3);
+    await waitFor(() => etd.app.cache.size === 3, { what: 'three entries' });
 
     const all = await call(url, 'GET', '/v1/cache');
     expect(all.status).toBe(200);
@@ -410,7 +401,7 @@ describe('API: /v1/cache', () => {
   it('with scope net, entries are /24 keys, found by the key (URL-encoded) or by any address inside', async () => {
     const { etd, url } = await startWithApi(doc({ cache: { enabled: true, ttl: '1d', denyTtl: '1h', scope: 'net' } }));
     await probe(etd.port, { from: '127.0.0.2' });
-    await waitFor('the /24 entry', () => etd.app.cache.size === 1);
+    await waitFor(() => etd.app.cache.size === 1, { what: 'the /24 entry' });
     expect((await call(url, 'GET', '/v1/cache')).json).toMatchObject({ scope: 'net', total: 1, entries: [{ key: '127.0.0.0/24', kind: 'pass' }] });
     expect((await call(url, 'GET', '/v1/cache/127.0.0.0%2F24')).json).toMatchObject({ key: '127.0.0.0/24' });
     expect((await call(url, 'GET', '/v1/cache/127.0.0.77')).json).toMatchObject({ key: '127.0.0.0/24' });

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, assertBuilt, runEtd } from '../helpers/cli.js';
 import { rawClient } from '../helpers/etd.js';
 import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
+import { waitFor } from '../helpers/wait.js';
 
 const exec = promisify(execFile);
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-cli-'));
@@ -146,13 +147,7 @@ while True:
 `, sock], { stdio: ['ignore', 'pipe', 'inherit'] });
     let got = '';
     listener.stdout.on('data', (c) => (got += c));
-    const until = async (pred: () => boolean, ms = 10_000) => {
-      const end = Date.now() + ms;
-      while (!pred()) {
-        if (Date.now() > end) throw new Error(`timed out; notify socket got: ${got}`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    };
+    const until = (pred: () => boolean) => waitFor(pred, { detail: () => `notify socket got: ${got}` });
     await until(() => got.includes('bound'));
     const f = writeConfig('svc.yaml', config('1s', 'drop').replace('api: { enabled: false }', 'api: { address: 127.0.0.1, port: 0 }'));
     process.env.NOTIFY_SOCKET = sock;

@@ -20,6 +20,7 @@ import { doctorCommand } from '../../src/commands/doctor.js';
 import { rawClient, testWorkers } from '../helpers/etd.js';
 import { skipWithout } from '../helpers/privileged.js';
 import { freePort, startRedis, type TestRedis } from '../helpers/redis.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
 const skip = skipWithout('redis-server', 'redis-server', 'cluster over Redis (loopback)');
 const WINDOW_MS = 1500;
@@ -66,16 +67,6 @@ async function gateway(prefix: string, redis: Record<string, unknown> = { url: `
   return g;
 }
 
-async function until<T>(what: string, f: () => T | undefined, timeoutMs = 5000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = f();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
 const polite = (port: number) =>
   rawClient(port, (s) => s.once('data', () => s.write('QUIT\r\n')), WINDOW_MS + 3000);
 const early = (port: number) => rawClient(port, (s) => s.write('EHLO bot.example\r\n'), WINDOW_MS + 3000);
@@ -107,20 +98,20 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
   it('a pass on A releases the client on B at once; an early talker on A is refused on B', async () => {
     const a = await gateway('t1:');
     const b = await gateway('t1:');
-    await until('both connected', () => a.app.cluster!.up && b.app.cluster!.up);
+    await waitFor(() => a.app.cluster!.up && b.app.cluster!.up, { what: 'both connected' });
 
     const first = await polite(a.port);
     expect(first.firstByteAfterMs!).toBeGreaterThanOrEqual(WINDOW_MS - 50);
-    await until('the pass written to Redis', () => a.app.cluster!.status().pendingWrites === 0 && a.summaries.length === 1);
-    await new Promise((r) => setTimeout(r, 50));
+    await waitFor(() => a.app.cluster!.status().pendingWrites === 0 && a.summaries.length === 1, { what: 'the pass written to Redis' });
+    await sleep(50);
     const onB = await polite(b.port);
     expect(onB.data.toString()).toMatch(/^220 cluster.test/);
     expect(onB.firstByteAfterMs!).toBeLessThan(100);
-    const sb = await until('B summary', () => b.summaries[0]);
+    const sb = await waitFor(() => b.summaries[0], { what: 'B summary' });
     expect(sb).toMatchObject({ verdict: 'passed', released: 'cluster_pass' });
     // Adopted locally: the next connection on B is a local pass-cache hit.
     await polite(b.port);
-    expect(await until('second B summary', () => b.summaries[1])).toMatchObject({ verdict: 'passed', skipped: 'pass_cache' });
+    expect(await waitFor(() => b.summaries[1], { what: 'second B summary' })).toMatchObject({ verdict: 'passed', skipped: 'pass_cache' });
 
     // Now the same address talks early on A: the deny replaces the pass everywhere.
     // (With engine workers, a deletion reaches their copies as a message: wait for that, as the API does.)
@@ -129,39 +120,39 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
     await Promise.all([a.app.workers?.refresh(), b.app.workers?.refresh()]);
     const bot = await early(a.port);
     expect(bot.data.length).toBe(0);
-    await until('the deny written', () => a.summaries.some((s) => s.verdict === 'early_talker') && a.app.cluster!.status().pendingWrites === 0);
-    await new Promise((r) => setTimeout(r, 50));
+    await waitFor(() => a.summaries.some((s) => s.verdict === 'early_talker') && a.app.cluster!.status().pendingWrites === 0, { what: 'the deny written' });
+    await sleep(50);
     b.app.cache.delete('127.0.0.1');
     await b.app.workers?.refresh();
     const refused = await polite(b.port);
     expect(refused.data.toString()).toMatch(/^554 5\.7\.1/);
     expect(refused.firstByteAfterMs!).toBeLessThan(200);
-    expect(await until('B deny summary', () => b.summaries.find((x) => x.verdict === 'denied'))).toMatchObject({ verdict: 'denied', cause: 'cluster_deny' });
+    expect(await waitFor(() => b.summaries.find((x) => x.verdict === 'denied'), { what: 'B deny summary' })).toMatchObject({ verdict: 'denied', cause: 'cluster_deny' });
   }, 30_000);
 
   it('an access entry added on A applies on B within a second, and its deletion too', async () => {
     const a = await gateway('t2:');
     const b = await gateway('t2:');
-    await until('both connected', () => a.app.cluster!.up && b.app.cluster!.up);
+    await waitFor(() => a.app.cluster!.up && b.app.cluster!.up, { what: 'both connected' });
     const t0 = performance.now();
     a.app.access.add('192.0.2.0/24', 'deny');
     a.app.cluster!.accessChanged('192.0.2.0/24', 'deny');
-    await until('B has the entry', () => b.app.access.match('192.0.2.7')?.list === 'deny', 1000);
+    await waitFor(() => b.app.access.match('192.0.2.7')?.list === 'deny', { what: 'B has the entry', timeout: 1000 });
     const ms = performance.now() - t0;
     console.log(`access entry from A applied on B after ${ms.toFixed(1)} ms`);
     expect(ms).toBeLessThan(1000);
     a.app.access.remove('192.0.2.0/24', 'runtime');
     a.app.cluster!.accessChanged('192.0.2.0/24', undefined);
-    await until('B dropped it', () => b.app.access.match('192.0.2.7') === undefined || undefined, 1000);
+    await waitFor(() => b.app.access.match('192.0.2.7') === undefined || undefined, { what: 'B dropped it', timeout: 1000 });
   }, 20_000);
 
   it('another kind of value (dnsbl) shared with put on A is read with get on B, in its own namespace', async () => {
     const a = await gateway('t7:');
     const b = await gateway('t7:');
-    await until('both connected', () => a.app.cluster!.up && b.app.cluster!.up);
+    await waitFor(() => a.app.cluster!.up && b.app.cluster!.up, { what: 'both connected' });
     a.app.cluster!.put('dnsbl', '192.0.2.5', 'zen.spamhaus.org=127.0.0.2', Date.now() + 60_000);
-    await until('written', () => a.app.cluster!.status().pendingWrites === 0 || undefined);
-    await new Promise((r) => setTimeout(r, 50));
+    await waitFor(() => a.app.cluster!.status().pendingWrites === 0 || undefined, { what: 'written' });
+    await sleep(50);
     const got = await new Promise<string | undefined>((resolve) => {
       b.app.cluster!.get('dnsbl', '192.0.2.5', resolve);
       setTimeout(() => resolve(undefined), 1000);
@@ -178,7 +169,7 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
   it('status, etd status, /metrics and POST /v1/access show and use the cluster', async () => {
     const a = await gateway('t4:');
     const b = await gateway('t4:');
-    await until('both connected', () => a.app.cluster!.up && b.app.cluster!.up);
+    await waitFor(() => a.app.cluster!.up && b.app.cluster!.up, { what: 'both connected' });
     const api = await startApi(
       { enabled: true, address: '127.0.0.1', port: 0, token: undefined },
       { app: a.app, version: 'test', log: pino({ level: 'silent' }), reload: async () => undefined, options: { processMetrics: false } },
@@ -196,11 +187,11 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
       // The API route announces the change: B applies it.
       const post = await fetch(`${api.url}/v1/access`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ cidr: '198.51.100.0/24', list: 'deny' }) });
       expect(post.status).toBe(201);
-      await until('B has it', () => b.app.access.match('198.51.100.9')?.list === 'deny' || undefined, 1000);
+      await waitFor(() => b.app.access.match('198.51.100.9')?.list === 'deny' || undefined, { what: 'B has it', timeout: 1000 });
       expect(b.app.access.list().find((e) => e.source === 'runtime')).toMatchObject({ list: 'deny', source: 'runtime' });
       const del = await fetch(`${api.url}/v1/access/198.51.100.0%2F24`, { method: 'DELETE' });
       expect(del.status).toBe(204);
-      await until('B dropped it', () => b.app.access.match('198.51.100.9') === undefined || undefined, 1000);
+      await waitFor(() => b.app.access.match('198.51.100.9') === undefined || undefined, { what: 'B dropped it', timeout: 1000 });
     } finally {
       await api.close();
     }
@@ -234,17 +225,17 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
     try {
       let out = '';
       sentinel.stdout!.on('data', (c: Buffer) => (out += c.toString()));
-      await until('sentinel monitoring', () => out.includes('+monitor master mymaster') || undefined, 10_000);
+      await waitFor(() => out.includes('+monitor master mymaster') || undefined, { what: 'sentinel monitoring', timeout: 10_000 });
       const a = await gateway('t5:', { sentinels: [`127.0.0.1:${port}`], name: 'mymaster' });
       const b = await gateway('t5:');
-      await until('both connected', () => a.app.cluster!.up && b.app.cluster!.up, 10_000);
+      await waitFor(() => a.app.cluster!.up && b.app.cluster!.up, { what: 'both connected', timeout: 10_000 });
       expect(a.app.cluster!.status().where).toBe(`sentinel mymaster via 127.0.0.1:${port}`);
       await polite(a.port);
-      await until('the pass written through the sentinel-found master', () => a.summaries.length === 1 && a.app.cluster!.status().pendingWrites === 0);
-      await new Promise((r) => setTimeout(r, 50));
+      await waitFor(() => a.summaries.length === 1 && a.app.cluster!.status().pendingWrites === 0, { what: 'the pass written through the sentinel-found master' });
+      await sleep(50);
       const onB = await polite(b.port);
       expect(onB.firstByteAfterMs!).toBeLessThan(200);
-      expect(await until('B summary', () => b.summaries[0])).toMatchObject({ verdict: 'passed', released: 'cluster_pass' });
+      expect(await waitFor(() => b.summaries[0], { what: 'B summary' })).toMatchObject({ verdict: 'passed', released: 'cluster_pass' });
     } finally {
       if (sentinel.pid !== undefined && sentinel.exitCode === null) process.kill(sentinel.pid, 'SIGKILL');
       fs.rmSync(dir, { recursive: true, force: true });
@@ -260,12 +251,12 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
       server = spawn('redis-server', ['--port', '0', '--tls-port', String(port), '--tls-cert-file', path.join(dir, 'cert.pem'), '--tls-key-file', path.join(dir, 'key.pem'), '--tls-auth-clients', 'no', '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--requirepass', 'tls-test-secret'], { stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';
       server.stdout!.on('data', (c: Buffer) => (out += c.toString()));
-      await until('TLS redis ready', () => out.includes('Ready to accept connections') || undefined, 10_000);
+      await waitFor(() => out.includes('Ready to accept connections') || undefined, { what: 'TLS redis ready', timeout: 10_000 });
       const url = `rediss://:tls-test-secret@127.0.0.1:${port}`;
       const trusted = await gateway('t6:', { url, caFile: path.join(dir, 'cert.pem') });
       const untrusted = await gateway('t6:', { url });
-      await until('connected over TLS with the CA', () => trusted.app.cluster!.up || undefined, 10_000);
-      await until('the other refused the unknown certificate', () => untrusted.app.cluster!.status().lastError?.match(/certificate/i) ?? undefined, 10_000);
+      await waitFor(() => trusted.app.cluster!.up || undefined, { what: 'connected over TLS with the CA', timeout: 10_000 });
+      await waitFor(() => untrusted.app.cluster!.status().lastError?.match(/certificate/i) ?? undefined, { what: 'the other refused the unknown certificate', timeout: 10_000 });
       expect(untrusted.app.cluster!.up).toBe(false);
       expect(trusted.app.cluster!.status().where).toBe(`rediss://127.0.0.1:${port}`);
     } finally {
@@ -276,12 +267,12 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
 
   it('Redis slow (DEBUG SLEEP): the lookup times out, the session is connected when its window ends, no down/up warnings', async () => {
     const a = await gateway('t8:');
-    await until('connected', () => a.app.cluster!.up);
+    await waitFor(() => a.app.cluster!.up, { what: 'connected' });
     const blocker = new Redis({ port: redisPort, host: '127.0.0.1', lazyConnect: true });
     await blocker.connect();
     try {
       const sleeping = blocker.call('DEBUG', 'SLEEP', '2.5').catch(() => undefined);
-      await new Promise((r) => setTimeout(r, 100));
+      await sleep(100);
       const slow = await polite(a.port);
       expect(slow.data.toString()).toMatch(/^220 cluster.test/);
       expect(slow.firstByteAfterMs!).toBeGreaterThanOrEqual(WINDOW_MS - 50);
@@ -299,16 +290,16 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
   it('Redis down: sessions run their window from local state, one warning each way, and what was learnt is written back', async () => {
     const prefix = 't3:';
     const a = await gateway(prefix);
-    await until('connected', () => a.app.cluster!.up);
+    await waitFor(() => a.app.cluster!.up, { what: 'connected' });
     await redis.kill('SIGKILL');
-    await until('down', () => !a.app.cluster!.up || undefined);
+    await waitFor(() => !a.app.cluster!.up || undefined, { what: 'down' });
     const down = await polite(a.port);
     expect(down.data.toString()).toMatch(/^220 cluster.test/);
     expect(down.firstByteAfterMs!).toBeGreaterThanOrEqual(WINDOW_MS - 50);
     expect(down.firstByteAfterMs!).toBeLessThan(WINDOW_MS + 500);
     redis = await startRedis('127.0.0.1', redisPort);
-    await until('up again', () => a.app.cluster!.up || undefined, 10_000);
-    await until('written back', () => a.app.cluster!.status().pendingWrites === 0 || undefined);
+    await waitFor(() => a.app.cluster!.up || undefined, { what: 'up again', timeout: 10_000 });
+    await waitFor(() => a.app.cluster!.status().pendingWrites === 0 || undefined, { what: 'written back' });
     const check = new Redis({ port: redisPort, host: '127.0.0.1', keyPrefix: prefix, lazyConnect: true });
     await check.connect();
     try {

@@ -12,6 +12,7 @@ import type { SessionSummary } from '../../src/proxy/protocol.js';
 import { rawClient, testWorkers } from '../helpers/etd.js';
 import { skipWithout } from '../helpers/privileged.js';
 import { freePort, startRedis, type TestRedis } from '../helpers/redis.js';
+import { waitFor } from '../helpers/wait.js';
 
 const skip = skipWithout('redis-server', 'redis-server', 'DNSBL answers shared over Redis') || skipWithout('unbound', 'unbound', 'DNSBL answers shared over Redis');
 const WINDOW_MS = 3000;
@@ -62,31 +63,23 @@ describe.skipIf(skip)('DNSBL answers shared over a real Redis', () => {
     return { app, port: app.listenerList()[0]!.addresses()[0]!.port, summaries };
   }
 
-  async function until(what: string, f: () => boolean, timeoutMs = 5000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (!f()) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
-  }
-
   it("B refuses a client listed by A's lookups, from A's answer, long before its own resolver could (it never answers)", async () => {
     const a = await gateway(unbound.server);
     const b = await gateway(`127.0.0.1:${(silent.address() as net.AddressInfo).port}`);
-    await until('both connected to Redis', () => a.app.cluster!.up && b.app.cluster!.up);
+    await waitFor(() => a.app.cluster!.up && b.app.cluster!.up, { what: 'both connected to Redis' });
 
     const onA = await rawClient(a.port, () => undefined, WINDOW_MS + 3000);
     expect(onA.data.toString()).toMatch(/^554 /);
-    await until("A's summary line", () => a.summaries.length > 0);
+    await waitFor(() => a.summaries.length > 0, { what: "A's summary line" });
     expect(a.summaries[0]).toMatchObject({ verdict: 'dnsbl', cause: 'dnsbl_reject', score: 3 });
-    await until("A's answer written to Redis", () => a.app.cluster!.status().pendingWrites === 0);
+    await waitFor(() => a.app.cluster!.status().pendingWrites === 0, { what: "A's answer written to Redis" });
 
     const t0 = performance.now();
     const onB = await rawClient(b.port, () => undefined, WINDOW_MS + 3000);
     const ms = performance.now() - t0;
     console.log(`B refused the client from A's shared answer after ${ms.toFixed(1)} ms (window ${WINDOW_MS} ms, B's own resolver silent)`);
     expect(onB.data.toString()).toMatch(/^554 /);
-    await until("B's summary line", () => b.summaries.length > 0);
+    await waitFor(() => b.summaries.length > 0, { what: "B's summary line" });
     expect(b.summaries[0]).toMatchObject({ verdict: 'dnsbl', cause: 'dnsbl_reject', score: 3, lists: [{ name: 'bl.test', answer: '127.0.0.2' }] });
     expect(b.app.reputation.counters.fromPeers).toBeGreaterThanOrEqual(1);
     // Decided from the peer's answer, not at the end of B's window or of its query's timeout.

@@ -12,6 +12,7 @@ import { ClientBody } from '../../src/api/routes/clients.js';
 import { DoctorBody } from '../../src/api/routes/doctor.js';
 import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 import { rawClient, startEtdForTest, type TestEtd } from '../helpers/etd.js';
+import { sleep } from '../helpers/wait.js';
 
 const TOKEN = 'dashboard-api-token-0123456789';
 const auth = { authorization: `Bearer ${TOKEN}` };
@@ -54,7 +55,7 @@ describe('the dashboard API', () => {
     expect(polite.data.toString()).toMatch(/^220 /);
     await rawClient(etd.port, (s) => s.write('EHLO early\r\n'), 2000);
     // The seconds they ended in must be complete before they are history.
-    await new Promise((r) => setTimeout(r, 1100));
+    await sleep(1100);
     const h = await json<HistoryBody>('/v1/history');
     expect(Value.Check(HistoryBody, h)).toBe(true);
     const sum = (a: number[]) => a.reduce((x, y) => x + y, 0);

@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runEtd, type RunningEtd } from '../helpers/cli.js';
 import { launchBrowser, screenshot, skipWithoutChromium, type Browser } from '../helpers/browser.js';
+import { sleep } from '../helpers/wait.js';
 
 const exec = promisify(execFile);
 const skip = skipWithoutChromium('dashboard under a verdict burst');
@@ -94,14 +95,14 @@ log: { level: info }
       const p0 = Date.now();
       await page.evaluate(() => document.querySelectorAll('#stream tbody tr').length).then((n) => probes.push(n));
       worstProbeMs = Math.max(worstProbeMs, Date.now() - p0);
-      await new Promise((r) => setTimeout(r, 200));
+      await sleep(200);
     }
     await screenshot(page, 'burst');
     const result = JSON.parse((await burst).stdout.trim()) as { total: number; opened: number; reset: number; closed: number; errors: number; sendMs: number };
     const sent = result.opened;
     // Every line reaches the page (the stream resumes after Last-Event-ID if it was cut).
     const deadline = Date.now() + 20_000;
-    while ((await receivedOnPage()) - before < sent && Date.now() < deadline) await new Promise((r) => setTimeout(r, 250));
+    while ((await receivedOnPage()) - before < sent && Date.now() < deadline) await sleep(250);
     const received = (await receivedOnPage()) - before;
     const elapsedMs = Date.now() - t0;
     const m = await page.evaluate(() => {
@@ -112,7 +113,7 @@ log: { level: info }
     const info = (await page.textContent('#stream-info')) ?? '';
     const stats = (await (await fetch(`${apiUrl}/v1/stats`)).json()) as { verdicts: { early_talker: number } };
     // The verdict lines etd emitted per second, from its own per-second ring: the rate the page had to take.
-    await new Promise((r) => setTimeout(r, 1100));
+    await sleep(1100);
     const history = (await (await fetch(`${apiUrl}/v1/history?seconds=60`)).json()) as { verdicts: { early_talker: number[] } };
     const perSecond = history.verdicts.early_talker.filter((n) => n > 0);
     const peakLinesPerSecond = Math.max(...perSecond);

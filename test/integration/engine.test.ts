@@ -27,6 +27,7 @@ import {
 } from '../../src/proxy/protocol.js';
 import { skipUnlessRoot } from '../helpers/privileged.js';
 import { TEST_PROFILE } from '../helpers/engineProfile.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
 const engine = loadEngine();
 const sockets = loadTransparent();
@@ -67,7 +68,6 @@ function onEvents(batch: EngineEvent[]): void {
 }
 
 const openFds = (): number => readdirSync('/proc/self/fd').length;
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const show = (evs: EngineEvent[]): string =>
   JSON.stringify(evs.slice(-20).map((e) => e.map((x) => (Buffer.isBuffer(x) ? x.toString('latin1') : x))));
 
@@ -94,14 +94,6 @@ function waitEvent<E extends EngineEvent = EngineEvent>(pred: (ev: EngineEvent) 
 
 const evFor = <T extends number>(type: T, id: number) => (ev: EngineEvent): boolean => ev[0] === type && ev[1] === id;
 const eventsOf = (id: number): EngineEvent[] => events.filter((e) => e[0] !== EV_ERROR && e[1] === id);
-
-async function waitUntil(what: () => string, cond: () => boolean, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what()}`);
-    await sleep(10);
-  }
-}
 
 // ----- test peers ----------------------------------------------------------------------------
 
@@ -329,13 +321,9 @@ afterEach(async () => {
   for (const s of clients) s.destroy();
   for (const b of [...backends]) await b.close();
   // Nothing left behind: the engine owns only its two listeners, the process has its fds back.
-  await waitUntil(
-    () => `the engine to let go (counts ${JSON.stringify(engine.counts())})`,
-    () => engine.counts().connections === 0,
-    7000,
-  );
+  await waitFor(() => engine.counts().connections === 0, { what: () => `the engine to let go (counts ${JSON.stringify(engine.counts())})`, timeout: 7000 });
   expect(engine.counts()).toMatchObject({ connections: 0, held: 0, relaying: 0, listeners: 2, fds: 2, bufferedBytes: 0, deadlines: 0 });
-  await waitUntil(() => `fds back to ${fdsBefore} (now ${openFds()})`, () => openFds() <= fdsBefore, 5000);
+  await waitFor(() => openFds() <= fdsBefore, { what: () => `fds back to ${fdsBefore} (now ${openFds()})`, timeout: 5000 });
 });
 
 // ----- accept --------------------------------------------------------------------------------
@@ -530,13 +518,9 @@ describe('hold', () => {
       await Promise.all(batch.map((c) => c.connected));
       cs.push(...batch);
     }
-    await waitUntil(() => `${n} accepted (${ids.size})`, () => ids.size === n);
+    await waitFor(() => ids.size === n, { what: () => `${n} accepted (${ids.size})` });
     expect(engine.counts()).toMatchObject({ connections: n, held: n, fds: n + 2 });
-    await waitUntil(
-      () => `${n} EXPIRED (${events.filter((e) => e[0] === EV_EXPIRED).length})`,
-      () => events.filter((e) => e[0] === EV_EXPIRED).length === n,
-      10_000,
-    );
+    await waitFor(() => events.filter((e) => e[0] === EV_EXPIRED).length === n, { what: () => `${n} EXPIRED (${events.filter((e) => e[0] === EV_EXPIRED).length})`, timeout: 10_000 });
     const expired = events.filter((e) => e[0] === EV_EXPIRED);
     expect(new Set(expired.map((e) => e[1]))).toEqual(ids);
     for (const e of expired) {
@@ -556,7 +540,7 @@ describe('hold', () => {
     const t0 = performance.now();
     expect(engine.counts().connections).toBe(1); // waiting for the client's EOF
     // The client never ends its side: the engine lets go after replyLingerMs (1 s) anyway.
-    await waitUntil(() => 'the engine to close the lingering reply', () => engine.counts().connections === 0, 5000);
+    await waitFor(() => engine.counts().connections === 0, { what: () => 'the engine to close the lingering reply', timeout: 5000 });
     expect(performance.now() - t0).toBeGreaterThan(800);
     c.sock.end();
     await c.closed;
@@ -613,9 +597,9 @@ describe('profiles', () => {
     engine.connect(id, upstream(b.port, P_LOG));
     expect((await waitEvent(evFor(EV_GREETING, id)))[4]).toBe(1);
     await c.waitData('220 mx\r\n');
-    await waitUntil(() => `backend got ${JSON.stringify(seen())}`, () => seen() === 'EHLO early\r\nMAIL FROM:<a@b>\r\n');
+    await waitFor(() => seen() === 'EHLO early\r\nMAIL FROM:<a@b>\r\n', { what: () => `backend got ${JSON.stringify(seen())}` });
     c.sock.write('QUIT\r\n');
-    await waitUntil(() => `backend got ${JSON.stringify(seen())}`, () => seen().endsWith('QUIT\r\n'));
+    await waitFor(() => seen().endsWith('QUIT\r\n'), { what: () => `backend got ${JSON.stringify(seen())}` });
     c.sock.end();
     (await b.connected).end();
     const end = await waitEvent(evFor(EV_END, id));
@@ -634,7 +618,7 @@ describe('profiles', () => {
     await waitEvent(evFor(EV_EXPIRED, id));
     expect(engine.inspect(id)?.bytesFromClient).toBe(16);
     engine.connect(id, upstream(b.port, P_LOG_SMALL));
-    await waitUntil(() => `backend got ${seen().length} bytes`, () => seen() === early);
+    await waitFor(() => seen() === early, { what: () => `backend got ${seen().length} bytes` });
     c.sock.end();
     (await b.connected).end();
     expect((await waitEvent(evFor(EV_END, id)))[3]).toBe(102);
@@ -652,7 +636,7 @@ describe('profiles', () => {
     const silent = await startBackend(() => undefined);
     const g = await accepted((e) => engine.connect(e[1], upstream(silent.port, P_DROP)));
     await silent.connected;
-    await waitUntil(() => 'state greeting', () => engine.inspect(g.id)?.state === 'greeting');
+    await waitFor(() => engine.inspect(g.id)?.state === 'greeting', { what: () => 'state greeting' });
     g.c.sock.write('EHLO x\r\n');
     expect((await waitEvent(evFor(EV_TALK, g.id)))[5]).toBe('greeting');
     await g.c.closed;
@@ -814,7 +798,7 @@ describe('upstream', () => {
     await c.waitData('220 second line\r\n');
     expect(c.text()).toBe('220-first line\r\n220 second line\r\n');
     c.sock.write('QUIT\r\n');
-    await waitUntil(() => `backend got ${JSON.stringify(seen.text())}`, () => seen.text().includes('QUIT\r\n'));
+    await waitFor(() => seen.text().includes('QUIT\r\n'), { what: () => `backend got ${JSON.stringify(seen.text())}` });
     expect(seen.text()).toBe(`${preamble.toString()}QUIT\r\n`);
     s.end('221 bye\r\n');
     await c.waitData('221 bye\r\n');
@@ -1092,7 +1076,7 @@ describe('relay', () => {
     const { id, c, s } = await relayed(P_DROP);
     const seen = collect(s);
     c.sock.write('MAIL FROM:<a@b>\r\n');
-    await waitUntil(() => 'backend to get MAIL', () => seen.text().includes('MAIL'));
+    await waitFor(() => seen.text().includes('MAIL'), { what: () => 'backend to get MAIL' });
     c.sock.resetAndDestroy();
     const end = await waitEvent(evFor(EV_END, id));
     expect(end[2]).toBe('client_reset');
@@ -1163,7 +1147,7 @@ describe('resources', () => {
       await c.closed;
     };
     for (let i = 0; i < 300; i += 20) await Promise.all(Array.from({ length: 20 }, one));
-    await waitUntil(() => `300 END (${events.filter((e) => e[0] === EV_END).length})`, () => events.filter((e) => e[0] === EV_END).length === 300);
+    await waitFor(() => events.filter((e) => e[0] === EV_END).length === 300, { what: () => `300 END (${events.filter((e) => e[0] === EV_END).length})` });
     expect(maxRatio).toBeLessThanOrEqual(3); // at most state + two idle deadlines per connection
     expect(engine.counts()).toMatchObject({ connections: 0, deadlines: 0 });
   }, 60_000);
@@ -1207,7 +1191,7 @@ describe('resources', () => {
     expect(engine.inspect(id)?.state).toBe('relaying');
     // Now read everything: the pending bytes drain and their memory is released.
     sock.resume();
-    await waitUntil(() => `bufferedBytes 0 (${engine.counts().bufferedBytes})`, () => engine.counts().bufferedBytes === 0 && serverSock!.writableLength === 0, 10_000);
+    await waitFor(() => engine.counts().bufferedBytes === 0 && serverSock!.writableLength === 0, { what: () => `bufferedBytes 0 (${engine.counts().bufferedBytes})`, timeout: 10_000 });
     sock.destroy();
     await waitEvent(evFor(EV_END, id));
   }, 20_000);
@@ -1404,17 +1388,17 @@ describe('environments', () => {
     worker.on('message', (m: Record<string, unknown>) => messages.push(m));
     const errors: unknown[] = [];
     worker.on('error', (e) => errors.push(e));
-    await waitUntil(() => 'the worker listener', () => messages.some((m) => 'port' in m));
+    await waitFor(() => messages.some((m) => 'port' in m), { what: () => 'the worker listener' });
     const port = messages.find((m) => 'port' in m)!.port as number;
 
     const first = connectClient(port);
     expect((await first.closed).code).toBe('ECONNRESET'); // undecided: reset
-    await waitUntil(() => JSON.stringify(messages), () => messages.some((m) => (m.ev as unknown[] | undefined)?.[2] === 'undecided'));
+    await waitFor(() => messages.some((m) => (m.ev as unknown[] | undefined)?.[2] === 'undecided'), { what: () => JSON.stringify(messages) });
     // The engine caught the handler's exception and counted it: nothing reached the process.
     expect(messages.find((m) => 'uncaught' in m)).toBeUndefined();
 
     const second = connectClient(port);
-    await waitUntil(() => JSON.stringify(messages), () => messages.some((m) => 'counts' in m));
+    await waitFor(() => messages.some((m) => 'counts' in m), { what: () => JSON.stringify(messages) });
     expect(messages.find((m) => 'counts' in m)!.counts).toMatchObject({ connections: 1, held: 1, listeners: 1, fds: 2, callbackErrors: 1 });
     // The main thread's engine is a different one.
     expect(engine.counts().connections).toBe(0);
@@ -1461,10 +1445,10 @@ describe('environments', () => {
     worker.on('message', (m: Record<string, unknown>) => messages.push(m));
     const exited = new Promise<number>((r) => worker.on('exit', r));
     const ports = (): number[] => messages.filter((m) => 'port' in m).map((m) => m.port as number);
-    await waitUntil(() => 'the first port', () => ports().length === 1);
+    await waitFor(() => ports().length === 1, { what: () => 'the first port' });
     const first = connectClient(ports()[0]!);
     expect((await first.closed).end).toBe(true);
-    await waitUntil(() => 'the second port', () => ports().length === 2);
+    await waitFor(() => ports().length === 2, { what: () => 'the second port' });
     expect(messages.find((m) => 'afterStop' in m)!.afterStop).toMatchObject({ connections: 0, held: 0, relaying: 0, listeners: 0, fds: 0, deadlines: 0 });
     const second = connectClient(ports()[1]!);
     expect(await exited).toBe(0);
@@ -1533,7 +1517,7 @@ describe('engineStop', () => {
     await a.c.waitData('421 4.3.2 engine trouble\r\n');
     a.c.sock.end();
     await a.c.closed;
-    await waitUntil(() => 'the reply to end', () => engine.counts().connections === 0);
+    await waitFor(() => engine.counts().connections === 0, { what: () => 'the reply to end' });
 
     // Call 4: the early buffer of action log is full, the client leaves epoll (DEL) — and that fails.
     engine.stop();

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadEngine } from '../../src/native/engine.js';
 import { loadTransparent } from '../../src/native/transparent.js';
 import { EV_ACCEPT, type EngineEvent, type EngineProfile } from '../../src/proxy/protocol.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
 const engine = loadEngine();
 const sockets = loadTransparent();
@@ -32,7 +33,6 @@ const PROFILE: EngineProfile = {
 };
 /** Pause between two pieces of one side's bytes: long enough for the engine to read them apart. */
 const GAP_MS = 15;
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 type Script = (s: net.Socket) => Promise<void>;
 const scripts = new Map<string, Script>();
@@ -53,7 +53,7 @@ beforeAll(async () => {
       const rest = head.slice(nl + 1);
       if (rest) s.unshift(Buffer.from(rest, 'latin1'));
       void (async () => {
-        while (!scripts.has(key)) await sleep(2);
+        await waitFor(() => scripts.has(key), { interval: 2, what: `the script for ${key}` });
         await scripts.get(key)!(s);
         scripts.delete(key);
       })();
@@ -110,7 +110,7 @@ function session(server: (s: net.Socket, received: () => string) => Promise<void
       void (async () => {
         for (const piece of clientPieces) {
           // After the greeting (the relay runs), one piece per GAP_MS: the engine reads each on its own.
-          while (!got.includes('220 ')) await sleep(2);
+          await waitFor(() => got.includes('220 '), { interval: 2, what: 'the greeting' });
           c.write(piece);
           await sleep(GAP_MS);
         }
@@ -203,7 +203,7 @@ describe('command watcher (client → server): the guard stops at DATA/BDAT/STAR
       await each(splits(commands), 64, async (pieces) => {
         const got = await session(async (s, received) => {
           s.write(greeting);
-          while (received().length < commands.length) await sleep(2);
+          await waitFor(() => received().length >= commands.length, { interval: 2, what: 'every command' });
           s.end(reply);
         }, pieces);
         const expected = greeting + (stops ? reply : '250 mx\r\n');
@@ -219,7 +219,7 @@ describe('command watcher (client → server): the guard stops at DATA/BDAT/STAR
     await each(splits(after), 64, async (pieces) => {
       const got = await session(async (s, received) => {
         s.write(greeting);
-        while (received().length < 6) await sleep(2);
+        await waitFor(() => received().length >= 6, { interval: 2, what: 'DATA' });
         await writePieces(s, pieces);
       }, ['DATA\r\n']);
       if (got !== greeting + after) wrong.push(`${JSON.stringify(pieces)} -> ${JSON.stringify(got)}`);

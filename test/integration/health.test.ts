@@ -11,6 +11,7 @@ import type { HealthConfig, ServerConfig } from '../../src/config/schema.js';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
 import { closedPort, startScripted, type Behaviour, type ScriptedServer } from '../helpers/scriptedSmtp.js';
 import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
 const INTERVAL = 100;
 const TIMEOUT = 80;
@@ -20,17 +21,6 @@ const HEALTH: HealthConfig = { enabled: true, intervalMs: INTERVAL, rise: RISE, 
 /** The same, as the YAML document says it. */
 const HEALTH_DOC = { interval: `${INTERVAL}ms`, timeout: `${TIMEOUT}ms`, rise: RISE, fall: FALL, helo: 'etd.test' };
 const silentLog = pino({ level: process.env.ETD_TEST_LOG ?? 'silent' });
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Polls `cond` every 5 ms; fails the test after `timeoutMs`. */
-async function until(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!cond()) {
-    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 // Everything a test starts is registered here and torn down after it, also when it fails.
 const cleanups: Array<() => unknown> = [];
@@ -75,7 +65,7 @@ describe('smtpCheck: one probe', () => {
     const s = await scripted('healthy.test');
     const r = await probe(s.port);
     expect(r.ok).toBe(true);
-    await until(() => s.open.size === 0, 1000, 'the check connection to close');
+    await waitFor(() => s.open.size === 0, { what: 'the check connection to close', timeout: 1000 });
     expect(s.connections.map((c) => c.lines)).toEqual([['HELO etd.test', 'QUIT']]);
   });
 
@@ -83,7 +73,7 @@ describe('smtpCheck: one probe', () => {
     const s = await scripted('split.test', 'split');
     const r = await probe(s.port, { command: 'EHLO', timeoutMs: 1000 });
     expect(r).toMatchObject({ ok: true });
-    await until(() => s.open.size === 0, 1000, 'the check connection to close');
+    await waitFor(() => s.open.size === 0, { what: 'the check connection to close', timeout: 1000 });
     expect(s.connections[0]!.lines).toEqual(['EHLO etd.test', 'QUIT']);
   });
 
@@ -150,7 +140,7 @@ describe('smtpCheck: one probe', () => {
       await Promise.all([...servers.map((s) => probe(s.port, { command: round % 2 ? 'EHLO' : 'HELO' })), probe(refused)]);
     }
     // The QUIT linger ends when the server closes, and at the latest at the check's deadline.
-    await until(() => count() <= before && servers.every((s) => s.open.size === 0), TIMEOUT + 1000, 'sockets and timers to be released');
+    await waitFor(() => count() <= before && servers.every((s) => s.open.size === 0), { what: 'sockets and timers to be released', timeout: TIMEOUT + 1000 });
   });
 });
 
@@ -190,7 +180,7 @@ describe('HealthChecker: rise and fall, exactly', () => {
     const s = await scripted('healthy.test');
     const started = performance.now();
     const w = watch([serverConfig('s', s.port)]);
-    await until(() => w.results.length >= 6, 2000, '6 checks');
+    await waitFor(() => w.results.length >= 6, { what: '6 checks', timeout: 2000, interval: 5 }); // polled finely: the elapsed time is checked
     const elapsed = performance.now() - started;
     expect(w.results.every((r) => r.ok)).toBe(true);
     expect(w.events).toEqual([]);
@@ -211,7 +201,7 @@ describe('HealthChecker: rise and fall, exactly', () => {
     it(`${what}: down on exactly the ${FALL}rd failed check, reason ${reason}, and stays down`, async () => {
       const port = behaviour === 'refused' ? await closedPort() : (await scripted(`${behaviour}.test`, behaviour)).port;
       const w = watch([serverConfig('s', port)]);
-      await until(() => w.results.length >= FALL + 3, 3000, `${FALL + 3} checks`);
+      await waitFor(() => w.results.length >= FALL + 3, { what: `${FALL + 3} checks`, timeout: 3000 });
       expect(w.results.every((r) => !r.ok && r.reason === reason)).toBe(true);
       expect(brief(w)).toEqual([{ server: 's', from: 'up', to: 'down', atCheck: FALL }]);
       const server = w.pool.get('s')!;
@@ -229,7 +219,7 @@ describe('HealthChecker: rise and fall, exactly', () => {
     const pattern = 'oxxoxxxooxoo';
     const s = await scripted('flap.test', (i) => (pattern[i] === 'x' ? 'banner421' : 'healthy'));
     const w = watch([serverConfig('s', s.port)]);
-    await until(() => w.results.length >= pattern.length + 2, 4000, 'the pattern');
+    await waitFor(() => w.results.length >= pattern.length + 2, { what: 'the pattern', timeout: 4000 });
     expect(w.results.slice(0, pattern.length).map((r) => (r.ok ? 'o' : 'x')).join('')).toBe(pattern);
     expect(brief(w)).toEqual([
       { server: 's', from: 'up', to: 'down', atCheck: 7 },
@@ -244,7 +234,7 @@ describe('HealthChecker: rise and fall, exactly', () => {
   it('a server alternating healthy/unhealthy on every connection never crosses rise 2 / fall 2', async () => {
     const s = await scripted('alt.test', (i) => (i % 2 ? 'garbage' : 'healthy'));
     const w = watch([serverConfig('s', s.port)], { health: { fall: 2 } });
-    await until(() => w.results.length >= 10, 3000, '10 checks');
+    await waitFor(() => w.results.length >= 10, { what: '10 checks', timeout: 3000 });
     expect(w.results.slice(0, 10).map((r) => (r.ok ? 'o' : 'x')).join('')).toBe('oxoxoxoxox');
     expect(w.events).toEqual([]);
   });
@@ -253,13 +243,13 @@ describe('HealthChecker: rise and fall, exactly', () => {
     const s = await scripted('passive.test');
     const w = watch([serverConfig('s', s.port)]);
     const server = w.pool.get('s')!;
-    await until(() => w.results.length >= 2, 1000, '2 checks');
+    await waitFor(() => w.results.length >= 2, { what: '2 checks', timeout: 1000 });
     // Between two checks: three failed session connects (passiveFall 3) take it down.
     for (let i = 0; i < 3; i++) w.pool.connectFailed(server, 'refused');
     const downAt = w.results.length;
     expect(brief(w)).toEqual([{ server: 's', from: 'up', to: 'down', atCheck: downAt }]);
     expect(w.events[0]!.reason).toBe('3 consecutive connect failures (last: refused)');
-    await until(() => w.events.length >= 2, 2000, 'the server to come back');
+    await waitFor(() => w.events.length >= 2, { what: 'the server to come back', timeout: 2000 });
     expect(brief(w)[1]).toEqual({ server: 's', from: 'down', to: 'up', atCheck: downAt + RISE });
     expect(server.consecutiveConnectFailures).toBe(0);
   });
@@ -274,7 +264,7 @@ describe('HealthChecker: rise and fall, exactly', () => {
       },
     });
     pool = w.pool;
-    await until(() => w.events.length >= 2, 3000, 'down and up again');
+    await waitFor(() => w.events.length >= 2, { what: 'down and up again', timeout: 3000 });
     expect(brief(w)).toEqual([
       { server: 's', from: 'up', to: 'down', atCheck: 2 },
       { server: 's', from: 'down', to: 'up', atCheck: 5 },
@@ -291,7 +281,7 @@ describe('HealthChecker: rise and fall, exactly', () => {
     for (let i = 0; i < 3; i++) w.pool.connectFailed(w.pool.get('s')!, 'refused');
     expect(w.pool.get('s')!.state).toBe('down');
     const downAt = performance.now();
-    await until(() => w.events.length >= 2, 2000, 'the hold-off to end');
+    await waitFor(() => w.events.length >= 2, { what: 'the hold-off to end', timeout: 2000 });
     const heldMs = w.events[1]!.at - downAt;
     expect(w.events[1]).toMatchObject({ from: 'down', to: 'up' });
     expect(w.events[1]!.reason).toMatch(/^not health-checked: passive hold-off/);
@@ -314,7 +304,7 @@ describe('HealthChecker: rise and fall, exactly', () => {
     const b = await scripted('b.test', 'banner421');
     const c = await scripted('c.test');
     const w = watch([serverConfig('a', a.port), serverConfig('b', b.port)]);
-    await until(() => w.pool.get('b')!.state === 'down', 2000, 'b down');
+    await waitFor(() => w.pool.get('b')!.state === 'down', { what: 'b down', timeout: 2000 });
     // Reload: a removed, c added, b no longer checked.
     w.pool.update([serverConfig('b', b.port, { check: false }), serverConfig('c', c.port)], 'roundrobin');
     w.checker.update(HEALTH);
@@ -325,7 +315,7 @@ describe('HealthChecker: rise and fall, exactly', () => {
     await sleep(INTERVAL / 4);
     const aChecks = a.connections.length;
     const bChecks = b.connections.length;
-    await until(() => c.connections.length >= 3, 2000, 'c to be checked');
+    await waitFor(() => c.connections.length >= 3, { what: 'c to be checked', timeout: 2000 });
     await sleep(INTERVAL);
     expect(a.connections.length).toBe(aChecks);
     expect(b.connections.length).toBe(bChecks);
@@ -336,9 +326,9 @@ describe('HealthChecker: rise and fall, exactly', () => {
   it('stop() ends all checks, including one in flight', async () => {
     const s = await scripted('silent.test', 'silent');
     const w = watch([serverConfig('s', s.port)], { health: { timeoutMs: 5000, intervalMs: 6000 } });
-    await until(() => s.open.size === 1, 1000, 'the check to connect');
+    await waitFor(() => s.open.size === 1, { what: 'the check to connect', timeout: 1000 });
     w.checker.stop();
-    await until(() => s.open.size === 0, 1000, 'the check connection to be closed');
+    await waitFor(() => s.open.size === 0, { what: 'the check connection to be closed', timeout: 1000 });
     const n = s.connections.length;
     await sleep(200);
     expect(s.connections.length).toBe(n);
@@ -575,11 +565,11 @@ describe('through etd: drain and maint', () => {
     expect(tally(await sessions(etd.port, 10))).toEqual({ b: 10 });
     // The drained server's session carries on and ends normally.
     held!.socket.write('HELO client.test\r\n');
-    await until(() => a.connections.some((c) => c.lines.includes('HELO client.test')), 1000, 'a to see the HELO');
+    await waitFor(() => a.connections.some((c) => c.lines.includes('HELO client.test')), { what: 'a to see the HELO', timeout: 1000 });
     const rest = await quit(held!);
     expect(rest).toMatch(/^250 a\.test\r\n221 /);
-    await until(() => sa.active === 0, 1000, 'a to have no session');
-    await until(() => etd.summaries.some((s) => s.client === `127.0.0.1:${held!.localPort}`), 1000, 'the held session summary');
+    await waitFor(() => sa.active === 0, { what: 'a to have no session', timeout: 1000 });
+    await waitFor(() => etd.summaries.some((s) => s.client === `127.0.0.1:${held!.localPort}`), { what: 'the held session summary', timeout: 1000 });
     expect(etd.summaries.find((s) => s.client === `127.0.0.1:${held!.localPort}`)).toMatchObject({ server: 'a', verdict: 'passed' });
 
     pool.setAdmin(sa, 'maint', 'operator: maint a');
@@ -587,7 +577,7 @@ describe('through etd: drain and maint', () => {
     const checksBefore = etd.app.health.status('a')!.checks;
     expect(tally(await sessions(etd.port, 10))).toEqual({ b: 10 });
     // Still checked while in maint, so its health is current when the override goes.
-    await until(() => etd.app.health.status('a')!.checks >= checksBefore + 2, 1000, 'checks during maint');
+    await waitFor(() => etd.app.health.status('a')!.checks >= checksBefore + 2, { what: 'checks during maint', timeout: 1000 });
 
     pool.setAdmin(sa, undefined, 'operator: ready');
     await settled(etd);
@@ -614,7 +604,7 @@ describe('through etd: drain and maint', () => {
     etd.app.pool.setAdmin(sa, 'maint', 'operator');
     await settled(etd);
     await a.kill();
-    await until(() => !sa.healthy, FALL * INTERVAL + TIMEOUT + 200, 'a to fail its checks');
+    await waitFor(() => !sa.healthy, { what: 'a to fail its checks', timeout: FALL * INTERVAL + TIMEOUT + 200 });
     etd.app.pool.setAdmin(sa, undefined, 'operator');
     await settled(etd);
     expect(changes.map((c) => `${c.from}->${c.to}`)).toEqual(['up->maint', 'maint->down']);
@@ -630,7 +620,7 @@ describe('through etd: no server up', () => {
       detection: { window: '0ms' },
       upstream: { servers: [{ name: 'bad', address: '127.0.0.1', port: bad.port }], health: HEALTH_DOC },
     });
-    await until(() => etd.app.pool.get('bad')!.state === 'down', FALL * INTERVAL + TIMEOUT + 200, 'bad down');
+    await waitFor(() => etd.app.pool.get('bad')!.state === 'down', { what: 'bad down', timeout: FALL * INTERVAL + TIMEOUT + 200 });
     const connectionsBefore = bad.connections.length;
     const t0 = performance.now();
     const h = await openSession(etd.port);
@@ -704,7 +694,7 @@ describe('through etd: balancing', () => {
     // Two of a's sessions end: a is now the least loaded and takes the next two.
     await quit(onA[0]!);
     await quit(onA[1]!);
-    await until(() => pool.get('a')!.active === 1, 1000, 'a to drop to 1 session');
+    await waitFor(() => pool.get('a')!.active === 1, { what: 'a to drop to 1 session', timeout: 1000 });
     const next = [await openSession(etd.port), await openSession(etd.port)];
     expect(next.map(name)).toEqual(['a', 'a']);
     for (const h of [onA[2]!, ...more, ...next]) await quit(h);
@@ -722,11 +712,11 @@ describe('through etd: reload', () => {
       upstream: { servers: servers.map((s) => ({ name: s.name, address: '127.0.0.1', port: s.port })), health: HEALTH_DOC },
     });
     const etd = await etdWith(doc([{ name: 'a', port: a.port }]));
-    await until(() => a.connections.length >= 2, 1000, 'a to be checked');
+    await waitFor(() => a.connections.length >= 2, { what: 'a to be checked', timeout: 1000 });
     await etd.app.reload(validateConfig(doc([{ name: 'b', port: b.port }])));
     const aCount = a.connections.length;
     const done = () => b.connections.filter((c) => c.lines.includes('QUIT'));
-    await until(() => done().length >= 3, 1000, 'b to be checked');
+    await waitFor(() => done().length >= 3, { what: 'b to be checked', timeout: 1000 });
     expect(done().every((c) => c.lines[0] === 'HELO etd.test')).toBe(true);
     await sleep(INTERVAL);
     expect(a.connections.length).toBe(aCount);

@@ -8,7 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LiveSession } from '../../src/proxy/protocol.js';
 import { sendMail, startSink, type Sink } from '../../bench/smtpPeers.js';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
-import { MB, fdCount, settledHeap, waitUntil } from '../helpers/leak.js';
+import { MB, fdCount, settledHeap } from '../helpers/leak.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
 const WINDOW_MS = 300;
 const CLIENT_IDLE_MS = 3000;
@@ -58,20 +59,16 @@ async function polite(label: string): Promise<void> {
 /** No session, held entry, relay, per-client count or backend connection is left; fds, heap and Session objects are back at the baseline. */
 async function backToBaseline(label: string, connections: number): Promise<void> {
   const app = etd.app;
-  await waitUntil(`${label}: sessions to end (${app.sessions.size} left)`, () => app.sessions.size === 0, 20_000);
+  await waitFor(() => app.sessions.size === 0, { what: `${label}: sessions to end (${app.sessions.size} left)`, timeout: 20_000 });
   expect((app as unknown as { engine: { liveSessions: number } }).engine.liveSessions, `${label}: sessions the engine driver still routes to`).toBe(0);
   expect(app.stats.held).toBe(0);
   expect(app.stats.relaying).toBe(0);
   expect(app.pool.get('sink')?.active).toBe(0);
   expect((app as unknown as { counts: { sessions: number; held: number } }).counts.sessions).toBe(0);
-  await waitUntil(`${label}: backend connections to close (${sink.open.size} open)`, () => sink.open.size === 0, 15_000);
-  await waitUntil(() => `${label}: fds back to ${baseFds} ± 5 (now ${fdCount()})`, () => fdCount() <= baseFds + 5, 15_000);
+  await waitFor(() => sink.open.size === 0, { what: `${label}: backend connections to close (${sink.open.size} open)`, timeout: 15_000 });
+  await waitFor(() => fdCount() <= baseFds + 5, { what: () => `${label}: fds back to ${baseFds} ± 5 (now ${fdCount()})`, timeout: 15_000 });
   // The native engine owns nothing but the listener's fd (replies it lingers on are done too).
-  await waitUntil(
-    () => `${label}: native engine back to its listener (${JSON.stringify(app.engineCounts())})`,
-    () => app.engineCounts()?.connections === 0 && app.engineCounts()?.fds === 1,
-    15_000,
-  );
+  await waitFor(() => app.engineCounts()?.connections === 0 && app.engineCounts()?.fds === 1, { what: () => `${label}: native engine back to its listener (${JSON.stringify(app.engineCounts())})`, timeout: 15_000 });
   // The summaries are the test's own record, not etd's memory.
   etd.summaries.length = 0;
   const heap = await settledHeap();
@@ -151,7 +148,7 @@ beforeAll(async () => {
 }, 60_000);
 
 async function backToBaselineFirst(): Promise<void> {
-  await waitUntil('warm-up sessions to end', () => etd.app.sessions.size === 0 && sink.open.size === 0);
+  await waitFor(() => etd.app.sessions.size === 0 && sink.open.size === 0, { what: 'warm-up sessions to end' });
   etd.summaries.length = 0;
   baseHeap = await settledHeap();
   baseArrayBuffers = process.memoryUsage().arrayBuffers;
@@ -183,7 +180,7 @@ describe('hostile clients', () => {
       ),
     );
     // Past the client idle timeout: only the drip keeps them open.
-    await new Promise((r) => setTimeout(r, WINDOW_MS + CLIENT_IDLE_MS + 1500));
+    await sleep(WINDOW_MS + CLIENT_IDLE_MS + 1500);
     expect(etd.app.stats.relaying).toBe(n);
     const t0 = performance.now();
     await polite('slowloris');
@@ -192,7 +189,7 @@ describe('hostile clients', () => {
     const outcomes = await Promise.all(drippers);
     expect(outcomes.filter((o) => o.ended === 'end')).toHaveLength(n);
     const slow = () => etd.summaries.filter((s) => s.clientAddress.startsWith('127.0.10.'));
-    await waitUntil(() => `slowloris summaries (${slow().length})`, () => slow().length >= n, 15_000);
+    await waitFor(() => slow().length >= n, { what: () => `slowloris summaries (${slow().length})`, timeout: 15_000 });
     const sums = slow();
     expect(sums).toHaveLength(n);
     expect(new Set(sums.map((s) => s.cause))).toEqual(new Set(['client_timeout']));
@@ -206,7 +203,7 @@ describe('hostile clients', () => {
       const dropped = await client((s) => s.write(flood));
       expect(dropped.data.length, 'the flooder never sees a greeting').toBe(0);
       expect(dropped.ended).toMatch(/reset|end/);
-      await waitUntil('the flood summary', () => etd.summaries.length >= 1);
+      await waitFor(() => etd.summaries.length >= 1, { what: 'the flood summary' });
       const s = etd.summaries[0]!;
       expect(s.verdict).toBe('early_talker');
       expect(s.action).toBe('drop');
@@ -231,7 +228,7 @@ describe('hostile clients', () => {
             resolve({ data: Buffer.concat(chunks), ended: 'end' });
           });
         });
-        await new Promise((res) => setTimeout(res, 700));
+        await sleep(700);
         const held = [...logging.app.sessions][0];
         readDuringHold = held?.bytesFromClient ?? -1;
         expect(held?.phase).toBe('held');
@@ -278,7 +275,7 @@ describe('hostile clients', () => {
     );
     const ms = Math.round(performance.now() - started);
     expect(outcomes.filter((o) => o.ended === 'timeout')).toHaveLength(0);
-    await waitUntil(() => `5,000 summaries (got ${etd.summaries.length})`, () => etd.summaries.length >= n, 20_000);
+    await waitFor(() => etd.summaries.length >= n, { what: () => `5,000 summaries (got ${etd.summaries.length})`, timeout: 20_000 });
     const byCause = new Map<string, number>();
     for (const s of etd.summaries) byCause.set(`${s.verdict}/${s.cause}`, (byCause.get(`${s.verdict}/${s.cause}`) ?? 0) + 1);
     expect(etd.summaries).toHaveLength(n);
@@ -309,7 +306,7 @@ describe('hostile clients', () => {
           s.on('close', () => resolve());
         }),
       );
-      await waitUntil(() => `2,000 summaries (got ${long.summaries.length})`, () => long.summaries.length >= 2000, 60_000);
+      await waitFor(() => long.summaries.length >= 2000, { what: () => `2,000 summaries (got ${long.summaries.length})`, timeout: 60_000 });
       const longest = Math.max(...long.summaries.map((x) => x.durationMs));
       expect(new Set(long.summaries.map((x) => `${x.verdict}/${x.cause}`))).toEqual(new Set(['client_gone/client_reset']));
       expect(longest, 'every session ended before its 6 s window').toBeLessThan(6000);
@@ -347,7 +344,7 @@ describe('hostile clients', () => {
       ),
     );
     for (const q of quitters) expect(q.data.toString('latin1')).toMatch(/^220 [\s\S]*221 2\.0\.0 Bye\r\n$/);
-    await waitUntil('summaries', () => etd.summaries.length >= n + 20);
+    await waitFor(() => etd.summaries.length >= n + 20, { what: 'summaries' });
     expect(etd.summaries.filter((s) => s.verdict === 'client_gone' && s.cause === 'client_closed')).toHaveLength(n);
     await polite('half-close');
     await backToBaseline('half-close in the hold', n + 21);
@@ -375,7 +372,7 @@ describe('hostile clients', () => {
       ),
     );
     expect(outcomes.filter((o) => o.ended === 'timeout')).toHaveLength(0);
-    await waitUntil('summaries', () => etd.summaries.length >= n);
+    await waitFor(() => etd.summaries.length >= n, { what: 'summaries' });
     expect(etd.summaries.filter((s) => s.verdict === 'early_talker')).toHaveLength(n / 2);
     expect(etd.summaries.filter((s) => s.verdict === 'passed')).toHaveLength(n / 2);
     outcomes.length = 0;
@@ -389,7 +386,7 @@ describe('hostile clients', () => {
     const v2 = Buffer.concat([sig, Buffer.from([0x21, 0x11, 0x00, 0x0c, 203, 0, 113, 7, 192, 0, 2, 25, 0x9c, 0x40, 0x00, 0x19])]);
     const outcomes = await Promise.all([v1, v2].map((h, i) => client((s) => s.write(h), { localAddress: addr(50, i) })));
     for (const o of outcomes) expect(o.data.length).toBe(0);
-    await waitUntil('summaries', () => etd.summaries.length >= 2);
+    await waitFor(() => etd.summaries.length >= 2, { what: 'summaries' });
     const sums = [...etd.summaries].sort((a, b) => a.clientAddress.localeCompare(b.clientAddress));
     expect(sums.map((s) => s.clientAddress)).toEqual(['127.0.50.1', '127.0.50.2']);
     expect(sums.map((s) => s.verdict)).toEqual(['early_talker', 'early_talker']);
@@ -418,7 +415,7 @@ describe('hostile clients', () => {
           s.on('close', () => resolve());
         }),
       );
-      await waitUntil(() => `5,000 summaries (got ${etd.summaries.length})`, () => etd.summaries.length >= 5000, 60_000);
+      await waitFor(() => etd.summaries.length >= 5000, { what: () => `5,000 summaries (got ${etd.summaries.length})`, timeout: 60_000 });
       etd.summaries.length = 0;
       const growth = (await settledHeap()) - before;
       figures.push({ scenario: 'deliberate leak: 5,000 sessions retained', heapGrowthMB: (growth / MB).toFixed(2) });

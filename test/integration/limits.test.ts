@@ -9,6 +9,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import nodemailer from 'nodemailer';
 import { rawClient, startEtdForTest, type TestEtd } from '../helpers/etd.js';
 import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
 const exec = promisify(execFile);
 let backend: TestBackend;
@@ -25,22 +26,23 @@ afterEach(async () => {
 });
 const servers = () => [{ name: 'b', address: '127.0.0.1', port: backend.port }];
 
-/** Opens `n` connections that stay silent; returns them for the caller to close. */
-async function openSilent(port: number, n: number): Promise<net.Socket[]> {
+/** Opens `n` connections that stay silent and waits until etd holds them all; returns them for the caller to close. */
+async function openSilent(t: TestEtd, n: number): Promise<net.Socket[]> {
+  const port = t.port;
   const socks = await Promise.all(
     Array.from({ length: n }, () => new Promise<net.Socket>((resolve, reject) => {
       const s = net.connect({ port, host: '127.0.0.1' }, () => resolve(s));
       s.on('error', reject);
     })),
   );
-  await new Promise((r) => setTimeout(r, 100));
+  await waitFor(() => t.app.stats.held === n, { what: () => `${n} held connections (etd holds ${t.app.stats.held})` });
   return socks;
 }
 
 describe('limits', () => {
   it('perClient: the next connection from the same address gets 421 4.7.0 and is counted', async () => {
     etd = await startEtdForTest({ detection: { window: '3s' }, limits: { perClient: 3 }, upstream: { servers: servers() } });
-    const held = await openSilent(etd.port, 3);
+    const held = await openSilent(etd, 3);
     const r = await rawClient(etd.port, () => undefined, 2000);
     expect(r.data.toString()).toBe('421 4.7.0 Too many connections from your address\r\n');
     await etd.waitForSummaries(1); // with several workers the counts reach the main thread with the summary
@@ -52,7 +54,7 @@ describe('limits', () => {
 
   it('maxHeld: over it, 421', async () => {
     etd = await startEtdForTest({ detection: { window: '3s' }, limits: { maxHeld: 2, perClient: 0 }, upstream: { servers: servers() } });
-    const held = await openSilent(etd.port, 2);
+    const held = await openSilent(etd, 2);
     const r = await rawClient(etd.port, () => undefined, 2000);
     expect(r.data.toString()).toMatch(/^421 4\.7\.0 /);
     await etd.waitForSummaries(1); // with several workers the counts reach the main thread with the summary
@@ -62,7 +64,7 @@ describe('limits', () => {
 
   it('maxConnections: over it, 421', async () => {
     etd = await startEtdForTest({ detection: { window: '3s' }, limits: { maxConnections: 2, perClient: 0 }, upstream: { servers: servers() } });
-    const held = await openSilent(etd.port, 2);
+    const held = await openSilent(etd, 2);
     const r = await rawClient(etd.port, () => undefined, 2000);
     expect(r.data.toString()).toMatch(/^421 4\.7\.0 /);
     await etd.waitForSummaries(1); // with several workers the counts reach the main thread with the summary
@@ -110,7 +112,7 @@ describe('teaser', () => {
     expect(r.data.toString()).toBe('220-mx.example.com ESMTP\r\n');
     const [sum] = await etd.waitForSummaries(1);
     expect(sum!.verdict).toBe('early_talker');
-    await new Promise((r) => setTimeout(r, 600));
+    await sleep(600);
     expect(backend.connections).toHaveLength(0);
   });
 

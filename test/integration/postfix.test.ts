@@ -13,6 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
 const CI = process.env.CI === 'true' || process.env.CI === '1';
 const CLIENT = '127.0.0.5';
@@ -77,18 +78,6 @@ function children(ppid: number): number[] {
     }
   }
   return out;
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 10_000, detail: () => string = () => ''): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${detail() ? `\n${detail()}` : ''}`);
-    await sleep(50);
-  }
 }
 
 /** The remote addresses of established TCP connections to local port `port` (IPv4, from /proc/net/tcp). */
@@ -222,9 +211,7 @@ async function startPostfix(): Promise<PostfixInstance> {
   try {
     // `postfix` writes to stderr only on a tty; its reasons are in the maillog.
     if (started.code !== 0) throw new Error(`postfix -c ${etc} start failed (exit ${started.code}):\n${started.stderr}${log()}`);
-    await waitFor(
-      'Postfix to listen',
-      () =>
+    await waitFor(() =>
         new Promise<boolean>((resolve) => {
           const s = net.connect({ port: plainPort, host: '127.0.0.1' });
           s.once('data', () => {
@@ -236,10 +223,7 @@ async function startPostfix(): Promise<PostfixInstance> {
             s.destroy();
             resolve(false);
           });
-        }),
-      15_000,
-      log,
-    );
+        }), { what: 'Postfix to listen', timeout: 15_000, detail: log });
   } catch (e) {
     await stop();
     throw e;
@@ -299,10 +283,10 @@ describe.skipIf(why !== undefined && !CI)('PROXY protocol to a real Postfix smtp
       const queueId = await sendWithSwaks(etd.port, `etd ${source}`);
       const port = await clientPortSeenByEtd(etd, 0);
       const esc = queueId.replace(/[^0-9A-Za-z]/g, '');
-      const line = await waitFor(`Postfix's client= line for ${queueId}`, () => new RegExp(`postfix/smtpd\\[\\d+\\]: ${esc}: client=([^\\s]+)`).exec(pf.log())?.[1], 10_000, pf.log);
+      const line = await waitFor(() => new RegExp(`postfix/smtpd\\[\\d+\\]: ${esc}: client=([^\\s]+)`).exec(pf.log())?.[1], { what: `Postfix's client= line for ${queueId}`, timeout: 10_000, detail: pf.log });
       console.log(`${source}: etd saw ${CLIENT}:${port}; Postfix logged ${queueId}: client=${line}`);
       expect(line).toMatch(new RegExp(`\\[127\\.0\\.0\\.5\\]:${port}$`));
-      await waitFor(`${queueId} accepted and discarded`, () => new RegExp(`${esc}: to=<b@example\\.net>.*status=sent`).test(pf.log()), 10_000, pf.log);
+      await waitFor(() => new RegExp(`${esc}: to=<b@example\\.net>.*status=sent`).test(pf.log()), { what: `${queueId} accepted and discarded`, timeout: 10_000, detail: pf.log });
     });
   }
 
@@ -314,19 +298,14 @@ describe.skipIf(why !== undefined && !CI)('PROXY protocol to a real Postfix smtp
       let got = '';
       s.on('data', (c: Buffer) => (got += c.toString('latin1')));
       s.on('error', () => undefined);
-      await waitFor('the Postfix greeting through etd', () => /^220 etd-postfix-test\.localdomain /m.test(got), 10_000, () => got);
+      await waitFor(() => /^220 etd-postfix-test\.localdomain /m.test(got), { what: 'the Postfix greeting through etd', timeout: 10_000, detail: () => got });
       const clientPort = s.localPort!;
       const peers = tcpPeersOf(pf.proxyPort);
-      const logged = await waitFor(
-        `Postfix's connect line for ${CLIENT}:${clientPort}`,
-        () => new RegExp(`postfix/smtpd\\[\\d+\\]: connect from ([^\\s]*\\[127\\.0\\.0\\.5\\]:${clientPort})`).exec(pf.log())?.[1],
-        10_000,
-        pf.log,
-      );
+      const logged = await waitFor(() => new RegExp(`postfix/smtpd\\[\\d+\\]: connect from ([^\\s]*\\[127\\.0\\.0\\.5\\]:${clientPort})`).exec(pf.log())?.[1], { what: `Postfix's connect line for ${CLIENT}:${clientPort}`, timeout: 10_000, detail: pf.log });
       console.log(`proxy-v2: TCP peers of Postfix's port ${pf.proxyPort}: ${peers.join(', ')}; Postfix logged "connect from ${logged}"`);
       expect(peers).toEqual(['127.0.0.1']);
       s.write('QUIT\r\n');
-      await waitFor('221', () => /^221 /m.test(got), 10_000, () => got);
+      await waitFor(() => /^221 /m.test(got), { what: '221', timeout: 10_000, detail: () => got });
     } finally {
       s.destroy();
     }
@@ -337,7 +316,7 @@ describe.skipIf(why !== undefined && !CI)('PROXY protocol to a real Postfix smtp
     const etd = await etdTo('self', pf.plainPort);
     const queueId = await sendWithSwaks(etd.port, 'etd self');
     const esc = queueId.replace(/[^0-9A-Za-z]/g, '');
-    const line = await waitFor(`Postfix's client= line for ${queueId}`, () => new RegExp(`postfix/smtpd\\[\\d+\\]: ${esc}: client=([^\\s]+)`).exec(pf.log())?.[1], 10_000, pf.log);
+    const line = await waitFor(() => new RegExp(`postfix/smtpd\\[\\d+\\]: ${esc}: client=([^\\s]+)`).exec(pf.log())?.[1], { what: `Postfix's client= line for ${queueId}`, timeout: 10_000, detail: pf.log });
     console.log(`self: Postfix logged ${queueId}: client=${line}`);
     expect(line).toMatch(/\[127\.0\.0\.1\]:\d+$/);
   });

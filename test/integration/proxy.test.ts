@@ -7,6 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import nodemailer from 'nodemailer';
 import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 import { rawClient, startEtdForTest, type TestEtd } from '../helpers/etd.js';
+import { sleep } from '../helpers/wait.js';
 
 const run = promisify(execFile);
 let b1: TestBackend;
@@ -120,7 +121,7 @@ describe('the session engine', () => {
         expect(s!.earlyBytes).toBe(evidence);
         expect(s!.cause).toBe('dropped');
         expect(s!.server).toBeUndefined();
-        await new Promise((r) => setTimeout(r, 700)); // past the window: still nothing reached a backend
+        await sleep(700); // past the window: still nothing reached a backend
         expect(b1.connections.length + b2.connections.length).toBe(0);
       });
     }

@@ -17,6 +17,7 @@ import { createLab, type JsonEvent, type JsonLineProcess, type Lab } from '../..
 import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
 import { startEtdInNetns, type RunningEtd } from '../helpers/cli.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
 const SUITE = 'cluster: two gateways over Redis (netns)';
 const skip = skipPrivileged(SUITE) || skipWithout('redis-server', 'redis-server', SUITE) || skipWithout('smtp-sink', 'postfix', SUITE);
@@ -94,16 +95,6 @@ async function redisCli(...args: string[]): Promise<string> {
   return r.stdout.trim();
 }
 
-async function until<T>(what: string, f: () => Promise<T | undefined> | T | undefined, timeoutMs = 5000, everyMs = 20): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await f();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
-
 const sessionsOf = (etd: RunningEtd, source: string) => etd.lines.filter((l) => l.msg === 'session' && l.clientAddress === source);
 const warningsOf = (etd: RunningEtd) => etd.lines.filter((l) => l.level === 'warn' || l.level === 40).map((l) => l.msg).filter((m) => m.startsWith('cluster:'));
 
@@ -139,11 +130,11 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
     await lab.exec(lab.ns.client, 'ip', ['-batch', '-'], { input: `${Array.from({ length: 40 }, (_, i) => `addr add ${src(i)}/24 dev ${lab.ifaces.client}`).join('\n')}\n` });
     fs.chmodSync(dir, 0o777); // smtp-sink writes its dump as nobody
     sink = lab.spawn(lab.ns.backend, 'smtp-sink', ['-u', 'nobody', '-D', path.join(dir, 'sink.dump'), `${lab.v4.backends[0]}:25`, '256']);
-    await until('smtp-sink listening', async () => (await lab.exec(lab.ns.backend, 'ss', ['-Hltn', `src ${lab.v4.backends[0]}:25`])).stdout.includes(':25') || undefined, 5000, 50);
+    await waitFor(async () => (await lab.exec(lab.ns.backend, 'ss', ['-Hltn', `src ${lab.v4.backends[0]}:25`])).stdout.includes(':25') || undefined, { what: 'smtp-sink listening', timeout: 5000, interval: 50 });
     redis = await startRedisInLab();
     a = await startEtdInNetns(lab.ns.gateway, config('a', lab.v4.gatewayClientSide), running);
     b = await startEtdInNetns(peer.ns, config('b', peer.v4), running);
-    await until('both gateways connected to Redis', async () => (await clusterStatus('a')).connected && (await clusterStatus('b')).connected, 10_000);
+    await waitFor(async () => (await clusterStatus('a')).connected && (await clusterStatus('b')).connected, { what: 'both gateways connected to Redis', timeout: 10_000 });
   }, 90_000);
 
   afterAll(async () => {
@@ -161,11 +152,11 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
       expect(first.data).toMatch(/^220 /);
       expect(first.bannerMs!).toBeGreaterThanOrEqual(WINDOW_MS - 50);
       // The pass is in Redis (written within a few ms of the relay).
-      await until(`the pass of ${src(i)} in Redis`, async () => (await redisCli('GET', `${PREFIX}cache:${src(i)}`)).startsWith('pass:') || undefined);
+      await waitFor(async () => (await redisCli('GET', `${PREFIX}cache:${src(i)}`)).startsWith('pass:') || undefined, { what: `the pass of ${src(i)} in Redis` });
       const onB = await client('banner', lab.peer!.v4, src(i));
       expect(onB.data).toMatch(/^220 /);
       times.push(onB.bannerMs!);
-      const s = await until('B summary', () => sessionsOf(b, src(i))[0]);
+      const s = await waitFor(() => sessionsOf(b, src(i))[0], { what: 'B summary' });
       expect(s).toMatchObject({ verdict: 'passed', released: 'cluster_pass' });
     }
     // For scale: the same client on B again (now a local pass-cache hit), and the backend's own banner.
@@ -182,11 +173,11 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
     const bot = src(10);
     const onA = await client('early', lab.v4.gatewayClientSide, bot);
     expect(onA.data).toBe('');
-    await until('the deny in Redis', async () => (await redisCli('GET', `${PREFIX}cache:${bot}`)).startsWith('deny:') || undefined);
+    await waitFor(async () => (await redisCli('GET', `${PREFIX}cache:${bot}`)).startsWith('deny:') || undefined, { what: 'the deny in Redis' });
     const onB = await client('banner', lab.peer!.v4, bot);
     expect(onB.data).toMatch(/^554 5\.7\.1/);
     expect(onB.bannerMs!).toBeLessThan(WINDOW_MS / 4);
-    expect(await until('B summary', () => sessionsOf(b, bot)[0])).toMatchObject({ verdict: 'denied', cause: 'cluster_deny' });
+    expect(await waitFor(() => sessionsOf(b, bot)[0], { what: 'B summary' })).toMatchObject({ verdict: 'denied', cause: 'cluster_deny' });
   }, 30_000);
 
   it("an access-list entry added through A's API refuses the client on B within 1 s", async () => {
@@ -194,13 +185,13 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
     const t0 = performance.now();
     const post = await api('a', 'POST', '/v1/access', { cidr: `${blocked}/32`, list: 'deny' });
     expect(post.status).toBe(201);
-    await until('the entry on B', async () => (await runtimeAccess('b')).includes(`${blocked}/32 deny`) || undefined, 1000, 10);
+    await waitFor(async () => (await runtimeAccess('b')).includes(`${blocked}/32 deny`) || undefined, { what: 'the entry on B', timeout: 1000, interval: 10 });
     const ms = performance.now() - t0;
     console.log(`access entry added on A applied on B after ${ms.toFixed(1)} ms`);
     expect(ms).toBeLessThan(1000);
     const onB = await client('banner', lab.peer!.v4, blocked);
     expect(onB.data).toMatch(/^554 5\.7\.1/);
-    expect(await until('B summary', () => sessionsOf(b, blocked)[0])).toMatchObject({ verdict: 'denied', cause: 'access_deny' });
+    expect(await waitFor(() => sessionsOf(b, blocked)[0], { what: 'B summary' })).toMatchObject({ verdict: 'denied', cause: 'access_deny' });
   }, 30_000);
 
   it('Redis killed under load: 0 sessions lost, every passed client delivered, one warning, no event-loop stall over 50 ms; restarted: written back, A and B agree', async () => {
@@ -208,25 +199,25 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
     const loadA = lab.spawnJson(lab.ns.client, process.execPath, [CLIENT, 'load', lab.v4.gatewayClientSide, String(PORT), '30', '4', ...pool.slice(0, 8)]);
     const loadB = lab.spawnJson(lab.ns.client, process.execPath, [CLIENT, 'load', lab.peer!.v4, String(PORT), '30', '4', ...pool]);
     const results = (p: JsonLineProcess) => p.events.filter((e: JsonEvent) => e.event === 'result');
-    await until('load running on both', () => results(loadA).length >= 10 && results(loadB).length >= 10, 20_000, 100);
+    await waitFor(() => results(loadA).length >= 10 && results(loadB).length >= 10, { what: 'load running on both', timeout: 20_000, interval: 100 });
     // Scrape once so the event-loop maximum covers only what follows; 2 s with Redis up, for comparison.
     await Promise.all([loopMaxMs('a'), loopMaxMs('b')]);
-    await new Promise((r) => setTimeout(r, 2000));
+    await sleep(2000);
     const control = { a: await loopMaxMs('a'), b: await loopMaxMs('b') };
     const killedAt = Date.now();
     await redis.kill('SIGKILL');
-    await until('both see Redis down', async () => !(await clusterStatus('a')).connected && !(await clusterStatus('b')).connected, 5000);
+    await waitFor(async () => !(await clusterStatus('a')).connected && !(await clusterStatus('b')).connected, { what: 'both see Redis down', timeout: 5000 });
     // Learnt while Redis is down: an access entry on A, and a new client passing on A.
     const whileDown = src(12);
     expect((await api('a', 'POST', '/v1/access', { cidr: '192.0.2.0/24', list: 'deny' })).status).toBe(201);
     const passed = await client('banner', lab.v4.gatewayClientSide, whileDown);
     expect(passed.data).toMatch(/^220 /);
-    await new Promise((r) => setTimeout(r, 2000));
+    await sleep(2000);
     const stall = { a: await loopMaxMs('a'), b: await loopMaxMs('b') };
     const sessionsDuringOutage = results(loadA).length + results(loadB).length;
 
     redis = await startRedisInLab();
-    await until('both back', async () => (await clusterStatus('a')).connected && (await clusterStatus('b')).connected, 10_000, 50);
+    await waitFor(async () => (await clusterStatus('a')).connected && (await clusterStatus('b')).connected, { what: 'both back', timeout: 10_000, interval: 50 });
     loadA.child.kill('SIGTERM');
     loadB.child.kill('SIGTERM');
     await Promise.all([loadA.waitFor((e) => e.event === 'done', 20_000), loadB.waitFor((e) => e.event === 'done', 20_000)]);
@@ -234,7 +225,7 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
     const all = [...results(loadA), ...results(loadB)];
     const failed = all.filter((e) => e.delivered !== true);
     const received = () => new Set([...fs.readFileSync(path.join(dir, 'sink.dump'), 'latin1').matchAll(/^X-Mail-Args: <([^>]*)>/gm)].map((m) => m[1]));
-    await until('every delivered message at the backend', () => { const got = received(); return all.every((e) => got.has(String(e.from))) || undefined; }, 5000, 50);
+    await waitFor(() => { const got = received(); return all.every((e) => got.has(String(e.from))) || undefined; }, { what: 'every delivered message at the backend', timeout: 5000, interval: 50 });
     const afterKill = all.filter((e) => Number(e.at) > killedAt).length;
     console.log(
       `Redis SIGKILL under load: ${all.length} sessions (${afterKill} after the kill, ${sessionsDuringOutage} before the restart), ${failed.length} failed; ` +
@@ -251,15 +242,15 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
     }
 
     // Written back: the fresh Redis holds what A learnt while it was down, and B sees it.
-    await until('the pass learnt while down in Redis', async () => (await redisCli('GET', `${PREFIX}cache:${whileDown}`)).startsWith('pass:') || undefined, 5000, 50);
-    await until('A and B agree on the runtime access entries', async () => {
+    await waitFor(async () => (await redisCli('GET', `${PREFIX}cache:${whileDown}`)).startsWith('pass:') || undefined, { what: 'the pass learnt while down in Redis', timeout: 5000, interval: 50 });
+    await waitFor(async () => {
       const [ea, eb] = await Promise.all([runtimeAccess('a'), runtimeAccess('b')]);
       return ea.includes('192.0.2.0/24 deny') && JSON.stringify(ea) === JSON.stringify(eb) ? true : undefined;
-    }, 5000, 50);
+    }, { what: 'A and B agree on the runtime access entries', timeout: 5000, interval: 50 });
     const onB = await client('banner', lab.peer!.v4, whileDown);
     expect(onB.data).toMatch(/^220 /);
     expect(onB.bannerMs!).toBeLessThan(WINDOW_MS / 4);
-    expect(await until('B summary', () => sessionsOf(b, whileDown)[0])).toMatchObject({ verdict: 'passed', released: 'cluster_pass' });
+    expect(await waitFor(() => sessionsOf(b, whileDown)[0], { what: 'B summary' })).toMatchObject({ verdict: 'passed', released: 'cluster_pass' });
     // Each load client's addresses are known to Redis again (written back by whoever learnt them).
     for (const s of pool) expect(await redisCli('GET', `${PREFIX}cache:${s}`)).toMatch(/^pass:\d+$/);
   }, 120_000);

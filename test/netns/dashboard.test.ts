@@ -12,6 +12,7 @@ import { skipPrivileged } from '../helpers/privileged.js';
 import { startEtdInNetns, type RunningEtd } from '../helpers/cli.js';
 import { bannerTime, earlyTalker, swaks } from '../helpers/nsClient.js';
 import { fitsWidth, launchBrowser, screenshot, skipWithoutChromium, type Browser, type TrackedPage } from '../helpers/browser.js';
+import { waitFor } from '../helpers/wait.js';
 
 const skip = skipPrivileged('dashboard in the lab') || skipWithoutChromium('dashboard in the lab');
 const README_SHOT = path.join(__dirname, '../../docs/img/dashboard.png');
@@ -45,16 +46,6 @@ async function getJson<T>(url: string, token?: string): Promise<T> {
 
 type Backends = { backends: Array<{ name: string; state: string }> };
 
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 describe.skipIf(skip)('the dashboard against etd in the lab', () => {
   beforeAll(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-dash-'));
@@ -87,10 +78,10 @@ log: { level: info }
     etd = await startEtd(file);
     api = await forwardIntoNamespace(lab, lab.ns.gateway, '127.0.0.1', 8025);
     forwards.push(api);
-    await until('both backends up', async () => {
+    await waitFor(async () => {
       const b = await getJson<Backends>(`${api.url}/v1/backends`);
       return b.backends.every((s) => s.state === 'up') ? true : undefined;
-    }, 15_000);
+    }, { what: 'both backends up', timeout: 15_000 });
     browser = await launchBrowser();
     tab = await browser.page();
   }, 120_000);
@@ -171,10 +162,10 @@ log: { level: info }
 
   it('clicking drain makes GET /v1/backends report drain, and new sessions avoid that server', async () => {
     await tab.page.click('#backends tbody tr[data-server="b1"] button[data-action="drain"]');
-    await until('b1 drained', async () => {
+    await waitFor(async () => {
       const b = await getJson<Backends>(`${api.url}/v1/backends`);
       return b.backends.find((s) => s.name === 'b1')?.state === 'drain' ? true : undefined;
-    }, 5000);
+    }, { what: 'b1 drained', timeout: 5000 });
     await tab.page.waitForSelector('#backends tbody tr[data-server="b1"] [data-state="drain"]', { timeout: 5000 });
     const at = (addr: string) => recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client && e.localAddress === addr).length;
     const before = [at(lab.v4.backends[0]), at(lab.v4.backends[1])];
@@ -182,10 +173,10 @@ log: { level: info }
     expect(at(lab.v4.backends[0])).toBe(before[0]);
     expect(at(lab.v4.backends[1])).toBe(before[1]! + 4);
     await tab.page.click('#backends tbody tr[data-server="b1"] button[data-action="up"]');
-    await until('b1 up again', async () => {
+    await waitFor(async () => {
       const b = await getJson<Backends>(`${api.url}/v1/backends`);
       return b.backends.find((s) => s.name === 'b1')?.state === 'up' ? true : undefined;
-    }, 5000);
+    }, { what: 'b1 up again', timeout: 5000 });
   }, 90_000);
 
   it('deleting a pass-cache entry in the UI makes the next visit wait the window', async () => {

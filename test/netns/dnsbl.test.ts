@@ -2,20 +2,19 @@
 // backend namespace serves the test zones; etd in vip mode in the gateway queries it (IPv4 and IPv6 clients).
 
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { JsonLineProcess, Lab } from '../../lab/netns.js';
 import { inNamespace, startUnbound, type RunningUnbound } from '../../lab/unbound.js';
 import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
-import { CLI, startEtdInNetns, type LogLine, type RunningEtd } from '../helpers/cli.js';
+import { CLI, type LogLine, type RunningEtd } from '../helpers/cli.js';
+import { labSuite, type LabSuite } from '../helpers/labSuite.js';
+import { waitFor } from '../helpers/wait.js';
 
 const skip = skipPrivileged('DNSBL scoring against unbound') || skipWithout('unbound', 'unbound', 'DNSBL scoring against unbound');
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-dnsbl-'));
+let suite: LabSuite;
 let lab: Lab;
 let recorder: JsonLineProcess;
 let unbound: RunningUnbound;
-const running: RunningEtd[] = [];
 
 /** The lab's client namespace gets more addresses, one per role, in both families. */
 const ROLES = { clean: 2, listed: 3, twoLists: 4, allowed: 5, allowedTalker: 6 } as const;
@@ -70,9 +69,7 @@ function metric(text: string, name: string, label: string): number {
 }
 
 function configFor(window: string, timeout: string, dnsbl: string): string {
-  const file = path.join(dir, `etd-${running.length}.yaml`);
-  fs.writeFileSync(
-    file,
+  return suite.writeConfig(
     `
 listeners:
   - { name: smtp4, address: ${lab.v4.gatewayClientSide}, port: 25, mode: vip }
@@ -96,15 +93,23 @@ state: { path: ":memory:" }
 log: { level: info }
 `,
   );
-  return file;
 }
 
 const sessionsOf = (etd: RunningEtd, address: string): LogLine[] => etd.lines.filter((l) => l.msg === 'session' && l.clientAddress === address);
 const connectsFrom = (address: string) => recorder.events.filter((e) => e.event === 'connect' && e.remoteAddress === address).length;
 
 describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6)', () => {
+  suite = labSuite({
+    name: 'dnsbl',
+    recorder: (lab) => [
+      { address: lab.v4.backends[0], port: 25 },
+      { address: lab.v6.backends[0], port: 25 },
+    ],
+    leftoverSignal: 'SIGTERM',
+  });
+
   beforeAll(async () => {
-    lab = await createLab();
+    ({ lab, recorder } = suite);
     const extra = Object.values(ROLES).filter((n) => n !== 2);
     await lab.exec(lab.ns.client, 'ip', ['-batch', '-'], {
       input: `${extra.flatMap((n) => [`addr add 10.${lab.x}.1.${n}/24 dev ${lab.ifaces.client}`, `addr add fd00:${lab.x}:1::${n}/64 dev ${lab.ifaces.client} nodad`]).join('\n')}\n`,
@@ -118,26 +123,12 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
       { zone: 'refused.test', everyName: '127.255.255.254' },
       { zone: 'dead.test', dead: true },
     ]);
-    recorder = await lab.startRecorder(lab.ns.backend, [
-      { address: lab.v4.backends[0], port: 25 },
-      { address: lab.v6.backends[0], port: 25 },
-    ]);
   }, 60_000);
 
-  afterEach(async () => {
-    for (const e of running) {
-      if (e.child.exitCode === null && e.child.signalCode === null) {
-        e.child.kill('SIGTERM');
-        await e.exited;
-      }
-    }
-  });
-
   afterAll(async () => {
-    for (const e of running) e.child.kill('SIGKILL');
+    // Before the lab's teardown (labSuite's afterAll runs after this one).
+    for (const e of suite.running) if (e.child.exitCode === null) e.child.kill('SIGKILL');
     await unbound?.stop();
-    await lab?.destroy();
-    fs.rmSync(dir, { recursive: true, force: true });
   });
 
   it('a listed client is refused unseen by the backend, two weight-1 lists pass, an allowlisted client is connected at once, a refused-query zone counts nothing and warns, an allowlisted early talker is dropped', async () => {
@@ -150,7 +141,7 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
     - { zone: wl.test, weight: -2, match: ["127.0.[0..255].[1..3]"], name: allowlist }
     - { zone: refused.test, weight: 3 }`,
     );
-    const etd = await startEtdInNetns(lab.ns.gateway, file, running);
+    const etd = await suite.start(file, 20_000);
     for (const family of [4, 6] as const) {
       const f = `IPv${family}`;
       // Weight 3 ≥ threshold 3: refused with the reply, never connected upstream.
@@ -242,15 +233,14 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
   }, 120_000);
 
   it('a zone that never answers costs no more than the window; a listed client is still refused; the timeout is logged and counted', async () => {
-    const etd = await startEtdInNetns(
-      lab.ns.gateway,
+    const etd = await suite.start(
       configFor(
         '1s',
         '3s',
         `    - { zone: bl3.test, weight: 3 }
     - { zone: dead.test, weight: 3 }`,
       ),
-      running,
+      20_000,
     );
     for (const family of [4, 6] as const) {
       const f = `IPv${family}`;
@@ -270,9 +260,7 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
     const timeout = await etd.waitFor((l) => l.level === 'warn' && /DNSBL zone dead\.test had not answered by the end of the 1000 ms hold: the lookup counts 0/.test(l.msg), 8000);
     expect(timeout.zone).toBe('dead.test');
     // … and counted when the query itself times out (reputation.timeout 3 s).
-    const deadline = Date.now() + 8000;
-    let timeouts = 0;
-    while (Date.now() < deadline && (timeouts = metric(await metrics(), 'etd_dnsbl_timeouts_total', 'zone="dead.test"')) < 1) await new Promise((r) => setTimeout(r, 250));
+    const timeouts = await waitFor(async () => metric(await metrics(), 'etd_dnsbl_timeouts_total', 'zone="dead.test"') || undefined, { timeout: 8000, interval: 250, what: 'etd_dnsbl_timeouts_total{zone="dead.test"} to count' });
     expect(timeouts).toBeGreaterThanOrEqual(1);
     // A second visit of the listed client: its answer is cached, so it is refused at accept.
     const again = await client(4, 'listed');

@@ -20,6 +20,7 @@ import type { JsonLineProcess } from '../../lab/netns.js';
 import { CLI, startEtdInNetns, type RunningEtd } from '../helpers/cli.js';
 import { swaks } from '../helpers/nsClient.js';
 import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
 const EXAMPLES = path.join(__dirname, '../../examples/keepalived');
 const skip = skipPrivileged('HA pair with keepalived') || skipWithout('keepalived', 'keepalived', 'HA pair with keepalived') || skipWithout('swaks', 'swaks', 'HA pair with keepalived');
@@ -151,8 +152,7 @@ async function deliver(timeoutS = 15): Promise<HaGateway> {
   expect(out).toMatch(/<- +250 Queued/);
   await recorder.waitFor(() => messagesFromClient() > before.msgs, 5000);
   // The session's summary is written when both sides have closed, which can trail swaks a little.
-  const until = Date.now() + 5000;
-  while (passedOn('a') === before.a && passedOn('b') === before.b && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+  await waitFor(() => passedOn('a') !== before.a || passedOn('b') !== before.b, { timeout: 5000, interval: 50, what: "the session's summary line" });
   const onA = passedOn('a') - before.a;
   const onB = passedOn('b') - before.b;
   expect(onA + onB, 'exactly one gateway relayed the session').toBe(1);
@@ -179,7 +179,7 @@ async function failover(from: HaGateway, to: HaGateway): Promise<{ vipMs: number
     } catch (e) {
       // Keep the end of the first line (the exit code or the assertion), not swaks' whole command line.
       failures.push(`${Date.now() - t0} ms: ${(String((e as Error).message).split('\n')[0] ?? '').slice(-60)}`);
-      await new Promise((r) => setTimeout(r, 200));
+      await sleep(200);
     }
   }
   const vipMs = await vipMoved;
@@ -245,7 +245,7 @@ describe.skipIf(skip)('HA pair with keepalived', () => {
     await startEtd('a');
     await keepalived.a!.waitForState('BACKUP', 10_000, since);
     // nopreempt: A has the higher priority but does not take the VIPs back (that would break B's relayed sessions again).
-    await new Promise((r) => setTimeout(r, 3000));
+    await sleep(3000);
     expect(keepalived.a!.state()).toBe('BACKUP');
     expect(keepalived.b!.state()).toBe('MASTER');
     expect(await holdsVips('b')).toEqual({ client: true, backend: true });

@@ -9,6 +9,7 @@ import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
 import { skipPrivileged } from '../helpers/privileged.js';
 import { runEtd, type RunningEtd } from '../helpers/cli.js';
 import { earlyTalker, swaks } from '../helpers/nsClient.js';
+import { sleep } from '../helpers/wait.js';
 
 const skip = skipPrivileged('intercept mode end to end');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-icpt-'));
@@ -71,7 +72,7 @@ state: { path: ":memory:" }
       const before = recorder.events.filter((e) => e.event === 'connect' && e.remoteAddress === client).length;
       const r = await earlyTalker(lab, backend);
       expect(r.data).toBe('');
-      await new Promise((res) => setTimeout(res, 700));
+      await sleep(700); // past the window
       expect(recorder.events.filter((e) => e.event === 'connect' && e.remoteAddress === client).length).toBe(before);
     }
   }, 30_000);

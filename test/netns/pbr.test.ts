@@ -12,6 +12,7 @@ import type { Finding } from '../../src/doctor/checks.js';
 import { startFrr, frrInstalled, type FrrRouter } from '../../lab/frr.js';
 import { inCI, skipPrivileged } from '../helpers/privileged.js';
 import { CLI, runEtd, type RunningEtd } from '../helpers/cli.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
 const skip = skipPrivileged('PBR router lab');
 const skipFrr = skip || !frrInstalled();
@@ -97,7 +98,7 @@ async function expectRelayed(label: string): Promise<void> {
     const connects = connectsFrom(client);
     const early = await earlyTalker(server);
     expect(early.data, `${label} ${family}`).toBe('');
-    await new Promise((r) => setTimeout(r, 800)); // past the window
+    await sleep(800); // past the window
     expect(connectsFrom(client), `${label} ${family}: an early talker reached the backend`).toBe(connects);
   }
 }
@@ -241,13 +242,15 @@ table inet ${nftTable} {
 `;
     /** FRR's kernel rules (proto zebra), polled until `want` holds (bounded: 10 s). */
     async function zebraRules(want: (r: { v4: string[]; v6: string[] }) => boolean): Promise<{ v4: string[]; v6: string[] }> {
-      const until = Date.now() + 10_000;
-      for (;;) {
+      let r = { v4: [] as string[], v6: [] as string[] };
+      const read = async () => {
         const all = await routerRules();
-        const r = { v4: all.v4.split('\n').filter((l) => /proto zebra/.test(l)), v6: all.v6.split('\n').filter((l) => /proto zebra/.test(l)) };
-        if (want(r) || Date.now() > until) return r;
-        await new Promise((res) => setTimeout(res, 200));
-      }
+        r = { v4: all.v4.split('\n').filter((l) => /proto zebra/.test(l)), v6: all.v6.split('\n').filter((l) => /proto zebra/.test(l)) };
+        return want(r);
+      };
+      // On a timeout the last rules are returned: the caller's assertion shows them.
+      await waitFor(read, { timeout: 10_000, interval: 200, what: "FRR's rules" }).catch(() => undefined);
+      return r;
     }
     let rulesBefore: { v4: string; v6: string };
     let nftBefore: string;

@@ -2,24 +2,21 @@
 // talkers never reach them, SIGTERM leaves nothing behind, SIGKILL's stale state is replaced.
 
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { JsonLineProcess, Lab } from '../../lab/netns.js';
 import { skipPrivileged } from '../helpers/privileged.js';
-import { startEtdInNetns, type RunningEtd } from '../helpers/cli.js';
+import type { RunningEtd } from '../helpers/cli.js';
+import { labSuite, type LabSuite } from '../helpers/labSuite.js';
 import { earlyTalker, swaks } from '../helpers/nsClient.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
 const skip = skipPrivileged('vip mode end to end');
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-vip-'));
+let suite: LabSuite;
 let lab: Lab;
 let recorder: JsonLineProcess;
-const running: RunningEtd[] = [];
 
 function configFor(lab: Lab, extra = ''): string {
-  const file = path.join(dir, `etd-${running.length}.yaml`);
-  fs.writeFileSync(
-    file,
+  return suite.writeConfig(
     `
 listeners:
   - { name: smtp4, address: ${lab.v4.gatewayClientSide}, port: 25, mode: vip }
@@ -39,11 +36,10 @@ log: { level: info }
 ${extra}
 `,
   );
-  return file;
 }
 
 function start(file: string): Promise<RunningEtd> {
-  return startEtdInNetns(lab.ns.gateway, file, running, 15_000);
+  return suite.start(file, 15_000);
 }
 
 async function stop(etd: RunningEtd, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
@@ -65,28 +61,15 @@ async function gatewayState(): Promise<{ nft: string; rules4: string; rules6: st
 const connectsFrom = (addr: string) => recorder.events.filter((e) => e.event === 'connect' && e.remoteAddress === addr).length;
 
 describe.skipIf(skip)('vip mode in the lab', () => {
-  beforeAll(async () => {
-    lab = await createLab();
-    recorder = await lab.startRecorder(lab.ns.backend, [
+  suite = labSuite({
+    name: 'vip',
+    recorder: (lab) => [
       { address: lab.v4.backends[0], port: 25 },
       { address: lab.v6.backends[0], port: 25 },
-    ]);
-  }, 60_000);
-
-  afterEach(async () => {
-    // A test that failed before stopping its etd must not leave it holding port 25 for the next one.
-    for (const e of running) {
-      if (e.child.exitCode === null && e.child.signalCode === null) {
-        e.child.kill('SIGKILL');
-        await e.exited;
-      }
-    }
+    ],
   });
-
-  afterAll(async () => {
-    for (const e of running) e.child.kill('SIGKILL');
-    await lab?.destroy();
-    fs.rmSync(dir, { recursive: true, force: true });
+  beforeAll(() => {
+    ({ lab, recorder } = suite);
   });
 
   it('relays with the client address preserved (IPv4 and IPv6); early talkers never reach the backend; SIGTERM removes everything', async () => {
@@ -108,7 +91,7 @@ describe.skipIf(skip)('vip mode in the lab', () => {
       const before = connectsFrom(client);
       const early = await earlyTalker(lab, gw);
       expect(early.data, family).toBe('');
-      await new Promise((r) => setTimeout(r, 800)); // past the window
+      await sleep(800); // past the window
       expect(connectsFrom(client), `${family}: early talker reached the backend`).toBe(before);
     }
     await etd.waitFor(() => etd.lines.filter((l) => l.msg === 'session').length >= 4, 5000);
@@ -161,8 +144,10 @@ describe.skipIf(skip)('vip mode in the lab', () => {
     await lab.exec(lab.ns.gateway, 'nft', ['flush', 'ruleset']);
     await lab.exec(lab.ns.gateway, 'ip', ['rule', 'del', 'fwmark', '0x1', 'lookup', '100']);
     await etd.waitFor((l) => String(l.msg).includes('re-applying'), 5000);
-    await new Promise((r) => setTimeout(r, 300));
-    const state = await gatewayState();
+    const state = await waitFor(async () => {
+      const s = await gatewayState();
+      return /socket transparent 1/.test(s.nft) && /fwmark 0x1 lookup 100/.test(s.rules4) && s;
+    }, { timeout: 5000, what: 'the rules and the policy route re-applied' });
     expect(state.nft).toMatch(/socket transparent 1/);
     expect(state.rules4).toMatch(/fwmark 0x1 lookup 100/);
     expect(await swaks(lab, lab.v4.gatewayClientSide)).toMatch(/<- +250 Queued/);

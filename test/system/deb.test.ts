@@ -1,12 +1,18 @@
-// The Debian package, for real: built by scripts/package.mjs, checked by lintian, installed into this machine with dpkg, run, upgraded, removed and purged without a trace.
+// The Debian package, for real: built by scripts/package.mjs, checked by lintian, installed with dpkg into a throwaway copy of this machine, run, upgraded, removed and purged without a trace.
 //
-// Root only (it installs into the real system): outside CI a non-root run skips it and says so; in
-// CI it fails instead. It refuses to start when anything it would create already exists (the
-// package, /usr/bin/etd, the user etd, /etc/etd, /var/lib/etd, /usr/lib/etd): those belong to
-// someone else, and a purge would delete them. Whatever happens, afterAll purges the package and
-// removes the user it created.
+// The throwaway root: an overlayfs over / (upper and work dirs on a tmpfs) in a private mount
+// namespace, kept alive by one holder process; every command of the package runs there through
+// `nsenter -m` + `chroot`, and its files are read through /proc/<holder>/root. dpkg, adduser and
+// deb-systemd-helper write only to the tmpfs, which goes with the holder: the host never gets the
+// package, its user or its files (the last test checks). Same network namespace, so the installed
+// `etd run` is reached on loopback as before.
+//
+// Root only (mounts, chroot, dpkg): outside CI a non-root run skips it and says so; in CI it fails
+// instead. It refuses to start when anything it would create already exists on the host (the
+// package, /usr/bin/etd, the user etd, /etc/etd, /var/lib/etd, /usr/lib/etd): the copy would start
+// with them, and the test's "before" would not be clean.
 
-import { execFile, execFileSync, spawn } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,6 +21,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { renderUsage } from '../../src/cliSpec.js';
 import { assertBuilt } from '../helpers/cli.js';
 import { skipUnlessRoot, skipWithout } from '../helpers/privileged.js';
+import { waitFor } from '../helpers/wait.js';
 // @ts-expect-error: a plain ES module without type declarations
 import { packagedUnit, packageVersion } from '../../scripts/package.mjs';
 
@@ -27,7 +34,9 @@ const skip =
   skipWithout('dpkg-shlibdeps', 'dpkg-dev', 'Debian package build') ||
   skipWithout('lintian', 'lintian', 'lintian of the package') ||
   skipWithout('systemd-analyze', 'systemd', 'systemd-analyze verify of the installed unit') ||
-  skipWithout('man', 'man-db', 'the installed man page');
+  skipWithout('man', 'man-db', 'the installed man page') ||
+  skipWithout('unshare', 'util-linux', 'the throwaway root of the package test') ||
+  skipWithout('nsenter', 'util-linux', 'the throwaway root of the package test');
 
 /** Everything the package creates or its scripts touch; each must be absent before the test. */
 const OURS = ['/usr/bin/etd', '/usr/lib/etd', '/etc/etd', '/var/lib/etd', '/lib/systemd/system/etd.service', '/usr/lib/sysctl.d/90-etd.conf', '/usr/share/doc/etd'];
@@ -39,6 +48,49 @@ interface Run {
   code: number;
   stdout: string;
   stderr: string;
+}
+
+/** The throwaway root: its holder process (in the private mount namespace) and the merged dir. */
+let holder: ChildProcess | undefined;
+let merged = '';
+
+/** `cmd args` run inside the throwaway root. */
+const inRoot = (cmd: string, args: readonly string[]): [string, string[]] => ['nsenter', ['-t', String(holder!.pid), '-m', '--', 'chroot', merged, cmd, ...args]];
+/** Where path `p` of the throwaway root is, seen from this process. */
+const rootPath = (p: string): string => `/proc/${holder!.pid}/root${merged}${p}`;
+
+/** Like run, inside the throwaway root. */
+const runIn = (cmd: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<Run> => run(...inRoot(cmd, args), opts);
+const execIn = (cmd: string, args: readonly string[]): string => {
+  const [c, a] = inRoot(cmd, args);
+  return execFileSync(c, a, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 256 * 1024 * 1024 });
+};
+
+/**
+ * Starts the holder: unshare a private mount namespace, mount a tmpfs on `dir`, an overlayfs of /
+ * on dir/merged with its upper and work dirs on that tmpfs, and proc, sys and dev inside it; then it
+ * sleeps until killed. Resolves when the mounts are up.
+ */
+async function startThrowawayRoot(dir: string): Promise<void> {
+  merged = path.join(dir, 'merged');
+  const script = [
+    'set -e',
+    `mount -t tmpfs -o mode=0755 etd-deb-test "${dir}"`,
+    `mkdir "${dir}/upper" "${dir}/work" "${merged}"`,
+    `mount -t overlay overlay -o "lowerdir=/,upperdir=${dir}/upper,workdir=${dir}/work" "${merged}"`,
+    `mount -t proc proc "${merged}/proc"`,
+    `mount --rbind /sys "${merged}/sys"`,
+    `mount --rbind /dev "${merged}/dev"`,
+    `mount -t tmpfs tmpfs "${merged}/run"`,
+    'echo ready',
+    'exec sleep infinity',
+  ].join('\n');
+  holder = spawn('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  holder.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  holder.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  await waitFor(() => out.includes('ready') || holder!.exitCode !== null, { timeout: 15_000, what: 'the throwaway root (overlayfs over /)' });
+  if (!out.includes('ready')) throw new Error(`the throwaway root could not be set up (unshare + mount -t overlay): ${out}`);
 }
 
 async function run(cmd: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<Run> {
@@ -53,20 +105,23 @@ async function run(cmd: string, args: readonly string[], opts: { env?: NodeJS.Pr
 }
 
 /** dpkg with no terminal: a conffile prompt would fail instead of waiting. */
-const dpkg = (...args: string[]) => run('dpkg', args, { env: { DEBIAN_FRONTEND: 'noninteractive' } });
+const dpkg = (...args: string[]) => runIn('dpkg', args, { env: { DEBIAN_FRONTEND: 'noninteractive' } });
 
-const userExists = (name: string, db: 'passwd' | 'group' = 'passwd') => {
+/** Whether user (or group) `name` exists in the throwaway root, or with `host`, on this machine. */
+const userExists = (name: string, db: 'passwd' | 'group' = 'passwd', host = false) => {
   try {
-    execFileSync('getent', [db, name], { stdio: 'ignore' });
+    if (host) execFileSync('getent', [db, name], { stdio: 'ignore' });
+    else execIn('getent', [db, name]);
     return true;
   } catch {
     return false;
   }
 };
 
-const packageStatus = (): string => {
+const packageStatus = (host = false): string => {
   try {
-    return execFileSync('dpkg-query', ['-W', '-f=${db:Status-Abbrev}', 'etd'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const args = ['-W', '-f=${db:Status-Abbrev}', 'etd'];
+    return (host ? execFileSync('dpkg-query', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }) : execIn('dpkg-query', args)).trim();
   } catch {
     return '';
   }
@@ -74,44 +129,52 @@ const packageStatus = (): string => {
 
 function snapshot(): string[] {
   const args = [...SNAPSHOT_ROOTS, '-xdev', '(', ...SNAPSHOT_SKIP.flatMap((p, i) => [...(i ? ['-o'] : []), '-path', p]), ')', '-prune', '-o', '-printf', '%p %M %u:%g\n'];
-  return execFileSync('find', args, { encoding: 'utf8', maxBuffer: 256 * 1024 * 1024 }).split('\n').filter(Boolean).sort();
+  return execIn('find', args).split('\n').filter(Boolean).sort();
 }
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-deb-test-'));
+/** The throwaway root's tmpfs (mounted only inside its mount namespace). */
+const rootDir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-deb-root-'));
+/** A directory inside the throwaway root for the package and the test's configs. */
+const WORK = '/root/etd-deb-test';
 let deb: string;
 let version: string;
 let before: string[] = [];
-let touched = false;
+/** The install reached the throwaway root (so the host check at the end means something). */
+let installedInRoot = false;
 
-describe.skipIf(skip)('the Debian package (npm run package), installed on this machine', () => {
+describe.skipIf(skip)('the Debian package (npm run package), installed into a throwaway copy of this machine', () => {
   beforeAll(async () => {
     assertBuilt();
-    const status = packageStatus();
+    const status = packageStatus(true);
     if (status && !status.startsWith('un') && status !== 'pn') {
-      throw new Error(`the package etd is already on this machine (dpkg status "${status}"): this test installs and purges it, so it will not touch an install that is not its own. Remove it first: dpkg --purge etd`);
+      throw new Error(`the package etd is already on this machine (dpkg status "${status}"): this test installs and purges it in a copy of this machine, which would start with it. Remove it first: dpkg --purge etd`);
     }
     for (const p of OURS) {
       if (fs.existsSync(p)) throw new Error(`${p} already exists (another etd install, e.g. scripts/install.sh?): this test would replace it and its purge would delete it. Move it away first`);
     }
     for (const db of ['passwd', 'group'] as const) {
-      if (userExists('etd', db)) throw new Error(`${db === 'passwd' ? 'the user' : 'the group'} etd already exists: the package's purge would delete it. Remove it first (userdel etd) if it is a leftover`);
+      if (userExists('etd', db, true)) throw new Error(`${db === 'passwd' ? 'the user' : 'the group'} etd already exists: the package's purge would delete it. Remove it first (userdel etd) if it is a leftover`);
     }
     const built = await run(process.execPath, [SCRIPT, '--out', tmp], { timeoutMs: 300_000 });
     expect(built.code, built.stdout + built.stderr).toBe(0);
     deb = built.stdout.trim().split('\n').at(-1)!;
     version = packageVersion();
+    await startThrowawayRoot(rootDir);
+    fs.mkdirSync(rootPath(WORK), { recursive: true });
+    fs.copyFileSync(deb, rootPath(`${WORK}/${path.basename(deb)}`));
     before = snapshot();
   }, 360_000);
 
   afterAll(async () => {
-    if (touched) {
-      const purge = await dpkg('--purge', 'etd');
-      if (purge.code !== 0) console.error(`cleanup: dpkg --purge etd failed:\n${purge.stdout}${purge.stderr}`);
-      // It did not exist before (checked): a failed purge must not leave it.
-      if (userExists('etd')) await run('userdel', ['etd']);
-      if (userExists('etd', 'group')) await run('groupdel', ['etd']);
+    // The throwaway root goes with its holder: its mount namespace, overlay and tmpfs.
+    if (holder?.pid !== undefined && holder.exitCode === null) {
+      const gone = new Promise((r) => holder!.once('exit', r));
+      process.kill(holder.pid, 'SIGKILL');
+      await gone;
     }
     fs.rmSync(tmp, { recursive: true, force: true });
+    fs.rmSync(rootDir, { recursive: true, force: true });
   }, 120_000);
 
   it('is named etd_<version>_amd64.deb, with the layout, dependencies and maintainer scripts the issue asks for', async () => {
@@ -158,52 +221,52 @@ describe.skipIf(skip)('the Debian package (npm run package), installed on this m
   }, 200_000);
 
   it('installs with dpkg -i: user etd, /var/lib/etd, the unit enabled but not started; etd version and etd check run from /usr/bin/etd', async () => {
-    touched = true;
-    const r = await dpkg('-i', deb);
+    const r = await dpkg('-i', `${WORK}/${path.basename(deb)}`);
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toContain('installed and enabled, not started');
     expect(packageStatus()).toBe('ii');
+    installedInRoot = fs.existsSync(rootPath('/usr/bin/etd')) && fs.existsSync(rootPath('/etc/etd/etd.yaml'));
 
-    const pw = execFileSync('getent', ['passwd', 'etd'], { encoding: 'utf8' }).trim().split(':');
+    const pw = execIn('getent', ['passwd', 'etd']).trim().split(':');
     expect(Number(pw[2])).toBeLessThan(1000); // a system user
     expect(pw[5]).toBe('/var/lib/etd');
     expect(pw[6]).toBe('/usr/sbin/nologin');
-    const stat = (p: string) => execFileSync('stat', ['-c', '%a %U:%G', p], { encoding: 'utf8' }).trim();
+    const stat = (p: string) => execIn('stat', ['-c', '%a %U:%G', p]).trim();
     expect(stat('/var/lib/etd')).toBe('750 etd:etd');
     expect(stat('/etc/etd/etd.yaml')).toBe('640 root:etd');
     // Enabled (the symlink deb-systemd-helper makes, with or without a running systemd), not started.
-    expect(fs.readlinkSync('/etc/systemd/system/multi-user.target.wants/etd.service')).toBe('/lib/systemd/system/etd.service');
-    expect((await run('pgrep', ['-u', 'etd'])).stdout.trim()).toBe('');
+    expect(fs.readlinkSync(rootPath('/etc/systemd/system/multi-user.target.wants/etd.service'))).toBe('/lib/systemd/system/etd.service');
+    expect((await runIn('pgrep', ['-u', 'etd'])).stdout.trim()).toBe('');
 
-    const v = await run('/usr/bin/etd', ['version']);
+    const v = await runIn('/usr/bin/etd', ['version']);
     expect(v).toMatchObject({ code: 0 });
     expect(v.stdout.trim()).toBe(version);
     // As root and as the service's user (the unit runs etd as etd: it must be able to read its config).
     for (const argv of [['/usr/bin/etd'], ['runuser', '-u', 'etd', '--', '/usr/bin/etd']]) {
-      const c = await run(argv[0]!, [...argv.slice(1), 'check', '-c', '/etc/etd/etd.yaml']);
+      const c = await runIn(argv[0]!, [...argv.slice(1), 'check', '-c', '/etc/etd/etd.yaml']);
       expect(c.code, `${argv.join(' ')} check: ${c.stdout}${c.stderr}`).toBe(0);
     }
     // The installed CLI uses the installed addon and node_modules, not this checkout's.
-    const help = await run('/usr/bin/etd', ['--help']);
+    const help = await runIn('/usr/bin/etd', ['--help']);
     expect(help.stdout).toBe(renderUsage());
   }, 120_000);
 
   it('the installed etd really runs: plain mode on loopback with the addon, SQLite state in /var/lib/etd and the API; libnftables answers etd rules show', async () => {
     const port = 20_000 + Math.floor(Math.random() * 20_000);
     const apiPort = port + 1;
-    const file = path.join(tmp, 'run.yaml');
+    const file = `${WORK}/run.yaml`;
     fs.writeFileSync(
-      file,
+      rootPath(file),
       `listeners:\n  - { name: p, address: 127.0.0.1, port: ${port}, mode: plain }\nupstream:\n  health: { enabled: false }\n  servers:\n    - { name: s, address: 127.0.0.1, port: ${port + 2} }\napi: { address: 127.0.0.1, port: ${apiPort} }\nstate: { path: /var/lib/etd/state.db }\n`,
     );
-    const child = spawn('/usr/bin/etd', ['run', '-c', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // nsenter and chroot exec: the child's pid is etd's.
+    const child = spawn(...inRoot('/usr/bin/etd', ['run', '-c', file]), { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (out += d.toString()));
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     try {
-      const until = Date.now() + 20_000;
-      while (!out.includes('"msg":"etd started"') && Date.now() < until && child.exitCode === null) await new Promise((r) => setTimeout(r, 100));
+      await waitFor(() => out.includes('"msg":"etd started"') || child.exitCode !== null, { timeout: 20_000, what: 'etd started', detail: () => out });
       expect(out).toContain('"msg":"etd started"');
       const status = (await (await fetch(`http://127.0.0.1:${apiPort}/v1/status`)).json()) as { version: string; listeners: Array<{ name: string }> };
       expect(status.version).toBe(version);
@@ -212,7 +275,7 @@ describe.skipIf(skip)('the Debian package (npm run package), installed on this m
       const ui = await fetch(`http://127.0.0.1:${apiPort}/ui/app.js`);
       expect(ui.status).toBe(200);
       expect((await ui.text()).length).toBeGreaterThan(10_000);
-      expect(fs.existsSync('/var/lib/etd/state.db')).toBe(true);
+      expect(fs.existsSync(rootPath('/var/lib/etd/state.db'))).toBe(true);
     } finally {
       if (child.pid !== undefined && child.exitCode === null) process.kill(child.pid, 'SIGTERM');
       const code = await Promise.race([exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 15_000))]);
@@ -220,9 +283,9 @@ describe.skipIf(skip)('the Debian package (npm run package), installed on this m
       expect(code, out).toBe(0);
     }
     // libnftables through koffi, read-only: etd's table is not installed on this host.
-    const vip = path.join(tmp, 'vip.yaml');
-    fs.writeFileSync(vip, 'listeners:\n  - { name: v, address: 127.0.0.1, port: 25, mode: vip }\nupstream:\n  source: clientip\n  servers:\n    - { name: s, address: 127.0.0.2 }\n');
-    const show = await run('/usr/bin/etd', ['rules', 'show', '-c', vip]);
+    const vip = `${WORK}/vip.yaml`;
+    fs.writeFileSync(rootPath(vip), 'listeners:\n  - { name: v, address: 127.0.0.1, port: 25, mode: vip }\nupstream:\n  source: clientip\n  servers:\n    - { name: s, address: 127.0.0.2 }\n');
+    const show = await runIn('/usr/bin/etd', ['rules', 'show', '-c', vip]);
     expect(`${show.stdout}${show.stderr}`).not.toMatch(/ETD_ERR_NFT_LOAD|ETD_ERR_NATIVE_LOAD/);
     expect(show.stdout).toMatch(/table inet etd/);
     // The live state was read through libnftables (without it the command prints "unavailable").
@@ -231,17 +294,17 @@ describe.skipIf(skip)('the Debian package (npm run package), installed on this m
 
   it('the installed unit is systemd/etd.service with the package paths, and passes systemd-analyze verify', async () => {
     const unit = '/lib/systemd/system/etd.service';
-    const text = fs.readFileSync(unit, 'utf8');
+    const text = fs.readFileSync(rootPath(unit), 'utf8');
     expect(text).toBe(packagedUnit(fs.readFileSync(path.join(ROOT, 'systemd/etd.service'), 'utf8')));
     expect(text).toMatch(/^ExecStart=\/usr\/bin\/etd run -c \/etc\/etd\/etd\.yaml$/m);
     expect(text).not.toContain('/opt/etd');
-    const r = await run('systemd-analyze', ['verify', unit]);
+    const r = await runIn('systemd-analyze', ['verify', unit]);
     const ours = `${r.stdout}\n${r.stderr}`.split('\n').filter((l) => l.includes('etd.service') || l.includes('/usr/bin/etd'));
     expect({ code: r.code, ours }, `systemd-analyze verify said:\n${r.stdout}${r.stderr}`).toEqual({ code: 0, ours: [] });
   });
 
   it('the man page etd(8) renders without warnings and documents every command and --probe', async () => {
-    const r = await run('man', ['--warnings', '-l', '/usr/share/man/man8/etd.8.gz'], { env: { MANWIDTH: '100', MAN_KEEP_FORMATTING: '', PAGER: 'cat', MANPAGER: 'cat' } });
+    const r = await runIn('man', ['--warnings', '-l', '/usr/share/man/man8/etd.8.gz'], { env: { MANWIDTH: '100', MAN_KEEP_FORMATTING: '', PAGER: 'cat', MANPAGER: 'cat' } });
     expect(r.code).toBe(0);
     expect(r.stderr).toBe('');
     const text = r.stdout.replace(/.\x08/g, '');
@@ -250,22 +313,22 @@ describe.skipIf(skip)('the Debian package (npm run package), installed on this m
 
   it('an upgrade from the same version keeps an edited conffile (no prompt)', async () => {
     const edit = '\n# edited by the operator (deb test)\n';
-    fs.appendFileSync('/etc/etd/etd.yaml', edit);
-    const r = await dpkg('-i', deb);
+    fs.appendFileSync(rootPath('/etc/etd/etd.yaml'), edit);
+    const r = await dpkg('-i', `${WORK}/${path.basename(deb)}`);
     expect(r.code, r.stdout + r.stderr).toBe(0);
-    expect(fs.readFileSync('/etc/etd/etd.yaml', 'utf8').endsWith(edit)).toBe(true);
-    expect(fs.existsSync('/etc/etd/etd.yaml.dpkg-new')).toBe(false);
-    expect((await run('/usr/bin/etd', ['check', '-c', '/etc/etd/etd.yaml'])).code).toBe(0);
-    expect(fs.readlinkSync('/etc/systemd/system/multi-user.target.wants/etd.service')).toBe('/lib/systemd/system/etd.service');
+    expect(fs.readFileSync(rootPath('/etc/etd/etd.yaml'), 'utf8').endsWith(edit)).toBe(true);
+    expect(fs.existsSync(rootPath('/etc/etd/etd.yaml.dpkg-new'))).toBe(false);
+    expect((await runIn('/usr/bin/etd', ['check', '-c', '/etc/etd/etd.yaml'])).code).toBe(0);
+    expect(fs.readlinkSync(rootPath('/etc/systemd/system/multi-user.target.wants/etd.service'))).toBe('/lib/systemd/system/etd.service');
   }, 120_000);
 
   it('dpkg -r removes the program and keeps config, state and user; dpkg --purge then leaves no file and no user behind', async () => {
     const removed = await dpkg('-r', 'etd');
     expect(removed.code, removed.stdout + removed.stderr).toBe(0);
     expect(packageStatus()).toBe('rc');
-    for (const gone of ['/usr/bin/etd', '/usr/lib/etd', '/lib/systemd/system/etd.service', '/usr/share/man/man8/etd.8.gz']) expect(fs.existsSync(gone), gone).toBe(false);
-    expect(fs.existsSync('/etc/etd/etd.yaml')).toBe(true);
-    expect(fs.existsSync('/var/lib/etd')).toBe(true);
+    for (const gone of ['/usr/bin/etd', '/usr/lib/etd', '/lib/systemd/system/etd.service', '/usr/share/man/man8/etd.8.gz']) expect(fs.existsSync(rootPath(gone)), gone).toBe(false);
+    expect(fs.existsSync(rootPath('/etc/etd/etd.yaml'))).toBe(true);
+    expect(fs.existsSync(rootPath('/var/lib/etd'))).toBe(true);
     expect(userExists('etd')).toBe(true);
 
     const purged = await dpkg('--purge', 'etd');
@@ -279,4 +342,14 @@ describe.skipIf(skip)('the Debian package (npm run package), installed on this m
     const lost = before.filter((l) => !is.has(l));
     expect({ added, lost }).toEqual({ added: [], lost: [] });
   }, 120_000);
+
+  it('the host itself never had the package: no etd package, no /etc/etd or other file of it, no user or group etd', async () => {
+    // The throwaway root had them (the tests above); the host must not.
+    expect(installedInRoot).toBe(true);
+    expect((await run('dpkg', ['-s', 'etd'])).code).not.toBe(0);
+    expect(['', 'pn', 'un']).toContain(packageStatus(true));
+    for (const p of OURS) expect(fs.existsSync(p), p).toBe(false);
+    expect(userExists('etd', 'passwd', true)).toBe(false);
+    expect(userExists('etd', 'group', true)).toBe(false);
+  });
 });

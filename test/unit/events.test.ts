@@ -5,6 +5,7 @@ import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EventRing, SseStream, type SseEnd } from '../../src/api/events.js';
 import type { SessionSummary } from '../../src/proxy/session.js';
+import { waitFor } from '../helpers/wait.js';
 
 function summary(id: number, over: Partial<SessionSummary> = {}): SessionSummary {
   return {
@@ -72,14 +73,6 @@ describe('SseStream', () => {
     return (server.address() as net.AddressInfo).port;
   }
 
-  async function until(what: string, cond: () => boolean, ms = 5000): Promise<void> {
-    const deadline = Date.now() + ms;
-    while (!cond()) {
-      if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
-  }
-
   it('sends events in SSE framing and unsubscribes when the client disconnects', async () => {
     const ring = new EventRing(10);
     const ends: SseEnd[] = [];
@@ -88,15 +81,15 @@ describe('SseStream', () => {
     let text = '';
     client.on('data', (c: Buffer) => (text += c.toString()));
     client.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
-    await until('subscribed', () => ring.subscriberCount === 1);
+    await waitFor(() => ring.subscriberCount === 1, { what: 'subscribed' });
     ring.push(summary(7, { verdict: 'early_talker' }));
-    await until('event received', () => text.includes('event: session'));
+    await waitFor(() => text.includes('event: session'), { what: 'event received' });
     expect(text).toMatch(/content-type: text\/event-stream/i);
     const m = /id: 1\nevent: session\ndata: (.*)\n\n/.exec(text);
     expect(JSON.parse(m![1]!)).toMatchObject({ seq: 1, id: 7, verdict: 'early_talker' });
 
     client.destroy();
-    await until('cleaned up', () => ring.subscriberCount === 0);
+    await waitFor(() => ring.subscriberCount === 0, { what: 'cleaned up' });
     expect(ends).toEqual(['client_closed']);
   });
 
@@ -107,7 +100,7 @@ describe('SseStream', () => {
     const client = net.connect({ port, host: '127.0.0.1' });
     client.on('error', () => undefined);
     client.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
-    await until('subscribed', () => ring.subscriberCount === 1);
+    await waitFor(() => ring.subscriberCount === 1, { what: 'subscribed' });
     client.pause(); // reads nothing more: the kernel buffers fill, then etd's
     const big = 'x'.repeat(4000);
     // Bounded: kernel socket buffers on loopback hold a few MB at most.

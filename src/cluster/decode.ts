@@ -133,7 +133,7 @@ export function decodeDnsblKey(key: unknown): Decoded<{ zone: string; address: s
   const slash = key.lastIndexOf('/');
   const zone = key.slice(0, slash);
   const address = key.slice(slash + 1);
-  if (slash <= 0 || !/^[A-Za-z0-9._-]+$/.test(zone) || net.isIP(address) === 0) return bad(`not <zone>/<address>: ${sample(key)}`);
+  if (slash <= 0 || !/^[A-Za-z0-9._-]+$/.test(zone) || !/^[0-9a-fA-F:.]+$/.test(address) || net.isIP(address) === 0) return bad(`not <zone>/<address>: ${sample(key)}`);
   return { ok: true, value: { zone, address } };
 }
 

@@ -68,6 +68,7 @@ describe.skipIf(skip)('a hostile writer on the shared Redis', () => {
 
   it('10 s of garbage: 0 failed sessions, etd alive, every kind counted, a valid entry still applies, lifetimes clamped', async () => {
     const w = new Redis({ host: '127.0.0.1', port: redis.port, lazyConnect: true });
+    w.on('error', () => undefined);
     await w.connect();
     const clients = Array.from({ length: 10 }, (_, i) => `127.0.0.${10 + i}`);
     const garbageEvents = [
@@ -83,6 +84,8 @@ describe.skipIf(skip)('a hostile writer on the shared Redis', () => {
     // Once: what the findings used (a zone id in the hash, a deny until the year 33658), and one valid entry.
     await w.hset('etd:access:runtime', 'fe80::%x/64', 'deny', 'x'.repeat(100_000), 'deny', '10.1.0.0/16', 'maybe');
     await w.set('etd:cache:127.0.0.6', 'deny:999999999999999');
+    // A valid peer change is written as etd writes it: the hash field, then the event.
+    await w.hset('etd:access:runtime', '198.51.100.0/24', 'deny');
     await w.publish('etd:events', JSON.stringify({ from: 'peer', kind: 'access', cidr: '198.51.100.0/24', list: 'deny' }));
 
     const started = Date.now();
@@ -103,7 +106,7 @@ describe.skipIf(skip)('a hostile writer on the shared Redis', () => {
     })();
 
     const t = (localAddress: string) =>
-      nodemailer.createTransport({ host: '127.0.0.1', port: smtpPort, secure: false, ignoreTLS: true, localAddress, connectionTimeout: 10_000, greetingTimeout: 10_000 } as never);
+      nodemailer.createTransport({ host: '127.0.0.1', port: smtpPort, secure: false, ignoreTLS: true, localAddress, connectionTimeout: 10_000, greetingTimeout: 10_000, socketTimeout: 10_000 } as never);
     let sent = 0;
     const failed: string[] = [];
     while (Date.now() - started < FLOOD_MS) {
@@ -126,6 +129,7 @@ describe.skipIf(skip)('a hostile writer on the shared Redis', () => {
     // A client the hostile deny names is refused (that entry is well-formed), but only for denyTtl.
     await new Promise<void>((resolve) => {
       const s = net.connect({ host: '127.0.0.1', port: smtpPort, localAddress: '127.0.0.6' });
+      s.setTimeout(5000, () => s.destroy());
       s.on('error', () => resolve());
       s.on('close', () => resolve());
     });

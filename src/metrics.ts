@@ -261,6 +261,17 @@ export class Metrics {
         if (cluster) for (const [result, n] of Object.entries(cluster.lookups)) this.inc({ result }, n);
       },
     });
+    new Counter({
+      name: 'etd_cluster_rejected_total',
+      help: 'peer data read from Redis and skipped (malformed, oversized, or its apply failed), by kind (event, access, cache, dnsbl)',
+      labelNames: ['kind'],
+      registers,
+      collect() {
+        this.reset();
+        const cluster = app.cluster;
+        if (cluster) for (const [kind, n] of Object.entries(cluster.rejects.counts)) this.inc({ kind }, n);
+      },
+    });
     new Gauge({
       name: 'etd_cluster_pending_writes',
       help: 'writes queued for Redis (kept while it is down, written back when it returns)',

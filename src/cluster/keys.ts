@@ -11,6 +11,8 @@
 // Another kind gets its own namespace: `dnsbl:<zone>/<address>` holds DNSBL answers (src/reputation/lookup.ts,
 // AnswerExchange), shared through SharedState.put/get (a value with a PX expiry, batched like the cache).
 
+import { decodeEventText, decodeVerdictValue } from './decode.js';
+
 export type SharedKind = 'cache' | 'access' | 'meta' | 'dnsbl';
 /** The kinds stored as one value per key with an expiry. */
 export type ValueKind = 'cache' | 'dnsbl';
@@ -41,32 +43,20 @@ export function encodeEvent(e: AccessEvent): string {
   return JSON.stringify({ from: e.from, kind: e.kind, cidr: e.cidr, ...(e.list !== undefined ? { list: e.list } : {}) });
 }
 
-/** Parses a message from the channel; undefined for anything malformed (another version, a stray PUBLISH). */
+/** Parses a message from the channel; undefined for anything malformed (another version, a stray PUBLISH). See decode.ts. */
 export function decodeEvent(text: string): AccessEvent | undefined {
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch {
-    return undefined;
-  }
-  if (typeof v !== 'object' || v === null) return undefined;
-  const o = v as Record<string, unknown>;
-  if (typeof o.from !== 'string' || o.kind !== 'access' || typeof o.cidr !== 'string' || o.cidr.length > 64) return undefined;
-  if (o.list !== undefined && o.list !== 'allow' && o.list !== 'deny') return undefined;
-  return { from: o.from, kind: 'access', cidr: o.cidr, list: o.list as AccessListName | undefined };
+  const d = decodeEventText(text);
+  return d.ok ? d.value : undefined;
 }
 
 export function encodeVerdict(kind: CacheVerdict, expires: number): string {
   return `${kind}:${expires}`;
 }
 
-/** A cached verdict read back from Redis with its expiry (ms since epoch); undefined when absent, lapsed or not etd's. */
+/** A cached verdict read back from Redis with its expiry (ms since epoch); undefined when absent, lapsed or not etd's. See decode.ts. */
 export function decodeVerdict(v: unknown, now: number): { kind: CacheVerdict; expires: number } | undefined {
-  if (typeof v !== 'string') return undefined;
-  const m = /^(pass|deny):(\d{1,15})$/.exec(v);
-  if (!m) return undefined;
-  const expires = Number(m[2]);
-  return expires > now ? { kind: m[1] as CacheVerdict, expires } : undefined;
+  const d = decodeVerdictValue(v);
+  return d?.ok && d.value.expires > now ? d.value : undefined;
 }
 
 export function decodeList(v: unknown): AccessListName | undefined {

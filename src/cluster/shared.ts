@@ -20,8 +20,6 @@ import { describeError } from '../errors.js';
 import {
   ACCESS_HASH,
   EPOCH_KEY,
-  decodeEvent,
-  decodeVerdict,
   encodeEvent,
   encodeVerdict,
   eventChannel,
@@ -32,6 +30,7 @@ import {
   type CacheVerdict,
   type ValueKind,
 } from './keys.js';
+import { decodeAccessHash, decodeDnsblValue, decodeEventText, decodeVerdictValue, RejectGate, type RejectKind } from './decode.js';
 import { linkStep, type LinkState } from './link.js';
 import { redisOptions, redisWhere } from './options.js';
 
@@ -86,6 +85,32 @@ export interface ClusterStatus {
   readonly writtenBack: number;
   readonly errors: Readonly<Record<ErrorOp, number>>;
   readonly lookups: Readonly<Record<LookupResult, number>>;
+  /** Peer data skipped (malformed, oversized, or its apply failed), per kind. */
+  readonly rejected: Readonly<Record<RejectKind, number>>;
+}
+
+/**
+ * The local state with every method that applies a peer's change (apply*, adopt*) run under its
+ * own guard: one bad change is counted and skipped, the next ones still apply, and nothing a
+ * peer sends throws out of a Redis handler. A Proxy, so methods LocalState gains are covered too.
+ */
+export function guardedLocal(local: LocalState, failed: (method: string, e: unknown) => void): LocalState {
+  return new Proxy(local, {
+    get(target, prop, receiver) {
+      const v: unknown = Reflect.get(target, prop, receiver);
+      if (typeof v !== 'function') return v;
+      const f = v as (...args: unknown[]) => unknown;
+      if (typeof prop !== 'string' || !/^(apply|adopt)/.test(prop)) return f.bind(target);
+      return (...args: unknown[]) => {
+        try {
+          return f.apply(target, args);
+        } catch (e) {
+          failed(prop, e);
+          return undefined;
+        }
+      };
+    },
+  });
 }
 
 export class SharedState {
@@ -116,12 +141,27 @@ export class SharedState {
   writtenBack = 0;
   readonly errors: Record<ErrorOp, number> = { connect: 0, lookup: 0, write: 0, sync: 0, subscribe: 0 };
   readonly lookups: Record<LookupResult, number> = { pass: 0, deny: 0, miss: 0, skipped: 0, error: 0 };
+  /** Skipped peer data per kind, and the once-a-minute warning about it. */
+  readonly rejects = new RejectGate();
+  private readonly local: LocalState;
 
   constructor(
     private readonly config: ClusterConfig,
-    private readonly local: LocalState,
+    local: LocalState,
     private readonly log: SharedLog,
-  ) {}
+  ) {
+    this.local = guardedLocal(local, (method, e) => this.reject(method.startsWith('adopt') ? 'cache' : 'access', `applying it failed (${method}): ${describeError(e)}`));
+  }
+
+  /** Peer data skipped: counted, and warned about at most once a minute per kind. */
+  private reject(kind: RejectKind, reason: string): void {
+    const n = this.rejects.note(kind, Date.now());
+    if (n === undefined) return;
+    this.log.warn(
+      { kind, skipped: n, total: this.rejects.counts[kind], reason },
+      `cluster peer sent a malformed entry (${kind}): skipped (${n} since the last warning, etd_cluster_rejected_total); another etd version or a foreign writer shares the Redis prefix`,
+    );
+  }
 
   get up(): boolean {
     return this.state === 'up';
@@ -165,8 +205,10 @@ export class SharedState {
       return;
     }
     this.ask(sharedKey('cache', key), (raw, now) => {
-      const v = decodeVerdict(raw, now);
-      if (v === undefined) {
+      const d = decodeVerdictValue(raw);
+      if (d !== undefined && !d.ok) this.reject('cache', `${key}: ${d.reason}`);
+      const v = d?.ok ? d.value : undefined;
+      if (v === undefined || v.expires <= now) {
         this.lookups.miss++;
         return;
       }
@@ -183,7 +225,14 @@ export class SharedState {
   get(kind: ValueKind, key: string, done: (value: string) => void): void {
     if (!this.client || !this.up) return;
     this.ask(sharedKey(kind, key), (raw) => {
-      if (typeof raw === 'string') done(raw);
+      if (raw === null || raw === undefined) return;
+      // The receiver decodes it again (it may be another thread); here it is counted when bad.
+      const d = kind === 'dnsbl' ? decodeDnsblValue(raw) : decodeVerdictValue(raw);
+      if (d === undefined || !d.ok) {
+        this.reject(kind, `${key}: ${d?.reason ?? 'absent'}`);
+        return;
+      }
+      done(raw as string);
     }, () => undefined);
   }
 
@@ -254,6 +303,7 @@ export class SharedState {
       writtenBack: this.writtenBack,
       errors: { ...this.errors },
       lookups: { ...this.lookups },
+      rejected: { ...this.rejects.counts },
     };
   }
 
@@ -392,10 +442,20 @@ export class SharedState {
   // ---- access sync --------------------------------------------------------------------------
 
   private onMessage(text: string): void {
-    const e = decodeEvent(text);
-    if (!e || e.from === this.node) return;
-    this.accessSeq.delete(e.cidr);
-    this.local.applyAccess({ cidr: e.cidr, list: e.list });
+    // Whatever arrives on the channel, nothing throws out of this handler (ioredis would turn it into an uncaught exception).
+    try {
+      const d = decodeEventText(text);
+      if (!d.ok) {
+        this.reject('event', d.reason);
+        return;
+      }
+      const e = d.value;
+      if (e.from === this.node) return;
+      this.accessSeq.delete(e.cidr);
+      this.local.applyAccess({ cidr: e.cidr, list: e.list });
+    } catch (e) {
+      this.reject('event', `handling it failed: ${describeError(e)}`);
+    }
   }
 
   /** Reads the shared hash and makes the local runtime entries equal to it (locally newer changes excepted). */
@@ -409,7 +469,10 @@ export class SharedState {
     const t0 = performance.now();
     let shared: Record<string, string>;
     try {
-      shared = await c.hgetall(ACCESS_HASH);
+      // Only valid fields, by canonical prefix, reach the reconcile; the others are counted.
+      const decoded = decodeAccessHash(await c.hgetall(ACCESS_HASH));
+      for (const reason of decoded.rejected) this.reject('access', reason);
+      shared = decoded.entries;
     } catch (e) {
       this.noteError('sync', e);
       return;
@@ -418,7 +481,12 @@ export class SharedState {
     this.lastSyncAt = Date.now();
     // ... and so do those changed here after the read was sent.
     for (const [cidr, s] of this.accessSeq) if (s > startedSeq) skip.add(cidr);
+    try {
     for (const change of reconcileAccess(this.local.runtimeAccess(), shared, skip)) this.local.applyAccess(change);
     for (const [cidr, s] of [...this.accessSeq]) if (s <= startedSeq) this.accessSeq.delete(cidr);
+    } catch (e) {
+      // Each change is guarded on its own (guardedLocal); this catches the rest of a sync.
+      this.reject('access', `the sync failed: ${describeError(e)}`);
+    }
   }
 }

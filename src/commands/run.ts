@@ -7,6 +7,7 @@ import { describeError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { startApi, type ApiHandle } from '../api/server.js';
 import { VERSION } from '../version.js';
+import { installLastResort } from '../util/lastResort.js';
 import { notifyReady, notifyStopping } from '../systemd/notify.js';
 
 export function needsNetfilter(config: Config): boolean {
@@ -74,6 +75,7 @@ function exitSoon(code: number): void {
 export async function runCommand(file: string): Promise<number> {
   const config = loadConfig(file);
   const log = createLogger(config.log.level);
+  installLastResort(log);
   const handle = await startEtd(config, log, file);
   // SIGHUP and POST /v1/reload share one queue, so two reloads never interleave.
   let reloading: Promise<unknown> = Promise.resolve();

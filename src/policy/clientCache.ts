@@ -8,6 +8,7 @@
 // cache keyed per client.
 
 import { addressToBigInt, formatAddress, normalizeAddress } from '../config/cidr.js';
+import { clampExpiry } from '../cluster/decode.js';
 import type { CacheKind, StateStore } from '../state/store.js';
 
 export interface CacheConfig {
@@ -133,10 +134,15 @@ export class ClientCache {
     return { key, expires };
   }
 
-  /** An entry a cluster peer recorded (its key already scoped), kept until `expires` like one of ours. */
+  /**
+   * An entry a cluster peer recorded (its key already scoped), kept until `expires` like one of
+   * ours, but never longer than ours would live (cache.ttl / cache.denyTtl from now): a peer's
+   * lifetime is data from outside.
+   */
   adopt(key: string, kind: CacheKind, expires: number): void {
-    if (!this.config.enabled || expires <= this.now()) return;
-    this.put(key, kind, expires);
+    const now = this.now();
+    if (!this.config.enabled || !(expires > now)) return;
+    this.put(key, kind, clampExpiry(expires, now, kind === 'deny' ? this.config.denyTtlMs : this.config.ttlMs));
   }
 
   private put(key: string, kind: CacheKind, expires: number): void {

@@ -9,6 +9,7 @@ import { Resolver } from 'node:dns/promises';
 import type { Logger } from 'pino';
 import type { ReputationConfig } from '../config/schema.js';
 import { normalizeAddress } from '../config/cidr.js';
+import { clampAnswerTtl, decodeDnsblKey, decodeDnsblValue } from '../cluster/decode.js';
 import { compilePatterns, DEFAULT_MATCH, isRefusedAnswer } from './match.js';
 import { queryName } from './query.js';
 import { scoreOf, settledDecision, type ReputationList, type Score, type ZoneAnswer } from './score.js';
@@ -380,26 +381,23 @@ export class Reputation {
 
   /** An answer another engine worker got (its exchange value), kept here as if this thread had asked. */
   adopt(key: string, raw: string): void {
-    const slash = key.indexOf('/');
-    if (slash <= 0) return;
-    this.takeShared(key.slice(slash + 1), key.slice(0, slash), raw);
+    const k = decodeDnsblKey(key);
+    if (k.ok) this.takeShared(k.value.address, k.value.zone, raw);
   }
 
-  /** A shared answer, when valid and newer than what is known here: stored; true when taken. */
+  /**
+   * A shared answer, when valid and newer than what is known here: stored for its remaining
+   * lifetime clamped to [minTtl, maxTtl] (a peer's expiry is data from outside); true when taken.
+   */
   private takeShared(address: string, zone: string, raw: string): boolean {
-    let shared: { answer: ZoneAnswer; expires: number };
-    try {
-      shared = JSON.parse(raw) as { answer: ZoneAnswer; expires: number };
-    } catch {
-      return false; // not ours (another version's data, or garbage): the resolver answers
-    }
-    const { answer, expires } = shared;
-    const ttlMs = expires - this.now();
-    if (ttlMs <= 0 || (answer?.status !== 'answer' && answer?.status !== 'none')) return false;
-    if (answer.status === 'answer' && (!Array.isArray(answer.addresses) || !answer.addresses.every((a) => typeof a === 'string'))) return false;
+    const d = decodeDnsblValue(raw);
+    if (!d.ok) return false; // not ours (another version's data, or garbage): the resolver answers
+    const now = this.now();
+    const ttlMs = clampAnswerTtl(d.value.expires, now, this.config.minTtlMs, this.config.maxTtlMs);
+    if (ttlMs === undefined) return false;
     const known = this.cache.get(address)?.get(zone);
-    if (known && known.expires > this.now()) return false;
-    this.store(address, zone, answer, ttlMs);
+    if (known && known.expires > now) return false;
+    this.store(address, zone, d.value.answer, ttlMs);
     this.notify(address);
     return true;
   }

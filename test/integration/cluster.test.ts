@@ -150,14 +150,23 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
     const a = await gateway('t7:');
     const b = await gateway('t7:');
     await waitFor(() => a.app.cluster!.up && b.app.cluster!.up, { what: 'both connected' });
-    a.app.cluster!.put('dnsbl', '192.0.2.5', 'zen.spamhaus.org=127.0.0.2', Date.now() + 60_000);
+    const value = JSON.stringify({ answer: { status: 'answer', addresses: ['127.0.0.2'] }, expires: Date.now() + 60_000 });
+    a.app.cluster!.put('dnsbl', 'zen.spamhaus.org/192.0.2.5', value, Date.now() + 60_000);
+    // A value that is not a DNSBL answer is skipped on read and counted.
+    a.app.cluster!.put('dnsbl', 'zen.spamhaus.org/192.0.2.6', 'zen.spamhaus.org=127.0.0.2', Date.now() + 60_000);
     await waitFor(() => a.app.cluster!.status().pendingWrites === 0 || undefined, { what: 'written' });
     await sleep(50);
     const got = await new Promise<string | undefined>((resolve) => {
-      b.app.cluster!.get('dnsbl', '192.0.2.5', resolve);
+      b.app.cluster!.get('dnsbl', 'zen.spamhaus.org/192.0.2.5', resolve);
       setTimeout(() => resolve(undefined), 1000);
     });
-    expect(got).toBe('zen.spamhaus.org=127.0.0.2');
+    expect(got).toBe(value);
+    const bad = await new Promise<string | undefined>((resolve) => {
+      b.app.cluster!.get('dnsbl', 'zen.spamhaus.org/192.0.2.6', resolve);
+      setTimeout(() => resolve(undefined), 300);
+    });
+    expect(bad).toBeUndefined();
+    expect(b.app.cluster!.status().rejected.dnsbl).toBe(1);
     // Not a cache entry: the cache lookup for the same address finds nothing.
     const cacheHit = await new Promise<string | undefined>((resolve) => {
       b.app.cluster!.lookup('192.0.2.5', (kind) => resolve(kind));

@@ -1,6 +1,8 @@
 // Benchmark: 100,000 runtime access entries synced from a real redis-server into a running App (API latency meanwhile), and the per-connection match cost at 100,000 entries vs none.
 //
 // Run: npm run bench:access   (or: node dist/bench/access.js [N])
+// cluster.redis.commandTimeout is raised to 10s here: one HGETALL of 100,000 fields does not answer
+// within the default 500ms (the sync reads the hash whole; see docs/performance.md, Access lists).
 // Starts its own redis-server on a free loopback port in a temp dir (no persistence) and ends it by PID.
 
 import { spawn } from 'node:child_process';
@@ -29,12 +31,12 @@ function freePort(): Promise<number> {
   });
 }
 
-/** Entry i: a mix of IPv4 /32, /24 and IPv6 /48, /64 prefixes (what an operator's block list holds). */
+/** Entry i, in the canonical spelling peers write (a non-canonical field flaps: see the report): a mix of IPv4 /32, /24 and IPv6 /48, /64 prefixes (what an operator's block list holds). */
 function entry(i: number): string {
   switch (i % 4) {
-    case 0: return `10.${(i >>> 16) & 0xff}.${(i >>> 8) & 0xff}.${i & 0xff}`;
+    case 0: return `10.${(i >>> 16) & 0xff}.${(i >>> 8) & 0xff}.${i & 0xff}/32`;
     case 1: return `${100 + ((i >>> 16) & 0x3f)}.${(i >>> 8) & 0xff}.${i & 0xff}.0/24`;
-    case 2: return `2001:db8:${(i & 0xffff).toString(16)}::/48`;
+    case 2: return `2001:db8:${((i >>> 2) + 1).toString(16)}::/48`;
     default: return `2001:db9:${((i >>> 16) & 0xffff).toString(16)}:${(i & 0xffff).toString(16)}::/64`;
   }
 }
@@ -63,7 +65,7 @@ async function syncBench(): Promise<void> {
     upstream: { servers: [{ name: 'b', address: '127.0.0.1', port: 9 }], health: { enabled: false } },
     state: { path: path.join(dir, 'state.db') },
     api: { enabled: false },
-    cluster: { redis: { url: `redis://127.0.0.1:${port}`, keyPrefix: 'bench:' }, syncInterval: '250ms' },
+    cluster: { redis: { url: `redis://127.0.0.1:${port}`, keyPrefix: 'bench:', commandTimeout: '10s' }, syncInterval: '250ms' },
   });
   const app = new App(config, pino({ level: 'warn' }));
   await app.start();
@@ -93,7 +95,13 @@ async function syncBench(): Promise<void> {
         lat.push(performance.now() - s);
       }
     })();
-    while (app.access.runtimeSize < N) await new Promise((r) => setTimeout(r, 5));
+    while (app.access.runtimeSize < N) {
+      if (performance.now() - t0 > 60_000) {
+        done = true;
+        throw new Error(`only ${app.access.runtimeSize} of ${N} entries after 60 s; cluster: ${JSON.stringify(app.cluster?.status())}`);
+      }
+      await new Promise((r) => setTimeout(r, 5));
+    }
     const ms = performance.now() - t0;
     done = true;
     await poller;
@@ -160,5 +168,5 @@ function matchBench(): void {
   console.log(`net.BlockList at ${Math.min(N, 10_000)} entries: check ${(((performance.now() - t0) * 1000) / m).toFixed(1)} µs per address (grows with the list: a scan)`);
 }
 
-matchBench();
+if (!process.env.SKIP_MATCH) matchBench();
 await syncBench();

@@ -17,6 +17,7 @@ import { loadTransparent } from './native/transparent.js';
 
 const closeFd = (fd: number): void => loadTransparent().closeFd(fd);
 import { AccessLists } from './policy/access.js';
+import { parseAddress } from './config/cidr.js';
 import { ClientCache, cacheKey } from './policy/clientCache.js';
 import type { SharedState } from './cluster/shared.js';
 import { consultShared, localState } from './cluster/attach.js';
@@ -391,7 +392,9 @@ export class App {
     if (counts.sessions >= limits.maxConnections) return ADMIT.maxConnections;
     if (counts.held >= limits.maxHeld) return ADMIT.maxHeld;
     if (limits.perClient > 0 && counts.perClient(address) >= limits.perClient) return ADMIT.perClient;
-    const listed = this.access.match(address);
+    // Parsed once here, then one hash lookup per prefix length in use (src/policy/access.ts).
+    const parsed = parseAddress(address);
+    const listed = typeof parsed === 'string' ? undefined : this.access.match(parsed);
     if (listed?.list === 'deny') return ADMIT.accessDeny;
     if (listed) return ADMIT.allowlist;
     const cached = this.cache.lookup(address);

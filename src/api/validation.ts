@@ -5,7 +5,7 @@ import { KindGuard, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors';
 import { Value } from '@sinclair/typebox/value';
-import { addressToBigInt, formatAddress } from '../config/cidr.js';
+import { formatAddress, parseAddress } from '../config/cidr.js';
 import { fallbackMessage, knownKeys, pointerToPath, showValue } from '../config/schemaErrors.js';
 import { ApiError } from './context.js';
 
@@ -79,7 +79,7 @@ export const typeboxValidatorCompiler: FastifySchemaCompiler<unknown> = (def) =>
 
 /** A client address given in a request (`where`: e.g. `path.address`), in its canonical spelling; a 400 naming it when it is not one. */
 export function clientAddressParam(where: string, text: string): string {
-  const a = addressToBigInt(text);
-  if (!a) throw new ApiError(400, `${where}: "${text}" is not an IPv4 or IPv6 address`);
+  const a = parseAddress(text);
+  if (typeof a === 'string') throw new ApiError(400, `${where}: ${a}`);
   return formatAddress(a.family, a.value);
 }

@@ -1,11 +1,11 @@
 // The cluster's place in the App: the local state SharedState reads and feeds, and what a peer's verdict does to a held session.
 
-import { formatAddress, parseCidr } from '../config/cidr.js';
+import { canonicalCidr } from '../config/cidr.js';
 import type { Config } from '../config/schema.js';
-import type { AccessLists } from '../policy/access.js';
+import type { AccessBatchResult, AccessEntry, AccessLists } from '../policy/access.js';
 import type { ClientCache } from '../policy/clientCache.js';
 import type { StateStore } from '../state/store.js';
-import type { AccessListName, CacheVerdict } from './keys.js';
+import type { AccessChange, AccessListName, CacheVerdict } from './keys.js';
 import type { LocalState, SharedLog, SharedState } from './shared.js';
 
 /** What a held session does with a verdict a peer recorded (pure). */
@@ -37,38 +37,52 @@ export function consultShared(shared: SharedState, session: HeldSession, key: st
   });
 }
 
-/** Canonical prefix text, the spelling the API and the store use (192.0.2.0/24). */
-function prefixText(text: string): string | undefined {
-  const c = parseCidr(text);
-  return typeof c === 'string' ? undefined : `${formatAddress(c.family, c.network)}/${c.prefix}`;
-}
-
 /** The local state as SharedState sees it: the caches, the access lists and the store behind them. */
 export function localState(cache: ClientCache, access: AccessLists, store: StateStore, log: SharedLog): LocalState {
+  const applyAccessBatch = (changes: readonly AccessChange[]): AccessBatchResult => {
+    // Peers' data is hostile: a bad prefix, a config prefix or one beyond access.maxEntries is
+    // skipped (and counted in the log line), never thrown.
+    const r = access.applyBatch(changes, 'runtime');
+    store.applyAccessBatch(r.applied);
+    return r;
+  };
   return {
     adoptCache: (key, kind, expires) => cache.adopt(key, kind, expires),
     cacheEntries: () => cache.entries(),
     runtimeAccess() {
       const m = new Map<string, AccessListName>();
-      for (const e of access.list()) if (e.source === 'runtime') m.set(`${formatAddress(e.cidr.family, e.cidr.network)}/${e.cidr.prefix}`, e.list);
+      for (const e of access.runtime()) m.set(canonicalText(e), e.list);
       return m;
     },
-    applyAccess({ cidr, list }) {
-      const text = prefixText(cidr);
-      if (text === undefined) return; // not a prefix: another version's data, or garbage
-      if (list === undefined) {
-        if (access.remove(text, 'runtime')) {
-          store.deleteAccess(text);
-          log.info({ cidr: text }, `access entry ${text} deleted by a cluster peer`);
-        }
-        return;
+    applyAccess(change) {
+      const r = applyAccessBatch([change]);
+      for (const a of r.applied) {
+        if (a.list === undefined) log.info({ cidr: a.cidr }, `access entry ${a.cidr} deleted by a cluster peer`);
+        else log.info({ cidr: a.cidr, list: a.list }, `access entry ${a.cidr} (${a.list}) added by a cluster peer`);
       }
-      const here = access.list().filter((e) => `${formatAddress(e.cidr.family, e.cidr.network)}/${e.cidr.prefix}` === text);
-      if (here.some((e) => e.source === 'config')) return; // this gateway's config file lists it: the file wins
-      if (here.some((e) => e.source === 'runtime' && e.list === list)) return;
-      access.add(text, list, 'runtime');
-      store.putAccess(text, list);
-      log.info({ cidr: text, list }, `access entry ${text} (${list}) added by a cluster peer`);
+      for (const x of r.rejected) if (!x.reason.includes('the file wins')) log.warn({ cidr: x.cidr }, `access entry from a cluster peer skipped: ${x.reason}`);
+    },
+    applyAccessBatch(changes) {
+      if (changes.length === 0) return;
+      const r = applyAccessBatch(changes);
+      const added = r.applied.filter((a) => a.list !== undefined).length;
+      const deleted = r.applied.length - added;
+      const refused = r.rejected.filter((x) => !x.reason.includes('the file wins'));
+      if (r.applied.length > 0) log.info({ added, deleted, skipped: r.rejected.length }, `access entries synced from the cluster: ${added} added, ${deleted} deleted`);
+      if (refused.length > 0) {
+        log.warn({ skipped: refused.length, first: refused[0] }, `${refused.length} access entries from the cluster skipped, e.g. ${refused[0]!.cidr}: ${refused[0]!.reason}`);
+      }
     },
   };
+}
+
+/** Canonical prefix text of an entry, formatted once per entry (runtimeAccess runs at every sync). */
+const texts = new WeakMap<AccessEntry, string>();
+function canonicalText(e: AccessEntry): string {
+  let t = texts.get(e);
+  if (t === undefined) {
+    t = canonicalCidr(e.cidr);
+    texts.set(e, t);
+  }
+  return t;
 }

@@ -44,6 +44,8 @@ export interface LocalState {
   runtimeAccess(): Map<string, AccessListName>;
   /** Apply a peer's access change (list undefined: delete) to the lists and the local store. */
   applyAccess(change: AccessChange): void;
+  /** Apply many changes at once (a sync): one update of the lists, one store transaction, one log line. */
+  applyAccessBatch(changes: readonly AccessChange[]): void;
 }
 
 export interface SharedLog {
@@ -482,7 +484,7 @@ export class SharedState {
     // ... and so do those changed here after the read was sent.
     for (const [cidr, s] of this.accessSeq) if (s > startedSeq) skip.add(cidr);
     try {
-    for (const change of reconcileAccess(this.local.runtimeAccess(), shared, skip)) this.local.applyAccess(change);
+    this.local.applyAccessBatch(reconcileAccess(this.local.runtimeAccess(), shared, skip));
     for (const [cidr, s] of [...this.accessSeq]) if (s <= startedSeq) this.accessSeq.delete(cidr);
     } catch (e) {
       // Each change is guarded on its own (guardedLocal); this catches the rest of a sync.

@@ -284,7 +284,7 @@ function resolve(raw: RawConfig): Config {
       watchMs: ms(raw.netfilter.watch),
     },
     cache: { enabled: raw.cache.enabled, ttlMs: ms(raw.cache.ttl), denyTtlMs: ms(raw.cache.denyTtl), scope: raw.cache.scope },
-    access: { allow: [...raw.access.allow], deny: [...raw.access.deny], denyAction: raw.access.denyAction, denyReply: raw.access.denyReply },
+    access: { allow: [...raw.access.allow], deny: [...raw.access.deny], denyAction: raw.access.denyAction, denyReply: raw.access.denyReply, maxEntries: raw.access.maxEntries },
     reputation: {
       dnsbl: raw.reputation.dnsbl.map((d) => ({ zone: d.zone.replace(/\.$/, '').toLowerCase(), weight: d.weight, match: d.match ? [...d.match] : undefined, name: d.name })),
       threshold: raw.reputation.threshold,

@@ -142,6 +142,7 @@ export const ConfigSchema = Type.Object(
         deny: Type.Array(Type.String(), { default: [], description: 'CIDRs that are refused at once' }),
         denyAction: Type.Union([Type.Literal('reject'), Type.Literal('drop')], { default: 'reject' }),
         denyReply: Type.String({ default: '554 5.7.1 Service unavailable; client host blocked', pattern: '^5[0-9][0-9] ' }),
+        maxEntries: Type.Integer({ minimum: 0, maximum: 10_000_000, default: 100_000, description: 'runtime entries (API, cluster) kept at most; more are refused' }),
       },
       { additionalProperties: false, default: {} },
     ),
@@ -315,7 +316,7 @@ export interface Config {
     readonly watchMs: number;
   };
   readonly cache: { readonly enabled: boolean; readonly ttlMs: number; readonly denyTtlMs: number; readonly scope: 'ip' | 'net' };
-  readonly access: { readonly allow: readonly string[]; readonly deny: readonly string[]; readonly denyAction: 'reject' | 'drop'; readonly denyReply: string };
+  readonly access: { readonly allow: readonly string[]; readonly deny: readonly string[]; readonly denyAction: 'reject' | 'drop'; readonly denyReply: string; readonly maxEntries: number };
   readonly reputation: ReputationConfig;
   readonly state: { readonly path: string };
   /** Shared state over Redis (src/cluster/); undefined = this gateway keeps its state to itself. */

@@ -26,6 +26,8 @@ export interface StateStore {
   loadAccess(): Array<{ cidr: string; list: AccessList }>;
   putAccess(cidr: string, list: AccessList): void;
   deleteAccess(cidr: string): void;
+  /** Many access writes (list undefined = delete) in one transaction. */
+  applyAccessBatch(changes: ReadonlyArray<{ cidr: string; list: AccessList | undefined }>): void;
   /** Writes what is queued now (tests, shutdown). */
   flush(): void;
   close(): void;
@@ -154,6 +156,19 @@ export class SqliteStore implements StateStore {
     this.guard('access delete', () => this.stmts.accessDel.run(cidr));
   }
 
+  applyAccessBatch(changes: ReadonlyArray<{ cidr: string; list: AccessList | undefined }>): void {
+    if (changes.length === 0) return;
+    const now = Date.now();
+    this.guard('access write', () =>
+      this.db.transaction(() => {
+        for (const c of changes) {
+          if (c.list === undefined) this.stmts.accessDel.run(c.cidr);
+          else this.stmts.accessPut.run(c.cidr, c.list, now);
+        }
+      })(),
+    );
+  }
+
   flush(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
@@ -233,6 +248,7 @@ export const WORKER_STORE: StateStore = Object.freeze({
   loadAccess: () => [],
   putAccess: () => undefined,
   deleteAccess: () => undefined,
+  applyAccessBatch: () => undefined,
   flush: () => undefined,
   close: () => undefined,
   healthy: true,

@@ -2,7 +2,7 @@
 
 import { Type, type Static } from '@sinclair/typebox';
 import { formatAddress, parseCidr, type Cidr } from '../../config/cidr.js';
-import { canonical, type AccessEntry } from '../../policy/access.js';
+import type { AccessEntry } from '../../policy/access.js';
 import { ApiError, ErrorBody, type RoutePlugin } from '../context.js';
 
 const ListSchema = Type.Union([Type.Literal('allow'), Type.Literal('deny')], {
@@ -64,7 +64,7 @@ function parse(field: string, value: string): Cidr {
 export const accessRoutes: RoutePlugin = async (api, deps) => {
   const access = deps.app.access;
   const store = deps.app.store;
-  const entriesFor = (c: Cidr): AccessEntry[] => access.list().filter((e) => canonical(e.cidr) === canonical(c));
+  const entriesFor = (c: Cidr): readonly AccessEntry[] => access.at(c);
 
   api.get(
     '/v1/access',
@@ -91,7 +91,7 @@ export const accessRoutes: RoutePlugin = async (api, deps) => {
         throw new ApiError(409, `${text(c)} is in the config file (access.${fromConfig.list}); change it there and reload, it cannot be overridden through the API`);
       }
       const added = access.add(text(c), req.body.list, 'runtime');
-      if (typeof added === 'string') throw new ApiError(400, `body.cidr: ${added}`); // parse() above accepted it: not reached
+      if (typeof added === 'string') throw new ApiError(409, `body.cidr: ${added}`); // the runtime list is full (access.maxEntries)
       store.putAccess(text(c), req.body.list);
       deps.app.cluster?.accessChanged(text(c), req.body.list);
       const replaced = same.length > 0;

@@ -1,6 +1,7 @@
 // `etd status`: asks the running etd's management API (TCP or unix socket) and prints a readable summary, or the raw JSON with --json.
 
 import { urlHost } from '../util/address.js';
+import { escapeText } from '../util/escapeBytes.js';
 import http from 'node:http';
 import type { ApiConfig } from '../config/schema.js';
 import { describeError } from '../errors.js';
@@ -167,7 +168,9 @@ export function formatStatus(status: StatusBody, stats: StatsBody, backends: rea
     if (!shown.has(verdict) && n > 0) lines.push(`  ${verdict.replace(/_/g, ' ').padEnd(14)} ${num(n)}`);
   }
   lines.push(`  bytes          ${bytes(stats.bytes.fromClient)} from clients, ${bytes(stats.bytes.toClient)} to clients`);
-  return lines.join('\n');
+  // Names, addresses and errors come from the API, which got them from Redis, backends and
+  // config: no line may carry a control character to the terminal.
+  return lines.map((l) => escapeText(l)).join('\n');
 }
 
 /** Returns the exit code: 0, or 1 when the API cannot be reached or answers with an error. */
@@ -179,13 +182,14 @@ export async function statusCommand(
   try {
     const [status, stats, backends] = await Promise.all([get(opts, '/v1/status'), get(opts, '/v1/stats'), get(opts, '/v1/backends')]);
     if (opts.json) {
-      out(JSON.stringify({ status, stats, backends: (backends as { backends: unknown }).backends }, null, 2));
+      // JSON escapes C0 already; C1 (U+0080-U+009F, CSI and OSC among them) too, for a terminal that shows it.
+      out(JSON.stringify({ status, stats, backends: (backends as { backends: unknown }).backends }, null, 2).replace(/[\x7f-\x9f]/g, (c) => `\\u00${c.charCodeAt(0).toString(16)}`));
     } else {
       out(formatStatus(status as StatusBody, stats as StatsBody, (backends as { backends: BackendBody[] }).backends));
     }
     return 0;
   } catch (e) {
-    err(`etd status: ${e instanceof StatusError ? e.message : describeError(e)}`);
+    err(escapeText(`etd status: ${e instanceof StatusError ? e.message : describeError(e)}`));
     return 1;
   }
 }

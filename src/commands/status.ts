@@ -2,6 +2,7 @@
 
 import { urlHost } from '../util/address.js';
 import { escapeText } from '../util/escapeBytes.js';
+import fs from 'node:fs';
 import http from 'node:http';
 import type { ApiConfig } from '../config/schema.js';
 import { describeError } from '../errors.js';
@@ -25,6 +26,24 @@ export function apiTarget(api: ApiConfig): { url?: string; socket?: string; toke
   if (api.address.startsWith('/')) return { socket: api.address, ...token };
   const host = api.address === '0.0.0.0' ? '127.0.0.1' : api.address === '::' ? '::1' : api.address;
   return { url: `http://${urlHost(host)}:${api.port}`, ...token };
+}
+
+/**
+ * The bearer token for `etd status`: --token-file, else $ETD_TOKEN, else the config's. Never from
+ * argv (ps shows it). An unreadable or empty file is an error naming it.
+ */
+export function statusToken(tokenFile: string | undefined, env: string | undefined, fromConfig: string | undefined): string | undefined | { error: string } {
+  if (tokenFile !== undefined) {
+    let text: string;
+    try {
+      text = fs.readFileSync(tokenFile, 'utf8').trim();
+    } catch (e) {
+      return { error: `cannot read the token file ${tokenFile}: ${(e as NodeJS.ErrnoException).code ?? describeError(e)}` };
+    }
+    return text === '' ? { error: `the token file ${tokenFile} is empty` } : text;
+  }
+  if (env !== undefined && env.trim() !== '') return env.trim();
+  return fromConfig;
 }
 
 class StatusError extends Error {}
@@ -66,7 +85,7 @@ function get(opts: StatusOptions, path: string): Promise<unknown> {
             reject(
               new StatusError(
                 `the API at ${where(opts)} wants a bearer token${opts.token !== undefined ? ' and refused the one given' : ''}: ` +
-                  'pass -c with the config file that sets api.token (or api.tokenFile), or --token',
+                  'pass -c with the config file that sets api.token (or api.tokenFile), --token-file FILE, or set ETD_TOKEN',
               ),
             );
           } else if (res.statusCode !== 200) {

@@ -62,7 +62,7 @@ async function main(argv: string[]): Promise<number> {
       }
       if (values.url) target = { url: values.url as string, token: target.token };
       if (values.socket) target = { socket: values.socket as string, token: target.token };
-      const token = statusToken(values.tokenFile as string | undefined, process.env.ETD_TOKEN, target.token);
+      const token = statusToken(values['token-file'] as string | undefined, process.env.ETD_TOKEN, target.token);
       if (typeof token === 'object') {
         process.stderr.write(`etd status: ${token.error}\n`);
         return 1;

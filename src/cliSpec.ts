@@ -83,7 +83,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   },
   { key: 'url', long: 'url', value: 'URL', text: 'status: the API base URL (default from the config, else http://127.0.0.1:8025)' },
   { key: 'socket', long: 'socket', value: 'PATH', text: "status: the API's unix socket" },
-  { key: 'tokenFile', long: 'token-file', value: 'FILE', text: 'status: read the bearer token from FILE (else $ETD_TOKEN, else the config)' },
+  { key: 'token-file', long: 'token-file', value: 'FILE', text: 'status: read the bearer token from FILE (else $ETD_TOKEN, else the config)' },
   { key: 'help', long: 'help', short: 'h', text: 'this text' },
 ];
 

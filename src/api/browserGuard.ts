@@ -39,13 +39,12 @@ function parseHost(host: string): { hostname: string; port: number | undefined }
 
 /**
  * The names a Host may carry for this listener: its own address, and the loopback names
- * `localhost` and `::1` / `127.0.0.1` when it is reached on loopback. `defaultPort` is the port of
- * a Host without one (80 for http).
+ * `localhost` and `::1` / `127.0.0.1` when it is reached on loopback. On any port: an SSH tunnel
+ * or a port forward changes the port, and no DNS rebinding can forge an address literal or
+ * `localhost` (rebinding needs a name the attacker controls).
  */
-function namesListener(h: { hostname: string; port: number | undefined }, side: ListenerSide, defaultPort: number): boolean {
+function namesListener(h: { hostname: string; port: number | undefined }, side: ListenerSide): boolean {
   if (side.address === undefined) return true;
-  const port = h.port ?? defaultPort;
-  if (side.port !== undefined && port !== side.port) return false;
   const local = plainAddress(side.address);
   const name = plainAddress(h.hostname);
   if (name === local || name === 'localhost') return true;
@@ -71,7 +70,7 @@ export function checkHost(hostHeader: string | undefined, side: ListenerSide, al
   if (side.address === undefined || hostHeader === undefined) return OK;
   const h = parseHost(hostHeader);
   if (h === undefined) return { ok: false, status: 421, reason: `the Host header "${show(hostHeader)}" is not a host name or address` };
-  if (namesListener(h, side, 80) || inAllowed(h, allowedHosts)) return OK;
+  if (namesListener(h, side) || inAllowed(h, allowedHosts)) return OK;
   return {
     ok: false,
     status: 421,
@@ -88,6 +87,7 @@ export function checkHost(hostHeader: string | undefined, side: ListenerSide, al
  */
 export function checkOrigin(
   method: string,
+  hostHeader: string | undefined,
   origin: string | undefined,
   fetchSite: string | undefined,
   side: ListenerSide,
@@ -112,8 +112,15 @@ export function checkOrigin(
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') return refused;
   const h = { hostname: u.hostname.replace(/^\[|\]$/g, '').toLowerCase(), port: u.port === '' ? undefined : Number(u.port) };
-  // On a unix socket only a reverse proxy forwards browsers, and its name is in allowedHosts.
-  if (side.address !== undefined && u.protocol === 'http:' && namesListener(h, side, 80)) return OK;
+  // The page's own origin: http, the name the browser used for the API (the Host, checked
+  // before this) and the same port — another port of 127.0.0.1 is another origin. Without a Host
+  // the listener's own port. On a unix socket only a reverse proxy forwards browsers, and its
+  // name is in allowedHosts.
+  if (side.address !== undefined && u.protocol === 'http:' && namesListener(h, side)) {
+    const host = hostHeader === undefined ? undefined : parseHost(hostHeader);
+    const want = host === undefined ? side.port : (host.port ?? 80);
+    if ((h.port ?? 80) === want && (host === undefined || host.hostname === h.hostname || namesListener(host, side))) return OK;
+  }
   // An allowed host is typically a reverse proxy terminating TLS: https is its own origin too.
   if (inAllowed(h, allowedHosts)) return OK;
   return refused;

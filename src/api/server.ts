@@ -229,7 +229,7 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
       return Array.isArray(v) ? v.join(',') : v;
     };
     const host = checkHost(header('host'), side, allowedHosts);
-    const verdict = host.ok ? checkOrigin(req.method, header('origin'), header('sec-fetch-site'), side, allowedHosts) : host;
+    const verdict = host.ok ? checkOrigin(req.method, header('host'), header('origin'), header('sec-fetch-site'), side, allowedHosts) : host;
     if (verdict.ok) return;
     log.warn({ client: req.ip, method: req.method, url: req.url.slice(0, 200), status: verdict.status }, `API request refused: ${verdict.reason}`);
     return reply.code(verdict.status).send({ error: verdict.reason });

@@ -7,6 +7,8 @@
 // the Origin and Sec-Fetch-Site checks close cross-site writes. Non-browser clients (etd status,
 // curl, health checkers) send no Origin and a Host naming the address they dialled.
 
+import net from 'node:net';
+
 /** Where the connection arrived: the socket's local address and port (undefined for a unix socket). */
 export interface ListenerSide {
   readonly address: string | undefined;
@@ -38,18 +40,15 @@ function parseHost(host: string): { hostname: string; port: number | undefined }
 }
 
 /**
- * The names a Host may carry for this listener: its own address, and the loopback names
- * `localhost` and `::1` / `127.0.0.1` when it is reached on loopback. On any port: an SSH tunnel
- * or a port forward changes the port, and no DNS rebinding can forge an address literal or
- * `localhost` (rebinding needs a name the attacker controls).
+ * The names a Host may carry for any listener: an IP address literal or `localhost`, on any port.
+ * DNS rebinding needs a name the attacker controls, so neither can be forged by it; and an SSH
+ * tunnel or a port forward changes both the address and the port a browser uses (the dashboard
+ * through `ssh -L 9000:10.0.0.1:8025` is Host localhost:9000). Everything else is a name, and a
+ * name must be in api.allowedHosts.
  */
 function namesListener(h: { hostname: string; port: number | undefined }, side: ListenerSide): boolean {
   if (side.address === undefined) return true;
-  const local = plainAddress(side.address);
-  const name = plainAddress(h.hostname);
-  if (name === local || name === 'localhost') return true;
-  const loopback = local.startsWith('127.') || local === '::1';
-  return loopback && (name === '::1' || name.startsWith('127.'));
+  return h.hostname === 'localhost' || net.isIP(h.hostname) !== 0;
 }
 
 /**

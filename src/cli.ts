@@ -10,6 +10,11 @@ const USAGE = renderUsage();
 const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`);
 
 async function main(argv: string[]): Promise<number> {
+  // Removed on purpose: a secret in argv is readable by every user through ps and /proc.
+  if (argv.some((a) => a === '--token' || a.startsWith('--token='))) {
+    process.stderr.write('etd: --token was removed: a token on the command line shows in ps; use --token-file FILE or the ETD_TOKEN environment variable\n');
+    return 2;
+  }
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
@@ -47,7 +52,7 @@ async function main(argv: string[]): Promise<number> {
       return doctorCommand(loadConfig(file), { json: !!values.json, configFile: file, probes, ...(client === undefined ? {} : { client }) }, out);
     }
     case 'status': {
-      const { statusCommand, apiTarget } = await import('./commands/status.js');
+      const { statusCommand, apiTarget, statusToken } = await import('./commands/status.js');
       let target: { url?: string; socket?: string; token?: string } = { url: 'http://127.0.0.1:8025' };
       try {
         const { loadConfig } = await import('./config/load.js');
@@ -57,8 +62,13 @@ async function main(argv: string[]): Promise<number> {
       }
       if (values.url) target = { url: values.url as string, token: target.token };
       if (values.socket) target = { socket: values.socket as string, token: target.token };
-      if (values.token) target = { ...target, token: values.token as string };
-      return statusCommand({ ...target, json: !!values.json }, out);
+      const token = statusToken(values['token-file'] as string | undefined, process.env.ETD_TOKEN, target.token);
+      if (typeof token === 'object') {
+        process.stderr.write(`etd status: ${token.error}\n`);
+        return 1;
+      }
+      const { token: _fromConfig, ...where } = target;
+      return statusCommand({ ...where, ...(token === undefined ? {} : { token }), json: !!values.json }, out);
     }
     case 'version': {
       const { VERSION } = await import('./version.js');

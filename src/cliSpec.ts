@@ -57,8 +57,10 @@ export const COMMANDS: readonly CommandSpec[] = [
   },
   {
     name: 'status',
-    args: '[-c FILE] [--json] [--url URL | --socket PATH] [--token T]',
+    args: '[-c FILE] [--json] [--url URL | --socket PATH] [--token-file FILE]',
     summary: 'summary of a running etd from its management API',
+    details:
+      'The bearer token comes from --token-file, else the ETD_TOKEN environment variable, else the config (api.token or api.tokenFile). There is no --token: a token on the command line shows in ps to every user of the machine.',
   },
   { name: 'version', args: '', summary: 'print the version' },
 ];
@@ -81,7 +83,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   },
   { key: 'url', long: 'url', value: 'URL', text: 'status: the API base URL (default from the config, else http://127.0.0.1:8025)' },
   { key: 'socket', long: 'socket', value: 'PATH', text: "status: the API's unix socket" },
-  { key: 'token', long: 'token', value: 'T', text: 'status: bearer token (default from the config)' },
+  { key: 'token-file', long: 'token-file', value: 'FILE', text: 'status: read the bearer token from FILE (else $ETD_TOKEN, else the config)' },
   { key: 'help', long: 'help', short: 'h', text: 'this text' },
 ];
 

@@ -33,6 +33,7 @@ import { reputationRoutes } from './routes/reputation.js';
 import { doctorRoutes } from './routes/doctor.js';
 import { uiRoutes } from './routes/ui.js';
 import { jsonNesting } from './jsonDepth.js';
+import { checkHost, checkOrigin, type ListenerSide } from './browserGuard.js';
 
 export interface ApiDeps {
   readonly app: App;
@@ -59,6 +60,16 @@ export interface ApiOptions {
   readonly historySeconds?: number;
   /** Node process metrics on /metrics (default true). */
   readonly processMetrics?: boolean;
+  /** Time a client has to send its request headers (default 10 s): a slow-headers client cannot hold a connection. */
+  readonly headersTimeoutMs?: number;
+  /** Time a client has to send its whole request, body included (default 30 s). */
+  readonly requestTimeoutMs?: number;
+  /** Idle time between requests on a keep-alive connection (default 5 s). */
+  readonly keepAliveTimeoutMs?: number;
+  /** Socket inactivity that closes a connection (default 60 s, above the event streams' heartbeat). */
+  readonly idleTimeoutMs?: number;
+  /** How often node checks the header and request timeouts (default 1 s; node's own is 30 s). */
+  readonly timeoutCheckMs?: number;
 }
 
 export interface ApiHandle {
@@ -165,9 +176,17 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
 
   /** Deeper JSON bodies are refused with 400 (none of etd's request bodies nests more than 3 levels). */
   const MAX_JSON_NESTING = 32;
+  const headersTimeout = o.headersTimeoutMs ?? 10_000;
+  const requestTimeout = Math.max(o.requestTimeoutMs ?? 30_000, headersTimeout);
   const api = Fastify({
     logger: false,
     bodyLimit: BODY_LIMIT,
+    // Bounded connections and time: a client that opens many, or sends its request slowly, or
+    // sits idle, cannot take the API away from the operator.
+    http: { headersTimeout, requestTimeout, connectionsCheckingInterval: o.timeoutCheckMs ?? 1000 },
+    requestTimeout,
+    keepAliveTimeout: o.keepAliveTimeoutMs ?? 5000,
+    connectionTimeout: o.idleTimeoutMs ?? 60_000,
     // Event streams and keep-alive connections must not hold a shutdown or a restart open.
     forceCloseConnections: true,
     frameworkErrors: (err: FastifyError, _req: FastifyRequest, reply: FastifyReply) => {
@@ -197,6 +216,23 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
   api.addHook('onRoute', (r) => {
     const methods = Array.isArray(r.method) ? r.method : [r.method];
     for (const method of methods) routes.push({ method: String(method), url: r.url, schema: r.schema });
+  });
+
+  api.server.maxConnections = config.maxConnections ?? 64;
+
+  // Before the token: a browser's request is refused for where it comes from, whatever it carries.
+  const allowedHosts = config.allowedHosts ?? [];
+  api.addHook('onRequest', async (req, reply) => {
+    const side: ListenerSide = unix ? { address: undefined, port: undefined } : { address: req.socket.localAddress, port: req.socket.localPort };
+    const header = (name: string): string | undefined => {
+      const v = req.headers[name];
+      return Array.isArray(v) ? v.join(',') : v;
+    };
+    const host = checkHost(header('host'), side, allowedHosts);
+    const verdict = host.ok ? checkOrigin(req.method, header('host'), header('origin'), header('sec-fetch-site'), side, allowedHosts) : host;
+    if (verdict.ok) return;
+    log.warn({ client: req.ip, method: req.method, url: req.url.slice(0, 200), status: verdict.status }, `API request refused: ${verdict.reason}`);
+    return reply.code(verdict.status).send({ error: verdict.reason });
   });
 
   if (token !== undefined) {

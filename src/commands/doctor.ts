@@ -5,6 +5,7 @@ import { EtdError } from '../errors.js';
 import { criticalFailures, evaluate, summarize, type Finding } from '../doctor/checks.js';
 import { gatherFacts } from '../doctor/gather.js';
 import { parseProbe } from '../doctor/targets.js';
+import { escapeText } from '../util/escapeBytes.js';
 
 export interface DoctorOptions {
   readonly json: boolean;
@@ -28,7 +29,8 @@ export function formatFindings(findings: readonly Finding[]): string[] {
     lines.push(`${pad}${f.detail}`);
     if (f.fix !== undefined && f.status !== 'OK') lines.push(`${pad}fix: ${f.fix}`);
   }
-  return lines;
+  // Details quote backends' greetings, Redis errors and DNS answers: nothing raw reaches the terminal.
+  return lines.map((l) => escapeText(l));
 }
 
 /** One sentence on the findings as a whole: what etd run would do with them. */
@@ -64,7 +66,7 @@ export async function doctorCommand(config: Config, opts: DoctorOptions, out: (l
     out('');
     for (const line of formatFindings(findings)) out(line);
     out('');
-    out(verdictLine(findings));
+    out(escapeText(verdictLine(findings)));
   }
   return s.FAIL === 0 ? 0 : 1;
 }

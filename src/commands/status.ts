@@ -1,6 +1,8 @@
 // `etd status`: asks the running etd's management API (TCP or unix socket) and prints a readable summary, or the raw JSON with --json.
 
 import { urlHost } from '../util/address.js';
+import { escapeText } from '../util/escapeBytes.js';
+import fs from 'node:fs';
 import http from 'node:http';
 import type { ApiConfig } from '../config/schema.js';
 import { describeError } from '../errors.js';
@@ -24,6 +26,24 @@ export function apiTarget(api: ApiConfig): { url?: string; socket?: string; toke
   if (api.address.startsWith('/')) return { socket: api.address, ...token };
   const host = api.address === '0.0.0.0' ? '127.0.0.1' : api.address === '::' ? '::1' : api.address;
   return { url: `http://${urlHost(host)}:${api.port}`, ...token };
+}
+
+/**
+ * The bearer token for `etd status`: --token-file, else $ETD_TOKEN, else the config's. Never from
+ * argv (ps shows it). An unreadable or empty file is an error naming it.
+ */
+export function statusToken(tokenFile: string | undefined, env: string | undefined, fromConfig: string | undefined): string | undefined | { error: string } {
+  if (tokenFile !== undefined) {
+    let text: string;
+    try {
+      text = fs.readFileSync(tokenFile, 'utf8').trim();
+    } catch (e) {
+      return { error: `cannot read the token file ${tokenFile}: ${(e as NodeJS.ErrnoException).code ?? describeError(e)}` };
+    }
+    return text === '' ? { error: `the token file ${tokenFile} is empty` } : text;
+  }
+  if (env !== undefined && env.trim() !== '') return env.trim();
+  return fromConfig;
 }
 
 class StatusError extends Error {}
@@ -65,7 +85,7 @@ function get(opts: StatusOptions, path: string): Promise<unknown> {
             reject(
               new StatusError(
                 `the API at ${where(opts)} wants a bearer token${opts.token !== undefined ? ' and refused the one given' : ''}: ` +
-                  'pass -c with the config file that sets api.token (or api.tokenFile), or --token',
+                  'pass -c with the config file that sets api.token (or api.tokenFile), --token-file FILE, or set ETD_TOKEN',
               ),
             );
           } else if (res.statusCode !== 200) {
@@ -167,7 +187,9 @@ export function formatStatus(status: StatusBody, stats: StatsBody, backends: rea
     if (!shown.has(verdict) && n > 0) lines.push(`  ${verdict.replace(/_/g, ' ').padEnd(14)} ${num(n)}`);
   }
   lines.push(`  bytes          ${bytes(stats.bytes.fromClient)} from clients, ${bytes(stats.bytes.toClient)} to clients`);
-  return lines.join('\n');
+  // Names, addresses and errors come from the API, which got them from Redis, backends and
+  // config: no line may carry a control character to the terminal.
+  return lines.map((l) => escapeText(l)).join('\n');
 }
 
 /** Returns the exit code: 0, or 1 when the API cannot be reached or answers with an error. */
@@ -179,13 +201,14 @@ export async function statusCommand(
   try {
     const [status, stats, backends] = await Promise.all([get(opts, '/v1/status'), get(opts, '/v1/stats'), get(opts, '/v1/backends')]);
     if (opts.json) {
-      out(JSON.stringify({ status, stats, backends: (backends as { backends: unknown }).backends }, null, 2));
+      // JSON escapes C0 already; C1 (U+0080-U+009F, CSI and OSC among them) too, for a terminal that shows it.
+      out(JSON.stringify({ status, stats, backends: (backends as { backends: unknown }).backends }, null, 2).replace(/[\x7f-\x9f]/g, (c) => `\\u00${c.charCodeAt(0).toString(16)}`));
     } else {
       out(formatStatus(status as StatusBody, stats as StatsBody, (backends as { backends: BackendBody[] }).backends));
     }
     return 0;
   } catch (e) {
-    err(`etd status: ${e instanceof StatusError ? e.message : describeError(e)}`);
+    err(escapeText(`etd status: ${e instanceof StatusError ? e.message : describeError(e)}`));
     return 1;
   }
 }

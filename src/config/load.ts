@@ -15,6 +15,7 @@ import { parseCidr } from './cidr.js';
 import { fallbackMessage, knownKeys, pointerToPath, SHOW_MAX, showValue as show } from './schemaErrors.js';
 import { reputationProblems } from '../reputation/configCheck.js';
 import { redisProblems } from '../cluster/options.js';
+import { rawAtInUserinfo, redactUrl } from '../util/redact.js';
 
 /** One problem in a config: where, what, and how to fix it. */
 export interface ConfigProblem {
@@ -191,6 +192,12 @@ function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
   out.push(...reputationProblems(raw.reputation));
   if (raw.cluster !== undefined) {
     out.push(...redisProblems(raw.cluster.redis));
+    // A raw "@" in the password is read differently by URL parsers and by people: refused, not guessed.
+    [['url', raw.cluster.redis.url] as const, ...(raw.cluster.redis.sentinels ?? []).map((s, i) => [`sentinels[${i}]`, s] as const)].forEach(([key, u]) => {
+      if (u !== undefined && rawAtInUserinfo(u)) {
+        out.push({ path: `cluster.redis.${key}`, message: `${redactUrl(u)}: the user or password holds a raw "@"; percent-encode it as %40 (x@y → x%40y)` });
+      }
+    });
     const caFile = raw.cluster.redis.caFile;
     if (caFile !== undefined) {
       const tls = [raw.cluster.redis.url ?? '', ...(raw.cluster.redis.sentinels ?? [])].some((u) => u.startsWith('rediss://'));
@@ -271,7 +278,14 @@ function resolve(raw: RawConfig): Config {
         command: raw.upstream.health.command,
       },
     },
-    api: { enabled: raw.api.enabled, address: raw.api.address, port: raw.api.port, token: resolveToken(raw) },
+    api: {
+      enabled: raw.api.enabled,
+      address: raw.api.address,
+      port: raw.api.port,
+      token: resolveToken(raw),
+      allowedHosts: raw.api.allowedHosts,
+      maxConnections: raw.api.maxConnections,
+    },
     timeouts: { clientMs: ms(raw.timeouts.client), serverMs: ms(raw.timeouts.server), shutdownGraceMs: ms(raw.timeouts.shutdownGrace) },
     limits: { ...raw.limits },
     netfilter: {
@@ -392,12 +406,33 @@ export function parseConfig(text: string, source = 'config'): Config {
   return validateConfig(doc ?? null, source);
 }
 
-/** Reads and validates a config file. */
+/**
+ * A config file is a few kilobytes; 1 MiB is far above any real one and keeps a mistaken or
+ * hostile file (300k listeners took 30 s and 1.6 GB to validate) from blocking a reload.
+ */
+export const MAX_CONFIG_BYTES = 1024 * 1024;
+
+/** Reads and validates a config file. Refuses a file over MAX_CONFIG_BYTES before parsing it. */
 export function loadConfig(file: string): Config {
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    const fd = fs.openSync(file, 'r');
+    try {
+      // Read at most one byte past the cap: the size from fstat may lie (a pipe, /proc, a growing file).
+      const buf = Buffer.alloc(MAX_CONFIG_BYTES + 1);
+      let n = 0;
+      for (let got = -1; got !== 0 && n < buf.length; n += got) got = fs.readSync(fd, buf, n, buf.length - n, null);
+      if (n > MAX_CONFIG_BYTES) {
+        throw new EtdError('ETD_ERR_CONFIG_READ', `config ${file} is larger than ${MAX_CONFIG_BYTES / 1024 / 1024} MiB; a config file is a few kilobytes`, {
+          hint: 'pass the right file with -c; long lists of addresses belong in access lists loaded through the API, not in thousands of listeners or servers',
+        });
+      }
+      text = buf.subarray(0, n).toString('utf8');
+    } finally {
+      fs.closeSync(fd);
+    }
   } catch (e) {
+    if (e instanceof EtdError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
     throw new EtdError('ETD_ERR_CONFIG_READ', `cannot read config ${file}: ${code ?? String(e)}`, {
       hint: code === 'ENOENT' ? 'pass the path of an existing file with -c (see config/etd.example.yaml)' : 'check the file permissions',
@@ -408,7 +443,7 @@ export function loadConfig(file: string): Config {
 
 /** The cluster section as written in YAML; the URL's password is redacted unless `redact` is false. */
 function clusterDocument(c: NonNullable<Config['cluster']>, redact: boolean): unknown {
-  const hide = (u: string) => (redact ? u.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:<redacted>@') : u);
+  const hide = (u: string) => (redact ? redactUrl(u) : u);
   const r = c.redis;
   return {
     redis: {
@@ -467,6 +502,8 @@ export function configToDocument(config: Config, redact = true): unknown {
       address: config.api.address,
       port: config.api.port,
       ...(config.api.token !== undefined ? { token: redact ? '<redacted>' : config.api.token } : {}),
+      allowedHosts: config.api.allowedHosts ?? [],
+      maxConnections: config.api.maxConnections ?? 64,
     },
     timeouts: { client: d(config.timeouts.clientMs), server: d(config.timeouts.serverMs), shutdownGrace: d(config.timeouts.shutdownGraceMs) },
     limits: config.limits,

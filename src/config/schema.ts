@@ -96,6 +96,15 @@ export const ConfigSchema = Type.Object(
         port: Type.Integer({ minimum: 0, maximum: 65535, default: 8025 }),
         token: Type.Optional(Type.String({ minLength: 16, description: 'bearer token; required when address is not loopback' })),
         tokenFile: Type.Optional(Type.String({ minLength: 1 })),
+        allowedHosts: Type.Array(
+          Type.String({
+            pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$',
+            maxLength: 255,
+            description: 'more names the Host header may carry (name, or name:port), e.g. a reverse proxy\'s public name; the listen address and localhost always pass',
+          }),
+          { default: [], maxItems: 64 },
+        ),
+        maxConnections: Type.Integer({ minimum: 1, maximum: 10000, default: 64, description: 'API connections at once (event streams included); more are closed at once' }),
       },
       { additionalProperties: false, default: {} },
     ),
@@ -253,6 +262,10 @@ export interface ApiConfig {
   readonly port: number;
   /** The bearer token (read from tokenFile when that is set); undefined = no token. */
   readonly token: string | undefined;
+  /** More names the Host header may carry (name or name:port); absent = none. */
+  readonly allowedHosts?: readonly string[];
+  /** Connections at once (default 64). */
+  readonly maxConnections?: number;
 }
 
 export interface DnsblConfig {

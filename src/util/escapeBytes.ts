@@ -1,4 +1,4 @@
-// Bytes made readable for a log line, the way postscreen shows early talk (`EHLO x\r\n`).
+// Bytes and outside text made readable and terminal-safe for a log line or the CLI, the way postscreen shows early talk (`EHLO x\r\n`).
 
 /**
  * Escapes bytes for a log line the way postscreen does (`EHLO x\r\n`): printable ASCII as is,
@@ -17,4 +17,20 @@ export function escapeBytes(buf: Uint8Array, max = 100): string {
     else out += `\\x${b.toString(16).padStart(2, '0')}`;
   }
   return out;
+}
+
+/**
+ * Text from outside (a Redis error, a backend's greeting, a DNS answer, a peer's name) made safe
+ * for a terminal: C0 controls, DEL and C1 controls (which start escape sequences: ESC, CSI 0x9b,
+ * OSC 0x9d) become \xHH, CR/LF/TAB \r \n \t, so a peer can neither redraw nor retitle the
+ * operator's screen. Other Unicode stays readable. At most `max` characters, then "…".
+ */
+export function escapeText(text: string, max = 10_000): string {
+  const cut = text.length > max ? `${text.slice(0, max)}…` : text;
+  return cut.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => {
+    if (c === '\r') return '\\r';
+    if (c === '\n') return '\\n';
+    if (c === '\t') return '\\t';
+    return `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`;
+  });
 }

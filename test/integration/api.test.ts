@@ -715,7 +715,7 @@ describe('OpenAPI and etd status', () => {
         'GET /v1/history',
         'GET /v1/clients/{address}',
         'GET /v1/reputation/{address}',
-        'GET /v1/doctor',
+        'POST /v1/doctor',
         'GET /ui/',
         'POST /v1/reload',
         'GET /v1/config',

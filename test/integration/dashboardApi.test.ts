@@ -1,4 +1,4 @@
-// The API the dashboard added, over real HTTP against an in-process etd: /v1/history, /v1/clients/{address}, /v1/doctor,
+// The API the dashboard added, over real HTTP against an in-process etd: /v1/history, /v1/clients/{address}, POST /v1/doctor,
 // the /ui/ assets (public, strict CSP) behind a token-protected API, and their place in the OpenAPI document and the README.
 
 import fs from 'node:fs';
@@ -94,15 +94,28 @@ describe('the dashboard API', () => {
     expect(bad.error).toMatch(/path\.address: "not-an-ip" is not an IPv4 or IPv6 address/);
   });
 
-  it('GET /v1/doctor: the findings with OK/WARN/FAIL, the verdict sentence; 400 for a bad client', async () => {
-    const d = await json<DoctorBody>('/v1/doctor?returnPath=false');
+  it('POST /v1/doctor: the findings with OK/WARN/FAIL, the verdict sentence; 400 for a bad client or probe; GET is 405', async () => {
+    const post = async <T>(body: unknown, status = 200): Promise<T> => {
+      const res = await fetch(`${api.url}/v1/doctor`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      const out = (await res.json()) as T;
+      expect(res.status, JSON.stringify(out)).toBe(status);
+      return out;
+    };
+    const d = await post<DoctorBody>({ returnPath: false });
     expect(Value.Check(DoctorBody, d)).toBe(true);
     expect(d.verdict).toMatch(/^\d+ FAIL, \d+ WARN, \d+ OK/);
     expect(d.findings.map((f) => f.id)).toContain('mode.plain');
     expect(d.ok).toBe(true);
-    const bad = await json<{ error: string }>('/v1/doctor?client=nope', 400);
-    expect(bad.error).toMatch(/query\.client/);
-    expect((await json<{ error: string }>('/v1/doctor?returnPath=maybe', 400)).error).toMatch(/query\.returnPath/);
+    expect((await post<{ error: string }>({ client: 'nope' }, 400)).error).toMatch(/body\.client/);
+    expect((await post<{ error: string }>({ returnPath: 'maybe' }, 400)).error).toMatch(/body\.returnPath/);
+    expect((await post<{ error: string }>({ probe: ['mail.example'] }, 400)).error).toMatch(/body\.probe: mail\.example: not an IPv4 or IPv6 address/);
+    // No body at all: every default.
+    const bare = await fetch(`${api.url}/v1/doctor`, { method: 'POST', headers: auth });
+    expect(bare.status).toBe(200);
+    const get = await fetch(`${api.url}/v1/doctor?returnPath=false`, { headers: auth });
+    expect(get.status).toBe(405);
+    expect(get.headers.get('allow')).toBe('POST');
+    expect(((await get.json()) as { error: string }).error).toMatch(/POST \/v1\/doctor/);
   });
 
   it('/ui/ is served without the token, with a strict CSP; the data behind it is not', async () => {
@@ -124,7 +137,7 @@ describe('the dashboard API', () => {
     expect(redirect.headers.get('location')).toBe('/ui/');
     expect((await fetch(`${api.url}/v1/history`)).status).toBe(401);
     expect((await fetch(`${api.url}/v1/clients/127.0.0.1`)).status).toBe(401);
-    expect((await fetch(`${api.url}/v1/doctor`)).status).toBe(401);
+    expect((await fetch(`${api.url}/v1/doctor`, { method: 'POST' })).status).toBe(401);
   });
 
   it('the new endpoints are in the OpenAPI document and in the README API table', async () => {
@@ -134,7 +147,7 @@ describe('the dashboard API', () => {
       ['/v1/history', 'get'],
       ['/v1/clients/{address}', 'get'],
       ['/v1/reputation/{address}', 'get'],
-      ['/v1/doctor', 'get'],
+      ['/v1/doctor', 'post'],
       ['/ui/', 'get'],
     ] as const) {
       expect(doc.paths[p]?.[method], p).toBeDefined();

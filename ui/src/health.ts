@@ -1,6 +1,6 @@
-// Config and health: the effective config (GET /v1/config, secrets redacted) and the doctor's findings run on demand (GET /v1/doctor).
+// Config and health: the effective config (GET /v1/config, secrets redacted) and the doctor's findings run on demand (POST /v1/doctor).
 
-import { get } from './api.js';
+import { call, get } from './api.js';
 import { $, clearError, el, fillTable, showError } from './dom.js';
 
 interface Finding {
@@ -17,7 +17,7 @@ async function runDoctor(): Promise<void> {
   btn.disabled = true;
   $('doctor-verdict').textContent = 'running the checks…';
   try {
-    const r = await get<{ verdict: string; findings: Finding[] }>(`/v1/doctor?returnPath=${$<HTMLInputElement>('doctor-return').checked}`);
+    const r = await call<{ verdict: string; findings: Finding[] }>('POST', '/v1/doctor', { returnPath: $<HTMLInputElement>('doctor-return').checked });
     $('doctor-verdict').textContent = r.verdict;
     const table = $('doctor');
     table.hidden = false;

@@ -1,0 +1,222 @@
+// etd under exactly the systemd unit's capabilities (read from systemd/etd.service), as a non-root
+// user, in vip and intercept mode in the netns lab: transparent relaying, early-talker drops, the
+// rules watch, a reload and a clean stop all work without CAP_NET_RAW or any other capability.
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
+import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
+import { runEtd, type RunningEtd } from '../helpers/cli.js';
+import { earlyTalker, swaks } from '../helpers/nsClient.js';
+
+const UNIT = path.join(__dirname, '../../systemd/etd.service');
+
+// Capability numbers from linux/capability.h, for the names a unit may grant etd.
+const CAP_NUMBERS: Record<string, number> = { CAP_NET_BIND_SERVICE: 10, CAP_NET_BROADCAST: 11, CAP_NET_ADMIN: 12, CAP_NET_RAW: 13 };
+
+/** The names listed by `key=` in the unit (one line; the test fails if the key is absent). */
+function unitCaps(key: string): string[] {
+  const line = fs
+    .readFileSync(UNIT, 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith(`${key}=`));
+  if (!line) throw new Error(`${UNIT} has no ${key}= line`);
+  return line.slice(key.length + 1).trim().split(/\s+/).sort();
+}
+
+const ambient = unitCaps('AmbientCapabilities');
+const bounding = unitCaps('CapabilityBoundingSet');
+
+/** The /proc status mask ("0000000000001400") of a set of capability names. */
+function mask(names: readonly string[]): string {
+  let m = 0n;
+  for (const n of names) {
+    const bit = CAP_NUMBERS[n];
+    if (bit === undefined) throw new Error(`unknown capability ${n} in ${UNIT}: add its number to CAP_NUMBERS`);
+    m |= 1n << BigInt(bit);
+  }
+  return m.toString(16).padStart(16, '0');
+}
+
+/** setpriv arguments giving the process what the unit gives etd: User=, Ambient/Bounding, NoNewPrivileges. */
+function asTheUnit(): string[] {
+  const list = (names: readonly string[]) => ['-all', ...names.map((n) => `+${n.slice(4).toLowerCase()}`)].join(',');
+  return ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', `--inh-caps=${list(ambient)}`, `--ambient-caps=${list(ambient)}`, `--bounding-set=${list(bounding)}`, '--no-new-privs'];
+}
+
+/** Uid and the capability sets of every thread of `pid`. */
+function credentials(pid: number): Array<Record<string, string>> {
+  return fs.readdirSync(`/proc/${pid}/task`).map((tid) => {
+    const status = fs.readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
+    const field = (k: string) => (status.match(new RegExp(`^${k}:\\s*(.*)$`, 'm'))?.[1] ?? '').trim();
+    return { tid, Uid: field('Uid'), Gid: field('Gid'), CapInh: field('CapInh'), CapPrm: field('CapPrm'), CapEff: field('CapEff'), CapAmb: field('CapAmb'), CapBnd: field('CapBnd'), NoNewPrivs: field('NoNewPrivs') };
+  });
+}
+
+const skip = skipPrivileged('etd under the unit capabilities') || skipWithout('setpriv', 'util-linux', 'etd under the unit capabilities') || skipWithout('swaks', 'swaks', 'etd under the unit capabilities');
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-priv-'));
+// The non-root etd reads its config from here.
+fs.chmodSync(dir, 0o755);
+let lab: Lab;
+let recorder: JsonLineProcess;
+const running: RunningEtd[] = [];
+
+function writeConfig(name: string, text: string): string {
+  const file = path.join(dir, name);
+  fs.writeFileSync(file, text, { mode: 0o644 });
+  return file;
+}
+
+async function startAsUnit(file: string): Promise<RunningEtd> {
+  const etd = runEtd(file, ['ip', 'netns', 'exec', lab.ns.gateway, ...asTheUnit()]);
+  running.push(etd);
+  await etd.waitFor((l) => l.msg === 'etd started', 20_000);
+  return etd;
+}
+
+function expectUnitCredentials(etd: RunningEtd): void {
+  const nobody = '65534\t65534\t65534\t65534';
+  for (const t of credentials(etd.child.pid!)) {
+    expect(t, `thread ${t.tid}`).toEqual({ tid: t.tid, Uid: nobody, Gid: nobody, CapInh: mask(ambient), CapPrm: mask(ambient), CapEff: mask(ambient), CapAmb: mask(ambient), CapBnd: mask(bounding), NoNewPrivs: '1' });
+  }
+}
+
+const connectsFrom = (addr: string) => recorder.events.filter((e) => e.event === 'connect' && e.remoteAddress === addr).length;
+
+describe.skipIf(skip)('etd with exactly the unit capabilities', () => {
+  beforeAll(async () => {
+    lab = await createLab();
+    recorder = await lab.startRecorder(lab.ns.backend, [
+      { address: lab.v4.backends[0], port: 25 },
+      { address: lab.v6.backends[0], port: 25 },
+    ]);
+  }, 60_000);
+
+  afterEach(async () => {
+    for (const e of running) {
+      if (e.child.exitCode === null && e.child.signalCode === null) {
+        e.child.kill('SIGKILL');
+        await e.exited;
+      }
+    }
+  });
+
+  afterAll(async () => {
+    for (const e of running) e.child.kill('SIGKILL');
+    await lab?.destroy();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('the unit grants CAP_NET_ADMIN and CAP_NET_BIND_SERVICE only, as ambient and bounding set alike', () => {
+    expect(ambient).toEqual(['CAP_NET_ADMIN', 'CAP_NET_BIND_SERVICE']);
+    expect(bounding).toEqual(ambient);
+  });
+
+  it('vip mode: relays from the client address, drops an early talker, re-applies flushed rules, reloads on SIGHUP, and removes its rules on stop', async () => {
+    const file = writeConfig(
+      'vip.yaml',
+      `
+listeners:
+  - { name: smtp4, address: ${lab.v4.gatewayClientSide}, port: 25, mode: vip }
+  - { name: smtp6, address: "${lab.v6.gatewayClientSide}", port: 25, mode: vip }
+detection: { window: 500ms, action: drop }
+upstream:
+  source: clientip
+  connectTimeout: 3s
+  retries: 0
+  health: { enabled: false }
+  servers:
+    - { name: b4, address: ${lab.v4.backends[0]}, port: 25 }
+    - { name: b6, address: "${lab.v6.backends[0]}", port: 25 }
+netfilter: { watch: 500ms }
+# No deny cache: the v4 client talks early, then must pass again after the reload.
+cache: { enabled: false }
+api: { enabled: false }
+state: { path: ":memory:" }
+log: { level: info }
+`,
+    );
+    const etd = await startAsUnit(file);
+    expectUnitCredentials(etd);
+
+    for (const [family, client, gw] of [
+      ['v4', lab.v4.client, lab.v4.gatewayClientSide],
+      ['v6', lab.v6.client, lab.v6.gatewayClientSide],
+    ] as const) {
+      expect(await swaks(lab, gw), family).toMatch(/<- +250 Queued/);
+      const msg = await recorder.waitFor((e) => e.event === 'message' && e.remoteAddress === client, 5000);
+      expect(msg.remoteAddress, family).toBe(client);
+      const before = connectsFrom(client);
+      const early = await earlyTalker(lab, gw);
+      expect(early.data, family).toBe('');
+      await etd.waitFor(() => etd.lines.filter((l) => l.msg === 'session' && l.verdict === 'early_talker').length >= (family === 'v4' ? 1 : 2), 5000);
+      expect(connectsFrom(client), `${family}: the early talker reached the backend`).toBe(before);
+    }
+
+    // The watch re-applies the nftables table and ip rule (CAP_NET_ADMIN through netlink and the ambient set of `ip`).
+    await lab.exec(lab.ns.gateway, 'nft', ['delete', 'table', 'inet', 'etd']);
+    await lab.exec(lab.ns.gateway, 'ip', ['rule', 'del', 'fwmark', '0x1', 'lookup', '100']);
+    await etd.waitFor((l) => String(l.msg).includes('re-applying'), 10_000);
+    // The warning comes before the re-apply: poll until both are back (the test's timeout bounds it).
+    for (;;) {
+      const nft = await lab.exec(lab.ns.gateway, 'nft', ['list', 'table', 'inet', 'etd'], { allowFailure: true });
+      const rules = await lab.exec(lab.ns.gateway, 'ip', ['rule', 'show']);
+      if (/socket transparent 1/.test(nft.stdout) && /fwmark 0x1 lookup 100/.test(rules.stdout)) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(etd.lines.filter((l) => l.level === 'error' || l.level === 50)).toEqual([]);
+
+    // A reload that starts a listener anew (renamed) binds port 25 again: CAP_NET_BIND_SERVICE after start.
+    fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('name: smtp4', 'name: smtp4b'));
+    etd.child.kill('SIGHUP');
+    await etd.waitFor((l) => l.msg === 'configuration reloaded', 10_000);
+    const before = recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length;
+    expect(await swaks(lab, lab.v4.gatewayClientSide)).toMatch(/<- +250 Queued/);
+    await recorder.waitFor(() => recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length > before, 5000);
+    expectUnitCredentials(etd);
+
+    etd.child.kill('SIGTERM');
+    expect(await etd.exited).toBe(0);
+    expect((await lab.exec(lab.ns.gateway, 'nft', ['list', 'ruleset'])).stdout).not.toMatch(/table inet etd/);
+    expect((await lab.exec(lab.ns.gateway, 'ip', ['rule', 'show'])).stdout).not.toMatch(/fwmark 0x1/);
+  }, 120_000);
+
+  it('intercept mode: relays to the original destination from the client address and drops an early talker', async () => {
+    const file = writeConfig(
+      'intercept.yaml',
+      `
+listeners:
+  - { name: icpt, mode: intercept, port: 25, destinations: [${lab.v4.backends[0]}/32, "${lab.v6.backends[0]}/128"] }
+detection: { window: 500ms, action: drop }
+upstream: { source: clientip, connectTimeout: 3s, health: { enabled: false } }
+api: { enabled: false }
+state: { path: ":memory:" }
+log: { level: info }
+`,
+    );
+    const etd = await startAsUnit(file);
+    expectUnitCredentials(etd);
+    for (const [family, client, backend] of [
+      ['v4', lab.v4.client, lab.v4.backends[0]],
+      ['v6', lab.v6.client, lab.v6.backends[0]],
+    ] as const) {
+      const sessions = etd.lines.filter((l) => l.msg === 'session').length;
+      const messages = recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === client).length;
+      expect(await swaks(lab, backend), family).toMatch(/<- +250 Queued/);
+      const msg = await recorder.waitFor((e) => e.event === 'message' && e.remoteAddress === client && recorder.events.filter((x) => x.event === 'message' && x.remoteAddress === client).length > messages, 5000);
+      expect(msg.localAddress, family).toBe(backend);
+      // etd was on the path: it logged the session (the backend alone would not).
+      await etd.waitFor(() => etd.lines.filter((l) => l.msg === 'session').length > sessions, 5000);
+
+      const before = connectsFrom(client);
+      const early = await earlyTalker(lab, backend);
+      expect(early.data, family).toBe('');
+      await etd.waitFor(() => etd.lines.filter((l) => l.msg === 'session' && l.verdict === 'early_talker').length >= (family === 'v4' ? 1 : 2), 5000);
+      expect(connectsFrom(client), `${family}: the early talker reached the backend`).toBe(before);
+    }
+    etd.child.kill('SIGTERM');
+    expect(await etd.exited).toBe(0);
+  }, 90_000);
+});

@@ -28,7 +28,15 @@ export function projects(parallelFiles: readonly string[], serialFiles: readonly
   return [
     {
       extends: true,
-      test: { ...common, name: 'parallel', include: [...parallelFiles], exclude: [...serialFiles], fileParallelism: true, maxWorkers: parallel, sequence: { groupOrder: 0 } },
+      test: {
+        ...common,
+        name: 'parallel',
+        include: [...parallelFiles],
+        exclude: [...serialFiles],
+        fileParallelism: true,
+        maxWorkers: parallel,
+        sequence: { groupOrder: 0 },
+      },
     },
     {
       extends: true,
@@ -41,6 +49,9 @@ export default defineConfig({
   test: {
     reporters: ['default'],
     // The netns and system files share the host kernel (each builds its own uniquely named lab): one at a time.
-    projects: projects(['test/unit/**/*.test.ts', 'test/integration/**/*.test.ts'], ['test/netns/**/*.test.ts', 'test/system/**/*.test.ts', ...SERIAL_INTEGRATION]),
+    projects: projects(
+      ['test/unit/**/*.test.ts', 'test/integration/**/*.test.ts'],
+      ['test/netns/**/*.test.ts', 'test/system/**/*.test.ts', ...SERIAL_INTEGRATION],
+    ),
   },
 });

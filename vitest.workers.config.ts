@@ -25,6 +25,9 @@ export const WORKER_SCENARIOS = [
 export default defineConfig({
   test: {
     reporters: ['default'],
-    projects: projects(WORKER_SCENARIOS, WORKER_SCENARIOS.filter((f) => SERIAL_INTEGRATION.includes(f))),
+    projects: projects(
+      WORKER_SCENARIOS,
+      WORKER_SCENARIOS.filter((f) => SERIAL_INTEGRATION.includes(f)),
+    ),
   },
 });

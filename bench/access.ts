@@ -10,12 +10,12 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import pino from 'pino';
 import { Redis } from 'ioredis';
-import { App } from '../src/app.js';
+import pino from 'pino';
 import { startApi } from '../src/api/server.js';
+import { App } from '../src/app.js';
+import { type Address, parseAddress } from '../src/config/cidr.js';
 import { validateConfig } from '../src/config/load.js';
-import { parseAddress, type Address } from '../src/config/cidr.js';
 import { AccessLists } from '../src/policy/access.js';
 
 const N = Number(process.argv[2] ?? 100_000);
@@ -34,10 +34,14 @@ function freePort(): Promise<number> {
 /** Entry i, in the canonical spelling peers write (a non-canonical field flaps: see the report): a mix of IPv4 /32, /24 and IPv6 /48, /64 prefixes (what an operator's block list holds). */
 function entry(i: number): string {
   switch (i % 4) {
-    case 0: return `10.${(i >>> 16) & 0xff}.${(i >>> 8) & 0xff}.${i & 0xff}/32`;
-    case 1: return `${100 + ((i >>> 16) & 0x3f)}.${(i >>> 8) & 0xff}.${i & 0xff}.0/24`;
-    case 2: return `2001:db8:${((i >>> 2) + 1).toString(16)}::/48`;
-    default: return `2001:db9:${((i >>> 16) & 0xffff).toString(16)}:${(i & 0xffff).toString(16)}::/64`;
+    case 0:
+      return `10.${(i >>> 16) & 0xff}.${(i >>> 8) & 0xff}.${i & 0xff}/32`;
+    case 1:
+      return `${100 + ((i >>> 16) & 0x3f)}.${(i >>> 8) & 0xff}.${i & 0xff}.0/24`;
+    case 2:
+      return `2001:db8:${((i >>> 2) + 1).toString(16)}::/48`;
+    default:
+      return `2001:db9:${((i >>> 16) & 0xffff).toString(16)}:${(i & 0xffff).toString(16)}::/64`;
   }
 }
 
@@ -49,7 +53,9 @@ function pct(xs: number[], p: number): number {
 async function syncBench(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-bench-access-'));
   const port = await freePort();
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   await new Promise<void>((resolve, reject) => {
     child.stdout.on('data', (c: Buffer) => {
@@ -105,8 +111,12 @@ async function syncBench(): Promise<void> {
     const ms = performance.now() - t0;
     done = true;
     await poller;
-    console.log(`sync of ${N} entries from redis-server: applied ${ms.toFixed(0)} ms after the HSET (includes up to 250 ms until the next syncInterval read)`);
-    console.log(`API during the sync: ${lat.length} requests, p50 ${pct(lat, 50).toFixed(1)} ms, p99 ${pct(lat, 99).toFixed(1)} ms, max ${Math.max(...lat).toFixed(1)} ms`);
+    console.log(
+      `sync of ${N} entries from redis-server: applied ${ms.toFixed(0)} ms after the HSET (includes up to 250 ms until the next syncInterval read)`,
+    );
+    console.log(
+      `API during the sync: ${lat.length} requests, p50 ${pct(lat, 50).toFixed(1)} ms, p99 ${pct(lat, 99).toFixed(1)} ms, max ${Math.max(...lat).toFixed(1)} ms`,
+    );
     // A second pass: the next sync with nothing changed (what every syncInterval costs at this size).
     const t1 = performance.now();
     const local = app.access.list().length;
@@ -125,7 +135,11 @@ function matchBench(): void {
   const clients: string[] = [];
   for (let i = 0; i < 100_000; i++) {
     const r = (i * 2654435761) >>> 0;
-    clients.push(i % 2 ? `${(r >>> 24) & 0xff}.${(r >>> 16) & 0xff}.${(r >>> 8) & 0xff}.${r & 0xff}` : `2001:db8:${(r & 0xffff).toString(16)}::${(r >>> 16).toString(16)}`);
+    clients.push(
+      i % 2
+        ? `${(r >>> 24) & 0xff}.${(r >>> 16) & 0xff}.${(r >>> 8) & 0xff}.${r & 0xff}`
+        : `2001:db8:${(r & 0xffff).toString(16)}::${(r >>> 16).toString(16)}`,
+    );
   }
   const empty = new AccessLists({ allow: [], deny: [] });
   const full = new AccessLists({ allow: [], deny: [], maxEntries: N });
@@ -149,7 +163,9 @@ function matchBench(): void {
   run(full); // warm-up
   const e = run(empty);
   const f = run(full);
-  console.log(`per-connection parse + match: empty list ${e.toFixed(2)} µs, ${N} entries ${f.toFixed(2)} µs (difference ${(f - e).toFixed(2)} µs)`);
+  console.log(
+    `per-connection parse + match: empty list ${e.toFixed(2)} µs, ${N} entries ${f.toFixed(2)} µs (difference ${(f - e).toFixed(2)} µs)`,
+  );
   // For comparison: net.BlockList with the same entries (no most-specific-wins semantics).
   const bl = new net.BlockList();
   t = performance.now();
@@ -165,7 +181,9 @@ function matchBench(): void {
     const c = clients[i]!;
     bl.check(c, c.includes(':') ? 'ipv6' : 'ipv4');
   }
-  console.log(`net.BlockList at ${Math.min(N, 10_000)} entries: check ${(((performance.now() - t0) * 1000) / m).toFixed(1)} µs per address (grows with the list: a scan)`);
+  console.log(
+    `net.BlockList at ${Math.min(N, 10_000)} entries: check ${(((performance.now() - t0) * 1000) / m).toFixed(1)} µs per address (grows with the list: a scan)`,
+  );
 }
 
 if (!process.env.SKIP_MATCH) matchBench();

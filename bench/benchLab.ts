@@ -6,14 +6,13 @@
 // `usesrc clientip` sockets get their return traffic exactly like etd's. Every process is
 // spawned through the lab, which tracks it and kills it by pid on destroy.
 
-import { execFileSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { type ChildProcess, execFileSync, type SpawnOptions } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createLab, hostPort, type Lab } from '../lab/netns.js';
-import { sleep } from './procfs.js';
-
 import { CLI_PATH, PACKAGE_ROOT } from '../src/paths.js';
+import { sleep } from './procfs.js';
 
 export const ROOT = PACKAGE_ROOT;
 export const CLI = CLI_PATH;
@@ -83,13 +82,21 @@ export function missingPrerequisites(etdCli: string, want: { haproxy: boolean })
 }
 
 /** Polls until `ss` shows a TCP listener on address:port in `ns`. */
-export async function waitListening(lab: Lab, ns: string, address: string, port: number, timeoutMs: number, child?: ChildProcess): Promise<void> {
+export async function waitListening(
+  lab: Lab,
+  ns: string,
+  address: string,
+  port: number,
+  timeoutMs: number,
+  child?: ChildProcess,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   const want = hostPort(address, port);
   for (;;) {
     const { stdout } = await lab.exec(ns, 'ss', ['-Hltn'], { allowFailure: true });
     if (stdout.split('\n').some((l) => l.split(/\s+/).includes(want))) return;
-    if (child && (child.exitCode !== null || child.signalCode !== null)) throw new Error(`process exited (${child.exitCode ?? child.signalCode}) before listening on ${want}`);
+    if (child && (child.exitCode !== null || child.signalCode !== null))
+      throw new Error(`process exited (${child.exitCode ?? child.signalCode}) before listening on ${want}`);
     if (Date.now() > deadline) throw new Error(`nothing listens on ${want} in ${ns} after ${timeoutMs} ms`);
     await sleep(50);
   }
@@ -149,7 +156,10 @@ export async function createBenchLab(visitors: number, say: (s: string) => void)
 
   let rulesFile: string | undefined;
   const destroy = async (): Promise<void> => {
-    if (rulesFile) await lab.exec(lab.ns.gateway, process.execPath, [CLI, 'rules', 'remove', '-c', rulesFile], { allowFailure: true, timeoutMs: 20_000 }).catch(() => undefined);
+    if (rulesFile)
+      await lab
+        .exec(lab.ns.gateway, process.execPath, [CLI, 'rules', 'remove', '-c', rulesFile], { allowFailure: true, timeoutMs: 20_000 })
+        .catch(() => undefined);
     await lab.destroy();
     fs.rmSync(dir, { recursive: true, force: true });
   };
@@ -163,7 +173,11 @@ export async function createBenchLab(visitors: number, say: (s: string) => void)
     }
     // Conntrack only tracks in a namespace whose rules need it; etd's do not. Report what is there.
     const ct = await lab.exec(lab.ns.gateway, 'sysctl', ['-n', 'net.netfilter.nf_conntrack_max'], { allowFailure: true });
-    notes.push(ct.code === 0 ? `conntrack is loaded (gateway nf_conntrack_max ${ct.stdout.trim()}) but no rule in the lab uses it, so it tracks nothing: nothing to widen` : 'conntrack is not loaded: nothing to widen');
+    notes.push(
+      ct.code === 0
+        ? `conntrack is loaded (gateway nf_conntrack_max ${ct.stdout.trim()}) but no rule in the lab uses it, so it tracks nothing: nothing to widen`
+        : 'conntrack is not loaded: nothing to widen',
+    );
 
     if (visitorAddresses.length) {
       const lines = visitorAddresses.map((a) => `addr add ${a}/24 dev ${lab.ifaces.client}`);
@@ -175,11 +189,18 @@ export async function createBenchLab(visitors: number, say: (s: string) => void)
     await lab.exec(lab.ns.gateway, process.execPath, [CLI, 'rules', 'apply', '-c', rulesFile], { timeoutMs: 30_000 });
 
     for (const [i, address] of backends.entries()) {
-      const sink = spawnLogged(lab.ns.backend, SMTP_SINK, ['-u', 'nobody', '-m', '8192', `${address}:25`, '8192'], path.join(dir, `smtp-sink-${i}.log`));
+      const sink = spawnLogged(
+        lab.ns.backend,
+        SMTP_SINK,
+        ['-u', 'nobody', '-m', '8192', `${address}:25`, '8192'],
+        path.join(dir, `smtp-sink-${i}.log`),
+      );
       await waitListening(lab, lab.ns.backend, address, 25, 10_000, sink);
       if (sink.pid !== undefined) sinkPids.push(sink.pid);
     }
-    say(`lab ${lab.id}: client ${lab.v4.client} (+${visitorAddresses.length} visitor addresses) → gateway ${proxyAddress} → smtp-sink ${backends.join(', ')}`);
+    say(
+      `lab ${lab.id}: client ${lab.v4.client} (+${visitorAddresses.length} visitor addresses) → gateway ${proxyAddress} → smtp-sink ${backends.join(', ')}`,
+    );
   } catch (e) {
     await destroy();
     throw e;

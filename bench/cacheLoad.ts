@@ -82,7 +82,9 @@ function main(): void {
       heapDelta: mb(heap1 - heap0),
       node: process.version,
     };
-    console.log(`cache load: ${loaded} entries in ${out.loadMs} ms (${out.perEntryNs} ns/entry), RSS +${out.rssDelta}, heap +${out.heapDelta}; file ${out.fileSize} filled in ${out.fillMs} ms`);
+    console.log(
+      `cache load: ${loaded} entries in ${out.loadMs} ms (${out.perEntryNs} ns/entry), RSS +${out.rssDelta}, heap +${out.heapDelta}; file ${out.fileSize} filled in ${out.fillMs} ms`,
+    );
     console.log(JSON.stringify(out));
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });

@@ -18,8 +18,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { createLab, type Lab } from '../lab/netns.js';
 import { CLI_PATH } from '../src/paths.js';
-import { cpuMs, distribution, sleep, type Distribution } from './procfs.js';
 import { exited } from './benchLab.js';
+import { cpuMs, type Distribution, distribution, sleep } from './procfs.js';
 
 const HERE = path.dirname(new URL(import.meta.url).pathname);
 const MAIL_LOAD = path.join(HERE, 'clients', 'mailLoad.js');
@@ -63,11 +63,15 @@ async function startEtd(lab: Lab, ns: string, file: string, log: string, waitClu
   const fd = fs.openSync(log, 'a');
   // ETD_BENCH_CLUSTER_PROFILE=DIR: a V8 CPU profile of each etd run lands there (where the time goes).
   const prof = process.env.ETD_BENCH_CLUSTER_PROFILE;
-  const child = lab.spawn(ns, process.execPath, [...(prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : []), CLI_PATH, 'run', '-c', file], { stdio: ['ignore', fd, fd] });
+  const child = lab.spawn(ns, process.execPath, [...(prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : []), CLI_PATH, 'run', '-c', file], {
+    stdio: ['ignore', fd, fd],
+  });
   fs.closeSync(fd);
   const deadline = Date.now() + 20_000;
   const want = waitCluster ? 'cluster: connected to Redis' : '"msg":"etd started"';
-  while (!(fs.existsSync(log) && fs.readFileSync(log, 'utf8').includes(want) && fs.readFileSync(log, 'utf8').includes('"msg":"etd started"'))) {
+  while (
+    !(fs.existsSync(log) && fs.readFileSync(log, 'utf8').includes(want) && fs.readFileSync(log, 'utf8').includes('"msg":"etd started"'))
+  ) {
     if (child.exitCode !== null) throw new Error(`etd exited: ${fs.readFileSync(log, 'utf8').slice(-2000)}`);
     if (Date.now() > deadline) throw new Error(`etd not ready in 20 s: ${fs.readFileSync(log, 'utf8').slice(-2000)}`);
     await sleep(50);
@@ -118,15 +122,35 @@ async function main(): Promise<number> {
     const net20 = `10.${lab.x}.16`;
     const addrs: string[] = [];
     for (let i = 0; i < 4094; i++) addrs.push(`10.${lab.x}.${16 + (((i + 1) >> 8) & 15)}.${(i + 1) & 255}`);
-    await lab.exec(lab.ns.client, 'ip', ['-batch', '-'], { input: `${addrs.map((a) => `addr add ${a}/32 dev ${lab.ifaces.client}`).join('\n')}\n`, timeoutMs: 60_000 });
+    await lab.exec(lab.ns.client, 'ip', ['-batch', '-'], {
+      input: `${addrs.map((a) => `addr add ${a}/32 dev ${lab.ifaces.client}`).join('\n')}\n`,
+      timeoutMs: 60_000,
+    });
     await lab.exec(lab.ns.gateway, 'ip', ['route', 'add', `${net20}.0/20`, 'via', lab.v4.client]);
     for (const ns of [lab.ns.client, lab.ns.gateway, peer.ns]) {
-      await lab.exec(ns, 'sysctl', ['-q', '-w', 'net.ipv4.ip_local_port_range=10000 65000', 'net.core.somaxconn=65535'], { allowFailure: true });
+      await lab.exec(ns, 'sysctl', ['-q', '-w', 'net.ipv4.ip_local_port_range=10000 65000', 'net.core.somaxconn=65535'], {
+        allowFailure: true,
+      });
     }
     lab.spawn(lab.ns.backend, 'smtp-sink', ['-u', 'nobody', '-m', '8192', `${lab.v4.backends[0]}:25`, '8192']);
-    lab.spawn(lab.ns.backend, 'redis-server', ['--port', '6379', '--bind', lab.v4.backends[1], '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--protected-mode', 'no']);
+    lab.spawn(lab.ns.backend, 'redis-server', [
+      '--port',
+      '6379',
+      '--bind',
+      lab.v4.backends[1],
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--daemonize',
+      'no',
+      '--protected-mode',
+      'no',
+    ]);
     await sleep(500);
-    say(`lab ${lab.id}: ${addrs.length} client addresses → gateway A ${lab.v4.gatewayClientSide} / gateway B ${peer.v4} → smtp-sink ${lab.v4.backends[0]}, redis ${lab.v4.backends[1]}`);
+    say(
+      `lab ${lab.id}: ${addrs.length} client addresses → gateway A ${lab.v4.gatewayClientSide} / gateway B ${peer.v4} → smtp-sink ${lab.v4.backends[0]}, redis ${lab.v4.backends[1]}`,
+    );
 
     // ---- 1. sessions/s, cluster off and on, two rounds ------------------------------------------
     const per = Math.min(SESSIONS, Math.floor(addrs.length / 4));
@@ -136,7 +160,13 @@ async function main(): Promise<number> {
       const tag = `s${slice}`;
       const sources = addrs.slice(slice * per, (slice + 1) * per);
       slice++;
-      const etd = await startEtd(lab, lab.ns.gateway, config(dir, tag, lab.v4.gatewayClientSide, lab, cluster ? `bench${tag}:` : undefined), path.join(dir, `${tag}.log`), cluster);
+      const etd = await startEtd(
+        lab,
+        lab.ns.gateway,
+        config(dir, tag, lab.v4.gatewayClientSide, lab, cluster ? `bench${tag}:` : undefined),
+        path.join(dir, `${tag}.log`),
+        cluster,
+      );
       try {
         const c0 = cpuMs(etd.pid);
         const r = await runJson<{ sessions: number; delivered: number; wallMs: number; errors: string[] }>(
@@ -146,8 +176,16 @@ async function main(): Promise<number> {
           120_000,
         );
         const cpu = cpuMs(etd.pid) - c0;
-        runs.push({ cluster, sessionsPerS: r.sessions / (r.wallMs / 1000), cpuMsPerSession: cpu / r.sessions, delivered: r.delivered, errors: r.errors });
-        say(`sessions, cluster ${cluster ? 'on ' : 'off'}: ${r.sessions} first visits, ${PARALLEL} parallel, window ${WINDOW_MS} ms: ${(r.sessions / (r.wallMs / 1000)).toFixed(0)} sessions/s, etd CPU ${(cpu / r.sessions).toFixed(3)} ms/session, ${r.delivered} delivered${r.errors.length ? `; errors: ${r.errors.join('; ')}` : ''}`);
+        runs.push({
+          cluster,
+          sessionsPerS: r.sessions / (r.wallMs / 1000),
+          cpuMsPerSession: cpu / r.sessions,
+          delivered: r.delivered,
+          errors: r.errors,
+        });
+        say(
+          `sessions, cluster ${cluster ? 'on ' : 'off'}: ${r.sessions} first visits, ${PARALLEL} parallel, window ${WINDOW_MS} ms: ${(r.sessions / (r.wallMs / 1000)).toFixed(0)} sessions/s, etd CPU ${(cpu / r.sessions).toFixed(3)} ms/session, ${r.delivered} delivered${r.errors.length ? `; errors: ${r.errors.join('; ')}` : ''}`,
+        );
       } finally {
         await etd.stop();
       }
@@ -160,7 +198,13 @@ async function main(): Promise<number> {
 
     // ---- 2. returning sender on the other gateway ---------------------------------------------
     const prefix = 'benchret:';
-    const a = await startEtd(lab, lab.ns.gateway, config(dir, 'ret-a', lab.v4.gatewayClientSide, lab, prefix), path.join(dir, 'ret-a.log'), true);
+    const a = await startEtd(
+      lab,
+      lab.ns.gateway,
+      config(dir, 'ret-a', lab.v4.gatewayClientSide, lab, prefix),
+      path.join(dir, 'ret-a.log'),
+      true,
+    );
     const b = await startEtd(lab, peer.ns, config(dir, 'ret-b', peer.v4, lab, prefix), path.join(dir, 'ret-b.log'), true);
     let otherGateway: Distribution;
     let localHit: Distribution;
@@ -179,7 +223,10 @@ async function main(): Promise<number> {
       otherGateway = distribution(viaB.samples.slice(1));
       localHit = distribution(again.samples.slice(1));
       direct = distribution(backend.samples.slice(1));
-      const released = fs.readFileSync(path.join(dir, 'ret-b.log'), 'utf8').split('\n').filter((l) => l.includes('"released":"cluster_pass"')).length;
+      const released = fs
+        .readFileSync(path.join(dir, 'ret-b.log'), 'utf8')
+        .split('\n')
+        .filter((l) => l.includes('"released":"cluster_pass"')).length;
       say(`returning sender on B after a pass on A: ${released} of ${RETURNING} released by the cluster`);
     } finally {
       await b.stop();

@@ -17,7 +17,9 @@ export interface BenchContext {
 /** Thrown when a step would not fit into what is left of the run's time budget. */
 export class OutOfTime extends Error {
   constructor(what: string, neededMs: number, leftMs: number) {
-    super(`${what}: skipped, it needs about ${Math.round(neededMs / 1000)} s and ${Math.round(leftMs / 1000)} s are left of the run's time budget`);
+    super(
+      `${what}: skipped, it needs about ${Math.round(neededMs / 1000)} s and ${Math.round(leftMs / 1000)} s are left of the run's time budget`,
+    );
     this.name = 'OutOfTime';
   }
 }

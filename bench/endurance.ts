@@ -14,9 +14,9 @@
 import http from 'node:http';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { CLI, createBenchLab, missingPrerequisites, type BenchLab } from './benchLab.js';
+import { type BenchLab, CLI, createBenchLab, missingPrerequisites } from './benchLab.js';
 import { startEtdProxy } from './etdProxy.js';
-import { DEFAULT_RULES, heapUsedFromMetrics, judge, sampleLine, type Sample } from './flatness.js';
+import { DEFAULT_RULES, heapUsedFromMetrics, judge, type Sample, sampleLine } from './flatness.js';
 import { runSmtpSource } from './load.js';
 import { loadNow } from './machine.js';
 import { alive, rssBytes, sleep } from './procfs.js';
@@ -56,15 +56,25 @@ function options(argv: string[]): Options | undefined {
   const { values } = parseArgs({
     args: argv,
     strict: true,
-    options: { minutes: { type: 'string' }, parallel: { type: 'string' }, interval: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      minutes: { type: 'string' },
+      parallel: { type: 'string' },
+      interval: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
   });
   if (values.help) return undefined;
   const num = (name: string, v: string | undefined, dflt: number, max: number): number => {
     const n = v === undefined ? dflt : Number(v);
-    if (!Number.isFinite(n) || n <= 0 || n > max) throw new Error(`--${name} must be a number above 0 and at most ${max} (got ${JSON.stringify(v)})`);
+    if (!Number.isFinite(n) || n <= 0 || n > max)
+      throw new Error(`--${name} must be a number above 0 and at most ${max} (got ${JSON.stringify(v)})`);
     return n;
   };
-  return { minutes: num('minutes', values.minutes, 10, 120), parallel: Math.round(num('parallel', values.parallel, 400, 5000)), intervalMs: num('interval', values.interval, 30, 600) * 1000 };
+  return {
+    minutes: num('minutes', values.minutes, 10, 120),
+    parallel: Math.round(num('parallel', values.parallel, 400, 5000)),
+    intervalMs: num('interval', values.interval, 30, 600) * 1000,
+  };
 }
 
 /** GET on etd's management API over its unix socket; the body, or an error on timeout or a non-200. */
@@ -74,7 +84,9 @@ function apiGet(socketPath: string, urlPath: string, timeoutMs = 5000): Promise<
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (body += c));
-      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`GET ${urlPath}: HTTP ${res.statusCode}: ${body.slice(0, 200)}`))));
+      res.on('end', () =>
+        res.statusCode === 200 ? resolve(body) : reject(new Error(`GET ${urlPath}: HTTP ${res.statusCode}: ${body.slice(0, 200)}`)),
+      );
     });
     req.on('timeout', () => req.destroy(new Error(`GET ${urlPath}: no answer within ${timeoutMs} ms`)));
     req.on('error', reject);
@@ -141,17 +153,29 @@ async function drive(bl: BenchLab, etd: RunningProxy, o: Options, endAt: number,
   let rate = 0;
   while (Date.now() < endAt && !stopped()) {
     const leftS = (endAt - Date.now()) / 1000;
-    const messages = rate ? Math.max(2 * o.parallel, Math.min(200_000, Math.round(rate * Math.min(ROUND_TARGET_S, leftS)))) : 10 * o.parallel;
+    const messages = rate
+      ? Math.max(2 * o.parallel, Math.min(200_000, Math.round(rate * Math.min(ROUND_TARGET_S, leftS))))
+      : 10 * o.parallel;
     // Generous: a third of the last rate (50/s before the first round), at least a minute.
     const timeoutMs = Math.max(60_000, (messages / Math.max(rate / 3, 50)) * 1000);
-    const r = await runSmtpSource(bl, { host: etd.address, port: etd.port, parallel: o.parallel, messages, size: 2000, keepConnections: false }, timeoutMs);
+    const r = await runSmtpSource(
+      bl,
+      { host: etd.address, port: etd.port, parallel: o.parallel, messages, size: 2000, keepConnections: false },
+      timeoutMs,
+    );
     if (stopped()) break;
     load.rounds++;
     load.messages += messages;
     rate = messages / (r.wallMs / 1000);
     const bad = r.problemCount + (r.exit === 0 ? 0 : 1) + (r.timedOut ? 1 : 0);
     load.sourceProblems += bad;
-    if (bad && load.firstProblems.length < 10) load.firstProblems.push(...r.problems.slice(0, 10 - load.firstProblems.length), ...(r.exit === 0 ? [] : [`round ${load.rounds}: exit ${r.exit}${r.timedOut ? ` (timed out after ${Math.round(timeoutMs / 1000)} s)` : ''}`]));
+    if (bad && load.firstProblems.length < 10)
+      load.firstProblems.push(
+        ...r.problems.slice(0, 10 - load.firstProblems.length),
+        ...(r.exit === 0
+          ? []
+          : [`round ${load.rounds}: exit ${r.exit}${r.timedOut ? ` (timed out after ${Math.round(timeoutMs / 1000)} s)` : ''}`]),
+      );
     if (!alive(etd.pid)) {
       load.aborted = `etd (pid ${etd.pid}) died during round ${load.rounds}; log ${etd.logFile}`;
       break;
@@ -183,10 +207,11 @@ async function main(): Promise<number> {
   let bl: BenchLab | undefined;
   let stopReason: string | undefined;
   let torn: Promise<void> | undefined;
-  const teardown = (): Promise<void> => (torn ??= (async () => {
-    say('tearing down the lab …');
-    await bl?.destroy();
-  })());
+  const teardown = (): Promise<void> =>
+    (torn ??= (async () => {
+      say('tearing down the lab …');
+      await bl?.destroy();
+    })());
 
   // The hard bound and the signals: stop the load, tear down, exit (once; a second signal changes nothing).
   const abort = (why: string, code: number): void => {
@@ -199,7 +224,10 @@ async function main(): Promise<number> {
       process.exit(code);
     });
   };
-  const killer = setTimeout(() => abort(`hard bound: still running after ${opts.minutes} min + ${OVERHEAD_MS / 60_000} min; stopped`, 3), loadMs + OVERHEAD_MS);
+  const killer = setTimeout(
+    () => abort(`hard bound: still running after ${opts.minutes} min + ${OVERHEAD_MS / 60_000} min; stopped`, 3),
+    loadMs + OVERHEAD_MS,
+  );
   // `on`, not `once`: the lab's own handler re-raises the signal (killing us before the teardown ends) when no other listener is left.
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => abort(`stopped by ${sig}`, 130));
 
@@ -209,7 +237,9 @@ async function main(): Promise<number> {
     const etd = await startEtdProxy(bl, { windowMs: 100, tag: 'endurance', apiSocket: socket }, PROXY_PORT.etd);
     await probe(bl, etd);
     say(`etd pid ${etd.pid} on ${etd.address}:${etd.port}, API ${socket}, log ${etd.logFile}`);
-    say(`load: ${opts.minutes} min of smtp-source -s ${opts.parallel}, one 2000-byte message per connection, window 100 ms; a sample every ${opts.intervalMs / 1000} s; load average ${loadNow().join(' ')}`);
+    say(
+      `load: ${opts.minutes} min of smtp-source -s ${opts.parallel}, one 2000-byte message per connection, window 100 ms; a sample every ${opts.intervalMs / 1000} s; load average ${loadNow().join(' ')}`,
+    );
 
     const t0 = Date.now();
     const sampler = new Sampler(etd, socket, t0);
@@ -231,7 +261,16 @@ async function main(): Promise<number> {
       await sampler.take('end');
     }
     const warmupMs = Math.min(60_000, loadMs / 5);
-    const v = judge({ samples: sampler.samples, messages: load.messages, rounds: load.rounds, sourceProblems: load.sourceProblems, aborted: load.aborted }, { ...DEFAULT_RULES, warmupMs });
+    const v = judge(
+      {
+        samples: sampler.samples,
+        messages: load.messages,
+        rounds: load.rounds,
+        sourceProblems: load.sourceProblems,
+        aborted: load.aborted,
+      },
+      { ...DEFAULT_RULES, warmupMs },
+    );
     const wallS = (Date.now() - t0) / 1000;
     process.stdout.write(`\n${v.findings.join('\n')}\n`);
     for (const p of load.firstProblems) process.stdout.write(`smtp-source: ${p}\n`);

@@ -2,7 +2,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { CLI, stopChild, tail, waitListening, type BenchLab } from './benchLab.js';
+import { type BenchLab, CLI, stopChild, tail, waitListening } from './benchLab.js';
 import { sleep } from './procfs.js';
 import type { ProxySpec, RunningProxy } from './proxy.js';
 
@@ -37,11 +37,23 @@ log: { level: info }
 ${spec.workers === undefined ? '' : `workers: ${spec.workers}\n`}${spec.extraConfig ?? ''}`;
 }
 
-export async function startEtdProxy(bl: BenchLab, spec: ProxySpec, port: number, cli = CLI, kind: 'etd' | 'etd-mt' = 'etd'): Promise<RunningProxy> {
+export async function startEtdProxy(
+  bl: BenchLab,
+  spec: ProxySpec,
+  port: number,
+  cli = CLI,
+  kind: 'etd' | 'etd-mt' = 'etd',
+): Promise<RunningProxy> {
   const cfg = path.join(bl.dir, `${kind}-${spec.tag}.yaml`);
   const logFile = path.join(bl.dir, `${kind}-${spec.tag}.log`);
   fs.writeFileSync(cfg, etdConfig(bl, spec, port));
-  const child = bl.spawnLogged(bl.lab.ns.gateway, process.execPath, [...(spec.nodeArgs ?? []), cli, 'run', '-c', cfg], logFile, spec.cwd ? { cwd: spec.cwd } : {});
+  const child = bl.spawnLogged(
+    bl.lab.ns.gateway,
+    process.execPath,
+    [...(spec.nodeArgs ?? []), cli, 'run', '-c', cfg],
+    logFile,
+    spec.cwd ? { cwd: spec.cwd } : {},
+  );
   const pid = child.pid;
   const stop = (graceMs = 5000): Promise<void> => stopChild(child, graceMs);
   try {

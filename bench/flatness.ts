@@ -121,7 +121,9 @@ export function judge(run: EnduranceRun, rules: FlatnessRules): Verdict {
     check(
       run.samples.length > 0 && over.length === 0,
       `${key} ≤ ${perConnection} × connections + ${rules.perListener} in every sample` +
-        (most && last ? ` (most: ${most[key]} with ${most.connections} connections; last: ${last[key]} with ${last.connections})` : ' (no samples)') +
+        (most && last
+          ? ` (most: ${most[key]} with ${most.connections} connections; last: ${last[key]} with ${last.connections})`
+          : ' (no samples)') +
         (over.length ? `; over the bound in ${over.length} of ${run.samples.length}` : ''),
     );
   };

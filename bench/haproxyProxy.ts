@@ -2,7 +2,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { stopChild, tail, waitListening, type BenchLab } from './benchLab.js';
+import { type BenchLab, stopChild, tail, waitListening } from './benchLab.js';
 import type { ProxySpec, RunningProxy } from './proxy.js';
 
 export const HAPROXY = 'haproxy';

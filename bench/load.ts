@@ -2,8 +2,8 @@
 
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { SMTP_SOURCE, exited, stopChild, type BenchLab } from './benchLab.js';
 import type { JsonEvent, JsonLineProcess } from '../lab/netns.js';
+import { type BenchLab, exited, SMTP_SOURCE, stopChild } from './benchLab.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const HELD_CLIENT = path.join(HERE, 'clients', 'heldClient.js');
@@ -23,7 +23,9 @@ export class HeldClient {
   private constructor(readonly proc: JsonLineProcess) {}
 
   static async start(bl: BenchLab, host: string, port: number): Promise<HeldClient> {
-    const proc = bl.lab.spawnJson(bl.lab.ns.client, process.execPath, [HELD_CLIENT, host, String(port)], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const proc = bl.lab.spawnJson(bl.lab.ns.client, process.execPath, [HELD_CLIENT, host, String(port)], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     await proc.waitFor((e) => e.event === 'ready', 10_000);
     return new HeldClient(proc);
   }
@@ -38,7 +40,10 @@ export class HeldClient {
   /** Waits until every connection asked for so far connected or failed; the counts then. */
   async settled(timeoutMs: number): Promise<HeldCounts> {
     const want = this.asked;
-    const e = await this.proc.waitFor((ev: JsonEvent) => ev.event === 'opened' && Number(ev.connected) + Number(ev.failed) >= want, timeoutMs);
+    const e = await this.proc.waitFor(
+      (ev: JsonEvent) => ev.event === 'opened' && Number(ev.connected) + Number(ev.failed) >= want,
+      timeoutMs,
+    );
     return e as unknown as HeldCounts;
   }
 
@@ -93,12 +98,18 @@ export interface SmtpSourceResult {
 /** Runs Postfix smtp-source in the client namespace; the wall time from spawn to exit. */
 export async function runSmtpSource(bl: BenchLab, spec: SmtpSourceSpec, timeoutMs: number): Promise<SmtpSourceResult> {
   const args = [
-    '-s', String(spec.parallel),
-    '-m', String(spec.messages),
-    '-l', String(spec.size),
-    '-M', 'client.bench.example',
-    '-f', 'sender@client.bench.example',
-    '-t', 'rcpt@sink.bench.example',
+    '-s',
+    String(spec.parallel),
+    '-m',
+    String(spec.messages),
+    '-l',
+    String(spec.size),
+    '-M',
+    'client.bench.example',
+    '-f',
+    'sender@client.bench.example',
+    '-t',
+    'rcpt@sink.bench.example',
     ...(spec.keepConnections ? ['-d'] : []),
     `${spec.host}:${spec.port}`,
   ];

@@ -34,6 +34,7 @@ export function machineInfo(): MachineInfo {
     kernel: `${os.type()} ${os.release()}`,
     node: process.version,
     haproxy: cmd('haproxy', ['-v']).split('\n')[0] ?? 'unknown',
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a dpkg-query format, not a template
     postfix: cmd('dpkg-query', ['-W', '-f', '${Version}', 'postfix']),
     fdLimit: cmd('sh', ['-c', 'ulimit -n']),
     loadStart: os.loadavg().map((x) => Math.round(x * 100) / 100),

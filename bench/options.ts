@@ -1,8 +1,8 @@
 // Benchmark options: the command line of `npm run bench` (node dist/bench/run.js), with full and --quick defaults.
 
 import path from 'node:path';
-import { CLI_PATH, PACKAGE_ROOT as ROOT } from '../src/paths.js';
 import { parseArgs } from 'node:util';
+import { CLI_PATH, PACKAGE_ROOT as ROOT } from '../src/paths.js';
 
 export const SCENARIOS = ['held', 'sessions', 'relay', 'returning', 'profile', 'dnsbl'] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
@@ -32,7 +32,6 @@ export interface BenchOptions {
   /** The whole run's hard limit. */
   readonly deadlineMs: number;
 }
-
 
 export const USAGE = `usage: npm run bench -- [options]      (as root: it builds a network-namespace lab)
 
@@ -88,7 +87,10 @@ export function parseOptions(argv: readonly string[]): BenchOptions | undefined 
   const quick = values.quick === true;
   let scenarios: ScenarioName[] = quick ? SCENARIOS.filter((s) => s !== 'profile' && s !== 'dnsbl') : [...SCENARIOS];
   if (values.only !== undefined) {
-    const wanted = values.only.split(',').map((s) => s.trim()).filter(Boolean);
+    const wanted = values.only
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
     const bad = wanted.filter((s) => !(SCENARIOS as readonly string[]).includes(s));
     if (bad.length) throw new Error(`--only: unknown scenario ${bad.join(', ')} (known: ${SCENARIOS.join(', ')})`);
     scenarios = SCENARIOS.filter((s) => wanted.includes(s));

@@ -84,7 +84,8 @@ export function summariseCpuProfile(p: CpuProfile, topN = 20): CpuSummary {
   const deltas = p.timeDeltas ?? [];
   if (samples.length && deltas.length === samples.length) {
     // timeDeltas[i] is the time between sample i-1 and sample i: charge it to sample i's node.
-    for (let i = 0; i < samples.length; i++) selfUs.set(samples[i] as number, (selfUs.get(samples[i] as number) ?? 0) + Math.max(0, deltas[i] as number));
+    for (let i = 0; i < samples.length; i++)
+      selfUs.set(samples[i] as number, (selfUs.get(samples[i] as number) ?? 0) + Math.max(0, deltas[i] as number));
   } else {
     const interval = samples.length ? (p.endTime - p.startTime) / samples.length : 1000;
     for (const n of p.nodes) if (n.hitCount) selfUs.set(n.id, n.hitCount * interval);
@@ -169,7 +170,11 @@ export function heapCensus(s: HeapSnapshot): HeapCensus {
   for (let i = 0; i < s.nodes.length; i += step) {
     const type = types[s.nodes[i + iType] as number] ?? 'unknown';
     const size = s.nodes[i + iSize] as number;
-    const key = NAMED_TYPES.has(type) ? (type === 'object' ? (s.strings[s.nodes[i + iName] as number] ?? '?') : `${type} ${s.strings[s.nodes[i + iName] as number] ?? '?'}`) : `(${type})`;
+    const key = NAMED_TYPES.has(type)
+      ? type === 'object'
+        ? (s.strings[s.nodes[i + iName] as number] ?? '?')
+        : `${type} ${s.strings[s.nodes[i + iName] as number] ?? '?'}`
+      : `(${type})`;
     const e = census.get(key);
     if (e) {
       e.count++;

@@ -60,7 +60,8 @@ export const PROXY_PORT: Record<ProxyKind, number> = { etd: 25, haproxy: 2525, '
  */
 export function startProxy(kind: ProxyKind, ctx: BenchContext, spec: ProxySpec): Promise<RunningProxy> {
   const bl = ctx.bl;
-  if (kind === 'etd-mt' && !ctx.etdWorkers) return Promise.reject(new Error('this etd build has no `workers` config key (issue 18): etd-mt cannot run'));
+  if (kind === 'etd-mt' && !ctx.etdWorkers)
+    return Promise.reject(new Error('this etd build has no `workers` config key (issue 18): etd-mt cannot run'));
   if (isEtd(kind)) {
     const workers = spec.workers ?? (ctx.etdWorkers ? (kind === 'etd' ? 1 : 'auto') : undefined);
     return startEtdProxy(bl, { ...spec, ...(workers === undefined ? {} : { workers }) }, PROXY_PORT[kind], ctx.opts.etdCli, kind);

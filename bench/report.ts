@@ -4,11 +4,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { MachineInfo } from './machine.js';
 import type { ProxyKind } from './proxy.js';
+import type { DnsblFigures } from './scenarios/dnsbl.js';
 import type { HeldFigures } from './scenarios/held.js';
 import type { CpuProfileFigures, HeapFigures } from './scenarios/profiling.js';
 import type { DirectFigures, LatencyFigures } from './scenarios/returning.js';
 import type { MachineShare, RelayFigures, SessionsFigures } from './scenarios/sessions.js';
-import type { DnsblFigures } from './scenarios/dnsbl.js';
 
 type PerProxy<T> = Partial<Record<ProxyKind, T>>;
 
@@ -85,15 +85,82 @@ const ratioAtLeast = (min: number, pair: 'single' | 'mt' = 'single'): Target => 
 });
 
 const DEFS: FigureDef[] = [
-  { id: 'held.rssPerConn', scenario: 'held', label: 'RSS per held connection', unit: 'bytes', better: 'lower', value: (r, k) => r.held[k]?.rssPerConnBytes, target: ratioAtMost(0.4) },
-  { id: 'held.acceptRate', scenario: 'held', label: 'accept rate (full accept queue)', unit: 'conn/s', better: 'higher', value: (r, k) => r.held[k]?.acceptPerS },
-  { id: 'held.cpuPerConn', scenario: 'held', label: 'CPU per accepted connection', unit: 'µs', better: 'lower', value: (r, k) => r.held[k]?.cpuUsPerConn },
-  { id: 'sessions.rate', scenario: 'sessions', label: 'sessions per second', unit: 'sessions/s', better: 'higher', value: (r, k) => r.sessions[k]?.sessionsPerS, target: ratioAtLeast(1.0, 'mt') },
-  { id: 'sessions.cpuPerSession', scenario: 'sessions', label: 'proxy CPU per session', unit: 'ms', better: 'lower', value: (r, k) => r.sessions[k]?.cpuMsPerSession, target: ratioAtMost(0.85) },
-  { id: 'relay.throughput', scenario: 'relay', label: 'relay throughput', unit: 'MB/s', better: 'higher', value: (r, k) => r.relay[k]?.mbPerS, target: ratioAtLeast(0.95) },
-  { id: 'relay.cpuPerMb', scenario: 'relay', label: 'proxy CPU per MB', unit: 'ms', better: 'lower', value: (r, k) => r.relay[k]?.cpuMsPerMb },
-  { id: 'returning.firstVisit', scenario: 'returning', label: 'connect→greeting, first visit (median)', unit: 'ms', better: 'lower', value: (r, k) => r.returning[k]?.firstVisit.median },
-  { id: 'returning.returning', scenario: 'returning', label: 'connect→greeting, returning sender (median)', unit: 'ms', better: 'lower', value: (r, k) => r.returning[k]?.returning.median },
+  {
+    id: 'held.rssPerConn',
+    scenario: 'held',
+    label: 'RSS per held connection',
+    unit: 'bytes',
+    better: 'lower',
+    value: (r, k) => r.held[k]?.rssPerConnBytes,
+    target: ratioAtMost(0.4),
+  },
+  {
+    id: 'held.acceptRate',
+    scenario: 'held',
+    label: 'accept rate (full accept queue)',
+    unit: 'conn/s',
+    better: 'higher',
+    value: (r, k) => r.held[k]?.acceptPerS,
+  },
+  {
+    id: 'held.cpuPerConn',
+    scenario: 'held',
+    label: 'CPU per accepted connection',
+    unit: 'µs',
+    better: 'lower',
+    value: (r, k) => r.held[k]?.cpuUsPerConn,
+  },
+  {
+    id: 'sessions.rate',
+    scenario: 'sessions',
+    label: 'sessions per second',
+    unit: 'sessions/s',
+    better: 'higher',
+    value: (r, k) => r.sessions[k]?.sessionsPerS,
+    target: ratioAtLeast(1.0, 'mt'),
+  },
+  {
+    id: 'sessions.cpuPerSession',
+    scenario: 'sessions',
+    label: 'proxy CPU per session',
+    unit: 'ms',
+    better: 'lower',
+    value: (r, k) => r.sessions[k]?.cpuMsPerSession,
+    target: ratioAtMost(0.85),
+  },
+  {
+    id: 'relay.throughput',
+    scenario: 'relay',
+    label: 'relay throughput',
+    unit: 'MB/s',
+    better: 'higher',
+    value: (r, k) => r.relay[k]?.mbPerS,
+    target: ratioAtLeast(0.95),
+  },
+  {
+    id: 'relay.cpuPerMb',
+    scenario: 'relay',
+    label: 'proxy CPU per MB',
+    unit: 'ms',
+    better: 'lower',
+    value: (r, k) => r.relay[k]?.cpuMsPerMb,
+  },
+  {
+    id: 'returning.firstVisit',
+    scenario: 'returning',
+    label: 'connect→greeting, first visit (median)',
+    unit: 'ms',
+    better: 'lower',
+    value: (r, k) => r.returning[k]?.firstVisit.median,
+  },
+  {
+    id: 'returning.returning',
+    scenario: 'returning',
+    label: 'connect→greeting, returning sender (median)',
+    unit: 'ms',
+    better: 'lower',
+    value: (r, k) => r.returning[k]?.returning.median,
+  },
   {
     id: 'returning.added',
     scenario: 'returning',
@@ -104,8 +171,23 @@ const DEFS: FigureDef[] = [
     target: { text: 'etd < 1 ms', pair: 'single', met: (_ratio, etd) => (etd === null ? null : etd < 1) },
   },
   // etd against itself (HAProxy has no DNSBL): the etd column is the figure.
-  { id: 'dnsbl.ratio', scenario: 'dnsbl', label: 'sessions/s, three DNSBL lists ÷ none', unit: '×', better: 'higher', value: (r, k) => (k === 'etd' ? r.dnsbl?.ratio : undefined), target: { text: 'etd ≥ 0.9×', pair: 'single', met: (_ratio, etd) => (etd === null ? null : etd >= 0.9) } },
-  { id: 'dnsbl.cpuPerSession', scenario: 'dnsbl', label: 'etd CPU per session, three DNSBL lists', unit: 'ms', better: 'lower', value: (r, k) => (k === 'etd' ? r.dnsbl?.withLists.cpuMsPerSession : undefined) },
+  {
+    id: 'dnsbl.ratio',
+    scenario: 'dnsbl',
+    label: 'sessions/s, three DNSBL lists ÷ none',
+    unit: '×',
+    better: 'higher',
+    value: (r, k) => (k === 'etd' ? r.dnsbl?.ratio : undefined),
+    target: { text: 'etd ≥ 0.9×', pair: 'single', met: (_ratio, etd) => (etd === null ? null : etd >= 0.9) },
+  },
+  {
+    id: 'dnsbl.cpuPerSession',
+    scenario: 'dnsbl',
+    label: 'etd CPU per session, three DNSBL lists',
+    unit: 'ms',
+    better: 'lower',
+    value: (r, k) => (k === 'etd' ? r.dnsbl?.withLists.cpuMsPerSession : undefined),
+  },
   {
     id: 'dnsbl.returningAdded',
     scenario: 'dnsbl',
@@ -162,7 +244,19 @@ export function num(v: number | null): string {
 export function table(all: readonly Figure[]): string {
   // Scenarios that were not run (--only) have no row at all.
   const figures = all.filter((f) => f.etd !== null || f.haproxy !== null || f.etdMt !== null || f.haproxyMt !== null);
-  const header = ['scenario', 'figure', 'unit', 'etd workers 1', 'HAProxy nbthread 1', 'ratio', 'etd workers auto', 'HAProxy nbthread auto', 'ratio (auto)', 'target', 'met'];
+  const header = [
+    'scenario',
+    'figure',
+    'unit',
+    'etd workers 1',
+    'HAProxy nbthread 1',
+    'ratio',
+    'etd workers auto',
+    'HAProxy nbthread auto',
+    'ratio (auto)',
+    'target',
+    'met',
+  ];
   const x = (v: number | null): string => (v === null ? '—' : `${v.toFixed(2)}×`);
   const rows = figures.map((f) => [
     f.scenario,
@@ -179,7 +273,8 @@ export function table(all: readonly Figure[]): string {
   ]);
   const numeric = (i: number): boolean => i >= 3 && i <= 8;
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] as string).length)));
-  const line = (cells: string[]): string => `| ${cells.map((c, i) => (numeric(i) ? c.padStart(widths[i] as number) : c.padEnd(widths[i] as number))).join(' | ')} |`;
+  const line = (cells: string[]): string =>
+    `| ${cells.map((c, i) => (numeric(i) ? c.padStart(widths[i] as number) : c.padEnd(widths[i] as number))).join(' | ')} |`;
   const sep = `|${widths.map((w, i) => (numeric(i) ? `${'-'.repeat(w + 1)}:` : '-'.repeat(w + 2))).join('|')}|`;
   return [line(header), sep, ...rows.map(line)].join('\n');
 }
@@ -188,12 +283,23 @@ export function table(all: readonly Figure[]): string {
 export function notes(r: BenchResult): string {
   const out: string[] = [];
   const d = r.returning.direct;
-  if (d) out.push(`direct connection to a backend (no proxy): connect→greeting median ${num(d.direct.median)} ms, p90 ${num(d.direct.p90)} ms`);
+  if (d)
+    out.push(`direct connection to a backend (no proxy): connect→greeting median ${num(d.direct.median)} ms, p90 ${num(d.direct.p90)} ms`);
   for (const k of ['etd', 'haproxy', 'etd-mt', 'haproxy-mt'] as const) {
     const h = r.held[k];
-    if (h) out.push(`held ${k}: ${h.held} of ${h.n} held, fit r² ${h.r2.toFixed(3)}, client failures ${h.clients.failed}, closed by proxy ${h.clients.closedByPeer}, idle CPU ${num(h.idleCpuMsPerS)} ms/s`);
+    if (h)
+      out.push(
+        `held ${k}: ${h.held} of ${h.n} held, fit r² ${h.r2.toFixed(3)}, client failures ${h.clients.failed}, closed by proxy ${h.clients.closedByPeer}, idle CPU ${num(h.idleCpuMsPerS)} ms/s`,
+      );
   }
-  type Run = { kernelShare: number; machine?: MachineShare; endings: Record<string, number>; problemCount: number; problems: string[]; exit: number | string };
+  type Run = {
+    kernelShare: number;
+    machine?: MachineShare;
+    endings: Record<string, number>;
+    problemCount: number;
+    problems: string[];
+    exit: number | string;
+  };
   const runs: Array<[string, PerProxy<Run>]> = [
     ['sessions', r.sessions],
     ['relay', r.relay],
@@ -210,15 +316,23 @@ export function notes(r: BenchResult): string {
       );
     }
     for (const [k, v] of Object.entries(set)) {
-      const endings = Object.entries(v.endings).sort((a, b) => b[1] - a[1]).map(([e, c]) => `${e} ${c}`);
+      const endings = Object.entries(v.endings)
+        .sort((a, b) => b[1] - a[1])
+        .map(([e, c]) => `${e} ${c}`);
       out.push(`${name} ${k}: sessions ended (proxy log): ${endings.join(', ') || 'none logged'}`);
     }
-    for (const [k, v] of Object.entries(set)) if (v.problemCount > 0 || v.exit !== 0) out.push(`${name} ${k}: smtp-source exit ${v.exit}, ${v.problemCount} warnings (${v.problems.slice(0, 2).join(' | ')})`);
+    for (const [k, v] of Object.entries(set))
+      if (v.problemCount > 0 || v.exit !== 0)
+        out.push(`${name} ${k}: smtp-source exit ${v.exit}, ${v.problemCount} warnings (${v.problems.slice(0, 2).join(' | ')})`);
   }
   if (r.dnsbl) out.push(...dnsblLines(r.dnsbl));
   const m = r.machine;
-  out.push(`machine: ${m.cpus} × ${m.cpuModel}, ${m.memTotal}, ${m.kernel}, node ${m.node}, ${m.haproxy}, postfix ${m.postfix}, fd limit ${m.fdLimit}`);
-  out.push(`load average at start ${m.loadStart.join(' ')}${m.loadEnd ? `, at end ${m.loadEnd.join(' ')}` : ''}; run took ${r.durationS} s${r.complete ? '' : ' (INCOMPLETE)'}`);
+  out.push(
+    `machine: ${m.cpus} × ${m.cpuModel}, ${m.memTotal}, ${m.kernel}, node ${m.node}, ${m.haproxy}, postfix ${m.postfix}, fd limit ${m.fdLimit}`,
+  );
+  out.push(
+    `load average at start ${m.loadStart.join(' ')}${m.loadEnd ? `, at end ${m.loadEnd.join(' ')}` : ''}; run took ${r.durationS} s${r.complete ? '' : ' (INCOMPLETE)'}`,
+  );
   for (const p of r.problems) out.push(`problem: ${p}`);
   return out.join('\n');
 }
@@ -250,12 +364,19 @@ export function writeJson(file: string, r: BenchResult): void {
 /** The dnsbl scenario's figures: etd with three lists against etd without, and the returning sender with lists. */
 export function dnsblLines(d: DnsblFigures): string[] {
   const run = (name: string, x: DnsblFigures['without']) =>
-    `dnsbl ${name}: ${num(x.sessionsPerS)} sessions/s, CPU ${num(x.cpuMsPerSession)} ms/session, ${num(x.queriesPerSession)} DNS queries/session, ended: ${Object.entries(x.endings).filter(([, n]) => n > 0).map(([v, n]) => `${v} ${n}`).join(', ')}`;
+    `dnsbl ${name}: ${num(x.sessionsPerS)} sessions/s, CPU ${num(x.cpuMsPerSession)} ms/session, ${num(x.queriesPerSession)} DNS queries/session, ended: ${Object.entries(
+      x.endings,
+    )
+      .filter(([, n]) => n > 0)
+      .map(([v, n]) => `${v} ${n}`)
+      .join(', ')}`;
   const out = [run('without lists', d.without), run('three lists  ', d.withLists)];
   out.push(`dnsbl: sessions/s with three lists ÷ without = ${d.ratio.toFixed(2)}× (target ≥ 0.9×: ${d.ratio >= 0.9 ? 'met' : 'NOT met'})`);
   if (d.returning) {
     const r = d.returning;
-    out.push(`dnsbl returning sender (lists on, answers cached, pass cache): connect→greeting median ${num(r.returning.median)} ms (p90 ${num(r.returning.p90)}), first visit ${num(r.firstVisit.median)} ms; added vs direct ${num(r.addedMs)} ms (target < 1 ms: ${r.addedMs < 1 ? 'met' : 'NOT met'})`);
+    out.push(
+      `dnsbl returning sender (lists on, answers cached, pass cache): connect→greeting median ${num(r.returning.median)} ms (p90 ${num(r.returning.p90)}), first visit ${num(r.firstVisit.median)} ms; added vs direct ${num(r.addedMs)} ms (target < 1 ms: ${r.addedMs < 1 ? 'met' : 'NOT met'})`,
+    );
   }
   return out;
 }

@@ -10,22 +10,25 @@
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { createBenchLab, missingPrerequisites, type BenchLab } from './benchLab.js';
-import { OutOfTime, type BenchContext } from './context.js';
+import { type BenchLab, createBenchLab, missingPrerequisites } from './benchLab.js';
+import { type BenchContext, OutOfTime } from './context.js';
 import { loadNow, machineInfo } from './machine.js';
-import { USAGE, parseOptions, type BenchOptions, type ScenarioName } from './options.js';
+import { type BenchOptions, parseOptions, type ScenarioName, USAGE } from './options.js';
 import type { ProxyKind } from './proxy.js';
-import { computeFigures, notes, profileText, table, writeJson, type BenchResult } from './report.js';
+import { type BenchResult, computeFigures, notes, profileText, table, writeJson } from './report.js';
+import { runDnsbl } from './scenarios/dnsbl.js';
 import { HOLD_WINDOW_MS, runHeld } from './scenarios/held.js';
 import { runCpuProfile, runHeapProfile } from './scenarios/profiling.js';
 import { runDirect, runReturning } from './scenarios/returning.js';
 import { runRelay, runSessions } from './scenarios/sessions.js';
-import { runDnsbl } from './scenarios/dnsbl.js';
 
 /** Whether this etd build accepts the top-level `workers` key (issue 18): `etd check` on a config with it. */
 async function etdHasWorkers(cli: string, dir: string): Promise<boolean> {
   const cfg = path.join(dir, 'workers-check.yaml');
-  fs.writeFileSync(cfg, 'listeners:\n  - { name: smtp, address: 127.0.0.1, port: 2525, mode: plain }\nupstream:\n  servers:\n    - { name: a, address: 127.0.0.1, port: 25 }\nworkers: auto\n');
+  fs.writeFileSync(
+    cfg,
+    'listeners:\n  - { name: smtp, address: 127.0.0.1, port: 2525, mode: plain }\nupstream:\n  servers:\n    - { name: a, address: 127.0.0.1, port: 25 }\nworkers: auto\n',
+  );
   return new Promise((resolve) => {
     execFile(process.execPath, [cli, 'check', '-c', cfg], { timeout: 20_000 }, (err) => resolve(err === null));
   });
@@ -50,7 +53,8 @@ function settings(o: BenchOptions): Record<string, unknown> {
     returning: o.returning,
     haproxyThreads: o.haproxyThreads,
     etd: 'workers 1 (etd-mt: workers auto) when the build has the key, vip mode, upstream.source clientip, roundrobin, health checks 3s rise 2 fall 3, limits off, cache off (on in returning), log level info to a file',
-    haproxy: 'the original recipe (inspect-delay = window, req_len gt 0 → reject, usesrc clientip, roundrobin, smtpchk HELO inter 3s rise 2 fall 3), tcplog to a file, maxconn 19500, no strict-limits',
+    haproxy:
+      'the original recipe (inspect-delay = window, req_len gt 0 → reject, usesrc clientip, roundrobin, smtpchk HELO inter 3s rise 2 fall 3), tcplog to a file, maxconn 19500, no strict-limits',
   };
 }
 
@@ -95,20 +99,21 @@ async function main(): Promise<number> {
   let finishing: Promise<void> | undefined;
 
   // Once: every later call gets the first one's promise, so whoever exits waits for the teardown.
-  const finish = (complete: boolean): Promise<void> => (finishing ??= (async () => {
-    result.complete = complete;
-    result.durationS = Math.round((Date.now() - started) / 1000);
-    result.machine.loadEnd = loadNow();
-    result.figures = computeFigures(result);
-    if (bl) result.lab.notes = bl.notes;
-    writeJson(o.json, result);
-    process.stdout.write(`\n${table(result.figures)}\n\n${notes(result)}\n`);
-    const prof = profileText(result);
-    if (prof) process.stdout.write(`\n${prof}\n`);
-    process.stdout.write(`\nJSON: ${o.json}\n`);
-    say('tearing down the lab …');
-    await bl?.destroy();
-  })());
+  const finish = (complete: boolean): Promise<void> =>
+    (finishing ??= (async () => {
+      result.complete = complete;
+      result.durationS = Math.round((Date.now() - started) / 1000);
+      result.machine.loadEnd = loadNow();
+      result.figures = computeFigures(result);
+      if (bl) result.lab.notes = bl.notes;
+      writeJson(o.json, result);
+      process.stdout.write(`\n${table(result.figures)}\n\n${notes(result)}\n`);
+      const prof = profileText(result);
+      if (prof) process.stdout.write(`\n${prof}\n`);
+      process.stdout.write(`\nJSON: ${o.json}\n`);
+      say('tearing down the lab …');
+      await bl?.destroy();
+    })());
 
   // The hard stop: whatever is still running, report what was measured and tear down in time.
   const hardStop = (why: string, code: number): void => {
@@ -121,16 +126,22 @@ async function main(): Promise<number> {
       process.exit(code);
     });
   };
-  const killer = setTimeout(() => hardStop(`hard deadline: the run was stopped ${TEARDOWN_MS / 1000} s before its ${o.deadlineMs / 60_000}-minute limit`, 3), o.deadlineMs - TEARDOWN_MS + 5000);
+  const killer = setTimeout(
+    () => hardStop(`hard deadline: the run was stopped ${TEARDOWN_MS / 1000} s before its ${o.deadlineMs / 60_000}-minute limit`, 3),
+    o.deadlineMs - TEARDOWN_MS + 5000,
+  );
   // `on`, not `once`: the lab's own handler re-raises the signal (ending the process before the teardown) when no other listener is left.
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => hardStop(`stopped by ${sig}`, 130));
 
   const left = (): number => hardDeadline - TEARDOWN_MS - Date.now();
   try {
-    say(`etd benchmark${o.quick ? ' (--quick)' : ''}: scenarios ${o.scenarios.join(', ')}; held N ${o.held}; deadline ${o.deadlineMs / 60_000} min`);
+    say(
+      `etd benchmark${o.quick ? ' (--quick)' : ''}: scenarios ${o.scenarios.join(', ')}; held N ${o.held}; deadline ${o.deadlineMs / 60_000} min`,
+    );
     bl = await createBenchLab(o.scenarios.includes('returning') || o.scenarios.includes('dnsbl') ? o.returning.addresses : 0, say);
     const etdWorkers = await etdHasWorkers(o.etdCli, bl.dir);
-    if (!etdWorkers && o.haproxyThreads) result.problems.push('etd-mt not run: this etd build rejects the `workers` config key (issue 18); etd ran without it');
+    if (!etdWorkers && o.haproxyThreads)
+      result.problems.push('etd-mt not run: this etd build rejects the `workers` config key (issue 18); etd ran without it');
     const ctx: BenchContext = { bl, opts: o, say, left, etdWorkers };
 
     const attempt = async <T>(what: string, f: () => Promise<T>): Promise<T | undefined> => {
@@ -162,7 +173,9 @@ async function main(): Promise<number> {
         }
       } else if (scenario === 'sessions') {
         for (const k of proxies(scenario)) {
-          const v = await attempt(`sessions (${o.sessions.messages}, ${o.sessions.parallel} parallel) through ${k}`, () => runSessions(ctx, k));
+          const v = await attempt(`sessions (${o.sessions.messages}, ${o.sessions.parallel} parallel) through ${k}`, () =>
+            runSessions(ctx, k),
+          );
           if (v) result.sessions[k] = v;
         }
       } else if (scenario === 'relay') {
@@ -181,7 +194,10 @@ async function main(): Promise<number> {
         }
       } else if (scenario === 'dnsbl') {
         result.returning.direct ??= await attempt('returning sender: direct baseline', () => runDirect(ctx));
-        const v = await attempt(`dnsbl: sessions (${o.sessions.messages}) through etd without lists and with three, and the returning sender`, () => runDnsbl(ctx, result.returning.direct));
+        const v = await attempt(
+          `dnsbl: sessions (${o.sessions.messages}) through etd without lists and with three, and the returning sender`,
+          () => runDnsbl(ctx, result.returning.direct),
+        );
         if (v) result.dnsbl = v;
       } else {
         const dir = o.keepProfiles ?? `${bl.dir}/profiles`;

@@ -7,15 +7,14 @@
 // Exit status 0 only when no accepted message is missing at a backend, the final counts are equal, no early talker
 // saw a greeting, every polite session succeeded, etd logged no error and exited cleanly, and its fds came back.
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { CLI_PATH as CLI } from '../src/paths.js';
 import { parseArgs } from 'node:util';
-import { sendMail, startSink, type Sink } from './smtpPeers.js';
-
+import { CLI_PATH as CLI } from '../src/paths.js';
+import { type Sink, sendMail, startSink } from './smtpPeers.js';
 
 interface Options {
   minutes: number;
@@ -35,7 +34,8 @@ function options(argv: string[]): Options {
     strict: true,
   });
   const minutes = values.short ? 2 : Number(values.minutes ?? 30);
-  if (!Number.isFinite(minutes) || minutes <= 0 || minutes > 24 * 60) throw new Error(`--minutes must be from 1 to 1440 (got ${values.minutes})`);
+  if (!Number.isFinite(minutes) || minutes <= 0 || minutes > 24 * 60)
+    throw new Error(`--minutes must be from 1 to 1440 (got ${values.minutes})`);
   return { minutes, polite: Math.max(1, Number(values.polite)), keep: values.keep };
 }
 
@@ -180,7 +180,9 @@ async function engineView(api: string): Promise<string> {
       engine: { connections: number; fds: number; deadlines: number; bufferedBytes: number } | null;
     };
     const e = status.engine;
-    return e ? `engine conns ${e.connections} fds ${e.fds} deadlines ${e.deadlines} buffered ${Math.round(e.bufferedBytes / 1024)} KiB` : 'engine -';
+    return e
+      ? `engine conns ${e.connections} fds ${e.fds} deadlines ${e.deadlines} buffered ${Math.round(e.bufferedBytes / 1024)} KiB`
+      : 'engine -';
   } catch {
     return 'engine ?';
   }
@@ -268,10 +270,17 @@ async function main(): Promise<number> {
   writeConfig(300);
   const etd = new Etd(file, tally, logFile);
   const t0 = Date.now();
-  await Promise.race([etd.ready, etd.exited.then((c) => Promise.reject(new Error(`etd exited (${c}) before it was ready; log: ${dir}/etd.log`)))]);
+  await Promise.race([
+    etd.ready,
+    etd.exited.then((c) => Promise.reject(new Error(`etd exited (${c}) before it was ready; log: ${dir}/etd.log`))),
+  ]);
   const port = etd.port;
-  console.log(`soak: ${o.minutes} min, etd pid ${etd.pid} on 127.0.0.1:${port}, sinks ${sinks.map((s) => s.port).join(', ')}, ${o.polite} polite senders; log ${dir}/etd.log`);
-  console.log('soak: polite senders, early talkers, connect-RST bursts (50/2 s), slowloris (10/20 s), a backend restart every minute, SIGHUP every 10 s, a 20-SIGHUP storm every 5 min');
+  console.log(
+    `soak: ${o.minutes} min, etd pid ${etd.pid} on 127.0.0.1:${port}, sinks ${sinks.map((s) => s.port).join(', ')}, ${o.polite} polite senders; log ${dir}/etd.log`,
+  );
+  console.log(
+    'soak: polite senders, early talkers, connect-RST bursts (50/2 s), slowloris (10/20 s), a backend restart every minute, SIGHUP every 10 s, a 20-SIGHUP storm every 5 min',
+  );
 
   let running = true;
   const deadline = t0 + o.minutes * 60_000;
@@ -415,7 +424,10 @@ async function main(): Promise<number> {
   await sleep(3000);
   const final = await report('final');
   const politeReasons = [...tally.politeFailures].map(([k, v]) => `${k} ×${v}`).join(', ');
-  const verdicts = [...tally.etd.sessions].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ');
+  const verdicts = [...tally.etd.sessions]
+    .sort((a, b) => b[1] - a[1])
+    .map(([k, v]) => `${k} ${v}`)
+    .join(', ');
   console.log(`soak: etd sessions by verdict/cause: ${verdicts}`);
   if (politeReasons) console.log(`soak: polite failures: ${politeReasons}`);
   for (const l of tally.etd.lastErrors) console.log(`soak: etd error: ${l}`);
@@ -435,7 +447,11 @@ async function main(): Promise<number> {
   if (tally.etd.refused > 0) problems.push(`${tally.etd.refused} reloads were refused`);
   if (code !== 0) problems.push(`etd exited with ${String(code)} on SIGTERM`);
   if (baselineFds && final.fds > baselineFds + 20) problems.push(`etd fds grew from ${baselineFds} to ${final.fds}`);
-  console.log(problems.length ? `soak: FAILED: ${problems.join('; ')}` : `soak: PASSED (${o.minutes} min, ${tally.sent.size} messages, fds ${baselineFds} → ${final.fds})`);
+  console.log(
+    problems.length
+      ? `soak: FAILED: ${problems.join('; ')}`
+      : `soak: PASSED (${o.minutes} min, ${tally.sent.size} messages, fds ${baselineFds} → ${final.fds})`,
+  );
   if (!o.keep) fs.rmSync(dir, { recursive: true, force: true });
   else console.log(`soak: kept ${dir}`);
   return problems.length ? 1 : 0;

@@ -5,11 +5,12 @@ import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createLab, type JsonEvent, type JsonLineProcess, type Lab } from './netns.js';
-import { forwardIntoNamespace, type Forward } from './forward.js';
-import { botAddresses, botWave } from './wave.js';
-import { inNamespace, startUnbound, type RunningUnbound } from './unbound.js';
 import { CLI_PATH as CLI, PACKAGE_ROOT as ROOT } from '../src/paths.js';
+import { type Forward, forwardIntoNamespace } from './forward.js';
+import { createLab, type JsonEvent, type JsonLineProcess, type Lab } from './netns.js';
+import { inNamespace, type RunningUnbound, startUnbound } from './unbound.js';
+import { botAddresses, botWave } from './wave.js';
+
 const WINDOW = '2s';
 
 const say = (s = '') => process.stdout.write(`${s}\n`);
@@ -76,7 +77,9 @@ function sessionTable(lines: JsonEvent[]): void {
   const rows = lines.filter((l) => l.msg === 'session');
   say('  client                          verdict        detail');
   for (const r of rows) {
-    const lists = Array.isArray(r.lists) ? (r.lists as Array<{ name: string; answer: string }>).map((l) => `${l.name} ${l.answer}`).join(', ') : '';
+    const lists = Array.isArray(r.lists)
+      ? (r.lists as Array<{ name: string; answer: string }>).map((l) => `${l.name} ${l.answer}`).join(', ')
+      : '';
     const detail =
       r.verdict === 'early_talker'
         ? `talked after ${String(r.talkedAfterMs)} ms: "${String(r.earlyBytes)}" → ${String(r.cause)}`
@@ -106,12 +109,16 @@ async function labDemo(): Promise<void> {
     // unbound in the backend namespace.
     const listed = `10.${lab.x}.1.3`;
     const allowed = `10.${lab.x}.1.4`;
-    await lab.exec(lab.ns.client, 'ip', ['-batch', '-'], { input: `addr add ${listed}/24 dev ${lab.ifaces.client}\naddr add ${allowed}/24 dev ${lab.ifaces.client}\n` });
+    await lab.exec(lab.ns.client, 'ip', ['-batch', '-'], {
+      input: `addr add ${listed}/24 dev ${lab.ifaces.client}\naddr add ${allowed}/24 dev ${lab.ifaces.client}\n`,
+    });
     unbound = await startUnbound(inNamespace(lab, lab.ns.backend), lab.v4.backends[1], [
       { zone: 'bl.demo.test', listed: { [listed]: '127.0.0.2' } },
       { zone: 'wl.demo.test', listed: { [allowed]: '127.0.10.2' } },
     ]);
-    say(`  DNS     unbound on ${unbound.address}:53: bl.demo.test lists ${listed} (weight 3), wl.demo.test allowlists ${allowed} (weight -2)`);
+    say(
+      `  DNS     unbound on ${unbound.address}:53: bl.demo.test lists ${listed} (weight 3), wl.demo.test allowlists ${allowed} (weight -2)`,
+    );
     const cfg = path.join(tmp, 'etd.yaml');
     fs.writeFileSync(
       cfg,
@@ -151,7 +158,12 @@ log: { level: info }
     ] as const) {
       say(`\npolite client (swaks, ${family}) waits for the greeting and sends a message …`);
       const t0 = Date.now();
-      const r = await lab.exec(lab.ns.client, 'swaks', ['--to', 'rcpt@example.net', '--from', 'sender@example.org', '--server', server, '--port', '25', '--timeout', '15'], { allowFailure: true, timeoutMs: 30_000 });
+      const r = await lab.exec(
+        lab.ns.client,
+        'swaks',
+        ['--to', 'rcpt@example.net', '--from', 'sender@example.org', '--server', server, '--port', '25', '--timeout', '15'],
+        { allowFailure: true, timeoutMs: 30_000 },
+      );
       const queued = /<- +250 Queued/.test(r.stdout);
       say(`  swaks: ${queued ? 'message accepted' : 'FAILED'} after ${Date.now() - t0} ms (the greeting came after the ${WINDOW} window)`);
     }
@@ -162,7 +174,9 @@ log: { level: info }
     await new Promise((r) => setTimeout(r, 500));
 
     const politeFrom = async (from: string) => {
-      const out = await lab.exec(lab.ns.client, process.execPath, ['-e', POLITE_FROM, lab.v4.gatewayClientSide, '25', from], { timeoutMs: 15_000 });
+      const out = await lab.exec(lab.ns.client, process.execPath, ['-e', POLITE_FROM, lab.v4.gatewayClientSide, '25', from], {
+        timeoutMs: 15_000,
+      });
       return JSON.parse(out.stdout.trim()) as { how: string; firstMs: number | undefined; data: string };
     };
     say(`\nDNSBL: a client on a blocklist (${listed}, score 3 ≥ threshold 3) waits politely …`);
@@ -179,18 +193,28 @@ log: { level: info }
     await new Promise((r) => setTimeout(r, 500));
     const waveLines = etd.lines.filter((l) => l.msg === 'session' && bots.includes(String(l.clientAddress)));
     const count = (v: string) => waveLines.filter((l) => l.verdict === v).length;
-    say(`  ${wave.opened} connections: ${count('early_talker')} early talkers dropped, ${count('denied')} turned away by the deny cache (554) — none reached the backend`);
+    say(
+      `  ${wave.opened} connections: ${count('early_talker')} early talkers dropped, ${count('denied')} turned away by the deny cache (554) — none reached the backend`,
+    );
 
     say('\nwhat the backend saw (its own log of each connection):');
     const gateway = new Set([lab.v4.gatewayBackendSide, lab.v6.gatewayBackendSide]);
     for (const ev of recorder.events.filter((x) => x.event === 'connect' || x.event === 'message')) {
-      const note = gateway.has(String(ev.remoteAddress)) ? '   (etd health check, from its own address)' : ev.event === 'message' ? ` (${String(ev.size)} bytes)` : '';
+      const note = gateway.has(String(ev.remoteAddress))
+        ? '   (etd health check, from its own address)'
+        : ev.event === 'message'
+          ? ` (${String(ev.size)} bytes)`
+          : '';
       say(`  ${String(ev.event).padEnd(8)} from ${String(ev.remoteAddress)}${note}`);
     }
-    const fromClient = recorder.events.filter((x) => x.event === 'connect' && (x.remoteAddress === lab.v4.client || x.remoteAddress === lab.v6.client)).length;
+    const fromClient = recorder.events.filter(
+      (x) => x.event === 'connect' && (x.remoteAddress === lab.v4.client || x.remoteAddress === lab.v6.client),
+    ).length;
     // The bot used the client's IPv4 address too: any connection beyond the two polite ones would be its.
     const fromBot = fromClient - 2;
-    say(`  → ${fromClient} connections from the client's real addresses; ${fromBot <= 0 ? "none from the bot's early talk" : `${fromBot} MORE than the polite clients made: the bot got through!`}`);
+    say(
+      `  → ${fromClient} connections from the client's real addresses; ${fromBot <= 0 ? "none from the bot's early talk" : `${fromBot} MORE than the polite clients made: the bot got through!`}`,
+    );
     say('\netd session log (one line per session; the wave left out):');
     sessionTable(etd.lines.filter((l) => !bots.includes(String(l.clientAddress))));
     if (await keepUntilSignal(dashboard)) return;
@@ -240,7 +264,9 @@ async function loopbackDemo(why: string): Promise<void> {
     }
   };
   try {
-    const rec = spawn(process.execPath, [path.join(ROOT, 'scripts/lab-recorder.mjs'), '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const rec = spawn(process.execPath, [path.join(ROOT, 'scripts/lab-recorder.mjs'), '127.0.0.1:0'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     children.push(rec);
     const recLines = json(rec);
     const ready = await waitFor(recLines, (e) => e.event === 'ready', 10_000);
@@ -259,24 +285,32 @@ state: { path: ":memory:" }
     children.push(etd);
     const etdLines = json(etd);
     const listening = await waitFor(etdLines, (e) => e.msg === 'listening', 10_000);
-    const port = String((listening.addresses as string[])[0]).split(':').pop()!;
+    const port = String((listening.addresses as string[])[0])
+      .split(':')
+      .pop()!;
     say(`etd listens on 127.0.0.1:${port}, backend on 127.0.0.1:${backendPort}`);
     const apiLine = await waitFor(etdLines, (e) => e.msg === 'management API listening', 10_000);
     const dashboard = `${String(apiLine.url)}/ui/`;
     say(`dashboard: ${dashboard}${KEEP ? '' : '  (run with --keep to keep it up: npm run demo -- --keep)'}`);
     say('\npolite client (swaks) …');
     try {
-      const out = execFileSync('swaks', ['--to', 'rcpt@example.net', '--server', '127.0.0.1', '--port', port, '--timeout', '15'], { encoding: 'utf8' });
+      const out = execFileSync('swaks', ['--to', 'rcpt@example.net', '--server', '127.0.0.1', '--port', port, '--timeout', '15'], {
+        encoding: 'utf8',
+      });
       say(`  swaks: ${/<- +250 Queued/.test(out) ? 'message accepted' : 'FAILED'}`);
     } catch {
       say('  swaks is not installed (apt-get install swaks); skipping the polite client');
     }
     say('early talker …');
-    const early = JSON.parse(execFileSync(process.execPath, ['-e', EARLY, '127.0.0.1', port], { encoding: 'utf8' }).trim()) as { how: string; data: string };
+    const early = JSON.parse(execFileSync(process.execPath, ['-e', EARLY, '127.0.0.1', port], { encoding: 'utf8' }).trim()) as {
+      how: string;
+      data: string;
+    };
     say(`  bot: connection ${early.how === 'ECONNRESET' ? 'reset' : early.how}, received ${early.data.length} bytes`);
     await new Promise((r) => setTimeout(r, 300));
     say('\nwhat the backend saw:');
-    for (const ev of recLines.filter((x) => x.event === 'connect' || x.event === 'message')) say(`  ${String(ev.event).padEnd(8)} from ${String(ev.remoteAddress)}`);
+    for (const ev of recLines.filter((x) => x.event === 'connect' || x.event === 'message'))
+      say(`  ${String(ev.event).padEnd(8)} from ${String(ev.remoteAddress)}`);
     say('\netd session log:');
     sessionTable(etdLines);
     await keepUntilSignal(dashboard);

@@ -7,11 +7,11 @@
 // logs and leaves it behind even on a clean SIGTERM: stop() deletes exactly those directories
 // (and /var/tmp/frr when this module created it).
 
+import type { ChildProcess } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { ChildProcess } from 'node:child_process';
 import type { LabProcesses } from './netns.js';
 
 const FRR_LIB = '/usr/lib/frr';
@@ -36,7 +36,8 @@ export function frrInstalled(): boolean {
 async function waitForFile(file: string, child: ChildProcess, what: string, log: () => string, timeoutMs = 15_000): Promise<void> {
   const until = Date.now() + timeoutMs;
   while (!fs.existsSync(file)) {
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${what} exited (${child.exitCode ?? child.signalCode}) before creating ${file}:\n${log()}`);
+    if (child.exitCode !== null || child.signalCode !== null)
+      throw new Error(`${what} exited (${child.exitCode ?? child.signalCode}) before creating ${file}:\n${log()}`);
     if (Date.now() > until) throw new Error(`${what} did not create ${file} within ${timeoutMs} ms:\n${log()}`);
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -68,9 +69,25 @@ export async function startFrr(procs: LabProcesses, ns: string, pbrdConfig: stri
   fs.writeFileSync(path.join(dir, 'pbrd.conf'), pbrdConfig, { mode: 0o644 });
   const zserv = path.join(dir, 'zserv.api');
   const daemon = (name: 'zebra' | 'pbrd'): ChildProcess =>
-    procs.spawn(ns, path.join(FRR_LIB, name), ['-f', path.join(dir, `${name}.conf`), '-i', path.join(dir, `${name}.pid`), '-z', zserv, '--vty_socket', dir, '--log', `file:${path.join(dir, `${name}.log`)}`], {
-      stdio: ['ignore', 'ignore', 'ignore'],
-    });
+    procs.spawn(
+      ns,
+      path.join(FRR_LIB, name),
+      [
+        '-f',
+        path.join(dir, `${name}.conf`),
+        '-i',
+        path.join(dir, `${name}.pid`),
+        '-z',
+        zserv,
+        '--vty_socket',
+        dir,
+        '--log',
+        `file:${path.join(dir, `${name}.log`)}`,
+      ],
+      {
+        stdio: ['ignore', 'ignore', 'ignore'],
+      },
+    );
   const readLog = (name: string) => {
     try {
       return fs.readFileSync(path.join(dir, `${name}.log`), 'utf8');
@@ -129,7 +146,10 @@ export async function startFrr(procs: LabProcesses, ns: string, pbrdConfig: stri
   return {
     dir,
     async vtysh(...commands: string[]) {
-      const r = await procs.exec(ns, 'vtysh', ['--vty_socket', dir, ...commands.flatMap((c) => ['-c', c])], { timeoutMs: 15_000, allowFailure: true });
+      const r = await procs.exec(ns, 'vtysh', ['--vty_socket', dir, ...commands.flatMap((c) => ['-c', c])], {
+        timeoutMs: 15_000,
+        allowFailure: true,
+      });
       const out = r.stdout + r.stderr;
       if (r.code !== 0 || /^% /m.test(out)) throw new Error(`vtysh ${commands.join(' ; ')} failed (exit ${r.code}):\n${out}`);
       return out;

@@ -14,7 +14,7 @@
 // netns.ts's stale-lab pattern) and deleted by destroy() and on process exit too.
 
 import { execFileSync } from 'node:child_process';
-import { createLab, registerSyncCleanup, run, type ExecResult, type Lab, type LabProcesses } from './netns.js';
+import { createLab, type ExecResult, type Lab, type LabProcesses, registerSyncCleanup, run } from './netns.js';
 
 export type HaGateway = 'a' | 'b';
 
@@ -78,7 +78,8 @@ export async function createHaLab(): Promise<HaLab> {
     return destroying;
   };
 
-  const batch = (name: string, lines: string[]): Promise<ExecResult> => run('ip', ['-n', name, '-batch', '-'], { input: `${lines.join('\n')}\n` });
+  const batch = (name: string, lines: string[]): Promise<ExecResult> =>
+    run('ip', ['-n', name, '-batch', '-'], { input: `${lines.join('\n')}\n` });
 
   try {
     // The lab's gateway becomes a plain switch: no routed addresses, no forwarding, two bridges.
@@ -104,10 +105,21 @@ export async function createHaLab(): Promise<HaLab> {
       await run('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
       await run('ip', ['link', 'add', `c-${side}`, 'netns', sw, 'type', 'veth', 'peer', 'name', ifaces.clientSide, 'netns', name]);
       await run('ip', ['link', 'add', `b-${side}`, 'netns', sw, 'type', 'veth', 'peer', 'name', ifaces.backendSide, 'netns', name]);
-      await batch(sw, [`link set c-${side} master br-c`, `link set b-${side} master br-b`, `link set c-${side} up`, `link set b-${side} up`]);
+      await batch(sw, [
+        `link set c-${side} master br-c`,
+        `link set b-${side} master br-b`,
+        `link set c-${side} up`,
+        `link set b-${side} up`,
+      ]);
       // A gateway forwards (like the single gateway of netns.ts) with reverse-path filtering off:
       // etd's spoofed SYNs leave with client source addresses that route via the other interface.
-      await lab.exec(name, 'sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv4.conf.all.rp_filter=0', 'net.ipv4.conf.default.rp_filter=0']);
+      await lab.exec(name, 'sysctl', [
+        '-q',
+        '-w',
+        'net.ipv4.ip_forward=1',
+        'net.ipv4.conf.all.rp_filter=0',
+        'net.ipv4.conf.default.rp_filter=0',
+      ]);
       await batch(name, [
         `addr add ${v4[side].clientSide}/${v4.prefix} dev ${ifaces.clientSide}`,
         `addr add ${v4[side].backendSide}/${v4.prefix} dev ${ifaces.backendSide}`,

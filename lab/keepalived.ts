@@ -7,10 +7,10 @@
 // stop() also signals it by the pid from its pid file, so nothing of ours outlives the test.
 // State changes are logged as "(INSTANCE) Entering MASTER|BACKUP|FAULT STATE".
 
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { ChildProcess } from 'node:child_process';
 import type { LabProcesses } from './netns.js';
 
 export type VrrpState = 'MASTER' | 'BACKUP' | 'FAULT' | 'INIT';
@@ -74,7 +74,10 @@ export async function checkKeepalivedConfig(procs: LabProcesses, ns: string, con
   try {
     const file = path.join(dir, 'keepalived.conf');
     fs.writeFileSync(file, config, { mode: 0o644 });
-    const r = await procs.exec(ns, keepalivedPath() ?? 'keepalived', ['--config-test', '-f', file], { allowFailure: true, timeoutMs: 10_000 });
+    const r = await procs.exec(ns, keepalivedPath() ?? 'keepalived', ['--config-test', '-f', file], {
+      allowFailure: true,
+      timeoutMs: 10_000,
+    });
     const out = `${r.stdout}${r.stderr}`.trim();
     if (r.code !== 0 || out !== '') throw new Error(`keepalived --config-test (exit ${r.code}) complained about\n${config}\n---\n${out}`);
   } finally {
@@ -87,16 +90,26 @@ export async function checkKeepalivedConfig(procs: LabProcesses, ns: string, con
  * it logged its startup. `env` is keepalived's environment, which its scripts inherit (PATH
  * decides, e.g., whether a track script finds curl).
  */
-export async function startKeepalived(procs: LabProcesses, ns: string, config: string, opts: { env?: NodeJS.ProcessEnv } = {}): Promise<Keepalived> {
+export async function startKeepalived(
+  procs: LabProcesses,
+  ns: string,
+  config: string,
+  opts: { env?: NodeJS.ProcessEnv } = {},
+): Promise<Keepalived> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-keepalived-'));
   const file = path.join(dir, 'keepalived.conf');
   fs.writeFileSync(file, config, { mode: 0o644 });
   const pidFile = path.join(dir, 'keepalived.pid');
   const vrrpPidFile = path.join(dir, 'vrrp.pid');
-  const child = procs.spawn(ns, keepalivedPath() ?? 'keepalived', ['-n', '-l', '-G', '-D', '-P', '-f', file, '-p', pidFile, '-r', vrrpPidFile, '-c', path.join(dir, 'checkers.pid')], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    ...(opts.env ? { env: opts.env } : {}),
-  });
+  const child = procs.spawn(
+    ns,
+    keepalivedPath() ?? 'keepalived',
+    ['-n', '-l', '-G', '-D', '-P', '-f', file, '-p', pidFile, '-r', vrrpPidFile, '-c', path.join(dir, 'checkers.pid')],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      ...(opts.env ? { env: opts.env } : {}),
+    },
+  );
   const lines: string[] = [];
   const listeners = new Set<() => void>();
   let partial = '';
@@ -167,7 +180,13 @@ export async function startKeepalived(procs: LabProcesses, ns: string, config: s
   };
 
   try {
-    await waitFor(() => fs.existsSync(vrrpPidFile) && lines.some((l) => /Starting VRRP child process|VRRP_Instance|Entering BACKUP STATE|Entering FAULT STATE/.test(l)), 'the VRRP child to start', 10_000);
+    await waitFor(
+      () =>
+        fs.existsSync(vrrpPidFile) &&
+        lines.some((l) => /Starting VRRP child process|VRRP_Instance|Entering BACKUP STATE|Entering FAULT STATE/.test(l)),
+      'the VRRP child to start',
+      10_000,
+    );
   } catch (e) {
     await stop();
     throw e;

@@ -15,10 +15,11 @@
 // skipPrivileged() from test/helpers/privileged.ts; `npm run demo` checks for root itself.
 // It lives in src/ because the demo ships with etd; the tests use the same lab.
 
-import { execFile, execFileSync, spawn as spawnChild, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { type ChildProcess, execFile, execFileSync, type SpawnOptions, spawn as spawnChild } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { PACKAGE_ROOT } from '../src/paths.js';
+import { hostPort } from '../src/util/address.js';
 import { parseStrictJson } from '../src/util/strictJson.js';
 
 export type NsRole = 'client' | 'gateway' | 'backend';
@@ -83,7 +84,11 @@ export interface LabProcesses {
   /** Spawns a process printing JSON lines on stdout and collects them. */
   spawnJson(ns: string, cmd: string, args: readonly string[], opts?: SpawnOptions): JsonLineProcess;
   /** Starts scripts/lab-recorder.mjs in `ns` on the given addresses; resolves once it is ready. */
-  startRecorder(ns: string, listens: readonly Listen[], opts?: { plain?: boolean; banner?: string; timeoutMs?: number }): Promise<JsonLineProcess>;
+  startRecorder(
+    ns: string,
+    listens: readonly Listen[],
+    opts?: { plain?: boolean; banner?: string; timeoutMs?: number },
+  ): Promise<JsonLineProcess>;
   /** Kills tracked processes by pid, deletes the namespaces. Idempotent. */
   destroy(): Promise<void>;
 }
@@ -106,7 +111,13 @@ export interface Lab extends LabProcesses {
     readonly backends: readonly [string, string];
   };
   /** With `peerGateway`: the second gateway's namespace and addresses (undefined otherwise). */
-  readonly peer?: { readonly ns: string; readonly v4: string; readonly v6: string; readonly gatewaySideV4: string; readonly gatewaySideV6: string };
+  readonly peer?: {
+    readonly ns: string;
+    readonly v4: string;
+    readonly v6: string;
+    readonly gatewaySideV4: string;
+    readonly gatewaySideV6: string;
+  };
   /** Interface names inside each namespace. */
   readonly ifaces: {
     readonly client: string;
@@ -118,8 +129,6 @@ export interface Lab extends LabProcesses {
 
 const RECORDER = path.join(PACKAGE_ROOT, 'scripts/lab-recorder.mjs');
 const NS_NAME = /^etd[cgbp]([0-9a-z]+)-([0-9a-z]+)$/;
-
-import { hostPort } from '../src/util/address.js';
 
 export { hostPort };
 
@@ -167,7 +176,10 @@ async function removeStaleLabs(): Promise<void> {
   for (const name of stale) {
     // Processes a dead lab spawned outlive it and keep its namespace alive: end them first.
     const { stdout: pids } = await run('ip', ['netns', 'pids', name], { allowFailure: true });
-    for (const pid of pids.split('\n').map(Number).filter((p) => Number.isInteger(p) && p > 1)) {
+    for (const pid of pids
+      .split('\n')
+      .map(Number)
+      .filter((p) => Number.isInteger(p) && p > 1)) {
       try {
         process.kill(pid, 'SIGKILL');
       } catch {
@@ -302,7 +314,7 @@ export function registerSyncCleanup(f: () => void): void {
 
 export async function createLab(opts: LabOptions = {}): Promise<Lab> {
   const id = `${process.pid.toString(36)}-${randomBytes(2).toString('hex')}`;
-  const x = 1 + randomBytes(1).readUInt8(0) % 250;
+  const x = 1 + (randomBytes(1).readUInt8(0) % 250);
   const ns = { client: `etdc${id}`, gateway: `etdg${id}`, backend: `etdb${id}` } as const;
   // veth ends are created directly inside their namespaces, so these short names never meet another lab's.
   const ifaces = { client: 'veth-c', gatewayToClient: 'veth-gc', gatewayToBackend: 'veth-gb', backend: 'veth-b' } as const;
@@ -402,8 +414,34 @@ export async function createLab(opts: LabOptions = {}): Promise<Lab> {
       await exec(name, 'sysctl', ['-q', '-w', 'net.ipv6.conf.all.accept_dad=0', 'net.ipv6.conf.default.accept_dad=0']);
       await run('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
     }
-    await run('ip', ['link', 'add', ifaces.client, 'netns', ns.client, 'type', 'veth', 'peer', 'name', ifaces.gatewayToClient, 'netns', ns.gateway]);
-    await run('ip', ['link', 'add', ifaces.backend, 'netns', ns.backend, 'type', 'veth', 'peer', 'name', ifaces.gatewayToBackend, 'netns', ns.gateway]);
+    await run('ip', [
+      'link',
+      'add',
+      ifaces.client,
+      'netns',
+      ns.client,
+      'type',
+      'veth',
+      'peer',
+      'name',
+      ifaces.gatewayToClient,
+      'netns',
+      ns.gateway,
+    ]);
+    await run('ip', [
+      'link',
+      'add',
+      ifaces.backend,
+      'netns',
+      ns.backend,
+      'type',
+      'veth',
+      'peer',
+      'name',
+      ifaces.gatewayToBackend,
+      'netns',
+      ns.gateway,
+    ]);
 
     await exec(ns.gateway, 'sysctl', [
       '-q',

@@ -16,7 +16,7 @@
 // by destroy() and on process exit like them.
 
 import { execFileSync } from 'node:child_process';
-import { createLab, registerSyncCleanup, run, type ExecResult, type Lab, type LabProcesses } from './netns.js';
+import { createLab, type ExecResult, type Lab, type LabProcesses, registerSyncCleanup, run } from './netns.js';
 
 /** The PBR lab: the shared process API plus its own topology; destroy() covers all four namespaces. */
 export interface PbrLab extends LabProcesses {
@@ -109,8 +109,16 @@ export async function createPbrLab(): Promise<PbrLab> {
     await run('ip', ['link', 'add', ifaces.etd, 'netns', etdNs, 'type', 'veth', 'peer', 'name', ifaces.routerToEtd, 'netns', router]);
     // etd forwards like a real deployment would (replies of sessions that bypass it), and uses
     // loose reverse-path filtering, the mode docs/routing.md recommends.
-    await lab.exec(etdNs, 'sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1', 'net.ipv4.conf.all.rp_filter=2', 'net.ipv4.conf.default.rp_filter=2']);
-    const batch = (name: string, lines: string[]): Promise<ExecResult> => run('ip', ['-n', name, '-batch', '-'], { input: `${lines.join('\n')}\n` });
+    await lab.exec(etdNs, 'sysctl', [
+      '-q',
+      '-w',
+      'net.ipv4.ip_forward=1',
+      'net.ipv6.conf.all.forwarding=1',
+      'net.ipv4.conf.all.rp_filter=2',
+      'net.ipv4.conf.default.rp_filter=2',
+    ]);
+    const batch = (name: string, lines: string[]): Promise<ExecResult> =>
+      run('ip', ['-n', name, '-batch', '-'], { input: `${lines.join('\n')}\n` });
     await batch(etdNs, [
       `addr add ${v4.etd}/24 dev ${ifaces.etd}`,
       `addr add ${v6.etd}/64 dev ${ifaces.etd} nodad`,
@@ -118,7 +126,11 @@ export async function createPbrLab(): Promise<PbrLab> {
       `route add default via ${v4.routerEtdSide}`,
       `route add ::/0 via ${v6.routerEtdSide}`,
     ]);
-    await batch(router, [`addr add ${v4.routerEtdSide}/24 dev ${ifaces.routerToEtd}`, `addr add ${v6.routerEtdSide}/64 dev ${ifaces.routerToEtd} nodad`, `link set ${ifaces.routerToEtd} up`]);
+    await batch(router, [
+      `addr add ${v4.routerEtdSide}/24 dev ${ifaces.routerToEtd}`,
+      `addr add ${v6.routerEtdSide}/64 dev ${ifaces.routerToEtd} nodad`,
+      `link set ${ifaces.routerToEtd} up`,
+    ]);
     // etd's spoofed SYNs arrive on this link with client source addresses whose route is another
     // interface: strict rp_filter would drop them; loose (2) is the documented setting.
     await lab.exec(router, 'sysctl', ['-q', '-w', `net.ipv4.conf.${ifaces.routerToEtd}.rp_filter=2`]);

@@ -4,12 +4,12 @@
 // is a UDP socket that reads and never answers, so unbound's queries for it get no reply in
 // time. Started with `-d` (no daemon, no chroot, no user switch): the lab kills it by its pid.
 
+import { type ChildProcess, spawn as spawnChild } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { spawn as spawnChild, type ChildProcess } from 'node:child_process';
-import { run, type ExecOptions, type ExecResult, type LabProcesses } from './netns.js';
 import { queryName } from '../src/reputation/query.js';
+import { type ExecOptions, type ExecResult, type LabProcesses, run } from './netns.js';
 
 export interface TestZone {
   /** The zone, e.g. bl3.test. */
@@ -89,7 +89,8 @@ export function unboundConf(dir: string, addresses: readonly string[], zones: re
       continue;
     }
     lines.push(`  local-zone: "${z.zone}." static`);
-    for (const [client, answer] of Object.entries(z.listed ?? {})) lines.push(`  local-data: "${queryName(client, z.zone)}. 300 IN A ${answer}"`);
+    for (const [client, answer] of Object.entries(z.listed ?? {}))
+      lines.push(`  local-data: "${queryName(client, z.zone)}. 300 IN A ${answer}"`);
   }
   return `${[...lines, ...stubs].join('\n')}\n`;
 }
@@ -98,7 +99,12 @@ export function unboundConf(dir: string, addresses: readonly string[], zones: re
  * Starts unbound on `address`:`port` (default 53; 0 = a free port, tried again if another
  * process takes it first) with the zones; resolves once it answers.
  */
-export async function startUnbound(runner: Runner, address: string, zones: readonly TestZone[], opts: { port?: number; timeoutMs?: number } = {}): Promise<RunningUnbound> {
+export async function startUnbound(
+  runner: Runner,
+  address: string,
+  zones: readonly TestZone[],
+  opts: { port?: number; timeoutMs?: number } = {},
+): Promise<RunningUnbound> {
   for (let attempt = 1; ; attempt++) {
     const port = opts.port === 0 ? 20_000 + Math.floor(Math.random() * 30_000) : (opts.port ?? 53);
     try {
@@ -109,7 +115,13 @@ export async function startUnbound(runner: Runner, address: string, zones: reado
   }
 }
 
-async function startOnce(runner: Runner, address: string, zones: readonly TestZone[], port: number, timeoutMs: number): Promise<RunningUnbound> {
+async function startOnce(
+  runner: Runner,
+  address: string,
+  zones: readonly TestZone[],
+  port: number,
+  timeoutMs: number,
+): Promise<RunningUnbound> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-unbound-'));
   const conf = path.join(dir, 'unbound.conf');
   const silent = zones.some((z) => z.dead) ? runner.spawn(process.execPath, ['-e', SILENT]) : undefined;

@@ -49,12 +49,24 @@ export function botAddresses(lab: Lab, bots: number): string[] {
  * `connections` early talkers to `server`:`port`, spread over `spreadMs`, from `bots` addresses
  * in turn. Adds the addresses first (idempotent); they go with the namespace.
  */
-export async function botWave(lab: Lab, server: string, opts: { bots: number; connections: number; spreadMs: number; port?: number }): Promise<WaveResult> {
-  if (opts.connections < 1 || opts.connections > 20_000) throw new RangeError(`a wave has 1 to 20000 connections (got ${opts.connections})`);
+export async function botWave(
+  lab: Lab,
+  server: string,
+  opts: { bots: number; connections: number; spreadMs: number; port?: number },
+): Promise<WaveResult> {
+  if (opts.connections < 1 || opts.connections > 20_000)
+    throw new RangeError(`a wave has 1 to 20000 connections (got ${opts.connections})`);
   const addrs = botAddresses(lab, opts.bots);
-  await lab.exec(lab.ns.client, 'ip', ['-batch', '-'], { input: addrs.map((a) => `addr replace ${a}/24 dev ${lab.ifaces.client}`).join('\n') + '\n' });
-  const r = await lab.exec(lab.ns.client, process.execPath, ['-e', WAVE, server, String(opts.port ?? 25), String(opts.connections), String(opts.spreadMs), ...addrs], {
-    timeoutMs: opts.spreadMs + 30_000,
+  await lab.exec(lab.ns.client, 'ip', ['-batch', '-'], {
+    input: `${addrs.map((a) => `addr replace ${a}/24 dev ${lab.ifaces.client}`).join('\n')}\n`,
   });
+  const r = await lab.exec(
+    lab.ns.client,
+    process.execPath,
+    ['-e', WAVE, server, String(opts.port ?? 25), String(opts.connections), String(opts.spreadMs), ...addrs],
+    {
+      timeoutMs: opts.spreadMs + 30_000,
+    },
+  );
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as WaveResult;
 }

@@ -26,7 +26,8 @@ const output = path.join(nativeDir, 'build', 'Release', 'etd_transparent.node');
 const HINT = 'install a C++ toolchain and Python (Debian: apt-get install g++ make python3), then run: npm run install';
 
 const say = (msg) => console.log(`[etd build-native] ${msg}`);
-const HEADERS_HINT = 'install the Node.js headers matching this node (the nodejs packages put them in <prefix>/include/node), or set ETD_NODEDIR';
+const HEADERS_HINT =
+  'install the Node.js headers matching this node (the nodejs packages put them in <prefix>/include/node), or set ETD_NODEDIR';
 function fail(msg, detail, hint = HINT) {
   console.error(`[etd build-native] FAILED: ${msg}`);
   if (detail) console.error(detail);
@@ -114,15 +115,18 @@ function findNodeDir() {
     if (usable) return { why, path: dir, version: headerVersion(dir), tried };
   }
   fail(
-    "no Node.js headers found on this machine (the build does not download them)",
-    `looked at:\n${tried.join('\n')}\n` +
-      'the build never downloads headers; see the hint',
+    'no Node.js headers found on this machine (the build does not download them)',
+    `looked at:\n${tried.join('\n')}\nthe build never downloads headers; see the hint`,
     HEADERS_HINT,
   );
   return null;
 }
 
-const quiet = (text) => text.split('\n').filter((l) => !l.startsWith('gyp info')).join('\n');
+const quiet = (text) =>
+  text
+    .split('\n')
+    .filter((l) => !l.startsWith('gyp info'))
+    .join('\n');
 
 const gyp = findNodeGyp();
 const nodedir = findNodeDir();
@@ -135,13 +139,7 @@ if (nodedir.version && nodedir.version.split('.')[0] !== running.split('.')[0]) 
   say(`note: headers are for node ${nodedir.version}, running node ${running}; Node-API keeps the addon compatible`);
 }
 
-const args = [
-  gyp.path,
-  'rebuild',
-  `--directory=${nativeDir}`,
-  `--nodedir=${nodedir.path}`,
-  '--jobs=max',
-];
+const args = [gyp.path, 'rebuild', `--directory=${nativeDir}`, `--nodedir=${nodedir.path}`, '--jobs=max'];
 say(`running: ${process.execPath} ${args.join(' ')}`);
 // Keep npm's own config (e.g. npm_config_dist_url) from making node-gyp reach for the network.
 const env = { ...process.env, npm_config_nodedir: nodedir.path };

@@ -114,7 +114,10 @@ function productionModules() {
 
 /** Every regular file under dir, relative to it. */
 function filesUnder(dir) {
-  return fs.readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => path.relative(dir, path.join(e.parentPath ?? e.path, e.name)));
+  return fs
+    .readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile())
+    .map((e) => path.relative(dir, path.join(e.parentPath ?? e.path, e.name)));
 }
 
 function shlibsDepends(binaries) {
@@ -124,7 +127,12 @@ function shlibsDepends(binaries) {
     fs.writeFileSync(path.join(tmp, 'debian', 'control'), 'Source: etd\n\nPackage: etd\nArchitecture: amd64\n');
     const out = sh('dpkg-shlibdeps', ['-O', ...binaries.map((b) => `-e${b}`)], { cwd: tmp });
     const m = /^shlibs:Depends=(.*)$/m.exec(out);
-    return m ? m[1].split(',').map((s) => s.trim()).filter(Boolean) : [];
+    return m
+      ? m[1]
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean)
+      : [];
   } catch (e) {
     fail(`dpkg-shlibdeps: ${e.stderr || e.message}`, 'apt-get install dpkg-dev');
   } finally {
@@ -155,20 +163,29 @@ export async function build(outDir) {
   const cliTree = path.dirname(cliPath); // dist/src: the agent (bench/ and lab/ are built beside it, not shipped)
   const addon = 'native/build/Release/etd_transparent.node';
   for (const need of [cliPath, addon, 'dist/ui/index.html', 'node_modules']) {
-    if (!fs.existsSync(path.join(ROOT, need))) fail(`${need} is missing: this is not a built checkout`, 'npm ci && npm run build (npm run package does both)');
+    if (!fs.existsSync(path.join(ROOT, need)))
+      fail(`${need} is missing: this is not a built checkout`, 'npm ci && npm run build (npm run package does both)');
   }
   const version = packageVersion();
   const stage = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-deb-'));
   try {
     const lib = path.join(stage, PREFIX.slice(1));
     // The program.
-    write(path.join(lib, 'package.json'), `${JSON.stringify({ name: pkg.name, version, type: pkg.type, bin: pkg.bin, dependencies: pkg.dependencies }, null, 2)}\n`);
+    write(
+      path.join(lib, 'package.json'),
+      `${JSON.stringify({ name: pkg.name, version, type: pkg.type, bin: pkg.bin, dependencies: pkg.dependencies }, null, 2)}\n`,
+    );
     copyTree(path.join(ROOT, cliTree), path.join(lib, cliTree), (rel) => /\.(d\.ts|map)$/.test(rel));
     copyTree(path.join(ROOT, addon), path.join(lib, addon));
     // The dashboard (GET /ui/): its files are built by npm run build; uPlot is bundled into them.
     copyTree(path.join(ROOT, 'dist/ui'), path.join(lib, 'dist/ui'));
     for (const mod of productionModules()) {
-      copyTree(path.join(ROOT, mod), path.join(lib, mod), (rel) => rel !== mod && (rel.startsWith(`${mod}/node_modules/`) || rel === `${mod}/node_modules` || PRUNE.some((re) => re.test(rel))));
+      copyTree(
+        path.join(ROOT, mod),
+        path.join(lib, mod),
+        (rel) =>
+          rel !== mod && (rel.startsWith(`${mod}/node_modules/`) || rel === `${mod}/node_modules` || PRUNE.some((re) => re.test(rel))),
+      );
     }
     // Scripts with a shebang 0755 (the CLI among them), everything else 0644 (node loads the .node
     // modules, it does not execute them); ELF modules stripped.
@@ -181,10 +198,15 @@ export async function build(outDir) {
     }
     // Pruning can leave directories empty.
     sh('find', [lib, '-mindepth', '1', '-type', 'd', '-empty', '-delete']);
-    const binaries = filesUnder(lib).filter((rel) => rel.endsWith('.node')).map((rel) => path.join(lib, rel));
+    const binaries = filesUnder(lib)
+      .filter((rel) => rel.endsWith('.node'))
+      .map((rel) => path.join(lib, rel));
 
     write(path.join(stage, 'usr/bin/etd'), wrapper(cliPath), 0o755);
-    write(path.join(stage, 'lib/systemd/system/etd.service'), packagedUnit(fs.readFileSync(path.join(ROOT, 'systemd/etd.service'), 'utf8')));
+    write(
+      path.join(stage, 'lib/systemd/system/etd.service'),
+      packagedUnit(fs.readFileSync(path.join(ROOT, 'systemd/etd.service'), 'utf8')),
+    );
     write(path.join(stage, 'etc/etd/etd.yaml'), fs.readFileSync(path.join(ROOT, 'config/etd.example.yaml')));
     write(path.join(stage, 'usr/lib/sysctl.d/90-etd.conf'), fs.readFileSync(path.join(ROOT, 'systemd/90-etd.conf')));
 
@@ -197,9 +219,13 @@ export async function build(outDir) {
     // Documentation.
     const doc = path.join(stage, 'usr/share/doc/etd');
     write(path.join(doc, 'copyright'), copyright(pkg));
-    gzipTo(path.join(doc, 'changelog.gz'), `etd (${version}) unstable; urgency=medium\n\n  * Built by npm run package${gitHash() ? ` from git ${gitHash()}` : ''}; see the project's git history.\n\n -- ${MAINTAINER}  ${rfc2822(date)}\n`);
+    gzipTo(
+      path.join(doc, 'changelog.gz'),
+      `etd (${version}) unstable; urgency=medium\n\n  * Built by npm run package${gitHash() ? ` from git ${gitHash()}` : ''}; see the project's git history.\n\n -- ${MAINTAINER}  ${rfc2822(date)}\n`,
+    );
     write(path.join(doc, 'README.md'), fs.readFileSync(path.join(ROOT, 'README.md')));
-    for (const f of fs.readdirSync(path.join(ROOT, 'docs')).filter((f) => f.endsWith('.md'))) write(path.join(doc, f), fs.readFileSync(path.join(ROOT, 'docs', f)));
+    for (const f of fs.readdirSync(path.join(ROOT, 'docs')).filter((f) => f.endsWith('.md')))
+      write(path.join(doc, f), fs.readFileSync(path.join(ROOT, 'docs', f)));
     write(path.join(doc, 'etd.example.yaml'), fs.readFileSync(path.join(ROOT, 'config/etd.example.yaml')));
     // The HA pair's example: nothing is configured, the operator copies it (docs/ha.md). Scripts
     // keep their executable bit, which lintian accepts under examples/.
@@ -230,13 +256,14 @@ export async function build(outDir) {
         ' etd holds every new port-25 connection silently for a few seconds. A client',
         " that talks before the server's greeting is a spam bot (RFC 5321 4.3.1) and is",
         ' dropped; a client that waits is connected to a backend SMTP server from its',
-        " own IP address (IP_TRANSPARENT, nftables TPROXY, policy routing), and etd",
+        ' own IP address (IP_TRANSPARENT, nftables TPROXY, policy routing), and etd',
         ' relays the session. Managed over a local REST API; etd doctor checks the host.',
         '',
       ].join('\n'),
     );
     write(path.join(control, 'conffiles'), '/etc/etd/etd.yaml\n');
-    for (const script of ['postinst', 'prerm', 'postrm']) write(path.join(control, script), fs.readFileSync(path.join(ROOT, 'packaging', script)), 0o755);
+    for (const script of ['postinst', 'prerm', 'postrm'])
+      write(path.join(control, script), fs.readFileSync(path.join(ROOT, 'packaging', script)), 0o755);
     const sums = filesUnder(stage)
       .filter((rel) => !rel.startsWith('DEBIAN/'))
       .sort()

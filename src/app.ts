@@ -1,37 +1,42 @@
 // Composition root: builds etd's parts from one Config with explicit dependencies; start, reload, stop in order.
+// biome-ignore-all lint/style/noExcessiveLinesPerFile: the composition root still carries the worker roles and admission; issue 23 moves admission to its own module and deletes the roles (target ≤ 250 lines)
 
 import type { Logger } from 'pino';
-import type { Config, ListenerConfig } from './config/schema.js';
-import { Pool } from './backend/pool.js';
 import { HealthChecker } from './backend/health.js';
-import { Listener } from './proxy/listener.js';
-import type { EngineCounts, LiveSession, SessionContext, SessionPolicy, SessionSummary } from './proxy/protocol.js';
-import { policyOf } from './proxy/policy.js';
-import { nextSessionId, Session, SHUTDOWN_REPLY, summaryOf } from './proxy/session.js';
-import { createSource } from './proxy/upstream.js';
-import { engineDriver, type EngineDriver, type NativeAccept } from './proxy/engineDriver.js';
-import { Stats } from './stats.js';
-import { EtdError, describeError } from './errors.js';
-import { hostPort } from './util/address.js';
+import { Pool } from './backend/pool.js';
+import { consultShared, localState } from './cluster/attach.js';
+import type { SharedState } from './cluster/shared.js';
+import { parseAddress } from './config/cidr.js';
+import type { Config, ListenerConfig } from './config/schema.js';
+import { describeError, EtdError } from './errors.js';
 import { loadTransparent } from './native/transparent.js';
+import { AccessLists } from './policy/access.js';
+import { ClientCache, cacheKey } from './policy/clientCache.js';
+import { type EngineDriver, engineDriver, type NativeAccept } from './proxy/engineDriver.js';
+import { type BoundFd, bindListener, Listener } from './proxy/listener.js';
+import { policyOf } from './proxy/policy.js';
+import type {
+  EngineCounts,
+  LiveSession,
+  LiveSessionView,
+  SessionContext,
+  SessionPolicy,
+  SessionReputation,
+  SessionSummary,
+} from './proxy/protocol.js';
+import { nextSessionId, Session, SHUTDOWN_REPLY, summaryOf, viewOfSession } from './proxy/session.js';
+import { createSource } from './proxy/upstream.js';
+import { applyScore, judge, refusalOf, vouching, watchLookups } from './reputation/gate.js';
+import { Reputation } from './reputation/lookup.js';
+import { openStore, type StateStore, WORKER_STORE } from './state/store.js';
+import { Stats } from './stats.js';
+import { hostPort } from './util/address.js';
+import { Board } from './workers/board.js';
+import { BoardCounts, type LiveCounts, LocalCounts } from './workers/counts.js';
+import type { WorkerGroup } from './workers/group.js';
+import type { WorkerSide } from './workers/side.js';
 
 const closeFd = (fd: number): void => loadTransparent().closeFd(fd);
-import { AccessLists } from './policy/access.js';
-import { parseAddress } from './config/cidr.js';
-import { ClientCache, cacheKey } from './policy/clientCache.js';
-import type { SharedState } from './cluster/shared.js';
-import { consultShared, localState } from './cluster/attach.js';
-import { openStore, type StateStore } from './state/store.js';
-import { Reputation } from './reputation/lookup.js';
-import { applyScore, judge, refusalOf, vouching, watchLookups } from './reputation/gate.js';
-import type { LiveSessionView, SessionReputation } from './proxy/protocol.js';
-import { viewOfSession } from './proxy/session.js';
-import { bindListener, type BoundFd } from './proxy/listener.js';
-import { WORKER_STORE } from './state/store.js';
-import { BoardCounts, LocalCounts, type LiveCounts } from './workers/counts.js';
-import { Board } from './workers/board.js';
-import type { WorkerSide } from './workers/side.js';
-import type { WorkerGroup } from './workers/group.js';
 
 /** A listener's session context: the policy in force is the normal or the stress one. */
 interface ListenerContext extends SessionContext {
@@ -133,14 +138,18 @@ export class App {
     private readonly worker?: WorkerSide,
   ) {
     // Main thread of several workers: a session counts until its summary line has arrived here.
-    this.sessions = worker || config.workers <= 1 ? new Set() : new RemoteSessions(() => this.counts.sessions + (this.workers?.board.unreported ?? 0));
+    this.sessions =
+      worker || config.workers <= 1 ? new Set() : new RemoteSessions(() => this.counts.sessions + (this.workers?.board.unreported ?? 0));
     this.store = worker ? WORKER_STORE : openStore(config.state.path, log);
     this.access = new AccessLists(config.access, worker ? worker.init.access : this.store.loadAccess());
     this.cache = new ClientCache(config.cache, this.store);
     this.reputation = new Reputation(config.reputation, log.child({ part: 'reputation' }));
     this.pool = new Pool(config.upstream.servers, config.upstream.balance, { passiveFall: config.upstream.passiveFall });
     // The main thread logs server changes (a worker's passive "down" reaches it as a message).
-    if (!worker) this.pool.onChange((c) => this.log.warn({ server: c.server, from: c.from, to: c.to, reason: c.reason }, `server ${c.server} is now ${c.to}`));
+    if (!worker)
+      this.pool.onChange((c) =>
+        this.log.warn({ server: c.server, from: c.from, to: c.to, reason: c.reason }, `server ${c.server} is now ${c.to}`),
+      );
     // Health checks run on the main thread only; workers are told the outcome.
     this.health = new HealthChecker(this.pool, worker ? { ...config.upstream.health, enabled: false } : config.upstream.health, log);
     if (worker) {
@@ -193,7 +202,10 @@ export class App {
 
   listenerList(): readonly ListenerView[] {
     if (!this.worker && this.config.workers > 1) {
-      return [...this.bound.values()].map(({ config, fds }) => ({ config, addresses: () => (fds[0] ?? []).map(({ address, port }) => ({ address, port })) }));
+      return [...this.bound.values()].map(({ config, fds }) => ({
+        config,
+        addresses: () => (fds[0] ?? []).map(({ address, port }) => ({ address, port })),
+      }));
     }
     return [...this.listeners.values()];
   }
@@ -211,7 +223,10 @@ export class App {
       this.cluster.start();
       // DNSBL answers are shared too: a peer's answer can settle a zone before the resolver does.
       const cluster = this.cluster;
-      this.reputation.share({ get: (key, done) => cluster.get('dnsbl', key, done), put: (key, value, expires) => cluster.put('dnsbl', key, value, expires) });
+      this.reputation.share({
+        get: (key, done) => cluster.get('dnsbl', key, done),
+        put: (key, value, expires) => cluster.put('dnsbl', key, value, expires),
+      });
     }
     if (this.config.workers > 1) {
       await this.startWorkers();
@@ -231,7 +246,8 @@ export class App {
     const board = Board.create(n);
     this.counts = new BoardCounts(board, -1);
     try {
-      for (const l of this.config.listeners) this.bound.set(l.name, { config: l, fds: bindListener(l, this.config.netfilter.tproxyPort, n) });
+      for (const l of this.config.listeners)
+        this.bound.set(l.name, { config: l, fds: bindListener(l, this.config.netfilter.tproxyPort, n) });
     } catch (e) {
       this.closeBound();
       throw e;
@@ -284,7 +300,12 @@ export class App {
     try {
       for (const [name, b] of this.bound) {
         const port = b.fds[0]?.[0]?.port ?? b.config.port;
-        const fds = bindListener(b.config.mode === 'intercept' ? b.config : { ...b.config, port }, this.config.netfilter.tproxyPort, 1, true)[0]!;
+        const fds = bindListener(
+          b.config.mode === 'intercept' ? b.config : { ...b.config, port },
+          this.config.netfilter.tproxyPort,
+          1,
+          true,
+        )[0]!;
         b.fds[worker] = fds;
         out[name] = fds;
       }
@@ -359,9 +380,14 @@ export class App {
     const counts = this.counts;
     const held = counts.held;
     if (!counts.stressed && held > above) {
-      if (counts.setStressed(true)) this.log.warn({ held, above, window: this.config.detection.stress.windowMs }, 'entering stress: shorter window for new connections');
+      if (counts.setStressed(true))
+        this.log.warn(
+          { held, above, window: this.config.detection.stress.windowMs },
+          'entering stress: shorter window for new connections',
+        );
     } else if (counts.stressed && held < below) {
-      if (counts.setStressed(false)) this.log.warn({ held, below, window: this.config.detection.windowMs }, 'leaving stress: normal window again');
+      if (counts.setStressed(false))
+        this.log.warn({ held, below, window: this.config.detection.windowMs }, 'leaving stress: normal window again');
     }
   }
 
@@ -485,7 +511,14 @@ export class App {
   }
 
   /** A connection answered at accept, before any session existed: its summary line (`sent`: the reply's bytes, -1 none). */
-  private endedAtAccept(ctx: SessionContext, conn: NativeAccept, verdict: 'denied' | 'limit' | 'shutdown' | 'dnsbl', cause: string, sent: number, reputation?: SessionReputation): void {
+  private endedAtAccept(
+    ctx: SessionContext,
+    conn: NativeAccept,
+    verdict: 'denied' | 'limit' | 'shutdown' | 'dnsbl',
+    cause: string,
+    sent: number,
+    reputation?: SessionReputation,
+  ): void {
     this.worker?.ending();
     this.recordEnd(
       summaryOf({
@@ -510,11 +543,16 @@ export class App {
   async reload(next: Config): Promise<void> {
     const prev = this.config;
     if (netfilterKey(next) !== netfilterKey(prev)) {
-      throw new EtdError('ETD_ERR_CONFIG_INVALID', 'reload refused: the netfilter section, the transparent modes or the intercepted ports/destinations changed', {
-        hint: 'these are applied at start; restart etd (systemctl restart etd) to change them',
-      });
+      throw new EtdError(
+        'ETD_ERR_CONFIG_INVALID',
+        'reload refused: the netfilter section, the transparent modes or the intercepted ports/destinations changed',
+        {
+          hint: 'these are applied at start; restart etd (systemctl restart etd) to change them',
+        },
+      );
     }
-    if (next.workers !== prev.workers && !this.worker) this.log.warn({ from: prev.workers, to: next.workers }, 'workers changes take effect at the next restart');
+    if (next.workers !== prev.workers && !this.worker)
+      this.log.warn({ from: prev.workers, to: next.workers }, 'workers changes take effect at the next restart');
     // The worker count is fixed at start: the config every part keeps says so.
     next = next.workers === prev.workers ? next : { ...next, workers: prev.workers, workersSetting: prev.workersSetting };
     if (this.workers) {
@@ -529,8 +567,10 @@ export class App {
     this.cache.update(next.cache);
     this.reputation.update(next.reputation);
     this.health.update(this.worker ? { ...next.upstream.health, enabled: false } : next.upstream.health);
-    if (JSON.stringify(next.cluster) !== JSON.stringify(prev.cluster) && !this.worker) this.log.warn({}, 'cluster changes take effect at the next restart');
-    if (next.state.path !== prev.state.path && !this.worker) this.log.warn({ from: prev.state.path, to: next.state.path }, 'state.path changes take effect at the next restart');
+    if (JSON.stringify(next.cluster) !== JSON.stringify(prev.cluster) && !this.worker)
+      this.log.warn({}, 'cluster changes take effect at the next restart');
+    if (next.state.path !== prev.state.path && !this.worker)
+      this.log.warn({ from: prev.state.path, to: next.state.path }, 'state.path changes take effect at the next restart');
     for (const listener of this.listeners.values()) {
       const ctx = listener.ctx as ListenerContext;
       ctx.normal = policyOf(next);
@@ -590,7 +630,10 @@ export class App {
         await l.stop();
         this.listeners.delete(l.config.name);
       }
-      for (const l of stopped) await this.startListener(l.config, prev).catch((err: unknown) => this.log.error({ err: describeError(err), listener: l.config.name }, 'could not restore a listener after a failed reload'));
+      for (const l of stopped)
+        await this.startListener(l.config, prev).catch((err: unknown) =>
+          this.log.error({ err: describeError(err), listener: l.config.name }, 'could not restore a listener after a failed reload'),
+        );
       throw e;
     }
   }

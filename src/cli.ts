@@ -2,8 +2,8 @@
 // The etd command line: run | check | rules | doctor | status | version — dispatch and exit codes only (the commands and options are described in cliSpec.ts).
 
 import { parseArgs } from 'node:util';
-import { EtdError, describeError } from './errors.js';
 import { parseArgsOptions, renderUsage } from './cliSpec.js';
+import { describeError, EtdError } from './errors.js';
 
 const USAGE = renderUsage();
 
@@ -12,7 +12,9 @@ const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`)
 async function main(argv: string[]): Promise<number> {
   // Removed on purpose: a secret in argv is readable by every user through ps and /proc.
   if (argv.some((a) => a === '--token' || a.startsWith('--token='))) {
-    process.stderr.write('etd: --token was removed: a token on the command line shows in ps; use --token-file FILE or the ETD_TOKEN environment variable\n');
+    process.stderr.write(
+      'etd: --token was removed: a token on the command line shows in ps; use --token-file FILE or the ETD_TOKEN environment variable\n',
+    );
     return 2;
   }
   const { values, positionals } = parseArgs({
@@ -49,7 +51,11 @@ async function main(argv: string[]): Promise<number> {
       const { doctorCommand } = await import('./commands/doctor.js');
       const client = values.client as string | undefined;
       const probes = (values.probe as string[] | undefined) ?? [];
-      return doctorCommand(loadConfig(file), { json: !!values.json, configFile: file, probes, ...(client === undefined ? {} : { client }) }, out);
+      return doctorCommand(
+        loadConfig(file),
+        { json: !!values.json, configFile: file, probes, ...(client === undefined ? {} : { client }) },
+        out,
+      );
     }
     case 'status': {
       const { statusCommand, apiTarget, statusToken } = await import('./commands/status.js');
@@ -98,7 +104,10 @@ main(process.argv.slice(2)).then(
       return;
     }
     if (e instanceof EtdError) process.stderr.write(`etd: ${e.code}: ${e.message}\n`);
-    else if ((e as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+    else if (
+      (e as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ||
+      (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')
+    ) {
       process.stderr.write(`etd: ${(e as Error).message}\n\n${USAGE}`);
       process.exitCode = 2;
       return;

@@ -40,18 +40,21 @@ export const COMMANDS: readonly CommandSpec[] = [
     name: 'check',
     args: '-c FILE',
     summary: 'validate a config file and print the effective config',
-    details: 'Prints every problem of an invalid file with the key it concerns, and exits 1; prints the effective configuration (defaults filled in, secrets redacted) and exits 0 otherwise.',
+    details:
+      'Prints every problem of an invalid file with the key it concerns, and exits 1; prints the effective configuration (defaults filled in, secrets redacted) and exits 0 otherwise.',
   },
   {
     name: 'rules',
     args: 'show|apply|remove -c FILE',
     summary: "inspect or manage etd's nftables table and policy routing",
-    details: 'apply and remove are idempotent; remove is what the systemd unit runs after etd stops (ExecStopPost), so a crash never leaves port-25 traffic diverted.',
+    details:
+      'apply and remove are idempotent; remove is what the systemd unit runs after etd stops (ExecStopPost), so a crash never leaves port-25 traffic diverted.',
   },
   {
     name: 'doctor',
     args: '-c FILE [--json] [--client ADDRESS] [--probe ADDRESS[:PORT]]...',
-    summary: "check capabilities, kernel support, rules, sysctls and each backend's return path; every finding with its fix (exit 1 on FAIL)",
+    summary:
+      "check capabilities, kernel support, rules, sysctls and each backend's return path; every finding with its fix (exit 1 on FAIL)",
     details:
       'The return-path test connects to each server from a spoofed client address, exactly as a relayed session does, and tells whether the replies come back through etd. When a server sits behind a router (not on a subnet of etd) the fix it names is a policy route on that router (Linux ip rule, FRRouting pbr-map, or an nftables mark), not a default route on the server. In intercept mode with forward: original the destinations are not in the config: name them with --probe.',
   },
@@ -66,7 +69,14 @@ export const COMMANDS: readonly CommandSpec[] = [
 ];
 
 export const OPTIONS: readonly OptionSpec[] = [
-  { key: 'config', long: 'config', short: 'c', value: 'FILE', default: DEFAULT_CONFIG, text: `configuration file (default ${DEFAULT_CONFIG})` },
+  {
+    key: 'config',
+    long: 'config',
+    short: 'c',
+    value: 'FILE',
+    default: DEFAULT_CONFIG,
+    text: `configuration file (default ${DEFAULT_CONFIG})`,
+  },
   { key: 'json', long: 'json', text: 'doctor, status: machine-readable output' },
   {
     key: 'client',
@@ -83,7 +93,12 @@ export const OPTIONS: readonly OptionSpec[] = [
   },
   { key: 'url', long: 'url', value: 'URL', text: 'status: the API base URL (default from the config, else http://127.0.0.1:8025)' },
   { key: 'socket', long: 'socket', value: 'PATH', text: "status: the API's unix socket" },
-  { key: 'token-file', long: 'token-file', value: 'FILE', text: 'status: read the bearer token from FILE (else $ETD_TOKEN, else the config)' },
+  {
+    key: 'token-file',
+    long: 'token-file',
+    value: 'FILE',
+    text: 'status: read the bearer token from FILE (else $ETD_TOKEN, else the config)',
+  },
   { key: 'help', long: 'help', short: 'h', text: 'this text' },
 ];
 
@@ -171,11 +186,11 @@ export function renderMan(version: string, date: string): string {
     '.SH COMMANDS',
   );
   for (const c of COMMANDS) {
-    out.push('.TP', `.B ${c.name}${c.args ? ` ${roff(c.args)}` : ''}`, roff(c.summary.charAt(0).toUpperCase() + c.summary.slice(1)) + '.');
+    out.push('.TP', `.B ${c.name}${c.args ? ` ${roff(c.args)}` : ''}`, `${roff(c.summary.charAt(0).toUpperCase() + c.summary.slice(1))}.`);
     if (c.details) out.push(roff(c.details));
   }
   out.push('.SH OPTIONS');
-  for (const o of OPTIONS) out.push('.TP', `.B ${roff(optionLabel(o))}`, roff(o.text.charAt(0).toUpperCase() + o.text.slice(1)) + '.');
+  for (const o of OPTIONS) out.push('.TP', `.B ${roff(optionLabel(o))}`, `${roff(o.text.charAt(0).toUpperCase() + o.text.slice(1))}.`);
   out.push(
     '.SH FILES',
     '.TP',

@@ -32,11 +32,7 @@ export class EtdError extends Error {
   readonly errno: number | undefined;
   readonly syscall: string | undefined;
 
-  constructor(
-    code: ErrorCode,
-    message: string,
-    opts: { hint?: string; cause?: unknown; errno?: number; syscall?: string } = {},
-  ) {
+  constructor(code: ErrorCode, message: string, opts: { hint?: string; cause?: unknown; errno?: number; syscall?: string } = {}) {
     super(opts.hint ? `${message} — ${opts.hint}` : message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = 'EtdError';
     this.code = code;

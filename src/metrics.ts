@@ -1,6 +1,6 @@
 // Prometheus metrics: a private prom-client registry fed by session summaries and backend state changes, plus gauges read at scrape time.
 
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { App } from './app.js';
 import type { SessionSummary } from './proxy/protocol.js';
 import { registerReputationMetrics } from './reputation/metrics.js';
@@ -45,7 +45,10 @@ export class Metrics {
     const registers = [this.registry];
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
 
-    new Gauge({ name: 'etd_build_info', help: 'etd version (always 1)', labelNames: ['version'], registers }).set({ version: opts.version }, 1);
+    new Gauge({ name: 'etd_build_info', help: 'etd version (always 1)', labelNames: ['version'], registers }).set(
+      { version: opts.version },
+      1,
+    );
     this.connections = new Counter({
       name: 'etd_connections_total',
       help: 'connections that ended, by listener and verdict (passed, early_talker, no_server, limit, denied, client_gone, shutdown, dnsbl)',
@@ -168,7 +171,8 @@ export class Metrics {
       },
     });
     // Engine workers (config workers:): with workers: 1 the one worker is the main thread (index 0).
-    const workerRows = () => app.workers?.status() ?? (app.currentConfig.workers > 1 ? [] : [{ index: 0, sessions: app.sessions.size, cpuMs: mainCpuMs() }]);
+    const workerRows = () =>
+      app.workers?.status() ?? (app.currentConfig.workers > 1 ? [] : [{ index: 0, sessions: app.sessions.size, cpuMs: mainCpuMs() }]);
     new Gauge({
       name: 'etd_worker_sessions',
       help: 'sessions (held or relaying) of each engine worker now',

@@ -37,7 +37,10 @@ function visit(source: string): Promise<number | string> {
       s.destroy();
       resolve(r);
     };
-    const timer = setTimeout(() => settle(greetedMs ?? `timeout after ${spec.timeoutMs} ms (got ${JSON.stringify(buf.slice(0, 60))})`), spec.timeoutMs);
+    const timer = setTimeout(
+      () => settle(greetedMs ?? `timeout after ${spec.timeoutMs} ms (got ${JSON.stringify(buf.slice(0, 60))})`),
+      spec.timeoutMs,
+    );
     s.setEncoding('latin1');
     s.on('data', (chunk: string) => {
       if (greetedMs !== undefined) return;
@@ -86,7 +89,7 @@ async function main(): Promise<void> {
 main().then(
   () => process.exit(0),
   (e: unknown) => {
-    process.stderr.write(`bannerClient: ${e instanceof Error ? e.stack ?? e.message : String(e)}\n`);
+    process.stderr.write(`bannerClient: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
     process.exit(1);
   },
 );

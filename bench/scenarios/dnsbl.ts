@@ -9,10 +9,10 @@
 
 import http from 'node:http';
 import path from 'node:path';
-import { inNamespace, startUnbound, type RunningUnbound } from '../../lab/unbound.js';
-import { ensureTime, type BenchContext } from '../context.js';
+import { inNamespace, type RunningUnbound, startUnbound } from '../../lab/unbound.js';
+import { type BenchContext, ensureTime } from '../context.js';
 import { runBannerClient, runSmtpSource } from '../load.js';
-import { cpuMs, distribution, type Distribution } from '../procfs.js';
+import { cpuMs, type Distribution, distribution } from '../procfs.js';
 import { startProxy } from '../proxy.js';
 import type { DirectFigures } from './returning.js';
 import { probe } from './sessions.js';
@@ -66,17 +66,33 @@ async function sessionsRun(ctx: BenchContext, tag: string, extra: string): Promi
   const socket = path.join(ctx.bl.dir, `api-${tag}.sock`);
   // ETD_BENCH_DNSBL_PROF=DIR: a CPU profile of each run (development aid; the figures are measured without it too).
   const prof = process.env.ETD_BENCH_DNSBL_PROF;
-  const proxy = await startProxy('etd', ctx, { windowMs: ctx.opts.windowMs, tag, apiSocket: socket, extraConfig: extra, ...(prof ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', path.join(prof, tag)] } : {}) });
+  const proxy = await startProxy('etd', ctx, {
+    windowMs: ctx.opts.windowMs,
+    tag,
+    apiSocket: socket,
+    extraConfig: extra,
+    ...(prof ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', path.join(prof, tag)] } : {}),
+  });
   try {
     await probe(ctx.bl, proxy);
     const q0 = Object.values((await stats(socket)).reputation.queries).reduce((a, b) => a + b, 0);
     const c0 = cpuMs(proxy.pid);
-    const r = await runSmtpSource(ctx.bl, { host: proxy.address, port: proxy.port, parallel: s.parallel, messages: s.messages, size: s.size, keepConnections: false }, Math.max(10_000, ctx.left() - 5000));
+    const r = await runSmtpSource(
+      ctx.bl,
+      { host: proxy.address, port: proxy.port, parallel: s.parallel, messages: s.messages, size: s.size, keepConnections: false },
+      Math.max(10_000, ctx.left() - 5000),
+    );
     const cpu = cpuMs(proxy.pid) - c0;
     if (r.timedOut) throw new Error(`smtp-source through etd (${tag}) did not finish in time`);
     const st = await stats(socket);
     const q1 = Object.values(st.reputation.queries).reduce((a, b) => a + b, 0);
-    return { sessionsPerS: s.messages / (r.wallMs / 1000), cpuMsPerSession: cpu / s.messages, queriesPerSession: (q1 - q0) / s.messages, endings: st.verdicts, problemCount: r.problemCount };
+    return {
+      sessionsPerS: s.messages / (r.wallMs / 1000),
+      cpuMsPerSession: cpu / s.messages,
+      queriesPerSession: (q1 - q0) / s.messages,
+      endings: st.verdicts,
+      problemCount: r.problemCount,
+    };
   } finally {
     await proxy.stop();
   }
@@ -97,22 +113,49 @@ export async function runDnsbl(ctx: BenchContext, direct: DirectFigures | undefi
     ctx.say(`dnsbl: unbound on ${unbound.address}:53 serves zen.bench.test, bl.bench.test, wl.bench.test`);
     const without = await sessionsRun(ctx, 'dnsbl-none', '');
     const withLists = await sessionsRun(ctx, 'dnsbl-three', reputationYaml(unbound.address, '1ms'));
-    const out: DnsblFigures = { sessions: s.messages, parallel: s.parallel, without, withLists, ratio: withLists.sessionsPerS / without.sessionsPerS };
+    const out: DnsblFigures = {
+      sessions: s.messages,
+      parallel: s.parallel,
+      without,
+      withLists,
+      ratio: withLists.sessionsPerS / without.sessionsPerS,
+    };
     if (direct && bl.visitorAddresses.length) {
       const windowMs = ctx.opts.windowMs;
       const sources = [...bl.visitorAddresses];
-      const proxy = await startProxy('etd', ctx, { windowMs, cache: true, tag: 'dnsbl-returning', extraConfig: reputationYaml(unbound.address, '60s') });
+      const proxy = await startProxy('etd', ctx, {
+        windowMs,
+        cache: true,
+        tag: 'dnsbl-returning',
+        extraConfig: reputationYaml(unbound.address, '60s'),
+      });
       try {
         await probe(bl, proxy);
-        const first = await runBannerClient(bl, { host: proxy.address, port: proxy.port, sources, rounds: 1, parallel: true, timeoutMs: windowMs + 10_000 }, windowMs + 20_000);
+        const first = await runBannerClient(
+          bl,
+          { host: proxy.address, port: proxy.port, sources, rounds: 1, parallel: true, timeoutMs: windowMs + 10_000 },
+          windowMs + 20_000,
+        );
         const again = await runBannerClient(
           bl,
-          { host: proxy.address, port: proxy.port, sources, rounds: Math.ceil(ctx.opts.returning.samples / sources.length), parallel: false, timeoutMs: windowMs + 10_000 },
+          {
+            host: proxy.address,
+            port: proxy.port,
+            sources,
+            rounds: Math.ceil(ctx.opts.returning.samples / sources.length),
+            parallel: false,
+            timeoutMs: windowMs + 10_000,
+          },
           windowMs + 60_000,
         );
         if (first.samples.length && again.samples.length) {
           const returning = distribution(again.samples);
-          out.returning = { firstVisit: distribution(first.samples), returning, addedMs: returning.median - direct.direct.median, errors: [...first.errors, ...again.errors].slice(0, 10) };
+          out.returning = {
+            firstVisit: distribution(first.samples),
+            returning,
+            addedMs: returning.median - direct.direct.median,
+            errors: [...first.errors, ...again.errors].slice(0, 10),
+          };
         }
       } finally {
         await proxy.stop();

@@ -11,10 +11,10 @@
 // the proxy settled, and the least-squares slope of RSS over connections is the memory per
 // held connection.
 
-import { ensureTime, type BenchContext } from '../context.js';
+import { type BenchContext, ensureTime } from '../context.js';
 import { HeldClient, type HeldCounts } from '../load.js';
 import { cpuMs, fdCount, linearFit, rssBytes, sleep } from '../procfs.js';
-import { startProxy, type ProxyKind, type ProxySpec, type RunningProxy } from '../proxy.js';
+import { type ProxyKind, type ProxySpec, type RunningProxy, startProxy } from '../proxy.js';
 
 export interface HeldFigures {
   n: number;
@@ -92,7 +92,7 @@ export async function holdConnections(
       const total = want.reduce((a, b) => a + b, 0);
       signal(proxy.pid, 'SIGSTOP');
       try {
-        clients.forEach((c, i) => c.open((want[i] as number) - (opened[i] as number)));
+        for (const [i, c] of clients.entries()) c.open((want[i] as number) - (opened[i] as number));
         opened = want;
         last = await Promise.all(clients.map((c) => c.settled(Math.min(60_000, ctx.left()))));
       } catch (e) {
@@ -129,7 +129,9 @@ export async function runHeld(ctx: BenchContext, kind: ProxyKind): Promise<HeldF
       accepted = connections;
       await sleep(SETTLE_MS);
       samples.push({ connections, rssBytes: rssBytes(proxy.pid) });
-      ctx.say(`  ${kind}: ${connections} held, RSS ${(samples[samples.length - 1]!.rssBytes / 1048576).toFixed(1)} MiB, stage accepted in ${ms.toFixed(0)} ms`);
+      ctx.say(
+        `  ${kind}: ${connections} held, RSS ${(samples[samples.length - 1]!.rssBytes / 1048576).toFixed(1)} MiB, stage accepted in ${ms.toFixed(0)} ms`,
+      );
     });
     try {
       const c0 = cpuMs(proxy.pid);

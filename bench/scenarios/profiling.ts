@@ -10,10 +10,19 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { ensureTime, type BenchContext } from '../context.js';
+import { type BenchContext, ensureTime } from '../context.js';
 import { runSmtpSource } from '../load.js';
-import { heapCensus, perConnection, summariseCpuProfile, type CpuProfile, type CpuSummary, type HeapCensus, type HeapSnapshot, type PerConnection } from '../profile.js';
 import { sleep } from '../procfs.js';
+import {
+  type CpuProfile,
+  type CpuSummary,
+  type HeapCensus,
+  type HeapSnapshot,
+  heapCensus,
+  type PerConnection,
+  perConnection,
+  summariseCpuProfile,
+} from '../profile.js';
 import { startProxy } from '../proxy.js';
 import { heldSpec, holdConnections } from './held.js';
 import { probe } from './sessions.js';
@@ -70,12 +79,23 @@ export async function runCpuProfile(ctx: BenchContext, dir: string): Promise<Cpu
   const sessions = Math.min(ctx.opts.sessions.messages, 10_000);
   ensureTime(ctx, 'profile: CPU', 15_000 + (sessions / 200) * 1000);
   const before = new Set(fs.readdirSync(dir));
-  const proxy = await startProxy('etd', ctx, { windowMs: ctx.opts.windowMs, tag: 'cpuprof', nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir] });
+  const proxy = await startProxy('etd', ctx, {
+    windowMs: ctx.opts.windowMs,
+    tag: 'cpuprof',
+    nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir],
+  });
   try {
     await probe(ctx.bl, proxy);
     const r = await runSmtpSource(
       ctx.bl,
-      { host: proxy.address, port: proxy.port, parallel: ctx.opts.sessions.parallel, messages: sessions, size: ctx.opts.sessions.size, keepConnections: false },
+      {
+        host: proxy.address,
+        port: proxy.port,
+        parallel: ctx.opts.sessions.parallel,
+        messages: sessions,
+        size: ctx.opts.sessions.size,
+        keepConnections: false,
+      },
       Math.max(10_000, ctx.left() - 10_000),
     );
     if (r.timedOut) throw new Error('smtp-source did not finish in time under the profiler');

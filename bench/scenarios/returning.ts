@@ -7,10 +7,10 @@
 // the window; HAProxy has no cache, so its returning visits wait like first ones (measured
 // within a small time budget). Added latency = median(returning) − median(direct).
 
-import { ensureTime, type BenchContext } from '../context.js';
+import { type BenchContext, ensureTime } from '../context.js';
 import { runBannerClient } from '../load.js';
-import { distribution, type Distribution } from '../procfs.js';
-import { startProxy, type ProxyKind } from '../proxy.js';
+import { type Distribution, distribution } from '../procfs.js';
+import { type ProxyKind, startProxy } from '../proxy.js';
 import { probe } from './sessions.js';
 
 export interface LatencyFigures {
@@ -32,7 +32,14 @@ export async function runDirect(ctx: BenchContext): Promise<DirectFigures> {
   const sources = bl.visitorAddresses.length ? [...bl.visitorAddresses] : [bl.lab.v4.client];
   const r = await runBannerClient(
     bl,
-    { host: bl.backends[0], port: 25, sources, rounds: Math.ceil(ctx.opts.returning.samples / sources.length), parallel: false, timeoutMs: 5000 },
+    {
+      host: bl.backends[0],
+      port: 25,
+      sources,
+      rounds: Math.ceil(ctx.opts.returning.samples / sources.length),
+      parallel: false,
+      timeoutMs: 5000,
+    },
     60_000,
   );
   if (r.samples.length === 0) throw new Error(`direct connections to the backend failed: ${r.errors.join('; ')}`);
@@ -50,11 +57,23 @@ export async function runReturning(ctx: BenchContext, kind: ProxyKind, direct: D
   const proxy = await startProxy(kind, ctx, { windowMs, cache: true, tag: 'returning' });
   try {
     await probe(ctx.bl, proxy);
-    const first = await runBannerClient(bl, { host: proxy.address, port: proxy.port, sources, rounds: 1, parallel: true, timeoutMs: windowMs + 10_000 }, windowMs + 20_000);
+    const first = await runBannerClient(
+      bl,
+      { host: proxy.address, port: proxy.port, sources, rounds: 1, parallel: true, timeoutMs: windowMs + 10_000 },
+      windowMs + 20_000,
+    );
     if (first.samples.length === 0) throw new Error(`no first visit through ${kind} got a greeting: ${first.errors.join('; ')}`);
     const again = await runBannerClient(
       bl,
-      { host: proxy.address, port: proxy.port, sources, rounds: Math.ceil(o.samples / sources.length), parallel: false, timeoutMs: windowMs + 10_000, maxMs: slowBudgetMs },
+      {
+        host: proxy.address,
+        port: proxy.port,
+        sources,
+        rounds: Math.ceil(o.samples / sources.length),
+        parallel: false,
+        timeoutMs: windowMs + 10_000,
+        maxMs: slowBudgetMs,
+      },
       slowBudgetMs + windowMs + 20_000,
     );
     if (again.samples.length === 0) throw new Error(`no returning visit through ${kind} got a greeting: ${again.errors.join('; ')}`);

@@ -8,11 +8,11 @@
 
 import os from 'node:os';
 import type { BenchLab } from '../benchLab.js';
-import { ensureTime, type BenchContext } from '../context.js';
+import { type BenchContext, ensureTime } from '../context.js';
 import { runBannerClient, runSmtpSource, type SmtpSourceResult } from '../load.js';
 import { sessionEndings } from '../logSummary.js';
 import { cpuMs, cpuSplitMs, machineCpuMs, reapedChildrenCpuMs } from '../procfs.js';
-import { startProxy, type ProxyKind, type RunningProxy } from '../proxy.js';
+import { type ProxyKind, type RunningProxy, startProxy } from '../proxy.js';
 
 export interface SessionsFigures {
   sessions: number;
@@ -126,7 +126,11 @@ export async function runSessions(ctx: BenchContext, kind: ProxyKind): Promise<S
   const expectMs = 8000 + (s.messages / 300) * 1000;
   ensureTime(ctx, `sessions ${kind}`, expectMs);
   const { r, cpu, kernelShare, machine, endings } = await measured(ctx, kind, 'sessions', (proxy) =>
-    runSmtpSource(ctx.bl, { host: proxy.address, port: proxy.port, parallel: s.parallel, messages: s.messages, size: s.size, keepConnections: false }, Math.max(10_000, ctx.left() - 5000)),
+    runSmtpSource(
+      ctx.bl,
+      { host: proxy.address, port: proxy.port, parallel: s.parallel, messages: s.messages, size: s.size, keepConnections: false },
+      Math.max(10_000, ctx.left() - 5000),
+    ),
   );
   return {
     sessions: s.messages,
@@ -150,7 +154,11 @@ export async function runRelay(ctx: BenchContext, kind: ProxyKind): Promise<Rela
   // Guess: at least 40 MB/s.
   ensureTime(ctx, `relay ${kind}`, 8000 + (mb / 40) * 1000);
   const { r, cpu, kernelShare, machine, endings } = await measured(ctx, kind, 'relay', (proxy) =>
-    runSmtpSource(ctx.bl, { host: proxy.address, port: proxy.port, parallel: s.parallel, messages: s.messages, size: s.size, keepConnections: true }, Math.max(10_000, ctx.left() - 5000)),
+    runSmtpSource(
+      ctx.bl,
+      { host: proxy.address, port: proxy.port, parallel: s.parallel, messages: s.messages, size: s.size, keepConnections: true },
+      Math.max(10_000, ctx.left() - 5000),
+    ),
   );
   return {
     messages: s.messages,

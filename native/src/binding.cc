@@ -35,8 +35,7 @@ bool ReadProfileRef(Napi::Env env, const Napi::Value& v, const char* sig, std::s
   EnvSlot* slot = Slot(env);
   auto it = slot->profiles.find(static_cast<uint32_t>(idx));
   if (it == slot->profiles.end()) {
-    Napi::RangeError::New(env, std::string(sig) + ": profile " + std::to_string(idx) +
-                                   " is not defined (call engineProfile first)")
+    Napi::RangeError::New(env, std::string(sig) + ": profile " + std::to_string(idx) + " is not defined (call engineProfile first)")
         .ThrowAsJavaScriptException();
     return false;
   }
@@ -73,8 +72,7 @@ bool ReadMs(Napi::Env env, const Napi::Object& o, const char* sig, const char* n
   return true;
 }
 
-bool ReadSize(Napi::Env env, const Napi::Object& o, const char* sig, const char* name, double min, double max,
-              uint32_t* out) {
+bool ReadSize(Napi::Env env, const Napi::Object& o, const char* sig, const char* name, double min, double max, uint32_t* out) {
   int64_t v;
   if (!ReadInt(env, o.Get(name), sig, name, min, max, &v)) return false;
   *out = static_cast<uint32_t>(v);
@@ -98,8 +96,7 @@ bool ReadProfile(Napi::Env env, const Napi::Object& o, Profile* p) {
     return false;
   }
   return ReadString(env, o.Get("rejectReply"), sig, "rejectReply", &p->reject_reply) &&
-         ReadString(env, o.Get("teaser"), sig, "teaser", &p->teaser) &&
-         ReadMs(env, o, sig, "clientIdleMs", 0, &p->client_idle_ms) &&
+         ReadString(env, o.Get("teaser"), sig, "teaser", &p->teaser) && ReadMs(env, o, sig, "clientIdleMs", 0, &p->client_idle_ms) &&
          ReadMs(env, o, sig, "serverIdleMs", 0, &p->server_idle_ms) &&
          ReadMs(env, o, sig, "greetingTimeoutMs", 0, &p->greeting_timeout_ms) &&
          ReadBool(env, o.Get("stripPipeconnect"), sig, "stripPipeconnect", &p->strip) &&
@@ -126,8 +123,7 @@ Napi::Value EngineStart(const Napi::CallbackInfo& info) {
   }
   EnvSlot* slot = Slot(env);
   if (slot->engine != nullptr) {
-    Napi::Error::New(env, std::string(kStartSig) + ": the engine is already started (call engineStop first)")
-        .ThrowAsJavaScriptException();
+    Napi::Error::New(env, std::string(kStartSig) + ": the engine is already started (call engineStop first)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   uv_loop_t* loop = nullptr;
@@ -175,8 +171,7 @@ Napi::Value EngineListen(const Napi::CallbackInfo& info) {
     return env.Undefined();
   Engine* e = Running(env);
   if (e == nullptr) {
-    Napi::Error::New(env, std::string(kListenSig) + ": the engine is not started (call engineStart first)")
-        .ThrowAsJavaScriptException();
+    Napi::Error::New(env, std::string(kListenSig) + ": the engine is not started (call engineStart first)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   e->Listen(env, static_cast<int>(fd), static_cast<double>(lid));
@@ -187,8 +182,7 @@ constexpr const char* kUnlistenSig = "engineUnlisten(listenerId)";
 Napi::Value EngineUnlisten(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int64_t lid;
-  if (!CheckArity(info, 1, kUnlistenSig) || !GetInt(info, 0, kUnlistenSig, "listenerId", 0, kMaxId, &lid))
-    return env.Undefined();
+  if (!CheckArity(info, 1, kUnlistenSig) || !GetInt(info, 0, kUnlistenSig, "listenerId", 0, kMaxId, &lid)) return env.Undefined();
   if (Engine* e = Running(env)) e->Unlisten(static_cast<double>(lid));
   return env.Undefined();
 }
@@ -200,8 +194,8 @@ Napi::Value EngineHold(const Napi::CallbackInfo& info) {
   Napi::Object o;
   uint32_t window;
   std::shared_ptr<const Profile> profile;
-  if (!GetIdOptions(info, kHoldSig, "hold", &id, &o) ||
-      !ReadMs(env, o, kHoldSig, "windowMs", 0, &window) || !ReadProfileRef(env, o.Get("profile"), kHoldSig, &profile))
+  if (!GetIdOptions(info, kHoldSig, "hold", &id, &o) || !ReadMs(env, o, kHoldSig, "windowMs", 0, &window) ||
+      !ReadProfileRef(env, o.Get("profile"), kHoldSig, &profile))
     return env.Undefined();
   return Command(env, Napi::Boolean::New(env, false), [&](Engine* e) -> Napi::Value {
     bool done = false;
@@ -209,8 +203,7 @@ Napi::Value EngineHold(const Napi::CallbackInfo& info) {
   });
 }
 
-constexpr const char* kConnectSig =
-    "engineConnect(id, { profile, family, sourceAddress, synCount, address, port, timeoutMs, preamble })";
+constexpr const char* kConnectSig = "engineConnect(id, { profile, family, sourceAddress, synCount, address, port, timeoutMs, preamble })";
 Napi::Value EngineConnect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* sig = kConnectSig;
@@ -219,12 +212,12 @@ Napi::Value EngineConnect(const Napi::CallbackInfo& info) {
   ConnectSpec spec;
   int64_t syn_count, port;
   uint32_t timeout;
-  if (!GetIdOptions(info, sig, "connect", &id, &o) || !ReadProfileRef(env, o.Get("profile"), sig, &spec.profile) || !ReadFamily(env, o.Get("family"), sig, &spec.family) ||
+  if (!GetIdOptions(info, sig, "connect", &id, &o) || !ReadProfileRef(env, o.Get("profile"), sig, &spec.profile) ||
+      !ReadFamily(env, o.Get("family"), sig, &spec.family) ||
       !ReadString(env, o.Get("sourceAddress"), sig, "sourceAddress", &spec.source) ||
       !ReadInt(env, o.Get("synCount"), sig, "synCount", 0, 127, &syn_count) ||
-      !ReadString(env, o.Get("address"), sig, "address", &spec.address) ||
-      !ReadInt(env, o.Get("port"), sig, "port", 1, 65535, &port) || !ReadMs(env, o, sig, "timeoutMs", 0, &timeout) ||
-      !ReadBytes(env, o.Get("preamble"), sig, "preamble", &spec.preamble))
+      !ReadString(env, o.Get("address"), sig, "address", &spec.address) || !ReadInt(env, o.Get("port"), sig, "port", 1, 65535, &port) ||
+      !ReadMs(env, o, sig, "timeoutMs", 0, &timeout) || !ReadBytes(env, o.Get("preamble"), sig, "preamble", &spec.preamble))
     return env.Undefined();
   spec.syn_count = static_cast<int>(syn_count);
   spec.port = static_cast<int>(port);
@@ -246,8 +239,7 @@ Napi::Value EngineReply(const Napi::CallbackInfo& info) {
   Napi::Value text = o.Get("text"), greeting = o.Get("greeting"), first = o.Get("first"), profile = o.Get("profile");
   if (!greeting.IsUndefined() && !ReadBool(env, greeting, sig, "greeting", &spec.greeting)) return env.Undefined();
   if (spec.greeting == !text.IsUndefined()) {
-    Napi::TypeError::New(env, std::string(sig) + ": give exactly one of text (a string) and greeting: true")
-        .ThrowAsJavaScriptException();
+    Napi::TypeError::New(env, std::string(sig) + ": give exactly one of text (a string) and greeting: true").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   if (!spec.greeting && !ReadString(env, text, sig, "text", &spec.text)) return env.Undefined();
@@ -257,8 +249,8 @@ Napi::Value EngineReply(const Napi::CallbackInfo& info) {
   return Command(env, Napi::Number::New(env, -1), [&](Engine* e) -> Napi::Value {
     double written = e->Reply(id, spec);
     if (written != -2) return Napi::Number::New(env, written);
-    Napi::TypeError::New(env, std::string(sig) + ": connection " + std::to_string(id) +
-                                  " is new and has no profile yet: give reply(id, { ..., profile })")
+    Napi::TypeError::New(
+        env, std::string(sig) + ": connection " + std::to_string(id) + " is new and has no profile yet: give reply(id, { ..., profile })")
         .ThrowAsJavaScriptException();
     return env.Undefined();
   });
@@ -279,8 +271,7 @@ Napi::Value EngineClose(const Napi::CallbackInfo& info) {
   std::string cause;
   if (!CheckArity(info, 2, kCloseSig) || !GetId(info, kCloseSig, &id) || !GetString(info, 1, kCloseSig, "cause", &cause))
     return env.Undefined();
-  return Command(env, Napi::Boolean::New(env, false),
-                 [&](Engine* e) { return Napi::Boolean::New(env, e->Close(id, cause)); });
+  return Command(env, Napi::Boolean::New(env, false), [&](Engine* e) { return Napi::Boolean::New(env, e->Close(id, cause)); });
 }
 
 constexpr const char* kInspectSig = "engineInspect(id)";
@@ -401,10 +392,18 @@ void Engine::CallJs(std::vector<Ev>* batch) {
 void RegisterEngine(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<EnvSlot, FinalizeSlot>(new EnvSlot());
   Export(env, exports,
-         {{"engineStart", EngineStart}, {"engineStop", EngineStop}, {"engineProfile", EngineProfile},
-          {"engineListen", EngineListen}, {"engineUnlisten", EngineUnlisten}, {"engineHold", EngineHold},
-          {"engineConnect", EngineConnect}, {"engineReply", EngineReply}, {"engineDrop", EngineDrop},
-          {"engineClose", EngineClose}, {"engineInspect", EngineInspect}, {"engineCounts", EngineCounts}});
+         {{"engineStart", EngineStart},
+          {"engineStop", EngineStop},
+          {"engineProfile", EngineProfile},
+          {"engineListen", EngineListen},
+          {"engineUnlisten", EngineUnlisten},
+          {"engineHold", EngineHold},
+          {"engineConnect", EngineConnect},
+          {"engineReply", EngineReply},
+          {"engineDrop", EngineDrop},
+          {"engineClose", EngineClose},
+          {"engineInspect", EngineInspect},
+          {"engineCounts", EngineCounts}});
 }
 
 }  // namespace etd

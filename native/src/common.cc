@@ -31,8 +31,7 @@ namespace {
 constexpr const char* kCapHint = "etd needs CAP_NET_ADMIN or CAP_NET_RAW (run as root or grant the capabilities)";
 }  // namespace
 
-std::string Hint(int err, const std::string& syscall, int family, const std::string& address, int port,
-                 bool listener) {
+std::string Hint(int err, const std::string& syscall, int family, const std::string& address, int port, bool listener) {
   bool sockopt = syscall.rfind("setsockopt", 0) == 0;
   if (sockopt && (err == EPERM || err == EACCES)) return kCapHint;
   if (sockopt && (err == ENOPROTOOPT || err == EINVAL))
@@ -46,18 +45,14 @@ std::string Hint(int err, const std::string& syscall, int family, const std::str
   if (syscall == "bind") {
     std::string where = HostPort(family, address, port);
     if (err == EADDRINUSE)
-      return where + " is already in use: another process holds it (find it with: ss -ltnp 'sport = :" +
-             std::to_string(port) + "')";
+      return where + " is already in use: another process holds it (find it with: ss -ltnp 'sport = :" + std::to_string(port) + "')";
     if (err == EACCES || err == EPERM)
-      return listener ? "binding port " + std::to_string(port) +
-                            " needs CAP_NET_BIND_SERVICE (run as root or grant the capability)"
+      return listener ? "binding port " + std::to_string(port) + " needs CAP_NET_BIND_SERVICE (run as root or grant the capability)"
                       : kCapHint;
-    if (err == EADDRNOTAVAIL)
-      return address + " cannot be bound on this host (for IPv6: is the address family enabled on an interface?)";
+    if (err == EADDRNOTAVAIL) return address + " cannot be bound on this host (for IPv6: is the address family enabled on an interface?)";
     if (err == EINVAL) return "the socket is already bound, or " + address + " is not a usable address";
   }
-  if (syscall == "listen" && err == EADDRINUSE)
-    return HostPort(family, address, port) + " is already in use: another process holds it";
+  if (syscall == "listen" && err == EADDRINUSE) return HostPort(family, address, port) + " is already in use: another process holds it";
   if (syscall == "close" && err == EBADF) return "the fd is not open (was it already closed or handed to Node?)";
   // Only the engine connects; transparentSocket leaves connect() to Node.
   if (syscall == "connect") {
@@ -65,8 +60,7 @@ std::string Hint(int err, const std::string& syscall, int family, const std::str
     if (err == ECONNREFUSED) return "nothing listens on " + where;
     if (err == ENETUNREACH || err == EHOSTUNREACH) return "no route to " + where;
     if (err == EADDRNOTAVAIL)
-      return "no local address/port is available to reach " + where +
-             " (ephemeral ports exhausted, or the source address is not usable)";
+      return "no local address/port is available to reach " + where + " (ephemeral ports exhausted, or the source address is not usable)";
     if (err == EACCES || err == EPERM) return "a local firewall rule or policy forbids connecting to " + where;
   }
   if (syscall == "epoll_ctl" && (err == ENOMEM || err == ENOSPC))
@@ -114,17 +108,15 @@ const char* TypeName(const Napi::Value& v) {
 
 bool CheckArity(const Napi::CallbackInfo& info, size_t n, const char* signature) {
   if (info.Length() == n) return true;
-  Napi::TypeError::New(info.Env(), std::string(signature) + ": expected " + std::to_string(n) +
-                                       " arguments, got " + std::to_string(info.Length()))
+  Napi::TypeError::New(info.Env(),
+                       std::string(signature) + ": expected " + std::to_string(n) + " arguments, got " + std::to_string(info.Length()))
       .ThrowAsJavaScriptException();
   return false;
 }
 
-bool ReadInt(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, double min, double max,
-             int64_t* out) {
+bool ReadInt(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, double min, double max, int64_t* out) {
   if (!v.IsNumber()) {
-    Napi::TypeError::New(env, std::string(signature) + ": " + name + " must be a number, got " + TypeName(v))
-        .ThrowAsJavaScriptException();
+    Napi::TypeError::New(env, std::string(signature) + ": " + name + " must be a number, got " + TypeName(v)).ThrowAsJavaScriptException();
     return false;
   }
   double d = v.As<Napi::Number>().DoubleValue();
@@ -147,8 +139,7 @@ bool ReadFamily(Napi::Env env, const Napi::Value& v, const char* signature, int*
   }
   double d = v.As<Napi::Number>().DoubleValue();
   if (d != 4 && d != 6) {
-    Napi::RangeError::New(env, std::string(signature) + ": family must be 4 or 6, got " + ShowNumber(d))
-        .ThrowAsJavaScriptException();
+    Napi::RangeError::New(env, std::string(signature) + ": family must be 4 or 6, got " + ShowNumber(d)).ThrowAsJavaScriptException();
     return false;
   }
   *out = static_cast<int>(d);
@@ -157,8 +148,7 @@ bool ReadFamily(Napi::Env env, const Napi::Value& v, const char* signature, int*
 
 bool ReadString(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, std::string* out) {
   if (!v.IsString()) {
-    Napi::TypeError::New(env, std::string(signature) + ": " + name + " must be a string, got " + TypeName(v))
-        .ThrowAsJavaScriptException();
+    Napi::TypeError::New(env, std::string(signature) + ": " + name + " must be a string, got " + TypeName(v)).ThrowAsJavaScriptException();
     return false;
   }
   *out = v.As<Napi::String>().Utf8Value();
@@ -167,8 +157,7 @@ bool ReadString(Napi::Env env, const Napi::Value& v, const char* signature, cons
 
 bool ReadBool(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, bool* out) {
   if (!v.IsBoolean()) {
-    Napi::TypeError::New(env, std::string(signature) + ": " + name + " must be a boolean, got " + TypeName(v))
-        .ThrowAsJavaScriptException();
+    Napi::TypeError::New(env, std::string(signature) + ": " + name + " must be a boolean, got " + TypeName(v)).ThrowAsJavaScriptException();
     return false;
   }
   *out = v.As<Napi::Boolean>().Value();
@@ -177,8 +166,7 @@ bool ReadBool(Napi::Env env, const Napi::Value& v, const char* signature, const 
 
 bool ReadBytes(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, std::string* out) {
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-    Napi::TypeError::New(env, std::string(signature) + ": " + name + " must be a Buffer, got " + TypeName(v))
-        .ThrowAsJavaScriptException();
+    Napi::TypeError::New(env, std::string(signature) + ": " + name + " must be a Buffer, got " + TypeName(v)).ThrowAsJavaScriptException();
     return false;
   }
   Napi::Uint8Array bytes = v.As<Napi::Uint8Array>();
@@ -186,8 +174,7 @@ bool ReadBytes(Napi::Env env, const Napi::Value& v, const char* signature, const
   return true;
 }
 
-bool GetInt(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, double min,
-            double max, int64_t* out) {
+bool GetInt(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, double min, double max, int64_t* out) {
   return ReadInt(info.Env(), info[i], signature, name, min, max, out);
 }
 
@@ -206,8 +193,7 @@ bool GetBool(const Napi::CallbackInfo& info, size_t i, const char* signature, co
 bool GetOptions(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, Napi::Object* out) {
   Napi::Value v = info[i];
   if (!v.IsObject() || v.IsArray() || v.IsFunction() || v.IsTypedArray()) {
-    Napi::TypeError::New(info.Env(),
-                         std::string(signature) + ": " + name + " must be an options object, got " + TypeName(v))
+    Napi::TypeError::New(info.Env(), std::string(signature) + ": " + name + " must be an options object, got " + TypeName(v))
         .ThrowAsJavaScriptException();
     return false;
   }
@@ -215,8 +201,7 @@ bool GetOptions(const Napi::CallbackInfo& info, size_t i, const char* signature,
   return true;
 }
 
-bool ParseAddress(Napi::Env env, int family, const std::string& address, int port, sockaddr_storage* ss,
-                  socklen_t* len) {
+bool ParseAddress(Napi::Env env, int family, const std::string& address, int port, sockaddr_storage* ss, socklen_t* len) {
   std::memset(ss, 0, sizeof *ss);
   int ok;
   if (family == 4) {
@@ -233,16 +218,14 @@ bool ParseAddress(Napi::Env env, int family, const std::string& address, int por
     *len = sizeof(sockaddr_in6);
   }
   if (ok == 1 && address.find('\0') == std::string::npos) return true;
-  std::string hint = "\"" + address + "\" is not a valid IPv" + std::to_string(family) +
-                     " address literal (IPv" + std::to_string(family) +
-                     (family == 4 ? " like 192.0.2.1; an IPv4-mapped ::ffff:a.b.c.d must be unmapped first)"
-                                  : " like 2001:db8::1; no zone ids)");
+  std::string hint =
+      "\"" + address + "\" is not a valid IPv" + std::to_string(family) + " address literal (IPv" + std::to_string(family) +
+      (family == 4 ? " like 192.0.2.1; an IPv4-mapped ::ffff:a.b.c.d must be unmapped first)" : " like 2001:db8::1; no zone ids)");
   ThrowSys(env, EINVAL, "inet_pton", hint, Where{"", &address, -1});
   return false;
 }
 
-bool SetIntOpt(Napi::Env env, int fd, int level, int opt, const char* optName, int value, int family,
-               const std::string& address) {
+bool SetIntOpt(Napi::Env env, int fd, int level, int opt, const char* optName, int value, int family, const std::string& address) {
   if (setsockopt(fd, level, opt, &value, sizeof value) == 0) return true;
   int err = errno;
   std::string syscall = std::string("setsockopt(") + optName + ")";
@@ -263,27 +246,24 @@ bool SetTransparent(Napi::Env env, int fd, int family, const std::string& addres
                      : SetIntOpt(env, fd, SOL_IPV6, IPV6_TRANSPARENT, "IPV6_TRANSPARENT", 1, family, address);
 }
 
-bool Bind(Napi::Env env, int fd, const sockaddr_storage& ss, socklen_t len, int family, const std::string& address,
-          int port, bool listener) {
+bool Bind(Napi::Env env, int fd, const sockaddr_storage& ss, socklen_t len, int family, const std::string& address, int port,
+          bool listener) {
   if (bind(fd, reinterpret_cast<const sockaddr*>(&ss), len) == 0) return true;
   int err = errno;
-  ThrowSys(env, err, "bind", Hint(err, "bind", family, address, port, listener),
-           Where{HostPort(family, address, port), &address, port});
+  ThrowSys(env, err, "bind", Hint(err, "bind", family, address, port, listener), Where{HostPort(family, address, port), &address, port});
   return false;
 }
 
 // Bound to (address, port 0) with the port chosen at connect time (IP_BIND_ADDRESS_NO_PORT), so
 // the client's own port is never reused (conntrack collision) and ephemeral ports are shared
 // per destination.
-bool PrepareSpoofedSource(Napi::Env env, int fd, int family, const std::string& address, const sockaddr_storage& source,
-                          socklen_t len, uint32_t mark, int synCount) {
+bool PrepareSpoofedSource(Napi::Env env, int fd, int family, const std::string& address, const sockaddr_storage& source, socklen_t len,
+                          uint32_t mark, int synCount) {
   if (!SetTransparent(env, fd, family, address)) return false;
   if (!SetIntOpt(env, fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, "IP_BIND_ADDRESS_NO_PORT", 1, family, address)) return false;
   // SO_MARK takes an unsigned 32-bit value; the int cast keeps the bit pattern.
-  if (mark > 0 && !SetIntOpt(env, fd, SOL_SOCKET, SO_MARK, "SO_MARK", static_cast<int>(mark), family, address))
-    return false;
-  if (synCount > 0 && !SetIntOpt(env, fd, IPPROTO_TCP, TCP_SYNCNT, "TCP_SYNCNT", synCount, family, address))
-    return false;
+  if (mark > 0 && !SetIntOpt(env, fd, SOL_SOCKET, SO_MARK, "SO_MARK", static_cast<int>(mark), family, address)) return false;
+  if (synCount > 0 && !SetIntOpt(env, fd, IPPROTO_TCP, TCP_SYNCNT, "TCP_SYNCNT", synCount, family, address)) return false;
   return Bind(env, fd, source, len, family, address, 0, false);
 }
 
@@ -314,7 +294,6 @@ bool FormatAddress(const sockaddr_storage& ss, int* family, std::string* address
   return false;
 }
 
-
 int OpenListener(Napi::Env env, int family, const std::string& address, int port, int backlog, const ListenerOpts& opts) {
   sockaddr_storage ss;
   socklen_t len;
@@ -325,21 +304,18 @@ int OpenListener(Napi::Env env, int family, const std::string& address, int port
   if (!SetIntOpt(env, fd.get(), SOL_SOCKET, SO_REUSEADDR, "SO_REUSEADDR", 1, family, address)) return -1;
   // SO_REUSEPORT before bind: every socket of the group must set it (the kernel spreads new
   // connections over the group's sockets, and stops routing to one the moment it is closed).
-  if (opts.reuse_port && !SetIntOpt(env, fd.get(), SOL_SOCKET, SO_REUSEPORT, "SO_REUSEPORT", 1, family, address))
-    return -1;
+  if (opts.reuse_port && !SetIntOpt(env, fd.get(), SOL_SOCKET, SO_REUSEPORT, "SO_REUSEPORT", 1, family, address)) return -1;
   if (opts.transparent && !SetTransparent(env, fd.get(), family, address)) return -1;
   // freebind: bind an address this host does not hold yet (a keepalived VIP owned by the peer);
   // the socket starts receiving the moment the address is added. No privilege needed.
   if (opts.freebind && !(family == 4 ? SetIntOpt(env, fd.get(), SOL_IP, IP_FREEBIND, "IP_FREEBIND", 1, family, address)
-                                : SetIntOpt(env, fd.get(), SOL_IPV6, IPV6_FREEBIND, "IPV6_FREEBIND", 1, family, address)))
+                                     : SetIntOpt(env, fd.get(), SOL_IPV6, IPV6_FREEBIND, "IPV6_FREEBIND", 1, family, address)))
     return -1;
-  if (family == 6 && !SetIntOpt(env, fd.get(), SOL_IPV6, IPV6_V6ONLY, "IPV6_V6ONLY", opts.v6only ? 1 : 0, family, address))
-    return -1;
+  if (family == 6 && !SetIntOpt(env, fd.get(), SOL_IPV6, IPV6_V6ONLY, "IPV6_V6ONLY", opts.v6only ? 1 : 0, family, address)) return -1;
   if (!Bind(env, fd.get(), ss, len, family, address, port, true)) return -1;
   if (listen(fd.get(), backlog) != 0) {
     int err = errno;
-    ThrowSys(env, err, "listen", Hint(err, "listen", family, address, port, true),
-             Where{HostPort(family, address, port), &address, port});
+    ThrowSys(env, err, "listen", Hint(err, "listen", family, address, port, true), Where{HostPort(family, address, port), &address, port});
     return -1;
   }
   return fd.release();

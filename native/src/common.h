@@ -1,7 +1,8 @@
 // Helpers shared by the addon's sources: fd guard, Node-shaped system errors with hints, argument readers, socket setup.
 //
 // Everything here was first written for transparent.cc and keeps its exact behaviour (messages,
-// error properties, syscall names); the engine's sources (loop.cc, session.cc, relay.cc, listeners.cc) use the same pieces so both surfaces fail alike.
+// error properties, syscall names); the engine's sources (loop.cc, session.cc, relay.cc, listeners.cc) use the same pieces so both surfaces
+// fail alike.
 
 #ifndef ETD_COMMON_H_
 #define ETD_COMMON_H_
@@ -95,8 +96,7 @@ const char* TypeName(const Napi::Value& v);
 // Argument readers: on failure they throw (TypeError for the wrong type, RangeError for a
 // value out of range) and return false; the caller returns undefined at once.
 bool CheckArity(const Napi::CallbackInfo& info, size_t n, const char* signature);
-bool GetInt(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, double min, double max,
-            int64_t* out);
+bool GetInt(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, double min, double max, int64_t* out);
 bool GetFamily(const Napi::CallbackInfo& info, size_t i, const char* signature, int* out);
 bool GetString(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, std::string* out);
 bool GetBool(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, bool* out);
@@ -104,8 +104,7 @@ bool GetBool(const Napi::CallbackInfo& info, size_t i, const char* signature, co
 bool GetOptions(const Napi::CallbackInfo& info, size_t i, const char* signature, const char* name, Napi::Object* out);
 
 // The same readers for any value (an options object's field, named `name` in the error).
-bool ReadInt(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, double min, double max,
-             int64_t* out);
+bool ReadInt(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, double min, double max, int64_t* out);
 bool ReadFamily(Napi::Env env, const Napi::Value& v, const char* signature, int* out);
 bool ReadString(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, std::string* out);
 bool ReadBool(Napi::Env env, const Napi::Value& v, const char* signature, const char* name, bool* out);
@@ -114,12 +113,10 @@ bool ReadBytes(Napi::Env env, const Napi::Value& v, const char* signature, const
 
 // Parses `address` as a literal of `family` (no names, no scope ids). On failure throws an
 // EINVAL-shaped error naming the address; no fd exists yet at that point.
-bool ParseAddress(Napi::Env env, int family, const std::string& address, int port, sockaddr_storage* ss,
-                  socklen_t* len);
+bool ParseAddress(Napi::Env env, int family, const std::string& address, int port, sockaddr_storage* ss, socklen_t* len);
 
 // setsockopt(int) with the option's name in the error, e.g. syscall 'setsockopt(IP_TRANSPARENT)'.
-bool SetIntOpt(Napi::Env env, int fd, int level, int opt, const char* optName, int value, int family,
-               const std::string& address);
+bool SetIntOpt(Napi::Env env, int fd, int level, int opt, const char* optName, int value, int family, const std::string& address);
 
 // socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC); throws on failure.
 bool OpenSocket(Napi::Env env, int family, const std::string& address, int* fd);
@@ -128,14 +125,14 @@ bool OpenSocket(Napi::Env env, int family, const std::string& address, int* fd);
 bool SetTransparent(Napi::Env env, int fd, int family, const std::string& address);
 
 // bind(2) with the hint for listeners or spoofed sources; throws on failure.
-bool Bind(Napi::Env env, int fd, const sockaddr_storage& ss, socklen_t len, int family, const std::string& address,
-          int port, bool listener);
+bool Bind(Napi::Env env, int fd, const sockaddr_storage& ss, socklen_t len, int family, const std::string& address, int port,
+          bool listener);
 
 // The spoofed-source setup of an upstream socket, shared by transparentSocket and engineConnect:
 // IP_TRANSPARENT/IPV6_TRANSPARENT, IP_BIND_ADDRESS_NO_PORT, SO_MARK when mark > 0, TCP_SYNCNT
 // when synCount > 0, bind(source, port 0). `source` is the parsed `address`. Throws on failure.
-bool PrepareSpoofedSource(Napi::Env env, int fd, int family, const std::string& address, const sockaddr_storage& source,
-                          socklen_t len, uint32_t mark, int synCount);
+bool PrepareSpoofedSource(Napi::Env env, int fd, int family, const std::string& address, const sockaddr_storage& source, socklen_t len,
+                          uint32_t mark, int synCount);
 
 // A listening socket (non-blocking, cloexec, SO_REUSEADDR, SO_REUSEPORT when asked, IP(V6)_TRANSPARENT when asked,
 // IP(V6)_FREEBIND when asked, IPV6_V6ONLY = v6only for v6, bind, listen). Returns the fd (the caller owns it), or -1

@@ -1,4 +1,5 @@
-// The native session engine's class (docs/engine.md): its commands, its loop, its per-connection I/O; split across loop.cc, listeners.cc, session.cc, relay.cc (binding.cc: N-API).
+// The native session engine's class (docs/engine.md): its commands, its loop, its per-connection I/O; split across loop.cc, listeners.cc,
+// session.cc, relay.cc (binding.cc: N-API).
 //
 // Every decision stays in TypeScript; the engine only does I/O and reports a few events per
 // session, in batches, to one JS callback. It runs on the thread of the Node environment that
@@ -62,8 +63,7 @@ struct ReplySpec {
 };
 
 struct Counts {
-  double connections = 0, held = 0, relaying = 0, listeners = 0, fds = 0, buffered = 0, deadlines = 0,
-         callback_errors = 0;
+  double connections = 0, held = 0, relaying = 0, listeners = 0, fds = 0, buffered = 0, deadlines = 0, callback_errors = 0;
 };
 
 double NowMs();

@@ -2,7 +2,6 @@
 
 #include "faults.h"
 
-
 #include <cstdlib>
 #include <cstring>
 

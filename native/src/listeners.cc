@@ -27,8 +27,7 @@ bool Engine::Listen(Napi::Env env, int fd, double listener_id) {
   socklen_t len = sizeof accepting;
   if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) != 0) {
     int err = errno;
-    ThrowSys(env, err, "getsockopt(SO_ACCEPTCONN)", err == ENOTSOCK ? "the fd is not a socket" : strerror(err),
-             Where{shown, nullptr, -1});
+    ThrowSys(env, err, "getsockopt(SO_ACCEPTCONN)", err == ENOTSOCK ? "the fd is not a socket" : strerror(err), Where{shown, nullptr, -1});
     return false;
   }
   if (!accepting) {
@@ -48,8 +47,7 @@ bool Engine::Listen(Napi::Env env, int fd, double listener_id) {
   ev.data.u64 = kListenerTag | key;
   if (EpollCtl(EPOLL_CTL_ADD, fd, &ev) != 0) {
     int err = errno;
-    ThrowSys(env, err, "epoll_ctl",
-             err == EEXIST ? "the engine already watches this fd" : Hint(err, "epoll_ctl", 4, "", -1, false),
+    ThrowSys(env, err, "epoll_ctl", err == EEXIST ? "the engine already watches this fd" : Hint(err, "epoll_ctl", 4, "", -1, false),
              Where{shown, nullptr, -1});
     return false;
   }
@@ -113,15 +111,13 @@ void Engine::Accept(uint64_t key, double now) {
     sockaddr_storage peer;
     socklen_t plen = sizeof peer;
     int fault = faults_.Hit(Sys::Accept4);
-    int fd = fault != 0 ? (errno = fault, -1)
-                        : accept4(l->fd, reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd = fault != 0 ? (errno = fault, -1) : accept4(l->fd, reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       int err = errno;
       if (err == EAGAIN || err == EWOULDBLOCK) return;
       // Failures of that one connection (Linux passes pending network errors to accept): next.
-      if (err == EINTR || err == ECONNABORTED || err == EPROTO || err == ENETDOWN || err == ENOPROTOOPT ||
-          err == EHOSTDOWN || err == ENONET || err == EHOSTUNREACH || err == EOPNOTSUPP || err == ENETUNREACH ||
-          err == EPERM)
+      if (err == EINTR || err == ECONNABORTED || err == EPROTO || err == ENETDOWN || err == ENOPROTOOPT || err == EHOSTDOWN ||
+          err == ENONET || err == EHOSTUNREACH || err == EOPNOTSUPP || err == ENETUNREACH || err == EPERM)
         continue;
       // EMFILE, ENFILE, ENOBUFS, ENOMEM, ...: the listener stays readable; pause instead of spinning.
       Ev ev{EV_ERROR, 0};

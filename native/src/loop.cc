@@ -1,4 +1,5 @@
-// The engine's loop: lifecycle, dispatch of epoll and timer wakeups, the deadline heap, epoll interest, the end of a connection, fault-injectable syscalls.
+// The engine's loop: lifecycle, dispatch of epoll and timer wakeups, the deadline heap, epoll interest, the end of a connection,
+// fault-injectable syscalls.
 
 #include "engine.h"
 
@@ -236,9 +237,7 @@ void Engine::HeapDown(size_t i) {
   HeapSet(i, t);
 }
 
-void Engine::SetStateTimer(Conn* c, Kind kind, uint32_t ms, double now) {
-  Schedule(&c->state_timer, kind, c->id, now + ms);
-}
+void Engine::SetStateTimer(Conn* c, Kind kind, uint32_t ms, double now) { Schedule(&c->state_timer, kind, c->id, now + ms); }
 
 void Engine::StartTimer(double at) {
   if (stopped_) return;  // the handle is closing
@@ -309,9 +308,7 @@ void Engine::HandleDeadline(Timer* t, double now) {
       if (c->st == St::Greeting) UpstreamFailed(c, "greeting", "ETIMEDOUT", now);
       break;
     case Kind::ClientIdle:
-    case Kind::ServerIdle:
-      IdleExpired(c, t, now);
-      break;
+    case Kind::ServerIdle: IdleExpired(c, t, now); break;
     case Kind::DeferredReply:
       if (c->st == St::Deferring) FinishDeferred(c, now);
       break;
@@ -321,8 +318,7 @@ void Engine::HandleDeadline(Timer* t, double now) {
     case Kind::ServerGoneLinger:
       if (c->st == St::ServerGone) EndRelay(c, Cause(c));
       return;
-    case Kind::ListenerResume:
-      return;
+    case Kind::ListenerResume: return;
   }
   if (!c->dead) Update(c);
 }
@@ -333,8 +329,7 @@ uint32_t Engine::WantClient(const Conn* c) const {
   if (c->cfd < 0) return 0;
   uint32_t out = !c->s2c.pending.empty() ? uint32_t{EPOLLOUT} : 0u;
   switch (c->st) {
-    case St::New:
-      return 0;
+    case St::New: return 0;
     case St::Held:
     case St::Waiting:
     case St::Connecting:
@@ -343,12 +338,10 @@ uint32_t Engine::WantClient(const Conn* c) const {
       bool full = c->profile && c->profile->action == Action::Log && c->early.size() >= c->profile->early_buffer_bytes;
       return (full ? 0u : uint32_t{EPOLLIN}) | out;
     }
-    case St::Relaying:
-      return (!c->c2s.eof && c->c2s.pending.empty() ? uint32_t{EPOLLIN} : 0u) | out;
+    case St::Relaying: return (!c->c2s.eof && c->c2s.pending.empty() ? uint32_t{EPOLLIN} : 0u) | out;
     case St::ServerGone:
     case St::Deferring:
-    case St::Replying:
-      return (!c->c2s.eof ? uint32_t{EPOLLIN} : 0u) | out;
+    case St::Replying: return (!c->c2s.eof ? uint32_t{EPOLLIN} : 0u) | out;
   }
   return 0;
 }
@@ -356,15 +349,11 @@ uint32_t Engine::WantClient(const Conn* c) const {
 uint32_t Engine::WantServer(const Conn* c) const {
   if (c->ufd < 0) return 0;
   switch (c->st) {
-    case St::Connecting:
-      return EPOLLOUT;
-    case St::Greeting:
-      return EPOLLIN | (!c->c2s.pending.empty() ? uint32_t{EPOLLOUT} : 0u);
+    case St::Connecting: return EPOLLOUT;
+    case St::Greeting: return EPOLLIN | (!c->c2s.pending.empty() ? uint32_t{EPOLLOUT} : 0u);
     case St::Relaying:
-      return (!c->s2c.eof && c->s2c.pending.empty() ? uint32_t{EPOLLIN} : 0u) |
-             (!c->c2s.pending.empty() ? uint32_t{EPOLLOUT} : 0u);
-    default:
-      return 0;
+      return (!c->s2c.eof && c->s2c.pending.empty() ? uint32_t{EPOLLIN} : 0u) | (!c->c2s.pending.empty() ? uint32_t{EPOLLOUT} : 0u);
+    default: return 0;
   }
 }
 
@@ -394,9 +383,7 @@ void Engine::Abort(Conn* c, int err) {
   std::string cause = "engine_" + Lower(ErrnoName(err));
   switch (c->st) {
     case St::Relaying:
-    case St::ServerGone:
-      EndRelay(c, cause);
-      return;
+    case St::ServerGone: EndRelay(c, cause); return;
     case St::Held:
     case St::Waiting:
     case St::Connecting:
@@ -408,8 +395,7 @@ void Engine::Abort(Conn* c, int err) {
     }
     case St::New:
     case St::Deferring:
-    case St::Replying:
-      break;
+    case St::Replying: break;
   }
   Kill(c, false);
 }
@@ -466,8 +452,7 @@ Counts Engine::GetCounts() const {
     if (c->cfd >= 0) k.fds++;
     if (c->ufd >= 0) k.fds++;
     auto heap = [](const std::string& s) { return s.capacity() > 15 ? static_cast<double>(s.capacity()) : 0.0; };
-    k.buffered += static_cast<double>(c->c2s.pending.Heap() + c->s2c.pending.Heap()) + heap(c->greeting) +
-                  heap(c->kept) + heap(c->early) +
+    k.buffered += static_cast<double>(c->c2s.pending.Heap() + c->s2c.pending.Heap()) + heap(c->greeting) + heap(c->kept) + heap(c->early) +
                   (c->stripper ? static_cast<double>(c->stripper->Heap()) : 0.0);
   }
   k.connections = static_cast<double>(conns_.size());

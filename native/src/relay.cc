@@ -1,4 +1,5 @@
-// The relay (state relaying): both directions with bounded buffers, the PIPECONNECT guard on the way, half-closes, idle limits, failures of either side.
+// The relay (state relaying): both directions with bounded buffers, the PIPECONNECT guard on the way, half-closes, idle limits, failures of
+// either side.
 
 #include "engine.h"
 
@@ -18,7 +19,7 @@ void Engine::StartRelay(Conn* c, double now) {
   c->greeting_line = 0;
   std::string().swap(c->kept);  // an earlier server's refused greeting is of no use any more
   c->st = St::Relaying;
-  Unschedule(&c->state_timer);  // the relay is bounded by its idle limits
+  Unschedule(&c->state_timer);       // the relay is bounded by its idle limits
   c->c2s.eof = c->c2s.shut = false;  // c2s.pending may still hold the end of the preamble
   c->s2c.eof = c->s2c.shut = false;  // s2c.pending may still hold the end of a teaser
   const Profile& p = *c->profile;

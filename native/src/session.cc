@@ -34,8 +34,7 @@ void Engine::OnClient(Conn* c, uint32_t events, double now) {
   if (c->cfd < 0) return;
   bool readable = events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP);
   switch (c->st) {
-    case St::New:
-      return;
+    case St::New: return;
     case St::Held:
     case St::Waiting:
     case St::Connecting:
@@ -46,14 +45,10 @@ void Engine::OnClient(Conn* c, uint32_t events, double now) {
       }
       if (readable && WantClient(c) & EPOLLIN) EarlyRead(c, now);
       return;
-    case St::Relaying:
-      OnRelayClient(c, events, now);
-      return;
+    case St::Relaying: OnRelayClient(c, events, now); return;
     case St::ServerGone:
     case St::Deferring:
-    case St::Replying:
-      OnClosing(c, events, now);
-      return;
+    case St::Replying: OnClosing(c, events, now); return;
   }
 }
 
@@ -88,11 +83,8 @@ void Engine::OnServer(Conn* c, uint32_t events, double now) {
       }
       if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ReadGreeting(c, now);
       return;
-    case St::Relaying:
-      OnRelayServer(c, events, now);
-      return;
-    default:
-      return;
+    case St::Relaying: OnRelayServer(c, events, now); return;
+    default: return;
   }
 }
 
@@ -371,17 +363,14 @@ bool Engine::Connect(Napi::Env env, uint64_t id, const ConnectSpec& spec, bool* 
   }
   if (!OpenSocket(env, family, shown, &raw)) return false;
   FdGuard fd(raw);
-  if (!spec.source.empty() &&
-      !PrepareSpoofedSource(env, fd.get(), family, spec.source, from, from_len, 0, spec.syn_count))
-    return false;
+  if (!spec.source.empty() && !PrepareSpoofedSource(env, fd.get(), family, spec.source, from, from_len, 0, spec.syn_count)) return false;
   int one = 1;
   setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   int fault = faults_.Hit(Sys::Connect);
   int rc = fault != 0 ? (errno = fault, -1) : connect(fd.get(), reinterpret_cast<const sockaddr*>(&to), to_len);
   if (rc != 0 && errno != EINPROGRESS) {
     int err = errno;
-    ThrowSys(env, err, "connect", Hint(err, "connect", family, target, port, false),
-             Where{HostPort(family, target, port), &target, port});
+    ThrowSys(env, err, "connect", Hint(err, "connect", family, target, port, false), Where{HostPort(family, target, port), &target, port});
     return false;
   }
   // Register both sides before committing, so a refused epoll watch leaves the client as it was.

@@ -87,9 +87,7 @@ void Stripper::Flush(std::string* out) {
   FreeString(&carry_);
 }
 
-size_t Stripper::Heap() const {
-  return (carry_.capacity() > 15 ? carry_.capacity() : 0) + (held_.capacity() > 15 ? held_.capacity() : 0);
-}
+size_t Stripper::Heap() const { return (carry_.capacity() > 15 ? carry_.capacity() : 0) + (held_.capacity() > 15 ? held_.capacity() : 0); }
 
 void Stripper::FlushHeld(std::string* out) {
   out->append(held_);
@@ -149,8 +147,8 @@ size_t GreetingEnd(const std::string& g, size_t from, size_t* line) {
 }
 
 std::string GreetingCode(const std::string& g) {
-  bool digits = g.size() >= 3 && std::isdigit(static_cast<unsigned char>(g[0])) &&
-                std::isdigit(static_cast<unsigned char>(g[1])) && std::isdigit(static_cast<unsigned char>(g[2]));
+  bool digits = g.size() >= 3 && std::isdigit(static_cast<unsigned char>(g[0])) && std::isdigit(static_cast<unsigned char>(g[1])) &&
+                std::isdigit(static_cast<unsigned char>(g[2]));
   return digits ? g.substr(0, 3) : "garbage";
 }
 

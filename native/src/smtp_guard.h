@@ -1,4 +1,5 @@
-// The SMTP knowledge of the engine: the PIPECONNECT guard (server → client stripper, client → server command watcher) and the greeting's end.
+// The SMTP knowledge of the engine: the PIPECONNECT guard (server → client stripper, client → server command watcher) and the greeting's
+// end.
 //
 // Why the guard: an Exim client that once saw PIPECONNECT advertised sends EHLO before the
 // banner on its next visit (its "pipelined connect"), which etd would rightly take for early

@@ -1,4 +1,5 @@
-// The socket helpers of the etd_transparent addon: transparent (IP_TRANSPARENT) and plain listening fds, spoofed-source sockets, sockName, closeFd.
+// The socket helpers of the etd_transparent addon: transparent (IP_TRANSPARENT) and plain listening fds, spoofed-source sockets, sockName,
+// closeFd.
 //
 // Surface (typed in src/native/addon.ts, wrapped by src/native/transparent.ts):
 //   transparentSocket(family, address, mark, synCount) -> fd   spoofed-source upstream socket, bound, unconnected
@@ -38,8 +39,7 @@ constexpr const char* kSocketSig = "transparentSocket(family, address, mark, syn
 constexpr const char* kListenerSig = "transparentListener(family, address, port, backlog, { reusePort }?)";
 constexpr const char* kCloseSig = "closeFd(fd)";
 constexpr const char* kSockNameSig = "sockName(fd)";
-constexpr const char* kPlainListenerSig =
-    "plainListener({ family, address, port, backlog, v6only, freebind?, reusePort? })";
+constexpr const char* kPlainListenerSig = "plainListener({ family, address, port, backlog, v6only, freebind?, reusePort? })";
 
 // An optional boolean field of an options object: absent (undefined) leaves *out as it is.
 bool ReadOptionalBool(Napi::Env env, const Napi::Object& o, const char* sig, const char* name, bool* out) {
@@ -56,8 +56,7 @@ Napi::Value TransparentSocket(const Napi::CallbackInfo& info) {
   std::string address;
   int64_t mark, synCount;
   if (!CheckArity(info, 4, kSocketSig) || !GetFamily(info, 0, kSocketSig, &family) ||
-      !GetString(info, 1, kSocketSig, "address", &address) ||
-      !GetInt(info, 2, kSocketSig, "mark", 0, 4294967295.0, &mark) ||
+      !GetString(info, 1, kSocketSig, "address", &address) || !GetInt(info, 2, kSocketSig, "mark", 0, 4294967295.0, &mark) ||
       !GetInt(info, 3, kSocketSig, "synCount", 0, 127, &synCount))
     return env.Undefined();
 
@@ -68,8 +67,7 @@ Napi::Value TransparentSocket(const Napi::CallbackInfo& info) {
   int raw;
   if (!OpenSocket(env, family, address, &raw)) return env.Undefined();
   FdGuard fd(raw);
-  if (!PrepareSpoofedSource(env, fd.get(), family, address, ss, len, static_cast<uint32_t>(mark),
-                            static_cast<int>(synCount)))
+  if (!PrepareSpoofedSource(env, fd.get(), family, address, ss, len, static_cast<uint32_t>(mark), static_cast<int>(synCount)))
     return env.Undefined();
   return Napi::Number::New(env, fd.release());
 }
@@ -87,18 +85,15 @@ Napi::Value TransparentListener(const Napi::CallbackInfo& info) {
   opts.transparent = true;
   opts.v6only = true;
   if (info.Length() != 4 && info.Length() != 5) {
-    Napi::TypeError::New(env, std::string(kListenerSig) + ": expected 4 or 5 arguments, got " +
-                                  std::to_string(info.Length()))
+    Napi::TypeError::New(env, std::string(kListenerSig) + ": expected 4 or 5 arguments, got " + std::to_string(info.Length()))
         .ThrowAsJavaScriptException();
     return env.Undefined();
   }
   Napi::Object o;
   if (!GetFamily(info, 0, kListenerSig, &family) || !GetString(info, 1, kListenerSig, "address", &address) ||
-      !GetInt(info, 2, kListenerSig, "port", 0, 65535, &port) ||
-      !GetInt(info, 3, kListenerSig, "backlog", 1, 2147483647.0, &backlog) ||
+      !GetInt(info, 2, kListenerSig, "port", 0, 65535, &port) || !GetInt(info, 3, kListenerSig, "backlog", 1, 2147483647.0, &backlog) ||
       (info.Length() == 5 && !info[4].IsUndefined() &&
-       (!GetOptions(info, 4, kListenerSig, "options", &o) ||
-        !ReadOptionalBool(env, o, kListenerSig, "reusePort", &opts.reuse_port))))
+       (!GetOptions(info, 4, kListenerSig, "options", &o) || !ReadOptionalBool(env, o, kListenerSig, "reusePort", &opts.reuse_port))))
     return env.Undefined();
 
   int fd = OpenListener(env, family, address, static_cast<int>(port), static_cast<int>(backlog), opts);
@@ -110,8 +105,7 @@ Napi::Value TransparentListener(const Napi::CallbackInfo& info) {
 Napi::Value CloseFd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int64_t fd;
-  if (!CheckArity(info, 1, kCloseSig) || !GetInt(info, 0, kCloseSig, "fd", 0, 2147483647.0, &fd))
-    return env.Undefined();
+  if (!CheckArity(info, 1, kCloseSig) || !GetInt(info, 0, kCloseSig, "fd", 0, 2147483647.0, &fd)) return env.Undefined();
   if (close(static_cast<int>(fd)) != 0 && errno != EINTR) {
     int err = errno;
     ThrowSys(env, err, "close", Hint(err, "close", 4, "", -1, false), Where{"fd " + std::to_string(fd), nullptr, -1});
@@ -122,8 +116,7 @@ Napi::Value CloseFd(const Napi::CallbackInfo& info) {
 Napi::Value SockName(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int64_t fd;
-  if (!CheckArity(info, 1, kSockNameSig) || !GetInt(info, 0, kSockNameSig, "fd", 0, 2147483647.0, &fd))
-    return env.Undefined();
+  if (!CheckArity(info, 1, kSockNameSig) || !GetInt(info, 0, kSockNameSig, "fd", 0, 2147483647.0, &fd)) return env.Undefined();
   sockaddr_storage ss;
   socklen_t len = sizeof ss;
   std::string shown = "fd " + std::to_string(fd);
@@ -155,12 +148,10 @@ Napi::Value PlainListener(const Napi::CallbackInfo& info) {
   std::string address;
   int64_t port, backlog;
   ListenerOpts opts;
-  if (!CheckArity(info, 1, sig) || !GetOptions(info, 0, sig, "listener", &o) ||
-      !ReadFamily(env, o.Get("family"), sig, &family) || !ReadString(env, o.Get("address"), sig, "address", &address) ||
-      !ReadInt(env, o.Get("port"), sig, "port", 0, 65535, &port) ||
+  if (!CheckArity(info, 1, sig) || !GetOptions(info, 0, sig, "listener", &o) || !ReadFamily(env, o.Get("family"), sig, &family) ||
+      !ReadString(env, o.Get("address"), sig, "address", &address) || !ReadInt(env, o.Get("port"), sig, "port", 0, 65535, &port) ||
       !ReadInt(env, o.Get("backlog"), sig, "backlog", 1, 2147483647.0, &backlog) ||
-      !ReadBool(env, o.Get("v6only"), sig, "v6only", &opts.v6only) ||
-      !ReadOptionalBool(env, o, sig, "freebind", &opts.freebind) ||
+      !ReadBool(env, o.Get("v6only"), sig, "v6only", &opts.v6only) || !ReadOptionalBool(env, o, sig, "freebind", &opts.freebind) ||
       !ReadOptionalBool(env, o, sig, "reusePort", &opts.reuse_port))
     return env.Undefined();
   int fd = OpenListener(env, family, address, static_cast<int>(port), static_cast<int>(backlog), opts);
@@ -171,8 +162,11 @@ Napi::Value PlainListener(const Napi::CallbackInfo& info) {
 
 void RegisterTransparent(Napi::Env env, Napi::Object exports) {
   Export(env, exports,
-         {{"transparentSocket", TransparentSocket}, {"transparentListener", TransparentListener}, {"closeFd", CloseFd},
-          {"sockName", SockName}, {"plainListener", PlainListener}});
+         {{"transparentSocket", TransparentSocket},
+          {"transparentListener", TransparentListener},
+          {"closeFd", CloseFd},
+          {"sockName", SockName},
+          {"plainListener", PlainListener}});
 }
 
 }  // namespace etd

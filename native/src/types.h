@@ -16,10 +16,10 @@ namespace etd {
 // ---------------------------------------------------------------------------------------------
 // Engine-internal tuning (no policy: every number the engine applies on a client is in Profile)
 
-constexpr size_t kReadBuffer = 65536;  // the one read buffer; also the bound of each direction's pending bytes
-constexpr uint32_t kAcceptPauseMs = 100;  // a listener failing with EMFILE & co. rests this long
-constexpr int kAcceptBurst = 256;         // accepts per listener wakeup
-constexpr int kEpollBatch = 256;          // epoll events per wakeup
+constexpr size_t kReadBuffer = 65536;          // the one read buffer; also the bound of each direction's pending bytes
+constexpr uint32_t kAcceptPauseMs = 100;       // a listener failing with EMFILE & co. rests this long
+constexpr int kAcceptBurst = 256;              // accepts per listener wakeup
+constexpr int kEpollBatch = 256;               // epoll events per wakeup
 constexpr double kMaxId = 9007199254740991.0;  // 2^53 - 1: every id is exact as a JS number
 constexpr double kMaxMs = 2147483647.0;
 constexpr uint64_t kListenerTag = 1ull << 63;  // epoll data of listener fds; connection tags are id << 1 | side
@@ -30,8 +30,16 @@ constexpr int kServer = 1;
 // Events (protocol.ts EV_*)
 
 // Numbered as protocol.ts's EV_* (test/unit/native.test.ts compares the two).
-enum EventType : uint8_t { EV_ACCEPT = 1, EV_TALK = 2, EV_GONE = 3, EV_EXPIRED = 4,
-                           EV_UPSTREAM_FAILED = 5, EV_GREETING = 6, EV_END = 7, EV_ERROR = 8 };
+enum EventType : uint8_t {
+  EV_ACCEPT = 1,
+  EV_TALK = 2,
+  EV_GONE = 3,
+  EV_EXPIRED = 4,
+  EV_UPSTREAM_FAILED = 5,
+  EV_GREETING = 6,
+  EV_END = 7,
+  EV_ERROR = 8
+};
 
 // One event on its way to JS; the fields each type uses are listed in binding.cc (ToJs).
 struct Ev {
@@ -171,7 +179,7 @@ enum class Kind : uint8_t {
 
 struct Timer {
   double at = 0;
-  uint64_t owner = 0;       // connection id, or listener key for ListenerResume
+  uint64_t owner = 0;         // connection id, or listener key for ListenerResume
   uint32_t idx = UINT32_MAX;  // position in the heap; UINT32_MAX = not scheduled
   Kind kind = Kind::Window;
   bool scheduled() const { return idx != UINT32_MAX; }
@@ -194,7 +202,7 @@ struct Conn {
   // (loop.cc, OnPoll), or that half-close failed with ENOTCONN (relay.cc). A relay whose server
   // has ended then ends at once.
   bool client_hup = false;
-  uint32_t cmask = 0;   // epoll masks as registered; 0 = not registered
+  uint32_t cmask = 0;  // epoll masks as registered; 0 = not registered
   uint32_t umask = 0;
   double accepted_at = 0;
   double hold_start = 0;
@@ -205,17 +213,17 @@ struct Conn {
   double bytes_from_client = 0;
   double bytes_to_client = 0;
   std::shared_ptr<const Profile> profile;
-  Timer state_timer;  // the bound of the current state (window, decision, connect, greeting, linger...)
-  Timer cidle;        // relay: client idle
-  Timer sidle;        // relay: server idle
+  Timer state_timer;     // the bound of the current state (window, decision, connect, greeting, linger...)
+  Timer cidle;           // relay: client idle
+  Timer sidle;           // relay: server idle
   std::string greeting;  // the greeting being read
   size_t greeting_line = 0;
   // A reply kept for later: in waiting, the last refused greeting (for reply({greeting})); in
   // deferring, the reply written after the client's first line.
   std::string kept;
   std::string early;  // action log: the client's early bytes, forwarded after the greeting
-  Dir c2s;  // client → server (before the relay: the preamble)
-  Dir s2c;  // server → client (before the relay: teaser / final reply)
+  Dir c2s;            // client → server (before the relay: the preamble)
+  Dir s2c;            // server → client (before the relay: teaser / final reply)
   std::unique_ptr<Stripper> stripper;
   std::unique_ptr<CommandWatcher> watcher;
   const char* cause = nullptr;  // the relay's first end cause (a literal)

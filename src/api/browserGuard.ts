@@ -95,7 +95,11 @@ export function checkOrigin(
   if (SAFE_METHODS.has(method.toUpperCase())) return OK;
   // same-site is another port or subdomain of the same site: not this API's own page either.
   if (fetchSite !== undefined && (fetchSite === 'cross-site' || fetchSite === 'same-site')) {
-    return { ok: false, status: 403, reason: `a ${method} from another site's page is refused (Sec-Fetch-Site: ${show(fetchSite)}); change etd from its own dashboard, etd's CLI or curl` };
+    return {
+      ok: false,
+      status: 403,
+      reason: `a ${method} from another site's page is refused (Sec-Fetch-Site: ${show(fetchSite)}); change etd from its own dashboard, etd's CLI or curl`,
+    };
   }
   if (origin === undefined) return OK;
   const refused: GuardVerdict = {

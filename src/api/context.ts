@@ -1,7 +1,14 @@
 // What every API route plugin gets: the typed fastify instance, the shared dependencies, and the common error schema.
 
-import type { FastifyBaseLogger, FastifyInstance, FastifyPluginAsync, RawReplyDefaultExpression, RawRequestDefaultExpression, RawServerDefault } from 'fastify';
-import { Type, type Static } from '@sinclair/typebox';
+import { type Static, Type } from '@sinclair/typebox';
+import type {
+  FastifyBaseLogger,
+  FastifyInstance,
+  FastifyPluginAsync,
+  RawReplyDefaultExpression,
+  RawRequestDefaultExpression,
+  RawServerDefault,
+} from 'fastify';
 import type { Logger } from 'pino';
 import type { App } from '../app.js';
 import type { Metrics } from '../metrics.js';
@@ -24,7 +31,13 @@ declare module 'fastify' {
   }
 }
 
-export type ApiInstance = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, TypeBoxProvider>;
+export type ApiInstance = FastifyInstance<
+  RawServerDefault,
+  RawRequestDefaultExpression,
+  RawReplyDefaultExpression,
+  FastifyBaseLogger,
+  TypeBoxProvider
+>;
 
 /** Dependencies shared by the route plugins; built once by startApi. */
 export type RouteDeps = {
@@ -49,13 +62,13 @@ export type RouteDeps = {
 export type RoutePlugin = FastifyPluginAsync<RouteDeps, RawServerDefault, TypeBoxProvider>;
 
 /** Every error response: a sentence for a person, and an ETD_ERR_* code when one applies. */
-export const ErrorBody = Type.Object(
-  {
-    error: Type.String({ description: 'what is wrong, in words' }),
-    code: Type.Optional(Type.String({ description: 'an ETD_ERR_* code (see docs/errors.md), when one applies' })),
-    problems: Type.Optional(Type.Array(Type.Object({ path: Type.String(), message: Type.String() }), { description: 'config problems, one per key path' })),
-  },
-);
+export const ErrorBody = Type.Object({
+  error: Type.String({ description: 'what is wrong, in words' }),
+  code: Type.Optional(Type.String({ description: 'an ETD_ERR_* code (see docs/errors.md), when one applies' })),
+  problems: Type.Optional(
+    Type.Array(Type.Object({ path: Type.String(), message: Type.String() }), { description: 'config problems, one per key path' }),
+  ),
+});
 
 export type ErrorBody = Static<typeof ErrorBody>;
 

@@ -55,7 +55,16 @@ export class SecondRing {
     const i = t % this.capacity;
     let s = this.slots[i];
     if (!s) {
-      s = { t, verdicts: zeroVerdicts(), earlyTalkers: 0, held: undefined, relaying: undefined, connects: 0, connectMsSum: 0, connectMsMax: 0 };
+      s = {
+        t,
+        verdicts: zeroVerdicts(),
+        earlyTalkers: 0,
+        held: undefined,
+        relaying: undefined,
+        connects: 0,
+        connectMsSum: 0,
+        connectMsMax: 0,
+      };
       this.slots[i] = s;
     } else if (s.t !== t) {
       s.t = t;

@@ -49,7 +49,10 @@ export function buildOpenApi(routes: readonly RouteRecord[], info: { version: st
       responses[code] = code === '204' ? { description } : { description, content: { [media]: { schema } } };
     }
     if (info.bearer && !s.public) {
-      responses['401'] = { description: 'missing or wrong bearer token', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } };
+      responses['401'] = {
+        description: 'missing or wrong bearer token',
+        content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } },
+      };
     }
     const op: Json = {
       operationId: `${r.method.toLowerCase()}${r.url.replace(/[^A-Za-z0-9]+(.)?/g, (_m, c: string | undefined) => (c ?? '').toUpperCase())}`,
@@ -68,7 +71,8 @@ export function buildOpenApi(routes: readonly RouteRecord[], info: { version: st
     info: {
       title: 'etd management API',
       version: info.version,
-      description: 'Local management API of etd, the SMTP early-talker detection proxy. Errors are JSON: {"error": "...", "code"?: "ETD_ERR_..."}.',
+      description:
+        'Local management API of etd, the SMTP early-talker detection proxy. Errors are JSON: {"error": "...", "code"?: "ETD_ERR_..."}.',
     },
     paths,
     components: {
@@ -79,7 +83,9 @@ export function buildOpenApi(routes: readonly RouteRecord[], info: { version: st
           properties: { error: { type: 'string' }, code: { type: 'string' } },
         },
       },
-      ...(info.bearer ? { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'api.token (or the contents of api.tokenFile)' } } } : {}),
+      ...(info.bearer
+        ? { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'api.token (or the contents of api.tokenFile)' } } }
+        : {}),
     },
     ...(info.bearer ? { security: [{ bearer: [] }] } : {}),
   };

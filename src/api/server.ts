@@ -1,7 +1,5 @@
 // The local management API: fastify with one route plugin per resource, bearer-token auth, JSON errors, TCP or unix socket.
 
-import { isLoopback, urlHost } from '../util/address.js';
-import { listenHint } from '../util/errno.js';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -9,31 +7,33 @@ import Fastify, { type FastifyError, type FastifyReply, type FastifyRequest } fr
 import type { Logger } from 'pino';
 import type { App } from '../app.js';
 import type { ApiConfig } from '../config/schema.js';
-import { EtdError, describeError } from '../errors.js';
+import { describeError, EtdError } from '../errors.js';
 import { Metrics } from '../metrics.js';
+import { isLoopback, urlHost } from '../util/address.js';
+import { listenHint } from '../util/errno.js';
+import { checkHost, checkOrigin, type ListenerSide } from './browserGuard.js';
 import { ApiError, type RouteDeps } from './context.js';
 import { EventRing, type SseStream } from './events.js';
 import { SecondRing } from './history.js';
+import { jsonNesting } from './jsonDepth.js';
 import { buildOpenApi, type RouteRecord } from './openapi.js';
-import { typeboxValidatorCompiler, type TypeBoxProvider } from './validation.js';
 import { accessRoutes } from './routes/access.js';
 import { backendRoutes } from './routes/backends.js';
 import { cacheRoutes } from './routes/cache.js';
+import { clientRoutes } from './routes/clients.js';
 import { configRoutes } from './routes/config.js';
+import { doctorRoutes } from './routes/doctor.js';
 import { eventRoutes } from './routes/events.js';
 import { healthRoutes } from './routes/health.js';
+import { historyRoutes } from './routes/history.js';
 import { metricsRoutes } from './routes/metrics.js';
 import { reloadRoutes } from './routes/reload.js';
+import { reputationRoutes } from './routes/reputation.js';
 import { sessionRoutes } from './routes/sessions.js';
 import { statsRoutes } from './routes/stats.js';
 import { statusRoutes } from './routes/status.js';
-import { historyRoutes } from './routes/history.js';
-import { clientRoutes } from './routes/clients.js';
-import { reputationRoutes } from './routes/reputation.js';
-import { doctorRoutes } from './routes/doctor.js';
 import { uiRoutes } from './routes/ui.js';
-import { jsonNesting } from './jsonDepth.js';
-import { checkHost, checkOrigin, type ListenerSide } from './browserGuard.js';
+import { type TypeBoxProvider, typeboxValidatorCompiler } from './validation.js';
 
 export interface ApiDeps {
   readonly app: App;
@@ -81,7 +81,6 @@ export interface ApiHandle {
 /** Request bodies are small JSON objects; anything large is a mistake or an attack. */
 const BODY_LIMIT = 64 * 1024;
 
-
 const sha256 = (s: string) => crypto.createHash('sha256').update(s, 'utf8').digest();
 
 /**
@@ -104,10 +103,15 @@ async function prepareSocketPath(path: string): Promise<void> {
     st = await fs.promises.lstat(path);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw new EtdError('ETD_ERR_API', `API socket ${path}: cannot inspect it: ${describeError(e)}`, { hint: 'check the permissions of its directory', cause: e });
+    throw new EtdError('ETD_ERR_API', `API socket ${path}: cannot inspect it: ${describeError(e)}`, {
+      hint: 'check the permissions of its directory',
+      cause: e,
+    });
   }
   if (!st.isSocket()) {
-    throw new EtdError('ETD_ERR_API', `API socket ${path} exists and is not a socket`, { hint: 'remove that file or choose another api.address' });
+    throw new EtdError('ETD_ERR_API', `API socket ${path} exists and is not a socket`, {
+      hint: 'remove that file or choose another api.address',
+    });
   }
   const state = await new Promise<'live' | 'stale' | string>((resolve) => {
     const probe = net.connect(path);
@@ -130,9 +134,11 @@ async function prepareSocketPath(path: string): Promise<void> {
       hint: 'is another etd running with the same api.address? stop it or choose another path',
     });
   }
-  if (state !== 'stale') throw new EtdError('ETD_ERR_API', `API socket ${path}: cannot probe it: ${state}`, { hint: 'check its permissions' });
+  if (state !== 'stale')
+    throw new EtdError('ETD_ERR_API', `API socket ${path}: cannot probe it: ${state}`, { hint: 'check its permissions' });
   await fs.promises.unlink(path).catch((e: NodeJS.ErrnoException) => {
-    if (e.code !== 'ENOENT') throw new EtdError('ETD_ERR_API', `API socket ${path}: cannot remove the stale socket: ${e.code}`, { cause: e });
+    if (e.code !== 'ENOENT')
+      throw new EtdError('ETD_ERR_API', `API socket ${path}: cannot remove the stale socket: ${e.code}`, { cause: e });
   });
 }
 
@@ -203,7 +209,12 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
   api.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
     const text = typeof body === 'string' ? body : body.toString('utf8');
     if (jsonNesting(text, MAX_JSON_NESTING) > MAX_JSON_NESTING) {
-      done(Object.assign(new Error(`the JSON body nests deeper than ${MAX_JSON_NESTING} levels; etd's request bodies are flat objects`), { statusCode: 400 }), undefined);
+      done(
+        Object.assign(new Error(`the JSON body nests deeper than ${MAX_JSON_NESTING} levels; etd's request bodies are flat objects`), {
+          statusCode: 400,
+        }),
+        undefined,
+      );
       return;
     }
     parseJson(req, text, done);
@@ -223,15 +234,22 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
   // Before the token: a browser's request is refused for where it comes from, whatever it carries.
   const allowedHosts = config.allowedHosts ?? [];
   api.addHook('onRequest', async (req, reply) => {
-    const side: ListenerSide = unix ? { address: undefined, port: undefined } : { address: req.socket.localAddress, port: req.socket.localPort };
+    const side: ListenerSide = unix
+      ? { address: undefined, port: undefined }
+      : { address: req.socket.localAddress, port: req.socket.localPort };
     const header = (name: string): string | undefined => {
       const v = req.headers[name];
       return Array.isArray(v) ? v.join(',') : v;
     };
     const host = checkHost(header('host'), side, allowedHosts);
-    const verdict = host.ok ? checkOrigin(req.method, header('host'), header('origin'), header('sec-fetch-site'), side, allowedHosts) : host;
+    const verdict = host.ok
+      ? checkOrigin(req.method, header('host'), header('origin'), header('sec-fetch-site'), side, allowedHosts)
+      : host;
     if (verdict.ok) return;
-    log.warn({ client: req.ip, method: req.method, url: req.url.slice(0, 200), status: verdict.status }, `API request refused: ${verdict.reason}`);
+    log.warn(
+      { client: req.ip, method: req.method, url: req.url.slice(0, 200), status: verdict.status },
+      `API request refused: ${verdict.reason}`,
+    );
     return reply.code(verdict.status).send({ error: verdict.reason });
   });
 
@@ -241,7 +259,7 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
       if (req.routeOptions.schema?.public) return;
       const result = checkToken(req.headers.authorization, want);
       if (result === 'ok') return;
-      log.warn({ client: req.ip, method: req.method, url: req.url, result }, 'API request refused: bearer token ' + result);
+      log.warn({ client: req.ip, method: req.method, url: req.url, result }, `API request refused: bearer token ${result}`);
       return reply
         .code(401)
         .header('www-authenticate', result === 'wrong' ? 'Bearer realm="etd", error="invalid_token"' : 'Bearer realm="etd"')
@@ -273,7 +291,9 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
   });
 
   api.setNotFoundHandler((req, reply) => {
-    void reply.code(404).send({ error: `no such endpoint: ${req.method} ${req.url.split('?')[0]}; the endpoints are listed at /openapi.json` });
+    void reply
+      .code(404)
+      .send({ error: `no such endpoint: ${req.method} ${req.url.split('?')[0]}; the endpoints are listed at /openapi.json` });
   });
 
   api.addHook('preClose', async () => {
@@ -334,7 +354,12 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
       await api.listen({ path: config.address });
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      return fail(new EtdError('ETD_ERR_API', `cannot listen on the API socket ${config.address}: ${code ?? describeError(e)}`, { hint: apiListenHint(code, true), cause: e }));
+      return fail(
+        new EtdError('ETD_ERR_API', `cannot listen on the API socket ${config.address}: ${code ?? describeError(e)}`, {
+          hint: apiListenHint(code, true),
+          cause: e,
+        }),
+      );
     }
     // Owner and group only: the API changes what the proxy does. (Before the chmod the mode
     // follows the umask; the directory's permissions are what closes that window.)
@@ -346,7 +371,10 @@ export async function startApi(config: ApiConfig, deps: ApiDeps): Promise<ApiHan
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       return fail(
-        new EtdError('ETD_ERR_API', `cannot listen on ${config.address}:${config.port} for the API: ${code ?? describeError(e)}`, { hint: apiListenHint(code, false), cause: e }),
+        new EtdError('ETD_ERR_API', `cannot listen on ${config.address}:${config.port} for the API: ${code ?? describeError(e)}`, {
+          hint: apiListenHint(code, false),
+          cause: e,
+        }),
       );
     }
     const addr = api.server.address() as net.AddressInfo;

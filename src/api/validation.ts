@@ -1,10 +1,10 @@
 // Request validation for the API with TypeBox (the config's schema library): compiled checks, field-naming 400 messages, and the matching fastify type provider.
 
-import type { FastifySchemaCompiler, FastifyTypeProvider } from 'fastify';
 import { KindGuard, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
-import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors';
+import { type ValueError, ValueErrorType } from '@sinclair/typebox/errors';
 import { Value } from '@sinclair/typebox/value';
+import type { FastifySchemaCompiler, FastifyTypeProvider } from 'fastify';
 import { formatAddress, parseAddress } from '../config/cidr.js';
 import { fallbackMessage, knownKeys, pointerToPath, showValue } from '../config/schemaErrors.js';
 import { ApiError } from './context.js';

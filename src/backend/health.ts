@@ -3,7 +3,7 @@
 import type { Logger } from 'pino';
 import type { HealthConfig } from '../config/schema.js';
 import type { Pool, Server } from './pool.js';
-import { smtpCheck, type CheckFailure, type CheckResult, type Probe } from './smtpCheck.js';
+import { type CheckFailure, type CheckResult, type Probe, smtpCheck } from './smtpCheck.js';
 
 /** What the rise/fall decision needs to know about one server. */
 export interface HealthState {
@@ -254,7 +254,10 @@ export class HealthChecker {
     const ac = new AbortController();
     e.inflight = ac;
     const { timeoutMs, helo, command } = this.config;
-    const result = await this.probe({ address: e.server.config.address, port: e.server.config.port }, { timeoutMs, helo, command, signal: ac.signal });
+    const result = await this.probe(
+      { address: e.server.config.address, port: e.server.config.port },
+      { timeoutMs, helo, command, signal: ac.signal },
+    );
     if (e.inflight === ac) e.inflight = undefined;
     // Stopped or removed meanwhile: this entry's loop ends here.
     if (!this.isLive(e)) return;
@@ -275,9 +278,18 @@ export class HealthChecker {
     const server = e.server;
     if (!assumed) {
       e.checks++;
-      e.last = result.ok ? { ok: true, ms: result.ms, at: Date.now() } : { ok: false, reason: result.reason, detail: result.detail, ms: result.ms, at: Date.now() };
+      e.last = result.ok
+        ? { ok: true, ms: result.ms, at: Date.now() }
+        : { ok: false, reason: result.reason, detail: result.detail, ms: result.ms, at: Date.now() };
       if (!result.ok) e.lastFailure = e.last;
-      const fields = { server: server.name, ok: result.ok, ms: result.ms, okStreak: next.okStreak, failStreak: next.failStreak, healthy: next.healthy };
+      const fields = {
+        server: server.name,
+        ok: result.ok,
+        ms: result.ms,
+        okStreak: next.okStreak,
+        failStreak: next.failStreak,
+        healthy: next.healthy,
+      };
       if (!result.ok) {
         // The first failure of a run is news; the following ones show in the transition line (or at debug).
         const level = prev.failStreak === 0 ? 'info' : 'debug';

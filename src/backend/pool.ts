@@ -2,7 +2,7 @@
 
 import net from 'node:net';
 import type { ServerConfig } from '../config/schema.js';
-import { createBalancer, type Balancer } from './balancer.js';
+import { type Balancer, createBalancer } from './balancer.js';
 
 /** up/down come from health checks; drain and maint are set by the operator and survive reloads. */
 export type ServerState = 'up' | 'down' | 'drain' | 'maint';
@@ -134,9 +134,7 @@ export class Pool {
 
   /** Picks a server that is up (of `family`, when given), skipping `exclude` (already tried). */
   pick(family: 4 | 6 | undefined, exclude?: ReadonlySet<Server>): Server | undefined {
-    const usable = this.servers.filter(
-      (s) => s.state === 'up' && (family === undefined || s.family === family) && !exclude?.has(s),
-    );
+    const usable = this.servers.filter((s) => s.state === 'up' && (family === undefined || s.family === family) && !exclude?.has(s));
     return this.balancer.pick(usable) as Server | undefined;
   }
 

@@ -1,7 +1,7 @@
 // One SMTP health probe of one backend: connect, expect 220, HELO/EHLO, expect 250, QUIT — and the pure reply reader it uses.
 
-import { connectFailure } from '../util/errno.js';
 import net from 'node:net';
+import { connectFailure } from '../util/errno.js';
 import { escapeBytes } from '../util/escapeBytes.js';
 
 export interface CheckTarget {
@@ -165,8 +165,13 @@ export function smtpCheck(target: CheckTarget, opts: CheckOptions): Promise<Chec
       phase === 'connect' ? 'the connection' : phase === 'banner' ? 'the 220 banner' : `the reply to ${opts.command}`;
 
     const onTimeout = () => {
-      if (settled) cleanup(); // lingering after QUIT: the deadline ends it
-      else fail('timeout', `no ${waitingFor().replace(/^the /, '')} within ${opts.timeoutMs}ms${bytes ? ` (${bytes} bytes of a partial reply)` : ''}`);
+      if (settled)
+        cleanup(); // lingering after QUIT: the deadline ends it
+      else
+        fail(
+          'timeout',
+          `no ${waitingFor().replace(/^the /, '')} within ${opts.timeoutMs}ms${bytes ? ` (${bytes} bytes of a partial reply)` : ''}`,
+        );
     };
     const timer = setTimeout(onTimeout, opts.timeoutMs);
     const onAbort = () => fail('aborted', 'check cancelled');
@@ -203,7 +208,11 @@ export function smtpCheck(target: CheckTarget, opts: CheckOptions): Promise<Chec
     });
     socket.on('end', () => {
       if (settled) cleanup();
-      else fail('closed', `the server closed the connection while etd waited for ${waitingFor()}${bytes ? ` (${bytes} bytes of a partial reply)` : ''}`);
+      else
+        fail(
+          'closed',
+          `the server closed the connection while etd waited for ${waitingFor()}${bytes ? ` (${bytes} bytes of a partial reply)` : ''}`,
+        );
     });
     socket.on('error', (err: NodeJS.ErrnoException) => {
       if (settled) cleanup();

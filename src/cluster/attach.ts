@@ -60,7 +60,8 @@ export function localState(cache: ClientCache, access: AccessLists, store: State
         if (a.list === undefined) log.info({ cidr: a.cidr }, `access entry ${a.cidr} deleted by a cluster peer`);
         else log.info({ cidr: a.cidr, list: a.list }, `access entry ${a.cidr} (${a.list}) added by a cluster peer`);
       }
-      for (const x of r.rejected) if (!x.reason.includes('the file wins')) log.warn({ cidr: x.cidr }, `access entry from a cluster peer skipped: ${x.reason}`);
+      for (const x of r.rejected)
+        if (!x.reason.includes('the file wins')) log.warn({ cidr: x.cidr }, `access entry from a cluster peer skipped: ${x.reason}`);
     },
     applyAccessBatch(changes) {
       if (changes.length === 0) return;
@@ -68,9 +69,16 @@ export function localState(cache: ClientCache, access: AccessLists, store: State
       const added = r.applied.filter((a) => a.list !== undefined).length;
       const deleted = r.applied.length - added;
       const refused = r.rejected.filter((x) => !x.reason.includes('the file wins'));
-      if (r.applied.length > 0) log.info({ added, deleted, skipped: r.rejected.length }, `access entries synced from the cluster: ${added} added, ${deleted} deleted`);
+      if (r.applied.length > 0)
+        log.info(
+          { added, deleted, skipped: r.rejected.length },
+          `access entries synced from the cluster: ${added} added, ${deleted} deleted`,
+        );
       if (refused.length > 0) {
-        log.warn({ skipped: refused.length, first: refused[0] }, `${refused.length} access entries from the cluster skipped, e.g. ${refused[0]!.cidr}: ${refused[0]!.reason}`);
+        log.warn(
+          { skipped: refused.length, first: refused[0] },
+          `${refused.length} access entries from the cluster skipped, e.g. ${refused[0]!.cidr}: ${refused[0]!.reason}`,
+        );
       }
     },
   };

@@ -62,7 +62,8 @@ export function decodeEventText(text: unknown): Decoded<AccessEvent> {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return bad(`not an object: ${sample(text)}`);
   const o = v as Record<string, unknown>;
   if (o.kind !== 'access') return bad(`kind is not "access": ${sample(text)}`);
-  if (typeof o.from !== 'string' || o.from.length === 0 || o.from.length > MAX_NODE_CHARS) return bad(`"from" is not a node id: ${sample(text)}`);
+  if (typeof o.from !== 'string' || o.from.length === 0 || o.from.length > MAX_NODE_CHARS)
+    return bad(`"from" is not a node id: ${sample(text)}`);
   const cidr = canonicalPrefix(o.cidr);
   if (cidr === undefined) return bad(`"cidr" is not a prefix: ${sample(o.cidr)}`);
   if (o.list !== undefined && o.list !== 'allow' && o.list !== 'deny') return bad(`"list" is not allow or deny: ${sample(o.list)}`);
@@ -121,7 +122,12 @@ export function decodeDnsblValue(v: unknown): Decoded<{ answer: ZoneAnswer; expi
   if (a.status === 'none') return { ok: true, value: { answer: { status: 'none' }, expires } };
   if (a.status !== 'answer') return bad(`"answer.status" is not answer or none: ${sample(v)}`);
   const addrs = a.addresses;
-  if (!Array.isArray(addrs) || addrs.length === 0 || addrs.length > MAX_DNSBL_ADDRESSES || !addrs.every((x) => typeof x === 'string' && net.isIPv4(x))) {
+  if (
+    !Array.isArray(addrs) ||
+    addrs.length === 0 ||
+    addrs.length > MAX_DNSBL_ADDRESSES ||
+    !addrs.every((x) => typeof x === 'string' && net.isIPv4(x))
+  ) {
     return bad(`"answer.addresses" is not 1 to ${MAX_DNSBL_ADDRESSES} IPv4 addresses: ${sample(v)}`);
   }
   return { ok: true, value: { answer: { status: 'answer', addresses: [...(addrs as string[])] }, expires } };
@@ -133,7 +139,8 @@ export function decodeDnsblKey(key: unknown): Decoded<{ zone: string; address: s
   const slash = key.lastIndexOf('/');
   const zone = key.slice(0, slash);
   const address = key.slice(slash + 1);
-  if (slash <= 0 || !/^[A-Za-z0-9._-]+$/.test(zone) || !/^[0-9a-fA-F:.]+$/.test(address) || net.isIP(address) === 0) return bad(`not <zone>/<address>: ${sample(key)}`);
+  if (slash <= 0 || !/^[A-Za-z0-9._-]+$/.test(zone) || !/^[0-9a-fA-F:.]+$/.test(address) || net.isIP(address) === 0)
+    return bad(`not <zone>/<address>: ${sample(key)}`);
   return { ok: true, value: { zone, address } };
 }
 

@@ -61,8 +61,10 @@ export function redisProblems(r: RawRedis, base = 'cluster.redis'): Array<{ path
   if (!hasSentinels && r.url === undefined) {
     out.push({ path: `${base}.url`, message: 'set url (redis://[:password@]host:6379) or sentinels plus name' });
   }
-  if (hasSentinels && r.name === undefined) out.push({ path: `${base}.name`, message: 'sentinels need the master name they monitor (e.g. name: mymaster)' });
-  if (!hasSentinels && r.name !== undefined) out.push({ path: `${base}.name`, message: 'name is the Sentinel master name: add sentinels, or remove name and use url' });
+  if (hasSentinels && r.name === undefined)
+    out.push({ path: `${base}.name`, message: 'sentinels need the master name they monitor (e.g. name: mymaster)' });
+  if (!hasSentinels && r.name !== undefined)
+    out.push({ path: `${base}.name`, message: 'name is the Sentinel master name: add sentinels, or remove name and use url' });
   if (r.url !== undefined) {
     const e = parseEndpoint(r.url, 6379, false);
     if (typeof e === 'string') out.push({ path: `${base}.url`, message: e });

@@ -32,7 +32,8 @@ export async function probeRedis(c: ClusterConfig): Promise<RedisProbe> {
       await client.set(key, value, 'PX', 10_000);
       const back = await client.get(key);
       await client.del(key);
-      if (back !== value) return { where, keyPrefix, stage: 'write', error: `wrote ${value} under ${keyPrefix}${key}, read back ${String(back)}` };
+      if (back !== value)
+        return { where, keyPrefix, stage: 'write', error: `wrote ${value} under ${keyPrefix}${key}, read back ${String(back)}` };
     } catch (e) {
       return { where, keyPrefix, stage: 'write', error: describeError(e) };
     }

@@ -17,21 +17,21 @@ import os from 'node:os';
 import { Redis } from 'ioredis';
 import type { ClusterConfig } from '../config/schema.js';
 import { describeError } from '../errors.js';
+import { decodeAccessHash, decodeDnsblValue, decodeEventText, decodeVerdictValue, RejectGate, type RejectKind } from './decode.js';
 import {
   ACCESS_HASH,
+  type AccessChange,
+  type AccessListName,
+  type CacheVerdict,
   EPOCH_KEY,
   encodeEvent,
   encodeVerdict,
   eventChannel,
   reconcileAccess,
   sharedKey,
-  type AccessChange,
-  type AccessListName,
-  type CacheVerdict,
   type ValueKind,
 } from './keys.js';
-import { decodeAccessHash, decodeDnsblValue, decodeEventText, decodeVerdictValue, RejectGate, type RejectKind } from './decode.js';
-import { linkStep, type LinkState } from './link.js';
+import { type LinkState, linkStep } from './link.js';
 import { redisOptions, redisWhere } from './options.js';
 
 /** What SharedState needs from the local state: read it for write-back and sync, and apply what peers learnt. */
@@ -55,8 +55,21 @@ export interface SharedLog {
 }
 
 type Op =
-  | { readonly t: 'value'; readonly kind: ValueKind; readonly key: string; readonly value: string; readonly expires: number; readonly nx?: boolean }
-  | { readonly t: 'access'; readonly cidr: string; readonly list: AccessListName | undefined; readonly publish: boolean; readonly nx?: boolean };
+  | {
+      readonly t: 'value';
+      readonly kind: ValueKind;
+      readonly key: string;
+      readonly value: string;
+      readonly expires: number;
+      readonly nx?: boolean;
+    }
+  | {
+      readonly t: 'access';
+      readonly cidr: string;
+      readonly list: AccessListName | undefined;
+      readonly publish: boolean;
+      readonly nx?: boolean;
+    };
 
 export type LookupResult = 'pass' | 'deny' | 'miss' | 'skipped' | 'error';
 export type ErrorOp = 'connect' | 'lookup' | 'write' | 'sync' | 'subscribe';
@@ -152,7 +165,9 @@ export class SharedState {
     local: LocalState,
     private readonly log: SharedLog,
   ) {
-    this.local = guardedLocal(local, (method, e) => this.reject(method.startsWith('adopt') ? 'cache' : 'access', `applying it failed (${method}): ${describeError(e)}`));
+    this.local = guardedLocal(local, (method, e) =>
+      this.reject(method.startsWith('adopt') ? 'cache' : 'access', `applying it failed (${method}): ${describeError(e)}`),
+    );
   }
 
   /** Peer data skipped: counted, and warned about at most once a minute per kind. */
@@ -206,18 +221,22 @@ export class SharedState {
       this.lookups.skipped++;
       return;
     }
-    this.ask(sharedKey('cache', key), (raw, now) => {
-      const d = decodeVerdictValue(raw);
-      if (d !== undefined && !d.ok) this.reject('cache', `${key}: ${d.reason}`);
-      const v = d?.ok ? d.value : undefined;
-      if (v === undefined || v.expires <= now) {
-        this.lookups.miss++;
-        return;
-      }
-      this.lookups[v.kind]++;
-      this.local.adoptCache(key, v.kind, v.expires);
-      done(v.kind, v.expires);
-    }, () => this.lookups.error++);
+    this.ask(
+      sharedKey('cache', key),
+      (raw, now) => {
+        const d = decodeVerdictValue(raw);
+        if (d !== undefined && !d.ok) this.reject('cache', `${key}: ${d.reason}`);
+        const v = d?.ok ? d.value : undefined;
+        if (v === undefined || v.expires <= now) {
+          this.lookups.miss++;
+          return;
+        }
+        this.lookups[v.kind]++;
+        this.local.adoptCache(key, v.kind, v.expires);
+        done(v.kind, v.expires);
+      },
+      () => this.lookups.error++,
+    );
   }
 
   /**
@@ -226,16 +245,20 @@ export class SharedState {
    */
   get(kind: ValueKind, key: string, done: (value: string) => void): void {
     if (!this.client || !this.up) return;
-    this.ask(sharedKey(kind, key), (raw) => {
-      if (raw === null || raw === undefined) return;
-      // The receiver decodes it again (it may be another thread); here it is counted when bad.
-      const d = kind === 'dnsbl' ? decodeDnsblValue(raw) : decodeVerdictValue(raw);
-      if (d === undefined || !d.ok) {
-        this.reject(kind, `${key}: ${d?.reason ?? 'absent'}`);
-        return;
-      }
-      done(raw as string);
-    }, () => undefined);
+    this.ask(
+      sharedKey(kind, key),
+      (raw) => {
+        if (raw === null || raw === undefined) return;
+        // The receiver decodes it again (it may be another thread); here it is counted when bad.
+        const d = kind === 'dnsbl' ? decodeDnsblValue(raw) : decodeVerdictValue(raw);
+        if (d === undefined || !d.ok) {
+          this.reject(kind, `${key}: ${d?.reason ?? 'absent'}`);
+          return;
+        }
+        done(raw as string);
+      },
+      () => undefined,
+    );
   }
 
   /** Shares a value of another kind until `expires` (ms since epoch), batched like the cache writes. */
@@ -318,9 +341,21 @@ export class SharedState {
     this.state = step.state;
     const where = redisWhere(this.config);
     if (step.info) this.log.info({ redis: where }, 'cluster: connected to Redis; sharing state');
-    if (step.warn === 'down') this.log.warn({ redis: where, lastError: this.lastError }, 'cluster: Redis is down; serving from local state, writes are kept for when it returns');
-    if (step.warn === 'unreachable') this.log.warn({ redis: where, lastError: this.lastError }, 'cluster: cannot reach Redis; serving from local state and retrying with backoff');
-    if (step.warn === 'up') this.log.warn({ redis: where, pendingWrites: this.queue.length }, 'cluster: Redis is up again; writing back what was learnt meanwhile');
+    if (step.warn === 'down')
+      this.log.warn(
+        { redis: where, lastError: this.lastError },
+        'cluster: Redis is down; serving from local state, writes are kept for when it returns',
+      );
+    if (step.warn === 'unreachable')
+      this.log.warn(
+        { redis: where, lastError: this.lastError },
+        'cluster: cannot reach Redis; serving from local state and retrying with backoff',
+      );
+    if (step.warn === 'up')
+      this.log.warn(
+        { redis: where, pendingWrites: this.queue.length },
+        'cluster: Redis is up again; writing back what was learnt meanwhile',
+      );
   }
 
   private async onReady(): Promise<void> {
@@ -362,7 +397,10 @@ export class SharedState {
     if (all) {
       for (const e of this.local.cacheEntries()) {
         if (n >= WRITE_BACK_MAX) break;
-        this.enqueue({ t: 'value', kind: 'cache', key: e.key, value: encodeVerdict(e.kind, e.expires), expires: e.expires, nx: true }, true);
+        this.enqueue(
+          { t: 'value', kind: 'cache', key: e.key, value: encodeVerdict(e.kind, e.expires), expires: e.expires, nx: true },
+          true,
+        );
         // A large cache is queued a slice per turn of the event loop: sessions go on meanwhile.
         if (++n % 2000 === 0) await new Promise((r) => setImmediate(r));
       }
@@ -484,8 +522,8 @@ export class SharedState {
     // ... and so do those changed here after the read was sent.
     for (const [cidr, s] of this.accessSeq) if (s > startedSeq) skip.add(cidr);
     try {
-    this.local.applyAccessBatch(reconcileAccess(this.local.runtimeAccess(), shared, skip));
-    for (const [cidr, s] of [...this.accessSeq]) if (s <= startedSeq) this.accessSeq.delete(cidr);
+      this.local.applyAccessBatch(reconcileAccess(this.local.runtimeAccess(), shared, skip));
+      for (const [cidr, s] of [...this.accessSeq]) if (s <= startedSeq) this.accessSeq.delete(cidr);
     } catch (e) {
       // Each change is guarded on its own (guardedLocal); this catches the rest of a sync.
       this.reject('access', `the sync failed: ${describeError(e)}`);

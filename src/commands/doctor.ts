@@ -1,10 +1,10 @@
 // `etd doctor -c FILE [--json] [--client ADDRESS] [--probe ADDRESS[:PORT]]...` and the start preflight: gather facts, evaluate them, print them or refuse to start.
 
 import type { Config } from '../config/schema.js';
-import { EtdError } from '../errors.js';
-import { criticalFailures, evaluate, summarize, type Finding } from '../doctor/checks.js';
+import { criticalFailures, evaluate, type Finding, summarize } from '../doctor/checks.js';
 import { gatherFacts } from '../doctor/gather.js';
 import { parseProbe } from '../doctor/targets.js';
+import { EtdError } from '../errors.js';
 import { escapeText } from '../util/escapeBytes.js';
 
 export interface DoctorOptions {
@@ -40,7 +40,8 @@ export function verdictLine(findings: readonly Finding[]): string {
   const head = `${s.FAIL} FAIL, ${s.WARN} WARN, ${s.OK} OK`;
   if (critical.length) return `${head} — etd run would refuse to start (${critical.map((f) => f.id).join(', ')})`;
   const fails = findings.filter((f) => f.status === 'FAIL');
-  if (s.FAIL && fails.every((f) => f.id === 'cluster.redis')) return `${head} — etd would start and serve from its local state, but would not share it with the other gateways`;
+  if (s.FAIL && fails.every((f) => f.id === 'cluster.redis'))
+    return `${head} — etd would start and serve from its local state, but would not share it with the other gateways`;
   if (s.FAIL) return `${head} — etd would start, but the FAILs above break transparent sessions`;
   return s.WARN ? `${head} — no failures; read the warnings` : `${head} — all checks passed`;
 }
@@ -96,12 +97,20 @@ export async function preflight(config: Config, log: PreflightLog, configFile = 
     log.warn({ check: f.id, status: f.status, detail: f.detail, ...(f.fix === undefined ? {} : { fix: f.fix }) }, `preflight: ${f.what}`);
   }
   if (critical.length) {
-    for (const f of critical) log.error({ check: f.id, detail: f.detail, ...(f.fix === undefined ? {} : { fix: f.fix }) }, `preflight FAIL: ${f.what}`);
+    for (const f of critical)
+      log.error({ check: f.id, detail: f.detail, ...(f.fix === undefined ? {} : { fix: f.fix }) }, `preflight FAIL: ${f.what}`);
     const what = critical.map((f) => `${f.id}: ${f.detail}`).join('; ');
     const fixes = critical.map((f) => (f.fix === undefined ? `${f.id}: see etd doctor` : `${f.id}: ${f.fix}`)).join('; ');
-    throw new EtdError('ETD_ERR_PREFLIGHT', `refusing to start: transparency cannot work (${critical.length} critical check${critical.length > 1 ? 's' : ''} failed): ${what}`, {
-      hint: `fix: ${fixes} (etd doctor -c ${configFile} shows every check)`,
-    });
+    throw new EtdError(
+      'ETD_ERR_PREFLIGHT',
+      `refusing to start: transparency cannot work (${critical.length} critical check${critical.length > 1 ? 's' : ''} failed): ${what}`,
+      {
+        hint: `fix: ${fixes} (etd doctor -c ${configFile} shows every check)`,
+      },
+    );
   }
-  log.info({ checks: findings.length, warnings: findings.filter((f) => f.status !== 'OK').length, ms: Date.now() - started }, 'preflight passed');
+  log.info(
+    { checks: findings.length, warnings: findings.filter((f) => f.status !== 'OK').length, ms: Date.now() - started },
+    'preflight passed',
+  );
 }

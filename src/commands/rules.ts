@@ -6,16 +6,16 @@
 import type { Config } from '../config/schema.js';
 import { describeError, isEtdError } from '../errors.js';
 import { run } from '../native/nftables.js';
+import { FAMILIES, formatStep, planApplyRouting, planRemoveRouting } from '../netfilter/routing.js';
 import { rulesetBatch } from '../netfilter/ruleset.js';
-import { formatStep, planApplyRouting, planRemoveRouting, FAMILIES } from '../netfilter/routing.js';
 import {
   applyNetfilter,
-  netfilterRequired,
-  removeNetfilter,
-  verifyNetfilter,
   type CheckItem,
   type NetfilterLog,
   type NetfilterState,
+  netfilterRequired,
+  removeNetfilter,
+  verifyNetfilter,
 } from '../netfilter/setup.js';
 
 export type RulesSubcommand = 'show' | 'apply' | 'remove';
@@ -44,7 +44,8 @@ function lineLog(out: (line: string) => void): NetfilterLog {
 
 function notes(config: Config, out: (line: string) => void): void {
   if (!netfilterRequired(config)) out('# note: every listener is mode: plain, which needs none of this; `etd run` will not install it');
-  else if (!config.netfilter.manage) out('# note: netfilter.manage is false: `etd run` leaves these rules to you (e.g. `etd rules apply` in ExecStartPre)');
+  else if (!config.netfilter.manage)
+    out('# note: netfilter.manage is false: `etd run` leaves these rules to you (e.g. `etd rules apply` in ExecStartPre)');
 }
 
 export async function rulesCommand(sub: RulesSubcommand, config: Config, out: (line: string) => void): Promise<number> {
@@ -71,7 +72,13 @@ export async function rulesCommand(sub: RulesSubcommand, config: Config, out: (l
         return 0;
       }
       printState(state, out);
-      out(state.ok ? '# all present' : state.clean ? '# nothing of etd is installed' : '# incomplete: `etd rules apply` installs the missing parts');
+      out(
+        state.ok
+          ? '# all present'
+          : state.clean
+            ? '# nothing of etd is installed'
+            : '# incomplete: `etd rules apply` installs the missing parts',
+      );
       if (state.items.some((i) => i.id === 'nft.table' && i.present)) {
         out('');
         out(`# nft list table inet ${nf.tableName}`);

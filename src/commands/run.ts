@@ -1,14 +1,14 @@
 // `etd run -c FILE`: start the proxy, set up netfilter when a listener is transparent, handle signals.
 
+import { type ApiHandle, startApi } from '../api/server.js';
 import { App } from '../app.js';
 import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { describeError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
-import { startApi, type ApiHandle } from '../api/server.js';
-import { VERSION } from '../version.js';
-import { installLastResort } from '../util/lastResort.js';
 import { notifyReady, notifyStopping } from '../systemd/notify.js';
+import { installLastResort } from '../util/lastResort.js';
+import { VERSION } from '../version.js';
 
 export function needsNetfilter(config: Config): boolean {
   return config.netfilter.manage && config.listeners.some((l) => l.mode !== 'plain');
@@ -50,7 +50,10 @@ export async function startEtd(config: Config, logger: Logger, configFile = 'FIL
     if (netfilter) await netfilter.removeNetfilter(config, logger).catch(() => undefined);
     throw e;
   }
-  const unwatch = netfilter && config.netfilter.watchMs > 0 ? (await import('../netfilter/watch.js')).watchNetfilter(config, logger, config.netfilter.watchMs) : undefined;
+  const unwatch =
+    netfilter && config.netfilter.watchMs > 0
+      ? (await import('../netfilter/watch.js')).watchNetfilter(config, logger, config.netfilter.watchMs)
+      : undefined;
   return {
     app,
     async stop() {
@@ -98,7 +101,10 @@ export async function runCommand(file: string): Promise<number> {
     }
   }
   notifyReady();
-  log.info({ config: file, version: VERSION, listeners: config.listeners.map((l) => `${l.name}/${l.mode}`), pid: process.pid }, 'etd started');
+  log.info(
+    { config: file, version: VERSION, listeners: config.listeners.map((l) => `${l.name}/${l.mode}`), pid: process.pid },
+    'etd started',
+  );
   process.on('SIGHUP', () => {
     reload().catch((e: unknown) => log.error({ err: describeError(e) }, 'reload refused; the running configuration stays'));
   });
@@ -114,17 +120,17 @@ export async function runCommand(file: string): Promise<number> {
         .stop()
         .then(() => api?.close())
         .then(
-        () => {
-          log.info({}, 'stopped');
-          exitSoon(0);
-          resolve(0);
-        },
-        (e) => {
-          log.error({ err: describeError(e) }, 'stop failed');
-          exitSoon(1);
-          resolve(1);
-        },
-      );
+          () => {
+            log.info({}, 'stopped');
+            exitSoon(0);
+            resolve(0);
+          },
+          (e) => {
+            log.error({ err: describeError(e) }, 'stop failed');
+            exitSoon(1);
+            resolve(1);
+          },
+        );
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));

@@ -1,14 +1,14 @@
 // `etd status`: asks the running etd's management API (TCP or unix socket) and prints a readable summary, or the raw JSON with --json.
 
-import { urlHost } from '../util/address.js';
-import { escapeText } from '../util/escapeBytes.js';
 import fs from 'node:fs';
 import http from 'node:http';
-import type { ApiConfig } from '../config/schema.js';
-import { describeError } from '../errors.js';
 import type { BackendBody } from '../api/routes/backends.js';
 import type { StatsBody } from '../api/routes/stats.js';
 import type { StatusBody, WorkerStatusBody } from '../api/routes/status.js';
+import type { ApiConfig } from '../config/schema.js';
+import { describeError } from '../errors.js';
+import { urlHost } from '../util/address.js';
+import { escapeText } from '../util/escapeBytes.js';
 
 export interface StatusOptions {
   /** http://host:port of the API (ignored when `socket` is set). */
@@ -32,7 +32,11 @@ export function apiTarget(api: ApiConfig): { url?: string; socket?: string; toke
  * The bearer token for `etd status`: --token-file, else $ETD_TOKEN, else the config's. Never from
  * argv (ps shows it). An unreadable or empty file is an error naming it.
  */
-export function statusToken(tokenFile: string | undefined, env: string | undefined, fromConfig: string | undefined): string | undefined | { error: string } {
+export function statusToken(
+  tokenFile: string | undefined,
+  env: string | undefined,
+  fromConfig: string | undefined,
+): string | undefined | { error: string } {
   if (tokenFile !== undefined) {
     let text: string;
     try {
@@ -78,7 +82,11 @@ function get(opts: StatusOptions, path: string): Promise<unknown> {
           try {
             body = JSON.parse(text);
           } catch {
-            reject(new StatusError(`${where(opts)} answered ${path} with something that is not JSON (HTTP ${res.statusCode}); is that etd's API?`));
+            reject(
+              new StatusError(
+                `${where(opts)} answered ${path} with something that is not JSON (HTTP ${res.statusCode}); is that etd's API?`,
+              ),
+            );
             return;
           }
           if (res.statusCode === 401) {
@@ -90,14 +98,18 @@ function get(opts: StatusOptions, path: string): Promise<unknown> {
             );
           } else if (res.statusCode !== 200) {
             const msg = (body as { error?: unknown }).error;
-            reject(new StatusError(`${where(opts)}: GET ${path}: HTTP ${res.statusCode}: ${typeof msg === 'string' ? msg : text.slice(0, 200)}`));
+            reject(
+              new StatusError(`${where(opts)}: GET ${path}: HTTP ${res.statusCode}: ${typeof msg === 'string' ? msg : text.slice(0, 200)}`),
+            );
           } else resolve(body);
         });
       },
     );
     req.on('timeout', () => req.destroy(new Error(`no answer within ${(opts.timeoutMs ?? 5000) / 1000} s`)));
     req.on('error', (e: NodeJS.ErrnoException) => {
-      reject(new StatusError(`cannot reach the etd API at ${where(opts)}: ${e.code ?? e.message} — is etd running? is api.address/port right?`));
+      reject(
+        new StatusError(`cannot reach the etd API at ${where(opts)}: ${e.code ?? e.message} — is etd running? is api.address/port right?`),
+      );
     });
     req.end();
   });
@@ -141,7 +153,9 @@ export function workerLine(w: WorkerStatusBody): string {
 export function formatStatus(status: StatusBody, stats: StatsBody, backends: readonly BackendBody[]): string {
   const lines: string[] = [];
   lines.push(`etd ${status.version}, up ${duration(status.uptimeSeconds)} (since ${status.startedAt})`);
-  lines.push(`connections  ${num(status.connections.held)} held, ${num(status.connections.relaying)} relaying, ${num(status.connections.total)} open`);
+  lines.push(
+    `connections  ${num(status.connections.held)} held, ${num(status.connections.relaying)} relaying, ${num(status.connections.total)} open`,
+  );
   const st = status.stress;
   lines.push(
     st.active
@@ -150,11 +164,17 @@ export function formatStatus(status: StatusBody, stats: StatsBody, backends: rea
   );
   lines.push('listeners');
   for (const l of status.listeners) lines.push(`  ${l.name.padEnd(16)} ${l.mode.padEnd(9)} ${l.addresses.join(' ') || '(not listening)'}`);
-  if (status.engine) lines.push(`engine       ${num(status.engine.connections)} connections, ${num(status.engine.fds)} fds, ${num(status.engine.bufferedBytes)} bytes buffered`);
+  if (status.engine)
+    lines.push(
+      `engine       ${num(status.engine.connections)} connections, ${num(status.engine.fds)} fds, ${num(status.engine.bufferedBytes)} bytes buffered`,
+    );
   // An older etd's answer has no workers: nothing to show.
   const workers = status.workers ?? [];
   if (workers.length > 0) {
-    const lost = status.lostSessions > 0 || status.workerRestarts > 0 ? `; ${num(status.workerRestarts)} restart${status.workerRestarts === 1 ? '' : 's'}, ${num(status.lostSessions)} connection${status.lostSessions === 1 ? '' : 's'} lost` : '';
+    const lost =
+      status.lostSessions > 0 || status.workerRestarts > 0
+        ? `; ${num(status.workerRestarts)} restart${status.workerRestarts === 1 ? '' : 's'}, ${num(status.lostSessions)} connection${status.lostSessions === 1 ? '' : 's'} lost`
+        : '';
     lines.push(`workers      ${workers.length}${lost}`);
     for (const w of workers) lines.push(`  ${workerLine(w)}`);
   }
@@ -179,7 +199,9 @@ export function formatStatus(status: StatusBody, stats: StatsBody, backends: rea
   lines.push(`  early talkers  ${num(et.total)}  (drop ${num(et.drop)}, reject ${num(et.reject)}, log ${num(et.log)})`);
   lines.push(`  no server      ${num(stats.noServer)}`);
   const lim = stats.limits;
-  lines.push(`  limit          ${num(stats.limitRejections)}  (max_connections ${num(lim.max_connections)}, max_held ${num(lim.max_held)}, per_client ${num(lim.per_client)})`);
+  lines.push(
+    `  limit          ${num(stats.limitRejections)}  (max_connections ${num(lim.max_connections)}, max_held ${num(lim.max_held)}, per_client ${num(lim.per_client)})`,
+  );
   lines.push(`  gone early     ${num(stats.clientGone)}`);
   // Verdicts without a line of their own above (newer ones included).
   const shown = new Set(['passed', 'early_talker', 'no_server', 'limit', 'client_gone']);
@@ -202,7 +224,12 @@ export async function statusCommand(
     const [status, stats, backends] = await Promise.all([get(opts, '/v1/status'), get(opts, '/v1/stats'), get(opts, '/v1/backends')]);
     if (opts.json) {
       // JSON escapes C0 already; C1 (U+0080-U+009F, CSI and OSC among them) too, for a terminal that shows it.
-      out(JSON.stringify({ status, stats, backends: (backends as { backends: unknown }).backends }, null, 2).replace(/[\x7f-\x9f]/g, (c) => `\\u00${c.charCodeAt(0).toString(16)}`));
+      out(
+        JSON.stringify({ status, stats, backends: (backends as { backends: unknown }).backends }, null, 2).replace(
+          /[\x7f-\x9f]/g,
+          (c) => `\\u00${c.charCodeAt(0).toString(16)}`,
+        ),
+      );
     } else {
       out(formatStatus(status as StatusBody, stats as StatsBody, (backends as { backends: BackendBody[] }).backends));
     }

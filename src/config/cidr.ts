@@ -73,7 +73,8 @@ function parseRaw(text: unknown): Address | string {
   const zone = text.indexOf('%');
   if (zone >= 0) {
     const bare = text.slice(0, zone);
-    if (net.isIPv6(bare)) return `${show(text)} has a zone ID (${show(text.slice(zone))}); etd matches addresses without one: write ${bare}`;
+    if (net.isIPv6(bare))
+      return `${show(text)} has a zone ID (${show(text.slice(zone))}); etd matches addresses without one: write ${bare}`;
     return `${show(text)} is not an IPv4 or IPv6 address`;
   }
   if (net.isIPv4(text)) return { family: 4, value: v4Value(text) };
@@ -107,18 +108,20 @@ export function parseCidr(text: string): Cidr | string {
   const slash = text.indexOf('/');
   const addr = slash < 0 ? text : text.slice(0, slash);
   const len = slash < 0 ? undefined : text.slice(slash + 1);
-  if (!addr || (len !== undefined && len.includes('/'))) return `${show(text)} is not a CIDR (expected e.g. 192.0.2.0/24 or 2001:db8::/32)`;
+  if (!addr || len?.includes('/')) return `${show(text)} is not a CIDR (expected e.g. 192.0.2.0/24 or 2001:db8::/32)`;
   const raw = parseRaw(addr);
   if (typeof raw === 'string') return raw;
   let family = raw.family;
   let value = raw.value;
   let bits = family === 4 ? 32 : 128;
-  if (len !== undefined && !/^\d{1,3}$/.test(len)) return `prefix length ${show(len)} in ${show(text)} must be a whole number from 0 to ${bits}`;
+  if (len !== undefined && !/^\d{1,3}$/.test(len))
+    return `prefix length ${show(len)} in ${show(text)} must be a whole number from 0 to ${bits}`;
   let prefix = len === undefined ? bits : Number(len);
   if (prefix > bits) return `prefix length "${len}" in ${show(text)} must be a whole number from 0 to ${bits}`;
   // IPv4-mapped: the IPv4 prefix it stands for (clients are matched as IPv4, see parseAddress).
   if (family === 6 && value >> 32n === MAPPED) {
-    if (prefix < 96) return `${show(text)} is an IPv4-mapped address with a prefix shorter than /96; write the IPv4 prefix (e.g. 192.0.2.0/24) or an IPv6 one`;
+    if (prefix < 96)
+      return `${show(text)} is an IPv4-mapped address with a prefix shorter than /96; write the IPv4 prefix (e.g. 192.0.2.0/24) or an IPv6 one`;
     family = 4;
     value &= 0xffffffffn;
     prefix -= 96;
@@ -137,12 +140,19 @@ export function formatAddress(family: 4 | 6, value: bigint): string {
   const groups: string[] = [];
   for (let i = 7; i >= 0; i--) groups.push(((value >> BigInt(i * 16)) & 0xffffn).toString(16));
   // Compress the longest run of zero groups, as RFC 5952 prescribes.
-  let best = -1, bestLen = 0;
+  let best = -1,
+    bestLen = 0;
   for (let i = 0; i < 8; ) {
-    if (groups[i] !== '0') { i++; continue; }
+    if (groups[i] !== '0') {
+      i++;
+      continue;
+    }
     let j = i;
     while (j < 8 && groups[j] === '0') j++;
-    if (j - i > bestLen && j - i > 1) { best = i; bestLen = j - i; }
+    if (j - i > bestLen && j - i > 1) {
+      best = i;
+      bestLen = j - i;
+    }
     i = j;
   }
   if (best < 0) return groups.join(':');

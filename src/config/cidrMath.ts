@@ -1,6 +1,6 @@
 // Pure prefix arithmetic on top of cidr.ts's parser: the network an interface address sits in, overlap of two prefixes, a spare host address.
 
-import { addressToBigInt, formatAddress, type Cidr } from './cidr.js';
+import { addressToBigInt, type Cidr, formatAddress } from './cidr.js';
 
 /** Address width in bits per family. */
 export const FAMILY_BITS = { 4: 32, 6: 128 } as const;

@@ -1,21 +1,22 @@
 // Reads a YAML config, applies defaults, validates it once against the schema plus cross-field rules,
 // resolves durations to milliseconds and deep-freezes the result. Every error names the key path.
+// biome-ignore-all lint/style/noExcessiveLinesPerFile: one concern (read, default, cross-check and freeze the config); the cross-field rules are a flat list that reads best in one place
 
-import { isLoopback } from '../util/address.js';
 import fs from 'node:fs';
-import os from 'node:os';
 import net from 'node:net';
-import YAML from 'yaml';
-import { Value } from '@sinclair/typebox/value';
+import os from 'node:os';
 import { ValueErrorType } from '@sinclair/typebox/errors';
-import { EtdError } from '../errors.js';
-import { ConfigSchema, type Config, type RawConfig } from './schema.js';
-import { formatDuration as formatDur, parseDuration } from './duration.js';
-import { parseCidr } from './cidr.js';
-import { fallbackMessage, knownKeys, pointerToPath, SHOW_MAX, showValue as show } from './schemaErrors.js';
-import { reputationProblems } from '../reputation/configCheck.js';
+import { Value } from '@sinclair/typebox/value';
+import YAML from 'yaml';
 import { redisProblems } from '../cluster/options.js';
+import { EtdError } from '../errors.js';
+import { reputationProblems } from '../reputation/configCheck.js';
+import { isLoopback } from '../util/address.js';
 import { rawAtInUserinfo, redactUrl } from '../util/redact.js';
+import { parseCidr } from './cidr.js';
+import { formatDuration as formatDur, parseDuration } from './duration.js';
+import { type Config, ConfigSchema, type RawConfig } from './schema.js';
+import { fallbackMessage, knownKeys, pointerToPath, SHOW_MAX, showValue as show } from './schemaErrors.js';
 
 /** One problem in a config: where, what, and how to fix it. */
 export interface ConfigProblem {
@@ -29,7 +30,9 @@ function similar(a: string, b: string): boolean {
   if (Math.abs(a.length - b.length) > 1) return false;
   if (a.length === b.length) {
     const diff = [...a].map((c, i) => (c === b[i] ? -1 : i)).filter((i) => i >= 0);
-    return diff.length === 1 || (diff.length === 2 && diff[1] === diff[0]! + 1 && a[diff[0]!] === b[diff[1]!] && a[diff[1]!] === b[diff[0]!]);
+    return (
+      diff.length === 1 || (diff.length === 2 && diff[1] === diff[0]! + 1 && a[diff[0]!] === b[diff[1]!] && a[diff[1]!] === b[diff[0]!])
+    );
   }
   const [long, short] = a.length > b.length ? [a, b] : [b, a];
   for (let i = 0; i < long.length; i++) if (long.slice(0, i) + long.slice(i + 1) === short) return true;
@@ -96,9 +99,11 @@ function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
   const names = new Set<string>();
   const binds = new Set<string>();
   raw.listeners.forEach((l, i) => {
-    if (names.has(l.name)) out.push({ path: `listeners[${i}].name`, message: `"${l.name}" is used by two listeners; names must be unique` });
+    if (names.has(l.name))
+      out.push({ path: `listeners[${i}].name`, message: `"${l.name}" is used by two listeners; names must be unique` });
     names.add(l.name);
-    if (!net.isIP(l.address)) out.push({ path: `listeners[${i}].address`, message: `"${l.address}" is not an IPv4 or IPv6 address (use 0.0.0.0 or :: for all)` });
+    if (!net.isIP(l.address))
+      out.push({ path: `listeners[${i}].address`, message: `"${l.address}" is not an IPv4 or IPv6 address (use 0.0.0.0 or :: for all)` });
     const bind = `${l.address}:${l.port}`;
     if (l.port !== 0 && binds.has(bind)) out.push({ path: `listeners[${i}].port`, message: `${bind} is already used by another listener` });
     binds.add(bind);
@@ -113,37 +118,58 @@ function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
       out.push({ path: `listeners[${i}].destinations`, message: 'only applies to mode: intercept; remove it or set mode: intercept' });
     }
     if (l.mode !== 'plain' && raw.upstream.source !== 'clientip') {
-      out.push({ path: `listeners[${i}].mode`, message: `mode ${l.mode} is transparent and needs upstream.source: clientip (got ${raw.upstream.source}); set it, or use mode: plain` });
+      out.push({
+        path: `listeners[${i}].mode`,
+        message: `mode ${l.mode} is transparent and needs upstream.source: clientip (got ${raw.upstream.source}); set it, or use mode: plain`,
+      });
     }
   });
   const servers = new Set<string>();
   raw.upstream.servers.forEach((s, i) => {
-    if (servers.has(s.name)) out.push({ path: `upstream.servers[${i}].name`, message: `"${s.name}" is used by two servers; names must be unique` });
+    if (servers.has(s.name))
+      out.push({ path: `upstream.servers[${i}].name`, message: `"${s.name}" is used by two servers; names must be unique` });
     servers.add(s.name);
-    if (!net.isIP(s.address)) out.push({ path: `upstream.servers[${i}].address`, message: `"${s.address}" is not an IPv4 or IPv6 address (host names are not resolved; write the address)` });
+    if (!net.isIP(s.address))
+      out.push({
+        path: `upstream.servers[${i}].address`,
+        message: `"${s.address}" is not an IPv4 or IPv6 address (host names are not resolved; write the address)`,
+      });
   });
   const forward = raw.upstream.forward ?? (raw.listeners.some((l) => l.mode === 'intercept') ? 'original' : 'pool');
   if (forward === 'pool' && raw.upstream.servers.length === 0) {
-    out.push({ path: 'upstream.servers', message: 'is empty; list at least one server, e.g. - { name: smtp1, address: 10.0.2.10, port: 25 }' });
+    out.push({
+      path: 'upstream.servers',
+      message: 'is empty; list at least one server, e.g. - { name: smtp1, address: 10.0.2.10, port: 25 }',
+    });
   }
   if (raw.upstream.source === 'clientip' && raw.listeners.every((l) => l.mode === 'plain')) {
-    out.push({ path: 'upstream.source', message: 'clientip needs a transparent listener (mode: vip or intercept); use source: self for plain listeners' });
+    out.push({
+      path: 'upstream.source',
+      message: 'clientip needs a transparent listener (mode: vip or intercept); use source: self for plain listeners',
+    });
   }
   if (forward === 'original' && !raw.listeners.every((l) => l.mode === 'intercept')) {
     out.push({ path: 'upstream.forward', message: 'original only works when every listener is mode: intercept; use forward: pool' });
   }
   for (const key of ['window'] as const) {
     const ms = parseDuration(raw.detection[key]);
-    if (ms !== undefined && ms > 300_000) out.push({ path: `detection.${key}`, message: `${raw.detection[key]} is longer than 5m; clients give up long before that` });
+    if (ms !== undefined && ms > 300_000)
+      out.push({ path: `detection.${key}`, message: `${raw.detection[key]} is longer than 5m; clients give up long before that` });
   }
   const st = raw.detection.stress;
   const stress = stressOf(raw);
   if (stress.below >= stress.above) {
-    out.push({ path: 'detection.stress.below', message: `must be lower than detection.stress.above (${stress.below} ≥ ${stress.above}), or the window would flap` });
+    out.push({
+      path: 'detection.stress.below',
+      message: `must be lower than detection.stress.above (${stress.below} ≥ ${stress.above}), or the window would flap`,
+    });
   }
   const nw = parseDuration(raw.detection.window);
   if (st.window !== undefined && nw !== undefined && stress.windowMs > nw) {
-    out.push({ path: 'detection.stress.window', message: `${st.window} is longer than detection.window ${raw.detection.window}; under stress the window should shorten` });
+    out.push({
+      path: 'detection.stress.window',
+      message: `${st.window} is longer than detection.window ${raw.detection.window}; under stress the window should shorten`,
+    });
   }
   for (const list of ['allow', 'deny'] as const) {
     raw.access[list].forEach((c, j) => {
@@ -152,26 +178,36 @@ function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
     });
   }
   const api = raw.api;
-  if (api.token !== undefined && api.tokenFile !== undefined) out.push({ path: 'api.tokenFile', message: 'set either api.token or api.tokenFile, not both' });
+  if (api.token !== undefined && api.tokenFile !== undefined)
+    out.push({ path: 'api.tokenFile', message: 'set either api.token or api.tokenFile, not both' });
   if (api.tokenFile !== undefined) {
     try {
       const t = fs.readFileSync(api.tokenFile, 'utf8').trim();
-      if (t.length < 16) out.push({ path: 'api.tokenFile', message: `${api.tokenFile} holds a token shorter than 16 characters; generate one with: openssl rand -hex 32` });
+      if (t.length < 16)
+        out.push({
+          path: 'api.tokenFile',
+          message: `${api.tokenFile} holds a token shorter than 16 characters; generate one with: openssl rand -hex 32`,
+        });
     } catch (e) {
       out.push({ path: 'api.tokenFile', message: `cannot read ${api.tokenFile}: ${(e as NodeJS.ErrnoException).code ?? String(e)}` });
     }
   }
   if (api.enabled && !api.address.startsWith('/')) {
-    if (!net.isIP(api.address)) out.push({ path: 'api.address', message: `"${api.address}" is not an IP address or a unix socket path (starting with /)` });
+    if (!net.isIP(api.address))
+      out.push({ path: 'api.address', message: `"${api.address}" is not an IP address or a unix socket path (starting with /)` });
     else if (!isLoopback(api.address) && api.token === undefined && api.tokenFile === undefined) {
-      out.push({ path: 'api.token', message: `the API is bound to ${api.address}, which is not loopback: set api.token or api.tokenFile (e.g. openssl rand -hex 32), or bind it to 127.0.0.1` });
+      out.push({
+        path: 'api.token',
+        message: `the API is bound to ${api.address}, which is not loopback: set api.token or api.tokenFile (e.g. openssl rand -hex 32), or bind it to 127.0.0.1`,
+      });
     }
   }
   const h = raw.upstream.health;
   const hi = parseDuration(h.interval);
   const ht = parseDuration(h.timeout);
   if (hi !== undefined && hi < 100) out.push({ path: 'upstream.health.interval', message: 'must be at least 100ms' });
-  if (hi !== undefined && ht !== undefined && ht > hi) out.push({ path: 'upstream.health.timeout', message: `${h.timeout} is longer than the interval ${h.interval}; make it shorter` });
+  if (hi !== undefined && ht !== undefined && ht > hi)
+    out.push({ path: 'upstream.health.timeout', message: `${h.timeout} is longer than the interval ${h.interval}; make it shorter` });
   // These become Node timers, which cannot exceed 2^31-1 ms (about 24.8 days).
   const timers: Array<[string, string | undefined]> = [
     ['detection.stress.window', raw.detection.stress.window],
@@ -193,18 +229,31 @@ function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
   if (raw.cluster !== undefined) {
     out.push(...redisProblems(raw.cluster.redis));
     // A raw "@" in the password is read differently by URL parsers and by people: refused, not guessed.
-    [['url', raw.cluster.redis.url] as const, ...(raw.cluster.redis.sentinels ?? []).map((s, i) => [`sentinels[${i}]`, s] as const)].forEach(([key, u]) => {
+    [
+      ['url', raw.cluster.redis.url] as const,
+      ...(raw.cluster.redis.sentinels ?? []).map((s, i) => [`sentinels[${i}]`, s] as const),
+    ].forEach(([key, u]) => {
       if (u !== undefined && rawAtInUserinfo(u)) {
-        out.push({ path: `cluster.redis.${key}`, message: `${redactUrl(u)}: the user or password holds a raw "@"; percent-encode it as %40 (x@y → x%40y)` });
+        out.push({
+          path: `cluster.redis.${key}`,
+          message: `${redactUrl(u)}: the user or password holds a raw "@"; percent-encode it as %40 (x@y → x%40y)`,
+        });
       }
     });
     const caFile = raw.cluster.redis.caFile;
     if (caFile !== undefined) {
       const tls = [raw.cluster.redis.url ?? '', ...(raw.cluster.redis.sentinels ?? [])].some((u) => u.startsWith('rediss://'));
-      if (!tls) out.push({ path: 'cluster.redis.caFile', message: 'a CA is only used over TLS: write rediss:// in url (or a sentinel), or remove caFile' });
+      if (!tls)
+        out.push({
+          path: 'cluster.redis.caFile',
+          message: 'a CA is only used over TLS: write rediss:// in url (or a sentinel), or remove caFile',
+        });
       try {
         if (!fs.readFileSync(caFile, 'utf8').includes('-----BEGIN CERTIFICATE-----')) {
-          out.push({ path: 'cluster.redis.caFile', message: `${caFile} holds no PEM certificate ("-----BEGIN CERTIFICATE-----"); give the CA certificate that signed Redis' certificate` });
+          out.push({
+            path: 'cluster.redis.caFile',
+            message: `${caFile} holds no PEM certificate ("-----BEGIN CERTIFICATE-----"); give the CA certificate that signed Redis' certificate`,
+          });
         }
       } catch (e) {
         out.push({ path: 'cluster.redis.caFile', message: `cannot read ${caFile}: ${(e as NodeJS.ErrnoException).code ?? String(e)}` });
@@ -228,7 +277,8 @@ function stressOf(raw: RawConfig): { above: number; below: number; windowMs: num
   const st = raw.detection.stress;
   const above = st.above ?? Math.max(1, Math.floor(raw.limits.maxHeld * 0.9));
   const below = st.below ?? Math.min(Math.floor(raw.limits.maxHeld * 0.7), above - 1);
-  const windowMs = st.window !== undefined ? (parseDuration(st.window) ?? 2000) : Math.min(2000, parseDuration(raw.detection.window) ?? 2000);
+  const windowMs =
+    st.window !== undefined ? (parseDuration(st.window) ?? 2000) : Math.min(2000, parseDuration(raw.detection.window) ?? 2000);
   return { above, below, windowMs };
 }
 
@@ -298,9 +348,20 @@ function resolve(raw: RawConfig): Config {
       watchMs: ms(raw.netfilter.watch),
     },
     cache: { enabled: raw.cache.enabled, ttlMs: ms(raw.cache.ttl), denyTtlMs: ms(raw.cache.denyTtl), scope: raw.cache.scope },
-    access: { allow: [...raw.access.allow], deny: [...raw.access.deny], denyAction: raw.access.denyAction, denyReply: raw.access.denyReply, maxEntries: raw.access.maxEntries },
+    access: {
+      allow: [...raw.access.allow],
+      deny: [...raw.access.deny],
+      denyAction: raw.access.denyAction,
+      denyReply: raw.access.denyReply,
+      maxEntries: raw.access.maxEntries,
+    },
     reputation: {
-      dnsbl: raw.reputation.dnsbl.map((d) => ({ zone: d.zone.replace(/\.$/, '').toLowerCase(), weight: d.weight, match: d.match ? [...d.match] : undefined, name: d.name })),
+      dnsbl: raw.reputation.dnsbl.map((d) => ({
+        zone: d.zone.replace(/\.$/, '').toLowerCase(),
+        weight: d.weight,
+        match: d.match ? [...d.match] : undefined,
+        name: d.name,
+      })),
       threshold: raw.reputation.threshold,
       allowThreshold: raw.reputation.allowThreshold,
       action: raw.reputation.action,
@@ -357,7 +418,12 @@ function invalid(source: string, problems: readonly ConfigProblem[]): EtdError {
 /** Validates an already-parsed document. Throws ETD_ERR_CONFIG_INVALID listing every problem. */
 export function validateConfig(doc: unknown, source = 'config'): Config {
   if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) {
-    throw invalid(source, [{ path: '(top level)', message: `must be a mapping with at least "listeners" and "upstream" (got ${doc === null ? 'an empty file' : show(doc)})` }]);
+    throw invalid(source, [
+      {
+        path: '(top level)',
+        message: `must be a mapping with at least "listeners" and "upstream" (got ${doc === null ? 'an empty file' : show(doc)})`,
+      },
+    ]);
   }
   const raw = Value.Default(ConfigSchema, structuredClone(doc)) as unknown;
   const problems = schemaProblems(raw);
@@ -385,7 +451,9 @@ function parseYaml(text: string): unknown {
         const id = `${typeof pair.key.value}:${String(pair.key.value)}`;
         if (seen.has(id)) {
           const at = lines.linePos(pair.key.range?.[0] ?? 0);
-          throw new Error(`Map keys must be unique; "${String(pair.key.value).slice(0, 80)}" is repeated at line ${at.line}, column ${at.col}`);
+          throw new Error(
+            `Map keys must be unique; "${String(pair.key.value).slice(0, 80)}" is repeated at line ${at.line}, column ${at.col}`,
+          );
         }
         seen.add(id);
       }
@@ -401,7 +469,9 @@ export function parseConfig(text: string, source = 'config'): Config {
     doc = parseYaml(text);
   } catch (e) {
     const msg = e instanceof Error ? e.message.split('\n')[0] : String(e);
-    throw new EtdError('ETD_ERR_CONFIG_PARSE', `${source}: not valid YAML: ${msg}`, { hint: 'fix the YAML syntax at the line shown (indentation, a missing colon, or a tab)' });
+    throw new EtdError('ETD_ERR_CONFIG_PARSE', `${source}: not valid YAML: ${msg}`, {
+      hint: 'fix the YAML syntax at the line shown (indentation, a missing colon, or a tab)',
+    });
   }
   return validateConfig(doc ?? null, source);
 }
@@ -423,9 +493,13 @@ export function loadConfig(file: string): Config {
       let n = 0;
       for (let got = -1; got !== 0 && n < buf.length; n += got) got = fs.readSync(fd, buf, n, buf.length - n, null);
       if (n > MAX_CONFIG_BYTES) {
-        throw new EtdError('ETD_ERR_CONFIG_READ', `config ${file} is larger than ${MAX_CONFIG_BYTES / 1024 / 1024} MiB; a config file is a few kilobytes`, {
-          hint: 'pass the right file with -c; long lists of addresses belong in access lists loaded through the API, not in thousands of listeners or servers',
-        });
+        throw new EtdError(
+          'ETD_ERR_CONFIG_READ',
+          `config ${file} is larger than ${MAX_CONFIG_BYTES / 1024 / 1024} MiB; a config file is a few kilobytes`,
+          {
+            hint: 'pass the right file with -c; long lists of addresses belong in access lists loaded through the API, not in thousands of listeners or servers',
+          },
+        );
       }
       text = buf.subarray(0, n).toString('utf8');
     } finally {
@@ -505,7 +579,11 @@ export function configToDocument(config: Config, redact = true): unknown {
       allowedHosts: config.api.allowedHosts ?? [],
       maxConnections: config.api.maxConnections ?? 64,
     },
-    timeouts: { client: d(config.timeouts.clientMs), server: d(config.timeouts.serverMs), shutdownGrace: d(config.timeouts.shutdownGraceMs) },
+    timeouts: {
+      client: d(config.timeouts.clientMs),
+      server: d(config.timeouts.serverMs),
+      shutdownGrace: d(config.timeouts.shutdownGraceMs),
+    },
     limits: config.limits,
     netfilter: {
       manage: config.netfilter.manage,
@@ -519,7 +597,12 @@ export function configToDocument(config: Config, redact = true): unknown {
     cache: { enabled: config.cache.enabled, ttl: d(config.cache.ttlMs), denyTtl: d(config.cache.denyTtlMs), scope: config.cache.scope },
     access: config.access,
     reputation: {
-      dnsbl: config.reputation.dnsbl.map((d) => ({ zone: d.zone, weight: d.weight, ...(d.match ? { match: d.match } : {}), ...(d.name !== undefined ? { name: d.name } : {}) })),
+      dnsbl: config.reputation.dnsbl.map((d) => ({
+        zone: d.zone,
+        weight: d.weight,
+        ...(d.match ? { match: d.match } : {}),
+        ...(d.name !== undefined ? { name: d.name } : {}),
+      })),
       threshold: config.reputation.threshold,
       allowThreshold: config.reputation.allowThreshold,
       action: config.reputation.action,
@@ -535,4 +618,3 @@ export function configToDocument(config: Config, redact = true): unknown {
     log: config.log,
   };
 }
-

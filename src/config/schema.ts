@@ -3,7 +3,7 @@
 // The YAML file is validated against `ConfigSchema`; durations are strings ("6s") in the file and
 // milliseconds in `Config`. The management API reuses these schemas for its request bodies.
 
-import { Type, type Static } from '@sinclair/typebox';
+import { type Static, Type } from '@sinclair/typebox';
 import { DURATION_PATTERN } from './duration.js';
 
 const Duration = (def: string, description: string) =>
@@ -18,9 +18,21 @@ export const ListenerSchema = Type.Object(
     address: Type.String({ default: '0.0.0.0' }),
     port: Type.Integer({ minimum: 0, maximum: 65535, default: 25 }),
     mode: Type.Union([Type.Literal('plain'), Type.Literal('vip'), Type.Literal('intercept')], { default: 'plain' }),
-    backlog: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 65535, description: 'accept backlog; the kernel caps it at net.core.somaxconn' }),
-    destinations: Type.Array(Type.String(), { default: [], description: 'intercept mode: only these destination prefixes (CIDR); empty = all' }),
-    freebind: Type.Boolean({ default: false, description: 'plain/vip mode: listen on the address even while this host does not hold it (IP_FREEBIND), e.g. a keepalived VIP on the peer' }),
+    backlog: Type.Integer({
+      minimum: 1,
+      maximum: 1_000_000,
+      default: 65535,
+      description: 'accept backlog; the kernel caps it at net.core.somaxconn',
+    }),
+    destinations: Type.Array(Type.String(), {
+      default: [],
+      description: 'intercept mode: only these destination prefixes (CIDR); empty = all',
+    }),
+    freebind: Type.Boolean({
+      default: false,
+      description:
+        'plain/vip mode: listen on the address even while this host does not hold it (IP_FREEBIND), e.g. a keepalived VIP on the peer',
+    }),
   },
   { additionalProperties: false },
 );
@@ -42,7 +54,8 @@ export const ConfigSchema = Type.Object(
     listeners: Type.Array(ListenerSchema, { minItems: 1 }),
     workers: Type.Union([Type.Integer({ minimum: 1, maximum: 16 }), Type.Literal('auto')], {
       default: 'auto',
-      description: 'engine worker threads, each with its own SO_REUSEPORT listening socket (auto = the cores this process may use, at most 16; 1 = one thread)',
+      description:
+        'engine worker threads, each with its own SO_REUSEPORT listening socket (auto = the cores this process may use, at most 16; 1 = one thread)',
     }),
     detection: Type.Object(
       {
@@ -50,30 +63,59 @@ export const ConfigSchema = Type.Object(
         action: Type.Union([Type.Literal('drop'), Type.Literal('reject'), Type.Literal('log')], { default: 'drop' }),
         rejectReply: Type.String({ default: '554 5.5.1 Protocol error: talking before the greeting', pattern: '^5[0-9][0-9] ' }),
         teaser: Type.Optional(
-          Type.String({ pattern: '^220-[ -~]+$', maxLength: 200, description: 'first line of a multi-line greeting sent before the window, e.g. "220-mx.example.com ESMTP"' }),
+          Type.String({
+            pattern: '^220-[ -~]+$',
+            maxLength: 200,
+            description: 'first line of a multi-line greeting sent before the window, e.g. "220-mx.example.com ESMTP"',
+          }),
         ),
         stress: Type.Object(
           {
-            above: Type.Optional(Type.Integer({ minimum: 1, description: 'held connections above which the stress window applies (default 90% of limits.maxHeld)' })),
-            below: Type.Optional(Type.Integer({ minimum: 0, description: 'held connections below which the normal window returns (default 70% of limits.maxHeld)' })),
-            window: Type.Optional(Type.String({ pattern: DURATION_PATTERN, description: 'window while under stress (default 2s, or detection.window if shorter)' })),
+            above: Type.Optional(
+              Type.Integer({
+                minimum: 1,
+                description: 'held connections above which the stress window applies (default 90% of limits.maxHeld)',
+              }),
+            ),
+            below: Type.Optional(
+              Type.Integer({
+                minimum: 0,
+                description: 'held connections below which the normal window returns (default 70% of limits.maxHeld)',
+              }),
+            ),
+            window: Type.Optional(
+              Type.String({
+                pattern: DURATION_PATTERN,
+                description: 'window while under stress (default 2s, or detection.window if shorter)',
+              }),
+            ),
           },
           { additionalProperties: false, default: {} },
         ),
-        stripPipeconnect: Type.Boolean({ default: true, description: 'remove PIPECONNECT from EHLO replies so Exim clients never talk early' }),
+        stripPipeconnect: Type.Boolean({
+          default: true,
+          description: 'remove PIPECONNECT from EHLO replies so Exim clients never talk early',
+        }),
       },
       { additionalProperties: false, default: {} },
     ),
     upstream: Type.Object(
       {
-        source: Type.Union([Type.Literal('self'), Type.Literal('clientip'), Type.Literal('proxy-v1'), Type.Literal('proxy-v2')], { default: 'self' }),
+        source: Type.Union([Type.Literal('self'), Type.Literal('clientip'), Type.Literal('proxy-v1'), Type.Literal('proxy-v2')], {
+          default: 'self',
+        }),
         balance: Type.Union([Type.Literal('roundrobin'), Type.Literal('leastconn'), Type.Literal('first')], { default: 'roundrobin' }),
         forward: Type.Optional(Type.Union([Type.Literal('pool'), Type.Literal('original')])),
         connectTimeout: Duration('5s', 'time allowed for one upstream connect'),
         retries: Type.Integer({ minimum: 0, maximum: 16, default: 2 }),
         noServerReply: Type.String({ default: '421 4.3.2 Service not available, try again later', pattern: '^4[0-9][0-9] ' }),
         servers: Type.Array(ServerSchema, { default: [] }),
-        passiveFall: Type.Integer({ minimum: 0, maximum: 100, default: 3, description: 'consecutive connect failures that mark a server down before its next check (0 = off)' }),
+        passiveFall: Type.Integer({
+          minimum: 0,
+          maximum: 100,
+          default: 3,
+          description: 'consecutive connect failures that mark a server down before its next check (0 = off)',
+        }),
         health: Type.Object(
           {
             enabled: Type.Boolean({ default: true }),
@@ -100,11 +142,17 @@ export const ConfigSchema = Type.Object(
           Type.String({
             pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$',
             maxLength: 255,
-            description: 'more names the Host header may carry (name, or name:port), e.g. a reverse proxy\'s public name; the listen address and localhost always pass',
+            description:
+              "more names the Host header may carry (name, or name:port), e.g. a reverse proxy's public name; the listen address and localhost always pass",
           }),
           { default: [], maxItems: 64 },
         ),
-        maxConnections: Type.Integer({ minimum: 1, maximum: 10000, default: 64, description: 'API connections at once (event streams included); more are closed at once' }),
+        maxConnections: Type.Integer({
+          minimum: 1,
+          maximum: 10000,
+          default: 64,
+          description: 'API connections at once (event streams included); more are closed at once',
+        }),
       },
       { additionalProperties: false, default: {} },
     ),
@@ -120,7 +168,11 @@ export const ConfigSchema = Type.Object(
       {
         maxConnections: Type.Integer({ minimum: 1, default: 15000, description: 'connections held or relayed at once; over it: 421' }),
         maxHeld: Type.Integer({ minimum: 1, default: 10000, description: 'connections in the window at once; over it: 421' }),
-        perClient: Type.Integer({ minimum: 0, default: 50, description: 'connections at once from one client address (0 = no limit); over it: 421 4.7.0' }),
+        perClient: Type.Integer({
+          minimum: 0,
+          default: 50,
+          description: 'connections at once from one client address (0 = no limit); over it: 421 4.7.0',
+        }),
       },
       { additionalProperties: false, default: {} },
     ),
@@ -151,7 +203,12 @@ export const ConfigSchema = Type.Object(
         deny: Type.Array(Type.String(), { default: [], description: 'CIDRs that are refused at once' }),
         denyAction: Type.Union([Type.Literal('reject'), Type.Literal('drop')], { default: 'reject' }),
         denyReply: Type.String({ default: '554 5.7.1 Service unavailable; client host blocked', pattern: '^5[0-9][0-9] ' }),
-        maxEntries: Type.Integer({ minimum: 0, maximum: 10_000_000, default: 100_000, description: 'runtime entries (API, cluster) kept at most; more are refused' }),
+        maxEntries: Type.Integer({
+          minimum: 0,
+          maximum: 10_000_000,
+          default: 100_000,
+          description: 'runtime entries (API, cluster) kept at most; more are refused',
+        }),
       },
       { additionalProperties: false, default: {} },
     ),
@@ -161,29 +218,68 @@ export const ConfigSchema = Type.Object(
           Type.Object(
             {
               zone: Type.String({ minLength: 1, maxLength: 200, description: 'the DNS zone queried, e.g. zen.spamhaus.org' }),
-              weight: Type.Integer({ minimum: -100, maximum: 100, description: 'added to the score when the list matches; negative = an allowlist (DNSWL)' }),
-              match: Type.Optional(Type.Array(Type.String(), { minItems: 1, description: 'answers that count, e.g. 127.0.0.2-127.0.0.11, 127.0.[0..255].[2..3], 127.0.0.0/24 (default 127.0.0.0/8 minus 127.255.255.0/24)' })),
-              name: Type.Optional(Type.String({ minLength: 1, maxLength: 100, description: 'what logs and the reply call the list (default: the zone); hides the zone as postscreen_dnsbl_reply_map does' })),
+              weight: Type.Integer({
+                minimum: -100,
+                maximum: 100,
+                description: 'added to the score when the list matches; negative = an allowlist (DNSWL)',
+              }),
+              match: Type.Optional(
+                Type.Array(Type.String(), {
+                  minItems: 1,
+                  description:
+                    'answers that count, e.g. 127.0.0.2-127.0.0.11, 127.0.[0..255].[2..3], 127.0.0.0/24 (default 127.0.0.0/8 minus 127.255.255.0/24)',
+                }),
+              ),
+              name: Type.Optional(
+                Type.String({
+                  minLength: 1,
+                  maxLength: 100,
+                  description:
+                    'what logs and the reply call the list (default: the zone); hides the zone as postscreen_dnsbl_reply_map does',
+                }),
+              ),
             },
             { additionalProperties: false },
           ),
           { default: [], description: 'DNSBL/DNSWL zones queried during the window (empty = no lookups)' },
         ),
-        threshold: Type.Integer({ minimum: -1000, maximum: 1000, default: 3, description: 'score at or above which the client is refused' }),
-        allowThreshold: Type.Integer({ minimum: -1000, maximum: 1000, default: -1, description: 'score at or below which the client skips the window' }),
+        threshold: Type.Integer({
+          minimum: -1000,
+          maximum: 1000,
+          default: 3,
+          description: 'score at or above which the client is refused',
+        }),
+        allowThreshold: Type.Integer({
+          minimum: -1000,
+          maximum: 1000,
+          default: -1,
+          description: 'score at or below which the client skips the window',
+        }),
         action: Type.Union([Type.Literal('reject'), Type.Literal('drop')], { default: 'reject' }),
         reply: Type.String({ default: '554 5.7.1 Service unavailable; client [{client}] blocked using {name}', pattern: '^5[0-9][0-9] ' }),
         timeout: Duration('2s', 'how long one lookup may take; later answers count 0'),
-        resolvers: Type.Array(Type.String(), { default: [], description: 'DNS servers (address or address:port); empty = the system resolver (/etc/resolv.conf)' }),
+        resolvers: Type.Array(Type.String(), {
+          default: [],
+          description: 'DNS servers (address or address:port); empty = the system resolver (/etc/resolv.conf)',
+        }),
         minTtl: Duration('60s', 'an answer is cached at least this long (and a negative answer exactly this long)'),
         maxTtl: Duration('1h', 'an answer is cached at most this long'),
-        maxInFlight: Type.Integer({ minimum: 1, maximum: 100_000, default: 1000, description: 'DNS queries in flight at once; over it a lookup counts 0' }),
+        maxInFlight: Type.Integer({
+          minimum: 1,
+          maximum: 100_000,
+          default: 1000,
+          description: 'DNS queries in flight at once; over it a lookup counts 0',
+        }),
       },
       { additionalProperties: false, default: {} },
     ),
     state: Type.Object(
       {
-        path: Type.String({ minLength: 1, default: '/var/lib/etd/state.db', description: 'SQLite file for the caches and runtime access entries (":memory:" = no persistence)' }),
+        path: Type.String({
+          minLength: 1,
+          default: '/var/lib/etd/state.db',
+          description: 'SQLite file for the caches and runtime access entries (":memory:" = no persistence)',
+        }),
       },
       { additionalProperties: false, default: {} },
     ),
@@ -193,25 +289,50 @@ export const ConfigSchema = Type.Object(
           redis: Type.Object(
             {
               url: Type.Optional(
-                Type.String({ minLength: 1, description: 'redis://[user:password@]host[:port][/db], or rediss:// for TLS; with sentinels: only its credentials, TLS and db are used' }),
+                Type.String({
+                  minLength: 1,
+                  description:
+                    'redis://[user:password@]host[:port][/db], or rediss:// for TLS; with sentinels: only its credentials, TLS and db are used',
+                }),
               ),
-              sentinels: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'Sentinel addresses, "host:port" or redis[s]://[:password@]host:port' })),
+              sentinels: Type.Optional(
+                Type.Array(Type.String({ minLength: 1 }), {
+                  minItems: 1,
+                  description: 'Sentinel addresses, "host:port" or redis[s]://[:password@]host:port',
+                }),
+              ),
               name: Type.Optional(Type.String({ minLength: 1, description: 'the master name the sentinels monitor' })),
-              caFile: Type.Optional(Type.String({ minLength: 1, description: 'PEM file of the CA that signed the Redis (and Sentinel) TLS certificates, when it is not in the system store' })),
-              keyPrefix: Type.String({ default: 'etd:', pattern: '^[!-~]{1,64}$', description: 'prefix of every key and channel etd uses, so gateways of one cluster share it and others do not' }),
+              caFile: Type.Optional(
+                Type.String({
+                  minLength: 1,
+                  description:
+                    'PEM file of the CA that signed the Redis (and Sentinel) TLS certificates, when it is not in the system store',
+                }),
+              ),
+              keyPrefix: Type.String({
+                default: 'etd:',
+                pattern: '^[!-~]{1,64}$',
+                description: 'prefix of every key and channel etd uses, so gateways of one cluster share it and others do not',
+              }),
               connectTimeout: Duration('2s', 'time allowed to connect to Redis'),
               commandTimeout: Duration('500ms', 'time allowed for one Redis command; a slower answer counts as an error'),
             },
             { additionalProperties: false },
           ),
-          syncInterval: Duration('5s', 'how often the runtime access entries are read back whole from Redis (pub/sub carries each change at once)'),
+          syncInterval: Duration(
+            '5s',
+            'how often the runtime access entries are read back whole from Redis (pub/sub carries each change at once)',
+          ),
         },
         { additionalProperties: false },
       ),
     ),
     log: Type.Object(
       {
-        level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
+        level: Type.Union(
+          ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
+          { default: 'info' },
+        ),
       },
       { additionalProperties: false, default: {} },
     ),
@@ -329,7 +450,13 @@ export interface Config {
     readonly watchMs: number;
   };
   readonly cache: { readonly enabled: boolean; readonly ttlMs: number; readonly denyTtlMs: number; readonly scope: 'ip' | 'net' };
-  readonly access: { readonly allow: readonly string[]; readonly deny: readonly string[]; readonly denyAction: 'reject' | 'drop'; readonly denyReply: string; readonly maxEntries: number };
+  readonly access: {
+    readonly allow: readonly string[];
+    readonly deny: readonly string[];
+    readonly denyAction: 'reject' | 'drop';
+    readonly denyReply: string;
+    readonly maxEntries: number;
+  };
   readonly reputation: ReputationConfig;
   readonly state: { readonly path: string };
   /** Shared state over Redis (src/cluster/); undefined = this gateway keeps its state to itself. */

@@ -1,6 +1,6 @@
 // One formatter for TypeBox validation errors: the path an operator reads, the value quoted back, and the sentence for each kind of error (config file and API requests alike).
 
-import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors';
+import { type ValueError, ValueErrorType } from '@sinclair/typebox/errors';
 
 /**
  * A JSON pointer (`/listeners/0/port`) as a path an operator reads: `listeners[0].port`, or
@@ -46,7 +46,9 @@ export function commonMessage(e: ValueError, show: (v: unknown) => string = show
       return 'is required';
     case ValueErrorType.Union: {
       const options = ((schema.anyOf ?? []) as Array<Record<string, unknown>>).map((s) => s.const).filter((c) => c !== undefined);
-      return options.length ? `must be one of ${options.map((o) => JSON.stringify(o)).join(', ')} (got ${show(e.value)})` : `has the wrong type (got ${show(e.value)})`;
+      return options.length
+        ? `must be one of ${options.map((o) => JSON.stringify(o)).join(', ')} (got ${show(e.value)})`
+        : `has the wrong type (got ${show(e.value)})`;
     }
     case ValueErrorType.Integer:
       return `must be a whole number (got ${show(e.value)})`;
@@ -61,7 +63,9 @@ export function commonMessage(e: ValueError, show: (v: unknown) => string = show
       return `must be a string (got ${show(e.value)})`;
     case ValueErrorType.StringMinLength:
       // The value is not echoed: it may be a secret (api.token).
-      return schema.minLength === 1 ? 'must not be empty' : `must be at least ${schema.minLength} characters (got ${String(e.value).length})`;
+      return schema.minLength === 1
+        ? 'must not be empty'
+        : `must be at least ${schema.minLength} characters (got ${String(e.value).length})`;
     case ValueErrorType.StringMaxLength:
       return `must be at most ${schema.maxLength} characters (got ${String(e.value).length})`;
     case ValueErrorType.Boolean:

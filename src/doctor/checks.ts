@@ -15,8 +15,8 @@
 // start), and backends may be down.
 
 import { dnsblFindings } from '../reputation/doctorFindings.js';
-import { transparentListeners, type DoctorFacts } from './facts.js';
-import { fail, ok, type Finding } from './finding.js';
+import { type DoctorFacts, transparentListeners } from './facts.js';
+import { type Finding, fail, ok } from './finding.js';
 import {
   addonFindings,
   capabilityFindings,
@@ -31,10 +31,10 @@ import { returnFindings, testClientFindings } from './returnPath.js';
 
 export * from './facts.js';
 export * from './finding.js';
-export { chooseTestClient, spareAddress } from './testClient.js';
-export { planReturnPath, routerPbrFix } from './returnPath.js';
 export { effectiveRpFilter, effectiveSrcValidMark, neededFeatures } from './hostFindings.js';
+export { planReturnPath, routerPbrFix } from './returnPath.js';
 export { returnPathServers } from './targets.js';
+export { chooseTestClient, spareAddress } from './testClient.js';
 
 /**
  * All findings for these facts, in a stable order: capabilities, addon, kernel, rules, sysctls,
@@ -44,7 +44,12 @@ export function evaluate(f: DoctorFacts): Finding[] {
   const dnsbl = f.dnsbl ? dnsblFindings(f.config.reputation, f.dnsbl) : [];
   if (transparentListeners(f.config).length === 0) {
     return [
-      ok('mode.plain', 'listener modes', 'every listener is mode: plain: no transparency, so no netfilter, sysctl or return-path requirements', false),
+      ok(
+        'mode.plain',
+        'listener modes',
+        'every listener is mode: plain: no transparency, so no netfilter, sysctl or return-path requirements',
+        false,
+      ),
       ...capabilityFindings(f),
       ...redisFindings(f),
       ...dnsbl,
@@ -69,15 +74,28 @@ export function redisFindings(f: Pick<DoctorFacts, 'redis'>): Finding[] {
   const r = f.redis;
   if (r === undefined) return [];
   const what = 'shared state over Redis (cluster.redis)';
-  if ('ms' in r) return [ok('cluster.redis', what, `${r.where} answers; wrote, read back and deleted a key under "${r.keyPrefix}" in ${r.ms} ms`, false)];
+  if ('ms' in r)
+    return [
+      ok('cluster.redis', what, `${r.where} answers; wrote, read back and deleted a key under "${r.keyPrefix}" in ${r.ms} ms`, false),
+    ];
   if (r.stage === 'connect') {
     return [
-      fail('cluster.redis', what, `cannot connect to ${r.where}: ${r.error}; gateways do not share state until it answers`, false,
-        'check that redis-server runs and listens on that address (redis-cli -u URL ping), the firewall, and the password and TLS (rediss://) in cluster.redis.url'),
+      fail(
+        'cluster.redis',
+        what,
+        `cannot connect to ${r.where}: ${r.error}; gateways do not share state until it answers`,
+        false,
+        'check that redis-server runs and listens on that address (redis-cli -u URL ping), the firewall, and the password and TLS (rediss://) in cluster.redis.url',
+      ),
     ];
   }
   return [
-    fail('cluster.redis', what, `${r.where} answers, but writing under "${r.keyPrefix}" failed: ${r.error}`, false,
-      'grant the Redis user etd logs in as read/write on the prefix: ACL SETUSER <user> ~<keyPrefix>* &<keyPrefix>* +@read +@write +@pubsub +ping; a replica is read-only: point etd at the master (or use sentinels)'),
+    fail(
+      'cluster.redis',
+      what,
+      `${r.where} answers, but writing under "${r.keyPrefix}" failed: ${r.error}`,
+      false,
+      'grant the Redis user etd logs in as read/write on the prefix: ACL SETUSER <user> ~<keyPrefix>* &<keyPrefix>* +@read +@write +@pubsub +ping; a replica is read-only: point etd at the master (or use sentinels)',
+    ),
   ];
 }

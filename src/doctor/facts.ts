@@ -3,12 +3,12 @@
 // Facts carry "could not be gathered" as { error } instead of throwing, so one unreadable value never
 // hides the other findings.
 
-import type { Config } from '../config/schema.js';
-import { addressToBigInt } from '../config/cidr.js';
 import type { RedisProbe } from '../cluster/probe.js';
-import type { NetfilterState } from '../netfilter/setup.js';
-import { interceptRules } from '../netfilter/ruleset.js';
+import { addressToBigInt } from '../config/cidr.js';
+import type { Config } from '../config/schema.js';
 import type { Family } from '../netfilter/routing.js';
+import { interceptRules } from '../netfilter/ruleset.js';
+import type { NetfilterState } from '../netfilter/setup.js';
 import type { ZoneProbe } from '../reputation/doctorFindings.js';
 import type { ReturnTarget } from './targets.js';
 
@@ -112,7 +112,14 @@ export type ReturnProbe =
       /** Named with --probe. */
       readonly probe?: boolean;
     }
-  | { readonly server: string; readonly address: string; readonly port: number; readonly family: Family; readonly skipped: string; readonly probe?: boolean };
+  | {
+      readonly server: string;
+      readonly address: string;
+      readonly port: number;
+      readonly family: Family;
+      readonly skipped: string;
+      readonly probe?: boolean;
+    };
 
 export interface DoctorFacts {
   readonly config: Config;

@@ -10,40 +10,40 @@
 // Every fact that cannot be read becomes { error } in the facts, never an exception: the doctor
 // must report as much as it can on a half-broken host.
 
-import { probeZones } from '../reputation/probe.js';
-import { connectFailure } from '../util/errno.js';
 import fs from 'node:fs';
 import net from 'node:net';
 import type { Config } from '../config/schema.js';
 import { describeError, isEtdError } from '../errors.js';
-import { loadTransparent, loadedAddonPath } from '../native/transparent.js';
 import { run as nftRun } from '../native/nftables.js';
-import { runIp, type Family, type IpRunner } from '../netfilter/routing.js';
+import { loadedAddonPath, loadTransparent } from '../native/transparent.js';
+import { type Family, type IpRunner, runIp } from '../netfilter/routing.js';
 import { verifyNetfilter } from '../netfilter/setup.js';
+import { probeZones } from '../reputation/probe.js';
+import { connectFailure } from '../util/errno.js';
 import {
-  familiesInUse,
-  familyOf,
-  parseCapEff,
-  transparentListeners,
   type AddonFacts,
   type Capabilities,
   type DefaultRoute,
   type DoctorFacts,
   type FeatureProbe,
+  familiesInUse,
+  familyOf,
   type IfAddr,
   type KernelFacts,
   type KernelFeature,
   type PathInterface,
   type ProbeOutcome,
+  parseCapEff,
   type ReturnProbe,
   type ServerRoute,
   type Sysctls,
   type TestClient,
+  transparentListeners,
 } from './facts.js';
 import { neededFeatures } from './hostFindings.js';
 import { planReturnPath } from './returnPath.js';
+import { type ReturnTarget, returnTargets } from './targets.js';
 import { chooseTestClient } from './testClient.js';
-import { returnTargets, type ReturnTarget } from './targets.js';
 
 export interface GatherOptions {
   /** Shown in fix commands (`etd rules apply -c FILE`). */
@@ -92,7 +92,10 @@ export function readSysctls(): Sysctls {
     ...optional('ipv6Forwarding', conf('ipv6', 'all', 'forwarding')),
     ...optional('unprivilegedPortStart', readNumber('/proc/sys/net/ipv4/ip_unprivileged_port_start')),
     rpFilter: { ...optional('all', conf('ipv4', 'all', 'rp_filter')), ...optional('default', conf('ipv4', 'default', 'rp_filter')) },
-    srcValidMark: { ...optional('all', conf('ipv4', 'all', 'src_valid_mark')), ...optional('default', conf('ipv4', 'default', 'src_valid_mark')) },
+    srcValidMark: {
+      ...optional('all', conf('ipv4', 'all', 'src_valid_mark')),
+      ...optional('default', conf('ipv4', 'default', 'src_valid_mark')),
+    },
   };
 }
 
@@ -122,12 +125,12 @@ const FEATURE_RULE: Record<KernelFeature, string> = {
 /** One atomic batch: scratch table, a prerouting chain (tproxy needs it), the rules, delete table. */
 function probeBatch(features: readonly KernelFeature[]): string {
   const t = `inet etd_probe_${process.pid}`;
-  return [
+  return `${[
     `add table ${t}`,
     `add chain ${t} probe { type filter hook prerouting priority mangle; policy accept; }`,
     ...features.map((f) => `add rule ${t} probe ${FEATURE_RULE[f]}`),
     `delete table ${t}`,
-  ].join('\n') + '\n';
+  ].join('\n')}\n`;
 }
 
 /** Probes the features the config needs: all in one batch, then one by one only if that fails. */
@@ -162,7 +165,7 @@ type JsonObj = Record<string, unknown>;
 const str = (o: JsonObj, k: string): string | undefined => (typeof o[k] === 'string' ? (o[k] as string) : undefined);
 
 async function ipJson(ip: IpRunner, argv: readonly string[]): Promise<JsonObj[] | { error: string }> {
-  let r;
+  let r: Awaited<ReturnType<IpRunner>>;
   try {
     r = await ip(argv);
   } catch (e) {
@@ -217,7 +220,11 @@ async function routeGet(ip: IpRunner, address: string): Promise<{ dev?: string; 
   const dev = str(first, 'dev');
   const prefsrc = str(first, 'prefsrc');
   const gateway = str(first, 'gateway');
-  return { ...(dev === undefined ? {} : { dev }), ...(prefsrc === undefined ? {} : { prefsrc }), ...(gateway === undefined ? {} : { gateway }) };
+  return {
+    ...(dev === undefined ? {} : { dev }),
+    ...(prefsrc === undefined ? {} : { prefsrc }),
+    ...(gateway === undefined ? {} : { gateway }),
+  };
 }
 
 async function serverRoutes(config: Config, probes: readonly ReturnTarget[], ip: IpRunner): Promise<ServerRoute[]> {
@@ -228,11 +235,27 @@ async function serverRoutes(config: Config, probes: readonly ReturnTarget[], ip:
     }),
     ...returnTargets(config, probes).filter((t) => t.probe),
   ];
-  return Promise.all(targets.map(async (t): Promise<ServerRoute> => ({ server: t.server, address: t.address, port: t.port, family: t.family, ...(await routeGet(ip, t.address)) })));
+  return Promise.all(
+    targets.map(
+      async (t): Promise<ServerRoute> => ({
+        server: t.server,
+        address: t.address,
+        port: t.port,
+        family: t.family,
+        ...(await routeGet(ip, t.address)),
+      }),
+    ),
+  );
 }
 
 /** Interfaces that carry etd's traffic: toward each server, toward the test clients, and those holding a listener's address. */
-async function pathInterfaces(config: Config, routes: readonly ServerRoute[], clients: readonly TestClient[], addrs: readonly IfAddr[], ip: IpRunner): Promise<PathInterface[]> {
+async function pathInterfaces(
+  config: Config,
+  routes: readonly ServerRoute[],
+  clients: readonly TestClient[],
+  addrs: readonly IfAddr[],
+  ip: IpRunner,
+): Promise<PathInterface[]> {
   const why = new Map<string, string[]>();
   const add = (dev: string | undefined, reason: string) => {
     if (!dev || dev === 'lo') return;
@@ -329,7 +352,13 @@ export function spoofedConnect(
       socket.on('data', (chunk: string) => {
         buffered += chunk;
         const nl = buffered.indexOf('\n');
-        if (nl >= 0 || buffered.length > 512) finish(buffered.slice(0, nl >= 0 ? nl : 512).trim().slice(0, 120));
+        if (nl >= 0 || buffered.length > 512)
+          finish(
+            buffered
+              .slice(0, nl >= 0 ? nl : 512)
+              .trim()
+              .slice(0, 120),
+          );
       });
       socket.once('end', () => finish(buffered ? buffered.trim().slice(0, 120) : undefined));
     });

@@ -11,24 +11,24 @@
 //   drop is silent and intermittent, and loose mode (2) keeps the anti-spoofing check. Effective value: max(all, iface).
 
 import type { Config } from '../config/schema.js';
-import type { CheckItem } from '../netfilter/setup.js';
+import { type Family, formatStep, routeArgs, ruleArgs } from '../netfilter/routing.js';
 import { interceptListeners, interceptRules } from '../netfilter/ruleset.js';
-import { formatStep, routeArgs, ruleArgs, type Family } from '../netfilter/routing.js';
+import type { CheckItem } from '../netfilter/setup.js';
 import { bindAddresses } from '../proxy/listener.js';
 import {
   CAP_NET_ADMIN,
   CAP_NET_BIND_SERVICE,
   CAP_NET_RAW,
+  type DoctorFacts,
   familiesInUse,
   hasCap,
   isProblem,
-  sysctlKey,
-  transparentListeners,
-  type DoctorFacts,
   type KernelFeature,
   type PathInterface,
+  sysctlKey,
+  transparentListeners,
 } from './facts.js';
-import { fail, ok, warn, type Finding } from './finding.js';
+import { type Finding, fail, ok, warn } from './finding.js';
 
 const CAP_FIX =
   'run etd as root, or grant the capabilities in its unit: systemctl edit etd → [Service] AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE';
@@ -45,9 +45,19 @@ export function capabilityFindings(f: DoctorFacts): Finding[] {
     const what = 'CAP_NET_ADMIN (nftables, policy routing, IP_TRANSPARENT)';
     const needAdmin = cfg.netfilter.manage;
     if (unknown !== undefined) out.push(warn('cap.net_admin', what, `cannot read this process's capabilities: ${unknown}`, true));
-    else if (admin) out.push(ok('cap.net_admin', what, 'present in this process\'s effective set (run the doctor with the same privileges as the service)', true));
+    else if (admin)
+      out.push(
+        ok('cap.net_admin', what, "present in this process's effective set (run the doctor with the same privileges as the service)", true),
+      );
     else if (!needAdmin && raw) {
-      out.push(ok('cap.net_admin', what, 'absent, but not needed: netfilter.manage is false (you install the rules) and CAP_NET_RAW allows IP_TRANSPARENT', true));
+      out.push(
+        ok(
+          'cap.net_admin',
+          what,
+          'absent, but not needed: netfilter.manage is false (you install the rules) and CAP_NET_RAW allows IP_TRANSPARENT',
+          true,
+        ),
+      );
     } else {
       const why = needAdmin
         ? 'etd installs its nftables table and policy routing (netfilter.manage: true), which needs CAP_NET_ADMIN'
@@ -57,7 +67,9 @@ export function capabilityFindings(f: DoctorFacts): Finding[] {
   }
   // Ports below net.ipv4.ip_unprivileged_port_start (1024 unless lowered) need CAP_NET_BIND_SERVICE.
   const start = f.sysctls.unprivilegedPortStart ?? 1024;
-  const low = cfg.listeners.flatMap((l) => bindAddresses(l, cfg.netfilter.tproxyPort).map((b) => ({ l: l.name, port: b.port }))).filter((b) => b.port > 0 && b.port < start);
+  const low = cfg.listeners
+    .flatMap((l) => bindAddresses(l, cfg.netfilter.tproxyPort).map((b) => ({ l: l.name, port: b.port })))
+    .filter((b) => b.port > 0 && b.port < start);
   if (low.length) {
     const ports = [...new Set(low.map((b) => b.port))].join(', ');
     const what = 'CAP_NET_BIND_SERVICE (listening on ports below 1024)';
@@ -65,7 +77,13 @@ export function capabilityFindings(f: DoctorFacts): Finding[] {
     else if (bind) out.push(ok('cap.net_bind_service', what, `present; listeners use port ${ports}`, true));
     else {
       out.push(
-        fail('cap.net_bind_service', what, `missing: listeners use port ${ports}, below net.ipv4.ip_unprivileged_port_start=${start}`, true, CAP_FIX),
+        fail(
+          'cap.net_bind_service',
+          what,
+          `missing: listeners use port ${ports}, below net.ipv4.ip_unprivileged_port_start=${start}`,
+          true,
+          CAP_FIX,
+        ),
       );
     }
   }
@@ -76,15 +94,43 @@ export function addonFindings(f: DoctorFacts): Finding[] {
   if (!f.addon) return [];
   const what = 'native addon etd_transparent.node (transparent sockets)';
   return isProblem(f.addon)
-    ? [fail('native.addon', what, `cannot be loaded: ${f.addon.error}`, true, 'npm run install   (in etd\'s install directory; needs g++, make, python3)')]
+    ? [
+        fail(
+          'native.addon',
+          what,
+          `cannot be loaded: ${f.addon.error}`,
+          true,
+          "npm run install   (in etd's install directory; needs g++, make, python3)",
+        ),
+      ]
     : [ok('native.addon', what, `loaded from ${f.addon.path}`, true)];
 }
 
 const FEATURE: Record<KernelFeature, { id: string; what: string; module: string; why: string }> = {
-  socket: { id: 'kernel.nft_socket', what: 'nftables socket expression (divert rule)', module: 'nft_socket', why: 'the divert rule (socket transparent 1) marks replies to etd\'s spoofed connects' },
-  tproxy4: { id: 'kernel.nft_tproxy.v4', what: 'nftables tproxy expression, IPv4 (intercept)', module: 'nft_tproxy', why: 'intercept mode hands port-25 flows to etd with tproxy' },
-  tproxy6: { id: 'kernel.nft_tproxy.v6', what: 'nftables tproxy expression, IPv6 (intercept)', module: 'nft_tproxy', why: 'intercept mode hands port-25 flows to etd with tproxy' },
-  fib: { id: 'kernel.nft_fib', what: 'nftables fib expression (intercept)', module: 'nft_fib_inet', why: 'intercept mode leaves traffic to etd\'s own addresses alone with fib daddr type local' },
+  socket: {
+    id: 'kernel.nft_socket',
+    what: 'nftables socket expression (divert rule)',
+    module: 'nft_socket',
+    why: "the divert rule (socket transparent 1) marks replies to etd's spoofed connects",
+  },
+  tproxy4: {
+    id: 'kernel.nft_tproxy.v4',
+    what: 'nftables tproxy expression, IPv4 (intercept)',
+    module: 'nft_tproxy',
+    why: 'intercept mode hands port-25 flows to etd with tproxy',
+  },
+  tproxy6: {
+    id: 'kernel.nft_tproxy.v6',
+    what: 'nftables tproxy expression, IPv6 (intercept)',
+    module: 'nft_tproxy',
+    why: 'intercept mode hands port-25 flows to etd with tproxy',
+  },
+  fib: {
+    id: 'kernel.nft_fib',
+    what: 'nftables fib expression (intercept)',
+    module: 'nft_fib_inet',
+    why: "intercept mode leaves traffic to etd's own addresses alone with fib daddr type local",
+  },
 };
 
 /** The kernel features this config needs, in check order. */
@@ -105,7 +151,11 @@ export function kernelFindings(f: DoctorFacts): Finding[] {
     if (k.cause === 'nft_load') {
       const critical = f.config.netfilter.manage;
       const detail = `libnftables cannot be loaded: ${k.error}${critical ? '' : ' (netfilter.manage is false, so etd itself does not need it; kernel support was not checked)'}`;
-      return [critical ? fail('kernel.nftables', 'libnftables', detail, true, 'apt-get install libnftables1') : warn('kernel.nftables', 'libnftables', detail, false, 'apt-get install libnftables1')];
+      return [
+        critical
+          ? fail('kernel.nftables', 'libnftables', detail, true, 'apt-get install libnftables1')
+          : warn('kernel.nftables', 'libnftables', detail, false, 'apt-get install libnftables1'),
+      ];
     }
     return [warn('kernel.nftables', 'kernel support for nftables tproxy/socket', `not checked: ${k.error}`, true)];
   }
@@ -114,10 +164,24 @@ export function kernelFindings(f: DoctorFacts): Finding[] {
     const spec = FEATURE[feature];
     const p = k.probes.find((x) => x.feature === feature);
     if (!p) continue;
-    if (p.ok) out.push(ok(spec.id, spec.what, `supported: a rule using it was accepted by the kernel (in a scratch table, removed in the same transaction)`, true));
+    if (p.ok)
+      out.push(
+        ok(
+          spec.id,
+          spec.what,
+          `supported: a rule using it was accepted by the kernel (in a scratch table, removed in the same transaction)`,
+          true,
+        ),
+      );
     else {
       out.push(
-        fail(spec.id, spec.what, `the kernel rejected a rule using it: ${p.error ?? 'unknown error'} — ${spec.why}; the module may be missing or the kernel built without it`, true, `modprobe ${spec.module}`),
+        fail(
+          spec.id,
+          spec.what,
+          `the kernel rejected a rule using it: ${p.error ?? 'unknown error'} — ${spec.why}; the module may be missing or the kernel built without it`,
+          true,
+          `modprobe ${spec.module}`,
+        ),
       );
     }
   }
@@ -145,7 +209,7 @@ export function rulesFindings(f: DoctorFacts): Finding[] {
       warn(
         'rules',
         "etd's nftables table and policy routing",
-        "nothing of it is installed: etd is probably not running (it installs them at start, netfilter.manage: true). The return-path test needs them: apply them, re-run the doctor, then remove them with `etd rules remove -c FILE` (or start etd)",
+        'nothing of it is installed: etd is probably not running (it installs them at start, netfilter.manage: true). The return-path test needs them: apply them, re-run the doctor, then remove them with `etd rules remove -c FILE` (or start etd)',
         false,
         apply,
       ),
@@ -167,7 +231,7 @@ function ruleItemFinding(item: CheckItem, f: DoctorFacts, families: readonly Fam
       const why = item.id.startsWith('ip.')
         ? 'without it, packets etd marked are not delivered locally: replies to its spoofed connects are routed on towards the client instead'
         : item.id.startsWith('nft.rule.divert') || item.id === 'nft.table' || item.id === 'nft.chain.divert'
-          ? 'without it, replies to etd\'s spoofed connects are not marked and never reach etd: upstream connects time out'
+          ? "without it, replies to etd's spoofed connects are not marked and never reach etd: upstream connects time out"
           : 'without it, port-25 traffic is not intercepted';
       return fail(item.id, item.what, `missing — ${why} (${who})${detail}`, false, routingFix(item.id, f.config.netfilter) ?? apply);
     }
@@ -215,17 +279,21 @@ const ifaceList = (ifs: readonly PathInterface[]) => ifs.map((i) => `${i.name} (
 /** Effective rp_filter of an interface: the kernel uses max(conf/all, conf/<iface>). */
 export const effectiveRpFilter = (all: number | undefined, iface: number | undefined) => Math.max(all ?? 0, iface ?? 0);
 /** Effective src_valid_mark: conf/all OR conf/<iface>. */
-export const effectiveSrcValidMark = (all: number | undefined, iface: number | undefined) => ((all ?? 0) !== 0 || (iface ?? 0) !== 0 ? 1 : 0);
+export const effectiveSrcValidMark = (all: number | undefined, iface: number | undefined) =>
+  (all ?? 0) !== 0 || (iface ?? 0) !== 0 ? 1 : 0;
 
 export function rpFilterFindings(f: DoctorFacts): Finding[] {
   if (!familiesInUse(f.config).includes(4)) return [];
   const { all, default: def } = f.sysctls.rpFilter;
-  const what = 'net.ipv4.conf.*.rp_filter not strict on the interfaces etd\'s traffic uses';
+  const what = "net.ipv4.conf.*.rp_filter not strict on the interfaces etd's traffic uses";
   const out: Finding[] = [];
   const strict = f.interfaces.filter((i) => effectiveRpFilter(all, i.rpFilter) === 1);
   const unknownAll = all === undefined;
   if (strict.length || (f.interfaces.length === 0 && all === 1)) {
-    const keys = [...(all === 1 ? ['net.ipv4.conf.all.rp_filter=2'] : []), ...strict.filter((i) => i.rpFilter === 1).map((i) => `${sysctlKey('ipv4', i.name, 'rp_filter')}=2`)];
+    const keys = [
+      ...(all === 1 ? ['net.ipv4.conf.all.rp_filter=2'] : []),
+      ...strict.filter((i) => i.rpFilter === 1).map((i) => `${sysctlKey('ipv4', i.name, 'rp_filter')}=2`),
+    ];
     const where = strict.length ? `on ${ifaceList(strict)}` : 'on every interface (conf/all=1)';
     out.push(
       fail(
@@ -247,7 +315,7 @@ export function rpFilterFindings(f: DoctorFacts): Finding[] {
       warn(
         'sysctl.rp_filter.default',
         'net.ipv4.conf.default.rp_filter (interfaces created later)',
-        'strict (1): an interface added later (VLAN, bond, tunnel) starts strict and may silently drop etd\'s diverted packets',
+        "strict (1): an interface added later (VLAN, bond, tunnel) starts strict and may silently drop etd's diverted packets",
         false,
         'sysctl -w net.ipv4.conf.default.rp_filter=2',
       ),
@@ -259,11 +327,14 @@ export function rpFilterFindings(f: DoctorFacts): Finding[] {
 export function srcValidMarkFindings(f: DoctorFacts): Finding[] {
   if (!familiesInUse(f.config).includes(4)) return [];
   const { all, default: def } = f.sysctls.srcValidMark;
-  const what = 'net.ipv4.conf.*.src_valid_mark = 0 on the interfaces etd\'s traffic uses';
+  const what = "net.ipv4.conf.*.src_valid_mark = 0 on the interfaces etd's traffic uses";
   const out: Finding[] = [];
   const bad = f.interfaces.filter((i) => effectiveSrcValidMark(all, i.srcValidMark) === 1);
   if (bad.length || all === 1) {
-    const keys = [...(all === 1 ? ['net.ipv4.conf.all.src_valid_mark=0'] : []), ...bad.filter((i) => i.srcValidMark === 1).map((i) => `${sysctlKey('ipv4', i.name, 'src_valid_mark')}=0`)];
+    const keys = [
+      ...(all === 1 ? ['net.ipv4.conf.all.src_valid_mark=0'] : []),
+      ...bad.filter((i) => i.srcValidMark === 1).map((i) => `${sysctlKey('ipv4', i.name, 'src_valid_mark')}=0`),
+    ];
     const where = bad.length ? `on ${ifaceList(bad)}` : 'on every interface';
     out.push(
       fail(
@@ -277,14 +348,16 @@ export function srcValidMarkFindings(f: DoctorFacts): Finding[] {
   } else if (all === undefined) {
     out.push(warn('sysctl.src_valid_mark', what, 'net.ipv4.conf.all.src_valid_mark cannot be read', true));
   } else {
-    out.push(ok('sysctl.src_valid_mark', what, `0 (all${f.interfaces.length ? `, ${f.interfaces.map((i) => i.name).join(', ')}` : ''})`, true));
+    out.push(
+      ok('sysctl.src_valid_mark', what, `0 (all${f.interfaces.length ? `, ${f.interfaces.map((i) => i.name).join(', ')}` : ''})`, true),
+    );
   }
   if (def === 1) {
     out.push(
       warn(
         'sysctl.src_valid_mark.default',
         'net.ipv4.conf.default.src_valid_mark (interfaces created later)',
-        '1: an interface added later starts with src_valid_mark=1 and would drop etd\'s marked packets',
+        "1: an interface added later starts with src_valid_mark=1 and would drop etd's marked packets",
         false,
         'sysctl -w net.ipv4.conf.default.src_valid_mark=0',
       ),

@@ -1,9 +1,9 @@
 // Pure: the return-path test's plan (per target: the source to spoof, or why it is skipped; used by gather) and the findings of its outcome.
 
 import type { Family } from '../netfilter/routing.js';
-import { CAP_NET_ADMIN, CAP_NET_RAW, hasCap, isProblem, type DoctorFacts } from './facts.js';
-import { fail, ok, warn, type Finding } from './finding.js';
-import { interceptForwardsOriginal, returnPathServers, returnTargets, type ReturnTarget } from './targets.js';
+import { CAP_NET_ADMIN, CAP_NET_RAW, type DoctorFacts, hasCap, isProblem } from './facts.js';
+import { type Finding, fail, ok, warn } from './finding.js';
+import { interceptForwardsOriginal, type ReturnTarget, returnPathServers, returnTargets } from './targets.js';
 
 /** Per server: the source to spoof, or why the test is skipped. */
 export function planReturnPath(
@@ -18,10 +18,16 @@ export function planReturnPath(
     let skipped: string | undefined;
     if (!capOk) skipped = 'this process lacks CAP_NET_ADMIN and CAP_NET_RAW, needed for the spoofed socket';
     else if (facts.addon && isProblem(facts.addon)) skipped = 'the native addon is not loaded';
-    else if (!client || client.address === undefined) skipped = `no IPv${family} test client address (${client && client.address === undefined ? client.reason : 'none'})`;
+    else if (!client || client.address === undefined)
+      skipped = `no IPv${family} test client address (${client && client.address === undefined ? client.reason : 'none'})`;
     else if (route?.error !== undefined) skipped = `etd has no route to ${base.address}`;
-    else if (facts.netfilter && !isProblem(facts.netfilter) && facts.netfilter.clean) skipped = "etd's divert rule and policy routing are not installed";
-    out.push(skipped !== undefined || !client || client.address === undefined ? { ...base, skipped: skipped ?? 'no test client' } : { ...base, source: client.address });
+    else if (facts.netfilter && !isProblem(facts.netfilter) && facts.netfilter.clean)
+      skipped = "etd's divert rule and policy routing are not installed";
+    out.push(
+      skipped !== undefined || !client || client.address === undefined
+        ? { ...base, skipped: skipped ?? 'no test client' }
+        : { ...base, source: client.address },
+    );
   }
   return out;
 }
@@ -36,7 +42,9 @@ export function testClientFindings(f: DoctorFacts): Finding[] {
     const id = `client.v${c.family}`;
     const what = `IPv${c.family} address the return-path test spoofs`;
     if (c.address !== undefined) {
-      const extra = c.explicit ? '' : ' (for clients behind a router, also test an address of their network with --client: that exercises the router too)';
+      const extra = c.explicit
+        ? ''
+        : ' (for clients behind a router, also test an address of their network with --client: that exercises the router too)';
       out.push(ok(id, what, `${c.how}${extra}`, false));
     } else {
       const fix = `etd doctor -c ${f.configFile} --client ADDRESS   (an unused address of a client network, routed to etd)`;
@@ -74,7 +82,9 @@ export function routerPbrFix(server: string, router: string, family: Family, hos
 }
 
 const targetWhat = (p: ReturnTarget) =>
-  p.probe ? `return path from mail server ${p.address}:${p.port} (--probe) comes back through etd` : `return path from server ${p.server} (${p.address}:${p.port}) comes back through etd`;
+  p.probe
+    ? `return path from mail server ${p.address}:${p.port} (--probe) comes back through etd`
+    : `return path from server ${p.server} (${p.address}:${p.port}) comes back through etd`;
 
 function untestedFindings(f: DoctorFacts): Finding[] {
   if (f.config.upstream.source !== 'clientip' || (f.probes ?? []).length > 0) return [];
@@ -91,7 +101,15 @@ function untestedFindings(f: DoctorFacts): Finding[] {
     ];
   }
   if (returnPathServers(f.config).length === 0) {
-    return [warn('return', 'return path from the servers comes back through etd', 'not tested: upstream.servers is empty; name the mail servers with --probe', false, fix)];
+    return [
+      warn(
+        'return',
+        'return path from the servers comes back through etd',
+        'not tested: upstream.servers is empty; name the mail servers with --probe',
+        false,
+        fix,
+      ),
+    ];
   }
   return [];
 }
@@ -141,7 +159,15 @@ export function returnFindings(f: DoctorFacts, previous: readonly Finding[]): Fi
               : `failed: ${p.error ?? 'error'}`;
         const causes = localCauses(previous, p.family);
         if (causes.length) {
-          out.push(fail(id, what, `${test} ${outcome}; the FAILs above explain it: ${causes.join(', ')}`, false, `fix ${causes.join(', ')} first (see ${causes.length > 1 ? 'their fixes' : 'its fix'} above), then re-run the doctor`));
+          out.push(
+            fail(
+              id,
+              what,
+              `${test} ${outcome}; the FAILs above explain it: ${causes.join(', ')}`,
+              false,
+              `fix ${causes.join(', ')} first (see ${causes.length > 1 ? 'their fixes' : 'its fix'} above), then re-run the doctor`,
+            ),
+          );
           break;
         }
         const gw = via ?? 'ETD_ADDRESS';

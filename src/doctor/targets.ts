@@ -1,7 +1,7 @@
 // Pure: what the doctor's return-path test connects to — the config's servers (clientip pools) and the mail servers named with `--probe ADDRESS[:PORT]`.
 
-import type { Config } from '../config/schema.js';
 import { addressToBigInt } from '../config/cidr.js';
+import type { Config } from '../config/schema.js';
 import { EtdError } from '../errors.js';
 import type { Family } from '../netfilter/routing.js';
 
@@ -16,7 +16,8 @@ export interface ReturnTarget {
 }
 
 /** The key of a --probe target: `probe:10.1.2.3:25`, `probe:[fd00::1]:25`. */
-export const probeKey = (address: string, port: number, family: Family): string => `probe:${family === 6 ? `[${address}]` : address}:${port}`;
+export const probeKey = (address: string, port: number, family: Family): string =>
+  `probe:${family === 6 ? `[${address}]` : address}:${port}`;
 
 /**
  * Parses one `--probe` value: `ADDRESS`, `ADDRESS:PORT`, `[IPV6]`, `[IPV6]:PORT`, or a bare IPv6
@@ -24,7 +25,9 @@ export const probeKey = (address: string, port: number, family: Family): string 
  */
 export function parseProbe(text: string): ReturnTarget {
   const bad = (why: string) =>
-    new EtdError('ETD_ERR_USAGE', `--probe ${text}: ${why}`, { hint: 'write --probe ADDRESS or ADDRESS:PORT (IPv6: [ADDRESS]:PORT), an IP address, not a host name' });
+    new EtdError('ETD_ERR_USAGE', `--probe ${text}: ${why}`, {
+      hint: 'write --probe ADDRESS or ADDRESS:PORT (IPv6: [ADDRESS]:PORT), an IP address, not a host name',
+    });
   let address = text.trim();
   let portText: string | undefined;
   const bracketed = /^\[([^\]]+)\](?::(.*))?$/.exec(address);
@@ -66,5 +69,7 @@ export function returnTargets(config: Config, probes: readonly ReturnTarget[] = 
 
 /** Intercept mode connects to each client's original destination: the config does not name the servers to test. */
 export function interceptForwardsOriginal(config: Config): boolean {
-  return config.listeners.some((l) => l.mode === 'intercept') && config.upstream.forward === 'original' && config.upstream.source === 'clientip';
+  return (
+    config.listeners.some((l) => l.mode === 'intercept') && config.upstream.forward === 'original' && config.upstream.source === 'clientip'
+  );
 }

@@ -1,11 +1,11 @@
 // Pure: the address the return-path test spoofs for each family, standing in for a real client (used by gather before the probes).
 
-import type { Config } from '../config/schema.js';
 import { cidrContains } from '../config/cidr.js';
 import { cidrsOverlap, networkOf, spareHost } from '../config/cidrMath.js';
-import { interceptListeners, interceptRules } from '../netfilter/ruleset.js';
+import type { Config } from '../config/schema.js';
 import type { Family } from '../netfilter/routing.js';
-import { familyOf, transparentListeners, type DefaultRoute, type IfAddr, type TestClient } from './facts.js';
+import { interceptListeners, interceptRules } from '../netfilter/ruleset.js';
+import { type DefaultRoute, familyOf, type IfAddr, type TestClient, transparentListeners } from './facts.js';
 
 /**
  * An unused address of the prefix that `addr` sits in, counting down from the last-but-one
@@ -47,7 +47,11 @@ export function chooseTestClient(
   }
   if (explicit !== undefined && familyOf(explicit) === family) {
     if (local.has(explicit)) {
-      return { family, reason: `--client ${explicit} is one of etd's own addresses; it must be an address of a client network (not configured on this host)`, invalid: true };
+      return {
+        family,
+        reason: `--client ${explicit} is one of etd's own addresses; it must be an address of a client network (not configured on this host)`,
+        invalid: true,
+      };
     }
     return { family, address: explicit, how: `${explicit} (given with --client)`, explicit: true };
   }

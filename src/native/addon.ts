@@ -5,15 +5,7 @@
 // engine. Nothing else touches these raw functions. Argument errors throw TypeError/RangeError;
 // failed syscalls throw a Node-shaped error that the wrappers turn into TransparentSyscallError.
 
-import type {
-  EngineConnect,
-  EngineCounts,
-  EngineEvent,
-  EngineHold,
-  EngineInspect,
-  EngineProfile,
-  EngineReply,
-} from '../proxy/protocol.js';
+import type { EngineConnect, EngineCounts, EngineEvent, EngineHold, EngineInspect, EngineProfile, EngineReply } from '../proxy/protocol.js';
 
 export interface PlainListenerOptions {
   readonly family: 4 | 6;

@@ -42,7 +42,8 @@ const NFT_CTX_OUTPUT_JSON = 1 << 4;
 
 const LIBRARY_NAMES = ['libnftables.so.1', 'libnftables.so'] as const;
 const LOAD_HINT = 'install libnftables (Debian/Ubuntu: apt-get install libnftables1)';
-const EPERM_HINT = 'etd needs CAP_NET_ADMIN to change or read nftables rules: run it as root or grant the capability (systemd: AmbientCapabilities=CAP_NET_ADMIN)';
+const EPERM_HINT =
+  'etd needs CAP_NET_ADMIN to change or read nftables rules: run it as root or grant the capability (systemd: AmbientCapabilities=CAP_NET_ADMIN)';
 
 let lib: LibNftables | undefined;
 
@@ -54,7 +55,7 @@ function load(): LibNftables {
     koffi = createRequire(import.meta.url)('koffi') as Koffi;
   } catch (cause) {
     throw new EtdError('ETD_ERR_NFT_LOAD', `cannot load koffi (needed to call libnftables): ${String(cause)}`, {
-      hint: 'reinstall etd\'s dependencies (npm ci); koffi ships prebuilt binaries for linux x64/arm64',
+      hint: "reinstall etd's dependencies (npm ci); koffi ships prebuilt binaries for linux x64/arm64",
       cause,
     });
   }
@@ -126,7 +127,14 @@ function commandLines(batch: string): { readonly no: number; readonly text: stri
  */
 function locateFailingLine(batch: string): { readonly no: number; readonly text: string } | undefined {
   const lines = commandLines(batch);
-  const fails = (n: number) => exec(lines.slice(0, n).map((l) => l.text).join('\n') + '\n', { dryRun: true }).rc !== 0;
+  const fails = (n: number) =>
+    exec(
+      `${lines
+        .slice(0, n)
+        .map((l) => l.text)
+        .join('\n')}\n`,
+      { dryRun: true },
+    ).rc !== 0;
   if (lines.length === 0 || !fails(lines.length)) return undefined;
   // Invariant: prefix(lo) passes (prefix(0) is empty), prefix(hi) fails.
   let lo = 0;

@@ -38,7 +38,13 @@ import { ADDON_FUNCTIONS, type NativeAddon } from './addon.js';
 export type TransparentAddon = Pick<NativeAddon, (typeof SOCKET_FUNCTIONS)[number]>;
 
 /** The socket helpers among the addon's exports: what loadTransparent() hands out. */
-export const SOCKET_FUNCTIONS = ['closeFd', 'plainListener', 'sockName', 'transparentListener', 'transparentSocket'] as const satisfies readonly (keyof NativeAddon)[];
+export const SOCKET_FUNCTIONS = [
+  'closeFd',
+  'plainListener',
+  'sockName',
+  'transparentListener',
+  'transparentSocket',
+] as const satisfies readonly (keyof NativeAddon)[];
 
 /** The fields of the Node-style error the addon throws when a syscall fails. */
 interface NativeSysError extends Error {
@@ -72,7 +78,6 @@ export class TransparentSyscallError extends EtdError {
     this.port = native.port;
   }
 }
-
 
 const ADDON_FILE = 'etd_transparent.node';
 

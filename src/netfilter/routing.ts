@@ -8,8 +8,8 @@
 // by (local default, dev lo, table). Other rules and other routes in the table are left alone.
 
 import { execFile } from 'node:child_process';
-import { EtdError } from '../errors.js';
 import type { Config } from '../config/schema.js';
+import { EtdError } from '../errors.js';
 import { hex } from './ruleset.js';
 
 export type Family = 4 | 6;
@@ -77,10 +77,17 @@ export const runIp: IpRunner = (argv) =>
       if (!err) return resolve({ code: 0, stdout, stderr });
       const e = err as NodeJS.ErrnoException & { code?: string | number; killed?: boolean };
       if (e.code === 'ENOENT') {
-        return reject(new EtdError('ETD_ERR_ROUTING', 'cannot run `ip`: not found on PATH', { hint: 'install iproute2 (Debian/Ubuntu: apt-get install iproute2)', cause: err }));
+        return reject(
+          new EtdError('ETD_ERR_ROUTING', 'cannot run `ip`: not found on PATH', {
+            hint: 'install iproute2 (Debian/Ubuntu: apt-get install iproute2)',
+            cause: err,
+          }),
+        );
       }
       if (e.killed) {
-        return reject(new EtdError('ETD_ERR_ROUTING', `\`ip ${argv.join(' ')}\` did not finish within ${IP_TIMEOUT_MS} ms`, { cause: err }));
+        return reject(
+          new EtdError('ETD_ERR_ROUTING', `\`ip ${argv.join(' ')}\` did not finish within ${IP_TIMEOUT_MS} ms`, { cause: err }),
+        );
       }
       resolve({ code: typeof e.code === 'number' ? e.code : 1, stdout, stderr });
     });
@@ -214,7 +221,10 @@ export async function readRouting(nf: Netfilter, family: Family, ip: IpRunner = 
  * Installs the rule and route for every family. A family the kernel does not support (IPv6
  * disabled at boot) is skipped and reported, since IPv4-only gateways are common.
  */
-export async function applyRouting(nf: Netfilter, ip: IpRunner = runIp): Promise<{ readonly skipped: readonly { family: Family; reason: string }[] }> {
+export async function applyRouting(
+  nf: Netfilter,
+  ip: IpRunner = runIp,
+): Promise<{ readonly skipped: readonly { family: Family; reason: string }[] }> {
   const skipped: { family: Family; reason: string }[] = [];
   for (const family of FAMILIES) {
     try {

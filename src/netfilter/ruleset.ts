@@ -4,7 +4,7 @@
 // replace whatever a crashed run left in etd's table without a moment of no rules, and nothing
 // outside `table inet <tableName>` is ever named. See DESIGN.md §3 for the rules themselves.
 
-import { parseCidr, formatAddress, type Cidr } from '../config/cidr.js';
+import { type Cidr, formatAddress, parseCidr } from '../config/cidr.js';
 import type { Config, ListenerConfig } from '../config/schema.js';
 import { hostPort } from '../util/address.js';
 
@@ -108,7 +108,7 @@ export function rulesetBatch(config: Config, opts: BatchOptions = {}): string {
       seen.add(text);
     }
   }
-  return lines.join('\n') + '\n';
+  return `${lines.join('\n')}\n`;
 }
 
 /**

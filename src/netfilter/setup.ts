@@ -7,20 +7,20 @@
 // Nothing here flushes the ruleset, touches another table, or deletes a rule or route that does
 // not match etd's exact (fwmark, table, priority) / (local default dev lo, table).
 
-import type { Config } from '../config/schema.js';
 import { addressToBigInt, type Cidr } from '../config/cidr.js';
-import { run, runJson, isNoSuchObject } from '../native/nftables.js';
+import type { Config } from '../config/schema.js';
+import { isNoSuchObject, run, runJson } from '../native/nftables.js';
+import { applyRouting, FAMILIES, type IpRunner, readRouting, removeRouting, runIp } from './routing.js';
 import {
+  type ChainSpec,
   desiredChains,
+  type InterceptRule,
   interceptListeners,
   interceptRules,
   removeBatch,
   rulesetBatch,
   TPROXY_ADDRESS,
-  type ChainSpec,
-  type InterceptRule,
 } from './ruleset.js';
-import { applyRouting, readRouting, removeRouting, FAMILIES, type IpRunner, runIp } from './routing.js';
 
 /** The part of a pino logger this module uses. */
 export interface NetfilterLog {
@@ -118,8 +118,20 @@ const isVerdict = (e: Json, v: 'accept' | 'return') => isObj(e) && v in e;
 
 export function isDivertRule(expr: readonly Json[], mark: number): boolean {
   return (
-    expr.some((e) => isMatch(e, (l) => field(l, 'meta', 'key') === 'l4proto', (r) => r === 'tcp')) &&
-    expr.some((e) => isMatch(e, (l) => field(l, 'socket', 'key') === 'transparent', (r) => r === 1)) &&
+    expr.some((e) =>
+      isMatch(
+        e,
+        (l) => field(l, 'meta', 'key') === 'l4proto',
+        (r) => r === 'tcp',
+      ),
+    ) &&
+    expr.some((e) =>
+      isMatch(
+        e,
+        (l) => field(l, 'socket', 'key') === 'transparent',
+        (r) => r === 1,
+      ),
+    ) &&
     expr.some((e) => setsMark(e, mark)) &&
     expr.some((e) => isVerdict(e, 'accept'))
   );
@@ -145,6 +157,7 @@ function merge(ranges: readonly Interval[]): Interval[] {
   const out: [bigint, bigint][] = [];
   for (const [s, e] of sorted) {
     const last = out[out.length - 1];
+    // biome-ignore lint/complexity/useMathMinMax: bigint (Math.max takes numbers)
     if (last && s <= last[1] + 1n) last[1] = e > last[1] ? e : last[1];
     else out.push([s, e]);
   }
@@ -195,12 +208,27 @@ function addressIntervals(v: Json | undefined, family: 4 | 6): Interval[] | unde
  */
 export function isInterceptRule(expr: readonly Json[], want: InterceptRule, nf: Config['netfilter']): boolean {
   const ipx = want.family === 4 ? 'ip' : 'ip6';
-  const dport = expr.some((e) => isMatch(e, (l) => field(l, 'payload', 'protocol') === 'tcp' && field(l, 'payload', 'field') === 'dport', (r) => r === want.port));
+  const dport = expr.some((e) =>
+    isMatch(
+      e,
+      (l) => field(l, 'payload', 'protocol') === 'tcp' && field(l, 'payload', 'field') === 'dport',
+      (r) => r === want.port,
+    ),
+  );
   const tproxy = expr.some(
-    (e) => field(e, 'tproxy', 'family') === ipx && field(e, 'tproxy', 'addr') === TPROXY_ADDRESS[want.family] && field(e, 'tproxy', 'port') === nf.tproxyPort,
+    (e) =>
+      field(e, 'tproxy', 'family') === ipx &&
+      field(e, 'tproxy', 'addr') === TPROXY_ADDRESS[want.family] &&
+      field(e, 'tproxy', 'port') === nf.tproxyPort,
   );
   if (!dport || !tproxy || !expr.some((e) => setsMark(e, nf.mark)) || !expr.some((e) => isVerdict(e, 'accept'))) return false;
-  const daddr = expr.find((e) => isMatch(e, (l) => field(l, 'payload', 'protocol') === ipx && field(l, 'payload', 'field') === 'daddr', () => true));
+  const daddr = expr.find((e) =>
+    isMatch(
+      e,
+      (l) => field(l, 'payload', 'protocol') === ipx && field(l, 'payload', 'field') === 'daddr',
+      () => true,
+    ),
+  );
   if (want.destinations.length === 0) return daddr === undefined;
   if (daddr === undefined) return false;
   const live = addressIntervals(field(daddr, 'match', 'right'), want.family);
@@ -255,7 +283,14 @@ export function checkTable(live: LiveTable | undefined, config: Config): CheckIt
     );
   }
   const divert = rulesIn('divert').filter((r) => isDivertRule(r.expr, nf.mark)).length;
-  out.push(item('nft.rule.divert', `divert rule: meta l4proto tcp socket transparent 1 meta mark set 0x${nf.mark.toString(16)} accept`, countStatus(divert), copies(divert)));
+  out.push(
+    item(
+      'nft.rule.divert',
+      `divert rule: meta l4proto tcp socket transparent 1 meta mark set 0x${nf.mark.toString(16)} accept`,
+      countStatus(divert),
+      copies(divert),
+    ),
+  );
   const intercept = interceptListeners(config);
   if (intercept.length) {
     const ret = rulesIn('intercept').filter((r) => isLocalReturnRule(r.expr)).length;
@@ -267,7 +302,14 @@ export function checkTable(live: LiveTable | undefined, config: Config): CheckIt
       seen.add(id);
       const n = rulesIn('intercept').filter((r) => isInterceptRule(r.expr, want, nf)).length;
       const dest = want.destinations.length ? ` to ${want.destinations.map((d) => d.text).join(', ')}` : '';
-      out.push(item(id, `intercept rule (listener ${want.listener}): tcp dport ${want.port}${dest} → tproxy ip${want.family === 4 ? '' : '6'} port ${nf.tproxyPort}`, countStatus(n), copies(n)));
+      out.push(
+        item(
+          id,
+          `intercept rule (listener ${want.listener}): tcp dport ${want.port}${dest} → tproxy ip${want.family === 4 ? '' : '6'} port ${nf.tproxyPort}`,
+          countStatus(n),
+          copies(n),
+        ),
+      );
     }
   }
   for (const name of staleChains(live, config)) {
@@ -286,7 +328,10 @@ export async function verifyNetfilter(config: Config, ip: IpRunner = runIp): Pro
     const ruleWhat = `ip -${family} rule: fwmark 0x${nf.mark.toString(16)} lookup ${nf.table} priority ${nf.rulePriority}`;
     const routeWhat = `ip -${family} route: local ${family === 4 ? '0.0.0.0/0' : '::/0'} dev lo table ${nf.table}`;
     if (s.unsupported !== undefined) {
-      items.push(item(`ip.rule.v${family}`, ruleWhat, 'unsupported', s.unsupported), item(`ip.route.v${family}`, routeWhat, 'unsupported', s.unsupported));
+      items.push(
+        item(`ip.rule.v${family}`, ruleWhat, 'unsupported', s.unsupported),
+        item(`ip.route.v${family}`, routeWhat, 'unsupported', s.unsupported),
+      );
       continue;
     }
     items.push(item(`ip.rule.v${family}`, ruleWhat, countStatus(s.rules), copies(s.rules)));
@@ -316,7 +361,8 @@ export interface ApplyResult {
 export async function applyNetfilter(config: Config, log: NetfilterLog, ip: IpRunner = runIp): Promise<ApplyResult> {
   const nf = config.netfilter;
   const { skipped } = await applyRouting(nf, ip);
-  for (const s of skipped) log.warn({ family: s.family, reason: s.reason }, `IPv${s.family} policy routing skipped: the kernel does not support the family`);
+  for (const s of skipped)
+    log.warn({ family: s.family, reason: s.reason }, `IPv${s.family} policy routing skipped: the kernel does not support the family`);
   log.info({ fwmark: nf.mark, table: nf.table, priority: nf.rulePriority }, 'policy routing for marked packets installed');
   const droppedChains = staleChains(readTable(nf.tableName), config);
   if (droppedChains.length) log.warn({ table: nf.tableName, chains: droppedChains }, 'deleting stale chains left by a previous run');

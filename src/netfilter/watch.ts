@@ -3,7 +3,7 @@
 
 import type { Config } from '../config/schema.js';
 import { describeError } from '../errors.js';
-import { applyNetfilter, verifyNetfilter, type NetfilterLog } from './setup.js';
+import { applyNetfilter, type NetfilterLog, verifyNetfilter } from './setup.js';
 
 /** Starts the periodic check; returns the function that stops it. */
 export function watchNetfilter(config: Config, log: NetfilterLog & { error(obj: object, msg: string): void }, everyMs: number): () => void {
@@ -15,7 +15,7 @@ export function watchNetfilter(config: Config, log: NetfilterLog & { error(obj: 
       const state = await verifyNetfilter(config);
       if (!state.ok) {
         const missing = state.items.filter((i) => i.status !== 'ok' && i.status !== 'unsupported').map((i) => `${i.id}: ${i.status}`);
-        log.warn({ missing }, 'etd\'s netfilter setup was changed from outside (nftables restarted? flush ruleset?); re-applying it');
+        log.warn({ missing }, "etd's netfilter setup was changed from outside (nftables restarted? flush ruleset?); re-applying it");
         await applyNetfilter(config, log);
       }
     } catch (e) {

@@ -1,6 +1,6 @@
 // Pure access lists: CIDR allow/deny entries from the config and the API; the most specific match wins, at a cost independent of the list's size.
 
-import { canonicalCidr, parseAddress, parseCidr, type Address, type Cidr } from '../config/cidr.js';
+import { type Address, type Cidr, canonicalCidr, parseAddress, parseCidr } from '../config/cidr.js';
 
 export type AccessVerdict = 'allow' | 'deny';
 
@@ -210,7 +210,10 @@ export class AccessLists {
       if (source === 'runtime') {
         const fromConfig = here.find((e) => e.source === 'config');
         if (fromConfig) {
-          rejected.push({ cidr: canonicalCidr(c), reason: `${canonicalCidr(c)} is in the config file (access.${fromConfig.list}); the file wins` });
+          rejected.push({
+            cidr: canonicalCidr(c),
+            reason: `${canonicalCidr(c)} is in the config file (access.${fromConfig.list}); the file wins`,
+          });
           continue;
         }
       }

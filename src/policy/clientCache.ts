@@ -7,8 +7,8 @@
 // address (scope: ip) or its /24 (IPv4) or /64 (IPv6) network (scope: net), like postscreen's
 // cache keyed per client.
 
-import { addressToBigInt, formatAddress, normalizeAddress } from '../config/cidr.js';
 import { clampExpiry } from '../cluster/decode.js';
+import { addressToBigInt, formatAddress, normalizeAddress } from '../config/cidr.js';
 import type { CacheKind, StateStore } from '../state/store.js';
 
 export interface CacheConfig {

@@ -6,8 +6,10 @@
 // the batch goes on (an accepted connection whose handler threw is dropped, never held forever).
 
 import type { Logger } from 'pino';
-import { loadEngine, type Engine } from '../native/engine.js';
+import { type Engine, loadEngine } from '../native/engine.js';
 import {
+  type EngineEvent,
+  type EngineProfile,
   EV_ACCEPT,
   EV_END,
   EV_ERROR,
@@ -16,8 +18,6 @@ import {
   EV_GREETING,
   EV_TALK,
   EV_UPSTREAM_FAILED,
-  type EngineEvent,
-  type EngineProfile,
   type TalkStage,
 } from './protocol.js';
 

@@ -10,12 +10,13 @@ import { errnoName, listenHint } from '../util/errno.js';
 import type { EngineDriver, NativeAccept } from './engineDriver.js';
 import type { SessionContext } from './protocol.js';
 
-export interface AcceptHandler {
-  (conn: NativeAccept, ctx: SessionContext): void;
-}
+export type AcceptHandler = (conn: NativeAccept, ctx: SessionContext) => void;
 
 /** Where a listener binds: plain/vip bind the configured address; intercept binds the TPROXY target. */
-export function bindAddresses(config: ListenerConfig, tproxyPort: number): Array<{ address: string; port: number; transparent: boolean; freebind: boolean }> {
+export function bindAddresses(
+  config: ListenerConfig,
+  tproxyPort: number,
+): Array<{ address: string; port: number; transparent: boolean; freebind: boolean }> {
   if (config.mode === 'intercept') {
     return [
       { address: '127.0.0.1', port: tproxyPort, transparent: true, freebind: false },
@@ -59,24 +60,40 @@ export function bindListener(config: ListenerConfig, tproxyPort: number, copies 
   return out;
 }
 
-function bindOne(config: ListenerConfig, b: { address: string; port: number; transparent: boolean; freebind: boolean }, reusePort: boolean): BoundFd {
+function bindOne(
+  config: ListenerConfig,
+  b: { address: string; port: number; transparent: boolean; freebind: boolean },
+  reusePort: boolean,
+): BoundFd {
   const sockets = loadTransparent();
   const family = net.isIPv6(b.address) ? 6 : 4;
   let fd: number;
   try {
     fd = b.transparent
       ? sockets.transparentListener(family, b.address, b.port, config.backlog, { reusePort })
-      : sockets.plainListener({ family, address: b.address, port: b.port, backlog: config.backlog, v6only: false, freebind: b.freebind, reusePort });
+      : sockets.plainListener({
+          family,
+          address: b.address,
+          port: b.port,
+          backlog: config.backlog,
+          v6only: false,
+          freebind: b.freebind,
+          reusePort,
+        });
   } catch (err) {
     const code = errnoName(err);
-    throw new EtdError('ETD_ERR_LISTEN', `listener ${config.name}: cannot listen on ${hostPort(b.address, b.port)}: ${code ?? (err as Error).message}`, {
-      // The addon's own message already says what to do (e.g. the capability an EPERM needs).
-      hint:
-        code === 'EADDRNOTAVAIL' && config.mode !== 'intercept'
-          ? `${listenHint(code, 'listeners[].port')}; for a VIP that keepalived moves between gateways, set listeners[].freebind: true (docs/ha.md)`
-          : (listenHint(code, `listeners[].port`) ?? (err as Error).message),
-      cause: err,
-    });
+    throw new EtdError(
+      'ETD_ERR_LISTEN',
+      `listener ${config.name}: cannot listen on ${hostPort(b.address, b.port)}: ${code ?? (err as Error).message}`,
+      {
+        // The addon's own message already says what to do (e.g. the capability an EPERM needs).
+        hint:
+          code === 'EADDRNOTAVAIL' && config.mode !== 'intercept'
+            ? `${listenHint(code, 'listeners[].port')}; for a VIP that keepalived moves between gateways, set listeners[].freebind: true (docs/ha.md)`
+            : (listenHint(code, `listeners[].port`) ?? (err as Error).message),
+        cause: err,
+      },
+    );
   }
   try {
     const [address, port] = sockets.sockName(fd);
@@ -121,7 +138,8 @@ export class Listener {
       await this.stop();
       throw err;
     }
-    if (!this.given) this.log.info({ addresses: this.addresses().map((a) => hostPort(a.address, a.port)), mode: this.config.mode }, 'listening');
+    if (!this.given)
+      this.log.info({ addresses: this.addresses().map((a) => hostPort(a.address, a.port)), mode: this.config.mode }, 'listening');
   }
 
   private attach(b: BoundFd): { id: number; address: string; port: number } {

@@ -6,8 +6,8 @@
 // (native/src/types.h), checked by test/unit/native.test.ts.
 
 import type { Logger } from 'pino';
-import type { Mode } from '../config/schema.js';
 import type { Pool, Server } from '../backend/pool.js';
+import type { Mode } from '../config/schema.js';
 import type { SourceStrategy } from './upstream.js';
 
 // ---------------------------------------------------------------------------------------------

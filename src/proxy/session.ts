@@ -16,7 +16,17 @@ import { connectFailureCause } from '../util/errno.js';
 import { escapeBytes } from '../util/escapeBytes.js';
 import { Attempts } from './attempts.js';
 import type { EngineDriver, EngineSession, NativeAccept } from './engineDriver.js';
-import type { LiveSession, LiveSessionView, Phase, SessionContext, SessionPolicy, SessionReputation, SessionSummary, TalkStage, Verdict } from './protocol.js';
+import type {
+  LiveSession,
+  LiveSessionView,
+  Phase,
+  SessionContext,
+  SessionPolicy,
+  SessionReputation,
+  SessionSummary,
+  TalkStage,
+  Verdict,
+} from './protocol.js';
 import { earlyTalkCause, upstreamFailureCause } from './verdict.js';
 
 let nextId = 1;
@@ -88,7 +98,12 @@ export function summaryOf(f: SummaryFacts): SessionSummary {
     clientAddress: f.clientAddress,
     verdict: f.verdict,
     ...(f.talkedAfterMs !== undefined
-      ? { action: f.action, talkedAfterMs: f.talkedAfterMs, talkedDuring: f.talkedDuring, earlyBytes: escapeBytes(f.evidence ?? Buffer.alloc(0)) }
+      ? {
+          action: f.action,
+          talkedAfterMs: f.talkedAfterMs,
+          talkedDuring: f.talkedDuring,
+          earlyBytes: escapeBytes(f.evidence ?? Buffer.alloc(0)),
+        }
       : {}),
     ...(a?.target ? { server: a.server?.name ?? 'original', serverAddress: hostPort(a.target.address, a.target.port) } : {}),
     ...(f.greeting ? { greeting: f.greeting } : {}),
@@ -420,7 +435,10 @@ export class Session implements LiveSession, EngineSession {
   private replyAndFinish(reply: { text: string } | { greeting: true }, verdict: Verdict, cause: string, deferrable = true): void {
     const first = deferrable && this.teased ? `220 ${this.policy.teaser!.slice(4)}\r\n` : undefined;
     // The profile goes along: a connection still `new` (no window) has none yet.
-    this.finalTo = Math.max(0, this.engine.engine.reply(this.eid, { ...reply, profile: this.profile, ...(first !== undefined ? { first } : {}) }));
+    this.finalTo = Math.max(
+      0,
+      this.engine.engine.reply(this.eid, { ...reply, profile: this.profile, ...(first !== undefined ? { first } : {}) }),
+    );
     this.finish(verdict, cause);
   }
 

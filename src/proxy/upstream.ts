@@ -1,9 +1,9 @@
 // How the upstream connection gets its source address: from etd, from etd plus a PROXY header, or from the client's own address (a pluggable SourceStrategy).
 
 import net from 'node:net';
-import { EtdError } from '../errors.js';
 import type { SourceMode } from '../config/schema.js';
-import { proxyV1, proxyV2, type ProxyEndpoints } from './proxyHeader.js';
+import { EtdError } from '../errors.js';
+import { type ProxyEndpoints, proxyV1, proxyV2 } from './proxyHeader.js';
 
 export interface UpstreamTarget {
   readonly address: string;

@@ -7,7 +7,16 @@ import type { Verdict } from './protocol.js';
 export type { Verdict } from './protocol.js';
 
 /** Every verdict word, for counters and metrics that need the list at run time. */
-export const VERDICTS = ['passed', 'early_talker', 'no_server', 'limit', 'denied', 'client_gone', 'shutdown', 'dnsbl'] as const satisfies readonly Verdict[];
+export const VERDICTS = [
+  'passed',
+  'early_talker',
+  'no_server',
+  'limit',
+  'denied',
+  'client_gone',
+  'shutdown',
+  'dnsbl',
+] as const satisfies readonly Verdict[];
 
 /** The cause of an early talker's summary: what the engine did to it (action log never ends the session). */
 export function earlyTalkCause(action: Exclude<Action, 'log'>): 'dropped' | 'rejected' {

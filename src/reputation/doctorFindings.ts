@@ -21,7 +21,8 @@ export interface ZoneFinding {
   readonly critical: false;
 }
 
-const OWN_RESOLVER = 'use your own resolver, not a public one: run a local recursive resolver (e.g. apt-get install unbound) and set reputation.resolvers: [127.0.0.1]';
+const OWN_RESOLVER =
+  'use your own resolver, not a public one: run a local recursive resolver (e.g. apt-get install unbound) and set reputation.resolvers: [127.0.0.1]';
 
 export function dnsblFindings(c: ReputationConfig, probes: readonly ZoneProbe[]): ZoneFinding[] {
   const resolvers = c.resolvers.length ? c.resolvers.join(', ') : 'the system resolver (/etc/resolv.conf)';
@@ -32,19 +33,47 @@ export function dnsblFindings(c: ReputationConfig, probes: readonly ZoneProbe[])
     const query = `2.0.0.127.${d.zone}`;
     if (!p) return { id, status: 'WARN', what, detail: 'not checked', critical: false };
     if ('error' in p) {
-      return { id, status: 'FAIL', what, detail: `no answer for ${query} through ${resolvers} (${p.error}): every lookup in this zone will count 0`, fix: `check reputation.resolvers and that the resolver reaches the zone: dig ${c.resolvers[0] ? `@${c.resolvers[0].replace(/^\[|\]:\d+$|:\d+$/g, '')} ` : ''}${query} A`, critical: false };
+      return {
+        id,
+        status: 'FAIL',
+        what,
+        detail: `no answer for ${query} through ${resolvers} (${p.error}): every lookup in this zone will count 0`,
+        fix: `check reputation.resolvers and that the resolver reaches the zone: dig ${c.resolvers[0] ? `@${c.resolvers[0].replace(/^\[|\]:\d+$|:\d+$/g, '')} ` : ''}${query} A`,
+        critical: false,
+      };
     }
     if ('none' in p) {
-      return { id, status: 'WARN', what, detail: `${query} does not exist: the zone name may be wrong, or the list does not publish the RFC 5782 test entry`, fix: `check the spelling of reputation.dnsbl zone ${d.zone} against the list's documentation`, critical: false };
+      return {
+        id,
+        status: 'WARN',
+        what,
+        detail: `${query} does not exist: the zone name may be wrong, or the list does not publish the RFC 5782 test entry`,
+        fix: `check the spelling of reputation.dnsbl zone ${d.zone} against the list's documentation`,
+        critical: false,
+      };
     }
     const refused = p.answers.find(isRefusedAnswer);
     if (refused !== undefined) {
-      return { id, status: 'FAIL', what, detail: `answered ${refused}: the list refused the query (a public or shared resolver, or no access), so every lookup counts 0`, fix: OWN_RESOLVER, critical: false };
+      return {
+        id,
+        status: 'FAIL',
+        what,
+        detail: `answered ${refused}: the list refused the query (a public or shared resolver, or no access), so every lookup counts 0`,
+        fix: OWN_RESOLVER,
+        critical: false,
+      };
     }
     const patterns = compilePatterns(d.match ?? DEFAULT_MATCH);
     const hit = p.answers.find((a) => matchesAny(patterns, a));
     if (hit === undefined) {
-      return { id, status: 'WARN', what, detail: `answered ${p.answers.join(', ')}, which reputation.dnsbl match (${(d.match ?? ['127.0.0.0/8 minus 127.255.255.0/24']).join(', ')}) does not count`, fix: `check match: for ${d.zone} against the list's return codes`, critical: false };
+      return {
+        id,
+        status: 'WARN',
+        what,
+        detail: `answered ${p.answers.join(', ')}, which reputation.dnsbl match (${(d.match ?? ['127.0.0.0/8 minus 127.255.255.0/24']).join(', ')}) does not count`,
+        fix: `check match: for ${d.zone} against the list's return codes`,
+        critical: false,
+      };
     }
     return { id, status: 'OK', what, detail: `answered ${hit} through ${resolvers}`, critical: false };
   });

@@ -8,7 +8,7 @@ import type { ReputationConfig } from '../config/schema.js';
 import type { SessionReputation } from '../proxy/protocol.js';
 import type { Session } from '../proxy/session.js';
 import type { Reputation } from './lookup.js';
-import { decide, replyText, type ReputationDecision, type Score } from './score.js';
+import { decide, type ReputationDecision, replyText, type Score } from './score.js';
 
 /** How long before the end of the window a late lookup is given up: the decision must reach a still-held session. */
 const WINDOW_MARGIN_MS = 50;
@@ -20,12 +20,21 @@ export interface Judged {
 
 export function judge(c: ReputationConfig, score: Score): Judged {
   const decision = decide(score.score, c.threshold, c.allowThreshold);
-  return { decision, facts: { score: score.score, lists: score.hits.map((h) => ({ name: h.name, answer: h.answer })), allowlisted: decision === 'allow' } };
+  return {
+    decision,
+    facts: { score: score.score, lists: score.hits.map((h) => ({ name: h.name, answer: h.answer })), allowlisted: decision === 'allow' },
+  };
 }
 
 /** The cause and how to turn the client away, by reputation.action. */
-export function refusalOf(c: ReputationConfig, client: string, score: Score): { cause: 'dnsbl_drop'; how: { drop: true } } | { cause: 'dnsbl_reject'; how: { reply: string } } {
-  return c.action === 'drop' ? { cause: 'dnsbl_drop', how: { drop: true } } : { cause: 'dnsbl_reject', how: { reply: replyText(c.reply, client, score.hits) } };
+export function refusalOf(
+  c: ReputationConfig,
+  client: string,
+  score: Score,
+): { cause: 'dnsbl_drop'; how: { drop: true } } | { cause: 'dnsbl_reject'; how: { reply: string } } {
+  return c.action === 'drop'
+    ? { cause: 'dnsbl_drop', how: { drop: true } }
+    : { cause: 'dnsbl_reject', how: { reply: replyText(c.reply, client, score.hits) } };
 }
 
 /** Applies a score to a session (from the cache at accept, or from lookups during its hold). No-op once it is not held. */
@@ -83,10 +92,13 @@ export function watchLookups(s: Session, rep: Reputation, holdMs: number): void 
   void rep.lookup(s.clientAddress).then(finish);
   // The lookups settle within `timeout` on their own: a timer only when the hold is shorter.
   if (deadline < rep.settings.timeoutMs) {
-    timer = setTimeout(() => {
-      const partial = rep.partial(s.clientAddress);
-      if (partial.unanswered.length && s.holding) rep.windowEnded(partial.unanswered, holdMs);
-      finish(partial);
-    }, Math.max(0, deadline));
+    timer = setTimeout(
+      () => {
+        const partial = rep.partial(s.clientAddress);
+        if (partial.unanswered.length && s.holding) rep.windowEnded(partial.unanswered, holdMs);
+        finish(partial);
+      },
+      Math.max(0, deadline),
+    );
   }
 }

@@ -7,12 +7,12 @@
 
 import { Resolver } from 'node:dns/promises';
 import type { Logger } from 'pino';
-import type { ReputationConfig } from '../config/schema.js';
-import { normalizeAddress } from '../config/cidr.js';
 import { clampAnswerTtl, decodeDnsblKey, decodeDnsblValue } from '../cluster/decode.js';
+import { normalizeAddress } from '../config/cidr.js';
+import type { ReputationConfig } from '../config/schema.js';
 import { compilePatterns, DEFAULT_MATCH, isRefusedAnswer } from './match.js';
 import { queryName } from './query.js';
-import { scoreOf, settledDecision, type ReputationList, type Score, type ZoneAnswer } from './score.js';
+import { type ReputationList, type Score, scoreOf, settledDecision, type ZoneAnswer } from './score.js';
 
 /** Distinct client addresses kept in the answer cache; the oldest go first past it (a flood of new addresses). */
 const CACHE_MAX = 200_000;
@@ -49,7 +49,12 @@ export interface ReputationCounters {
 export type QueryObserver = (zone: string, seconds: number, status: ZoneAnswer['status']) => void;
 
 export function compileLists(c: ReputationConfig): ReputationList[] {
-  return c.dnsbl.map((d) => ({ zone: d.zone, name: d.name ?? d.zone, weight: d.weight, patterns: compilePatterns(d.match ?? DEFAULT_MATCH) }));
+  return c.dnsbl.map((d) => ({
+    zone: d.zone,
+    name: d.name ?? d.zone,
+    weight: d.weight,
+    patterns: compilePatterns(d.match ?? DEFAULT_MATCH),
+  }));
 }
 
 const scoreOnly = (r: { score: Score }): Score => r.score;
@@ -218,7 +223,10 @@ export class Reputation {
         this.lastTimeoutLog.set(zone, { at: last?.at ?? now, since: (last?.since ?? 0) + 1 });
         continue;
       }
-      this.log.warn({ zone, windowMs, timeouts: (last?.since ?? 0) + 1 }, `DNSBL zone ${zone} had not answered by the end of the ${windowMs} ms hold: the lookup counts 0 (a timeout; check the resolver and the zone, or lengthen detection.window)`);
+      this.log.warn(
+        { zone, windowMs, timeouts: (last?.since ?? 0) + 1 },
+        `DNSBL zone ${zone} had not answered by the end of the ${windowMs} ms hold: the lookup counts 0 (a timeout; check the resolver and the zone, or lengthen detection.window)`,
+      );
       this.lastTimeoutLog.set(zone, { at: now, since: 0 });
     }
   }
@@ -306,17 +314,20 @@ export class Reputation {
       };
       // c-ares ends the query after `timeout` itself (tries: 1); this timer makes the bound exact.
       const timer = setTimeout(() => settle({ status: 'timeout' }, undefined), timeoutMs);
-      resolver.resolve4(name, { ttl: true }).then(
-        (records) => {
-          const ttl = Math.min(...records.map((r) => r.ttl)) * 1000;
-          settle({ status: 'answer', addresses: records.map((r) => r.address) }, Math.min(maxTtlMs, Math.max(minTtlMs, ttl)));
-        },
-        (err: NodeJS.ErrnoException) => {
-          if (err.code === 'ENOTFOUND' || err.code === 'ENODATA') settle({ status: 'none' }, minTtlMs);
-          else if (err.code === 'ETIMEOUT') settle({ status: 'timeout' }, undefined);
-          else settle({ status: 'error' }, undefined);
-        },
-      ).finally(() => this.inFlight--);
+      resolver
+        .resolve4(name, { ttl: true })
+        .then(
+          (records) => {
+            const ttl = Math.min(...records.map((r) => r.ttl)) * 1000;
+            settle({ status: 'answer', addresses: records.map((r) => r.address) }, Math.min(maxTtlMs, Math.max(minTtlMs, ttl)));
+          },
+          (err: NodeJS.ErrnoException) => {
+            if (err.code === 'ENOTFOUND' || err.code === 'ENODATA') settle({ status: 'none' }, minTtlMs);
+            else if (err.code === 'ETIMEOUT') settle({ status: 'timeout' }, undefined);
+            else settle({ status: 'error' }, undefined);
+          },
+        )
+        .finally(() => this.inFlight--);
     });
   }
 
@@ -353,7 +364,10 @@ export class Reputation {
       bump(this.counters.timeouts, zone);
       const last = this.lastTimeoutLog.get(zone);
       if (this.due(`timeout:${zone}`, TIMEOUT_LOG_MS, now, last?.at)) {
-        this.log.warn({ zone, timeoutMs: this.config.timeoutMs, timeouts: (last?.since ?? 0) + 1 }, `DNSBL zone ${zone} did not answer within ${this.config.timeoutMs} ms: the lookup counts 0 (check the resolver and the zone)`);
+        this.log.warn(
+          { zone, timeoutMs: this.config.timeoutMs, timeouts: (last?.since ?? 0) + 1 },
+          `DNSBL zone ${zone} did not answer within ${this.config.timeoutMs} ms: the lookup counts 0 (check the resolver and the zone)`,
+        );
         this.lastTimeoutLog.set(zone, { at: now, since: 0 });
       } else this.lastTimeoutLog.set(zone, { at: last?.at ?? now, since: (last?.since ?? 0) + 1 });
     } else if (answer.status === 'error') {

@@ -37,9 +37,11 @@ export function parsePattern(text: string): AnswerPattern | string {
     const [addr, len, extra] = t.split('/');
     const base = ipv4ToInt(addr ?? '');
     const prefix = Number(len);
-    if (extra !== undefined || base === undefined || !/^\d+$/.test(len ?? '') || prefix > 32) return `"${text}" is not an IPv4 CIDR (${example})`;
+    if (extra !== undefined || base === undefined || !/^\d+$/.test(len ?? '') || prefix > 32)
+      return `"${text}" is not an IPv4 CIDR (${example})`;
     const size = 2 ** (32 - prefix);
-    if (base % size !== 0) return `"${text}" has host bits set; write the network address, e.g. ${intToIpv4(base - (base % size))}/${prefix}`;
+    if (base % size !== 0)
+      return `"${text}" has host bits set; write the network address, e.g. ${intToIpv4(base - (base % size))}/${prefix}`;
     return { kind: 'range', lo: base, hi: base + size - 1 };
   }
   if (t.includes('-')) {

@@ -24,9 +24,24 @@ export function registerReputationMetrics(registry: Registry, rep: Reputation): 
     });
   perKey('etd_dnsbl_queries_total', 'DNSBL/DNSWL queries sent, by zone', 'zone', () => counters().queries);
   perKey('etd_dnsbl_hits_total', 'connections whose client a list matched, by list name', 'list', () => counters().hits);
-  perKey('etd_dnsbl_timeouts_total', 'DNSBL queries not answered within reputation.timeout (counted 0), by zone', 'zone', () => counters().timeouts);
-  perKey('etd_dnsbl_errors_total', 'DNSBL queries that failed (SERVFAIL, REFUSED, network error; counted 0), by zone', 'zone', () => counters().errors);
-  perKey('etd_dnsbl_refused_answers_total', 'answers in 127.255.255.0/24 (the list refused the query: public resolver or no access; counted 0), by zone', 'zone', () => counters().refused);
+  perKey(
+    'etd_dnsbl_timeouts_total',
+    'DNSBL queries not answered within reputation.timeout (counted 0), by zone',
+    'zone',
+    () => counters().timeouts,
+  );
+  perKey(
+    'etd_dnsbl_errors_total',
+    'DNSBL queries that failed (SERVFAIL, REFUSED, network error; counted 0), by zone',
+    'zone',
+    () => counters().errors,
+  );
+  perKey(
+    'etd_dnsbl_refused_answers_total',
+    'answers in 127.255.255.0/24 (the list refused the query: public resolver or no access; counted 0), by zone',
+    'zone',
+    () => counters().refused,
+  );
   new Counter({
     name: 'etd_dnsbl_overflow_total',
     help: 'DNSBL queries not sent because reputation.maxInFlight were out (counted 0)',
@@ -54,6 +69,12 @@ export function registerReputationMetrics(registry: Registry, rep: Reputation): 
       this.inc(counters().fromPeers);
     },
   });
-  const latency = new Histogram({ name: 'etd_dnsbl_query_seconds', help: 'time a DNSBL query took (to its answer, error or timeout), by zone', labelNames: ['zone'], buckets: QUERY_BUCKETS, registers });
+  const latency = new Histogram({
+    name: 'etd_dnsbl_query_seconds',
+    help: 'time a DNSBL query took (to its answer, error or timeout), by zone',
+    labelNames: ['zone'],
+    buckets: QUERY_BUCKETS,
+    registers,
+  });
   return rep.onQuery((zone, seconds) => latency.observe({ zone }, seconds));
 }

@@ -2,8 +2,8 @@
 
 import { Resolver } from 'node:dns/promises';
 import type { ReputationConfig } from '../config/schema.js';
-import { queryName } from './query.js';
 import { TEST_ENTRY, type ZoneProbe } from './doctorFindings.js';
+import { queryName } from './query.js';
 
 export async function probeZones(c: ReputationConfig): Promise<ZoneProbe[]> {
   const r = new Resolver({ timeout: c.timeoutMs, tries: 2 });

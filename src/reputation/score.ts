@@ -4,7 +4,7 @@
 // negative weight is an allowlist. A list that did not answer in time (timeout, error, overflow)
 // counts 0. An answer in 127.255.255.0/24 is a refused query and never counts.
 
-import { isRefusedAnswer, matchesAny, type AnswerPattern } from './match.js';
+import { type AnswerPattern, isRefusedAnswer, matchesAny } from './match.js';
 
 /** One configured list, compiled. */
 export interface ReputationList {
@@ -88,7 +88,12 @@ export function replyText(template: string, client: string, hits: readonly ListH
  * could not change the decision (a listed client with only blocklists pending is refused, an
  * allowlisted one with only allowlists pending is let in). Undefined while they still could.
  */
-export function settledDecision(lists: readonly ReputationList[], s: Score, threshold: number, allowThreshold: number): ReputationDecision | undefined {
+export function settledDecision(
+  lists: readonly ReputationList[],
+  s: Score,
+  threshold: number,
+  allowThreshold: number,
+): ReputationDecision | undefined {
   if (s.unanswered.length === 0) return decide(s.score, threshold, allowThreshold);
   let up = 0;
   let down = 0;

@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { EtdError, describeError } from '../errors.js';
+import { describeError, EtdError } from '../errors.js';
 
 export type CacheKind = 'pass' | 'deny';
 export type AccessList = 'allow' | 'deny';
@@ -229,7 +229,10 @@ export function openStore(location: string, log: StoreLog): StateStore {
   try {
     return new SqliteStore(location, log);
   } catch (e) {
-    log.warn({ store: location, err: describeError(e) }, 'state store unavailable; the pass cache and runtime access entries will not survive a restart');
+    log.warn(
+      { store: location, err: describeError(e) },
+      'state store unavailable; the pass cache and runtime access entries will not survive a restart',
+    );
     const mem = new SqliteStore(':memory:', log);
     mem.healthy = false;
     return mem;

@@ -7,7 +7,10 @@ import type { Logger } from 'pino';
 import { describeError } from '../errors.js';
 
 /** What is logged for an uncaught error: its message and stack (a non-Error value as text). */
-export function fatalFields(kind: 'uncaughtException' | 'unhandledRejection', e: unknown): { kind: string; err: string; stack: string | undefined } {
+export function fatalFields(
+  kind: 'uncaughtException' | 'unhandledRejection',
+  e: unknown,
+): { kind: string; err: string; stack: string | undefined } {
   return { kind, err: describeError(e), stack: e instanceof Error ? e.stack : undefined };
 }
 

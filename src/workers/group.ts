@@ -1,4 +1,5 @@
 // The main thread's engine workers: starts them with their sockets and state, routes what they say to the owning App, restarts one that dies, reloads and stops them all.
+// biome-ignore-all lint/style/noExcessiveLinesPerFile: the worker-thread plumbing issue 23 deletes (engine threads replace it)
 //
 // One owner for the state (docs/workers.md): the main thread's App keeps the store, the caches,
 // the access lists, the health checks and the cluster; the workers keep copies it updates
@@ -9,24 +10,38 @@ import type { Logger } from 'pino';
 import type { Pool } from '../backend/pool.js';
 import type { SharedState } from '../cluster/shared.js';
 import type { Config } from '../config/schema.js';
-import { EtdError, type ErrorCode } from '../errors.js';
+import { type ErrorCode, EtdError } from '../errors.js';
 import type { AccessLists } from '../policy/access.js';
 import type { ClientCache } from '../policy/clientCache.js';
 import type { BoundFd } from '../proxy/listener.js';
 import type { EngineCounts, LiveSessionView, SessionSummary } from '../proxy/protocol.js';
 import type { AnswerExchange, Reputation } from '../reputation/lookup.js';
-import type { Stats } from '../stats.js';
 import type { CacheKind } from '../state/store.js';
-import { SERVER_SLOTS, type Board } from './board.js';
-import { repData, sumCounters, type RepCountersData } from './repCounters.js';
+import type { Stats } from '../stats.js';
+import { type Board, SERVER_SLOTS } from './board.js';
+import type { FromWorker, ServerStateMsg, ToWorker, WorkerCounters, WorkerInit } from './messages.js';
+import { type RepCountersData, repData, sumCounters } from './repCounters.js';
 import { warnGate, warnGateBuffer } from './warnGate.js';
 
 /** Two data sets as one (a retired worker's counters added to those retired before). */
 function sumCountersData(prev: readonly RepCountersData[], next: RepCountersData): RepCountersData {
-  const empty = sumCounters({ queries: new Map(), hits: new Map(), timeouts: new Map(), errors: new Map(), refused: new Map(), overflow: 0, scored: 0, refusedClients: 0, allowlistedClients: 0, fromPeers: 0 }, [...prev, next]);
+  const empty = sumCounters(
+    {
+      queries: new Map(),
+      hits: new Map(),
+      timeouts: new Map(),
+      errors: new Map(),
+      refused: new Map(),
+      overflow: 0,
+      scored: 0,
+      refusedClients: 0,
+      allowlistedClients: 0,
+      fromPeers: 0,
+    },
+    [...prev, next],
+  );
   return repData(empty);
 }
-import type { FromWorker, ServerStateMsg, ToWorker, WorkerCounters, WorkerInit } from './messages.js';
 
 /** What the workers need from the main thread's App. */
 export interface Owner {
@@ -153,7 +168,11 @@ export class WorkerGroup {
     const rep = this.owner.reputation;
     const own = rep.counters;
     Object.defineProperty(rep, 'counters', {
-      get: () => sumCounters(own, [...this.retiredReputation, ...this.threads.flatMap((t) => (t?.counters?.reputation ? [t.counters.reputation] : []))]),
+      get: () =>
+        sumCounters(own, [
+          ...this.retiredReputation,
+          ...this.threads.flatMap((t) => (t?.counters?.reputation ? [t.counters.reputation] : [])),
+        ]),
     });
     Object.defineProperties(stats, {
       held: { get: () => this.board.held },
@@ -190,7 +209,14 @@ export class WorkerGroup {
       cluster: this.owner.cluster() !== undefined,
     };
     const worker = new Worker(threadScript(), { workerData: init, stdout: false, stderr: false });
-    const thread: Thread = { worker, ready: Promise.resolve(), state: 'starting', counters: undefined, startedAt: performance.now(), restarts };
+    const thread: Thread = {
+      worker,
+      ready: Promise.resolve(),
+      state: 'starting',
+      counters: undefined,
+      startedAt: performance.now(),
+      restarts,
+    };
     this.threads[index] = thread;
     thread.ready = new Promise<void>((resolve, reject) => {
       let settled = false;
@@ -203,12 +229,20 @@ export class WorkerGroup {
         }
         if (m.t === 'failed' && !settled) {
           settled = true;
-          reject(new EtdError((m.code as ErrorCode | undefined) ?? 'ETD_ERR_WORKER', `engine worker ${index}: ${m.message}`, m.hint ? { hint: m.hint } : {}));
+          reject(
+            new EtdError(
+              (m.code as ErrorCode | undefined) ?? 'ETD_ERR_WORKER',
+              `engine worker ${index}: ${m.message}`,
+              m.hint ? { hint: m.hint } : {},
+            ),
+          );
           return;
         }
         this.receive(index, m);
       });
-      worker.on('error', (err) => this.log.error({ worker: index, err: { message: err.message, stack: err.stack } }, `engine worker ${index} failed: ${err.message}`));
+      worker.on('error', (err) =>
+        this.log.error({ worker: index, err: { message: err.message, stack: err.stack } }, `engine worker ${index} failed: ${err.message}`),
+      );
       worker.on('exit', (code) => {
         if (!settled) {
           settled = true;
@@ -314,7 +348,10 @@ export class WorkerGroup {
       }
       case 'lookup': {
         const cluster = this.owner.cluster();
-        if (!cluster) return this.answer(index, m.id, null);
+        if (!cluster) {
+          this.answer(index, m.id, null);
+          return;
+        }
         cluster.lookup(m.key, (kind) => this.answer(index, m.id, kind));
         return;
       }
@@ -412,7 +449,9 @@ export class WorkerGroup {
       const e = t?.counters?.engine;
       if (!e) continue;
       if (!out) out = { ...e };
-      else for (const k of Object.keys(e) as Array<keyof EngineTotals>) (out as unknown as Record<string, number>)[k] = (out[k] as number) + (e[k] as number);
+      else
+        for (const k of Object.keys(e) as Array<keyof EngineTotals>)
+          (out as unknown as Record<string, number>)[k] = (out[k] as number) + (e[k] as number);
     }
     return out;
   }
@@ -457,16 +496,28 @@ export class WorkerGroup {
         };
         if (!t || (t.state !== 'running' && t.state !== 'starting')) return drop();
         // A worker being (re)started took the config of its start: it gets this one once it serves.
-        if (t.state === 'starting' && !(await t.ready.then(() => true, () => false))) return drop();
+        if (
+          t.state === 'starting' &&
+          !(await t.ready.then(
+            () => true,
+            () => false,
+          ))
+        )
+          return drop();
         if (this.threads[i] !== t || t.state !== 'running') return drop();
-        const answer = (await this.query(t, (id) => ({ t: 'reload', id, config: next, fds: given, slots }), 60_000)) as Extract<FromWorker, { t: 'reloaded' }> | undefined;
+        const answer = (await this.query(t, (id) => ({ t: 'reload', id, config: next, fds: given, slots }), 60_000)) as
+          | Extract<FromWorker, { t: 'reloaded' }>
+          | undefined;
         // No answer: it died meanwhile and is restarted with the new config.
         return answer?.error === undefined ? undefined : { index: i, error: answer.error };
       }),
     );
     for (const r of results) {
       if (!r) continue;
-      this.log.error({ worker: r.index, err: r.error }, `engine worker ${r.index} could not apply the reload; restarting it with the new configuration`);
+      this.log.error(
+        { worker: r.index, err: r.error },
+        `engine worker ${r.index} could not apply the reload; restarting it with the new configuration`,
+      );
       void this.threads[r.index]?.worker.terminate();
     }
   }

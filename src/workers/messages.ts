@@ -1,8 +1,8 @@
 // What the main thread and the engine workers say to each other (MessagePort; every message is batched or rare, never one round trip per connection on the accept path).
 
 import type { Config } from '../config/schema.js';
-import type { EngineCounts, LiveSessionView, SessionSummary } from '../proxy/protocol.js';
 import type { BoundFd } from '../proxy/listener.js';
+import type { EngineCounts, LiveSessionView, SessionSummary } from '../proxy/protocol.js';
 import type { CacheKind } from '../state/store.js';
 import type { RepCountersData } from './repCounters.js';
 
@@ -46,7 +46,13 @@ export interface WorkerCounters {
 }
 
 export type ToWorker =
-  | { readonly t: 'reload'; readonly id: number; readonly config: Config; readonly fds: Readonly<Record<string, readonly BoundFd[]>>; readonly slots: ReadonlyArray<readonly [string, number]> }
+  | {
+      readonly t: 'reload';
+      readonly id: number;
+      readonly config: Config;
+      readonly fds: Readonly<Record<string, readonly BoundFd[]>>;
+      readonly slots: ReadonlyArray<readonly [string, number]>;
+    }
   | { readonly t: 'cache'; readonly changes: ReadonlyArray<readonly [string, CacheKind | null, number]> }
   | { readonly t: 'access'; readonly entries: ReadonlyArray<{ readonly cidr: string; readonly list: 'allow' | 'deny' }> }
   | { readonly t: 'server'; readonly state: ServerStateMsg }

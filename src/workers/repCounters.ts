@@ -36,7 +36,18 @@ export function repData(c: ReputationCounters): RepCountersData {
 
 /** The sum of `own` (this thread's) and every data set in `others`, as fresh counters. */
 export function sumCounters(own: ReputationCounters, others: ReadonlyArray<RepCountersData | ReputationCounters>): ReputationCounters {
-  const out = { queries: new Map(own.queries), hits: new Map(own.hits), timeouts: new Map(own.timeouts), errors: new Map(own.errors), refused: new Map(own.refused), overflow: own.overflow, scored: own.scored, refusedClients: own.refusedClients, allowlistedClients: own.allowlistedClients, fromPeers: own.fromPeers };
+  const out = {
+    queries: new Map(own.queries),
+    hits: new Map(own.hits),
+    timeouts: new Map(own.timeouts),
+    errors: new Map(own.errors),
+    refused: new Map(own.refused),
+    overflow: own.overflow,
+    scored: own.scored,
+    refusedClients: own.refusedClients,
+    allowlistedClients: own.allowlistedClients,
+    fromPeers: own.fromPeers,
+  };
   for (const o of others) {
     for (const k of MAPS) for (const [key, n] of o[k]) out[k].set(key, (out[k].get(key) ?? 0) + n);
     for (const k of NUMS) out[k] += o[k];

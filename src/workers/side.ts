@@ -7,16 +7,16 @@ import fs from 'node:fs';
 import type { MessagePort } from 'node:worker_threads';
 import pino, { type Logger } from 'pino';
 import type { App } from '../app.js';
-import { EtdError, describeError } from '../errors.js';
+import { describeError, EtdError } from '../errors.js';
 import type { BoundFd } from '../proxy/listener.js';
 import type { SessionSummary } from '../proxy/protocol.js';
 import { sessionIdSource, viewOfSession } from '../proxy/session.js';
 import type { AnswerExchange } from '../reputation/lookup.js';
 import type { CacheKind } from '../state/store.js';
 import { Board } from './board.js';
+import type { FromWorker, ToWorker, WorkerCounters, WorkerInit } from './messages.js';
 import { repData } from './repCounters.js';
 import { warnGate } from './warnGate.js';
-import type { FromWorker, ToWorker, WorkerCounters, WorkerInit } from './messages.js';
 
 /**
  * A question to the main thread (a shared lookup) that got no answer this long after it was
@@ -83,15 +83,17 @@ export class WorkerSide {
     sessionIdSource(() => board.nextId());
     this.cluster = init.cluster
       ? {
-          lookup: (key, done) => this.ask({ t: 'lookup', id: 0, key }, (v) => {
-            if (v === 'pass' || v === 'deny') done(v);
-          }),
+          lookup: (key, done) =>
+            this.ask({ t: 'lookup', id: 0, key }, (v) => {
+              if (v === 'pass' || v === 'deny') done(v);
+            }),
         }
       : undefined;
     this.answers = {
-      get: (key, done) => this.ask({ t: 'dnsbl-get', id: 0, key }, (v) => {
-        if (v !== null) done(v);
-      }),
+      get: (key, done) =>
+        this.ask({ t: 'dnsbl-get', id: 0, key }, (v) => {
+          if (v !== null) done(v);
+        }),
       put: (key, value, expires) => this.post({ t: 'dnsbl-put', key, value, expires }),
     };
     this.cpuMs = threadCpuMs();

@@ -9,7 +9,7 @@ let started = 0;
 let ended = 0;
 const t0 = performance.now();
 const finish = () => {
-  process.stdout.write(JSON.stringify(r) + '\n');
+  process.stdout.write(`${JSON.stringify(r)}\n`);
   process.exit(0);
 };
 // Bounded in time whatever happens: the sending time plus 15 s for the last answers.

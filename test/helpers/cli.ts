@@ -1,6 +1,6 @@
 // Runs the built CLI (dist/src/cli.js) as a child process and follows its JSON log lines.
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseStrictJson } from '../../src/util/strictJson.js';
@@ -55,7 +55,9 @@ export function runEtd(configFile: string, wrapper: string[] = []): RunningEtd {
         const timer = setTimeout(() => {
           const i = waiters.indexOf(poll);
           if (i >= 0) waiters.splice(i, 1);
-          reject(new Error(`timed out waiting for a log line; got:\n${lines.map((l) => JSON.stringify(l)).join('\n')}\nstderr: ${r.stderr}`));
+          reject(
+            new Error(`timed out waiting for a log line; got:\n${lines.map((l) => JSON.stringify(l)).join('\n')}\nstderr: ${r.stderr}`),
+          );
         }, timeoutMs);
         const poll = () => {
           if (check()) waiters.splice(waiters.indexOf(poll), 1);
@@ -64,7 +66,11 @@ export function runEtd(configFile: string, wrapper: string[] = []): RunningEtd {
         void r.exited.then((code) => {
           if (check()) return;
           clearTimeout(timer);
-          reject(new Error(`etd exited (${code}) before the expected log line; stderr: ${r.stderr}\nlog:\n${lines.map((l) => JSON.stringify(l)).join('\n')}`));
+          reject(
+            new Error(
+              `etd exited (${code}) before the expected log line; stderr: ${r.stderr}\nlog:\n${lines.map((l) => JSON.stringify(l)).join('\n')}`,
+            ),
+          );
         });
       });
     },

@@ -32,8 +32,9 @@ engine.listen(fd, 1);
 parentPort.on('message', (m) => {
   if (m.mode) mode = m.mode;
   if (m.counts) parentPort.postMessage({ counts: engine.counts() });
-  if (m.throw) setImmediate(() => {
-    throw new Error(m.throw);
-  });
+  if (m.throw)
+    setImmediate(() => {
+      throw new Error(m.throw);
+    });
 });
 parentPort.postMessage({ ready: true });

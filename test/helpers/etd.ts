@@ -61,7 +61,10 @@ export async function startEtdForTest(doc: Doc): Promise<TestEtd> {
     port,
     summaries,
     async waitForSummaries(n, timeoutMs = 15_000) {
-      await waitFor(() => summaries.length >= n, { timeout: timeoutMs, what: () => `${n} session summaries, got ${summaries.length}: ${JSON.stringify(summaries)}` });
+      await waitFor(() => summaries.length >= n, {
+        timeout: timeoutMs,
+        what: () => `${n} session summaries, got ${summaries.length}: ${JSON.stringify(summaries)}`,
+      });
       return summaries;
     },
     stop: (graceMs = 1000) => app.stop(graceMs),

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll } from 'vitest';
 import { createLab, type JsonLineProcess, type Lab, type LabOptions, type Listen } from '../../lab/netns.js';
-import { startEtdInNetns, type RunningEtd } from './cli.js';
+import { type RunningEtd, startEtdInNetns } from './cli.js';
 
 export interface LabSuiteOptions {
   /** Names the temp dir: etd-<name>-XXXXXX. */

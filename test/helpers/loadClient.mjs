@@ -14,7 +14,7 @@ const deadline = setTimeout(() => {
 
 function finish() {
   clearTimeout(deadline);
-  process.stdout.write(JSON.stringify(result) + '\n');
+  process.stdout.write(`${JSON.stringify(result)}\n`);
   process.exit(0);
 }
 
@@ -40,7 +40,7 @@ function open(i) {
   };
   s.on('connect', () => {
     result.opened++;
-    if (!silent) setTimeout(() => s.write('EHLO bot\r\n'), Math.floor(((i * 7919) % 80) / 100 * windowMs));
+    if (!silent) setTimeout(() => s.write('EHLO bot\r\n'), Math.floor((((i * 7919) % 80) / 100) * windowMs));
   });
   s.on('data', (c) => {
     data += c.toString('latin1');

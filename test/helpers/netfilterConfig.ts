@@ -4,8 +4,8 @@
 // defaults here too; listeners are then set directly, bypassing cross-field rules that do not
 // matter to the netfilter code (e.g. which upstream.forward a mode needs).
 
-import type { Config, ListenerConfig } from '../../src/config/schema.js';
 import { validateConfig } from '../../src/config/load.js';
+import type { Config, ListenerConfig } from '../../src/config/schema.js';
 
 const BASE = validateConfig({
   listeners: [{ name: 'base', mode: 'vip' }],

@@ -24,7 +24,21 @@ export async function swaks(lab: Lab, server: string, port = 25, extra: string[]
   const r = await lab.exec(
     lab.ns.client,
     'swaks',
-    ['--to', 'rcpt@example.net', '--from', 'sender@example.org', '--server', server, '--port', String(port), '--timeout', '15', '--helo', 'client.example', ...extra],
+    [
+      '--to',
+      'rcpt@example.net',
+      '--from',
+      'sender@example.org',
+      '--server',
+      server,
+      '--port',
+      String(port),
+      '--timeout',
+      '15',
+      '--helo',
+      'client.example',
+      ...extra,
+    ],
     { timeoutMs: 30_000 },
   );
   return r.stdout;

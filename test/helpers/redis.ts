@@ -1,6 +1,6 @@
 // A real redis-server for tests (Debian's redis-server): no persistence, foreground, ended by its PID.
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import net from 'node:net';
 
 export interface TestRedis {
@@ -34,7 +34,24 @@ export async function startRedis(
   spawner: (cmd: string, args: string[]) => ChildProcess = (cmd, args) => spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }),
   timeoutMs = 10_000,
 ): Promise<TestRedis> {
-  const args = ['--port', String(port), '--bind', host, '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--protected-mode', 'no', '--loglevel', 'notice', '--enable-debug-command', 'local'];
+  const args = [
+    '--port',
+    String(port),
+    '--bind',
+    host,
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    '--daemonize',
+    'no',
+    '--protected-mode',
+    'no',
+    '--loglevel',
+    'notice',
+    '--enable-debug-command',
+    'local',
+  ];
   const child = spawner('redis-server', args);
   let out = '';
   await new Promise<void>((resolve, reject) => {

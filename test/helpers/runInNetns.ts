@@ -8,7 +8,7 @@
 // files compiling (only the files the entry actually imports are transpiled; types are not checked).
 // Every file keeps its real path, so `import.meta.url`-relative lookups (native addon) still work.
 
-import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -38,7 +38,12 @@ export interface TsSpawnOptions {
  * exec` (and a `wrap` such as setpriv) execs node in place, so child.pid is node's pid and
  * child.kill() reaches it.
  */
-export function spawnTsInNetns(ns: string | undefined, entryTsFile: string, args: readonly string[] = [], opts: TsSpawnOptions = {}): ChildProcess {
+export function spawnTsInNetns(
+  ns: string | undefined,
+  entryTsFile: string,
+  args: readonly string[] = [],
+  opts: TsSpawnOptions = {},
+): ChildProcess {
   const full = [...(opts.wrap ?? []), process.execPath, ...tsNodeArgs(entryTsFile, args)];
   const [cmd, ...argv] = ns === undefined ? full : ['ip', 'netns', 'exec', ns, ...full];
   if (cmd === undefined) throw new Error('unreachable: empty command line');
@@ -70,7 +75,12 @@ export interface RunOptions extends Omit<TsSpawnOptions, 'stdio'> {
  * collects its output. Never rejects for a non-zero exit: inspect `code`; rejects only when the
  * child cannot be spawned.
  */
-export function runTsInNetns(ns: string | undefined, entryTsFile: string, args: readonly string[] = [], opts: RunOptions = {}): Promise<RunResult> {
+export function runTsInNetns(
+  ns: string | undefined,
+  entryTsFile: string,
+  args: readonly string[] = [],
+  opts: RunOptions = {},
+): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const child = spawnTsInNetns(ns, entryTsFile, args, opts);
     let stdout = '';

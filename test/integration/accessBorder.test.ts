@@ -1,13 +1,12 @@
 // Issue 22 parts 1–3 against real software: hostile addresses from Redis (pub/sub and the shared hash) and the API never kill etd or answer 500; a large sync is one batch.
 
-import net from 'node:net';
 import { Writable } from 'node:stream';
+import { Redis } from 'ioredis';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Redis } from 'ioredis';
+import { startApi } from '../../src/api/server.js';
 import { App } from '../../src/app.js';
 import { validateConfig } from '../../src/config/load.js';
-import { startApi } from '../../src/api/server.js';
 import { skipWithout } from '../helpers/privileged.js';
 import { freePort, startRedis, type TestRedis } from '../helpers/redis.js';
 
@@ -85,7 +84,11 @@ describe.skipIf(skip)('access lists at the borders (real redis-server, real API)
     for (const b of bad) {
       const e = encodeURIComponent(b);
       const answers = [
-        await fetch(`${api.url}/v1/access`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ cidr: b, list: 'deny' }) }),
+        await fetch(`${api.url}/v1/access`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ cidr: b, list: 'deny' }),
+        }),
         await fetch(`${api.url}/v1/access/${e}`, { method: 'DELETE' }),
         await fetch(`${api.url}/v1/clients/${e}`),
         await fetch(`${api.url}/v1/cache/${e}`),
@@ -125,7 +128,11 @@ describe.skipIf(skip)('access lists at the borders (real redis-server, real API)
     await peer.hset(`${PREFIX}access:runtime`, ...more);
     await until('the cap reached', () => app.access.runtimeSize === 30_000, 20_000);
     await until('the warning', () => logs.find((l) => /access\.maxEntries/.test(String(l.msg))));
-    const post = await fetch(`${api.url}/v1/access`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ cidr: '203.0.113.0/24', list: 'deny' }) });
+    const post = await fetch(`${api.url}/v1/access`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ cidr: '203.0.113.0/24', list: 'deny' }),
+    });
     expect(post.status).toBe(409);
     expect(JSON.stringify(await post.json())).toMatch(/access\.maxEntries/);
     app.access.onChange = before;

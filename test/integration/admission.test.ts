@@ -1,8 +1,8 @@
 // Admission rolls back on every failure path: when the engine fails a command (ETD_ENGINE_FAULTS), no ghost session keeps a slot.
 
 import { afterEach, describe, expect, it } from 'vitest';
-import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 import { rawClient, startEtdForTest, type TestEtd } from '../helpers/etd.js';
+import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 import { waitFor } from '../helpers/wait.js';
 
 let etd: TestEtd | undefined;
@@ -53,7 +53,9 @@ describe('admission rollback', () => {
     expect(first.data.length).toBe(0);
     const [s] = await etd.waitForSummaries(1);
     expect(s).toMatchObject({ verdict: 'client_gone', cause: 'engine_enospc' });
-    await waitFor(() => etd!.app.sessions.size === 0 && etd!.app.stats.held === 0 && (etd!.app.engineCounts()?.connections ?? 0) === 0, { what: 'the session and its engine connection to be released' });
+    await waitFor(() => etd!.app.sessions.size === 0 && etd!.app.stats.held === 0 && (etd!.app.engineCounts()?.connections ?? 0) === 0, {
+      what: 'the session and its engine connection to be released',
+    });
     expectNoSlotKept(etd);
     // perClient 1 and maxHeld 1: a ghost would make this client a 421.
     const second = await rawClient(etd.port, () => undefined, 1500);
@@ -68,13 +70,21 @@ describe('admission rollback', () => {
     etd = await startWithFaults('connect:1:ENOMEM,connect:2:ENOMEM', {
       detection: { window: '50ms' },
       limits: { perClient: 1 },
-      upstream: { retries: 1, servers: [{ name: 'b', address: '127.0.0.1', port: backend.port }, { name: 'c', address: '127.0.0.1', port: backend.port }] },
+      upstream: {
+        retries: 1,
+        servers: [
+          { name: 'b', address: '127.0.0.1', port: backend.port },
+          { name: 'c', address: '127.0.0.1', port: backend.port },
+        ],
+      },
     });
     const r = await rawClient(etd.port, () => undefined, 2000);
     expect(r.data.toString('latin1')).toBe('421 4.3.2 Service not available, try again later\r\n');
     const [s] = await etd.waitForSummaries(1);
     expect(s).toMatchObject({ verdict: 'no_server', cause: 'connect_enomem', attempts: 2 });
-    await waitFor(() => etd!.app.sessions.size === 0 && etd!.app.stats.held === 0 && (etd!.app.engineCounts()?.connections ?? 0) === 0, { what: 'the session and its engine connection to be released' });
+    await waitFor(() => etd!.app.sessions.size === 0 && etd!.app.stats.held === 0 && (etd!.app.engineCounts()?.connections ?? 0) === 0, {
+      what: 'the session and its engine connection to be released',
+    });
     expectNoSlotKept(etd);
     expect(etd.app.pool.get('b')?.active).toBe(0);
     expect(etd.app.pool.get('c')?.active).toBe(0);
@@ -101,4 +111,3 @@ describe('admission rollback', () => {
     expect(stopped).toBe(true);
   });
 });
-

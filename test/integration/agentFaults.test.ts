@@ -1,21 +1,21 @@
 // Agent faults: a SIGHUP storm (100 reloads in 10 s) under load drops no session; a full disk under state.path is a
 // logged warning and etd keeps proxying (tmpfs, root only). The SIGKILL restart is in test/netns/agentFaults.test.ts.
 
-import { testWorkers } from '../helpers/etd.js';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import net from 'node:net';
 import pino from 'pino';
-import YAML from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import YAML from 'yaml';
+import { type MailResult, type Sink, sendMail, startSink } from '../../bench/smtpPeers.js';
 import { App } from '../../src/app.js';
 import { validateConfig } from '../../src/config/load.js';
-import { sendMail, startSink, type MailResult, type Sink } from '../../bench/smtpPeers.js';
-import { runEtd, type RunningEtd } from '../helpers/cli.js';
+import { type RunningEtd, runEtd } from '../helpers/cli.js';
+import { testWorkers } from '../helpers/etd.js';
+import { fdCount, MB, rssBytes } from '../helpers/leak.js';
 import { skipPrivileged } from '../helpers/privileged.js';
-import { fdCount, rssBytes, MB } from '../helpers/leak.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-agent-'));
@@ -41,7 +41,10 @@ describe('SIGHUP storm under load', () => {
 
   /** Two configs that differ in the window, the balancer and the server list; the listener stays the same. */
   function doc(i: number): Record<string, unknown> {
-    const servers = [{ name: 'a', address: '127.0.0.1', port: a.port }, ...(i % 2 ? [] : [{ name: 'b', address: '127.0.0.1', port: b.port }])];
+    const servers = [
+      { name: 'a', address: '127.0.0.1', port: a.port },
+      ...(i % 2 ? [] : [{ name: 'b', address: '127.0.0.1', port: b.port }]),
+    ];
     return {
       listeners: [{ name: 'smtp', address: '127.0.0.1', port: 0, mode: 'plain' }],
       detection: { window: i % 2 ? '200ms' : '250ms', action: 'drop' },
@@ -64,7 +67,11 @@ describe('SIGHUP storm under load', () => {
     write(0);
     etd = runEtd(file);
     const listening = await etd.waitFor((l) => l.msg === 'listening', 15_000);
-    const port = Number(String((listening.addresses as string[])[0]).split(':').pop());
+    const port = Number(
+      String((listening.addresses as string[])[0])
+        .split(':')
+        .pop(),
+    );
     await etd.waitFor((l) => l.msg === 'etd started');
     const pid = etd.child.pid!;
     const fds0 = fdCount(pid);
@@ -89,7 +96,10 @@ describe('SIGHUP storm under load', () => {
       await sleep(100);
     }
     const stormMs = Date.now() - t0;
-    await waitFor(() => etd!.lines.filter((l) => l.msg === 'configuration reloaded').length >= 100, { what: () => `100 reloads (${etd!.lines.filter((l) => l.msg === 'configuration reloaded').length})`, timeout: 20_000 }).catch(() => undefined);
+    await waitFor(() => etd!.lines.filter((l) => l.msg === 'configuration reloaded').length >= 100, {
+      what: () => `100 reloads (${etd!.lines.filter((l) => l.msg === 'configuration reloaded').length})`,
+      timeout: 20_000,
+    }).catch(() => undefined);
     storming = false;
     await Promise.all(clients);
 
@@ -207,19 +217,31 @@ describe.skipIf(skipDisk)('a full disk under state.path', () => {
 
   it('writes that fail are one logged warning; sessions pass, the cache works from memory, and writes resume when space returns', async () => {
     const { app, port } = await start(path.join(dir, 'state.db'));
-    for (let i = 1; i <= 5; i++) expect((await sendMail({ port, tag: `before-${i}@disk.test`, localAddress: `127.0.90.${i}` })).delivered).toBe(true);
-    await waitFor(() => {
-      app.store.flush();
-      return app.cache.size === 5;
-    }, { what: 'the first cache writes' });
+    for (let i = 1; i <= 5; i++)
+      expect((await sendMail({ port, tag: `before-${i}@disk.test`, localAddress: `127.0.90.${i}` })).delivered).toBe(true);
+    await waitFor(
+      () => {
+        app.store.flush();
+        return app.cache.size === 5;
+      },
+      { what: 'the first cache writes' },
+    );
     expect(app.store.healthy).toBe(true);
 
     const filler = fill();
-    const results = await Promise.all(Array.from({ length: 30 }, (_, i) => sendMail({ port, tag: `full-${i}@disk.test`, localAddress: `127.0.91.${i + 1}` })));
-    expect(results.filter((r) => !r.delivered), 'sessions while the disk is full').toEqual([]);
+    const results = await Promise.all(
+      Array.from({ length: 30 }, (_, i) => sendMail({ port, tag: `full-${i}@disk.test`, localAddress: `127.0.91.${i + 1}` })),
+    );
+    expect(
+      results.filter((r) => !r.delivered),
+      'sessions while the disk is full',
+    ).toEqual([]);
     const early = await Promise.all(Array.from({ length: 5 }, (_, i) => earlyTalker(port, `127.0.92.${i + 1}`)));
     expect(early).toEqual([0, 0, 0, 0, 0]);
-    await waitFor(() => lines.some((l) => /state store .* failed; etd keeps proxying from memory/.test(String(l.msg))), { what: 'the write-failure warning', timeout: 5000 });
+    await waitFor(() => lines.some((l) => /state store .* failed; etd keeps proxying from memory/.test(String(l.msg))), {
+      what: 'the write-failure warning',
+      timeout: 5000,
+    });
     expect(app.store.healthy).toBe(false);
     const warnings = lines.filter((l) => /state store .* failed/.test(String(l.msg)));
     expect(warnings.length, 'rate-limited: one warning, not one per write').toBe(1);
@@ -234,10 +256,13 @@ describe.skipIf(skipDisk)('a full disk under state.path', () => {
 
     fs.rmSync(filler);
     expect((await sendMail({ port, tag: 'after@disk.test', localAddress: '127.0.93.1' })).delivered).toBe(true);
-    await waitFor(() => {
-      app.store.flush();
-      return app.store.healthy;
-    }, { what: 'writes to work again' });
+    await waitFor(
+      () => {
+        app.store.flush();
+        return app.store.healthy;
+      },
+      { what: 'writes to work again' },
+    );
     expect(lines.some((l) => l.msg === 'state store writes work again')).toBe(true);
   }, 60_000);
 
@@ -246,7 +271,9 @@ describe.skipIf(skipDisk)('a full disk under state.path', () => {
     try {
       const { app, port } = await start(path.join(dir, 'fresh', 'state.db'));
       expect(app.store.healthy).toBe(false);
-      expect(lines.some((l) => /state store unavailable/.test(String(l.msg)) || /failed; etd keeps proxying/.test(String(l.msg)))).toBe(true);
+      expect(lines.some((l) => /state store unavailable/.test(String(l.msg)) || /failed; etd keeps proxying/.test(String(l.msg)))).toBe(
+        true,
+      );
       expect((await sendMail({ port, tag: 'fresh@disk.test', localAddress: '127.0.94.1' })).delivered).toBe(true);
       // Regression: the half-created database (its CREATE failed) kept its file open, and the mount busy.
       expect(openFilesUnder(path.join(dir, 'fresh'))).toEqual([]);

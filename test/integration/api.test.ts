@@ -6,24 +6,24 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import YAML from 'yaml';
-import pino from 'pino';
-import nodemailer from 'nodemailer';
-import { Value } from '@sinclair/typebox/value';
 import type { TSchema } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+import nodemailer from 'nodemailer';
+import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startApi, type ApiHandle } from '../../src/api/server.js';
+import YAML from 'yaml';
+import { BackendListBody } from '../../src/api/routes/backends.js';
+import { EventsBody } from '../../src/api/routes/events.js';
+import { SessionsBody } from '../../src/api/routes/sessions.js';
+import { StatsBody } from '../../src/api/routes/stats.js';
+import { StatusBody } from '../../src/api/routes/status.js';
+import { type ApiHandle, startApi } from '../../src/api/server.js';
+import { statusCommand } from '../../src/commands/status.js';
 import { loadConfig } from '../../src/config/load.js';
 import { ConfigSchema } from '../../src/config/schema.js';
 import { isEtdError } from '../../src/errors.js';
-import { statusCommand } from '../../src/commands/status.js';
-import { StatusBody } from '../../src/api/routes/status.js';
-import { StatsBody } from '../../src/api/routes/stats.js';
-import { BackendListBody } from '../../src/api/routes/backends.js';
-import { SessionsBody } from '../../src/api/routes/sessions.js';
-import { EventsBody } from '../../src/api/routes/events.js';
-import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 import { rawClient, startEtdForTest, type TestEtd } from '../helpers/etd.js';
+import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const TOKEN = 'test-token-0123456789abcdef';
@@ -111,7 +111,11 @@ interface Res {
   json: unknown;
 }
 
-async function call(method: string, url: string, opts: { body?: unknown; raw?: string; token?: string | null; contentType?: string } = {}): Promise<Res> {
+async function call(
+  method: string,
+  url: string,
+  opts: { body?: unknown; raw?: string; token?: string | null; contentType?: string } = {},
+): Promise<Res> {
   const headers: Record<string, string> = {};
   const token = opts.token === undefined ? TOKEN : opts.token;
   if (token !== null) headers.authorization = `Bearer ${token}`;
@@ -144,7 +148,9 @@ function conforms(schema: TSchema, value: unknown): void {
 }
 
 /** A scripted SMTP client: one command at a time, each resolving with the complete reply. */
-async function smtpClient(port: number): Promise<{ banner: string; cmd(line: string): Promise<string>; raw(data: string): Promise<string>; close(): void }> {
+async function smtpClient(
+  port: number,
+): Promise<{ banner: string; cmd(line: string): Promise<string>; raw(data: string): Promise<string>; close(): void }> {
   const s = net.connect({ port, host: '127.0.0.1' });
   let buf = '';
   let waiting: { resolve: (r: string) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | undefined;
@@ -184,7 +190,14 @@ async function smtpClient(port: number): Promise<{ banner: string; cmd(line: str
 }
 
 async function sendMail(port: number, subject: string): Promise<void> {
-  const t = nodemailer.createTransport({ host: '127.0.0.1', port, secure: false, ignoreTLS: true, connectionTimeout: 10_000, greetingTimeout: 10_000 });
+  const t = nodemailer.createTransport({
+    host: '127.0.0.1',
+    port,
+    secure: false,
+    ignoreTLS: true,
+    connectionTimeout: 10_000,
+    greetingTimeout: 10_000,
+  });
   const info = await t.sendMail({ from: 'a@example.org', to: 'b@example.net', subject, text: `hello ${subject}` });
   expect(info.accepted).toEqual(['b@example.net']);
 }
@@ -261,7 +274,9 @@ describe('status, sessions and stats', () => {
       const workers = etd.app.currentConfig.workers;
       expect(status.engine).toMatchObject({ connections: 3, fds: 3 + workers, handlerErrors: 0 });
       expect(status.workers).toHaveLength(workers);
-      expect(status.workers.map((w) => [w.index, w.state, w.restarts])).toEqual(Array.from({ length: workers }, (_, i) => [i, 'running', 0]));
+      expect(status.workers.map((w) => [w.index, w.state, w.restarts])).toEqual(
+        Array.from({ length: workers }, (_, i) => [i, 'running', 0]),
+      );
       expect(status.workers.reduce((n, w) => n + w.held, 0)).toBe(3);
       expect(status.workers.reduce((n, w) => n + w.sessions, 0)).toBe(3);
       expect(status.workers.reduce((n, w) => n + w.accepted, 0)).toBe(3);
@@ -425,7 +440,9 @@ describe('backends', () => {
       ['s1', 'up', null, 0],
       ['s2', 'up', null, 0],
     ]);
-    await waitFor(async () => ((await getJson<BackendListBody>('/v1/backends')).backends[0]!.check?.checks ?? 0) >= 1, { what: 'a health check of s1' });
+    await waitFor(async () => ((await getJson<BackendListBody>('/v1/backends')).backends[0]!.check?.checks ?? 0) >= 1, {
+      what: 'a health check of s1',
+    });
     const checked = await getJson<BackendListBody>('/v1/backends');
     conforms(BackendListBody, checked);
     expect(checked.backends[0]!.check).toMatchObject({ checked: true, failStreak: 0, last: { ok: true } });
@@ -661,7 +678,9 @@ describe('metrics and health', () => {
       expect(m.get('etd_build_info{version="test-1.2.3"}')).toBe(1);
 
       // Buckets are cumulative.
-      const buckets = [...m].filter(([k]) => k.startsWith('etd_upstream_connect_seconds_bucket{') && k.includes('server="s1"')).map(([, v]) => v);
+      const buckets = [...m]
+        .filter(([k]) => k.startsWith('etd_upstream_connect_seconds_bucket{') && k.includes('server="s1"'))
+        .map(([, v]) => v);
       expect(buckets.length).toBeGreaterThan(5);
       expect(buckets.every((v, i) => i === 0 || v >= buckets[i - 1]!)).toBe(true);
 
@@ -691,7 +710,17 @@ describe('OpenAPI and etd status', () => {
     await startStack();
     const doc = (await call('GET', '/openapi.json', { token: null })).json as {
       openapi: string;
-      paths: Record<string, Record<string, { requestBody?: { content: Record<string, { schema: { properties: Record<string, { anyOf?: Array<{ const: string }> }> } }> }; parameters: Array<{ name: string; in: string }>; security?: unknown[] }>>;
+      paths: Record<
+        string,
+        Record<
+          string,
+          {
+            requestBody?: { content: Record<string, { schema: { properties: Record<string, { anyOf?: Array<{ const: string }> }> } }> };
+            parameters: Array<{ name: string; in: string }>;
+            security?: unknown[];
+          }
+        >
+      >;
       components: { securitySchemes?: unknown };
     };
     expect(doc.openapi).toBe('3.1.0');
@@ -751,7 +780,9 @@ describe('OpenAPI and etd status', () => {
     const workers = etd.app.currentConfig.workers;
     expect(text).toMatch(new RegExp(`^workers\\s+${workers}$`, 'm'));
     for (let i = 0; i < workers; i++) {
-      expect(text).toMatch(new RegExp(`^  #${i}\\s+\\d+ connections \\(\\d+ held, \\d+ relaying\\), \\d+ accepted, CPU [\\d,]+ ms \\(\\d+\\.\\d%\\)$`, 'm'));
+      expect(text).toMatch(
+        new RegExp(`^  #${i}\\s+\\d+ connections \\(\\d+ held, \\d+ relaying\\), \\d+ accepted, CPU [\\d,]+ ms \\(\\d+\\.\\d%\\)$`, 'm'),
+      );
     }
 
     const json: string[] = [];
@@ -764,7 +795,13 @@ describe('OpenAPI and etd status', () => {
     expect(raw.backends).toHaveLength(2);
 
     const errs: string[] = [];
-    expect(await statusCommand({ url: api.url, json: false }, () => undefined, (s) => errs.push(s))).toBe(1);
+    expect(
+      await statusCommand(
+        { url: api.url, json: false },
+        () => undefined,
+        (s) => errs.push(s),
+      ),
+    ).toBe(1);
     expect(errs[0]).toMatch(/wants a bearer token/);
 
     const closed = net.createServer();
@@ -772,8 +809,16 @@ describe('OpenAPI and etd status', () => {
     const port = (closed.address() as net.AddressInfo).port;
     await new Promise<void>((r) => closed.close(() => r()));
     const errs2: string[] = [];
-    expect(await statusCommand({ url: `http://127.0.0.1:${port}`, json: false }, () => undefined, (s) => errs2.push(s))).toBe(1);
-    expect(errs2[0]).toMatch(/cannot reach the etd API at http:\/\/127\.0\.0\.1:\d+: ECONNREFUSED — is etd running\? is api\.address\/port right\?/);
+    expect(
+      await statusCommand(
+        { url: `http://127.0.0.1:${port}`, json: false },
+        () => undefined,
+        (s) => errs2.push(s),
+      ),
+    ).toBe(1);
+    expect(errs2[0]).toMatch(
+      /cannot reach the etd API at http:\/\/127\.0\.0\.1:\d+: ECONNREFUSED — is etd running\? is api\.address\/port right\?/,
+    );
   });
 });
 
@@ -798,7 +843,10 @@ describe('unix socket', () => {
     const deps = { app: etd.app, version: 'sock-1', log: silent, reload: async () => undefined, options: { processMetrics: false } };
     try {
       // A stale socket: its process died without removing it.
-      const child = spawn(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(sock)}, () => process.kill(process.pid, 'SIGKILL'))`]);
+      const child = spawn(process.execPath, [
+        '-e',
+        `require('net').createServer().listen(${JSON.stringify(sock)}, () => process.kill(process.pid, 'SIGKILL'))`,
+      ]);
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error('child did not exit')), 10_000);
         child.on('exit', () => {

@@ -4,10 +4,10 @@ import http from 'node:http';
 import net from 'node:net';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startApi, type ApiHandle } from '../../src/api/server.js';
 import { checkHost, checkOrigin } from '../../src/api/browserGuard.js';
-import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
+import { type ApiHandle, startApi } from '../../src/api/server.js';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
+import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 
 let backend: TestBackend;
 let etd: TestEtd;
@@ -22,7 +22,7 @@ function request(
   body?: string,
 ): Promise<{ status: number; body: { error?: string } & Record<string, unknown> }> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, method, path, headers, setHost: headers.host === undefined ? true : false }, (res) => {
+    const req = http.request({ host: '127.0.0.1', port, method, path, headers, setHost: headers.host === undefined }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
@@ -46,13 +46,27 @@ describe('the API next to a browser', () => {
       upstream: { health: { enabled: false }, servers: [{ name: 's1', address: '127.0.0.1', port: backend.port }] },
     });
     api = await startApi(
-      { enabled: true, address: '127.0.0.1', port: 0, token: undefined, allowedHosts: ['etd.example.org', 'proxy.example.org:8443'], maxConnections: 3 },
+      {
+        enabled: true,
+        address: '127.0.0.1',
+        port: 0,
+        token: undefined,
+        allowedHosts: ['etd.example.org', 'proxy.example.org:8443'],
+        maxConnections: 3,
+      },
       {
         app: etd.app,
         version: 'test',
         log: pino({ level: 'silent' }),
         reload: async () => undefined,
-        options: { processMetrics: false, headersTimeoutMs: 300, requestTimeoutMs: 600, keepAliveTimeoutMs: 300, idleTimeoutMs: 800, timeoutCheckMs: 100 },
+        options: {
+          processMetrics: false,
+          headersTimeoutMs: 300,
+          requestTimeoutMs: 600,
+          keepAliveTimeoutMs: 300,
+          idleTimeoutMs: 800,
+          timeoutCheckMs: 100,
+        },
       },
     );
     port = Number(new URL(api.url).port);
@@ -77,7 +91,19 @@ describe('the API next to a browser', () => {
 
   it('address literals and localhost pass on any port (tunnels), allowed hosts too; no Host (HTTP/1.0 probes) too', async () => {
     // Any port: an SSH tunnel or port forward changes it, and rebinding cannot forge an address.
-    for (const host of [`127.0.0.1:${port}`, `127.0.0.1:${port + 1}`, `localhost:9000`, '10.0.0.1:8026', '[2001:db8::1]', `localhost:${port}`, `LOCALHOST:${port}`, `[::1]:${port}`, 'etd.example.org', 'etd.example.org:1234', 'proxy.example.org:8443']) {
+    for (const host of [
+      `127.0.0.1:${port}`,
+      `127.0.0.1:${port + 1}`,
+      `localhost:9000`,
+      '10.0.0.1:8026',
+      '[2001:db8::1]',
+      `localhost:${port}`,
+      `LOCALHOST:${port}`,
+      `[::1]:${port}`,
+      'etd.example.org',
+      'etd.example.org:1234',
+      'proxy.example.org:8443',
+    ]) {
       expect((await request('GET', '/v1/status', { host })).status, host).toBe(200);
     }
     expect((await request('GET', '/v1/status', { host: 'proxy.example.org:9000' })).status).toBe(421);
@@ -92,7 +118,13 @@ describe('the API next to a browser', () => {
 
   it('a write from another origin (or Sec-Fetch-Site cross-site/same-site) is refused with 403; without Origin (CLI, curl) or from its own origin it passes', async () => {
     const own = { ...json, host: `127.0.0.1:${port}` };
-    for (const origin of [`http://127.0.0.1:${port + 1}`, 'http://attacker.example', 'null', `https://127.0.0.1:${port}`, 'http://proxy.example.org:9000']) {
+    for (const origin of [
+      `http://127.0.0.1:${port + 1}`,
+      'http://attacker.example',
+      'null',
+      `https://127.0.0.1:${port}`,
+      'http://proxy.example.org:9000',
+    ]) {
       const r = await request('POST', '/v1/access', { ...own, origin }, allowAll);
       expect(r.status, origin).toBe(403);
       expect(r.body.error).toMatch(/refused: only the API's own origin/);
@@ -105,15 +137,28 @@ describe('the API next to a browser', () => {
     expect((await request('POST', '/v1/doctor', { ...own, origin: 'http://attacker.example' }, '{"returnPath":false}')).status).toBe(403);
     expect(accessAll()).toBe(false);
     // A cross-site GET changes nothing and stays allowed (the browser keeps the answer from the page).
-    expect((await request('GET', '/v1/status', { ...own, origin: 'http://attacker.example', 'sec-fetch-site': 'cross-site' })).status).toBe(200);
+    expect((await request('GET', '/v1/status', { ...own, origin: 'http://attacker.example', 'sec-fetch-site': 'cross-site' })).status).toBe(
+      200,
+    );
 
     const cidr = '198.51.100.0/24';
     const body = JSON.stringify({ cidr, list: 'deny' });
     expect((await request('POST', '/v1/access', own, body)).status).toBe(201);
     expect(etd.app.access.match('198.51.100.7')?.list).toBe('deny');
-    expect((await request('DELETE', `/v1/access/${encodeURIComponent(cidr)}`, { host: own.host, origin: `http://localhost:${port}`, 'sec-fetch-site': 'same-origin' })).status).toBe(204);
+    expect(
+      (
+        await request('DELETE', `/v1/access/${encodeURIComponent(cidr)}`, {
+          host: own.host,
+          origin: `http://localhost:${port}`,
+          'sec-fetch-site': 'same-origin',
+        })
+      ).status,
+    ).toBe(204);
     expect((await request('POST', '/v1/access', { ...own, origin: `http://127.0.0.1:${port}` }, body)).status).toBe(201);
-    expect((await request('DELETE', `/v1/access/${encodeURIComponent(cidr)}`, { host: 'etd.example.org', origin: 'https://etd.example.org' })).status).toBe(204);
+    expect(
+      (await request('DELETE', `/v1/access/${encodeURIComponent(cidr)}`, { host: 'etd.example.org', origin: 'https://etd.example.org' }))
+        .status,
+    ).toBe(204);
   });
 
   it('caps connections at api.maxConnections: one more is closed at once', async () => {
@@ -158,7 +203,11 @@ describe('the API next to a browser', () => {
 
   it('closes a connection whose headers never end (headersTimeout), whose body never comes (requestTimeout), and an idle one', async () => {
     expect(await closedAfter(`GET /v1/status HTTP/1.1\r\nhost: 127.0.0.1:${port}\r\n`)).toMatch(/^(HTTP\/1\.1 408|$)/);
-    expect(await closedAfter(`POST /v1/access HTTP/1.1\r\nhost: 127.0.0.1:${port}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{`)).toMatch(/^(HTTP\/1\.1 408|$)/);
+    expect(
+      await closedAfter(
+        `POST /v1/access HTTP/1.1\r\nhost: 127.0.0.1:${port}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{`,
+      ),
+    ).toMatch(/^(HTTP\/1\.1 408|$)/);
     expect(await closedAfter('')).toMatch(/^(HTTP\/1\.1 408|$)/);
     // Keep-alive: after one answer the idle connection is closed.
     const ka = await closedAfter(`GET /healthz HTTP/1.1\r\nhost: 127.0.0.1:${port}\r\n\r\n`);
@@ -177,8 +226,12 @@ describe('the API next to a browser', () => {
     expect(checkHost('10.1.2.4', wild, []).ok).toBe(true);
     expect(checkHost('mail.example.org:8025', wild, []).ok).toBe(false);
     // Through a port forward (browser at localhost:9000): the page of that origin may write, another port may not.
-    expect(checkOrigin('POST', 'localhost:9000', 'http://localhost:9000', undefined, { address: '127.0.0.1', port: 8025 }, []).ok).toBe(true);
-    expect(checkOrigin('POST', 'localhost:9000', 'http://localhost:9001', undefined, { address: '127.0.0.1', port: 8025 }, []).ok).toBe(false);
+    expect(checkOrigin('POST', 'localhost:9000', 'http://localhost:9000', undefined, { address: '127.0.0.1', port: 8025 }, []).ok).toBe(
+      true,
+    );
+    expect(checkOrigin('POST', 'localhost:9000', 'http://localhost:9001', undefined, { address: '127.0.0.1', port: 8025 }, []).ok).toBe(
+      false,
+    );
     expect(checkOrigin('POST', undefined, 'http://127.0.0.1:8025', undefined, { address: '127.0.0.1', port: 8025 }, []).ok).toBe(true);
     expect(checkOrigin('POST', undefined, 'http://127.0.0.1:8026', undefined, { address: '127.0.0.1', port: 8025 }, []).ok).toBe(false);
     expect(checkHost('bad host\u001b[2J', wild, [])).toMatchObject({ ok: false, status: 421, reason: expect.stringContaining('\\x1b') });

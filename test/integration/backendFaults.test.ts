@@ -6,12 +6,12 @@ import os from 'node:os';
 import path from 'node:path';
 import nodemailer from 'nodemailer';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { type Sink, sendMail, startSink } from '../../bench/smtpPeers.js';
 import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
-import { sendMail, startSink, type Sink } from '../../bench/smtpPeers.js';
+import { type RunningEtd, runEtd } from '../helpers/cli.js';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
-import { runEtd, type RunningEtd } from '../helpers/cli.js';
-import { skipPrivileged } from '../helpers/privileged.js';
 import { fdCount } from '../helpers/leak.js';
+import { skipPrivileged } from '../helpers/privileged.js';
 import { waitFor } from '../helpers/wait.js';
 
 let sink: Sink;
@@ -51,7 +51,10 @@ afterEach(async () => {
 
 /** The summary of the (single) faulted session. */
 async function faultSummary() {
-  await waitFor(() => etd.summaries.length >= 1, { what: () => `the faulted session's summary (${etd.summaries.length})`, timeout: 15_000 });
+  await waitFor(() => etd.summaries.length >= 1, {
+    what: () => `the faulted session's summary (${etd.summaries.length})`,
+    timeout: 15_000,
+  });
   return etd.summaries[0]!;
 }
 
@@ -86,10 +89,18 @@ describe('backend faults (loopback)', () => {
     expect(['server_reset', 'server_closed']).toContain(s.cause);
     etd.summaries.length = 0;
 
-    const transport = nodemailer.createTransport({ host: '127.0.0.1', port: etd.port, secure: false, ignoreTLS: true, connectionTimeout: 5000, socketTimeout: 5000 });
-    const err = await transport
-      .sendMail({ from: 'a@client.test', to: 'b@backend.test', subject: 'rst', text: 'x'.repeat(10_000) })
-      .then(() => undefined, (e: Error) => e);
+    const transport = nodemailer.createTransport({
+      host: '127.0.0.1',
+      port: etd.port,
+      secure: false,
+      ignoreTLS: true,
+      connectionTimeout: 5000,
+      socketTimeout: 5000,
+    });
+    const err = await transport.sendMail({ from: 'a@client.test', to: 'b@backend.test', subject: 'rst', text: 'x'.repeat(10_000) }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
     expect(err, 'nodemailer must not report success').toBeInstanceOf(Error);
     transport.close();
     await faultSummary();
@@ -125,10 +136,7 @@ describe.skipIf(skipLab)('a blackholed backend (netns lab)', () => {
     lab = await createLab();
     recorder = await lab.startRecorder(lab.ns.backend, [{ address: lab.v4.backends[0], port: 25 }]);
     // Everything to the second backend address vanishes: no RST, no ICMP — only the connect timeout can tell.
-    await lab.exec(lab.ns.backend, 'nft', [
-      '-f',
-      '-',
-    ], {
+    await lab.exec(lab.ns.backend, 'nft', ['-f', '-'], {
       input: `table inet blackhole {\n chain in {\n  type filter hook input priority 0; policy accept;\n  ip daddr ${lab.v4.backends[1]} drop\n }\n}\n`,
     });
   }, 60_000);
@@ -173,7 +181,20 @@ log: { level: info }
     const r = await lab.exec(
       lab.ns.client,
       'swaks',
-      ['--server', lab.v4.gatewayClientSide, '--port', '25', '--to', 'b@backend.test', '--from', 'a@client.test', '--timeout', '15', '--helo', 'client.test'],
+      [
+        '--server',
+        lab.v4.gatewayClientSide,
+        '--port',
+        '25',
+        '--to',
+        'b@backend.test',
+        '--from',
+        'a@client.test',
+        '--timeout',
+        '15',
+        '--helo',
+        'client.test',
+      ],
       { timeoutMs: 30_000, allowFailure: true },
     );
     return { out: r.stdout + r.stderr, ms: performance.now() - t0 };

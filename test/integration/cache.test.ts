@@ -4,13 +4,13 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import pino from 'pino';
-import { Value } from '@sinclair/typebox/value';
 import type { TSchema } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startApi, type ApiHandle } from '../../src/api/server.js';
 import { AccessListBody, AccessPostBody } from '../../src/api/routes/access.js';
 import { CacheEntryBody, CacheListBody } from '../../src/api/routes/cache.js';
+import { type ApiHandle, startApi } from '../../src/api/server.js';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
@@ -402,7 +402,11 @@ describe('API: /v1/cache', () => {
     const { etd, url } = await startWithApi(doc({ cache: { enabled: true, ttl: '1d', denyTtl: '1h', scope: 'net' } }));
     await probe(etd.port, { from: '127.0.0.2' });
     await waitFor(() => etd.app.cache.size === 1, { what: 'the /24 entry' });
-    expect((await call(url, 'GET', '/v1/cache')).json).toMatchObject({ scope: 'net', total: 1, entries: [{ key: '127.0.0.0/24', kind: 'pass' }] });
+    expect((await call(url, 'GET', '/v1/cache')).json).toMatchObject({
+      scope: 'net',
+      total: 1,
+      entries: [{ key: '127.0.0.0/24', kind: 'pass' }],
+    });
     expect((await call(url, 'GET', '/v1/cache/127.0.0.0%2F24')).json).toMatchObject({ key: '127.0.0.0/24' });
     expect((await call(url, 'GET', '/v1/cache/127.0.0.77')).json).toMatchObject({ key: '127.0.0.0/24' });
     expect((await call(url, 'DELETE', '/v1/cache/127.0.0.0%2F24')).status).toBe(204);
@@ -507,9 +511,24 @@ describe('API: /v1/access', () => {
   it('bad input is a 400 with the reason (host bits, prefix length, missing or unknown fields)', async () => {
     const { url } = await startWithApi(doc({ cache: { enabled: false } }));
     const cases: Array<[string, string, unknown, RegExp]> = [
-      ['POST', '/v1/access', { cidr: '127.0.0.1/24', list: 'deny' }, /body\.cidr: "127\.0\.0\.1\/24" has host bits set; did you mean 127\.0\.0\.0\/24\?/],
-      ['POST', '/v1/access', { cidr: '2001:db8::1/32', list: 'deny' }, /body\.cidr: "2001:db8::1\/32" has host bits set; did you mean 2001:db8::\/32\?/],
-      ['POST', '/v1/access', { cidr: '10.0.0.0/33', list: 'deny' }, /body\.cidr: prefix length "33" in "10\.0\.0\.0\/33" must be a whole number from 0 to 32/],
+      [
+        'POST',
+        '/v1/access',
+        { cidr: '127.0.0.1/24', list: 'deny' },
+        /body\.cidr: "127\.0\.0\.1\/24" has host bits set; did you mean 127\.0\.0\.0\/24\?/,
+      ],
+      [
+        'POST',
+        '/v1/access',
+        { cidr: '2001:db8::1/32', list: 'deny' },
+        /body\.cidr: "2001:db8::1\/32" has host bits set; did you mean 2001:db8::\/32\?/,
+      ],
+      [
+        'POST',
+        '/v1/access',
+        { cidr: '10.0.0.0/33', list: 'deny' },
+        /body\.cidr: prefix length "33" in "10\.0\.0\.0\/33" must be a whole number from 0 to 32/,
+      ],
       ['POST', '/v1/access', { cidr: 'mail.example.com', list: 'deny' }, /body\.cidr: "mail\.example\.com" is not an IPv4 or IPv6 address/],
       ['POST', '/v1/access', { cidr: '10.0.0.0/8' }, /body\.list: is required/],
       ['POST', '/v1/access', { cidr: '10.0.0.0/8', list: 'block' }, /body\.list: must be one of "allow", "deny"/],
@@ -527,7 +546,9 @@ describe('API: /v1/access', () => {
 
   it('the OpenAPI document lists the cache and access endpoints', async () => {
     const { url } = await startWithApi(doc());
-    const openapi = (await call(url, 'GET', '/openapi.json')).json as { paths: Record<string, Record<string, { responses: Record<string, unknown> }>> };
+    const openapi = (await call(url, 'GET', '/openapi.json')).json as {
+      paths: Record<string, Record<string, { responses: Record<string, unknown> }>>;
+    };
     expect(Object.keys(openapi.paths['/v1/cache']!)).toEqual(['get']);
     expect(Object.keys(openapi.paths['/v1/cache/{ip}']!).sort()).toEqual(['delete', 'get']);
     expect(Object.keys(openapi.paths['/v1/access']!).sort()).toEqual(['get', 'post']);

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, assertBuilt, runEtd } from '../helpers/cli.js';
+import { assertBuilt, CLI, runEtd } from '../helpers/cli.js';
 import { rawClient } from '../helpers/etd.js';
 import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 import { waitFor } from '../helpers/wait.js';
@@ -62,9 +62,13 @@ describe('etd check', () => {
   });
 
   it('exits 1 for a missing file with the fix', async () => {
-    const err = await exec(process.execPath, [CLI, 'check', '-c', path.join(dir, 'nope.yaml')]).catch((e: { code: number; stderr: string }) => e);
+    const err = await exec(process.execPath, [CLI, 'check', '-c', path.join(dir, 'nope.yaml')]).catch(
+      (e: { code: number; stderr: string }) => e,
+    );
     expect((err as { code: number }).code).toBe(1);
-    expect((err as { stderr: string }).stderr).toMatch(/ETD_ERR_CONFIG_READ: cannot read config .*ENOENT — pass the path of an existing file/);
+    expect((err as { stderr: string }).stderr).toMatch(
+      /ETD_ERR_CONFIG_READ: cannot read config .*ENOENT — pass the path of an existing file/,
+    );
   });
 });
 
@@ -74,7 +78,11 @@ describe('etd run', () => {
     const etd = runEtd(f);
     try {
       const listening = await etd.waitFor((l) => l.msg === 'listening');
-      const port = Number(String((listening.addresses as string[])[0]).split(':').pop());
+      const port = Number(
+        String((listening.addresses as string[])[0])
+          .split(':')
+          .pop(),
+      );
       // An early talker is dropped: nothing comes back.
       const early = await rawClient(port, (s) => s.write('EHLO x\r\n'), 2000);
       expect(early.data.length).toBe(0);
@@ -127,7 +135,9 @@ describe('etd run', () => {
     const err = await exec(process.execPath, [CLI, 'run', '-c', f]).catch((e: { code: number; stderr: string }) => e);
     blocker.close();
     expect((err as { code: number }).code).toBe(1);
-    expect((err as { stderr: string }).stderr).toMatch(/ETD_ERR_LISTEN: listener smtp: cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE — another process holds/);
+    expect((err as { stderr: string }).stderr).toMatch(
+      /ETD_ERR_LISTEN: listener smtp: cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE — another process holds/,
+    );
   });
 });
 
@@ -136,7 +146,11 @@ describe('etd run as a service', () => {
     // A stand-in for systemd's notify socket: a unix datagram socket (python3: Node has no AF_UNIX datagrams).
     const sock = path.join(dir, 'notify.sock');
     const { spawn } = await import('node:child_process');
-    const listener = spawn('python3', ['-c', `
+    const listener = spawn(
+      'python3',
+      [
+        '-c',
+        `
 import socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.bind(sys.argv[1])
@@ -144,7 +158,11 @@ print("bound", flush=True)
 s.settimeout(20)
 while True:
     print(s.recv(4096).decode().replace("\\n", "|"), flush=True)
-`, sock], { stdio: ['ignore', 'pipe', 'inherit'] });
+`,
+        sock,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
     let got = '';
     listener.stdout.on('data', (c) => (got += c));
     const until = (pred: () => boolean) => waitFor(pred, { detail: () => `notify socket got: ${got}` });

@@ -6,17 +6,17 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
+import { Value } from '@sinclair/typebox/value';
+import { Redis } from 'ioredis';
 import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { Redis } from 'ioredis';
+import { StatusBody } from '../../src/api/routes/status.js';
+import { startApi } from '../../src/api/server.js';
 import { App } from '../../src/app.js';
+import { doctorCommand } from '../../src/commands/doctor.js';
+import { statusCommand } from '../../src/commands/status.js';
 import { validateConfig } from '../../src/config/load.js';
 import type { SessionSummary } from '../../src/proxy/protocol.js';
-import { Value } from '@sinclair/typebox/value';
-import { startApi } from '../../src/api/server.js';
-import { StatusBody } from '../../src/api/routes/status.js';
-import { statusCommand } from '../../src/commands/status.js';
-import { doctorCommand } from '../../src/commands/doctor.js';
 import { rawClient, testWorkers } from '../helpers/etd.js';
 import { skipWithout } from '../helpers/privileged.js';
 import { freePort, startRedis, type TestRedis } from '../helpers/redis.js';
@@ -47,7 +47,7 @@ async function gateway(prefix: string, redis: Record<string, unknown> = { url: `
     },
   });
   const config = validateConfig({
-      workers: testWorkers(),
+    workers: testWorkers(),
     listeners: [{ name: 'test', address: '127.0.0.1', port: 0 }],
     detection: { window: `${WINDOW_MS}ms`, action: 'drop' },
     upstream: { servers: [{ name: 'b', address: '127.0.0.1', port: backendPort }], health: { enabled: false } },
@@ -67,8 +67,7 @@ async function gateway(prefix: string, redis: Record<string, unknown> = { url: `
   return g;
 }
 
-const polite = (port: number) =>
-  rawClient(port, (s) => s.once('data', () => s.write('QUIT\r\n')), WINDOW_MS + 3000);
+const polite = (port: number) => rawClient(port, (s) => s.once('data', () => s.write('QUIT\r\n')), WINDOW_MS + 3000);
 const early = (port: number) => rawClient(port, (s) => s.write('EHLO bot.example\r\n'), WINDOW_MS + 3000);
 
 describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
@@ -120,14 +119,19 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
     await Promise.all([a.app.workers?.refresh(), b.app.workers?.refresh()]);
     const bot = await early(a.port);
     expect(bot.data.length).toBe(0);
-    await waitFor(() => a.summaries.some((s) => s.verdict === 'early_talker') && a.app.cluster!.status().pendingWrites === 0, { what: 'the deny written' });
+    await waitFor(() => a.summaries.some((s) => s.verdict === 'early_talker') && a.app.cluster!.status().pendingWrites === 0, {
+      what: 'the deny written',
+    });
     await sleep(50);
     b.app.cache.delete('127.0.0.1');
     await b.app.workers?.refresh();
     const refused = await polite(b.port);
     expect(refused.data.toString()).toMatch(/^554 5\.7\.1/);
     expect(refused.firstByteAfterMs!).toBeLessThan(200);
-    expect(await waitFor(() => b.summaries.find((x) => x.verdict === 'denied'), { what: 'B deny summary' })).toMatchObject({ verdict: 'denied', cause: 'cluster_deny' });
+    expect(await waitFor(() => b.summaries.find((x) => x.verdict === 'denied'), { what: 'B deny summary' })).toMatchObject({
+      verdict: 'denied',
+      cause: 'cluster_deny',
+    });
   }, 30_000);
 
   it('an access entry added on A applies on B within a second, and its deletion too', async () => {
@@ -194,7 +198,11 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
       expect(await statusCommand({ url: api.url, json: false }, (l) => out.push(l))).toBe(0);
       expect(out.join('\n')).toMatch(new RegExp(`^cluster +up: redis://127\\.0\\.0\\.1:${redisPort}`, 'm'));
       // The API route announces the change: B applies it.
-      const post = await fetch(`${api.url}/v1/access`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ cidr: '198.51.100.0/24', list: 'deny' }) });
+      const post = await fetch(`${api.url}/v1/access`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ cidr: '198.51.100.0/24', list: 'deny' }),
+      });
       expect(post.status).toBe(201);
       await waitFor(() => b.app.access.match('198.51.100.9')?.list === 'deny' || undefined, { what: 'B has it', timeout: 1000 });
       expect(b.app.access.list().find((e) => e.source === 'runtime')).toMatchObject({ list: 'deny', source: 'runtime' });
@@ -215,8 +223,14 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
     };
     const findings = async (url: string) => {
       const out: string[] = [];
-      await doctorCommand(validateConfig({ ...base, cluster: { redis: { url, keyPrefix: 'doc:', connectTimeout: '500ms' } } }), { json: true }, (l) => out.push(l));
-      return (JSON.parse(out.join('\n')) as { findings: Array<{ id: string; status: string; detail: string; fix?: string }> }).findings.find((f) => f.id === 'cluster.redis');
+      await doctorCommand(
+        validateConfig({ ...base, cluster: { redis: { url, keyPrefix: 'doc:', connectTimeout: '500ms' } } }),
+        { json: true },
+        (l) => out.push(l),
+      );
+      return (
+        JSON.parse(out.join('\n')) as { findings: Array<{ id: string; status: string; detail: string; fix?: string }> }
+      ).findings.find((f) => f.id === 'cluster.redis');
     };
     expect(await findings(`redis://127.0.0.1:${redisPort}`)).toMatchObject({ status: 'OK' });
     const down = await findings(`redis://127.0.0.1:${await freePort()}`);
@@ -229,7 +243,10 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-sentinel-'));
     const port = await freePort();
     // Sentinel rewrites its config file: it gets its own, in a directory the test deletes.
-    fs.writeFileSync(path.join(dir, 'sentinel.conf'), `port ${port}\nbind 127.0.0.1\ndir ${dir}\nsentinel monitor mymaster 127.0.0.1 ${redisPort} 1\n`);
+    fs.writeFileSync(
+      path.join(dir, 'sentinel.conf'),
+      `port ${port}\nbind 127.0.0.1\ndir ${dir}\nsentinel monitor mymaster 127.0.0.1 ${redisPort} 1\n`,
+    );
     const sentinel = spawn('redis-server', [path.join(dir, 'sentinel.conf'), '--sentinel'], { stdio: ['ignore', 'pipe', 'pipe'] });
     try {
       let out = '';
@@ -240,7 +257,9 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
       await waitFor(() => a.app.cluster!.up && b.app.cluster!.up, { what: 'both connected', timeout: 10_000 });
       expect(a.app.cluster!.status().where).toBe(`sentinel mymaster via 127.0.0.1:${port}`);
       await polite(a.port);
-      await waitFor(() => a.summaries.length === 1 && a.app.cluster!.status().pendingWrites === 0, { what: 'the pass written through the sentinel-found master' });
+      await waitFor(() => a.summaries.length === 1 && a.app.cluster!.status().pendingWrites === 0, {
+        what: 'the pass written through the sentinel-found master',
+      });
       await sleep(50);
       const onB = await polite(b.port);
       expect(onB.firstByteAfterMs!).toBeLessThan(200);
@@ -256,8 +275,51 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
     const port = await freePort();
     let server: ReturnType<typeof spawn> | undefined;
     try {
-      execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', path.join(dir, 'key.pem'), '-out', path.join(dir, 'cert.pem'), '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
-      server = spawn('redis-server', ['--port', '0', '--tls-port', String(port), '--tls-cert-file', path.join(dir, 'cert.pem'), '--tls-key-file', path.join(dir, 'key.pem'), '--tls-auth-clients', 'no', '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--requirepass', 'tls-test-secret'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      execFileSync(
+        'openssl',
+        [
+          'req',
+          '-x509',
+          '-newkey',
+          'rsa:2048',
+          '-nodes',
+          '-keyout',
+          path.join(dir, 'key.pem'),
+          '-out',
+          path.join(dir, 'cert.pem'),
+          '-days',
+          '1',
+          '-subj',
+          '/CN=127.0.0.1',
+          '-addext',
+          'subjectAltName=IP:127.0.0.1',
+        ],
+        { stdio: 'ignore' },
+      );
+      server = spawn(
+        'redis-server',
+        [
+          '--port',
+          '0',
+          '--tls-port',
+          String(port),
+          '--tls-cert-file',
+          path.join(dir, 'cert.pem'),
+          '--tls-key-file',
+          path.join(dir, 'key.pem'),
+          '--tls-auth-clients',
+          'no',
+          '--bind',
+          '127.0.0.1',
+          '--save',
+          '',
+          '--appendonly',
+          'no',
+          '--requirepass',
+          'tls-test-secret',
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
       let out = '';
       server.stdout!.on('data', (c: Buffer) => (out += c.toString()));
       await waitFor(() => out.includes('Ready to accept connections') || undefined, { what: 'TLS redis ready', timeout: 10_000 });
@@ -265,7 +327,10 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
       const trusted = await gateway('t6:', { url, caFile: path.join(dir, 'cert.pem') });
       const untrusted = await gateway('t6:', { url });
       await waitFor(() => trusted.app.cluster!.up || undefined, { what: 'connected over TLS with the CA', timeout: 10_000 });
-      await waitFor(() => untrusted.app.cluster!.status().lastError?.match(/certificate/i) ?? undefined, { what: 'the other refused the unknown certificate', timeout: 10_000 });
+      await waitFor(() => untrusted.app.cluster!.status().lastError?.match(/certificate/i) ?? undefined, {
+        what: 'the other refused the unknown certificate',
+        timeout: 10_000,
+      });
       expect(untrusted.app.cluster!.up).toBe(false);
       expect(trusted.app.cluster!.status().where).toBe(`rediss://127.0.0.1:${port}`);
     } finally {

@@ -5,7 +5,7 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { onHost, startUnbound, type RunningUnbound } from '../../lab/unbound.js';
+import { onHost, type RunningUnbound, startUnbound } from '../../lab/unbound.js';
 import { App } from '../../src/app.js';
 import { validateConfig } from '../../src/config/load.js';
 import type { SessionSummary } from '../../src/proxy/protocol.js';
@@ -14,7 +14,9 @@ import { skipWithout } from '../helpers/privileged.js';
 import { freePort, startRedis, type TestRedis } from '../helpers/redis.js';
 import { waitFor } from '../helpers/wait.js';
 
-const skip = skipWithout('redis-server', 'redis-server', 'DNSBL answers shared over Redis') || skipWithout('unbound', 'unbound', 'DNSBL answers shared over Redis');
+const skip =
+  skipWithout('redis-server', 'redis-server', 'DNSBL answers shared over Redis') ||
+  skipWithout('unbound', 'unbound', 'DNSBL answers shared over Redis');
 const WINDOW_MS = 3000;
 
 describe.skipIf(skip)('DNSBL answers shared over a real Redis', () => {
@@ -48,7 +50,10 @@ describe.skipIf(skip)('DNSBL answers shared over a real Redis', () => {
       workers: testWorkers(),
       listeners: [{ name: 'test', address: '127.0.0.1', port: 0 }],
       detection: { window: `${WINDOW_MS}ms` },
-      upstream: { servers: [{ name: 'b', address: '127.0.0.1', port: (backend.address() as net.AddressInfo).port }], health: { enabled: false } },
+      upstream: {
+        servers: [{ name: 'b', address: '127.0.0.1', port: (backend.address() as net.AddressInfo).port }],
+        health: { enabled: false },
+      },
       state: { path: ':memory:' },
       api: { enabled: false },
       log: { level: 'silent' },
@@ -80,7 +85,12 @@ describe.skipIf(skip)('DNSBL answers shared over a real Redis', () => {
     console.log(`B refused the client from A's shared answer after ${ms.toFixed(1)} ms (window ${WINDOW_MS} ms, B's own resolver silent)`);
     expect(onB.data.toString()).toMatch(/^554 /);
     await waitFor(() => b.summaries.length > 0, { what: "B's summary line" });
-    expect(b.summaries[0]).toMatchObject({ verdict: 'dnsbl', cause: 'dnsbl_reject', score: 3, lists: [{ name: 'bl.test', answer: '127.0.0.2' }] });
+    expect(b.summaries[0]).toMatchObject({
+      verdict: 'dnsbl',
+      cause: 'dnsbl_reject',
+      score: 3,
+      lists: [{ name: 'bl.test', answer: '127.0.0.2' }],
+    });
     expect(b.app.reputation.counters.fromPeers).toBeGreaterThanOrEqual(1);
     // Decided from the peer's answer, not at the end of B's window or of its query's timeout.
     expect(b.summaries[0]!.heldMs).toBeLessThan(1000);

@@ -9,7 +9,7 @@ import { Redis } from 'ioredis';
 import nodemailer from 'nodemailer';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
-import { CLI, runEtd, type RunningEtd } from '../helpers/cli.js';
+import { CLI, type RunningEtd, runEtd } from '../helpers/cli.js';
 import { skipWithout } from '../helpers/privileged.js';
 import { freePort, startRedis, type TestRedis } from '../helpers/redis.js';
 import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
@@ -47,7 +47,13 @@ describe.skipIf(skip)('a hostile writer on the shared Redis', () => {
         state: { path: path.join(tmp, 'state.db') },
         api: { enabled: true, address: '127.0.0.1', port: apiPort },
         limits: { perClient: 0 },
-        reputation: { dnsbl: [{ zone: 'bl.test', weight: 3 }], resolvers: [`127.0.0.1:${dnsPort}`], timeout: '200ms', minTtl: '60s', maxTtl: '1h' },
+        reputation: {
+          dnsbl: [{ zone: 'bl.test', weight: 3 }],
+          resolvers: [`127.0.0.1:${dnsPort}`],
+          timeout: '200ms',
+          minTtl: '60s',
+          maxTtl: '1h',
+        },
         cluster: { redis: { url: redis.url, keyPrefix: 'etd:' }, syncInterval: '200ms' },
       }),
     );
@@ -97,7 +103,10 @@ describe.skipIf(skip)('a hostile writer on the shared Redis', () => {
         p.hset('etd:access:runtime', `fe80::${rounds.toString(16)}%eth0/64`, 'deny');
         for (const c of clients) {
           p.set(`etd:cache:${c}`, rounds % 2 ? 'deny:-1' : `pass:${'9'.repeat(40)}`);
-          p.set(`etd:dnsbl:bl.test/${c}`, rounds % 2 ? '{"answer":{"status":"answer","addresses":["x"]},"expires":8.64e15}' : '\u0000garbage');
+          p.set(
+            `etd:dnsbl:bl.test/${c}`,
+            rounds % 2 ? '{"answer":{"status":"answer","addresses":["x"]},"expires":8.64e15}' : '\u0000garbage',
+          );
         }
         await p.exec();
         rounds++;
@@ -106,7 +115,16 @@ describe.skipIf(skip)('a hostile writer on the shared Redis', () => {
     })();
 
     const t = (localAddress: string) =>
-      nodemailer.createTransport({ host: '127.0.0.1', port: smtpPort, secure: false, ignoreTLS: true, localAddress, connectionTimeout: 10_000, greetingTimeout: 10_000, socketTimeout: 10_000 } as never);
+      nodemailer.createTransport({
+        host: '127.0.0.1',
+        port: smtpPort,
+        secure: false,
+        ignoreTLS: true,
+        localAddress,
+        connectionTimeout: 10_000,
+        greetingTimeout: 10_000,
+        socketTimeout: 10_000,
+      } as never);
     let sent = 0;
     const failed: string[] = [];
     while (Date.now() - started < FLOOD_MS) {

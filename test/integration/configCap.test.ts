@@ -4,9 +4,9 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import YAML from 'yaml';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CLI, assertBuilt, runEtd, type RunningEtd } from '../helpers/cli.js';
+import YAML from 'yaml';
+import { assertBuilt, CLI, type RunningEtd, runEtd } from '../helpers/cli.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-cap-'));
 let etd: RunningEtd | undefined;
@@ -35,7 +35,8 @@ const doc = {
   log: { level: 'info' },
 };
 // Valid YAML padded past the cap with comments: what is refused is the size, not the content.
-const padded = (d: unknown) => `${YAML.stringify(d)}${'# padding padding padding padding padding padding padding padding\n'.repeat(17_000)}`;
+const padded = (d: unknown) =>
+  `${YAML.stringify(d)}${'# padding padding padding padding padding padding padding padding\n'.repeat(17_000)}`;
 
 describe('config size cap and argv secrets', () => {
   it('etd check refuses a config over 1 MiB with the reason; the same content under the cap passes', async () => {
@@ -67,12 +68,23 @@ describe('config size cap and argv secrets', () => {
   }, 40_000);
 
   it('etd status --token is refused (ps shows argv); --token-file and ETD_TOKEN are the ways', async () => {
-    for (const args of [['status', '--token', 'secret-secret-secret'], ['status', '--token=secret-secret-secret']]) {
+    for (const args of [
+      ['status', '--token', 'secret-secret-secret'],
+      ['status', '--token=secret-secret-secret'],
+    ]) {
       const r = await cli(args);
       expect(r.code).toBe(2);
       expect(r.stderr).toMatch(/--token was removed: a token on the command line shows in ps; use --token-file FILE or the ETD_TOKEN/);
     }
-    const r = await cli(['status', '-c', path.join(tmp, 'none.yaml'), '--url', 'http://127.0.0.1:1', '--token-file', path.join(tmp, 'missing')]);
+    const r = await cli([
+      'status',
+      '-c',
+      path.join(tmp, 'none.yaml'),
+      '--url',
+      'http://127.0.0.1:1',
+      '--token-file',
+      path.join(tmp, 'missing'),
+    ]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/cannot read the token file .*missing: ENOENT/);
   });

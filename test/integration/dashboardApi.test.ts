@@ -3,15 +3,15 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import pino from 'pino';
 import { Value } from '@sinclair/typebox/value';
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startApi, type ApiHandle } from '../../src/api/server.js';
-import { HistoryBody } from '../../src/api/routes/history.js';
 import { ClientBody } from '../../src/api/routes/clients.js';
 import { DoctorBody } from '../../src/api/routes/doctor.js';
-import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
+import { HistoryBody } from '../../src/api/routes/history.js';
+import { type ApiHandle, startApi } from '../../src/api/server.js';
 import { rawClient, startEtdForTest, type TestEtd } from '../helpers/etd.js';
+import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 import { sleep } from '../helpers/wait.js';
 
 const TOKEN = 'dashboard-api-token-0123456789';
@@ -39,7 +39,14 @@ describe('the dashboard API', () => {
     });
     api = await startApi(
       { enabled: true, address: '127.0.0.1', port: 0, token: TOKEN },
-      { app: etd.app, version: 'test', log: pino({ level: 'silent' }), reload: async () => undefined, configFile: '/etc/etd/test.yaml', options: { processMetrics: false } },
+      {
+        app: etd.app,
+        version: 'test',
+        log: pino({ level: 'silent' }),
+        reload: async () => undefined,
+        configFile: '/etc/etd/test.yaml',
+        options: { processMetrics: false },
+      },
     );
   });
 
@@ -96,7 +103,11 @@ describe('the dashboard API', () => {
 
   it('POST /v1/doctor: the findings with OK/WARN/FAIL, the verdict sentence; 400 for a bad client or probe; GET is 405', async () => {
     const post = async <T>(body: unknown, status = 200): Promise<T> => {
-      const res = await fetch(`${api.url}/v1/doctor`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      const res = await fetch(`${api.url}/v1/doctor`, {
+        method: 'POST',
+        headers: { ...auth, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
       const out = (await res.json()) as T;
       expect(res.status, JSON.stringify(out)).toBe(status);
       return out;
@@ -108,7 +119,9 @@ describe('the dashboard API', () => {
     expect(d.ok).toBe(true);
     expect((await post<{ error: string }>({ client: 'nope' }, 400)).error).toMatch(/body\.client/);
     expect((await post<{ error: string }>({ returnPath: 'maybe' }, 400)).error).toMatch(/body\.returnPath/);
-    expect((await post<{ error: string }>({ probe: ['mail.example'] }, 400)).error).toMatch(/body\.probe: mail\.example: not an IPv4 or IPv6 address/);
+    expect((await post<{ error: string }>({ probe: ['mail.example'] }, 400)).error).toMatch(
+      /body\.probe: mail\.example: not an IPv4 or IPv6 address/,
+    );
     // No body at all: every default.
     const bare = await fetch(`${api.url}/v1/doctor`, { method: 'POST', headers: auth });
     expect(bare.status).toBe(200);

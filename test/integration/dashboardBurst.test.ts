@@ -7,8 +7,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runEtd, type RunningEtd } from '../helpers/cli.js';
-import { launchBrowser, screenshot, skipWithoutChromium, type Browser } from '../helpers/browser.js';
+import { type Browser, launchBrowser, screenshot, skipWithoutChromium } from '../helpers/browser.js';
+import { type RunningEtd, runEtd } from '../helpers/cli.js';
 import { sleep } from '../helpers/wait.js';
 
 const exec = promisify(execFile);
@@ -98,7 +98,14 @@ log: { level: info }
       await sleep(200);
     }
     await screenshot(page, 'burst');
-    const result = JSON.parse((await burst).stdout.trim()) as { total: number; opened: number; reset: number; closed: number; errors: number; sendMs: number };
+    const result = JSON.parse((await burst).stdout.trim()) as {
+      total: number;
+      opened: number;
+      reset: number;
+      closed: number;
+      errors: number;
+      sendMs: number;
+    };
     const sent = result.opened;
     // Every line reaches the page (the stream resumes after Last-Event-ID if it was cut).
     const deadline = Date.now() + 20_000;
@@ -108,7 +115,13 @@ log: { level: info }
     const m = await page.evaluate(() => {
       const w = window as unknown as { gaps: number[]; longTasks: number[] };
       const gaps = w.gaps.slice(1);
-      return { frames: gaps.length, worstGap: Math.max(...gaps), longTasks: w.longTasks.length, longestTask: Math.max(0, ...w.longTasks), rows: document.querySelectorAll('#stream tbody tr').length };
+      return {
+        frames: gaps.length,
+        worstGap: Math.max(...gaps),
+        longTasks: w.longTasks.length,
+        longestTask: Math.max(0, ...w.longTasks),
+        rows: document.querySelectorAll('#stream tbody tr').length,
+      };
     });
     const info = (await page.textContent('#stream-info')) ?? '';
     const stats = (await (await fetch(`${apiUrl}/v1/stats`)).json()) as { verdicts: { early_talker: number } };
@@ -117,7 +130,18 @@ log: { level: info }
     const history = (await (await fetch(`${apiUrl}/v1/history?seconds=60`)).json()) as { verdicts: { early_talker: number[] } };
     const perSecond = history.verdicts.early_talker.filter((n) => n > 0);
     const peakLinesPerSecond = Math.max(...perSecond);
-    const report = { sendRate: Math.round(sent / (result.sendMs / 1000)), ...result, perSecond, peakLinesPerSecond, received, elapsedMs, worstProbeMs, ...m, etdEarlyTalkers: stats.verdicts.early_talker, info };
+    const report = {
+      sendRate: Math.round(sent / (result.sendMs / 1000)),
+      ...result,
+      perSecond,
+      peakLinesPerSecond,
+      received,
+      elapsedMs,
+      worstProbeMs,
+      ...m,
+      etdEarlyTalkers: stats.verdicts.early_talker,
+      info,
+    };
     console.log(`dashboard burst: ${JSON.stringify(report)}`);
 
     expect(result.errors).toBe(0);

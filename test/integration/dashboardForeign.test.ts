@@ -3,10 +3,10 @@
 import http from 'node:http';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startApi, type ApiHandle } from '../../src/api/server.js';
-import { launchBrowser, skipWithoutChromium, type Browser } from '../helpers/browser.js';
-import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
+import { type ApiHandle, startApi } from '../../src/api/server.js';
+import { type Browser, launchBrowser, skipWithoutChromium } from '../helpers/browser.js';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
+import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 
 const skip = skipWithoutChromium('the API next to a foreign page');
 const TOKEN = 'foreign-page-token-0123456789abcdef';
@@ -87,7 +87,10 @@ describe.skipIf(skip)('the API next to a foreign page (Chromium)', () => {
         const refused = token ? /^(POST|GET) \S+ (401|403|405)$/ : /^(POST \S+ 403|GET \/v1\/doctor 405)$/;
         expect(seen.length).toBeGreaterThanOrEqual(5);
         for (const s of seen) expect(s).toMatch(refused);
-        if (!token) expect(seen).toEqual(expect.arrayContaining(['POST /v1/reload 403', 'POST /v1/access 403', 'POST /v1/doctor 403', 'GET /v1/doctor 405']));
+        if (!token)
+          expect(seen).toEqual(
+            expect.arrayContaining(['POST /v1/reload 403', 'POST /v1/access 403', 'POST /v1/doctor 403', 'GET /v1/doctor 405']),
+          );
 
         // The dashboard, on the API's own origin, still adds and deletes an entry and runs the doctor.
         await page.goto(`${api.url}/ui/`);

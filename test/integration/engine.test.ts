@@ -5,15 +5,16 @@
 // in the same callback, as the spec demands). After each test the engine must own nothing but
 // the two listeners and the process must have the fds it had before.
 
-import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import net from 'node:net';
 import { Worker } from 'node:worker_threads';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { loadEngine } from '../../src/native/engine.js';
-import { TransparentSyscallError, loadTransparent, loadedAddonPath } from '../../src/native/transparent.js';
+import { loadedAddonPath, loadTransparent, TransparentSyscallError } from '../../src/native/transparent.js';
 import {
+  type EngineConnect,
+  type EngineEvent,
   EV_ACCEPT,
   EV_END,
   EV_ERROR,
@@ -22,11 +23,9 @@ import {
   EV_GREETING,
   EV_TALK,
   EV_UPSTREAM_FAILED,
-  type EngineConnect,
-  type EngineEvent,
 } from '../../src/proxy/protocol.js';
-import { skipUnlessRoot } from '../helpers/privileged.js';
 import { TEST_PROFILE } from '../helpers/engineProfile.js';
+import { skipUnlessRoot } from '../helpers/privileged.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const engine = loadEngine();
@@ -92,7 +91,10 @@ function waitEvent<E extends EngineEvent = EngineEvent>(pred: (ev: EngineEvent) 
   });
 }
 
-const evFor = <T extends number>(type: T, id: number) => (ev: EngineEvent): boolean => ev[0] === type && ev[1] === id;
+const evFor =
+  <T extends number>(type: T, id: number) =>
+  (ev: EngineEvent): boolean =>
+    ev[0] === type && ev[1] === id;
 const eventsOf = (id: number): EngineEvent[] => events.filter((e) => e[0] !== EV_ERROR && e[1] === id);
 
 // ----- test peers ----------------------------------------------------------------------------
@@ -151,7 +153,9 @@ function wrapClient(sock: net.Socket): TestClient {
         };
         const t = setTimeout(() => {
           notify.delete(check);
-          reject(new Error(`client did not receive ${String(pred)} in ${ms} ms; got ${JSON.stringify(data().toString('latin1').slice(-300))}`));
+          reject(
+            new Error(`client did not receive ${String(pred)} in ${ms} ms; got ${JSON.stringify(data().toString('latin1').slice(-300))}`),
+          );
         }, ms);
         notify.add(check);
         check();
@@ -159,7 +163,11 @@ function wrapClient(sock: net.Socket): TestClient {
   };
 }
 
-function connectClient(port: number, host = '127.0.0.1', opts: { allowHalfOpen?: boolean } = {}): TestClient & { connected: Promise<void> } {
+function connectClient(
+  port: number,
+  host = '127.0.0.1',
+  opts: { allowHalfOpen?: boolean } = {},
+): TestClient & { connected: Promise<void> } {
   const sock = net.connect({ port, host, allowHalfOpen: opts.allowHalfOpen ?? false });
   const c = wrapClient(sock);
   // A connection the engine resets at once may fail before 'connect': `closed` tells.
@@ -245,7 +253,8 @@ const upstream = (port: number, profile: number, opts: Partial<EngineConnect> = 
   ...opts,
 });
 
-const connectTo = (port: number, profile: number, opts: Partial<EngineConnect> = {}) =>
+const connectTo =
+  (port: number, profile: number, opts: Partial<EngineConnect> = {}) =>
   (ev: AcceptEvent): void => {
     engine.connect(ev[1], upstream(port, profile, opts));
   };
@@ -286,7 +295,13 @@ beforeAll(() => {
   engine.defineProfile(P_LOG_SMALL, { ...BASE, action: 'log', earlyBufferBytes: 16, evidenceBytes: 8 });
   engine.defineProfile(P_TEASER, { ...BASE, teaser: TEASER, deferredReplyMs: 400 });
   engine.defineProfile(P_DECISION, { ...BASE, decisionMs: 200 });
-  engine.defineProfile(P_LONG_IDLE, { ...BASE, clientIdleMs: 300_000, serverIdleMs: 300_000, greetingTimeoutMs: 300_000, stripPipeconnect: true });
+  engine.defineProfile(P_LONG_IDLE, {
+    ...BASE,
+    clientIdleMs: 300_000,
+    serverIdleMs: 300_000,
+    greetingTimeoutMs: 300_000,
+    stripPipeconnect: true,
+  });
   startEngine();
 });
 
@@ -321,7 +336,10 @@ afterEach(async () => {
   for (const s of clients) s.destroy();
   for (const b of [...backends]) await b.close();
   // Nothing left behind: the engine owns only its two listeners, the process has its fds back.
-  await waitFor(() => engine.counts().connections === 0, { what: () => `the engine to let go (counts ${JSON.stringify(engine.counts())})`, timeout: 7000 });
+  await waitFor(() => engine.counts().connections === 0, {
+    what: () => `the engine to let go (counts ${JSON.stringify(engine.counts())})`,
+    timeout: 7000,
+  });
   expect(engine.counts()).toMatchObject({ connections: 0, held: 0, relaying: 0, listeners: 2, fds: 2, bufferedBytes: 0, deadlines: 0 });
   await waitFor(() => openFds() <= fdsBefore, { what: () => `fds back to ${fdsBefore} (now ${openFds()})`, timeout: 5000 });
 });
@@ -520,7 +538,10 @@ describe('hold', () => {
     }
     await waitFor(() => ids.size === n, { what: () => `${n} accepted (${ids.size})` });
     expect(engine.counts()).toMatchObject({ connections: n, held: n, fds: n + 2 });
-    await waitFor(() => events.filter((e) => e[0] === EV_EXPIRED).length === n, { what: () => `${n} EXPIRED (${events.filter((e) => e[0] === EV_EXPIRED).length})`, timeout: 10_000 });
+    await waitFor(() => events.filter((e) => e[0] === EV_EXPIRED).length === n, {
+      what: () => `${n} EXPIRED (${events.filter((e) => e[0] === EV_EXPIRED).length})`,
+      timeout: 10_000,
+    });
     const expired = events.filter((e) => e[0] === EV_EXPIRED);
     expect(new Set(expired.map((e) => e[1]))).toEqual(ids);
     for (const e of expired) {
@@ -610,7 +631,7 @@ describe('profiles', () => {
   it('action log: past earlyBufferBytes the client is not read until the relay (no drop), then everything arrives in order', async () => {
     const { b, seen } = await recordingBackend();
     const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 300, profile: P_LOG_SMALL }));
-    const early = 'x'.repeat(100) + '\r\n';
+    const early = `${'x'.repeat(100)}\r\n`;
     c.sock.write(early);
     const talk = await waitEvent(evFor(EV_TALK, id));
     expect(talk[3]).toEqual(Buffer.from('x'.repeat(8))); // evidenceBytes
@@ -670,7 +691,7 @@ describe('profiles', () => {
     await Promise.all([first.c.closed, second.c.closed]);
   });
 
-  it('deferred reply: `first` at once, the reply after the client\'s first line, then EOF', async () => {
+  it("deferred reply: `first` at once, the reply after the client's first line, then EOF", async () => {
     const { id, c } = await accepted((e) => engine.hold(e[1], { windowMs: 50, profile: P_TEASER }), { allowHalfOpen: true });
     await waitEvent(evFor(EV_EXPIRED, id));
     expect(engine.reply(id, { first: '220 mx.test ESMTP\r\n', text: '550 5.7.1 go away\r\n' })).toBe(19);
@@ -842,23 +863,24 @@ describe('upstream', () => {
     await waitEvent(evFor(EV_END, id));
   });
 
-  it.skipIf(skipUnlessRoot('engine: connect from a sourceAddress'))('with a sourceAddress (root) the backend sees that address as the peer', async () => {
-    // 127.0.0.2 is local through the 127/8 route, so no TPROXY rule is needed for the replies.
-    let peer: string | undefined;
-    const b = await startBackend((s) => {
-      peer = s.remoteAddress;
-      s.write('220 spoofed\r\n');
-    });
-    const { id, c } = await accepted((e) =>
-      engine.connect(e[1], upstream(b.port, P_DROP, { sourceAddress: '127.0.0.2', synCount: 2 })),
-    );
-    expect((await waitEvent(evFor(EV_GREETING, id)))[4]).toBe(1);
-    expect(peer).toBe('127.0.0.2');
-    await c.waitData('220 spoofed\r\n');
-    c.sock.end();
-    (await b.connected).end();
-    await waitEvent(evFor(EV_END, id));
-  });
+  it.skipIf(skipUnlessRoot('engine: connect from a sourceAddress'))(
+    'with a sourceAddress (root) the backend sees that address as the peer',
+    async () => {
+      // 127.0.0.2 is local through the 127/8 route, so no TPROXY rule is needed for the replies.
+      let peer: string | undefined;
+      const b = await startBackend((s) => {
+        peer = s.remoteAddress;
+        s.write('220 spoofed\r\n');
+      });
+      const { id, c } = await accepted((e) => engine.connect(e[1], upstream(b.port, P_DROP, { sourceAddress: '127.0.0.2', synCount: 2 })));
+      expect((await waitEvent(evFor(EV_GREETING, id)))[4]).toBe(1);
+      expect(peer).toBe('127.0.0.2');
+      await c.waitData('220 spoofed\r\n');
+      c.sock.end();
+      (await b.connected).end();
+      await waitEvent(evFor(EV_END, id));
+    },
+  );
 
   it('a refused connect throws ECONNREFUSED at once or reports UPSTREAM_FAILED connect; the client stays', async () => {
     const closed = await startBackend(() => undefined);
@@ -1030,7 +1052,7 @@ describe('relay', () => {
   });
 
   it('client idle: END client_timeout after clientIdleMs without client activity (activity pushes it back)', async () => {
-    const { id, c } = await relayed(P_CLIENT_IDLE, (line, sock) => sock.write('250 ok\r\n'));
+    const { id, c } = await relayed(P_CLIENT_IDLE, (_line, sock) => sock.write('250 ok\r\n'));
     const t0 = performance.now();
     for (let i = 0; i < 6; i++) {
       await sleep(100);
@@ -1057,11 +1079,15 @@ describe('relay', () => {
   });
 
   it('a server reset: the client gets what was sent, a clean EOF, and END server_reset after its own EOF', async () => {
-    const { id, c } = await relayed(P_DROP, (line, sock) => {
-      if (line === 'EHLO x\r\n') {
-        sock.write('250 last words\r\n', () => setTimeout(() => sock.resetAndDestroy(), 20));
-      }
-    }, { allowHalfOpen: true });
+    const { id, c } = await relayed(
+      P_DROP,
+      (line, sock) => {
+        if (line === 'EHLO x\r\n') {
+          sock.write('250 last words\r\n', () => setTimeout(() => sock.resetAndDestroy(), 20));
+        }
+      },
+      { allowHalfOpen: true },
+    );
     c.sock.write('EHLO x\r\n');
     await c.waitData('250 last words\r\n');
     await new Promise<void>((r) => c.sock.once('end', () => r()));
@@ -1147,7 +1173,9 @@ describe('resources', () => {
       await c.closed;
     };
     for (let i = 0; i < 300; i += 20) await Promise.all(Array.from({ length: 20 }, one));
-    await waitFor(() => events.filter((e) => e[0] === EV_END).length === 300, { what: () => `300 END (${events.filter((e) => e[0] === EV_END).length})` });
+    await waitFor(() => events.filter((e) => e[0] === EV_END).length === 300, {
+      what: () => `300 END (${events.filter((e) => e[0] === EV_END).length})`,
+    });
     expect(maxRatio).toBeLessThanOrEqual(3); // at most state + two idle deadlines per connection
     expect(engine.counts()).toMatchObject({ connections: 0, deadlines: 0 });
   }, 60_000);
@@ -1191,7 +1219,10 @@ describe('resources', () => {
     expect(engine.inspect(id)?.state).toBe('relaying');
     // Now read everything: the pending bytes drain and their memory is released.
     sock.resume();
-    await waitFor(() => engine.counts().bufferedBytes === 0 && serverSock!.writableLength === 0, { what: () => `bufferedBytes 0 (${engine.counts().bufferedBytes})`, timeout: 10_000 });
+    await waitFor(() => engine.counts().bufferedBytes === 0 && serverSock!.writableLength === 0, {
+      what: () => `bufferedBytes 0 (${engine.counts().bufferedBytes})`,
+      timeout: 10_000,
+    });
     sock.destroy();
     await waitEvent(evFor(EV_END, id));
   }, 20_000);
@@ -1246,7 +1277,16 @@ describe('commands', () => {
 
   it('argument errors are TypeError / RangeError; failed syscalls TransparentSyscallError', async () => {
     const raw = { ...engine, ...sockets } as unknown as Record<string, (...a: unknown[]) => unknown>;
-    const conn = { profile: 0, family: 4, sourceAddress: '', synCount: 0, address: '127.0.0.1', port: 25, timeoutMs: 100, preamble: Buffer.alloc(0) };
+    const conn = {
+      profile: 0,
+      family: 4,
+      sourceAddress: '',
+      synCount: 0,
+      address: '127.0.0.1',
+      port: 25,
+      timeoutMs: 100,
+      preamble: Buffer.alloc(0),
+    };
     expect(thrown(() => raw.hold!('1', { windowMs: 10, profile: 0 }))).toBeInstanceOf(TypeError);
     expect(thrown(() => raw.hold!(1, 10, 0))).toBeInstanceOf(TypeError);
     expect((thrown(() => raw.hold!(1, { windowMs: -1, profile: 0 })) as Error).message).toBe(
@@ -1257,13 +1297,21 @@ describe('commands', () => {
     expect((thrown(() => raw.defineProfile!(0, { ...BASE, action: 'bounce' })) as Error).message).toBe(
       "engineProfile(idx, profile): action must be 'drop', 'reject' or 'log', got 'bounce'",
     );
-    expect((thrown(() => raw.defineProfile!(0, { ...BASE, decisionMs: 0 })) as Error).message).toMatch(/decisionMs must be an integer from 1 to/);
-    expect((thrown(() => raw.defineProfile!(0, { ...BASE, teaser: undefined })) as Error).message).toMatch(/teaser must be a string, got undefined/);
-    expect((thrown(() => raw.connect!(1, { ...conn, preamble: 'PROXY' })) as Error).message).toMatch(/preamble must be a Buffer, got string$/);
+    expect((thrown(() => raw.defineProfile!(0, { ...BASE, decisionMs: 0 })) as Error).message).toMatch(
+      /decisionMs must be an integer from 1 to/,
+    );
+    expect((thrown(() => raw.defineProfile!(0, { ...BASE, teaser: undefined })) as Error).message).toMatch(
+      /teaser must be a string, got undefined/,
+    );
+    expect((thrown(() => raw.connect!(1, { ...conn, preamble: 'PROXY' })) as Error).message).toMatch(
+      /preamble must be a Buffer, got string$/,
+    );
     expect(thrown(() => raw.connect!(1, { ...conn, port: 0 }))).toBeInstanceOf(RangeError);
     expect(thrown(() => raw.reply!(1, {}))).toBeInstanceOf(TypeError);
     expect(thrown(() => raw.reply!(1, { text: 'x', greeting: true }))).toBeInstanceOf(TypeError);
-    expect(thrown(() => raw.plainListener!({ family: 4, address: '127.0.0.1', port: 0, backlog: 1, v6only: 'no' }))).toBeInstanceOf(TypeError);
+    expect(thrown(() => raw.plainListener!({ family: 4, address: '127.0.0.1', port: 0, backlog: 1, v6only: 'no' }))).toBeInstanceOf(
+      TypeError,
+    );
     expect(thrown(() => raw.plainListener!(4, '127.0.0.1', 0, 1, false))).toBeInstanceOf(TypeError);
     expect(thrown(() => raw.start!(() => undefined))).toMatchObject({ message: expect.stringMatching(/already started/) });
 
@@ -1290,7 +1338,9 @@ describe('commands', () => {
     expect(badFd.sysCode).toBe('EBADF');
     expect(badFd.syscall).toBe('getsockname');
 
-    const inUse = thrown(() => sockets.plainListener({ family: 4, address: '127.0.0.1', port: port4, backlog: 1, v6only: false })) as TransparentSyscallError;
+    const inUse = thrown(() =>
+      sockets.plainListener({ family: 4, address: '127.0.0.1', port: port4, backlog: 1, v6only: false }),
+    ) as TransparentSyscallError;
     expect(inUse.sysCode).toBe('EADDRINUSE');
     expect(inUse.syscall).toBe('bind');
 
@@ -1393,7 +1443,9 @@ describe('environments', () => {
 
     const first = connectClient(port);
     expect((await first.closed).code).toBe('ECONNRESET'); // undecided: reset
-    await waitFor(() => messages.some((m) => (m.ev as unknown[] | undefined)?.[2] === 'undecided'), { what: () => JSON.stringify(messages) });
+    await waitFor(() => messages.some((m) => (m.ev as unknown[] | undefined)?.[2] === 'undecided'), {
+      what: () => JSON.stringify(messages),
+    });
     // The engine caught the handler's exception and counted it: nothing reached the process.
     expect(messages.find((m) => 'uncaught' in m)).toBeUndefined();
 
@@ -1449,7 +1501,14 @@ describe('environments', () => {
     const first = connectClient(ports()[0]!);
     expect((await first.closed).end).toBe(true);
     await waitFor(() => ports().length === 2, { what: () => 'the second port' });
-    expect(messages.find((m) => 'afterStop' in m)!.afterStop).toMatchObject({ connections: 0, held: 0, relaying: 0, listeners: 0, fds: 0, deadlines: 0 });
+    expect(messages.find((m) => 'afterStop' in m)!.afterStop).toMatchObject({
+      connections: 0,
+      held: 0,
+      relaying: 0,
+      listeners: 0,
+      fds: 0,
+      deadlines: 0,
+    });
     const second = connectClient(ports()[1]!);
     expect(await exited).toBe(0);
     expect(messages.find((m) => 'held' in m)!.held).toMatchObject({ connections: 1, held: 1, listeners: 1 });

@@ -13,7 +13,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
-import { TransparentSyscallError, loadTransparent } from '../../src/native/transparent.js';
+import { loadTransparent, TransparentSyscallError } from '../../src/native/transparent.js';
 import type { EngineCounts, EngineProfile } from '../../src/proxy/protocol.js';
 import { TEST_PROFILE } from '../helpers/engineProfile.js';
 
@@ -131,7 +131,10 @@ function startWorker(name: string, fd: number): EngineWorker {
 }
 
 async function ready(...ws: EngineWorker[]): Promise<void> {
-  await waitUntil(() => 'workers ready', () => ws.every((w) => (w as EngineWorker & { ready: () => boolean }).ready()));
+  await waitUntil(
+    () => 'workers ready',
+    () => ws.every((w) => (w as EngineWorker & { ready: () => boolean }).ready()),
+  );
 }
 
 /** `n` clients in reply mode: which worker answered each. */
@@ -141,7 +144,11 @@ async function answers(port: number, n: number): Promise<string[]> {
   return cs.map((c) => c.data().replace(/^250 /, '').trim());
 }
 
-const tally = (xs: string[]): Record<string, number> => xs.reduce<Record<string, number>>((t, x) => ({ ...t, [x]: (t[x] ?? 0) + 1 }), {});
+const tally = (xs: string[]): Record<string, number> => {
+  const t: Record<string, number> = {};
+  for (const x of xs) t[x] = (t[x] ?? 0) + 1;
+  return t;
+};
 
 describe('SO_REUSEPORT listeners', () => {
   it('two sockets bind one 127.0.0.1 port only with reusePort on both', () => {
@@ -167,7 +174,9 @@ describe('SO_REUSEPORT listeners', () => {
     const plain = sockets.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 8, v6only: false });
     try {
       const p = sockets.sockName(plain)[1];
-      expect(() => sockets.plainListener({ family: 4, address: '127.0.0.1', port: p, backlog: 8, v6only: false, reusePort: true })).toThrow(/EADDRINUSE/);
+      expect(() => sockets.plainListener({ family: 4, address: '127.0.0.1', port: p, backlog: 8, v6only: false, reusePort: true })).toThrow(
+        /EADDRINUSE/,
+      );
     } finally {
       sockets.closeFd(plain);
     }
@@ -214,7 +223,10 @@ describe('engines in two worker threads on one port', () => {
         b.worker.postMessage({ mode: 'hold' });
         await sleep(20);
         const held = Array.from({ length: 30 }, () => connect(port));
-        await waitUntil(() => held.map((c) => c.data()).join('|'), () => held.every((c) => /^220-[AB]\r\n$/.test(c.data())));
+        await waitUntil(
+          () => held.map((c) => c.data()).join('|'),
+          () => held.every((c) => /^220-[AB]\r\n$/.test(c.data())),
+        );
         const heldBy = (n: string): Client[] => held.filter((c) => c.data() === `220-${n}\r\n`);
         const heldA = heldBy('A');
         const heldB = heldBy('B');
@@ -224,7 +236,10 @@ describe('engines in two worker threads on one port', () => {
 
         // What A's engine owns, by socket inode: its listener and its held connections.
         const listenerInodeA = /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`/proc/self/fd/${fdA}`))![1]!;
-        const connInodesA = serverInodes(port, heldA.map((c) => c.localPort()));
+        const connInodesA = serverInodes(
+          port,
+          heldA.map((c) => c.localPort()),
+        );
         expect(connInodesA).toHaveLength(heldA.length);
         const ownedA = [listenerInodeA, ...connInodesA];
         expect(ownedA.every((i) => socketInodes().has(i))).toBe(true);
@@ -262,7 +277,11 @@ describe('engines in two worker threads on one port', () => {
       await a.exited;
       await b.exited;
       // B's engine closed its listener and held clients on the way out too: back to the start.
-      await waitUntil(() => `fds ${fdCount()} vs ${baseline} at the start`, () => fdCount() === baseline, 5000);
+      await waitUntil(
+        () => `fds ${fdCount()} vs ${baseline} at the start`,
+        () => fdCount() === baseline,
+        5000,
+      );
     },
   );
 });

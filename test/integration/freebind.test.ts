@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { TransparentSyscallError, loadTransparent } from '../../src/native/transparent.js';
+import { loadTransparent, TransparentSyscallError } from '../../src/native/transparent.js';
 import { CLI, runEtd } from '../helpers/cli.js';
 
 const sockets = loadTransparent();
@@ -40,7 +40,9 @@ it('binds a non-local IPv4 and IPv6 address only with freebind', () => {
 });
 
 it('rejects a freebind that is not a boolean', () => {
-  expect(() => sockets.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 1, v6only: false, freebind: 'yes' as unknown as boolean })).toThrow(TypeError);
+  expect(() =>
+    sockets.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 1, v6only: false, freebind: 'yes' as unknown as boolean }),
+  ).toThrow(TypeError);
 });
 
 describe('etd run with a listener on an address this host does not hold', () => {

@@ -8,14 +8,14 @@ import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
 import pino from 'pino';
-import YAML from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import YAML from 'yaml';
+import { type Sink, sendMail, startSink } from '../../bench/smtpPeers.js';
+import { type ApiHandle, startApi } from '../../src/api/server.js';
 import { loadConfig, parseConfig, validateConfig } from '../../src/config/load.js';
 import { isEtdError } from '../../src/errors.js';
-import { startApi, type ApiHandle } from '../../src/api/server.js';
-import { startSink, sendMail, type Sink } from '../../bench/smtpPeers.js';
+import { assertBuilt, CLI } from '../helpers/cli.js';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
-import { CLI, assertBuilt } from '../helpers/cli.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-fuzz-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -112,7 +112,34 @@ const scalar = fc.oneof(
   fc.double(),
   fc.boolean(),
   fc.constant(null),
-  fc.constantFrom('6s', '0ms', '0.5ms', '99999999999999999999d', '1e3s', '-1s', ' 6s ', '0x19', '65536', '::1', '0.0.0.0', '10.0.0.0/33', 'fe80::1%eth0', '/tmp/etd.sock', 'vip', 'plain', 'intercept', 'clientip', 'proxy-v1', '__proto__', '554 ok', '421 x', '\u0000', '\r\n', '${HOME}'),
+  fc.constantFrom(
+    '6s',
+    '0ms',
+    '0.5ms',
+    '99999999999999999999d',
+    '1e3s',
+    '-1s',
+    ' 6s ',
+    '0x19',
+    '65536',
+    '::1',
+    '0.0.0.0',
+    '10.0.0.0/33',
+    'fe80::1%eth0',
+    '/tmp/etd.sock',
+    'vip',
+    'plain',
+    'intercept',
+    'clientip',
+    'proxy-v1',
+    '__proto__',
+    '554 ok',
+    '421 x',
+    '\u0000',
+    '\r\n',
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: hostile input is the point
+    '${HOME}',
+  ),
   fc.constantFrom(1e308, -1, 0, -0, 65535, 65536, 2 ** 31, 2 ** 53 + 1, Number.MAX_VALUE, 0.5),
 );
 
@@ -126,7 +153,23 @@ const value: fc.Arbitrary<unknown> = fc.oneof(
 
 const key = fc.oneof(
   fc.string({ maxLength: 12 }),
-  fc.constantFrom('__proto__', 'constructor', 'prototype', 'toString', '<<', 'listeners', 'upstream', 'window', 'port', 'mode', 'servers', 'health', 'token', 'tokenFile', 'path'),
+  fc.constantFrom(
+    '__proto__',
+    'constructor',
+    'prototype',
+    'toString',
+    '<<',
+    'listeners',
+    'upstream',
+    'window',
+    'port',
+    'mode',
+    'servers',
+    'health',
+    'token',
+    'tokenFile',
+    'path',
+  ),
 );
 
 interface Mutation {
@@ -191,7 +234,30 @@ const textMutation = fc.record({
   op: fc.constantFrom('flip', 'insert', 'truncate', 'duplicate', 'indent', 'bytes'),
   at: fc.nat(),
   bytes: fc.uint8Array({ minLength: 1, maxLength: 16 }),
-  text: fc.oneof(fc.string({ maxLength: 20 }), fc.constantFrom('\t', ': ', '- ', '&a ', '*a', '!!binary ', '!!set ', '? ', '|', '>', '{', '[', '"', "'", '%YAML 1.1\n', '---\n', '...\n', '\ufeff', '#')),
+  text: fc.oneof(
+    fc.string({ maxLength: 20 }),
+    fc.constantFrom(
+      '\t',
+      ': ',
+      '- ',
+      '&a ',
+      '*a',
+      '!!binary ',
+      '!!set ',
+      '? ',
+      '|',
+      '>',
+      '{',
+      '[',
+      '"',
+      "'",
+      '%YAML 1.1\n',
+      '---\n',
+      '...\n',
+      '\ufeff',
+      '#',
+    ),
+  ),
 });
 
 function mutateText(src: Buffer, m: { op: string; at: number; bytes: Uint8Array; text: string }): Buffer {
@@ -226,18 +292,29 @@ function mutateText(src: Buffer, m: { op: string; at: number; bytes: Uint8Array;
 /** Hand-made nasties: each is also run through the real CLI. */
 function nasties(): Array<[string, Buffer]> {
   const bomb = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]'];
-  for (const [prev, cur] of [...'abcdefgh'].map((c, i, all) => [c, all[i + 1] ?? 'i'] as const)) bomb.push(`${cur}: &${cur} [${Array(9).fill(`*${prev}`).join(',')}]`);
+  for (const [prev, cur] of [...'abcdefgh'].map((c, i, all) => [c, all[i + 1] ?? 'i'] as const))
+    bomb.push(`${cur}: &${cur} [${Array(9).fill(`*${prev}`).join(',')}]`);
   bomb.push('listeners: *i');
   const manyKeys = Array.from({ length: 20_000 }, (_, i) => `k${i}: ${i}`).join('\n');
   return [
     ['alias bomb (billion laughs)', Buffer.from(bomb.join('\n'))],
     ['10,000 nested flow sequences', Buffer.from(`listeners: ${'['.repeat(10_000)}${']'.repeat(10_000)}\n`)],
-    ['2,000 nested block mappings', Buffer.from(Array.from({ length: 2000 }, (_, i) => `${' '.repeat(i)}k${i}:`).join('\n') + ' 1\n')],
-    ['invalid UTF-8', Buffer.concat([Buffer.from('listeners:\n  - name: '), Buffer.from([0xff, 0xfe, 0xc3, 0x28, 0xa0, 0xa1]), Buffer.from('\n    address: 0.0.0.0\n')])],
+    ['2,000 nested block mappings', Buffer.from(`${Array.from({ length: 2000 }, (_, i) => `${' '.repeat(i)}k${i}:`).join('\n')} 1\n`)],
+    [
+      'invalid UTF-8',
+      Buffer.concat([
+        Buffer.from('listeners:\n  - name: '),
+        Buffer.from([0xff, 0xfe, 0xc3, 0x28, 0xa0, 0xa1]),
+        Buffer.from('\n    address: 0.0.0.0\n'),
+      ]),
+    ],
     ['UTF-16 with a BOM', Buffer.from(`\ufeff${EXAMPLE}`, 'utf16le')],
     ['20,000 unknown top-level keys', Buffer.from(`${EXAMPLE}\n${manyKeys}\n`)],
     ['a 5 MB scalar', Buffer.from(`${EXAMPLE.replace('action: drop', `action: ${'x'.repeat(5 * 1024 * 1024)}`)}`)],
-    ['YAML tags', Buffer.from(`listeners: !!set { a, b }\nupstream: !!binary aGVsbG8=\ndetection: !!omap [ {a: 1} ]\nlog: !custom { level: info }\n`)],
+    [
+      'YAML tags',
+      Buffer.from(`listeners: !!set { a, b }\nupstream: !!binary aGVsbG8=\ndetection: !!omap [ {a: 1} ]\nlog: !custom { level: info }\n`),
+    ],
     ['__proto__ keys', Buffer.from(`__proto__: { polluted: yes }\nconstructor: { prototype: { polluted: yes } }\n${EXAMPLE}`)],
     ['two documents', Buffer.from(`${EXAMPLE}\n---\n${EXAMPLE}`)],
     ['a NUL byte', Buffer.from(EXAMPLE.replace('action: drop', 'action: dr\u0000op'))],
@@ -247,7 +324,10 @@ function nasties(): Array<[string, Buffer]> {
     ['a number at the top', Buffer.from('42\n')],
     ['duplicate keys', Buffer.from(`${EXAMPLE}\nlog: { level: info }\n`)],
     ['a 1 MB key', Buffer.from(`${EXAMPLE}\n${'k'.repeat(1024 * 1024)}: 1\n`)],
-    ['a recursive alias', Buffer.from(`listeners: &l [ { name: a, address: 0.0.0.0, port: 25, extra: *l } ]\nupstream: &u { servers: [ *u ] }\n`)],
+    [
+      'a recursive alias',
+      Buffer.from(`listeners: &l [ { name: a, address: 0.0.0.0, port: 25, extra: *l } ]\nupstream: &u { servers: [ *u ] }\n`),
+    ],
     ['huge numbers', Buffer.from(EXAMPLE.replace('port: 25', 'port: 1e400').replace('retries: 2', `retries: ${'9'.repeat(500)}`))],
   ];
 }
@@ -270,9 +350,15 @@ describe('config fuzz', () => {
           } catch {
             return; // not expressible as YAML (e.g. a BigInt): the object path below covers it
           }
-          expectClean(() => parseConfig(text), () => `base ${i}, ${JSON.stringify(ms).slice(0, 600)}`);
+          expectClean(
+            () => parseConfig(text),
+            () => `base ${i}, ${JSON.stringify(ms).slice(0, 600)}`,
+          );
         } else {
-          expectClean(() => validateConfig(doc), () => `base ${i} (object), ${JSON.stringify(ms).slice(0, 600)}`);
+          expectClean(
+            () => validateConfig(doc),
+            () => `base ${i} (object), ${JSON.stringify(ms).slice(0, 600)}`,
+          );
         }
       }),
       { numRuns: 300 },
@@ -288,7 +374,10 @@ describe('config fuzz', () => {
         let buf: Buffer = files[i]!;
         for (const m of ms) buf = mutateText(buf, m);
         fs.writeFileSync(file, buf);
-        expectClean(() => loadConfig(file), () => `base ${i}, ${JSON.stringify(ms)}`);
+        expectClean(
+          () => loadConfig(file),
+          () => `base ${i}, ${JSON.stringify(ms)}`,
+        );
       }),
       { numRuns: 400 },
     );
@@ -301,7 +390,10 @@ describe('config fuzz', () => {
       const file = path.join(tmp, `nasty-${name.replace(/\W+/g, '-')}.yaml`);
       fs.writeFileSync(file, buf);
       const t0 = performance.now();
-      expectClean(() => loadConfig(file), () => name);
+      expectClean(
+        () => loadConfig(file),
+        () => name,
+      );
       expect(performance.now() - t0, `${name}: took too long`).toBeLessThan(5000);
     }
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
@@ -312,7 +404,9 @@ describe('config fuzz', () => {
           resolve({ code: err ? (typeof err.code === 'number' ? err.code : null) : 0, stdout, stderr });
         });
       });
-    const results = await Promise.all(cases.map(([name]) => run(path.join(tmp, `nasty-${name.replace(/\W+/g, '-')}.yaml`)).then((r) => [name, r] as const)));
+    const results = await Promise.all(
+      cases.map(([name]) => run(path.join(tmp, `nasty-${name.replace(/\W+/g, '-')}.yaml`)).then((r) => [name, r] as const)),
+    );
     for (const [name, r] of results) {
       expect(r.code, `${name}: ${r.stderr.slice(0, 500)}`).toBe(1);
       expect(r.stderr, name).toMatch(/^etd: ETD_ERR_CONFIG_(READ|PARSE|INVALID): /);
@@ -338,18 +432,36 @@ describe('API fuzz over real HTTP', () => {
     sink = await startSink({ name: 'api.sink' });
     const doc = {
       detection: { window: '100ms' },
-      upstream: { servers: [{ name: 's1', address: '127.0.0.1', port: sink.port }, { name: 's2', address: '127.0.0.1', port: sink.port }] },
+      upstream: {
+        servers: [
+          { name: 's1', address: '127.0.0.1', port: sink.port },
+          { name: 's2', address: '127.0.0.1', port: sink.port },
+        ],
+      },
     };
     const file = path.join(tmp, 'api.yaml');
     fs.writeFileSync(
       file,
-      YAML.stringify({ ...doc, listeners: [{ name: 'test', address: '127.0.0.1', port: 0 }], log: { level: 'silent' }, state: { path: ':memory:' }, cache: { enabled: false }, api: { enabled: false } }),
+      YAML.stringify({
+        ...doc,
+        listeners: [{ name: 'test', address: '127.0.0.1', port: 0 }],
+        log: { level: 'silent' },
+        state: { path: ':memory:' },
+        cache: { enabled: false },
+        api: { enabled: false },
+      }),
     );
     etd = await startEtdForTest(doc);
     const log = pino({ level: 'error' }, { write: (s: string) => void errors.push(JSON.parse(s) as Record<string, unknown>) });
     api = await startApi(
       { enabled: true, address: '127.0.0.1', port: 0, token: TOKEN },
-      { app: etd.app, version: 'fuzz', log, reload: async () => etd.app.reload(loadConfig(file)), options: { processMetrics: false, sseHeartbeatMs: 60_000 } },
+      {
+        app: etd.app,
+        version: 'fuzz',
+        log,
+        reload: async () => etd.app.reload(loadConfig(file)),
+        options: { processMetrics: false, sseHeartbeatMs: 60_000 },
+      },
     );
     port = Number(new URL(api.url).port);
   });
@@ -390,23 +502,87 @@ describe('API fuzz over real HTTP', () => {
     });
   }
 
-  const KNOWN = ['/v1/backends/s2', '/healthz', '/readyz', '/metrics', '/openapi.json', '/v1/status', '/v1/stats', '/v1/config', '/v1/backends', '/v1/backends/s1', '/v1/sessions', '/v1/events', '/v1/events/stream', '/v1/reload', '/v1/cache', '/v1/access'];
+  const KNOWN = [
+    '/v1/backends/s2',
+    '/healthz',
+    '/readyz',
+    '/metrics',
+    '/openapi.json',
+    '/v1/status',
+    '/v1/stats',
+    '/v1/config',
+    '/v1/backends',
+    '/v1/backends/s1',
+    '/v1/sessions',
+    '/v1/events',
+    '/v1/events/stream',
+    '/v1/reload',
+    '/v1/cache',
+    '/v1/access',
+  ];
   const seg = fc.oneof(
-    fc.constantFrom('v1', 'backends', 's1', 's2', 'events', 'stream', 'sessions', '..', '.', '', '%2e%2e', '%00', '%zz', '%', '%ff%fe', '%E2%80%AE', '~', '*', ';', ':name', 'long-segment-'.repeat(250)),
+    fc.constantFrom(
+      'v1',
+      'backends',
+      's1',
+      's2',
+      'events',
+      'stream',
+      'sessions',
+      '..',
+      '.',
+      '',
+      '%2e%2e',
+      '%00',
+      '%zz',
+      '%',
+      '%ff%fe',
+      '%E2%80%AE',
+      '~',
+      '*',
+      ';',
+      ':name',
+      'long-segment-'.repeat(250),
+    ),
     fc.string({ maxLength: 12 }).map((s) => encodeURIComponent(s)),
   );
   const query = fc.oneof(
     fc.constant(''),
-    fc.dictionary(fc.constantFrom('limit', 'since', 'verdict', 'listener', 'offset', 'kind', 'x', '__proto__', 'limit[]'), fc.oneof(fc.string({ maxLength: 10 }), fc.integer().map(String), fc.constantFrom('-1', '1e9', 'NaN', '', '0x10', '1001', 'passed', '%00'))).map(
-      (q) => `?${Object.entries(q).map(([k, v]) => `${k}=${encodeURIComponent(v)}`).join('&')}`,
-    ),
+    fc
+      .dictionary(
+        fc.constantFrom('limit', 'since', 'verdict', 'listener', 'offset', 'kind', 'x', '__proto__', 'limit[]'),
+        fc.oneof(
+          fc.string({ maxLength: 10 }),
+          fc.integer().map(String),
+          fc.constantFrom('-1', '1e9', 'NaN', '', '0x10', '1001', 'passed', '%00'),
+        ),
+      )
+      .map(
+        (q) =>
+          `?${Object.entries(q)
+            .map(([k, v]) => `${k}=${encodeURIComponent(v)}`)
+            .join('&')}`,
+      ),
     fc.constantFrom('?', '?&&', '?limit', '?limit=1&limit=2', '?a[b][c]=1', '?%', `?${'a=1&'.repeat(2000)}`),
   );
   const pathArb = fc.oneof(
     { weight: 3, arbitrary: fc.tuple(fc.constantFrom(...KNOWN), query).map(([p, q]) => p + q) },
-    { weight: 2, arbitrary: fc.tuple(fc.constantFrom(...KNOWN), fc.array(seg, { maxLength: 3 }), query).map(([p, s, q]) => [p, ...s].join('/') + q) },
+    {
+      weight: 2,
+      arbitrary: fc.tuple(fc.constantFrom(...KNOWN), fc.array(seg, { maxLength: 3 }), query).map(([p, s, q]) => [p, ...s].join('/') + q),
+    },
     { weight: 2, arbitrary: fc.tuple(fc.array(seg, { minLength: 1, maxLength: 6 }), query).map(([s, q]) => `/${s.join('/')}${q}`) },
-    { weight: 1, arbitrary: fc.constantFrom('*', '//', '/\\', 'http://evil.example/nowhere', '/v1/backends/%', '/v1/backends/a-very-long-name-' + '0123456789'.repeat(7000)) },
+    {
+      weight: 1,
+      arbitrary: fc.constantFrom(
+        '*',
+        '//',
+        '/\\',
+        'http://evil.example/nowhere',
+        '/v1/backends/%',
+        `/v1/backends/a-very-long-name-${'0123456789'.repeat(7000)}`,
+      ),
+    },
   );
   /** A big body, built when sent; printed by its label. */
   interface Lazy {
@@ -418,23 +594,59 @@ describe('API fuzz over real HTTP', () => {
   const body = fc.oneof<fc.Arbitrary<string | Lazy | undefined>[]>(
     fc.constant(undefined),
     fc.jsonValue({ maxDepth: 4 }).map((v) => JSON.stringify(v)),
-    fc.constantFrom('{"state":"drain"}', '{"state":"maint","reason":"fuzz"}', '{"state":"up"}', '{"state":"up","reason":""}', '{"state":"drain","extra":1}', '{"__proto__":{"polluted":1}}', '{"constructor":{"prototype":{"polluted":1}}}', '{', '[]', 'null', '"x"', '{"state":'),
+    fc.constantFrom(
+      '{"state":"drain"}',
+      '{"state":"maint","reason":"fuzz"}',
+      '{"state":"up"}',
+      '{"state":"up","reason":""}',
+      '{"state":"drain","extra":1}',
+      '{"__proto__":{"polluted":1}}',
+      '{"constructor":{"prototype":{"polluted":1}}}',
+      '{',
+      '[]',
+      'null',
+      '"x"',
+      '{"state":',
+    ),
     fc.string({ maxLength: 200 }),
     fc.uint8Array({ maxLength: 300 }).map((b) => Buffer.from(b).toString('latin1')),
     fc.integer({ min: 1000, max: 40_000 }).map((d) => lazy(`[ × ${d}`, () => '['.repeat(d) + ']'.repeat(d))),
-    fc.integer({ min: 1000, max: 20_000 }).map((d) => lazy(`{"a": × ${d}`, () => '{"a":'.repeat(d) + '1' + '}'.repeat(d))),
-    fc.integer({ min: 65_000, max: 200_000 }).map((n) => lazy(`reason of ${n}`, () => JSON.stringify({ state: 'drain', reason: 'x'.repeat(n) }))),
+    fc.integer({ min: 1000, max: 20_000 }).map((d) => lazy(`{"a": × ${d}`, () => `${'{"a":'.repeat(d)}1${'}'.repeat(d)}`)),
+    fc
+      .integer({ min: 65_000, max: 200_000 })
+      .map((n) => lazy(`reason of ${n}`, () => JSON.stringify({ state: 'drain', reason: 'x'.repeat(n) }))),
   );
   const request = fc.record({
     method: fc.constantFrom('GET', 'GET', 'POST', 'PATCH', 'PUT', 'DELETE', 'HEAD', 'OPTIONS', 'TRACE', 'FOO', 'get'),
     path: pathArb,
-    auth: fc.oneof({ weight: 6, arbitrary: fc.constant(`Bearer ${TOKEN}`) }, { weight: 1, arbitrary: fc.constantFrom('', 'Bearer', 'Bearer x', `bearer  ${TOKEN}  `, `Basic ${TOKEN}`, `Bearer ${TOKEN}\u00ff`) }),
-    contentType: fc.constantFrom(undefined, 'application/json', 'application/json; charset=utf-8', 'application/json; charset=utf-16', 'text/plain', 'application/x-www-form-urlencoded', 'multipart/form-data; boundary=x', 'application/octet-stream', ';;;', 'application/json\u00e9'),
+    auth: fc.oneof(
+      { weight: 6, arbitrary: fc.constant(`Bearer ${TOKEN}`) },
+      { weight: 1, arbitrary: fc.constantFrom('', 'Bearer', 'Bearer x', `bearer  ${TOKEN}  `, `Basic ${TOKEN}`, `Bearer ${TOKEN}\u00ff`) },
+    ),
+    contentType: fc.constantFrom(
+      undefined,
+      'application/json',
+      'application/json; charset=utf-8',
+      'application/json; charset=utf-16',
+      'text/plain',
+      'application/x-www-form-urlencoded',
+      'multipart/form-data; boundary=x',
+      'application/octet-stream',
+      ';;;',
+      'application/json\u00e9',
+    ),
     body,
     chunked: fc.boolean(),
   });
 
-  function build(r: { method: string; path: string; auth: string; contentType: string | undefined; body: string | Lazy | undefined; chunked: boolean }): Buffer {
+  function build(r: {
+    method: string;
+    path: string;
+    auth: string;
+    contentType: string | undefined;
+    body: string | Lazy | undefined;
+    chunked: boolean;
+  }): Buffer {
     const body = text(r.body);
     const head = [`${r.method} ${r.path} HTTP/1.1`, 'Host: 127.0.0.1', 'Connection: close'];
     if (r.auth) head.push(`Authorization: ${r.auth}`);
@@ -468,14 +680,26 @@ describe('API fuzz over real HTTP', () => {
       { numRuns: 500 },
     );
     console.log(`API fuzz statuses: ${JSON.stringify(Object.fromEntries(statuses))}`);
-    expect(errors.filter((e) => e.msg === 'API request failed'), JSON.stringify(errors.slice(0, 3))).toEqual([]);
+    expect(
+      errors.filter((e) => e.msg === 'API request failed'),
+      JSON.stringify(errors.slice(0, 3)),
+    ).toEqual([]);
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
   }, 120_000);
 
   it('a JSON body nested 3,500 levels deep is a 400, not a 500 (found by the fuzz: the validator overflowed its stack)', async () => {
     for (const chunked of [false, true]) {
-      const body = '{"a": '.repeat(3500) + '1' + '}'.repeat(3500);
-      const status = await raw(build({ method: 'POST', path: '/v1/access', auth: `Bearer ${TOKEN}`, contentType: 'application/json; charset=utf-8', body, chunked }));
+      const body = `${'{"a": '.repeat(3500)}1${'}'.repeat(3500)}`;
+      const status = await raw(
+        build({
+          method: 'POST',
+          path: '/v1/access',
+          auth: `Bearer ${TOKEN}`,
+          contentType: 'application/json; charset=utf-8',
+          body,
+          chunked,
+        }),
+      );
       expect(status).toBe(400);
     }
     expect(errors.filter((e) => e.msg === 'API request failed')).toEqual([]);
@@ -508,12 +732,18 @@ describe('API fuzz over real HTTP', () => {
     ];
     for (const g of garbage) {
       const status = await raw(g);
-      expect(status === 0 || (status >= 400 && status < 500), `${JSON.stringify(g.subarray(0, 40).toString('latin1'))} → ${status}`).toBe(true);
+      expect(status === 0 || (status >= 400 && status < 500), `${JSON.stringify(g.subarray(0, 40).toString('latin1'))} → ${status}`).toBe(
+        true,
+      );
     }
     const health = await fetch(`${api.url}/healthz`);
     expect(health.status).toBe(200);
     for (const name of ['s1', 's2']) {
-      await fetch(`${api.url}/v1/backends/${name}`, { method: 'PATCH', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: '{"state":"up"}' });
+      await fetch(`${api.url}/v1/backends/${name}`, {
+        method: 'PATCH',
+        headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+        body: '{"state":"up"}',
+      });
     }
     const mail = await sendMail({ port: etd.port, tag: 'after-api-fuzz@fuzz.test' });
     expect(mail.delivered).toBe(true);

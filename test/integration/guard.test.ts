@@ -9,7 +9,7 @@ import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadEngine } from '../../src/native/engine.js';
 import { loadTransparent } from '../../src/native/transparent.js';
-import { EV_ACCEPT, type EngineEvent, type EngineProfile } from '../../src/proxy/protocol.js';
+import { type EngineEvent, type EngineProfile, EV_ACCEPT } from '../../src/proxy/protocol.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const engine = loadEngine();
@@ -129,7 +129,8 @@ function splits(s: string): string[][] {
 /** A few cuts in three, on top of every cut in two. */
 function threeWay(s: string, step: number): string[][] {
   const out: string[][] = [];
-  for (let i = 1; i < s.length; i += step) for (let j = i + 1; j < s.length; j += step) out.push([s.slice(0, i), s.slice(i, j), s.slice(j)]);
+  for (let i = 1; i < s.length; i += step)
+    for (let j = i + 1; j < s.length; j += step) out.push([s.slice(0, i), s.slice(i, j), s.slice(j)]);
   return out;
 }
 
@@ -158,9 +159,21 @@ describe('PIPECONNECT stripper (server → client), every split of the server by
   const cases: Array<[string, string, string]> = [
     ['in the middle', '250-mx.test\r\n250-PIPECONNECT\r\n250 SIZE 1000\r\n', '250-mx.test\r\n250 SIZE 1000\r\n'],
     ['as the last line', '250-mx.test\r\n250-SIZE 1000\r\n250 PIPECONNECT\r\n', '250-mx.test\r\n250 SIZE 1000\r\n'],
-    ['right after the domain line', '250-mx.test\r\n250-X_PIPE_CONNECT\r\n250-PIPELINING\r\n250 HELP\r\n', '250-mx.test\r\n250-PIPELINING\r\n250 HELP\r\n'],
-    ['both spellings, lower case, LF only', '250-mx.test\n250-pipeconnect\n250-8BITMIME\n250 x_pipe_connect\n', '250-mx.test\n250 8BITMIME\n'],
-    ['not PIPELINING or look-alikes', '250-mx\r\n250-PIPELINING\r\n250-PIPECONNECTX\r\n250 CHUNKING\r\n', '250-mx\r\n250-PIPELINING\r\n250-PIPECONNECTX\r\n250 CHUNKING\r\n'],
+    [
+      'right after the domain line',
+      '250-mx.test\r\n250-X_PIPE_CONNECT\r\n250-PIPELINING\r\n250 HELP\r\n',
+      '250-mx.test\r\n250-PIPELINING\r\n250 HELP\r\n',
+    ],
+    [
+      'both spellings, lower case, LF only',
+      '250-mx.test\n250-pipeconnect\n250-8BITMIME\n250 x_pipe_connect\n',
+      '250-mx.test\n250 8BITMIME\n',
+    ],
+    [
+      'not PIPELINING or look-alikes',
+      '250-mx\r\n250-PIPELINING\r\n250-PIPECONNECTX\r\n250 CHUNKING\r\n',
+      '250-mx\r\n250-PIPELINING\r\n250-PIPECONNECTX\r\n250 CHUNKING\r\n',
+    ],
     ['not a one-line 250 PIPECONNECT (no EHLO reply)', '250 PIPECONNECT\r\n', '250 PIPECONNECT\r\n'],
     ['a keyword line with arguments', '250-mx\r\n250-PIPECONNECT x y\r\n250 HELP\r\n', '250-mx\r\n250 HELP\r\n'],
   ];
@@ -217,11 +230,14 @@ describe('command watcher (client → server): the guard stops at DATA/BDAT/STAR
     const after = '250-mx\r\n250-PIPECONNECT\r\n250 HELP\r\n';
     const wrong: string[] = [];
     await each(splits(after), 64, async (pieces) => {
-      const got = await session(async (s, received) => {
-        s.write(greeting);
-        await waitFor(() => received().length >= 6, { interval: 2, what: 'DATA' });
-        await writePieces(s, pieces);
-      }, ['DATA\r\n']);
+      const got = await session(
+        async (s, received) => {
+          s.write(greeting);
+          await waitFor(() => received().length >= 6, { interval: 2, what: 'DATA' });
+          await writePieces(s, pieces);
+        },
+        ['DATA\r\n'],
+      );
       if (got !== greeting + after) wrong.push(`${JSON.stringify(pieces)} -> ${JSON.stringify(got)}`);
     });
     expect(wrong).toEqual([]);

@@ -5,11 +5,11 @@ import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HealthChecker } from '../../src/backend/health.js';
 import { Pool, type StateChange } from '../../src/backend/pool.js';
-import { smtpCheck, type CheckFailure, type CheckOptions, type CheckResult, type CheckTarget } from '../../src/backend/smtpCheck.js';
+import { type CheckFailure, type CheckOptions, type CheckResult, type CheckTarget, smtpCheck } from '../../src/backend/smtpCheck.js';
 import { validateConfig } from '../../src/config/load.js';
 import type { HealthConfig, ServerConfig } from '../../src/config/schema.js';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
-import { closedPort, startScripted, type Behaviour, type ScriptedServer } from '../helpers/scriptedSmtp.js';
+import { type Behaviour, closedPort, type ScriptedServer, startScripted } from '../helpers/scriptedSmtp.js';
 import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
@@ -17,7 +17,15 @@ const INTERVAL = 100;
 const TIMEOUT = 80;
 const RISE = 2;
 const FALL = 3;
-const HEALTH: HealthConfig = { enabled: true, intervalMs: INTERVAL, rise: RISE, fall: FALL, timeoutMs: TIMEOUT, helo: 'etd.test', command: 'HELO' };
+const HEALTH: HealthConfig = {
+  enabled: true,
+  intervalMs: INTERVAL,
+  rise: RISE,
+  fall: FALL,
+  timeoutMs: TIMEOUT,
+  helo: 'etd.test',
+  command: 'HELO',
+};
 /** The same, as the YAML document says it. */
 const HEALTH_DOC = { interval: `${INTERVAL}ms`, timeout: `${TIMEOUT}ms`, rise: RISE, fall: FALL, helo: 'etd.test' };
 const silentLog = pino({ level: process.env.ETD_TEST_LOG ?? 'silent' });
@@ -140,7 +148,10 @@ describe('smtpCheck: one probe', () => {
       await Promise.all([...servers.map((s) => probe(s.port, { command: round % 2 ? 'EHLO' : 'HELO' })), probe(refused)]);
     }
     // The QUIT linger ends when the server closes, and at the latest at the check's deadline.
-    await waitFor(() => count() <= before && servers.every((s) => s.open.size === 0), { what: 'sockets and timers to be released', timeout: TIMEOUT + 1000 });
+    await waitFor(() => count() <= before && servers.every((s) => s.open.size === 0), {
+      what: 'sockets and timers to be released',
+      timeout: TIMEOUT + 1000,
+    });
   });
 });
 
@@ -155,7 +166,10 @@ interface Watched {
   events: Array<StateChange & { atCheck: number; at: number }>;
 }
 
-function watch(servers: ServerConfig[], opts: { health?: Partial<HealthConfig>; passiveFall?: number; beforeResult?: (n: number) => void } = {}): Watched {
+function watch(
+  servers: ServerConfig[],
+  opts: { health?: Partial<HealthConfig>; passiveFall?: number; beforeResult?: (n: number) => void } = {},
+): Watched {
   const pool = new Pool(servers, 'roundrobin', { passiveFall: opts.passiveFall ?? 3 });
   const results: CheckResult[] = [];
   const events: Watched['events'] = [];
@@ -188,7 +202,14 @@ describe('HealthChecker: rise and fall, exactly', () => {
     // 6 checks, the first at once: 5 intervals (start to start), give or take the timers.
     expect(elapsed).toBeGreaterThanOrEqual(5 * INTERVAL - 5);
     expect(elapsed).toBeLessThan(5 * INTERVAL + 250);
-    expect(w.checker.status('s')).toMatchObject({ checked: true, healthy: true, okStreak: 6, failStreak: 0, checks: 6, lastFailure: undefined });
+    expect(w.checker.status('s')).toMatchObject({
+      checked: true,
+      healthy: true,
+      okStreak: 6,
+      failStreak: 0,
+      checks: 6,
+      lastFailure: undefined,
+    });
   });
 
   const bad: Array<[string, Behaviour | 'refused', CheckFailure, string]> = [
@@ -220,7 +241,12 @@ describe('HealthChecker: rise and fall, exactly', () => {
     const s = await scripted('flap.test', (i) => (pattern[i] === 'x' ? 'banner421' : 'healthy'));
     const w = watch([serverConfig('s', s.port)]);
     await waitFor(() => w.results.length >= pattern.length + 2, { what: 'the pattern', timeout: 4000 });
-    expect(w.results.slice(0, pattern.length).map((r) => (r.ok ? 'o' : 'x')).join('')).toBe(pattern);
+    expect(
+      w.results
+        .slice(0, pattern.length)
+        .map((r) => (r.ok ? 'o' : 'x'))
+        .join(''),
+    ).toBe(pattern);
     expect(brief(w)).toEqual([
       { server: 's', from: 'up', to: 'down', atCheck: 7 },
       { server: 's', from: 'down', to: 'up', atCheck: 9 },
@@ -235,7 +261,12 @@ describe('HealthChecker: rise and fall, exactly', () => {
     const s = await scripted('alt.test', (i) => (i % 2 ? 'garbage' : 'healthy'));
     const w = watch([serverConfig('s', s.port)], { health: { fall: 2 } });
     await waitFor(() => w.results.length >= 10, { what: '10 checks', timeout: 3000 });
-    expect(w.results.slice(0, 10).map((r) => (r.ok ? 'o' : 'x')).join('')).toBe('oxoxoxoxox');
+    expect(
+      w.results
+        .slice(0, 10)
+        .map((r) => (r.ok ? 'o' : 'x'))
+        .join(''),
+    ).toBe('oxoxoxoxox');
     expect(w.events).toEqual([]);
   });
 
@@ -544,7 +575,14 @@ describe('through etd: drain and maint', () => {
     const b = await scripted('b.test');
     const etd = await etdWith({
       detection: { window: '0ms' },
-      upstream: { balance: 'roundrobin', servers: [{ name: 'a', address: '127.0.0.1', port: a.port }, { name: 'b', address: '127.0.0.1', port: b.port }], health: HEALTH_DOC },
+      upstream: {
+        balance: 'roundrobin',
+        servers: [
+          { name: 'a', address: '127.0.0.1', port: a.port },
+          { name: 'b', address: '127.0.0.1', port: b.port },
+        ],
+        health: HEALTH_DOC,
+      },
     });
     const changes = recordChanges(etd);
     const pool = etd.app.pool;
@@ -569,7 +607,10 @@ describe('through etd: drain and maint', () => {
     const rest = await quit(held!);
     expect(rest).toMatch(/^250 a\.test\r\n221 /);
     await waitFor(() => sa.active === 0, { what: 'a to have no session', timeout: 1000 });
-    await waitFor(() => etd.summaries.some((s) => s.client === `127.0.0.1:${held!.localPort}`), { what: 'the held session summary', timeout: 1000 });
+    await waitFor(() => etd.summaries.some((s) => s.client === `127.0.0.1:${held!.localPort}`), {
+      what: 'the held session summary',
+      timeout: 1000,
+    });
     expect(etd.summaries.find((s) => s.client === `127.0.0.1:${held!.localPort}`)).toMatchObject({ server: 'a', verdict: 'passed' });
 
     pool.setAdmin(sa, 'maint', 'operator: maint a');
@@ -597,7 +638,14 @@ describe('through etd: drain and maint', () => {
     const b = await scripted('b.test');
     const etd = await etdWith({
       detection: { window: '0ms' },
-      upstream: { balance: 'roundrobin', servers: [{ name: 'a', address: '127.0.0.1', port: a.port }, { name: 'b', address: '127.0.0.1', port: b.port }], health: HEALTH_DOC },
+      upstream: {
+        balance: 'roundrobin',
+        servers: [
+          { name: 'a', address: '127.0.0.1', port: a.port },
+          { name: 'b', address: '127.0.0.1', port: b.port },
+        ],
+        health: HEALTH_DOC,
+      },
     });
     const changes = recordChanges(etd);
     const sa = etd.app.pool.get('a')!;
@@ -643,7 +691,12 @@ describe('through etd: balancing', () => {
       detection: { window: '0ms' },
       upstream: {
         balance: 'roundrobin',
-        servers: servers.map((s, i) => ({ name: Object.keys(weights)[i]!, address: '127.0.0.1', port: s.port, weight: Object.values(weights)[i]! })),
+        servers: servers.map((s, i) => ({
+          name: Object.keys(weights)[i]!,
+          address: '127.0.0.1',
+          port: s.port,
+          weight: Object.values(weights)[i]!,
+        })),
         health: HEALTH_DOC,
       },
     });
@@ -654,7 +707,9 @@ describe('through etd: balancing', () => {
     const total = Object.values(weights).reduce((a, b) => a + b, 0);
     for (const [name, w] of Object.entries(weights)) {
       // ±1 per engine worker: each keeps its own round-robin turn.
-      expect(Math.abs((counts[name] ?? 0) - (n * w) / total), `${name}: ${counts[name]}`).toBeLessThanOrEqual(etd.app.currentConfig.workers);
+      expect(Math.abs((counts[name] ?? 0) - (n * w) / total), `${name}: ${counts[name]}`).toBeLessThanOrEqual(
+        etd.app.currentConfig.workers,
+      );
     }
     const sums = await etd.waitForSummaries(n);
     expect(sums.every((s) => s.attempts === 1)).toBe(true);
@@ -667,7 +722,11 @@ describe('through etd: balancing', () => {
     const servers = await Promise.all(names.map((n) => scripted(`${n}.test`)));
     const etd = await etdWith({
       detection: { window: '0ms' },
-      upstream: { balance: 'leastconn', servers: servers.map((s, i) => ({ name: names[i]!, address: '127.0.0.1', port: s.port })), health: HEALTH_DOC },
+      upstream: {
+        balance: 'leastconn',
+        servers: servers.map((s, i) => ({ name: names[i]!, address: '127.0.0.1', port: s.port })),
+        health: HEALTH_DOC,
+      },
     });
     const pool = etd.app.pool;
     const name = (h: HeldSession) => /^220 (\w)\.test/.exec(h.banner)?.[1];

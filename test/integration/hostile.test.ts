@@ -5,10 +5,10 @@
 import crypto from 'node:crypto';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Sink, sendMail, startSink } from '../../bench/smtpPeers.js';
 import type { LiveSession } from '../../src/proxy/protocol.js';
-import { sendMail, startSink, type Sink } from '../../bench/smtpPeers.js';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
-import { MB, fdCount, settledHeap } from '../helpers/leak.js';
+import { fdCount, MB, settledHeap } from '../helpers/leak.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const WINDOW_MS = 300;
@@ -60,7 +60,10 @@ async function polite(label: string): Promise<void> {
 async function backToBaseline(label: string, connections: number): Promise<void> {
   const app = etd.app;
   await waitFor(() => app.sessions.size === 0, { what: `${label}: sessions to end (${app.sessions.size} left)`, timeout: 20_000 });
-  expect((app as unknown as { engine: { liveSessions: number } }).engine.liveSessions, `${label}: sessions the engine driver still routes to`).toBe(0);
+  expect(
+    (app as unknown as { engine: { liveSessions: number } }).engine.liveSessions,
+    `${label}: sessions the engine driver still routes to`,
+  ).toBe(0);
   expect(app.stats.held).toBe(0);
   expect(app.stats.relaying).toBe(0);
   expect(app.pool.get('sink')?.active).toBe(0);
@@ -68,7 +71,10 @@ async function backToBaseline(label: string, connections: number): Promise<void>
   await waitFor(() => sink.open.size === 0, { what: `${label}: backend connections to close (${sink.open.size} open)`, timeout: 15_000 });
   await waitFor(() => fdCount() <= baseFds + 5, { what: () => `${label}: fds back to ${baseFds} ± 5 (now ${fdCount()})`, timeout: 15_000 });
   // The native engine owns nothing but the listener's fd (replies it lingers on are done too).
-  await waitFor(() => app.engineCounts()?.connections === 0 && app.engineCounts()?.fds === 1, { what: () => `${label}: native engine back to its listener (${JSON.stringify(app.engineCounts())})`, timeout: 15_000 });
+  await waitFor(() => app.engineCounts()?.connections === 0 && app.engineCounts()?.fds === 1, {
+    what: () => `${label}: native engine back to its listener (${JSON.stringify(app.engineCounts())})`,
+    timeout: 15_000,
+  });
   // The summaries are the test's own record, not etd's memory.
   etd.summaries.length = 0;
   const heap = await settledHeap();
@@ -90,8 +96,10 @@ async function backToBaseline(label: string, connections: number): Promise<void>
   expect(liveSessions, `${label}: Session objects still reachable after GC`).toBe(0);
   expect(Math.abs(fds - baseFds), `${label}: fds ${baseFds} → ${fds}`).toBeLessThanOrEqual(5);
   expect(heap - baseHeap, `${label}: heap grew ${((heap - baseHeap) / MB).toFixed(2)} MB`).toBeLessThan(3 * MB);
-  expect(arrayBuffers - baseArrayBuffers, `${label}: array buffers grew ${((arrayBuffers - baseArrayBuffers) / MB).toFixed(2)} MB`).toBeLessThan(3 * MB);
-
+  expect(
+    arrayBuffers - baseArrayBuffers,
+    `${label}: array buffers grew ${((arrayBuffers - baseArrayBuffers) / MB).toFixed(2)} MB`,
+  ).toBeLessThan(3 * MB);
 }
 
 interface Outcome {
@@ -100,7 +108,10 @@ interface Outcome {
 }
 
 /** A raw client from `localAddress`; `script` runs on connect; resolves when the connection is gone. */
-function client(script: (s: net.Socket, received: () => Buffer) => void, opts: { localAddress?: string; timeoutMs?: number } = {}): Promise<Outcome> {
+function client(
+  script: (s: net.Socket, received: () => Buffer) => void,
+  opts: { localAddress?: string; timeoutMs?: number } = {},
+): Promise<Outcome> {
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let done = false;
@@ -299,12 +310,15 @@ describe('hostile clients', () => {
       return add(s);
     };
     try {
-      await pool(2000, 400, (i) =>
-        new Promise<void>((resolve) => {
-          const s = net.connect({ port: long.port, host: '127.0.0.1', localAddress: addr(60, i) }, () => s.resetAndDestroy());
-          s.on('error', () => undefined);
-          s.on('close', () => resolve());
-        }),
+      await pool(
+        2000,
+        400,
+        (i) =>
+          new Promise<void>((resolve) => {
+            const s = net.connect({ port: long.port, host: '127.0.0.1', localAddress: addr(60, i) }, () => s.resetAndDestroy());
+            s.on('error', () => undefined);
+            s.on('close', () => resolve());
+          }),
       );
       await waitFor(() => long.summaries.length >= 2000, { what: () => `2,000 summaries (got ${long.summaries.length})`, timeout: 60_000 });
       const longest = Math.max(...long.summaries.map((x) => x.durationMs));
@@ -324,10 +338,15 @@ describe('hostile clients', () => {
   it('clients that half-close during the hold are let go at once; a half-close after QUIT still gets the 221', async () => {
     const n = 200;
     const inHold = await Promise.all(
-      Array.from({ length: n }, (_, i) => client((s) => setTimeout(() => s.end(), (i * 3) % (WINDOW_MS - 50)), { localAddress: addr(30, i), timeoutMs: 10_000 })),
+      Array.from({ length: n }, (_, i) =>
+        client((s) => setTimeout(() => s.end(), (i * 3) % (WINDOW_MS - 50)), { localAddress: addr(30, i), timeoutMs: 10_000 }),
+      ),
     );
     expect(inHold.filter((o) => o.ended === 'end')).toHaveLength(n);
-    expect(inHold.filter((o) => o.data.length > 0), 'no greeting for a client that already hung up').toHaveLength(0);
+    expect(
+      inHold.filter((o) => o.data.length > 0),
+      'no greeting for a client that already hung up',
+    ).toHaveLength(0);
     inHold.length = 0;
     const quitters = await Promise.all(
       Array.from({ length: 20 }, (_, i) =>
@@ -408,12 +427,15 @@ describe('hostile clients', () => {
     };
     const before = await settledHeap();
     try {
-      await pool(5000, 400, (i) =>
-        new Promise<void>((resolve) => {
-          const s = net.connect({ port: etd.port, host: '127.0.0.1', localAddress: addr(70 + (i % 4), i) }, () => s.resetAndDestroy());
-          s.on('error', () => undefined);
-          s.on('close', () => resolve());
-        }),
+      await pool(
+        5000,
+        400,
+        (i) =>
+          new Promise<void>((resolve) => {
+            const s = net.connect({ port: etd.port, host: '127.0.0.1', localAddress: addr(70 + (i % 4), i) }, () => s.resetAndDestroy());
+            s.on('error', () => undefined);
+            s.on('close', () => resolve());
+          }),
       );
       await waitFor(() => etd.summaries.length >= 5000, { what: () => `5,000 summaries (got ${etd.summaries.length})`, timeout: 60_000 });
       etd.summaries.length = 0;

@@ -43,8 +43,11 @@ it('--keepalived adds keepalived and curl, the track script and the example conf
   const step = r.stdout.slice(r.stdout.indexOf('HA pair (--keepalived)'));
   expect(step).not.toBe('');
   expect(step).toMatch(/\+ install -d -m 0755 \/etc\/keepalived/);
-  expect(step).toMatch(/\/etc\/keepalived\/etd-health\.sh (is up to date|\(mode 0755, root:root\) from examples\/keepalived\/etd-health\.sh)/);
-  for (const gw of ['a', 'b']) expect(step).toMatch(new RegExp(`/etc/keepalived/etd-keepalived-${gw}\\.conf\\.example .*(0644|up to date)`));
+  expect(step).toMatch(
+    /\/etc\/keepalived\/etd-health\.sh (is up to date|\(mode 0755, root:root\) from examples\/keepalived\/etd-health\.sh)/,
+  );
+  for (const gw of ['a', 'b'])
+    expect(step).toMatch(new RegExp(`/etc/keepalived/etd-keepalived-${gw}\\.conf\\.example .*(0644|up to date)`));
   expect(r.stdout).not.toMatch(/write \/etc\/keepalived\/keepalived\.conf/);
   // Examples travel with the program files, with or without the flag.
   expect(r.stdout).toMatch(/\+ cp -R \S+\/examples \/opt\/\.etd\.new\//);

@@ -22,7 +22,8 @@ let stalled = 0;
 
 function handler(req: http.IncomingMessage, res: http.ServerResponse): void {
   if (req.url === '/healthz') res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
-  else if (req.url === '/readyz') res.writeHead(503, { 'content-type': 'application/json' }).end('{"ready":false,"reasons":["no backend server is up"]}');
+  else if (req.url === '/readyz')
+    res.writeHead(503, { 'content-type': 'application/json' }).end('{"ready":false,"reasons":["no backend server is up"]}');
   else res.writeHead(404).end();
 }
 
@@ -72,7 +73,11 @@ describe.skipIf(skipWithout('shellcheck', 'shellcheck', 'shellcheck of examples/
     const scripts = fs.readdirSync(EXAMPLES).filter((f) => f.endsWith('.sh'));
     expect(scripts).toContain('etd-health.sh');
     const r = await new Promise<{ code: number; out: string }>((resolve) =>
-      execFile('shellcheck', scripts.map((f) => path.join(EXAMPLES, f)), (err, stdout, stderr) => resolve({ code: err ? 1 : 0, out: stdout + stderr })),
+      execFile(
+        'shellcheck',
+        scripts.map((f) => path.join(EXAMPLES, f)),
+        (err, stdout, stderr) => resolve({ code: err ? 1 : 0, out: stdout + stderr }),
+      ),
     );
     expect(r.code, r.out).toBe(0);
   });
@@ -128,7 +133,12 @@ it('keepalived-a.conf and keepalived-b.conf differ only in the header, router_id
   const b = fs.readFileSync(path.join(EXAMPLES, 'keepalived-b.conf'), 'utf8').split('\n');
   expect(a.length).toBe(b.length);
   const differing = a.map((line, i) => [line, b[i]!] as const).filter(([x, y]) => x !== y);
-  expect(differing.map(([x]) => x.trim().split(/\s+/).slice(0, 2).join(' '))).toEqual(['# keepalived.conf', '# Gateway', 'router_id etd-gw-a', 'priority 150']);
+  expect(differing.map(([x]) => x.trim().split(/\s+/).slice(0, 2).join(' '))).toEqual([
+    '# keepalived.conf',
+    '# Gateway',
+    'router_id etd-gw-a',
+    'priority 150',
+  ]);
   expect(b.find((l) => l.trim().startsWith('priority'))?.trim()).toBe('priority 100');
   for (const text of [a, b]) {
     expect(text.some((l) => l.trim() === 'nopreempt')).toBe(true);

@@ -1,12 +1,11 @@
 // Limits (per client, held, total), the stress-adaptive window, and the teaser greeting.
 
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
-import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import nodemailer from 'nodemailer';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { rawClient, startEtdForTest, type TestEtd } from '../helpers/etd.js';
 import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 import { sleep, waitFor } from '../helpers/wait.js';
@@ -30,10 +29,14 @@ const servers = () => [{ name: 'b', address: '127.0.0.1', port: backend.port }];
 async function openSilent(t: TestEtd, n: number): Promise<net.Socket[]> {
   const port = t.port;
   const socks = await Promise.all(
-    Array.from({ length: n }, () => new Promise<net.Socket>((resolve, reject) => {
-      const s = net.connect({ port, host: '127.0.0.1' }, () => resolve(s));
-      s.on('error', reject);
-    })),
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<net.Socket>((resolve, reject) => {
+          const s = net.connect({ port, host: '127.0.0.1' }, () => resolve(s));
+          s.on('error', reject);
+        }),
+    ),
   );
   await waitFor(() => t.app.stats.held === n, { what: () => `${n} held connections (etd holds ${t.app.stats.held})` });
   return socks;
@@ -63,7 +66,11 @@ describe('limits', () => {
   });
 
   it('maxConnections: over it, 421', async () => {
-    etd = await startEtdForTest({ detection: { window: '3s' }, limits: { maxConnections: 2, perClient: 0 }, upstream: { servers: servers() } });
+    etd = await startEtdForTest({
+      detection: { window: '3s' },
+      limits: { maxConnections: 2, perClient: 0 },
+      upstream: { servers: servers() },
+    });
     const held = await openSilent(etd, 2);
     const r = await rawClient(etd.port, () => undefined, 2000);
     expect(r.data.toString()).toMatch(/^421 4\.7\.0 /);
@@ -80,9 +87,13 @@ describe('stress', () => {
       limits: { perClient: 0, maxHeld: 5000 },
       upstream: { servers: servers() },
     });
-    const child = spawn(process.execPath, [path.join(__dirname, '../helpers/loadClient.mjs'), String(etd.port), '2000', '1000', '30000', 'all-silent'], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
+    const child = spawn(
+      process.execPath,
+      [path.join(__dirname, '../helpers/loadClient.mjs'), String(etd.port), '2000', '1000', '30000', 'all-silent'],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
     let out = '';
     child.stdout.on('data', (c) => (out += c));
     await new Promise((r) => child.on('exit', r));
@@ -120,7 +131,16 @@ describe('teaser', () => {
     etd = await startEtdForTest({ ...teaser, upstream: { servers: servers() } });
     const raw = await rawClient(etd.port, () => undefined, 1500);
     expect(raw.data.toString()).toMatch(/^220-mx\.example\.com ESMTP\r\n220 limits\.test /);
-    const { stdout } = await exec('swaks', ['--to', 'r@example.net', '--server', '127.0.0.1', '--port', String(etd.port), '--timeout', '10']);
+    const { stdout } = await exec('swaks', [
+      '--to',
+      'r@example.net',
+      '--server',
+      '127.0.0.1',
+      '--port',
+      String(etd.port),
+      '--timeout',
+      '10',
+    ]);
     expect(stdout).toMatch(/250 .*queued|250 OK/i);
     const t = nodemailer.createTransport({ host: '127.0.0.1', port: etd.port, secure: false, ignoreTLS: true });
     const info = await t.sendMail({ from: 'a@example.org', to: 'b@example.net', text: 'hi' });
@@ -145,6 +165,8 @@ describe('teaser', () => {
     await dead.close();
     etd = await startEtdForTest({ ...teaser, upstream: { servers: [{ name: 'dead', address: '127.0.0.1', port }] } });
     const r = await rawClient(etd.port, (s) => s.on('data', (d) => d.toString().includes('220 ') && s.write('EHLO me\r\n')), 3000);
-    expect(r.data.toString()).toBe('220-mx.example.com ESMTP\r\n220 mx.example.com ESMTP\r\n421 4.3.2 Service not available, try again later\r\n');
+    expect(r.data.toString()).toBe(
+      '220-mx.example.com ESMTP\r\n220 mx.example.com ESMTP\r\n421 4.3.2 Service not available, try again later\r\n',
+    );
   });
 });

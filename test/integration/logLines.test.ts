@@ -4,11 +4,11 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import YAML from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import YAML from 'yaml';
+import { type Sink, sendMail, startSink } from '../../bench/smtpPeers.js';
 import { parseStrictJson } from '../../src/util/strictJson.js';
-import { sendMail, startSink, type Sink } from '../../bench/smtpPeers.js';
-import { runEtd, type RunningEtd } from '../helpers/cli.js';
+import { type RunningEtd, runEtd } from '../helpers/cli.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-lines-'));
 let sink: Sink;
@@ -54,7 +54,11 @@ describe('etd log lines', () => {
     fs.writeFileSync(file, YAML.stringify(doc([{ name: 'sink', address: '127.0.0.1', port: sink.port }])));
     etd = runEtd(file);
     const listening = await etd.waitFor((l) => l.msg === 'listening', 15_000);
-    const port = Number(String((listening.addresses as string[])[0]).split(':').pop());
+    const port = Number(
+      String((listening.addresses as string[])[0])
+        .split(':')
+        .pop(),
+    );
     await etd.waitFor((l) => l.msg === 'etd started', 15_000);
 
     expect((await sendMail({ port, tag: 'polite@lines.test', timeoutMs: 10_000 })).delivered).toBe(true); // passed
@@ -91,7 +95,9 @@ describe('etd log lines', () => {
     for (const l of sessions) expect(l.listener).toBe('smtp');
     expect(etd.lines.filter((l) => l.msg === 'management API listening')).toHaveLength(1);
     // etd's 421 to the client is counted in its summary.
-    expect(sessions.find((l) => l.verdict === 'no_server')!.bytesToClient).toBe('421 4.3.2 Service not available, try again later\r\n'.length);
+    expect(sessions.find((l) => l.verdict === 'no_server')!.bytesToClient).toBe(
+      '421 4.3.2 Service not available, try again later\r\n'.length,
+    );
     expect(sessions.find((l) => l.verdict === 'denied')!.bytesToClient).toBeGreaterThan(0);
   }, 60_000);
 });

@@ -211,7 +211,8 @@ async function startPostfix(): Promise<PostfixInstance> {
   try {
     // `postfix` writes to stderr only on a tty; its reasons are in the maillog.
     if (started.code !== 0) throw new Error(`postfix -c ${etc} start failed (exit ${started.code}):\n${started.stderr}${log()}`);
-    await waitFor(() =>
+    await waitFor(
+      () =>
         new Promise<boolean>((resolve) => {
           const s = net.connect({ port: plainPort, host: '127.0.0.1' });
           s.once('data', () => {
@@ -223,7 +224,9 @@ async function startPostfix(): Promise<PostfixInstance> {
             s.destroy();
             resolve(false);
           });
-        }), { what: 'Postfix to listen', timeout: 15_000, detail: log });
+        }),
+      { what: 'Postfix to listen', timeout: 15_000, detail: log },
+    );
   } catch (e) {
     await stop();
     throw e;
@@ -235,7 +238,24 @@ async function startPostfix(): Promise<PostfixInstance> {
 async function sendWithSwaks(port: number, subject: string): Promise<string> {
   const r = await run(
     SWAKS,
-    ['--server', '127.0.0.1', '--port', String(port), '--local-interface', CLIENT, '--helo', 'client.example', '--from', 'a@example.org', '--to', 'b@example.net', '--header', `Subject: ${subject}`, '--timeout', '15'],
+    [
+      '--server',
+      '127.0.0.1',
+      '--port',
+      String(port),
+      '--local-interface',
+      CLIENT,
+      '--helo',
+      'client.example',
+      '--from',
+      'a@example.org',
+      '--to',
+      'b@example.net',
+      '--header',
+      `Subject: ${subject}`,
+      '--timeout',
+      '15',
+    ],
     30_000,
   );
   expect(r.code, `swaks failed:\n${r.stdout}\n${r.stderr}`).toBe(0);
@@ -283,10 +303,18 @@ describe.skipIf(why !== undefined && !CI)('PROXY protocol to a real Postfix smtp
       const queueId = await sendWithSwaks(etd.port, `etd ${source}`);
       const port = await clientPortSeenByEtd(etd, 0);
       const esc = queueId.replace(/[^0-9A-Za-z]/g, '');
-      const line = await waitFor(() => new RegExp(`postfix/smtpd\\[\\d+\\]: ${esc}: client=([^\\s]+)`).exec(pf.log())?.[1], { what: `Postfix's client= line for ${queueId}`, timeout: 10_000, detail: pf.log });
+      const line = await waitFor(() => new RegExp(`postfix/smtpd\\[\\d+\\]: ${esc}: client=([^\\s]+)`).exec(pf.log())?.[1], {
+        what: `Postfix's client= line for ${queueId}`,
+        timeout: 10_000,
+        detail: pf.log,
+      });
       console.log(`${source}: etd saw ${CLIENT}:${port}; Postfix logged ${queueId}: client=${line}`);
       expect(line).toMatch(new RegExp(`\\[127\\.0\\.0\\.5\\]:${port}$`));
-      await waitFor(() => new RegExp(`${esc}: to=<b@example\\.net>.*status=sent`).test(pf.log()), { what: `${queueId} accepted and discarded`, timeout: 10_000, detail: pf.log });
+      await waitFor(() => new RegExp(`${esc}: to=<b@example\\.net>.*status=sent`).test(pf.log()), {
+        what: `${queueId} accepted and discarded`,
+        timeout: 10_000,
+        detail: pf.log,
+      });
     });
   }
 
@@ -298,10 +326,17 @@ describe.skipIf(why !== undefined && !CI)('PROXY protocol to a real Postfix smtp
       let got = '';
       s.on('data', (c: Buffer) => (got += c.toString('latin1')));
       s.on('error', () => undefined);
-      await waitFor(() => /^220 etd-postfix-test\.localdomain /m.test(got), { what: 'the Postfix greeting through etd', timeout: 10_000, detail: () => got });
+      await waitFor(() => /^220 etd-postfix-test\.localdomain /m.test(got), {
+        what: 'the Postfix greeting through etd',
+        timeout: 10_000,
+        detail: () => got,
+      });
       const clientPort = s.localPort!;
       const peers = tcpPeersOf(pf.proxyPort);
-      const logged = await waitFor(() => new RegExp(`postfix/smtpd\\[\\d+\\]: connect from ([^\\s]*\\[127\\.0\\.0\\.5\\]:${clientPort})`).exec(pf.log())?.[1], { what: `Postfix's connect line for ${CLIENT}:${clientPort}`, timeout: 10_000, detail: pf.log });
+      const logged = await waitFor(
+        () => new RegExp(`postfix/smtpd\\[\\d+\\]: connect from ([^\\s]*\\[127\\.0\\.0\\.5\\]:${clientPort})`).exec(pf.log())?.[1],
+        { what: `Postfix's connect line for ${CLIENT}:${clientPort}`, timeout: 10_000, detail: pf.log },
+      );
       console.log(`proxy-v2: TCP peers of Postfix's port ${pf.proxyPort}: ${peers.join(', ')}; Postfix logged "connect from ${logged}"`);
       expect(peers).toEqual(['127.0.0.1']);
       s.write('QUIT\r\n');
@@ -316,7 +351,11 @@ describe.skipIf(why !== undefined && !CI)('PROXY protocol to a real Postfix smtp
     const etd = await etdTo('self', pf.plainPort);
     const queueId = await sendWithSwaks(etd.port, 'etd self');
     const esc = queueId.replace(/[^0-9A-Za-z]/g, '');
-    const line = await waitFor(() => new RegExp(`postfix/smtpd\\[\\d+\\]: ${esc}: client=([^\\s]+)`).exec(pf.log())?.[1], { what: `Postfix's client= line for ${queueId}`, timeout: 10_000, detail: pf.log });
+    const line = await waitFor(() => new RegExp(`postfix/smtpd\\[\\d+\\]: ${esc}: client=([^\\s]+)`).exec(pf.log())?.[1], {
+      what: `Postfix's client= line for ${queueId}`,
+      timeout: 10_000,
+      detail: pf.log,
+    });
     console.log(`self: Postfix logged ${queueId}: client=${line}`);
     expect(line).toMatch(/\[127\.0\.0\.1\]:\d+$/);
   });

@@ -1,12 +1,12 @@
 // Plain-mode proxy core against real SMTP software: early talkers, silent clients, failover, big messages.
 
-import crypto from 'node:crypto';
 import { execFile } from 'node:child_process';
+import crypto from 'node:crypto';
 import { promisify } from 'node:util';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import nodemailer from 'nodemailer';
-import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { rawClient, startEtdForTest, type TestEtd } from '../helpers/etd.js';
+import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 import { sleep } from '../helpers/wait.js';
 
 const run = promisify(execFile);
@@ -63,7 +63,13 @@ describe('the session engine', () => {
 
     it('relays a message byte-identical: sha256 of what the client sent equals what the backend received', async () => {
       etd = await start({ detection: { window: '100ms' }, upstream: { servers: servers().slice(0, 1) } });
-      const payload = Buffer.from(crypto.randomBytes(21 * 1024 * 1024).toString('base64').replace(/(.{76})/g, '$1\r\n') + '\r\n', 'latin1');
+      const payload = Buffer.from(
+        `${crypto
+          .randomBytes(21 * 1024 * 1024)
+          .toString('base64')
+          .replace(/(.{76})/g, '$1\r\n')}\r\n`,
+        'latin1',
+      );
       const sha = crypto.createHash('sha256').update(payload).digest('hex');
       const result = await rawClient(
         etd.port,
@@ -97,7 +103,18 @@ describe('the session engine', () => {
 
     it('passes a swaks session (Debian swaks) and the backend gets the message', async () => {
       etd = await start({ detection: { window: '200ms' }, upstream: { servers: servers().slice(0, 1) } });
-      const { stdout } = await run('swaks', ['--to', 'rcpt@example.net', '--from', 'snd@example.org', '--server', '127.0.0.1', '--port', String(etd.port), '--timeout', '10']);
+      const { stdout } = await run('swaks', [
+        '--to',
+        'rcpt@example.net',
+        '--from',
+        'snd@example.org',
+        '--server',
+        '127.0.0.1',
+        '--port',
+        String(etd.port),
+        '--timeout',
+        '10',
+      ]);
       expect(stdout).toContain('221');
       expect(b1.messages).toHaveLength(1);
       expect(b1.messages[0]!.to).toEqual(['rcpt@example.net']);
@@ -210,7 +227,13 @@ describe('the session engine', () => {
       await dead.close();
       etd = await start({
         detection: { window: '50ms' },
-        upstream: { balance: 'first', servers: [{ name: 'dead', address: '127.0.0.1', port: deadPort }, { name: 's1', address: '127.0.0.1', port: b1.port }] },
+        upstream: {
+          balance: 'first',
+          servers: [
+            { name: 'dead', address: '127.0.0.1', port: deadPort },
+            { name: 's1', address: '127.0.0.1', port: b1.port },
+          ],
+        },
       });
       const r = await rawClient(etd.port, () => undefined, 1000);
       expect(r.data.toString().startsWith('220 one.test')).toBe(true);
@@ -240,7 +263,13 @@ describe('the session engine', () => {
       const port = (rude.address() as import('node:net').AddressInfo).port;
       etd = await start({
         detection: { window: '50ms' },
-        upstream: { balance: 'first', servers: [{ name: 'rude', address: '127.0.0.1', port }, { name: 's1', address: '127.0.0.1', port: b1.port }] },
+        upstream: {
+          balance: 'first',
+          servers: [
+            { name: 'rude', address: '127.0.0.1', port },
+            { name: 's1', address: '127.0.0.1', port: b1.port },
+          ],
+        },
       });
       const r = await rawClient(etd.port, () => undefined, 1500);
       expect(r.data.toString().startsWith('220 one.test')).toBe(true);

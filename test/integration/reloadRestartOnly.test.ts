@@ -3,9 +3,9 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import YAML from 'yaml';
 import { afterAll, describe, expect, it } from 'vitest';
-import { runEtd, type RunningEtd } from '../helpers/cli.js';
+import YAML from 'yaml';
+import { type RunningEtd, runEtd } from '../helpers/cli.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-reload-'));
 let etd: RunningEtd | undefined;

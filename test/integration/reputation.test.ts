@@ -3,9 +3,9 @@
 
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { onHost, startUnbound, type RunningUnbound } from '../../lab/unbound.js';
-import { Reputation } from '../../src/reputation/lookup.js';
+import { onHost, type RunningUnbound, startUnbound } from '../../lab/unbound.js';
 import type { ReputationConfig } from '../../src/config/schema.js';
+import { Reputation } from '../../src/reputation/lookup.js';
 import { skipWithout } from '../helpers/privileged.js';
 
 const skip = skipWithout('unbound', 'unbound', 'DNSBL lookups against unbound');
@@ -63,7 +63,10 @@ describe.skipIf(skip)('reputation lookups against a real unbound on loopback', (
     const rep = new Reputation(config(), logger().log);
     const v4 = await rep.lookup(LISTED4);
     expect(v4.score).toBe(4);
-    expect(v4.hits).toEqual([{ name: 'bl3.test', answer: '127.0.0.2', weight: 3 }, { name: 'one', answer: '127.0.0.2', weight: 1 }]);
+    expect(v4.hits).toEqual([
+      { name: 'bl3.test', answer: '127.0.0.2', weight: 3 },
+      { name: 'one', answer: '127.0.0.2', weight: 1 },
+    ]);
     // one.test answers 127.0.0.9 for the IPv6 client: outside its match, so it counts nothing.
     const v6 = await rep.lookup(LISTED6);
     expect(v6).toMatchObject({ score: 3, hits: [{ name: 'bl3.test', answer: '127.0.0.3' }] });
@@ -99,7 +102,16 @@ describe.skipIf(skip)('reputation lookups against a real unbound on loopback', (
   });
 
   it('a cached refusal with only blocklists pending is final (refused at accept next time)', async () => {
-    const rep = new Reputation(config({ dnsbl: [{ zone: 'bl3.test', weight: 3, match: undefined, name: undefined }, { zone: 'dead.test', weight: 3, match: undefined, name: undefined }], timeoutMs: 300 }), logger().log);
+    const rep = new Reputation(
+      config({
+        dnsbl: [
+          { zone: 'bl3.test', weight: 3, match: undefined, name: undefined },
+          { zone: 'dead.test', weight: 3, match: undefined, name: undefined },
+        ],
+        timeoutMs: 300,
+      }),
+      logger().log,
+    );
     await rep.lookup(LISTED4);
     expect(rep.cached(LISTED4)?.score).toBe(3);
     rep.stop();
@@ -127,7 +139,16 @@ describe.skipIf(skip)('reputation lookups against a real unbound on loopback', (
 
   it('a zone that never answers times out after reputation.timeout, counts 0 and is logged', async () => {
     const { log, lines } = logger();
-    const rep = new Reputation(config({ dnsbl: [{ zone: 'dead.test', weight: 3, match: undefined, name: undefined }, { zone: 'bl3.test', weight: 3, match: undefined, name: undefined }], timeoutMs: 400 }), log);
+    const rep = new Reputation(
+      config({
+        dnsbl: [
+          { zone: 'dead.test', weight: 3, match: undefined, name: undefined },
+          { zone: 'bl3.test', weight: 3, match: undefined, name: undefined },
+        ],
+        timeoutMs: 400,
+      }),
+      log,
+    );
     const t0 = performance.now();
     const s = await rep.lookup(LISTED4);
     const took = performance.now() - t0;

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CLI, assertBuilt } from '../helpers/cli.js';
+import { assertBuilt, CLI } from '../helpers/cli.js';
 import { isRoot, skipWithout } from '../helpers/privileged.js';
 
 const exec = promisify(execFile);
@@ -182,7 +182,15 @@ describe('scripts/install.sh --dry-run', () => {
    */
   function unprivilegedCopy(): string {
     const dir = fs.mkdtempSync(path.join(tmp, 'checkout-'));
-    for (const f of ['scripts/install.sh', 'package.json', 'package-lock.json', 'config/etd.example.yaml', 'systemd/etd.service', 'systemd/90-etd.conf', 'native/build/Release/etd_transparent.node']) {
+    for (const f of [
+      'scripts/install.sh',
+      'package.json',
+      'package-lock.json',
+      'config/etd.example.yaml',
+      'systemd/etd.service',
+      'systemd/90-etd.conf',
+      'native/build/Release/etd_transparent.node',
+    ]) {
       fs.mkdirSync(path.join(dir, path.dirname(f)), { recursive: true });
       fs.copyFileSync(path.join(ROOT, f), path.join(dir, f));
     }
@@ -206,7 +214,17 @@ describe('scripts/install.sh --dry-run', () => {
     };
     if (isRoot) {
       const checkout = unprivilegedCopy();
-      const argv = ['--reuid=65534', '--regid=65534', '--clear-groups', 'env', 'HOME=/nonexistent', 'bash', path.join(checkout, 'scripts/install.sh'), '--dry-run', ...args];
+      const argv = [
+        '--reuid=65534',
+        '--regid=65534',
+        '--clear-groups',
+        'env',
+        'HOME=/nonexistent',
+        'bash',
+        path.join(checkout, 'scripts/install.sh'),
+        '--dry-run',
+        ...args,
+      ];
       await check('nobody (setpriv)', 'setpriv', argv, checkout);
     }
     await check(os.userInfo().username, 'bash', [INSTALL, '--dry-run', ...args]);
@@ -223,14 +241,26 @@ describe('scripts/install.sh --dry-run', () => {
     expect(r.code, `install.sh --dry-run as ${r.as} exited ${r.code}:\n${r.stdout}\n${r.stderr}`).toBe(0);
     expect(out).toContain('DRY RUN: nothing is changed');
     const steps = [...out.matchAll(/^==> \d+\. (.*)$/gm)].map((m) => m[1]!);
-    expect(steps.map((s) => s.split(/[ :]/)[0])).toEqual(['checks', 'system', 'system', 'program', 'configuration', 'command', 'kernel', 'systemd', 'done']);
+    expect(steps.map((s) => s.split(/[ :]/)[0])).toEqual([
+      'checks',
+      'system',
+      'system',
+      'program',
+      'configuration',
+      'command',
+      'kernel',
+      'systemd',
+      'done',
+    ]);
 
     // Packages: each one is named, and either installed already or installed by apt-get.
     for (const p of ['nftables', 'libnftables1', 'iproute2', 'libsystemd0', 'g++', 'make', 'python3']) expect(steps[1]).toContain(p);
     expect(out).toMatch(/Node\.js >= 20/);
     expect(out).toMatch(/all installed|\+ env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends/);
     // The user.
-    expect(out).toMatch(/\+ useradd --system --user-group --home-dir \/var\/lib\/etd .*--shell \/usr\/sbin\/nologin .* etd$|user etd exists/m);
+    expect(out).toMatch(
+      /\+ useradd --system --user-group --home-dir \/var\/lib\/etd .*--shell \/usr\/sbin\/nologin .* etd$|user etd exists/m,
+    );
     // /opt/etd: the built package, production node_modules, swapped in.
     expect(out).toMatch(/\+ cp -R \S+\/dist \S+\/scripts \S+\/package\.json \S+\/package-lock\.json \/opt\/\.etd\.new\//);
     expect(out).toContain('native/build/Release/etd_transparent.node /opt/.etd.new/native/build/Release/');
@@ -240,12 +270,19 @@ describe('scripts/install.sh --dry-run', () => {
     // /etc/etd: the example always, etd.yaml only when it does not exist yet.
     expect(out).toContain('+ install -d -m 0750 -o root -g etd /etc/etd');
     expect(out).toMatch(/\+ install -m 0644 -o root -g root \S+\/config\/etd\.example\.yaml \/etc\/etd\/etd\.example\.yaml/);
-    expect(out).toMatch(/\+ install -m 0640 -o root -g etd \S+\/config\/etd\.example\.yaml \/etc\/etd\/etd\.yaml|\/etc\/etd\/etd\.yaml exists: kept/);
+    expect(out).toMatch(
+      /\+ install -m 0640 -o root -g etd \S+\/config\/etd\.example\.yaml \/etc\/etd\/etd\.yaml|\/etc\/etd\/etd\.yaml exists: kept/,
+    );
     // The command.
     expect(out).toMatch(/\+ ln -sfn \/opt\/etd\/dist\/src\/cli\.js \/usr\/local\/bin\/etd|\/usr\/local\/bin\/etd is up to date/);
     // The sysctl drop-in (systemd/90-etd.conf, shared with the Debian package), every value commented.
-    expect(out).toMatch(/would write \/etc\/sysctl\.d\/90-etd\.conf .*from systemd\/90-etd\.conf|\/etc\/sysctl\.d\/90-etd\.conf is up to date/);
-    const sysctl = fs.readFileSync(out.includes('/etc/sysctl.d/90-etd.conf is up to date') ? '/etc/sysctl.d/90-etd.conf' : path.join(ROOT, 'systemd/90-etd.conf'), 'utf8');
+    expect(out).toMatch(
+      /would write \/etc\/sysctl\.d\/90-etd\.conf .*from systemd\/90-etd\.conf|\/etc\/sysctl\.d\/90-etd\.conf is up to date/,
+    );
+    const sysctl = fs.readFileSync(
+      out.includes('/etc/sysctl.d/90-etd.conf is up to date') ? '/etc/sysctl.d/90-etd.conf' : path.join(ROOT, 'systemd/90-etd.conf'),
+      'utf8',
+    );
     const want = {
       'net.ipv4.ip_forward': '1',
       'net.ipv6.conf.all.forwarding': '1',
@@ -262,7 +299,9 @@ describe('scripts/install.sh --dry-run', () => {
     }
     expect(out).toContain('+ sysctl -p /etc/sysctl.d/90-etd.conf');
     // The unit, enabled.
-    expect(out).toMatch(/would write \/etc\/systemd\/system\/etd\.service .*from systemd\/etd\.service|\/etc\/systemd\/system\/etd\.service is up to date/);
+    expect(out).toMatch(
+      /would write \/etc\/systemd\/system\/etd\.service .*from systemd\/etd\.service|\/etc\/systemd\/system\/etd\.service is up to date/,
+    );
     expect(out).toContain('+ systemctl enable etd.service');
   }
 

@@ -4,10 +4,10 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import YAML from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import YAML from 'yaml';
 import type { LogLine } from '../helpers/cli.js';
-import { runEtd, type RunningEtd } from '../helpers/cli.js';
+import { type RunningEtd, runEtd } from '../helpers/cli.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-summary-'));
 let etd: RunningEtd | undefined;
@@ -55,7 +55,11 @@ describe('summary lines', () => {
     );
     etd = runEtd(file);
     const listening = await etd.waitFor((l) => l.msg === 'listening', 15_000);
-    const port = Number(String((listening.addresses as string[])[0]).split(':').pop());
+    const port = Number(
+      String((listening.addresses as string[])[0])
+        .split(':')
+        .pop(),
+    );
     await etd.waitFor((l) => l.msg === 'etd started', 15_000);
 
     // The early talker: sent the teaser, then talks; its address lands in the deny cache.

@@ -2,8 +2,8 @@
 
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { statusCommand } from '../../src/commands/status.js';
 import { formatFindings } from '../../src/commands/doctor.js';
+import { statusCommand } from '../../src/commands/status.js';
 import { escapeText } from '../../src/util/escapeBytes.js';
 
 // ESC [2K (erase line), CR, a fake line, OSC 0 (set the window title) ended by BEL, and C1 CSI.
@@ -18,7 +18,15 @@ const status = {
   stress: { active: false, windowMs: 6000, enterAbove: 100, leaveBelow: 70 },
   listeners: [{ name: `smtp${EVIL}`, mode: 'plain', addresses: ['127.0.0.1:2525'] }],
   backends: { up: 0, total: 1 },
-  cluster: { connected: false, state: 'down', since: '2026-01-01T00:00:00Z', where: 'redis://127.0.0.1:6379', lagMs: null, pendingWrites: 0, lastError: `ERR ${EVIL}` },
+  cluster: {
+    connected: false,
+    state: 'down',
+    since: '2026-01-01T00:00:00Z',
+    where: 'redis://127.0.0.1:6379',
+    lagMs: null,
+    pendingWrites: 0,
+    lastError: `ERR ${EVIL}`,
+  },
   lostSessions: 0,
   workerRestarts: 0,
 };
@@ -34,7 +42,9 @@ const stats = {
   verdicts: {},
   bytes: { fromClient: 0, toClient: 0 },
 };
-const backends = { backends: [{ name: 'mx1', state: 'down', address: '127.0.0.1', port: 25, active: 0, lastReason: `greeting 554 ${EVIL}` }] };
+const backends = {
+  backends: [{ name: 'mx1', state: 'down', address: '127.0.0.1', port: 25, active: 0, lastReason: `greeting 554 ${EVIL}` }],
+};
 
 let server: http.Server;
 let url: string;
@@ -43,7 +53,14 @@ describe('terminal-safe CLI output', () => {
   beforeAll(async () => {
     // A stand-in for the API of an etd whose Redis peer and backend answered with escape sequences.
     server = http.createServer((req, res) => {
-      const body = req.url === '/v1/status' ? status : req.url === '/v1/stats' ? stats : req.url === '/v1/backends' ? backends : { error: `nothing at ${EVIL}` };
+      const body =
+        req.url === '/v1/status'
+          ? status
+          : req.url === '/v1/stats'
+            ? stats
+            : req.url === '/v1/backends'
+              ? backends
+              : { error: `nothing at ${EVIL}` };
       res.writeHead(req.url === '/v1/bogus' ? 500 : 200, { 'content-type': 'application/json' }).end(JSON.stringify(body));
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -70,7 +87,9 @@ describe('terminal-safe CLI output', () => {
   });
 
   it('etd doctor escapes the findings (a greeting or DNS answer quoted in a detail)', () => {
-    const lines = formatFindings([{ id: 'return.mx1', status: 'FAIL', what: `mx1 ${EVIL}`, detail: `answered ${EVIL}`, fix: `ip route ${EVIL}`, critical: false }]);
+    const lines = formatFindings([
+      { id: 'return.mx1', status: 'FAIL', what: `mx1 ${EVIL}`, detail: `answered ${EVIL}`, fix: `ip route ${EVIL}`, critical: false },
+    ]);
     expect(lines.join('\n')).not.toMatch(CONTROL);
     expect(lines[1]).toContain('answered \\x1b[2K\\r');
   });

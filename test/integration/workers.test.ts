@@ -5,12 +5,12 @@
 
 import net from 'node:net';
 import { Writable } from 'node:stream';
-import pino from 'pino';
 import nodemailer from 'nodemailer';
+import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { App } from '../../src/app.js';
-import { startApi } from '../../src/api/server.js';
 import type { StatusBody } from '../../src/api/routes/status.js';
+import { startApi } from '../../src/api/server.js';
+import { App } from '../../src/app.js';
 import { statusCommand } from '../../src/commands/status.js';
 import { validateConfig } from '../../src/config/load.js';
 import type { SessionSummary } from '../../src/proxy/session.js';
@@ -231,7 +231,9 @@ describe('engine workers (workers: 2)', () => {
     expect(a.messages).toHaveLength(n);
 
     const st = await rows(etd.group);
-    console.log(`spread: ${n} messages in ${Math.round(ms)} ms; accepted per worker ${st.map((w) => w.accepted).join(' / ')}, CPU ms ${st.map((w) => w.cpuMs).join(' / ')}`);
+    console.log(
+      `spread: ${n} messages in ${Math.round(ms)} ms; accepted per worker ${st.map((w) => w.accepted).join(' / ')}, CPU ms ${st.map((w) => w.cpuMs).join(' / ')}`,
+    );
     expect(st.map((w) => w.state)).toEqual(['running', 'running']);
     for (const w of st) expect(w.accepted, `worker ${w.index}`).toBeGreaterThan(0);
     expect(st[0]!.accepted + st[1]!.accepted).toBe(n);
@@ -249,7 +251,8 @@ describe('engine workers (workers: 2)', () => {
     const perClientCap = 200;
     const load = Promise.all(
       Array.from({ length: clients }, async (_, c) => {
-        for (let i = 0; i < perClientCap && !stopLoad; i++) attempts.push(await send(etd.port, `k${c}-${i}@example.org`, { timeoutMs: 5000 }));
+        for (let i = 0; i < perClientCap && !stopLoad; i++)
+          attempts.push(await send(etd.port, `k${c}-${i}@example.org`, { timeoutMs: 5000 }));
       }),
     );
     try {
@@ -292,7 +295,10 @@ describe('engine workers (workers: 2)', () => {
       const failed = attempts.filter((x) => !x.ok);
       const noSummary = attempts.filter((x) => x.localPort !== undefined && !summarised.has(x.localPort));
       expect(noSummary.length).toBeGreaterThanOrEqual(group.lost);
-      expect(failed.every((x) => x.startedAt < restartedAt), `failures after the restart: ${JSON.stringify(failed.filter((x) => x.startedAt >= restartedAt))}`).toBe(true);
+      expect(
+        failed.every((x) => x.startedAt < restartedAt),
+        `failures after the restart: ${JSON.stringify(failed.filter((x) => x.startedAt >= restartedAt))}`,
+      ).toBe(true);
 
       // Every message whose client saw 250 reached the backend; all those begun after the restart did.
       const delivered = new Set(a.messages.map((m) => m.from));
@@ -319,7 +325,10 @@ describe('engine workers (workers: 2)', () => {
       expect(dup).toEqual([]);
 
       // The API, /metrics and etd status say the same.
-      const api = await startApi({ enabled: true, address: '127.0.0.1', port: 0, token: undefined }, { app: etd.app, version: 'w', log: pino({ level: 'silent' }), reload: async () => undefined, options: { processMetrics: false } });
+      const api = await startApi(
+        { enabled: true, address: '127.0.0.1', port: 0, token: undefined },
+        { app: etd.app, version: 'w', log: pino({ level: 'silent' }), reload: async () => undefined, options: { processMetrics: false } },
+      );
       try {
         const status = (await (await fetch(`${api.url}/v1/status`)).json()) as StatusBody;
         expect(status.lostSessions).toBe(group.lost);
@@ -335,9 +344,14 @@ describe('engine workers (workers: 2)', () => {
         const out: string[] = [];
         expect(await statusCommand({ url: api.url, json: false }, (t) => out.push(t))).toBe(0);
         const text = out.join('\n');
-        console.log(text.split('\n').filter((l) => /^workers|^  #/.test(l)).join('\n'));
+        console.log(
+          text
+            .split('\n')
+            .filter((l) => /^workers|^ {2}#/.test(l))
+            .join('\n'),
+        );
         expect(text).toMatch(new RegExp(`^workers\\s+2; 1 restart, ${group.lost} connections? lost$`, 'm'));
-        expect(text).toMatch(/^  #0 .*restarted 1×$/m);
+        expect(text).toMatch(/^ {2}#0 .*restarted 1×$/m);
       } finally {
         await api.close();
       }
@@ -427,7 +441,9 @@ describe('engine workers (workers: 2)', () => {
     const passed = etd.summaries.filter((s) => s.verdict === 'passed');
     // Session ids no longer say which worker took a session: the workers' accept counts do.
     const took = etd.group.status().map((w, i) => w.accepted - acceptedBefore[i]!);
-    console.log(`stress: held per worker ${st.map((w) => w.held).join(' / ')}; sessions during stress per worker ${took.join(' / ')}, held ${Math.min(...passed.map((s) => s.heldMs))}..${Math.max(...passed.map((s) => s.heldMs))} ms`);
+    console.log(
+      `stress: held per worker ${st.map((w) => w.held).join(' / ')}; sessions during stress per worker ${took.join(' / ')}, held ${Math.min(...passed.map((s) => s.heldMs))}..${Math.max(...passed.map((s) => s.heldMs))} ms`,
+    );
     expect(took.every((n) => n > 0)).toBe(true);
     expect(passed.every((s) => s.heldMs >= 190 && s.heldMs < 5000)).toBe(true);
     // One line per change, whichever worker made it (a try that did not spread entered and left stress too).
@@ -440,7 +456,10 @@ describe('engine workers (workers: 2)', () => {
   });
 
   it('roundrobin stays fair across workers: 200 sessions over 2 servers, 100 ± 2 each', async () => {
-    const etd = await startWorkers({ detection: { window: '0ms' }, upstream: { balance: 'roundrobin', servers: [serverA(), serverB()], health: { enabled: false } } });
+    const etd = await startWorkers({
+      detection: { window: '0ms' },
+      upstream: { balance: 'roundrobin', servers: [serverA(), serverB()], health: { enabled: false } },
+    });
     const attempts = await sendMany(etd.port, 200, 10, 'rr');
     expect(attempts.every((x) => x.ok)).toBe(true);
     const st = await rows(etd.group);
@@ -453,7 +472,10 @@ describe('engine workers (workers: 2)', () => {
   });
 
   it('leastconn weighs the sessions of both workers', async () => {
-    const etd = await startWorkers({ detection: { window: '0ms' }, upstream: { balance: 'leastconn', servers: [serverA(), serverB()], health: { enabled: false } } });
+    const etd = await startWorkers({
+      detection: { window: '0ms' },
+      upstream: { balance: 'leastconn', servers: [serverA(), serverB()], health: { enabled: false } },
+    });
     const pool = etd.app.pool;
     /** A relayed session that stays open; resolves with the server whose banner it got. */
     const open = async (): Promise<string> => {
@@ -480,7 +502,9 @@ describe('engine workers (workers: 2)', () => {
     const next: string[] = [];
     for (let i = 0; i < 4; i++) next.push(await open());
     const after = await rows(etd.group);
-    console.log(`leastconn: a's sessions per worker ${st.map((w) => w.relaying).join(' / ')}; the next four went to ${next.join(', ')}; accepted per worker ${after.map((w) => w.accepted).join(' / ')}`);
+    console.log(
+      `leastconn: a's sessions per worker ${st.map((w) => w.relaying).join(' / ')}; the next four went to ${next.join(', ')}; accepted per worker ${after.map((w) => w.accepted).join(' / ')}`,
+    );
     expect(next).toEqual(['b', 'b', 'b', 'b']);
     expect([pool.get('a')!.active, pool.get('b')!.active]).toEqual([4, 4]);
   });
@@ -497,11 +521,9 @@ describe('engine workers (workers: 2)', () => {
       const held = etd.summaries.map((s) => s.heldMs);
       console.log(`reload: sessions per worker ${took.join(' / ')}, held ${Math.min(...held)}..${Math.max(...held)} ms`);
       expect(took.every((n) => n > 0)).toBe(true);
-      {
-        // The 100 ms window, not 3 s.
-        expect(etd.summaries.every((s) => s.heldMs >= 90 && s.heldMs < 2000)).toBe(true);
-        expect(etd.summaries.every((s) => s.server === 'b')).toBe(true);
-      }
+      // The 100 ms window, not 3 s.
+      expect(etd.summaries.every((s) => s.heldMs >= 90 && s.heldMs < 2000)).toBe(true);
+      expect(etd.summaries.every((s) => s.server === 'b')).toBe(true);
       expect(a.messages).toHaveLength(0);
       expect(b.messages).toHaveLength(40);
     });

@@ -6,8 +6,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLab, type JsonEvent, type JsonLineProcess, type Lab } from '../../lab/netns.js';
+import { type RunningEtd, runEtd } from '../helpers/cli.js';
 import { skipPrivileged } from '../helpers/privileged.js';
-import { runEtd, type RunningEtd } from '../helpers/cli.js';
 
 const skip = skipPrivileged('agent faults: SIGKILL under load (netns)');
 let dir = '';
@@ -24,7 +24,10 @@ async function start(file: string): Promise<RunningEtd> {
 }
 
 async function gatewayState(): Promise<{ nft: string; rules: string }> {
-  const [nft, rules] = await Promise.all([lab.exec(lab.ns.gateway, 'nft', ['list', 'ruleset']), lab.exec(lab.ns.gateway, 'ip', ['rule', 'show'])]);
+  const [nft, rules] = await Promise.all([
+    lab.exec(lab.ns.gateway, 'nft', ['list', 'ruleset']),
+    lab.exec(lab.ns.gateway, 'ip', ['rule', 'show']),
+  ]);
   return { nft: nft.stdout, rules: rules.stdout };
 }
 
@@ -84,7 +87,9 @@ log: { level: info }
     const firstSession = await second.waitFor((l) => l.msg === 'session' && l.verdict === 'passed', 10_000);
     const acceptedMs = Date.parse(String(firstSession.time)) - Number(firstSession.durationMs) - t0;
     const deliveredMs = Number(firstAfter.at) - t0;
-    console.log(`SIGKILL restart: listening after ${readyMs} ms, first session accepted after ${acceptedMs} ms, first message delivered after ${deliveredMs} ms (${t0 - killedAt} ms spent checking the stale state)`);
+    console.log(
+      `SIGKILL restart: listening after ${readyMs} ms, first session accepted after ${acceptedMs} ms, first message delivered after ${deliveredMs} ms (${t0 - killedAt} ms spent checking the stale state)`,
+    );
     expect(readyMs, 'etd started (stale state replaced, listening)').toBeLessThan(2000);
     expect(acceptedMs, 'first client accepted').toBeLessThan(2000);
 
@@ -97,7 +102,9 @@ log: { level: info }
     const sent = delivered(load.events).map((e) => String(e.from));
     const received = new Set(recorder.events.filter((e) => e.event === 'message').map((e) => String(e.from)));
     const lost = sent.filter((f) => !received.has(f));
-    console.log(`SIGKILL restart: ${load.events.filter((e) => e.event === 'result').length} sessions, ${sent.length} accepted, ${received.size} at the backend, ${lost.length} lost`);
+    console.log(
+      `SIGKILL restart: ${load.events.filter((e) => e.event === 'result').length} sessions, ${sent.length} accepted, ${received.size} at the backend, ${lost.length} lost`,
+    );
     expect(lost).toEqual([]);
     // A message the backend took while etd died never got its 250 to the client: a duplicate on retry, never a loss.
     expect(received.size - sent.length).toBeLessThanOrEqual(8);

@@ -5,8 +5,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { skipPrivileged } from '../helpers/privileged.js';
 import { assertBuilt } from '../helpers/cli.js';
+import { skipPrivileged } from '../helpers/privileged.js';
 
 const skip = skipPrivileged('benchmark harness (npm run bench --quick)');
 const RUN = path.join(__dirname, '../../dist/bench/run.js');

@@ -12,10 +12,9 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ChildProcess } from 'node:child_process';
 import { createLab, type JsonEvent, type JsonLineProcess, type Lab } from '../../lab/netns.js';
+import { type RunningEtd, startEtdInNetns } from '../helpers/cli.js';
 import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
-import { startEtdInNetns, type RunningEtd } from '../helpers/cli.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
@@ -28,7 +27,7 @@ const PREFIX = 'etdtest:';
 
 let lab: Lab;
 let dir = '';
-let sink: ChildProcess;
+
 let redis: TestRedis;
 let a: RunningEtd;
 let b: RunningEtd;
@@ -70,7 +69,13 @@ function api(name: string, method: string, urlPath: string, body?: unknown): Pro
   return new Promise((resolve, reject) => {
     const data = body === undefined ? undefined : JSON.stringify(body);
     const req = http.request(
-      { socketPath: path.join(dir, `${name}.sock`), method, path: urlPath, timeout: 5000, headers: data ? { 'content-type': 'application/json' } : {} },
+      {
+        socketPath: path.join(dir, `${name}.sock`),
+        method,
+        path: urlPath,
+        timeout: 5000,
+        headers: data ? { 'content-type': 'application/json' } : {},
+      },
       (res) => {
         let text = '';
         res.on('data', (c: Buffer) => (text += c.toString()));
@@ -83,7 +88,12 @@ function api(name: string, method: string, urlPath: string, body?: unknown): Pro
   });
 }
 
-async function client(mode: 'banner' | 'early', host: string, source: string, port = PORT): Promise<{ how: string; bannerMs?: number; data: string }> {
+async function client(
+  mode: 'banner' | 'early',
+  host: string,
+  source: string,
+  port = PORT,
+): Promise<{ how: string; bannerMs?: number; data: string }> {
   // Warmed up on the backend directly (not through etd), so the figure is the network and etd, not a cold node.
   const warm = `${lab.v4.backends[0]}:25`;
   const r = await lab.exec(lab.ns.client, process.execPath, [CLIENT, mode, host, String(port), source, warm], { timeoutMs: 20_000 });
@@ -91,12 +101,19 @@ async function client(mode: 'banner' | 'early', host: string, source: string, po
 }
 
 async function redisCli(...args: string[]): Promise<string> {
-  const r = await lab.exec(lab.ns.backend, 'redis-cli', ['-h', lab.v4.backends[1], '-p', '6379', '--raw', ...args], { timeoutMs: 5000, allowFailure: true });
+  const r = await lab.exec(lab.ns.backend, 'redis-cli', ['-h', lab.v4.backends[1], '-p', '6379', '--raw', ...args], {
+    timeoutMs: 5000,
+    allowFailure: true,
+  });
   return r.stdout.trim();
 }
 
 const sessionsOf = (etd: RunningEtd, source: string) => etd.lines.filter((l) => l.msg === 'session' && l.clientAddress === source);
-const warningsOf = (etd: RunningEtd) => etd.lines.filter((l) => l.level === 'warn' || l.level === 40).map((l) => l.msg).filter((m) => m.startsWith('cluster:'));
+const warningsOf = (etd: RunningEtd) =>
+  etd.lines
+    .filter((l) => l.level === 'warn' || l.level === 40)
+    .map((l) => l.msg)
+    .filter((m) => m.startsWith('cluster:'));
 
 async function clusterStatus(name: string): Promise<{ connected: boolean; pendingWrites: number; lagMs: number | null }> {
   const r = await api(name, 'GET', '/v1/status');
@@ -127,14 +144,22 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
     lab = await createLab({ peerGateway: true });
     const peer = lab.peer!;
     // Extra client addresses (one per case, and the load's pool).
-    await lab.exec(lab.ns.client, 'ip', ['-batch', '-'], { input: `${Array.from({ length: 40 }, (_, i) => `addr add ${src(i)}/24 dev ${lab.ifaces.client}`).join('\n')}\n` });
+    await lab.exec(lab.ns.client, 'ip', ['-batch', '-'], {
+      input: `${Array.from({ length: 40 }, (_, i) => `addr add ${src(i)}/24 dev ${lab.ifaces.client}`).join('\n')}\n`,
+    });
     fs.chmodSync(dir, 0o777); // smtp-sink writes its dump as nobody
-    sink = lab.spawn(lab.ns.backend, 'smtp-sink', ['-u', 'nobody', '-D', path.join(dir, 'sink.dump'), `${lab.v4.backends[0]}:25`, '256']);
-    await waitFor(async () => (await lab.exec(lab.ns.backend, 'ss', ['-Hltn', `src ${lab.v4.backends[0]}:25`])).stdout.includes(':25') || undefined, { what: 'smtp-sink listening', timeout: 5000, interval: 50 });
+    lab.spawn(lab.ns.backend, 'smtp-sink', ['-u', 'nobody', '-D', path.join(dir, 'sink.dump'), `${lab.v4.backends[0]}:25`, '256']);
+    await waitFor(
+      async () => (await lab.exec(lab.ns.backend, 'ss', ['-Hltn', `src ${lab.v4.backends[0]}:25`])).stdout.includes(':25') || undefined,
+      { what: 'smtp-sink listening', timeout: 5000, interval: 50 },
+    );
     redis = await startRedisInLab();
     a = await startEtdInNetns(lab.ns.gateway, config('a', lab.v4.gatewayClientSide), running);
     b = await startEtdInNetns(peer.ns, config('b', peer.v4), running);
-    await waitFor(async () => (await clusterStatus('a')).connected && (await clusterStatus('b')).connected, { what: 'both gateways connected to Redis', timeout: 10_000 });
+    await waitFor(async () => (await clusterStatus('a')).connected && (await clusterStatus('b')).connected, {
+      what: 'both gateways connected to Redis',
+      timeout: 10_000,
+    });
   }, 90_000);
 
   afterAll(async () => {
@@ -152,7 +177,9 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
       expect(first.data).toMatch(/^220 /);
       expect(first.bannerMs!).toBeGreaterThanOrEqual(WINDOW_MS - 50);
       // The pass is in Redis (written within a few ms of the relay).
-      await waitFor(async () => (await redisCli('GET', `${PREFIX}cache:${src(i)}`)).startsWith('pass:') || undefined, { what: `the pass of ${src(i)} in Redis` });
+      await waitFor(async () => (await redisCli('GET', `${PREFIX}cache:${src(i)}`)).startsWith('pass:') || undefined, {
+        what: `the pass of ${src(i)} in Redis`,
+      });
       const onB = await client('banner', lab.peer!.v4, src(i));
       expect(onB.data).toMatch(/^220 /);
       times.push(onB.bannerMs!);
@@ -173,7 +200,9 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
     const bot = src(10);
     const onA = await client('early', lab.v4.gatewayClientSide, bot);
     expect(onA.data).toBe('');
-    await waitFor(async () => (await redisCli('GET', `${PREFIX}cache:${bot}`)).startsWith('deny:') || undefined, { what: 'the deny in Redis' });
+    await waitFor(async () => (await redisCli('GET', `${PREFIX}cache:${bot}`)).startsWith('deny:') || undefined, {
+      what: 'the deny in Redis',
+    });
     const onB = await client('banner', lab.peer!.v4, bot);
     expect(onB.data).toMatch(/^554 5\.7\.1/);
     expect(onB.bannerMs!).toBeLessThan(WINDOW_MS / 4);
@@ -185,28 +214,50 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
     const t0 = performance.now();
     const post = await api('a', 'POST', '/v1/access', { cidr: `${blocked}/32`, list: 'deny' });
     expect(post.status).toBe(201);
-    await waitFor(async () => (await runtimeAccess('b')).includes(`${blocked}/32 deny`) || undefined, { what: 'the entry on B', timeout: 1000, interval: 10 });
+    await waitFor(async () => (await runtimeAccess('b')).includes(`${blocked}/32 deny`) || undefined, {
+      what: 'the entry on B',
+      timeout: 1000,
+      interval: 10,
+    });
     const ms = performance.now() - t0;
     console.log(`access entry added on A applied on B after ${ms.toFixed(1)} ms`);
     expect(ms).toBeLessThan(1000);
     const onB = await client('banner', lab.peer!.v4, blocked);
     expect(onB.data).toMatch(/^554 5\.7\.1/);
-    expect(await waitFor(() => sessionsOf(b, blocked)[0], { what: 'B summary' })).toMatchObject({ verdict: 'denied', cause: 'access_deny' });
+    expect(await waitFor(() => sessionsOf(b, blocked)[0], { what: 'B summary' })).toMatchObject({
+      verdict: 'denied',
+      cause: 'access_deny',
+    });
   }, 30_000);
 
   it('Redis killed under load: 0 sessions lost, every passed client delivered, one warning, no event-loop stall over 50 ms; restarted: written back, A and B agree', async () => {
     const pool = Array.from({ length: 16 }, (_, i) => src(20 + i));
-    const loadA = lab.spawnJson(lab.ns.client, process.execPath, [CLIENT, 'load', lab.v4.gatewayClientSide, String(PORT), '30', '4', ...pool.slice(0, 8)]);
+    const loadA = lab.spawnJson(lab.ns.client, process.execPath, [
+      CLIENT,
+      'load',
+      lab.v4.gatewayClientSide,
+      String(PORT),
+      '30',
+      '4',
+      ...pool.slice(0, 8),
+    ]);
     const loadB = lab.spawnJson(lab.ns.client, process.execPath, [CLIENT, 'load', lab.peer!.v4, String(PORT), '30', '4', ...pool]);
     const results = (p: JsonLineProcess) => p.events.filter((e: JsonEvent) => e.event === 'result');
-    await waitFor(() => results(loadA).length >= 10 && results(loadB).length >= 10, { what: 'load running on both', timeout: 20_000, interval: 100 });
+    await waitFor(() => results(loadA).length >= 10 && results(loadB).length >= 10, {
+      what: 'load running on both',
+      timeout: 20_000,
+      interval: 100,
+    });
     // Scrape once so the event-loop maximum covers only what follows; 2 s with Redis up, for comparison.
     await Promise.all([loopMaxMs('a'), loopMaxMs('b')]);
     await sleep(2000);
     const control = { a: await loopMaxMs('a'), b: await loopMaxMs('b') };
     const killedAt = Date.now();
     await redis.kill('SIGKILL');
-    await waitFor(async () => !(await clusterStatus('a')).connected && !(await clusterStatus('b')).connected, { what: 'both see Redis down', timeout: 5000 });
+    await waitFor(async () => !(await clusterStatus('a')).connected && !(await clusterStatus('b')).connected, {
+      what: 'both see Redis down',
+      timeout: 5000,
+    });
     // Learnt while Redis is down: an access entry on A, and a new client passing on A.
     const whileDown = src(12);
     expect((await api('a', 'POST', '/v1/access', { cidr: '192.0.2.0/24', list: 'deny' })).status).toBe(201);
@@ -217,15 +268,26 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
     const sessionsDuringOutage = results(loadA).length + results(loadB).length;
 
     redis = await startRedisInLab();
-    await waitFor(async () => (await clusterStatus('a')).connected && (await clusterStatus('b')).connected, { what: 'both back', timeout: 10_000, interval: 50 });
+    await waitFor(async () => (await clusterStatus('a')).connected && (await clusterStatus('b')).connected, {
+      what: 'both back',
+      timeout: 10_000,
+      interval: 50,
+    });
     loadA.child.kill('SIGTERM');
     loadB.child.kill('SIGTERM');
     await Promise.all([loadA.waitFor((e) => e.event === 'done', 20_000), loadB.waitFor((e) => e.event === 'done', 20_000)]);
 
     const all = [...results(loadA), ...results(loadB)];
     const failed = all.filter((e) => e.delivered !== true);
-    const received = () => new Set([...fs.readFileSync(path.join(dir, 'sink.dump'), 'latin1').matchAll(/^X-Mail-Args: <([^>]*)>/gm)].map((m) => m[1]));
-    await waitFor(() => { const got = received(); return all.every((e) => got.has(String(e.from))) || undefined; }, { what: 'every delivered message at the backend', timeout: 5000, interval: 50 });
+    const received = () =>
+      new Set([...fs.readFileSync(path.join(dir, 'sink.dump'), 'latin1').matchAll(/^X-Mail-Args: <([^>]*)>/gm)].map((m) => m[1]));
+    await waitFor(
+      () => {
+        const got = received();
+        return all.every((e) => got.has(String(e.from))) || undefined;
+      },
+      { what: 'every delivered message at the backend', timeout: 5000, interval: 50 },
+    );
     const afterKill = all.filter((e) => Number(e.at) > killedAt).length;
     console.log(
       `Redis SIGKILL under load: ${all.length} sessions (${afterKill} after the kill, ${sessionsDuringOutage} before the restart), ${failed.length} failed; ` +
@@ -242,15 +304,25 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
     }
 
     // Written back: the fresh Redis holds what A learnt while it was down, and B sees it.
-    await waitFor(async () => (await redisCli('GET', `${PREFIX}cache:${whileDown}`)).startsWith('pass:') || undefined, { what: 'the pass learnt while down in Redis', timeout: 5000, interval: 50 });
-    await waitFor(async () => {
-      const [ea, eb] = await Promise.all([runtimeAccess('a'), runtimeAccess('b')]);
-      return ea.includes('192.0.2.0/24 deny') && JSON.stringify(ea) === JSON.stringify(eb) ? true : undefined;
-    }, { what: 'A and B agree on the runtime access entries', timeout: 5000, interval: 50 });
+    await waitFor(async () => (await redisCli('GET', `${PREFIX}cache:${whileDown}`)).startsWith('pass:') || undefined, {
+      what: 'the pass learnt while down in Redis',
+      timeout: 5000,
+      interval: 50,
+    });
+    await waitFor(
+      async () => {
+        const [ea, eb] = await Promise.all([runtimeAccess('a'), runtimeAccess('b')]);
+        return ea.includes('192.0.2.0/24 deny') && JSON.stringify(ea) === JSON.stringify(eb) ? true : undefined;
+      },
+      { what: 'A and B agree on the runtime access entries', timeout: 5000, interval: 50 },
+    );
     const onB = await client('banner', lab.peer!.v4, whileDown);
     expect(onB.data).toMatch(/^220 /);
     expect(onB.bannerMs!).toBeLessThan(WINDOW_MS / 4);
-    expect(await waitFor(() => sessionsOf(b, whileDown)[0], { what: 'B summary' })).toMatchObject({ verdict: 'passed', released: 'cluster_pass' });
+    expect(await waitFor(() => sessionsOf(b, whileDown)[0], { what: 'B summary' })).toMatchObject({
+      verdict: 'passed',
+      released: 'cluster_pass',
+    });
     // Each load client's addresses are known to Redis again (written back by whoever learnt them).
     for (const s of pool) expect(await redisCli('GET', `${PREFIX}cache:${s}`)).toMatch(/^pass:\d+$/);
   }, 120_000);

@@ -5,13 +5,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Forward, forwardIntoNamespace } from '../../lab/forward.js';
 import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
-import { forwardIntoNamespace, type Forward } from '../../lab/forward.js';
 import { botWave } from '../../lab/wave.js';
-import { skipPrivileged } from '../helpers/privileged.js';
-import { startEtdInNetns, type RunningEtd } from '../helpers/cli.js';
+import { type Browser, fitsWidth, launchBrowser, screenshot, skipWithoutChromium, type TrackedPage } from '../helpers/browser.js';
+import { type RunningEtd, startEtdInNetns } from '../helpers/cli.js';
 import { bannerTime, earlyTalker, swaks } from '../helpers/nsClient.js';
-import { fitsWidth, launchBrowser, screenshot, skipWithoutChromium, type Browser, type TrackedPage } from '../helpers/browser.js';
+import { skipPrivileged } from '../helpers/privileged.js';
 import { waitFor } from '../helpers/wait.js';
 
 const skip = skipPrivileged('dashboard in the lab') || skipWithoutChromium('dashboard in the lab');
@@ -25,8 +25,6 @@ let browser: Browser;
 let dir: string;
 const running: RunningEtd[] = [];
 const forwards: Forward[] = [];
-/** etd with the API on loopback (no token), reached through `api`. */
-let etd: RunningEtd;
 let api: Forward;
 let tab: TrackedPage;
 
@@ -75,13 +73,16 @@ state: { path: ":memory:" }
 log: { level: info }
 `,
     );
-    etd = await startEtd(file);
+    await startEtd(file); // the API on loopback (no token), reached through `api`
     api = await forwardIntoNamespace(lab, lab.ns.gateway, '127.0.0.1', 8025);
     forwards.push(api);
-    await waitFor(async () => {
-      const b = await getJson<Backends>(`${api.url}/v1/backends`);
-      return b.backends.every((s) => s.state === 'up') ? true : undefined;
-    }, { what: 'both backends up', timeout: 15_000 });
+    await waitFor(
+      async () => {
+        const b = await getJson<Backends>(`${api.url}/v1/backends`);
+        return b.backends.every((s) => s.state === 'up') ? true : undefined;
+      },
+      { what: 'both backends up', timeout: 15_000 },
+    );
     browser = await launchBrowser();
     tab = await browser.page();
   }, 120_000);
@@ -140,7 +141,9 @@ log: { level: info }
     const { page } = tab;
     const verdicts = () => page.$$eval('#stream tbody tr', (rows) => rows.map((r) => (r as HTMLElement).dataset.verdict));
     await page.selectOption('#f-verdict', 'early_talker');
-    await page.waitForFunction(() => [...document.querySelectorAll('#stream tbody tr')].every((r) => (r as HTMLElement).dataset.verdict === 'early_talker'));
+    await page.waitForFunction(() =>
+      [...document.querySelectorAll('#stream tbody tr')].every((r) => (r as HTMLElement).dataset.verdict === 'early_talker'),
+    );
     expect(await verdicts()).toContain('early_talker');
     await page.selectOption('#f-verdict', '');
     await page.selectOption('#f-listener', 'smtp6');
@@ -154,7 +157,9 @@ log: { level: info }
     expect(await page.getAttribute('#pause', 'aria-pressed')).toBe('true');
     const rows = await page.locator('#stream tbody tr').count();
     await earlyTalker(lab, lab.v6.gatewayClientSide); // denied now (deny cache): a new line all the same
-    await page.waitForFunction(() => /paused: 1 arrived since/.test(document.querySelector('#stream-info')?.textContent ?? ''), undefined, { timeout: 3000 });
+    await page.waitForFunction(() => /paused: 1 arrived since/.test(document.querySelector('#stream-info')?.textContent ?? ''), undefined, {
+      timeout: 3000,
+    });
     expect(await page.locator('#stream tbody tr').count()).toBe(rows);
     await page.click('#pause');
     await page.waitForFunction((n) => document.querySelectorAll('#stream tbody tr').length === n + 1, rows, { timeout: 3000 });
@@ -162,21 +167,28 @@ log: { level: info }
 
   it('clicking drain makes GET /v1/backends report drain, and new sessions avoid that server', async () => {
     await tab.page.click('#backends tbody tr[data-server="b1"] button[data-action="drain"]');
-    await waitFor(async () => {
-      const b = await getJson<Backends>(`${api.url}/v1/backends`);
-      return b.backends.find((s) => s.name === 'b1')?.state === 'drain' ? true : undefined;
-    }, { what: 'b1 drained', timeout: 5000 });
+    await waitFor(
+      async () => {
+        const b = await getJson<Backends>(`${api.url}/v1/backends`);
+        return b.backends.find((s) => s.name === 'b1')?.state === 'drain' ? true : undefined;
+      },
+      { what: 'b1 drained', timeout: 5000 },
+    );
     await tab.page.waitForSelector('#backends tbody tr[data-server="b1"] [data-state="drain"]', { timeout: 5000 });
-    const at = (addr: string) => recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client && e.localAddress === addr).length;
+    const at = (addr: string) =>
+      recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client && e.localAddress === addr).length;
     const before = [at(lab.v4.backends[0]), at(lab.v4.backends[1])];
     for (let i = 0; i < 4; i++) expect(await swaks(lab, lab.v4.gatewayClientSide)).toMatch(/<- +250 Queued/);
     expect(at(lab.v4.backends[0])).toBe(before[0]);
     expect(at(lab.v4.backends[1])).toBe(before[1]! + 4);
     await tab.page.click('#backends tbody tr[data-server="b1"] button[data-action="up"]');
-    await waitFor(async () => {
-      const b = await getJson<Backends>(`${api.url}/v1/backends`);
-      return b.backends.find((s) => s.name === 'b1')?.state === 'up' ? true : undefined;
-    }, { what: 'b1 up again', timeout: 5000 });
+    await waitFor(
+      async () => {
+        const b = await getJson<Backends>(`${api.url}/v1/backends`);
+        return b.backends.find((s) => s.name === 'b1')?.state === 'up' ? true : undefined;
+      },
+      { what: 'b1 up again', timeout: 5000 },
+    );
   }, 90_000);
 
   it('deleting a pass-cache entry in the UI makes the next visit wait the window', async () => {
@@ -191,7 +203,9 @@ log: { level: info }
     expect(await page.textContent('#lookup-decision')).toMatch(/skips the window/);
     expect(await page.textContent('#lookup-dnsbl')).toMatch(/^no lists configured/);
     await page.click('#lookup-delete');
-    await page.waitForFunction(() => document.querySelector('#lookup-cache')?.textContent?.startsWith('no entry'), undefined, { timeout: 5000 });
+    await page.waitForFunction(() => document.querySelector('#lookup-cache')?.textContent?.startsWith('no entry'), undefined, {
+      timeout: 5000,
+    });
     expect(await page.textContent('#lookup-decision')).toMatch(/waits the window/);
     const res = await fetch(`${api.url}/v1/cache/${lab.v4.client}`);
     expect(res.status).toBe(404);
@@ -242,7 +256,9 @@ log: { level: info }
       for (let i = 0; i < 3; i++) await swaks(lab, lab.v4.gatewayClientSide);
     })();
     // Each bot's first connection is an early talker (later ones meet the deny cache).
-    await page.waitForFunction(() => document.querySelectorAll('#stream tbody tr[data-verdict="early_talker"]').length > 30, undefined, { timeout: 15_000 });
+    await page.waitForFunction(() => document.querySelectorAll('#stream tbody tr[data-verdict="early_talker"]').length > 30, undefined, {
+      timeout: 15_000,
+    });
     await page.waitForTimeout(2500);
     await screenshot(page, 'wave-1280');
     await screenshot(page, 'readme', README_SHOT);

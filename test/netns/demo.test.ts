@@ -25,7 +25,9 @@ describe.skipIf(skipPrivileged('npm run demo (netns lab)'))('the lab demo', () =
     const fast = /banner after (\d+) ms \(the window is 2s\): 220 /.exec(stdout);
     expect(fast, stdout).not.toBeNull();
     expect(Number(fast![1])).toBeLessThan(1000);
-    expect(stdout).toMatch(/10\.\d+\.1\.3:\d+ +dnsbl +DNSBL score 3 \(bl\.demo\.test 127\.0\.0\.2\) → dnsbl_reject, never connected upstream/);
+    expect(stdout).toMatch(
+      /10\.\d+\.1\.3:\d+ +dnsbl +DNSBL score 3 \(bl\.demo\.test 127\.0\.0\.2\) → dnsbl_reject, never connected upstream/,
+    );
     expect(stdout).toMatch(/10\.\d+\.1\.4:\d+ +passed .*allowlisted \(score -2: wl\.demo\.test 127\.0\.10\.2\)/);
     expect(stdout).toMatch(/no etd table left/);
     expect(stdout).toMatch(/lab torn down/);

@@ -4,10 +4,10 @@
 import fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { JsonLineProcess, Lab } from '../../lab/netns.js';
-import { inNamespace, startUnbound, type RunningUnbound } from '../../lab/unbound.js';
-import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
+import { inNamespace, type RunningUnbound, startUnbound } from '../../lab/unbound.js';
 import { CLI, type LogLine, type RunningEtd } from '../helpers/cli.js';
-import { labSuite, type LabSuite } from '../helpers/labSuite.js';
+import { type LabSuite, labSuite } from '../helpers/labSuite.js';
+import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
 import { waitFor } from '../helpers/wait.js';
 
 const skip = skipPrivileged('DNSBL scoring against unbound') || skipWithout('unbound', 'unbound', 'DNSBL scoring against unbound');
@@ -40,7 +40,9 @@ setTimeout(() => done('timeout'), 15000);
 `;
 
 async function client(family: 4 | 6, role: Role, talk = false): Promise<{ how: string; firstMs: number | undefined; data: string }> {
-  const r = await lab.exec(lab.ns.client, process.execPath, ['-e', CLIENT, gw(family), '25', addr(family, role), talk ? '1' : '0'], { timeoutMs: 20_000 });
+  const r = await lab.exec(lab.ns.client, process.execPath, ['-e', CLIENT, gw(family), '25', addr(family, role), talk ? '1' : '0'], {
+    timeoutMs: 20_000,
+  });
   return JSON.parse(r.stdout.trim()) as { how: string; firstMs: number | undefined; data: string };
 }
 
@@ -48,14 +50,33 @@ async function swaksFrom(family: 4 | 6, role: Role): Promise<string> {
   const r = await lab.exec(
     lab.ns.client,
     'swaks',
-    ['--to', 'rcpt@example.net', '--from', 'sender@example.org', '--server', gw(family), '--port', '25', '--local-interface', addr(family, role), '--timeout', '15', '--helo', 'client.example'],
+    [
+      '--to',
+      'rcpt@example.net',
+      '--from',
+      'sender@example.org',
+      '--server',
+      gw(family),
+      '--port',
+      '25',
+      '--local-interface',
+      addr(family, role),
+      '--timeout',
+      '15',
+      '--helo',
+      'client.example',
+    ],
     { timeoutMs: 30_000, allowFailure: true },
   );
   return r.stdout;
 }
 
 async function get(p: string): Promise<{ status: number; body: string }> {
-  const r = await lab.exec(lab.ns.gateway, process.execPath, ['-e', "fetch('http://127.0.0.1:8025'+process.argv[1]).then(async r=>console.log(JSON.stringify({status:r.status,body:await r.text()})))", p]);
+  const r = await lab.exec(lab.ns.gateway, process.execPath, [
+    '-e',
+    "fetch('http://127.0.0.1:8025'+process.argv[1]).then(async r=>console.log(JSON.stringify({status:r.status,body:await r.text()})))",
+    p,
+  ]);
   return JSON.parse(r.stdout) as { status: number; body: string };
 }
 
@@ -95,7 +116,8 @@ log: { level: info }
   );
 }
 
-const sessionsOf = (etd: RunningEtd, address: string): LogLine[] => etd.lines.filter((l) => l.msg === 'session' && l.clientAddress === address);
+const sessionsOf = (etd: RunningEtd, address: string): LogLine[] =>
+  etd.lines.filter((l) => l.msg === 'session' && l.clientAddress === address);
 const connectsFrom = (address: string) => recorder.events.filter((e) => e.event === 'connect' && e.remoteAddress === address).length;
 
 describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6)', () => {
@@ -146,7 +168,11 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
       const f = `IPv${family}`;
       // Weight 3 ≥ threshold 3: refused with the reply, never connected upstream.
       const listed = await client(family, 'listed');
-      expect(listed.data, f).toMatch(new RegExp(`^554 5\\.7\\.1 Service unavailable; client \\[${addr(family, 'listed').replace(/\./g, '\\.')}\\] blocked using bl3\\.test\\r\\n$`));
+      expect(listed.data, f).toMatch(
+        new RegExp(
+          `^554 5\\.7\\.1 Service unavailable; client \\[${addr(family, 'listed').replace(/\./g, '\\.')}\\] blocked using bl3\\.test\\r\\n$`,
+        ),
+      );
       expect(connectsFrom(addr(family, 'listed')), f).toBe(0);
 
       // Two weight-1 lists: score 2 < 3, so the window applies and the mail goes through.
@@ -178,11 +204,29 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
     await etd.waitFor(() => etd.lines.filter((l) => l.msg === 'session').length >= 12, 10_000);
     for (const family of [4, 6] as const) {
       const [listed] = sessionsOf(etd, addr(family, 'listed'));
-      expect(listed).toMatchObject({ verdict: 'dnsbl', cause: 'dnsbl_reject', score: 3, lists: [{ name: 'bl3.test', answer: '127.0.0.2' }] });
+      expect(listed).toMatchObject({
+        verdict: 'dnsbl',
+        cause: 'dnsbl_reject',
+        score: 3,
+        lists: [{ name: 'bl3.test', answer: '127.0.0.2' }],
+      });
       const [two] = sessionsOf(etd, addr(family, 'twoLists'));
-      expect(two).toMatchObject({ verdict: 'passed', score: 2, lists: [{ name: 'one.test', answer: '127.0.0.2' }, { name: 'two.test', answer: '127.0.0.10' }] });
+      expect(two).toMatchObject({
+        verdict: 'passed',
+        score: 2,
+        lists: [
+          { name: 'one.test', answer: '127.0.0.2' },
+          { name: 'two.test', answer: '127.0.0.10' },
+        ],
+      });
       const [allowed] = sessionsOf(etd, addr(family, 'allowed'));
-      expect(allowed).toMatchObject({ verdict: 'passed', released: 'dnswl', allowlisted: true, score: -2, lists: [{ name: 'allowlist', answer: '127.0.10.2' }] });
+      expect(allowed).toMatchObject({
+        verdict: 'passed',
+        released: 'dnswl',
+        allowlisted: true,
+        score: -2,
+        lists: [{ name: 'allowlist', answer: '127.0.10.2' }],
+      });
       const [clean, again] = sessionsOf(etd, addr(family, 'clean'));
       expect(clean).toMatchObject({ verdict: 'passed' });
       expect(clean).not.toHaveProperty('score');
@@ -205,17 +249,30 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
     // The API: one client's score and each list's answer; /v1/stats counts; a bad address is a 400 with the reason.
     const rep = await get(`/v1/reputation/${addr(6, 'twoLists')}`);
     expect(rep.status).toBe(200);
-    const body = JSON.parse(rep.body) as { score: number; decision: string; cached: boolean; lists: Array<{ name: string; status: string; answers: string[]; matched: boolean; refused: boolean }> };
+    const body = JSON.parse(rep.body) as {
+      score: number;
+      decision: string;
+      cached: boolean;
+      lists: Array<{ name: string; status: string; answers: string[]; matched: boolean; refused: boolean }>;
+    };
     expect(body).toMatchObject({ score: 2, decision: 'window', cached: true });
     expect(body.lists.find((l) => l.name === 'two.test')).toMatchObject({ status: 'answer', answers: ['127.0.0.10'], matched: true });
-    expect(body.lists.find((l) => l.name === 'refused.test')).toMatchObject({ status: 'answer', answers: ['127.255.255.254'], matched: false, refused: true });
+    expect(body.lists.find((l) => l.name === 'refused.test')).toMatchObject({
+      status: 'answer',
+      answers: ['127.255.255.254'],
+      matched: false,
+      refused: true,
+    });
     expect(body.lists.find((l) => l.name === 'bl3.test')).toMatchObject({ status: 'none', matched: false });
     const fresh = JSON.parse((await get('/v1/reputation/10.255.0.9')).body) as { score: number; cached: boolean };
     expect(fresh).toMatchObject({ score: 0, cached: false });
     const bad = await get('/v1/reputation/not-an-ip');
     expect(bad.status).toBe(400);
     expect(bad.body).toMatch(/path\.address: \\"not-an-ip\\" is not an IPv4 or IPv6 address/);
-    const stats = JSON.parse((await get('/v1/stats')).body) as { verdicts: Record<string, number>; reputation: { refused: number; allowlisted: number; refusedAnswers: Record<string, number> } };
+    const stats = JSON.parse((await get('/v1/stats')).body) as {
+      verdicts: Record<string, number>;
+      reputation: { refused: number; allowlisted: number; refusedAnswers: Record<string, number> };
+    };
     expect(stats.verdicts.dnsbl).toBe(2);
     expect(stats.reputation.refused).toBe(2);
     expect(stats.reputation.allowlisted).toBeGreaterThanOrEqual(2);
@@ -224,7 +281,10 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
     // A reload applies new weights to new connections: one.test now weighs 2, so the client on
     // two lists scores 3 and is refused (at accept: its answers are cached).
     fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('{ zone: one.test, weight: 1 }', '{ zone: one.test, weight: 2 }'));
-    const reload = await lab.exec(lab.ns.gateway, process.execPath, ['-e', "fetch('http://127.0.0.1:8025/v1/reload',{method:'POST'}).then(r=>console.log(r.status))"]);
+    const reload = await lab.exec(lab.ns.gateway, process.execPath, [
+      '-e',
+      "fetch('http://127.0.0.1:8025/v1/reload',{method:'POST'}).then(r=>console.log(r.status))",
+    ]);
     expect(reload.stdout.trim()).toBe('200');
     const refusedNow = await client(4, 'twoLists');
     expect(refusedNow.data).toMatch(/^554 5\.7\.1 .*blocked using one\.test\r\n$/);
@@ -257,10 +317,17 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
     }
     // Logged as a timeout when the hold ended without its answer (once per zone per minute) …
     // (the clean client's hold ended without dead.test's answer)
-    const timeout = await etd.waitFor((l) => l.level === 'warn' && /DNSBL zone dead\.test had not answered by the end of the 1000 ms hold: the lookup counts 0/.test(l.msg), 8000);
+    const timeout = await etd.waitFor(
+      (l) => l.level === 'warn' && /DNSBL zone dead\.test had not answered by the end of the 1000 ms hold: the lookup counts 0/.test(l.msg),
+      8000,
+    );
     expect(timeout.zone).toBe('dead.test');
     // … and counted when the query itself times out (reputation.timeout 3 s).
-    const timeouts = await waitFor(async () => metric(await metrics(), 'etd_dnsbl_timeouts_total', 'zone="dead.test"') || undefined, { timeout: 8000, interval: 250, what: 'etd_dnsbl_timeouts_total{zone="dead.test"} to count' });
+    const timeouts = await waitFor(async () => metric(await metrics(), 'etd_dnsbl_timeouts_total', 'zone="dead.test"') || undefined, {
+      timeout: 8000,
+      interval: 250,
+      what: 'etd_dnsbl_timeouts_total{zone="dead.test"} to count',
+    });
     expect(timeouts).toBeGreaterThanOrEqual(1);
     // A second visit of the listed client: its answer is cached, so it is refused at accept.
     const again = await client(4, 'listed');
@@ -278,12 +345,25 @@ describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6
     - { zone: refused.test, weight: 3 }
     - { zone: dead.test, weight: 3 }`,
     );
-    const r = await lab.exec(lab.ns.gateway, process.execPath, [CLI, 'doctor', '-c', file, '--json'], { allowFailure: true, timeoutMs: 30_000 });
+    const r = await lab.exec(lab.ns.gateway, process.execPath, [CLI, 'doctor', '-c', file, '--json'], {
+      allowFailure: true,
+      timeoutMs: 30_000,
+    });
     const report = JSON.parse(r.stdout) as { findings: Array<{ id: string; status: string; detail: string; fix?: string }> };
     const find = (id: string) => report.findings.find((f) => f.id === id);
     expect(find('dnsbl.bl3.test')).toMatchObject({ status: 'OK', detail: expect.stringMatching(/answered 127\.0\.0\.2 through /) });
-    expect(find('dnsbl.one.test')).toMatchObject({ status: 'WARN', detail: expect.stringMatching(/2\.0\.0\.127\.one\.test does not exist/) });
-    expect(find('dnsbl.refused.test')).toMatchObject({ status: 'FAIL', detail: expect.stringMatching(/answered 127\.255\.255\.254: the list refused the query/), fix: expect.stringMatching(/use your own resolver, not a public one/) });
-    expect(find('dnsbl.dead.test')).toMatchObject({ status: 'FAIL', detail: expect.stringMatching(/no answer for 2\.0\.0\.127\.dead\.test/) });
+    expect(find('dnsbl.one.test')).toMatchObject({
+      status: 'WARN',
+      detail: expect.stringMatching(/2\.0\.0\.127\.one\.test does not exist/),
+    });
+    expect(find('dnsbl.refused.test')).toMatchObject({
+      status: 'FAIL',
+      detail: expect.stringMatching(/answered 127\.255\.255\.254: the list refused the query/),
+      fix: expect.stringMatching(/use your own resolver, not a public one/),
+    });
+    expect(find('dnsbl.dead.test')).toMatchObject({
+      status: 'FAIL',
+      detail: expect.stringMatching(/no answer for 2\.0\.0\.127\.dead\.test/),
+    });
   }, 60_000);
 });

@@ -11,8 +11,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
 import type { Finding } from '../../src/doctor/checks.js';
-import { skipPrivileged } from '../helpers/privileged.js';
 import { assertBuilt, CLI, runEtd } from '../helpers/cli.js';
+import { skipPrivileged } from '../helpers/privileged.js';
 
 const skip = skipPrivileged('etd doctor in the lab');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-doctor-'));
@@ -92,7 +92,18 @@ state: { path: ":memory:" }
     expect(notOk(r)).toEqual([]);
     expect(r.ok).toBe(true);
     expect(r.code).toBe(0);
-    for (const id of ['cap.net_admin', 'kernel.nft_socket', 'nft.rule.divert', 'ip.rule.v4', 'ip.route.v6', 'sysctl.rp_filter', 'sysctl.src_valid_mark', 'client.v4', 'return.b4', 'return.b6']) {
+    for (const id of [
+      'cap.net_admin',
+      'kernel.nft_socket',
+      'nft.rule.divert',
+      'ip.rule.v4',
+      'ip.route.v6',
+      'sysctl.rp_filter',
+      'sysctl.src_valid_mark',
+      'client.v4',
+      'return.b4',
+      'return.b6',
+    ]) {
       expect(find(r, id).status, id).toBe('OK');
     }
     // The derived test clients: unused addresses of the listeners' networks, never the client's own.
@@ -177,7 +188,7 @@ state: { path: ":memory:" }
     }
   }, 60_000);
 
-  it("a backend whose default route points elsewhere: the return path FAILs with the route through etd as the fix", async () => {
+  it('a backend whose default route points elsewhere: the return path FAILs with the route through etd as the fix', async () => {
     const be = lab.ns.backend;
     await lab.exec(be, 'ip', ['-4', 'route', 'replace', 'default', 'via', `10.${lab.x}.2.99`]);
     try {
@@ -205,7 +216,7 @@ state: { path: ":memory:" }
     expect(notOk(await doctor())).toEqual([]);
   }, 60_000);
 
-  it('--client tests the given address; one of etd\'s own addresses is refused', async () => {
+  it("--client tests the given address; one of etd's own addresses is refused", async () => {
     const r = await doctor(['--client', `10.${lab.x}.1.77`]);
     expect(find(r, 'client.v4').detail).toContain(`10.${lab.x}.1.77 (given with --client)`);
     expect(find(r, 'return.b4').status).toBe('OK');
@@ -243,13 +254,19 @@ state: { path: ":memory:" }
     expect(applied.code, applied.stdout + applied.stderr).toBe(0);
     try {
       const untested = await idoctor();
-      expect(find(untested, 'return')).toMatchObject({ status: 'WARN', fix: expect.stringContaining(`etd doctor -c ${icfg} --probe ADDRESS[:PORT]`) });
+      expect(find(untested, 'return')).toMatchObject({
+        status: 'WARN',
+        fix: expect.stringContaining(`etd doctor -c ${icfg} --probe ADDRESS[:PORT]`),
+      });
       expect(find(untested, 'return').detail).toContain('forward: original');
       expect(untested.findings.some((f) => f.id.startsWith('return.'))).toBe(false);
 
       const probed = await idoctor(['--probe', b4, '--probe', `[${b6}]:25`]);
       expect(probed.findings.some((f) => f.id === 'return')).toBe(false);
-      expect(find(probed, key4), JSON.stringify(probed.findings.filter((f) => f.status !== 'OK'))).toMatchObject({ status: 'OK', what: expect.stringContaining(`mail server ${b4}:25 (--probe)`) });
+      expect(find(probed, key4), JSON.stringify(probed.findings.filter((f) => f.status !== 'OK'))).toMatchObject({
+        status: 'OK',
+        what: expect.stringContaining(`mail server ${b4}:25 (--probe)`),
+      });
       expect(find(probed, key4).detail).toMatch(/greeted "220/);
       expect(find(probed, key6).status).toBe('OK');
       await recorder.waitFor((e) => e.event === 'connect' && e.remoteAddress === `10.${lab.x}.1.254`, 5000);
@@ -260,7 +277,9 @@ state: { path: ":memory:" }
         const broken = await idoctor(['--probe', b4]);
         expect(broken.code).toBe(1);
         expect(find(broken, key4).status).toBe('FAIL');
-        expect(find(broken, key4).fix).toMatch(new RegExp(`^on ${b4.replaceAll('.', '\\.')}: ip route replace default via ${lab.v4.gatewayBackendSide.replaceAll('.', '\\.')}`));
+        expect(find(broken, key4).fix).toMatch(
+          new RegExp(`^on ${b4.replaceAll('.', '\\.')}: ip route replace default via ${lab.v4.gatewayBackendSide.replaceAll('.', '\\.')}`),
+        );
       } finally {
         await lab.exec(lab.ns.backend, 'ip', ['-4', 'route', 'replace', 'default', 'via', lab.v4.gatewayBackendSide]);
       }

@@ -15,15 +15,18 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHaLab, type HaGateway, type HaLab } from '../../lab/haLab.js';
-import { checkKeepalivedConfig, startKeepalived, type Keepalived } from '../../lab/keepalived.js';
+import { checkKeepalivedConfig, type Keepalived, startKeepalived } from '../../lab/keepalived.js';
 import type { JsonLineProcess } from '../../lab/netns.js';
-import { CLI, startEtdInNetns, type RunningEtd } from '../helpers/cli.js';
+import { CLI, type RunningEtd, startEtdInNetns } from '../helpers/cli.js';
 import { swaks } from '../helpers/nsClient.js';
 import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const EXAMPLES = path.join(__dirname, '../../examples/keepalived');
-const skip = skipPrivileged('HA pair with keepalived') || skipWithout('keepalived', 'keepalived', 'HA pair with keepalived') || skipWithout('swaks', 'swaks', 'HA pair with keepalived');
+const skip =
+  skipPrivileged('HA pair with keepalived') ||
+  skipWithout('keepalived', 'keepalived', 'HA pair with keepalived') ||
+  skipWithout('swaks', 'swaks', 'HA pair with keepalived');
 // Only when the suite runs: a skipped suite's afterAll would not remove it.
 const dir = skip ? '' : fs.mkdtempSync(path.join(os.tmpdir(), 'etd-ha-'));
 let ha: HaLab;
@@ -152,7 +155,11 @@ async function deliver(timeoutS = 15): Promise<HaGateway> {
   expect(out).toMatch(/<- +250 Queued/);
   await recorder.waitFor(() => messagesFromClient() > before.msgs, 5000);
   // The session's summary is written when both sides have closed, which can trail swaks a little.
-  await waitFor(() => passedOn('a') !== before.a || passedOn('b') !== before.b, { timeout: 5000, interval: 50, what: "the session's summary line" });
+  await waitFor(() => passedOn('a') !== before.a || passedOn('b') !== before.b, {
+    timeout: 5000,
+    interval: 50,
+    what: "the session's summary line",
+  });
   const onA = passedOn('a') - before.a;
   const onB = passedOn('b') - before.b;
   expect(onA + onB, 'exactly one gateway relayed the session').toBe(1);
@@ -183,7 +190,10 @@ async function failover(from: HaGateway, to: HaGateway): Promise<{ vipMs: number
     }
   }
   const vipMs = await vipMoved;
-  expect(deliveredMs, `no session delivered through ${to} within 10 s of the kill; attempts: ${failures.slice(-8).join(' | ')}`).toBeDefined();
+  expect(
+    deliveredMs,
+    `no session delivered through ${to} within 10 s of the kill; attempts: ${failures.slice(-8).join(' | ')}`,
+  ).toBeDefined();
   return { vipMs, deliveredMs: deliveredMs! };
 }
 
@@ -264,7 +274,11 @@ describe.skipIf(skip)('HA pair with keepalived', () => {
 
   it('(d) etd doctor: on the master every check passes, the return path included; on the backup the return path is not tested (a warning, no failure)', async () => {
     // After (c), A is the master and B (its etd killed) holds no VIP. The doctor needs no running etd.
-    const doctor = (gw: HaGateway) => ha.exec(ha.ns[gw], process.execPath, [CLI, 'doctor', '-c', path.join(dir, `etd-${gw}.yaml`)], { allowFailure: true, timeoutMs: 60_000 });
+    const doctor = (gw: HaGateway) =>
+      ha.exec(ha.ns[gw], process.execPath, [CLI, 'doctor', '-c', path.join(dir, `etd-${gw}.yaml`)], {
+        allowFailure: true,
+        timeoutMs: 60_000,
+      });
     const master = await doctor('a');
     expect(master.code, master.stdout + master.stderr).toBe(0);
     expect(master.stdout).toMatch(/^OK +return\.b4 /m);

@@ -6,9 +6,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
-import { skipPrivileged } from '../helpers/privileged.js';
-import { runEtd, type RunningEtd } from '../helpers/cli.js';
+import { type RunningEtd, runEtd } from '../helpers/cli.js';
 import { earlyTalker, swaks } from '../helpers/nsClient.js';
+import { skipPrivileged } from '../helpers/privileged.js';
 import { sleep } from '../helpers/wait.js';
 
 const skip = skipPrivileged('intercept mode end to end');

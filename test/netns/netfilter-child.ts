@@ -5,11 +5,11 @@
 // Prints exactly one JSON line: { ok: true, result, logs } or { ok: false, code, message, hint }.
 // An expected failure (an EtdError) is reported as ok:false with exit code 0; anything else crashes.
 
+import { type RulesSubcommand, rulesCommand } from '../../src/commands/rules.js';
 import type { Config } from '../../src/config/schema.js';
 import { isEtdError } from '../../src/errors.js';
 import { run } from '../../src/native/nftables.js';
-import { applyNetfilter, removeNetfilter, verifyNetfilter, type NetfilterLog } from '../../src/netfilter/setup.js';
-import { rulesCommand, type RulesSubcommand } from '../../src/commands/rules.js';
+import { applyNetfilter, type NetfilterLog, removeNetfilter, verifyNetfilter } from '../../src/netfilter/setup.js';
 
 interface Request {
   readonly config?: Config;
@@ -57,8 +57,8 @@ async function main(): Promise<unknown> {
 
 try {
   const result = await main();
-  process.stdout.write(JSON.stringify({ ok: true, result: result ?? null, logs }) + '\n');
+  process.stdout.write(`${JSON.stringify({ ok: true, result: result ?? null, logs })}\n`);
 } catch (e) {
   if (!isEtdError(e)) throw e;
-  process.stdout.write(JSON.stringify({ ok: false, code: e.code, message: e.message, hint: e.hint ?? null, logs }) + '\n');
+  process.stdout.write(`${JSON.stringify({ ok: false, code: e.code, message: e.message, hint: e.hint ?? null, logs })}\n`);
 }

@@ -8,9 +8,9 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config/schema.js';
+import { netfilterConfig } from '../helpers/netfilterConfig.js';
 import { skipPrivileged } from '../helpers/privileged.js';
 import { runTsInNetns } from '../helpers/runInNetns.js';
-import { netfilterConfig } from '../helpers/netfilterConfig.js';
 
 const config = netfilterConfig;
 
@@ -27,11 +27,24 @@ function sh(cmd: string, args: readonly string[]): string {
 }
 const inNs = (cmd: string, ...args: string[]) => sh('ip', ['netns', 'exec', ns, cmd, ...args]);
 
-interface ChildOk { ok: true; result: unknown; logs: { level: string; msg: string }[] }
-interface ChildErr { ok: false; code: string; message: string; hint: string | null }
+interface ChildOk {
+  ok: true;
+  result: unknown;
+  logs: { level: string; msg: string }[];
+}
+interface ChildErr {
+  ok: false;
+  code: string;
+  message: string;
+  hint: string | null;
+}
 
 async function child(op: string, req: object, wrap?: readonly string[]): Promise<ChildOk | ChildErr> {
-  const r = await runTsInNetns(ns, 'test/netns/netfilter-child.ts', [op], { input: JSON.stringify(req), timeoutMs: 30_000, ...(wrap ? { wrap } : {}) });
+  const r = await runTsInNetns(ns, 'test/netns/netfilter-child.ts', [op], {
+    input: JSON.stringify(req),
+    timeoutMs: 30_000,
+    ...(wrap ? { wrap } : {}),
+  });
   if (r.code !== 0 || r.timedOut) throw new Error(`child ${op} failed (code ${r.code}, timedOut ${r.timedOut}):\n${r.stderr}\n${r.stdout}`);
   const last = r.stdout.trim().split('\n').pop() ?? '';
   return JSON.parse(last) as ChildOk | ChildErr;
@@ -43,12 +56,17 @@ async function ok(op: string, req: object): Promise<unknown> {
   return r.result;
 }
 
-interface State { ok: boolean; clean: boolean; items: { id: string; status: string; present: boolean }[] }
+interface State {
+  ok: boolean;
+  clean: boolean;
+  items: { id: string; status: string; present: boolean }[];
+}
 const verify = async (c: Config) => (await ok('verify', { config: c })) as State;
 
 const count = (text: string, re: RegExp) => text.split('\n').filter((l) => re.test(l)).length;
 const etdRules = (family: 4 | 6) => count(inNs('ip', `-${family}`, 'rule', 'show'), /fwmark 0x1 lookup 100\b/);
-const localRoutes = (family: 4 | 6) => count(inNs('ip', `-${family}`, 'route', 'show', 'table', 'all'), /^local (default|::\/0|0\.0\.0\.0\/0) dev lo table 100\b/);
+const localRoutes = (family: 4 | 6) =>
+  count(inNs('ip', `-${family}`, 'route', 'show', 'table', 'all'), /^local (default|::\/0|0\.0\.0\.0\/0) dev lo table 100\b/);
 
 describe.skipIf(skipPrivileged('netfilter'))('netfilter apply/verify/remove (netns)', () => {
   beforeAll(() => {
@@ -56,7 +74,10 @@ describe.skipIf(skipPrivileged('netfilter'))('netfilter apply/verify/remove (net
     nsCreated = true;
     inNs('ip', 'link', 'set', 'lo', 'up');
     // Someone else's state that etd must never touch.
-    inNs('nft', 'add table inet other\nadd chain inet other c { type filter hook prerouting priority 0; policy accept; }\nadd rule inet other c tcp dport 2525 counter accept');
+    inNs(
+      'nft',
+      'add table inet other\nadd chain inet other c { type filter hook prerouting priority 0; policy accept; }\nadd rule inet other c tcp dport 2525 counter accept',
+    );
     inNs('ip', '-4', 'rule', 'add', 'fwmark', '0x2', 'lookup', '200', 'priority', '150');
     inNs('ip', '-6', 'rule', 'add', 'fwmark', '0x2', 'lookup', '200', 'priority', '150');
     inNs('ip', '-4', 'rule', 'add', 'from', '10.99.0.0/16', 'lookup', '100', 'priority', '300'); // same table, not etd's
@@ -80,8 +101,17 @@ describe.skipIf(skipPrivileged('netfilter'))('netfilter apply/verify/remove (net
     expect(s.clean).toBe(true);
     expect(s.ok).toBe(false);
     expect(s.items.map((i) => i.id)).toEqual([
-      'nft.table', 'nft.chain.divert', 'nft.chain.intercept', 'nft.rule.divert', 'nft.rule.intercept.local',
-      'nft.rule.intercept.l0.v4', 'nft.rule.intercept.l0.v6', 'ip.rule.v4', 'ip.route.v4', 'ip.rule.v6', 'ip.route.v6',
+      'nft.table',
+      'nft.chain.divert',
+      'nft.chain.intercept',
+      'nft.rule.divert',
+      'nft.rule.intercept.local',
+      'nft.rule.intercept.l0.v4',
+      'nft.rule.intercept.l0.v6',
+      'ip.rule.v4',
+      'ip.route.v4',
+      'ip.rule.v6',
+      'ip.route.v6',
     ]);
     expect(s.items.every((i) => i.status === 'missing')).toBe(true);
   });
@@ -123,7 +153,12 @@ describe.skipIf(skipPrivileged('netfilter'))('netfilter apply/verify/remove (net
     inNs('ip', '-6', 'rule', 'del', 'fwmark', '0x1', 'lookup', '100', 'priority', '100');
     const before = await verify(INTERCEPT);
     const status = Object.fromEntries(before.items.map((i) => [i.id, i.status]));
-    expect(status).toMatchObject({ 'nft.rule.divert': 'duplicate', 'nft.chain.old': 'unexpected', 'ip.rule.v6': 'missing', 'ip.rule.v4': 'ok' });
+    expect(status).toMatchObject({
+      'nft.rule.divert': 'duplicate',
+      'nft.chain.old': 'unexpected',
+      'ip.rule.v6': 'missing',
+      'ip.rule.v4': 'ok',
+    });
 
     const r = (await ok('apply', { config: INTERCEPT })) as { droppedChains: string[] };
     expect(r.droppedChains).toEqual(['old']);
@@ -168,8 +203,10 @@ describe.skipIf(skipPrivileged('netfilter'))('netfilter apply/verify/remove (net
     foreignIntact();
   });
 
-  it('a bad batch gives ETD_ERR_NFT with libnftables\' text and the offending line', async () => {
-    const r = await child('run', { batch: 'add table inet etdbad\nadd chain inet etdbad c\nadd rule inet etdbad c tcp dport 25 frobnicate accept\n' });
+  it("a bad batch gives ETD_ERR_NFT with libnftables' text and the offending line", async () => {
+    const r = await child('run', {
+      batch: 'add table inet etdbad\nadd chain inet etdbad c\nadd rule inet etdbad c tcp dport 25 frobnicate accept\n',
+    });
     expect(r.ok).toBe(false);
     if (r.ok) return;
     expect(r.code).toBe('ETD_ERR_NFT');

@@ -6,18 +6,19 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPbrLab, type PbrLab } from '../../lab/pbrLab.js';
+import { type FrrRouter, frrInstalled, startFrr } from '../../lab/frr.js';
 import type { JsonLineProcess } from '../../lab/netns.js';
+import { createPbrLab, type PbrLab } from '../../lab/pbrLab.js';
 import type { Finding } from '../../src/doctor/checks.js';
-import { startFrr, frrInstalled, type FrrRouter } from '../../lab/frr.js';
+import { CLI, type RunningEtd, runEtd } from '../helpers/cli.js';
 import { inCI, skipPrivileged } from '../helpers/privileged.js';
-import { CLI, runEtd, type RunningEtd } from '../helpers/cli.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const skip = skipPrivileged('PBR router lab');
 const skipFrr = skip || !frrInstalled();
 if (!skip && skipFrr) {
-  if (inCI) throw new Error('PBR lab with FRRouting: cannot run in CI: frr is not installed (Debian: apt-get install frr). CI must install it.');
+  if (inCI)
+    throw new Error('PBR lab with FRRouting: cannot run in CI: frr is not installed (Debian: apt-get install frr). CI must install it.');
   console.warn('SKIPPED PBR lab with FRRouting: frr is not installed (Debian: apt-get install frr)');
 }
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-pbr-'));
@@ -32,11 +33,16 @@ async function pbr(action: 'apply' | 'remove' | 'show', extra: readonly string[]
   const args = [
     SCRIPT,
     action,
-    '--etd', lab.v4.etd,
-    '--etd', lab.v6.etd,
-    '--from', lab.v4.backendNet,
-    '--from', lab.v6.backendNet,
-    '--iif', lab.ifaces.routerToBackend,
+    '--etd',
+    lab.v4.etd,
+    '--etd',
+    lab.v6.etd,
+    '--from',
+    lab.v4.backendNet,
+    '--from',
+    lab.v6.backendNet,
+    '--iif',
+    lab.ifaces.routerToBackend,
     ...extra,
   ];
   const r = await lab.exec(lab.ns.router, 'bash', args, { timeoutMs: 20_000 });
@@ -44,7 +50,10 @@ async function pbr(action: 'apply' | 'remove' | 'show', extra: readonly string[]
 }
 
 async function routerRules(): Promise<{ v4: string; v6: string }> {
-  const [v4, v6] = await Promise.all([lab.exec(lab.ns.router, 'ip', ['-4', 'rule', 'show']), lab.exec(lab.ns.router, 'ip', ['-6', 'rule', 'show'])]);
+  const [v4, v6] = await Promise.all([
+    lab.exec(lab.ns.router, 'ip', ['-4', 'rule', 'show']),
+    lab.exec(lab.ns.router, 'ip', ['-6', 'rule', 'show']),
+  ]);
   return { v4: v4.stdout, v6: v6.stdout };
 }
 
@@ -53,7 +62,20 @@ async function swaks(server: string): Promise<string> {
   const r = await lab.exec(
     lab.ns.client,
     'swaks',
-    ['--to', 'rcpt@example.net', '--from', 'sender@example.org', '--server', server, '--port', '25', '--timeout', '15', '--helo', 'client.example'],
+    [
+      '--to',
+      'rcpt@example.net',
+      '--from',
+      'sender@example.org',
+      '--server',
+      server,
+      '--port',
+      '25',
+      '--timeout',
+      '15',
+      '--helo',
+      'client.example',
+    ],
     { timeoutMs: 30_000, allowFailure: true },
   );
   return r.stdout + r.stderr;
@@ -77,7 +99,10 @@ async function earlyTalker(server: string): Promise<{ how: string; data: string 
 }
 
 async function doctor(extra: readonly string[] = []): Promise<Finding[]> {
-  const r = await lab.exec(lab.ns.etd, process.execPath, [CLI, 'doctor', '-c', file, '--json', ...extra], { allowFailure: true, timeoutMs: 30_000 });
+  const r = await lab.exec(lab.ns.etd, process.execPath, [CLI, 'doctor', '-c', file, '--json', ...extra], {
+    allowFailure: true,
+    timeoutMs: 30_000,
+  });
   return (JSON.parse(r.stdout) as { findings: Finding[] }).findings;
 }
 const statusOf = (fs: readonly Finding[], id: string) => fs.find((f) => f.id === id)?.status;
@@ -93,7 +118,13 @@ async function expectRelayed(label: string): Promise<void> {
     const before = recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === client).length;
     const out = await swaks(server);
     expect(out, `${label} ${family}: ${out}`).toMatch(/<- +250 Queued/);
-    await recorder.waitFor((e) => e.event === 'message' && e.remoteAddress === client && recorder.events.filter((x) => x.event === 'message' && x.remoteAddress === client).length > before, 5000);
+    await recorder.waitFor(
+      (e) =>
+        e.event === 'message' &&
+        e.remoteAddress === client &&
+        recorder.events.filter((x) => x.event === 'message' && x.remoteAddress === client).length > before,
+      5000,
+    );
 
     const connects = connectsFrom(client);
     const early = await earlyTalker(server);
@@ -201,7 +232,9 @@ state: { path: ":memory:" }
     await pbr('apply', ['--mark', '0x25']);
     const during = await routerRules();
     expect(during.v4.match(/fwmark 0x25 lookup 125/g)).toHaveLength(1);
-    expect((await lab.exec(lab.ns.router, 'nft', ['list', 'table', 'inet', 'etd_pbr'])).stdout).toMatch(/tcp sport 25 meta mark set 0x00000025/);
+    expect((await lab.exec(lab.ns.router, 'nft', ['list', 'table', 'inet', 'etd_pbr'])).stdout).toMatch(
+      /tcp sport 25 meta mark set 0x00000025/,
+    );
 
     await expectRelayed('nft mark');
 
@@ -267,14 +300,22 @@ table inet ${nftTable} {
       await lab.exec(lab.ns.router, 'nft', ['delete', 'table', 'inet', nftTable], { allowFailure: true });
     });
 
-    it('pbr-map with match mark: the kernel rules are FRR\'s (proto zebra, fwmark, iif), sessions relay with the client IP, the doctor passes', async () => {
+    it("pbr-map with match mark: the kernel rules are FRR's (proto zebra, fwmark, iif), sessions relay with the client IP, the doctor passes", async () => {
       const rules = await zebraRules((r) => r.v4.length >= 1 && r.v6.length >= 1);
       const iif = lab.ifaces.routerToBackend;
-      expect(rules.v4, frr!.logs()).toEqual([expect.stringMatching(new RegExp(`^\\d+:\\s+from ${lab.v4.backendNet} fwmark 0x25 iif ${iif} lookup \\d+ proto zebra\\s*$`))]);
-      expect(rules.v6, frr!.logs()).toEqual([expect.stringMatching(new RegExp(`^\\d+:\\s+from ${lab.v6.backendNet.replace('/', '\\/')} fwmark 0x25 iif ${iif} lookup \\d+ proto zebra\\s*$`))]);
+      expect(rules.v4, frr!.logs()).toEqual([
+        expect.stringMatching(new RegExp(`^\\d+:\\s+from ${lab.v4.backendNet} fwmark 0x25 iif ${iif} lookup \\d+ proto zebra\\s*$`)),
+      ]);
+      expect(rules.v6, frr!.logs()).toEqual([
+        expect.stringMatching(
+          new RegExp(`^\\d+:\\s+from ${lab.v6.backendNet.replace('/', '\\/')} fwmark 0x25 iif ${iif} lookup \\d+ proto zebra\\s*$`),
+        ),
+      ]);
       // The route behind each rule is FRR's too, to etd.
       const table = /lookup (\d+)/.exec(rules.v4[0]!)![1]!;
-      expect((await lab.exec(lab.ns.router, 'ip', ['-4', 'route', 'show', 'table', table])).stdout).toMatch(new RegExp(`^default .*via ${lab.v4.etd.replaceAll('.', '\\.')} .*proto pbr`, 'm'));
+      expect((await lab.exec(lab.ns.router, 'ip', ['-4', 'route', 'show', 'table', table])).stdout).toMatch(
+        new RegExp(`^default .*via ${lab.v4.etd.replaceAll('.', '\\.')} .*proto pbr`, 'm'),
+      );
       const map = await frr!.vtysh('show pbr map etd');
       expect(map).toMatch(/pbr-map etd valid: yes/);
       expect(map.match(/Installed: yes Reason: Valid/g)).toHaveLength(2);
@@ -289,13 +330,38 @@ table inet ${nftTable} {
       // Hosts and networks that do not exist, so these rules divert nothing real.
       const x = lab.x;
       const cases = [
-        { seq: 30, matches: [`match src-ip 10.${x}.2.99/32`, 'match ip-protocol tcp', 'match src-port 25'], key: `from 10.${x}.2.99 `, kernel: new RegExp(`from 10\\.${x}\\.2\\.99 iif ${lab.ifaces.routerToBackend} ipproto tcp lookup \\d+ proto zebra`), shown: /SRC Port Match: 25/ },
-        { seq: 40, matches: [`match dst-ip 10.${x}.99.0/24`, 'match dst-port 25'], key: `to 10.${x}.99.0/24 `, kernel: new RegExp(`from all to 10\\.${x}\\.99\\.0/24 iif ${lab.ifaces.routerToBackend} lookup \\d+ proto zebra`), shown: /DST Port Match: 25/ },
-        { seq: 50, matches: [`match src-ip 10.${x}.2.98/32`, 'match dscp 4'], key: `from 10.${x}.2.98 `, kernel: new RegExp(`from 10\\.${x}\\.2\\.98 tos 0x10 iif ${lab.ifaces.routerToBackend} lookup \\d+ proto zebra`), shown: /DSCP Match: 4/ },
+        {
+          seq: 30,
+          matches: [`match src-ip 10.${x}.2.99/32`, 'match ip-protocol tcp', 'match src-port 25'],
+          key: `from 10.${x}.2.99 `,
+          kernel: new RegExp(`from 10\\.${x}\\.2\\.99 iif ${lab.ifaces.routerToBackend} ipproto tcp lookup \\d+ proto zebra`),
+          shown: /SRC Port Match: 25/,
+        },
+        {
+          seq: 40,
+          matches: [`match dst-ip 10.${x}.99.0/24`, 'match dst-port 25'],
+          key: `to 10.${x}.99.0/24 `,
+          kernel: new RegExp(`from all to 10\\.${x}\\.99\\.0/24 iif ${lab.ifaces.routerToBackend} lookup \\d+ proto zebra`),
+          shown: /DST Port Match: 25/,
+        },
+        {
+          seq: 50,
+          matches: [`match src-ip 10.${x}.2.98/32`, 'match dscp 4'],
+          key: `from 10.${x}.2.98 `,
+          kernel: new RegExp(`from 10\\.${x}\\.2\\.98 tos 0x10 iif ${lab.ifaces.routerToBackend} lookup \\d+ proto zebra`),
+          shown: /DSCP Match: 4/,
+        },
       ];
       try {
-        for (const c of cases) await frr!.vtysh('configure terminal', `pbr-map etd seq ${c.seq}`, ...c.matches, `set nexthop ${lab.v4.etd}`);
-        await frr!.vtysh('configure terminal', 'pbr-map etd seq 60', `match src-ip 10.${x}.2.97/32`, 'match dscp 10', `set nexthop ${lab.v4.etd}`);
+        for (const c of cases)
+          await frr!.vtysh('configure terminal', `pbr-map etd seq ${c.seq}`, ...c.matches, `set nexthop ${lab.v4.etd}`);
+        await frr!.vtysh(
+          'configure terminal',
+          'pbr-map etd seq 60',
+          `match src-ip 10.${x}.2.97/32`,
+          'match dscp 10',
+          `set nexthop ${lab.v4.etd}`,
+        );
         const rules = await zebraRules((r) => cases.every((c) => r.v4.some((l) => l.includes(c.key))));
         const map = await frr!.vtysh('show pbr map etd');
         for (const c of cases) {

@@ -7,9 +7,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
-import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
-import { runEtd, type RunningEtd } from '../helpers/cli.js';
+import { type RunningEtd, runEtd } from '../helpers/cli.js';
 import { earlyTalker, swaks } from '../helpers/nsClient.js';
+import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
 
 const UNIT = path.join(__dirname, '../../systemd/etd.service');
 
@@ -23,7 +23,11 @@ function unitCaps(key: string): string[] {
     .split('\n')
     .find((l) => l.startsWith(`${key}=`));
   if (!line) throw new Error(`${UNIT} has no ${key}= line`);
-  return line.slice(key.length + 1).trim().split(/\s+/).sort();
+  return line
+    .slice(key.length + 1)
+    .trim()
+    .split(/\s+/)
+    .sort();
 }
 
 const ambient = unitCaps('AmbientCapabilities');
@@ -43,7 +47,16 @@ function mask(names: readonly string[]): string {
 /** setpriv arguments giving the process what the unit gives etd: User=, Ambient/Bounding, NoNewPrivileges. */
 function asTheUnit(): string[] {
   const list = (names: readonly string[]) => ['-all', ...names.map((n) => `+${n.slice(4).toLowerCase()}`)].join(',');
-  return ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', `--inh-caps=${list(ambient)}`, `--ambient-caps=${list(ambient)}`, `--bounding-set=${list(bounding)}`, '--no-new-privs'];
+  return [
+    'setpriv',
+    '--reuid=nobody',
+    '--regid=nogroup',
+    '--clear-groups',
+    `--inh-caps=${list(ambient)}`,
+    `--ambient-caps=${list(ambient)}`,
+    `--bounding-set=${list(bounding)}`,
+    '--no-new-privs',
+  ];
 }
 
 /** Uid and the capability sets of every thread of `pid`. */
@@ -51,11 +64,24 @@ function credentials(pid: number): Array<Record<string, string>> {
   return fs.readdirSync(`/proc/${pid}/task`).map((tid) => {
     const status = fs.readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
     const field = (k: string) => (status.match(new RegExp(`^${k}:\\s*(.*)$`, 'm'))?.[1] ?? '').trim();
-    return { tid, Uid: field('Uid'), Gid: field('Gid'), CapInh: field('CapInh'), CapPrm: field('CapPrm'), CapEff: field('CapEff'), CapAmb: field('CapAmb'), CapBnd: field('CapBnd'), NoNewPrivs: field('NoNewPrivs') };
+    return {
+      tid,
+      Uid: field('Uid'),
+      Gid: field('Gid'),
+      CapInh: field('CapInh'),
+      CapPrm: field('CapPrm'),
+      CapEff: field('CapEff'),
+      CapAmb: field('CapAmb'),
+      CapBnd: field('CapBnd'),
+      NoNewPrivs: field('NoNewPrivs'),
+    };
   });
 }
 
-const skip = skipPrivileged('etd under the unit capabilities') || skipWithout('setpriv', 'util-linux', 'etd under the unit capabilities') || skipWithout('swaks', 'swaks', 'etd under the unit capabilities');
+const skip =
+  skipPrivileged('etd under the unit capabilities') ||
+  skipWithout('setpriv', 'util-linux', 'etd under the unit capabilities') ||
+  skipWithout('swaks', 'swaks', 'etd under the unit capabilities');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-priv-'));
 // The non-root etd reads its config from here.
 fs.chmodSync(dir, 0o755);
@@ -79,7 +105,17 @@ async function startAsUnit(file: string): Promise<RunningEtd> {
 function expectUnitCredentials(etd: RunningEtd): void {
   const nobody = '65534\t65534\t65534\t65534';
   for (const t of credentials(etd.child.pid!)) {
-    expect(t, `thread ${t.tid}`).toEqual({ tid: t.tid, Uid: nobody, Gid: nobody, CapInh: mask(ambient), CapPrm: mask(ambient), CapEff: mask(ambient), CapAmb: mask(ambient), CapBnd: mask(bounding), NoNewPrivs: '1' });
+    expect(t, `thread ${t.tid}`).toEqual({
+      tid: t.tid,
+      Uid: nobody,
+      Gid: nobody,
+      CapInh: mask(ambient),
+      CapPrm: mask(ambient),
+      CapEff: mask(ambient),
+      CapAmb: mask(ambient),
+      CapBnd: mask(bounding),
+      NoNewPrivs: '1',
+    });
   }
 }
 
@@ -151,7 +187,10 @@ log: { level: info }
       const before = connectsFrom(client);
       const early = await earlyTalker(lab, gw);
       expect(early.data, family).toBe('');
-      await etd.waitFor(() => etd.lines.filter((l) => l.msg === 'session' && l.verdict === 'early_talker').length >= (family === 'v4' ? 1 : 2), 5000);
+      await etd.waitFor(
+        () => etd.lines.filter((l) => l.msg === 'session' && l.verdict === 'early_talker').length >= (family === 'v4' ? 1 : 2),
+        5000,
+      );
       expect(connectsFrom(client), `${family}: the early talker reached the backend`).toBe(before);
     }
 
@@ -174,7 +213,10 @@ log: { level: info }
     await etd.waitFor((l) => l.msg === 'configuration reloaded', 10_000);
     const before = recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length;
     expect(await swaks(lab, lab.v4.gatewayClientSide)).toMatch(/<- +250 Queued/);
-    await recorder.waitFor(() => recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length > before, 5000);
+    await recorder.waitFor(
+      () => recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length > before,
+      5000,
+    );
     expectUnitCredentials(etd);
 
     etd.child.kill('SIGTERM');
@@ -205,7 +247,13 @@ log: { level: info }
       const sessions = etd.lines.filter((l) => l.msg === 'session').length;
       const messages = recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === client).length;
       expect(await swaks(lab, backend), family).toMatch(/<- +250 Queued/);
-      const msg = await recorder.waitFor((e) => e.event === 'message' && e.remoteAddress === client && recorder.events.filter((x) => x.event === 'message' && x.remoteAddress === client).length > messages, 5000);
+      const msg = await recorder.waitFor(
+        (e) =>
+          e.event === 'message' &&
+          e.remoteAddress === client &&
+          recorder.events.filter((x) => x.event === 'message' && x.remoteAddress === client).length > messages,
+        5000,
+      );
       expect(msg.localAddress, family).toBe(backend);
       // etd was on the path: it logged the session (the backend alone would not).
       await etd.waitFor(() => etd.lines.filter((l) => l.msg === 'session').length > sessions, 5000);
@@ -213,7 +261,10 @@ log: { level: info }
       const before = connectsFrom(client);
       const early = await earlyTalker(lab, backend);
       expect(early.data, family).toBe('');
-      await etd.waitFor(() => etd.lines.filter((l) => l.msg === 'session' && l.verdict === 'early_talker').length >= (family === 'v4' ? 1 : 2), 5000);
+      await etd.waitFor(
+        () => etd.lines.filter((l) => l.msg === 'session' && l.verdict === 'early_talker').length >= (family === 'v4' ? 1 : 2),
+        5000,
+      );
       expect(connectsFrom(client), `${family}: the early talker reached the backend`).toBe(before);
     }
     etd.child.kill('SIGTERM');

@@ -8,8 +8,8 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { skipPrivileged } from '../helpers/privileged.js';
 import { createLab, type JsonEvent, type JsonLineProcess, type Lab } from '../../lab/netns.js';
+import { skipPrivileged } from '../helpers/privileged.js';
 
 const CHILD = fileURLToPath(new URL('./transparent-child.mjs', import.meta.url));
 const ADDON = fileURLToPath(new URL('../../native/build/Release/etd_transparent.node', import.meta.url));
@@ -169,7 +169,10 @@ describe.skipIf(skipPrivileged('netns transparent sockets'))('etd_transparent ad
     const connect = await recorder.waitFor((e) => e.event === 'connect' && e.remotePort === localPort, 5000);
     expect(connect).toMatchObject({ remoteAddress: net.client, localAddress: net.backends[0], localPort: 25 });
     const sent = res.message as { size: number; sha256: string };
-    const message = await recorder.waitFor((e) => e.event === 'message' && e.sha256 === sent.sha256 && e.remoteAddress === net.client, 5000);
+    const message = await recorder.waitFor(
+      (e) => e.event === 'message' && e.sha256 === sent.sha256 && e.remoteAddress === net.client,
+      5000,
+    );
     expect(message).toMatchObject({
       size: sent.size,
       from: 'sender@lab.example.test',
@@ -276,9 +279,7 @@ describe.skipIf(skipPrivileged('netns transparent sockets'))('etd_transparent ad
     const args = fn === 'transparentSocket' ? [family, address, 0, 0] : [family, address, 2525, 8];
     const e = errorOf(await child(lab.ns.gateway, { mode: 'call', fn, args }, { asNobody: true }));
     expect(e).toMatchObject({ name: 'Error', code: 'EPERM', errno: -1, syscall: `setsockopt(${opt})` });
-    expect(e.message).toBe(
-      `setsockopt(${opt}): EPERM — etd needs CAP_NET_ADMIN or CAP_NET_RAW (run as root or grant the capabilities)`,
-    );
+    expect(e.message).toBe(`setsockopt(${opt}): EPERM — etd needs CAP_NET_ADMIN or CAP_NET_RAW (run as root or grant the capabilities)`);
   });
 
   it.each([
@@ -301,7 +302,9 @@ describe.skipIf(skipPrivileged('netns transparent sockets'))('etd_transparent ad
     expect(num(res, 'open')).toBe(num(res, 'before') + 1);
     expect(num(res, 'closed')).toBe(num(res, 'before'));
     expect(res.again).toMatchObject({ code: 'EBADF', errno: -9, syscall: 'close' });
-    expect((res.again as ErrorShape).message).toBe(`close fd ${num(res, 'fd')}: EBADF — the fd is not open (was it already closed or handed to Node?)`);
+    expect((res.again as ErrorShape).message).toBe(
+      `close fd ${num(res, 'fd')}: EBADF — the fd is not open (was it already closed or handed to Node?)`,
+    );
   });
 
   it('error paths after socket() close their fd: EADDRINUSE (root) and EPERM (nobody) leak nothing', async () => {
@@ -319,7 +322,11 @@ describe.skipIf(skipPrivileged('netns transparent sockets'))('etd_transparent ad
     } finally {
       await holder.stop();
     }
-    const denied = await child(gw, { mode: 'leak', fn: 'transparentSocket', args: [6, lab.v6.client, 0, 0], times: 200 }, { asNobody: true });
+    const denied = await child(
+      gw,
+      { mode: 'leak', fn: 'transparentSocket', args: [6, lab.v6.client, 0, 0], times: 200 },
+      { asNobody: true },
+    );
     expect(denied).toMatchObject({ event: 'done', codes: ['EPERM'], returned: 0 });
     expect(num(denied, 'after')).toBe(num(denied, 'before'));
   });

@@ -4,10 +4,10 @@
 import fs from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { JsonLineProcess, Lab } from '../../lab/netns.js';
-import { skipPrivileged } from '../helpers/privileged.js';
 import type { RunningEtd } from '../helpers/cli.js';
-import { labSuite, type LabSuite } from '../helpers/labSuite.js';
+import { type LabSuite, labSuite } from '../helpers/labSuite.js';
 import { earlyTalker, swaks } from '../helpers/nsClient.js';
+import { skipPrivileged } from '../helpers/privileged.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const skip = skipPrivileged('vip mode end to end');
@@ -109,7 +109,12 @@ describe.skipIf(skip)('vip mode in the lab', () => {
 
   it('a teaser and action: log run on the engine too: the client sees the teaser first, an early talker is relayed from its own address (IPv4 and IPv6)', async () => {
     const file = configFor(lab);
-    fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('detection: { window: 500ms, action: drop }', 'detection: { window: 500ms, action: log, teaser: "220-gw.example ESMTP" }'));
+    fs.writeFileSync(
+      file,
+      fs
+        .readFileSync(file, 'utf8')
+        .replace('detection: { window: 500ms, action: drop }', 'detection: { window: 500ms, action: log, teaser: "220-gw.example ESMTP" }'),
+    );
     const etd = await start(file);
     for (const [family, client, gw] of [
       ['v4', lab.v4.client, lab.v4.gatewayClientSide],
@@ -127,7 +132,10 @@ describe.skipIf(skip)('vip mode in the lab', () => {
       const out = await swaks(lab, gw);
       expect(out, `${family}: ${out}`).toMatch(/<- +220-gw\.example ESMTP/);
       expect(out, `${family}: ${out}`).toMatch(/<- +250 Queued/);
-      await recorder.waitFor(() => recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === client).length > before, 5000);
+      await recorder.waitFor(
+        () => recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === client).length > before,
+        5000,
+      );
     }
     await etd.waitFor(() => etd.lines.filter((l) => l.msg === 'session').length >= 4, 10_000);
     const logged = etd.lines.filter((l) => l.msg === 'session' && l.action === 'log');
@@ -144,10 +152,13 @@ describe.skipIf(skip)('vip mode in the lab', () => {
     await lab.exec(lab.ns.gateway, 'nft', ['flush', 'ruleset']);
     await lab.exec(lab.ns.gateway, 'ip', ['rule', 'del', 'fwmark', '0x1', 'lookup', '100']);
     await etd.waitFor((l) => String(l.msg).includes('re-applying'), 5000);
-    const state = await waitFor(async () => {
-      const s = await gatewayState();
-      return /socket transparent 1/.test(s.nft) && /fwmark 0x1 lookup 100/.test(s.rules4) && s;
-    }, { timeout: 5000, what: 'the rules and the policy route re-applied' });
+    const state = await waitFor(
+      async () => {
+        const s = await gatewayState();
+        return /socket transparent 1/.test(s.nft) && /fwmark 0x1 lookup 100/.test(s.rules4) && s;
+      },
+      { timeout: 5000, what: 'the rules and the policy route re-applied' },
+    );
     expect(state.nft).toMatch(/socket transparent 1/);
     expect(state.rules4).toMatch(/fwmark 0x1 lookup 100/);
     expect(await swaks(lab, lab.v4.gatewayClientSide)).toMatch(/<- +250 Queued/);
@@ -176,7 +187,9 @@ describe.skipIf(skip)('vip mode in the lab', () => {
 
   it('a dual-stack [::] listener normalises ::ffff:-mapped IPv4 clients and connects from their IPv4 address', async () => {
     const file = configFor(lab).replace(/^.*smtp4.*\n.*smtp6.*\n/m, '');
-    const text = fs.readFileSync(file, 'utf8').replace(/listeners:\n(?:  - .*\n)+/, 'listeners:\n  - { name: dual, address: "::", port: 25, mode: vip }\n');
+    const text = fs
+      .readFileSync(file, 'utf8')
+      .replace(/listeners:\n(?: {2}- .*\n)+/, 'listeners:\n  - { name: dual, address: "::", port: 25, mode: vip }\n');
     fs.writeFileSync(file, text);
     const etd = await start(file);
     const before = recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length;

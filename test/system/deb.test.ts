@@ -12,18 +12,18 @@
 // package, /usr/bin/etd, the user etd, /etc/etd, /var/lib/etd, /usr/lib/etd): the copy would start
 // with them, and the test's "before" would not be clean.
 
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+// @ts-expect-error: a plain ES module without type declarations
+import { packagedUnit, packageVersion } from '../../scripts/package.mjs';
 import { renderUsage } from '../../src/cliSpec.js';
 import { assertBuilt } from '../helpers/cli.js';
 import { skipUnlessRoot, skipWithout } from '../helpers/privileged.js';
 import { waitFor } from '../helpers/wait.js';
-// @ts-expect-error: a plain ES module without type declarations
-import { packagedUnit, packageVersion } from '../../scripts/package.mjs';
 
 const execP = promisify(execFile);
 const ROOT = path.join(__dirname, '../..');
@@ -39,7 +39,15 @@ const skip =
   skipWithout('nsenter', 'util-linux', 'the throwaway root of the package test');
 
 /** Everything the package creates or its scripts touch; each must be absent before the test. */
-const OURS = ['/usr/bin/etd', '/usr/lib/etd', '/etc/etd', '/var/lib/etd', '/lib/systemd/system/etd.service', '/usr/lib/sysctl.d/90-etd.conf', '/usr/share/doc/etd'];
+const OURS = [
+  '/usr/bin/etd',
+  '/usr/lib/etd',
+  '/etc/etd',
+  '/var/lib/etd',
+  '/lib/systemd/system/etd.service',
+  '/usr/lib/sysctl.d/90-etd.conf',
+  '/usr/share/doc/etd',
+];
 /** Trees compared before and after (dpkg's and apt's own databases change by design). */
 const SNAPSHOT_ROOTS = ['/usr', '/etc', '/var/lib', '/opt'];
 const SNAPSHOT_SKIP = ['/var/lib/dpkg', '/var/lib/apt'];
@@ -55,12 +63,16 @@ let holder: ChildProcess | undefined;
 let merged = '';
 
 /** `cmd args` run inside the throwaway root. */
-const inRoot = (cmd: string, args: readonly string[]): [string, string[]] => ['nsenter', ['-t', String(holder!.pid), '-m', '--', 'chroot', merged, cmd, ...args]];
+const inRoot = (cmd: string, args: readonly string[]): [string, string[]] => [
+  'nsenter',
+  ['-t', String(holder!.pid), '-m', '--', 'chroot', merged, cmd, ...args],
+];
 /** Where path `p` of the throwaway root is, seen from this process. */
 const rootPath = (p: string): string => `/proc/${holder!.pid}/root${merged}${p}`;
 
 /** Like run, inside the throwaway root. */
-const runIn = (cmd: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<Run> => run(...inRoot(cmd, args), opts);
+const runIn = (cmd: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<Run> =>
+  run(...inRoot(cmd, args), opts);
 const execIn = (cmd: string, args: readonly string[]): string => {
   const [c, a] = inRoot(cmd, args);
   return execFileSync(c, a, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 256 * 1024 * 1024 });
@@ -89,13 +101,20 @@ async function startThrowawayRoot(dir: string): Promise<void> {
   let out = '';
   holder.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   holder.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-  await waitFor(() => out.includes('ready') || holder!.exitCode !== null, { timeout: 15_000, what: 'the throwaway root (overlayfs over /)' });
+  await waitFor(() => out.includes('ready') || holder!.exitCode !== null, {
+    timeout: 15_000,
+    what: 'the throwaway root (overlayfs over /)',
+  });
   if (!out.includes('ready')) throw new Error(`the throwaway root could not be set up (unshare + mount -t overlay): ${out}`);
 }
 
 async function run(cmd: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<Run> {
   try {
-    const r = await execP(cmd, args, { maxBuffer: 64 * 1024 * 1024, timeout: opts.timeoutMs ?? 120_000, env: { ...process.env, ...opts.env } });
+    const r = await execP(cmd, args, {
+      maxBuffer: 64 * 1024 * 1024,
+      timeout: opts.timeoutMs ?? 120_000,
+      env: { ...process.env, ...opts.env },
+    });
     return { code: 0, stdout: r.stdout, stderr: r.stderr };
   } catch (e) {
     const err = e as { code?: number | string; stdout?: string; stderr?: string };
@@ -120,15 +139,28 @@ const userExists = (name: string, db: 'passwd' | 'group' = 'passwd', host = fals
 
 const packageStatus = (host = false): string => {
   try {
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a dpkg-query format, not a template
     const args = ['-W', '-f=${db:Status-Abbrev}', 'etd'];
-    return (host ? execFileSync('dpkg-query', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }) : execIn('dpkg-query', args)).trim();
+    return (
+      host ? execFileSync('dpkg-query', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }) : execIn('dpkg-query', args)
+    ).trim();
   } catch {
     return '';
   }
 };
 
 function snapshot(): string[] {
-  const args = [...SNAPSHOT_ROOTS, '-xdev', '(', ...SNAPSHOT_SKIP.flatMap((p, i) => [...(i ? ['-o'] : []), '-path', p]), ')', '-prune', '-o', '-printf', '%p %M %u:%g\n'];
+  const args = [
+    ...SNAPSHOT_ROOTS,
+    '-xdev',
+    '(',
+    ...SNAPSHOT_SKIP.flatMap((p, i) => [...(i ? ['-o'] : []), '-path', p]),
+    ')',
+    '-prune',
+    '-o',
+    '-printf',
+    '%p %M %u:%g\n',
+  ];
   return execIn('find', args).split('\n').filter(Boolean).sort();
 }
 
@@ -148,13 +180,21 @@ describe.skipIf(skip)('the Debian package (npm run package), installed into a th
     assertBuilt();
     const status = packageStatus(true);
     if (status && !status.startsWith('un') && status !== 'pn') {
-      throw new Error(`the package etd is already on this machine (dpkg status "${status}"): this test installs and purges it in a copy of this machine, which would start with it. Remove it first: dpkg --purge etd`);
+      throw new Error(
+        `the package etd is already on this machine (dpkg status "${status}"): this test installs and purges it in a copy of this machine, which would start with it. Remove it first: dpkg --purge etd`,
+      );
     }
     for (const p of OURS) {
-      if (fs.existsSync(p)) throw new Error(`${p} already exists (another etd install, e.g. scripts/install.sh?): this test would replace it and its purge would delete it. Move it away first`);
+      if (fs.existsSync(p))
+        throw new Error(
+          `${p} already exists (another etd install, e.g. scripts/install.sh?): this test would replace it and its purge would delete it. Move it away first`,
+        );
     }
     for (const db of ['passwd', 'group'] as const) {
-      if (userExists('etd', db, true)) throw new Error(`${db === 'passwd' ? 'the user' : 'the group'} etd already exists: the package's purge would delete it. Remove it first (userdel etd) if it is a leftover`);
+      if (userExists('etd', db, true))
+        throw new Error(
+          `${db === 'passwd' ? 'the user' : 'the group'} etd already exists: the package's purge would delete it. Remove it first (userdel etd) if it is a leftover`,
+        );
     }
     const built = await run(process.execPath, [SCRIPT, '--out', tmp], { timeoutMs: 300_000 });
     expect(built.code, built.stdout + built.stderr).toBe(0);
@@ -205,7 +245,11 @@ describe.skipIf(skip)('the Debian package (npm run package), installed into a th
       expect(files, f).toContain(f);
     }
     // Production modules only.
-    for (const dev of ['vitest', 'typescript', 'nodemailer', 'smtp-server', 'esbuild', 'playwright-core', 'uplot']) expect(files.some((f) => f.startsWith(`/usr/lib/etd/node_modules/${dev}/`)), dev).toBe(false);
+    for (const dev of ['vitest', 'typescript', 'nodemailer', 'smtp-server', 'esbuild', 'playwright-core', 'uplot'])
+      expect(
+        files.some((f) => f.startsWith(`/usr/lib/etd/node_modules/${dev}/`)),
+        dev,
+      ).toBe(false);
     expect((await run('dpkg-deb', ['-f', deb, 'Package'])).stdout.trim()).toBe('etd');
     const conffiles = execFileSync('dpkg-deb', ['--info', deb, 'conffiles'], { encoding: 'utf8' });
     expect(conffiles.trim()).toBe('/etc/etd/etd.yaml');
@@ -266,9 +310,16 @@ describe.skipIf(skip)('the Debian package (npm run package), installed into a th
     child.stderr.on('data', (d: Buffer) => (out += d.toString()));
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     try {
-      await waitFor(() => out.includes('"msg":"etd started"') || child.exitCode !== null, { timeout: 20_000, what: 'etd started', detail: () => out });
+      await waitFor(() => out.includes('"msg":"etd started"') || child.exitCode !== null, {
+        timeout: 20_000,
+        what: 'etd started',
+        detail: () => out,
+      });
       expect(out).toContain('"msg":"etd started"');
-      const status = (await (await fetch(`http://127.0.0.1:${apiPort}/v1/status`)).json()) as { version: string; listeners: Array<{ name: string }> };
+      const status = (await (await fetch(`http://127.0.0.1:${apiPort}/v1/status`)).json()) as {
+        version: string;
+        listeners: Array<{ name: string }>;
+      };
       expect(status.version).toBe(version);
       expect(status.listeners.map((l) => l.name)).toEqual(['p']);
       // The dashboard ships in the package (no CDN, no build on the appliance).
@@ -284,7 +335,10 @@ describe.skipIf(skip)('the Debian package (npm run package), installed into a th
     }
     // libnftables through koffi, read-only: etd's table is not installed on this host.
     const vip = `${WORK}/vip.yaml`;
-    fs.writeFileSync(rootPath(vip), 'listeners:\n  - { name: v, address: 127.0.0.1, port: 25, mode: vip }\nupstream:\n  source: clientip\n  servers:\n    - { name: s, address: 127.0.0.2 }\n');
+    fs.writeFileSync(
+      rootPath(vip),
+      'listeners:\n  - { name: v, address: 127.0.0.1, port: 25, mode: vip }\nupstream:\n  source: clientip\n  servers:\n    - { name: s, address: 127.0.0.2 }\n',
+    );
     const show = await runIn('/usr/bin/etd', ['rules', 'show', '-c', vip]);
     expect(`${show.stdout}${show.stderr}`).not.toMatch(/ETD_ERR_NFT_LOAD|ETD_ERR_NATIVE_LOAD/);
     expect(show.stdout).toMatch(/table inet etd/);
@@ -304,11 +358,23 @@ describe.skipIf(skip)('the Debian package (npm run package), installed into a th
   });
 
   it('the man page etd(8) renders without warnings and documents every command and --probe', async () => {
-    const r = await runIn('man', ['--warnings', '-l', '/usr/share/man/man8/etd.8.gz'], { env: { MANWIDTH: '100', MAN_KEEP_FORMATTING: '', PAGER: 'cat', MANPAGER: 'cat' } });
+    const r = await runIn('man', ['--warnings', '-l', '/usr/share/man/man8/etd.8.gz'], {
+      env: { MANWIDTH: '100', MAN_KEEP_FORMATTING: '', PAGER: 'cat', MANPAGER: 'cat' },
+    });
     expect(r.code).toBe(0);
     expect(r.stderr).toBe('');
     const text = r.stdout.replace(/.\x08/g, '');
-    for (const word of ['etd run', 'etd check', 'etd rules', 'etd doctor', 'etd status', 'etd version', '--probe ADDRESS[:PORT]', '/etc/etd/etd.yaml']) expect(text).toContain(word);
+    for (const word of [
+      'etd run',
+      'etd check',
+      'etd rules',
+      'etd doctor',
+      'etd status',
+      'etd version',
+      '--probe ADDRESS[:PORT]',
+      '/etc/etd/etd.yaml',
+    ])
+      expect(text).toContain(word);
   });
 
   it('an upgrade from the same version keeps an edited conffile (no prompt)', async () => {
@@ -326,7 +392,8 @@ describe.skipIf(skip)('the Debian package (npm run package), installed into a th
     const removed = await dpkg('-r', 'etd');
     expect(removed.code, removed.stdout + removed.stderr).toBe(0);
     expect(packageStatus()).toBe('rc');
-    for (const gone of ['/usr/bin/etd', '/usr/lib/etd', '/lib/systemd/system/etd.service', '/usr/share/man/man8/etd.8.gz']) expect(fs.existsSync(rootPath(gone)), gone).toBe(false);
+    for (const gone of ['/usr/bin/etd', '/usr/lib/etd', '/lib/systemd/system/etd.service', '/usr/share/man/man8/etd.8.gz'])
+      expect(fs.existsSync(rootPath(gone)), gone).toBe(false);
     expect(fs.existsSync(rootPath('/etc/etd/etd.yaml'))).toBe(true);
     expect(fs.existsSync(rootPath('/var/lib/etd'))).toBe(true);
     expect(userExists('etd')).toBe(true);

@@ -1,7 +1,7 @@
 // Access lists: most specific match wins, deny first at equal length, batches with one onChange, access.maxEntries, a parsed address matched.
 
 import { describe, expect, it } from 'vitest';
-import { parseAddress, type Address } from '../../src/config/cidr.js';
+import { type Address, parseAddress } from '../../src/config/cidr.js';
 import { AccessLists } from '../../src/policy/access.js';
 
 describe('AccessLists', () => {
@@ -19,7 +19,13 @@ describe('AccessLists', () => {
     expect(a.match('192.0.2.9')?.list).toBe('deny');
     expect(a.list().map((e) => `${e.cidr.text} ${e.list}`)).toEqual([
       // by prefix length across families, deny first at equal length (as before)
-      '2001:db8:1::/48 allow', '2001:db8::/32 deny', '192.0.2.7 allow', '192.0.2.0/25 deny', '192.0.2.0/25 allow', '192.0.2.0/24 deny', '0.0.0.0/0 deny',
+      '2001:db8:1::/48 allow',
+      '2001:db8::/32 deny',
+      '192.0.2.7 allow',
+      '192.0.2.0/25 deny',
+      '192.0.2.0/25 allow',
+      '192.0.2.0/24 deny',
+      '0.0.0.0/0 deny',
     ]);
   });
 
@@ -37,7 +43,10 @@ describe('AccessLists', () => {
     const r = a.applyBatch([...changesIn, { cidr: 'fe80::%x/64', list: 'deny' }, { cidr: '198.51.100.0/24', list: 'allow' }]);
     expect(changes).toBe(1);
     expect(r.applied.length).toBe(1000);
-    expect(r.rejected.map((x) => x.reason)).toEqual([expect.stringMatching(/zone ID/), expect.stringMatching(/config file.*the file wins/)]);
+    expect(r.rejected.map((x) => x.reason)).toEqual([
+      expect.stringMatching(/zone ID/),
+      expect.stringMatching(/config file.*the file wins/),
+    ]);
     expect(a.runtimeSize).toBe(1000);
     expect(a.applyBatch([{ cidr: '10.0.0.0/26', list: 'deny' }]).applied).toEqual([]); // no change: no onChange
     expect(changes).toBe(1);
@@ -74,7 +83,10 @@ describe('AccessLists', () => {
 
   it('agrees with a linear scan on random lists (the old semantics)', () => {
     let seed = 7;
-    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff), seed % n);
+    const rnd = (n: number) => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
     const entries: Array<{ cidr: string; list: 'allow' | 'deny'; net: number; len: number }> = [];
     const a = new AccessLists({ allow: [], deny: [] });
     for (let i = 0; i < 300; i++) {
@@ -90,7 +102,7 @@ describe('AccessLists', () => {
     for (let i = 0; i < 2000; i++) {
       const ip = (rnd(0x7fffffff) * 2 + rnd(2)) >>> 0;
       const text = `${ip >>> 24}.${(ip >> 16) & 255}.${(ip >> 8) & 255}.${ip & 255}`;
-      const hits = entries.filter((e) => e.len === 0 || ((ip ^ e.net) >>> (32 - e.len)) === 0);
+      const hits = entries.filter((e) => e.len === 0 || (ip ^ e.net) >>> (32 - e.len) === 0);
       hits.sort((x, y) => y.len - x.len || (x.list === 'deny' ? -1 : 1));
       expect(a.match(text)?.list, text).toBe(hits[0]?.list);
     }

@@ -1,7 +1,7 @@
 // Balancers: weighted round-robin within ±1 of the weights, leastconn, first, backups.
 
 import { describe, expect, it } from 'vitest';
-import { First, LeastConn, RoundRobin, type Candidate } from '../../src/backend/balancer.js';
+import { type Candidate, First, LeastConn, RoundRobin } from '../../src/backend/balancer.js';
 
 const c = (name: string, weight = 1, active = 0, backup = false): Candidate => ({ name, weight, active, backup });
 

@@ -1,8 +1,17 @@
 // CIDR parsing and matching, IPv4 and IPv6, with host-bit errors that suggest the fix.
 
-import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { addressToBigInt, canonicalCidr, cidrContains, formatAddress, normalizeAddress, parseAddress, parseCidr, type Cidr } from '../../src/config/cidr.js';
+import { describe, expect, it } from 'vitest';
+import {
+  addressToBigInt,
+  type Cidr,
+  canonicalCidr,
+  cidrContains,
+  formatAddress,
+  normalizeAddress,
+  parseAddress,
+  parseCidr,
+} from '../../src/config/cidr.js';
 
 describe('cidr', () => {
   it('parses and matches', () => {
@@ -36,7 +45,20 @@ describe('the one address/CIDR parser at the borders', () => {
     expect(parseCidr('::%a/128')).toMatch(/zone ID/);
     expect(parseAddress('fe80::1%eth0')).toBe('"fe80::1%eth0" has a zone ID ("%eth0"); etd matches addresses without one: write fe80::1');
     expect(addressToBigInt('fe80::1%eth0')).toBeUndefined();
-    for (const bad of ['1.2.3', '01.2.3.4', '0x7f.0.0.1', ' 1.2.3.4', '1.2.3.4\n', '::1/', '::1/-1', '::1/1e2', '10.0.0.0/8/8', '', '/8', 'x'.repeat(1000)]) {
+    for (const bad of [
+      '1.2.3',
+      '01.2.3.4',
+      '0x7f.0.0.1',
+      ' 1.2.3.4',
+      '1.2.3.4\n',
+      '::1/',
+      '::1/-1',
+      '::1/1e2',
+      '10.0.0.0/8/8',
+      '',
+      '/8',
+      'x'.repeat(1000),
+    ]) {
       expect(typeof parseCidr(bad), bad).toBe('string');
     }
   });
@@ -56,14 +78,19 @@ describe('the one address/CIDR parser at the borders', () => {
         expect(['string', 'object']).toContain(typeof c);
         expect(['string', 'object']).toContain(typeof a);
         addressToBigInt(s);
-        if (typeof c === 'object') expect(parseCidr(canonicalCidr(c))).toMatchObject({ family: c.family, network: c.network, prefix: c.prefix });
+        if (typeof c === 'object')
+          expect(parseCidr(canonicalCidr(c))).toMatchObject({ family: c.family, network: c.network, prefix: c.prefix });
       }),
       { numRuns: 20_000 },
     );
   });
   it('fuzz: canonical forms round-trip', () => {
-    const v4 = fc.tuple(fc.integer({ min: 0, max: 0xffffffff }), fc.integer({ min: 0, max: 32 })).map(([v, p]) => ({ family: 4 as const, value: BigInt(v), prefix: p }));
-    const v6 = fc.tuple(fc.bigInt({ min: 0n, max: (1n << 128n) - 1n }), fc.integer({ min: 0, max: 128 })).map(([v, p]) => ({ family: 6 as const, value: v, prefix: p }));
+    const v4 = fc
+      .tuple(fc.integer({ min: 0, max: 0xffffffff }), fc.integer({ min: 0, max: 32 }))
+      .map(([v, p]) => ({ family: 4 as const, value: BigInt(v), prefix: p }));
+    const v6 = fc
+      .tuple(fc.bigInt({ min: 0n, max: (1n << 128n) - 1n }), fc.integer({ min: 0, max: 128 }))
+      .map(([v, p]) => ({ family: 6 as const, value: v, prefix: p }));
     fc.assert(
       fc.property(fc.oneof(v4, v6), ({ family, value, prefix }) => {
         const bits = family === 4 ? 32 : 128;

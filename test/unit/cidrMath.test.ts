@@ -1,7 +1,7 @@
 // Unit tests for src/config/cidrMath.ts: the network of an interface address, prefix overlap, a spare host.
 
 import { describe, expect, it } from 'vitest';
-import { parseCidr, type Cidr } from '../../src/config/cidr.js';
+import { type Cidr, parseCidr } from '../../src/config/cidr.js';
 import { cidrsOverlap, networkOf, spareHost } from '../../src/config/cidrMath.js';
 
 const c = (text: string): Cidr => {

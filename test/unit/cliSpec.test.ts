@@ -11,7 +11,9 @@ const readme = fs.readFileSync(path.join(__dirname, '../../README.md'), 'utf8');
 it("README.md's CLI block is exactly renderReadmeTable()", () => {
   const m = /<!-- cli:[^\n]*-->\n([\s\S]*?)\n<!-- \/cli -->/.exec(readme);
   expect(m, 'README.md lacks the <!-- cli: ... --> ... <!-- /cli --> block').not.toBeNull();
-  expect(m![1]!.trim(), 'README.md: replace the CLI block with the output of renderReadmeTable() (src/cliSpec.ts)').toBe(renderReadmeTable());
+  expect(m![1]!.trim(), 'README.md: replace the CLI block with the output of renderReadmeTable() (src/cliSpec.ts)').toBe(
+    renderReadmeTable(),
+  );
 });
 
 it('--help, the README table and the man page name every command and option', () => {

@@ -1,8 +1,8 @@
 // ClientCache over a real (in-memory) SQLite store: loaded entries (sorted arrays) and newer ones (Map) behave as one cache.
 
 import { describe, expect, it } from 'vitest';
-import { ClientCache, cacheKey, type CacheConfig } from '../../src/policy/clientCache.js';
-import { openStore, WORKER_STORE, type CacheKind, type StateStore } from '../../src/state/store.js';
+import { type CacheConfig, ClientCache, cacheKey } from '../../src/policy/clientCache.js';
+import { type CacheKind, openStore, type StateStore, WORKER_STORE } from '../../src/state/store.js';
 
 const quiet = { warn: () => undefined, info: () => undefined };
 const config: CacheConfig = { enabled: true, ttlMs: 10_000, denyTtlMs: 5_000, scope: 'ip' };
@@ -131,7 +131,13 @@ describe('ClientCache', () => {
       ['2001:db8::1', 9e12, 'pass'],
       ['172.16.0.1', 9e12, 'pass'],
     ];
-    const store: StateStore = { ...WORKER_STORE, loadCache: (_now, fn) => rows.forEach(([k, e, kind]) => fn(k, e, kind)), location: 'fake' };
+    const store: StateStore = {
+      ...WORKER_STORE,
+      loadCache: (_now, fn) => {
+        for (const [k, e, kind] of rows) fn(k, e, kind);
+      },
+      location: 'fake',
+    };
     const cache = new ClientCache(config, store);
     expect(cache.load()).toBe(4);
     for (const [k, , kind] of rows) expect(cache.lookup(k)).toBe(kind);

@@ -2,15 +2,33 @@
 
 import { describe, expect, it } from 'vitest';
 import { decideShared } from '../../src/cluster/attach.js';
-import { decodeEvent, decodeVerdict, encodeEvent, encodeVerdict, eventChannel, reconcileAccess, sharedKey } from '../../src/cluster/keys.js';
-import { linkStep, type LinkEvent, type LinkState } from '../../src/cluster/link.js';
+import {
+  decodeEvent,
+  decodeVerdict,
+  encodeEvent,
+  encodeVerdict,
+  eventChannel,
+  reconcileAccess,
+  sharedKey,
+} from '../../src/cluster/keys.js';
+import { type LinkEvent, type LinkState, linkStep } from '../../src/cluster/link.js';
 import { parseEndpoint, reconnectDelay, redisOptions, redisWhere } from '../../src/cluster/options.js';
-import { redisFindings } from '../../src/doctor/checks.js';
 import { verdictLine } from '../../src/commands/doctor.js';
 import type { ClusterConfig } from '../../src/config/schema.js';
+import { redisFindings } from '../../src/doctor/checks.js';
 
 const cluster = (redis: Partial<ClusterConfig['redis']>): ClusterConfig => ({
-  redis: { url: undefined, sentinels: undefined, name: undefined, caFile: undefined, ca: undefined, keyPrefix: 'etd:', connectTimeoutMs: 2000, commandTimeoutMs: 500, ...redis },
+  redis: {
+    url: undefined,
+    sentinels: undefined,
+    name: undefined,
+    caFile: undefined,
+    ca: undefined,
+    keyPrefix: 'etd:',
+    connectTimeoutMs: 2000,
+    commandTimeoutMs: 500,
+    ...redis,
+  },
   syncIntervalMs: 5000,
 });
 
@@ -30,15 +48,31 @@ describe('redis options', () => {
 
   it('a URL: auth, TLS, db, prefix and timeouts; never queued while down; reconnects for ever', () => {
     const o = redisOptions(cluster({ url: 'rediss://etd:pw@10.0.0.5:6390/1', keyPrefix: 'mx:' }));
-    expect(o).toMatchObject({ host: '10.0.0.5', port: 6390, username: 'etd', password: 'pw', db: 1, tls: {}, keyPrefix: 'mx:', connectTimeout: 2000, commandTimeout: 500, enableOfflineQueue: false });
+    expect(o).toMatchObject({
+      host: '10.0.0.5',
+      port: 6390,
+      username: 'etd',
+      password: 'pw',
+      db: 1,
+      tls: {},
+      keyPrefix: 'mx:',
+      connectTimeout: 2000,
+      commandTimeout: 500,
+      enableOfflineQueue: false,
+    });
     expect(o.sentinels).toBeUndefined();
     expect(o.retryStrategy?.(1000)).toBe(5000);
   });
 
   it('sentinels: the master name, the sentinel password and TLS from their URLs, the master auth from url', () => {
-    const o = redisOptions(cluster({ sentinels: ['rediss://:spw@10.0.0.7:26379', '10.0.0.8'], name: 'mymaster', url: 'rediss://:mpw@mymaster' }));
+    const o = redisOptions(
+      cluster({ sentinels: ['rediss://:spw@10.0.0.7:26379', '10.0.0.8'], name: 'mymaster', url: 'rediss://:mpw@mymaster' }),
+    );
     expect(o).toMatchObject({
-      sentinels: [{ host: '10.0.0.7', port: 26379 }, { host: '10.0.0.8', port: 26379 }],
+      sentinels: [
+        { host: '10.0.0.7', port: 26379 },
+        { host: '10.0.0.8', port: 26379 },
+      ],
       name: 'mymaster',
       sentinelPassword: 'spw',
       sentinelTLS: {},
@@ -69,7 +103,14 @@ describe('key layout and messages', () => {
     const e = { from: 'gw1', kind: 'access' as const, cidr: '192.0.2.0/24', list: 'deny' as const };
     expect(decodeEvent(encodeEvent(e))).toEqual(e);
     expect(decodeEvent(encodeEvent({ ...e, list: undefined }))).toEqual({ ...e, list: undefined });
-    for (const bad of ['', 'x', '{}', '{"from":"a","kind":"access","cidr":"1.2.3.4/32","list":"maybe"}', '{"from":"a","kind":"dnsbl","cidr":"1"}', 'null']) {
+    for (const bad of [
+      '',
+      'x',
+      '{}',
+      '{"from":"a","kind":"access","cidr":"1.2.3.4/32","list":"maybe"}',
+      '{"from":"a","kind":"dnsbl","cidr":"1"}',
+      'null',
+    ]) {
       expect(decodeEvent(bad)).toBeUndefined();
     }
   });
@@ -143,7 +184,9 @@ describe('doctor: cluster.redis', () => {
     const down = redisFindings({ redis: { where: 'redis://r:6379', keyPrefix: 'etd:', stage: 'connect', error: 'connect ECONNREFUSED' } });
     expect(down).toMatchObject([{ status: 'FAIL', critical: false }]);
     expect(down[0]!.detail).toMatch(/ECONNREFUSED/);
-    const ro = redisFindings({ redis: { where: 'redis://r:6379', keyPrefix: 'etd:', stage: 'write', error: "READONLY You can't write against a read only replica." } });
+    const ro = redisFindings({
+      redis: { where: 'redis://r:6379', keyPrefix: 'etd:', stage: 'write', error: "READONLY You can't write against a read only replica." },
+    });
     expect(ro[0]!.fix).toMatch(/ACL SETUSER/);
     expect(verdictLine(down)).toMatch(/would start and serve from its local state, but would not share it/);
   });

@@ -15,8 +15,8 @@ import {
   MAX_EVENT_CHARS,
   RejectGate,
 } from '../../src/cluster/decode.js';
-import { encodeEvent, type AccessChange, type AccessListName } from '../../src/cluster/keys.js';
-import { guardedLocal, SharedState, type LocalState } from '../../src/cluster/shared.js';
+import { type AccessChange, type AccessListName, encodeEvent } from '../../src/cluster/keys.js';
+import { guardedLocal, type LocalState, SharedState } from '../../src/cluster/shared.js';
 import type { ClusterConfig, ReputationConfig } from '../../src/config/schema.js';
 import { ClientCache } from '../../src/policy/clientCache.js';
 import { Reputation } from '../../src/reputation/lookup.js';
@@ -53,13 +53,20 @@ describe('the decoder: events', () => {
   it('canonical prefixes; zone ids, spaces and long text are not prefixes', () => {
     expect(canonicalPrefix('192.0.2.0/24')).toBe('192.0.2.0/24');
     expect(canonicalPrefix('192.0.2.7')).toBe('192.0.2.7/32');
-    for (const t of ['fe80::%x/64', 'fe80::%eth0', ' 10.0.0.0/8', '1'.repeat(100), '', '::ffff:10.0.0.0/120', 42]) expect(canonicalPrefix(t)).toBeUndefined();
+    for (const t of ['fe80::%x/64', 'fe80::%eth0', ' 10.0.0.0/8', '1'.repeat(100), '', '::ffff:10.0.0.0/120', 42])
+      expect(canonicalPrefix(t)).toBeUndefined();
   });
 });
 
 describe('the decoder: access hash, cache and DNSBL values', () => {
   it('the access hash: valid fields by canonical prefix, the others with their reasons', () => {
-    const d = decodeAccessHash({ 'fe80::%x/64': 'deny', '192.0.2.0/24': 'deny', '2001:DB8::/32': 'allow', '198.51.100.0/24': 'bogus', ['9'.repeat(5000)]: 'deny' });
+    const d = decodeAccessHash({
+      'fe80::%x/64': 'deny',
+      '192.0.2.0/24': 'deny',
+      '2001:DB8::/32': 'allow',
+      '198.51.100.0/24': 'bogus',
+      ['9'.repeat(5000)]: 'deny',
+    });
     expect(d.entries).toEqual({ '192.0.2.0/24': 'deny', '2001:db8::/32': 'allow' });
     expect(d.rejected).toHaveLength(3);
   });
@@ -67,12 +74,19 @@ describe('the decoder: access hash, cache and DNSBL values', () => {
   it('cached verdicts: absent, malformed and valid (lapsed or not: the caller decides)', () => {
     expect(decodeVerdictValue(null)).toBeUndefined();
     expect(decodeVerdictValue('deny:999999999999999')).toEqual({ ok: true, value: { kind: 'deny', expires: 999999999999999 } });
-    for (const v of ['maybe:1', 'pass:', 'pass:1e9', 'pass:' + '9'.repeat(40), 42, Buffer.from('x')]) expect(decodeVerdictValue(v)?.ok).toBe(false);
+    for (const v of ['maybe:1', 'pass:', 'pass:1e9', `pass:${'9'.repeat(40)}`, 42, Buffer.from('x')])
+      expect(decodeVerdictValue(v)?.ok).toBe(false);
   });
 
   it('DNSBL values: only answer/none with IPv4 addresses and a finite expiry, only the known fields', () => {
-    expect(decodeDnsblValue('{"answer":{"status":"answer","addresses":["127.0.0.2"],"x":1},"expires":5,"y":2}')).toEqual({ ok: true, value: { answer: { status: 'answer', addresses: ['127.0.0.2'] }, expires: 5 } });
-    expect(decodeDnsblValue('{"answer":{"status":"none"},"expires":8.64e15}')).toEqual({ ok: true, value: { answer: { status: 'none' }, expires: 8.64e15 } });
+    expect(decodeDnsblValue('{"answer":{"status":"answer","addresses":["127.0.0.2"],"x":1},"expires":5,"y":2}')).toEqual({
+      ok: true,
+      value: { answer: { status: 'answer', addresses: ['127.0.0.2'] }, expires: 5 },
+    });
+    expect(decodeDnsblValue('{"answer":{"status":"none"},"expires":8.64e15}')).toEqual({
+      ok: true,
+      value: { answer: { status: 'none' }, expires: 8.64e15 },
+    });
     for (const v of [
       'x',
       '{"answer":{"status":"timeout"},"expires":5}',
@@ -84,7 +98,8 @@ describe('the decoder: access hash, cache and DNSBL values', () => {
       '{"answer":{"status":"none"},"expires":1e400}',
       '{"answer":{"status":"none"}}',
       JSON.stringify({ answer: { status: 'answer', addresses: Array(100).fill('127.0.0.2') }, expires: 5 }),
-    ]) expect(decodeDnsblValue(v).ok).toBe(false);
+    ])
+      expect(decodeDnsblValue(v).ok).toBe(false);
   });
 
   it('DNSBL keys: <zone>/<address>', () => {
@@ -108,7 +123,11 @@ describe("a peer's lifetimes are clamped to ours", () => {
 
   it('ClientCache.adopt: a deny until the year 33658 lasts denyTtl', () => {
     let t = 1_000_000;
-    const cache = new ClientCache({ enabled: true, ttlMs: 3_600_000, denyTtlMs: 600_000, scope: 'ip' }, openStore(':memory:', quiet), () => t);
+    const cache = new ClientCache(
+      { enabled: true, ttlMs: 3_600_000, denyTtlMs: 600_000, scope: 'ip' },
+      openStore(':memory:', quiet),
+      () => t,
+    );
     cache.adopt('127.0.0.6', 'deny', 999999999999999);
     cache.adopt('127.0.0.7', 'pass', 999999999999999);
     expect(Date.parse(cache.get('127.0.0.6')!.expires)).toBe(t + 600_000);
@@ -155,7 +174,16 @@ describe('the reject gate: counted per kind, warned once per period', () => {
 // ---- SharedState's handlers, driven directly (no Redis): fuzzed input never throws, and only valid entries change state.
 
 const clusterConfig: ClusterConfig = {
-  redis: { url: 'redis://127.0.0.1:1', sentinels: undefined, name: undefined, caFile: undefined, ca: undefined, keyPrefix: 'etd:', connectTimeoutMs: 100, commandTimeoutMs: 100 },
+  redis: {
+    url: 'redis://127.0.0.1:1',
+    sentinels: undefined,
+    name: undefined,
+    caFile: undefined,
+    ca: undefined,
+    keyPrefix: 'etd:',
+    connectTimeoutMs: 100,
+    commandTimeoutMs: 100,
+  },
   syncIntervalMs: 5000,
 };
 
@@ -181,7 +209,10 @@ interface Internals {
   state: string;
 }
 
-function sharedWith(local: LocalState, hash: () => Record<string, string> = () => ({})): { s: SharedState; warns: Array<Record<string, unknown>> } {
+function sharedWith(
+  local: LocalState,
+  hash: () => Record<string, string> = () => ({}),
+): { s: SharedState; warns: Array<Record<string, unknown>> } {
   const warns: Array<Record<string, unknown>> = [];
   const s = new SharedState(clusterConfig, local, { ...quiet, warn: (o) => void warns.push(o as Record<string, unknown>) });
   const i = s as unknown as Internals;
@@ -193,7 +224,18 @@ function sharedWith(local: LocalState, hash: () => Record<string, string> = () =
 const anyText = fc.oneof(
   fc.string({ maxLength: 200 }),
   fc.uint8Array({ maxLength: 300 }).map((b) => Buffer.from(b).toString('latin1')),
-  fc.record({ from: fc.string(), kind: fc.constantFrom('access', 'cache', 'x'), cidr: fc.oneof(fc.string(), fc.ipV6().map((a) => `${a}%x/64`), fc.ipV4()), list: fc.constantFrom('allow', 'deny', 'x', undefined) }).map((o) => JSON.stringify(o)),
+  fc
+    .record({
+      from: fc.string(),
+      kind: fc.constantFrom('access', 'cache', 'x'),
+      cidr: fc.oneof(
+        fc.string(),
+        fc.ipV6().map((a) => `${a}%x/64`),
+        fc.ipV4(),
+      ),
+      list: fc.constantFrom('allow', 'deny', 'x', undefined),
+    })
+    .map((o) => JSON.stringify(o)),
 );
 
 describe('SharedState: nothing from a peer throws out of a handler', () => {
@@ -220,7 +262,12 @@ describe('SharedState: nothing from a peer throws out of a handler', () => {
 
   it('guardedLocal guards apply*/adopt* methods, including ones LocalState gains later', () => {
     const failed: string[] = [];
-    const base = { ...recorder({ throwing: true }).local, applyAccessBatch: () => { throw new Error('x'); } };
+    const base = {
+      ...recorder({ throwing: true }).local,
+      applyAccessBatch: () => {
+        throw new Error('x');
+      },
+    };
     const g = guardedLocal(base, (m) => failed.push(m)) as typeof base;
     g.applyAccess({ cidr: '10.0.0.0/8', list: 'deny' });
     g.applyAccessBatch();
@@ -253,14 +300,24 @@ describe('SharedState: nothing from a peer throws out of a handler', () => {
 
   it('fuzz: any hash fields never throw out of a sync and apply only valid entries', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.dictionary(fc.oneof(fc.string({ maxLength: 80 }), fc.ipV6().map((a) => `${a}%x/64`), fc.ipV4().map((a) => `${a}/32`)), fc.oneof(fc.string({ maxLength: 10 }), fc.constantFrom('allow', 'deny'))), async (hash) => {
-        const { local, applied } = recorder();
-        const { s } = sharedWith(local, () => hash);
-        await (s as unknown as Internals).sync();
-        const { entries, rejected } = decodeAccessHash(hash);
-        expect(applied).toEqual(Object.entries(entries).map(([cidr, list]) => ({ cidr, list })));
-        expect(s.status().rejected.access).toBe(rejected.length);
-      }),
+      fc.asyncProperty(
+        fc.dictionary(
+          fc.oneof(
+            fc.string({ maxLength: 80 }),
+            fc.ipV6().map((a) => `${a}%x/64`),
+            fc.ipV4().map((a) => `${a}/32`),
+          ),
+          fc.oneof(fc.string({ maxLength: 10 }), fc.constantFrom('allow', 'deny')),
+        ),
+        async (hash) => {
+          const { local, applied } = recorder();
+          const { s } = sharedWith(local, () => hash);
+          await (s as unknown as Internals).sync();
+          const { entries, rejected } = decodeAccessHash(hash);
+          expect(applied).toEqual(Object.entries(entries).map(([cidr, list]) => ({ cidr, list })));
+          expect(s.status().rejected.access).toBe(rejected.length);
+        },
+      ),
       { numRuns: 200 },
     );
   });

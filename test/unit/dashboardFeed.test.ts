@@ -1,8 +1,8 @@
 // The dashboard's pure parts: SSE parsing of a fetch() stream cut anywhere, and the verdict feed's batching, bounding, filtering and pause.
 
 import { describe, expect, it } from 'vitest';
+import { matches, VerdictFeed, type VerdictRecord } from '../../ui/src/feed.js';
 import { SseParser } from '../../ui/src/sse.js';
-import { VerdictFeed, matches, type VerdictRecord } from '../../ui/src/feed.js';
 
 const rec = (seq: number, over: Partial<VerdictRecord> = {}): VerdictRecord => ({
   seq,
@@ -16,7 +16,8 @@ const rec = (seq: number, over: Partial<VerdictRecord> = {}): VerdictRecord => (
 });
 
 describe('SseParser', () => {
-  const stream = 'retry: 3000\n: etd events; last seq 0\n\nid: 1\nevent: session\ndata: {"a":1}\n\n: ping\n\nid: 2\r\nevent: session\r\ndata: line1\r\ndata: line2\r\n\r\n';
+  const stream =
+    'retry: 3000\n: etd events; last seq 0\n\nid: 1\nevent: session\ndata: {"a":1}\n\n: ping\n\nid: 2\r\nevent: session\r\ndata: line1\r\ndata: line2\r\n\r\n';
 
   it('parses events, skips comments, joins data lines, remembers the last id', () => {
     const p = new SseParser();
@@ -32,7 +33,10 @@ describe('SseParser', () => {
       const p = new SseParser();
       const out = [];
       for (let i = 0; i < stream.length; i += size) out.push(...p.feed(stream.slice(i, i + size)));
-      expect(out.map((e) => e.data), `chunks of ${size}`).toEqual(['{"a":1}', 'line1\nline2']);
+      expect(
+        out.map((e) => e.data),
+        `chunks of ${size}`,
+      ).toEqual(['{"a":1}', 'line1\nline2']);
     }
   });
 });

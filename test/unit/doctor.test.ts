@@ -1,30 +1,30 @@
 // Unit tests for src/doctor/checks.ts (facts → findings, test-client choice, return-path plan) and the doctor's table format.
 
 import { describe, expect, it } from 'vitest';
+import { formatFindings } from '../../src/commands/doctor.js';
 import { validateConfig } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
-import type { CheckItem, NetfilterState } from '../../src/netfilter/setup.js';
 import {
   chooseTestClient,
   criticalFailures,
+  type DoctorFacts,
   effectiveRpFilter,
   effectiveSrcValidMark,
   evaluate,
+  type Finding,
   familiesInUse,
+  type IfAddr,
   neededFeatures,
+  type ProbeOutcome,
   parseCapEff,
   planReturnPath,
+  type ReturnProbe,
   spareAddress,
   summarize,
   sysctlKey,
-  type DoctorFacts,
-  type Finding,
-  type IfAddr,
-  type ProbeOutcome,
-  type ReturnProbe,
 } from '../../src/doctor/checks.js';
-import { formatFindings } from '../../src/commands/doctor.js';
 import { parseProbe } from '../../src/doctor/targets.js';
+import type { CheckItem, NetfilterState } from '../../src/netfilter/setup.js';
 
 // ---- fixtures: the netns lab's gateway, as the doctor sees it when everything is right --------
 
@@ -44,7 +44,10 @@ const VIP_DOC = {
 const cfg = (doc: object = VIP_DOC): Config => validateConfig(doc);
 const VIP = cfg();
 const INTERCEPT = cfg({ listeners: [{ name: 'mx', mode: 'intercept' }], upstream: { source: 'clientip' } });
-const PLAIN = cfg({ listeners: [{ name: 'p', address: '127.0.0.1', port: 2525 }], upstream: { servers: [{ name: 's', address: '127.0.0.1' }] } });
+const PLAIN = cfg({
+  listeners: [{ name: 'p', address: '127.0.0.1', port: 2525 }],
+  upstream: { servers: [{ name: 's', address: '127.0.0.1' }] },
+});
 
 const ALL_CAPS = (1n << 41n) - 1n;
 const without = (...bits: number[]) => bits.reduce((m, b) => m & ~(1n << BigInt(b)), ALL_CAPS);
@@ -75,7 +78,13 @@ function facts(over: Partial<DoctorFacts> = {}): DoctorFacts {
     addon: { path: '/opt/etd/native/build/Release/etd_transparent.node' },
     kernel: { probes: [{ feature: 'socket', ok: true }] },
     netfilter: netfilterState(),
-    sysctls: { ipForward: 1, ipv6Forwarding: 1, unprivilegedPortStart: 1024, rpFilter: { all: 0, default: 0 }, srcValidMark: { all: 0, default: 0 } },
+    sysctls: {
+      ipForward: 1,
+      ipv6Forwarding: 1,
+      unprivilegedPortStart: 1024,
+      rpFilter: { all: 0, default: 0 },
+      srcValidMark: { all: 0, default: 0 },
+    },
     interfaces: [
       { name: 'veth-gb', why: ['route to server b4'], rpFilter: 0, srcValidMark: 0 },
       { name: 'veth-gc', why: ['listener smtp4'], rpFilter: 0, srcValidMark: 0 },
@@ -89,7 +98,16 @@ function facts(over: Partial<DoctorFacts> = {}): DoctorFacts {
       { family: 6, address: 'fd00:9:1::fffe', how: 'fd00:9:1::fffe, an unused address', explicit: false },
     ],
     returnPath: [
-      { server: 'b4', address: '10.9.2.10', port: 25, family: 4, source: '10.9.1.254', outcome: 'connected', ms: 2, greeting: '220 mx ESMTP' },
+      {
+        server: 'b4',
+        address: '10.9.2.10',
+        port: 25,
+        family: 4,
+        source: '10.9.1.254',
+        outcome: 'connected',
+        ms: 2,
+        greeting: '220 mx ESMTP',
+      },
       { server: 'b6', address: 'fd00:9:2::10', port: 25, family: 6, source: 'fd00:9:1::fffe', outcome: 'connected', ms: 3 },
     ],
     ...over,
@@ -111,7 +129,9 @@ const probe = (server: 'b4' | 'b6', outcome: ProbeOutcome, extra = {}): ReturnPr
 
 describe('helpers', () => {
   it('parseCapEff reads the effective set from /proc/self/status', () => {
-    expect(parseCapEff('Name:\tnode\nCapInh:\t0000000000000000\nCapEff:\t000001fffeffffff\nCapBnd:\t000001ffffffffff\n')).toBe(0x1fffeffffffn);
+    expect(parseCapEff('Name:\tnode\nCapInh:\t0000000000000000\nCapEff:\t000001fffeffffff\nCapBnd:\t000001ffffffffff\n')).toBe(
+      0x1fffeffffffn,
+    );
     expect(parseCapEff('Name:\tnode\n')).toBeUndefined();
   });
 
@@ -132,10 +152,18 @@ describe('helpers', () => {
 
   it('familiesInUse and neededFeatures follow the config', () => {
     expect(familiesInUse(VIP)).toEqual([4, 6]);
-    expect(familiesInUse(cfg({ ...VIP_DOC, listeners: [VIP_DOC.listeners[0]], upstream: { ...VIP_DOC.upstream, servers: [VIP_DOC.upstream.servers[0]] } }))).toEqual([4]);
+    expect(
+      familiesInUse(
+        cfg({ ...VIP_DOC, listeners: [VIP_DOC.listeners[0]], upstream: { ...VIP_DOC.upstream, servers: [VIP_DOC.upstream.servers[0]] } }),
+      ),
+    ).toEqual([4]);
     expect(neededFeatures(VIP)).toEqual(['socket']);
     expect(neededFeatures(INTERCEPT)).toEqual(['socket', 'tproxy4', 'tproxy6', 'fib']);
-    expect(neededFeatures(cfg({ listeners: [{ name: 'mx', mode: 'intercept', destinations: ['10.0.0.0/8'] }], upstream: { source: 'clientip' } }))).toEqual(['socket', 'tproxy4', 'fib']);
+    expect(
+      neededFeatures(
+        cfg({ listeners: [{ name: 'mx', mode: 'intercept', destinations: ['10.0.0.0/8'] }], upstream: { source: 'clientip' } }),
+      ),
+    ).toEqual(['socket', 'tproxy4', 'fib']);
     expect(neededFeatures(PLAIN)).toEqual([]);
   });
 
@@ -162,7 +190,10 @@ describe('chooseTestClient', () => {
   it('--client wins for its family; the other family is still derived; a local address is refused', () => {
     expect(chooseTestClient(4, VIP, ADDRS, [], '198.51.100.7')).toMatchObject({ address: '198.51.100.7', explicit: true });
     expect(chooseTestClient(6, VIP, ADDRS, [], '198.51.100.7').address).toBe('fd00:9:1:0:ffff:ffff:ffff:fffe');
-    expect(chooseTestClient(4, VIP, ADDRS, [], 'mx.example')).toMatchObject({ invalid: true, reason: expect.stringContaining('not an IPv4 or IPv6 address') });
+    expect(chooseTestClient(4, VIP, ADDRS, [], 'mx.example')).toMatchObject({
+      invalid: true,
+      reason: expect.stringContaining('not an IPv4 or IPv6 address'),
+    });
     const own = chooseTestClient(4, VIP, ADDRS, [], '10.9.2.1');
     expect(own.address).toBeUndefined();
     expect(own).toMatchObject({ invalid: true });
@@ -197,7 +228,9 @@ describe('chooseTestClient', () => {
     it('takes an unused address of a connected network outside destinations', () => {
       const c = chooseTestClient(4, intercept(['10.9.2.0/24']), GW, []);
       expect(c.address).toBe('10.9.1.254');
-      expect(c.address !== undefined && c.how).toContain('10.9.1.0/24 (eth-clients), a connected network outside the intercepted destinations');
+      expect(c.address !== undefined && c.how).toContain(
+        '10.9.1.0/24 (eth-clients), a connected network outside the intercepted destinations',
+      );
     });
 
     it('without destinations, skips the network of a --probe mail server', () => {
@@ -208,7 +241,9 @@ describe('chooseTestClient', () => {
     it('gives none when every connected network is intercepted, and says so', () => {
       const c = chooseTestClient(4, intercept(['10.9.0.0/16']), GW, []);
       expect(c.address).toBeUndefined();
-      expect(c.address === undefined && c.reason).toMatch(/no IPv4 client-side network found.*10\.9\.1\.0\/24.*inside the intercepted destinations/);
+      expect(c.address === undefined && c.reason).toMatch(
+        /no IPv4 client-side network found.*10\.9\.1\.0\/24.*inside the intercepted destinations/,
+      );
     });
   });
 });
@@ -225,7 +260,10 @@ describe('planReturnPath', () => {
     expect(planReturnPath(facts({ capabilities: { effective: without(12, 13) } }))[0]?.skipped).toMatch(/CAP_NET_ADMIN and CAP_NET_RAW/);
     expect(planReturnPath(facts({ addon: { error: 'nope' } }))[0]?.skipped).toMatch(/addon/);
     expect(planReturnPath(facts({ testClients: [{ family: 4, reason: 'none found' }] }))[0]?.skipped).toMatch(/none found/);
-    expect(planReturnPath(facts({ routes: [{ server: 'b4', address: '10.9.2.10', port: 25, family: 4, error: 'Network is unreachable' }] }))[0]?.skipped).toMatch(/no route/);
+    expect(
+      planReturnPath(facts({ routes: [{ server: 'b4', address: '10.9.2.10', port: 25, family: 4, error: 'Network is unreachable' }] }))[0]
+        ?.skipped,
+    ).toMatch(/no route/);
     const clean = netfilterState(Object.fromEntries(ruleIds.map((id) => [id, 'missing'])));
     expect(planReturnPath(facts({ netfilter: clean }))[0]?.skipped).toMatch(/not installed/);
   });
@@ -296,12 +334,21 @@ describe('evaluate', () => {
   });
 
   it('native addon missing: critical FAIL', () => {
-    expect(byId(evaluate(facts({ addon: { error: 'cannot load' } })), 'native.addon')).toMatchObject({ status: 'FAIL', critical: true, fix: expect.stringContaining('npm run install') });
+    expect(byId(evaluate(facts({ addon: { error: 'cannot load' } })), 'native.addon')).toMatchObject({
+      status: 'FAIL',
+      critical: true,
+      fix: expect.stringContaining('npm run install'),
+    });
   });
 
   describe('kernel support', () => {
     it('a rejected socket rule: critical FAIL, fix modprobe nft_socket', () => {
-      const f = byId(evaluate(facts({ kernel: { probes: [{ feature: 'socket', ok: false, error: 'Could not process rule: No such file or directory' }] } })), 'kernel.nft_socket');
+      const f = byId(
+        evaluate(
+          facts({ kernel: { probes: [{ feature: 'socket', ok: false, error: 'Could not process rule: No such file or directory' }] } }),
+        ),
+        'kernel.nft_socket',
+      );
       expect(f).toMatchObject({ status: 'FAIL', critical: true, fix: 'modprobe nft_socket' });
       expect(f.detail).toContain('No such file or directory');
     });
@@ -326,23 +373,36 @@ describe('evaluate', () => {
     });
 
     it('libnftables missing: FAIL when etd manages netfilter, WARN otherwise; no privilege: WARN', () => {
-      expect(byId(evaluate(facts({ kernel: { error: 'not found', cause: 'nft_load' } })), 'kernel.nftables')).toMatchObject({ status: 'FAIL', fix: 'apt-get install libnftables1' });
+      expect(byId(evaluate(facts({ kernel: { error: 'not found', cause: 'nft_load' } })), 'kernel.nftables')).toMatchObject({
+        status: 'FAIL',
+        fix: 'apt-get install libnftables1',
+      });
       const unmanaged = cfg({ ...VIP_DOC, netfilter: { manage: false } });
-      expect(byId(evaluate(facts({ config: unmanaged, kernel: { error: 'not found', cause: 'nft_load' } })), 'kernel.nftables').status).toBe('WARN');
-      expect(byId(evaluate(facts({ kernel: { error: 'Operation not permitted', cause: 'privilege' } })), 'kernel.nftables').status).toBe('WARN');
+      expect(
+        byId(evaluate(facts({ config: unmanaged, kernel: { error: 'not found', cause: 'nft_load' } })), 'kernel.nftables').status,
+      ).toBe('WARN');
+      expect(byId(evaluate(facts({ kernel: { error: 'Operation not permitted', cause: 'privilege' } })), 'kernel.nftables').status).toBe(
+        'WARN',
+      );
     });
   });
 
   describe('rules and routes', () => {
     it('a missing ip rule or local route: FAIL with the exact iproute2 command', () => {
       const fs = evaluate(facts({ netfilter: netfilterState({ 'ip.rule.v4': 'missing', 'ip.route.v6': 'missing' }) }));
-      expect(byId(fs, 'ip.rule.v4')).toMatchObject({ status: 'FAIL', critical: false, fix: 'ip -4 rule add fwmark 0x1 lookup 100 priority 100' });
+      expect(byId(fs, 'ip.rule.v4')).toMatchObject({
+        status: 'FAIL',
+        critical: false,
+        fix: 'ip -4 rule add fwmark 0x1 lookup 100 priority 100',
+      });
       expect(byId(fs, 'ip.route.v6').fix).toBe('ip -6 route replace local ::/0 dev lo table 100');
     });
 
     it('the fix uses the configured mark, table and priority', () => {
       const c = cfg({ ...VIP_DOC, netfilter: { mark: 0x2a, table: 205, rulePriority: 42 } });
-      expect(byId(evaluate(facts({ config: c, netfilter: netfilterState({ 'ip.rule.v4': 'missing' }) })), 'ip.rule.v4').fix).toBe('ip -4 rule add fwmark 0x2a lookup 205 priority 42');
+      expect(byId(evaluate(facts({ config: c, netfilter: netfilterState({ 'ip.rule.v4': 'missing' }) })), 'ip.rule.v4').fix).toBe(
+        'ip -4 rule add fwmark 0x2a lookup 205 priority 42',
+      );
     });
 
     it('a missing divert rule: FAIL, fix etd rules apply -c FILE', () => {
@@ -361,11 +421,19 @@ describe('evaluate', () => {
     });
 
     it('duplicates and stale chains WARN; an unsupported family is OK unless the config uses it', () => {
-      const fs = evaluate(facts({ netfilter: netfilterState({ 'ip.rule.v4': 'duplicate', 'ip.rule.v6': 'unsupported', 'ip.route.v6': 'unsupported' }) }));
+      const fs = evaluate(
+        facts({ netfilter: netfilterState({ 'ip.rule.v4': 'duplicate', 'ip.rule.v6': 'unsupported', 'ip.route.v6': 'unsupported' }) }),
+      );
       expect(byId(fs, 'ip.rule.v4').status).toBe('WARN');
       expect(byId(fs, 'ip.rule.v6').status).toBe('WARN'); // VIP uses IPv6
-      const v4only = cfg({ ...VIP_DOC, listeners: [VIP_DOC.listeners[0]], upstream: { ...VIP_DOC.upstream, servers: [VIP_DOC.upstream.servers[0]] } });
-      expect(byId(evaluate(facts({ config: v4only, netfilter: netfilterState({ 'ip.rule.v6': 'unsupported' }) })), 'ip.rule.v6').status).toBe('OK');
+      const v4only = cfg({
+        ...VIP_DOC,
+        listeners: [VIP_DOC.listeners[0]],
+        upstream: { ...VIP_DOC.upstream, servers: [VIP_DOC.upstream.servers[0]] },
+      });
+      expect(
+        byId(evaluate(facts({ config: v4only, netfilter: netfilterState({ 'ip.rule.v6': 'unsupported' }) })), 'ip.rule.v6').status,
+      ).toBe('OK');
     });
 
     it('unreadable state: WARN', () => {
@@ -373,7 +441,9 @@ describe('evaluate', () => {
     });
 
     it('no route from etd to a server: FAIL route.<name>', () => {
-      const fs = evaluate(facts({ routes: [{ server: 'b4', address: '10.9.2.10', port: 25, family: 4, error: 'Network is unreachable' }] }));
+      const fs = evaluate(
+        facts({ routes: [{ server: 'b4', address: '10.9.2.10', port: 25, family: 4, error: 'Network is unreachable' }] }),
+      );
       expect(byId(fs, 'route.b4')).toMatchObject({ status: 'FAIL', critical: false });
     });
   });
@@ -382,9 +452,17 @@ describe('evaluate', () => {
     const sys = (over: Partial<DoctorFacts['sysctls']>) => ({ ...facts().sysctls, ...over });
 
     it('ip_forward=0: WARN in vip mode, non-critical FAIL in intercept mode', () => {
-      expect(byId(evaluate(facts({ sysctls: sys({ ipForward: 0 }) })), 'sysctl.ip_forward')).toMatchObject({ status: 'WARN', fix: 'sysctl -w net.ipv4.ip_forward=1' });
-      expect(byId(evaluate(facts({ config: INTERCEPT, sysctls: sys({ ipForward: 0 }) })), 'sysctl.ip_forward')).toMatchObject({ status: 'FAIL', critical: false });
-      expect(byId(evaluate(facts({ sysctls: sys({ ipv6Forwarding: 0 }) })), 'sysctl.ipv6_forwarding').fix).toBe('sysctl -w net.ipv6.conf.all.forwarding=1');
+      expect(byId(evaluate(facts({ sysctls: sys({ ipForward: 0 }) })), 'sysctl.ip_forward')).toMatchObject({
+        status: 'WARN',
+        fix: 'sysctl -w net.ipv4.ip_forward=1',
+      });
+      expect(byId(evaluate(facts({ config: INTERCEPT, sysctls: sys({ ipForward: 0 }) })), 'sysctl.ip_forward')).toMatchObject({
+        status: 'FAIL',
+        critical: false,
+      });
+      expect(byId(evaluate(facts({ sysctls: sys({ ipv6Forwarding: 0 }) })), 'sysctl.ipv6_forwarding').fix).toBe(
+        'sysctl -w net.ipv6.conf.all.forwarding=1',
+      );
     });
 
     it('strict rp_filter on a path interface: a doctor FAIL but not critical at start (a symmetric path works), fix sets exactly the strict keys to loose', () => {
@@ -420,14 +498,24 @@ describe('evaluate', () => {
       expect(all).toMatchObject({ status: 'FAIL', critical: true, fix: 'sysctl -w net.ipv4.conf.all.src_valid_mark=0' });
       expect(all.detail).toMatch(/martian/);
       const ifs = [{ name: 'veth-gb', why: ['route to server b4'], rpFilter: 0, srcValidMark: 1 }];
-      expect(byId(evaluate(facts({ interfaces: ifs })), 'sysctl.src_valid_mark').fix).toBe('sysctl -w net.ipv4.conf.veth-gb.src_valid_mark=0');
-      expect(byId(evaluate(facts({ sysctls: sys({ srcValidMark: { all: 0, default: 1 } }) })), 'sysctl.src_valid_mark.default').status).toBe('WARN');
+      expect(byId(evaluate(facts({ interfaces: ifs })), 'sysctl.src_valid_mark').fix).toBe(
+        'sysctl -w net.ipv4.conf.veth-gb.src_valid_mark=0',
+      );
+      expect(
+        byId(evaluate(facts({ sysctls: sys({ srcValidMark: { all: 0, default: 1 } }) })), 'sysctl.src_valid_mark.default').status,
+      ).toBe('WARN');
     });
 
     it('IPv4 sysctls are not judged for an IPv6-only config', () => {
-      const v6only = cfg({ ...VIP_DOC, listeners: [VIP_DOC.listeners[1]], upstream: { ...VIP_DOC.upstream, servers: [VIP_DOC.upstream.servers[1]] } });
+      const v6only = cfg({
+        ...VIP_DOC,
+        listeners: [VIP_DOC.listeners[1]],
+        upstream: { ...VIP_DOC.upstream, servers: [VIP_DOC.upstream.servers[1]] },
+      });
       const fs = evaluate(facts({ config: v6only, sysctls: sys({ srcValidMark: { all: 1 }, rpFilter: { all: 1 }, ipForward: 0 }) }));
-      expect(fs.some((f) => f.id.startsWith('sysctl.src_valid_mark') || f.id.startsWith('sysctl.rp_filter') || f.id === 'sysctl.ip_forward')).toBe(false);
+      expect(
+        fs.some((f) => f.id.startsWith('sysctl.src_valid_mark') || f.id.startsWith('sysctl.rp_filter') || f.id === 'sysctl.ip_forward'),
+      ).toBe(false);
     });
   });
 
@@ -436,7 +524,10 @@ describe('evaluate', () => {
       const fs = evaluate(
         facts({
           testClients: [{ family: 4, reason: 'no IPv4 client-side network found' }, facts().testClients[1]!],
-          returnPath: [{ server: 'b4', address: '10.9.2.10', port: 25, family: 4, skipped: 'no IPv4 test client address' }, facts().returnPath![1]!],
+          returnPath: [
+            { server: 'b4', address: '10.9.2.10', port: 25, family: 4, skipped: 'no IPv4 test client address' },
+            facts().returnPath![1]!,
+          ],
         }),
       );
       expect(byId(fs, 'client.v4')).toMatchObject({ status: 'WARN', fix: expect.stringContaining('--client ADDRESS') });
@@ -453,7 +544,9 @@ describe('evaluate', () => {
       const fs = evaluate(facts({ returnPath: [probe('b4', 'timeout'), probe('b6', 'timeout')] }));
       const f4 = byId(fs, 'return.b4');
       expect(f4).toMatchObject({ status: 'FAIL', critical: false });
-      expect(f4.fix).toBe('on b4: ip route replace default via 10.9.2.1   — or, with a PBR router, on the router: scripts/pbr-linux.sh apply --etd 10.9.2.1 --from 10.9.2.10/32');
+      expect(f4.fix).toBe(
+        'on b4: ip route replace default via 10.9.2.1   — or, with a PBR router, on the router: scripts/pbr-linux.sh apply --etd 10.9.2.1 --from 10.9.2.10/32',
+      );
       expect(f4.detail).toContain('10.9.1.254');
       expect(byId(fs, 'return.b6').fix).toContain('ip -6 route replace default via fd00:9:2::1');
       expect(byId(fs, 'return.b6').fix).toContain('--from fd00:9:2::10/128');
@@ -474,7 +567,13 @@ describe('evaluate', () => {
     });
 
     it('intercept without servers: the return path is reported as not tested', () => {
-      const fs = evaluate(facts({ config: INTERCEPT, kernel: { probes: neededFeatures(INTERCEPT).map((feature) => ({ feature, ok: true })) }, returnPath: [] }));
+      const fs = evaluate(
+        facts({
+          config: INTERCEPT,
+          kernel: { probes: neededFeatures(INTERCEPT).map((feature) => ({ feature, ok: true })) },
+          returnPath: [],
+        }),
+      );
       expect(byId(fs, 'return')).toMatchObject({ status: 'WARN', detail: expect.stringContaining('not tested') });
       expect(fs.some((f) => f.id.startsWith('client.'))).toBe(false);
     });
@@ -501,20 +600,27 @@ describe('evaluate', () => {
       const untested = byId(evaluate(facts({ config, kernel, returnPath: [] })), 'return');
       expect(untested).toMatchObject({ status: 'WARN' });
       expect(untested.detail).toContain('forward: original');
-      expect(untested.fix).toBe('etd doctor -c /etc/etd/etd.yaml --probe ADDRESS[:PORT]   (repeatable: each mail server whose port-25 traffic etd intercepts)');
+      expect(untested.fix).toBe(
+        'etd doctor -c /etc/etd/etd.yaml --probe ADDRESS[:PORT]   (repeatable: each mail server whose port-25 traffic etd intercepts)',
+      );
 
       const mx = parseProbe('10.9.2.10');
       const probed = facts({ config, kernel, probes: [mx] });
       expect(planReturnPath(probed)).toEqual([{ ...mx, source: '10.9.1.254' }]);
       const fs = evaluate({ ...probed, returnPath: [{ ...mx, source: '10.9.1.254', outcome: 'connected', ms: 2 }] });
       expect(fs.some((x) => x.id === 'return')).toBe(false);
-      expect(byId(fs, 'return.probe:10.9.2.10:25')).toMatchObject({ status: 'OK', what: expect.stringContaining('mail server 10.9.2.10:25 (--probe)') });
+      expect(byId(fs, 'return.probe:10.9.2.10:25')).toMatchObject({
+        status: 'OK',
+        what: expect.stringContaining('mail server 10.9.2.10:25 (--probe)'),
+      });
       const timedOut = evaluate({ ...probed, returnPath: [{ ...mx, source: '10.9.1.254', outcome: 'timeout', ms: 3000 }] });
       expect(byId(timedOut, 'return.probe:10.9.2.10:25').fix).toMatch(/^on 10\.9\.2\.10: ip route replace default/);
     });
 
     it('unreachable and other errors FAIL with the error text', () => {
-      expect(byId(evaluate(facts({ returnPath: [probe('b4', 'unreachable', { error: 'EHOSTUNREACH' })] })), 'return.b4').detail).toContain('EHOSTUNREACH');
+      expect(byId(evaluate(facts({ returnPath: [probe('b4', 'unreachable', { error: 'EHOSTUNREACH' })] })), 'return.b4').detail).toContain(
+        'EHOSTUNREACH',
+      );
     });
   });
 

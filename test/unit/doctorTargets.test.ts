@@ -2,8 +2,8 @@
 
 import { describe, expect, it } from 'vitest';
 import { validateConfig } from '../../src/config/load.js';
-import { isEtdError } from '../../src/errors.js';
 import { interceptForwardsOriginal, parseProbe, returnTargets } from '../../src/doctor/targets.js';
+import { isEtdError } from '../../src/errors.js';
 
 describe('parseProbe', () => {
   it.each([
@@ -43,7 +43,10 @@ describe('returnTargets', () => {
     upstream: { source: 'clientip', servers: [{ name: 'b1', address: '10.0.2.10' }] },
   });
   const intercept = validateConfig({ listeners: [{ name: 'mx', mode: 'intercept' }], upstream: { source: 'clientip' } });
-  const plain = validateConfig({ listeners: [{ name: 'p', address: '127.0.0.1', port: 2525 }], upstream: { servers: [{ name: 's', address: '127.0.0.1' }] } });
+  const plain = validateConfig({
+    listeners: [{ name: 'p', address: '127.0.0.1', port: 2525 }],
+    upstream: { servers: [{ name: 's', address: '127.0.0.1' }] },
+  });
 
   it('configured clientip servers first, then probes; a probe equal to a server is not tested twice', () => {
     expect(returnTargets(vip, [parseProbe('10.0.2.10'), parseProbe('10.0.5.1:2525')])).toEqual([

@@ -1,11 +1,11 @@
 // The engine driver routes events to sessions; a handler that throws is counted, logged once per cause, and the batch goes on.
 
-import { describe, expect, it } from 'vitest';
-import pino from 'pino';
 import { Writable } from 'node:stream';
+import pino from 'pino';
+import { describe, expect, it } from 'vitest';
 import type { Engine } from '../../src/native/engine.js';
 import { EngineDriver, type EngineSession } from '../../src/proxy/engineDriver.js';
-import { EV_ACCEPT, EV_EXPIRED, EV_GONE, type EngineEvent } from '../../src/proxy/protocol.js';
+import { type EngineEvent, EV_ACCEPT, EV_EXPIRED, EV_GONE } from '../../src/proxy/protocol.js';
 
 function fakeEngine(calls: string[]): { engine: Engine; fire: (batch: EngineEvent[]) => void } {
   let cb: ((b: EngineEvent[]) => void) | undefined;
@@ -14,7 +14,10 @@ function fakeEngine(calls: string[]): { engine: Engine; fire: (batch: EngineEven
     stop: () => undefined,
     listen: () => undefined,
     unlisten: () => undefined,
-    drop: (id: number) => (calls.push(`drop ${id}`), true),
+    drop: (id: number) => {
+      calls.push(`drop ${id}`);
+      return true;
+    },
   } as unknown as Engine;
   return { engine, fire: (b) => cb!(b) };
 }
@@ -34,15 +37,50 @@ describe('EngineDriver', () => {
   it('a throwing handler is counted and logged once per cause; the rest of the batch is handled', () => {
     const calls: string[] = [];
     const lines: Array<{ msg: string }> = [];
-    const sink = new Writable({ write: (c, _e, done) => (lines.push(JSON.parse(String(c)) as { msg: string }), done()) });
+    const sink = new Writable({
+      write: (c, _e, done) => {
+        lines.push(JSON.parse(String(c)) as { msg: string });
+        done();
+      },
+    });
     const { engine, fire } = fakeEngine(calls);
     const driver = new EngineDriver(engine);
     driver.acquire(pino(sink));
     const seen: string[] = [];
-    driver.attach(1, session(() => { throw new Error('boom'); }, seen, 1));
-    driver.attach(2, session(() => { throw new Error('boom'); }, seen, 2));
-    driver.attach(3, session(() => { throw new TypeError('other'); }, seen, 3));
-    driver.attach(4, session(() => seen.push('expired 4'), seen, 4));
+    driver.attach(
+      1,
+      session(
+        () => {
+          throw new Error('boom');
+        },
+        seen,
+        1,
+      ),
+    );
+    driver.attach(
+      2,
+      session(
+        () => {
+          throw new Error('boom');
+        },
+        seen,
+        2,
+      ),
+    );
+    driver.attach(
+      3,
+      session(
+        () => {
+          throw new TypeError('other');
+        },
+        seen,
+        3,
+      ),
+    );
+    driver.attach(
+      4,
+      session(() => seen.push('expired 4'), seen, 4),
+    );
     fire([
       [EV_EXPIRED, 1, 100],
       [EV_EXPIRED, 2, 100],

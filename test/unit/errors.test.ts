@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { expect, it } from 'vitest';
-import { ERROR_CODES, EtdError, describeError } from '../../src/errors.js';
+import { describeError, ERROR_CODES, EtdError } from '../../src/errors.js';
 
 const doc = fs.readFileSync(path.join(__dirname, '../../docs/errors.md'), 'utf8');
 const documented = new Set([...doc.matchAll(/`(ETD_ERR_[A-Z_]+)`/g)].map((m) => m[1]));

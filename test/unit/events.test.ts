@@ -3,7 +3,7 @@
 import http from 'node:http';
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { EventRing, SseStream, type SseEnd } from '../../src/api/events.js';
+import { EventRing, type SseEnd, SseStream } from '../../src/api/events.js';
 import type { SessionSummary } from '../../src/proxy/session.js';
 import { waitFor } from '../helpers/wait.js';
 

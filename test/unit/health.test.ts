@@ -1,8 +1,8 @@
 // The pure rise/fall decision (exact transitions) and the SMTP reply reader the health probe uses.
 
 import { describe, expect, it } from 'vitest';
-import { initialHealth, nextHealth, type HealthState } from '../../src/backend/health.js';
-import { ReplyReader, detailOf, type ReplyOutcome } from '../../src/backend/smtpCheck.js';
+import { type HealthState, initialHealth, nextHealth } from '../../src/backend/health.js';
+import { detailOf, type ReplyOutcome, ReplyReader } from '../../src/backend/smtpCheck.js';
 
 /** Feeds a sequence of results ('o' ok, 'x' failed) and returns the 1-based checks where health flipped. */
 function transitions(seq: string, rise: number, fall: number, start: HealthState = initialHealth(true)): Array<[number, 'up' | 'down']> {
@@ -30,8 +30,14 @@ describe('nextHealth (rise 2, fall 3)', () => {
 
   it('a down server comes up on exactly the 2nd consecutive success', () => {
     expect(transitions('xxxo', 2, 3)).toEqual([[3, 'down']]);
-    expect(transitions('xxxoo', 2, 3)).toEqual([[3, 'down'], [5, 'up']]);
-    expect(transitions('xxxoxoo', 2, 3)).toEqual([[3, 'down'], [7, 'up']]);
+    expect(transitions('xxxoo', 2, 3)).toEqual([
+      [3, 'down'],
+      [5, 'up'],
+    ]);
+    expect(transitions('xxxoxoo', 2, 3)).toEqual([
+      [3, 'down'],
+      [7, 'up'],
+    ]);
   });
 
   it('starting down (passive detection) needs rise successes', () => {
@@ -45,7 +51,10 @@ describe('nextHealth (rise 2, fall 3)', () => {
   });
 
   it('the flapping pattern of the integration test', () => {
-    expect(transitions('oxxoxxxooxoo', 2, 3)).toEqual([[7, 'down'], [9, 'up']]);
+    expect(transitions('oxxoxxxooxoo', 2, 3)).toEqual([
+      [7, 'down'],
+      [9, 'up'],
+    ]);
   });
 
   it('keeps exact streak counts', () => {
@@ -64,7 +73,12 @@ describe('nextHealth (rise 2, fall 3)', () => {
 
 describe('nextHealth edge thresholds', () => {
   it('rise 1 / fall 1 flips on every differing result', () => {
-    expect(transitions('xoxo', 1, 1)).toEqual([[1, 'down'], [2, 'up'], [3, 'down'], [4, 'up']]);
+    expect(transitions('xoxo', 1, 1)).toEqual([
+      [1, 'down'],
+      [2, 'up'],
+      [3, 'down'],
+      [4, 'up'],
+    ]);
   });
   it('fall 10 needs ten in a row', () => {
     expect(transitions('x'.repeat(9), 2, 10)).toEqual([]);
@@ -93,7 +107,11 @@ describe('ReplyReader', () => {
     const text = '250-mx.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 8BITMIME\r\n';
     for (const size of [1, 2, 3, 5, 7, 1000]) {
       const out = read(text, size);
-      expect(out).toMatchObject({ kind: 'reply', code: 250, lines: ['250-mx.test', '250-PIPELINING', '250-SIZE 10240000', '250 8BITMIME'] });
+      expect(out).toMatchObject({
+        kind: 'reply',
+        code: 250,
+        lines: ['250-mx.test', '250-PIPELINING', '250-SIZE 10240000', '250 8BITMIME'],
+      });
     }
   });
 
@@ -126,7 +144,7 @@ describe('ReplyReader', () => {
   });
 
   it('flags an endless line', () => {
-    expect(read('220 ' + 'x'.repeat(5000)).kind).toBe('garbage');
+    expect(read(`220 ${'x'.repeat(5000)}`).kind).toBe('garbage');
   });
 });
 

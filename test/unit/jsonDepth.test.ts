@@ -18,7 +18,7 @@ describe('jsonNesting', () => {
   });
 
   it('stops at the limit on a huge input', () => {
-    const deep = '{"a":'.repeat(100_000) + '1' + '}'.repeat(100_000);
+    const deep = `${'{"a":'.repeat(100_000)}1${'}'.repeat(100_000)}`;
     expect(jsonNesting(deep, 32)).toBe(33);
     expect(jsonNesting(deep)).toBe(100_000);
   });

@@ -1,6 +1,6 @@
 // Unprivileged checks of the native addon loader and surface: it loads, exports exactly what addon.ts declares, shares the event vocabulary with protocol.ts, rejects bad arguments cleanly.
 
-import { readFileSync, readdirSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
@@ -8,17 +8,17 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { EtdError, isEtdError } from '../../src/errors.js';
 import { ADDON_FUNCTIONS } from '../../src/native/addon.js';
 import { loadEngine } from '../../src/native/engine.js';
-import * as protocol from '../../src/proxy/protocol.js';
-import type { EngineState } from '../../src/proxy/protocol.js';
 import {
-  SOCKET_FUNCTIONS,
-  TransparentSyscallError,
   addonCandidates,
+  loadedAddonPath,
   loadTransparent,
   loadTransparentFrom,
-  loadedAddonPath,
+  SOCKET_FUNCTIONS,
   type TransparentAddon,
+  TransparentSyscallError,
 } from '../../src/native/transparent.js';
+import type { EngineState } from '../../src/proxy/protocol.js';
+import * as protocol from '../../src/proxy/protocol.js';
 
 const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
 const openFds = (): number => readdirSync('/proc/self/fd').length;
@@ -58,9 +58,20 @@ describe('native addon loader', () => {
     expect(ADDON_FUNCTIONS.filter((n) => !exported.includes(n))).toEqual([]); // nothing missing
     expect(exported).toEqual([...ADDON_FUNCTIONS]);
     for (const name of exported) expect(typeof raw()[name]).toBe('function');
-    expect(Object.keys(loadEngine()).sort()).toEqual(
-      ['close', 'connect', 'counts', 'defineProfile', 'drop', 'hold', 'inspect', 'listen', 'reply', 'start', 'stop', 'unlisten'],
-    );
+    expect(Object.keys(loadEngine()).sort()).toEqual([
+      'close',
+      'connect',
+      'counts',
+      'defineProfile',
+      'drop',
+      'hold',
+      'inspect',
+      'listen',
+      'reply',
+      'start',
+      'stop',
+      'unlisten',
+    ]);
     const addon = loadTransparent();
     expect(Object.keys(addon).sort()).toEqual([...SOCKET_FUNCTIONS]);
     for (const name of SOCKET_FUNCTIONS) expect(typeof addon[name]).toBe('function');
@@ -73,7 +84,15 @@ describe('native addon loader', () => {
     expect(Object.keys(cCodes).length).toBeGreaterThan(0);
     expect(cCodes).toEqual(tsCodes);
     const cStates = new Set([...header.matchAll(/return "([a-z]+)";/g)].map((m) => m[1]));
-    const tsStates: Record<EngineState, true> = { new: true, held: true, waiting: true, connecting: true, greeting: true, relaying: true, closing: true };
+    const tsStates: Record<EngineState, true> = {
+      new: true,
+      held: true,
+      waiting: true,
+      connecting: true,
+      greeting: true,
+      relaying: true,
+      closing: true,
+    };
     expect(cStates).toEqual(new Set(Object.keys(tsStates)));
   });
 
@@ -96,7 +115,12 @@ describe('native addon loader', () => {
 
 describe('native addon arguments', () => {
   const bad: Array<[string, unknown[], 'TypeError' | 'RangeError', RegExp]> = [
-    ['transparentSocket', ['4', '10.0.0.1', 0, 0], 'TypeError', /^transparentSocket\(family, address, mark, synCount\): family must be the number 4 or 6, got string$/],
+    [
+      'transparentSocket',
+      ['4', '10.0.0.1', 0, 0],
+      'TypeError',
+      /^transparentSocket\(family, address, mark, synCount\): family must be the number 4 or 6, got string$/,
+    ],
     ['transparentSocket', [4, 167772161, 0, 0], 'TypeError', /address must be a string, got number$/],
     ['transparentSocket', [4, '10.0.0.1', '1', 0], 'TypeError', /mark must be a number, got string$/],
     ['transparentSocket', [4, '10.0.0.1', 0, null], 'TypeError', /synCount must be a number, got null$/],
@@ -109,7 +133,12 @@ describe('native addon arguments', () => {
     ['transparentSocket', [4, '10.0.0.1', 1.5, 0], 'RangeError', /mark must be an integer .* got 1\.5$/],
     ['transparentSocket', [4, '10.0.0.1', 0, 128], 'RangeError', /synCount must be an integer from 0 to 127, got 128$/],
     ['transparentSocket', [4, '10.0.0.1', 0, NaN], 'RangeError', /synCount must be an integer from 0 to 127, got NaN$/],
-    ['transparentListener', [6, '::1', 65536, 8], 'RangeError', /^transparentListener\(family, address, port, backlog, \{ reusePort \}\?\): port must be an integer from 0 to 65535, got 65536$/],
+    [
+      'transparentListener',
+      [6, '::1', 65536, 8],
+      'RangeError',
+      /^transparentListener\(family, address, port, backlog, \{ reusePort \}\?\): port must be an integer from 0 to 65535, got 65536$/,
+    ],
     ['transparentListener', [6, '::1', 25, 0], 'RangeError', /backlog must be an integer from 1 to 2147483647, got 0$/],
     ['transparentListener', [6, '::1', 25, Infinity], 'RangeError', /backlog must be .* got Infinity$/],
     ['transparentListener', [{}, '::1', 25, 8], 'TypeError', /family must be the number 4 or 6, got object$/],
@@ -119,10 +148,25 @@ describe('native addon arguments', () => {
     ['closeFd', ['3'], 'TypeError', /^closeFd\(fd\): fd must be a number, got string$/],
     ['closeFd', [-1], 'RangeError', /^closeFd\(fd\): fd must be an integer from 0 to 2147483647, got -1$/],
     ['closeFd', [], 'TypeError', /^closeFd\(fd\): expected 1 arguments, got 0$/],
-    ['plainListener', [4, '127.0.0.1', 0, 1, false], 'TypeError', /^plainListener\(\{ family, address, port, backlog, v6only, freebind\?, reusePort\? \}\): expected 1 arguments, got 5$/],
+    [
+      'plainListener',
+      [4, '127.0.0.1', 0, 1, false],
+      'TypeError',
+      /^plainListener\(\{ family, address, port, backlog, v6only, freebind\?, reusePort\? \}\): expected 1 arguments, got 5$/,
+    ],
     ['plainListener', [{ family: 4, address: '127.0.0.1', port: 0, backlog: 1 }], 'TypeError', /v6only must be a boolean, got undefined$/],
-    ['plainListener', [{ family: 4, address: '127.0.0.1', port: 70000, backlog: 1, v6only: false }], 'RangeError', /port must be an integer from 0 to 65535, got 70000$/],
-    ['plainListener', [{ family: 4, address: '127.0.0.1', port: 0, backlog: 1, v6only: false, reusePort: 'yes' }], 'TypeError', /reusePort must be a boolean, got string$/],
+    [
+      'plainListener',
+      [{ family: 4, address: '127.0.0.1', port: 70000, backlog: 1, v6only: false }],
+      'RangeError',
+      /port must be an integer from 0 to 65535, got 70000$/,
+    ],
+    [
+      'plainListener',
+      [{ family: 4, address: '127.0.0.1', port: 0, backlog: 1, v6only: false, reusePort: 'yes' }],
+      'TypeError',
+      /reusePort must be a boolean, got string$/,
+    ],
     ['sockName', ['3'], 'TypeError', /^sockName\(fd\): fd must be a number, got string$/],
   ];
 

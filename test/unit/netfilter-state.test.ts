@@ -9,7 +9,9 @@ const config = netfilterConfig;
 
 // Captured from `nft -j list table inet etd` (nftables 1.0.6) after applying a batch with
 // ip daddr { 10.0.0.0/8, 11.0.0.0/8, 192.0.2.7 } and ip6 daddr { 2001:db8::/32 }, plus a foreign-looking range rule.
-const LIVE = JSON.parse(`{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "etd", "handle": 1}}, {"chain": {"family": "inet", "table": "etd", "name": "divert", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept"}}, {"chain": {"family": "inet", "table": "etd", "name": "intercept", "handle": 3, "type": "filter", "hook": "prerouting", "prio": -149, "policy": "accept"}}, {"rule": {"family": "inet", "table": "etd", "chain": "divert", "handle": 2, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}, {"match": {"op": "==", "left": {"socket": {"key": "transparent"}}, "right": 1}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "etd", "chain": "intercept", "handle": 4, "expr": [{"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}}, {"return": null}]}}, {"rule": {"family": "inet", "table": "etd", "chain": "intercept", "handle": 6, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 25}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": [{"prefix": {"addr": "10.0.0.0", "len": 7}}, "192.0.2.7"]}}}, {"tproxy": {"family": "ip", "addr": "127.0.0.1", "port": 10025}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "etd", "chain": "intercept", "handle": 7, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 25}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": {"prefix": {"addr": "2001:db8::", "len": 32}}}}, {"tproxy": {"family": "ip6", "addr": "::1", "port": 10025}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "etd", "chain": "intercept", "handle": 8, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 25}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"range": ["10.1.2.3", "10.1.2.9"]}}}, {"accept": null}]}}]}`);
+const LIVE = JSON.parse(
+  `{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "etd", "handle": 1}}, {"chain": {"family": "inet", "table": "etd", "name": "divert", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept"}}, {"chain": {"family": "inet", "table": "etd", "name": "intercept", "handle": 3, "type": "filter", "hook": "prerouting", "prio": -149, "policy": "accept"}}, {"rule": {"family": "inet", "table": "etd", "chain": "divert", "handle": 2, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}, {"match": {"op": "==", "left": {"socket": {"key": "transparent"}}, "right": 1}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "etd", "chain": "intercept", "handle": 4, "expr": [{"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}}, {"return": null}]}}, {"rule": {"family": "inet", "table": "etd", "chain": "intercept", "handle": 6, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 25}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": [{"prefix": {"addr": "10.0.0.0", "len": 7}}, "192.0.2.7"]}}}, {"tproxy": {"family": "ip", "addr": "127.0.0.1", "port": 10025}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "etd", "chain": "intercept", "handle": 7, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 25}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": {"prefix": {"addr": "2001:db8::", "len": 32}}}}, {"tproxy": {"family": "ip6", "addr": "::1", "port": 10025}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "etd", "chain": "intercept", "handle": 8, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 25}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"range": ["10.1.2.3", "10.1.2.9"]}}}, {"accept": null}]}}]}`,
+);
 
 const statuses = (c: Config, live = parseTable(LIVE)) => Object.fromEntries(checkTable(live, c).map((i) => [i.id, i.status]));
 
@@ -35,12 +37,20 @@ describe('checkTable', () => {
     const port = config([{ name: 'mx', mode: 'intercept', destinations: ['2001:db8::/32'] }], { tproxyPort: 2525 });
     expect(statuses(port)).toMatchObject({ 'nft.rule.intercept.mx.v6': 'missing' });
     // A rule without destinations must not be mistaken for one with them, nor the reverse.
-    expect(statuses(config([{ name: 'mx', mode: 'intercept' }]))).toMatchObject({ 'nft.rule.intercept.mx.v4': 'missing', 'nft.rule.intercept.mx.v6': 'missing' });
+    expect(statuses(config([{ name: 'mx', mode: 'intercept' }]))).toMatchObject({
+      'nft.rule.intercept.mx.v4': 'missing',
+      'nft.rule.intercept.mx.v6': 'missing',
+    });
   });
 
   it('a vip config sees the intercept chain as stale', () => {
     const c = config([{ mode: 'vip' }]);
-    expect(statuses(c)).toEqual({ 'nft.table': 'ok', 'nft.chain.divert': 'ok', 'nft.rule.divert': 'ok', 'nft.chain.intercept': 'unexpected' });
+    expect(statuses(c)).toEqual({
+      'nft.table': 'ok',
+      'nft.chain.divert': 'ok',
+      'nft.rule.divert': 'ok',
+      'nft.chain.intercept': 'unexpected',
+    });
     expect(staleChains(parseTable(LIVE), c)).toEqual(['intercept']);
   });
 

@@ -10,9 +10,12 @@ const readme = fs.readFileSync(path.join(__dirname, '../../README.md'), 'utf8');
 /** Dotted key paths of the schema's leaves ("listeners[].port", "upstream.health.rise"). */
 function leaves(schema: Record<string, unknown>, prefix = ''): string[] {
   if (schema.type === 'object' && schema.properties) {
-    return Object.entries(schema.properties as Record<string, Record<string, unknown>>).flatMap(([k, v]) => leaves(v, prefix ? `${prefix}.${k}` : k));
+    return Object.entries(schema.properties as Record<string, Record<string, unknown>>).flatMap(([k, v]) =>
+      leaves(v, prefix ? `${prefix}.${k}` : k),
+    );
   }
-  if (schema.type === 'array' && (schema.items as Record<string, unknown>)?.type === 'object') return leaves(schema.items as Record<string, unknown>, `${prefix}[]`);
+  if (schema.type === 'array' && (schema.items as Record<string, unknown>)?.type === 'object')
+    return leaves(schema.items as Record<string, unknown>, `${prefix}[]`);
   return [prefix];
 }
 

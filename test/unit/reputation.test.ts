@@ -1,11 +1,11 @@
 // The reputation decision, pure: answer patterns, query names, the score and what it earns (table-tested).
 
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_MATCH, compilePatterns, isRefusedAnswer, matchesAny, parsePattern } from '../../src/reputation/match.js';
-import { queryName } from '../../src/reputation/query.js';
-import { decide, replyText, scoreOf, settledDecision, type ReputationList, type ZoneAnswer } from '../../src/reputation/score.js';
 import { isResolverAddress, isZoneName } from '../../src/reputation/configCheck.js';
 import { dnsblFindings, type ZoneProbe } from '../../src/reputation/doctorFindings.js';
+import { compilePatterns, DEFAULT_MATCH, isRefusedAnswer, matchesAny, parsePattern } from '../../src/reputation/match.js';
+import { queryName } from '../../src/reputation/query.js';
+import { decide, type ReputationList, replyText, scoreOf, settledDecision, type ZoneAnswer } from '../../src/reputation/score.js';
 
 describe('answer patterns', () => {
   const cases: Array<[string, string, boolean]> = [
@@ -62,8 +62,19 @@ describe('query names', () => {
   it('nothing for a non-address', () => expect(queryName('mail.example', 'zen.example')).toBeUndefined());
 });
 
-const list = (zone: string, weight: number, match: readonly string[] = DEFAULT_MATCH, name = zone): ReputationList => ({ zone, name, weight, patterns: compilePatterns(match) });
-const LISTS = [list('bl3.test', 3), list('one.test', 1), list('two.test', 1), list('wl.test', -2, ['127.0.[0..255].[1..3]'], 'allowlist'), list('refused.test', 3)];
+const list = (zone: string, weight: number, match: readonly string[] = DEFAULT_MATCH, name = zone): ReputationList => ({
+  zone,
+  name,
+  weight,
+  patterns: compilePatterns(match),
+});
+const LISTS = [
+  list('bl3.test', 3),
+  list('one.test', 1),
+  list('two.test', 1),
+  list('wl.test', -2, ['127.0.[0..255].[1..3]'], 'allowlist'),
+  list('refused.test', 3),
+];
 const A = (...addresses: string[]): ZoneAnswer => ({ status: 'answer', addresses });
 const NONE: ZoneAnswer = { status: 'none' };
 const TIMEOUT: ZoneAnswer = { status: 'timeout' };
@@ -77,7 +88,13 @@ describe('score and decision (threshold 3, allowThreshold -1)', () => {
     ['allowlist answer outside its match', { 'wl.test': A('127.0.10.4') }, 0, 'window', []],
     ['listed and allowlisted', { 'bl3.test': A('127.0.0.2'), 'wl.test': A('127.0.0.2') }, 1, 'window', ['bl3.test', 'allowlist']],
     ['a refused query counts nothing', { 'refused.test': A('127.255.255.254') }, 0, 'window', []],
-    ['a timeout counts nothing', { 'bl3.test': TIMEOUT, 'one.test': { status: 'overflow' }, 'two.test': { status: 'error' } }, 0, 'window', []],
+    [
+      'a timeout counts nothing',
+      { 'bl3.test': TIMEOUT, 'one.test': { status: 'overflow' }, 'two.test': { status: 'error' } },
+      0,
+      'window',
+      [],
+    ],
     ['several answers: the list counts once', { 'bl3.test': A('127.0.0.2', '127.0.0.4', '127.0.0.10') }, 3, 'refuse', ['bl3.test']],
     ['a refused answer beside a listing', { 'bl3.test': A('127.255.255.254', '127.0.0.3') }, 3, 'refuse', ['bl3.test']],
   ];
@@ -89,7 +106,13 @@ describe('score and decision (threshold 3, allowThreshold -1)', () => {
   });
 
   it('names refused answers and unanswered zones', () => {
-    const s = scoreOf(LISTS, new Map([['refused.test', A('127.255.255.254')], ['bl3.test', TIMEOUT]]));
+    const s = scoreOf(
+      LISTS,
+      new Map([
+        ['refused.test', A('127.255.255.254')],
+        ['bl3.test', TIMEOUT],
+      ]),
+    );
     expect(s.refused).toEqual([{ zone: 'refused.test', answer: '127.255.255.254' }]);
     expect(s.unanswered).toEqual(['bl3.test', 'one.test', 'two.test', 'wl.test']);
   });
@@ -103,8 +126,13 @@ describe('score and decision (threshold 3, allowThreshold -1)', () => {
   ] as const)('score %i → %s', (score, want) => expect(decide(score, 3, -1)).toBe(want));
 
   it('the reply names the heaviest list and the client; the name can hide the zone', () => {
-    const hits = [{ name: 'one.test', answer: '127.0.0.2', weight: 1 }, { name: 'a blocklist', answer: '127.0.0.2', weight: 3 }];
-    expect(replyText('554 5.7.1 Service unavailable; client [{client}] blocked using {name}', '192.0.2.1', hits)).toBe('554 5.7.1 Service unavailable; client [192.0.2.1] blocked using a blocklist');
+    const hits = [
+      { name: 'one.test', answer: '127.0.0.2', weight: 1 },
+      { name: 'a blocklist', answer: '127.0.0.2', weight: 3 },
+    ];
+    expect(replyText('554 5.7.1 Service unavailable; client [{client}] blocked using {name}', '192.0.2.1', hits)).toBe(
+      '554 5.7.1 Service unavailable; client [192.0.2.1] blocked using a blocklist',
+    );
   });
 });
 
@@ -162,7 +190,12 @@ describe('doctor findings per zone (test entry 127.0.0.2)', () => {
     ['listed as it should be', { zone: 'zen.example', answers: ['127.0.0.2'] }, 'OK', /answered 127\.0\.0\.2 through 192\.0\.2\.53/],
     ['refused (public resolver)', { zone: 'zen.example', answers: ['127.255.255.254'] }, 'FAIL', /refused the query/],
     ['no such name', { zone: 'zen.example', none: true }, 'WARN', /does not exist: the zone name may be wrong/],
-    ['unreachable', { zone: 'zen.example', error: 'ETIMEOUT' }, 'FAIL', /no answer for 2\.0\.0\.127\.zen\.example through 192\.0\.2\.53 \(ETIMEOUT\)/],
+    [
+      'unreachable',
+      { zone: 'zen.example', error: 'ETIMEOUT' },
+      'FAIL',
+      /no answer for 2\.0\.0\.127\.zen\.example through 192\.0\.2\.53 \(ETIMEOUT\)/,
+    ],
     ['an answer outside match', { zone: 'wl.example', answers: ['127.0.0.9'] }, 'WARN', /does not count/],
   ];
   it.each(rows)('%s', (_, probe, status, detail) => {

@@ -10,8 +10,8 @@ import { policyOf } from '../../src/proxy/policy.js';
 import type { SessionContext, SessionSummary } from '../../src/proxy/protocol.js';
 import { Session } from '../../src/proxy/session.js';
 import { createSource } from '../../src/proxy/upstream.js';
-import { Reputation } from '../../src/reputation/lookup.js';
 import { applyScore, vouching } from '../../src/reputation/gate.js';
+import { Reputation } from '../../src/reputation/lookup.js';
 import type { Score } from '../../src/reputation/score.js';
 import { parseStrictJson } from '../../src/util/strictJson.js';
 
@@ -24,15 +24,29 @@ function setup(reputation: Record<string, unknown> = {}) {
     state: { path: ':memory:' },
     detection: { window: '6s' },
     upstream: { servers: [{ name: 'a', address: '10.0.0.1' }], health: { enabled: false } },
-    reputation: { dnsbl: [{ zone: 'bl.test', weight: 3 }, { zone: 'wl.test', weight: -2 }], ...reputation },
+    reputation: {
+      dnsbl: [
+        { zone: 'bl.test', weight: 3 },
+        { zone: 'wl.test', weight: -2 },
+      ],
+      ...reputation,
+    },
   });
   const calls: Call[] = [];
-  const rec = (name: string, ret: unknown = true) => (...args: unknown[]) => (calls.push([name, ...args]), ret);
+  const rec =
+    (name: string, ret: unknown = true) =>
+    (...args: unknown[]) => {
+      calls.push([name, ...args]);
+      return ret;
+    };
   const engine = {
     defineProfile: rec('profile', undefined),
     hold: rec('hold'),
     connect: rec('connect'),
-    reply: (id: number, r: { text?: string }) => (calls.push(['reply', id, r]), Buffer.byteLength(r.text ?? '')),
+    reply: (id: number, r: { text?: string }) => {
+      calls.push(['reply', id, r]);
+      return Buffer.byteLength(r.text ?? '');
+    },
     drop: rec('drop'),
     close: rec('close'),
     inspect: () => null,
@@ -55,7 +69,12 @@ function setup(reputation: Record<string, unknown> = {}) {
   return { calls, driver, ctx, rep, conn, summaries };
 }
 
-const score = (n: number, hits: Array<[string, string, number]>): Score => ({ score: n, hits: hits.map(([name, answer, weight]) => ({ name, answer, weight })), refused: [], unanswered: [] });
+const score = (n: number, hits: Array<[string, string, number]>): Score => ({
+  score: n,
+  hits: hits.map(([name, answer, weight]) => ({ name, answer, weight })),
+  refused: [],
+  unanswered: [],
+});
 
 describe('a score applied to a held session', () => {
   it('≥ threshold: refused with the reply naming the list, verdict dnsbl, score and lists in the summary, never connected', () => {
@@ -64,8 +83,15 @@ describe('a score applied to a held session', () => {
     s.begin();
     applyScore(s, t.rep, score(3, [['bl.test', '127.0.0.2', 3]]));
     expect(t.calls.some((c) => c[0] === 'connect')).toBe(false);
-    expect(t.calls.find((c) => c[0] === 'reply')?.[2]).toMatchObject({ text: '554 5.7.1 Service unavailable; client [192.0.2.9] blocked using bl.test\r\n' });
-    expect(t.summaries[0]).toMatchObject({ verdict: 'dnsbl', cause: 'dnsbl_reject', score: 3, lists: [{ name: 'bl.test', answer: '127.0.0.2' }] });
+    expect(t.calls.find((c) => c[0] === 'reply')?.[2]).toMatchObject({
+      text: '554 5.7.1 Service unavailable; client [192.0.2.9] blocked using bl.test\r\n',
+    });
+    expect(t.summaries[0]).toMatchObject({
+      verdict: 'dnsbl',
+      cause: 'dnsbl_reject',
+      score: 3,
+      lists: [{ name: 'bl.test', answer: '127.0.0.2' }],
+    });
     // One summary line, strict JSON (no key twice).
     expect(() => parseStrictJson(JSON.stringify(t.summaries[0]))).not.toThrow();
     expect(t.rep.counters.refusedClients).toBe(1);

@@ -17,7 +17,7 @@ const INTERCEPT_HEAD = [
   'add chain inet etd intercept { type filter hook prerouting priority mangle + 1; policy accept; }',
   'add rule inet etd intercept fib daddr type local return',
 ];
-const batch = (...lines: string[]) => lines.join('\n') + '\n';
+const batch = (...lines: string[]) => `${lines.join('\n')}\n`;
 
 describe('rulesetBatch', () => {
   it('vip: only the divert chain', () => {
@@ -61,7 +61,9 @@ describe('rulesetBatch', () => {
   });
 
   it('intercept with mixed destinations: one rule per family with its own prefixes; IPv4-mapped counts as IPv4', () => {
-    expect(rulesetBatch(config([{ mode: 'intercept', port: 587, destinations: ['2001:db8:1::/48', '10.0.0.0/8', '::ffff:192.0.2.9'] }]))).toBe(
+    expect(
+      rulesetBatch(config([{ mode: 'intercept', port: 587, destinations: ['2001:db8:1::/48', '10.0.0.0/8', '::ffff:192.0.2.9'] }])),
+    ).toBe(
       batch(
         ...HEAD,
         ...INTERCEPT_HEAD,
@@ -72,7 +74,13 @@ describe('rulesetBatch', () => {
   });
 
   it('custom mark (hex), tableName and tproxyPort; table and rulePriority are routing-only', () => {
-    const c = config([{ mode: 'intercept', destinations: ['203.0.113.0/24'] }], { mark: 0xbeef, table: 205, rulePriority: 42, tproxyPort: 2525, tableName: 'etd_gw1' });
+    const c = config([{ mode: 'intercept', destinations: ['203.0.113.0/24'] }], {
+      mark: 0xbeef,
+      table: 205,
+      rulePriority: 42,
+      tproxyPort: 2525,
+      tableName: 'etd_gw1',
+    });
     expect(rulesetBatch(c)).toBe(
       batch(
         'add table inet etd_gw1',
@@ -134,7 +142,14 @@ describe('rulesetBatch', () => {
 
 describe('interceptRules', () => {
   it('splits destinations by family and keeps parsed prefixes', () => {
-    const rules = interceptRules({ name: 'x', address: '0.0.0.0', port: 25, mode: 'intercept', backlog: 1, destinations: ['10.0.0.0/8', '2001:db8::/32'] });
+    const rules = interceptRules({
+      name: 'x',
+      address: '0.0.0.0',
+      port: 25,
+      mode: 'intercept',
+      backlog: 1,
+      destinations: ['10.0.0.0/8', '2001:db8::/32'],
+    });
     expect(rules.map((r) => [r.family, r.destinations.map((d) => d.text)])).toEqual([
       [4, ['10.0.0.0/8']],
       [6, ['2001:db8::/32']],

@@ -3,9 +3,9 @@
 import { Type } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { describe, expect, it } from 'vitest';
-import { commonMessage, fallbackMessage, pointerToPath, showValue } from '../../src/config/schemaErrors.js';
 import { problems } from '../../src/api/validation.js';
 import { validateConfig } from '../../src/config/load.js';
+import { commonMessage, fallbackMessage, pointerToPath, showValue } from '../../src/config/schemaErrors.js';
 
 describe('pointerToPath', () => {
   it('writes list indexes in brackets and keys with dots, decoding ~1 and ~0', () => {
@@ -44,7 +44,9 @@ describe('one wording for config and API', () => {
     const e = errs({ port: 0, on: true })[0]!;
     expect(commonMessage(e)).toBe('must be from 1 to 65535 (got 0)');
     expect(problems(schema, 'body', { port: 0, on: true })).toEqual(['body.port: must be from 1 to 65535 (got 0)']);
-    expect(() => validateConfig({ listeners: [{ name: 'a', port: 70000 }], upstream: { servers: [{ name: 's', address: '127.0.0.1' }] } })).toThrow(/listeners\[0\]\.port: must be from 0 to 65535 \(got 70000\)/);
+    expect(() =>
+      validateConfig({ listeners: [{ name: 'a', port: 70000 }], upstream: { servers: [{ name: 's', address: '127.0.0.1' }] } }),
+    ).toThrow(/listeners\[0\]\.port: must be from 0 to 65535 \(got 70000\)/);
   });
 
   it('every error gets a sentence', () => {

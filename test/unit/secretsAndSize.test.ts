@@ -3,12 +3,12 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import YAML from 'yaml';
 import { afterAll, describe, expect, it } from 'vitest';
+import YAML from 'yaml';
+import { statusToken } from '../../src/commands/status.js';
 import { configToYaml, loadConfig, MAX_CONFIG_BYTES, validateConfig } from '../../src/config/load.js';
 import { isEtdError } from '../../src/errors.js';
 import { rawAtInUserinfo, redactUrl, urlWithoutCredentials } from '../../src/util/redact.js';
-import { statusToken } from '../../src/commands/status.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-secrets-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -44,7 +44,9 @@ describe('URL secrets', () => {
     const yaml = configToYaml(c);
     expect(yaml).toContain('redis://etd:<redacted>@127.0.0.1:6379/2');
     expect(yaml).not.toMatch(/p%40ss|ss@/);
-    expect((YAML.parse(configToYaml(c, false)) as { cluster: { redis: { url: string } } }).cluster.redis.url).toBe('redis://etd:p%40ss@127.0.0.1:6379/2');
+    expect((YAML.parse(configToYaml(c, false)) as { cluster: { redis: { url: string } } }).cluster.redis.url).toBe(
+      'redis://etd:p%40ss@127.0.0.1:6379/2',
+    );
   });
 
   it('redactUrl parses the URL: the whole password goes, whatever it holds', () => {
@@ -65,14 +67,19 @@ describe('etd status token', () => {
     expect(statusToken(f, 'from-env', 'from-config')).toBe('from-the-file-0123456789');
     expect(statusToken(undefined, 'from-env', 'from-config')).toBe('from-env');
     expect(statusToken(undefined, undefined, 'from-config')).toBe('from-config');
-    expect(statusToken(path.join(dir, 'missing'), undefined, undefined)).toEqual({ error: expect.stringMatching(/cannot read the token file .*ENOENT/) });
+    expect(statusToken(path.join(dir, 'missing'), undefined, undefined)).toEqual({
+      error: expect.stringMatching(/cannot read the token file .*ENOENT/),
+    });
   });
 });
 
 describe('config size cap', () => {
   it('a file over 1 MiB is refused with ETD_ERR_CONFIG_READ before it is parsed; one under it loads', () => {
     const big = path.join(dir, 'big.yaml');
-    const listeners = Array.from({ length: 30_000 }, (_, i) => `  - { name: l${i}, address: 127.0.0.1, port: ${1024 + (i % 60000)}, mode: plain }`);
+    const listeners = Array.from(
+      { length: 30_000 },
+      (_, i) => `  - { name: l${i}, address: 127.0.0.1, port: ${1024 + (i % 60000)}, mode: plain }`,
+    );
     fs.writeFileSync(big, `listeners:\n${listeners.join('\n')}\nupstream: { servers: [{ name: mx, address: 127.0.0.1, port: 25 }] }\n`);
     expect(fs.statSync(big).size).toBeGreaterThan(MAX_CONFIG_BYTES);
     let err: unknown;

@@ -105,7 +105,15 @@ describe('Session', () => {
     s.expired(101.2);
     const connect = calls.find((c) => c[0] === 'connect')!;
     expect(connect[1]).toBe(7);
-    expect(connect[2]).toMatchObject({ profile: 0, family: 4, sourceAddress: '', synCount: 0, address: '10.0.0.1', port: 25, timeoutMs: 5000 });
+    expect(connect[2]).toMatchObject({
+      profile: 0,
+      family: 4,
+      sourceAddress: '',
+      synCount: 0,
+      address: '10.0.0.1',
+      port: 25,
+      timeoutMs: 5000,
+    });
     expect(server(pool, 'a').active).toBe(1);
     s.greeted('220', 1.234, true);
     expect(s.phase).toBe('relaying');
@@ -136,7 +144,15 @@ describe('Session', () => {
     expect(server(pool, 'a').active).toBe(1);
     s.talkedEarly(130.456, Buffer.from('EHLO x\r\n'), 8, 'connecting', 0);
     expect(server(pool, 'a').active).toBe(0);
-    expect(summaries[0]).toMatchObject({ verdict: 'early_talker', cause: 'rejected', action: 'reject', talkedAfterMs: 130.46, talkedDuring: 'connecting', earlyBytes: 'EHLO x\\r\\n', bytesFromClient: 8 });
+    expect(summaries[0]).toMatchObject({
+      verdict: 'early_talker',
+      cause: 'rejected',
+      action: 'reject',
+      talkedAfterMs: 130.46,
+      talkedDuring: 'connecting',
+      earlyBytes: 'EHLO x\\r\\n',
+      bytesFromClient: 8,
+    });
     // Later events for the same id change nothing.
     s.gone('client_closed');
     expect(summaries).toHaveLength(1);
@@ -221,11 +237,20 @@ describe('Session', () => {
     s.greeted('220', 1, true);
     s.ended('client_closed', 50, 60);
     expect(events).toEqual([`started ${s.id}`, `relaying ${s.id}`]);
-    expect(summaries[0]).toMatchObject({ verdict: 'passed', action: 'log', talkedAfterMs: 10, talkedDuring: 'held', earlyBytes: 'EHLO x\\r\\n', cause: 'client_closed' });
+    expect(summaries[0]).toMatchObject({
+      verdict: 'passed',
+      action: 'log',
+      talkedAfterMs: 10,
+      talkedDuring: 'held',
+      earlyBytes: 'EHLO x\\r\\n',
+      cause: 'client_closed',
+    });
   });
 
   it('talk while the greeting is read credits the connect to the server (passive health)', () => {
-    const { driver, pool, ctx, conn } = setup({ upstream: { servers: [{ name: 'a', address: '10.0.0.1' }], health: { enabled: false }, passiveFall: 2 } });
+    const { driver, pool, ctx, conn } = setup({
+      upstream: { servers: [{ name: 'a', address: '10.0.0.1' }], health: { enabled: false }, passiveFall: 2 },
+    });
     const a = server(pool, 'a');
     pool.connectFailed(a, 'timeout');
     const s = new Session(driver, conn, ctx);

@@ -1,8 +1,8 @@
 // Pure session words: evidence escaping, early-talk causes, the summary's words for engine failures.
 
 import { describe, expect, it } from 'vitest';
-import { escapeBytes } from '../../src/util/escapeBytes.js';
 import { earlyTalkCause, VERDICTS } from '../../src/proxy/verdict.js';
+import { escapeBytes } from '../../src/util/escapeBytes.js';
 
 describe('escapeBytes', () => {
   it('escapes like postscreen and caps at 100 bytes', () => {

@@ -13,7 +13,18 @@ describe('waitFor', () => {
 
   it('gives up after the timeout with what it waited for and the detail', async () => {
     let calls = 0;
-    const err = await waitFor(() => (calls++, false), { timeout: 30, interval: 5, what: () => `3 held (now ${calls > 0 ? 1 : 0})`, detail: () => 'the log so far' }).catch((e: unknown) => e);
+    const err = await waitFor(
+      () => {
+        calls++;
+        return false;
+      },
+      {
+        timeout: 30,
+        interval: 5,
+        what: () => `3 held (now ${calls > 0 ? 1 : 0})`,
+        detail: () => 'the log so far',
+      },
+    ).catch((e: unknown) => e);
     expect(String(err)).toMatch(/^Error: timed out after 30 ms waiting for 3 held \(now 1\)\nthe log so far$/);
     expect(calls).toBeGreaterThan(1);
   });

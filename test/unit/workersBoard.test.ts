@@ -113,7 +113,11 @@ describe('the warning gate', () => {
   it('lets one warning per key and period through, across threads', async () => {
     const warnings = warnGateBuffer();
     const now = Date.now();
-    const passed = await inThreads<number>(4, `let n = 0; for (let i = 0; i < 1000; i++) if (gate('refused:bl.test', 3_600_000, ${now})) n++; return n;`, { warnings });
+    const passed = await inThreads<number>(
+      4,
+      `let n = 0; for (let i = 0; i < 1000; i++) if (gate('refused:bl.test', 3_600_000, ${now})) n++; return n;`,
+      { warnings },
+    );
     expect(passed.reduce((a, b) => a + b, 0)).toBe(1);
     const gate = warnGate(warnings);
     expect(gate('refused:bl.test', 3_600_000, now + 1000)).toBe(false);

@@ -51,7 +51,9 @@ async function reason(res: Response): Promise<string> {
 export async function call<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
   const res = await fetch(path, {
     method,
-    headers: headers(body === undefined ? { accept: 'application/json' } : { accept: 'application/json', 'content-type': 'application/json' }),
+    headers: headers(
+      body === undefined ? { accept: 'application/json' } : { accept: 'application/json', 'content-type': 'application/json' },
+    ),
     ...(body === undefined ? {} : { body: JSON.stringify(body) }),
     cache: 'no-store',
     ...(signal ? { signal } : {}),

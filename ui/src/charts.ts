@@ -1,9 +1,8 @@
 // The last hour as three uPlot charts (sessions/s by verdict, held and relaying, backend connect latency), fed by GET /v1/history and appended to each second.
 
 import uPlot from 'uplot';
-import { VERDICTS } from './verdicts.js';
-
 import type { HistoryColumns } from '../../src/api/history.js';
+import { VERDICTS } from './verdicts.js';
 
 /** The answer of GET /v1/history: the ring's columns and the second they end before. */
 export type History = HistoryColumns & { readonly now: number };
@@ -51,7 +50,10 @@ export class HistoryCharts {
         VERDICTS.map((v, i) => series(v.label, v.colour, DASHES[i % DASHES.length])),
       ),
       makeChart(counts, 'held and relaying connections', 'connections', [series('held', '#b35900'), series('relaying', '#1f6fb2', [6, 3])]),
-      makeChart(latency, 'backend connect latency', 'ms', [series('mean', '#1f6fb2', undefined, true), series('worst', '#8a3ab9', [6, 3], true)]),
+      makeChart(latency, 'backend connect latency', 'ms', [
+        series('mean', '#1f6fb2', undefined, true),
+        series('worst', '#8a3ab9', [6, 3], true),
+      ]),
     );
     const resize = new ResizeObserver(() => {
       for (const [c, el] of [

@@ -29,18 +29,26 @@ function reputationText(r: Reputation): string {
   if (!r.enabled) return 'no lists configured (reputation.dnsbl)';
   const earns = r.decision === 'refuse' ? '⊘ refused' : r.decision === 'allow' ? '✓ allowlisted, skips the window' : '… the window decides';
   const notes = r.lists.filter((l) => l.matched || l.refused || (l.status !== 'answer' && l.status !== 'none'));
-  const detail = notes.map((l) => `${l.name}: ${l.refused ? `${l.answers.join(', ')} (query refused, counts 0)` : l.matched ? l.answers.join(', ') : l.status}`);
+  const detail = notes.map(
+    (l) => `${l.name}: ${l.refused ? `${l.answers.join(', ')} (query refused, counts 0)` : l.matched ? l.answers.join(', ') : l.status}`,
+  );
   return `score ${r.score} — ${earns}${detail.length ? ` — ${detail.join('; ')}` : ''}`;
 }
 
 async function lookup(address: string): Promise<void> {
   clearError('lookup-error');
-  const [c, r] = await Promise.all([get<Client>(`/v1/clients/${encodeURIComponent(address)}`), get<Reputation>(`/v1/reputation/${encodeURIComponent(address)}`)]);
+  const [c, r] = await Promise.all([
+    get<Client>(`/v1/clients/${encodeURIComponent(address)}`),
+    get<Reputation>(`/v1/reputation/${encodeURIComponent(address)}`),
+  ]);
   $('lookup-dnsbl').textContent = reputationText(r);
   $('lookup-result').hidden = false;
-  $('lookup-decision').textContent = `${c.decision === 'deny' ? '⊘ refused at once' : c.decision === 'skip' ? '✓ skips the window' : '… waits the window'} — ${c.reason}`;
+  $('lookup-decision').textContent =
+    `${c.decision === 'deny' ? '⊘ refused at once' : c.decision === 'skip' ? '✓ skips the window' : '… waits the window'} — ${c.reason}`;
   $('lookup-access').textContent = c.access ? `${c.access.list} ${c.access.cidr} (${c.access.source})` : 'no match';
-  $('lookup-cache').textContent = c.cache ? `${c.cache.kind} entry ${c.cache.key}, until ${new Date(c.cache.expires).toLocaleString()}` : `no entry (key ${c.cacheKey})`;
+  $('lookup-cache').textContent = c.cache
+    ? `${c.cache.kind} entry ${c.cache.key}, until ${new Date(c.cache.expires).toLocaleString()}`
+    : `no entry (key ${c.cacheKey})`;
   const del = $<HTMLButtonElement>('lookup-delete');
   del.hidden = c.cache === null;
   del.dataset.key = c.cache?.key ?? '';

@@ -48,7 +48,8 @@ export function fillTable<T>(tableId: string, items: readonly T[], render: (item
     );
 }
 
-export const ms = (x: number | undefined): string => (x === undefined ? '' : x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${x.toFixed(x < 10 ? 2 : 0)} ms`);
+export const ms = (x: number | undefined): string =>
+  x === undefined ? '' : x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${x.toFixed(x < 10 ? 2 : 0)} ms`;
 
 export function setConn(text: string, kind: 'ok' | 'warn' | 'bad'): void {
   const c = $('conn');

@@ -17,7 +17,9 @@ async function runDoctor(): Promise<void> {
   btn.disabled = true;
   $('doctor-verdict').textContent = 'running the checks…';
   try {
-    const r = await call<{ verdict: string; findings: Finding[] }>('POST', '/v1/doctor', { returnPath: $<HTMLInputElement>('doctor-return').checked });
+    const r = await call<{ verdict: string; findings: Finding[] }>('POST', '/v1/doctor', {
+      returnPath: $<HTMLInputElement>('doctor-return').checked,
+    });
     $('doctor-verdict').textContent = r.verdict;
     const table = $('doctor');
     table.hidden = false;

@@ -9,8 +9,8 @@ import { pollAccess, wireClients } from './clients.js';
 import { $, clearTables, setConn } from './dom.js';
 import { wireHealth } from './health.js';
 import { paintStatus, pollHistory, pollStatus, type Status } from './now.js';
-import { paintStream, startStream, wireStream } from './streamView.js';
 import type { StreamHandle } from './stream.js';
+import { paintStream, startStream, wireStream } from './streamView.js';
 
 let stream: StreamHandle | undefined;
 let charts: HistoryCharts | undefined;

@@ -1,10 +1,10 @@
 // The dashboard's "Now" tiles and the last hour: GET /v1/status each second, GET /v1/history for the charts and the rates.
 
+import type { Verdict } from '../../src/proxy/verdict.js';
 import { get } from './api.js';
-import type { HistoryCharts, History } from './charts.js';
+import type { History, HistoryCharts } from './charts.js';
 import { $, el, ms } from './dom.js';
 import { VERDICTS } from './verdicts.js';
-import type { Verdict } from '../../src/proxy/verdict.js';
 
 export interface Status {
   version: string;
@@ -31,7 +31,10 @@ export function paintStatus(s: Status): void {
     ...s.listeners.map((l) => {
       const listening = l.addresses.length > 0;
       const li = el('li');
-      li.append(el('span', listening ? '● listening' : '○ not listening', listening ? 'badge ok' : 'badge bad'), ` ${l.name} (${l.mode}) ${l.addresses.join(', ')}`);
+      li.append(
+        el('span', listening ? '● listening' : '○ not listening', listening ? 'badge ok' : 'badge bad'),
+        ` ${l.name} (${l.mode}) ${l.addresses.join(', ')}`,
+      );
       return li;
     }),
   );
@@ -67,7 +70,10 @@ export async function pollHistory(charts: HistoryCharts): Promise<void> {
   const h = await get<History>(since ? `/v1/history?since=${since}` : '/v1/history');
   charts.append(h);
   for (let i = Math.max(0, h.t.length - RATE_SECONDS); i < h.t.length; i++) {
-    lastSeconds.push({ verdicts: Object.fromEntries(VERDICTS.map((v) => [v.id, h.verdicts[v.id][i] ?? 0])) as Record<Verdict, number>, early: h.earlyTalkers[i] ?? 0 });
+    lastSeconds.push({
+      verdicts: Object.fromEntries(VERDICTS.map((v) => [v.id, h.verdicts[v.id][i] ?? 0])) as Record<Verdict, number>,
+      early: h.earlyTalkers[i] ?? 0,
+    });
   }
   lastSeconds.splice(0, Math.max(0, lastSeconds.length - RATE_SECONDS));
   paintRates();

@@ -1,8 +1,8 @@
 // The live verdict stream: GET /v1/events/stream read through fetch() (so the token travels in a header), parsed, and reconnected with Last-Event-ID after a break.
 
 import { AuthError, headers, token } from './api.js';
-import { SseParser } from './sse.js';
 import type { VerdictRecord } from './feed.js';
+import { SseParser } from './sse.js';
 
 export type StreamState = 'connecting' | 'live' | 'retrying' | 'stopped';
 

@@ -1,6 +1,6 @@
 // The verdict stream's table: recent lines, then the live stream, painted in batches from the feed; filters, pause, the whole line on a click.
 
-import { AuthError, get } from './api.js';
+import { type AuthError, get } from './api.js';
 import { $, el, ms, setConn, verdictBadge } from './dom.js';
 import { VerdictFeed, type VerdictRecord } from './feed.js';
 import { openStream, type StreamHandle } from './stream.js';

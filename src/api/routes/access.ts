@@ -1,7 +1,7 @@
 // GET and POST /v1/access, DELETE /v1/access/{cidr}: the allow/deny lists, with runtime entries that persist in the state store.
 
-import { Type, type Static } from '@sinclair/typebox';
-import { formatAddress, parseCidr, type Cidr } from '../../config/cidr.js';
+import { type Static, Type } from '@sinclair/typebox';
+import { type Cidr, formatAddress, parseCidr } from '../../config/cidr.js';
 import type { AccessEntry } from '../../policy/access.js';
 import { ApiError, ErrorBody, type RoutePlugin } from '../context.js';
 
@@ -20,13 +20,19 @@ export type AccessEntryBody = Static<typeof AccessEntryBody>;
 
 export const AccessListBody = Type.Object({
   denyAction: Type.Union([Type.Literal('reject'), Type.Literal('drop')]),
-  entries: Type.Array(AccessEntryBody, { description: 'in match order: the most specific prefix first, deny before allow at equal length' }),
+  entries: Type.Array(AccessEntryBody, {
+    description: 'in match order: the most specific prefix first, deny before allow at equal length',
+  }),
 });
 export type AccessListBody = Static<typeof AccessListBody>;
 
 export const AccessPost = Type.Object(
   {
-    cidr: Type.String({ minLength: 1, maxLength: 64, description: 'e.g. 192.0.2.0/24, 2001:db8::/32, or one address; host bits must be zero' }),
+    cidr: Type.String({
+      minLength: 1,
+      maxLength: 64,
+      description: 'e.g. 192.0.2.0/24, 2001:db8::/32, or one address; host bits must be zero',
+    }),
     list: ListSchema,
   },
   { additionalProperties: false },
@@ -77,7 +83,8 @@ export const accessRoutes: RoutePlugin = async (api, deps) => {
     {
       schema: {
         summary: 'add a runtime allow or deny entry (kept in the state store across restarts)',
-        description: 'A runtime entry for the same prefix is replaced; a prefix that the config file lists cannot be overridden here (409).',
+        description:
+          'A runtime entry for the same prefix is replaced; a prefix that the config file lists cannot be overridden here (409).',
         tags: ['access'],
         body: AccessPost,
         response: { 200: AccessPostBody, 201: AccessPostBody, 400: ErrorBody, 409: ErrorBody },
@@ -88,7 +95,10 @@ export const accessRoutes: RoutePlugin = async (api, deps) => {
       const same = entriesFor(c);
       const fromConfig = same.find((e) => e.source === 'config');
       if (fromConfig) {
-        throw new ApiError(409, `${text(c)} is in the config file (access.${fromConfig.list}); change it there and reload, it cannot be overridden through the API`);
+        throw new ApiError(
+          409,
+          `${text(c)} is in the config file (access.${fromConfig.list}); change it there and reload, it cannot be overridden through the API`,
+        );
       }
       const added = access.add(text(c), req.body.list, 'runtime');
       if (typeof added === 'string') throw new ApiError(409, `body.cidr: ${added}`); // the runtime list is full (access.maxEntries)

@@ -1,9 +1,9 @@
 // GET /v1/backends and PATCH /v1/backends/{name}: backend servers and the operator's drain/maint override.
 
-import { Type, type Static } from '@sinclair/typebox';
-import { ServerSchema } from '../../config/schema.js';
-import type { Server } from '../../backend/pool.js';
+import { type Static, Type } from '@sinclair/typebox';
 import type { HealthChecker, LastCheck } from '../../backend/health.js';
+import type { Server } from '../../backend/pool.js';
+import { ServerSchema } from '../../config/schema.js';
 import { ApiError, ErrorBody, type RoutePlugin } from '../context.js';
 
 const CheckBody = Type.Object({
@@ -65,7 +65,8 @@ export const BackendParams = Type.Object({ name: ServerSchema.properties.name },
 export const BackendPatch = Type.Object(
   {
     state: Type.Union([Type.Literal('up'), Type.Literal('drain'), Type.Literal('maint')], {
-      description: 'drain: no new sessions, current ones finish; maint: the same, for maintenance; up: clear the override (health decides again)',
+      description:
+        'drain: no new sessions, current ones finish; maint: the same, for maintenance; up: clear the override (health decides again)',
     }),
     reason: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'logged with the change' })),
   },
@@ -87,7 +88,14 @@ function view(s: Server, health: HealthChecker): BackendBody {
     total: s.total,
     lastReason: s.lastReason,
     check: h
-      ? { checked: h.checked, okStreak: h.okStreak, failStreak: h.failStreak, checks: h.checks, last: checkView(h.last), lastFailure: checkView(h.lastFailure) }
+      ? {
+          checked: h.checked,
+          okStreak: h.okStreak,
+          failStreak: h.failStreak,
+          checks: h.checks,
+          last: checkView(h.last),
+          lastFailure: checkView(h.lastFailure),
+        }
       : null,
   };
 }
@@ -112,7 +120,9 @@ export const backendRoutes: RoutePlugin = async (api, deps) => {
 
   api.get(
     '/v1/backends/:name',
-    { schema: { summary: 'one backend server', tags: ['backends'], params: BackendParams, response: { 200: BackendBody, 404: ErrorBody } } },
+    {
+      schema: { summary: 'one backend server', tags: ['backends'], params: BackendParams, response: { 200: BackendBody, 404: ErrorBody } },
+    },
     async (req) => show(find(req.params.name)),
   );
 

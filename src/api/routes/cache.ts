@@ -1,6 +1,6 @@
 // GET /v1/cache, GET and DELETE /v1/cache/{ip}: the pass and deny cache entries, to see and to forget.
 
-import { Type, type Static } from '@sinclair/typebox';
+import { type Static, Type } from '@sinclair/typebox';
 import { addressToBigInt, formatAddress, parseCidr } from '../../config/cidr.js';
 import { ApiError, ErrorBody, type RoutePlugin } from '../context.js';
 
@@ -39,7 +39,8 @@ export const CacheParams = Type.Object(
     ip: Type.String({
       minLength: 1,
       maxLength: 64,
-      description: 'a client address (any address: with cache.scope net its network is looked up), or a cache key such as 192.0.2.0/24 or 2001:db8:1:2::/64; URL-encode the "/" as %2F',
+      description:
+        'a client address (any address: with cache.scope net its network is looked up), or a cache key such as 192.0.2.0/24 or 2001:db8:1:2::/64; URL-encode the "/" as %2F',
     }),
   },
   { additionalProperties: false },
@@ -55,7 +56,10 @@ export function cacheParam(text: string): string {
     if (typeof c === 'string') throw new ApiError(400, `path.ip: ${c}`);
     const want = c.family === 4 ? 24 : 64;
     if (c.prefix !== want) {
-      throw new ApiError(400, `path.ip: "${text}" is not a cache key; keys are addresses, or with cache.scope net an IPv4 /24 or an IPv6 /64 (e.g. 192.0.2.0/24)`);
+      throw new ApiError(
+        400,
+        `path.ip: "${text}" is not a cache key; keys are addresses, or with cache.scope net an IPv4 /24 or an IPv6 /64 (e.g. 192.0.2.0/24)`,
+      );
     }
     return `${formatAddress(c.family, c.network)}/${c.prefix}`;
   }

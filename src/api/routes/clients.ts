@@ -1,6 +1,6 @@
 // GET /v1/clients/{address}: everything etd would consult about one client — its access-list match and its pass/deny cache entry — and what it would do.
 
-import { Type, type Static } from '@sinclair/typebox';
+import { type Static, Type } from '@sinclair/typebox';
 import { cacheKey } from '../../policy/clientCache.js';
 import { ErrorBody, type RoutePlugin } from '../context.js';
 import { clientAddressParam } from '../validation.js';
@@ -13,7 +13,8 @@ export const ClientBody = Type.Object({
   access: Type.Union([AccessEntryBody, Type.Null()], { description: 'the access entry that matches it (the most specific), or null' }),
   cache: Type.Union([CacheEntryBody, Type.Null()], { description: 'its pass or deny cache entry, or null' }),
   decision: Type.Union([Type.Literal('deny'), Type.Literal('skip'), Type.Literal('window')], {
-    description: 'what a new connection from it gets now (connection limits aside): deny = refused at once, skip = relayed without the window, window = held and watched',
+    description:
+      'what a new connection from it gets now (connection limits aside): deny = refused at once, skip = relayed without the window, window = held and watched',
   }),
   reason: Type.String({ description: 'why, in words' }),
 });
@@ -30,7 +31,8 @@ export const clientRoutes: RoutePlugin = async (api, deps) => {
     {
       schema: {
         summary: 'one client: its access-list match, its pass/deny cache entry, and what etd would do with its next connection',
-        description: 'Limits (per-client, held, total) are not part of the answer: they depend on the moment. DNSBL/DNSWL scores: GET /v1/reputation/{address}.',
+        description:
+          'Limits (per-client, held, total) are not part of the answer: they depend on the moment. DNSBL/DNSWL scores: GET /v1/reputation/{address}.',
         tags: ['clients'],
         params: ClientParams,
         response: { 200: ClientBody, 400: ErrorBody },
@@ -54,7 +56,14 @@ export const clientRoutes: RoutePlugin = async (api, deps) => {
       } else if (entry) {
         reason = `a ${entry.kind} cache entry exists, but cache.enabled is false: it waits the window`;
       }
-      return { address, cacheKey: cacheKey(address, config.scope), access: listed ? accessView(listed) : null, cache: entry ?? null, decision, reason };
+      return {
+        address,
+        cacheKey: cacheKey(address, config.scope),
+        access: listed ? accessView(listed) : null,
+        cache: entry ?? null,
+        decision,
+        reason,
+      };
     },
   );
 };

@@ -6,7 +6,10 @@ import { ConfigSchema } from '../../config/schema.js';
 import type { RoutePlugin } from '../context.js';
 
 // Documented as the config file's own schema: what GET returns is what a file would say.
-const ConfigBody = Type.Unsafe<unknown>({ ...ConfigSchema, description: 'the running config in the file format; api.token reads "<redacted>"' });
+const ConfigBody = Type.Unsafe<unknown>({
+  ...ConfigSchema,
+  description: 'the running config in the file format; api.token reads "<redacted>"',
+});
 
 export const configRoutes: RoutePlugin = async (api, deps) => {
   api.get(

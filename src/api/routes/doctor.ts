@@ -1,11 +1,11 @@
 // POST /v1/doctor: `etd doctor` on demand against the running config — every check with OK/WARN/FAIL, what was found and the command that fixes it.
 
-import { Type, type Static } from '@sinclair/typebox';
+import { type Static, Type } from '@sinclair/typebox';
+import { verdictLine } from '../../commands/doctor.js';
 import { addressToBigInt } from '../../config/cidr.js';
-import { evaluate, summarize, type Finding } from '../../doctor/checks.js';
+import { evaluate, type Finding, summarize } from '../../doctor/checks.js';
 import { gatherFacts } from '../../doctor/gather.js';
 import { parseProbe } from '../../doctor/targets.js';
-import { verdictLine } from '../../commands/doctor.js';
 import { EtdError } from '../../errors.js';
 import { ApiError, ErrorBody, type RoutePlugin } from '../context.js';
 
@@ -39,11 +39,18 @@ export const DoctorRequest = Type.Object(
       default: true,
       description: 'make the spoofed test connect to each backend (one short connection from a client address per server); false skips it',
     }),
-    client: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: 'the client address to spoof in the return-path test (as etd doctor --client)' })),
+    client: Type.Optional(
+      Type.String({
+        minLength: 1,
+        maxLength: 64,
+        description: 'the client address to spoof in the return-path test (as etd doctor --client)',
+      }),
+    ),
     probe: Type.Optional(
       Type.Array(Type.String({ minLength: 1, maxLength: 64 }), {
         maxItems: 16,
-        description: 'also test the return path from these mail servers, ADDRESS or ADDRESS:PORT ([ADDRESS]:PORT for IPv6), as etd doctor --probe',
+        description:
+          'also test the return path from these mail servers, ADDRESS or ADDRESS:PORT ([ADDRESS]:PORT for IPv6), as etd doctor --probe',
       }),
     ),
   },
@@ -88,12 +95,16 @@ export const doctorRoutes: RoutePlugin = async (api, deps) => {
     },
     async (req): Promise<DoctorBody> => {
       const { returnPath, client, probe = [] } = req.body;
-      if (client !== undefined && !addressToBigInt(client)) throw new ApiError(400, `body.client: "${client}" is not an IPv4 or IPv6 address`);
+      if (client !== undefined && !addressToBigInt(client))
+        throw new ApiError(400, `body.client: "${client}" is not an IPv4 or IPv6 address`);
       for (const p of probe) {
         try {
           parseProbe(p);
         } catch (e) {
-          throw new ApiError(400, `body.probe: ${e instanceof EtdError ? e.message.replace(/^--probe /, '') : String(e)}; write ADDRESS or ADDRESS:PORT ([ADDRESS]:PORT for IPv6)`);
+          throw new ApiError(
+            400,
+            `body.probe: ${e instanceof EtdError ? e.message.replace(/^--probe /, '') : String(e)}; write ADDRESS or ADDRESS:PORT ([ADDRESS]:PORT for IPv6)`,
+          );
         }
       }
       const key = JSON.stringify([returnPath, client, probe]);
@@ -109,9 +120,9 @@ export const doctorRoutes: RoutePlugin = async (api, deps) => {
 
   // The old GET: a pointer to POST instead of a 404 (and never a run: an <img> must not start one).
   api.get('/v1/doctor', { schema: { hide: true } }, async (_req, reply) =>
-    reply
-      .code(405)
-      .header('allow', 'POST')
-      .send({ error: 'the doctor opens connections, so it runs on POST /v1/doctor (body: {"returnPath": true, "client": "ADDRESS", "probe": ["ADDRESS:PORT"]}, all optional)' }),
+    reply.code(405).header('allow', 'POST').send({
+      error:
+        'the doctor opens connections, so it runs on POST /v1/doctor (body: {"returnPath": true, "client": "ADDRESS", "probe": ["ADDRESS:PORT"]}, all optional)',
+    }),
   );
 };

@@ -1,11 +1,11 @@
 // GET /v1/events: recent session verdicts from the ring buffer, as JSON or as a live Server-Sent-Events stream.
 
+import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { Type, type Static } from '@sinclair/typebox';
 import { ListenerSchema } from '../../config/schema.js';
 import { Stats } from '../../stats.js';
-import { SseStream } from '../events.js';
 import { ApiError, ErrorBody, type RouteDeps, type RoutePlugin } from '../context.js';
+import { SseStream } from '../events.js';
 
 // The verdict words, at run time: Stats keeps a counter per Verdict (a Record, so the type
 // checker makes it complete), which keeps this list in step when a verdict is added.
@@ -66,7 +66,8 @@ function stream(deps: RouteDeps, req: FastifyRequest, reply: FastifyReply, q: St
   let since = q.since;
   const lastId = req.headers['last-event-id'];
   if (typeof lastId === 'string' && lastId !== '') {
-    if (!/^\d+$/.test(lastId)) throw new ApiError(400, `header Last-Event-ID: must be an event seq number (got ${JSON.stringify(lastId.slice(0, 40))})`);
+    if (!/^\d+$/.test(lastId))
+      throw new ApiError(400, `header Last-Event-ID: must be an event seq number (got ${JSON.stringify(lastId.slice(0, 40))})`);
     since = Number(lastId);
   }
   reply.hijack();

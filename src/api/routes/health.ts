@@ -1,6 +1,6 @@
 // GET /healthz (the process answers) and GET /readyz (listeners bound and a backend up): probes, served without the token.
 
-import { Type, type Static } from '@sinclair/typebox';
+import { type Static, Type } from '@sinclair/typebox';
 import type { App } from '../../app.js';
 import type { RoutePlugin } from '../context.js';
 

@@ -1,18 +1,24 @@
 // GET /v1/history: the last hour in per-second aggregates (sessions by verdict, early talkers, held, relaying, connect latency), as columns.
 
-import { Type, type Static } from '@sinclair/typebox';
+import { type Static, Type } from '@sinclair/typebox';
 import { VERDICTS } from '../../proxy/verdict.js';
 import { ErrorBody, type RoutePlugin } from '../context.js';
 
 const Counts = Type.Array(Type.Integer(), { description: 'one value per second' });
-const Gauge = Type.Array(Type.Union([Type.Number(), Type.Null()]), { description: 'one value per second; null when there is nothing to show' });
+const Gauge = Type.Array(Type.Union([Type.Number(), Type.Null()]), {
+  description: 'one value per second; null when there is nothing to show',
+});
 
 export const HistoryBody = Type.Object({
   now: Type.Integer({ description: 'unix second of the answer; the seconds returned end just before it' }),
   t: Type.Array(Type.Integer(), { description: 'unix seconds, oldest first' }),
-  verdicts: Type.Object(Object.fromEntries(VERDICTS.map((v) => [v, Counts])), { description: 'sessions that ended in each second, by verdict' }),
+  verdicts: Type.Object(Object.fromEntries(VERDICTS.map((v) => [v, Counts])), {
+    description: 'sessions that ended in each second, by verdict',
+  }),
   earlyTalkers: Counts,
-  held: Type.Array(Type.Union([Type.Integer(), Type.Null()]), { description: 'connections in the window, sampled each second (null: not sampled)' }),
+  held: Type.Array(Type.Union([Type.Integer(), Type.Null()]), {
+    description: 'connections in the window, sampled each second (null: not sampled)',
+  }),
   relaying: Type.Array(Type.Union([Type.Integer(), Type.Null()]), { description: 'sessions relayed to a backend, sampled each second' }),
   connectMsAvg: Gauge,
   connectMsMax: Gauge,
@@ -32,7 +38,8 @@ export const historyRoutes: RoutePlugin = async (api, deps) => {
     '/v1/history',
     {
       schema: {
-        summary: 'per-second aggregates of the last hour (in memory, since start): sessions by verdict, early talkers, held, relaying, connect latency',
+        summary:
+          'per-second aggregates of the last hour (in memory, since start): sessions by verdict, early talkers, held, relaying, connect latency',
         tags: ['stats'],
         querystring: HistoryQuery,
         response: { 200: HistoryBody, 400: ErrorBody },

@@ -1,8 +1,8 @@
 // POST /v1/reload: re-read, validate and apply the config file; a bad file is refused with the reasons and nothing changes.
 
-import { Type, type Static } from '@sinclair/typebox';
+import { type Static, Type } from '@sinclair/typebox';
 import type { Config } from '../../config/schema.js';
-import { EtdError, describeError, type ErrorCode } from '../../errors.js';
+import { describeError, type ErrorCode, EtdError } from '../../errors.js';
 import { ApiError, ErrorBody, type RoutePlugin } from '../context.js';
 
 export const ReloadBody = Type.Object({

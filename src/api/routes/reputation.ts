@@ -1,6 +1,6 @@
 // GET /v1/reputation/{address}: a client's DNSBL/DNSWL score and each list's answer (from the cache, looked up when missing).
 
-import { Type, type Static } from '@sinclair/typebox';
+import { type Static, Type } from '@sinclair/typebox';
 import { decide } from '../../reputation/score.js';
 import { ErrorBody, type RoutePlugin } from '../context.js';
 import { clientAddressParam } from '../validation.js';
@@ -19,10 +19,15 @@ export const ReputationBody = Type.Object({
       name: Type.String(),
       zone: Type.String(),
       weight: Type.Integer(),
-      status: Type.Union(['answer', 'none', 'timeout', 'error', 'overflow'].map((s) => Type.Literal(s)), { description: 'answer: A records came back; none: not listed (NXDOMAIN); timeout/error/overflow: no answer, counts 0' }),
+      status: Type.Union(
+        ['answer', 'none', 'timeout', 'error', 'overflow'].map((s) => Type.Literal(s)),
+        { description: 'answer: A records came back; none: not listed (NXDOMAIN); timeout/error/overflow: no answer, counts 0' },
+      ),
       answers: Type.Array(Type.String(), { description: 'the A records the zone answered' }),
       matched: Type.Boolean({ description: 'whether an answer matched the list (its weight counted)' }),
-      refused: Type.Boolean({ description: 'the zone answered 127.255.255.x: the query was refused (a public resolver, no access); counts 0' }),
+      refused: Type.Boolean({
+        description: 'the zone answered 127.255.255.x: the query was refused (a public resolver, no access); counts 0',
+      }),
     }),
   ),
 });
@@ -34,7 +39,8 @@ export const reputationRoutes: RoutePlugin = async (api, deps) => {
     {
       schema: {
         summary: "one client's DNSBL/DNSWL score and each list's answer",
-        description: 'Uses the answer cache; zones without a cached answer are queried now (within reputation.timeout). Counts no connection.',
+        description:
+          'Uses the answer cache; zones without a cached answer are queried now (within reputation.timeout). Counts no connection.',
         tags: ['clients'],
         params: ClientParams,
         response: { 200: ReputationBody, 400: ErrorBody },
@@ -56,7 +62,15 @@ export const reputationRoutes: RoutePlugin = async (api, deps) => {
         lists: rep.configuredLists.map((l) => {
           const z = answers.get(l.zone) ?? { status: 'timeout' as const };
           const got = z.status === 'answer' ? [...z.addresses] : [];
-          return { name: l.name, zone: l.zone, weight: l.weight, status: z.status, answers: got, matched: hits.has(l.name), refused: got.some((x) => x.startsWith('127.255.255.')) };
+          return {
+            name: l.name,
+            zone: l.zone,
+            weight: l.weight,
+            status: z.status,
+            answers: got,
+            matched: hits.has(l.name),
+            refused: got.some((x) => x.startsWith('127.255.255.')),
+          };
         }),
       };
     },

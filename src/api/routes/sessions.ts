@@ -1,9 +1,9 @@
 // GET /v1/sessions: the live sessions (client, phase, server, age, bytes), oldest first, paginated by a cursor.
 
-import { hostPort } from '../../util/address.js';
-import { Type, type Static } from '@sinclair/typebox';
+import { type Static, Type } from '@sinclair/typebox';
 import { ListenerSchema } from '../../config/schema.js';
 import type { LiveSessionView as Session } from '../../proxy/protocol.js';
+import { hostPort } from '../../util/address.js';
 import { ErrorBody, type RoutePlugin } from '../context.js';
 
 const PhaseSchema = Type.Union(
@@ -27,7 +27,9 @@ export type SessionBody = Static<typeof SessionBody>;
 export const SessionsQuery = Type.Object(
   {
     limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100, description: 'page size' }),
-    after: Type.Optional(Type.Integer({ minimum: 0, description: 'cursor: only sessions with a larger id (the "next" of the previous page)' })),
+    after: Type.Optional(
+      Type.Integer({ minimum: 0, description: 'cursor: only sessions with a larger id (the "next" of the previous page)' }),
+    ),
     listener: Type.Optional(ListenerSchema.properties.name),
     state: Type.Optional(PhaseSchema),
   },

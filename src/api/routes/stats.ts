@@ -1,8 +1,8 @@
 // GET /v1/stats: counters since start — accepted, verdicts, early talkers per action, relayed, bytes.
 
-import { Type, type Static } from '@sinclair/typebox';
-import type { RoutePlugin } from '../context.js';
+import { type Static, Type } from '@sinclair/typebox';
 import type { Reputation } from '../../reputation/lookup.js';
+import type { RoutePlugin } from '../context.js';
 
 function reputationStats(r: Reputation): StatsBody['reputation'] {
   const c = r.counters;
@@ -30,7 +30,12 @@ export const StatsBody = Type.Object({
   passed: Count('sessions that waited for the greeting and were relayed (verdict passed)'),
   relayed: Count('sessions that reached the relay'),
   earlyTalkers: Type.Object(
-    { total: Count('all early talkers'), drop: Count('dropped'), reject: Count('rejected with the 5xx reply'), log: Count('logged and passed') },
+    {
+      total: Count('all early talkers'),
+      drop: Count('dropped'),
+      reject: Count('rejected with the 5xx reply'),
+      log: Count('logged and passed'),
+    },
     { description: 'clients that talked before the greeting, by the action taken' },
   ),
   noServer: Count('sessions refused with 421 because no backend could take them'),
@@ -54,7 +59,7 @@ export const StatsBody = Type.Object({
       overflow: Count('queries not sent because reputation.maxInFlight were out'),
       refused: Count('connections refused by score (verdict dnsbl)'),
       allowlisted: Count('connections let in at once by score'),
-      fromPeers: Count('zone answers taken from other gateways (cluster) before this gateway\'s own query answered'),
+      fromPeers: Count("zone answers taken from other gateways (cluster) before this gateway's own query answered"),
       inFlight: Count('queries out now'),
     },
     { description: 'DNSBL/DNSWL lookups (reputation:)' },

@@ -1,9 +1,9 @@
 // GET /v1/status: what is running now — version, uptime, listeners and their modes, live connection counts, stress state, engine workers.
 
-import { Type, type Static } from '@sinclair/typebox';
+import { type Static, Type } from '@sinclair/typebox';
+import type { App } from '../../app.js';
 import { ListenerSchema } from '../../config/schema.js';
 import { hostPort } from '../../util/address.js';
-import type { App } from '../../app.js';
 import type { RoutePlugin } from '../context.js';
 
 const Count = Type.Integer({ minimum: 0 });
@@ -19,9 +19,14 @@ export const ClusterStatusBody = Type.Object(
     lastSyncAt: Type.Union([Type.String(), Type.Null()], { description: 'ISO 8601 time of the last full sync' }),
     pendingWrites: Type.Integer({ description: 'writes queued for Redis (kept while it is down, written back when it returns)' }),
     droppedWrites: Type.Integer({ description: 'writes dropped because the queue was full during a long outage' }),
-    writtenBack: Type.Integer({ description: 'local entries written back after a reconnect (Redis had lost its data, or this gateway joined)' }),
+    writtenBack: Type.Integer({
+      description: 'local entries written back after a reconnect (Redis had lost its data, or this gateway joined)',
+    }),
     errors: Type.Object({ connect: Count, lookup: Count, write: Count, sync: Count, subscribe: Count }),
-    lookups: Type.Object({ pass: Count, deny: Count, miss: Count, skipped: Count, error: Count }, { description: 'shared lookups on a local cache miss, by answer' }),
+    lookups: Type.Object(
+      { pass: Count, deny: Count, miss: Count, skipped: Count, error: Count },
+      { description: 'shared lookups on a local cache miss, by answer' },
+    ),
   },
   { description: 'shared state over Redis (cluster.redis); null when not configured' },
 );
@@ -29,13 +34,18 @@ export const ClusterStatusBody = Type.Object(
 export const WorkerStatusBody = Type.Object(
   {
     index: Type.Integer({ minimum: 0, description: 'the worker number (0 .. workers-1)' }),
-    threadId: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()], { description: "the thread's id (0: the main thread, with workers: 1); null while it restarts" }),
+    threadId: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()], {
+      description: "the thread's id (0: the main thread, with workers: 1); null while it restarts",
+    }),
     state: Type.Union([Type.Literal('starting'), Type.Literal('running'), Type.Literal('restarting'), Type.Literal('stopping')]),
     sessions: Type.Integer({ minimum: 0, description: 'its sessions now (held or relaying)' }),
     held: Type.Integer({ minimum: 0, description: 'in the silent window now' }),
     relaying: Type.Integer({ minimum: 0, description: 'relayed to a backend now' }),
     accepted: Type.Integer({ minimum: 0, description: 'connections it accepted since start' }),
-    cpuMs: Type.Integer({ minimum: 0, description: 'CPU time (user + system) of the thread since it started (ms); the whole process with workers: 1' }),
+    cpuMs: Type.Integer({
+      minimum: 0,
+      description: 'CPU time (user + system) of the thread since it started (ms); the whole process with workers: 1',
+    }),
     cpuPercent: Type.Number({ minimum: 0, description: 'that CPU time as a share of one core since it started (%)' }),
     restarts: Type.Integer({ minimum: 0, description: 'times it was restarted after it died' }),
   },
@@ -106,7 +116,13 @@ function stressView(app: App): StatusBody['stress'] {
 function engineView(app: App): StatusBody['engine'] {
   const c = app.engineCounts();
   if (!c) return null;
-  return { connections: c.connections, fds: c.fds, bufferedBytes: c.bufferedBytes, deadlines: c.deadlines, handlerErrors: c.handlerErrors + c.callbackErrors };
+  return {
+    connections: c.connections,
+    fds: c.fds,
+    bufferedBytes: c.bufferedBytes,
+    deadlines: c.deadlines,
+    handlerErrors: c.handlerErrors + c.callbackErrors,
+  };
 }
 
 /** With workers: 1 the main thread is the one engine worker: its row from the App's own counts. */
@@ -131,7 +147,13 @@ function mainThreadRow(app: App): WorkerStatusBody {
 export const statusRoutes: RoutePlugin = async (api, deps) => {
   api.get(
     '/v1/status',
-    { schema: { summary: 'version, uptime, listeners, live connection counts, stress state', tags: ['status'], response: { 200: StatusBody } } },
+    {
+      schema: {
+        summary: 'version, uptime, listeners, live connection counts, stress state',
+        tags: ['status'],
+        response: { 200: StatusBody },
+      },
+    },
     async (): Promise<StatusBody> => {
       const { app } = deps;
       // The workers' counters arrive once a second on their own: ask for fresh ones first.

@@ -17,7 +17,8 @@ const TYPES: Record<string, string> = {
  * Everything the page loads comes from here: no inline script, no other origin. The data comes
  * from the same API with the token in an Authorization header (never in a URL).
  */
-const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+const CSP =
+  "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /** Where `npm run build` puts the dashboard (scripts/build-ui.mjs). */
 export const UI_DIRECTORY = path.join(PACKAGE_ROOT, 'dist', 'ui');
@@ -62,7 +63,15 @@ export const uiRoutes: RoutePlugin = async (api) => {
   api.get('/ui', { schema: { hide: true, public: true } }, async (_req, reply) => reply.redirect('/ui/'));
   api.get(
     '/ui/',
-    { schema: { summary: 'the dashboard (HTML); it asks for the token where the API needs one', tags: ['dashboard'], public: true, produces: 'text/html', response: { 200: Type.String(), 503: ErrorBody } } },
+    {
+      schema: {
+        summary: 'the dashboard (HTML); it asks for the token where the API needs one',
+        tags: ['dashboard'],
+        public: true,
+        produces: 'text/html',
+        response: { 200: Type.String(), 503: ErrorBody },
+      },
+    },
     async (_req, reply) => {
       const a = send('index.html');
       return reply.headers(headers).type(a.type).send(a.body.toString('utf8'));

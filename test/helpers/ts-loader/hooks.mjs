@@ -39,7 +39,7 @@ export async function resolve(specifier, context, nextResolve) {
     // NodeNext sources import './x.js' for a file that exists as './x.ts'.
     const relative = specifier.startsWith('.') || specifier.startsWith('/') || specifier.startsWith('file:');
     if (err?.code === 'ERR_MODULE_NOT_FOUND' && relative && specifier.endsWith('.js')) {
-      return nextResolve(specifier.slice(0, -3) + '.ts', context);
+      return nextResolve(`${specifier.slice(0, -3)}.ts`, context);
     }
     throw err;
   }

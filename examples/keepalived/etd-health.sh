@@ -59,6 +59,6 @@ fi
 
 # A refused connect fails at once; the read is bounded by the timeout.
 exec 3<>"/dev/tcp/$host/$port" || exit 1
-printf 'GET %s HTTP/1.0\r\nHost: etd\r\nConnection: close\r\n\r\n' "$endpoint" >&3
+printf 'GET %s HTTP/1.0\r\nHost: %s\r\nConnection: close\r\n\r\n' "$endpoint" "$api" >&3
 read -r -t "$timeout_s" _ status _ <&3 || exit 1
 [[ $status == 200 ]]

@@ -707,7 +707,7 @@ describe('API fuzz over real HTTP', () => {
 
   it('HEAD on the event streams answers at once and holds no stream slot (found by the fuzz: it never answered)', async () => {
     const head = (p: string, accept = ''): Promise<number> =>
-      raw(Buffer.from(`HEAD ${p} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${TOKEN}\r\n${accept}Connection: close\r\n\r\n`));
+      raw(Buffer.from(`HEAD ${p} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${TOKEN}\r\n${accept}Connection: close\r\n\r\n`));
     const statuses = await Promise.all(
       Array.from({ length: 40 }, (_, i) => (i % 2 ? head('/v1/events/stream') : head('/v1/events', 'Accept: text/event-stream\r\n'))),
     );

@@ -70,7 +70,7 @@ function parse(field: string, value: string): Cidr {
 export const accessRoutes: RoutePlugin = async (api, deps) => {
   const access = deps.app.access;
   const store = deps.app.store;
-  const entriesFor = (c: Cidr): readonly AccessEntry[] => access.at(c);
+  const entriesFor = (c: Cidr): readonly AccessEntry[] => [...access.at(c)]; // a copy: adding or removing entries changes the bucket
 
   api.get(
     '/v1/access',

@@ -420,6 +420,24 @@ state: { path: ":memory:" }
     60_000,
   );
 
+  it('a config the user cannot read is refused before the drop, naming the file and the fix', async () => {
+    const file = writeConfig(
+      'private.yaml',
+      `
+user: ${TEST_USER}
+listeners: [{ name: p, address: 127.0.0.1, port: 2525 }]
+upstream: { servers: [{ name: b, address: 127.0.0.1, port: 2526 }], health: { enabled: false } }
+api: { enabled: false }
+state: { path: ":memory:" }
+`,
+    );
+    fs.chmodSync(file, 0o600);
+    const etd = startAsRoot(file, lab.ns.gateway);
+    expect(await etd.exited).toBe(1);
+    expect(etd.stderr).toContain(`ETD_ERR_PRIVILEGE_DROP: user ${TEST_USER} (uid ${uid}) cannot read ${file} — `);
+    expect(etd.stderr).toMatch(/chgrp .*user: root/);
+  }, 60_000);
+
   it('a user: that does not exist is ETD_ERR_USER, exit code 1', async () => {
     const file = writeConfig(
       'missing-user.yaml',

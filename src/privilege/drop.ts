@@ -62,7 +62,9 @@ function prepareFor(config: Config, file: string, account: Account, setpriv: str
   if (config.state.path !== ':memory:') {
     const dir = path.dirname(path.resolve(config.state.path));
     if (!fs.existsSync(dir)) {
-      fs.mkdirSync(dir, { recursive: true, mode: 0o750 });
+      // Missing parents stay root's but searchable; the directory itself is the user's alone.
+      fs.mkdirSync(path.dirname(dir), { recursive: true, mode: 0o755 });
+      fs.mkdirSync(dir, { mode: 0o750 });
       fs.chownSync(dir, account.uid, account.gid);
     }
   }

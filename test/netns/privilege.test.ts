@@ -317,7 +317,8 @@ describe.skipIf(skip)('etd run started as root drops to its user', () => {
   });
 
   it('vip mode: every thread runs as the user with CAP_NET_ADMIN CAP_NET_BIND_SERVICE only; relays, drops, reloads and stops cleanly', async () => {
-    const stateDir = path.join(dir, 'state-drop');
+    // Two levels missing: the parent is created root's and searchable, the directory the user's.
+    const stateDir = path.join(dir, 'state-drop', 'etd');
     const file = writeConfig(
       'drop.yaml',
       `

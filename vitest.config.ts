@@ -48,6 +48,11 @@ export function projects(parallelFiles: readonly string[], serialFiles: readonly
 export default defineConfig({
   test: {
     reporters: ['default'],
+    // Tests start `etd run` as root with configs written for root (files in private temp dirs):
+    // without this, a host that has an `etd` user would make every such etd drop to it. One
+    // variable here covers every process the tests spawn (helpers, the demo, benches); the tests
+    // of the drop itself remove it (test/netns/privilege.test.ts).
+    env: { ETD_DROP_PRIVILEGES: 'no' },
     // The netns and system files share the host kernel (each builds its own uniquely named lab): one at a time.
     projects: projects(
       ['test/unit/**/*.test.ts', 'test/integration/**/*.test.ts'],

@@ -25,6 +25,8 @@ export const WORKER_SCENARIOS = [
 export default defineConfig({
   test: {
     reporters: ['default'],
+    // As in vitest.config.ts: etd started as root by a test stays root.
+    env: { ETD_DROP_PRIVILEGES: 'no' },
     projects: projects(
       WORKER_SCENARIOS,
       WORKER_SCENARIOS.filter((f) => SERIAL_INTEGRATION.includes(f)),

@@ -6,6 +6,7 @@ import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { describeError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
+import { dropPrivileges, logPrivileges } from '../privilege/drop.js';
 import { notifyReady, notifyStopping } from '../systemd/notify.js';
 import { installLastResort } from '../util/lastResort.js';
 import { VERSION } from '../version.js';
@@ -77,8 +78,11 @@ function exitSoon(code: number): void {
 /** The long-running command: start, then serve until SIGTERM/SIGINT; SIGHUP re-reads the file. */
 export async function runCommand(file: string): Promise<number> {
   const config = loadConfig(file);
+  // Root outside systemd: re-executes as config.user right here (same PID), before any logging.
+  const privileges = dropPrivileges(config, file);
   const log = createLogger(config.log.level);
   installLastResort(log);
+  logPrivileges(log, privileges);
   const handle = await startEtd(config, log, file);
   // SIGHUP and POST /v1/reload share one queue, so two reloads never interleave.
   let reloading: Promise<unknown> = Promise.resolve();

@@ -15,7 +15,7 @@ import { isLoopback } from '../util/address.js';
 import { rawAtInUserinfo, redactUrl } from '../util/redact.js';
 import { parseCidr } from './cidr.js';
 import { formatDuration as formatDur, parseDuration } from './duration.js';
-import { type Config, ConfigSchema, type RawConfig } from './schema.js';
+import { type Config, ConfigSchema, DEFAULT_USER, type RawConfig } from './schema.js';
 import { fallbackMessage, knownKeys, pointerToPath, SHOW_MAX, showValue as show } from './schemaErrors.js';
 
 /** One problem in a config: where, what, and how to fix it. */
@@ -301,6 +301,8 @@ function resolve(raw: RawConfig): Config {
     listeners: raw.listeners.map((l) => ({ ...l, destinations: [...l.destinations] })),
     workers: raw.workers === 'auto' ? autoWorkers() : raw.workers,
     workersSetting: raw.workers,
+    user: raw.user ?? DEFAULT_USER,
+    userExplicit: raw.user !== undefined,
     detection: {
       windowMs: ms(raw.detection.window),
       action: raw.detection.action,
@@ -544,6 +546,9 @@ export function configToDocument(config: Config, redact = true): unknown {
   return {
     listeners: config.listeners,
     workers: config.workersSetting,
+    // Only when written: a default written back would turn into an explicit user (a missing default
+    // user is a warning, a missing explicit one an error).
+    ...(config.userExplicit ? { user: config.user } : {}),
     detection: {
       window: d(config.detection.windowMs),
       action: config.detection.action,

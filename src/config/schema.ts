@@ -9,6 +9,9 @@ import { DURATION_PATTERN } from './duration.js';
 const Duration = (def: string, description: string) =>
   Type.String({ pattern: DURATION_PATTERN, default: def, description: `${description} (e.g. 500ms, 6s, 5m)` });
 
+/** The user `etd run` drops to by default (created by the Debian package and scripts/install.sh). */
+export const DEFAULT_USER = 'etd';
+
 export const Address = Type.String({ minLength: 1, description: 'an IPv4 or IPv6 address' });
 export const Port = Type.Integer({ minimum: 1, maximum: 65535 });
 
@@ -52,6 +55,15 @@ export const ServerSchema = Type.Object(
 export const ConfigSchema = Type.Object(
   {
     listeners: Type.Array(ListenerSchema, { minItems: 1 }),
+    user: Type.Optional(
+      Type.String({
+        minLength: 1,
+        maxLength: 32,
+        pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]*[$]?$',
+        description:
+          'the user `etd run` switches to when started as root outside systemd, keeping CAP_NET_ADMIN and CAP_NET_BIND_SERVICE (default etd; root = stay root)',
+      }),
+    ),
     workers: Type.Union([Type.Integer({ minimum: 1, maximum: 16 }), Type.Literal('auto')], {
       default: 'auto',
       description:
@@ -418,6 +430,10 @@ export interface Config {
   readonly workers: number;
   /** `workers` as written: a number or 'auto'. */
   readonly workersSetting: number | 'auto';
+  /** The user `etd run` drops to when started as root outside systemd (src/privilege/); default `etd`. */
+  readonly user: string;
+  /** True when `user` was written in the file (a missing explicit user is an error, a missing default one a warning). */
+  readonly userExplicit: boolean;
   readonly detection: {
     readonly windowMs: number;
     readonly action: Action;

@@ -30,8 +30,9 @@ import {
 } from './facts.js';
 import { type Finding, fail, ok, warn } from './finding.js';
 
+// The unit's set (systemd/etd.service): not CAP_NET_RAW, which would add raw sockets (forging, sniffing) for nothing.
 const CAP_FIX =
-  'run etd as root, or grant the capabilities in its unit: systemctl edit etd → [Service] AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE';
+  'run etd under its systemd unit, which grants AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE (restore a drop-in that removed them: systemctl edit etd), or start it as root: it keeps these two when it drops to its user';
 
 export function capabilityFindings(f: DoctorFacts): Finding[] {
   const cfg = f.config;
@@ -61,7 +62,7 @@ export function capabilityFindings(f: DoctorFacts): Finding[] {
     } else {
       const why = needAdmin
         ? 'etd installs its nftables table and policy routing (netfilter.manage: true), which needs CAP_NET_ADMIN'
-        : 'the spoofed upstream sockets need IP_TRANSPARENT, which needs CAP_NET_ADMIN or CAP_NET_RAW';
+        : 'the spoofed upstream sockets need IP_TRANSPARENT, which needs CAP_NET_ADMIN or CAP_NET_RAW (grant CAP_NET_ADMIN: CAP_NET_RAW would also allow raw sockets)';
       out.push(fail('cap.net_admin', what, `missing from this process's effective set: ${why}`, true, CAP_FIX));
     }
   }

@@ -16,7 +16,7 @@ export function planReturnPath(
     const client = facts.testClients.find((c) => c.family === family);
     const route = facts.routes.find((r) => r.server === base.server);
     let skipped: string | undefined;
-    if (!capOk) skipped = 'this process lacks CAP_NET_ADMIN and CAP_NET_RAW, needed for the spoofed socket';
+    if (!capOk) skipped = 'this process lacks CAP_NET_ADMIN (or CAP_NET_RAW), needed for the spoofed socket: run the doctor as root';
     else if (facts.addon && isProblem(facts.addon)) skipped = 'the native addon is not loaded';
     else if (!client || client.address === undefined)
       skipped = `no IPv${family} test client address (${client && client.address === undefined ? client.reason : 'none'})`;

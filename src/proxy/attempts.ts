@@ -75,7 +75,8 @@ export class Attempts {
         'the spoofed connect got no answer: the return traffic is probably not routed through etd ' +
         '(backend default route or PBR, the divert rule, or the fwmark ip rule is missing; run etd doctor)';
     } else if (cause === 'no_privilege') {
-      this.hint = 'etd lacks CAP_NET_ADMIN/CAP_NET_RAW for IP_TRANSPARENT; run it as root or under the systemd unit';
+      this.hint =
+        'etd lacks CAP_NET_ADMIN for IP_TRANSPARENT; run it under the systemd unit, or start it as root (it keeps CAP_NET_ADMIN when it drops to its user)';
     } else if (err instanceof Error && !['timeout', 'refused', 'unreachable', 'reset'].includes(cause)) {
       this.hint = err.message;
     }

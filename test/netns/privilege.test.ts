@@ -1,7 +1,9 @@
 // etd under exactly the systemd unit's capabilities (read from systemd/etd.service), as a non-root
 // user, in vip and intercept mode in the netns lab: transparent relaying, early-talker drops, the
 // rules watch, a reload and a clean stop all work without CAP_NET_RAW or any other capability.
+// And `etd run` started as root outside systemd drops to `user:` with the same set by itself.
 
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -270,4 +272,186 @@ log: { level: info }
     etd.child.kill('SIGTERM');
     expect(await etd.exited).toBe(0);
   }, 90_000);
+});
+
+/** Starts etd as root without the test suite's ETD_DROP_PRIVILEGES=no (vitest.config.ts), so the default `auto` applies. */
+function startAsRoot(file: string, ns: string): RunningEtd {
+  const etd = runEtd(file, ['ip', 'netns', 'exec', ns, 'env', '-u', 'ETD_DROP_PRIVILEGES']);
+  running.push(etd);
+  return etd;
+}
+
+// A system user of this test alone, removed afterwards.
+const TEST_USER = `etdt${process.pid}`;
+const hasEtdUser = spawnSync('getent', ['passwd', 'etd']).status === 0;
+
+describe.skipIf(skip)('etd run started as root drops to its user', () => {
+  let uid = 0;
+  let gid = 0;
+
+  beforeAll(async () => {
+    // The first block's afterAll removed it.
+    fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+    fs.chmodSync(dir, 0o755);
+    execFileSync('useradd', ['--system', '--user-group', '--no-create-home', '--shell', '/usr/sbin/nologin', TEST_USER]);
+    uid = Number(execFileSync('id', ['-u', TEST_USER], { encoding: 'utf8' }).trim());
+    gid = Number(execFileSync('id', ['-g', TEST_USER], { encoding: 'utf8' }).trim());
+    lab = await createLab();
+    recorder = await lab.startRecorder(lab.ns.backend, [{ address: lab.v4.backends[0], port: 25 }]);
+  }, 60_000);
+
+  afterEach(async () => {
+    for (const e of running) {
+      if (e.child.exitCode === null && e.child.signalCode === null) {
+        e.child.kill('SIGKILL');
+        await e.exited;
+      }
+    }
+  });
+
+  afterAll(async () => {
+    for (const e of running) e.child.kill('SIGKILL');
+    await lab?.destroy();
+    spawnSync('userdel', [TEST_USER]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('vip mode: every thread runs as the user with CAP_NET_ADMIN CAP_NET_BIND_SERVICE only; relays, drops, reloads and stops cleanly', async () => {
+    // Two levels missing: the parent is created root's and searchable, the directory the user's.
+    const stateDir = path.join(dir, 'state-drop', 'etd');
+    const file = writeConfig(
+      'drop.yaml',
+      `
+user: ${TEST_USER}
+listeners:
+  - { name: smtp4, address: ${lab.v4.gatewayClientSide}, port: 25, mode: vip }
+detection: { window: 500ms, action: drop }
+upstream:
+  source: clientip
+  connectTimeout: 3s
+  retries: 0
+  health: { enabled: false }
+  servers:
+    - { name: b4, address: ${lab.v4.backends[0]}, port: 25 }
+cache: { enabled: false }
+api: { enabled: false }
+state: { path: ${stateDir}/state.db }
+log: { level: info }
+`,
+    );
+    const etd = startAsRoot(file, lab.ns.gateway);
+    await etd.waitFor((l) => l.msg === 'etd started', 20_000);
+    const identity = etd.lines.find((l) => String(l.msg).startsWith('running as user'));
+    expect(identity).toMatchObject({ user: TEST_USER, uid, capabilities: 'CAP_NET_ADMIN CAP_NET_BIND_SERVICE', droppedFromRoot: true });
+    // The same process (execve keeps the PID), every thread of it.
+    const ids = `${uid}\t${uid}\t${uid}\t${uid}`;
+    const gids = `${gid}\t${gid}\t${gid}\t${gid}`;
+    const threads = credentials(etd.child.pid!);
+    expect(threads.length).toBeGreaterThan(1);
+    for (const t of threads) {
+      expect(t, `thread ${t.tid}`).toEqual({
+        tid: t.tid,
+        Uid: ids,
+        Gid: gids,
+        CapInh: mask(ambient),
+        CapPrm: mask(ambient),
+        CapEff: mask(ambient),
+        CapAmb: mask(ambient),
+        CapBnd: mask(bounding),
+        NoNewPrivs: '1',
+      });
+    }
+    // The state directory was created for the user (what the unit's StateDirectory= does).
+    expect(fs.statSync(stateDir).uid).toBe(uid);
+    expect(fs.existsSync(path.join(stateDir, 'state.db'))).toBe(true);
+
+    expect(await swaks(lab, lab.v4.gatewayClientSide)).toMatch(/<- +250 Queued/);
+    const msg = await recorder.waitFor((e) => e.event === 'message' && e.remoteAddress === lab.v4.client, 5000);
+    expect(msg.remoteAddress).toBe(lab.v4.client);
+    const before = connectsFrom(lab.v4.client);
+    expect((await earlyTalker(lab, lab.v4.gatewayClientSide)).data).toBe('');
+    await etd.waitFor((l) => l.msg === 'session' && l.verdict === 'early_talker', 5000);
+    expect(connectsFrom(lab.v4.client)).toBe(before);
+
+    // A config the user cannot read: the reload is refused with the reason, the running config stays.
+    fs.chmodSync(file, 0o600);
+    etd.child.kill('SIGHUP');
+    const refused = await etd.waitFor((l) => String(l.msg).startsWith('reload refused'), 10_000);
+    expect(String(refused.err)).toMatch(/EACCES/);
+    fs.chmodSync(file, 0o644);
+    // A readable one reloads, and a renamed listener binds port 25 again as the user.
+    fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('name: smtp4', 'name: smtp4b'));
+    etd.child.kill('SIGHUP');
+    await etd.waitFor((l) => l.msg === 'configuration reloaded', 10_000);
+    const messages = recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length;
+    expect(await swaks(lab, lab.v4.gatewayClientSide)).toMatch(/<- +250 Queued/);
+    await recorder.waitFor(
+      () => recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length > messages,
+      5000,
+    );
+    expect(etd.lines.filter((l) => l.level === 'error' && !String(l.msg).startsWith('reload refused'))).toEqual([]);
+
+    etd.child.kill('SIGTERM');
+    expect(await etd.exited).toBe(0);
+    expect((await lab.exec(lab.ns.gateway, 'nft', ['list', 'ruleset'])).stdout).not.toMatch(/table inet etd/);
+    expect((await lab.exec(lab.ns.gateway, 'ip', ['rule', 'show'])).stdout).not.toMatch(/fwmark 0x1/);
+  }, 120_000);
+
+  it.skipIf(hasEtdUser)(
+    'without a user key and no etd user on the host: stays root with a warning naming the fix',
+    async () => {
+      const file = writeConfig(
+        'default-user.yaml',
+        `
+listeners: [{ name: p, address: 127.0.0.1, port: 2525 }]
+upstream: { servers: [{ name: b, address: 127.0.0.1, port: 2526 }], health: { enabled: false } }
+api: { enabled: false }
+state: { path: ":memory:" }
+`,
+      );
+      const etd = startAsRoot(file, lab.ns.gateway);
+      await etd.waitFor((l) => l.msg === 'etd started', 20_000);
+      const warning = etd.lines.find((l) => l.level === 'warn' && /user etd does not exist/.test(String(l.msg)));
+      expect(String(warning?.msg)).toMatch(/etd stays root.*useradd .*etd.*user: root/);
+      expect(etd.lines.find((l) => String(l.msg).startsWith('running as user'))).toMatchObject({ user: 'root', uid: 0 });
+      expect(credentials(etd.child.pid!)[0]!.Uid).toBe('0\t0\t0\t0');
+      etd.child.kill('SIGTERM');
+      expect(await etd.exited).toBe(0);
+    },
+    60_000,
+  );
+
+  it('a config the user cannot read is refused before the drop, naming the file and the fix', async () => {
+    const file = writeConfig(
+      'private.yaml',
+      `
+user: ${TEST_USER}
+listeners: [{ name: p, address: 127.0.0.1, port: 2525 }]
+upstream: { servers: [{ name: b, address: 127.0.0.1, port: 2526 }], health: { enabled: false } }
+api: { enabled: false }
+state: { path: ":memory:" }
+`,
+    );
+    fs.chmodSync(file, 0o600);
+    const etd = startAsRoot(file, lab.ns.gateway);
+    expect(await etd.exited).toBe(1);
+    expect(etd.stderr).toContain(`ETD_ERR_PRIVILEGE_DROP: user ${TEST_USER} (uid ${uid}) cannot read ${file} — `);
+    expect(etd.stderr).toMatch(/chgrp .*user: root/);
+  }, 60_000);
+
+  it('a user: that does not exist is ETD_ERR_USER, exit code 1', async () => {
+    const file = writeConfig(
+      'missing-user.yaml',
+      `
+user: ${TEST_USER}x
+listeners: [{ name: p, address: 127.0.0.1, port: 2525 }]
+upstream: { servers: [{ name: b, address: 127.0.0.1, port: 2526 }], health: { enabled: false } }
+api: { enabled: false }
+state: { path: ":memory:" }
+`,
+    );
+    const etd = startAsRoot(file, lab.ns.gateway);
+    expect(await etd.exited).toBe(1);
+    expect(etd.stderr).toMatch(new RegExp(`ETD_ERR_USER: user: no user "${TEST_USER}x" on this host — create it`));
+  }, 60_000);
 });

@@ -257,7 +257,7 @@ describe('planReturnPath', () => {
   });
 
   it('skips, with the reason: no privilege, no addon, no test client, no route, nothing installed', () => {
-    expect(planReturnPath(facts({ capabilities: { effective: without(12, 13) } }))[0]?.skipped).toMatch(/CAP_NET_ADMIN and CAP_NET_RAW/);
+    expect(planReturnPath(facts({ capabilities: { effective: without(12, 13) } }))[0]?.skipped).toMatch(/CAP_NET_ADMIN \(or CAP_NET_RAW\)/);
     expect(planReturnPath(facts({ addon: { error: 'nope' } }))[0]?.skipped).toMatch(/addon/);
     expect(planReturnPath(facts({ testClients: [{ family: 4, reason: 'none found' }] }))[0]?.skipped).toMatch(/none found/);
     expect(
@@ -310,7 +310,8 @@ describe('evaluate', () => {
     it('CAP_NET_ADMIN missing while etd manages netfilter: critical FAIL with the fix', () => {
       const f = byId(evaluate(facts({ capabilities: { effective: without(12) } })), 'cap.net_admin');
       expect(f).toMatchObject({ status: 'FAIL', critical: true });
-      expect(f.fix).toContain('AmbientCapabilities=CAP_NET_ADMIN');
+      expect(f.fix).toContain('AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE');
+      expect(f.fix).not.toContain('CAP_NET_RAW');
     });
 
     it('netfilter.manage false: CAP_NET_RAW alone is enough for IP_TRANSPARENT; neither is a FAIL', () => {

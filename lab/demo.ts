@@ -95,6 +95,8 @@ async function labDemo(): Promise<void> {
   say('building the lab: client ns ── gateway ns (etd) ── backend ns (recording SMTP server) …');
   const lab: Lab = await createLab();
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-demo-'));
+  // etd run as root drops to the `etd` user where it exists (docs/security.md): it must still read its config here.
+  fs.chmodSync(tmp, 0o755);
   let dashboardForward: Forward | undefined;
   let unbound: RunningUnbound | undefined;
   try {

@@ -90,6 +90,12 @@ describe('redis options', () => {
   it('where: never the password', () => {
     expect(redisWhere(cluster({ url: 'redis://:secret@10.0.0.5:6379' }))).toBe('redis://10.0.0.5:6379');
     expect(redisWhere(cluster({ sentinels: ['redis://:secret@10.0.0.7:26379'], name: 'm' }))).toBe('sentinel m via redis://10.0.0.7:26379');
+    // Through urlWithoutCredentials: the user name goes too, and a raw "@" in the password leaves nothing of it.
+    expect(redisWhere(cluster({ url: 'rediss://etd:s%40cret@redis.example:6380/2' }))).toBe('rediss://redis.example:6380/2');
+    expect(redisWhere(cluster({ url: 'redis://etd:p@ss@10.0.0.5:6379' }))).toBe('redis://10.0.0.5:6379');
+    expect(redisWhere(cluster({ sentinels: ['10.0.0.8:26379', 'redis://u:pw@10.0.0.9:26379'], name: 'm' }))).toBe(
+      'sentinel m via 10.0.0.8:26379, redis://10.0.0.9:26379',
+    );
   });
 });
 

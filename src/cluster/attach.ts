@@ -1,8 +1,7 @@
 // The cluster's place in the App: the local state SharedState reads and feeds, and what a peer's verdict does to a held session.
 
-import { canonicalCidr } from '../config/cidr.js';
 import type { Config } from '../config/schema.js';
-import type { AccessBatchResult, AccessEntry, AccessLists } from '../policy/access.js';
+import type { AccessBatchResult, AccessLists } from '../policy/access.js';
 import type { ClientCache } from '../policy/clientCache.js';
 import type { StateStore } from '../state/store.js';
 import type { AccessChange, AccessListName, CacheVerdict } from './keys.js';
@@ -39,10 +38,12 @@ export function consultShared(shared: SharedState, session: HeldSession, key: st
 
 /** The local state as SharedState sees it: the caches, the access lists and the store behind them. */
 export function localState(cache: ClientCache, access: AccessLists, store: StateStore, log: SharedLog): LocalState {
-  const applyAccessBatch = (changes: readonly AccessChange[]): AccessBatchResult => {
+  /** What the parts of the sync in progress did, told once at its end. */
+  let sync = { added: 0, deleted: 0, skipped: 0, refused: 0, first: undefined as { cidr: string; reason: string } | undefined };
+  const apply = (changes: readonly AccessChange[], notify: boolean): AccessBatchResult => {
     // Peers' data is hostile: a bad prefix, a config prefix or one beyond access.maxEntries is
     // skipped (and counted in the log line), never thrown.
-    const r = access.applyBatch(changes, 'runtime');
+    const r = access.applyBatch(changes, 'runtime', { notify });
     store.applyAccessBatch(r.applied);
     return r;
   };
@@ -51,11 +52,11 @@ export function localState(cache: ClientCache, access: AccessLists, store: State
     cacheEntries: () => cache.entries(),
     runtimeAccess() {
       const m = new Map<string, AccessListName>();
-      for (const e of access.runtime()) m.set(canonicalText(e), e.list);
+      for (const e of access.runtime()) m.set(e.canonical, e.list);
       return m;
     },
     applyAccess(change) {
-      const r = applyAccessBatch([change]);
+      const r = apply([change], true);
       for (const a of r.applied) {
         if (a.list === undefined) log.info({ cidr: a.cidr }, `access entry ${a.cidr} deleted by a cluster peer`);
         else log.info({ cidr: a.cidr, list: a.list }, `access entry ${a.cidr} (${a.list}) added by a cluster peer`);
@@ -63,34 +64,41 @@ export function localState(cache: ClientCache, access: AccessLists, store: State
       for (const x of r.rejected)
         if (!x.reason.includes('the file wins')) log.warn({ cidr: x.cidr }, `access entry from a cluster peer skipped: ${x.reason}`);
     },
-    applyAccessBatch(changes) {
-      if (changes.length === 0) return;
-      const r = applyAccessBatch(changes);
-      const added = r.applied.filter((a) => a.list !== undefined).length;
-      const deleted = r.applied.length - added;
-      const refused = r.rejected.filter((x) => !x.reason.includes('the file wins'));
-      if (r.applied.length > 0)
-        log.info(
-          { added, deleted, skipped: r.rejected.length },
-          `access entries synced from the cluster: ${added} added, ${deleted} deleted`,
-        );
-      if (refused.length > 0) {
-        log.warn(
-          { skipped: refused.length, first: refused[0] },
-          `${refused.length} access entries from the cluster skipped, e.g. ${refused[0]!.cidr}: ${refused[0]!.reason}`,
-        );
+    applyAccessBatch(changes, end = true) {
+      // A part: the lists and the store (one transaction); the workers and the log hear of the
+      // whole sync once, with its last part, even when a part before it failed.
+      try {
+        if (changes.length > 0) {
+          const r = apply(changes, false);
+          const added = r.applied.filter((a) => a.list !== undefined).length;
+          sync.added += added;
+          sync.deleted += r.applied.length - added;
+          sync.skipped += r.rejected.length;
+          for (const x of r.rejected) {
+            if (x.reason.includes('the file wins')) continue;
+            sync.refused++;
+            sync.first ??= x;
+          }
+        }
+      } finally {
+        if (end) {
+          const done = sync;
+          sync = { added: 0, deleted: 0, skipped: 0, refused: 0, first: undefined };
+          if (done.added + done.deleted > 0) {
+            access.onChange?.();
+            log.info(
+              { added: done.added, deleted: done.deleted, skipped: done.skipped },
+              `access entries synced from the cluster: ${done.added} added, ${done.deleted} deleted`,
+            );
+          }
+          if (done.first !== undefined) {
+            log.warn(
+              { skipped: done.refused, first: done.first },
+              `${done.refused} access entries from the cluster skipped, e.g. ${done.first.cidr}: ${done.first.reason}`,
+            );
+          }
+        }
       }
     },
   };
-}
-
-/** Canonical prefix text of an entry, formatted once per entry (runtimeAccess runs at every sync). */
-const texts = new WeakMap<AccessEntry, string>();
-function canonicalText(e: AccessEntry): string {
-  let t = texts.get(e);
-  if (t === undefined) {
-    t = canonicalCidr(e.cidr);
-    texts.set(e, t);
-  }
-  return t;
 }

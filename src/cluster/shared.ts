@@ -17,7 +17,15 @@ import os from 'node:os';
 import { Redis } from 'ioredis';
 import type { ClusterConfig } from '../config/schema.js';
 import { describeError } from '../errors.js';
-import { decodeAccessHash, decodeDnsblValue, decodeEventText, decodeVerdictValue, RejectGate, type RejectKind } from './decode.js';
+import {
+  type AccessField,
+  decodeAccessFields,
+  decodeDnsblValue,
+  decodeEventText,
+  decodeVerdictValue,
+  RejectGate,
+  type RejectKind,
+} from './decode.js';
 import {
   ACCESS_HASH,
   type AccessChange,
@@ -44,8 +52,12 @@ export interface LocalState {
   runtimeAccess(): Map<string, AccessListName>;
   /** Apply a peer's access change (list undefined: delete) to the lists and the local store. */
   applyAccess(change: AccessChange): void;
-  /** Apply many changes at once (a sync): one update of the lists, one store transaction, one log line. */
-  applyAccessBatch(changes: readonly AccessChange[]): void;
+  /**
+   * Apply part of a sync (one store transaction). The sync's changes come in parts, one turn of
+   * the event loop each; the part with `end` (default true) tells the engine workers and the log
+   * once for the whole sync, even when a part before it failed.
+   */
+  applyAccessBatch(changes: readonly AccessChange[], end?: boolean): void;
 }
 
 export interface SharedLog {
@@ -83,6 +95,10 @@ const DROP_CHUNK = 1000;
 const FLUSH_MS = 20;
 /** Under load, lookups wait at most this long to share an MGET (against a window of seconds). */
 const LOOKUP_GAP_MS = 2;
+/** Hash fields asked per HSCAN: each reply is small (no command near the timeout) and decoded in its own turn. */
+const SCAN_COUNT = 2000;
+/** Changes of a sync applied per turn of the event loop (a few ms each: the API and sessions go on between). */
+const APPLY_CHUNK = 2000;
 /** Local cache entries written back after Redis lost its data (the most recent first are not known: a cap). */
 const WRITE_BACK_MAX = 200_000;
 
@@ -148,6 +164,9 @@ export class SharedState {
   private flushTimer: NodeJS.Timeout | undefined;
   private flushing = false;
   private syncTimer: NodeJS.Timeout | undefined;
+  /** A sync in progress (it spans many turns), and whether another was asked for meanwhile. */
+  private syncing = false;
+  private syncAgain = false;
   private stopped = false;
   /** Local access changes by prefix → sequence number; a full sync started before it leaves the prefix alone. */
   private readonly accessSeq = new Map<string, number>();
@@ -176,7 +195,7 @@ export class SharedState {
     if (n === undefined) return;
     this.log.warn(
       { kind, skipped: n, total: this.rejects.counts[kind], reason },
-      `cluster peer sent a malformed entry (${kind}): skipped (${n} since the last warning, etd_cluster_rejected_total); another etd version or a foreign writer shares the Redis prefix`,
+      `cluster peer sent a malformed entry (${kind}): skipped (${n} since the last warning, etd_cluster_rejected_total); another etd version or a foreign writer shares the Redis prefix. This one: ${reason}`,
     );
   }
 
@@ -491,15 +510,36 @@ export class SharedState {
       }
       const e = d.value;
       if (e.from === this.node) return;
-      this.accessSeq.delete(e.cidr);
+      // A change made here now, like one through the API: a sync reading or applying meanwhile
+      // leaves the prefix alone (what it read may be older); the next sync reconciles it as usual.
+      this.accessSeq.set(e.cidr, ++this.seq);
       this.local.applyAccess({ cidr: e.cidr, list: e.list });
     } catch (e) {
       this.reject('event', `handling it failed: ${describeError(e)}`);
     }
   }
 
-  /** Reads the shared hash and makes the local runtime entries equal to it (locally newer changes excepted). */
+  /**
+   * Reads the shared hash and makes the local runtime entries equal to it (locally newer changes
+   * excepted). Never two at once: one asked for during another runs right after it.
+   */
   private async sync(): Promise<void> {
+    if (this.syncing) {
+      this.syncAgain = true;
+      return;
+    }
+    this.syncing = true;
+    try {
+      do {
+        this.syncAgain = false;
+        await this.syncOnce();
+      } while (this.syncAgain && !this.stopped);
+    } finally {
+      this.syncing = false;
+    }
+  }
+
+  private async syncOnce(): Promise<void> {
     const c = this.client;
     if (!c || !this.up || this.stopped) return;
     const startedSeq = this.seq;
@@ -507,26 +547,45 @@ export class SharedState {
     const skip = new Set<string>();
     for (const op of [...this.queue, ...this.inflight]) if (op.t === 'access') skip.add(op.cidr);
     const t0 = performance.now();
-    let shared: Record<string, string>;
+    const shared = new Map<string, AccessField>();
     try {
-      // Only valid fields, by canonical prefix, reach the reconcile; the others are counted.
-      const decoded = decodeAccessHash(await c.hgetall(ACCESS_HASH));
-      for (const reason of decoded.rejected) this.reject('access', reason);
-      shared = decoded.entries;
+      // HSCAN, not HGETALL: each reply is a few thousand fields, well inside the command timeout,
+      // and decoded in its own turn. Only valid fields, by canonical prefix, reach the reconcile.
+      const rejected: string[] = [];
+      let cursor = '0';
+      do {
+        const [next, flat] = await c.hscan(ACCESS_HASH, cursor, 'COUNT', SCAN_COUNT);
+        decodeAccessFields(flat, shared, rejected);
+        for (const reason of rejected) this.reject('access', reason);
+        rejected.length = 0;
+        cursor = next;
+        if (this.stopped) return;
+      } while (cursor !== '0');
     } catch (e) {
       this.noteError('sync', e);
       return;
     }
     this.lagMs = Math.round((performance.now() - t0) * 100) / 100;
     this.lastSyncAt = Date.now();
-    // ... and so do those changed here after the read was sent.
+    // ... and so do those changed here after the read started.
+    const changedSince = (cidr: string): boolean => (this.accessSeq.get(cidr) ?? 0) > startedSeq;
     for (const [cidr, s] of this.accessSeq) if (s > startedSeq) skip.add(cidr);
+    let changes: AccessChange[];
     try {
-      this.local.applyAccessBatch(reconcileAccess(this.local.runtimeAccess(), shared, skip));
-      for (const [cidr, s] of [...this.accessSeq]) if (s <= startedSeq) this.accessSeq.delete(cidr);
+      changes = reconcileAccess(this.local.runtimeAccess(), shared, skip);
     } catch (e) {
-      // Each change is guarded on its own (guardedLocal); this catches the rest of a sync.
       this.reject('access', `the sync failed: ${describeError(e)}`);
+      return;
     }
+    // Applied a part per turn; a part failing is counted (guardedLocal) and the next still apply.
+    for (let i = 0; i < changes.length; i += APPLY_CHUNK) {
+      if (i > 0) await new Promise((r) => setImmediate(r));
+      if (this.stopped) return;
+      const end = i + APPLY_CHUNK >= changes.length;
+      // Changed here (API, a peer's event) while the earlier parts were applied: the newer change stays.
+      const part = changes.slice(i, i + APPLY_CHUNK).filter((ch) => !changedSince(ch.cidr));
+      this.local.applyAccessBatch(part, end);
+    }
+    for (const [cidr, s] of [...this.accessSeq]) if (s <= startedSeq) this.accessSeq.delete(cidr);
   }
 }

@@ -135,21 +135,22 @@ describe('cached verdicts carry their expiry', () => {
 });
 
 describe('reconcileAccess', () => {
+  const lists = (o: Record<string, 'allow' | 'deny'>) => new Map(Object.entries(o).map(([k, list]) => [k, { list }]));
   const local = new Map([
     ['192.0.2.0/24', 'deny' as const],
     ['198.51.100.7/32', 'allow' as const],
     ['203.0.113.0/24', 'deny' as const],
   ]);
   it('adds, changes and removes to match the shared hash', () => {
-    const shared = { '192.0.2.0/24': 'deny', '198.51.100.7/32': 'deny', '10.9.0.0/16': 'allow' };
+    const shared = lists({ '192.0.2.0/24': 'deny', '198.51.100.7/32': 'deny', '10.9.0.0/16': 'allow' });
     expect(reconcileAccess(local, shared)).toEqual([
       { cidr: '198.51.100.7/32', list: 'deny' },
       { cidr: '10.9.0.0/16', list: 'allow' },
       { cidr: '203.0.113.0/24', list: undefined },
     ]);
   });
-  it('leaves prefixes changed here since the read alone, and ignores values that are not lists', () => {
-    const shared = { '192.0.2.0/24': 'allow', '10.9.0.0/16': 'bogus', '198.51.100.7/32': 'allow' };
+  it('leaves prefixes changed here since the read alone', () => {
+    const shared = lists({ '192.0.2.0/24': 'allow', '198.51.100.7/32': 'allow' });
     expect(reconcileAccess(local, shared, new Set(['192.0.2.0/24', '203.0.113.0/24']))).toEqual([]);
   });
 });

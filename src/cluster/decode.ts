@@ -99,9 +99,13 @@ export interface AccessField {
   readonly parsed: Cidr;
 }
 
-/** One field of the shared access hash: canonical prefix → list. */
-export function decodeAccessField(field: unknown, value: unknown): Decoded<AccessField> {
-  const parsed = decodePrefix(field);
+/**
+ * One field of the shared access hash: canonical prefix → list. `known`: prefixes this decoder
+ * accepted before (the previous sync), by their text: the same text is the same prefix, so it is
+ * not parsed again (a sync every few seconds re-reads every field).
+ */
+export function decodeAccessField(field: unknown, value: unknown, known?: ReadonlyMap<string, Cidr>): Decoded<AccessField> {
+  const parsed = (typeof field === 'string' ? known?.get(field) : undefined) ?? decodePrefix(field);
   if (parsed === undefined) return bad(`field ${sample(field)} is not a canonical prefix: ${prefixProblem(field)}`);
   const cidr = field as string;
   if (value !== 'allow' && value !== 'deny') return bad(`value of ${cidr} is not allow or deny: ${sample(value)}`);
@@ -111,15 +115,20 @@ export function decodeAccessField(field: unknown, value: unknown): Decoded<Acces
 /**
  * Part of the hash as HSCAN returns it (field, value, field, value, …), decoded into `into`
  * (by prefix) and `rejected` (the reasons of the fields skipped). HSCAN may return a field twice:
- * the later value wins.
+ * the later value wins. `known`: see decodeAccessField.
  */
-export function decodeAccessFields(flat: unknown, into: Map<string, AccessField>, rejected: string[]): void {
+export function decodeAccessFields(
+  flat: unknown,
+  into: Map<string, AccessField>,
+  rejected: string[],
+  known?: ReadonlyMap<string, Cidr>,
+): void {
   if (!Array.isArray(flat)) {
     rejected.push(`not a list of fields: ${sample(flat)}`);
     return;
   }
   for (let i = 0; i + 1 < flat.length; i += 2) {
-    const d = decodeAccessField(flat[i], flat[i + 1]);
+    const d = decodeAccessField(flat[i], flat[i + 1], known);
     if (d.ok) into.set(d.value.cidr, d.value);
     else rejected.push(d.reason);
   }

@@ -74,10 +74,11 @@ export interface SharedAccessEntry {
 }
 
 /**
- * The changes that make the local runtime entries equal to the shared ones, leaving out the
- * prefixes in `skip` (changed locally since the shared copy was read: the local change is newer).
+ * The additions and changes that part of the shared hash (one HSCAN page) asks of the local
+ * runtime entries, leaving out the prefixes in `skip` (changed locally since the read started:
+ * the local change is newer).
  */
-export function reconcileAccess(
+export function accessUpdates(
   local: ReadonlyMap<string, AccessListName>,
   shared: ReadonlyMap<string, SharedAccessEntry>,
   skip: ReadonlySet<string> = new Set(),
@@ -87,8 +88,25 @@ export function reconcileAccess(
     if (skip.has(cidr) || local.get(cidr) === e.list) continue;
     out.push(e.parsed === undefined ? { cidr, list: e.list } : { cidr, list: e.list, parsed: e.parsed });
   }
-  for (const cidr of local.keys()) {
-    if (!skip.has(cidr) && !shared.has(cidr)) out.push({ cidr, list: undefined });
-  }
   return out;
+}
+
+/** The deletions once the whole hash is read: local runtime prefixes it does not hold (`skip` excepted). */
+export function accessDeletions(
+  local: ReadonlyMap<string, AccessListName>,
+  shared: { has(cidr: string): boolean },
+  skip: ReadonlySet<string> = new Set(),
+): AccessChange[] {
+  const out: AccessChange[] = [];
+  for (const cidr of local.keys()) if (!skip.has(cidr) && !shared.has(cidr)) out.push({ cidr, list: undefined });
+  return out;
+}
+
+/** The changes that make the local runtime entries equal to the shared ones (the two above, for a hash read whole). */
+export function reconcileAccess(
+  local: ReadonlyMap<string, AccessListName>,
+  shared: ReadonlyMap<string, SharedAccessEntry>,
+  skip: ReadonlySet<string> = new Set(),
+): AccessChange[] {
+  return [...accessUpdates(local, shared, skip), ...accessDeletions(local, shared, skip)];
 }

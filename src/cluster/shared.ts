@@ -15,6 +15,7 @@
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import { Redis } from 'ioredis';
+import type { Cidr } from '../config/cidr.js';
 import type { ClusterConfig } from '../config/schema.js';
 import { describeError } from '../errors.js';
 import {
@@ -30,12 +31,13 @@ import {
   ACCESS_HASH,
   type AccessChange,
   type AccessListName,
+  accessDeletions,
+  accessUpdates,
   type CacheVerdict,
   EPOCH_KEY,
   encodeEvent,
   encodeVerdict,
   eventChannel,
-  reconcileAccess,
   sharedKey,
   type ValueKind,
 } from './keys.js';
@@ -95,10 +97,10 @@ const DROP_CHUNK = 1000;
 const FLUSH_MS = 20;
 /** Under load, lookups wait at most this long to share an MGET (against a window of seconds). */
 const LOOKUP_GAP_MS = 2;
-/** Hash fields asked per HSCAN: each reply is small (no command near the timeout) and decoded in its own turn. */
+/** Hash fields asked per HSCAN: each reply is small (no command near the timeout), decoded and applied in its own turn. */
 const SCAN_COUNT = 2000;
-/** Changes of a sync applied per turn of the event loop (a few ms each: the API and sessions go on between). */
-const APPLY_CHUNK = 2000;
+/** Changes of a sync applied per turn of the event loop at most (a few ms each: the API and sessions go on between). */
+const APPLY_CHUNK = 1000;
 /** Local cache entries written back after Redis lost its data (the most recent first are not known: a cap). */
 const WRITE_BACK_MAX = 200_000;
 
@@ -171,6 +173,8 @@ export class SharedState {
   /** Local access changes by prefix → sequence number; a full sync started before it leaves the prefix alone. */
   private readonly accessSeq = new Map<string, number>();
   private seq = 0;
+  /** The prefixes of the shared hash at the last complete sync, parsed: the next sync does not parse them again. */
+  private knownPrefixes: ReadonlyMap<string, Cidr> = new Map();
   dropped = 0;
   writtenBack = 0;
   readonly errors: Record<ErrorOp, number> = { connect: 0, lookup: 0, write: 0, sync: 0, subscribe: 0 };
@@ -539,53 +543,89 @@ export class SharedState {
     }
   }
 
+  /**
+   * One sync, page by page: each HSCAN page is decoded, compared with the local entries and
+   * applied in its own turn while the next page is on its way; the deletions (local prefixes the
+   * hash does not hold) once the whole hash is read. The last part tells the workers and the log.
+   */
   private async syncOnce(): Promise<void> {
     const c = this.client;
     if (!c || !this.up || this.stopped) return;
     const startedSeq = this.seq;
-    // Prefixes whose local change is queued or being written now keep the local value.
+    // Prefixes whose local change is queued or being written now keep the local value...
     const skip = new Set<string>();
     for (const op of [...this.queue, ...this.inflight]) if (op.t === 'access') skip.add(op.cidr);
-    const t0 = performance.now();
-    const shared = new Map<string, AccessField>();
+    // ... and so do those changed here (API, a peer's event) after the read started.
+    const newer = (ch: AccessChange): boolean => (this.accessSeq.get(ch.cidr) ?? 0) > startedSeq;
+    const local = this.local.runtimeAccess();
+    // Every prefix the hash holds now (for the deletions, and the next sync's known prefixes).
+    const seen = new Map<string, Cidr>();
+    const parts = { sent: false };
+    let readMs = 0;
+    const scan = (cursor: string): Promise<[string, unknown]> => {
+      const t = performance.now();
+      const p = c.hscan(ACCESS_HASH, cursor, 'COUNT', SCAN_COUNT).then((r) => {
+        readMs += performance.now() - t;
+        return r as [string, unknown];
+      });
+      // Awaited after the current page is applied: a failure meanwhile is not an unhandled rejection.
+      p.catch(() => undefined);
+      return p;
+    };
     try {
-      // HSCAN, not HGETALL: each reply is a few thousand fields, well inside the command timeout,
-      // and decoded in its own turn. Only valid fields, by canonical prefix, reach the reconcile.
-      const rejected: string[] = [];
-      let cursor = '0';
-      do {
-        const [next, flat] = await c.hscan(ACCESS_HASH, cursor, 'COUNT', SCAN_COUNT);
-        decodeAccessFields(flat, shared, rejected);
+      // HSCAN, not HGETALL: a few thousand fields per command, well inside the command timeout.
+      let next: Promise<[string, unknown]> | undefined = scan('0');
+      while (next !== undefined) {
+        const [cursor, flat]: [string, unknown] = await next;
+        next = cursor === '0' ? undefined : scan(cursor);
+        // Only valid fields, by canonical prefix, go on; the others are counted.
+        const page = new Map<string, AccessField>();
+        const rejected: string[] = [];
+        decodeAccessFields(flat, page, rejected, this.knownPrefixes);
         for (const reason of rejected) this.reject('access', reason);
-        rejected.length = 0;
-        cursor = next;
+        for (const [cidr, f] of page) seen.set(cidr, f.parsed);
+        const updates = accessUpdates(local, page, skip);
+        // Decoding and applying a page are a turn each: sessions and the API go on between.
+        await new Promise((r) => setImmediate(r));
         if (this.stopped) return;
-      } while (cursor !== '0');
+        await this.applyParts(updates, false, newer, parts);
+        if (this.stopped) return;
+        // The next page may have arrived already: a turn for the rest first.
+        if (next !== undefined) await new Promise((r) => setImmediate(r));
+      }
     } catch (e) {
       this.noteError('sync', e);
+      // What was applied stays (it came from the hash); the workers and the log still hear of it.
+      if (parts.sent) this.local.applyAccessBatch([], true);
       return;
     }
-    this.lagMs = Math.round((performance.now() - t0) * 100) / 100;
+    this.lagMs = Math.round(readMs * 100) / 100;
     this.lastSyncAt = Date.now();
-    // ... and so do those changed here after the read started.
-    const changedSince = (cidr: string): boolean => (this.accessSeq.get(cidr) ?? 0) > startedSeq;
-    for (const [cidr, s] of this.accessSeq) if (s > startedSeq) skip.add(cidr);
-    let changes: AccessChange[];
-    try {
-      changes = reconcileAccess(this.local.runtimeAccess(), shared, skip);
-    } catch (e) {
-      this.reject('access', `the sync failed: ${describeError(e)}`);
-      return;
-    }
-    // Applied a part per turn; a part failing is counted (guardedLocal) and the next still apply.
-    for (let i = 0; i < changes.length; i += APPLY_CHUNK) {
+    this.knownPrefixes = seen;
+    const deletions = accessDeletions(local, seen, skip);
+    if (deletions.length > 0 || parts.sent) await this.applyParts(deletions, true, newer, parts);
+    for (const [cidr, s] of [...this.accessSeq]) if (s <= startedSeq) this.accessSeq.delete(cidr);
+  }
+
+  /**
+   * Applies changes APPLY_CHUNK per turn, leaving out those `newer` says were changed here
+   * meanwhile; `end`: the last part ends the sync (sent even when empty). A part that throws is
+   * counted (guardedLocal) and the next still apply.
+   */
+  private async applyParts(
+    changes: readonly AccessChange[],
+    end: boolean,
+    newer: (ch: AccessChange) => boolean,
+    parts: { sent: boolean },
+  ): Promise<void> {
+    for (let i = 0; i < changes.length || (end && i === 0); i += APPLY_CHUNK) {
       if (i > 0) await new Promise((r) => setImmediate(r));
       if (this.stopped) return;
-      const end = i + APPLY_CHUNK >= changes.length;
-      // Changed here (API, a peer's event) while the earlier parts were applied: the newer change stays.
-      const part = changes.slice(i, i + APPLY_CHUNK).filter((ch) => !changedSince(ch.cidr));
-      this.local.applyAccessBatch(part, end);
+      const last = i + APPLY_CHUNK >= changes.length;
+      const part = changes.slice(i, i + APPLY_CHUNK).filter((ch) => !newer(ch));
+      if (part.length === 0 && !(end && last)) continue;
+      this.local.applyAccessBatch(part, end && last);
+      parts.sent = !(end && last);
     }
-    for (const [cidr, s] of [...this.accessSeq]) if (s <= startedSeq) this.accessSeq.delete(cidr);
   }
 }

@@ -235,8 +235,12 @@ function recorder(opts: { throwing?: boolean } = {}) {
     },
     applyAccessBatch(changes, end = true) {
       batches.push({ size: changes.length, end });
-      if (opts.throwing) throw new RangeError('Cannot convert NaN to a BigInt');
-      for (const c of changes) applied.push({ cidr: c.cidr, list: c.list });
+      if (opts.throwing && changes.length > 0) throw new RangeError('Cannot convert NaN to a BigInt');
+      for (const c of changes) {
+        applied.push({ cidr: c.cidr, list: c.list });
+        if (c.list === undefined) runtime.delete(c.cidr);
+        else runtime.set(c.cidr, c.list);
+      }
     },
   };
   return { local, applied, batches };
@@ -307,13 +311,43 @@ describe('SharedState: nothing from a peer throws out of a handler', () => {
     // One from the event, one for the sync's batch (a sync's changes are applied as one batch: its
     // failure is one failure, counted once).
     expect(s.status().rejected.access).toBe(2);
-    expect(batches).toEqual([{ size: 2, end: true }]);
+    // The part, then the end of the sync (the workers and the log hear of it even so).
+    const oneSync = [
+      { size: 2, end: false },
+      { size: 0, end: true },
+    ];
+    expect(batches).toEqual(oneSync);
     await expect(i.sync()).resolves.toBeUndefined();
     expect(s.status().rejected.access).toBe(3);
-    expect(batches).toEqual([
-      { size: 2, end: true },
-      { size: 2, end: true },
-    ]);
+    expect(batches).toEqual([...oneSync, ...oneSync]);
+  });
+
+  it('a sync asked for while one runs waits for it (never two at once), then runs once more', async () => {
+    const { local, batches } = recorder();
+    const { s } = sharedWith(local, () => ({
+      '192.0.2.0/24': 'deny',
+      '198.51.100.0/24': 'allow',
+      '203.0.113.0/24': 'deny',
+      '10.0.0.0/8': 'deny',
+    }));
+    const i = s as unknown as Internals & { client: { hscan: (k: string, c: string) => Promise<[string, string[]]> } };
+    const scan = i.client.hscan;
+    let reading = 0;
+    let most = 0;
+    let started = 0;
+    i.client.hscan = async (k, c) => {
+      if (c === '0') started++;
+      reading++;
+      most = Math.max(most, reading);
+      await new Promise((r) => setImmediate(r));
+      reading--;
+      return scan(k, c);
+    };
+    await Promise.all([i.sync(), i.sync(), i.sync()]);
+    expect(most).toBe(1);
+    // The first, and one more for the two asked for meanwhile.
+    expect(started).toBe(2);
+    expect(batches.filter((b) => b.end)).toHaveLength(1);
   });
 
   it("a peer's event that arrives while a sync reads the hash is not undone by that sync", async () => {

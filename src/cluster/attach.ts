@@ -4,7 +4,7 @@ import type { Config } from '../config/schema.js';
 import type { AccessBatchResult, AccessLists } from '../policy/access.js';
 import type { ClientCache } from '../policy/clientCache.js';
 import type { StateStore } from '../state/store.js';
-import type { AccessChange, AccessListName, CacheVerdict } from './keys.js';
+import type { AccessChange, CacheVerdict } from './keys.js';
 import type { LocalState, SharedLog, SharedState } from './shared.js';
 
 /** What a held session does with a verdict a peer recorded (pure). */
@@ -50,11 +50,7 @@ export function localState(cache: ClientCache, access: AccessLists, store: State
   return {
     adoptCache: (key, kind, expires) => cache.adopt(key, kind, expires),
     cacheEntries: () => cache.entries(),
-    runtimeAccess() {
-      const m = new Map<string, AccessListName>();
-      for (const e of access.runtime()) m.set(e.canonical, e.list);
-      return m;
-    },
+    runtimeAccess: () => access.runtimeLists(),
     applyAccess(change) {
       const r = apply([change], true);
       for (const a of r.applied) {

@@ -50,8 +50,8 @@ export interface LocalState {
   adoptCache(key: string, kind: CacheVerdict, expires: number): void;
   /** Live local cache entries (for write-back after Redis lost its data). */
   cacheEntries(): Iterable<{ key: string; kind: CacheVerdict; expires: number }>;
-  /** The runtime access entries (canonical cidr text → list). */
-  runtimeAccess(): Map<string, AccessListName>;
+  /** The runtime access entries (canonical cidr text → list): a live read-only view, not a copy. */
+  runtimeAccess(): ReadonlyMap<string, AccessListName>;
   /** Apply a peer's access change (list undefined: delete) to the lists and the local store. */
   applyAccess(change: AccessChange): void;
   /**
@@ -557,6 +557,7 @@ export class SharedState {
     for (const op of [...this.queue, ...this.inflight]) if (op.t === 'access') skip.add(op.cidr);
     // ... and so do those changed here (API, a peer's event) after the read started.
     const newer = (ch: AccessChange): boolean => (this.accessSeq.get(ch.cidr) ?? 0) > startedSeq;
+    // Live, not a copy: each page is compared with the entries as they are then.
     const local = this.local.runtimeAccess();
     // Every prefix the hash holds now (for the deletions, and the next sync's known prefixes).
     const seen = new Map<string, Cidr>();

@@ -121,6 +121,8 @@ export class AccessLists {
   private readonly v4 = new FamilyIndex(4);
   private readonly v6 = new FamilyIndex(6);
   private runtimeCount = 0;
+  /** The runtime entries' lists by canonical prefix text, kept as entries come and go (a sync compares against it every few seconds). */
+  private readonly runtimeByText = new Map<string, AccessVerdict>();
   private sorted: AccessEntry[] | undefined;
   /** Told once per change or batch of runtime entries: the engine workers' copies follow it. */
   onChange: (() => void) | undefined;
@@ -165,6 +167,11 @@ export class AccessLists {
     const out: Array<{ cidr: string; list: AccessVerdict }> = [];
     for (const e of this.all()) if (e.source === 'runtime') out.push({ cidr: e.cidr.text, list: e.list });
     return out;
+  }
+
+  /** The runtime entries' lists by canonical prefix text: live and read-only (no copy; it changes with the lists). */
+  runtimeLists(): ReadonlyMap<string, AccessVerdict> {
+    return this.runtimeByText;
   }
 
   /** The runtime entries, unordered (O(n), no sort). */
@@ -313,7 +320,10 @@ export class AccessLists {
     let i = 0;
     while (i < b.length && (b[i]!.list === 'deny' || list === 'allow')) i++;
     b.splice(i, 0, entry);
-    if (source === 'runtime') this.runtimeCount++;
+    if (source === 'runtime') {
+      this.runtimeCount++;
+      this.runtimeByText.set(canonical, list);
+    }
     this.sorted = undefined;
     return entry;
   }
@@ -326,7 +336,10 @@ export class AccessLists {
     if (i < 0) return;
     b.splice(i, 1);
     if (b.length === 0) f.drop(e.cidr);
-    if (e.source === 'runtime') this.runtimeCount--;
+    if (e.source === 'runtime') {
+      this.runtimeCount--;
+      this.runtimeByText.delete(e.canonical);
+    }
     this.sorted = undefined;
   }
 }

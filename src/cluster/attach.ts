@@ -36,10 +36,22 @@ export function consultShared(shared: SharedState, session: HeldSession, key: st
   });
 }
 
+/** Entries of the shared hash skipped at every sync (access.maxEntries): one warning a minute, not one a sync. */
+const WARN_EVERY_MS = 60_000;
+
 /** The local state as SharedState sees it: the caches, the access lists and the store behind them. */
 export function localState(cache: ClientCache, access: AccessLists, store: StateStore, log: SharedLog): LocalState {
   /** What the parts of the sync in progress did, told once at its end. */
-  let sync = { added: 0, deleted: 0, skipped: 0, refused: 0, first: undefined as { cidr: string; reason: string } | undefined };
+  let warnedAt = -Infinity;
+  let sync = {
+    added: 0,
+    deleted: 0,
+    skipped: 0,
+    refused: 0,
+    first: undefined as { cidr: string; reason: string } | undefined,
+    /** A part threw (guardedLocal counts it). */
+    failed: false,
+  };
   const apply = (changes: readonly AccessChange[], notify: boolean): AccessBatchResult => {
     // Peers' data is hostile: a bad prefix, a config prefix or one beyond access.maxEntries is
     // skipped (and counted in the log line), never thrown.
@@ -65,7 +77,14 @@ export function localState(cache: ClientCache, access: AccessLists, store: State
       // whole sync once, with its last part, even when a part before it failed.
       try {
         if (changes.length > 0) {
-          const r = apply(changes, false);
+          // A part that throws may have changed some entries: the workers hear of it all the same.
+          let r: AccessBatchResult;
+          try {
+            r = apply(changes, false);
+          } catch (e) {
+            sync.failed = true;
+            throw e;
+          }
           const added = r.applied.filter((a) => a.list !== undefined).length;
           sync.added += added;
           sync.deleted += r.applied.length - added;
@@ -79,15 +98,18 @@ export function localState(cache: ClientCache, access: AccessLists, store: State
       } finally {
         if (end) {
           const done = sync;
-          sync = { added: 0, deleted: 0, skipped: 0, refused: 0, first: undefined };
+          sync = { added: 0, deleted: 0, skipped: 0, refused: 0, first: undefined, failed: false };
+          if (done.added + done.deleted > 0 || done.failed) access.onChange?.();
           if (done.added + done.deleted > 0) {
-            access.onChange?.();
             log.info(
               { added: done.added, deleted: done.deleted, skipped: done.skipped },
               `access entries synced from the cluster: ${done.added} added, ${done.deleted} deleted`,
             );
           }
-          if (done.first !== undefined) {
+          // A refused entry stays in the hash, so every sync meets it again: warned once a minute.
+          const now = Date.now();
+          if (done.first !== undefined && now - warnedAt >= WARN_EVERY_MS) {
+            warnedAt = now;
             log.warn(
               { skipped: done.refused, first: done.first },
               `${done.refused} access entries from the cluster skipped, e.g. ${done.first.cidr}: ${done.first.reason}`,

@@ -55,8 +55,8 @@ export interface LocalState {
   /** Apply a peer's access change (list undefined: delete) to the lists and the local store. */
   applyAccess(change: AccessChange): void;
   /**
-   * Apply part of a sync (one store transaction). The sync's changes come in parts, one turn of
-   * the event loop each; the part with `end` (default true) tells the engine workers and the log
+   * Apply part of a sync. The sync's changes come in parts, one turn of the event loop each; the
+   * part with `end` (default true) completes the store and tells the engine workers and the log
    * once for the whole sync, even when a part before it failed.
    */
   applyAccessBatch(changes: readonly AccessChange[], end?: boolean): void;

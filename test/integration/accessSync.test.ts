@@ -110,6 +110,8 @@ describe.skipIf(skip)('a large access hash synced from Redis (real redis-server)
     expect(changes).toBeGreaterThanOrEqual(1);
     expect(changes).toBeLessThanOrEqual(2);
     expect(app.cluster!.status().errors.sync).toBe(0);
+    // The store has them all too (written a few thousand per transaction, in key order).
+    expect(app.store.loadAccess()).toHaveLength(N);
 
     // Deleted from the hash: the deletions go in parts too, and all of them arrive.
     changes = 0;
@@ -120,6 +122,7 @@ describe.skipIf(skip)('a large access hash synced from Redis (real redis-server)
     expect(during(gone.timers).length, `runtime entries seen by the timers: ${gone.timers.join(',')}`).toBeGreaterThan(0);
     expect(changes).toBeGreaterThanOrEqual(1);
     expect(changes).toBeLessThanOrEqual(2);
+    expect(app.store.loadAccess()).toEqual([]);
     app.access.onChange = before;
   }, 60_000);
 });

@@ -1,7 +1,7 @@
 // The cluster's pure parts: Redis options from the config, the key layout and message codec, the access reconcile, the link's warnings, and a peer's verdict on a held session.
 
 import { describe, expect, it } from 'vitest';
-import { decideShared } from '../../src/cluster/attach.js';
+import { decideShared, localState } from '../../src/cluster/attach.js';
 import {
   decodeEvent,
   decodeVerdict,
@@ -16,6 +16,9 @@ import { parseEndpoint, reconnectDelay, redisOptions, redisWhere } from '../../s
 import { verdictLine } from '../../src/commands/doctor.js';
 import type { ClusterConfig } from '../../src/config/schema.js';
 import { redisFindings } from '../../src/doctor/checks.js';
+import { AccessLists } from '../../src/policy/access.js';
+import { ClientCache } from '../../src/policy/clientCache.js';
+import { openStore } from '../../src/state/store.js';
 
 const cluster = (redis: Partial<ClusterConfig['redis']>): ClusterConfig => ({
   redis: {
@@ -152,6 +155,42 @@ describe('reconcileAccess', () => {
   it('leaves prefixes changed here since the read alone', () => {
     const shared = lists({ '192.0.2.0/24': 'allow', '198.51.100.7/32': 'allow' });
     expect(reconcileAccess(local, shared, new Set(['192.0.2.0/24', '203.0.113.0/24']))).toEqual([]);
+  });
+});
+
+describe('localState: a sync applied in parts', () => {
+  const quiet = { warn: () => undefined, info: () => undefined, debug: () => undefined };
+  it('the lists at once, the store by its end as the lists then hold it, the workers and the log once', () => {
+    const store = openStore(':memory:', quiet);
+    const access = new AccessLists({ allow: [], deny: [] });
+    const cache = new ClientCache({ enabled: true, ttlMs: 1000, denyTtlMs: 1000, scope: 'ip' }, store);
+    const infos: string[] = [];
+    const local = localState(cache, access, store, { ...quiet, info: (_o, m) => void infos.push(m) });
+    let changes = 0;
+    access.onChange = () => changes++;
+    local.applyAccessBatch(
+      [
+        { cidr: '192.0.2.0/24', list: 'deny' },
+        { cidr: '198.51.100.0/24', list: 'deny' },
+      ],
+      false,
+    );
+    expect(access.match('192.0.2.1')?.list).toBe('deny');
+    expect(changes).toBe(0);
+    // An operator's change meanwhile (the API writes the lists and the store at once).
+    access.add('192.0.2.0/24', 'allow');
+    store.putAccess('192.0.2.0/24', 'allow');
+    changes = 0;
+    local.applyAccessBatch([{ cidr: '203.0.113.0/24', list: 'deny' }], true);
+    expect(changes).toBe(1);
+    expect(infos.filter((m) => /synced from the cluster/.test(m))).toEqual(['access entries synced from the cluster: 3 added, 0 deleted']);
+    // The sync's older value of 192.0.2.0/24 never reaches the store.
+    expect(store.loadAccess().sort((a, b) => (a.cidr < b.cidr ? -1 : 1))).toEqual([
+      { cidr: '192.0.2.0/24', list: 'allow' },
+      { cidr: '198.51.100.0/24', list: 'deny' },
+      { cidr: '203.0.113.0/24', list: 'deny' },
+    ]);
+    store.close();
   });
 });
 

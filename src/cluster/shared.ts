@@ -173,7 +173,7 @@ export class SharedState {
   /** Local access changes by prefix → sequence number; a full sync started before it leaves the prefix alone. */
   private readonly accessSeq = new Map<string, number>();
   private seq = 0;
-  /** The prefixes of the shared hash at the last complete sync, parsed: the next sync does not parse them again. */
+  /** The prefixes of the shared hash that were local at the last complete sync, parsed: the next sync does not parse them again. */
   private knownPrefixes: ReadonlyMap<string, Cidr> = new Map();
   dropped = 0;
   writtenBack = 0;
@@ -559,7 +559,7 @@ export class SharedState {
     const newer = (ch: AccessChange): boolean => (this.accessSeq.get(ch.cidr) ?? 0) > startedSeq;
     // Live, not a copy: each page is compared with the entries as they are then.
     const local = this.local.runtimeAccess();
-    // Every prefix the hash holds now (for the deletions, and the next sync's known prefixes).
+    // The local prefixes the hash holds (for the deletions, and the next sync's known prefixes).
     const seen = new Map<string, Cidr>();
     const parts = { sent: false };
     let readMs = 0;
@@ -584,13 +584,15 @@ export class SharedState {
         const rejected: string[] = [];
         decodeAccessFields(flat, page, rejected, this.knownPrefixes);
         for (const reason of rejected) this.reject('access', reason);
-        for (const [cidr, f] of page) seen.set(cidr, f.parsed);
         const updates = accessUpdates(local, page, skip);
         // Decoding and applying a page are a turn each: sessions and the API go on between.
         await new Promise((r) => setImmediate(r));
         if (this.stopped) return;
         await this.applyParts(updates, false, newer, parts);
         if (this.stopped) return;
+        // Only what is local now needs remembering (the deletions are of local prefixes): so
+        // however many fields a writer puts in the hash, this stays within access.maxEntries.
+        for (const [cidr, f] of page) if (local.has(cidr)) seen.set(cidr, f.parsed);
         // The next page may have arrived already: a turn for the rest first.
         if (next !== undefined) await new Promise((r) => setImmediate(r));
       }

@@ -221,14 +221,14 @@ const clusterConfig: ClusterConfig = {
   syncIntervalMs: 5000,
 };
 
-function recorder(opts: { throwing?: boolean } = {}) {
+function recorder(opts: { throwing?: boolean; cap?: number } = {}) {
   const applied: AccessChange[] = [];
   const batches: Array<{ size: number; end: boolean }> = [];
   const runtime = new Map<string, AccessListName>();
   const local: LocalState = {
     adoptCache: () => undefined,
     cacheEntries: () => [],
-    runtimeAccess: () => new Map(runtime),
+    runtimeAccess: () => runtime,
     applyAccess(change) {
       if (opts.throwing) throw new RangeError('Cannot convert NaN to a BigInt');
       applied.push(change);
@@ -237,6 +237,8 @@ function recorder(opts: { throwing?: boolean } = {}) {
       batches.push({ size: changes.length, end });
       if (opts.throwing && changes.length > 0) throw new RangeError('Cannot convert NaN to a BigInt');
       for (const c of changes) {
+        // access.maxEntries: beyond it, additions are refused.
+        if (c.list !== undefined && !runtime.has(c.cidr) && runtime.size >= (opts.cap ?? Infinity)) continue;
         applied.push({ cidr: c.cidr, list: c.list });
         if (c.list === undefined) runtime.delete(c.cidr);
         else runtime.set(c.cidr, c.list);
@@ -348,6 +350,21 @@ describe('SharedState: nothing from a peer throws out of a handler', () => {
     // The first, and one more for the two asked for meanwhile.
     expect(started).toBe(2);
     expect(batches.filter((b) => b.end)).toHaveLength(1);
+  });
+
+  it('a hash with more fields than the lists take: only the local ones are remembered, and the next sync deletes nothing', async () => {
+    const { local, applied, batches } = recorder({ cap: 2 });
+    const hash = Object.fromEntries(Array.from({ length: 7 }, (_, n) => [`192.0.2.${n * 8}/29`, 'deny']));
+    const { s } = sharedWith(local, () => hash);
+    const i = s as unknown as Internals & { knownPrefixes: ReadonlyMap<string, unknown> };
+    await i.sync();
+    expect(applied).toHaveLength(2);
+    expect([...i.knownPrefixes.keys()]).toEqual(applied.map((a) => a.cidr));
+    const before = batches.length;
+    await i.sync();
+    // The refused ones are offered again (and refused again); nothing local is deleted.
+    expect(applied).toHaveLength(2);
+    expect(batches.slice(before).every((b) => b.size <= 5)).toBe(true);
   });
 
   it("a peer's event that arrives while a sync reads the hash is not undone by that sync", async () => {

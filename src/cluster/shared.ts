@@ -221,7 +221,7 @@ export class SharedState {
     sub.on('error', (e: Error) => this.noteError('subscribe', e));
     sub.on('message', (_channel: string, text: string) => this.onMessage(text));
     sub.subscribe(eventChannel(this.config.redis.keyPrefix)).catch((e: unknown) => this.noteError('subscribe', e));
-    this.syncTimer = setInterval(() => void this.sync(), this.config.syncIntervalMs);
+    this.syncTimer = setInterval(() => void this.sync(true), this.config.syncIntervalMs);
     this.syncTimer.unref();
   }
 
@@ -525,11 +525,13 @@ export class SharedState {
 
   /**
    * Reads the shared hash and makes the local runtime entries equal to it (locally newer changes
-   * excepted). Never two at once: one asked for during another runs right after it.
+   * excepted). Never two at once: one asked for during another runs right after it, except the
+   * interval's (`skipIfBusy`): a sync slower than cluster.syncInterval is not followed by
+   * another at once, for ever.
    */
-  private async sync(): Promise<void> {
+  private async sync(skipIfBusy = false): Promise<void> {
     if (this.syncing) {
-      this.syncAgain = true;
+      if (!skipIfBusy) this.syncAgain = true;
       return;
     }
     this.syncing = true;

@@ -250,7 +250,7 @@ function recorder(opts: { throwing?: boolean; cap?: number } = {}) {
 
 interface Internals {
   onMessage(text: string): void;
-  sync(): Promise<void>;
+  sync(skipIfBusy?: boolean): Promise<void>;
   client: unknown;
   state: string;
 }
@@ -324,7 +324,7 @@ describe('SharedState: nothing from a peer throws out of a handler', () => {
     expect(batches).toEqual([...oneSync, ...oneSync]);
   });
 
-  it('a sync asked for while one runs waits for it (never two at once), then runs once more', async () => {
+  it("a sync asked for while one runs waits for it (never two at once), then runs once more; the interval's is skipped", async () => {
     const { local, batches } = recorder();
     const { s } = sharedWith(local, () => ({
       '192.0.2.0/24': 'deny',
@@ -350,6 +350,9 @@ describe('SharedState: nothing from a peer throws out of a handler', () => {
     // The first, and one more for the two asked for meanwhile.
     expect(started).toBe(2);
     expect(batches.filter((b) => b.end)).toHaveLength(1);
+    // The interval's while one runs: skipped.
+    await Promise.all([i.sync(), i.sync(true), i.sync(true)]);
+    expect(started).toBe(3);
   });
 
   it('a hash with more fields than the lists take: only the local ones are remembered, and the next sync deletes nothing', async () => {

@@ -1,11 +1,10 @@
 // The cluster's place in the App: the local state SharedState reads and feeds, and what a peer's verdict does to a held session.
 
-import { canonicalCidr } from '../config/cidr.js';
 import type { Config } from '../config/schema.js';
-import type { AccessBatchResult, AccessEntry, AccessLists } from '../policy/access.js';
+import type { AccessBatchResult, AccessLists } from '../policy/access.js';
 import type { ClientCache } from '../policy/clientCache.js';
 import type { StateStore } from '../state/store.js';
-import type { AccessChange, AccessListName, CacheVerdict } from './keys.js';
+import type { AccessChange, CacheVerdict } from './keys.js';
 import type { LocalState, SharedLog, SharedState } from './shared.js';
 
 /** What a held session does with a verdict a peer recorded (pure). */
@@ -37,25 +36,53 @@ export function consultShared(shared: SharedState, session: HeldSession, key: st
   });
 }
 
+/** Entries of the shared hash skipped at every sync (access.maxEntries): one warning a minute, not one a sync. */
+const WARN_EVERY_MS = 60_000;
+
+/** Prefixes of a sync written to the store per transaction (see `unstored`). */
+const STORE_CHUNK = 5000;
+
 /** The local state as SharedState sees it: the caches, the access lists and the store behind them. */
 export function localState(cache: ClientCache, access: AccessLists, store: StateStore, log: SharedLog): LocalState {
-  const applyAccessBatch = (changes: readonly AccessChange[]): AccessBatchResult => {
-    // Peers' data is hostile: a bad prefix, a config prefix or one beyond access.maxEntries is
-    // skipped (and counted in the log line), never thrown.
+  /** What the parts of the sync in progress did, told once at its end. */
+  let warnedAt = -Infinity;
+  let sync = {
+    added: 0,
+    deleted: 0,
+    skipped: 0,
+    refused: 0,
+    first: undefined as { cidr: string; reason: string } | undefined,
+    /** A part threw (guardedLocal counts it). */
+    failed: false,
+  };
+  // Peers' data is hostile: a bad prefix, a config prefix or one beyond access.maxEntries is
+  // skipped (and counted in the log line), never thrown.
+  const apply = (changes: readonly AccessChange[]): AccessBatchResult => {
     const r = access.applyBatch(changes, 'runtime');
     store.applyAccessBatch(r.applied);
     return r;
   };
+  /**
+   * Prefixes a sync changed in the lists and not yet in the store. SQLite pays per transaction
+   * for every page it touches, and a sync's prefixes come in hash order (random): 100,000 rows
+   * in transactions of 1,000 cost 3-4x those of 5,000-10,000 (measured), so the store is written
+   * STORE_CHUNK prefixes at a time, in key order, each as the lists hold it when written (so
+   * an API change meanwhile is never undone by an older value).
+   */
+  const unstored = new Set<string>();
+  const writeUnstored = (): void => {
+    if (unstored.size === 0) return;
+    const lists = access.runtimeLists();
+    const rows = [...unstored].sort().map((cidr) => ({ cidr, list: lists.get(cidr) }));
+    unstored.clear();
+    store.applyAccessBatch(rows);
+  };
   return {
     adoptCache: (key, kind, expires) => cache.adopt(key, kind, expires),
     cacheEntries: () => cache.entries(),
-    runtimeAccess() {
-      const m = new Map<string, AccessListName>();
-      for (const e of access.runtime()) m.set(canonicalText(e), e.list);
-      return m;
-    },
+    runtimeAccess: () => access.runtimeLists(),
     applyAccess(change) {
-      const r = applyAccessBatch([change]);
+      const r = apply([change]);
       for (const a of r.applied) {
         if (a.list === undefined) log.info({ cidr: a.cidr }, `access entry ${a.cidr} deleted by a cluster peer`);
         else log.info({ cidr: a.cidr, list: a.list }, `access entry ${a.cidr} (${a.list}) added by a cluster peer`);
@@ -63,34 +90,54 @@ export function localState(cache: ClientCache, access: AccessLists, store: State
       for (const x of r.rejected)
         if (!x.reason.includes('the file wins')) log.warn({ cidr: x.cidr }, `access entry from a cluster peer skipped: ${x.reason}`);
     },
-    applyAccessBatch(changes) {
-      if (changes.length === 0) return;
-      const r = applyAccessBatch(changes);
-      const added = r.applied.filter((a) => a.list !== undefined).length;
-      const deleted = r.applied.length - added;
-      const refused = r.rejected.filter((x) => !x.reason.includes('the file wins'));
-      if (r.applied.length > 0)
-        log.info(
-          { added, deleted, skipped: r.rejected.length },
-          `access entries synced from the cluster: ${added} added, ${deleted} deleted`,
-        );
-      if (refused.length > 0) {
-        log.warn(
-          { skipped: refused.length, first: refused[0] },
-          `${refused.length} access entries from the cluster skipped, e.g. ${refused[0]!.cidr}: ${refused[0]!.reason}`,
-        );
+    applyAccessBatch(changes, end = true) {
+      // A part: the lists now, the store every STORE_CHUNK prefixes; the store, the workers and
+      // the log hear of the whole sync with its last part, even when a part before it failed.
+      try {
+        if (changes.length > 0) {
+          // A part that throws may have changed some entries: the workers hear of it all the same.
+          let r: AccessBatchResult;
+          try {
+            r = access.applyBatch(changes, 'runtime', { notify: false });
+          } catch (e) {
+            sync.failed = true;
+            throw e;
+          }
+          for (const a of r.applied) unstored.add(a.cidr);
+          if (unstored.size >= STORE_CHUNK) writeUnstored();
+          const added = r.applied.filter((a) => a.list !== undefined).length;
+          sync.added += added;
+          sync.deleted += r.applied.length - added;
+          sync.skipped += r.rejected.length;
+          for (const x of r.rejected) {
+            if (x.reason.includes('the file wins')) continue;
+            sync.refused++;
+            sync.first ??= x;
+          }
+        }
+      } finally {
+        if (end) {
+          writeUnstored();
+          const done = sync;
+          sync = { added: 0, deleted: 0, skipped: 0, refused: 0, first: undefined, failed: false };
+          if (done.added + done.deleted > 0 || done.failed) access.onChange?.();
+          if (done.added + done.deleted > 0) {
+            log.info(
+              { added: done.added, deleted: done.deleted, skipped: done.skipped },
+              `access entries synced from the cluster: ${done.added} added, ${done.deleted} deleted`,
+            );
+          }
+          // A refused entry stays in the hash, so every sync meets it again: warned once a minute.
+          const now = Date.now();
+          if (done.first !== undefined && now - warnedAt >= WARN_EVERY_MS) {
+            warnedAt = now;
+            log.warn(
+              { skipped: done.refused, first: done.first },
+              `${done.refused} access entries from the cluster skipped, e.g. ${done.first.cidr}: ${done.first.reason}`,
+            );
+          }
+        }
       }
     },
   };
-}
-
-/** Canonical prefix text of an entry, formatted once per entry (runtimeAccess runs at every sync). */
-const texts = new WeakMap<AccessEntry, string>();
-function canonicalText(e: AccessEntry): string {
-  let t = texts.get(e);
-  if (t === undefined) {
-    t = canonicalCidr(e.cidr);
-    texts.set(e, t);
-  }
-  return t;
 }

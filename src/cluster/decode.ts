@@ -5,7 +5,7 @@
 // well-formed entry or as a reason to skip it. Nothing here throws, whatever the input.
 
 import net from 'node:net';
-import { formatAddress, parseCidr } from '../config/cidr.js';
+import { type Cidr, canonicalCidr, parseCidr } from '../config/cidr.js';
 import type { ZoneAnswer } from '../reputation/score.js';
 import type { AccessEvent, AccessListName, CacheVerdict } from './keys.js';
 
@@ -36,17 +36,38 @@ export function sample(v: unknown): string {
   return JSON.stringify(cut);
 }
 
-/** Canonical prefix text (192.0.2.0/24, 2001:db8::/32) of a peer's prefix; undefined when it is not one. */
-export function canonicalPrefix(text: unknown): string | undefined {
+/**
+ * A peer's prefix, parsed, when its text is the canonical spelling etd writes (192.0.2.0/24,
+ * 2001:db8::/32); undefined for anything else. Every etd writes canonical prefixes (the API
+ * formats them), so another spelling — host bits set (10.0.0.1/24), upper case, a bare address,
+ * an IPv4-mapped prefix — is not one of ours: refused as malformed, not normalised. (A normalised
+ * field would also never go away: deleting the canonical prefix leaves the other spelling in the
+ * hash, and the next sync would add it back.)
+ */
+export function decodePrefix(text: unknown): Cidr | undefined {
   // Only the characters of an address and a length: zone ids (fe80::%x), spaces and the rest are
   // refused before the parser sees them, whatever the parser does with them.
-  if (typeof text !== 'string' || text.length === 0 || text.length > MAX_CIDR_CHARS || !/^[0-9a-fA-F:./]+$/.test(text)) return undefined;
+  if (typeof text !== 'string' || text.length === 0 || text.length > MAX_CIDR_CHARS || !/^[0-9a-f:./]+$/.test(text)) return undefined;
   try {
     const c = parseCidr(text);
-    return typeof c === 'string' ? undefined : `${formatAddress(c.family, c.network)}/${c.prefix}`;
+    return typeof c !== 'string' && canonicalCidr(c) === text ? c : undefined;
   } catch {
     return undefined;
   }
+}
+
+/** Why a peer's text is not a canonical prefix, for the warning (only for text decodePrefix refused). */
+export function prefixProblem(text: unknown): string {
+  if (typeof text !== 'string') return 'not text';
+  if (text.length > MAX_CIDR_CHARS) return `${text.length} characters, over ${MAX_CIDR_CHARS}`;
+  // The parser's reason (it never throws on a string) names a zone ID, host bits, a bad length.
+  const c = parseCidr(text);
+  return typeof c === 'string' ? c : `not the canonical spelling etd writes (${canonicalCidr(c)})`;
+}
+
+/** The text of a peer's prefix when it is canonical (see decodePrefix); undefined otherwise. */
+export function canonicalPrefix(text: unknown): string | undefined {
+  return decodePrefix(text) === undefined ? undefined : (text as string);
 }
 
 /** A message from the events channel. */
@@ -65,32 +86,61 @@ export function decodeEventText(text: unknown): Decoded<AccessEvent> {
   if (typeof o.from !== 'string' || o.from.length === 0 || o.from.length > MAX_NODE_CHARS)
     return bad(`"from" is not a node id: ${sample(text)}`);
   const cidr = canonicalPrefix(o.cidr);
-  if (cidr === undefined) return bad(`"cidr" is not a prefix: ${sample(o.cidr)}`);
+  if (cidr === undefined) return bad(`"cidr" ${sample(o.cidr)} is not a canonical prefix: ${prefixProblem(o.cidr)}`);
   if (o.list !== undefined && o.list !== 'allow' && o.list !== 'deny') return bad(`"list" is not allow or deny: ${sample(o.list)}`);
   return { ok: true, value: { from: o.from, kind: 'access', cidr, list: o.list as AccessListName | undefined } };
 }
 
-/** One field of the shared access hash: canonical prefix → list. */
-export function decodeAccessField(field: unknown, value: unknown): Decoded<{ cidr: string; list: AccessListName }> {
-  const cidr = canonicalPrefix(field);
-  if (cidr === undefined) return bad(`field is not a prefix: ${sample(field)}`);
-  if (value !== 'allow' && value !== 'deny') return bad(`value of ${cidr} is not allow or deny: ${sample(value)}`);
-  return { ok: true, value: { cidr, list: value } };
+/** One valid field of the shared access hash: the prefix (canonical text, parsed) and its list. */
+export interface AccessField {
+  readonly cidr: string;
+  readonly list: AccessListName;
+  /** Parsed here once: the access lists take it as it is (not parsed again). */
+  readonly parsed: Cidr;
 }
 
 /**
- * The whole access hash: its valid fields by canonical prefix, and the reasons of those skipped.
- * Two spellings of one prefix: the canonical spelling wins, else the first seen.
+ * One field of the shared access hash: canonical prefix → list. `known`: prefixes this decoder
+ * accepted before (the previous sync), by their text: the same text is the same prefix, so it is
+ * not parsed again (a sync every few seconds re-reads every field).
  */
-export function decodeAccessHash(hash: unknown): { entries: Record<string, AccessListName>; rejected: string[] } {
-  const entries: Record<string, AccessListName> = {};
+export function decodeAccessField(field: unknown, value: unknown, known?: ReadonlyMap<string, Cidr>): Decoded<AccessField> {
+  const parsed = (typeof field === 'string' ? known?.get(field) : undefined) ?? decodePrefix(field);
+  if (parsed === undefined) return bad(`field ${sample(field)} is not a canonical prefix: ${prefixProblem(field)}`);
+  const cidr = field as string;
+  if (value !== 'allow' && value !== 'deny') return bad(`value of ${cidr} is not allow or deny: ${sample(value)}`);
+  return { ok: true, value: { cidr, list: value, parsed } };
+}
+
+/**
+ * Part of the hash as HSCAN returns it (field, value, field, value, …), decoded into `into`
+ * (by prefix) and `rejected` (the reasons of the fields skipped). HSCAN may return a field twice:
+ * the later value wins. `known`: see decodeAccessField.
+ */
+export function decodeAccessFields(
+  flat: unknown,
+  into: Map<string, AccessField>,
+  rejected: string[],
+  known?: ReadonlyMap<string, Cidr>,
+): void {
+  if (!Array.isArray(flat)) {
+    rejected.push(`not a list of fields: ${sample(flat)}`);
+    return;
+  }
+  for (let i = 0; i + 1 < flat.length; i += 2) {
+    const d = decodeAccessField(flat[i], flat[i + 1], known);
+    if (d.ok) into.set(d.value.cidr, d.value);
+    else rejected.push(d.reason);
+  }
+  if (flat.length % 2 !== 0) rejected.push(`a field without a value: ${sample(flat[flat.length - 1])}`);
+}
+
+/** The whole access hash as an object (HGETALL): its valid fields by prefix, and the reasons of those skipped. */
+export function decodeAccessHash(hash: unknown): { entries: Map<string, AccessField>; rejected: string[] } {
+  const entries = new Map<string, AccessField>();
   const rejected: string[] = [];
   if (typeof hash !== 'object' || hash === null) return { entries, rejected };
-  for (const [field, value] of Object.entries(hash as Record<string, unknown>)) {
-    const d = decodeAccessField(field, value);
-    if (!d.ok) rejected.push(d.reason);
-    else if (field === d.value.cidr || !Object.hasOwn(entries, d.value.cidr)) entries[d.value.cidr] = d.value.list;
-  }
+  decodeAccessFields(Object.entries(hash as Record<string, unknown>).flat(), entries, rejected);
   return { entries, rejected };
 }
 

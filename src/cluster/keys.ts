@@ -11,6 +11,7 @@
 // Another kind gets its own namespace: `dnsbl:<zone>/<address>` holds DNSBL answers (src/reputation/lookup.ts,
 // AnswerExchange), shared through SharedState.put/get (a value with a PX expiry, batched like the cache).
 
+import type { Cidr } from '../config/cidr.js';
 import { decodeEventText, decodeVerdictValue } from './decode.js';
 
 export type SharedKind = 'cache' | 'access' | 'meta' | 'dnsbl';
@@ -59,32 +60,53 @@ export function decodeVerdict(v: unknown, now: number): { kind: CacheVerdict; ex
   return d?.ok && d.value.expires > now ? d.value : undefined;
 }
 
-export function decodeList(v: unknown): AccessListName | undefined {
-  return v === 'allow' || v === 'deny' ? v : undefined;
-}
-
 export interface AccessChange {
   readonly cidr: string;
   readonly list: AccessListName | undefined;
+  /** The prefix already parsed at the border (decode.ts), `cidr` being its canonical text: not parsed again. */
+  readonly parsed?: Cidr;
+}
+
+/** One entry of the shared hash as the decoder hands it over. */
+export interface SharedAccessEntry {
+  readonly list: AccessListName;
+  readonly parsed?: Cidr;
 }
 
 /**
- * The changes that make the local runtime entries equal to the shared ones, leaving out the
- * prefixes in `skip` (changed locally since the shared copy was read: the local change is newer).
+ * The additions and changes that part of the shared hash (one HSCAN page) asks of the local
+ * runtime entries, leaving out the prefixes in `skip` (changed locally since the read started:
+ * the local change is newer).
  */
-export function reconcileAccess(
+export function accessUpdates(
   local: ReadonlyMap<string, AccessListName>,
-  shared: Readonly<Record<string, string>>,
+  shared: ReadonlyMap<string, SharedAccessEntry>,
   skip: ReadonlySet<string> = new Set(),
 ): AccessChange[] {
   const out: AccessChange[] = [];
-  for (const [cidr, raw] of Object.entries(shared)) {
-    const list = decodeList(raw);
-    if (list === undefined || skip.has(cidr)) continue;
-    if (local.get(cidr) !== list) out.push({ cidr, list });
-  }
-  for (const cidr of local.keys()) {
-    if (!skip.has(cidr) && !Object.hasOwn(shared, cidr)) out.push({ cidr, list: undefined });
+  for (const [cidr, e] of shared) {
+    if (skip.has(cidr) || local.get(cidr) === e.list) continue;
+    out.push(e.parsed === undefined ? { cidr, list: e.list } : { cidr, list: e.list, parsed: e.parsed });
   }
   return out;
+}
+
+/** The deletions once the whole hash is read: local runtime prefixes it does not hold (`skip` excepted). */
+export function accessDeletions(
+  local: ReadonlyMap<string, AccessListName>,
+  shared: { has(cidr: string): boolean },
+  skip: ReadonlySet<string> = new Set(),
+): AccessChange[] {
+  const out: AccessChange[] = [];
+  for (const cidr of local.keys()) if (!skip.has(cidr) && !shared.has(cidr)) out.push({ cidr, list: undefined });
+  return out;
+}
+
+/** The changes that make the local runtime entries equal to the shared ones (the two above, for a hash read whole). */
+export function reconcileAccess(
+  local: ReadonlyMap<string, AccessListName>,
+  shared: ReadonlyMap<string, SharedAccessEntry>,
+  skip: ReadonlySet<string> = new Set(),
+): AccessChange[] {
+  return [...accessUpdates(local, shared, skip), ...accessDeletions(local, shared, skip)];
 }

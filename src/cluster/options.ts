@@ -6,6 +6,7 @@
 
 import type { RedisOptions } from 'ioredis';
 import type { ClusterConfig } from '../config/schema.js';
+import { urlWithoutCredentials } from '../util/redact.js';
 
 /** Reconnect backoff: 100 ms doubling to 5 s, for ever (Redis may be down for hours; etd keeps serving). */
 export function reconnectDelay(attempt: number): number {
@@ -117,6 +118,8 @@ export function redisOptions(c: ClusterConfig): RedisOptions {
 /** Where the cluster connects, for logs and status: never the password. */
 export function redisWhere(c: ClusterConfig): string {
   const r = c.redis;
-  if (r.sentinels !== undefined) return `sentinel ${r.name} via ${r.sentinels.map((s) => s.replace(/\/\/[^@/]*@/, '//')).join(', ')}`;
-  return (r.url ?? '').replace(/\/\/[^@/]*@/, '//');
+  // A Sentinel may be written host:port (not a URL: left as it is, it has no credentials).
+  const show = (s: string): string => (s.includes('//') ? urlWithoutCredentials(s) : s);
+  if (r.sentinels !== undefined) return `sentinel ${r.name} via ${r.sentinels.map(show).join(', ')}`;
+  return show(r.url ?? '');
 }

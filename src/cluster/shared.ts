@@ -15,19 +15,29 @@
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import { Redis } from 'ioredis';
+import type { Cidr } from '../config/cidr.js';
 import type { ClusterConfig } from '../config/schema.js';
 import { describeError } from '../errors.js';
-import { decodeAccessHash, decodeDnsblValue, decodeEventText, decodeVerdictValue, RejectGate, type RejectKind } from './decode.js';
+import {
+  type AccessField,
+  decodeAccessFields,
+  decodeDnsblValue,
+  decodeEventText,
+  decodeVerdictValue,
+  RejectGate,
+  type RejectKind,
+} from './decode.js';
 import {
   ACCESS_HASH,
   type AccessChange,
   type AccessListName,
+  accessDeletions,
+  accessUpdates,
   type CacheVerdict,
   EPOCH_KEY,
   encodeEvent,
   encodeVerdict,
   eventChannel,
-  reconcileAccess,
   sharedKey,
   type ValueKind,
 } from './keys.js';
@@ -40,12 +50,16 @@ export interface LocalState {
   adoptCache(key: string, kind: CacheVerdict, expires: number): void;
   /** Live local cache entries (for write-back after Redis lost its data). */
   cacheEntries(): Iterable<{ key: string; kind: CacheVerdict; expires: number }>;
-  /** The runtime access entries (canonical cidr text → list). */
-  runtimeAccess(): Map<string, AccessListName>;
+  /** The runtime access entries (canonical cidr text → list): a live read-only view, not a copy. */
+  runtimeAccess(): ReadonlyMap<string, AccessListName>;
   /** Apply a peer's access change (list undefined: delete) to the lists and the local store. */
   applyAccess(change: AccessChange): void;
-  /** Apply many changes at once (a sync): one update of the lists, one store transaction, one log line. */
-  applyAccessBatch(changes: readonly AccessChange[]): void;
+  /**
+   * Apply part of a sync. The sync's changes come in parts, one turn of the event loop each; the
+   * part with `end` (default true) completes the store and tells the engine workers and the log
+   * once for the whole sync, even when a part before it failed.
+   */
+  applyAccessBatch(changes: readonly AccessChange[], end?: boolean): void;
 }
 
 export interface SharedLog {
@@ -83,6 +97,10 @@ const DROP_CHUNK = 1000;
 const FLUSH_MS = 20;
 /** Under load, lookups wait at most this long to share an MGET (against a window of seconds). */
 const LOOKUP_GAP_MS = 2;
+/** Hash fields asked per HSCAN: each reply is small (no command near the timeout), decoded and applied in its own turn. */
+const SCAN_COUNT = 2000;
+/** Changes of a sync applied per turn of the event loop at most (a few ms each: the API and sessions go on between). */
+const APPLY_CHUNK = 1000;
 /** Local cache entries written back after Redis lost its data (the most recent first are not known: a cap). */
 const WRITE_BACK_MAX = 200_000;
 
@@ -148,10 +166,15 @@ export class SharedState {
   private flushTimer: NodeJS.Timeout | undefined;
   private flushing = false;
   private syncTimer: NodeJS.Timeout | undefined;
+  /** A sync in progress (it spans many turns), and whether another was asked for meanwhile. */
+  private syncing = false;
+  private syncAgain = false;
   private stopped = false;
   /** Local access changes by prefix → sequence number; a full sync started before it leaves the prefix alone. */
   private readonly accessSeq = new Map<string, number>();
   private seq = 0;
+  /** The prefixes of the shared hash that were local at the last complete sync, parsed: the next sync does not parse them again. */
+  private knownPrefixes: ReadonlyMap<string, Cidr> = new Map();
   dropped = 0;
   writtenBack = 0;
   readonly errors: Record<ErrorOp, number> = { connect: 0, lookup: 0, write: 0, sync: 0, subscribe: 0 };
@@ -176,7 +199,7 @@ export class SharedState {
     if (n === undefined) return;
     this.log.warn(
       { kind, skipped: n, total: this.rejects.counts[kind], reason },
-      `cluster peer sent a malformed entry (${kind}): skipped (${n} since the last warning, etd_cluster_rejected_total); another etd version or a foreign writer shares the Redis prefix`,
+      `cluster peer sent a malformed entry (${kind}): skipped (${n} since the last warning, etd_cluster_rejected_total); another etd version or a foreign writer shares the Redis prefix. This one: ${reason}`,
     );
   }
 
@@ -198,7 +221,7 @@ export class SharedState {
     sub.on('error', (e: Error) => this.noteError('subscribe', e));
     sub.on('message', (_channel: string, text: string) => this.onMessage(text));
     sub.subscribe(eventChannel(this.config.redis.keyPrefix)).catch((e: unknown) => this.noteError('subscribe', e));
-    this.syncTimer = setInterval(() => void this.sync(), this.config.syncIntervalMs);
+    this.syncTimer = setInterval(() => void this.sync(true), this.config.syncIntervalMs);
     this.syncTimer.unref();
   }
 
@@ -491,42 +514,123 @@ export class SharedState {
       }
       const e = d.value;
       if (e.from === this.node) return;
-      this.accessSeq.delete(e.cidr);
+      // A change made here now, like one through the API: a sync reading or applying meanwhile
+      // leaves the prefix alone (what it read may be older); the next sync reconciles it as usual.
+      this.accessSeq.set(e.cidr, ++this.seq);
       this.local.applyAccess({ cidr: e.cidr, list: e.list });
     } catch (e) {
       this.reject('event', `handling it failed: ${describeError(e)}`);
     }
   }
 
-  /** Reads the shared hash and makes the local runtime entries equal to it (locally newer changes excepted). */
-  private async sync(): Promise<void> {
+  /**
+   * Reads the shared hash and makes the local runtime entries equal to it (locally newer changes
+   * excepted). Never two at once: one asked for during another runs right after it, except the
+   * interval's (`skipIfBusy`): a sync slower than cluster.syncInterval is not followed by
+   * another at once, for ever.
+   */
+  private async sync(skipIfBusy = false): Promise<void> {
+    if (this.syncing) {
+      if (!skipIfBusy) this.syncAgain = true;
+      return;
+    }
+    this.syncing = true;
+    try {
+      do {
+        this.syncAgain = false;
+        await this.syncOnce();
+      } while (this.syncAgain && !this.stopped);
+    } finally {
+      this.syncing = false;
+    }
+  }
+
+  /**
+   * One sync, page by page: each HSCAN page is decoded, compared with the local entries and
+   * applied in its own turn while the next page is on its way; the deletions (local prefixes the
+   * hash does not hold) once the whole hash is read. The last part tells the workers and the log.
+   */
+  private async syncOnce(): Promise<void> {
     const c = this.client;
     if (!c || !this.up || this.stopped) return;
     const startedSeq = this.seq;
-    // Prefixes whose local change is queued or being written now keep the local value.
+    // Prefixes whose local change is queued or being written now keep the local value...
     const skip = new Set<string>();
     for (const op of [...this.queue, ...this.inflight]) if (op.t === 'access') skip.add(op.cidr);
-    const t0 = performance.now();
-    let shared: Record<string, string>;
+    // ... and so do those changed here (API, a peer's event) after the read started.
+    const newer = (ch: AccessChange): boolean => (this.accessSeq.get(ch.cidr) ?? 0) > startedSeq;
+    // Live, not a copy: each page is compared with the entries as they are then.
+    const local = this.local.runtimeAccess();
+    // The local prefixes the hash holds (for the deletions, and the next sync's known prefixes).
+    const seen = new Map<string, Cidr>();
+    const parts = { sent: false };
+    let readMs = 0;
+    const scan = (cursor: string): Promise<[string, unknown]> => {
+      const t = performance.now();
+      const p = c.hscan(ACCESS_HASH, cursor, 'COUNT', SCAN_COUNT).then((r) => {
+        readMs += performance.now() - t;
+        return r as [string, unknown];
+      });
+      // Awaited after the current page is applied: a failure meanwhile is not an unhandled rejection.
+      p.catch(() => undefined);
+      return p;
+    };
     try {
-      // Only valid fields, by canonical prefix, reach the reconcile; the others are counted.
-      const decoded = decodeAccessHash(await c.hgetall(ACCESS_HASH));
-      for (const reason of decoded.rejected) this.reject('access', reason);
-      shared = decoded.entries;
+      // HSCAN, not HGETALL: a few thousand fields per command, well inside the command timeout.
+      let next: Promise<[string, unknown]> | undefined = scan('0');
+      while (next !== undefined) {
+        const [cursor, flat]: [string, unknown] = await next;
+        next = cursor === '0' ? undefined : scan(cursor);
+        // Only valid fields, by canonical prefix, go on; the others are counted.
+        const page = new Map<string, AccessField>();
+        const rejected: string[] = [];
+        decodeAccessFields(flat, page, rejected, this.knownPrefixes);
+        for (const reason of rejected) this.reject('access', reason);
+        const updates = accessUpdates(local, page, skip);
+        // Decoding and applying a page are a turn each: sessions and the API go on between.
+        await new Promise((r) => setImmediate(r));
+        if (this.stopped) return;
+        await this.applyParts(updates, false, newer, parts);
+        if (this.stopped) return;
+        // Only what is local now needs remembering (the deletions are of local prefixes): so
+        // however many fields a writer puts in the hash, this stays within access.maxEntries.
+        for (const [cidr, f] of page) if (local.has(cidr)) seen.set(cidr, f.parsed);
+        // The next page may have arrived already: a turn for the rest first.
+        if (next !== undefined) await new Promise((r) => setImmediate(r));
+      }
     } catch (e) {
       this.noteError('sync', e);
+      // What was applied stays (it came from the hash); the workers and the log still hear of it.
+      if (parts.sent) this.local.applyAccessBatch([], true);
       return;
     }
-    this.lagMs = Math.round((performance.now() - t0) * 100) / 100;
+    this.lagMs = Math.round(readMs * 100) / 100;
     this.lastSyncAt = Date.now();
-    // ... and so do those changed here after the read was sent.
-    for (const [cidr, s] of this.accessSeq) if (s > startedSeq) skip.add(cidr);
-    try {
-      this.local.applyAccessBatch(reconcileAccess(this.local.runtimeAccess(), shared, skip));
-      for (const [cidr, s] of [...this.accessSeq]) if (s <= startedSeq) this.accessSeq.delete(cidr);
-    } catch (e) {
-      // Each change is guarded on its own (guardedLocal); this catches the rest of a sync.
-      this.reject('access', `the sync failed: ${describeError(e)}`);
+    this.knownPrefixes = seen;
+    const deletions = accessDeletions(local, seen, skip);
+    if (deletions.length > 0 || parts.sent) await this.applyParts(deletions, true, newer, parts);
+    for (const [cidr, s] of [...this.accessSeq]) if (s <= startedSeq) this.accessSeq.delete(cidr);
+  }
+
+  /**
+   * Applies changes APPLY_CHUNK per turn, leaving out those `newer` says were changed here
+   * meanwhile; `end`: the last part ends the sync (sent even when empty). A part that throws is
+   * counted (guardedLocal) and the next still apply.
+   */
+  private async applyParts(
+    changes: readonly AccessChange[],
+    end: boolean,
+    newer: (ch: AccessChange) => boolean,
+    parts: { sent: boolean },
+  ): Promise<void> {
+    for (let i = 0; i < changes.length || (end && i === 0); i += APPLY_CHUNK) {
+      if (i > 0) await new Promise((r) => setImmediate(r));
+      if (this.stopped) return;
+      const last = i + APPLY_CHUNK >= changes.length;
+      const part = changes.slice(i, i + APPLY_CHUNK).filter((ch) => !newer(ch));
+      if (part.length === 0 && !(end && last)) continue;
+      this.local.applyAccessBatch(part, end && last);
+      parts.sent = !(end && last);
     }
   }
 }

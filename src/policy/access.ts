@@ -9,12 +9,19 @@ export interface AccessEntry {
   readonly list: AccessVerdict;
   /** config entries come back on every reload; runtime entries live in the state store. */
   readonly source: 'config' | 'runtime';
+  /** The canonical prefix text (192.0.2.0/24): what the API, the store and Redis use; formatted once. */
+  readonly canonical: string;
 }
 
 /** One change of a batch: list undefined = delete the runtime entry for that prefix. */
 export interface AccessBatchChange {
   readonly cidr: string;
   readonly list: AccessVerdict | undefined;
+  /**
+   * The prefix already parsed by a border (the cluster decoder), `cidr` being its canonical text:
+   * taken as it is, not parsed or formatted again (a sync of 100,000 entries parsed each twice).
+   */
+  readonly parsed?: Cidr;
 }
 
 export interface AccessBatchResult {
@@ -68,7 +75,8 @@ class FamilyIndex {
     return keyOf(words(this.family, value), length);
   }
 
-  bucket(c: Cidr, create: boolean): AccessEntry[] | undefined {
+  /** The bucket of exactly this prefix; `k` is its key when the caller has it already. */
+  bucket(c: Cidr, create: boolean, k: Key = this.key(c.network, c.prefix)): AccessEntry[] | undefined {
     let m = this.byLength.get(c.prefix);
     if (!m) {
       if (!create) return undefined;
@@ -76,7 +84,6 @@ class FamilyIndex {
       this.byLength.set(c.prefix, m);
       this.lengths = [...this.byLength.keys()].sort((a, b) => b - a);
     }
-    const k = this.key(c.network, c.prefix);
     let b = m.get(k);
     if (!b && create) {
       b = [];
@@ -114,6 +121,8 @@ export class AccessLists {
   private readonly v4 = new FamilyIndex(4);
   private readonly v6 = new FamilyIndex(6);
   private runtimeCount = 0;
+  /** The runtime entries' lists by canonical prefix text, kept as entries come and go (a sync compares against it every few seconds). */
+  private readonly runtimeByText = new Map<string, AccessVerdict>();
   private sorted: AccessEntry[] | undefined;
   /** Told once per change or batch of runtime entries: the engine workers' copies follow it. */
   onChange: (() => void) | undefined;
@@ -160,6 +169,11 @@ export class AccessLists {
     return out;
   }
 
+  /** The runtime entries' lists by canonical prefix text: live and read-only (no copy; it changes with the lists). */
+  runtimeLists(): ReadonlyMap<string, AccessVerdict> {
+    return this.runtimeByText;
+  }
+
   /** The runtime entries, unordered (O(n), no sort). */
   *runtime(): Iterable<AccessEntry> {
     for (const e of this.all()) if (e.source === 'runtime') yield e;
@@ -187,42 +201,60 @@ export class AccessLists {
   }
 
   /**
-   * Applies many changes as one: one pass, one onChange (so the engine workers get one update).
+   * Applies many changes as one: one pass, one onChange (so the engine workers get one update);
+   * `notify: false` leaves the onChange to the caller (a sync applied in parts tells once at its end).
    * Runtime additions for a prefix the config lists are refused (the file wins), as are those
    * beyond access.maxEntries.
    */
-  applyBatch(changes: ReadonlyArray<AccessBatchChange>, source: 'config' | 'runtime' = 'runtime'): AccessBatchResult {
+  applyBatch(
+    changes: ReadonlyArray<AccessBatchChange>,
+    source: 'config' | 'runtime' = 'runtime',
+    opts: { readonly notify?: boolean } = {},
+  ): AccessBatchResult {
     const applied: AccessBatchChange[] = [];
     const rejected: Array<{ cidr: string; reason: string }> = [];
     for (const ch of changes) {
-      const c = parseCidr(ch.cidr);
-      if (typeof c === 'string') {
-        rejected.push({ cidr: String(ch.cidr), reason: c });
-        continue;
-      }
-      const here = this.at(c);
-      if (ch.list === undefined) {
-        const gone = here.filter((e) => e.source === source);
-        for (const e of gone) this.take(e);
-        if (gone.length > 0) applied.push({ cidr: canonicalCidr(c), list: undefined });
-        continue;
-      }
-      if (source === 'runtime') {
-        const fromConfig = here.find((e) => e.source === 'config');
-        if (fromConfig) {
-          rejected.push({
-            cidr: canonicalCidr(c),
-            reason: `${canonicalCidr(c)} is in the config file (access.${fromConfig.list}); the file wins`,
-          });
+      let c: Cidr;
+      let text: string;
+      if (ch.parsed !== undefined) {
+        c = ch.parsed;
+        text = ch.cidr;
+      } else {
+        const p = parseCidr(ch.cidr);
+        if (typeof p === 'string') {
+          rejected.push({ cidr: String(ch.cidr), reason: p });
           continue;
         }
+        c = p;
+        text = canonicalCidr(c);
       }
-      if (here.some((e) => e.source === source && e.list === ch.list)) continue;
-      const r = this.put(c, ch.list, source);
-      if (typeof r === 'string') rejected.push({ cidr: canonicalCidr(c), reason: r });
-      else applied.push({ cidr: canonicalCidr(c), list: ch.list });
+      const f = this.index(c.family);
+      // The key once per change: the lookups below and the insert share it.
+      const k = f.key(c.network, c.prefix);
+      const here = f.bucket(c, false, k);
+      if (ch.list === undefined) {
+        const gone = here?.filter((e) => e.source === source) ?? [];
+        for (const e of gone) this.take(e);
+        if (gone.length > 0) applied.push({ cidr: text, list: undefined });
+        continue;
+      }
+      let existing: AccessEntry | undefined;
+      if (here !== undefined) {
+        if (source === 'runtime') {
+          const fromConfig = here.find((e) => e.source === 'config');
+          if (fromConfig) {
+            rejected.push({ cidr: text, reason: `${text} is in the config file (access.${fromConfig.list}); the file wins` });
+            continue;
+          }
+        }
+        existing = here.find((e) => e.source === source);
+        if (existing?.list === ch.list) continue;
+      }
+      const r = this.insert(f, k, c, text, ch.list, source, existing);
+      if (typeof r === 'string') rejected.push({ cidr: text, reason: r });
+      else applied.push({ cidr: text, list: ch.list });
     }
-    if (source === 'runtime' && applied.length > 0) this.onChange?.();
+    if (source === 'runtime' && applied.length > 0 && opts.notify !== false) this.onChange?.();
     return { applied, rejected };
   }
 
@@ -263,18 +295,35 @@ export class AccessLists {
     const c = typeof text === 'string' ? parseCidr(text) : text;
     if (typeof c === 'string') return c;
     const f = this.index(c.family);
-    const existing = (f.bucket(c, false) ?? []).find((e) => e.source === source);
+    const k = f.key(c.network, c.prefix);
+    const existing = f.bucket(c, false, k)?.find((e) => e.source === source);
+    return this.insert(f, k, c, canonicalCidr(c), list, source, existing);
+  }
+
+  /** put() once the prefix is parsed, keyed and formatted, and the same source's entry (if any) found. */
+  private insert(
+    f: FamilyIndex,
+    k: Key,
+    c: Cidr,
+    canonical: string,
+    list: AccessVerdict,
+    source: 'config' | 'runtime',
+    existing: AccessEntry | undefined,
+  ): AccessEntry | string {
     if (!existing && source === 'runtime' && this.runtimeCount >= this.maxEntries) {
       return `the runtime access list is full (access.maxEntries: ${this.maxEntries}); delete entries, use wider prefixes, or raise access.maxEntries`;
     }
     if (existing) this.take(existing);
-    const b = f.bucket(c, true)!;
-    const entry: AccessEntry = { cidr: c, list, source };
+    const b = f.bucket(c, true, k)!;
+    const entry: AccessEntry = { cidr: c, list, source, canonical };
     // Deny before allow at the same prefix; otherwise in insertion order.
     let i = 0;
     while (i < b.length && (b[i]!.list === 'deny' || list === 'allow')) i++;
     b.splice(i, 0, entry);
-    if (source === 'runtime') this.runtimeCount++;
+    if (source === 'runtime') {
+      this.runtimeCount++;
+      this.runtimeByText.set(canonical, list);
+    }
     this.sorted = undefined;
     return entry;
   }
@@ -287,7 +336,10 @@ export class AccessLists {
     if (i < 0) return;
     b.splice(i, 1);
     if (b.length === 0) f.drop(e.cidr);
-    if (e.source === 'runtime') this.runtimeCount--;
+    if (e.source === 'runtime') {
+      this.runtimeCount--;
+      this.runtimeByText.delete(e.canonical);
+    }
     this.sorted = undefined;
   }
 }

@@ -1,7 +1,7 @@
 // Access lists: most specific match wins, deny first at equal length, batches with one onChange, access.maxEntries, a parsed address matched.
 
 import { describe, expect, it } from 'vitest';
-import { type Address, parseAddress } from '../../src/config/cidr.js';
+import { type Address, type Cidr, parseAddress, parseCidr } from '../../src/config/cidr.js';
 import { AccessLists } from '../../src/policy/access.js';
 
 describe('AccessLists', () => {
@@ -54,6 +54,47 @@ describe('AccessLists', () => {
     expect(changes).toBe(2);
     expect(a.runtimeSize).toBe(0);
     expect(a.match('10.0.0.1')).toBeUndefined();
+  });
+
+  it('applyBatch with notify false leaves the onChange to the caller; a prefix parsed at the border is taken as it is', () => {
+    const a = new AccessLists({ allow: [], deny: [] });
+    let changes = 0;
+    a.onChange = () => changes++;
+    const parsed = parseCidr('192.0.2.0/24') as Cidr;
+    const r = a.applyBatch(
+      [
+        { cidr: '192.0.2.0/24', list: 'deny', parsed },
+        { cidr: '2001:DB8::/32', list: 'allow' },
+      ],
+      'runtime',
+      {
+        notify: false,
+      },
+    );
+    expect(changes).toBe(0);
+    // Canonical text out, whatever the spelling in.
+    expect(r.applied).toEqual([
+      { cidr: '192.0.2.0/24', list: 'deny' },
+      { cidr: '2001:db8::/32', list: 'allow' },
+    ]);
+    expect(a.match('192.0.2.9')?.cidr).toBe(parsed);
+    expect(a.match('192.0.2.9')?.canonical).toBe('192.0.2.0/24');
+  });
+
+  it('runtimeLists: the runtime entries by canonical text, kept up to date (config entries are not in it)', () => {
+    const a = new AccessLists({ allow: [], deny: ['198.51.100.0/24'] });
+    const view = a.runtimeLists();
+    a.add('192.0.2.0/24', 'deny');
+    a.applyBatch([{ cidr: '2001:DB8::/32', list: 'deny' }]);
+    expect([...view]).toEqual([
+      ['192.0.2.0/24', 'deny'],
+      ['2001:db8::/32', 'deny'],
+    ]);
+    a.add('192.0.2.0/24', 'allow');
+    expect(view.get('192.0.2.0/24')).toBe('allow');
+    a.remove('192.0.2.0/24');
+    a.replaceRuntime([{ cidr: '10.0.0.0/8', list: 'allow' }]);
+    expect([...view]).toEqual([['10.0.0.0/8', 'allow']]);
   });
 
   it('replaceRuntime is one batch with one onChange', () => {

@@ -1,7 +1,7 @@
 // The cluster's pure parts: Redis options from the config, the key layout and message codec, the access reconcile, the link's warnings, and a peer's verdict on a held session.
 
 import { describe, expect, it } from 'vitest';
-import { decideShared } from '../../src/cluster/attach.js';
+import { decideShared, localState } from '../../src/cluster/attach.js';
 import {
   decodeEvent,
   decodeVerdict,
@@ -16,6 +16,9 @@ import { parseEndpoint, reconnectDelay, redisOptions, redisWhere } from '../../s
 import { verdictLine } from '../../src/commands/doctor.js';
 import type { ClusterConfig } from '../../src/config/schema.js';
 import { redisFindings } from '../../src/doctor/checks.js';
+import { AccessLists } from '../../src/policy/access.js';
+import { ClientCache } from '../../src/policy/clientCache.js';
+import { openStore } from '../../src/state/store.js';
 
 const cluster = (redis: Partial<ClusterConfig['redis']>): ClusterConfig => ({
   redis: {
@@ -90,6 +93,12 @@ describe('redis options', () => {
   it('where: never the password', () => {
     expect(redisWhere(cluster({ url: 'redis://:secret@10.0.0.5:6379' }))).toBe('redis://10.0.0.5:6379');
     expect(redisWhere(cluster({ sentinels: ['redis://:secret@10.0.0.7:26379'], name: 'm' }))).toBe('sentinel m via redis://10.0.0.7:26379');
+    // Through urlWithoutCredentials: the user name goes too, and a raw "@" in the password leaves nothing of it.
+    expect(redisWhere(cluster({ url: 'rediss://etd:s%40cret@redis.example:6380/2' }))).toBe('rediss://redis.example:6380/2');
+    expect(redisWhere(cluster({ url: 'redis://etd:p@ss@10.0.0.5:6379' }))).toBe('redis://10.0.0.5:6379');
+    expect(redisWhere(cluster({ sentinels: ['10.0.0.8:26379', 'redis://u:pw@10.0.0.9:26379'], name: 'm' }))).toBe(
+      'sentinel m via 10.0.0.8:26379, redis://10.0.0.9:26379',
+    );
   });
 });
 
@@ -129,22 +138,59 @@ describe('cached verdicts carry their expiry', () => {
 });
 
 describe('reconcileAccess', () => {
+  const lists = (o: Record<string, 'allow' | 'deny'>) => new Map(Object.entries(o).map(([k, list]) => [k, { list }]));
   const local = new Map([
     ['192.0.2.0/24', 'deny' as const],
     ['198.51.100.7/32', 'allow' as const],
     ['203.0.113.0/24', 'deny' as const],
   ]);
   it('adds, changes and removes to match the shared hash', () => {
-    const shared = { '192.0.2.0/24': 'deny', '198.51.100.7/32': 'deny', '10.9.0.0/16': 'allow' };
+    const shared = lists({ '192.0.2.0/24': 'deny', '198.51.100.7/32': 'deny', '10.9.0.0/16': 'allow' });
     expect(reconcileAccess(local, shared)).toEqual([
       { cidr: '198.51.100.7/32', list: 'deny' },
       { cidr: '10.9.0.0/16', list: 'allow' },
       { cidr: '203.0.113.0/24', list: undefined },
     ]);
   });
-  it('leaves prefixes changed here since the read alone, and ignores values that are not lists', () => {
-    const shared = { '192.0.2.0/24': 'allow', '10.9.0.0/16': 'bogus', '198.51.100.7/32': 'allow' };
+  it('leaves prefixes changed here since the read alone', () => {
+    const shared = lists({ '192.0.2.0/24': 'allow', '198.51.100.7/32': 'allow' });
     expect(reconcileAccess(local, shared, new Set(['192.0.2.0/24', '203.0.113.0/24']))).toEqual([]);
+  });
+});
+
+describe('localState: a sync applied in parts', () => {
+  const quiet = { warn: () => undefined, info: () => undefined, debug: () => undefined };
+  it('the lists at once, the store by its end as the lists then hold it, the workers and the log once', () => {
+    const store = openStore(':memory:', quiet);
+    const access = new AccessLists({ allow: [], deny: [] });
+    const cache = new ClientCache({ enabled: true, ttlMs: 1000, denyTtlMs: 1000, scope: 'ip' }, store);
+    const infos: string[] = [];
+    const local = localState(cache, access, store, { ...quiet, info: (_o, m) => void infos.push(m) });
+    let changes = 0;
+    access.onChange = () => changes++;
+    local.applyAccessBatch(
+      [
+        { cidr: '192.0.2.0/24', list: 'deny' },
+        { cidr: '198.51.100.0/24', list: 'deny' },
+      ],
+      false,
+    );
+    expect(access.match('192.0.2.1')?.list).toBe('deny');
+    expect(changes).toBe(0);
+    // An operator's change meanwhile (the API writes the lists and the store at once).
+    access.add('192.0.2.0/24', 'allow');
+    store.putAccess('192.0.2.0/24', 'allow');
+    changes = 0;
+    local.applyAccessBatch([{ cidr: '203.0.113.0/24', list: 'deny' }], true);
+    expect(changes).toBe(1);
+    expect(infos.filter((m) => /synced from the cluster/.test(m))).toEqual(['access entries synced from the cluster: 3 added, 0 deleted']);
+    // The sync's older value of 192.0.2.0/24 never reaches the store.
+    expect(store.loadAccess().sort((a, b) => (a.cidr < b.cidr ? -1 : 1))).toEqual([
+      { cidr: '192.0.2.0/24', list: 'allow' },
+      { cidr: '198.51.100.0/24', list: 'deny' },
+      { cidr: '203.0.113.0/24', list: 'deny' },
+    ]);
+    store.close();
   });
 });
 

@@ -7,10 +7,12 @@ import {
   canonicalPrefix,
   clampAnswerTtl,
   clampExpiry,
+  decodeAccessFields,
   decodeAccessHash,
   decodeDnsblKey,
   decodeDnsblValue,
   decodeEventText,
+  decodePrefix,
   decodeVerdictValue,
   MAX_EVENT_CHARS,
   RejectGate,
@@ -25,8 +27,8 @@ import { openStore } from '../../src/state/store.js';
 const quiet = { warn: () => undefined, info: () => undefined, debug: () => undefined };
 
 describe('the decoder: events', () => {
-  it('a valid event comes out with its prefix canonical', () => {
-    expect(decodeEventText(encodeEvent({ from: 'gw', kind: 'access', cidr: '2001:DB8::/32', list: 'deny' }))).toEqual({
+  it('a valid event comes out as it was written (etd writes canonical prefixes)', () => {
+    expect(decodeEventText(encodeEvent({ from: 'gw', kind: 'access', cidr: '2001:db8::/32', list: 'deny' }))).toEqual({
       ok: true,
       value: { from: 'gw', kind: 'access', cidr: '2001:db8::/32', list: 'deny' },
     });
@@ -42,6 +44,7 @@ describe('the decoder: events', () => {
     ['another kind', '{"from":"x","kind":"cache","cidr":"10.0.0.0/8"}'],
     ['no from', '{"kind":"access","cidr":"10.0.0.0/8"}'],
     ['host bits set', '{"from":"x","kind":"access","cidr":"10.0.0.1/8"}'],
+    ['not the canonical spelling', '{"from":"x","kind":"access","cidr":"2001:DB8::/32"}'],
     ['a list that is none', '{"from":"x","kind":"access","cidr":"10.0.0.0/8","list":"maybe"}'],
     ['oversized', JSON.stringify({ from: 'x'.repeat(MAX_EVENT_CHARS), kind: 'access', cidr: '10.0.0.0/8' })],
   ])('%s is refused with a reason', (_what, text) => {
@@ -50,10 +53,25 @@ describe('the decoder: events', () => {
     if (!d.ok) expect(d.reason.length).toBeGreaterThan(0);
   });
 
-  it('canonical prefixes; zone ids, spaces and long text are not prefixes', () => {
+  it('only the canonical spelling etd writes is a prefix; other spellings, zone ids, spaces and long text are refused', () => {
     expect(canonicalPrefix('192.0.2.0/24')).toBe('192.0.2.0/24');
-    expect(canonicalPrefix('192.0.2.7')).toBe('192.0.2.7/32');
-    for (const t of ['fe80::%x/64', 'fe80::%eth0', ' 10.0.0.0/8', '1'.repeat(100), '', '::ffff:10.0.0.0/120', 42])
+    expect(canonicalPrefix('2001:db8::/32')).toBe('2001:db8::/32');
+    expect(decodePrefix('192.0.2.7/32')).toMatchObject({ family: 4, prefix: 32 });
+    for (const t of [
+      'fe80::%x/64',
+      'fe80::%eth0',
+      ' 10.0.0.0/8',
+      '1'.repeat(100),
+      '',
+      42,
+      // Not how etd writes them: refused as malformed, not normalised.
+      '10.0.0.1/24',
+      '::ffff:10.0.0.0/120',
+      '192.0.2.7',
+      '2001:DB8::/32',
+      '2001:db8:0::/32',
+      '192.0.2.0/024',
+    ])
       expect(canonicalPrefix(t)).toBeUndefined();
   });
 });
@@ -63,12 +81,28 @@ describe('the decoder: access hash, cache and DNSBL values', () => {
     const d = decodeAccessHash({
       'fe80::%x/64': 'deny',
       '192.0.2.0/24': 'deny',
+      '2001:db8::/32': 'allow',
       '2001:DB8::/32': 'allow',
+      '10.0.0.1/24': 'deny',
       '198.51.100.0/24': 'bogus',
       ['9'.repeat(5000)]: 'deny',
     });
-    expect(d.entries).toEqual({ '192.0.2.0/24': 'deny', '2001:db8::/32': 'allow' });
-    expect(d.rejected).toHaveLength(3);
+    expect([...d.entries].map(([k, v]) => [k, v.list])).toEqual([
+      ['192.0.2.0/24', 'deny'],
+      ['2001:db8::/32', 'allow'],
+    ]);
+    expect(d.entries.get('192.0.2.0/24')?.parsed).toMatchObject({ family: 4, prefix: 24 });
+    expect(d.rejected).toHaveLength(5);
+  });
+
+  it('HSCAN replies: field, value pairs; a field twice keeps the later value; a reply that is not a list is one reason', () => {
+    const into = new Map();
+    const rejected: string[] = [];
+    decodeAccessFields(['192.0.2.0/24', 'deny', '10.0.0.1/8', 'deny', '192.0.2.0/24', 'allow', 'odd'], into, rejected);
+    decodeAccessFields('not a list', into, rejected);
+    expect([...into.keys()]).toEqual(['192.0.2.0/24']);
+    expect(into.get('192.0.2.0/24').list).toBe('allow');
+    expect(rejected).toHaveLength(3);
   });
 
   it('cached verdicts: absent, malformed and valid (lapsed or not: the caller decides)', () => {
@@ -187,24 +221,36 @@ const clusterConfig: ClusterConfig = {
   syncIntervalMs: 5000,
 };
 
-function recorder(opts: { throwing?: boolean } = {}) {
+function recorder(opts: { throwing?: boolean; cap?: number } = {}) {
   const applied: AccessChange[] = [];
+  const batches: Array<{ size: number; end: boolean }> = [];
   const runtime = new Map<string, AccessListName>();
   const local: LocalState = {
     adoptCache: () => undefined,
     cacheEntries: () => [],
-    runtimeAccess: () => new Map(runtime),
+    runtimeAccess: () => runtime,
     applyAccess(change) {
       if (opts.throwing) throw new RangeError('Cannot convert NaN to a BigInt');
       applied.push(change);
     },
+    applyAccessBatch(changes, end = true) {
+      batches.push({ size: changes.length, end });
+      if (opts.throwing && changes.length > 0) throw new RangeError('Cannot convert NaN to a BigInt');
+      for (const c of changes) {
+        // access.maxEntries: beyond it, additions are refused.
+        if (c.list !== undefined && !runtime.has(c.cidr) && runtime.size >= (opts.cap ?? Infinity)) continue;
+        applied.push({ cidr: c.cidr, list: c.list });
+        if (c.list === undefined) runtime.delete(c.cidr);
+        else runtime.set(c.cidr, c.list);
+      }
+    },
   };
-  return { local, applied };
+  return { local, applied, batches };
 }
 
 interface Internals {
   onMessage(text: string): void;
-  sync(): Promise<void>;
+  sync(skipIfBusy?: boolean): Promise<void>;
   client: unknown;
   state: string;
 }
@@ -216,7 +262,15 @@ function sharedWith(
   const warns: Array<Record<string, unknown>> = [];
   const s = new SharedState(clusterConfig, local, { ...quiet, warn: (o) => void warns.push(o as Record<string, unknown>) });
   const i = s as unknown as Internals;
-  i.client = { hgetall: async () => hash() };
+  // HSCAN in pages of 3 fields (the real one: SCAN_COUNT), so a sync reads in several steps here too.
+  i.client = {
+    hscan: async (_key: string, cursor: string) => {
+      const flat = Object.entries(hash()).flat();
+      const at = Number(cursor);
+      const next = at + 6 >= flat.length ? '0' : String(at + 6);
+      return [next, flat.slice(at, at + 6)];
+    },
+  };
   i.state = 'up';
   return { s, warns };
 }
@@ -250,14 +304,92 @@ describe('SharedState: nothing from a peer throws out of a handler', () => {
     expect(warns[0]).toMatchObject({ kind: 'event', skipped: 1 });
   });
 
-  it('an apply that throws is counted and the next changes still apply', async () => {
-    const { local } = recorder({ throwing: true });
+  it('an apply that throws is counted, once per batch, and later syncs still run', async () => {
+    const { local, batches } = recorder({ throwing: true });
     const { s } = sharedWith(local, () => ({ '192.0.2.0/24': 'deny', '198.51.100.0/24': 'allow' }));
     const i = s as unknown as Internals;
     expect(() => i.onMessage(encodeEvent({ from: 'peer', kind: 'access', cidr: '192.0.2.0/24', list: 'deny' }))).not.toThrow();
     await expect(i.sync()).resolves.toBeUndefined();
-    // One from the event, one per change of the sync: each guarded on its own.
+    // One from the event, one for the sync's batch (a sync's changes are applied as one batch: its
+    // failure is one failure, counted once).
+    expect(s.status().rejected.access).toBe(2);
+    // The part, then the end of the sync (the workers and the log hear of it even so).
+    const oneSync = [
+      { size: 2, end: false },
+      { size: 0, end: true },
+    ];
+    expect(batches).toEqual(oneSync);
+    await expect(i.sync()).resolves.toBeUndefined();
     expect(s.status().rejected.access).toBe(3);
+    expect(batches).toEqual([...oneSync, ...oneSync]);
+  });
+
+  it("a sync asked for while one runs waits for it (never two at once), then runs once more; the interval's is skipped", async () => {
+    const { local, batches } = recorder();
+    const { s } = sharedWith(local, () => ({
+      '192.0.2.0/24': 'deny',
+      '198.51.100.0/24': 'allow',
+      '203.0.113.0/24': 'deny',
+      '10.0.0.0/8': 'deny',
+    }));
+    const i = s as unknown as Internals & { client: { hscan: (k: string, c: string) => Promise<[string, string[]]> } };
+    const scan = i.client.hscan;
+    let reading = 0;
+    let most = 0;
+    let started = 0;
+    i.client.hscan = async (k, c) => {
+      if (c === '0') started++;
+      reading++;
+      most = Math.max(most, reading);
+      await new Promise((r) => setImmediate(r));
+      reading--;
+      return scan(k, c);
+    };
+    await Promise.all([i.sync(), i.sync(), i.sync()]);
+    expect(most).toBe(1);
+    // The first, and one more for the two asked for meanwhile.
+    expect(started).toBe(2);
+    expect(batches.filter((b) => b.end)).toHaveLength(1);
+    // The interval's while one runs: skipped.
+    await Promise.all([i.sync(), i.sync(true), i.sync(true)]);
+    expect(started).toBe(3);
+  });
+
+  it('a hash with more fields than the lists take: only the local ones are remembered, and the next sync deletes nothing', async () => {
+    const { local, applied, batches } = recorder({ cap: 2 });
+    const hash = Object.fromEntries(Array.from({ length: 7 }, (_, n) => [`192.0.2.${n * 8}/29`, 'deny']));
+    const { s } = sharedWith(local, () => hash);
+    const i = s as unknown as Internals & { knownPrefixes: ReadonlyMap<string, unknown> };
+    await i.sync();
+    expect(applied).toHaveLength(2);
+    expect([...i.knownPrefixes.keys()]).toEqual(applied.map((a) => a.cidr));
+    const before = batches.length;
+    await i.sync();
+    // The refused ones are offered again (and refused again); nothing local is deleted.
+    expect(applied).toHaveLength(2);
+    expect(batches.slice(before).every((b) => b.size <= 5)).toBe(true);
+  });
+
+  it("a peer's event that arrives while a sync reads the hash is not undone by that sync", async () => {
+    const { local, applied } = recorder();
+    const { s } = sharedWith(local, () => ({
+      '192.0.2.0/24': 'deny',
+      '198.51.100.0/24': 'allow',
+      '203.0.113.0/24': 'deny',
+      '10.0.0.0/8': 'deny',
+    }));
+    const i = s as unknown as Internals & { client: { hscan: (k: string, c: string) => Promise<[string, string[]]> } };
+    const scan = i.client.hscan;
+    let pages = 0;
+    i.client.hscan = async (k, c) => {
+      // Between two pages: a peer deletes 10.0.0.0/8 (the hash read so far still has it).
+      if (pages++ === 1) i.onMessage(encodeEvent({ from: 'peer', kind: 'access', cidr: '10.0.0.0/8', list: undefined }));
+      return scan(k, c);
+    };
+    await i.sync();
+    expect(pages).toBeGreaterThan(1);
+    expect(applied).toContainEqual({ cidr: '10.0.0.0/8', list: undefined });
+    expect(applied.filter((a) => a.cidr === '10.0.0.0/8')).toEqual([{ cidr: '10.0.0.0/8', list: undefined }]);
   });
 
   it('guardedLocal guards apply*/adopt* methods, including ones LocalState gains later', () => {
@@ -314,7 +446,7 @@ describe('SharedState: nothing from a peer throws out of a handler', () => {
           const { s } = sharedWith(local, () => hash);
           await (s as unknown as Internals).sync();
           const { entries, rejected } = decodeAccessHash(hash);
-          expect(applied).toEqual(Object.entries(entries).map(([cidr, list]) => ({ cidr, list })));
+          expect(applied).toEqual([...entries].map(([cidr, e]) => ({ cidr, list: e.list })));
           expect(s.status().rejected.access).toBe(rejected.length);
         },
       ),

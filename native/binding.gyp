@@ -5,7 +5,7 @@
       "target_name": "etd_transparent",
       "sources": [
         "src/addon.cc", "src/common.cc", "src/transparent.cc",
-        "src/binding.cc", "src/loop.cc", "src/listeners.cc", "src/session.cc", "src/relay.cc", "src/smtp_guard.cc", "src/faults.cc"
+        "src/binding.cc", "src/hub.cc", "src/loop.cc", "src/listeners.cc", "src/session.cc", "src/relay.cc", "src/smtp_guard.cc", "src/faults.cc"
       ],
       # node-addon-api is header-only; resolve it the way Node would from this directory,
       # so the build works both in the repo and when etd is installed as a dependency.
@@ -13,7 +13,8 @@
       # Node-API 8 is in every Node >= 12.22 / 14.17 / 16; etd needs Node >= 20 anyway.
       # No C++ exceptions: every error is thrown into JS explicitly, next to the syscall that failed.
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
-      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread"],
+      "ldflags": ["-pthread"]
     }
   ]
 }

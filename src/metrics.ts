@@ -10,12 +10,6 @@ const EARLY_TALK_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 6,
 /** Upstream connects: sub-ms on a LAN, up to the connect timeout (default 5 s). */
 const CONNECT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 
-/** CPU time (user + system) of this process since it started, in ms. */
-function mainCpuMs(): number {
-  const c = process.cpuUsage();
-  return (c.user + c.system) / 1000;
-}
-
 export interface MetricsOptions {
   readonly version: string;
   /** Node process metrics (CPU, memory, event loop lag, GC); they cannot be unregistered, so tests may leave them off. */
@@ -38,10 +32,7 @@ export class Metrics {
   private readonly bytes: Counter<'direction'>;
   private readonly transitions: Counter<'server' | 'to'>;
 
-  constructor(
-    private readonly app: App,
-    opts: MetricsOptions,
-  ) {
+  constructor(app: App, opts: MetricsOptions) {
     const registers = [this.registry];
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
 
@@ -51,7 +42,7 @@ export class Metrics {
     );
     this.connections = new Counter({
       name: 'etd_connections_total',
-      help: 'connections that ended, by listener and verdict (passed, early_talker, no_server, limit, denied, client_gone, shutdown, dnsbl)',
+      help: 'connections that ended, by listener and verdict (passed, early_talker, no_server, limit, denied, client_gone, shutdown, dnsbl, error)',
       labelNames: ['listener', 'verdict'],
       registers,
     });
@@ -170,45 +161,44 @@ export class Metrics {
         if (c) this.inc(c.handlerErrors + c.callbackErrors);
       },
     });
-    // Engine workers (config workers:): with workers: 1 the one worker is the main thread (index 0).
-    const workerRows = () =>
-      app.workers?.status() ?? (app.currentConfig.workers > 1 ? [] : [{ index: 0, sessions: app.sessions.size, cpuMs: mainCpuMs() }]);
+    // Native engine threads (config workers:).
+    const workerRows = () => app.threads().rows;
     new Gauge({
       name: 'etd_worker_sessions',
-      help: 'sessions (held or relaying) of each engine worker now',
+      help: 'connections (held, relaying, or being answered) of each engine thread now',
       labelNames: ['worker'],
       registers,
       collect() {
         this.reset();
-        for (const w of workerRows()) this.set({ worker: String(w.index) }, w.sessions);
+        for (const w of workerRows()) this.set({ worker: String(w.thread) }, w.connections);
       },
     });
     new Counter({
       name: 'etd_worker_cpu_seconds_total',
-      help: 'CPU time (user + system) of each engine worker thread since it (re)started; with workers: 1, the whole process',
+      help: 'CPU time (user + system) of each engine thread since it (re)started (the decisions run on the JS thread: process_cpu_seconds_total)',
       labelNames: ['worker'],
       registers,
       collect() {
         this.reset();
-        for (const w of workerRows()) this.inc({ worker: String(w.index) }, w.cpuMs / 1000);
+        for (const w of workerRows()) this.inc({ worker: String(w.thread) }, w.cpuMs / 1000);
       },
     });
     new Counter({
       name: 'etd_worker_restarts_total',
-      help: 'engine workers restarted after they died',
+      help: 'engine threads restarted after they died',
       registers,
       collect() {
         this.reset();
-        this.inc(app.workers?.restarts ?? 0);
+        this.inc(app.threads().restarts);
       },
     });
     new Counter({
       name: 'etd_sessions_lost_total',
-      help: 'sessions (held or relaying) lost with engine workers that died',
+      help: 'connections (held or relaying) lost with engine threads that died (each also ends with verdict error, cause engine_thread_died)',
       registers,
       collect() {
         this.reset();
-        this.inc(app.workers?.lost ?? 0);
+        this.inc(app.threads().lost);
       },
     });
     const pool = app.pool;
@@ -305,9 +295,8 @@ export class Metrics {
     if (s.bytesToClient) this.bytes.inc({ direction: 'to_client' }, s.bytesToClient);
   }
 
-  /** The exposition text (Prometheus text format 0.0.4); with several engine workers, from their fresh counters. */
+  /** The exposition text (Prometheus text format 0.0.4). */
   async text(): Promise<string> {
-    await this.app.workers?.refresh();
     return this.registry.metrics();
   }
 

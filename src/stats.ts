@@ -18,6 +18,7 @@ export class Stats {
     client_gone: 0,
     shutdown: 0,
     dnsbl: 0,
+    error: 0,
   };
   readonly earlyTalkers = { drop: 0, reject: 0, log: 0 };
   /** Connections refused by a limit, by limit. */

@@ -3,10 +3,12 @@
 #include "addon.h"
 #include "common.h"
 #include "engine.h"
+#include "hub.h"
 
 #include <napi.h>
 
 #include <cerrno>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -19,13 +21,13 @@ constexpr double kMaxEarlyBytes = 1 << 24;
 
 EnvSlot* Slot(Napi::Env env) { return env.GetInstanceData<EnvSlot>(); }
 
-Engine* Running(Napi::Env env) {
+Hub* Running(Napi::Env env) {
   EnvSlot* slot = Slot(env);
-  return slot == nullptr ? nullptr : slot->engine;
+  return slot == nullptr ? nullptr : slot->hub;
 }
 
 void FinalizeSlot(Napi::Env, EnvSlot* slot) {
-  if (slot->engine != nullptr) slot->engine->Unlink();  // the cleanup hook stops it
+  if (slot->hub != nullptr) slot->hub->Unlink();  // the cleanup hook stops it
   delete slot;
 }
 
@@ -43,14 +45,25 @@ bool ReadProfileRef(Napi::Env env, const Napi::Value& v, const char* sig, std::s
   return true;
 }
 
-// Runs a command on this environment's engine, then frees what it killed; `idle` when the engine is not started.
+// Runs a command on the engine thread that owns connection `id`, with its lock held, then frees
+// what it killed and hands its events on; `idle` when the engine is not started or the thread is gone.
 template <typename F>
-Napi::Value Command(Napi::Env env, Napi::Value idle, F&& fn) {
-  Engine* e = Running(env);
+Napi::Value Command(Napi::Env env, uint64_t id, Napi::Value idle, F&& fn) {
+  Hub* hub = Running(env);
+  Engine* e = hub == nullptr ? nullptr : hub->Route(id);
   if (e == nullptr) return idle;
+  std::lock_guard<std::mutex> lock(e->mu);
   Napi::Value out = fn(e);
   e->EndCommand();
   return out;
+}
+
+constexpr const char* kThreadSigs = "thread";
+bool GetThread(const Napi::CallbackInfo& info, size_t i, const char* sig, int* out) {
+  int64_t v;
+  if (!GetInt(info, i, sig, kThreadSigs, 0, kMaxThreads - 1, &v)) return false;
+  *out = static_cast<int>(v);
+  return true;
 }
 
 bool GetId(const Napi::CallbackInfo& info, const char* sig, uint64_t* id) {
@@ -112,17 +125,18 @@ bool ReadProfile(Napi::Env env, const Napi::Object& o, Profile* p) {
 
 // ----- functions -----------------------------------------------------------------------------
 
-constexpr const char* kStartSig = "engineStart(onEvents)";
+constexpr const char* kStartSig = "engineStart(onEvents, threads)";
 Napi::Value EngineStart(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!CheckArity(info, 1, kStartSig)) return env.Undefined();
+  int64_t threads;
+  if (!CheckArity(info, 2, kStartSig) || !GetInt(info, 1, kStartSig, "threads", 1, kMaxThreads, &threads)) return env.Undefined();
   if (!info[0].IsFunction()) {
     Napi::TypeError::New(env, std::string(kStartSig) + ": onEvents must be a function, got " + TypeName(info[0]))
         .ThrowAsJavaScriptException();
     return env.Undefined();
   }
   EnvSlot* slot = Slot(env);
-  if (slot->engine != nullptr) {
+  if (slot->hub != nullptr) {
     Napi::Error::New(env, std::string(kStartSig) + ": the engine is already started (call engineStop first)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
@@ -131,12 +145,44 @@ Napi::Value EngineStart(const Napi::CallbackInfo& info) {
     Napi::Error::New(env, std::string(kStartSig) + ": no event loop").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  auto* engine = new Engine(env, loop, slot);
-  if (!engine->Start(env, info[0].As<Napi::Function>())) {
-    delete engine;  // Start failed before any handle was initialised
+  auto* hub = new Hub(env, loop, slot);
+  slot->hub = hub;
+  // On failure Start has stopped the hub, which unlinked itself from the slot and frees itself.
+  hub->Start(env, info[0].As<Napi::Function>(), static_cast<int>(threads));
+  return env.Undefined();
+}
+
+constexpr const char* kThreadStartSig = "engineThreadStart(thread)";
+Napi::Value EngineThreadStart(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int thread;
+  if (!CheckArity(info, 1, kThreadStartSig) || !GetThread(info, 0, kThreadStartSig, &thread)) return env.Undefined();
+  Hub* hub = Running(env);
+  if (hub == nullptr) {
+    Napi::Error::New(env, std::string(kThreadStartSig) + ": the engine is not started (call engineStart first)")
+        .ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  slot->engine = engine;
+  hub->StartThread(env, thread);
+  return env.Undefined();
+}
+
+constexpr const char* kFaultSig = "engineFault(thread, rule)";
+Napi::Value EngineFault(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int thread;
+  std::string rule;
+  if (!CheckArity(info, 2, kFaultSig) || !GetThread(info, 0, kFaultSig, &thread) || !GetString(info, 1, kFaultSig, "rule", &rule))
+    return env.Undefined();
+  Hub* hub = Running(env);
+  Engine* e = hub == nullptr ? nullptr : hub->At(thread);
+  if (e == nullptr || e->dead()) {
+    Napi::Error::New(env, std::string(kFaultSig) + ": thread " + std::to_string(thread) + " is not running").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::string error;
+  std::lock_guard<std::mutex> lock(e->mu);
+  if (!e->InjectFault(rule, &error)) Napi::RangeError::New(env, std::string(kFaultSig) + ": " + error).ThrowAsJavaScriptException();
   return env.Undefined();
 }
 
@@ -144,7 +190,7 @@ constexpr const char* kStopSig = "engineStop()";
 Napi::Value EngineStop(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckArity(info, 0, kStopSig)) return env.Undefined();
-  if (Engine* e = Running(env)) e->Stop();
+  if (Hub* hub = Running(env)) hub->Stop();
   return env.Undefined();
 }
 
@@ -162,19 +208,27 @@ Napi::Value EngineProfile(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-constexpr const char* kListenSig = "engineListen(fd, listenerId)";
+constexpr const char* kListenSig = "engineListen(fd, listenerId, thread)";
 Napi::Value EngineListen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int64_t fd, lid;
-  if (!CheckArity(info, 2, kListenSig) || !GetInt(info, 0, kListenSig, "fd", 0, 2147483647.0, &fd) ||
-      !GetInt(info, 1, kListenSig, "listenerId", 0, kMaxId, &lid))
+  int thread;
+  if (!CheckArity(info, 3, kListenSig) || !GetInt(info, 0, kListenSig, "fd", 0, 2147483647.0, &fd) ||
+      !GetInt(info, 1, kListenSig, "listenerId", 0, kMaxId, &lid) || !GetThread(info, 2, kListenSig, &thread))
     return env.Undefined();
-  Engine* e = Running(env);
-  if (e == nullptr) {
+  Hub* hub = Running(env);
+  if (hub == nullptr) {
     Napi::Error::New(env, std::string(kListenSig) + ": the engine is not started (call engineStart first)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
+  Engine* e = hub->At(thread);
+  if (e == nullptr || e->dead()) {
+    Napi::Error::New(env, std::string(kListenSig) + ": thread " + std::to_string(thread) + " is not running").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::lock_guard<std::mutex> lock(e->mu);
   e->Listen(env, static_cast<int>(fd), static_cast<double>(lid));
+  e->EndCommand();
   return env.Undefined();
 }
 
@@ -183,7 +237,14 @@ Napi::Value EngineUnlisten(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int64_t lid;
   if (!CheckArity(info, 1, kUnlistenSig) || !GetInt(info, 0, kUnlistenSig, "listenerId", 0, kMaxId, &lid)) return env.Undefined();
-  if (Engine* e = Running(env)) e->Unlisten(static_cast<double>(lid));
+  // Listener ids are unique in the environment: every thread closes its fds of it.
+  if (Hub* hub = Running(env))
+    for (int i = 0; i < hub->Size(); i++) {
+      Engine* e = hub->At(i);
+      std::lock_guard<std::mutex> lock(e->mu);
+      e->Unlisten(static_cast<double>(lid));
+      e->EndCommand();
+    }
   return env.Undefined();
 }
 
@@ -197,7 +258,7 @@ Napi::Value EngineHold(const Napi::CallbackInfo& info) {
   if (!GetIdOptions(info, kHoldSig, "hold", &id, &o) || !ReadMs(env, o, kHoldSig, "windowMs", 0, &window) ||
       !ReadProfileRef(env, o.Get("profile"), kHoldSig, &profile))
     return env.Undefined();
-  return Command(env, Napi::Boolean::New(env, false), [&](Engine* e) -> Napi::Value {
+  return Command(env, id, Napi::Boolean::New(env, false), [&](Engine* e) -> Napi::Value {
     bool done = false;
     return e->Hold(env, id, window, std::move(profile), &done) ? Napi::Boolean::New(env, done) : env.Undefined();
   });
@@ -222,7 +283,7 @@ Napi::Value EngineConnect(const Napi::CallbackInfo& info) {
   spec.syn_count = static_cast<int>(syn_count);
   spec.port = static_cast<int>(port);
   spec.timeout_ms = timeout;
-  return Command(env, Napi::Boolean::New(env, false), [&](Engine* e) -> Napi::Value {
+  return Command(env, id, Napi::Boolean::New(env, false), [&](Engine* e) -> Napi::Value {
     bool done = false;
     return e->Connect(env, id, spec, &done) ? Napi::Boolean::New(env, done) : env.Undefined();
   });
@@ -246,7 +307,7 @@ Napi::Value EngineReply(const Napi::CallbackInfo& info) {
   spec.has_first = !first.IsUndefined();
   if (spec.has_first && !ReadString(env, first, sig, "first", &spec.first)) return env.Undefined();
   if (!profile.IsUndefined() && !ReadProfileRef(env, profile, sig, &spec.profile)) return env.Undefined();
-  return Command(env, Napi::Number::New(env, -1), [&](Engine* e) -> Napi::Value {
+  return Command(env, id, Napi::Number::New(env, -1), [&](Engine* e) -> Napi::Value {
     double written = e->Reply(id, spec);
     if (written != -2) return Napi::Number::New(env, written);
     Napi::TypeError::New(
@@ -261,7 +322,7 @@ Napi::Value EngineDrop(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t id;
   if (!CheckArity(info, 1, kDropSig) || !GetId(info, kDropSig, &id)) return env.Undefined();
-  return Command(env, Napi::Boolean::New(env, false), [&](Engine* e) { return Napi::Boolean::New(env, e->Drop(id)); });
+  return Command(env, id, Napi::Boolean::New(env, false), [&](Engine* e) { return Napi::Boolean::New(env, e->Drop(id)); });
 }
 
 constexpr const char* kCloseSig = "engineClose(id, cause)";
@@ -271,7 +332,7 @@ Napi::Value EngineClose(const Napi::CallbackInfo& info) {
   std::string cause;
   if (!CheckArity(info, 2, kCloseSig) || !GetId(info, kCloseSig, &id) || !GetString(info, 1, kCloseSig, "cause", &cause))
     return env.Undefined();
-  return Command(env, Napi::Boolean::New(env, false), [&](Engine* e) { return Napi::Boolean::New(env, e->Close(id, cause)); });
+  return Command(env, id, Napi::Boolean::New(env, false), [&](Engine* e) { return Napi::Boolean::New(env, e->Close(id, cause)); });
 }
 
 constexpr const char* kInspectSig = "engineInspect(id)";
@@ -279,115 +340,58 @@ Napi::Value EngineInspect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t id;
   if (!CheckArity(info, 1, kInspectSig) || !GetId(info, kInspectSig, &id)) return env.Undefined();
-  Engine* e = Running(env);
-  const Conn* c = e == nullptr ? nullptr : e->Inspect(id);
-  if (c == nullptr) return env.Null();
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("state", StateName(c->st));
-  o.Set("bytesFromClient", c->bytes_from_client);
-  o.Set("bytesToClient", c->bytes_to_client);
-  return o;
+  return Command(env, id, env.Null(), [&](Engine* e) -> Napi::Value {
+    const Conn* c = e->Inspect(id);
+    if (c == nullptr) return env.Null();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("state", StateName(c->st));
+    o.Set("bytesFromClient", c->bytes_from_client);
+    o.Set("bytesToClient", c->bytes_to_client);
+    return o;
+  });
 }
 
 constexpr const char* kCountsSig = "engineCounts()";
 Napi::Value EngineCounts(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckArity(info, 0, kCountsSig)) return env.Undefined();
-  Counts k;
-  if (Engine* e = Running(env)) k = e->GetCounts();
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("connections", k.connections);
-  o.Set("held", k.held);
-  o.Set("relaying", k.relaying);
-  o.Set("listeners", k.listeners);
-  o.Set("fds", k.fds);
-  o.Set("bufferedBytes", k.buffered);
-  o.Set("deadlines", k.deadlines);
-  o.Set("callbackErrors", k.callback_errors);
-  return o;
-}
-
-}  // namespace
-
-// ----- events to JS --------------------------------------------------------------------------
-
-namespace {
-// Event strings are nearly always ASCII (addresses, causes, codes): latin1 skips V8's UTF-8
-// decoder (perf: string creation 0.6 % -> 0.2 % of etd's CPU under the sessions load).
-napi_value JsString(napi_env env, const std::string& v) {
-  bool ascii = true;
-  for (unsigned char ch : v) ascii &= ch < 0x80;
-  napi_value out = nullptr;
-  if (ascii)
-    napi_create_string_latin1(env, v.data(), v.size(), &out);
-  else
-    napi_create_string_utf8(env, v.data(), v.size(), &out);
+  Hub* hub = Running(env);
+  int n = hub == nullptr ? 0 : hub->Size();
+  Napi::Array out = Napi::Array::New(env, n);
+  for (int i = 0; i < n; i++) {
+    Engine* e = hub->At(i);
+    Counts k;
+    {
+      std::lock_guard<std::mutex> lock(e->mu);
+      k = e->GetCounts();
+    }
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("thread", i);
+    o.Set("running", k.running);
+    o.Set("tid", k.tid);
+    o.Set("cpuMs", e->CpuMs());
+    o.Set("accepted", k.accepted);
+    o.Set("connections", k.connections);
+    o.Set("held", k.held);
+    o.Set("relaying", k.relaying);
+    o.Set("listeners", k.listeners);
+    o.Set("fds", k.fds);
+    o.Set("bufferedBytes", k.buffered);
+    o.Set("deadlines", k.deadlines);
+    out.Set(i, o);
+  }
   return out;
 }
-}  // namespace
 
-// Each event becomes one array (protocol.ts EngineEvent); the batch one array of them.
-void Engine::CallJs(std::vector<Ev>* batch) {
-  Napi::Env env(env_);
-  Napi::HandleScope scope(env);
-  Napi::Array arr = Napi::Array::New(env, batch->size());
-  uint32_t i = 0;
-  for (Ev& ev : *batch) {
-    auto num = [&](double d) -> napi_value { return Napi::Number::New(env, d); };
-    auto str = [&](const std::string& v) -> napi_value { return JsString(env_, v); };
-    napi_value t[8] = {num(ev.type), num(ev.type == EV_ERROR ? ev.n1 : static_cast<double>(ev.id))};  // ≤ 8 fields
-    uint32_t n = 2;
-    auto add = [&](std::initializer_list<napi_value> vs) {
-      for (napi_value v : vs) t[n++] = v;
-    };
-    switch (ev.type) {
-      case EV_ACCEPT:  // listenerId, family, peerAddress, peerPort, localAddress, localPort
-        add({num(ev.n1), num(ev.i1), str(ev.s1), num(ev.i2), str(ev.s2), num(ev.n2)});
-        break;
-      case EV_TALK:  // afterMs, evidence, bytes, stage, bytesToClient
-        add({num(ev.n1), Napi::Buffer<char>::Copy(env, ev.s1.data(), ev.s1.size()), num(ev.n2), str(ev.s2), num(ev.n3)});
-        break;
-      case EV_GONE:  // cause
-        add({str(ev.s1)});
-        break;
-      case EV_EXPIRED:  // heldMs
-        add({num(ev.n1)});
-        break;
-      case EV_UPSTREAM_FAILED:  // stage, code, elapsedMs
-        add({str(ev.s1), str(ev.s2), num(ev.n1)});
-        break;
-      case EV_GREETING:  // code, connectMs, relaying
-        add({str(ev.s1), num(ev.n1), num(ev.i1)});
-        break;
-      case EV_END:  // cause, bytesFromClient, bytesToClient
-        add({str(ev.s1), num(ev.n1), num(ev.n2)});
-        break;
-      case EV_ERROR:  // syscall, code (the listener id is in place of the connection id)
-        add({str(ev.s1), str(ev.s2)});
-        break;
-    }
-    Napi::Array a = Napi::Array::New(env, n);
-    for (uint32_t k = 0; k < n; k++) a.Set(k, t[k]);
-    arr.Set(i++, a);
-  }
-  batch->clear();
-  napi_value argv[1] = {arr};
-  napi_value result;
-  // napi_make_callback wants an object as receiver (undefined would throw a TypeError).
-  napi_status status = napi_make_callback(env_, async_, env.Global(), callback_.Value(), 1, argv, &result);
-  if (status == napi_ok) return;
-  bool pending = false;
-  napi_is_exception_pending(env_, &pending);
-  if (!pending) return;  // the environment cannot run JS any more (worker terminating)
-  napi_value exc;
-  if (napi_get_and_clear_last_exception(env_, &exc) != napi_ok) return;
-  napi_valuetype type;
-  // A null "exception" is how a terminating isolate shows up here: nothing to report.
-  if (napi_typeof(env_, exc, &type) == napi_ok && (type == napi_null || type == napi_undefined)) return;
-  // The handler threw: caught and counted (counts().callbackErrors); the process and the engine
-  // go on. TypeScript logs its own handler errors; this is the net under it.
-  callback_errors_++;
+constexpr const char* kCallbackErrorsSig = "engineCallbackErrors()";
+Napi::Value EngineCallbackErrors(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArity(info, 0, kCallbackErrorsSig)) return env.Undefined();
+  Hub* hub = Running(env);
+  return Napi::Number::New(env, hub == nullptr ? 0 : hub->callback_errors());
 }
+
+}  // namespace
 
 void RegisterEngine(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<EnvSlot, FinalizeSlot>(new EnvSlot());
@@ -403,7 +407,10 @@ void RegisterEngine(Napi::Env env, Napi::Object exports) {
           {"engineDrop", EngineDrop},
           {"engineClose", EngineClose},
           {"engineInspect", EngineInspect},
-          {"engineCounts", EngineCounts}});
+          {"engineCounts", EngineCounts},
+          {"engineCallbackErrors", EngineCallbackErrors},
+          {"engineThreadStart", EngineThreadStart},
+          {"engineFault", EngineFault}});
 }
 
 }  // namespace etd

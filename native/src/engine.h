@@ -1,16 +1,20 @@
-// The native session engine's class (docs/engine.md): its commands, its loop, its per-connection I/O; split across loop.cc, listeners.cc,
-// session.cc, relay.cc (binding.cc: N-API).
+// One engine thread (docs/engine.md, docs/workers.md): its commands, its loop, its per-connection I/O; split across loop.cc,
+// listeners.cc, session.cc, relay.cc (hub.cc: the threads and the queue to JS; binding.cc: N-API).
 //
-// Every decision stays in TypeScript; the engine only does I/O and reports a few events per
-// session, in batches, to one JS callback. It runs on the thread of the Node environment that
-// started it: one epoll fd watched by a uv_poll_t on that environment's loop, one uv_timer_t for
-// every deadline. No locks, no threads.
+// Every decision stays in TypeScript, on the JS thread; an engine thread only does I/O and
+// reports a few events per session. Each runs its own epoll loop (its listeners' SO_REUSEPORT
+// sockets, its connections, its deadlines in one heap, an eventfd to wake it) and owns its state
+// under one mutex: the thread holds it while it handles a batch of epoll events and deadlines;
+// JS's commands (engineHold, engineConnect, ...) take it, run at once and return their result,
+// as with one thread. Events go to the thread's outbox; one uv_async wakes the JS thread, which
+// drains every outbox and calls JS once per batch (hub.cc). The thread never logs, never calls
+// into V8 and never blocks except in epoll_wait.
 //
 // Ownership: the engine owns every fd it accepted, every upstream fd it created and every
 // listener fd handed to engineListen. Each Conn closes its fds exactly once, in Kill(); a killed
 // Conn leaves the id map and the deadline heap at once (so stale epoll events find nothing and
-// no deadline outlives it) but its memory lives on in the graveyard until the current uv
-// callback or command returns, so no handler ever touches freed memory.
+// no deadline outlives it) but its memory lives on in the graveyard until the current dispatch
+// or command returns, so no handler ever touches freed memory.
 
 #ifndef ETD_ENGINE_H_
 #define ETD_ENGINE_H_
@@ -25,19 +29,29 @@
 #include <sys/epoll.h>
 #include <sys/types.h>
 
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
 namespace etd {
 
 class Engine;
+class Hub;
 
-// The per-environment slot: profiles outlive engine restarts; the engine pointer is set while running.
+// Engine threads per environment: a connection id carries its thread's index in its low bits.
+constexpr int kThreadBits = 6;
+constexpr int kMaxThreads = 1 << kThreadBits;
+inline int ThreadOf(uint64_t id) { return static_cast<int>(id & (kMaxThreads - 1)); }
+
+// The per-environment slot: profiles outlive engine restarts; the hub pointer is set while running.
 struct EnvSlot {
-  Engine* engine = nullptr;
-  uint64_t next_id = 1;  // connection ids are never reused in an environment, across engine restarts
+  Hub* hub = nullptr;
+  // Connection ids are never reused in an environment, across threads and engine restarts.
+  std::atomic<uint64_t> next_seq{1};
   std::unordered_map<uint32_t, std::shared_ptr<const Profile>> profiles;
 };
 
@@ -63,24 +77,31 @@ struct ReplySpec {
 };
 
 struct Counts {
-  double connections = 0, held = 0, relaying = 0, listeners = 0, fds = 0, buffered = 0, deadlines = 0, callback_errors = 0;
+  double connections = 0, held = 0, relaying = 0, listeners = 0, fds = 0, buffered = 0, deadlines = 0, accepted = 0;
+  double tid = 0;  // the thread's kernel id (0 once it has ended)
+  bool running = false;
 };
 
 double NowMs();
 
 class Engine {
  public:
-  Engine(napi_env env, uv_loop_t* loop, EnvSlot* slot);
+  Engine(Hub* hub, int index, std::atomic<uint64_t>* next_seq);
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
+  ~Engine();
 
-  // Creates epoll fd, handles, async context and cleanup hook. Throws into JS and returns false on failure.
-  bool Start(Napi::Env env, Napi::Function callback);
-  // Closes everything; the object frees itself once libuv has closed its handles.
-  void Stop();
-  void Unlink() { slot_ = nullptr; }
+  // Creates the epoll fd and the eventfd, reads ETD_ENGINE_FAULTS and starts the thread. Throws into JS and returns false on failure.
+  bool Start(Napi::Env env);
+  // Stops and joins the thread (if it still runs), then closes every fd without events. JS thread, without the lock.
+  void Shutdown();
+  // Joins a thread that ended on its own (it died); JS thread, without the lock.
+  void Reap();
 
-  // Commands (docs/engine.md, Surface). Each leaves its own cleanup to EndCommand().
+  // Held by the thread while it dispatches, and by JS for each command.
+  std::mutex mu;
+
+  // Commands (docs/engine.md, Surface), with `mu` held. Each leaves its own cleanup to EndCommand().
   bool Listen(Napi::Env env, int fd, double listener_id);
   void Unlisten(double listener_id);
   // False after throwing into JS; *done says whether the command applied (state and id fit).
@@ -92,24 +113,29 @@ class Engine {
   bool Close(uint64_t id, const std::string& cause);
   const Conn* Inspect(uint64_t id) const { return Find(id); }
   Counts GetCounts() const;
-  // After a command made outside a dispatch: frees what it killed.
-  void EndCommand() {
-    if (!dispatching_) grave_.clear();
-  }
+  // Test hook (engineFault): adds a fault rule counted from now (faults.h) and wakes the thread. False with *error set.
+  bool InjectFault(const std::string& rule, std::string* error);
+  // After a command: frees what it killed, hands its events to the hub, wakes the thread for an earlier deadline.
+  void EndCommand();
+  // JS thread, after a batch: connections JS left `new` are reset and reported GONE 'undecided'.
+  void SettleUndecided(const std::vector<uint64_t>& ids);
+  // Moves the outbox (events, and the ids JS must decide) to the hub's batch.
+  void TakeOutbox(std::vector<Ev>* events, std::vector<uint64_t>* accepted);
+  bool dead() const { return dead_; }
+  // CPU time (user + system) of the thread since it started, in ms (its last figure once it has ended).
+  double CpuMs();
+  int index() const { return index_; }
 
  private:
-  // ----- loop.cc: lifecycle, dispatch, deadlines, epoll interest, syscalls (listeners.cc: Accept, PauseListener)
-  static void OnPoll(uv_poll_t* handle, int status, int events);
-  static void OnTimer(uv_timer_t* handle);
-  static void OnClosed(uv_handle_t* handle);
-  static void OnEnvCleanup(napi_async_cleanup_hook_handle handle, void* data);
-
+  // ----- loop.cc: the thread, dispatch, deadlines, epoll interest, syscalls (listeners.cc: Accept, PauseListener)
+  void Run();
+  void Die(const char* syscall, int err);
+  void CloseAll();
   void HandleEvent(const epoll_event& ev, double now);
   void HandleDeadline(Timer* t, double now);
-  void EndDispatch();
-  void Flush();
-  void CallJs(std::vector<Ev>* batch);  // binding.cc
-  void Push(Ev ev);
+  void Publish();
+  void Wake();
+  void Push(Ev ev) { pending_.push_back(std::move(ev)); }
 
   void Schedule(Timer* t, Kind kind, uint64_t owner, double at);
   void Unschedule(Timer* t);
@@ -120,8 +146,6 @@ class Engine {
     heap_[i] = t;
     t->idx = static_cast<uint32_t>(i);
   }
-  void StartTimer(double at);
-  void Arm();
 
   void LearnListener(int fd, Listener* l);
   void Accept(uint64_t key, double now);
@@ -185,32 +209,31 @@ class Engine {
   void MaybeDone(Conn* c);
   void IdleExpired(Conn* c, Timer* t, double now);
 
-  napi_env env_;
-  uv_loop_t* loop_;
-  EnvSlot* slot_;
+  Hub* hub_;
+  int index_;
+  std::atomic<uint64_t>* next_seq_;
   std::unique_ptr<char[]> buf_;
-  uv_poll_t poll_{};
-  uv_timer_t timer_{};
-  int open_handles_ = 0;
   int epfd_ = -1;
-  Napi::FunctionReference callback_;
-  napi_async_context async_ = nullptr;
-  napi_async_cleanup_hook_handle hook_ = nullptr;
-  bool stopped_ = false;
+  int wakefd_ = -1;
+  std::thread thread_;
+  std::atomic<double> tid_{0};
+  bool stopping_ = false;          // Shutdown asked the thread to end
+  std::atomic<bool> dead_{false};  // the thread ended on its own (Die)
+  std::atomic<double> cpu_final_{0};
   bool dispatching_ = false;
-  bool armed_ = false;
-  double armed_at_ = 0;
-  double callback_errors_ = 0;
+  double sleep_until_ = 0;  // the deadline the thread sleeps towards (+inf: none)
+  double accepted_total_ = 0;
   Faults faults_;
 
-  uint64_t next_id_ = 1;
   uint64_t next_listener_key_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns_;
   std::vector<std::unique_ptr<Conn>> grave_;
   std::unordered_map<uint64_t, Listener> listeners_;
   std::vector<Timer*> heap_;  // min-heap on `at` of every scheduled deadline
   std::vector<Ev> pending_;
-  std::vector<uint64_t> accepted_;  // ids announced in the batch being built
+  std::vector<uint64_t> accepted_;  // ids announced in the events being built
+  std::vector<Ev> outbox_;          // published, not yet taken by the hub
+  std::vector<uint64_t> outbox_accepted_;
 };
 
 }  // namespace etd

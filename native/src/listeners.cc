@@ -149,8 +149,8 @@ void Engine::Accept(uint64_t key, double now) {
       continue;
     }
     auto c = std::make_unique<Conn>();
-    c->id = next_id_++;
-    if (slot_ != nullptr) slot_->next_id = next_id_;
+    c->id = next_seq_->fetch_add(1, std::memory_order_relaxed) << kThreadBits | static_cast<uint64_t>(index_);
+    accepted_total_++;
     c->cfd = fd;
     c->accepted_at = now;
     ev.id = c->id;

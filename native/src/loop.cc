@@ -1,13 +1,17 @@
-// The engine's loop: lifecycle, dispatch of epoll and timer wakeups, the deadline heap, epoll interest, the end of a connection,
-// fault-injectable syscalls.
+// One engine thread's loop: lifecycle, the thread (wait, then dispatch epoll events and deadlines with the lock held), its death,
+// the outbox, the deadline heap, epoll interest, the end of a connection, fault-injectable syscalls.
 
 #include "engine.h"
+
+#include "hub.h"
 
 #include "common.h"
 
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,12 +30,14 @@ double NowMs() {
   return static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) / 1e6;
 }
 
-Engine::Engine(napi_env env, uv_loop_t* loop, EnvSlot* slot)
-    : env_(env), loop_(loop), slot_(slot), buf_(new char[kReadBuffer]), next_id_(slot->next_id) {}
+Engine::Engine(Hub* hub, int index, std::atomic<uint64_t>* next_seq)
+    : hub_(hub), index_(index), next_seq_(next_seq), buf_(new char[kReadBuffer]) {}
+
+Engine::~Engine() { Shutdown(); }
 
 // ----- lifecycle -----------------------------------------------------------------------------
 
-bool Engine::Start(Napi::Env env, Napi::Function callback) {
+bool Engine::Start(Napi::Env env) {
   std::string fault_error;
   if (!faults_.Parse(getenv("ETD_ENGINE_FAULTS"), &fault_error)) {
     Napi::Error::New(env, "engineStart(onEvents): " + fault_error + " (unset it, or fix it)").ThrowAsJavaScriptException();
@@ -43,40 +49,57 @@ bool Engine::Start(Napi::Env env, Napi::Function callback) {
     ThrowSys(env, err, "epoll_create1", Hint(err, "epoll_create1", 4, "", -1, false), kNowhere);
     return false;
   }
-  int rc = uv_poll_init(loop_, &poll_, epfd_);
-  if (rc != 0) {
-    close(epfd_);
-    epfd_ = -1;
-    Napi::Error::New(env, std::string("engineStart: uv_poll_init failed: ") + uv_strerror(rc)).ThrowAsJavaScriptException();
+  wakefd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kWakeTag;
+  if (wakefd_ < 0 || epoll_ctl(epfd_, EPOLL_CTL_ADD, wakefd_, &ev) != 0) {
+    int err = errno;
+    CloseAll();
+    ThrowSys(env, err, "eventfd", strerror(err), kNowhere);
     return false;
   }
-  poll_.data = this;
-  uv_timer_init(loop_, &timer_);
-  timer_.data = this;
-  open_handles_ = 2;
-  uv_poll_start(&poll_, UV_READABLE, OnPoll);
-
-  napi_value resource = Napi::Object::New(env);
-  napi_value name = Napi::String::New(env, "etd:engine");
-  if (napi_async_init(env, resource, name, &async_) != napi_ok) async_ = nullptr;
-  // Tears the engine down with the environment (a worker that exits without engineStop).
-  if (napi_add_async_cleanup_hook(env, OnEnvCleanup, this, &hook_) != napi_ok) hook_ = nullptr;
-  callback_ = Napi::Persistent(callback);
+  thread_ = std::thread([this] { Run(); });
   return true;
 }
 
-void Engine::Stop() {
-  if (stopped_) return;
-  stopped_ = true;
-  if (slot_ != nullptr) {
-    slot_->engine = nullptr;
-    slot_ = nullptr;
+void Engine::Shutdown() {
+  if (thread_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stopping_ = true;
+    }
+    Wake();
+    thread_.join();
   }
-  // Plain closes: the process is going away or etd is stopping; no events.
+  CloseAll();
+}
+
+static double OwnCpuMs() {
+  timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+  return static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) / 1e6;
+}
+
+double Engine::CpuMs() {
+  if (dead_ || !thread_.joinable()) return cpu_final_;
+  clockid_t cid;
+  timespec ts;
+  if (pthread_getcpuclockid(thread_.native_handle(), &cid) != 0 || clock_gettime(cid, &ts) != 0) return cpu_final_;
+  return static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) / 1e6;
+}
+
+void Engine::Reap() {
+  if (thread_.joinable()) thread_.join();
+}
+
+// Every connection and listener closed without events, then the loop's own fds.
+void Engine::CloseAll() {
   std::vector<Conn*> all;
   all.reserve(conns_.size());
   for (auto& kv : conns_) all.push_back(kv.second.get());
   for (Conn* c : all) Kill(c, false);
+  grave_.clear();
   for (auto& kv : listeners_) {
     Unschedule(&kv.second.resume);
     close(kv.second.fd);
@@ -85,102 +108,160 @@ void Engine::Stop() {
   heap_.clear();
   pending_.clear();
   accepted_.clear();
-  // Stop polling before the epoll fd goes (libuv must never poll a closed fd).
-  uv_close(reinterpret_cast<uv_handle_t*>(&poll_), OnClosed);
-  uv_close(reinterpret_cast<uv_handle_t*>(&timer_), OnClosed);
-  close(epfd_);
-  epfd_ = -1;
-  if (async_ != nullptr) napi_async_destroy(env_, async_);
-  async_ = nullptr;
-  callback_.Reset();
+  if (epfd_ >= 0) close(epfd_);
+  if (wakefd_ >= 0) close(wakefd_);
+  epfd_ = wakefd_ = -1;
 }
 
-void Engine::OnClosed(uv_handle_t* handle) {
-  auto* e = static_cast<Engine*>(handle->data);
-  if (--e->open_handles_ > 0) return;
-  if (e->hook_ != nullptr) napi_remove_async_cleanup_hook(e->hook_);
-  delete e;
-}
+// ----- the thread: wait, then dispatch with the lock held -------------------------------------
 
-void Engine::OnEnvCleanup(napi_async_cleanup_hook_handle, void* data) {
-  // The hook stays registered until OnClosed removes it, which tells Node the teardown may go on.
-  static_cast<Engine*>(data)->Stop();
-}
-
-// ----- dispatch ------------------------------------------------------------------------------
-
-void Engine::OnPoll(uv_poll_t* handle, int, int) {
-  auto* e = static_cast<Engine*>(handle->data);
-  if (e->stopped_) return;
-  e->dispatching_ = true;
+void Engine::Run() {
+  tid_ = static_cast<double>(gettid());
   epoll_event events[kEpollBatch];
-  int n = epoll_wait(e->epfd_, events, kEpollBatch, 0);
-  double now = NowMs();
-  // First note which clients are already reset in this batch: a server's EOF handled before its
-  // client's event then ends the relay at once instead of a shutdown (ENOTCONN) and a read
-  // (ECONNRESET) on a dead socket (relay.cc, ReadServer).
-  for (int i = 0; i < n; i++) {
-    uint64_t tag = events[i].data.u64;
-    if ((tag & kListenerTag) || (tag & 1) != kClient || !(events[i].events & (EPOLLERR | EPOLLHUP))) continue;
-    if (Conn* c = e->Find(tag >> 1)) c->client_hup = true;
+  std::unique_lock<std::mutex> lock(mu);
+  while (!stopping_) {
+    double now = NowMs();
+    int timeout = -1;
+    sleep_until_ = heap_.empty() ? HUGE_VAL : heap_[0]->at;
+    if (!heap_.empty()) {
+      double wait = std::ceil(heap_[0]->at - now);
+      timeout = wait <= 0 ? 0 : wait > 2147483647.0 ? 2147483647 : static_cast<int>(wait);
+    }
+    int fault = faults_.Hit(Sys::EpollWait);
+    lock.unlock();
+    int n = fault != 0 ? (errno = fault, -1) : epoll_wait(epfd_, events, kEpollBatch, timeout);
+    int err = errno;
+    lock.lock();
+    if (stopping_) break;
+    if (n < 0 && err != EINTR) {
+      Die("epoll_wait", err);
+      return;
+    }
+    dispatching_ = true;
+    now = NowMs();
+    // First note which clients are already reset in this batch: a server's EOF handled before its
+    // client's event then ends the relay at once instead of a shutdown (ENOTCONN) and a read
+    // (ECONNRESET) on a dead socket (relay.cc, ReadServer).
+    for (int i = 0; i < n; i++) {
+      uint64_t tag = events[i].data.u64;
+      if ((tag & kListenerTag) || (tag & 1) != kClient || !(events[i].events & (EPOLLERR | EPOLLHUP))) continue;
+      if (Conn* c = Find(tag >> 1)) c->client_hup = true;
+    }
+    for (int i = 0; i < n; i++) HandleEvent(events[i], now);
+    // Deadlines: handlers may schedule and unschedule; the heap's top is read afresh each time.
+    while (!heap_.empty() && heap_[0]->at <= now) {
+      Timer* t = heap_[0];
+      Unschedule(t);
+      HandleDeadline(t, now);
+    }
+    grave_.clear();
+    Publish();
+    dispatching_ = false;
   }
-  for (int i = 0; i < n; i++) e->HandleEvent(events[i], now);
-  e->EndDispatch();
+  cpu_final_ = OwnCpuMs();
+  tid_ = 0;
 }
 
-void Engine::OnTimer(uv_timer_t* handle) {
-  auto* e = static_cast<Engine*>(handle->data);
-  if (e->stopped_) return;
-  e->dispatching_ = true;
-  e->armed_ = false;
-  double now = NowMs();
-  // Handlers may schedule and unschedule; the heap's top is read afresh each time.
-  while (!e->heap_.empty() && e->heap_[0]->at <= now && !e->stopped_) {
-    Timer* t = e->heap_[0];
-    e->Unschedule(t);
-    e->HandleDeadline(t, now);
+// The loop cannot go on (epoll_wait failed): every connection ends with an event (cause
+// engine_thread_died), the listeners close, and EV_THREAD tells JS, which logs it and starts the
+// thread again with fresh sockets; the other threads keep serving. Called with the lock held.
+void Engine::Die(const char* syscall, int err) {
+  dispatching_ = true;
+  Ev died{EV_THREAD, static_cast<uint64_t>(index_)};
+  died.s1 = syscall;
+  died.s2 = ErrnoName(err);
+  std::vector<Conn*> all;
+  all.reserve(conns_.size());
+  for (auto& kv : conns_) all.push_back(kv.second.get());
+  for (Conn* c : all) {
+    died.n1++;
+    if (c->st == St::Held) died.n2++;
+    if (c->st == St::Relaying || c->st == St::ServerGone) died.n3++;
+    switch (c->st) {
+      case St::Relaying:
+      case St::ServerGone: EndRelay(c, "engine_thread_died"); break;
+      case St::New:
+      case St::Held:
+      case St::Waiting:
+      case St::Connecting:
+      case St::Greeting: {
+        Ev ev{EV_GONE, c->id};
+        ev.s1 = "engine_thread_died";
+        Push(std::move(ev));
+        Kill(c, true);
+        break;
+      }
+      case St::Deferring:
+      case St::Replying: Kill(c, true); break;
+    }
   }
-  e->EndDispatch();
-}
-
-void Engine::EndDispatch() {
-  Flush();
-  if (stopped_) return;  // JS stopped the engine: handles are closing, nothing else to do
   grave_.clear();
-  Arm();
+  for (auto& kv : listeners_) {
+    Unschedule(&kv.second.resume);
+    close(kv.second.fd);
+  }
+  listeners_.clear();
+  Push(std::move(died));
+  accepted_.clear();  // every one of them was reported GONE
+  cpu_final_ = OwnCpuMs();
+  dead_ = true;
+  tid_ = 0;
+  Publish();
   dispatching_ = false;
 }
 
-void Engine::Push(Ev ev) {
-  pending_.push_back(std::move(ev));
-  // An event made by a command outside a dispatch (engineClose from a JS timer) goes out at the
-  // next timer tick rather than waiting for unrelated I/O.
-  if (!dispatching_ && !stopped_) {
-    uv_timer_start(&timer_, OnTimer, 0, 0);
-    armed_ = true;
-    armed_at_ = 0;
+// Hands the events made so far to the hub (the lock is held) and wakes the JS thread.
+void Engine::Publish() {
+  if (pending_.empty()) return;
+  if (outbox_.empty()) {
+    outbox_.swap(pending_);
+  } else {
+    for (Ev& ev : pending_) outbox_.push_back(std::move(ev));
+    pending_.clear();
+  }
+  outbox_accepted_.insert(outbox_accepted_.end(), accepted_.begin(), accepted_.end());
+  accepted_.clear();
+  hub_->Signal();
+}
+
+void Engine::TakeOutbox(std::vector<Ev>* events, std::vector<uint64_t>* accepted) {
+  if (events->empty()) {
+    events->swap(outbox_);
+  } else {
+    for (Ev& ev : outbox_) events->push_back(std::move(ev));
+    outbox_.clear();
+  }
+  accepted->swap(outbox_accepted_);
+  outbox_accepted_.clear();
+}
+
+void Engine::SettleUndecided(const std::vector<uint64_t>& ids) {
+  for (uint64_t id : ids) {
+    Conn* c = Find(id);
+    if (c == nullptr || c->st != St::New) continue;
+    Kill(c, true);
+    Ev ev{EV_GONE, id};
+    ev.s1 = "undecided";
+    Push(std::move(ev));
   }
 }
 
-void Engine::Flush() {
-  while (!pending_.empty() && !stopped_) {
-    std::vector<Ev> batch;
-    batch.swap(pending_);
-    std::vector<uint64_t> accepted;
-    accepted.swap(accepted_);
-    CallJs(&batch);
-    if (stopped_) return;
-    // A connection JS left undecided (its handler threw, or it did not answer in the callback)
-    // would be held forever: reset it and say so.
-    for (uint64_t id : accepted) {
-      Conn* c = Find(id);
-      if (c == nullptr || c->st != St::New) continue;
-      Kill(c, true);
-      Ev ev{EV_GONE, id};
-      ev.s1 = "undecided";
-      Push(std::move(ev));
-    }
-  }
+void Engine::EndCommand() {
+  grave_.clear();
+  Publish();
+}
+
+void Engine::Wake() {
+  if (wakefd_ < 0) return;
+  uint64_t one = 1;
+  ssize_t w = write(wakefd_, &one, sizeof one);
+  (void)w;  // EAGAIN: the counter is full, the thread wakes anyway
+}
+
+bool Engine::InjectFault(const std::string& rule, std::string* error) {
+  if (!faults_.Add(rule, error)) return false;
+  Wake();
+  return true;
 }
 
 // ----- deadlines: one min-heap of intrusive nodes; unlinking is O(log n) -------------------------
@@ -197,7 +278,11 @@ void Engine::Schedule(Timer* t, Kind kind, uint64_t owner, double at) {
     t->idx = static_cast<uint32_t>(heap_.size() - 1);
     HeapUp(t->idx);
   }
-  if (!dispatching_ && (!armed_ || at < armed_at_)) StartTimer(at);
+  // A command made while the thread sleeps towards a later deadline: wake it to sleep less.
+  if (!dispatching_ && at < sleep_until_) {
+    sleep_until_ = at;
+    Wake();
+  }
 }
 
 void Engine::Unschedule(Timer* t) {
@@ -238,27 +323,6 @@ void Engine::HeapDown(size_t i) {
 }
 
 void Engine::SetStateTimer(Conn* c, Kind kind, uint32_t ms, double now) { Schedule(&c->state_timer, kind, c->id, now + ms); }
-
-void Engine::StartTimer(double at) {
-  if (stopped_) return;  // the handle is closing
-  // libuv measures timeouts from its cached loop time; refresh it so the timer is not early.
-  uv_update_time(loop_);
-  double wait = std::ceil(at - NowMs());
-  uint64_t ms = wait <= 0 ? 0 : static_cast<uint64_t>(wait);
-  uv_timer_start(&timer_, OnTimer, ms, 0);
-  armed_ = true;
-  armed_at_ = at;
-}
-
-void Engine::Arm() {
-  if (stopped_) return;
-  if (!heap_.empty()) {
-    StartTimer(heap_[0]->at);
-  } else {
-    uv_timer_stop(&timer_);
-    armed_ = false;
-  }
-}
 
 void Engine::HandleDeadline(Timer* t, double now) {
   if (t->kind == Kind::ListenerResume) {
@@ -430,6 +494,12 @@ void Engine::Kill(Conn* c, bool rst) {
 
 void Engine::HandleEvent(const epoll_event& ev, double now) {
   uint64_t tag = ev.data.u64;
+  if (tag == kWakeTag) {
+    uint64_t count;
+    ssize_t r = read(wakefd_, &count, sizeof count);
+    (void)r;
+    return;
+  }
   if (tag & kListenerTag) {
     Accept(tag & ~kListenerTag, now);
     return;
@@ -459,7 +529,9 @@ Counts Engine::GetCounts() const {
   k.listeners = static_cast<double>(listeners_.size());
   k.fds += k.listeners;
   k.deadlines = static_cast<double>(heap_.size());
-  k.callback_errors = callback_errors_;
+  k.accepted = accepted_total_;
+  k.tid = tid_;
+  k.running = !dead_ && thread_.joinable();
   return k;
 }
 

@@ -23,6 +23,7 @@ constexpr int kEpollBatch = 256;               // epoll events per wakeup
 constexpr double kMaxId = 9007199254740991.0;  // 2^53 - 1: every id is exact as a JS number
 constexpr double kMaxMs = 2147483647.0;
 constexpr uint64_t kListenerTag = 1ull << 63;  // epoll data of listener fds; connection tags are id << 1 | side
+constexpr uint64_t kWakeTag = 3ull << 62;      // epoll data of the thread's eventfd
 constexpr int kClient = 0;
 constexpr int kServer = 1;
 
@@ -38,13 +39,14 @@ enum EventType : uint8_t {
   EV_UPSTREAM_FAILED = 5,
   EV_GREETING = 6,
   EV_END = 7,
-  EV_ERROR = 8
+  EV_ERROR = 8,
+  EV_THREAD = 10  // an engine thread ended on an error (9 is kept for the protocol tests' event)
 };
 
 // One event on its way to JS; the fields each type uses are listed in binding.cc (ToJs).
 struct Ev {
   EventType type;
-  uint64_t id;  // connection id; unused for EV_ERROR (the listener id is n1)
+  uint64_t id;  // connection id; unused for EV_ERROR (the listener id is n1); the thread index for EV_THREAD
   double n1 = 0;
   double n2 = 0;
   double n3 = 0;

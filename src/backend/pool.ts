@@ -21,10 +21,6 @@ export class Server {
   admin: 'drain' | 'maint' | undefined;
   private ownActive = 0;
   private ownTotal = 0;
-  /** In an engine worker: each session taken or released is also counted on the shared board (src/workers/board.ts). */
-  mirror: ((delta: number) => void) | undefined;
-  /** With several workers: the counts summed over the workers (the board), for the API and for leastconn. */
-  source: (() => { active: number; total: number }) | undefined;
   consecutiveConnectFailures = 0;
   lastReason = 'initial';
   readonly family: 4 | 6;
@@ -33,26 +29,24 @@ export class Server {
     this.family = net.isIPv6(config.address) ? 6 : 4;
   }
 
-  /** Sessions connected to it now (with several workers: all workers' sessions, from the shared board). */
+  /** Sessions connected to it now (every engine thread's: one thread decides and counts). */
   get active(): number {
-    return this.source ? this.source().active : this.ownActive;
+    return this.ownActive;
   }
   /** Sessions it has taken since start. */
   get total(): number {
-    return this.source ? this.source().total : this.ownTotal;
+    return this.ownTotal;
   }
 
   /** A session chose this server. */
   took(): void {
     this.ownActive++;
     this.ownTotal++;
-    this.mirror?.(1);
   }
 
   /** That session is done with it. */
   released(): void {
     this.ownActive--;
-    this.mirror?.(-1);
   }
 
   get name(): string {

@@ -5,7 +5,15 @@
 // engine. Nothing else touches these raw functions. Argument errors throw TypeError/RangeError;
 // failed syscalls throw a Node-shaped error that the wrappers turn into TransparentSyscallError.
 
-import type { EngineConnect, EngineCounts, EngineEvent, EngineHold, EngineInspect, EngineProfile, EngineReply } from '../proxy/protocol.js';
+import type {
+  EngineConnect,
+  EngineEvent,
+  EngineHold,
+  EngineInspect,
+  EngineProfile,
+  EngineReply,
+  EngineThreadCounts,
+} from '../proxy/protocol.js';
 
 export interface PlainListenerOptions {
   readonly family: 4 | 6;
@@ -17,7 +25,7 @@ export interface PlainListenerOptions {
   /** IP_FREEBIND / IPV6_FREEBIND: bind an address not (yet) on this host, e.g. a VIP the peer holds. Default false. */
   readonly freebind?: boolean;
   /**
-   * SO_REUSEPORT before bind: several sockets (one per engine worker thread) on the same address
+   * SO_REUSEPORT before bind: several sockets (one per engine thread) on the same address
    * and port, each with the flag; the kernel spreads new connections over them. Default false.
    */
   readonly reusePort?: boolean;
@@ -43,10 +51,12 @@ export interface NativeAddon {
   closeFd(fd: number): void;
 
   // ----- the session engine (native/src/binding.cc; docs/engine.md)
-  engineStart(onEvents: (batch: EngineEvent[]) => void): void;
+  engineStart(onEvents: (batch: EngineEvent[]) => void, threads: number): void;
   engineStop(): void;
+  engineThreadStart(thread: number): void;
+  engineFault(thread: number, rule: string): void;
   engineProfile(idx: number, profile: EngineProfile): void;
-  engineListen(fd: number, listenerId: number): void;
+  engineListen(fd: number, listenerId: number, thread: number): void;
   engineUnlisten(listenerId: number): void;
   engineHold(id: number, hold: EngineHold): boolean;
   engineConnect(id: number, connect: EngineConnect): boolean;
@@ -54,16 +64,19 @@ export interface NativeAddon {
   engineDrop(id: number): boolean;
   engineClose(id: number, cause: string): boolean;
   engineInspect(id: number): EngineInspect | null;
-  engineCounts(): EngineCounts;
+  engineCounts(): EngineThreadCounts[];
+  engineCallbackErrors(): number;
 }
 
 /** Every export of the binary, sorted. */
 export const ADDON_FUNCTIONS = [
   'closeFd',
+  'engineCallbackErrors',
   'engineClose',
   'engineConnect',
   'engineCounts',
   'engineDrop',
+  'engineFault',
   'engineHold',
   'engineInspect',
   'engineListen',
@@ -71,6 +84,7 @@ export const ADDON_FUNCTIONS = [
   'engineReply',
   'engineStart',
   'engineStop',
+  'engineThreadStart',
   'engineUnlisten',
   'plainListener',
   'sockName',

@@ -1,13 +1,15 @@
 // The native session engine as one typed object (docs/engine.md): loads it through transparent.ts and wraps the raw functions declared in addon.ts.
 //
-// The engine does the I/O of held and relayed connections in C++ (native/src/) and reports a
-// few events per session, in batches, to one callback; every decision stays in TypeScript. It is
-// one engine per Node environment (the main thread, or each worker thread). The types it speaks
-// are src/proxy/protocol.ts's.
+// The engine does the I/O of held and relayed connections in C++ (native/src/), on its own
+// threads (each with its epoll loop and its listeners' SO_REUSEPORT sockets), and reports a few
+// events per session, in batches, to one callback on the JS thread; every decision stays in
+// TypeScript. It is one engine per Node environment. The types it speaks are src/proxy/protocol.ts's.
 //
 // Contract (details in docs/engine.md):
-//   - Commands on an id that is gone or in the wrong state return false (reply: -1, inspect:
-//     null) and never throw: a batch may hold an event for a connection an earlier handler closed.
+//   - Commands run at once on the thread that owns the id (under its lock) and return their result.
+//     Commands on an id that is gone or in the wrong state return false (reply: -1, inspect:
+//     null) and never throw: a batch may hold an event for a connection an earlier handler closed,
+//     and an engine thread may have ended a connection whose event is still on its way.
 //   - Argument errors throw TypeError/RangeError; failed syscalls of hold/connect/listen throw
 //     TransparentSyscallError (syscall 'epoll_ctl', 'socket', 'connect', ...) and leave the
 //     connection as it was.
@@ -23,14 +25,18 @@ import type { NativeAddon } from './addon.js';
 import { loadAddonModule, loadedAddonPath, wrapSyscallErrors } from './transparent.js';
 
 export interface Engine {
-  /** Starts the engine on this thread's loop; `onEvents` gets every batch. Throws if already started (or ETD_ENGINE_FAULTS is malformed). */
-  start(onEvents: (batch: P.EngineEvent[]) => void): void;
-  /** Closes every connection, listener and handle without events. Idempotent. */
+  /** Starts `threads` engine threads (default 1); `onEvents` gets every batch on this JS thread. Throws if already started (or ETD_ENGINE_FAULTS is malformed). */
+  start(onEvents: (batch: P.EngineEvent[]) => void, threads?: number): void;
+  /** Closes every connection, listener and handle without events, and joins the threads. Idempotent. */
   stop(): void;
+  /** Starts thread `thread`: the next index, or one that ended (EV_THREAD) with fresh state. */
+  threadStart(thread: number): void;
+  /** Fault injection for tests (faults.h): adds `<syscall>:<n>:<ERRNO>` to a running thread, n counted from now. */
+  fault(thread: number, rule: string): void;
   /** Defines profile `idx` (0..65535); a redefinition applies to new uses only. */
   defineProfile(idx: number, p: P.EngineProfile): void;
-  /** The engine takes a bound, listening fd (made non-blocking) and accepts on it. Throws if not started or not a listener. */
-  listen(fd: number, listenerId: number): void;
+  /** Engine thread `thread` (default 0) takes a bound, listening fd (made non-blocking) and accepts on it. Throws if not started or not a listener. */
+  listen(fd: number, listenerId: number, thread?: number): void;
   /** Closes every fd of the listener; accepted connections go on. */
   unlisten(listenerId: number): void;
   /** State `new` only: holds the client silently for windowMs; writes profile.teaser (if any) at once. */
@@ -45,7 +51,25 @@ export interface Engine {
   close(id: number, cause: string): boolean;
   /** State and byte counts of a live connection, or null. */
   inspect(id: number): P.EngineInspect | null;
+  /** Summed over the threads. */
   counts(): P.EngineCounts;
+  /** One row per thread. */
+  threadCounts(): P.EngineThreadCounts[];
+}
+
+/** The threads' rows summed, as one engine's counts. */
+export function sumCounts(rows: readonly P.EngineThreadCounts[], callbackErrors: number): P.EngineCounts {
+  const out = { connections: 0, held: 0, relaying: 0, listeners: 0, fds: 0, bufferedBytes: 0, deadlines: 0, callbackErrors };
+  for (const r of rows) {
+    out.connections += r.connections;
+    out.held += r.held;
+    out.relaying += r.relaying;
+    out.listeners += r.listeners;
+    out.fds += r.fds;
+    out.bufferedBytes += r.bufferedBytes;
+    out.deadlines += r.deadlines;
+  }
+  return out;
 }
 
 let cached: Engine | undefined;
@@ -70,6 +94,9 @@ export function loadEngine(): Engine {
     'engineClose',
     'engineInspect',
     'engineCounts',
+    'engineCallbackErrors',
+    'engineThreadStart',
+    'engineFault',
   ] as const satisfies readonly (keyof NativeAddon)[];
   const missing = fns.filter((name) => typeof (raw as unknown as Record<string, unknown>)[name] !== 'function');
   if (missing.length > 0) {
@@ -81,10 +108,12 @@ export function loadEngine(): Engine {
   }
   const w = <A extends unknown[], R>(f: (...args: A) => R): ((...args: A) => R) => wrapSyscallErrors((...args: A) => f.apply(raw, args));
   const engine: Engine = Object.freeze({
-    start: w(raw.engineStart),
+    start: wrapSyscallErrors((onEvents: (batch: P.EngineEvent[]) => void, threads?: number) => raw.engineStart(onEvents, threads ?? 1)),
     stop: w(raw.engineStop),
+    threadStart: w(raw.engineThreadStart),
+    fault: w(raw.engineFault),
     defineProfile: w(raw.engineProfile),
-    listen: w(raw.engineListen),
+    listen: wrapSyscallErrors((fd: number, listenerId: number, thread?: number) => raw.engineListen(fd, listenerId, thread ?? 0)),
     unlisten: w(raw.engineUnlisten),
     hold: w(raw.engineHold),
     connect: w(raw.engineConnect),
@@ -92,7 +121,8 @@ export function loadEngine(): Engine {
     drop: w(raw.engineDrop),
     close: w(raw.engineClose),
     inspect: w(raw.engineInspect),
-    counts: w(raw.engineCounts),
+    counts: wrapSyscallErrors(() => sumCounts(raw.engineCounts(), raw.engineCallbackErrors())),
+    threadCounts: w(raw.engineCounts),
   });
   cached = engine;
   return engine;

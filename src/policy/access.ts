@@ -124,7 +124,7 @@ export class AccessLists {
   /** The runtime entries' lists by canonical prefix text, kept as entries come and go (a sync compares against it every few seconds). */
   private readonly runtimeByText = new Map<string, AccessVerdict>();
   private sorted: AccessEntry[] | undefined;
-  /** Told once per change or batch of runtime entries: the engine workers' copies follow it. */
+  /** Told once per change or batch of runtime entries (a sync applied in parts tells once at its end). */
   onChange: (() => void) | undefined;
   /** access.maxEntries: runtime entries beyond it are refused. */
   maxEntries: number;
@@ -145,28 +145,6 @@ export class AccessLists {
     // The config loader has already refused a bad CIDR; one here is skipped, never thrown.
     for (const c of config.allow) this.put(c, 'allow', 'config');
     for (const c of config.deny) this.put(c, 'deny', 'config');
-  }
-
-  /** The runtime entries become exactly `runtime` (an engine worker's copy of the main thread's lists), as one batch. */
-  replaceRuntime(runtime: ReadonlyArray<{ cidr: string; list: AccessVerdict }>): AccessBatchResult {
-    const had = this.runtimeCount;
-    for (const e of [...this.all()]) if (e.source === 'runtime') this.take(e);
-    const silent = this.onChange;
-    this.onChange = undefined;
-    try {
-      const r = this.applyBatch(runtime, 'runtime');
-      if (had > 0 || r.applied.length > 0) silent?.();
-      return r;
-    } finally {
-      this.onChange = silent;
-    }
-  }
-
-  /** The runtime entries as text, for an engine worker's copy. */
-  runtimeEntries(): Array<{ cidr: string; list: AccessVerdict }> {
-    const out: Array<{ cidr: string; list: AccessVerdict }> = [];
-    for (const e of this.all()) if (e.source === 'runtime') out.push({ cidr: e.cidr.text, list: e.list });
-    return out;
   }
 
   /** The runtime entries' lists by canonical prefix text: live and read-only (no copy; it changes with the lists). */
@@ -201,7 +179,7 @@ export class AccessLists {
   }
 
   /**
-   * Applies many changes as one: one pass, one onChange (so the engine workers get one update);
+   * Applies many changes as one: one pass, one onChange;
    * `notify: false` leaves the onChange to the caller (a sync applied in parts tells once at its end).
    * Runtime additions for a prefix the config lists are refused (the file wins), as are those
    * beyond access.maxEntries.

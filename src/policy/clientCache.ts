@@ -52,7 +52,7 @@ export class ClientCache {
   private baseVals: number[] = [];
   private baseLive = 0;
   private sweepTimer: NodeJS.Timeout | undefined;
-  /** Told of every entry recorded, adopted or deleted (not of expiry): the engine workers' copies follow it. */
+  /** Told of every entry recorded, adopted or deleted (not of expiry). */
   onChange: ((key: string, kind: CacheKind | undefined, expires: number) => void) | undefined;
 
   constructor(

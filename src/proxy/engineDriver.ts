@@ -1,15 +1,18 @@
-// The process's one native session engine (docs/engine.md): started with the first user, stopped with the last; routes its events.
+// The process's one native session engine (docs/engine.md): started with the first user, stopped with the last; routes its events; restarts a thread that died.
 //
 // The engine is one per Node environment, and several Apps may run in one process (tests), so
-// users are counted. Listener ids and profiles are handed out here. Every event of a batch is
-// handled on its own: a handler that throws is counted, logged once per cause, and the rest of
-// the batch goes on (an accepted connection whose handler threw is dropped, never held forever).
+// users are counted; the engine runs as many threads as its most demanding user asked for.
+// Listener ids and profiles are handed out here. Every event of a batch is handled on its own:
+// a handler that throws is counted and logged once per cause, its session ends with verdict
+// `error` (cause `internal_error`), and the rest of the batch goes on (an accepted connection
+// whose handler threw is dropped, never held forever).
 
 import type { Logger } from 'pino';
 import { type Engine, loadEngine } from '../native/engine.js';
 import {
   type EngineEvent,
   type EngineProfile,
+  type EngineThreadCounts,
   EV_ACCEPT,
   EV_END,
   EV_ERROR,
@@ -17,6 +20,7 @@ import {
   EV_GONE,
   EV_GREETING,
   EV_TALK,
+  EV_THREAD,
   EV_UPSTREAM_FAILED,
   type TalkStage,
 } from './protocol.js';
@@ -35,6 +39,8 @@ export interface NativeAccept {
 export interface EngineListener {
   accepted(a: NativeAccept): void;
   failed(syscall: string, code: string): void;
+  /** Its engine thread died (its fd was closed) and was started again: bind fresh sockets for it. */
+  restore?(thread: number): void;
 }
 
 /** A session's side of the engine: one method per event (docs/engine.md, Events). */
@@ -45,7 +51,22 @@ export interface EngineSession {
   upstreamFailed(stage: 'connect' | 'greeting', code: string, elapsedMs: number): void;
   greeted(code: string, connectMs: number, relaying: boolean): void;
   ended(cause: string, bytesFromClient: number, bytesToClient: number): void;
+  /** A handler of this session's events threw: the session ends (verdict `error`, cause `internal_error`). */
+  failed(err: unknown): void;
 }
+
+/** One engine thread as /v1/status and /metrics show it. */
+export interface ThreadRow extends EngineThreadCounts {
+  readonly state: 'running' | 'restarting';
+  readonly restarts: number;
+  /** Since it (re)started, ms. */
+  readonly upMs: number;
+}
+
+/** A thread that died is started again after this, doubling while it keeps dying soon after its start. */
+const RESTART_DELAY_MS = 100;
+const RESTART_DELAY_MAX_MS = 5000;
+const DIED_SOON_MS = 10_000;
 
 /** Distinct handler-failure causes logged; past this they are only counted. */
 const LOGGED_CAUSES_MAX = 100;
@@ -54,7 +75,16 @@ export class EngineDriver {
   readonly engine: Engine;
   private users = 0;
   private readonly sessions = new Map<number, EngineSession>();
-  private readonly listeners = new Map<number, EngineListener>();
+  private readonly listeners = new Map<number, { listener: EngineListener; thread: number }>();
+  private threads = 0;
+  /** Per thread: restarts so far, when it last started, the pending restart. */
+  private readonly restartsOf: number[] = [];
+  private readonly startedAt: number[] = [];
+  private readonly delayOf: number[] = [];
+  private readonly restartTimers = new Map<number, NodeJS.Timeout>();
+  /** Connections lost with engine threads that died, and the restarts since start. */
+  lost = 0;
+  restarts = 0;
   private nextListenerId = 1;
   private readonly profiles = new Map<string, number>();
   /** Profiles are built once per config (and reload), so a session finds its index with one lookup. */
@@ -69,10 +99,28 @@ export class EngineDriver {
     this.engine = engine;
   }
 
-  /** Starts the engine for its first user. */
-  acquire(log: Logger): void {
+  /** Starts the engine for its first user, with `threads` engine threads (a later user may ask for more). */
+  acquire(log: Logger, threads = 1): void {
     this.log ??= log;
-    if (this.users++ === 0) this.engine.start(this.onEvents);
+    if (this.users++ === 0) {
+      this.engine.start(this.onEvents, threads);
+      this.threads = threads;
+      for (let i = 0; i < threads; i++) this.started(i);
+      return;
+    }
+    for (; this.threads < threads; this.threads++) {
+      this.engine.threadStart(this.threads);
+      this.started(this.threads);
+    }
+  }
+
+  private started(thread: number): void {
+    this.startedAt[thread] = performance.now();
+    this.restartsOf[thread] ??= 0;
+  }
+
+  get threadCount(): number {
+    return this.threads;
   }
 
   /** Stops the engine when its last user is done (every fd it still owns is closed). */
@@ -80,6 +128,9 @@ export class EngineDriver {
     if (this.users === 0) return;
     if (--this.users > 0) return;
     this.engine.stop();
+    for (const t of this.restartTimers.values()) clearTimeout(t);
+    this.restartTimers.clear();
+    this.threads = 0;
     this.sessions.clear();
     this.listeners.clear();
     this.profiles.clear();
@@ -87,12 +138,12 @@ export class EngineDriver {
     this.log = undefined;
   }
 
-  /** Hands a bound, listening fd to the engine; returns the listener id for unlisten. */
-  listen(fd: number, listener: EngineListener): number {
+  /** Hands a bound, listening fd to engine thread `thread`; returns the listener id for unlisten. */
+  listen(fd: number, listener: EngineListener, thread = 0): number {
     const id = this.nextListenerId++;
-    this.listeners.set(id, listener);
+    this.listeners.set(id, { listener, thread });
     try {
-      this.engine.listen(fd, id);
+      this.engine.listen(fd, id, thread);
     } catch (e) {
       this.listeners.delete(id);
       throw e;
@@ -133,14 +184,81 @@ export class EngineDriver {
     return this.sessions.size;
   }
 
+  /** The engine threads now, by index (empty before start and after stop). */
+  threadRows(): ThreadRow[] {
+    if (this.users === 0) return [];
+    return this.engine.threadCounts().map((r) => ({
+      ...r,
+      state: r.running ? ('running' as const) : ('restarting' as const),
+      restarts: this.restartsOf[r.thread] ?? 0,
+      upMs: performance.now() - (this.startedAt[r.thread] ?? performance.now()),
+    }));
+  }
+
   private dispatch(batch: EngineEvent[]): void {
     for (const ev of batch) {
       try {
         this.handle(ev);
       } catch (err) {
         this.handlerFailed(ev, err);
+        // The session whose decision threw ends; the others go on.
+        const s = ev[0] === EV_ERROR || ev[0] === EV_THREAD ? undefined : this.sessions.get(ev[1]);
+        if (s) {
+          try {
+            s.failed(err);
+          } catch (again) {
+            this.handlerFailed(ev, again);
+            this.sessions.delete(ev[1]);
+            this.engine.drop(ev[1]);
+          }
+        }
       }
     }
+  }
+
+  /**
+   * An engine thread died: its connections were closed (each session got its GONE or END, cause
+   * engine_thread_died) and so were its listeners' fds. Logged with what it lost; started again
+   * after a pause, with fresh sockets for its listeners; the other threads keep serving.
+   */
+  private threadDied(thread: number, syscall: string, code: string, lost: number, held: number, relaying: number): void {
+    this.lost += lost;
+    const owners = new Set<EngineListener>();
+    for (const [id, l] of this.listeners)
+      if (l.thread === thread) {
+        this.listeners.delete(id);
+        owners.add(l.listener);
+      }
+    const soon = performance.now() - (this.startedAt[thread] ?? 0) < DIED_SOON_MS;
+    const delay = soon ? Math.min(RESTART_DELAY_MAX_MS, (this.delayOf[thread] ?? RESTART_DELAY_MS / 2) * 2) : RESTART_DELAY_MS;
+    this.delayOf[thread] = delay;
+    this.log?.error(
+      { thread, syscall, code, lost, held, relaying, restartInMs: delay },
+      `engine thread ${thread} died (${syscall} ${code}): ${lost} connection${lost === 1 ? '' : 's'} lost (${held} held, ${relaying} relaying); restarting it, the other threads keep serving`,
+    );
+    const timer = setTimeout(() => {
+      this.restartTimers.delete(thread);
+      if (this.users === 0) return;
+      try {
+        this.engine.threadStart(thread);
+      } catch (err) {
+        this.log?.error({ err, thread }, `engine thread ${thread} could not be started again: ${(err as Error).message}`);
+        return;
+      }
+      this.restarts++;
+      this.restartsOf[thread] = (this.restartsOf[thread] ?? 0) + 1;
+      this.started(thread);
+      for (const l of owners) {
+        try {
+          l.restore?.(thread);
+        } catch (err) {
+          this.log?.error({ err, thread }, `engine thread ${thread}: a listener could not bind again: ${(err as Error).message}`);
+        }
+      }
+      this.log?.info({ thread, restarts: this.restartsOf[thread] }, `engine thread ${thread} is serving again`);
+    }, delay);
+    timer.unref();
+    this.restartTimers.set(thread, timer);
   }
 
   private handlerFailed(ev: EngineEvent, err: unknown): void {
@@ -156,7 +274,7 @@ export class EngineDriver {
     switch (ev[0]) {
       case EV_ACCEPT: {
         const [, eid, listenerId, family, peerAddress, peerPort, localAddress, localPort] = ev;
-        const l = this.listeners.get(listenerId);
+        const l = this.listeners.get(listenerId)?.listener;
         if (!l) {
           this.engine.drop(eid);
           return;
@@ -190,7 +308,10 @@ export class EngineDriver {
         this.sessions.get(ev[1])?.ended(ev[2], ev[3], ev[4]);
         return;
       case EV_ERROR:
-        this.listeners.get(ev[1])?.failed(ev[2], ev[3]);
+        this.listeners.get(ev[1])?.listener.failed(ev[2], ev[3]);
+        return;
+      case EV_THREAD:
+        this.threadDied(ev[1], ev[2], ev[3], ev[4], ev[5], ev[6]);
         return;
     }
   }

@@ -37,7 +37,7 @@ export interface BoundFd {
 }
 
 /**
- * Binds a listener's addresses: `copies` sockets per address, one per engine worker, with
+ * Binds a listener's addresses: `copies` sockets per address, one per engine thread, with
  * SO_REUSEPORT when there are several (the first resolves port 0, the others bind that port).
  * All or nothing: on failure every fd bound so far is closed. Returns the sockets by copy.
  */
@@ -105,8 +105,9 @@ function bindOne(
 }
 
 export class Listener {
-  /** The engine's id for each bound fd, and what it is bound to. */
-  private bound: Array<{ id: number; address: string; port: number }> = [];
+  /** The engine's id for each bound fd, its thread, and what it is bound to. */
+  private bound: Array<{ id: number; thread: number; address: string; port: number }> = [];
+  private stopped = false;
   readonly log: Logger;
 
   constructor(
@@ -115,45 +116,74 @@ export class Listener {
     private readonly driver: EngineDriver,
     private readonly onAccept: AcceptHandler,
     private readonly tproxyPort: number,
-    /** Sockets bound by the main thread for this engine worker; the Listener binds its own when undefined. */
-    private readonly given?: readonly BoundFd[],
+    /** Engine threads: one SO_REUSEPORT socket per address for each (the kernel spreads the connections). */
+    private readonly threads = 1,
   ) {
     this.log = ctx.log;
   }
 
-  /** The addresses actually bound (port 0 resolved), for logs and tests. */
+  /** The addresses actually bound (port 0 resolved), for logs and tests: thread 0's (the others share them). */
   addresses(): Array<{ address: string; port: number }> {
-    return this.bound.map(({ address, port }) => ({ address, port }));
+    return this.bound.filter((b) => b.thread === 0).map(({ address, port }) => ({ address, port }));
   }
 
-  /** Binds each address (or takes the given sockets) and hands the fds to the engine; all or nothing. */
+  /** Binds each address once per engine thread and hands the fds to the threads; all or nothing. */
   async start(): Promise<void> {
-    const fds = this.given ?? bindListener(this.config, this.tproxyPort)[0]!;
+    const copies = bindListener(this.config, this.tproxyPort, this.threads);
+    const fds = copies.flatMap((list, thread) => list.map((b) => ({ b, thread })));
     let i = 0;
     try {
-      for (; i < fds.length; i++) this.bound.push(this.attach(fds[i]!));
+      for (; i < fds.length; i++) this.bound.push(this.attach(fds[i]!.b, fds[i]!.thread));
     } catch (err) {
       const sockets = loadTransparent();
-      for (; i < fds.length; i++) sockets.closeFd(fds[i]!.fd);
+      for (; i < fds.length; i++) sockets.closeFd(fds[i]!.b.fd);
       await this.stop();
       throw err;
     }
-    if (!this.given)
-      this.log.info({ addresses: this.addresses().map((a) => hostPort(a.address, a.port)), mode: this.config.mode }, 'listening');
+    this.log.info(
+      { addresses: this.addresses().map((a) => hostPort(a.address, a.port)), mode: this.config.mode, threads: this.threads },
+      'listening',
+    );
   }
 
-  private attach(b: BoundFd): { id: number; address: string; port: number } {
+  private attach(b: BoundFd, thread: number): { id: number; thread: number; address: string; port: number } {
     const ctx = this.ctx;
-    const id = this.driver.listen(b.fd, {
-      accepted: (conn) => this.onAccept(conn, ctx),
-      // After a successful listen, errors (e.g. EMFILE on accept) are logged; the engine keeps accepting.
-      failed: (syscall, code) => this.log.error({ syscall, code }, `listener error: ${syscall} ${code}`),
-    });
-    return { id, address: b.address, port: b.port };
+    const id = this.driver.listen(
+      b.fd,
+      {
+        accepted: (conn) => this.onAccept(conn, ctx),
+        // After a successful listen, errors (e.g. EMFILE on accept) are logged; the engine keeps accepting.
+        failed: (syscall, code) => this.log.error({ syscall, code, thread }, `listener error: ${syscall} ${code}`),
+        restore: (t) => this.restore(t),
+      },
+      thread,
+    );
+    return { id, thread, address: b.address, port: b.port };
+  }
+
+  /** Engine thread `thread` died (its sockets with it) and runs again: its sockets are bound afresh on the same ports. */
+  private restore(thread: number): void {
+    if (this.stopped) return;
+    const mine = this.bound.filter((b) => b.thread === thread);
+    const others = this.bound.filter((b) => b.thread !== thread);
+    const port = (mine[0] ?? others[0])?.port ?? this.config.port;
+    const config = this.config.mode === 'intercept' ? this.config : { ...this.config, port };
+    const fresh = bindListener(config, this.tproxyPort, 1, this.threads > 1)[0]!;
+    const attached = [];
+    try {
+      for (const b of fresh) attached.push(this.attach(b, thread));
+    } catch (err) {
+      for (const a of attached) this.driver.unlisten(a.id);
+      const sockets = loadTransparent();
+      for (const b of fresh.slice(attached.length)) sockets.closeFd(b.fd);
+      throw err;
+    }
+    this.bound = [...others, ...attached];
   }
 
   /** Stops accepting; existing connections are not touched. */
   async stop(): Promise<void> {
+    this.stopped = true;
     for (const b of this.bound) this.driver.unlisten(b.id);
     this.bound = [];
   }

@@ -20,7 +20,8 @@ export const EV_ACCEPT = 1,
   EV_UPSTREAM_FAILED = 5,
   EV_GREETING = 6,
   EV_END = 7,
-  EV_ERROR = 8;
+  EV_ERROR = 8,
+  EV_THREAD = 10;
 
 /** Where a connection was when the client talked early: the window, or while etd was connecting / reading the greeting. */
 export type TalkStage = 'held' | 'connecting' | 'greeting';
@@ -33,7 +34,8 @@ export type EngineEvent =
   | [typeof EV_UPSTREAM_FAILED, number, 'connect' | 'greeting', string, number] // id, stage, code, elapsedMs
   | [typeof EV_GREETING, number, string, number, 0 | 1] // id, code, connectMs, relaying
   | [typeof EV_END, number, string, number, number] // id, cause, bytesFromClient, bytesToClient
-  | [typeof EV_ERROR, number, string, string]; // listenerId, syscall, code
+  | [typeof EV_ERROR, number, string, string] // listenerId, syscall, code
+  | [typeof EV_THREAD, number, string, string, number, number, number]; // thread, syscall, code, connections lost, of them held, of them relaying
 
 // ---------------------------------------------------------------------------------------------
 // The engine: what it applies on its own, given by TypeScript (no constant written on both sides)
@@ -127,6 +129,19 @@ export interface EngineCounts {
   readonly callbackErrors: number;
 }
 
+/** One engine thread's counts (engineCounts() gives one row per thread; the sums above are over them). */
+export interface EngineThreadCounts extends Omit<EngineCounts, 'callbackErrors'> {
+  readonly thread: number;
+  /** False once the thread has ended on an error, until it is started again. */
+  readonly running: boolean;
+  /** The thread's kernel id (0 while it is not running). */
+  readonly tid: number;
+  /** CPU time (user + system) of the thread since it started, in ms. */
+  readonly cpuMs: number;
+  /** Connections it accepted since it started. */
+  readonly accepted: number;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sessions
 
@@ -147,7 +162,8 @@ export interface SessionPolicy {
 
 export type Phase = 'held' | 'connecting' | 'greeting' | 'relaying' | 'closing' | 'closed';
 
-export type Verdict = 'passed' | 'early_talker' | 'no_server' | 'limit' | 'denied' | 'client_gone' | 'shutdown' | 'dnsbl';
+/** `error`: etd itself failed the session (cause `internal_error`: a decision threw; `engine_thread_died`); the client was closed. */
+export type Verdict = 'passed' | 'early_talker' | 'no_server' | 'limit' | 'denied' | 'client_gone' | 'shutdown' | 'dnsbl' | 'error';
 
 /** What the DNSBL/DNSWL lookups said of a session's client (src/reputation): its summary's `score`, `lists`, `allowlisted`. */
 export interface SessionReputation {

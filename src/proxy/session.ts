@@ -30,15 +30,9 @@ import type {
 import { earlyTalkCause, upstreamFailureCause } from './verdict.js';
 
 let nextId = 1;
-let sharedIds: (() => number) | undefined;
 /** Session ids grow in arrival order (the API pages by them); a connection answered at accept takes one too. */
 export function nextSessionId(): number {
-  return sharedIds ? sharedIds() : nextId++;
-}
-
-/** In an engine worker: ids come from one counter all workers share (src/workers/board.ts), so they stay unique and in arrival order. */
-export function sessionIdSource(next: () => number): void {
-  sharedIds = next;
+  return nextId++;
 }
 
 /** A live session as the API lists it. */
@@ -58,6 +52,9 @@ export function viewOfSession(s: LiveSession): LiveSessionView {
 }
 
 /** The reply to a held client when etd stops. */
+/** How long a session whose command the engine refused waits for the event that explains it (it comes within a drain, ≈ µs). */
+const LOST_GRACE_MS = 1000;
+
 export const SHUTDOWN_REPLY = '421 4.3.2 Service shutting down, try again later';
 
 /** What a session knows when it ends; `summaryOf` turns it into the summary line. */
@@ -172,6 +169,8 @@ export class Session implements LiveSession, EngineSession {
   private outcome: Outcome | undefined;
   /** The teaser went out: a refusal must complete the greeting first (deferred reply). */
   private teased = false;
+  /** Set when the engine refused a command (lost()): the fallback end if no event explains it. */
+  private lostTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly engine: EngineDriver,
@@ -320,7 +319,8 @@ export class Session implements LiveSession, EngineSession {
   }
 
   expired(heldMs: number): void {
-    if (this.done) return;
+    // Released or refused an instant before the engine thread ended the window: already decided.
+    if (this.done || this.state !== 'held') return;
     this.heldMs = heldMs;
     this.connectNext();
   }
@@ -450,15 +450,37 @@ export class Session implements LiveSession, EngineSession {
     this.engine.engine.drop(this.eid);
   }
 
-  /** The engine refused a command: it no longer has the connection in a state that takes one. Never keep the slot. */
+  /**
+   * The engine refused a command: its thread ended the connection an instant before (early talk,
+   * hang-up, a dead thread), and that event is on its way to this thread; it ends the session
+   * with its true verdict. Never keep the slot: if no event comes, the session ends anyway.
+   */
   private lost(): void {
-    this.finish('client_gone', 'engine_lost');
+    if (this.lostTimer) return;
+    this.lostTimer = setTimeout(() => {
+      if (this.done) return;
+      this.finish('client_gone', 'engine_lost');
+      this.engine.engine.drop(this.eid);
+    }, LOST_GRACE_MS);
+    this.lostTimer.unref();
+  }
+
+  /** A handler of this session's events threw (a bug in a decision): this session ends, the others go on. */
+  failed(err: unknown): void {
+    if (this.done) return;
+    this.ctx.log.error(
+      { err, client: hostPort(this.clientAddress, this.clientPort) },
+      `session ${this.id}: a decision failed, the session ends (internal_error): ${err instanceof Error ? err.message : String(err)}`,
+    );
+    this.endHold();
+    this.finish('error', 'internal_error');
     this.engine.engine.drop(this.eid);
   }
 
   /** `fromEngine`: the counts came with the engine's END; otherwise they are read now (the connection may still linger). */
   private finish(verdict: Verdict, cause: string, fromEngine = false): void {
     if (this.done) return;
+    if (this.lostTimer) clearTimeout(this.lostTimer);
     if (!fromEngine) {
       const live = this.engine.engine.inspect(this.eid);
       if (live) {

@@ -16,6 +16,7 @@ export const VERDICTS = [
   'client_gone',
   'shutdown',
   'dnsbl',
+  'error',
 ] as const satisfies readonly Verdict[];
 
 /** The cause of an early talker's summary: what the engine did to it (action log never ends the session). */

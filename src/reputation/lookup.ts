@@ -7,7 +7,7 @@
 
 import { Resolver } from 'node:dns/promises';
 import type { Logger } from 'pino';
-import { clampAnswerTtl, decodeDnsblKey, decodeDnsblValue } from '../cluster/decode.js';
+import { clampAnswerTtl, decodeDnsblValue } from '../cluster/decode.js';
 import { normalizeAddress } from '../config/cidr.js';
 import type { ReputationConfig } from '../config/schema.js';
 import { compilePatterns, DEFAULT_MATCH, isRefusedAnswer } from './match.js';
@@ -87,19 +87,12 @@ export class Reputation {
   private readonly pending = new Map<string, Promise<{ score: Score; answers: ReadonlyMap<string, ZoneAnswer> }>>();
   private inFlight = 0;
   private readonly lastRefusedLog = new Map<string, number>();
-  /**
-   * Whether a warning logged at most once per `periodMs` (per `key`) is due now. With several
-   * engine workers it is one gate for all of them (src/workers/warnGate.ts), so the operator sees
-   * one line per zone and period, not one per worker.
-   */
-  warnDue: ((key: string, periodMs: number, now: number) => boolean) | undefined;
   private readonly lastTimeoutLog = new Map<string, { at: number; since: number }>();
   private readonly observers = new Set<QueryObserver>();
   /** Per client address: who waits for its zones' answers one by one (held sessions deciding early). */
   private readonly watchers = new Map<string, Set<(score: Score) => void>>();
   private sweeper: NodeJS.Timeout | undefined;
   private exchange: AnswerExchange | undefined;
-  // Replaced by a sum over the engine workers on the main thread of several (src/workers/repCounters.ts).
   readonly counters: ReputationCounters = {
     queries: new Map(),
     hits: new Map(),
@@ -153,11 +146,6 @@ export class Reputation {
       this.sweeper = setInterval(() => this.sweep(), 60_000);
       this.sweeper.unref();
     }
-  }
-
-  /** A query an engine worker's lookups made, told to this (the main thread's) observers: the histogram covers every worker. */
-  observed(zone: string, seconds: number, status: ZoneAnswer['status']): void {
-    for (const o of this.observers) o(zone, seconds, status);
   }
 
   /** Adds a listener of query latencies (the metrics histogram); returns the function that removes it. */
@@ -219,7 +207,7 @@ export class Reputation {
     const now = this.now();
     for (const zone of zones) {
       const last = this.lastTimeoutLog.get(zone);
-      if (!this.due(`timeout:${zone}`, TIMEOUT_LOG_MS, now, last?.at)) {
+      if (!this.due(TIMEOUT_LOG_MS, now, last?.at)) {
         this.lastTimeoutLog.set(zone, { at: last?.at ?? now, since: (last?.since ?? 0) + 1 });
         continue;
       }
@@ -363,7 +351,7 @@ export class Reputation {
     if (answer.status === 'timeout') {
       bump(this.counters.timeouts, zone);
       const last = this.lastTimeoutLog.get(zone);
-      if (this.due(`timeout:${zone}`, TIMEOUT_LOG_MS, now, last?.at)) {
+      if (this.due(TIMEOUT_LOG_MS, now, last?.at)) {
         this.log.warn(
           { zone, timeoutMs: this.config.timeoutMs, timeouts: (last?.since ?? 0) + 1 },
           `DNSBL zone ${zone} did not answer within ${this.config.timeoutMs} ms: the lookup counts 0 (check the resolver and the zone)`,
@@ -376,7 +364,7 @@ export class Reputation {
       const refused = answer.addresses.find(isRefusedAnswer);
       if (refused !== undefined) {
         bump(this.counters.refused, zone);
-        if (this.due(`refused:${zone}`, REFUSED_LOG_MS, now, this.lastRefusedLog.get(zone))) {
+        if (this.due(REFUSED_LOG_MS, now, this.lastRefusedLog.get(zone))) {
           this.lastRefusedLog.set(zone, now);
           this.log.warn(
             { zone, answer: refused },
@@ -387,16 +375,9 @@ export class Reputation {
     }
   }
 
-  /** A once-per-period warning is due: by the shared gate when there is one, else by this thread's last time. */
-  private due(key: string, periodMs: number, now: number, last: number | undefined): boolean {
-    if (this.warnDue) return this.warnDue(key, periodMs, now);
+  /** A once-per-period warning is due: `last` is when it was last logged. */
+  private due(periodMs: number, now: number, last: number | undefined): boolean {
     return last === undefined || now - last >= periodMs;
-  }
-
-  /** An answer another engine worker got (its exchange value), kept here as if this thread had asked. */
-  adopt(key: string, raw: string): void {
-    const k = decodeDnsblKey(key);
-    if (k.ok) this.takeShared(k.value.address, k.value.zone, raw);
   }
 
   /**

@@ -238,22 +238,3 @@ export function openStore(location: string, log: StoreLog): StateStore {
     return mem;
   }
 }
-
-/**
- * The store of an engine worker's copies of the caches and access lists: nothing is kept, since
- * the main thread owns the SQLite store and sends the workers what they need (docs/workers.md).
- */
-export const WORKER_STORE: StateStore = Object.freeze({
-  loadCache: () => undefined,
-  putCache: () => undefined,
-  deleteCache: () => undefined,
-  sweep: () => 0,
-  loadAccess: () => [],
-  putAccess: () => undefined,
-  deleteAccess: () => undefined,
-  applyAccessBatch: () => undefined,
-  flush: () => undefined,
-  close: () => undefined,
-  healthy: true,
-  location: 'main thread',
-});

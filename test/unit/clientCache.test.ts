@@ -2,7 +2,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { type CacheConfig, ClientCache, cacheKey } from '../../src/policy/clientCache.js';
-import { type CacheKind, openStore, type StateStore, WORKER_STORE } from '../../src/state/store.js';
+import { type CacheKind, openStore, type StateStore } from '../../src/state/store.js';
 
 const quiet = { warn: () => undefined, info: () => undefined };
 const config: CacheConfig = { enabled: true, ttlMs: 10_000, denyTtlMs: 5_000, scope: 'ip' };
@@ -132,7 +132,16 @@ describe('ClientCache', () => {
       ['172.16.0.1', 9e12, 'pass'],
     ];
     const store: StateStore = {
-      ...WORKER_STORE,
+      putCache: () => undefined,
+      deleteCache: () => undefined,
+      sweep: () => 0,
+      loadAccess: () => [],
+      putAccess: () => undefined,
+      deleteAccess: () => undefined,
+      applyAccessBatch: () => undefined,
+      flush: () => undefined,
+      close: () => undefined,
+      healthy: true,
       loadCache: (_now, fn) => {
         for (const [k, e, kind] of rows) fn(k, e, kind);
       },

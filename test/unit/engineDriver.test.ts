@@ -1,4 +1,4 @@
-// The engine driver routes events to sessions; a handler that throws is counted, logged once per cause, and the batch goes on.
+// The engine driver routes events to sessions; a handler that throws is counted, logged once per cause, its session ends (internal_error), and the batch goes on.
 
 import { Writable } from 'node:stream';
 import pino from 'pino';
@@ -30,11 +30,12 @@ function session(onExpired: () => void, log: string[], id: number): EngineSessio
     upstreamFailed: () => undefined,
     greeted: () => undefined,
     ended: () => undefined,
+    failed: (err) => log.push(`failed ${id} ${(err as Error).message}`),
   };
 }
 
 describe('EngineDriver', () => {
-  it('a throwing handler is counted and logged once per cause; the rest of the batch is handled', () => {
+  it('a throwing handler is counted and logged once per cause; its session is ended as failed; the rest of the batch is handled', () => {
     const calls: string[] = [];
     const lines: Array<{ msg: string }> = [];
     const sink = new Writable({
@@ -89,7 +90,8 @@ describe('EngineDriver', () => {
       [EV_GONE, 1, 'undecided'],
     ]);
     expect(driver.handlerErrors).toBe(3);
-    expect(seen).toEqual(['expired 4', 'gone 1 undecided']);
+    // Each session whose decision threw is told (a real Session ends with verdict error, cause internal_error, and ignores later events).
+    expect(seen).toEqual(['failed 1 boom', 'failed 2 boom', 'failed 3 other', 'expired 4', 'gone 1 undecided']);
     const logged = lines.filter((l) => l.msg.startsWith('native engine event handler failed'));
     expect(logged.map((l) => l.msg)).toEqual([
       'native engine event handler failed (logged once per cause): boom',

@@ -64,12 +64,15 @@ describe('native addon loader', () => {
       'counts',
       'defineProfile',
       'drop',
+      'fault',
       'hold',
       'inspect',
       'listen',
       'reply',
       'start',
       'stop',
+      'threadCounts',
+      'threadStart',
       'unlisten',
     ]);
     const addon = loadTransparent();

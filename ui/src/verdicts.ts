@@ -19,6 +19,7 @@ const VIEWS: Record<Verdict, Omit<VerdictView, 'id'>> = {
   no_server: { label: 'no server', symbol: '⚠', colour: '#9a6700' },
   client_gone: { label: 'client gone', symbol: '…', colour: '#57606a' },
   shutdown: { label: 'shutdown', symbol: '■', colour: '#24292f' },
+  error: { label: 'etd error', symbol: '!', colour: '#cf222e' },
 };
 
 export const VERDICTS: readonly VerdictView[] = (Object.keys(VIEWS) as Verdict[]).map((id) => ({ id, ...VIEWS[id] }));

@@ -106,8 +106,6 @@ export const accessRoutes: RoutePlugin = async (api, deps) => {
       deps.app.cluster?.accessChanged(text(c), req.body.list);
       const replaced = same.length > 0;
       deps.log.info({ cidr: text(c), list: req.body.list, replaced }, `access entry ${text(c)} (${req.body.list}) added through the API`);
-      // Answered once every engine worker applied it (as PATCH /v1/backends): the next connection obeys it.
-      await deps.app.workers?.refresh();
       void reply.code(replaced ? 200 : 201);
       return { ...accessView(added), replaced, persisted: store.healthy };
     },
@@ -138,7 +136,6 @@ export const accessRoutes: RoutePlugin = async (api, deps) => {
       store.deleteAccess(text(c));
       deps.app.cluster?.accessChanged(text(c), undefined);
       deps.log.info({ cidr: text(c) }, `access entry ${text(c)} deleted through the API`);
-      await deps.app.workers?.refresh();
       return reply.code(204).send(null);
     },
   );

@@ -144,9 +144,6 @@ export const backendRoutes: RoutePlugin = async (api, deps) => {
       const from = server.state;
       pool.setAdmin(server, state === 'up' ? undefined : state, reason);
       deps.log.info({ server: server.name, from, to: server.state, reason }, `backend ${server.name}: operator set ${state}`);
-      // Engine workers get the change as a message; one more asked after it returns once every
-      // worker has applied it, so from this answer on no worker picks by the old state.
-      await deps.app.workers?.refresh();
       return show(server);
     },
   );

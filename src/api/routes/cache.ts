@@ -124,8 +124,6 @@ export const cacheRoutes: RoutePlugin = async (api, deps) => {
       const entry = find(req.params.ip);
       cache.delete(entry.key);
       deps.log.info({ key: entry.key, kind: entry.kind }, `cache entry ${entry.key} (${entry.kind}) deleted through the API`);
-      // Answered once every engine worker dropped its copy: the client's next connection waits again.
-      await deps.app.workers?.refresh();
       return reply.code(204).send(null);
     },
   );

@@ -72,8 +72,6 @@ export const statsRoutes: RoutePlugin = async (api, deps) => {
     '/v1/stats',
     { schema: { summary: 'counters since start', tags: ['status'], response: { 200: StatsBody } } },
     async (): Promise<StatsBody> => {
-      // Several engine workers: their counters (accepted, relayed, limits) fresh, as /metrics reads them.
-      await deps.app.workers?.refresh();
       const s = deps.app.stats.snapshot();
       const et = s.earlyTalkers;
       return {

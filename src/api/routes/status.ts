@@ -33,23 +33,24 @@ export const ClusterStatusBody = Type.Object(
 
 export const WorkerStatusBody = Type.Object(
   {
-    index: Type.Integer({ minimum: 0, description: 'the worker number (0 .. workers-1)' }),
+    index: Type.Integer({ minimum: 0, description: 'the engine thread number (0 .. workers-1)' }),
     threadId: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()], {
-      description: "the thread's id (0: the main thread, with workers: 1); null while it restarts",
+      description: "the thread's kernel id (as in /proc/PID/task); null while it restarts",
     }),
-    state: Type.Union([Type.Literal('starting'), Type.Literal('running'), Type.Literal('restarting'), Type.Literal('stopping')]),
-    sessions: Type.Integer({ minimum: 0, description: 'its sessions now (held or relaying)' }),
+    state: Type.Union([Type.Literal('running'), Type.Literal('restarting')]),
+    sessions: Type.Integer({ minimum: 0, description: 'its connections now (held, relaying, or being answered)' }),
     held: Type.Integer({ minimum: 0, description: 'in the silent window now' }),
     relaying: Type.Integer({ minimum: 0, description: 'relayed to a backend now' }),
     accepted: Type.Integer({ minimum: 0, description: 'connections it accepted since start' }),
     cpuMs: Type.Integer({
       minimum: 0,
-      description: 'CPU time (user + system) of the thread since it started (ms); the whole process with workers: 1',
+      description:
+        'CPU time (user + system) of the engine thread since it started (ms); the decisions run on the JS thread, counted in the process CPU',
     }),
     cpuPercent: Type.Number({ minimum: 0, description: 'that CPU time as a share of one core since it started (%)' }),
     restarts: Type.Integer({ minimum: 0, description: 'times it was restarted after it died' }),
   },
-  { description: 'one engine worker (config workers:); with workers: 1 the one row is the main thread' },
+  { description: 'one native engine thread (config workers:; docs/workers.md)' },
 );
 export type WorkerStatusBody = Static<typeof WorkerStatusBody>;
 
@@ -96,8 +97,12 @@ export const StatusBody = Type.Object({
   ),
   cluster: Type.Union([ClusterStatusBody, Type.Null()]),
   workers: Type.Array(WorkerStatusBody, { description: 'the engine workers, by index (docs/workers.md)' }),
-  lostSessions: Type.Integer({ minimum: 0, description: 'sessions lost with engine workers that died since start' }),
-  workerRestarts: Type.Integer({ minimum: 0, description: 'engine workers restarted after they died since start' }),
+  lostSessions: Type.Integer({
+    minimum: 0,
+    description:
+      'connections lost with engine threads that died since start (each also has a summary: verdict error, cause engine_thread_died)',
+  }),
+  workerRestarts: Type.Integer({ minimum: 0, description: 'engine threads restarted after they died since start' }),
 });
 export type StatusBody = Static<typeof StatusBody>;
 
@@ -125,23 +130,20 @@ function engineView(app: App): StatusBody['engine'] {
   };
 }
 
-/** With workers: 1 the main thread is the one engine worker: its row from the App's own counts. */
-function mainThreadRow(app: App): WorkerStatusBody {
-  const cpu = process.cpuUsage();
-  const cpuMs = Math.round((cpu.user + cpu.system) / 1000);
-  const upMs = process.uptime() * 1000;
-  return {
-    index: 0,
-    threadId: 0,
-    state: 'running',
-    sessions: app.sessions.size,
-    held: app.stats.held,
-    relaying: app.stats.relaying,
-    accepted: app.stats.accepted,
-    cpuMs,
-    cpuPercent: upMs > 0 ? Math.round((cpuMs / upMs) * 1000) / 10 : 0,
-    restarts: 0,
-  };
+/** The engine threads as /v1/status and /metrics show them. */
+export function workerRows(app: App): WorkerStatusBody[] {
+  return app.threads().rows.map((r) => ({
+    index: r.thread,
+    threadId: r.running && r.tid > 0 ? r.tid : null,
+    state: r.state,
+    sessions: r.connections,
+    held: r.held,
+    relaying: r.relaying,
+    accepted: r.accepted,
+    cpuMs: Math.round(r.cpuMs),
+    cpuPercent: r.upMs > 0 ? Math.round((r.cpuMs / r.upMs) * 1000) / 10 : 0,
+    restarts: r.restarts,
+  }));
 }
 
 export const statusRoutes: RoutePlugin = async (api, deps) => {
@@ -156,9 +158,7 @@ export const statusRoutes: RoutePlugin = async (api, deps) => {
     },
     async (): Promise<StatusBody> => {
       const { app } = deps;
-      // The workers' counters arrive once a second on their own: ask for fresh ones first.
-      const group = app.workers;
-      await group?.refresh();
+      const threads = app.threads();
       const servers = app.pool.list();
       return {
         version: deps.version,
@@ -175,10 +175,9 @@ export const statusRoutes: RoutePlugin = async (api, deps) => {
         backends: { up: servers.filter((s) => s.state === 'up').length, total: servers.length },
         stress: stressView(app),
         cluster: app.cluster?.status() ?? null,
-        // Several workers but no group: before start or after stop, nothing runs.
-        workers: group ? group.status() : app.currentConfig.workers > 1 ? [] : [mainThreadRow(app)],
-        lostSessions: group?.lost ?? 0,
-        workerRestarts: group?.restarts ?? 0,
+        workers: workerRows(app),
+        lostSessions: threads.lost,
+        workerRestarts: threads.restarts,
       };
     },
   );

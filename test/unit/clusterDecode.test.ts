@@ -185,7 +185,14 @@ describe("a peer's lifetimes are clamped to ours", () => {
       maxInFlight: 10,
     };
     const rep = new Reputation(config, pino({ level: 'silent' }), () => t);
-    rep.adopt('bl.test/192.0.2.9', JSON.stringify({ answer: { status: 'answer', addresses: ['127.0.0.2'] }, expires: 8.64e15 }));
+    // A peer's answer reaches this gateway through the exchange when it is about to query.
+    rep.share({
+      get: (key, done) => {
+        if (key === 'bl.test/192.0.2.9') done(JSON.stringify({ answer: { status: 'answer', addresses: ['127.0.0.2'] }, expires: 8.64e15 }));
+      },
+      put: () => undefined,
+    });
+    void rep.lookup('192.0.2.9');
     expect(rep.cached('192.0.2.9')?.score).toBe(3);
     t += 3_600_001;
     expect(rep.cached('192.0.2.9')).toBeUndefined();

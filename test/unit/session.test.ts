@@ -1,7 +1,7 @@
 // The session's decisions against a recording fake of the engine: window, retries, refusals, verdicts, summaries, server counts, rollback.
 
 import pino from 'pino';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { Pool } from '../../src/backend/pool.js';
 import { validateConfig } from '../../src/config/load.js';
 import type { Engine } from '../../src/native/engine.js';
@@ -285,12 +285,28 @@ describe('Session', () => {
     expect(driver.liveSessions).toBe(0);
   });
 
-  it('a command the engine no longer takes (false) ends the session instead of waiting forever', () => {
-    const { driver, ctx, conn, summaries } = setup({}, { holdReturns: false });
-    const s = new Session(driver, conn, ctx);
-    s.begin();
-    expect(summaries[0]).toMatchObject({ verdict: 'client_gone', cause: 'engine_lost' });
-    expect(driver.liveSessions).toBe(0);
+  it('a command the engine no longer takes (false) waits for the event that explains it, and ends the session anyway if none comes', () => {
+    vi.useFakeTimers();
+    try {
+      // The engine thread ended the connection an instant before: its event arrives and decides.
+      const a = setup({}, { holdReturns: false });
+      const s = new Session(a.driver, a.conn, a.ctx);
+      s.begin();
+      expect(a.summaries).toEqual([]);
+      s.talkedEarly(5, Buffer.from('EHLO x\r\n'), 8, 'held', 0);
+      expect(a.summaries[0]).toMatchObject({ verdict: 'early_talker' });
+      // No event ever comes: the slot is freed after the grace time.
+      const b = setup({}, { holdReturns: false });
+      const t = new Session(b.driver, b.conn, b.ctx);
+      t.begin();
+      vi.advanceTimersByTime(999);
+      expect(b.summaries).toEqual([]);
+      vi.advanceTimersByTime(1);
+      expect(b.summaries[0]).toMatchObject({ verdict: 'client_gone', cause: 'engine_lost' });
+      expect(b.driver.liveSessions).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('counts the bytes of a final reply in the summary (421 when no server is left)', () => {

@@ -174,7 +174,8 @@ void Engine::Die(const char* syscall, int err) {
   all.reserve(conns_.size());
   for (auto& kv : conns_) all.push_back(kv.second.get());
   for (Conn* c : all) {
-    died.n1++;
+    // Lost: those JS still has a session for (a final reply being written was already summarised).
+    if (c->st != St::Deferring && c->st != St::Replying) died.n1++;
     if (c->st == St::Held) died.n2++;
     if (c->st == St::Relaying || c->st == St::ServerGone) died.n3++;
     switch (c->st) {

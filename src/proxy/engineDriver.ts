@@ -131,6 +131,10 @@ export class EngineDriver {
     for (const t of this.restartTimers.values()) clearTimeout(t);
     this.restartTimers.clear();
     this.threads = 0;
+    this.lost = 0;
+    this.restarts = 0;
+    this.restartsOf.length = 0;
+    this.delayOf.length = 0;
     this.sessions.clear();
     this.listeners.clear();
     this.profiles.clear();

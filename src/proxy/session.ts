@@ -27,7 +27,7 @@ import type {
   TalkStage,
   Verdict,
 } from './protocol.js';
-import { earlyTalkCause, upstreamFailureCause } from './verdict.js';
+import { earlyTalkCause, engineEndVerdict, upstreamFailureCause } from './verdict.js';
 
 let nextId = 1;
 /** Session ids grow in arrival order (the API pages by them); a connection answered at accept takes one too. */
@@ -315,7 +315,7 @@ export class Session implements LiveSession, EngineSession {
   gone(cause: string): void {
     if (this.done) return;
     this.endHold();
-    this.finish('client_gone', cause);
+    this.finish(engineEndVerdict(cause, false), cause);
   }
 
   expired(heldMs: number): void {
@@ -358,7 +358,7 @@ export class Session implements LiveSession, EngineSession {
   ended(cause: string, bytesFromClient: number, bytesToClient: number): void {
     this.finalFrom = bytesFromClient;
     this.finalTo = bytesToClient;
-    this.finish('passed', cause, true);
+    this.finish(engineEndVerdict(cause, true), cause, true);
   }
 
   shutdown(): void {

@@ -31,3 +31,9 @@ export function upstreamFailureCause(stage: 'connect' | 'greeting', code: string
   if (code === 'ETIMEDOUT') return 'server_greeting_timeout';
   return `server_${connectFailureCause({ code })}_before_greeting`;
 }
+
+/** A connection the engine ended (GONE, or END of a relay): etd's own failure when its engine thread died, else the client's or the relay's end. */
+export function engineEndVerdict(cause: string, relayed: boolean): Verdict {
+  if (cause === 'engine_thread_died') return 'error';
+  return relayed ? 'passed' : 'client_gone';
+}

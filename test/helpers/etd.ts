@@ -28,7 +28,7 @@ function withoutHealthChecks(doc: Doc): Doc {
 }
 
 /**
- * Engine workers of the etd a test starts: ETD_TEST_WORKERS (1 when unset). `npm test` runs the
+ * Engine threads of the etd a test starts: ETD_TEST_WORKERS (1 when unset). `npm test` runs the
  * proxy scenarios a second time with 2 (vitest.workers.config.ts); a test that sets `workers` wins.
  */
 export function testWorkers(): number {

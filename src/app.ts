@@ -280,12 +280,13 @@ export class App {
     this.cache.update(next.cache);
     this.reputation.update(next.reputation);
     this.health.update(next.upstream.health);
-    for (const [what, changed] of [
-      ['cluster', JSON.stringify(next.cluster) !== JSON.stringify(prev.cluster)],
-      ['state.path', next.state.path !== prev.state.path],
-      ['user', next.user !== prev.user],
+    // Applied at start only (the cluster's settings may carry a password: not logged).
+    if (JSON.stringify(next.cluster) !== JSON.stringify(prev.cluster)) this.log.warn({}, 'cluster changes take effect at the next restart');
+    for (const [what, from, to] of [
+      ['state.path', prev.state.path, next.state.path],
+      ['user', prev.user, next.user],
     ] as const)
-      if (changed) this.log.warn({ setting: what }, `${what} changes take effect at the next restart`);
+      if (from !== to) this.log.warn({ from, to }, `${what} changes take effect at the next restart`);
     for (const listener of this.listeners.list()) {
       const ctx = listener.ctx as ListenerContext;
       ctx.normal = policyOf(next);

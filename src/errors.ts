@@ -20,7 +20,6 @@ export const ERROR_CODES = {
   ETD_ERR_PREFLIGHT: 'a critical preflight check failed, so transparency cannot work',
   ETD_ERR_STATE: 'the state store cannot be opened or written',
   ETD_ERR_USAGE: 'a command-line argument is not valid',
-  ETD_ERR_WORKER: 'an engine worker thread could not start or apply a change',
   ETD_ERR_USER: 'the configured user (user:) does not exist',
   ETD_ERR_PRIVILEGE_DROP: 'etd started as root cannot switch to its user',
 } as const;

@@ -91,11 +91,11 @@ export function localState(cache: ClientCache, access: AccessLists, store: State
         if (!x.reason.includes('the file wins')) log.warn({ cidr: x.cidr }, `access entry from a cluster peer skipped: ${x.reason}`);
     },
     applyAccessBatch(changes, end = true) {
-      // A part: the lists now, the store every STORE_CHUNK prefixes; the store, the workers and
+      // A part: the lists now, the store every STORE_CHUNK prefixes; the store, the listeners and
       // the log hear of the whole sync with its last part, even when a part before it failed.
       try {
         if (changes.length > 0) {
-          // A part that throws may have changed some entries: the workers hear of it all the same.
+          // A part that throws may have changed some entries: the listeners hear of it all the same.
           let r: AccessBatchResult;
           try {
             r = access.applyBatch(changes, 'runtime', { notify: false });

@@ -56,7 +56,7 @@ export interface LocalState {
   applyAccess(change: AccessChange): void;
   /**
    * Apply part of a sync. The sync's changes come in parts, one turn of the event loop each; the
-   * part with `end` (default true) completes the store and tells the engine workers and the log
+   * part with `end` (default true) completes the store and tells the access-change listeners and the log
    * once for the whole sync, even when a part before it failed.
    */
   applyAccessBatch(changes: readonly AccessChange[], end?: boolean): void;
@@ -548,7 +548,7 @@ export class SharedState {
   /**
    * One sync, page by page: each HSCAN page is decoded, compared with the local entries and
    * applied in its own turn while the next page is on its way; the deletions (local prefixes the
-   * hash does not hold) once the whole hash is read. The last part tells the workers and the log.
+   * hash does not hold) once the whole hash is read. The last part tells the listeners and the log.
    */
   private async syncOnce(): Promise<void> {
     const c = this.client;
@@ -600,7 +600,7 @@ export class SharedState {
       }
     } catch (e) {
       this.noteError('sync', e);
-      // What was applied stays (it came from the hash); the workers and the log still hear of it.
+      // What was applied stays (it came from the hash); the listeners and the log still hear of it.
       if (parts.sent) this.local.applyAccessBatch([], true);
       return;
     }

@@ -68,7 +68,7 @@ export async function startEtd(config: Config, logger: Logger, configFile = 'FIL
 
 /**
  * After a stop the process ends when nothing is left to run. Should anything still hold it (an
- * engine worker that did not end after a failed stop), it ends 3 s later all the same: a stopped
+ * engine thread that did not end after a failed stop), it ends 3 s later all the same: a stopped
  * etd never lingers as a process.
  */
 function exitSoon(code: number): void {

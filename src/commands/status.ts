@@ -139,7 +139,7 @@ function bytes(n: number): string {
 
 const num = (n: number) => n.toLocaleString('en-US');
 
-/** One engine worker: its connections now, CPU time and share of a core, and its restarts if any. */
+/** One engine thread: its connections now, CPU time and share of a core, and its restarts if any. */
 export function workerLine(w: WorkerStatusBody): string {
   const state = w.state === 'running' ? '' : ` ${w.state.toUpperCase()}`;
   const restarts = w.restarts > 0 ? `, restarted ${num(w.restarts)}×` : '';

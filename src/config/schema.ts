@@ -67,7 +67,7 @@ export const ConfigSchema = Type.Object(
     workers: Type.Union([Type.Integer({ minimum: 1, maximum: 16 }), Type.Literal('auto')], {
       default: 'auto',
       description:
-        'engine worker threads, each with its own SO_REUSEPORT listening socket (auto = the cores this process may use, at most 16; 1 = one thread)',
+        'native engine threads, each with its own epoll loop and SO_REUSEPORT listening socket; decisions stay on the one JS thread (auto = the cores this process may use, at most 16; 1 = one thread)',
     }),
     detection: Type.Object(
       {
@@ -426,7 +426,7 @@ export interface ReputationConfig {
 /** The resolved, frozen config that the rest of etd uses: durations are milliseconds. */
 export interface Config {
   readonly listeners: readonly ListenerConfig[];
-  /** Engine worker threads (1 = the main thread runs the engine; `auto` resolved at load). */
+  /** Native engine threads (`auto` resolved at load). */
   readonly workers: number;
   /** `workers` as written: a number or 'auto'. */
   readonly workersSetting: number | 'auto';

@@ -1,7 +1,7 @@
 // Whether `etd run` started as root drops to its user, and the setpriv command that does it (pure decisions).
 //
 // Capabilities are per thread in Linux and Node runs several threads (libuv pool, V8 platform,
-// engine workers), so a setuid + capset from JavaScript after start would not reliably cover them
+// engine threads), so a setuid + capset from JavaScript after start would not reliably cover them
 // all. The drop therefore happens once, at start, before any thread matters: etd re-executes
 // itself (same PID) through `setpriv`, which sets uid, gid, groups and the capability sets before
 // Node starts again. CAP_NET_BIND_SERVICE stays ambient, so nothing has to be bound before the drop.

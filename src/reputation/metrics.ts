@@ -9,7 +9,7 @@ const QUERY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2
 /** Registers the reputation metrics; returns the function that stops feeding the histogram. */
 export function registerReputationMetrics(registry: Registry, rep: Reputation): () => void {
   const registers = [registry];
-  // Read at each scrape (with several engine workers, `counters` is their sum, made fresh each time).
+  // Read at each scrape (one set of counters: one thread decides).
   const counters = () => rep.counters;
   const perKey = (name: string, help: string, label: 'zone' | 'list', read: () => Map<string, number>) =>
     new Counter({

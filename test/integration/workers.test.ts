@@ -235,7 +235,6 @@ function received(s: net.Socket, timeoutMs = 10_000): Promise<string> {
 /** The client's port of a summary (`client` is address:port). */
 const portOf = (s: SessionSummary) => Number(s.client.slice(s.client.lastIndexOf(':') + 1));
 
-
 describe('engine threads (workers: 2)', () => {
   it('spreads connections over both threads; every session has one summary line, with a unique id', async () => {
     const etd = await startWorkers({ detection: { window: '0ms' } });

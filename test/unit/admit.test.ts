@@ -10,9 +10,18 @@ function facts(f: Partial<{ sessions: number; held: number; perClient: number; l
   const out: AdmissionFacts = {
     sessions: f.sessions ?? 0,
     held: f.held ?? 0,
-    perClient: () => (asked.push('perClient'), f.perClient ?? 0),
-    listed: () => (asked.push('listed'), f.listed),
-    cached: () => (asked.push('cached'), f.cached),
+    perClient: () => {
+      asked.push('perClient');
+      return f.perClient ?? 0;
+    },
+    listed: () => {
+      asked.push('listed');
+      return f.listed;
+    },
+    cached: () => {
+      asked.push('cached');
+      return f.cached;
+    },
   };
   return { out, asked };
 }
@@ -25,7 +34,12 @@ describe('admit', () => {
     ['perClient reached: 421 from your address', { perClient: 2, listed: 'allow' }, ADMIT.perClient, ['perClient']],
     ['perClient 0 is off', { perClient: 99 }, ADMIT.window, ['listed', 'cached'], { ...limits, perClient: 0 }],
     ['access deny beats the pass cache', { listed: 'deny', cached: 'pass' }, ADMIT.accessDeny, ['perClient', 'listed']],
-    ['access allow skips the window, even when the deny cache has it', { listed: 'allow', cached: 'deny' }, ADMIT.allowlist, ['perClient', 'listed']],
+    [
+      'access allow skips the window, even when the deny cache has it',
+      { listed: 'allow', cached: 'deny' },
+      ADMIT.allowlist,
+      ['perClient', 'listed'],
+    ],
     ['deny cache refuses', { cached: 'deny' }, ADMIT.denyCache, ['perClient', 'listed', 'cached']],
     ['pass cache skips the window', { cached: 'pass' }, ADMIT.passCache, ['perClient', 'listed', 'cached']],
     ['limits come before the lists: a denied client over maxHeld is a limit', { held: 5, listed: 'deny' }, ADMIT.maxHeld, []],

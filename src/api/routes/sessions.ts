@@ -71,7 +71,7 @@ export const sessionRoutes: RoutePlugin = async (api, deps) => {
     },
     async (req): Promise<SessionsBody> => {
       const { limit, after, listener, state } = req.query;
-      // Ids grow in arrival order (each engine worker's own sequence, interleaved): sorted by id, oldest first.
+      // Ids grow in arrival order (one counter on the one decision thread): sorted by id, oldest first.
       const matching: Session[] = [];
       for (const s of await deps.app.liveSessions()) {
         if (listener !== undefined && s.listener !== listener) continue;

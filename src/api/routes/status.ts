@@ -1,4 +1,4 @@
-// GET /v1/status: what is running now — version, uptime, listeners and their modes, live connection counts, stress state, engine workers.
+// GET /v1/status: what is running now — version, uptime, listeners and their modes, live connection counts, stress state, engine threads.
 
 import { type Static, Type } from '@sinclair/typebox';
 import type { App } from '../../app.js';
@@ -96,7 +96,7 @@ export const StatusBody = Type.Object({
     { description: 'overload protection: with many held connections the window shortens' },
   ),
   cluster: Type.Union([ClusterStatusBody, Type.Null()]),
-  workers: Type.Array(WorkerStatusBody, { description: 'the engine workers, by index (docs/workers.md)' }),
+  workers: Type.Array(WorkerStatusBody, { description: 'the native engine threads, by index (docs/workers.md)' }),
   lostSessions: Type.Integer({
     minimum: 0,
     description:

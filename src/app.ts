@@ -17,20 +17,14 @@ import { type EngineDriver, engineDriver, type ThreadRow } from './proxy/engineD
 import { Intake } from './proxy/intake.js';
 import { Listener } from './proxy/listener.js';
 import { ListenerSet } from './proxy/listenerSet.js';
-import { LiveCounts } from './proxy/liveCounts.js';
 import { policyOf } from './proxy/policy.js';
-import type { EngineCounts, LiveSession, LiveSessionView, SessionContext, SessionPolicy, SessionSummary } from './proxy/protocol.js';
+import type { EngineCounts, LiveSession, LiveSessionView, SessionSummary } from './proxy/protocol.js';
 import { viewOfSession } from './proxy/session.js';
+import { type ListenerContext, SessionBook } from './proxy/sessionBook.js';
 import { createSource } from './proxy/upstream.js';
 import { Reputation } from './reputation/lookup.js';
 import { openStore, type StateStore } from './state/store.js';
 import { Stats } from './stats.js';
-
-/** A listener's session context: the policy in force is the normal or the stress one. */
-interface ListenerContext extends SessionContext {
-  normal: SessionPolicy;
-  stress: SessionPolicy;
-}
 
 /** What decides the netfilter setup, which is applied at start: only a restart changes it. */
 function netfilterKey(c: Config): string {
@@ -56,11 +50,10 @@ export class App {
   /** Active SMTP checks of the pool's servers (rise/fall); `health.status(name)` for the API. */
   readonly health: HealthChecker;
   /** The live sessions, every engine thread's. */
-  readonly sessions = new Set<LiveSession>();
+  readonly sessions: Set<LiveSession>;
   private readonly listeners: ListenerSet;
   private stopping = false;
-  /** Sessions held or relayed, for the limits and the stress window (exact: one thread counts them). */
-  private readonly counts = new LiveCounts();
+  private readonly book: SessionBook;
   private readonly observers: AppObserver[] = [];
   /** SQLite (or, when that fails, memory) behind the caches and runtime access entries. */
   readonly store: StateStore;
@@ -87,10 +80,20 @@ export class App {
       this.log.warn({ server: c.server, from: c.from, to: c.to, reason: c.reason }, `server ${c.server} is now ${c.to}`),
     );
     this.health = new HealthChecker(this.pool, config.upstream.health, log);
+    this.book = new SessionBook({
+      stats: this.stats,
+      cache: this.cache,
+      pool: this.pool,
+      log,
+      config: () => this.config,
+      cluster: () => this.cluster,
+      recordEnd: (summary) => this.recordEnd(summary),
+    });
+    this.sessions = this.book.sessions;
     this.intake = new Intake({
       config: () => this.config,
       stats: this.stats,
-      counts: this.counts,
+      counts: this.book.counts,
       access: this.access,
       cache: this.cache,
       reputation: this.reputation,
@@ -103,7 +106,7 @@ export class App {
       (l, c) =>
         new Listener(
           l,
-          this.makeContext(l, c),
+          this.book.context(l, c),
           this.engine!,
           (conn, ctx) => this.intake.accept(conn, ctx),
           c.netfilter.tproxyPort,
@@ -115,11 +118,11 @@ export class App {
 
   /** True while the held connections are above detection.stress.above (until below .below). */
   get stressed(): boolean {
-    return this.counts.stressed;
+    return this.book.counts.stressed;
   }
 
   get stressChanges(): number {
-    return this.counts.stressChanges;
+    return this.book.counts.stressChanges;
   }
 
   /** The live sessions as the API lists them, oldest first. */
@@ -180,72 +183,6 @@ export class App {
     this.engine = driver;
     await this.listeners.start(this.config);
     this.health.start();
-  }
-
-  private makeContext(l: ListenerConfig, config: Config): ListenerContext {
-    const app = this;
-    return {
-      listener: l.name,
-      mode: l.mode,
-      log: this.log.child({ listener: l.name }),
-      pool: this.pool,
-      source: createSource(config.upstream.source),
-      normal: policyOf(config),
-      stress: policyOf(config, true),
-      get policy() {
-        return app.stressed ? this.stress : this.normal;
-      },
-      sessionStarted(s) {
-        app.sessions.add(s);
-        app.stats.held++;
-        app.counts.started(s.clientAddress);
-        app.checkStress();
-      },
-      sessionRelaying(s) {
-        // It waited for the greeting: next time it skips the window. A client let in by its
-        // allowlist score (released: dnswl) did not wait, so it earns no pass: its lookups vouch for it again.
-        if (!s.talked && !s.skipped && s.released !== 'dnswl') app.learnt('pass', app.cache.recordPass(s.clientAddress));
-        app.stats.held--;
-        app.stats.relaying++;
-        app.stats.relayed++;
-        app.counts.relaying();
-        app.checkStress();
-      },
-      sessionEnded(s, summary) {
-        app.sessions.delete(s);
-        if (s.relayed) app.stats.relaying--;
-        else app.stats.held--;
-        app.counts.ended(s.clientAddress, s.relayed);
-        if (summary.verdict === 'early_talker') app.learnt('deny', app.cache.recordDeny(s.clientAddress));
-        app.checkStress();
-        app.recordEnd(summary);
-      },
-    };
-  }
-
-  /** A verdict recorded in the local cache goes to the cluster too (batched, never awaited). */
-  private learnt(kind: 'pass' | 'deny', entry: { key: string; expires: number } | undefined): void {
-    if (entry) this.cluster?.recordCache(entry.key, kind, entry.expires);
-  }
-
-  /**
-   * Stress: above `stress.above` held connections the window shortens (postscreen's 6s → 2s),
-   * and below `stress.below` the normal window returns. Hysteresis keeps it from flapping.
-   */
-  private checkStress(): void {
-    const { above, below } = this.config.detection.stress;
-    const counts = this.counts;
-    const held = counts.held;
-    if (!counts.stressed && held > above) {
-      if (counts.setStressed(true))
-        this.log.warn(
-          { held, above, window: this.config.detection.stress.windowMs },
-          'entering stress: shorter window for new connections',
-        );
-    } else if (counts.stressed && held < below) {
-      if (counts.setStressed(false))
-        this.log.warn({ held, below, window: this.config.detection.windowMs }, 'leaving stress: normal window again');
-    }
   }
 
   /** The summary line goes to the root logger: it carries `listener` itself (a child logger's binding would repeat the key). */

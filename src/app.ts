@@ -12,6 +12,7 @@ import { describeError, EtdError } from './errors.js';
 import { loadTransparent } from './native/transparent.js';
 import { AccessLists } from './policy/access.js';
 import { ClientCache, cacheKey } from './policy/clientCache.js';
+import { type ConnRate, connRateFor, rateKey } from './policy/connRate.js';
 import { type EngineDriver, engineDriver, type NativeAccept } from './proxy/engineDriver.js';
 import { type BoundFd, bindListener, Listener } from './proxy/listener.js';
 import { policyOf } from './proxy/policy.js';
@@ -70,7 +71,7 @@ class RemoteSessions extends Set<LiveSession> {
 
 /** What happens to a new connection, before any session exists: decided by limits, access lists and caches. */
 type Admission =
-  | { readonly refuse: 'max_connections' | 'max_held' | 'per_client'; readonly reply: string }
+  | { readonly refuse: 'max_connections' | 'max_held' | 'per_client' | 'per_client_rate'; readonly reply: string }
   | { readonly deny: 'access_deny' | 'deny_cache' }
   | { readonly skip: 'allowlist' | 'pass_cache' | undefined };
 
@@ -80,6 +81,7 @@ const ADMIT = {
   maxConnections: { refuse: 'max_connections', reply: BUSY },
   maxHeld: { refuse: 'max_held', reply: BUSY },
   perClient: { refuse: 'per_client', reply: '421 4.7.0 Too many connections from your address' },
+  perClientRate: { refuse: 'per_client_rate', reply: '421 4.7.0 Too many connections from your address, slow down' },
   accessDeny: { deny: 'access_deny' },
   denyCache: { deny: 'deny_cache' },
   allowlist: { skip: 'allowlist' },
@@ -130,6 +132,8 @@ export class App {
   cluster: SharedState | undefined;
   /** The native session engine, from start to stop. */
   private engine: EngineDriver | undefined;
+  /** limits.rate: connections per client and interval (undefined = off); a reload keeps its counts. */
+  private rate: ConnRate | undefined;
 
   constructor(
     private config: Config,
@@ -143,6 +147,7 @@ export class App {
     this.store = worker ? WORKER_STORE : openStore(config.state.path, log);
     this.access = new AccessLists(config.access, worker ? worker.init.access : this.store.loadAccess());
     this.cache = new ClientCache(config.cache, this.store);
+    this.rate = connRateFor(undefined, config.limits.rate);
     this.reputation = new Reputation(config.reputation, log.child({ part: 'reputation' }));
     this.pool = new Pool(config.upstream.servers, config.upstream.balance, { passiveFall: config.upstream.passiveFall });
     // The main thread logs server changes (a worker's passive "down" reaches it as a message).
@@ -411,7 +416,7 @@ export class App {
     return listener;
   }
 
-  /** Limits first, then the allow/deny lists, then the caches: a listed client never waits or is always refused. */
+  /** Limits first, then the allow/deny lists, the connection rate, then the caches: a listed client never waits or is always refused. */
   private admit(address: string): Admission {
     const limits = this.config.limits;
     const counts = this.counts;
@@ -423,6 +428,8 @@ export class App {
     const listed = typeof parsed === 'string' ? undefined : this.access.match(parsed);
     if (listed?.list === 'deny') return ADMIT.accessDeny;
     if (listed) return ADMIT.allowlist;
+    // After the lists: access.allow bypasses the rate, and a denied client is refused without counting.
+    if (this.rate && typeof parsed !== 'string' && !this.rate.admit(rateKey(parsed))) return ADMIT.perClientRate;
     const cached = this.cache.lookup(address);
     if (cached === 'deny') return ADMIT.denyCache;
     return cached === 'pass' ? ADMIT.passCache : ADMIT.window;
@@ -565,6 +572,7 @@ export class App {
     this.workers?.linkServers();
     this.access.replaceConfig(next.access);
     this.cache.update(next.cache);
+    this.rate = connRateFor(this.rate, next.limits.rate);
     this.reputation.update(next.reputation);
     this.health.update(this.worker ? { ...next.upstream.health, enabled: false } : next.upstream.health);
     if (JSON.stringify(next.cluster) !== JSON.stringify(prev.cluster) && !this.worker)

@@ -11,10 +11,13 @@
 // N-th connection of a burst is never refused by a rounding error. perClient ≤ 10,000 keeps the
 // scaled clock exact (< 2^53) for 28 years of uptime.
 //
-// Memory: at most `maxClients` entries (100,000 by default, ≈ 10 MB): a JS Map keeps insertion
-// order, so moving a client to the end on each connection makes the first key the least recently
-// seen, evicted in O(1) when a new client arrives at a full table. An evicted client starts afresh;
-// that forgives at most one burst, and needs 100,000 other clients seen since its last connection.
+// Memory: at most `maxClients` clients (100,000 by default: 8–9 MB measured), in fixed slots: typed
+// arrays hold each slot's TAT and its place in a least-recently-seen list, and one Map finds a
+// client's slot. A connection moves its client to the front; a new client at a full table takes
+// the slot of the one seen least recently. Every step is O(1) (a JS Map's own insertion order is
+// not used for this: taking its first key after many deletes walks over their holes).
+// An evicted client starts afresh; that forgives at most one burst, and needs 100,000 other
+// clients seen since its last connection.
 
 import type { Address } from '../config/cidr.js';
 
@@ -47,8 +50,16 @@ export function rateKey(a: Address): RateKey {
 const monotonicMs = (): number => Math.floor(performance.now());
 
 export class ConnRate {
-  /** Client → TAT in units (ms × perClient); least recently seen first. */
-  private readonly tat = new Map<RateKey, number>();
+  /** Client → slot. */
+  private readonly slots = new Map<RateKey, number>();
+  /** Per slot: the client, its TAT in units (ms × perClient), and its neighbours in the list (-1: none). */
+  private readonly keys: RateKey[] = [];
+  private readonly tat: Float64Array;
+  private readonly newer: Int32Array;
+  private readonly older: Int32Array;
+  /** The most and the least recently seen slots (-1: empty). */
+  private head = -1;
+  private tail = -1;
   private settings: RateSettings;
 
   constructor(
@@ -57,11 +68,14 @@ export class ConnRate {
     readonly maxClients = RATE_MAX_CLIENTS,
   ) {
     this.settings = { ...settings };
+    this.tat = new Float64Array(maxClients);
+    this.newer = new Int32Array(maxClients);
+    this.older = new Int32Array(maxClients);
   }
 
   /** Clients remembered now (≤ maxClients). */
   get size(): number {
-    return this.tat.size;
+    return this.slots.size;
   }
 
   get current(): RateSettings {
@@ -72,17 +86,29 @@ export class ConnRate {
   admit(client: RateKey): boolean {
     const { perClient, intervalMs } = this.settings;
     const now = this.now() * perClient;
-    const map = this.tat;
-    const prev = map.get(client);
-    const tat = prev === undefined || prev < now ? now : prev;
-    if (prev !== undefined) map.delete(client);
-    else if (map.size >= this.maxClients) map.delete(map.keys().next().value as RateKey);
-    // Over the rate when this connection would not fit: the bucket holds interval × perClient units.
-    if (tat + intervalMs - now > intervalMs * perClient) {
-      map.set(client, prev as number);
-      return false;
+    let slot = this.slots.get(client);
+    if (slot === undefined) {
+      // A client not seen (or forgotten): its bucket is full, and perClient ≥ 1 lets this one in.
+      if (this.slots.size < this.maxClients) slot = this.slots.size;
+      else {
+        slot = this.tail;
+        this.unlink(slot);
+        this.slots.delete(this.keys[slot] as RateKey);
+      }
+      this.keys[slot] = client;
+      this.slots.set(client, slot);
+      this.tat[slot] = now + intervalMs;
+      this.toFront(slot);
+      return true;
     }
-    map.set(client, tat + intervalMs);
+    if (slot !== this.head) {
+      this.unlink(slot);
+      this.toFront(slot);
+    }
+    const tat = Math.max(this.tat[slot] as number, now);
+    // Over the rate when this connection would not fit: the bucket holds interval × perClient units.
+    if (tat + intervalMs - now > intervalMs * perClient) return false;
+    this.tat[slot] = tat + intervalMs;
     return true;
   }
 
@@ -94,13 +120,28 @@ export class ConnRate {
     const prev = this.settings;
     if (prev.perClient === next.perClient && prev.intervalMs === next.intervalMs) return;
     const nowMs = this.now();
-    const entries = [...this.tat];
-    this.tat.clear();
-    for (const [client, units] of entries) {
-      const owedMs = Math.min(units / prev.perClient - nowMs, next.intervalMs);
-      if (owedMs > 0) this.tat.set(client, (nowMs + Math.ceil(owedMs)) * next.perClient);
+    for (const slot of this.slots.values()) {
+      const owedMs = Math.min((this.tat[slot] as number) / prev.perClient - nowMs, next.intervalMs);
+      this.tat[slot] = owedMs > 0 ? (nowMs + Math.ceil(owedMs)) * next.perClient : 0;
     }
     this.settings = { ...next };
+  }
+
+  private unlink(slot: number): void {
+    const newer = this.newer[slot] as number;
+    const older = this.older[slot] as number;
+    if (newer >= 0) this.older[newer] = older;
+    else this.head = older;
+    if (older >= 0) this.newer[older] = newer;
+    else this.tail = newer;
+  }
+
+  private toFront(slot: number): void {
+    this.newer[slot] = -1;
+    this.older[slot] = this.head;
+    if (this.head >= 0) this.newer[this.head] = slot;
+    this.head = slot;
+    if (this.tail < 0) this.tail = slot;
   }
 }
 

@@ -13,6 +13,7 @@ import type { Config, ListenerConfig } from './config/schema.js';
 import { EtdError } from './errors.js';
 import { AccessLists } from './policy/access.js';
 import { ClientCache } from './policy/clientCache.js';
+import { type ConnRate, connRateFor } from './policy/connRate.js';
 import { type EngineDriver, engineDriver, type ThreadRow } from './proxy/engineDriver.js';
 import { Intake } from './proxy/intake.js';
 import { Listener } from './proxy/listener.js';
@@ -66,6 +67,8 @@ export class App {
   /** The native session engine, from start to stop. */
   private engine: EngineDriver | undefined;
   private readonly intake: Intake;
+  /** limits.rate: connections per client and interval (undefined = off); a reload keeps its counts. */
+  private rate: ConnRate | undefined;
 
   constructor(
     private config: Config,
@@ -74,6 +77,7 @@ export class App {
     this.store = openStore(config.state.path, log);
     this.access = new AccessLists(config.access, this.store.loadAccess());
     this.cache = new ClientCache(config.cache, this.store);
+    this.rate = connRateFor(undefined, config.limits.rate);
     this.reputation = new Reputation(config.reputation, log.child({ part: 'reputation' }));
     this.pool = new Pool(config.upstream.servers, config.upstream.balance, { passiveFall: config.upstream.passiveFall });
     this.pool.onChange((c) =>
@@ -97,6 +101,7 @@ export class App {
       access: this.access,
       cache: this.cache,
       reputation: this.reputation,
+      rate: () => this.rate,
       cluster: () => this.cluster,
       engine: () => this.engine!,
       stopping: () => this.stopping,
@@ -215,6 +220,7 @@ export class App {
     this.pool.update(next.upstream.servers, next.upstream.balance);
     this.access.replaceConfig(next.access);
     this.cache.update(next.cache);
+    this.rate = connRateFor(this.rate, next.limits.rate);
     this.reputation.update(next.reputation);
     this.health.update(next.upstream.health);
     // Applied at start only (the cluster's settings may carry a password: not logged).

@@ -103,7 +103,7 @@ export class Metrics {
     });
     new Counter({
       name: 'etd_limit_rejections_total',
-      help: 'connections refused with 421 because a limit was hit, by limit (max_connections, max_held, per_client)',
+      help: 'connections refused with 421 because a limit was hit, by limit (max_connections, max_held, per_client, per_client_rate)',
       labelNames: ['limit'],
       registers,
       collect() {

@@ -22,7 +22,7 @@ export class Stats {
   };
   readonly earlyTalkers = { drop: 0, reject: 0, log: 0 };
   /** Connections refused by a limit, by limit. */
-  readonly limits = { max_connections: 0, max_held: 0, per_client: 0 };
+  readonly limits = { max_connections: 0, max_held: 0, per_client: 0, per_client_rate: 0 };
   bytesFromClient = 0;
   bytesToClient = 0;
 

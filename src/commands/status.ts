@@ -200,7 +200,7 @@ export function formatStatus(status: StatusBody, stats: StatsBody, backends: rea
   lines.push(`  no server      ${num(stats.noServer)}`);
   const lim = stats.limits;
   lines.push(
-    `  limit          ${num(stats.limitRejections)}  (max_connections ${num(lim.max_connections)}, max_held ${num(lim.max_held)}, per_client ${num(lim.per_client)})`,
+    `  limit          ${num(stats.limitRejections)}  (max_connections ${num(lim.max_connections)}, max_held ${num(lim.max_held)}, per_client ${num(lim.per_client)}${lim.per_client_rate === undefined ? '' : `, per_client_rate ${num(lim.per_client_rate)}`})`,
   );
   lines.push(`  gone early     ${num(stats.clientGone)}`);
   // Verdicts without a line of their own above (newer ones included).

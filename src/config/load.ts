@@ -225,6 +225,12 @@ function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
   }
   const ct = parseDuration(raw.upstream.connectTimeout);
   if (ct === 0) out.push({ path: 'upstream.connectTimeout', message: 'must be more than 0' });
+  const rate = raw.limits.rate;
+  if (rate !== undefined && parseDuration(rate.interval) === 0)
+    out.push({
+      path: 'limits.rate.interval',
+      message: `must be more than 0 (got ${rate.interval}); e.g. 1m, or remove limits.rate to turn it off`,
+    });
   out.push(...reputationProblems(raw.reputation));
   if (raw.cluster !== undefined) {
     out.push(...redisProblems(raw.cluster.redis));
@@ -339,7 +345,12 @@ function resolve(raw: RawConfig): Config {
       maxConnections: raw.api.maxConnections,
     },
     timeouts: { clientMs: ms(raw.timeouts.client), serverMs: ms(raw.timeouts.server), shutdownGraceMs: ms(raw.timeouts.shutdownGrace) },
-    limits: { ...raw.limits },
+    limits: {
+      maxConnections: raw.limits.maxConnections,
+      maxHeld: raw.limits.maxHeld,
+      perClient: raw.limits.perClient,
+      rate: raw.limits.rate === undefined ? undefined : { perClient: raw.limits.rate.perClient, intervalMs: ms(raw.limits.rate.interval) },
+    },
     netfilter: {
       manage: raw.netfilter.manage,
       mark: raw.netfilter.mark,
@@ -589,7 +600,12 @@ export function configToDocument(config: Config, redact = true): unknown {
       server: d(config.timeouts.serverMs),
       shutdownGrace: d(config.timeouts.shutdownGraceMs),
     },
-    limits: config.limits,
+    limits: {
+      maxConnections: config.limits.maxConnections,
+      maxHeld: config.limits.maxHeld,
+      perClient: config.limits.perClient,
+      ...(config.limits.rate ? { rate: { perClient: config.limits.rate.perClient, interval: d(config.limits.rate.intervalMs) } } : {}),
+    },
     netfilter: {
       manage: config.netfilter.manage,
       mark: config.netfilter.mark,

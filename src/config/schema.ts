@@ -4,6 +4,7 @@
 // milliseconds in `Config`. The management API reuses these schemas for its request bodies.
 
 import { type Static, Type } from '@sinclair/typebox';
+import { RATE_MAX_PER_CLIENT, type RateSettings } from '../policy/connRate.js';
 import { DURATION_PATTERN } from './duration.js';
 
 const Duration = (def: string, description: string) =>
@@ -185,6 +186,19 @@ export const ConfigSchema = Type.Object(
           default: 50,
           description: 'connections at once from one client address (0 = no limit); over it: 421 4.7.0',
         }),
+        rate: Type.Optional(
+          Type.Object(
+            {
+              perClient: Type.Integer({
+                minimum: 1,
+                maximum: RATE_MAX_PER_CLIENT,
+                description: 'connections one client (an IPv4 address, an IPv6 /64) may open per interval; over it: 421 4.7.0',
+              }),
+              interval: Type.String({ pattern: DURATION_PATTERN, description: 'the interval perClient counts over (e.g. 1m)' }),
+            },
+            { additionalProperties: false, description: 'per-client connection rate (absent = off)' },
+          ),
+        ),
       },
       { additionalProperties: false, default: {} },
     ),
@@ -455,7 +469,13 @@ export interface Config {
   };
   readonly api: ApiConfig;
   readonly timeouts: { readonly clientMs: number; readonly serverMs: number; readonly shutdownGraceMs: number };
-  readonly limits: { readonly maxConnections: number; readonly maxHeld: number; readonly perClient: number };
+  readonly limits: {
+    readonly maxConnections: number;
+    readonly maxHeld: number;
+    readonly perClient: number;
+    /** The per-client connection rate (src/policy/connRate.ts); undefined = off. */
+    readonly rate: RateSettings | undefined;
+  };
   readonly netfilter: {
     readonly manage: boolean;
     readonly mark: number;

@@ -4,7 +4,7 @@ import type { Config } from '../config/schema.js';
 
 /** What happens to a new connection, before any session exists. */
 export type Admission =
-  | { readonly refuse: 'max_connections' | 'max_held' | 'per_client'; readonly reply: string }
+  | { readonly refuse: 'max_connections' | 'max_held' | 'per_client' | 'per_client_rate'; readonly reply: string }
   | { readonly deny: 'access_deny' | 'deny_cache' }
   | { readonly skip: 'allowlist' | 'pass_cache' | undefined };
 
@@ -14,6 +14,7 @@ export const ADMIT = {
   maxConnections: { refuse: 'max_connections', reply: BUSY },
   maxHeld: { refuse: 'max_held', reply: BUSY },
   perClient: { refuse: 'per_client', reply: '421 4.7.0 Too many connections from your address' },
+  perClientRate: { refuse: 'per_client_rate', reply: '421 4.7.0 Too many connections from your address, slow down' },
   accessDeny: { deny: 'access_deny' },
   denyCache: { deny: 'deny_cache' },
   allowlist: { skip: 'allowlist' },
@@ -32,11 +33,17 @@ export interface AdmissionFacts {
   perClient(): number;
   /** The access list entry that matches the client, if any. */
   listed(): 'allow' | 'deny' | undefined;
+  /** limits.rate: counts this connection against the client's rate; false when over it (true when off). */
+  withinRate(): boolean;
   /** The client's verdict in the pass/deny cache, if any. */
   cached(): 'pass' | 'deny' | undefined;
 }
 
-/** Limits first, then the allow/deny lists, then the caches: a listed client never waits or is always refused. */
+/**
+ * Limits first, then the allow/deny lists, the connection rate, then the caches: a listed client
+ * never waits or is always refused; access.allow bypasses the rate, and a denied client is refused
+ * without counting against it.
+ */
 export function admit(limits: Config['limits'], f: AdmissionFacts): Admission {
   if (f.sessions >= limits.maxConnections) return ADMIT.maxConnections;
   if (f.held >= limits.maxHeld) return ADMIT.maxHeld;
@@ -44,6 +51,7 @@ export function admit(limits: Config['limits'], f: AdmissionFacts): Admission {
   const listed = f.listed();
   if (listed === 'deny') return ADMIT.accessDeny;
   if (listed === 'allow') return ADMIT.allowlist;
+  if (!f.withinRate()) return ADMIT.perClientRate;
   const cached = f.cached();
   if (cached === 'deny') return ADMIT.denyCache;
   return cached === 'pass' ? ADMIT.passCache : ADMIT.window;

@@ -6,6 +6,7 @@ import { parseAddress } from '../config/cidr.js';
 import type { Config } from '../config/schema.js';
 import type { AccessLists } from '../policy/access.js';
 import { type ClientCache, cacheKey } from '../policy/clientCache.js';
+import { type ConnRate, rateKey } from '../policy/connRate.js';
 import { applyScore, judge, refusalOf, vouching, watchLookups } from '../reputation/gate.js';
 import type { Reputation } from '../reputation/lookup.js';
 import type { Stats } from '../stats.js';
@@ -23,6 +24,8 @@ export interface IntakeDeps {
   readonly access: AccessLists;
   readonly cache: ClientCache;
   readonly reputation: Reputation;
+  /** limits.rate's limiter (undefined = off). */
+  rate(): ConnRate | undefined;
   cluster(): SharedState | undefined;
   engine(): EngineDriver;
   stopping(): boolean;
@@ -45,14 +48,24 @@ export class Intake {
     }
     const config = d.config();
     const address = conn.peerAddress;
+    // Parsed once, when a rule needs it; then one hash lookup per prefix length in use (src/policy/access.ts).
+    let parsed: ReturnType<typeof parseAddress> | undefined;
+    const parsedAddress = () => {
+      parsed ??= parseAddress(address);
+      return typeof parsed === 'string' ? undefined : parsed;
+    };
     const a = admit(config.limits, {
       sessions: d.counts.sessions,
       held: d.counts.held,
       perClient: () => d.counts.perClient(address),
-      // Parsed once here, then one hash lookup per prefix length in use (src/policy/access.ts).
       listed: () => {
-        const parsed = parseAddress(address);
-        return typeof parsed === 'string' ? undefined : d.access.match(parsed)?.list;
+        const p = parsedAddress();
+        return p ? d.access.match(p)?.list : undefined;
+      },
+      withinRate: () => {
+        const rate = d.rate();
+        const p = rate ? parsedAddress() : undefined;
+        return !rate || !p || rate.admit(rateKey(p));
       },
       cached: () => d.cache.lookup(address),
     });

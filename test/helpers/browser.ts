@@ -89,6 +89,42 @@ export async function screenshot(page: Page, name: string, file = path.join(SCRE
   return file;
 }
 
+/** How a table sits in its panel: its scroll box's widths, and its right edge against the card's content edge. */
+export interface TableFit {
+  readonly id: string;
+  readonly rows: number;
+  readonly scrollWidth: number;
+  readonly clientWidth: number;
+  readonly tableRight: number;
+  readonly cardRight: number;
+}
+
+/** Every visible table of the dashboard, as it sits in its panel (a table that fits has scrollWidth ≤ clientWidth, tableRight ≤ cardRight). */
+export async function tableFits(page: Page): Promise<TableFit[]> {
+  return page.evaluate(() =>
+    [...document.querySelectorAll<HTMLTableElement>('main .scroll > table')]
+      .filter((t) => t.offsetParent !== null)
+      .map((t) => {
+        const box = t.closest('.scroll') as HTMLElement;
+        const card = t.closest('.card') as HTMLElement;
+        const cardRight = card.getBoundingClientRect().right - Number.parseFloat(getComputedStyle(card).paddingRight);
+        return {
+          id: t.id,
+          rows: t.tBodies[0]?.rows.length ?? 0,
+          scrollWidth: box.scrollWidth,
+          clientWidth: box.clientWidth,
+          tableRight: Math.round(t.getBoundingClientRect().right),
+          cardRight: Math.round(cardRight),
+        };
+      }),
+  );
+}
+
+/** The tables cut off at the right of their panels (none, when the layout is right). */
+export async function overflowingTables(page: Page): Promise<TableFit[]> {
+  return (await tableFits(page)).filter((t) => t.scrollWidth > t.clientWidth || t.tableRight > t.cardRight + 1);
+}
+
 /** The document fits its viewport's width (nothing to scroll sideways but the tables' own boxes). */
 export async function fitsWidth(page: Page): Promise<boolean> {
   return page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1);

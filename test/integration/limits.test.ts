@@ -80,6 +80,119 @@ describe('limits', () => {
   });
 });
 
+/** A client's connection: what it received so far, and whether etd closed it. */
+interface Knock {
+  readonly socket: net.Socket;
+  data: string;
+  closed: boolean;
+}
+
+/** Opens `n` connections from the local address `from` at once (each address of 127/8 is a client of its own). */
+async function knock(port: number, n: number, from: string): Promise<Knock[]> {
+  return Promise.all(
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<Knock>((resolve, reject) => {
+          const socket = net.connect({ port, host: '127.0.0.1', localAddress: from });
+          const k: Knock = { socket, data: '', closed: false };
+          socket.on('data', (c) => (k.data += c.toString()));
+          socket.on('close', () => (k.closed = true));
+          socket.on('error', () => undefined);
+          socket.once('connect', () => resolve(k));
+          socket.once('error', reject);
+        }),
+    ),
+  );
+}
+
+const RATE_REPLY = '421 4.7.0 Too many connections from your address, slow down\r\n';
+const rateRefusals = (t: TestEtd) => t.summaries.filter((s) => s.verdict === 'limit' && s.cause === 'per_client_rate');
+
+describe('limits.rate (per-client connection rate), with real sockets', () => {
+  const rate = (workers: number, more: Record<string, unknown> = {}) => ({
+    workers,
+    detection: { window: '20s' },
+    limits: { perClient: 0, rate: { perClient: 5, interval: '1m' } },
+    upstream: { servers: servers() },
+    ...more,
+  });
+  let open: Knock[] = [];
+  afterEach(() => {
+    for (const k of open) k.socket.destroy();
+    open = [];
+  });
+
+  /** A burst of `n` from `from`, with `refused` of them expected to get the 421: waits until etd has decided each. */
+  async function burst(t: TestEtd, n: number, from: string, refused: number, held: number): Promise<Knock[]> {
+    const before = rateRefusals(t).length;
+    const heldBefore = t.app.stats.held;
+    const ks = await knock(t.port, n, from);
+    open.push(...ks);
+    await waitFor(() => rateRefusals(t).length - before === refused && t.app.stats.held - heldBefore === held, {
+      what: () => `${refused} refusals and ${held} held (got ${rateRefusals(t).length - before} and ${t.app.stats.held - heldBefore})`,
+    });
+    await waitFor(() => ks.filter((k) => k.closed).length === refused, { what: `${refused} connections closed by etd` });
+    return ks;
+  }
+
+  it('workers: 1: a burst of 12 from one address gets exactly 7 × 421 4.7.0 (limit 5 per minute); another address is unaffected', async () => {
+    etd = await startEtdForTest(rate(1));
+    const ks = await burst(etd, 12, '127.0.0.1', 7, 5);
+    expect(ks.filter((k) => k.data === RATE_REPLY)).toHaveLength(7);
+    expect(ks.filter((k) => k.data === '' && !k.closed)).toHaveLength(5);
+    expect(etd.app.stats.limits.per_client_rate).toBe(7);
+    expect(etd.app.stats.verdicts.limit).toBe(7);
+    const line = rateRefusals(etd)[0]!;
+    expect(line).toMatchObject({ verdict: 'limit', cause: 'per_client_rate', clientAddress: '127.0.0.1', heldMs: 0 });
+    // 127.0.0.2 is another client: its own 5, then refused too.
+    await burst(etd, 6, '127.0.0.2', 1, 5);
+    // The first client is still over its rate (one more every 12 s).
+    await burst(etd, 1, '127.0.0.1', 1, 0);
+    expect(etd.app.stats.limits.per_client_rate).toBe(9);
+    // /metrics-style counters carry the cause.
+    expect(Object.keys(etd.app.stats.limits)).toContain('per_client_rate');
+  });
+
+  it('access.allow bypasses the rate; access.deny still wins and is not counted against it', async () => {
+    etd = await startEtdForTest(rate(1, { access: { allow: ['127.0.0.3'], deny: ['127.0.0.4'] } }));
+    // Allowlisted: connected to the backend at once, 20 times, never a 421.
+    const ks = await knock(etd.port, 20, '127.0.0.3');
+    open.push(...ks);
+    await waitFor(() => ks.every((k) => k.data.startsWith('220 ')), { what: '20 backend greetings' });
+    expect(rateRefusals(etd)).toHaveLength(0);
+    // Denied: the deny reply, whatever the rate.
+    const denied = await knock(etd.port, 8, '127.0.0.4');
+    open.push(...denied);
+    await waitFor(() => denied.every((k) => k.closed), { what: '8 denied connections closed' });
+    expect(denied.map((k) => k.data)).toEqual(Array(8).fill('554 5.7.1 Service unavailable; client host blocked\r\n'));
+    expect(rateRefusals(etd)).toHaveLength(0);
+  });
+
+  it('a reload keeps the counts when limits.rate is unchanged, and turning it off lets the client in', async () => {
+    etd = await startEtdForTest(rate(1));
+    await burst(etd, 5, '127.0.0.1', 0, 5);
+    const c = etd.app.currentConfig;
+    await etd.app.reload({ ...c, detection: { ...c.detection, windowMs: 19_000 } });
+    await burst(etd, 2, '127.0.0.1', 2, 0);
+    await etd.app.reload({ ...c, limits: { ...c.limits, rate: undefined } });
+    await burst(etd, 2, '127.0.0.1', 0, 2);
+  });
+
+  it('workers: 2: the same burst is refused exactly, whichever engine thread took each connection (one JS thread counts them all)', async () => {
+    etd = await startEtdForTest(rate(2));
+    const ks = await knock(etd.port, 12, '127.0.0.1');
+    open.push(...ks);
+    await waitFor(() => etd!.app.stats.held + rateRefusals(etd!).length === 12, { what: '12 connections decided' });
+    const split = etd.app.threads().rows.map((r) => r.accepted);
+    console.log(`limits.rate, workers: 2: accepted per engine thread ${split.join(' / ')}, refused ${rateRefusals(etd).length}`);
+    expect(rateRefusals(etd)).toHaveLength(7);
+    await waitFor(() => ks.filter((k) => k.closed).length === 7, { what: '7 connections closed by etd' });
+    expect(ks.filter((k) => k.data === RATE_REPLY)).toHaveLength(7);
+    expect(etd.app.stats.held).toBe(5);
+  });
+});
+
 describe('stress', () => {
   it('with above 1000, 2,000 silent connections shorten the window; it returns to normal afterwards', async () => {
     etd = await startEtdForTest({

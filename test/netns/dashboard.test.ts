@@ -8,7 +8,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Forward, forwardIntoNamespace } from '../../lab/forward.js';
 import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
 import { botWave } from '../../lab/wave.js';
-import { type Browser, fitsWidth, launchBrowser, screenshot, skipWithoutChromium, type TrackedPage } from '../helpers/browser.js';
+import {
+  type Browser,
+  fitsWidth,
+  launchBrowser,
+  overflowingTables,
+  screenshot,
+  skipWithoutChromium,
+  type TrackedPage,
+} from '../helpers/browser.js';
 import { type RunningEtd, startEtdInNetns } from '../helpers/cli.js';
 import { bannerTime, earlyTalker, swaks } from '../helpers/nsClient.js';
 import { skipPrivileged } from '../helpers/privileged.js';
@@ -264,6 +272,8 @@ log: { level: info }
     await screenshot(page, 'wave-1280');
     await screenshot(page, 'readme', README_SHOT);
     expect(await fitsWidth(page)).toBe(true);
+    // The verdict and backend tables (and the others) fit their panels at 1280 px: nothing cut off at the right.
+    expect(await overflowingTables(page)).toEqual([]);
     const r = await wave;
     await polite;
     // Every bot connection was answered by etd (dropped, or turned away), none hung.

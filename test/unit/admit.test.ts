@@ -5,7 +5,9 @@ import { ADMIT, type AdmissionFacts, admit } from '../../src/proxy/admission.js'
 
 const limits = { maxConnections: 10, maxHeld: 5, perClient: 2 };
 
-function facts(f: Partial<{ sessions: number; held: number; perClient: number; listed: 'allow' | 'deny'; cached: 'pass' | 'deny' }>) {
+function facts(
+  f: Partial<{ sessions: number; held: number; perClient: number; listed: 'allow' | 'deny'; overRate: boolean; cached: 'pass' | 'deny' }>,
+) {
   const asked: string[] = [];
   const out: AdmissionFacts = {
     sessions: f.sessions ?? 0,
@@ -18,6 +20,10 @@ function facts(f: Partial<{ sessions: number; held: number; perClient: number; l
       asked.push('listed');
       return f.listed;
     },
+    withinRate: () => {
+      asked.push('rate');
+      return !f.overRate;
+    },
     cached: () => {
       asked.push('cached');
       return f.cached;
@@ -28,11 +34,11 @@ function facts(f: Partial<{ sessions: number; held: number; perClient: number; l
 
 describe('admit', () => {
   const rows: Array<[string, Parameters<typeof facts>[0], object, string[], typeof limits?]> = [
-    ['a new client waits the window', {}, ADMIT.window, ['perClient', 'listed', 'cached']],
+    ['a new client waits the window', {}, ADMIT.window, ['perClient', 'listed', 'rate', 'cached']],
     ['maxConnections reached: 421, nothing else asked', { sessions: 10, listed: 'allow' }, ADMIT.maxConnections, []],
     ['maxHeld reached: 421', { sessions: 5, held: 5 }, ADMIT.maxHeld, []],
     ['perClient reached: 421 from your address', { perClient: 2, listed: 'allow' }, ADMIT.perClient, ['perClient']],
-    ['perClient 0 is off', { perClient: 99 }, ADMIT.window, ['listed', 'cached'], { ...limits, perClient: 0 }],
+    ['perClient 0 is off', { perClient: 99 }, ADMIT.window, ['listed', 'rate', 'cached'], { ...limits, perClient: 0 }],
     ['access deny beats the pass cache', { listed: 'deny', cached: 'pass' }, ADMIT.accessDeny, ['perClient', 'listed']],
     [
       'access allow skips the window, even when the deny cache has it',
@@ -40,8 +46,21 @@ describe('admit', () => {
       ADMIT.allowlist,
       ['perClient', 'listed'],
     ],
-    ['deny cache refuses', { cached: 'deny' }, ADMIT.denyCache, ['perClient', 'listed', 'cached']],
-    ['pass cache skips the window', { cached: 'pass' }, ADMIT.passCache, ['perClient', 'listed', 'cached']],
+    ['deny cache refuses', { cached: 'deny' }, ADMIT.denyCache, ['perClient', 'listed', 'rate', 'cached']],
+    ['pass cache skips the window', { cached: 'pass' }, ADMIT.passCache, ['perClient', 'listed', 'rate', 'cached']],
+    [
+      'over limits.rate: 421 slow down, the caches not asked',
+      { overRate: true, cached: 'pass' },
+      ADMIT.perClientRate,
+      ['perClient', 'listed', 'rate'],
+    ],
+    ['access allow bypasses the rate', { overRate: true, listed: 'allow' }, ADMIT.allowlist, ['perClient', 'listed']],
+    [
+      'access deny is refused without counting against the rate',
+      { overRate: true, listed: 'deny' },
+      ADMIT.accessDeny,
+      ['perClient', 'listed'],
+    ],
     ['limits come before the lists: a denied client over maxHeld is a limit', { held: 5, listed: 'deny' }, ADMIT.maxHeld, []],
   ];
   for (const [name, f, want, asked, l] of rows) {

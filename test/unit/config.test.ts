@@ -58,6 +58,14 @@ describe('valid config', () => {
     const c = parseConfig(GOOD);
     expect(parseConfig(configToYaml(c))).toEqual(c);
   });
+
+  it('limits.rate: off when absent; perClient and interval (in ms) when set; round-trips', () => {
+    expect(parseConfig(GOOD).limits.rate).toBeUndefined();
+    const c = parseConfig(GOOD.replace('maxConnections: 15000', 'maxConnections: 15000, rate: { perClient: 30, interval: 1m }'));
+    expect(c.limits.rate).toEqual({ perClient: 30, intervalMs: 60_000 });
+    expect(configToYaml(c)).toMatch(/rate:\n\s+perClient: 30\n\s+interval: 1m/);
+    expect(parseConfig(configToYaml(c))).toEqual(c);
+  });
 });
 
 const BAD: Array<[string, string, RegExp]> = [
@@ -107,6 +115,22 @@ const BAD: Array<[string, string, RegExp]> = [
     'reject reply that is not 5xx',
     GOOD.replace('action: drop', 'action: reject\n  rejectReply: "250 ok"'),
     /detection\.rejectReply: must be an SMTP reply starting with a 5xx code/,
+  ],
+  [
+    'limits.rate.perClient of 0',
+    GOOD.replace('maxConnections: 15000', 'rate: { perClient: 0, interval: 1m }'),
+    /limits\.rate\.perClient: must be from 1 to 10000 \(got 0\)/,
+  ],
+  [
+    'limits.rate.interval of 0',
+    GOOD.replace('maxConnections: 15000', 'rate: { perClient: 5, interval: 0s }'),
+    /limits\.rate\.interval: must be more than 0 \(got 0s\)/,
+  ],
+  ['limits.rate without interval', GOOD.replace('maxConnections: 15000', 'rate: { perClient: 5 }'), /limits\.rate\.interval: /],
+  [
+    'limits.rate.interval not a duration',
+    GOOD.replace('maxConnections: 15000', 'rate: { perClient: 5, interval: 60 }'),
+    /limits\.rate\.interval: /,
   ],
   [
     'a timer longer than Node allows',

@@ -12,3 +12,10 @@ it('config/etd.example.yaml validates', () => {
   expect(c.upstream.source).toBe('clientip');
   expect(c.netfilter.mark).toBe(1);
 });
+
+it("config/etd.example.yaml's commented limits.rate line validates once uncommented", () => {
+  const text = fs.readFileSync(path.join(__dirname, '../../config/etd.example.yaml'), 'utf8');
+  expect(text).toMatch(/^ {2}# rate: \{/m);
+  const c = parseConfig(text.replace(/^ {2}# rate: /m, '  rate: '), 'etd.example.yaml');
+  expect(c.limits.rate).toEqual({ perClient: 30, intervalMs: 60_000 });
+});

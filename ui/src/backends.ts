@@ -64,8 +64,8 @@ export async function pollBackends(): Promise<void> {
     tr.append(actions);
     // Optional columns: hidden on a phone.
     tr.append(
-      el('td', b.check?.checked ? checkText(b.check.last) : 'not checked', 'opt'),
-      el('td', checkText(b.check?.lastFailure), 'opt'),
+      el('td', b.check?.checked ? checkText(b.check.last) : 'not checked', 'opt text'),
+      el('td', checkText(b.check?.lastFailure), 'opt text'),
       el('td', String(b.total), 'opt'),
       el('td', String(b.weight), 'opt'),
       el('td', `${b.address}:${b.port}`, 'opt mono'),

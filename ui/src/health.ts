@@ -27,7 +27,13 @@ async function runDoctor(): Promise<void> {
       tr.dataset.status = f.status;
       const st = el('td');
       st.append(el('span', f.status === 'OK' ? '✓ OK' : f.status === 'WARN' ? '⚠ WARN' : '✗ FAIL', `badge d-${f.status}`));
-      tr.append(st, el('td', f.id, 'mono'), el('td', f.what), el('td', f.detail), el('td', f.status === 'OK' ? '' : (f.fix ?? ''), 'mono'));
+      tr.append(
+        st,
+        el('td', f.id, 'mono'),
+        el('td', f.what, 'text'),
+        el('td', f.detail, 'text'),
+        el('td', f.status === 'OK' ? '' : (f.fix ?? ''), 'mono text'),
+      );
     });
   } catch (e) {
     $('doctor-verdict').textContent = '';

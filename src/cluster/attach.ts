@@ -24,16 +24,20 @@ export interface HeldSession {
   readonly holding: boolean;
   release(reason: string): void;
   refuse(verdict: 'denied', cause: string, how: { readonly drop: true } | { readonly reply: string }): void;
+  /** Runs the decision; if it throws, only this session ends (internal_error). */
+  guarded(decide: () => void): void;
 }
 
 /** Runs the shared lookup beside the hold: a pass ends the window early, a deny turns the client away. */
 export function consultShared(shared: SharedState, session: HeldSession, key: string, access: () => Config['access']): void {
-  shared.lookup(key, (kind) => {
-    const d = decideShared(kind, session.holding, access());
-    if (!d) return;
-    if ('release' in d) session.release(d.release);
-    else session.refuse('denied', d.refuse, d.how);
-  });
+  shared.lookup(key, (kind) =>
+    session.guarded(() => {
+      const d = decideShared(kind, session.holding, access());
+      if (!d) return;
+      if ('release' in d) session.release(d.release);
+      else session.refuse('denied', d.refuse, d.how);
+    }),
+  );
 }
 
 /** Entries of the shared hash skipped at every sync (access.maxEntries): one warning a minute, not one a sync. */

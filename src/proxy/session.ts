@@ -465,6 +465,18 @@ export class Session implements LiveSession, EngineSession {
     this.lostTimer.unref();
   }
 
+  /**
+   * Runs a decision made for this session outside its engine events (a DNSBL answer, a cluster
+   * peer's verdict, a timer): if it throws, this session ends (internal_error), nothing else.
+   */
+  guarded(decide: () => void): void {
+    try {
+      decide();
+    } catch (err) {
+      this.failed(err);
+    }
+  }
+
   /** A handler of this session's events threw (a bug in a decision): this session ends, the others go on. */
   failed(err: unknown): void {
     if (this.done) return;

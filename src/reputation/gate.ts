@@ -58,8 +58,9 @@ export function applyScore(s: Session, rep: Reputation, score: Score): void {
  * a pass-cache hit from afar, so like a local one it ends the hold only once the score is known
  * (a listed client that passed on another gateway is still refused here); a peer's deny acts at once.
  */
-export function vouching(s: Session): Pick<Session, 'holding' | 'release' | 'refuse'> {
+export function vouching(s: Session): Pick<Session, 'holding' | 'release' | 'refuse' | 'guarded'> {
   return {
+    guarded: (decide) => s.guarded(decide),
     get holding() {
       return s.holding;
     },
@@ -86,7 +87,7 @@ export function watchLookups(s: Session, rep: Reputation, holdMs: number): void 
     over = true;
     unwatch();
     if (timer) clearTimeout(timer);
-    applyScore(s, rep, score);
+    s.guarded(() => applyScore(s, rep, score));
   };
   const unwatch = rep.watch(s.clientAddress, finish);
   void rep.lookup(s.clientAddress).then(finish);

@@ -309,6 +309,19 @@ describe('Session', () => {
     }
   });
 
+  it('a decision made outside the engine events (a DNSBL answer, a cluster verdict) that throws ends only that session: error, internal_error', () => {
+    const { driver, ctx, conn, summaries } = setup({});
+    const s = new Session(driver, conn, ctx);
+    s.begin();
+    s.guarded(() => {
+      throw new Error('a bug in a lookup callback');
+    });
+    expect(summaries[0]).toMatchObject({ verdict: 'error', cause: 'internal_error' });
+    expect(driver.liveSessions).toBe(0);
+    s.guarded(() => s.release('dnswl')); // a done session ignores later decisions
+    expect(summaries).toHaveLength(1);
+  });
+
   it('counts the bytes of a final reply in the summary (421 when no server is left)', () => {
     const { driver, ctx, conn, summaries } = setup({}, { inspect: { state: 'closing', bytesFromClient: 0, bytesToClient: 52 } });
     const s = new Session(driver, conn, ctx);

@@ -59,6 +59,21 @@ Napi::Value Command(Napi::Env env, uint64_t id, Napi::Value idle, F&& fn) {
 }
 
 constexpr const char* kThreadSigs = "thread";
+
+// Engine thread `thread` when it runs; otherwise throws into JS (naming `sig`) and returns null.
+Engine* RunningThread(Napi::Env env, const char* sig, int thread) {
+  Hub* hub = Running(env);
+  if (hub == nullptr) {
+    Napi::Error::New(env, std::string(sig) + ": the engine is not started (call engineStart first)").ThrowAsJavaScriptException();
+    return nullptr;
+  }
+  Engine* e = hub->At(thread);
+  if (e == nullptr || e->dead()) {
+    Napi::Error::New(env, std::string(sig) + ": thread " + std::to_string(thread) + " is not running").ThrowAsJavaScriptException();
+    return nullptr;
+  }
+  return e;
+}
 bool GetThread(const Napi::CallbackInfo& info, size_t i, const char* sig, int* out) {
   int64_t v;
   if (!GetInt(info, i, sig, kThreadSigs, 0, kMaxThreads - 1, &v)) return false;
@@ -174,12 +189,8 @@ Napi::Value EngineFault(const Napi::CallbackInfo& info) {
   std::string rule;
   if (!CheckArity(info, 2, kFaultSig) || !GetThread(info, 0, kFaultSig, &thread) || !GetString(info, 1, kFaultSig, "rule", &rule))
     return env.Undefined();
-  Hub* hub = Running(env);
-  Engine* e = hub == nullptr ? nullptr : hub->At(thread);
-  if (e == nullptr || e->dead()) {
-    Napi::Error::New(env, std::string(kFaultSig) + ": thread " + std::to_string(thread) + " is not running").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
+  Engine* e = RunningThread(env, kFaultSig, thread);
+  if (e == nullptr) return env.Undefined();
   std::string error;
   std::lock_guard<std::mutex> lock(e->mu);
   if (!e->InjectFault(rule, &error)) Napi::RangeError::New(env, std::string(kFaultSig) + ": " + error).ThrowAsJavaScriptException();
@@ -216,16 +227,8 @@ Napi::Value EngineListen(const Napi::CallbackInfo& info) {
   if (!CheckArity(info, 3, kListenSig) || !GetInt(info, 0, kListenSig, "fd", 0, 2147483647.0, &fd) ||
       !GetInt(info, 1, kListenSig, "listenerId", 0, kMaxId, &lid) || !GetThread(info, 2, kListenSig, &thread))
     return env.Undefined();
-  Hub* hub = Running(env);
-  if (hub == nullptr) {
-    Napi::Error::New(env, std::string(kListenSig) + ": the engine is not started (call engineStart first)").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  Engine* e = hub->At(thread);
-  if (e == nullptr || e->dead()) {
-    Napi::Error::New(env, std::string(kListenSig) + ": thread " + std::to_string(thread) + " is not running").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
+  Engine* e = RunningThread(env, kListenSig, thread);
+  if (e == nullptr) return env.Undefined();
   std::lock_guard<std::mutex> lock(e->mu);
   e->Listen(env, static_cast<int>(fd), static_cast<double>(lid));
   e->EndCommand();

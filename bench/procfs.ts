@@ -36,6 +36,18 @@ export function cpuMs(pid: number): number {
   return statCpuMs(pid);
 }
 
+/**
+ * CPU time of the process's main thread (its first task: for etd, the JavaScript thread that makes
+ * every decision), in milliseconds, from its schedstat (nanoseconds); NaN when unreadable.
+ */
+export function mainThreadCpuMs(pid: number): number {
+  try {
+    return Number(fs.readFileSync(`/proc/${pid}/task/${pid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
+  } catch {
+    return Number.NaN;
+  }
+}
+
 /** User and system (kernel) CPU time of the whole process from /proc/PID/stat, in milliseconds; 10 ms resolution. */
 export function cpuSplitMs(pid: number): { user: number; system: number } {
   const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');

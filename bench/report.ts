@@ -128,6 +128,16 @@ const DEFS: FigureDef[] = [
     value: (r, k) => r.sessions[k]?.cpuMsPerSession,
     target: ratioAtMost(0.85),
   },
+  // etd only: the one decision thread's ceiling (sessions/s = 1e6 / this, if nothing else bound it).
+  {
+    id: 'sessions.jsThreadPerSession',
+    scenario: 'sessions',
+    label: 'etd decision (JS) thread CPU per session',
+    unit: 'µs',
+    better: 'lower',
+    value: (r, k) => (k === 'etd' || k === 'etd-mt' ? r.sessions[k]?.mainThreadUsPerSession : undefined),
+    target: { text: 'etd ≤ 40 µs (≥ 25,000 sessions/s)', pair: 'single', met: (_ratio, etd) => (etd === null ? null : etd <= 40) },
+  },
   {
     id: 'relay.throughput',
     scenario: 'relay',

@@ -11,7 +11,7 @@ import type { BenchLab } from '../benchLab.js';
 import { type BenchContext, ensureTime } from '../context.js';
 import { runBannerClient, runSmtpSource, type SmtpSourceResult } from '../load.js';
 import { sessionEndings } from '../logSummary.js';
-import { cpuMs, cpuSplitMs, machineCpuMs, reapedChildrenCpuMs } from '../procfs.js';
+import { cpuMs, cpuSplitMs, machineCpuMs, mainThreadCpuMs, reapedChildrenCpuMs } from '../procfs.js';
 import { type ProxyKind, type RunningProxy, startProxy } from '../proxy.js';
 
 export interface SessionsFigures {
@@ -21,6 +21,8 @@ export interface SessionsFigures {
   sessionsPerS: number;
   cpuMs: number;
   cpuMsPerSession: number;
+  /** CPU of the proxy's main thread per session, in µs: for etd, the one JS thread that decides for every engine thread. */
+  mainThreadUsPerSession: number;
   /** Share of the proxy's CPU time spent in the kernel (system time / user + system, from /proc/PID/stat). */
   kernelShare: number;
   /** Where the machine's CPU went during the run (see MachineShare). */
@@ -81,7 +83,14 @@ async function measured(
   kind: ProxyKind,
   tag: string,
   run: (proxy: RunningProxy) => Promise<SmtpSourceResult>,
-): Promise<{ r: SmtpSourceResult; cpu: number; kernelShare: number; machine: MachineShare; endings: Record<string, number> }> {
+): Promise<{
+  r: SmtpSourceResult;
+  cpu: number;
+  mainMs: number;
+  kernelShare: number;
+  machine: MachineShare;
+  endings: Record<string, number>;
+}> {
   const proxy = await startProxy(kind, ctx, { windowMs: ctx.opts.windowMs, tag });
   let stopped = false;
   const generators = (): number => reapedChildrenCpuMs() + ctx.bl.sinkPids.reduce((a, pid) => a + cpuMs(pid), 0);
@@ -89,10 +98,12 @@ async function measured(
     await probe(ctx.bl, proxy);
     const s0 = cpuSplitMs(proxy.pid);
     const c0 = cpuMs(proxy.pid);
+    const t0 = mainThreadCpuMs(proxy.pid);
     const g0 = generators();
     const m0 = machineCpuMs();
     const r = await run(proxy);
     const cpu = cpuMs(proxy.pid) - c0;
+    const mainMs = mainThreadCpuMs(proxy.pid) - t0;
     const s1 = cpuSplitMs(proxy.pid);
     const m1 = machineCpuMs();
     const gen = generators() - g0;
@@ -114,7 +125,7 @@ async function measured(
       loadGeneratorsShare: gen / capacityMs,
       busyShare: busyMs / capacityMs,
     };
-    return { r, cpu, kernelShare: user + system > 0 ? system / (user + system) : 0, machine, endings: sessionEndings(kind, proxy.logFile) };
+    return { r, cpu, mainMs, kernelShare: user + system > 0 ? system / (user + system) : 0, machine, endings: sessionEndings(kind, proxy.logFile) };
   } finally {
     if (!stopped) await proxy.stop();
   }
@@ -125,7 +136,7 @@ export async function runSessions(ctx: BenchContext, kind: ProxyKind): Promise<S
   // A generous guess (300 sessions/s on a slow loaded machine) decides whether it still fits.
   const expectMs = 8000 + (s.messages / 300) * 1000;
   ensureTime(ctx, `sessions ${kind}`, expectMs);
-  const { r, cpu, kernelShare, machine, endings } = await measured(ctx, kind, 'sessions', (proxy) =>
+  const { r, cpu, mainMs, kernelShare, machine, endings } = await measured(ctx, kind, 'sessions', (proxy) =>
     runSmtpSource(
       ctx.bl,
       { host: proxy.address, port: proxy.port, parallel: s.parallel, messages: s.messages, size: s.size, keepConnections: false },
@@ -139,6 +150,7 @@ export async function runSessions(ctx: BenchContext, kind: ProxyKind): Promise<S
     sessionsPerS: s.messages / (r.wallMs / 1000),
     cpuMs: cpu,
     cpuMsPerSession: cpu / s.messages,
+    mainThreadUsPerSession: (mainMs * 1000) / s.messages,
     kernelShare,
     machine,
     endings,

@@ -125,7 +125,14 @@ async function measured(
       loadGeneratorsShare: gen / capacityMs,
       busyShare: busyMs / capacityMs,
     };
-    return { r, cpu, mainMs, kernelShare: user + system > 0 ? system / (user + system) : 0, machine, endings: sessionEndings(kind, proxy.logFile) };
+    return {
+      r,
+      cpu,
+      mainMs,
+      kernelShare: user + system > 0 ? system / (user + system) : 0,
+      machine,
+      endings: sessionEndings(kind, proxy.logFile),
+    };
   } finally {
     if (!stopped) await proxy.stop();
   }

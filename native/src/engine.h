@@ -30,6 +30,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -119,8 +120,8 @@ class Engine {
   void EndCommand();
   // JS thread, after a batch: connections JS left `new` are reset and reported GONE 'undecided'.
   void SettleUndecided(const std::vector<uint64_t>& ids);
-  // Moves the outbox (events, and the ids JS must decide) to the hub's batch.
-  void TakeOutbox(std::vector<Ev>* events, std::vector<uint64_t>* accepted);
+  // Moves up to `max` events from the front of the outbox to the hub's batch; true when more are left.
+  bool TakeOutbox(std::vector<Ev>* events, size_t max);
   bool dead() const { return dead_; }
   // CPU time (user + system) of the thread since it started, in ms (its last figure once it has ended).
   double CpuMs();
@@ -231,9 +232,7 @@ class Engine {
   std::unordered_map<uint64_t, Listener> listeners_;
   std::vector<Timer*> heap_;  // min-heap on `at` of every scheduled deadline
   std::vector<Ev> pending_;
-  std::vector<uint64_t> accepted_;  // ids announced in the events being built
-  std::vector<Ev> outbox_;          // published, not yet taken by the hub
-  std::vector<uint64_t> outbox_accepted_;
+  std::deque<Ev> outbox_;  // published, not yet taken by the hub
 };
 
 }  // namespace etd

@@ -6,6 +6,7 @@
 
 #include <napi.h>
 
+#include <algorithm>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -102,30 +103,42 @@ void Hub::OnEnvCleanup(napi_async_cleanup_hook_handle, void* data) {
 
 void Hub::OnAsync(uv_async_t* handle) { static_cast<Hub*>(handle->data)->Drain(); }
 
-// Every thread's outbox in one batch, one JS call; then the connections JS left `new` are
-// reset (a handler that threw, or did not answer in the callback, would leave them held forever).
+// Every thread's outbox in one batch (at most kDrainMax events, shared fairly between the
+// threads; a drain that leaves events signals itself again, so the loop runs timers and I/O in
+// between), one JS call; then the connections JS left `new` are reset (a handler that threw, or
+// did not answer in the callback, would leave them held forever).
 void Hub::Drain() {
   if (stopped_) return;
   std::vector<Ev> batch;
-  std::vector<std::pair<Engine*, std::vector<uint64_t>>> undecided;
-  for (auto& e : threads_) {
-    std::vector<uint64_t> ids;
-    {
+  const int n = Size();
+  std::vector<char> left(static_cast<size_t>(n), 0);
+  size_t share = n > 0 ? kDrainMax / static_cast<size_t>(n) : kDrainMax;
+  for (int pass = 0; pass < 2 && batch.size() < kDrainMax; pass++) {
+    for (int t = 0; t < n; t++) {
+      size_t room = kDrainMax - batch.size();
+      Engine* e = At(t);
       std::lock_guard<std::mutex> lock(e->mu);
-      e->TakeOutbox(&batch, &ids);
+      left[static_cast<size_t>(t)] = e->TakeOutbox(&batch, pass == 0 ? std::min(share, room) : room);
     }
-    if (!ids.empty()) undecided.emplace_back(e.get(), std::move(ids));
   }
+  bool more = std::find(left.begin(), left.end(), 1) != left.end();
   if (batch.empty()) return;
+  // The connections announced in this batch, by thread: JS must have given each a command.
+  std::vector<std::vector<uint64_t>> accepted(static_cast<size_t>(n));
+  for (const Ev& ev : batch)
+    if (ev.type == EV_ACCEPT) accepted[static_cast<size_t>(ThreadOf(ev.id))].push_back(ev.id);
   draining_ = true;
   CallJs(&batch);
   draining_ = false;
   if (!stopped_) {
-    for (auto& [e, ids] : undecided) {
+    for (int t = 0; t < n && t < Size(); t++) {
+      if (accepted[static_cast<size_t>(t)].empty()) continue;
+      Engine* e = At(t);  // a thread restarted in the callback has none of these ids: nothing to settle
       std::lock_guard<std::mutex> lock(e->mu);
-      e->SettleUndecided(ids);
+      e->SettleUndecided(accepted[static_cast<size_t>(t)]);
       e->EndCommand();
     }
+    if (more) Signal();
   }
   // What a restart or a stop inside the callback left for after it.
   retired_.clear();

@@ -156,7 +156,6 @@ void Engine::Accept(uint64_t key, double now) {
     ev.id = c->id;
     ev.n1 = l->listener_id;
     ev.n2 = lport;
-    accepted_.push_back(c->id);
     conns_.emplace(c->id, std::move(c));
     Push(std::move(ev));
   }

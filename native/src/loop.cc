@@ -107,7 +107,7 @@ void Engine::CloseAll() {
   listeners_.clear();
   heap_.clear();
   pending_.clear();
-  accepted_.clear();
+  outbox_.clear();
   if (epfd_ >= 0) close(epfd_);
   if (wakefd_ >= 0) close(wakefd_);
   epfd_ = wakefd_ = -1;
@@ -203,7 +203,6 @@ void Engine::Die(const char* syscall, int err) {
   }
   listeners_.clear();
   Push(std::move(died));
-  accepted_.clear();  // every one of them was reported GONE
   cpu_final_ = OwnCpuMs();
   dead_ = true;
   tid_ = 0;
@@ -214,26 +213,17 @@ void Engine::Die(const char* syscall, int err) {
 // Hands the events made so far to the hub (the lock is held) and wakes the JS thread.
 void Engine::Publish() {
   if (pending_.empty()) return;
-  if (outbox_.empty()) {
-    outbox_.swap(pending_);
-  } else {
-    for (Ev& ev : pending_) outbox_.push_back(std::move(ev));
-    pending_.clear();
-  }
-  outbox_accepted_.insert(outbox_accepted_.end(), accepted_.begin(), accepted_.end());
-  accepted_.clear();
+  for (Ev& ev : pending_) outbox_.push_back(std::move(ev));
+  pending_.clear();
   hub_->Signal();
 }
 
-void Engine::TakeOutbox(std::vector<Ev>* events, std::vector<uint64_t>* accepted) {
-  if (events->empty()) {
-    events->swap(outbox_);
-  } else {
-    for (Ev& ev : outbox_) events->push_back(std::move(ev));
-    outbox_.clear();
+bool Engine::TakeOutbox(std::vector<Ev>* events, size_t max) {
+  for (size_t n = 0; n < max && !outbox_.empty(); n++) {
+    events->push_back(std::move(outbox_.front()));
+    outbox_.pop_front();
   }
-  accepted->swap(outbox_accepted_);
-  outbox_accepted_.clear();
+  return !outbox_.empty();
 }
 
 void Engine::SettleUndecided(const std::vector<uint64_t>& ids) {

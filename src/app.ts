@@ -351,7 +351,8 @@ export class App {
         else app.stats.held--;
         app.worker?.ending();
         app.counts.ended(s.clientAddress, s.relayed);
-        if (summary.verdict === 'early_talker') app.learnt('deny', app.cache.recordDeny(s.clientAddress), s.clientAddress);
+        if (summary.verdict === 'early_talker' || summary.verdict === 'protocol')
+          app.learnt('deny', app.cache.recordDeny(s.clientAddress), s.clientAddress);
         app.checkStress();
         app.recordEnd(summary);
       },

@@ -16,8 +16,10 @@ import {
   EV_EXPIRED,
   EV_GONE,
   EV_GREETING,
+  EV_PROTOCOL,
   EV_TALK,
   EV_UPSTREAM_FAILED,
+  type ProtocolTest,
   type TalkStage,
 } from './protocol.js';
 
@@ -45,6 +47,8 @@ export interface EngineSession {
   upstreamFailed(stage: 'connect' | 'greeting', code: string, elapsedMs: number): void;
   greeted(code: string, connectMs: number, relaying: boolean): void;
   ended(cause: string, bytesFromClient: number, bytesToClient: number): void;
+  /** A protocol test caught the client during the relay; `ended`: the engine applied reject/drop (no further events). */
+  caught(test: ProtocolTest, evidence: Buffer, ended: boolean, bytesFromClient: number, bytesToClient: number): void;
 }
 
 /** Distinct handler-failure causes logged; past this they are only counted. */
@@ -191,6 +195,9 @@ export class EngineDriver {
         return;
       case EV_ERROR:
         this.listeners.get(ev[1])?.failed(ev[2], ev[3]);
+        return;
+      case EV_PROTOCOL:
+        this.sessions.get(ev[1])?.caught(ev[2], ev[3], ev[4] === 1, ev[5], ev[6]);
         return;
     }
   }

@@ -375,3 +375,53 @@ describe('bots are caught before the backend sees the offending command', () => 
     expect(engine.counts().bufferedBytes).toBe(0);
   });
 });
+
+describe('hostile bytes', () => {
+  /** A deterministic PRNG (mulberry32): a failure can be replayed. */
+  function rng(seed: number): () => number {
+    let a = seed;
+    return () => {
+      a = (a + 0x6d2b79f5) | 0;
+      let t = Math.imul(a ^ (a >>> 15), 1 | a);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+  }
+  const WORDS = [
+    'EHLO x',
+    'HELO x',
+    'MAIL FROM:<a@b>',
+    'RCPT TO:<c@d>',
+    'DATA',
+    'BDAT 5',
+    'AUTH LOGIN',
+    'STARTTLS',
+    'GET /',
+    'NOOP',
+    'RSET',
+    'QUIT',
+    '',
+    '\0\xff',
+    'x'.repeat(300),
+  ];
+
+  it('random command soup in random pieces, at log and at reject: the engine never stalls and holds nothing afterwards', async () => {
+    const next = rng(24);
+    for (let i = 0; i < 60; i++) {
+      let soup = '';
+      const n = 1 + Math.floor(next() * 12);
+      for (let k = 0; k < n; k++) soup += WORDS[Math.floor(next() * WORDS.length)]! + ['\r\n', '\n', '\r', ' '][Math.floor(next() * 4)]!;
+      const pieces: string[] = [];
+      for (let at = 0; at < soup.length; ) {
+        const len = 1 + Math.floor(next() * 40);
+        pieces.push(soup.slice(at, at + len));
+        at += len;
+      }
+      const o = await run([pieces, 'QUIT\r\n'], i % 2 === 0 ? 'log' : 'reject', next() < 0.5);
+      expect(['end', 'reset']).toContain(o.how);
+      if (o.protocol?.[4] === 1) expect(o.got).toContain(PROTOCOL_REPLY);
+    }
+    await waitFor(() => engine.counts().connections === 0, { what: 'no connections' });
+    expect(engine.counts().bufferedBytes).toBe(0);
+  }, 60_000);
+});

@@ -95,42 +95,51 @@ void Inspector::ServerLine() {
   }
 }
 
-void Inspector::FromClient(const char* p, size_t n, std::string* out, std::vector<Finding>* found) {
+void Inspector::FromClient(const char* p, size_t n, Passed* out, std::vector<Finding>* found) {
+  // held_ can only be non-empty at entry (within a call only the last, partial line is held).
+  size_t from = 0;  // where the passed region of p begins (past a line completed from held_)
   size_t i = 0;
-  while (i < n) {
-    if (!active_) {
-      out->append(p + i, n - i);
-      return;
-    }
+  while (i < n && active_) {
     const void* nl = memchr(p + i, '\n', n - i);
     size_t end = nl != nullptr ? static_cast<size_t>(static_cast<const char*>(nl) - p) + 1 : n;
     size_t len = held_.size() + (end - i);
     // Past the bound the rest is not inspected: it goes on as it is, a held line first.
     if (bytes_ + len > rules_.max_bytes || (nl != nullptr && commands_ >= rules_.max_commands)) {
       active_ = false;
-      Release(out);
-      out->append(p + i, n - i);
-      return;
+      Release(&out->joined);
+      break;
     }
     if (nl == nullptr) {
       held_.append(p + i, end - i);
+      out->p = p + from;
+      out->n = i - from;
       return;
     }
+    bool joined = !held_.empty();
     const char* line = p + i;
-    if (!held_.empty()) {
+    if (joined) {
       held_.append(p + i, end - i);
       line = held_.data();
     }
     if (!ClientLine(line, len, found)) {
       active_ = false;
       std::string().swap(held_);
+      std::string().swap(out->joined);
+      out->p = p;
+      out->n = 0;
       return;
     }
-    out->append(line, len);
     bytes_ += static_cast<uint32_t>(len);
-    std::string().swap(held_);
+    if (joined) {
+      out->joined.swap(held_);
+      std::string().swap(held_);
+      from = end;
+    }
     i = end;
   }
+  // Every line passed, or the inspection ended here (bound, BDAT): the rest goes on untouched.
+  out->p = p + from;
+  out->n = n - from;
 }
 
 bool Inspector::ClientLine(const char* line, size_t len, std::vector<Finding>* found) {

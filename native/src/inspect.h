@@ -49,6 +49,13 @@ struct Finding {
   std::string evidence;
 };
 
+// What FromClient lets through: `joined` first, then [p, p+n) of the input.
+struct Passed {
+  std::string joined;
+  const char* p = nullptr;
+  size_t n = 0;
+};
+
 // The outstanding commands a session may have while inspected: one more than the largest
 // ProtocolTests::max_commands the binding accepts (the greeting takes a slot too).
 constexpr size_t kMaxOutstanding = kMaxInspectCommands + 1;
@@ -61,12 +68,14 @@ class Inspector {
   bool active() const { return active_; }
   // Server → client bytes as the server sent them. May end the inspection (354 to DATA, 2xx to STARTTLS).
   void FromServer(const char* p, size_t n);
-  // Client → server bytes. Appends to *out what may go to the server now: whole lines that passed
-  // (a partial line is held until its LF). Appends to *found each test that caught a line (a test
-  // with action log reports once and the line goes on). When a test with action reject or drop
-  // catches a line, scanning stops there and the inspection is over: that line and everything
-  // after it are not in *out (the caller discards all of it and ends the session).
-  void FromClient(const char* p, size_t n, std::string* out, std::vector<Finding>* found);
+  // Client → server bytes. Says in *out what may go to the server now: whole lines that passed (a
+  // partial line is held until its LF). They are `joined` (a line begun in an earlier read,
+  // completed now: copied) followed by [p, p+n) of the input (not copied: the usual case is a
+  // read of whole lines, forwarded as it is). Appends to *found each test that caught a line (a
+  // test with action log reports once and the line goes on). When a test with action reject or
+  // drop catches a line, scanning stops there and the inspection is over: *out is then empty (the
+  // caller discards the whole read and ends the session).
+  void FromClient(const char* p, size_t n, Passed* out, std::vector<Finding>* found);
   // Ends the inspection: a held partial line goes to *out.
   void Release(std::string* out);
   size_t Heap() const { return held_.capacity() > 15 ? held_.capacity() : 0; }

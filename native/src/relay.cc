@@ -156,18 +156,24 @@ void Engine::ReadClient(Conn* c, double now) {
 
 // Client bytes on their way to the server (read now, or the early bytes of action log).
 void Engine::FromClient(Conn* c, const char* p, size_t n, double now) {
-  std::string checked;
+  Passed passed;
   if (c->inspector) {
     // Only checked whole lines go on; a test with action reject/drop ends the session here, and
-    // neither the offending line nor anything after it reaches the server.
+    // neither the offending line nor anything else of this read reaches the server.
     std::vector<Finding> found;
-    c->inspector->FromClient(p, n, &checked, &found);
+    c->inspector->FromClient(p, n, &passed, &found);
     for (const Finding& f : found) {
       if (!ReportProtocol(c, f, now)) return;
     }
     if (!c->inspector->active()) c->inspector.reset();
-    p = checked.data();
-    n = checked.size();
+    if (passed.joined.empty()) {
+      p = passed.p;  // the usual case: whole lines, forwarded from the read buffer as they are
+      n = passed.n;
+    } else {
+      passed.joined.append(passed.p, passed.n);
+      p = passed.joined.data();
+      n = passed.joined.size();
+    }
     if (n == 0) return;
   }
   if (c->watcher && c->watcher->watching() && c->watcher->Scan(p, n)) {

@@ -9,6 +9,7 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Metrics } from '../../src/metrics.js';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
 import { type RecordingSmtp, startRecordingSmtp } from '../helpers/recordingSmtp.js';
 import { waitFor } from '../helpers/wait.js';
@@ -39,6 +40,7 @@ let withPipelining: RecordingSmtp;
 let withoutPipelining: RecordingSmtp;
 let etdPipe: TestEtd;
 let etdNoPipe: TestEtd;
+let metrics: Metrics;
 
 beforeAll(async () => {
   withPipelining = await startRecordingSmtp({ pipelining: true, name: 'pipe.test' });
@@ -53,9 +55,11 @@ beforeAll(async () => {
     });
   etdPipe = await start(withPipelining.port);
   etdNoPipe = await start(withoutPipelining.port);
+  metrics = new Metrics(etdNoPipe.app, { version: 'test', processMetrics: false });
 });
 
 afterAll(async () => {
+  metrics?.close();
   await etdPipe?.stop(500);
   await etdNoPipe?.stop(500);
   await withPipelining?.close();
@@ -246,5 +250,9 @@ describe('scripted bots are caught before the backend sees the offending command
     const stats = etdNoPipe.app.stats.snapshot();
     expect(stats.protocolTests).toEqual({ pipelining: 1, non_smtp_command: 2, bare_newline: 1 });
     expect(stats.verdicts.protocol).toBe(4);
+    const text = await metrics.text();
+    const count = (test: string) =>
+      Number(new RegExp(`^etd_protocol_tests_total\\{listener="test",test="${test}",action="reject"\\} (\\d+)$`, 'm').exec(text)?.[1]);
+    expect([count('pipelining'), count('non_smtp_command'), count('bare_newline')], text).toEqual([1, 2, 1]);
   });
 });

@@ -52,7 +52,7 @@ Inspector::Kind Inspector::Pop() {
   return k;
 }
 
-void Inspector::FromServer(const char* p, size_t n) {
+void Inspector::FromServer(const char* p, size_t n, std::vector<Finding>* found) {
   size_t i = 0;
   while (i < n && active_) {
     const void* nl = memchr(p + i, '\n', n - i);
@@ -61,14 +61,14 @@ void Inspector::FromServer(const char* p, size_t n) {
     memcpy(shead_ + shead_len_, p + i, take);
     shead_len_ += static_cast<uint32_t>(take);
     if (nl != nullptr) {
-      ServerLine();
+      ServerLine(found);
       shead_len_ = 0;
     }
     i = end;
   }
 }
 
-void Inspector::ServerLine() {
+void Inspector::ServerLine(std::vector<Finding>* found) {
   const char* h = shead_;
   size_t n = shead_len_;
   if (n < 3 || !Digit(h[0]) || !Digit(h[1]) || !Digit(h[2])) return;  // not a reply line
@@ -83,16 +83,23 @@ void Inspector::ServerLine() {
       ehlo_pipelining_ = false;
       return;
     case kData:
-      if (h[0] == '3') active_ = false;  // 354: message data follows, never inspected
+      if (h[0] == '3') Ended(found);  // 354: message data follows, never inspected
       return;
     case kStartTls:
-      if (h[0] == '2') active_ = false;  // TLS follows
+      if (h[0] == '2') Ended(found);  // TLS follows
       return;
     case kAuth:
       if (h[0] == '3') sasl_ = true;  // 334: the client's next line is a SASL response
       return;
     default: return;
   }
+}
+
+void Inspector::Ended(std::vector<Finding>* found) {
+  active_ = false;
+  if (held_.empty() || rules_.pipelining == TestAction::Ignore || fired_[0]) return;
+  // Bytes after DATA / STARTTLS before its reply: the client did not wait.
+  if (!Fire(Test::Pipelining, rules_.pipelining, held_.data(), held_.size(), found)) std::string().swap(held_);
 }
 
 void Inspector::FromClient(const char* p, size_t n, Passed* out, std::vector<Finding>* found) {

@@ -66,8 +66,11 @@ class Inspector {
   Inspector(const ProtocolTests& rules, size_t evidence_bytes);
 
   bool active() const { return active_; }
-  // Server → client bytes as the server sent them. May end the inspection (354 to DATA, 2xx to STARTTLS).
-  void FromServer(const char* p, size_t n);
+  // Server → client bytes as the server sent them. May end the inspection (354 to DATA, 2xx to
+  // STARTTLS). If the client has part of a line held then, it sent it before that reply: a
+  // pipelining violation (DATA and STARTTLS must be last in a group), appended to *found; with
+  // action reject or drop the held bytes are discarded, with log they go on (Release).
+  void FromServer(const char* p, size_t n, std::vector<Finding>* found);
   // Client → server bytes. Says in *out what may go to the server now: whole lines that passed (a
   // partial line is held until its LF). They are `joined` (a line begun in an earlier read,
   // completed now: copied) followed by [p, p+n) of the input (not copied: the usual case is a
@@ -86,7 +89,8 @@ class Inspector {
   // False when a reject/drop test caught the line.
   bool ClientLine(const char* line, size_t len, std::vector<Finding>* found);
   bool Fire(Test t, TestAction action, const char* line, size_t len, std::vector<Finding>* found);
-  void ServerLine();
+  void ServerLine(std::vector<Finding>* found);
+  void Ended(std::vector<Finding>* found);
   void Push(Kind k);
   Kind Pop();
   static bool Groupable(Kind k) { return k == kGroupable; }

@@ -270,7 +270,11 @@ void Engine::ToServer(Conn* c, const char* p, size_t n, double now) {
 
 void Engine::ToClient(Conn* c, const char* p, size_t n, double now) {
   if (c->inspector && c->st == St::Relaying) {
-    c->inspector->FromServer(p, n);
+    std::vector<Finding> found;
+    c->inspector->FromServer(p, n, &found);
+    for (const Finding& f : found) {
+      if (!ReportProtocol(c, f, now)) return;  // reject/drop: neither this reply nor the held bytes go on
+    }
     if (!c->inspector->active()) {
       EndInspection(c, now);
       if (c->dead) return;

@@ -318,6 +318,15 @@ const BOTS: { name: string; bytes: string; test: string; before?: Step[]; pipeli
     pipelining: true,
     reached: ['EHLO x\r\n'],
   },
+  {
+    name: 'part of a data line before the 354 (PIPELINING offered): caught when the 354 comes',
+    before: ['EHLO x\r\n', /^250 /m],
+    bytes: 'MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nSubject: spam',
+    test: 'pipelining',
+    pipelining: true,
+    // The whole lines are a valid RFC 2920 group and went on; the data never did.
+    reached: ['EHLO x\r\n', 'MAIL FROM:<a@b>\r\n', 'RCPT TO:<c@d>\r\n', 'DATA\r\n'],
+  },
 ];
 
 describe('bots are caught before the backend sees the offending command', () => {

@@ -20,6 +20,7 @@ export const WORKER_SCENARIOS = [
   'test/integration/postfix.test.ts',
   'test/integration/cluster.test.ts',
   'test/integration/clusterDnsbl.test.ts',
+  'test/integration/protocolTests.test.ts',
 ];
 
 export default defineConfig({

@@ -18,7 +18,7 @@ import type { ProxySpec, RunningProxy } from './proxy.js';
 export function etdConfig(bl: BenchLab, spec: ProxySpec, port: number): string {
   return `listeners:
   - { name: smtp, address: ${bl.proxyAddress}, port: ${port}, mode: vip }
-detection: { window: ${spec.windowMs}ms, action: drop }
+detection: { window: ${spec.windowMs}ms, action: drop${spec.detection ? `, ${spec.detection}` : ''} }
 upstream:
   source: clientip
   balance: roundrobin

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { CLI_PATH, PACKAGE_ROOT as ROOT } from '../src/paths.js';
 
-export const SCENARIOS = ['held', 'sessions', 'relay', 'returning', 'profile', 'dnsbl'] as const;
+export const SCENARIOS = ['held', 'sessions', 'relay', 'returning', 'profile', 'dnsbl', 'protocol'] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
 
 export interface BenchOptions {
@@ -43,6 +43,7 @@ options:
   --json FILE           write the JSON result here (default tmp/bench-result.json)
   --only LIST           comma-separated scenarios: ${SCENARIOS.join(',')}
                         (dnsbl: etd with three DNSBL lists served by unbound vs none; not in --quick)
+                        (protocol: etd with every protocol test at reject vs off, sessions and relay; not in --quick)
   --held N              held connections in scenario 1 (default 15000; --quick 1000)
   --sessions N          smtp-source messages (sessions) in scenario 2 (default 20000)
   --parallel N          smtp-source parallel sessions in scenario 2 (default 400)
@@ -85,7 +86,7 @@ export function parseOptions(argv: readonly string[]): BenchOptions | undefined 
   });
   if (values.help) return undefined;
   const quick = values.quick === true;
-  let scenarios: ScenarioName[] = quick ? SCENARIOS.filter((s) => s !== 'profile' && s !== 'dnsbl') : [...SCENARIOS];
+  let scenarios: ScenarioName[] = quick ? SCENARIOS.filter((s) => s !== 'profile' && s !== 'dnsbl' && s !== 'protocol') : [...SCENARIOS];
   if (values.only !== undefined) {
     const wanted = values.only
       .split(',')

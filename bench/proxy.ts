@@ -33,6 +33,8 @@ export interface ProxySpec {
   readonly cwd?: string;
   /** Distinguishes the config and log files of several runs. */
   readonly tag: string;
+  /** etd only: flow-map entries added to its `detection:` (the protocol scenario's `protocol: {…}`). */
+  readonly detection?: string;
   /** etd only: YAML appended to its config (the dnsbl scenario's reputation: section). */
   readonly extraConfig?: string;
   /** etd only: the top-level `workers` key (engine worker threads); absent = not written (builds without the key). */

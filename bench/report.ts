@@ -7,6 +7,7 @@ import type { ProxyKind } from './proxy.js';
 import type { DnsblFigures } from './scenarios/dnsbl.js';
 import type { HeldFigures } from './scenarios/held.js';
 import type { CpuProfileFigures, HeapFigures } from './scenarios/profiling.js';
+import type { ProtocolFigures } from './scenarios/protocol.js';
 import type { DirectFigures, LatencyFigures } from './scenarios/returning.js';
 import type { MachineShare, RelayFigures, SessionsFigures } from './scenarios/sessions.js';
 
@@ -29,6 +30,8 @@ export interface BenchResult {
   profile: { cpu?: CpuProfileFigures; heap?: HeapFigures };
   /** etd with three DNSBL lists against none (issue 14); absent when not run. */
   dnsbl?: DnsblFigures;
+  /** etd with every protocol test at reject against off (issue 24); absent when not run. */
+  protocol?: ProtocolFigures;
   figures: Figure[];
   /** Scenario runs that failed or were skipped, with the reason. */
   problems: string[];
@@ -207,13 +210,43 @@ const DEFS: FigureDef[] = [
     value: (r, k) => (k === 'etd' ? r.dnsbl?.returning?.addedMs : undefined),
     target: { text: 'etd < 1 ms', pair: 'single', met: (_ratio, etd) => (etd === null ? null : etd < 1) },
   },
+  {
+    id: 'protocol.ratio',
+    scenario: 'protocol',
+    label: 'sessions/s, every protocol test at reject ÷ off',
+    unit: '×',
+    better: 'higher',
+    value: (r, k) => (k === 'etd' ? r.protocol?.ratio : undefined),
+    target: { text: 'etd ≥ 0.97×', pair: 'single', met: (_ratio, etd) => (etd === null ? null : etd >= 0.97) },
+  },
+  {
+    id: 'protocol.cpuPerSession',
+    scenario: 'protocol',
+    label: 'etd CPU per session, every protocol test at reject',
+    unit: 'ms',
+    better: 'lower',
+    value: (r, k) => (k === 'etd' && r.protocol ? median(r.protocol.reject.map((x) => x.cpuMsPerSession)) : undefined),
+  },
+  {
+    id: 'protocol.relayRatio',
+    scenario: 'protocol',
+    label: 'relay MB/s, every protocol test at reject ÷ off',
+    unit: '×',
+    better: 'higher',
+    value: (r, k) => (k === 'etd' ? r.protocol?.relay?.ratio : undefined),
+    target: { text: 'etd ≥ 0.98×', pair: 'single', met: (_ratio, etd) => (etd === null ? null : etd >= 0.98) },
+  },
 ];
+
+const median = (xs: readonly number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? Number.NaN;
 
 const orNull = (v: number | undefined): number | null => (v === undefined || !Number.isFinite(v) ? null : v);
 
 export function computeFigures(r: BenchResult): Figure[] {
   // The dnsbl rows only when that scenario ran (it is not part of --quick).
-  return DEFS.filter((d) => d.scenario !== 'dnsbl' || r.dnsbl !== undefined).map((d) => {
+  return DEFS.filter(
+    (d) => (d.scenario !== 'dnsbl' || r.dnsbl !== undefined) && (d.scenario !== 'protocol' || r.protocol !== undefined),
+  ).map((d) => {
     const etd = orNull(d.value(r, 'etd'));
     const haproxy = orNull(d.value(r, 'haproxy'));
     const etdMt = orNull(d.value(r, 'etd-mt'));

@@ -19,6 +19,7 @@ import { type BenchResult, computeFigures, notes, profileText, table, writeJson 
 import { runDnsbl } from './scenarios/dnsbl.js';
 import { HOLD_WINDOW_MS, runHeld } from './scenarios/held.js';
 import { runCpuProfile, runHeapProfile } from './scenarios/profiling.js';
+import { runProtocol } from './scenarios/protocol.js';
 import { runDirect, runReturning } from './scenarios/returning.js';
 import { runRelay, runSessions } from './scenarios/sessions.js';
 
@@ -199,6 +200,11 @@ async function main(): Promise<number> {
           () => runDnsbl(ctx, result.returning.direct),
         );
         if (v) result.dnsbl = v;
+      } else if (scenario === 'protocol') {
+        const v = await attempt(`protocol: sessions (${o.sessions.messages}) through etd with every protocol test off and at reject`, () =>
+          runProtocol(ctx),
+        );
+        if (v) result.protocol = v;
       } else {
         const dir = o.keepProfiles ?? `${bl.dir}/profiles`;
         fs.mkdirSync(dir, { recursive: true });

@@ -5,7 +5,7 @@
       "target_name": "etd_transparent",
       "sources": [
         "src/addon.cc", "src/common.cc", "src/transparent.cc",
-        "src/binding.cc", "src/hub.cc", "src/loop.cc", "src/listeners.cc", "src/session.cc", "src/relay.cc", "src/smtp_guard.cc", "src/faults.cc"
+        "src/binding.cc", "src/hub.cc", "src/loop.cc", "src/listeners.cc", "src/session.cc", "src/relay.cc", "src/smtp_guard.cc", "src/inspect.cc", "src/faults.cc"
       ],
       # node-addon-api is header-only; resolve it the way Node would from this directory,
       # so the build works both in the repo and when etd is installed as a dependency.

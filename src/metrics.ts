@@ -27,6 +27,7 @@ export class Metrics {
   private readonly stopReputation: () => void;
   private readonly connections: Counter<'listener' | 'verdict'>;
   private readonly earlyTalkers: Counter<'listener' | 'action'>;
+  private readonly protocolTests: Counter<'listener' | 'test' | 'action'>;
   private readonly earlyTalkDelay: Histogram<'listener'>;
   private readonly connectTime: Histogram<'server'>;
   private readonly bytes: Counter<'direction'>;
@@ -42,7 +43,7 @@ export class Metrics {
     );
     this.connections = new Counter({
       name: 'etd_connections_total',
-      help: 'connections that ended, by listener and verdict (passed, early_talker, no_server, limit, denied, client_gone, shutdown, dnsbl, error)',
+      help: 'connections that ended, by listener and verdict (passed, early_talker, protocol, no_server, limit, denied, client_gone, shutdown, dnsbl, error)',
       labelNames: ['listener', 'verdict'],
       registers,
     });
@@ -50,6 +51,12 @@ export class Metrics {
       name: 'etd_early_talkers_total',
       help: 'clients that talked before the greeting, by listener and the action taken (drop, reject, log)',
       labelNames: ['listener', 'action'],
+      registers,
+    });
+    this.protocolTests = new Counter({
+      name: 'etd_protocol_tests_total',
+      help: 'sessions a protocol test caught during the relay, by listener, test (pipelining, non_smtp_command, bare_newline) and action (log, reject, drop)',
+      labelNames: ['listener', 'test', 'action'],
       registers,
     });
     this.earlyTalkDelay = new Histogram({
@@ -290,6 +297,8 @@ export class Metrics {
       this.earlyTalkers.inc({ listener: s.listener, action: s.action ?? 'drop' });
       this.earlyTalkDelay.observe({ listener: s.listener }, s.talkedAfterMs / 1000);
     }
+    if (s.protocolTest !== undefined)
+      this.protocolTests.inc({ listener: s.listener, test: s.protocolTest, action: s.protocolAction ?? 'log' });
     if (s.connectMs !== undefined && s.server !== undefined) this.connectTime.observe({ server: s.server }, s.connectMs / 1000);
     if (s.bytesFromClient) this.bytes.inc({ direction: 'from_client' }, s.bytesFromClient);
     if (s.bytesToClient) this.bytes.inc({ direction: 'to_client' }, s.bytesToClient);

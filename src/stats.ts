@@ -1,6 +1,6 @@
 // Counters since start and live gauges, fed by session events; read by the API, metrics and logs.
 
-import type { SessionSummary } from './proxy/protocol.js';
+import type { ProtocolTest, SessionSummary } from './proxy/protocol.js';
 import type { Verdict } from './proxy/verdict.js';
 
 export class Stats {
@@ -12,6 +12,7 @@ export class Stats {
   readonly verdicts: Record<Verdict, number> = {
     passed: 0,
     early_talker: 0,
+    protocol: 0,
     no_server: 0,
     limit: 0,
     denied: 0,
@@ -21,6 +22,8 @@ export class Stats {
     error: 0,
   };
   readonly earlyTalkers = { drop: 0, reject: 0, log: 0 };
+  /** Sessions a protocol test caught (whatever its action: log, reject or drop), by test. */
+  readonly protocolTests: Record<ProtocolTest, number> = { pipelining: 0, non_smtp_command: 0, bare_newline: 0 };
   /** Connections refused by a limit, by limit. */
   readonly limits = { max_connections: 0, max_held: 0, per_client: 0, per_client_rate: 0 };
   bytesFromClient = 0;
@@ -32,6 +35,7 @@ export class Stats {
       const action = (s.action ?? 'drop') as keyof Stats['earlyTalkers'];
       if (s.talkedAfterMs !== undefined) this.earlyTalkers[action]++;
     }
+    if (s.protocolTest !== undefined) this.protocolTests[s.protocolTest]++;
     this.bytesFromClient += s.bytesFromClient;
     this.bytesToClient += s.bytesToClient;
   }
@@ -45,6 +49,7 @@ export class Stats {
       relayed: this.relayed,
       verdicts: { ...this.verdicts },
       earlyTalkers: { ...this.earlyTalkers },
+      protocolTests: { ...this.protocolTests },
       limits: { ...this.limits },
       bytes: { fromClient: this.bytesFromClient, toClient: this.bytesToClient },
     };

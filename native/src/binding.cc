@@ -108,6 +108,71 @@ bool ReadSize(Napi::Env env, const Napi::Object& o, const char* sig, const char*
 }
 
 constexpr const char* kProfileSig = "engineProfile(idx, profile)";
+
+// Bounds of profile.protocol (docs/engine.md, Profiles).
+constexpr double kMaxInspectBytes = 65536;
+constexpr size_t kMaxProtocolCommands = 64;
+constexpr size_t kMaxCommandLength = 32;
+
+bool ReadTestAction(Napi::Env env, const Napi::Object& o, const char* name, TestAction* out) {
+  std::string v;
+  if (!ReadString(env, o.Get(name), kProfileSig, name, &v)) return false;
+  if (v == "ignore") {
+    *out = TestAction::Ignore;
+  } else if (v == "log") {
+    *out = TestAction::Log;
+  } else if (v == "reject") {
+    *out = TestAction::Reject;
+  } else if (v == "drop") {
+    *out = TestAction::Drop;
+  } else {
+    Napi::RangeError::New(env,
+                          std::string(kProfileSig) + ": protocol." + name + " must be 'ignore', 'log', 'reject' or 'drop', got '" + v + "'")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  return true;
+}
+
+// profile.protocol: the inline protocol tests (inspect.h).
+bool ReadProtocol(Napi::Env env, const Napi::Value& v, ProtocolTests* t) {
+  const char* sig = kProfileSig;
+  if (!v.IsObject() || v.IsArray()) {
+    Napi::TypeError::New(env, std::string(sig) + ": protocol must be an object, got " + TypeName(v)).ThrowAsJavaScriptException();
+    return false;
+  }
+  Napi::Object o = v.As<Napi::Object>();
+  int64_t max_bytes, max_commands;
+  if (!ReadTestAction(env, o, "pipelining", &t->pipelining) || !ReadTestAction(env, o, "nonSmtpCommand", &t->non_smtp_command) ||
+      !ReadTestAction(env, o, "bareNewline", &t->bare_newline) ||
+      !ReadString(env, o.Get("rejectReply"), sig, "protocol.rejectReply", &t->reject_reply) ||
+      !ReadInt(env, o.Get("maxBytes"), sig, "protocol.maxBytes", 1, kMaxInspectBytes, &max_bytes) ||
+      !ReadInt(env, o.Get("maxCommands"), sig, "protocol.maxCommands", 1, kMaxInspectCommands, &max_commands))
+    return false;
+  t->max_bytes = static_cast<uint32_t>(max_bytes);
+  t->max_commands = static_cast<uint32_t>(max_commands);
+  Napi::Value cv = o.Get("commands");
+  if (!cv.IsArray() || cv.As<Napi::Array>().Length() > kMaxProtocolCommands) {
+    Napi::TypeError::New(env, std::string(sig) + ": protocol.commands must be an array of at most " + std::to_string(kMaxProtocolCommands) +
+                                  " strings, got " + TypeName(cv))
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  Napi::Array cmds = cv.As<Napi::Array>();
+  for (uint32_t i = 0; i < cmds.Length(); i++) {
+    std::string cmd;
+    if (!ReadString(env, cmds.Get(i), sig, "protocol.commands[]", &cmd)) return false;
+    if (cmd.empty() || cmd.size() > kMaxCommandLength || cmd.find_first_of(" \t\r\n") != std::string::npos) {
+      Napi::RangeError::New(env, std::string(sig) + ": protocol.commands[" + std::to_string(i) + "] must be one word of 1 to " +
+                                     std::to_string(kMaxCommandLength) + " characters")
+          .ThrowAsJavaScriptException();
+      return false;
+    }
+    t->commands.push_back(std::move(cmd));
+  }
+  return true;
+}
+
 bool ReadProfile(Napi::Env env, const Napi::Object& o, Profile* p) {
   const char* sig = kProfileSig;
   std::string action;
@@ -135,7 +200,7 @@ bool ReadProfile(Napi::Env env, const Napi::Object& o, Profile* p) {
          ReadMs(env, o, sig, "serverGoneLingerMs", 0, &p->server_gone_linger_ms) &&
          ReadMs(env, o, sig, "deferredReplyMs", 0, &p->deferred_reply_ms) &&
          // Waiting must always end: a decision time of 0 would end it before JS saw the event.
-         ReadMs(env, o, sig, "decisionMs", 1, &p->decision_ms);
+         ReadMs(env, o, sig, "decisionMs", 1, &p->decision_ms) && ReadProtocol(env, o.Get("protocol"), &p->protocol);
 }
 
 // ----- functions -----------------------------------------------------------------------------

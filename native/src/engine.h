@@ -20,6 +20,7 @@
 #define ETD_ENGINE_H_
 
 #include "faults.h"
+#include "inspect.h"
 #include "smtp_guard.h"
 #include "types.h"
 
@@ -199,6 +200,8 @@ class Engine {
   void ServerFailed(Conn* c, int err, double now);
   void ReadClient(Conn* c, double now);
   void FromClient(Conn* c, const char* p, size_t n, double now);
+  bool ReportProtocol(Conn* c, const Finding& f, double now);  // false: the test ended the session
+  void EndInspection(Conn* c, double now);
   void ReadServer(Conn* c, double now);
   void ToServer(Conn* c, const char* p, size_t n, double now);
   void ToClient(Conn* c, const char* p, size_t n, double now);

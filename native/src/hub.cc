@@ -198,6 +198,9 @@ void Hub::CallJs(std::vector<Ev>* batch) {
       case EV_ERROR:  // syscall, code (the listener id is in place of the connection id)
         add({str(ev.s1), str(ev.s2)});
         break;
+      case EV_PROTOCOL:  // test, evidence, ended, bytesFromClient, bytesToClient
+        add({str(ev.s1), Napi::Buffer<char>::Copy(env, ev.s2.data(), ev.s2.size()), num(ev.i1), num(ev.n1), num(ev.n2)});
+        break;
       case EV_THREAD:  // syscall, code, connections lost, of them held, of them relaying (the thread in place of the id)
         add({str(ev.s1), str(ev.s2), num(ev.n1), num(ev.n2), num(ev.n3)});
         break;

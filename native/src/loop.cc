@@ -514,7 +514,8 @@ Counts Engine::GetCounts() const {
     if (c->ufd >= 0) k.fds++;
     auto heap = [](const std::string& s) { return s.capacity() > 15 ? static_cast<double>(s.capacity()) : 0.0; };
     k.buffered += static_cast<double>(c->c2s.pending.Heap() + c->s2c.pending.Heap()) + heap(c->greeting) + heap(c->kept) + heap(c->early) +
-                  (c->stripper ? static_cast<double>(c->stripper->Heap()) : 0.0);
+                  (c->stripper ? static_cast<double>(c->stripper->Heap()) : 0.0) +
+                  (c->inspector ? static_cast<double>(c->inspector->Heap()) : 0.0);
   }
   k.connections = static_cast<double>(conns_.size());
   k.listeners = static_cast<double>(listeners_.size());

@@ -27,6 +27,8 @@ void Engine::StartRelay(Conn* c, double now) {
     c->stripper = std::make_unique<Stripper>();
     c->watcher = std::make_unique<CommandWatcher>();
   }
+  // The protocol tests: only when one is on (otherwise the relay never looks at a byte).
+  if (p.protocol.any()) c->inspector = std::make_unique<Inspector>(p.protocol, p.evidence_bytes);
   c->client_active = c->server_active = now;
   if (p.client_idle_ms > 0) Schedule(&c->cidle, Kind::ClientIdle, c->id, now + p.client_idle_ms);
   if (p.server_idle_ms > 0) Schedule(&c->sidle, Kind::ServerIdle, c->id, now + p.server_idle_ms);
@@ -154,6 +156,26 @@ void Engine::ReadClient(Conn* c, double now) {
 
 // Client bytes on their way to the server (read now, or the early bytes of action log).
 void Engine::FromClient(Conn* c, const char* p, size_t n, double now) {
+  Passed passed;
+  if (c->inspector) {
+    // Only checked whole lines go on; a test with action reject/drop ends the session here, and
+    // neither the offending line nor anything else of this read reaches the server.
+    std::vector<Finding> found;
+    c->inspector->FromClient(p, n, &passed, &found);
+    for (const Finding& f : found) {
+      if (!ReportProtocol(c, f, now)) return;
+    }
+    if (!c->inspector->active()) c->inspector.reset();
+    if (passed.joined.empty()) {
+      p = passed.p;  // the usual case: whole lines, forwarded from the read buffer as they are
+      n = passed.n;
+    } else {
+      passed.joined.append(passed.p, passed.n);
+      p = passed.joined.data();
+      n = passed.joined.size();
+    }
+    if (n == 0) return;
+  }
   if (c->watcher && c->watcher->watching() && c->watcher->Scan(p, n)) {
     // DATA/BDAT/STARTTLS: from here on the bytes are message data or TLS, never touched.
     std::string out;
@@ -164,6 +186,38 @@ void Engine::FromClient(Conn* c, const char* p, size_t n, double now) {
     }
   }
   ToServer(c, p, n, now);
+}
+
+bool Engine::ReportProtocol(Conn* c, const Finding& f, double now) {
+  Ev ev{EV_PROTOCOL, c->id};
+  ev.s1 = TestName(f.test);
+  ev.s2 = f.evidence;
+  if (f.action == TestAction::Log) {
+    ev.n1 = c->bytes_from_client;
+    ev.n2 = c->bytes_to_client;
+    Push(std::move(ev));
+    return true;
+  }
+  // reject: the reply after what the server already said (its replies to the commands before),
+  // the upstream closed at once — the backend never sees the line, nor a complete mail. drop: RST.
+  ev.i1 = 1;  // the engine ended the session: no further events
+  c->inspector.reset();
+  if (f.action == TestAction::Reject)
+    StartReply(c, c->profile->protocol.reject_reply, now);
+  else
+    Kill(c, true);
+  ev.n1 = c->bytes_from_client;
+  ev.n2 = c->bytes_to_client;
+  Push(std::move(ev));
+  return false;
+}
+
+// The server's 354 to DATA or 2xx to STARTTLS ended the inspection: a held partial line goes on.
+void Engine::EndInspection(Conn* c, double now) {
+  std::string rest;
+  c->inspector->Release(&rest);
+  c->inspector.reset();
+  if (!rest.empty()) FromClient(c, rest.data(), rest.size(), now);
 }
 
 void Engine::ReadServer(Conn* c, double now) {
@@ -215,6 +269,17 @@ void Engine::ToServer(Conn* c, const char* p, size_t n, double now) {
 }
 
 void Engine::ToClient(Conn* c, const char* p, size_t n, double now) {
+  if (c->inspector && c->st == St::Relaying) {
+    std::vector<Finding> found;
+    c->inspector->FromServer(p, n, &found);
+    for (const Finding& f : found) {
+      if (!ReportProtocol(c, f, now)) return;  // reject/drop: neither this reply nor the held bytes go on
+    }
+    if (!c->inspector->active()) {
+      EndInspection(c, now);
+      if (c->dead) return;
+    }
+  }
   if (c->stripper && c->stripper->active()) {
     std::string out;
     c->stripper->Transform(p, n, &out);

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace etd {
 
@@ -40,7 +41,8 @@ enum EventType : uint8_t {
   EV_GREETING = 6,
   EV_END = 7,
   EV_ERROR = 8,
-  EV_THREAD = 10  // an engine thread ended on an error (9 is kept for the protocol tests' event)
+  EV_PROTOCOL = 9,
+  EV_THREAD = 10  // an engine thread ended on an error
 };
 
 // One event on its way to JS; the fields each type uses are listed in binding.cc (ToJs).
@@ -61,6 +63,25 @@ struct Ev {
 
 enum class Action : uint8_t { Drop, Reject, Log };
 
+// The inline protocol tests (inspect.h): what each does when it catches a client.
+enum class TestAction : uint8_t { Ignore, Log, Reject, Drop };
+
+// The most commands an inspection may cover (the binding's range of maxCommands).
+constexpr uint32_t kMaxInspectCommands = 64;
+
+struct ProtocolTests {
+  TestAction pipelining = TestAction::Ignore;
+  TestAction non_smtp_command = TestAction::Ignore;
+  TestAction bare_newline = TestAction::Ignore;
+  std::vector<std::string> commands;  // first words that are no SMTP (matched ignoring case)
+  std::string reject_reply;           // action reject; CRLF included
+  uint32_t max_bytes = 0;             // inspection ends past this many client bytes...
+  uint32_t max_commands = 0;          // ...or this many client lines
+  bool any() const {
+    return pipelining != TestAction::Ignore || non_smtp_command != TestAction::Ignore || bare_newline != TestAction::Ignore;
+  }
+};
+
 struct Profile {
   Action action = Action::Drop;
   std::string reject_reply;
@@ -76,6 +97,7 @@ struct Profile {
   uint32_t server_gone_linger_ms = 0;
   uint32_t deferred_reply_ms = 0;
   uint32_t decision_ms = 0;
+  ProtocolTests protocol;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -192,6 +214,7 @@ struct Timer {
 
 class Stripper;
 class CommandWatcher;
+class Inspector;
 
 struct Conn {
   uint64_t id = 0;
@@ -228,7 +251,8 @@ struct Conn {
   Dir s2c;            // server → client (before the relay: teaser / final reply)
   std::unique_ptr<Stripper> stripper;
   std::unique_ptr<CommandWatcher> watcher;
-  const char* cause = nullptr;  // the relay's first end cause (a literal)
+  std::unique_ptr<Inspector> inspector;  // the protocol tests, from the relay's start until they end
+  const char* cause = nullptr;           // the relay's first end cause (a literal)
 };
 
 struct Listener {

@@ -18,6 +18,32 @@ import { formatDuration as formatDur, parseDuration } from './duration.js';
 import { type Config, ConfigSchema, DEFAULT_USER, type RawConfig } from './schema.js';
 import { fallbackMessage, knownKeys, pointerToPath, SHOW_MAX, showValue as show } from './schemaErrors.js';
 
+/** The verbs of RFC 5321 and of the extensions clients use on port 25: never a "non-SMTP" command. */
+const SMTP_COMMANDS = new Set([
+  'HELO',
+  'EHLO',
+  'MAIL',
+  'RCPT',
+  'DATA',
+  'BDAT',
+  'RSET',
+  'NOOP',
+  'QUIT',
+  'VRFY',
+  'EXPN',
+  'HELP',
+  'STARTTLS',
+  'AUTH',
+  'ETRN',
+  'TURN',
+  'ATRN',
+  'SEND',
+  'SOML',
+  'SAML',
+  'XCLIENT',
+  'XFORWARD',
+]);
+
 /** One problem in a config: where, what, and how to fix it. */
 export interface ConfigProblem {
   readonly path: string;
@@ -171,6 +197,14 @@ function crossFieldProblems(raw: RawConfig): ConfigProblem[] {
       message: `${st.window} is longer than detection.window ${raw.detection.window}; under stress the window should shorten`,
     });
   }
+  raw.detection.protocol.nonSmtpCommand.commands.forEach((c, i) => {
+    // One of these as a "non-SMTP" word would turn every sender away.
+    if (SMTP_COMMANDS.has(c.toUpperCase()))
+      out.push({
+        path: `detection.protocol.nonSmtpCommand.commands[${i}]`,
+        message: `${c} is an SMTP command; list only words no SMTP client sends`,
+      });
+  });
   for (const list of ['allow', 'deny'] as const) {
     raw.access[list].forEach((c, j) => {
       const r = parseCidr(c);
@@ -316,6 +350,14 @@ function resolve(raw: RawConfig): Config {
       stripPipeconnect: raw.detection.stripPipeconnect,
       teaser: raw.detection.teaser,
       stress: stressOf(raw),
+      protocol: {
+        pipelining: { action: raw.detection.protocol.pipelining.action },
+        nonSmtpCommand: {
+          action: raw.detection.protocol.nonSmtpCommand.action,
+          commands: [...raw.detection.protocol.nonSmtpCommand.commands],
+        },
+        bareNewline: { action: raw.detection.protocol.bareNewline.action },
+      },
     },
     upstream: {
       source: raw.upstream.source,

@@ -6,6 +6,7 @@
 import { type Static, Type } from '@sinclair/typebox';
 import { RATE_MAX_PER_CLIENT, type RateSettings } from '../policy/connRate.js';
 import { DURATION_PATTERN } from './duration.js';
+import { type ProtocolAction, ProtocolSchema } from './protocolSchema.js';
 
 const Duration = (def: string, description: string) =>
   Type.String({ pattern: DURATION_PATTERN, default: def, description: `${description} (e.g. 500ms, 6s, 5m)` });
@@ -109,6 +110,7 @@ export const ConfigSchema = Type.Object(
           default: true,
           description: 'remove PIPECONNECT from EHLO replies so Exim clients never talk early',
         }),
+        protocol: ProtocolSchema,
       },
       { additionalProperties: false, default: {} },
     ),
@@ -455,6 +457,12 @@ export interface Config {
     readonly stripPipeconnect: boolean;
     readonly teaser: string | undefined;
     readonly stress: { readonly above: number; readonly below: number; readonly windowMs: number };
+    /** The inline protocol tests on the relay's first commands (detection.protocol). */
+    readonly protocol: {
+      readonly pipelining: { readonly action: ProtocolAction };
+      readonly nonSmtpCommand: { readonly action: ProtocolAction; readonly commands: readonly string[] };
+      readonly bareNewline: { readonly action: ProtocolAction };
+    };
   };
   readonly upstream: {
     readonly source: SourceMode;

@@ -19,9 +19,11 @@ import {
   EV_EXPIRED,
   EV_GONE,
   EV_GREETING,
+  EV_PROTOCOL,
   EV_TALK,
   EV_THREAD,
   EV_UPSTREAM_FAILED,
+  type ProtocolTest,
   type TalkStage,
 } from './protocol.js';
 
@@ -53,6 +55,8 @@ export interface EngineSession {
   ended(cause: string, bytesFromClient: number, bytesToClient: number): void;
   /** A handler of this session's events threw: the session ends (verdict `error`, cause `internal_error`). */
   failed(err: unknown): void;
+  /** A protocol test caught the client during the relay; `ended`: the engine applied reject/drop (no further events). */
+  caught(test: ProtocolTest, evidence: Buffer, ended: boolean, bytesFromClient: number, bytesToClient: number): void;
 }
 
 /** One engine thread as /v1/status and /metrics show it. */
@@ -316,6 +320,9 @@ export class EngineDriver {
         return;
       case EV_THREAD:
         this.threadDied(ev[1], ev[2], ev[3], ev[4], ev[5], ev[6]);
+        return;
+      case EV_PROTOCOL:
+        this.sessions.get(ev[1])?.caught(ev[2], ev[3], ev[4] === 1, ev[5], ev[6]);
         return;
     }
   }

@@ -18,6 +18,16 @@ export const DEFERRED_REPLY_MS = 30_000;
 /** After EXPIRED / a failed attempt the session commands at once; a connection still undecided after this is ended (`undecided`). */
 export const DECISION_MS = 10_000;
 
+/** The protocol tests' `reject` reply: postscreen's words for the same tests. */
+export const PROTOCOL_REPLY = '550 5.5.1 Protocol error';
+/**
+ * The protocol tests watch at most this many client bytes, or this many command lines, before
+ * the 354 to DATA / the 220 to STARTTLS; past that the relay is not inspected. A sender's whole
+ * envelope (EHLO, MAIL, a few RCPT, DATA) fits well inside, and a bot shows itself in its first lines.
+ */
+export const INSPECT_MAX_BYTES = 4096;
+export const INSPECT_MAX_COMMANDS = 20;
+
 /** The session policy for a config; under stress the window is the stress window. */
 export function policyOf(config: Config, stressed = false): SessionPolicy {
   const d = config.detection;
@@ -36,6 +46,15 @@ export function policyOf(config: Config, stressed = false): SessionPolicy {
     serverGoneLingerMs: SERVER_GONE_LINGER_MS,
     deferredReplyMs: DEFERRED_REPLY_MS,
     decisionMs: DECISION_MS,
+    protocol: {
+      pipelining: d.protocol.pipelining.action,
+      nonSmtpCommand: d.protocol.nonSmtpCommand.action,
+      bareNewline: d.protocol.bareNewline.action,
+      commands: d.protocol.nonSmtpCommand.commands,
+      rejectReply: `${PROTOCOL_REPLY}\r\n`,
+      maxBytes: INSPECT_MAX_BYTES,
+      maxCommands: INSPECT_MAX_COMMANDS,
+    },
   };
   return {
     windowMs: stressed ? d.stress.windowMs : d.windowMs,

@@ -7,6 +7,7 @@
 
 import type { Logger } from 'pino';
 import type { Pool, Server } from '../backend/pool.js';
+import type { ProtocolAction } from '../config/protocolSchema.js';
 import type { Mode } from '../config/schema.js';
 import type { SourceStrategy } from './upstream.js';
 
@@ -21,7 +22,14 @@ export const EV_ACCEPT = 1,
   EV_GREETING = 6,
   EV_END = 7,
   EV_ERROR = 8,
+  EV_PROTOCOL = 9,
   EV_THREAD = 10;
+
+/** The inline protocol tests the engine runs on the client's first commands (native/src/inspect.h TestName). */
+export type ProtocolTest = 'pipelining' | 'non_smtp_command' | 'bare_newline';
+
+/** What a protocol test does when it catches a client: `ignore` (off), `log` (mark the session, go on), `reject` (5xx, close both sides), `drop` (RST). */
+export type { ProtocolAction };
 
 /** Where a connection was when the client talked early: the window, or while etd was connecting / reading the greeting. */
 export type TalkStage = 'held' | 'connecting' | 'greeting';
@@ -35,7 +43,8 @@ export type EngineEvent =
   | [typeof EV_GREETING, number, string, number, 0 | 1] // id, code, connectMs, relaying
   | [typeof EV_END, number, string, number, number] // id, cause, bytesFromClient, bytesToClient
   | [typeof EV_ERROR, number, string, string] // listenerId, syscall, code
-  | [typeof EV_THREAD, number, string, string, number, number, number]; // thread, syscall, code, connections lost, of them held, of them relaying
+  | [typeof EV_THREAD, number, string, string, number, number, number] // thread, syscall, code, connections lost, of them held, of them relaying
+  | [typeof EV_PROTOCOL, number, ProtocolTest, Buffer, 0 | 1, number, number]; // id, test, evidence, ended (reject/drop applied: no further events), bytesFromClient, bytesToClient
 
 // ---------------------------------------------------------------------------------------------
 // The engine: what it applies on its own, given by TypeScript (no constant written on both sides)
@@ -71,6 +80,23 @@ export interface EngineProfile {
   readonly deferredReplyMs: number;
   /** In `waiting` (after EXPIRED, UPSTREAM_FAILED or a refused greeting) TypeScript must command within this; then GONE `undecided`. */
   readonly decisionMs: number;
+  /** The inline protocol tests on the relay's first commands (docs/engine.md, Protocol tests). */
+  readonly protocol: EngineProtocolTests;
+}
+
+/** The inline protocol tests: an action per test, the non-SMTP first words, the reply of `reject`, the inspection's bounds. */
+export interface EngineProtocolTests {
+  readonly pipelining: ProtocolAction;
+  readonly nonSmtpCommand: ProtocolAction;
+  readonly bareNewline: ProtocolAction;
+  /** First words that are not SMTP (matched ignoring case); 1..32 chars each, at most 64. */
+  readonly commands: readonly string[];
+  /** Written by action `reject` (CRLF included). */
+  readonly rejectReply: string;
+  /** The inspection ends past this many client bytes (1..65536)... */
+  readonly maxBytes: number;
+  /** ...or this many client lines (1..64). */
+  readonly maxCommands: number;
 }
 
 export interface EngineHold {
@@ -163,7 +189,17 @@ export interface SessionPolicy {
 export type Phase = 'held' | 'connecting' | 'greeting' | 'relaying' | 'closing' | 'closed';
 
 /** `error`: etd itself failed the session (cause `internal_error`: a decision threw; `engine_thread_died`); the client was closed. */
-export type Verdict = 'passed' | 'early_talker' | 'no_server' | 'limit' | 'denied' | 'client_gone' | 'shutdown' | 'dnsbl' | 'error';
+export type Verdict =
+  | 'passed'
+  | 'early_talker'
+  | 'protocol'
+  | 'no_server'
+  | 'limit'
+  | 'denied'
+  | 'client_gone'
+  | 'shutdown'
+  | 'dnsbl'
+  | 'error';
 
 /** What the DNSBL/DNSWL lookups said of a session's client (src/reputation): its summary's `score`, `lists`, `allowlisted`. */
 export interface SessionReputation {
@@ -186,6 +222,10 @@ export interface SessionSummary {
   /** Where the connection was when the client talked: the window, or while etd was connecting / reading the greeting. */
   readonly talkedDuring?: TalkStage;
   readonly earlyBytes?: string;
+  /** A protocol test caught the client during the relay: which, what it did, the offending line (escaped, bounded). */
+  readonly protocolTest?: ProtocolTest;
+  readonly protocolAction?: Exclude<ProtocolAction, 'ignore'>;
+  readonly protocolBytes?: string;
   readonly server?: string;
   readonly serverAddress?: string;
   readonly greeting?: string;

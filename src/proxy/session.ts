@@ -20,6 +20,8 @@ import type {
   LiveSession,
   LiveSessionView,
   Phase,
+  ProtocolAction,
+  ProtocolTest,
   SessionContext,
   SessionPolicy,
   SessionReputation,
@@ -27,7 +29,7 @@ import type {
   TalkStage,
   Verdict,
 } from './protocol.js';
-import { earlyTalkCause, engineEndVerdict, upstreamFailureCause } from './verdict.js';
+import { earlyTalkCause, engineEndVerdict, protocolActionOf, upstreamFailureCause } from './verdict.js';
 
 let nextId = 1;
 /** Session ids grow in arrival order (the API pages by them); a connection answered at accept takes one too. */
@@ -69,6 +71,8 @@ export interface SummaryFacts {
   readonly talkedAfterMs?: number;
   readonly talkedDuring?: TalkStage;
   readonly evidence?: Buffer;
+  /** A protocol test caught the client during the relay. */
+  readonly protocol?: ProtocolCatch;
   /** Undefined when no attempt was made (early talk or hang-up in the window, answered at accept). */
   readonly attempts?: Attempts;
   readonly greeting?: string;
@@ -83,6 +87,13 @@ export interface SummaryFacts {
   readonly started?: number;
   readonly bytesFromClient: number;
   readonly bytesToClient: number;
+}
+
+/** What a protocol test caught: the test, what was done, the offending line's first bytes. */
+export interface ProtocolCatch {
+  readonly test: ProtocolTest;
+  readonly action: Exclude<ProtocolAction, 'ignore'>;
+  readonly evidence: Buffer;
 }
 
 /** The one summary line of a session (the operator's tcplog); optional fields only when they apply. */
@@ -101,6 +112,9 @@ export function summaryOf(f: SummaryFacts): SessionSummary {
           talkedDuring: f.talkedDuring,
           earlyBytes: escapeBytes(f.evidence ?? Buffer.alloc(0)),
         }
+      : {}),
+    ...(f.protocol
+      ? { protocolTest: f.protocol.test, protocolAction: f.protocol.action, protocolBytes: escapeBytes(f.protocol.evidence) }
       : {}),
     ...(a?.target ? { server: a.server?.name ?? 'original', serverAddress: hostPort(a.target.address, a.target.port) } : {}),
     ...(f.greeting ? { greeting: f.greeting } : {}),
@@ -126,6 +140,7 @@ interface Outcome {
   talkedAfterMs?: number;
   talkedDuring?: TalkStage;
   evidence?: Buffer;
+  protocol?: ProtocolCatch;
   greeting?: string;
   connectMs?: number;
   released?: string;
@@ -361,6 +376,18 @@ export class Session implements LiveSession, EngineSession {
     this.finish(engineEndVerdict(cause, true), cause, true);
   }
 
+  caught(test: ProtocolTest, evidence: Buffer, ended: boolean, bytesFromClient: number, bytesToClient: number): void {
+    if (this.done) return;
+    const o = (this.outcome ??= {});
+    const action = protocolActionOf(this.policy.profile.protocol, test);
+    // The summary names the first test that caught the client, or the one that ended the session.
+    if (o.protocol === undefined || ended) o.protocol = { test, action: action === 'ignore' ? 'log' : action, evidence };
+    if (!ended) return; // action log: the relay goes on
+    this.finalFrom = bytesFromClient;
+    this.finalTo = bytesToClient;
+    this.finish('protocol', test, true);
+  }
+
   shutdown(): void {
     if (this.state !== 'held') return;
     this.endHold();
@@ -517,6 +544,7 @@ export class Session implements LiveSession, EngineSession {
         talkedAfterMs: this.outcome?.talkedAfterMs,
         talkedDuring: this.outcome?.talkedDuring,
         evidence: this.outcome?.evidence,
+        protocol: this.outcome?.protocol,
         attempts: this.attempts,
         greeting: this.outcome?.greeting,
         connectMs: this.outcome?.connectMs,

@@ -72,7 +72,7 @@ export class SessionBook {
         if (s.relayed) stats.relaying--;
         else stats.held--;
         book.counts.ended(s.clientAddress, s.relayed);
-        if (summary.verdict === 'early_talker') book.learnt('deny', cache.recordDeny(s.clientAddress));
+        if (summary.verdict === 'early_talker' || summary.verdict === 'protocol') book.learnt('deny', cache.recordDeny(s.clientAddress));
         book.checkStress();
         book.d.recordEnd(summary);
       },

@@ -2,7 +2,7 @@
 
 import type { Action } from '../config/schema.js';
 import { connectFailureCause } from '../util/errno.js';
-import type { Verdict } from './protocol.js';
+import type { EngineProtocolTests, ProtocolAction, ProtocolTest, Verdict } from './protocol.js';
 
 export type { Verdict } from './protocol.js';
 
@@ -10,6 +10,7 @@ export type { Verdict } from './protocol.js';
 export const VERDICTS = [
   'passed',
   'early_talker',
+  'protocol',
   'no_server',
   'limit',
   'denied',
@@ -22,6 +23,15 @@ export const VERDICTS = [
 /** The cause of an early talker's summary: what the engine did to it (action log never ends the session). */
 export function earlyTalkCause(action: Exclude<Action, 'log'>): 'dropped' | 'rejected' {
   return action === 'reject' ? 'rejected' : 'dropped';
+}
+
+/** Every protocol test, for counters and metrics. */
+export const PROTOCOL_TESTS = ['pipelining', 'non_smtp_command', 'bare_newline'] as const satisfies readonly ProtocolTest[];
+
+/** The action a profile gives a protocol test (the engine reports the test, the profile says what was done). */
+export function protocolActionOf(tests: EngineProtocolTests, test: ProtocolTest): ProtocolAction {
+  if (test === 'pipelining') return tests.pipelining;
+  return test === 'non_smtp_command' ? tests.nonSmtpCommand : tests.bareNewline;
 }
 
 /** The summary's cause for an upstream failure reported by the engine. */

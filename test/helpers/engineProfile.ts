@@ -18,4 +18,13 @@ export const TEST_PROFILE: EngineProfile = {
   serverGoneLingerMs: 3000,
   deferredReplyMs: 1000,
   decisionMs: 60_000,
+  protocol: {
+    pipelining: 'ignore',
+    nonSmtpCommand: 'ignore',
+    bareNewline: 'ignore',
+    commands: [],
+    rejectReply: '',
+    maxBytes: 4096,
+    maxCommands: 20,
+  },
 };

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadEngine } from '../../src/native/engine.js';
 import { loadTransparent } from '../../src/native/transparent.js';
 import { type EngineEvent, type EngineProfile, EV_ACCEPT } from '../../src/proxy/protocol.js';
+import { TEST_PROFILE } from '../helpers/engineProfile.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const engine = loadEngine();
@@ -30,6 +31,7 @@ const PROFILE: EngineProfile = {
   serverGoneLingerMs: 1000,
   deferredReplyMs: 1000,
   decisionMs: 10_000,
+  protocol: TEST_PROFILE.protocol,
 };
 /** Pause between two pieces of one side's bytes: long enough for the engine to read them apart. */
 const GAP_MS = 15;

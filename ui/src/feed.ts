@@ -12,6 +12,9 @@ export interface VerdictRecord {
   readonly action?: string;
   readonly talkedAfterMs?: number;
   readonly earlyBytes?: string;
+  /** A protocol test caught the client (verdict protocol, or action log): the offending line, escaped. */
+  readonly protocolTest?: string;
+  readonly protocolBytes?: string;
   readonly server?: string;
   readonly durationMs: number;
   readonly [k: string]: unknown;

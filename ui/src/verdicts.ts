@@ -13,6 +13,7 @@ export interface VerdictView {
 const VIEWS: Record<Verdict, Omit<VerdictView, 'id'>> = {
   passed: { label: 'passed', symbol: '✓', colour: '#1a7f37' },
   early_talker: { label: 'early talker', symbol: '✗', colour: '#c62828' },
+  protocol: { label: 'protocol', symbol: '⨯', colour: '#b3261e' },
   denied: { label: 'denied', symbol: '⊘', colour: '#8a3ab9' },
   dnsbl: { label: 'DNSBL', symbol: '⛔', colour: '#6e2b8a' },
   limit: { label: 'limit', symbol: '‖', colour: '#b35900' },

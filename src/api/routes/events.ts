@@ -3,6 +3,7 @@
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { ListenerSchema } from '../../config/schema.js';
+import { PROTOCOL_TESTS } from '../../proxy/verdict.js';
 import { Stats } from '../../stats.js';
 import { ApiError, ErrorBody, type RouteDeps, type RoutePlugin } from '../context.js';
 import { SseStream } from '../events.js';
@@ -22,6 +23,16 @@ export const EventBody = Type.Object(
     action: Type.Optional(Type.String()),
     talkedAfterMs: Type.Optional(Type.Number()),
     earlyBytes: Type.Optional(Type.String()),
+    protocolTest: Type.Optional(
+      Type.Union(
+        PROTOCOL_TESTS.map((t) => Type.Literal(t)),
+        {
+          description: 'a protocol test caught the client during the relay (detection.protocol)',
+        },
+      ),
+    ),
+    protocolAction: Type.Optional(Type.String()),
+    protocolBytes: Type.Optional(Type.String({ description: 'the offending line, escaped, at most 100 bytes' })),
     server: Type.Optional(Type.String()),
     connectMs: Type.Optional(Type.Number()),
     heldMs: Type.Number(),

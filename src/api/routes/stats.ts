@@ -38,6 +38,14 @@ export const StatsBody = Type.Object({
     },
     { description: 'clients that talked before the greeting, by the action taken' },
   ),
+  protocolTests: Type.Object(
+    {
+      pipelining: Count('a command before the reply to the one before, PIPELINING not offered (RFC 2920)'),
+      non_smtp_command: Count('a non-SMTP command (detection.protocol.nonSmtpCommand.commands)'),
+      bare_newline: Count('a command line ending in LF without CR'),
+    },
+    { description: 'sessions a protocol test caught during the relay (any action), by test; verdicts.protocol counts those it ended' },
+  ),
   noServer: Count('sessions refused with 421 because no backend could take them'),
   limitRejections: Count('connections refused with 421 because a limit was hit'),
   limits: Type.Object(
@@ -87,6 +95,7 @@ export const statsRoutes: RoutePlugin = async (api, deps) => {
         passed: s.verdicts.passed,
         relayed: s.relayed,
         earlyTalkers: { total: et.drop + et.reject + et.log, drop: et.drop, reject: et.reject, log: et.log },
+        protocolTests: s.protocolTests,
         noServer: s.verdicts.no_server,
         limitRejections: s.verdicts.limit,
         limits: s.limits,

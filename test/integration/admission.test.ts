@@ -33,7 +33,7 @@ function expectNoSlotKept(t: TestEtd): void {
   expect(app.sessions.size).toBe(0);
   expect(app.stats.held).toBe(0);
   expect(app.stats.relaying).toBe(0);
-  expect((app as unknown as { counts: { sessions: number; held: number } }).counts.sessions).toBe(0);
+  expect((app as unknown as { book: { counts: { sessions: number; held: number } } }).book.counts.sessions).toBe(0);
   // One thread: its engine driver routes to no session (several workers: their engines' counts below).
   const driver = (app as unknown as { engine: { liveSessions: number } | undefined }).engine;
   if (driver) expect(driver.liveSessions).toBe(0);

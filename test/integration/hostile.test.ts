@@ -67,7 +67,7 @@ async function backToBaseline(label: string, connections: number): Promise<void>
   expect(app.stats.held).toBe(0);
   expect(app.stats.relaying).toBe(0);
   expect(app.pool.get('sink')?.active).toBe(0);
-  expect((app as unknown as { counts: { sessions: number; held: number } }).counts.sessions).toBe(0);
+  expect((app as unknown as { book: { counts: { sessions: number; held: number } } }).book.counts.sessions).toBe(0);
   await waitFor(() => sink.open.size === 0, { what: `${label}: backend connections to close (${sink.open.size} open)`, timeout: 15_000 });
   await waitFor(() => fdCount() <= baseFds + 5, { what: () => `${label}: fds back to ${baseFds} ± 5 (now ${fdCount()})`, timeout: 15_000 });
   // The native engine owns nothing but the listener's fd (replies it lingers on are done too).

@@ -1,0 +1,145 @@
+// How `npm test` schedules the test files: which run side by side, which run alone, and in which order (vitest.config.ts, vitest.workers.config.ts).
+//
+// Two groups, one after the other. The parallel group runs every file that tolerates neighbours,
+// several at a time (ETD_TEST_PARALLEL, default 4): unit and integration files, and the netns and
+// system files too (each netns file builds its own uniquely named namespaces and deletes them;
+// they wait on windows and timeouts far more than they compute). The serial group then runs, one
+// at a time, the files that measure time or the process itself, where a neighbour's load would
+// make them lie. The longest files start first, so that the group does not end on one long file.
+
+import { statSync } from 'node:fs';
+import path from 'node:path';
+import type { TestProjectConfiguration } from 'vitest/config';
+import { BaseSequencer, type TestSpecification } from 'vitest/node';
+
+/** Integration files that run in the serial group, each for its reason. */
+export const SERIAL_INTEGRATION = [
+  'test/integration/health.test.ts', // asserts check intervals to ±250 ms
+  'test/integration/hostile.test.ts', // floods of thousands of sessions; counts heap and fds
+  'test/integration/fuzz.test.ts', // CPU-bound; bounds each case's time
+  'test/integration/guard.test.ts', // 15 ms gaps must split the bytes into separate reads
+  'test/integration/dashboardBurst.test.ts', // Chromium under a verdict burst; measures frame gaps
+  'test/integration/cache.test.ts', // asserts allowed and denied answers within 150 ms (239 ms seen beside other files)
+  'test/integration/limits.test.ts', // opens 2,000 connections at once (1,950 held seen beside other files)
+  'test/integration/agentFaults.test.ts', // a SIGHUP storm paced at 100 ms and a full tmpfs (its deny entry was missed beside other files)
+];
+
+/** Netns files that run in the serial group: they time what they measure. */
+export const SERIAL_NETNS = [
+  'test/netns/cluster.test.ts', // a banner through B in under 5 ms; no event-loop stall over 50 ms with Redis killed under load
+  'test/netns/ha.test.ts', // keepalived's failover within its advert intervals
+  'test/netns/intercept.test.ts', // a session outside the destinations must take under 450 ms (no window)
+  'test/netns/agentFaults.test.ts', // after SIGKILL mid-load, the next start serves within 2 s
+];
+
+/** Every file of the serial group. */
+export const SERIAL = [...SERIAL_INTEGRATION, ...SERIAL_NETNS];
+
+/**
+ * Rough seconds of the files that take longest (measured on the 2-core CI machine, alone or
+ * beside others): they start first. Unlisted files follow, larger files first. Only the order
+ * depends on these figures, never a result: a stale figure costs time, not correctness.
+ */
+export const EXPECTED_SECONDS: Record<string, number> = {
+  'test/system/deb.test.ts': 55,
+  'test/netns/doctor.test.ts': 45,
+  'test/netns/vip.test.ts': 45,
+  'test/netns/bench.test.ts': 45,
+  'test/netns/cluster.test.ts': 40,
+  'test/netns/dnsbl.test.ts': 33,
+  'test/netns/dashboard.test.ts': 30,
+  'test/netns/pbr.test.ts': 27,
+  'test/netns/ha.test.ts': 26,
+  'test/netns/privilege.test.ts': 18,
+  'test/integration/clusterHostile.test.ts': 19,
+  'test/integration/hostile.test.ts': 17,
+  'test/integration/limits.test.ts': 16,
+  'test/netns/netfilter.test.ts': 15,
+  'test/integration/dashboardBurst.test.ts': 15,
+  'test/integration/agentFaults.test.ts': 15,
+  'test/integration/engine.test.ts': 14,
+  'test/integration/workers.test.ts': 14,
+  'test/netns/demo.test.ts': 12,
+  'test/netns/transparent.test.ts': 12,
+  'test/integration/proxy.test.ts': 12,
+  'test/integration/fuzz.test.ts': 12,
+  'test/integration/health.test.ts': 12,
+  'test/integration/cluster.test.ts': 11,
+  'test/integration/cache.test.ts': 10,
+};
+
+/** Starts the longest files first (EXPECTED_SECONDS, then file size), within each group in its order. */
+export class LongestFirst extends BaseSequencer {
+  override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
+    const root = this.ctx.config.root;
+    const weight = (s: TestSpecification): [number, number] => {
+      const rel = path.relative(root, s.moduleId);
+      let size = 0;
+      try {
+        size = statSync(s.moduleId).size;
+      } catch {
+        // a file that vanished sorts last; vitest reports it
+      }
+      return [EXPECTED_SECONDS[rel] ?? 0, size];
+    };
+    const keyed = files.map((s) => ({ s, order: s.project.config.sequence.groupOrder, w: weight(s) }));
+    keyed.sort((a, b) => a.order - b.order || b.w[0] - a.w[0] || b.w[1] - a.w[1]);
+    return keyed.map((k) => k.s);
+  }
+}
+
+/** Parallel workers for the parallel group (ETD_TEST_PARALLEL; default 4: most files wait on windows, sockets and namespaces, not the CPU). */
+const parallel = Number(process.env.ETD_TEST_PARALLEL ?? 4);
+
+export interface Pass {
+  /** Project name prefix: '' for the main pass, e.g. 'workers2' for a second pass. */
+  name?: string;
+  /** The pass's files (globs or paths). */
+  files: readonly string[];
+  /** Those of its files that run in the serial group (paths). */
+  serial: readonly string[];
+  /** Extra environment of the pass's test processes (e.g. ETD_TEST_WORKERS). */
+  env?: Record<string, string>;
+}
+
+/**
+ * The projects of one or more passes: each pass's files split into its parallel part (group 0,
+ * beside every other pass's parallel part) and its serial part (group 1, one file at a time,
+ * after the whole parallel group).
+ */
+export function projects(passes: readonly Pass[]): TestProjectConfiguration[] {
+  const common = { testTimeout: 60_000, hookTimeout: 60_000 };
+  return passes.flatMap((pass): TestProjectConfiguration[] => {
+    const prefix = pass.name ? `${pass.name}-` : '';
+    const env = pass.env ? { env: pass.env } : {};
+    const parallelProject: TestProjectConfiguration = {
+      extends: true,
+      test: {
+        ...common,
+        name: `${prefix}parallel`,
+        ...env,
+        include: [...pass.files],
+        exclude: [...pass.serial],
+        fileParallelism: true,
+        maxWorkers: parallel,
+        sequence: { groupOrder: 0 },
+      },
+    };
+    if (pass.serial.length === 0) return [parallelProject];
+    return [
+      parallelProject,
+      {
+        extends: true,
+        test: {
+          ...common,
+          name: `${prefix}serial`,
+          ...env,
+          include: [...pass.serial],
+          fileParallelism: false,
+          maxWorkers: 1,
+          sequence: { groupOrder: 1 },
+        },
+      },
+    ];
+  });
+}

@@ -123,7 +123,7 @@ describe.skipIf(skip)('vip mode in the lab', () => {
       // First visit of this address (a logged early talker earns no pass): the teaser, then the
       // backend's greeting and its answer to the early EHLO — relayed from the client's address.
       const connects = recorder.events.filter((e) => e.event === 'connect' && e.remoteAddress === client).length;
-      const early = await earlyTalker(lab, gw);
+      const early = await earlyTalker(lab, gw, 25, /\r\n250[- ].*\r\n/);
       expect(early.data, family).toMatch(/^220-gw\.example ESMTP\r\n220 /);
       expect(early.data, family).toMatch(/\r\n250[- ]/);
       expect(recorder.events.filter((e) => e.event === 'connect' && e.remoteAddress === client).length, family).toBe(connects + 1);
@@ -216,7 +216,10 @@ describe.skipIf(skip)('vip mode in the lab', () => {
 
   it('without the divert rule the spoofed connect fails within the connect timeout and the log names the likely cause', async () => {
     // manage: false — etd installs nothing, so the backend's replies to the client address never come back to etd.
-    const etd = await start(configFor(lab, 'netfilter: { manage: false }'));
+    const file = configFor(lab, 'netfilter: { manage: false }');
+    // A short connect timeout: the connect is meant to time out.
+    fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('connectTimeout: 3s', 'connectTimeout: 1s'));
+    const etd = await start(file);
     const started = Date.now();
     const out = await swaks(lab, lab.v4.gatewayClientSide, 25, ['--quit-after', 'CONNECT']).catch((e: Error) => e.message);
     expect(Date.now() - started).toBeLessThan(10_000);

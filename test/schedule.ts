@@ -108,38 +108,27 @@ export interface Pass {
  * after the whole parallel group).
  */
 export function projects(passes: readonly Pass[]): TestProjectConfiguration[] {
-  const common = { testTimeout: 60_000, hookTimeout: 60_000 };
-  return passes.flatMap((pass): TestProjectConfiguration[] => {
-    const prefix = pass.name ? `${pass.name}-` : '';
-    const env = pass.env ? { env: pass.env } : {};
-    const parallelProject: TestProjectConfiguration = {
-      extends: true,
-      test: {
-        ...common,
-        name: `${prefix}parallel`,
-        ...env,
-        include: [...pass.files],
-        exclude: [...pass.serial],
-        fileParallelism: true,
-        maxWorkers: parallel,
-        sequence: { groupOrder: 0 },
-      },
-    };
-    if (pass.serial.length === 0) return [parallelProject];
-    return [
-      parallelProject,
-      {
-        extends: true,
-        test: {
-          ...common,
-          name: `${prefix}serial`,
-          ...env,
-          include: [...pass.serial],
-          fileParallelism: false,
-          maxWorkers: 1,
-          sequence: { groupOrder: 1 },
-        },
-      },
-    ];
+  const project = (
+    name: string,
+    pass: Pass,
+    files: { include: string[]; exclude?: string[] },
+    workers: number,
+    group: number,
+  ): TestProjectConfiguration => ({
+    extends: true,
+    test: {
+      testTimeout: 60_000,
+      hookTimeout: 60_000,
+      name: `${pass.name ? `${pass.name}-` : ''}${name}`,
+      ...(pass.env ? { env: pass.env } : {}),
+      ...files,
+      fileParallelism: workers > 1,
+      maxWorkers: workers,
+      sequence: { groupOrder: group },
+    },
   });
+  return passes.flatMap((pass) => [
+    project('parallel', pass, { include: [...pass.files], exclude: [...pass.serial] }, parallel, 0),
+    ...(pass.serial.length > 0 ? [project('serial', pass, { include: [...pass.serial] }, 1, 1)] : []),
+  ]);
 }

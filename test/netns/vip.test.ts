@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { JsonLineProcess, Lab } from '../../lab/netns.js';
 import type { RunningEtd } from '../helpers/cli.js';
-import { type LabSuite, labSuite } from '../helpers/labSuite.js';
+import { type LabSuite, labSuite, labVipConfig } from '../helpers/labSuite.js';
 import { earlyTalker, swaks } from '../helpers/nsClient.js';
 import { skipPrivileged } from '../helpers/privileged.js';
 import { sleep, waitFor } from '../helpers/wait.js';
@@ -16,26 +16,7 @@ let lab: Lab;
 let recorder: JsonLineProcess;
 
 function configFor(lab: Lab, extra = ''): string {
-  return suite.writeConfig(
-    `
-listeners:
-  - { name: smtp4, address: ${lab.v4.gatewayClientSide}, port: 25, mode: vip }
-  - { name: smtp6, address: "${lab.v6.gatewayClientSide}", port: 25, mode: vip }
-detection: { window: 500ms, action: drop }
-upstream:
-  source: clientip
-  connectTimeout: 3s
-  retries: 0
-  health: { enabled: false }
-  servers:
-    - { name: b4, address: ${lab.v4.backends[0]}, port: 25 }
-    - { name: b6, address: "${lab.v6.backends[0]}", port: 25 }
-api: { enabled: false }
-state: { path: ":memory:" }
-log: { level: info }
-${extra}
-`,
-  );
+  return suite.writeConfig(labVipConfig(lab, { extra }));
 }
 
 function start(file: string): Promise<RunningEtd> {

@@ -13,9 +13,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLab, type JsonEvent, type JsonLineProcess, type Lab } from '../../lab/netns.js';
+import { startRedis, type TestRedis } from '../../lab/redis.js';
 import { type RunningEtd, startEtdInNetns } from '../helpers/cli.js';
 import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
-import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const SUITE = 'cluster: two gateways over Redis (netns)';

@@ -1,11 +1,12 @@
-// How `npm test` schedules the test files: which run side by side, which run alone, and in which order (vitest.config.ts, vitest.workers.config.ts).
+// How `npm test` schedules the test files: which run side by side, which run apart, and in which order (vitest.config.ts, vitest.workers.config.ts).
 //
 // Two groups, one after the other. The parallel group runs every file that tolerates neighbours,
-// several at a time (ETD_TEST_PARALLEL, default 4): unit and integration files, and the netns and
-// system files too (each netns file builds its own uniquely named namespaces and deletes them;
-// they wait on windows and timeouts far more than they compute). The serial group then runs, one
-// at a time, the files that measure time or the process itself, where a neighbour's load would
-// make them lie. The longest files start first, so that the group does not end on one long file.
+// several at a time (ETD_TEST_PARALLEL, default 4), longest first: unit and integration files,
+// and the netns and system files too (each netns file builds its own uniquely named namespaces
+// and deletes them; they wait on windows and timeouts far more than they compute). The serial
+// group then runs the files that time what they measure or count the process itself, where the
+// parallel group's crowd would make them lie: two at a time on the 2-core CI machine, paired by
+// their order (ETD_TEST_SERIAL=1 runs them one at a time).
 
 import { statSync } from 'node:fs';
 import path from 'node:path';
@@ -22,18 +23,42 @@ export const SERIAL_INTEGRATION = [
   'test/integration/cache.test.ts', // asserts allowed and denied answers within 150 ms (239 ms seen beside other files)
   'test/integration/limits.test.ts', // opens 2,000 connections at once (1,950 held seen beside other files)
   'test/integration/agentFaults.test.ts', // a SIGHUP storm paced at 100 ms and a full tmpfs (its deny entry was missed beside other files)
+  'test/integration/hold.test.ts', // 2,500 talkers must talk within a 3 s window among 5,000 connections (talkers got the banner beside other files at load 8)
 ];
 
 /** Netns files that run in the serial group: they time what they measure. */
 export const SERIAL_NETNS = [
   'test/netns/cluster.test.ts', // a banner through B in under 5 ms; no event-loop stall over 50 ms with Redis killed under load
-  'test/netns/ha.test.ts', // keepalived's failover within its advert intervals
+  'test/netns/ha.test.ts', // sessions deliver through the backup within 5 s of the kill
+  'test/netns/dashboard.test.ts', // an early talker in the browser's verdict stream within 2 s (2.2 s seen beside other files)
+  'test/netns/preflight.test.ts', // the preflight passes within 1 s (1.5 s seen beside other files)
   'test/netns/intercept.test.ts', // a session outside the destinations must take under 450 ms (no window)
   'test/netns/agentFaults.test.ts', // after SIGKILL mid-load, the next start serves within 2 s
 ];
 
-/** Every file of the serial group. */
-export const SERIAL = [...SERIAL_INTEGRATION, ...SERIAL_NETNS];
+/**
+ * Every file of the serial group, in the order it runs: two at a time (ETD_TEST_SERIAL), so the
+ * order pairs them — the two labs that mostly wait first, then a heavy file (floods, Chromium,
+ * CPU) beside a light one. A second pass's serial files follow the first pass's, in this order.
+ */
+export const SERIAL = [
+  'test/netns/cluster.test.ts',
+  'test/netns/ha.test.ts',
+  'test/integration/hostile.test.ts',
+  'test/integration/health.test.ts',
+  'test/netns/dashboard.test.ts',
+  'test/integration/cache.test.ts',
+  'test/integration/limits.test.ts',
+  'test/netns/preflight.test.ts',
+  'test/integration/dashboardBurst.test.ts',
+  'test/netns/intercept.test.ts',
+  'test/integration/fuzz.test.ts',
+  'test/netns/agentFaults.test.ts',
+  'test/integration/agentFaults.test.ts',
+  'test/integration/guard.test.ts',
+  'test/integration/hold.test.ts',
+];
+for (const f of [...SERIAL_INTEGRATION, ...SERIAL_NETNS]) if (!SERIAL.includes(f)) throw new Error(`test/schedule.ts: ${f} is missing from SERIAL`);
 
 /**
  * Rough seconds of the files that take longest (measured on the 2-core CI machine, alone or
@@ -42,7 +67,7 @@ export const SERIAL = [...SERIAL_INTEGRATION, ...SERIAL_NETNS];
  */
 export const EXPECTED_SECONDS: Record<string, number> = {
   'test/system/deb.test.ts': 55,
-  'test/netns/doctor.test.ts': 45,
+  'test/netns/doctor.test.ts': 35,
   'test/netns/vip.test.ts': 45,
   'test/netns/bench.test.ts': 45,
   'test/netns/cluster.test.ts': 40,
@@ -68,7 +93,7 @@ export const EXPECTED_SECONDS: Record<string, number> = {
   'test/integration/cache.test.ts': 10,
 };
 
-/** Starts the longest files first (EXPECTED_SECONDS, then file size), within each group in its order. */
+/** The parallel group starts its longest files first (EXPECTED_SECONDS, then file size); the serial group runs in SERIAL's order. */
 export class LongestFirst extends BaseSequencer {
   override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
     const root = this.ctx.config.root;
@@ -82,7 +107,13 @@ export class LongestFirst extends BaseSequencer {
       }
       return [EXPECTED_SECONDS[rel] ?? 0, size];
     };
-    const keyed = files.map((s) => ({ s, order: s.project.config.sequence.groupOrder, w: weight(s) }));
+    // The serial group runs in SERIAL's order, a second pass (a prefixed project name) after the first.
+    const serialRank = (s: TestSpecification): number =>
+      SERIAL.indexOf(path.relative(root, s.moduleId)) + (s.project.name === 'serial' ? 0 : SERIAL.length);
+    const keyed = files.map((s) => {
+      const order = s.project.config.sequence.groupOrder;
+      return { s, order, w: order === 0 ? weight(s) : ([-serialRank(s), 0] as [number, number]) };
+    });
     keyed.sort((a, b) => a.order - b.order || b.w[0] - a.w[0] || b.w[1] - a.w[1]);
     return keyed.map((k) => k.s);
   }
@@ -90,6 +121,11 @@ export class LongestFirst extends BaseSequencer {
 
 /** Parallel workers for the parallel group (ETD_TEST_PARALLEL; default 4: most files wait on windows, sockets and namespaces, not the CPU). */
 const parallel = Number(process.env.ETD_TEST_PARALLEL ?? 4);
+/**
+ * Files of the serial group at once (ETD_TEST_SERIAL; default 2: one per core of the CI machine,
+ * each beside at most one other timed file instead of the parallel group's crowd; 1: alone).
+ */
+const serialLanes = Number(process.env.ETD_TEST_SERIAL ?? 2);
 
 export interface Pass {
   /** Project name prefix: '' for the main pass, e.g. 'workers2' for a second pass. */
@@ -129,6 +165,6 @@ export function projects(passes: readonly Pass[]): TestProjectConfiguration[] {
   });
   return passes.flatMap((pass) => [
     project('parallel', pass, { include: [...pass.files], exclude: [...pass.serial] }, parallel, 0),
-    ...(pass.serial.length > 0 ? [project('serial', pass, { include: [...pass.serial] }, 1, 1)] : []),
+    ...(pass.serial.length > 0 ? [project('serial', pass, { include: [...pass.serial] }, serialLanes, 1)] : []),
   ]);
 }

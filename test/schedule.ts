@@ -36,29 +36,39 @@ export const SERIAL_NETNS = [
   'test/netns/agentFaults.test.ts', // after SIGKILL mid-load, the next start serves within 2 s
 ];
 
+/** Every file of the serial group. */
+export const SERIAL = [...SERIAL_NETNS, ...SERIAL_INTEGRATION];
+
 /**
- * Every file of the serial group, in the order it runs: two at a time (ETD_TEST_SERIAL), so the
- * order pairs them — the two labs that mostly wait first, then a heavy file (floods, Chromium,
- * CPU) beside a light one. A second pass's serial files follow the first pass's, in this order.
+ * The order the serial group runs in, two at a time (ETD_TEST_SERIAL), so the order pairs them:
+ * the files that mostly wait or compute little first, beside each other (a pass-2 file is named
+ * `workers2:` and its path), then the heavy ones (floods, Chromium, CPU-bound) beside each other,
+ * each with about one core. A serial file missing here runs last.
  */
-export const SERIAL = [
+export const SERIAL_ORDER = [
   'test/netns/cluster.test.ts',
   'test/netns/ha.test.ts',
-  'test/integration/hostile.test.ts',
   'test/integration/health.test.ts',
-  'test/netns/dashboard.test.ts',
+  'workers2:test/integration/health.test.ts',
   'test/integration/cache.test.ts',
-  'test/integration/limits.test.ts',
+  'workers2:test/integration/cache.test.ts',
   'test/netns/preflight.test.ts',
-  'test/integration/dashboardBurst.test.ts',
   'test/netns/intercept.test.ts',
-  'test/integration/fuzz.test.ts',
   'test/netns/agentFaults.test.ts',
-  'test/integration/agentFaults.test.ts',
   'test/integration/guard.test.ts',
+  'test/integration/hostile.test.ts',
+  'test/netns/dashboard.test.ts',
+  'test/integration/limits.test.ts',
+  'workers2:test/integration/limits.test.ts',
+  'test/integration/dashboardBurst.test.ts',
+  'test/integration/fuzz.test.ts',
+  'workers2:test/integration/fuzz.test.ts',
+  'test/integration/agentFaults.test.ts',
+  'workers2:test/integration/agentFaults.test.ts',
   'test/integration/hold.test.ts',
+  'workers2:test/integration/hold.test.ts',
 ];
-for (const f of [...SERIAL_INTEGRATION, ...SERIAL_NETNS]) if (!SERIAL.includes(f)) throw new Error(`test/schedule.ts: ${f} is missing from SERIAL`);
+for (const f of SERIAL) if (!SERIAL_ORDER.includes(f)) throw new Error(`test/schedule.ts: ${f} is missing from SERIAL_ORDER`);
 
 /**
  * Rough seconds of the files that take longest (measured on the 2-core CI machine, alone or
@@ -93,7 +103,7 @@ export const EXPECTED_SECONDS: Record<string, number> = {
   'test/integration/cache.test.ts': 10,
 };
 
-/** The parallel group starts its longest files first (EXPECTED_SECONDS, then file size); the serial group runs in SERIAL's order. */
+/** The parallel group starts its longest files first (EXPECTED_SECONDS, then file size); the serial group runs in SERIAL_ORDER. */
 export class LongestFirst extends BaseSequencer {
   override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
     const root = this.ctx.config.root;
@@ -107,9 +117,12 @@ export class LongestFirst extends BaseSequencer {
       }
       return [EXPECTED_SECONDS[rel] ?? 0, size];
     };
-    // The serial group runs in SERIAL's order, a second pass (a prefixed project name) after the first.
-    const serialRank = (s: TestSpecification): number =>
-      SERIAL.indexOf(path.relative(root, s.moduleId)) + (s.project.name === 'serial' ? 0 : SERIAL.length);
+    // The serial group runs in SERIAL_ORDER.
+    const serialRank = (s: TestSpecification): number => {
+      const pass = s.project.name.endsWith('-serial') ? `${s.project.name.slice(0, -'-serial'.length)}:` : '';
+      const i = SERIAL_ORDER.indexOf(`${pass}${path.relative(root, s.moduleId)}`);
+      return i < 0 ? SERIAL_ORDER.length : i;
+    };
     const keyed = files.map((s) => {
       const order = s.project.config.sequence.groupOrder;
       return { s, order, w: order === 0 ? weight(s) : ([-serialRank(s), 0] as [number, number]) };

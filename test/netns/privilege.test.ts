@@ -261,7 +261,10 @@ log: { level: info }
     let gid = 0;
 
     beforeAll(() => {
-      execFileSync('useradd', ['--system', '--user-group', '--no-create-home', '--shell', '/usr/sbin/nologin', TEST_USER]);
+      // A system user from a range of its own: the .deb test (test/system/deb.test.ts), which may run at the same
+      // time, creates its etd user with the next free uid of the usual system range, and checks that no process has it.
+      const range = ['-K', 'SYS_UID_MIN=61000', '-K', 'SYS_UID_MAX=61999', '-K', 'SYS_GID_MIN=61000', '-K', 'SYS_GID_MAX=61999'];
+      execFileSync('useradd', ['--system', ...range, '--user-group', '--no-create-home', '--shell', '/usr/sbin/nologin', TEST_USER]);
       uid = Number(execFileSync('id', ['-u', TEST_USER], { encoding: 'utf8' }).trim());
       gid = Number(execFileSync('id', ['-g', TEST_USER], { encoding: 'utf8' }).trim());
     });

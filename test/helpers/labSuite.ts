@@ -7,6 +7,12 @@ import { afterAll, afterEach, beforeAll } from 'vitest';
 import { createLab, type JsonLineProcess, type Lab, type LabOptions, type Listen } from '../../lab/netns.js';
 import { type RunningEtd, runEtd } from './cli.js';
 
+/** A recorder on the first backend address of each family, port 25: what most suites record. */
+export const firstBackends = (lab: Lab): Listen[] => [
+  { address: lab.v4.backends[0], port: 25 },
+  { address: lab.v6.backends[0], port: 25 },
+];
+
 export interface LabSuiteOptions {
   /** Names the temp dir: etd-<name>-XXXXXX. */
   name: string;

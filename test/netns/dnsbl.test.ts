@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { JsonLineProcess, Lab } from '../../lab/netns.js';
 import { inNamespace, type RunningUnbound, startUnbound } from '../../lab/unbound.js';
 import { CLI, type LogLine, type RunningEtd } from '../helpers/cli.js';
-import { type LabSuite, labSuite, labVipConfig } from '../helpers/labSuite.js';
+import { firstBackends, type LabSuite, labSuite, labVipConfig } from '../helpers/labSuite.js';
 import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -110,10 +110,7 @@ const connectsFrom = (address: string) => recorder.events.filter((e) => e.event 
 describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6)', () => {
   suite = labSuite({
     name: 'dnsbl',
-    recorder: (lab) => [
-      { address: lab.v4.backends[0], port: 25 },
-      { address: lab.v6.backends[0], port: 25 },
-    ],
+    recorder: firstBackends,
     leftoverSignal: 'SIGTERM',
   });
 

@@ -5,7 +5,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { Lab } from '../../lab/netns.js';
 import { CLI } from '../helpers/cli.js';
-import { type LabSuite, labSuite, labVipConfig } from '../helpers/labSuite.js';
+import { firstBackends, type LabSuite, labSuite, labVipConfig } from '../helpers/labSuite.js';
 import { skipPrivileged } from '../helpers/privileged.js';
 
 const skip = skipPrivileged('etd run preflight in the lab');
@@ -19,10 +19,7 @@ const sysctl = (...kv: string[]) => gw('sysctl', '-q', '-w', ...kv);
 describe.skipIf(skip)('etd run preflight in the lab', () => {
   suite = labSuite({
     name: 'preflight',
-    recorder: (lab) => [
-      { address: lab.v4.backends[0], port: 25 },
-      { address: lab.v6.backends[0], port: 25 },
-    ],
+    recorder: firstBackends,
   });
 
   beforeAll(async () => {

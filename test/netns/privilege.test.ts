@@ -9,7 +9,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { JsonLineProcess, Lab } from '../../lab/netns.js';
 import type { RunningEtd } from '../helpers/cli.js';
-import { type LabSuite, labSuite, labVipConfig, vipConfig } from '../helpers/labSuite.js';
+import { firstBackends, type LabSuite, labSuite, labVipConfig, vipConfig } from '../helpers/labSuite.js';
 import { earlyTalker, swaks } from '../helpers/nsClient.js';
 import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
 
@@ -161,10 +161,7 @@ const hasEtdUser = spawnSync('getent', ['passwd', 'etd']).status === 0;
 describe.skipIf(skip)('etd without root', () => {
   suite = labSuite({
     name: 'priv',
-    recorder: (lab) => [
-      { address: lab.v4.backends[0], port: 25 },
-      { address: lab.v6.backends[0], port: 25 },
-    ],
+    recorder: firstBackends,
   });
   beforeAll(() => {
     ({ lab, recorder } = suite);

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { JsonLineProcess, Lab } from '../../lab/netns.js';
 import type { RunningEtd } from '../helpers/cli.js';
-import { type LabSuite, labSuite, labVipConfig } from '../helpers/labSuite.js';
+import { firstBackends, type LabSuite, labSuite, labVipConfig } from '../helpers/labSuite.js';
 import { earlyTalker, swaks } from '../helpers/nsClient.js';
 import { skipPrivileged } from '../helpers/privileged.js';
 import { sleep, waitFor } from '../helpers/wait.js';
@@ -44,10 +44,7 @@ const connectsFrom = (addr: string) => recorder.events.filter((e) => e.event ===
 describe.skipIf(skip)('vip mode in the lab', () => {
   suite = labSuite({
     name: 'vip',
-    recorder: (lab) => [
-      { address: lab.v4.backends[0], port: 25 },
-      { address: lab.v6.backends[0], port: 25 },
-    ],
+    recorder: firstBackends,
   });
   beforeAll(() => {
     ({ lab, recorder } = suite);

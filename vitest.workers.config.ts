@@ -1,10 +1,10 @@
-// The second pass of `npm test`: the in-process proxy scenarios again, with 2 engine workers (ETD_TEST_WORKERS=2, docs/workers.md).
+// The second pass of `npm test` alone: the in-process proxy scenarios again, with 2 engine workers (ETD_TEST_WORKERS=2, docs/workers.md). `npm test` runs it inside its one vitest run (vitest.config.ts, project names workers2-*); this config runs it by itself.
 //
 // Not here: test/integration/admission.test.ts (ETD_ENGINE_FAULTS numbers one engine's calls) and
 // hostile.test.ts (it counts one thread's Session objects and heap), which pin one worker; the
 // CLI and netns tests, which run `etd run` with `workers: auto` in the first pass.
 import { defineConfig } from 'vitest/config';
-import { projects, SERIAL_INTEGRATION } from './vitest.config.js';
+import { LongestFirst, projects, SERIAL } from './test/schedule.js';
 
 export const WORKER_SCENARIOS = [
   'test/integration/proxy.test.ts',
@@ -28,9 +28,14 @@ export default defineConfig({
     reporters: ['default'],
     // As in vitest.config.ts: etd started as root by a test stays root.
     env: { ETD_DROP_PRIVILEGES: 'no' },
-    projects: projects(
-      WORKER_SCENARIOS,
-      WORKER_SCENARIOS.filter((f) => SERIAL_INTEGRATION.includes(f)),
-    ),
+    sequence: { sequencer: LongestFirst },
+    projects: projects([
+      {
+        name: 'workers2',
+        files: WORKER_SCENARIOS,
+        serial: WORKER_SCENARIOS.filter((f) => SERIAL.includes(f)),
+        env: { ETD_TEST_WORKERS: '2' },
+      },
+    ]),
   },
 });

@@ -5,7 +5,6 @@
 // thousand fields per command.
 // Starts its own redis-server on a free loopback port in a temp dir (no persistence) and ends it by PID.
 
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -13,6 +12,7 @@ import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
 import pino from 'pino';
+import { freePort, startRedis } from '../lab/redis.js';
 import { startApi } from '../src/api/server.js';
 import { App } from '../src/app.js';
 import { type Address, parseAddress } from '../src/config/cidr.js';
@@ -20,17 +20,6 @@ import { validateConfig } from '../src/config/load.js';
 import { AccessLists } from '../src/policy/access.js';
 
 const N = Number(process.argv[2] ?? 100_000);
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /** Entry i, in the canonical spelling peers write (a non-canonical field flaps: see the report): a mix of IPv4 /32, /24 and IPv6 /48, /64 prefixes (what an operator's block list holds). */
 function entry(i: number): string {
@@ -54,17 +43,7 @@ function pct(xs: number[], p: number): number {
 async function syncBench(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-bench-access-'));
   const port = await freePort();
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on('data', (c: Buffer) => {
-      out += c.toString();
-      if (out.includes('Ready to accept connections')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`redis-server exited (${code}): ${out}`)));
-  });
+  const redis = await startRedis('127.0.0.1', port);
   const peer = new Redis({ host: '127.0.0.1', port });
   const config = validateConfig({
     workers: 1,
@@ -146,8 +125,7 @@ async function syncBench(): Promise<void> {
     await api.close();
     await app.stop(200);
     peer.disconnect();
-    child.kill('SIGKILL');
-    await new Promise((r) => child.once('exit', r));
+    await redis.kill('SIGKILL');
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }

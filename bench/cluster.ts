@@ -17,6 +17,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createLab, type Lab } from '../lab/netns.js';
+import { startRedis } from '../lab/redis.js';
 import { CLI_PATH } from '../src/paths.js';
 import { exited } from './benchLab.js';
 import { cpuMs, type Distribution, distribution, sleep } from './procfs.js';
@@ -133,21 +134,7 @@ async function main(): Promise<number> {
       });
     }
     lab.spawn(lab.ns.backend, 'smtp-sink', ['-u', 'nobody', '-m', '8192', `${lab.v4.backends[0]}:25`, '8192']);
-    lab.spawn(lab.ns.backend, 'redis-server', [
-      '--port',
-      '6379',
-      '--bind',
-      lab.v4.backends[1],
-      '--save',
-      '',
-      '--appendonly',
-      'no',
-      '--daemonize',
-      'no',
-      '--protected-mode',
-      'no',
-    ]);
-    await sleep(500);
+    await startRedis(lab.v4.backends[1], 6379, (cmd, args) => lab.spawn(lab.ns.backend, cmd, args));
     say(
       `lab ${lab.id}: ${addrs.length} client addresses → gateway A ${lab.v4.gatewayClientSide} / gateway B ${peer.v4} → smtp-sink ${lab.v4.backends[0]}, redis ${lab.v4.backends[1]}`,
     );

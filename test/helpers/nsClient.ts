@@ -2,21 +2,29 @@
 
 import type { Lab } from '../../lab/netns.js';
 
-/** Connects, sends `EHLO bot` at once, and prints how the connection ended and what came back. */
+/**
+ * Connects, sends `EHLO bot` at once, and prints how the connection ended and what came back: at
+ * the close, at the first moment the data matches UNTIL (a regex source; optional), or after 8 s.
+ */
 const EARLY = `
 const net = require('net');
-const [host, port] = process.argv.slice(1);
+const [host, port, until] = process.argv.slice(1);
 const s = net.connect({ host, port: Number(port) }, () => s.write('EHLO bot.example\\r\\n'));
 let data = '';
-s.on('data', (d) => (data += d));
 const done = (how) => { console.log(JSON.stringify({ how, data })); process.exit(0); };
+s.on('data', (d) => { data += d; if (until && new RegExp(until).test(data)) done('until'); });
 s.on('error', (e) => done(e.code));
 s.on('close', () => done('closed'));
 setTimeout(() => done('timeout'), 8000);
 `;
 
-export async function earlyTalker(lab: Lab, host: string, port = 25): Promise<{ how: string; data: string }> {
-  const r = await lab.exec(lab.ns.client, process.execPath, ['-e', EARLY, host, String(port)], { timeoutMs: 15_000 });
+/**
+ * An early talker from the client namespace to host:port. `until`: stop as soon as what came back
+ * matches (a relayed early talker, whose session stays open, would otherwise wait out the 8 s).
+ */
+export async function earlyTalker(lab: Lab, host: string, port = 25, until?: RegExp): Promise<{ how: string; data: string }> {
+  const args = ['-e', EARLY, host, String(port), ...(until ? [until.source] : [])];
+  const r = await lab.exec(lab.ns.client, process.execPath, args, { timeoutMs: 15_000 });
   return JSON.parse(r.stdout.trim()) as { how: string; data: string };
 }
 

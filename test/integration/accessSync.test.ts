@@ -1,34 +1,23 @@
 // Issue 22 part 3: a large shared hash (20,000 fields, real redis-server) is read with HSCAN and applied in parts: applied completely, while timers and the API keep being served.
 
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startApi } from '../../src/api/server.js';
-import { App } from '../../src/app.js';
-import { validateConfig } from '../../src/config/load.js';
+import type { App } from '../../src/app.js';
 import { skipWithout } from '../helpers/privileged.js';
-import { freePort, startRedis, type TestRedis } from '../helpers/redis.js';
+import { type RedisRig, startRedisRig } from '../helpers/redisRig.js';
+import { waitFor } from '../helpers/wait.js';
 
 const skip = skipWithout('redis-server', 'redis-server', 'access list sync over Redis (loopback)');
 const PREFIX = 'as:';
 const N = 20_000;
 
-let redis: TestRedis;
+let rig: RedisRig;
 let app: App;
-let api: Awaited<ReturnType<typeof startApi>>;
+let api: RedisRig['api'];
 let peer: Redis;
 /** Set when the suite ends: watchers of a failed test stop asking. */
 let closing = false;
-
-async function until<T>(what: string, f: () => T | undefined | false, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = f();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 /** While `busy` holds: a timer re-armed each turn and one API request after another, each noting the runtime entries when it was served. */
 function watch(busy: () => boolean): { timers: number[]; requests: number[]; done: Promise<void> } {
@@ -52,34 +41,14 @@ function watch(busy: () => boolean): { timers: number[]; requests: number[]; don
 
 describe.skipIf(skip)('a large access hash synced from Redis (real redis-server)', () => {
   beforeAll(async () => {
-    const port = await freePort();
-    redis = await startRedis('127.0.0.1', port);
-    peer = new Redis({ host: '127.0.0.1', port, lazyConnect: true });
-    await peer.connect();
-    const config = validateConfig({
-      workers: 1,
-      listeners: [{ name: 'test', address: '127.0.0.1', port: 0 }],
-      upstream: { servers: [{ name: 'b', address: '127.0.0.1', port: 9 }], health: { enabled: false } },
-      state: { path: ':memory:' },
-      api: { enabled: false },
-      // The default command timeout: no single command of the sync comes near it (HSCAN).
-      cluster: { redis: { url: `redis://127.0.0.1:${port}`, keyPrefix: PREFIX }, syncInterval: '200ms' },
-    });
-    app = new App(config, pino({ level: 'warn' }));
-    await app.start();
-    api = await startApi(
-      { enabled: true, address: '127.0.0.1', port: 0, token: undefined },
-      { app, version: 'test', log: pino({ level: 'silent' }), reload: async () => undefined, options: { processMetrics: false } },
-    );
-    await until('cluster up', () => app.cluster!.up);
+    // The default command timeout: no single command of the sync comes near it (HSCAN).
+    rig = await startRedisRig(PREFIX, pino({ level: 'warn' }));
+    ({ app, api, peer } = rig);
   }, 30_000);
 
   afterAll(async () => {
     closing = true;
-    await api?.close();
-    await app?.stop(200);
-    peer?.disconnect();
-    await redis?.kill('SIGKILL');
+    await rig?.close();
   });
 
   it(`${N} fields are applied completely, and timers and the API are served while the sync is in progress`, async () => {
@@ -95,7 +64,7 @@ describe.skipIf(skip)('a large access hash synced from Redis (real redis-server)
     // Written first, then watched: nothing is applied until the next sync reads it.
     await peer.hset(`${PREFIX}access:runtime`, ...fields);
     const w = watch(() => app.access.runtimeSize < N);
-    await until('all entries', () => app.access.runtimeSize === N).catch((e: unknown) => {
+    await waitFor(() => app.access.runtimeSize === N, { what: 'all entries', timeout: 30_000, interval: 5 }).catch((e: unknown) => {
       throw new Error(`${String(e)}: ${app.access.runtimeSize} applied; ${JSON.stringify(app.cluster!.status())}`);
     });
     await w.done;
@@ -117,7 +86,7 @@ describe.skipIf(skip)('a large access hash synced from Redis (real redis-server)
     changes = 0;
     await peer.del(`${PREFIX}access:runtime`);
     const gone = watch(() => app.access.runtimeSize > 0);
-    await until('all gone', () => app.access.runtimeSize === 0);
+    await waitFor(() => app.access.runtimeSize === 0, { what: 'all gone', timeout: 30_000, interval: 5 });
     await gone.done;
     expect(during(gone.timers).length, `runtime entries seen by the timers: ${gone.timers.join(',')}`).toBeGreaterThan(0);
     expect(changes).toBeGreaterThanOrEqual(1);

@@ -10,6 +10,7 @@ import { Value } from '@sinclair/typebox/value';
 import { Redis } from 'ioredis';
 import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, startRedis, type TestRedis } from '../../lab/redis.js';
 import { StatusBody } from '../../src/api/routes/status.js';
 import { startApi } from '../../src/api/server.js';
 import { App } from '../../src/app.js';
@@ -19,7 +20,6 @@ import { validateConfig } from '../../src/config/load.js';
 import type { SessionSummary } from '../../src/proxy/protocol.js';
 import { rawClient, testWorkers } from '../helpers/etd.js';
 import { skipWithout } from '../helpers/privileged.js';
-import { freePort, startRedis, type TestRedis } from '../helpers/redis.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const skip = skipWithout('redis-server', 'redis-server', 'cluster over Redis (loopback)');

@@ -5,13 +5,13 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, startRedis, type TestRedis } from '../../lab/redis.js';
 import { onHost, type RunningUnbound, startUnbound } from '../../lab/unbound.js';
 import { App } from '../../src/app.js';
 import { validateConfig } from '../../src/config/load.js';
 import type { SessionSummary } from '../../src/proxy/protocol.js';
 import { rawClient, testWorkers } from '../helpers/etd.js';
 import { skipWithout } from '../helpers/privileged.js';
-import { freePort, startRedis, type TestRedis } from '../helpers/redis.js';
 import { waitFor } from '../helpers/wait.js';
 
 const skip =

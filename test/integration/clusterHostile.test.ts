@@ -9,9 +9,9 @@ import { Redis } from 'ioredis';
 import nodemailer from 'nodemailer';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
+import { freePort, startRedis, type TestRedis } from '../../lab/redis.js';
 import { CLI, type RunningEtd, runEtd } from '../helpers/cli.js';
 import { skipWithout } from '../helpers/privileged.js';
-import { freePort, startRedis, type TestRedis } from '../helpers/redis.js';
 import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 
 const skip = skipWithout('redis-server', 'redis-server', 'hostile cluster peer (loopback)');

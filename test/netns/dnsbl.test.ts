@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { JsonLineProcess, Lab } from '../../lab/netns.js';
 import { inNamespace, type RunningUnbound, startUnbound } from '../../lab/unbound.js';
 import { CLI, type LogLine, type RunningEtd } from '../helpers/cli.js';
-import { type LabSuite, labSuite } from '../helpers/labSuite.js';
+import { firstBackends, type LabSuite, labSuite, labVipConfig } from '../helpers/labSuite.js';
 import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -91,28 +91,15 @@ function metric(text: string, name: string, label: string): number {
 
 function configFor(window: string, timeout: string, dnsbl: string): string {
   return suite.writeConfig(
-    `
-listeners:
-  - { name: smtp4, address: ${lab.v4.gatewayClientSide}, port: 25, mode: vip }
-  - { name: smtp6, address: "${lab.v6.gatewayClientSide}", port: 25, mode: vip }
-detection: { window: ${window}, action: drop }
-upstream:
-  source: clientip
-  connectTimeout: 3s
-  retries: 0
-  health: { enabled: false }
-  servers:
-    - { name: b4, address: ${lab.v4.backends[0]}, port: 25 }
-    - { name: b6, address: "${lab.v6.backends[0]}", port: 25 }
-reputation:
+    labVipConfig(lab, {
+      window,
+      api: '{ enabled: true, address: 127.0.0.1, port: 8025 }',
+      extra: `reputation:
   resolvers: [${unbound.address}]
   timeout: ${timeout}
   dnsbl:
-${dnsbl}
-api: { enabled: true, address: 127.0.0.1, port: 8025 }
-state: { path: ":memory:" }
-log: { level: info }
-`,
+${dnsbl}`,
+    }),
   );
 }
 
@@ -123,10 +110,7 @@ const connectsFrom = (address: string) => recorder.events.filter((e) => e.event 
 describe.skipIf(skip)('DNSBL/DNSWL scoring against a real unbound (IPv4 and IPv6)', () => {
   suite = labSuite({
     name: 'dnsbl',
-    recorder: (lab) => [
-      { address: lab.v4.backends[0], port: 25 },
-      { address: lab.v6.backends[0], port: 25 },
-    ],
+    recorder: firstBackends,
     leftoverSignal: 'SIGTERM',
   });
 

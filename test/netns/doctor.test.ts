@@ -1,6 +1,6 @@
 // `etd doctor` in the netns lab: all OK on a correct lab; FAIL with the right fix for a missing ip rule, src_valid_mark=1,
-// strict rp_filter, and a backend whose return route does not point at etd; intercept mode's `--probe`; `etd run` refuses to start on a critical FAIL
-// (src_valid_mark, capabilities, kernel support; strict rp_filter only warns at start).
+// strict rp_filter, and a backend whose return route does not point at etd; intercept mode's `--probe`. (`etd run`
+// refusing to start on a critical FAIL: test/netns/preflight.test.ts.)
 //
 // etd's rules are applied with the built CLI (`etd rules apply`) inside the gateway namespace;
 // each case breaks one thing, runs `etd doctor` there, and restores it.
@@ -11,7 +11,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
 import type { Finding } from '../../src/doctor/checks.js';
-import { assertBuilt, CLI, runEtd } from '../helpers/cli.js';
+import { assertBuilt, CLI } from '../helpers/cli.js';
 import { skipPrivileged } from '../helpers/privileged.js';
 
 const skip = skipPrivileged('etd doctor in the lab');
@@ -67,7 +67,8 @@ listeners:
   - { name: smtp6, address: "${lab.v6.gatewayClientSide}", port: 25, mode: vip }
 upstream:
   source: clientip
-  connectTimeout: 3s
+  # The bound of each return-path test: a broken path costs this long (the lab answers in milliseconds).
+  connectTimeout: 1s
   health: { enabled: false }
   servers:
     - { name: b4, address: ${lab.v4.backends[0]}, port: 25 }
@@ -233,7 +234,7 @@ state: { path: ":memory:" }
       `
 listeners:
   - { name: mx, mode: intercept }
-upstream: { source: clientip, connectTimeout: 3s, health: { enabled: false } }
+upstream: { source: clientip, connectTimeout: 1s, health: { enabled: false } }
 api: { enabled: false }
 cache: { enabled: false }
 state: { path: ":memory:" }
@@ -298,35 +299,5 @@ state: { path: ":memory:" }
       expect(back.code, back.stdout + back.stderr).toBe(0);
     }
     expect(notOk(await doctor())).toEqual([]);
-  }, 90_000);
-
-  it('etd run refuses to start on a critical FAIL, says why and how to fix it, and leaves no rules behind', async () => {
-    await sysctl('net.ipv4.conf.all.src_valid_mark=1');
-    try {
-      const etd = runEtd(file, ['ip', 'netns', 'exec', lab.ns.gateway]);
-      const code = await Promise.race([etd.exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 20_000))]);
-      if (code === 'hung') etd.child.kill('SIGKILL');
-      expect(code).toBe(1);
-      expect(etd.stderr).toContain('ETD_ERR_PREFLIGHT');
-      expect(etd.stderr).toContain('sysctl.src_valid_mark');
-      expect(etd.stderr).toContain('sysctl -w net.ipv4.conf.all.src_valid_mark=0');
-      expect(etd.lines.some((l) => l.msg.startsWith('preflight FAIL') && l.check === 'sysctl.src_valid_mark')).toBe(true);
-      const nft = await gw('nft', 'list', 'tables');
-      expect(nft.stdout).not.toMatch(/table inet etd\b/);
-      expect((await gw('ip', 'rule', 'show')).stdout).not.toMatch(/fwmark 0x1 lookup 100/);
-    } finally {
-      await sysctl('net.ipv4.conf.all.src_valid_mark=0');
-    }
-    // Correct again: etd starts and its preflight passes.
-    const etd = runEtd(file, ['ip', 'netns', 'exec', lab.ns.gateway]);
-    try {
-      const passed = await etd.waitFor((l) => l.msg === 'preflight passed', 15_000);
-      expect(Number(passed.ms)).toBeLessThan(1000);
-      await etd.waitFor((l) => l.msg === 'etd started', 15_000);
-    } finally {
-      etd.child.kill('SIGTERM');
-      await Promise.race([etd.exited, new Promise((r) => setTimeout(r, 10_000))]);
-      etd.child.kill('SIGKILL');
-    }
   }, 90_000);
 });

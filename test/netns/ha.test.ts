@@ -18,6 +18,7 @@ import { createHaLab, type HaGateway, type HaLab } from '../../lab/haLab.js';
 import { checkKeepalivedConfig, type Keepalived, startKeepalived } from '../../lab/keepalived.js';
 import type { JsonLineProcess } from '../../lab/netns.js';
 import { CLI, type RunningEtd, startEtdInNetns } from '../helpers/cli.js';
+import { vipConfig } from '../helpers/labSuite.js';
 import { swaks } from '../helpers/nsClient.js';
 import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
 import { sleep, waitFor } from '../helpers/wait.js';
@@ -61,21 +62,12 @@ function etdConfig(gw: HaGateway): string {
   const api = gw === 'a' ? `{ enabled: true, address: ${apiOf('a')} }` : '{ enabled: true, address: 127.0.0.1, port: 8025 }';
   fs.writeFileSync(
     file,
-    `
-listeners:
-  - { name: vip, address: ${ha.v4.vipClient}, port: 25, mode: vip, freebind: true }
-detection: { window: 300ms, action: drop }
-upstream:
-  source: clientip
-  connectTimeout: 3s
-  retries: 0
-  health: { enabled: false }
-  servers:
-    - { name: b4, address: ${ha.v4.backends[0]}, port: 25 }
-api: ${api}
-state: { path: ":memory:" }
-log: { level: info }
-`,
+    vipConfig({
+      listenerLines: [`{ name: vip, address: ${ha.v4.vipClient}, port: 25, mode: vip, freebind: true }`],
+      servers: { b4: ha.v4.backends[0] },
+      window: '300ms',
+      api,
+    }),
   );
   return file;
 }

@@ -11,6 +11,7 @@ import type { JsonLineProcess } from '../../lab/netns.js';
 import { createPbrLab, type PbrLab } from '../../lab/pbrLab.js';
 import type { Finding } from '../../src/doctor/checks.js';
 import { CLI, type RunningEtd, runEtd } from '../helpers/cli.js';
+import { vipConfig } from '../helpers/labSuite.js';
 import { inCI, skipPrivileged } from '../helpers/privileged.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
@@ -144,24 +145,14 @@ describe.skipIf(skip)('PBR lab: router policy route instead of etd as the defaul
     file = path.join(dir, 'etd.yaml');
     fs.writeFileSync(
       file,
-      `
-listeners:
-  - { name: smtp4, address: ${lab.v4.etd}, port: 25, mode: vip }
-  - { name: smtp6, address: "${lab.v6.etd}", port: 25, mode: vip }
-detection: { window: 500ms, action: drop }
-upstream:
-  source: clientip
-  connectTimeout: 3s
-  retries: 0
-  health: { enabled: false }
-  servers:
-    - { name: b4, address: ${lab.v4.backends[0]}, port: 25 }
-    - { name: b6, address: "${lab.v6.backends[0]}", port: 25 }
-api: { enabled: false }
-# Every session must meet the window (no pass/deny cache), and nothing is written outside the lab.
-cache: { enabled: false }
-state: { path: ":memory:" }
-`,
+      vipConfig({
+        listeners: { smtp4: lab.v4.etd, smtp6: lab.v6.etd },
+        servers: { b4: lab.v4.backends[0], b6: lab.v6.backends[0] },
+        // Short: the doctor cases here time out on purpose (no PBR yet), each costing this long.
+        connectTimeout: '1s',
+        // Every session must meet the window (no pass/deny cache), and nothing is written outside the lab.
+        extra: 'cache: { enabled: false }',
+      }),
     );
     etd = runEtd(file, ['ip', 'netns', 'exec', lab.ns.etd]);
     await etd.waitFor((l) => l.msg === 'etd started', 15_000);

@@ -5,11 +5,11 @@
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createLab, type JsonLineProcess, type Lab } from '../../lab/netns.js';
-import { type RunningEtd, runEtd } from '../helpers/cli.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { JsonLineProcess, Lab } from '../../lab/netns.js';
+import type { RunningEtd } from '../helpers/cli.js';
+import { firstBackends, type LabSuite, labSuite, labVipConfig, vipConfig } from '../helpers/labSuite.js';
 import { earlyTalker, swaks } from '../helpers/nsClient.js';
 import { skipPrivileged, skipWithout } from '../helpers/privileged.js';
 
@@ -84,33 +84,29 @@ const skip =
   skipPrivileged('etd under the unit capabilities') ||
   skipWithout('setpriv', 'util-linux', 'etd under the unit capabilities') ||
   skipWithout('swaks', 'swaks', 'etd under the unit capabilities');
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-priv-'));
-// The non-root etd reads its config from here.
-fs.chmodSync(dir, 0o755);
+let suite: LabSuite;
 let lab: Lab;
 let recorder: JsonLineProcess;
-const running: RunningEtd[] = [];
 
-function writeConfig(name: string, text: string): string {
-  const file = path.join(dir, name);
-  fs.writeFileSync(file, text, { mode: 0o644 });
+/** A config file the non-root etd can read (its directory is made searchable in beforeAll). */
+function writeConfig(text: string): string {
+  const file = suite.writeConfig(text);
+  fs.chmodSync(file, 0o644);
   return file;
 }
 
 async function startAsUnit(file: string): Promise<RunningEtd> {
-  const etd = runEtd(file, ['ip', 'netns', 'exec', lab.ns.gateway, ...asTheUnit()]);
-  running.push(etd);
-  await etd.waitFor((l) => l.msg === 'etd started', 20_000);
-  return etd;
+  return suite.start(file, 20_000, asTheUnit());
 }
 
-function expectUnitCredentials(etd: RunningEtd): void {
-  const nobody = '65534\t65534\t65534\t65534';
-  for (const t of credentials(etd.child.pid!)) {
+/** Every thread of `etd` runs as uid/gid `ids` (real, effective, saved, fs) with exactly the unit's capabilities and no_new_privs; returns the threads. */
+function expectCredentials(etd: RunningEtd, uid: number, gid: number): Array<Record<string, string>> {
+  const threads = credentials(etd.child.pid!);
+  for (const t of threads) {
     expect(t, `thread ${t.tid}`).toEqual({
       tid: t.tid,
-      Uid: nobody,
-      Gid: nobody,
+      Uid: `${uid}\t${uid}\t${uid}\t${uid}`,
+      Gid: `${gid}\t${gid}\t${gid}\t${gid}`,
       CapInh: mask(ambient),
       CapPrm: mask(ambient),
       CapEff: mask(ambient),
@@ -119,118 +115,108 @@ function expectUnitCredentials(etd: RunningEtd): void {
       NoNewPrivs: '1',
     });
   }
+  return threads;
 }
+
+/** As the unit runs etd: the user nobody (65534). */
+const expectUnitCredentials = (etd: RunningEtd) => expectCredentials(etd, 65534, 65534);
 
 const connectsFrom = (addr: string) => recorder.events.filter((e) => e.event === 'connect' && e.remoteAddress === addr).length;
 
-describe.skipIf(skip)('etd with exactly the unit capabilities', () => {
-  beforeAll(async () => {
-    lab = await createLab();
-    recorder = await lab.startRecorder(lab.ns.backend, [
-      { address: lab.v4.backends[0], port: 25 },
-      { address: lab.v6.backends[0], port: 25 },
-    ]);
-  }, 60_000);
+/** An early talker from the client to `host`:25 gets nothing, etd logs it (v4 first, then v6), and the backend never sees it. */
+async function expectEarlyTalkerDropped(etd: RunningEtd, family: 'v4' | 'v6', client: string, host: string): Promise<void> {
+  const before = connectsFrom(client);
+  const early = await earlyTalker(lab, host);
+  expect(early.data, family).toBe('');
+  await etd.waitFor(
+    () => etd.lines.filter((l) => l.msg === 'session' && l.verdict === 'early_talker').length >= (family === 'v4' ? 1 : 2),
+    5000,
+  );
+  expect(connectsFrom(client), `${family}: the early talker reached the backend`).toBe(before);
+}
 
-  afterEach(async () => {
-    for (const e of running) {
-      if (e.child.exitCode === null && e.child.signalCode === null) {
-        e.child.kill('SIGKILL');
-        await e.exited;
+/** Renames the listener smtp4 in `file` and reloads (SIGHUP): the new listener binds port 25 again, and a v4 client's mail arrives through it. */
+async function reloadRenamedAndDeliver(etd: RunningEtd, file: string): Promise<void> {
+  fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('name: smtp4', 'name: smtp4b'));
+  etd.child.kill('SIGHUP');
+  await etd.waitFor((l) => l.msg === 'configuration reloaded', 10_000);
+  const before = recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length;
+  expect(await swaks(lab, lab.v4.gatewayClientSide)).toMatch(/<- +250 Queued/);
+  await recorder.waitFor(
+    () => recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length > before,
+    5000,
+  );
+}
+
+/** Starts etd as root without the test suite's ETD_DROP_PRIVILEGES=no (vitest.config.ts), so the default `auto` applies. */
+function startAsRoot(file: string): RunningEtd {
+  return suite.spawn(file, ['env', '-u', 'ETD_DROP_PRIVILEGES']);
+}
+
+// A system user of this test alone, removed afterwards.
+const TEST_USER = `etdt${process.pid}`;
+const hasEtdUser = spawnSync('getent', ['passwd', 'etd']).status === 0;
+
+// One lab for the whole file: both describes run in it, one etd at a time.
+describe.skipIf(skip)('etd without root', () => {
+  suite = labSuite({
+    name: 'priv',
+    recorder: firstBackends,
+  });
+  beforeAll(() => {
+    ({ lab, recorder } = suite);
+    // The non-root etd reads its configs from here.
+    fs.chmodSync(suite.dir, 0o755);
+  });
+
+  describe('etd with exactly the unit capabilities', () => {
+    it('the unit grants CAP_NET_ADMIN and CAP_NET_BIND_SERVICE only, as ambient and bounding set alike', () => {
+      expect(ambient).toEqual(['CAP_NET_ADMIN', 'CAP_NET_BIND_SERVICE']);
+      expect(bounding).toEqual(ambient);
+    });
+
+    it('vip mode: relays from the client address, drops an early talker, re-applies flushed rules, reloads on SIGHUP, and removes its rules on stop', async () => {
+      // No deny cache: the v4 client talks early, then must pass again after the reload.
+      const file = writeConfig(labVipConfig(lab, { extra: 'netfilter: { watch: 500ms }\ncache: { enabled: false }' }));
+      const etd = await startAsUnit(file);
+      expectUnitCredentials(etd);
+
+      for (const [family, client, gw] of [
+        ['v4', lab.v4.client, lab.v4.gatewayClientSide],
+        ['v6', lab.v6.client, lab.v6.gatewayClientSide],
+      ] as const) {
+        expect(await swaks(lab, gw), family).toMatch(/<- +250 Queued/);
+        const msg = await recorder.waitFor((e) => e.event === 'message' && e.remoteAddress === client, 5000);
+        expect(msg.remoteAddress, family).toBe(client);
+        await expectEarlyTalkerDropped(etd, family, client, gw);
       }
-    }
-  });
 
-  afterAll(async () => {
-    for (const e of running) e.child.kill('SIGKILL');
-    await lab?.destroy();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+      // The watch re-applies the nftables table and ip rule (CAP_NET_ADMIN through netlink and the ambient set of `ip`).
+      await lab.exec(lab.ns.gateway, 'nft', ['delete', 'table', 'inet', 'etd']);
+      await lab.exec(lab.ns.gateway, 'ip', ['rule', 'del', 'fwmark', '0x1', 'lookup', '100']);
+      await etd.waitFor((l) => String(l.msg).includes('re-applying'), 10_000);
+      // The warning comes before the re-apply: poll until both are back (the test's timeout bounds it).
+      for (;;) {
+        const nft = await lab.exec(lab.ns.gateway, 'nft', ['list', 'table', 'inet', 'etd'], { allowFailure: true });
+        const rules = await lab.exec(lab.ns.gateway, 'ip', ['rule', 'show']);
+        if (/socket transparent 1/.test(nft.stdout) && /fwmark 0x1 lookup 100/.test(rules.stdout)) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(etd.lines.filter((l) => l.level === 'error' || l.level === 50)).toEqual([]);
 
-  it('the unit grants CAP_NET_ADMIN and CAP_NET_BIND_SERVICE only, as ambient and bounding set alike', () => {
-    expect(ambient).toEqual(['CAP_NET_ADMIN', 'CAP_NET_BIND_SERVICE']);
-    expect(bounding).toEqual(ambient);
-  });
+      // A reload that starts a listener anew (renamed) binds port 25 again: CAP_NET_BIND_SERVICE after start.
+      await reloadRenamedAndDeliver(etd, file);
+      expectUnitCredentials(etd);
 
-  it('vip mode: relays from the client address, drops an early talker, re-applies flushed rules, reloads on SIGHUP, and removes its rules on stop', async () => {
-    const file = writeConfig(
-      'vip.yaml',
-      `
-listeners:
-  - { name: smtp4, address: ${lab.v4.gatewayClientSide}, port: 25, mode: vip }
-  - { name: smtp6, address: "${lab.v6.gatewayClientSide}", port: 25, mode: vip }
-detection: { window: 500ms, action: drop }
-upstream:
-  source: clientip
-  connectTimeout: 3s
-  retries: 0
-  health: { enabled: false }
-  servers:
-    - { name: b4, address: ${lab.v4.backends[0]}, port: 25 }
-    - { name: b6, address: "${lab.v6.backends[0]}", port: 25 }
-netfilter: { watch: 500ms }
-# No deny cache: the v4 client talks early, then must pass again after the reload.
-cache: { enabled: false }
-api: { enabled: false }
-state: { path: ":memory:" }
-log: { level: info }
-`,
-    );
-    const etd = await startAsUnit(file);
-    expectUnitCredentials(etd);
+      etd.child.kill('SIGTERM');
+      expect(await etd.exited).toBe(0);
+      expect((await lab.exec(lab.ns.gateway, 'nft', ['list', 'ruleset'])).stdout).not.toMatch(/table inet etd/);
+      expect((await lab.exec(lab.ns.gateway, 'ip', ['rule', 'show'])).stdout).not.toMatch(/fwmark 0x1/);
+    }, 120_000);
 
-    for (const [family, client, gw] of [
-      ['v4', lab.v4.client, lab.v4.gatewayClientSide],
-      ['v6', lab.v6.client, lab.v6.gatewayClientSide],
-    ] as const) {
-      expect(await swaks(lab, gw), family).toMatch(/<- +250 Queued/);
-      const msg = await recorder.waitFor((e) => e.event === 'message' && e.remoteAddress === client, 5000);
-      expect(msg.remoteAddress, family).toBe(client);
-      const before = connectsFrom(client);
-      const early = await earlyTalker(lab, gw);
-      expect(early.data, family).toBe('');
-      await etd.waitFor(
-        () => etd.lines.filter((l) => l.msg === 'session' && l.verdict === 'early_talker').length >= (family === 'v4' ? 1 : 2),
-        5000,
-      );
-      expect(connectsFrom(client), `${family}: the early talker reached the backend`).toBe(before);
-    }
-
-    // The watch re-applies the nftables table and ip rule (CAP_NET_ADMIN through netlink and the ambient set of `ip`).
-    await lab.exec(lab.ns.gateway, 'nft', ['delete', 'table', 'inet', 'etd']);
-    await lab.exec(lab.ns.gateway, 'ip', ['rule', 'del', 'fwmark', '0x1', 'lookup', '100']);
-    await etd.waitFor((l) => String(l.msg).includes('re-applying'), 10_000);
-    // The warning comes before the re-apply: poll until both are back (the test's timeout bounds it).
-    for (;;) {
-      const nft = await lab.exec(lab.ns.gateway, 'nft', ['list', 'table', 'inet', 'etd'], { allowFailure: true });
-      const rules = await lab.exec(lab.ns.gateway, 'ip', ['rule', 'show']);
-      if (/socket transparent 1/.test(nft.stdout) && /fwmark 0x1 lookup 100/.test(rules.stdout)) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    expect(etd.lines.filter((l) => l.level === 'error' || l.level === 50)).toEqual([]);
-
-    // A reload that starts a listener anew (renamed) binds port 25 again: CAP_NET_BIND_SERVICE after start.
-    fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('name: smtp4', 'name: smtp4b'));
-    etd.child.kill('SIGHUP');
-    await etd.waitFor((l) => l.msg === 'configuration reloaded', 10_000);
-    const before = recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length;
-    expect(await swaks(lab, lab.v4.gatewayClientSide)).toMatch(/<- +250 Queued/);
-    await recorder.waitFor(
-      () => recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length > before,
-      5000,
-    );
-    expectUnitCredentials(etd);
-
-    etd.child.kill('SIGTERM');
-    expect(await etd.exited).toBe(0);
-    expect((await lab.exec(lab.ns.gateway, 'nft', ['list', 'ruleset'])).stdout).not.toMatch(/table inet etd/);
-    expect((await lab.exec(lab.ns.gateway, 'ip', ['rule', 'show'])).stdout).not.toMatch(/fwmark 0x1/);
-  }, 120_000);
-
-  it('intercept mode: relays to the original destination from the client address and drops an early talker', async () => {
-    const file = writeConfig(
-      'intercept.yaml',
-      `
+    it('intercept mode: relays to the original destination from the client address and drops an early talker', async () => {
+      const file = writeConfig(
+        `
 listeners:
   - { name: icpt, mode: intercept, port: 25, destinations: [${lab.v4.backends[0]}/32, "${lab.v6.backends[0]}/128"] }
 detection: { window: 500ms, action: drop }
@@ -239,219 +225,151 @@ api: { enabled: false }
 state: { path: ":memory:" }
 log: { level: info }
 `,
-    );
-    const etd = await startAsUnit(file);
-    expectUnitCredentials(etd);
-    for (const [family, client, backend] of [
-      ['v4', lab.v4.client, lab.v4.backends[0]],
-      ['v6', lab.v6.client, lab.v6.backends[0]],
-    ] as const) {
-      const sessions = etd.lines.filter((l) => l.msg === 'session').length;
-      const messages = recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === client).length;
-      expect(await swaks(lab, backend), family).toMatch(/<- +250 Queued/);
-      const msg = await recorder.waitFor(
-        (e) =>
-          e.event === 'message' &&
-          e.remoteAddress === client &&
-          recorder.events.filter((x) => x.event === 'message' && x.remoteAddress === client).length > messages,
-        5000,
       );
-      expect(msg.localAddress, family).toBe(backend);
-      // etd was on the path: it logged the session (the backend alone would not).
-      await etd.waitFor(() => etd.lines.filter((l) => l.msg === 'session').length > sessions, 5000);
+      const etd = await startAsUnit(file);
+      expectUnitCredentials(etd);
+      for (const [family, client, backend] of [
+        ['v4', lab.v4.client, lab.v4.backends[0]],
+        ['v6', lab.v6.client, lab.v6.backends[0]],
+      ] as const) {
+        const sessions = etd.lines.filter((l) => l.msg === 'session').length;
+        const messages = recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === client).length;
+        expect(await swaks(lab, backend), family).toMatch(/<- +250 Queued/);
+        const msg = await recorder.waitFor(
+          (e) =>
+            e.event === 'message' &&
+            e.remoteAddress === client &&
+            recorder.events.filter((x) => x.event === 'message' && x.remoteAddress === client).length > messages,
+          5000,
+        );
+        expect(msg.localAddress, family).toBe(backend);
+        // etd was on the path: it logged the session (the backend alone would not).
+        await etd.waitFor(() => etd.lines.filter((l) => l.msg === 'session').length > sessions, 5000);
 
-      const before = connectsFrom(client);
-      const early = await earlyTalker(lab, backend);
-      expect(early.data, family).toBe('');
-      await etd.waitFor(
-        () => etd.lines.filter((l) => l.msg === 'session' && l.verdict === 'early_talker').length >= (family === 'v4' ? 1 : 2),
-        5000,
-      );
-      expect(connectsFrom(client), `${family}: the early talker reached the backend`).toBe(before);
-    }
-    etd.child.kill('SIGTERM');
-    expect(await etd.exited).toBe(0);
-  }, 90_000);
-});
-
-/** Starts etd as root without the test suite's ETD_DROP_PRIVILEGES=no (vitest.config.ts), so the default `auto` applies. */
-function startAsRoot(file: string, ns: string): RunningEtd {
-  const etd = runEtd(file, ['ip', 'netns', 'exec', ns, 'env', '-u', 'ETD_DROP_PRIVILEGES']);
-  running.push(etd);
-  return etd;
-}
-
-// A system user of this test alone, removed afterwards.
-const TEST_USER = `etdt${process.pid}`;
-const hasEtdUser = spawnSync('getent', ['passwd', 'etd']).status === 0;
-
-describe.skipIf(skip)('etd run started as root drops to its user', () => {
-  let uid = 0;
-  let gid = 0;
-
-  beforeAll(async () => {
-    // The first block's afterAll removed it.
-    fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
-    fs.chmodSync(dir, 0o755);
-    execFileSync('useradd', ['--system', '--user-group', '--no-create-home', '--shell', '/usr/sbin/nologin', TEST_USER]);
-    uid = Number(execFileSync('id', ['-u', TEST_USER], { encoding: 'utf8' }).trim());
-    gid = Number(execFileSync('id', ['-g', TEST_USER], { encoding: 'utf8' }).trim());
-    lab = await createLab();
-    recorder = await lab.startRecorder(lab.ns.backend, [{ address: lab.v4.backends[0], port: 25 }]);
-  }, 60_000);
-
-  afterEach(async () => {
-    for (const e of running) {
-      if (e.child.exitCode === null && e.child.signalCode === null) {
-        e.child.kill('SIGKILL');
-        await e.exited;
+        await expectEarlyTalkerDropped(etd, family, client, backend);
       }
-    }
-  });
-
-  afterAll(async () => {
-    for (const e of running) e.child.kill('SIGKILL');
-    await lab?.destroy();
-    spawnSync('userdel', [TEST_USER]);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-
-  it('vip mode: every thread runs as the user with CAP_NET_ADMIN CAP_NET_BIND_SERVICE only; relays, drops, reloads and stops cleanly', async () => {
-    // Two levels missing: the parent is created root's and searchable, the directory the user's.
-    const stateDir = path.join(dir, 'state-drop', 'etd');
-    const file = writeConfig(
-      'drop.yaml',
-      `
-user: ${TEST_USER}
-listeners:
-  - { name: smtp4, address: ${lab.v4.gatewayClientSide}, port: 25, mode: vip }
-detection: { window: 500ms, action: drop }
-upstream:
-  source: clientip
-  connectTimeout: 3s
-  retries: 0
-  health: { enabled: false }
-  servers:
-    - { name: b4, address: ${lab.v4.backends[0]}, port: 25 }
-cache: { enabled: false }
-api: { enabled: false }
-state: { path: ${stateDir}/state.db }
-log: { level: info }
-`,
-    );
-    const etd = startAsRoot(file, lab.ns.gateway);
-    await etd.waitFor((l) => l.msg === 'etd started', 20_000);
-    const identity = etd.lines.find((l) => String(l.msg).startsWith('running as user'));
-    expect(identity).toMatchObject({ user: TEST_USER, uid, capabilities: 'CAP_NET_ADMIN CAP_NET_BIND_SERVICE', droppedFromRoot: true });
-    // The same process (execve keeps the PID), every thread of it.
-    const ids = `${uid}\t${uid}\t${uid}\t${uid}`;
-    const gids = `${gid}\t${gid}\t${gid}\t${gid}`;
-    const threads = credentials(etd.child.pid!);
-    expect(threads.length).toBeGreaterThan(1);
-    for (const t of threads) {
-      expect(t, `thread ${t.tid}`).toEqual({
-        tid: t.tid,
-        Uid: ids,
-        Gid: gids,
-        CapInh: mask(ambient),
-        CapPrm: mask(ambient),
-        CapEff: mask(ambient),
-        CapAmb: mask(ambient),
-        CapBnd: mask(bounding),
-        NoNewPrivs: '1',
-      });
-    }
-    // The state directory was created for the user (what the unit's StateDirectory= does).
-    expect(fs.statSync(stateDir).uid).toBe(uid);
-    expect(fs.existsSync(path.join(stateDir, 'state.db'))).toBe(true);
-
-    expect(await swaks(lab, lab.v4.gatewayClientSide)).toMatch(/<- +250 Queued/);
-    const msg = await recorder.waitFor((e) => e.event === 'message' && e.remoteAddress === lab.v4.client, 5000);
-    expect(msg.remoteAddress).toBe(lab.v4.client);
-    const before = connectsFrom(lab.v4.client);
-    expect((await earlyTalker(lab, lab.v4.gatewayClientSide)).data).toBe('');
-    await etd.waitFor((l) => l.msg === 'session' && l.verdict === 'early_talker', 5000);
-    expect(connectsFrom(lab.v4.client)).toBe(before);
-
-    // A config the user cannot read: the reload is refused with the reason, the running config stays.
-    fs.chmodSync(file, 0o600);
-    etd.child.kill('SIGHUP');
-    const refused = await etd.waitFor((l) => String(l.msg).startsWith('reload refused'), 10_000);
-    expect(String(refused.err)).toMatch(/EACCES/);
-    fs.chmodSync(file, 0o644);
-    // A readable one reloads, and a renamed listener binds port 25 again as the user.
-    fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('name: smtp4', 'name: smtp4b'));
-    etd.child.kill('SIGHUP');
-    await etd.waitFor((l) => l.msg === 'configuration reloaded', 10_000);
-    const messages = recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length;
-    expect(await swaks(lab, lab.v4.gatewayClientSide)).toMatch(/<- +250 Queued/);
-    await recorder.waitFor(
-      () => recorder.events.filter((e) => e.event === 'message' && e.remoteAddress === lab.v4.client).length > messages,
-      5000,
-    );
-    expect(etd.lines.filter((l) => l.level === 'error' && !String(l.msg).startsWith('reload refused'))).toEqual([]);
-
-    etd.child.kill('SIGTERM');
-    expect(await etd.exited).toBe(0);
-    expect((await lab.exec(lab.ns.gateway, 'nft', ['list', 'ruleset'])).stdout).not.toMatch(/table inet etd/);
-    expect((await lab.exec(lab.ns.gateway, 'ip', ['rule', 'show'])).stdout).not.toMatch(/fwmark 0x1/);
-  }, 120_000);
-
-  it.skipIf(hasEtdUser)(
-    'without a user key and no etd user on the host: stays root with a warning naming the fix',
-    async () => {
-      const file = writeConfig(
-        'default-user.yaml',
-        `
-listeners: [{ name: p, address: 127.0.0.1, port: 2525 }]
-upstream: { servers: [{ name: b, address: 127.0.0.1, port: 2526 }], health: { enabled: false } }
-api: { enabled: false }
-state: { path: ":memory:" }
-`,
-      );
-      const etd = startAsRoot(file, lab.ns.gateway);
-      await etd.waitFor((l) => l.msg === 'etd started', 20_000);
-      const warning = etd.lines.find((l) => l.level === 'warn' && /user etd does not exist/.test(String(l.msg)));
-      expect(String(warning?.msg)).toMatch(/etd stays root.*useradd .*etd.*user: root/);
-      expect(etd.lines.find((l) => String(l.msg).startsWith('running as user'))).toMatchObject({ user: 'root', uid: 0 });
-      expect(credentials(etd.child.pid!)[0]!.Uid).toBe('0\t0\t0\t0');
       etd.child.kill('SIGTERM');
       expect(await etd.exited).toBe(0);
-    },
-    60_000,
-  );
+    }, 90_000);
+  });
 
-  it('a config the user cannot read is refused before the drop, naming the file and the fix', async () => {
-    const file = writeConfig(
-      'private.yaml',
-      `
+  describe('etd run started as root drops to its user', () => {
+    let uid = 0;
+    let gid = 0;
+
+    beforeAll(() => {
+      // A system user from a range of its own: the .deb test (test/system/deb.test.ts), which may run at the same
+      // time, creates its etd user with the next free uid of the usual system range, and checks that no process has it.
+      const range = ['-K', 'SYS_UID_MIN=61000', '-K', 'SYS_UID_MAX=61999', '-K', 'SYS_GID_MIN=61000', '-K', 'SYS_GID_MAX=61999'];
+      execFileSync('useradd', ['--system', ...range, '--user-group', '--no-create-home', '--shell', '/usr/sbin/nologin', TEST_USER]);
+      uid = Number(execFileSync('id', ['-u', TEST_USER], { encoding: 'utf8' }).trim());
+      gid = Number(execFileSync('id', ['-g', TEST_USER], { encoding: 'utf8' }).trim());
+    });
+
+    afterAll(() => {
+      spawnSync('userdel', [TEST_USER]);
+    });
+
+    it('vip mode: every thread runs as the user with CAP_NET_ADMIN CAP_NET_BIND_SERVICE only; relays, drops, reloads and stops cleanly', async () => {
+      // Two levels missing: the parent is created root's and searchable, the directory the user's.
+      const stateDir = path.join(suite.dir, 'state-drop', 'etd');
+      const file = writeConfig(
+        vipConfig({
+          top: `user: ${TEST_USER}`,
+          listeners: { smtp4: lab.v4.gatewayClientSide },
+          servers: { b4: lab.v4.backends[0] },
+          statePath: `${stateDir}/state.db`,
+          extra: 'cache: { enabled: false }',
+        }),
+      );
+      const etd = startAsRoot(file);
+      await etd.waitFor((l) => l.msg === 'etd started', 20_000);
+      const identity = etd.lines.find((l) => String(l.msg).startsWith('running as user'));
+      expect(identity).toMatchObject({ user: TEST_USER, uid, capabilities: 'CAP_NET_ADMIN CAP_NET_BIND_SERVICE', droppedFromRoot: true });
+      // The same process (execve keeps the PID), every thread of it.
+      const threads = expectCredentials(etd, uid, gid);
+      expect(threads.length).toBeGreaterThan(1);
+      // The state directory was created for the user (what the unit's StateDirectory= does).
+      expect(fs.statSync(stateDir).uid).toBe(uid);
+      expect(fs.existsSync(path.join(stateDir, 'state.db'))).toBe(true);
+
+      expect(await swaks(lab, lab.v4.gatewayClientSide)).toMatch(/<- +250 Queued/);
+      const msg = await recorder.waitFor((e) => e.event === 'message' && e.remoteAddress === lab.v4.client, 5000);
+      expect(msg.remoteAddress).toBe(lab.v4.client);
+      const before = connectsFrom(lab.v4.client);
+      expect((await earlyTalker(lab, lab.v4.gatewayClientSide)).data).toBe('');
+      await etd.waitFor((l) => l.msg === 'session' && l.verdict === 'early_talker', 5000);
+      expect(connectsFrom(lab.v4.client)).toBe(before);
+
+      // A config the user cannot read: the reload is refused with the reason, the running config stays.
+      fs.chmodSync(file, 0o600);
+      etd.child.kill('SIGHUP');
+      const refused = await etd.waitFor((l) => String(l.msg).startsWith('reload refused'), 10_000);
+      expect(String(refused.err)).toMatch(/EACCES/);
+      fs.chmodSync(file, 0o644);
+      // A readable one reloads, and a renamed listener binds port 25 again as the user.
+      await reloadRenamedAndDeliver(etd, file);
+      expect(etd.lines.filter((l) => l.level === 'error' && !String(l.msg).startsWith('reload refused'))).toEqual([]);
+
+      etd.child.kill('SIGTERM');
+      expect(await etd.exited).toBe(0);
+      expect((await lab.exec(lab.ns.gateway, 'nft', ['list', 'ruleset'])).stdout).not.toMatch(/table inet etd/);
+      expect((await lab.exec(lab.ns.gateway, 'ip', ['rule', 'show'])).stdout).not.toMatch(/fwmark 0x1/);
+    }, 120_000);
+
+    it.skipIf(hasEtdUser)(
+      'without a user key and no etd user on the host: stays root with a warning naming the fix',
+      async () => {
+        const file = writeConfig(
+          `
+listeners: [{ name: p, address: 127.0.0.1, port: 2525 }]
+upstream: { servers: [{ name: b, address: 127.0.0.1, port: 2526 }], health: { enabled: false } }
+api: { enabled: false }
+state: { path: ":memory:" }
+`,
+        );
+        const etd = startAsRoot(file);
+        await etd.waitFor((l) => l.msg === 'etd started', 20_000);
+        const warning = etd.lines.find((l) => l.level === 'warn' && /user etd does not exist/.test(String(l.msg)));
+        expect(String(warning?.msg)).toMatch(/etd stays root.*useradd .*etd.*user: root/);
+        expect(etd.lines.find((l) => String(l.msg).startsWith('running as user'))).toMatchObject({ user: 'root', uid: 0 });
+        expect(credentials(etd.child.pid!)[0]!.Uid).toBe('0\t0\t0\t0');
+        etd.child.kill('SIGTERM');
+        expect(await etd.exited).toBe(0);
+      },
+      60_000,
+    );
+
+    it('a config the user cannot read is refused before the drop, naming the file and the fix', async () => {
+      const file = writeConfig(
+        `
 user: ${TEST_USER}
 listeners: [{ name: p, address: 127.0.0.1, port: 2525 }]
 upstream: { servers: [{ name: b, address: 127.0.0.1, port: 2526 }], health: { enabled: false } }
 api: { enabled: false }
 state: { path: ":memory:" }
 `,
-    );
-    fs.chmodSync(file, 0o600);
-    const etd = startAsRoot(file, lab.ns.gateway);
-    expect(await etd.exited).toBe(1);
-    expect(etd.stderr).toContain(`ETD_ERR_PRIVILEGE_DROP: user ${TEST_USER} (uid ${uid}) cannot read ${file} — `);
-    expect(etd.stderr).toMatch(/chgrp .*user: root/);
-  }, 60_000);
+      );
+      fs.chmodSync(file, 0o600);
+      const etd = startAsRoot(file);
+      expect(await etd.exited).toBe(1);
+      expect(etd.stderr).toContain(`ETD_ERR_PRIVILEGE_DROP: user ${TEST_USER} (uid ${uid}) cannot read ${file} — `);
+      expect(etd.stderr).toMatch(/chgrp .*user: root/);
+    }, 60_000);
 
-  it('a user: that does not exist is ETD_ERR_USER, exit code 1', async () => {
-    const file = writeConfig(
-      'missing-user.yaml',
-      `
+    it('a user: that does not exist is ETD_ERR_USER, exit code 1', async () => {
+      const file = writeConfig(
+        `
 user: ${TEST_USER}x
 listeners: [{ name: p, address: 127.0.0.1, port: 2525 }]
 upstream: { servers: [{ name: b, address: 127.0.0.1, port: 2526 }], health: { enabled: false } }
 api: { enabled: false }
 state: { path: ":memory:" }
 `,
-    );
-    const etd = startAsRoot(file, lab.ns.gateway);
-    expect(await etd.exited).toBe(1);
-    expect(etd.stderr).toMatch(new RegExp(`ETD_ERR_USER: user: no user "${TEST_USER}x" on this host — create it`));
-  }, 60_000);
+      );
+      const etd = startAsRoot(file);
+      expect(await etd.exited).toBe(1);
+      expect(etd.stderr).toMatch(new RegExp(`ETD_ERR_USER: user: no user "${TEST_USER}x" on this host — create it`));
+    }, 60_000);
+  });
 });

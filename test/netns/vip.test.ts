@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { JsonLineProcess, Lab } from '../../lab/netns.js';
 import type { RunningEtd } from '../helpers/cli.js';
-import { type LabSuite, labSuite } from '../helpers/labSuite.js';
+import { firstBackends, type LabSuite, labSuite, labVipConfig } from '../helpers/labSuite.js';
 import { earlyTalker, swaks } from '../helpers/nsClient.js';
 import { skipPrivileged } from '../helpers/privileged.js';
 import { sleep, waitFor } from '../helpers/wait.js';
@@ -16,26 +16,7 @@ let lab: Lab;
 let recorder: JsonLineProcess;
 
 function configFor(lab: Lab, extra = ''): string {
-  return suite.writeConfig(
-    `
-listeners:
-  - { name: smtp4, address: ${lab.v4.gatewayClientSide}, port: 25, mode: vip }
-  - { name: smtp6, address: "${lab.v6.gatewayClientSide}", port: 25, mode: vip }
-detection: { window: 500ms, action: drop }
-upstream:
-  source: clientip
-  connectTimeout: 3s
-  retries: 0
-  health: { enabled: false }
-  servers:
-    - { name: b4, address: ${lab.v4.backends[0]}, port: 25 }
-    - { name: b6, address: "${lab.v6.backends[0]}", port: 25 }
-api: { enabled: false }
-state: { path: ":memory:" }
-log: { level: info }
-${extra}
-`,
-  );
+  return suite.writeConfig(labVipConfig(lab, { extra }));
 }
 
 function start(file: string): Promise<RunningEtd> {
@@ -63,10 +44,7 @@ const connectsFrom = (addr: string) => recorder.events.filter((e) => e.event ===
 describe.skipIf(skip)('vip mode in the lab', () => {
   suite = labSuite({
     name: 'vip',
-    recorder: (lab) => [
-      { address: lab.v4.backends[0], port: 25 },
-      { address: lab.v6.backends[0], port: 25 },
-    ],
+    recorder: firstBackends,
   });
   beforeAll(() => {
     ({ lab, recorder } = suite);
@@ -123,7 +101,7 @@ describe.skipIf(skip)('vip mode in the lab', () => {
       // First visit of this address (a logged early talker earns no pass): the teaser, then the
       // backend's greeting and its answer to the early EHLO — relayed from the client's address.
       const connects = recorder.events.filter((e) => e.event === 'connect' && e.remoteAddress === client).length;
-      const early = await earlyTalker(lab, gw);
+      const early = await earlyTalker(lab, gw, 25, /\r\n250[- ].*\r\n/);
       expect(early.data, family).toMatch(/^220-gw\.example ESMTP\r\n220 /);
       expect(early.data, family).toMatch(/\r\n250[- ]/);
       expect(recorder.events.filter((e) => e.event === 'connect' && e.remoteAddress === client).length, family).toBe(connects + 1);
@@ -216,7 +194,10 @@ describe.skipIf(skip)('vip mode in the lab', () => {
 
   it('without the divert rule the spoofed connect fails within the connect timeout and the log names the likely cause', async () => {
     // manage: false — etd installs nothing, so the backend's replies to the client address never come back to etd.
-    const etd = await start(configFor(lab, 'netfilter: { manage: false }'));
+    const file = configFor(lab, 'netfilter: { manage: false }');
+    // A short connect timeout: the connect is meant to time out.
+    fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('connectTimeout: 3s', 'connectTimeout: 1s'));
+    const etd = await start(file);
     const started = Date.now();
     const out = await swaks(lab, lab.v4.gatewayClientSide, 25, ['--quit-after', 'CONNECT']).catch((e: Error) => e.message);
     expect(Date.now() - started).toBeLessThan(10_000);

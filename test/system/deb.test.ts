@@ -174,6 +174,8 @@ let version: string;
 let before: string[] = [];
 /** The install reached the throwaway root (so the host check at the end means something). */
 let installedInRoot = false;
+/** lintian's run, started once the package is built. */
+let lintian: Promise<Run> | undefined;
 
 describe.skipIf(skip)('the Debian package (npm run package), installed into a throwaway copy of this machine', () => {
   beforeAll(async () => {
@@ -200,6 +202,8 @@ describe.skipIf(skip)('the Debian package (npm run package), installed into a th
     expect(built.code, built.stdout + built.stderr).toBe(0);
     deb = built.stdout.trim().split('\n').at(-1)!;
     version = packageVersion();
+    // lintian reads only the .deb: it runs beside the install tests, its test awaits the result.
+    lintian = run('lintian', ['--tag-display-limit', '0', deb], { timeoutMs: 180_000 });
     await startThrowawayRoot(rootDir);
     fs.mkdirSync(rootPath(WORK), { recursive: true });
     fs.copyFileSync(deb, rootPath(`${WORK}/${path.basename(deb)}`));
@@ -207,6 +211,8 @@ describe.skipIf(skip)('the Debian package (npm run package), installed into a th
   }, 360_000);
 
   afterAll(async () => {
+    // lintian reads the package in `tmp`: it ends before `tmp` goes.
+    await lintian?.catch(() => undefined);
     // The throwaway root goes with its holder: its mount namespace, overlay and tmpfs.
     if (holder?.pid !== undefined && holder.exitCode === null) {
       const gone = new Promise((r) => holder!.once('exit', r));
@@ -254,15 +260,6 @@ describe.skipIf(skip)('the Debian package (npm run package), installed into a th
     const conffiles = execFileSync('dpkg-deb', ['--info', deb, 'conffiles'], { encoding: 'utf8' });
     expect(conffiles.trim()).toBe('/etc/etd/etd.yaml');
   });
-
-  it('lintian reports no errors, and every warning left is listed with its reason in docs/packaging.md', async () => {
-    const r = await run('lintian', ['--tag-display-limit', '0', deb], { timeoutMs: 180_000 });
-    const lines = `${r.stdout}\n${r.stderr}`.split('\n');
-    expect(lines.filter((l) => /^E: /.test(l))).toEqual([]);
-    const doc = fs.readFileSync(path.join(ROOT, 'docs/packaging.md'), 'utf8');
-    const warnings = [...new Set(lines.map((l) => /^W: etd: ([a-z0-9-]+)/.exec(l)?.[1]).filter((t): t is string => t !== undefined))];
-    for (const tag of warnings) expect(doc, `lintian warning ${tag} is not explained in docs/packaging.md`).toContain(`\`${tag}\``);
-  }, 200_000);
 
   it('installs with dpkg -i: user etd, /var/lib/etd, the unit enabled but not started; etd version and etd check run from /usr/bin/etd', async () => {
     const r = await dpkg('-i', `${WORK}/${path.basename(deb)}`);
@@ -409,6 +406,15 @@ describe.skipIf(skip)('the Debian package (npm run package), installed into a th
     const lost = before.filter((l) => !is.has(l));
     expect({ added, lost }).toEqual({ added: [], lost: [] });
   }, 120_000);
+
+  it('lintian reports no errors, and every warning left is listed with its reason in docs/packaging.md', async () => {
+    const r = await lintian!;
+    const lines = `${r.stdout}\n${r.stderr}`.split('\n');
+    expect(lines.filter((l) => /^E: /.test(l))).toEqual([]);
+    const doc = fs.readFileSync(path.join(ROOT, 'docs/packaging.md'), 'utf8');
+    const warnings = [...new Set(lines.map((l) => /^W: etd: ([a-z0-9-]+)/.exec(l)?.[1]).filter((t): t is string => t !== undefined))];
+    for (const tag of warnings) expect(doc, `lintian warning ${tag} is not explained in docs/packaging.md`).toContain(`\`${tag}\``);
+  }, 200_000);
 
   it('the host itself never had the package: no etd package, no /etc/etd or other file of it, no user or group etd', async () => {
     // The throwaway root had them (the tests above); the host must not.

@@ -1,4 +1,4 @@
-// A real redis-server for tests (Debian's redis-server): no persistence, foreground, ended by its PID.
+// A real redis-server for the tests and benches (Debian's redis-server), on loopback or in a lab namespace: no persistence, foreground, ended by its PID.
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import net from 'node:net';

@@ -1,7 +1,7 @@
-// The second pass of `npm test` alone: the in-process proxy scenarios again, with 2 engine workers (ETD_TEST_WORKERS=2, docs/workers.md). `npm test` runs it inside its one vitest run (vitest.config.ts, project names workers2-*); this config runs it by itself.
+// The second pass of `npm test` alone: the in-process proxy scenarios again, with 2 engine threads (ETD_TEST_WORKERS=2, docs/workers.md). `npm test` runs it inside its one vitest run (vitest.config.ts, project names workers2-*); this config runs it by itself.
 //
-// Not here: test/integration/admission.test.ts (ETD_ENGINE_FAULTS numbers one engine's calls) and
-// hostile.test.ts (it counts one thread's Session objects and heap), which pin one worker; the
+// Not here: test/integration/admission.test.ts (ETD_ENGINE_FAULTS numbers each engine thread's calls) and
+// hostile.test.ts (it counts one thread's Session objects and heap), which pin one thread; the
 // CLI and netns tests, which run `etd run` with `workers: auto` in the first pass.
 import { defineConfig } from 'vitest/config';
 import { LongestFirst, projects, SERIAL } from './test/schedule.js';

@@ -1,4 +1,4 @@
-// How `npm test` runs the test files: one vitest run of both passes (the suite, and the proxy scenarios again with 2 engine workers); test/schedule.ts says what runs side by side and what alone.
+// How `npm test` runs the test files: one vitest run of both passes (the suite, and the proxy scenarios again with 2 engine threads); test/schedule.ts says what runs side by side and what alone.
 import { defineConfig } from 'vitest/config';
 import { LongestFirst, projects, SERIAL } from './test/schedule.js';
 import { WORKER_SCENARIOS } from './vitest.workers.config.js';
@@ -13,12 +13,12 @@ export default defineConfig({
     env: { ETD_DROP_PRIVILEGES: 'no' },
     sequence: { sequencer: LongestFirst },
     projects: projects([
-      // The suite: every file, one engine worker in-process (etd run from the CLI and the netns labs use `auto`).
+      // The suite: every file, one engine thread in-process (etd run from the CLI and the netns labs use `auto`).
       {
         files: ['test/unit/**/*.test.ts', 'test/integration/**/*.test.ts', 'test/netns/**/*.test.ts', 'test/system/**/*.test.ts'],
         serial: SERIAL,
       },
-      // The second pass (vitest.workers.config.ts runs it alone): the in-process proxy scenarios with 2 engine workers.
+      // The second pass (vitest.workers.config.ts runs it alone): the in-process proxy scenarios with 2 engine threads.
       {
         name: 'workers2',
         files: WORKER_SCENARIOS,

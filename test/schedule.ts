@@ -62,7 +62,6 @@ export const SERIAL_ORDER = [
   'workers2:test/integration/limits.test.ts',
   'test/integration/dashboardBurst.test.ts',
   'test/integration/fuzz.test.ts',
-  'workers2:test/integration/fuzz.test.ts',
   'test/integration/agentFaults.test.ts',
   'workers2:test/integration/agentFaults.test.ts',
   'test/integration/hold.test.ts',

@@ -6,79 +6,21 @@
 // 127.0.0.5 while etd listens on and connects from 127.0.0.1: Postfix can only know 127.0.0.5
 // from the PROXY header. Postfix must be started as root (its master drops privileges itself).
 
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
-import { sleep, waitFor } from '../helpers/wait.js';
+import { freePort, POSTFIX, postfixMissing, run, SWAKS, stopPostfix } from '../helpers/postfix.js';
+import { waitFor } from '../helpers/wait.js';
 
 const CI = process.env.CI === 'true' || process.env.CI === '1';
 const CLIENT = '127.0.0.5';
-const POSTFIX = '/usr/sbin/postfix';
-const MASTER = '/usr/lib/postfix/sbin/master';
-const SWAKS = '/usr/bin/swaks';
 
-/** Why this test cannot run here, or undefined. */
-function missing(): string | undefined {
-  const absent = [POSTFIX, MASTER, SWAKS].filter((f) => !fs.existsSync(f));
-  if (absent.length) return `not installed: ${absent.join(', ')} (apt-get install postfix swaks)`;
-  if (process.getuid?.() !== 0) return 'Postfix must be started as root (its master process drops privileges itself)';
-  try {
-    execFileSync('id', ['-u', 'postfix'], { stdio: 'pipe' });
-  } catch {
-    return 'there is no "postfix" user (the Debian package creates it)';
-  }
-  return undefined;
-}
-
-const why = missing();
+const why = postfixMissing();
 if (why && !CI) console.warn(`postfix.test.ts skipped: ${why}`);
-
-function run(file: string, args: string[], timeoutMs = 30_000): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(file, args, { timeout: timeoutMs, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
-      resolve({ code, stdout: String(stdout), stderr: String(stderr) });
-    });
-  });
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Pids whose parent is `ppid` (from /proc). */
-function children(ppid: number): number[] {
-  const out: number[] = [];
-  for (const d of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
-      // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ")".
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(fields[1]) === ppid) out.push(Number(d));
-    } catch {
-      /* gone meanwhile */
-    }
-  }
-  return out;
-}
 
 /** The remote addresses of established TCP connections to local port `port` (IPv4, from /proc/net/tcp). */
 function tcpPeersOf(port: number): string[] {
@@ -193,17 +135,8 @@ async function startPostfix(): Promise<PostfixInstance> {
   const stop = async () => {
     if (stopped) return;
     stopped = true;
-    const pid = masterPid();
-    await run(POSTFIX, ['-c', etc, 'stop'], 20_000);
-    if (pid !== undefined) {
-      // The master ends its children; whatever is left of this instance is killed by pid.
-      const left = [...children(pid), pid];
-      const deadline = Date.now() + 5000;
-      while (alive(pid) && Date.now() < deadline) await sleep(50);
-      for (const p of [...children(pid), ...left]) {
-        if (alive(p)) process.kill(p, 'SIGKILL');
-      }
-    }
+    // The master ends its children; whatever is left of this instance is killed by pid.
+    await stopPostfix(etc, masterPid());
     fs.rmSync(dir, { recursive: true, force: true });
   };
 

@@ -28,6 +28,7 @@
 #include <uv.h>
 
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <atomic>
@@ -67,6 +68,14 @@ struct ConnectSpec {
   int port = 0;
   uint32_t timeout_ms = 0;
   std::string preamble;
+};
+
+// A connect the JS thread prepared (socket, source address) and the engine thread makes (Engine::RunConnects).
+struct PendingConnect {
+  uint64_t id;
+  int fd;
+  sockaddr_storage to;
+  socklen_t to_len;
 };
 
 // What engineReply asks for.
@@ -181,6 +190,7 @@ class Engine {
   void CloseUpstream(Conn* c);
   void StartReply(Conn* c, const std::string& text, double now);
   void OnClosing(Conn* c, uint32_t events, double now);
+  void RunConnects(double now);
   void FinishDeferred(Conn* c, double now);
   ssize_t WriteClient(Conn* c, const char* p, size_t n);
   void FlushPreRelay(Conn* c);
@@ -235,7 +245,8 @@ class Engine {
   std::unordered_map<uint64_t, Listener> listeners_;
   std::vector<Timer*> heap_;  // min-heap on `at` of every scheduled deadline
   std::vector<Ev> pending_;
-  std::deque<Ev> outbox_;  // published, not yet taken by the hub
+  std::deque<Ev> outbox_;                 // published, not yet taken by the hub
+  std::vector<PendingConnect> connects_;  // prepared by Connect, made by the thread
 };
 
 }  // namespace etd

@@ -108,6 +108,7 @@ void Engine::CloseAll() {
   heap_.clear();
   pending_.clear();
   outbox_.clear();
+  connects_.clear();
   if (epfd_ >= 0) close(epfd_);
   if (wakefd_ >= 0) close(wakefd_);
   epfd_ = wakefd_ = -1;
@@ -139,6 +140,7 @@ void Engine::Run() {
     }
     dispatching_ = true;
     now = NowMs();
+    RunConnects(now);
     // First note which clients are already reset in this batch: a server's EOF handled before its
     // client's event then ends the relay at once instead of a shutdown (ENOTCONN) and a read
     // (ECONNRESET) on a dead socket (relay.cc, ReadServer).

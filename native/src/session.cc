@@ -366,23 +366,9 @@ bool Engine::Connect(Napi::Env env, uint64_t id, const ConnectSpec& spec, bool* 
   if (!spec.source.empty() && !PrepareSpoofedSource(env, fd.get(), family, spec.source, from, from_len, 0, spec.syn_count)) return false;
   int one = 1;
   setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  int fault = faults_.Hit(Sys::Connect);
-  int rc = fault != 0 ? (errno = fault, -1) : connect(fd.get(), reinterpret_cast<const sockaddr*>(&to), to_len);
-  if (rc != 0 && errno != EINPROGRESS) {
-    int err = errno;
-    ThrowSys(env, err, "connect", Hint(err, "connect", family, target, port, false), Where{HostPort(family, target, port), &target, port});
-    return false;
-  }
-  // Register both sides before committing, so a refused epoll watch leaves the client as it was.
-  uint32_t umask = rc == 0 ? (EPOLLIN | (spec.preamble.empty() ? 0u : uint32_t{EPOLLOUT})) : uint32_t{EPOLLOUT};
-  epoll_event ev{};
-  ev.events = umask;
-  ev.data.u64 = c->id << 1 | kServer;
-  if (EpollCtl(EPOLL_CTL_ADD, fd.get(), &ev) != 0) {
-    int err = errno;
-    ThrowSys(env, err, "epoll_ctl", Hint(err, "epoll_ctl", family, target, port, false), kNowhere);
-    return false;
-  }
+  // The connect itself (and the upstream's epoll watch) is made by the engine thread, in its next
+  // dispatch (RunConnects): its syscalls stay off the JS thread; its failures come back as
+  // UPSTREAM_FAILED connect. What fails here (socket, source address, arguments) still throws.
   St was = c->st;
   std::shared_ptr<const Profile> old_profile = c->profile;
   c->st = St::Connecting;
@@ -404,22 +390,53 @@ bool Engine::Connect(Napi::Env env, uint64_t id, const ConnectSpec& spec, bool* 
   }
   double now = NowMs();
   c->ufd = fd.release();
-  c->umask = umask;
+  c->umask = 0;
   c->connect_start = now;
   c->c2s = Dir{};
   if (!spec.preamble.empty()) c->c2s.pending.Assign(spec.preamble.data(), spec.preamble.size());
   std::string().swap(c->greeting);
   c->greeting_line = 0;
-  if (rc == 0) {
-    EnterGreeting(c, now);  // connected at once (loopback may do that): straight to the greeting
-  } else if (spec.timeout_ms > 0) {
+  if (spec.timeout_ms > 0) {
     SetStateTimer(c, Kind::ConnectTimeout, spec.timeout_ms, now);
   } else {
     Unschedule(&c->state_timer);  // bounded by the kernel's SYN retries (synCount)
   }
-  Update(c);
+  bool first = connects_.empty();
+  connects_.push_back(PendingConnect{c->id, c->ufd, to, to_len});
+  if (first && !dispatching_) Wake();
   *done = true;
   return true;
+}
+
+// The engine thread's half of Connect: the connect(2) and the upstream's epoll watch, for every
+// connection still waiting for them (one that ended or moved on meanwhile is skipped).
+void Engine::RunConnects(double now) {
+  if (connects_.empty()) return;
+  std::vector<PendingConnect> todo;
+  todo.swap(connects_);
+  for (const PendingConnect& p : todo) {
+    Conn* c = Find(p.id);
+    if (c == nullptr || c->st != St::Connecting || c->ufd != p.fd || c->umask != 0) continue;
+    int fault = faults_.Hit(Sys::Connect);
+    int rc = fault != 0 ? (errno = fault, -1) : connect(c->ufd, reinterpret_cast<const sockaddr*>(&p.to), p.to_len);
+    if (rc != 0 && errno != EINPROGRESS) {
+      UpstreamFailed(c, "connect", ErrnoName(errno), now);
+      if (!c->dead) Update(c);
+      continue;
+    }
+    uint32_t umask = rc == 0 ? (EPOLLIN | (c->c2s.pending.empty() ? 0u : uint32_t{EPOLLOUT})) : uint32_t{EPOLLOUT};
+    epoll_event ev{};
+    ev.events = umask;
+    ev.data.u64 = c->id << 1 | kServer;
+    if (EpollCtl(EPOLL_CTL_ADD, c->ufd, &ev) != 0) {
+      UpstreamFailed(c, "connect", ErrnoName(errno), now);
+      if (!c->dead) Update(c);
+      continue;
+    }
+    c->umask = umask;
+    if (rc == 0) EnterGreeting(c, now);  // connected at once (loopback may do that): straight to the greeting
+    if (!c->dead) Update(c);
+  }
 }
 
 double Engine::Reply(uint64_t id, const ReplySpec& spec) {

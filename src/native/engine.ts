@@ -10,7 +10,7 @@
 //     Commands on an id that is gone or in the wrong state return false (reply: -1, inspect:
 //     null) and never throw: a batch may hold an event for a connection an earlier handler closed,
 //     and an engine thread may have ended a connection whose event is still on its way.
-//   - Argument errors throw TypeError/RangeError; failed syscalls of hold/connect/listen throw
+//   - Argument errors throw TypeError/RangeError; failed syscalls of hold/listen and of connect's socket/bind throw
 //     TransparentSyscallError (syscall 'epoll_ctl', 'socket', 'connect', ...) and leave the
 //     connection as it was.
 //   - A connection still `new` when the callback announcing it returns is reset and reported
@@ -41,7 +41,7 @@ export interface Engine {
   unlisten(listenerId: number): void;
   /** State `new` only: holds the client silently for windowMs; writes profile.teaser (if any) at once. */
   hold(id: number, h: P.EngineHold): boolean;
-  /** States `new`/`held`/`waiting` (`held`: ends the window early): connects upstream, writes the preamble, reads the greeting. Sync failures throw TransparentSyscallError. */
+  /** States `new`/`held`/`waiting` (`held`: ends the window early): connects upstream (socket and source here; the connect(2) itself on the engine thread: its failure is UPSTREAM_FAILED connect), writes the preamble, reads the greeting. Failures of socket/bind throw TransparentSyscallError. */
   connect(id: number, c: P.EngineConnect): boolean;
   /** Any state before the relay: the final reply (or `first`, then the reply after the client's first line). Bytes written at once, or -1. */
   reply(id: number, r: P.EngineReply): number;

@@ -1544,7 +1544,7 @@ describe('engineStop', () => {
     await again.c.closed;
   });
 
-  it('ETD_ENGINE_FAULTS fails the n-th syscall: hold and connect throw and leave the client new; an epoll failure later is GONE engine_<errno>', async () => {
+  it('ETD_ENGINE_FAULTS fails the n-th syscall: hold throws and leaves the client new, the connect(2) on the engine thread fails as UPSTREAM_FAILED; an epoll failure later is GONE engine_<errno>', async () => {
     engine.stop();
     expect((thrown(() => startEngine('epoll_ctl:x:ENOSPC')) as Error).message).toMatch(
       /^engineStart\(onEvents\): ETD_ENGINE_FAULTS must be <syscall>:<n>:<ERRNO>\[,\.\.\.\] .* \(got "epoll_ctl:x:ENOSPC"\) \(unset it, or fix it\)$/,
@@ -1558,15 +1558,21 @@ describe('engineStop', () => {
     const a = await accepted((e) => {
       errs.push(thrown(() => engine.hold(e[1], { windowMs: 1000, profile: P_DROP })));
       states.push(engine.inspect(e[1])?.state);
-      errs.push(thrown(() => engine.connect(e[1], upstream(9, P_DROP, { timeoutMs: 100 }))));
+      errs.push(engine.connect(e[1], upstream(9, P_DROP, { timeoutMs: 100 })));
       states.push(engine.inspect(e[1])?.state);
-      engine.reply(e[1], { text: '421 4.3.2 engine trouble\r\n', profile: P_DROP });
     });
     expect(errs[0]).toBeInstanceOf(TransparentSyscallError);
     expect(errs[0]).toMatchObject({ syscall: 'epoll_ctl', sysCode: 'ENOSPC' });
     expect((errs[0] as Error).message).toMatch(/fs\.epoll\.max_user_watches/);
-    expect(errs[1]).toMatchObject({ syscall: 'connect', sysCode: 'ENOMEM', port: 9 });
-    expect(states).toEqual(['new', 'new']);
+    // The connect(2) itself is made by the engine thread: its failure is an UPSTREAM_FAILED event
+    // (the client back in waiting), not an exception.
+    expect(errs[1]).toBe(true);
+    expect(states[0]).toBe('new');
+    expect(['connecting', 'waiting']).toContain(states[1]); // the thread may have failed it already
+    const failed = await waitEvent(evFor(EV_UPSTREAM_FAILED, a.id));
+    expect(failed.slice(0, 4)).toEqual([EV_UPSTREAM_FAILED, a.id, 'connect', 'ENOMEM']);
+    expect(engine.inspect(a.id)?.state).toBe('waiting');
+    engine.reply(a.id, { text: '421 4.3.2 engine trouble\r\n', profile: P_DROP });
     await a.c.waitData('421 4.3.2 engine trouble\r\n');
     a.c.sock.end();
     await a.c.closed;

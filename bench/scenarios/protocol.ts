@@ -45,55 +45,55 @@ export interface ProtocolFigures {
   relay?: { off: ProtocolRelayRun; reject: ProtocolRelayRun; ratio: number };
 }
 
-async function sessionsRun(ctx: BenchContext, tag: string, detection: string | undefined): Promise<ProtocolRun> {
-  const s = ctx.opts.sessions;
+/** One etd (protocol tests per `detection`) under one smtp-source load: the run, the proxy's CPU, its log file. */
+async function measuredRun(
+  ctx: BenchContext,
+  tag: string,
+  detection: string | undefined,
+  load: { parallel: number; messages: number; size: number; keepConnections: boolean },
+): Promise<{ r: Awaited<ReturnType<typeof runSmtpSource>>; cpu: number; logFile: string }> {
   const proxy = await startProxy('etd', ctx, { windowMs: ctx.opts.windowMs, tag, ...(detection ? { detection } : {}) });
-  let r: Awaited<ReturnType<typeof runSmtpSource>>;
-  let cpu: number;
   try {
     await probe(ctx.bl, proxy);
     const c0 = cpuMs(proxy.pid);
-    r = await runSmtpSource(
-      ctx.bl,
-      { host: proxy.address, port: proxy.port, parallel: s.parallel, messages: s.messages, size: s.size, keepConnections: false },
-      Math.max(10_000, ctx.left() - 5000),
-    );
-    cpu = cpuMs(proxy.pid) - c0;
+    const r = await runSmtpSource(ctx.bl, { host: proxy.address, port: proxy.port, ...load }, Math.max(10_000, ctx.left() - 5000));
+    const cpu = cpuMs(proxy.pid) - c0;
+    if (r.timedOut) throw new Error(`smtp-source through etd (${tag}) did not finish in time`);
+    return { r, cpu, logFile: proxy.logFile };
   } finally {
     await proxy.stop();
   }
-  if (r.timedOut) throw new Error(`smtp-source through etd (${tag}) did not finish in time`);
+}
+
+async function sessionsRun(ctx: BenchContext, tag: string, detection: string | undefined): Promise<ProtocolRun> {
+  const s = ctx.opts.sessions;
+  const { r, cpu, logFile } = await measuredRun(ctx, tag, detection, {
+    parallel: s.parallel,
+    messages: s.messages,
+    size: s.size,
+    keepConnections: false,
+  });
   return {
     sessionsPerS: s.messages / (r.wallMs / 1000),
     cpuMsPerSession: cpu / s.messages,
-    endings: sessionEndings('etd', proxy.logFile),
+    endings: sessionEndings('etd', logFile),
     problemCount: r.problemCount,
   };
 }
 
 async function relayRun(ctx: BenchContext, tag: string, detection: string | undefined): Promise<ProtocolRelayRun> {
   const s = ctx.opts.relay;
-  const proxy = await startProxy('etd', ctx, { windowMs: ctx.opts.windowMs, tag, ...(detection ? { detection } : {}) });
-  let r: Awaited<ReturnType<typeof runSmtpSource>>;
-  let cpu: number;
-  try {
-    await probe(ctx.bl, proxy);
-    const c0 = cpuMs(proxy.pid);
-    r = await runSmtpSource(
-      ctx.bl,
-      { host: proxy.address, port: proxy.port, parallel: s.parallel, messages: s.messages, size: s.size, keepConnections: true },
-      Math.max(10_000, ctx.left() - 5000),
-    );
-    cpu = cpuMs(proxy.pid) - c0;
-  } finally {
-    await proxy.stop();
-  }
-  if (r.timedOut) throw new Error(`smtp-source relay through etd (${tag}) did not finish in time`);
+  const { r, cpu, logFile } = await measuredRun(ctx, tag, detection, {
+    parallel: s.parallel,
+    messages: s.messages,
+    size: s.size,
+    keepConnections: true,
+  });
   const mb = (s.messages * s.size) / 1e6;
   return {
     mbPerS: mb / (r.wallMs / 1000),
     cpuMsPerMb: cpu / mb,
-    endings: sessionEndings('etd', proxy.logFile),
+    endings: sessionEndings('etd', logFile),
     problemCount: r.problemCount,
   };
 }

@@ -232,7 +232,7 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
     });
   }, 30_000);
 
-  it('Redis killed under load: 0 sessions lost, every passed client delivered, one warning, no event-loop stall over 50 ms beyond the delay with Redis up; restarted: written back, A and B agree', async () => {
+  it('Redis killed under load: 0 sessions lost, every passed client delivered, one warning, no event-loop stall over 100 ms beyond the delay with Redis up; restarted: written back, A and B agree', async () => {
     const pool = Array.from({ length: 16 }, (_, i) => src(20 + i));
     const loadA = lab.spawnJson(lab.ns.client, process.execPath, [
       CLIENT,
@@ -297,12 +297,14 @@ describe.skipIf(skip)('two gateways sharing one real Redis', () => {
     );
     expect(failed).toEqual([]);
     expect(afterKill).toBeGreaterThan(0);
-    // The outage adds no stall: the loop's worst delay while Redis is down stays within 50 ms of
-    // its worst delay in the 2 s before with Redis up (on a loaded 2-core machine scheduling alone
-    // gives 20-35 ms there, now that one JS thread decides for both engine threads). A blocking
-    // reconnect or a synchronous drain of the write queue would show as hundreds of ms.
-    expect(stall.a).toBeLessThanOrEqual(Math.max(50, control.a + 50));
-    expect(stall.b).toBeLessThanOrEqual(Math.max(50, control.b + 50));
+    // The outage adds no stall: the loop's worst delay while Redis is down stays within 100 ms of
+    // its worst delay in the 2 s before with Redis up. The outage window is longer than the control
+    // (the wait for both to notice, the API call, the client), and on the loaded 2-core CI machine
+    // scheduling alone gives 20-75 ms there (CI measured 74 ms against a control of 14). A blocking
+    // reconnect (Redis's connect timeout is seconds) or a synchronous drain of the write queue would
+    // show as hundreds of ms.
+    expect(stall.a).toBeLessThanOrEqual(Math.max(100, control.a + 100));
+    expect(stall.b).toBeLessThanOrEqual(Math.max(100, control.b + 100));
     for (const g of [a, b]) {
       const w = warningsOf(g);
       expect(w.filter((m) => m.includes('Redis is down'))).toHaveLength(1);

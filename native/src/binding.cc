@@ -58,6 +58,15 @@ Napi::Value Command(Napi::Env env, uint64_t id, Napi::Value idle, F&& fn) {
   return out;
 }
 
+// Queues a command for the engine thread that owns connection `id`: true when that thread runs
+// (it applies the command at its next wakeup, or ignores it if the connection has ended or moved
+// on meanwhile; the event that explains it reaches JS), false when no thread of it runs.
+Napi::Value Queue(Napi::Env env, Cmd cmd) {
+  Hub* hub = Running(env);
+  Engine* e = hub == nullptr ? nullptr : hub->Route(cmd.id);
+  return Napi::Boolean::New(env, e != nullptr && e->Enqueue(std::move(cmd)));
+}
+
 constexpr const char* kThreadSigs = "thread";
 
 // Engine thread `thread` when it runs; otherwise throws into JS (naming `sig`) and returns null.
@@ -326,10 +335,10 @@ Napi::Value EngineHold(const Napi::CallbackInfo& info) {
   if (!GetIdOptions(info, kHoldSig, "hold", &id, &o) || !ReadMs(env, o, kHoldSig, "windowMs", 0, &window) ||
       !ReadProfileRef(env, o.Get("profile"), kHoldSig, &profile))
     return env.Undefined();
-  return Command(env, id, Napi::Boolean::New(env, false), [&](Engine* e) -> Napi::Value {
-    bool done = false;
-    return e->Hold(env, id, window, std::move(profile), &done) ? Napi::Boolean::New(env, done) : env.Undefined();
-  });
+  Cmd cmd{Cmd::kHold, id};
+  cmd.window_ms = window;
+  cmd.profile = std::move(profile);
+  return Queue(env, std::move(cmd));
 }
 
 constexpr const char* kConnectSig = "engineConnect(id, { profile, family, sourceAddress, synCount, address, port, timeoutMs, preamble })";
@@ -338,23 +347,25 @@ Napi::Value EngineConnect(const Napi::CallbackInfo& info) {
   const char* sig = kConnectSig;
   uint64_t id;
   Napi::Object o;
-  ConnectSpec spec;
+  auto spec = std::make_shared<ConnectSpec>();
+  std::string source, address;
   int64_t syn_count, port;
   uint32_t timeout;
-  if (!GetIdOptions(info, sig, "connect", &id, &o) || !ReadProfileRef(env, o.Get("profile"), sig, &spec.profile) ||
-      !ReadFamily(env, o.Get("family"), sig, &spec.family) ||
-      !ReadString(env, o.Get("sourceAddress"), sig, "sourceAddress", &spec.source) ||
+  if (!GetIdOptions(info, sig, "connect", &id, &o) || !ReadProfileRef(env, o.Get("profile"), sig, &spec->profile) ||
+      !ReadFamily(env, o.Get("family"), sig, &spec->family) || !ReadString(env, o.Get("sourceAddress"), sig, "sourceAddress", &source) ||
       !ReadInt(env, o.Get("synCount"), sig, "synCount", 0, 127, &syn_count) ||
-      !ReadString(env, o.Get("address"), sig, "address", &spec.address) || !ReadInt(env, o.Get("port"), sig, "port", 1, 65535, &port) ||
-      !ReadMs(env, o, sig, "timeoutMs", 0, &timeout) || !ReadBytes(env, o.Get("preamble"), sig, "preamble", &spec.preamble))
+      !ReadString(env, o.Get("address"), sig, "address", &address) || !ReadInt(env, o.Get("port"), sig, "port", 1, 65535, &port) ||
+      !ReadMs(env, o, sig, "timeoutMs", 0, &timeout) || !ReadBytes(env, o.Get("preamble"), sig, "preamble", &spec->preamble))
     return env.Undefined();
-  spec.syn_count = static_cast<int>(syn_count);
-  spec.port = static_cast<int>(port);
-  spec.timeout_ms = timeout;
-  return Command(env, id, Napi::Boolean::New(env, false), [&](Engine* e) -> Napi::Value {
-    bool done = false;
-    return e->Connect(env, id, spec, &done) ? Napi::Boolean::New(env, done) : env.Undefined();
-  });
+  // The addresses are parsed here (a bad literal throws, naming it); the syscalls run on the engine thread.
+  if (!ParseAddress(env, spec->family, address, static_cast<int>(port), &spec->to, &spec->to_len)) return env.Undefined();
+  spec->spoof = !source.empty();
+  if (spec->spoof && !ParseAddress(env, spec->family, source, 0, &spec->from, &spec->from_len)) return env.Undefined();
+  spec->syn_count = static_cast<int>(syn_count);
+  spec->timeout_ms = timeout;
+  Cmd cmd{Cmd::kConnect, id};
+  cmd.connect = std::move(spec);
+  return Queue(env, std::move(cmd));
 }
 
 constexpr const char* kReplySig = "engineReply(id, { text | greeting, first?, profile? })";
@@ -390,7 +401,7 @@ Napi::Value EngineDrop(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t id;
   if (!CheckArity(info, 1, kDropSig) || !GetId(info, kDropSig, &id)) return env.Undefined();
-  return Command(env, id, Napi::Boolean::New(env, false), [&](Engine* e) { return Napi::Boolean::New(env, e->Drop(id)); });
+  return Queue(env, Cmd{Cmd::kDrop, id});
 }
 
 constexpr const char* kCloseSig = "engineClose(id, cause)";
@@ -400,7 +411,9 @@ Napi::Value EngineClose(const Napi::CallbackInfo& info) {
   std::string cause;
   if (!CheckArity(info, 2, kCloseSig) || !GetId(info, kCloseSig, &id) || !GetString(info, 1, kCloseSig, "cause", &cause))
     return env.Undefined();
-  return Command(env, id, Napi::Boolean::New(env, false), [&](Engine* e) { return Napi::Boolean::New(env, e->Close(id, cause)); });
+  Cmd cmd{Cmd::kClose, id};
+  cmd.cause = std::move(cause);
+  return Queue(env, std::move(cmd));
 }
 
 constexpr const char* kInspectSig = "engineInspect(id)";

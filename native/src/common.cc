@@ -256,15 +256,37 @@ bool Bind(Napi::Env env, int fd, const sockaddr_storage& ss, socklen_t len, int 
 
 // Bound to (address, port 0) with the port chosen at connect time (IP_BIND_ADDRESS_NO_PORT), so
 // the client's own port is never reused (conntrack collision) and ephemeral ports are shared
-// per destination.
+// per destination. 0, or the errno with *syscall naming the call that failed (no exception: the
+// engine threads call it too).
+int SpoofSource(int fd, int family, const sockaddr_storage& source, socklen_t len, uint32_t mark, int synCount, const char** syscall) {
+  auto opt = [&](int level, int name, int value, const char* what) {
+    if (setsockopt(fd, level, name, &value, sizeof value) == 0) return true;
+    *syscall = what;
+    return false;
+  };
+  bool ok = (family == 4 ? opt(SOL_IP, IP_TRANSPARENT, 1, "setsockopt(IP_TRANSPARENT)")
+                         : opt(SOL_IPV6, IPV6_TRANSPARENT, 1, "setsockopt(IPV6_TRANSPARENT)")) &&
+            opt(SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1, "setsockopt(IP_BIND_ADDRESS_NO_PORT)") &&
+            // SO_MARK takes an unsigned 32-bit value; the int cast keeps the bit pattern.
+            (mark == 0 || opt(SOL_SOCKET, SO_MARK, static_cast<int>(mark), "setsockopt(SO_MARK)")) &&
+            (synCount <= 0 || opt(IPPROTO_TCP, TCP_SYNCNT, synCount, "setsockopt(TCP_SYNCNT)"));
+  if (!ok) return errno;
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&source), len) == 0) return 0;
+  *syscall = "bind";
+  return errno;
+}
+
 bool PrepareSpoofedSource(Napi::Env env, int fd, int family, const std::string& address, const sockaddr_storage& source, socklen_t len,
                           uint32_t mark, int synCount) {
-  if (!SetTransparent(env, fd, family, address)) return false;
-  if (!SetIntOpt(env, fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, "IP_BIND_ADDRESS_NO_PORT", 1, family, address)) return false;
-  // SO_MARK takes an unsigned 32-bit value; the int cast keeps the bit pattern.
-  if (mark > 0 && !SetIntOpt(env, fd, SOL_SOCKET, SO_MARK, "SO_MARK", static_cast<int>(mark), family, address)) return false;
-  if (synCount > 0 && !SetIntOpt(env, fd, IPPROTO_TCP, TCP_SYNCNT, "TCP_SYNCNT", synCount, family, address)) return false;
-  return Bind(env, fd, source, len, family, address, 0, false);
+  const char* syscall = "";
+  int err = SpoofSource(fd, family, source, len, mark, synCount, &syscall);
+  if (err == 0) return true;
+  std::string call(syscall);
+  if (call == "bind")
+    ThrowSys(env, err, call, Hint(err, call, family, address, 0, false), Where{HostPort(family, address, 0), &address, 0});
+  else
+    ThrowSys(env, err, call, Hint(err, call, family, address, -1, false), kNowhere);
+  return false;
 }
 
 bool FormatAddress(const sockaddr_storage& ss, int* family, std::string* address, int* port) {

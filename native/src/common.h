@@ -128,9 +128,12 @@ bool SetTransparent(Napi::Env env, int fd, int family, const std::string& addres
 bool Bind(Napi::Env env, int fd, const sockaddr_storage& ss, socklen_t len, int family, const std::string& address, int port,
           bool listener);
 
-// The spoofed-source setup of an upstream socket, shared by transparentSocket and engineConnect:
-// IP_TRANSPARENT/IPV6_TRANSPARENT, IP_BIND_ADDRESS_NO_PORT, SO_MARK when mark > 0, TCP_SYNCNT
-// when synCount > 0, bind(source, port 0). `source` is the parsed `address`. Throws on failure.
+// The spoofed-source setup of an upstream socket, shared by transparentSocket and the engine's
+// connect: IP_TRANSPARENT/IPV6_TRANSPARENT, IP_BIND_ADDRESS_NO_PORT, SO_MARK when mark > 0,
+// TCP_SYNCNT when synCount > 0, bind(source, port 0). SpoofSource returns 0 or the errno (and
+// names the failed call in *syscall); PrepareSpoofedSource throws it into JS with its hint
+// (`source` is the parsed `address`).
+int SpoofSource(int fd, int family, const sockaddr_storage& source, socklen_t len, uint32_t mark, int synCount, const char** syscall);
 bool PrepareSpoofedSource(Napi::Env env, int fd, int family, const std::string& address, const sockaddr_storage& source, socklen_t len,
                           uint32_t mark, int synCount);
 

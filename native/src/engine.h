@@ -4,11 +4,16 @@
 // Every decision stays in TypeScript, on the JS thread; an engine thread only does I/O and
 // reports a few events per session. Each runs its own epoll loop (its listeners' SO_REUSEPORT
 // sockets, its connections, its deadlines in one heap, an eventfd to wake it) and owns its state
-// under one mutex: the thread holds it while it handles a batch of epoll events and deadlines;
-// JS's commands (engineHold, engineConnect, ...) take it, run at once and return their result,
-// as with one thread. Events go to the thread's outbox; one uv_async wakes the JS thread, which
-// drains every outbox and calls JS once per batch (hub.cc). The thread never logs, never calls
-// into V8 and never blocks except in epoll_wait.
+// under one mutex, which the thread holds while it handles a batch of commands, epoll events and
+// deadlines. The per-session commands (engineHold, engineConnect, engineDrop, engineClose) go to
+// the thread's inbox: JS takes only the inbox's own small lock, and the first command into an
+// empty inbox writes the eventfd; the thread runs the whole inbox at its next wakeup, so their
+// syscalls (socket, bind, connect, epoll_ctl, the teaser's send, close) are made off the JS
+// thread. A failure comes back as an event (GONE engine_<errno>, UPSTREAM_FAILED connect).
+// engineReply and engineInspect still run at once under the mutex: a reply's byte count goes
+// into the session's summary line as it is written. Events go to the thread's outbox; one
+// uv_async wakes the JS thread, which drains every outbox and calls JS once per batch (hub.cc).
+// The thread never logs, never calls into V8 and never blocks except in epoll_wait.
 //
 // Ownership: the engine owns every fd it accepted, every upstream fd it created and every
 // listener fd handed to engineListen. Each Conn closes its fds exactly once, in Kill(); a killed
@@ -58,24 +63,29 @@ struct EnvSlot {
   std::unordered_map<uint32_t, std::shared_ptr<const Profile>> profiles;
 };
 
-// What engineConnect asks for (binding.cc reads it from the options object).
+// What engineConnect asks for (binding.cc reads it from the options object and parses the addresses).
 struct ConnectSpec {
   std::shared_ptr<const Profile> profile;
   int family = 4;
-  std::string source;  // '' = etd's own address
+  bool spoof = false;  // bind to `from` (the client's address); else etd's own address
+  sockaddr_storage from{};
+  socklen_t from_len = 0;
+  sockaddr_storage to{};
+  socklen_t to_len = 0;
   int syn_count = 0;
-  std::string address;
-  int port = 0;
   uint32_t timeout_ms = 0;
   std::string preamble;
 };
 
-// A connect the JS thread prepared (socket, source address) and the engine thread makes (Engine::RunConnects).
-struct PendingConnect {
-  uint64_t id;
-  int fd;
-  sockaddr_storage to;
-  socklen_t to_len;
+// One command in an engine thread's inbox (Engine::Enqueue; run by Engine::RunCommands).
+struct Cmd {
+  enum Type : uint8_t { kHold, kConnect, kDrop, kClose, kSettle } type;
+  uint64_t id = 0;
+  uint32_t window_ms = 0;                      // kHold
+  std::shared_ptr<const Profile> profile;      // kHold
+  std::shared_ptr<const ConnectSpec> connect;  // kConnect
+  std::string cause;                           // kClose
+  std::vector<uint64_t> ids;                   // kSettle: the connections a batch announced
 };
 
 // What engineReply asks for.
@@ -109,27 +119,24 @@ class Engine {
   // Joins a thread that ended on its own (it died); JS thread, without the lock.
   void Reap();
 
-  // Held by the thread while it dispatches, and by JS for each command.
+  // Held by the thread while it dispatches, and by JS for the commands that run at once.
   std::mutex mu;
 
-  // Commands (docs/engine.md, Surface), with `mu` held. Each leaves its own cleanup to EndCommand().
+  // Any thread, without `mu`: queues a command for this thread and wakes it when the inbox was
+  // empty. False when the thread is not running (it died or is stopping): the command is dropped.
+  bool Enqueue(Cmd cmd);
+
+  // Commands run at once (docs/engine.md, Surface), with `mu` held. Each leaves its own cleanup to EndCommand().
   bool Listen(Napi::Env env, int fd, double listener_id);
   void Unlisten(double listener_id);
-  // False after throwing into JS; *done says whether the command applied (state and id fit).
-  bool Hold(Napi::Env env, uint64_t id, uint32_t window_ms, std::shared_ptr<const Profile> profile, bool* done);
-  bool Connect(Napi::Env env, uint64_t id, const ConnectSpec& spec, bool* done);
   // Bytes written to the client at once, or -1 (unknown id, wrong state, no refused greeting).
   double Reply(uint64_t id, const ReplySpec& spec);
-  bool Drop(uint64_t id);
-  bool Close(uint64_t id, const std::string& cause);
   const Conn* Inspect(uint64_t id) const { return Find(id); }
   Counts GetCounts() const;
   // Test hook (engineFault): adds a fault rule counted from now (faults.h) and wakes the thread. False with *error set.
   bool InjectFault(const std::string& rule, std::string* error);
   // After a command: frees what it killed, hands its events to the hub, wakes the thread for an earlier deadline.
   void EndCommand();
-  // JS thread, after a batch: connections JS left `new` are reset and reported GONE 'undecided'.
-  void SettleUndecided(const std::vector<uint64_t>& ids);
   // Moves up to `max` events from the front of the outbox to the hub's batch; true when more are left.
   bool TakeOutbox(std::vector<Ev>* events, size_t max);
   bool dead() const { return dead_; }
@@ -190,7 +197,14 @@ class Engine {
   void CloseUpstream(Conn* c);
   void StartReply(Conn* c, const std::string& text, double now);
   void OnClosing(Conn* c, uint32_t events, double now);
-  void RunConnects(double now);
+  // The inbox's commands, on the thread with `mu` held; a command whose connection has ended or
+  // moved on does nothing (the event that ended it is on its way to JS).
+  void RunCommands(double now);
+  void Hold(uint64_t id, uint32_t window_ms, std::shared_ptr<const Profile> profile, double now);
+  void Connect(uint64_t id, const ConnectSpec& spec, double now);
+  void Drop(uint64_t id);
+  void Close(uint64_t id, const std::string& cause);
+  void SettleUndecided(const std::vector<uint64_t>& ids);
   void FinishDeferred(Conn* c, double now);
   ssize_t WriteClient(Conn* c, const char* p, size_t n);
   void FlushPreRelay(Conn* c);
@@ -245,8 +259,10 @@ class Engine {
   std::unordered_map<uint64_t, Listener> listeners_;
   std::vector<Timer*> heap_;  // min-heap on `at` of every scheduled deadline
   std::vector<Ev> pending_;
-  std::deque<Ev> outbox_;                 // published, not yet taken by the hub
-  std::vector<PendingConnect> connects_;  // prepared by Connect, made by the thread
+  std::deque<Ev> outbox_;  // published, not yet taken by the hub
+  std::mutex inbox_mu_;
+  std::vector<Cmd> inbox_;     // commands from JS, under inbox_mu_
+  bool inbox_closed_ = false;  // under inbox_mu_: the thread died or stops; Enqueue refuses
 };
 
 }  // namespace etd

@@ -6,7 +6,7 @@
 // Syscalls: accept4, epoll_ctl, socket, connect, recv, send, epoll_wait (a failed epoll_wait ends
 // the thread: how tests kill one). engineFault(thread, rule) adds a rule to a running thread, its
 // n counted from then. With no rules a check is one
-// branch. TypeScript tests use it to prove that admission rolls back when a command throws or a
+// branch. TypeScript tests use it to prove that admission rolls back when a command fails or a
 // connection dies of an engine error (docs/engine.md, Fault injection).
 
 #ifndef ETD_FAULTS_H_

@@ -123,8 +123,9 @@ void Hub::OnAsync(uv_async_t* handle) { static_cast<Hub*>(handle->data)->Drain()
 
 // Every thread's outbox in one batch (at most kDrainMax events, shared fairly between the
 // threads; a drain that leaves events signals itself again, so the loop runs timers and I/O in
-// between), one JS call; then the connections JS left `new` are reset (a handler that threw, or
-// did not answer in the callback, would leave them held forever).
+// between), one JS call; then each thread is told (in its inbox, behind the commands of the
+// callback) to reset the connections JS left `new` (a handler that threw, or did not answer in
+// the callback, would leave them held forever).
 void Hub::Drain() {
   if (stopped_) return;
   std::vector<Ev> batch;
@@ -151,10 +152,10 @@ void Hub::Drain() {
   if (!stopped_) {
     for (int t = 0; t < n && t < Size(); t++) {
       if (accepted[static_cast<size_t>(t)].empty()) continue;
-      Engine* e = At(t);  // a thread restarted in the callback has none of these ids: nothing to settle
-      std::lock_guard<std::mutex> lock(e->mu);
-      e->SettleUndecided(accepted[static_cast<size_t>(t)]);
-      e->EndCommand();
+      // Behind the commands JS gave in the callback (a thread restarted in it has none of these ids: nothing to settle).
+      Cmd settle{Cmd::kSettle};
+      settle.ids = std::move(accepted[static_cast<size_t>(t)]);
+      At(t)->Enqueue(std::move(settle));
     }
     if (more) Signal();
   }

@@ -108,7 +108,11 @@ void Engine::CloseAll() {
   heap_.clear();
   pending_.clear();
   outbox_.clear();
-  connects_.clear();
+  {
+    std::lock_guard<std::mutex> inbox(inbox_mu_);
+    inbox_closed_ = true;
+    inbox_.clear();
+  }
   if (epfd_ >= 0) close(epfd_);
   if (wakefd_ >= 0) close(wakefd_);
   epfd_ = wakefd_ = -1;
@@ -140,7 +144,16 @@ void Engine::Run() {
     }
     dispatching_ = true;
     now = NowMs();
-    RunConnects(now);
+    // The eventfd is reset before the inbox is taken: a command queued after the take writes it
+    // again, so its wakeup is never lost to this round.
+    for (int i = 0; i < n; i++) {
+      if (events[i].data.u64 != kWakeTag) continue;
+      uint64_t count;
+      ssize_t r = read(wakefd_, &count, sizeof count);
+      (void)r;
+      break;
+    }
+    RunCommands(now);
     // First note which clients are already reset in this batch: a server's EOF handled before its
     // client's event then ends the relay at once instead of a shutdown (ENOTCONN) and a read
     // (ECONNRESET) on a dead socket (relay.cc, ReadServer).
@@ -172,6 +185,12 @@ void Engine::Die(const char* syscall, int err) {
   Ev died{EV_THREAD, static_cast<uint64_t>(index_)};
   died.s1 = syscall;
   died.s2 = ErrnoName(err);
+  {
+    // Commands still queued are dropped: their connections end here, with events.
+    std::lock_guard<std::mutex> inbox(inbox_mu_);
+    inbox_closed_ = true;
+    inbox_.clear();
+  }
   std::vector<Conn*> all;
   all.reserve(conns_.size());
   for (auto& kv : conns_) all.push_back(kv.second.get());
@@ -228,6 +247,42 @@ bool Engine::TakeOutbox(std::vector<Ev>* events, size_t max) {
   return !outbox_.empty();
 }
 
+// ----- the inbox: commands from JS ----------------------------------------------------------------
+
+bool Engine::Enqueue(Cmd cmd) {
+  bool wake;
+  {
+    std::lock_guard<std::mutex> lock(inbox_mu_);
+    if (inbox_closed_ || dead_) return false;
+    wake = inbox_.empty();
+    inbox_.push_back(std::move(cmd));
+  }
+  // One eventfd write per batch: the commands that follow, before the thread takes the inbox, ride along.
+  if (wake) Wake();
+  return true;
+}
+
+void Engine::RunCommands(double now) {
+  std::vector<Cmd> todo;
+  {
+    std::lock_guard<std::mutex> lock(inbox_mu_);
+    if (inbox_.empty()) return;
+    todo.swap(inbox_);
+  }
+  for (Cmd& k : todo) {
+    switch (k.type) {
+      case Cmd::kHold: Hold(k.id, k.window_ms, std::move(k.profile), now); break;
+      case Cmd::kConnect: Connect(k.id, *k.connect, now); break;
+      case Cmd::kDrop: Drop(k.id); break;
+      case Cmd::kClose: Close(k.id, k.cause); break;
+      case Cmd::kSettle: SettleUndecided(k.ids); break;
+    }
+  }
+  grave_.clear();
+}
+
+// After a batch of events (queued behind the commands JS gave in it): connections JS left `new`
+// are reset and reported GONE 'undecided' (a handler that threw, or did not answer in the callback).
 void Engine::SettleUndecided(const std::vector<uint64_t>& ids) {
   for (uint64_t id : ids) {
     Conn* c = Find(id);
@@ -487,12 +542,7 @@ void Engine::Kill(Conn* c, bool rst) {
 
 void Engine::HandleEvent(const epoll_event& ev, double now) {
   uint64_t tag = ev.data.u64;
-  if (tag == kWakeTag) {
-    uint64_t count;
-    ssize_t r = read(wakefd_, &count, sizeof count);
-    (void)r;
-    return;
-  }
+  if (tag == kWakeTag) return;  // read in Run, before the inbox is taken
   if (tag & kListenerTag) {
     Accept(tag & ~kListenerTag, now);
     return;

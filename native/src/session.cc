@@ -314,83 +314,32 @@ void Engine::OnClosing(Conn* c, uint32_t events, double now) {
   if (c->c2s.eof && (c->s2c.shut || c->st == St::Deferring)) finish();
 }
 
-// ----- commands ------------------------------------------------------------------------------
+// ----- the inbox's commands, on the engine thread (Engine::RunCommands) ------------------------
 
-bool Engine::Hold(Napi::Env env, uint64_t id, uint32_t window_ms, std::shared_ptr<const Profile> profile, bool* done) {
-  *done = false;
+void Engine::Hold(uint64_t id, uint32_t window_ms, std::shared_ptr<const Profile> profile, double now) {
   Conn* c = Find(id);
-  if (c == nullptr || c->st != St::New) return true;
-  double now = NowMs();
+  if (c == nullptr || c->st != St::New) return;
   c->st = St::Held;
   c->profile = std::move(profile);
-  int err = SetMask(c, kClient);
-  if (err != 0) {
-    c->st = St::New;
-    ThrowSys(env, err, "epoll_ctl", Hint(err, "epoll_ctl", 4, "", -1, false), kNowhere);
-    return false;
-  }
   c->hold_start = now;
   SetStateTimer(c, Kind::Window, window_ms, now);
-  *done = true;
   const std::string& teaser = c->profile->teaser;
   ssize_t w = WriteClient(c, teaser.data(), teaser.size());
   if (w < 0) {
     ClientGone(c, static_cast<int>(-w));
-    return true;
+    return;
   }
-  Update(c);
-  return true;
+  Update(c);  // an epoll_ctl that fails (ENOMEM, ENOSPC in a flood) ends it: GONE engine_<errno>
 }
 
-bool Engine::Connect(Napi::Env env, uint64_t id, const ConnectSpec& spec, bool* done) {
-  *done = false;
+// The upstream socket: socket(2), the client's address as source (clientip) and connect(2),
+// then the upstream's epoll watch. A failure at any step is UPSTREAM_FAILED connect <errno>, and
+// the client waits for JS's next decision (another server, or a reply).
+void Engine::Connect(uint64_t id, const ConnectSpec& spec, double now) {
   Conn* c = Find(id);
-  if (c == nullptr || (c->st != St::New && c->st != St::Held && c->st != St::Waiting)) return true;
-  const int family = spec.family;
-  const std::string& target = spec.address;
-  const int port = spec.port;
-  sockaddr_storage to;
-  socklen_t to_len;
-  if (!ParseAddress(env, family, target, port, &to, &to_len)) return false;
-  sockaddr_storage from;
-  socklen_t from_len = 0;
-  if (!spec.source.empty() && !ParseAddress(env, family, spec.source, 0, &from, &from_len)) return false;
-  const std::string& shown = spec.source.empty() ? target : spec.source;
-  int raw;
-  if (int fault = faults_.Hit(Sys::Socket)) {
-    ThrowSys(env, fault, "socket", Hint(fault, "socket", family, shown, -1, false), kNowhere);
-    return false;
-  }
-  if (!OpenSocket(env, family, shown, &raw)) return false;
-  FdGuard fd(raw);
-  if (!spec.source.empty() && !PrepareSpoofedSource(env, fd.get(), family, spec.source, from, from_len, 0, spec.syn_count)) return false;
-  int one = 1;
-  setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  // The connect itself (and the upstream's epoll watch) is made by the engine thread, in its next
-  // dispatch (RunConnects): its syscalls stay off the JS thread; its failures come back as
-  // UPSTREAM_FAILED connect. What fails here (socket, source address, arguments) still throws.
-  St was = c->st;
-  std::shared_ptr<const Profile> old_profile = c->profile;
+  if (c == nullptr || (c->st != St::New && c->st != St::Held && c->st != St::Waiting)) return;
   c->st = St::Connecting;
   c->profile = spec.profile;
-  uint32_t cwant = WantClient(c);
-  if (cwant != c->cmask) {
-    epoll_event cev{};
-    cev.events = cwant;
-    cev.data.u64 = c->id << 1 | kClient;
-    int op = c->cmask == 0 ? EPOLL_CTL_ADD : cwant == 0 ? EPOLL_CTL_DEL : EPOLL_CTL_MOD;
-    if (EpollCtl(op, c->cfd, &cev) != 0) {
-      int err = errno;
-      c->st = was;
-      c->profile = std::move(old_profile);
-      ThrowSys(env, err, "epoll_ctl", Hint(err, "epoll_ctl", family, target, port, false), kNowhere);
-      return false;  // the guard closes the upstream fd, which also leaves epoll
-    }
-    c->cmask = cwant;
-  }
-  double now = NowMs();
-  c->ufd = fd.release();
-  c->umask = 0;
   c->connect_start = now;
   c->c2s = Dir{};
   if (!spec.preamble.empty()) c->c2s.pending.Assign(spec.preamble.data(), spec.preamble.size());
@@ -401,43 +350,49 @@ bool Engine::Connect(Napi::Env env, uint64_t id, const ConnectSpec& spec, bool* 
   } else {
     Unschedule(&c->state_timer);  // bounded by the kernel's SYN retries (synCount)
   }
-  bool first = connects_.empty();
-  connects_.push_back(PendingConnect{c->id, c->ufd, to, to_len});
-  if (first && !dispatching_) Wake();
-  *done = true;
-  return true;
+  auto fail = [&](int err) {
+    UpstreamFailed(c, "connect", ErrnoName(err), now);
+    if (!c->dead) Update(c);
+  };
+  int fd;
+  if (int fault = faults_.Hit(Sys::Socket)) return fail(fault);
+  fd = socket(spec.family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (fd < 0) return fail(errno);
+  c->ufd = fd;  // from here CloseUpstream (in UpstreamFailed, Kill) closes it
+  c->umask = 0;
+  const char* syscall = "";
+  if (spec.spoof) {
+    if (int err = SpoofSource(fd, spec.family, spec.from, spec.from_len, 0, spec.syn_count, &syscall)) return fail(err);
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  int fault = faults_.Hit(Sys::Connect);
+  int rc = fault != 0 ? (errno = fault, -1) : connect(fd, reinterpret_cast<const sockaddr*>(&spec.to), spec.to_len);
+  if (rc != 0 && errno != EINPROGRESS) return fail(errno);
+  uint32_t umask = rc == 0 ? (EPOLLIN | (c->c2s.pending.empty() ? 0u : uint32_t{EPOLLOUT})) : uint32_t{EPOLLOUT};
+  epoll_event ev{};
+  ev.events = umask;
+  ev.data.u64 = c->id << 1 | kServer;
+  if (EpollCtl(EPOLL_CTL_ADD, fd, &ev) != 0) return fail(errno);
+  c->umask = umask;
+  if (rc == 0) EnterGreeting(c, now);  // connected at once (loopback may do that): straight to the greeting
+  if (!c->dead) Update(c);
 }
 
-// The engine thread's half of Connect: the connect(2) and the upstream's epoll watch, for every
-// connection still waiting for them (one that ended or moved on meanwhile is skipped).
-void Engine::RunConnects(double now) {
-  if (connects_.empty()) return;
-  std::vector<PendingConnect> todo;
-  todo.swap(connects_);
-  for (const PendingConnect& p : todo) {
-    Conn* c = Find(p.id);
-    if (c == nullptr || c->st != St::Connecting || c->ufd != p.fd || c->umask != 0) continue;
-    int fault = faults_.Hit(Sys::Connect);
-    int rc = fault != 0 ? (errno = fault, -1) : connect(c->ufd, reinterpret_cast<const sockaddr*>(&p.to), p.to_len);
-    if (rc != 0 && errno != EINPROGRESS) {
-      UpstreamFailed(c, "connect", ErrnoName(errno), now);
-      if (!c->dead) Update(c);
-      continue;
-    }
-    uint32_t umask = rc == 0 ? (EPOLLIN | (c->c2s.pending.empty() ? 0u : uint32_t{EPOLLOUT})) : uint32_t{EPOLLOUT};
-    epoll_event ev{};
-    ev.events = umask;
-    ev.data.u64 = c->id << 1 | kServer;
-    if (EpollCtl(EPOLL_CTL_ADD, c->ufd, &ev) != 0) {
-      UpstreamFailed(c, "connect", ErrnoName(errno), now);
-      if (!c->dead) Update(c);
-      continue;
-    }
-    c->umask = umask;
-    if (rc == 0) EnterGreeting(c, now);  // connected at once (loopback may do that): straight to the greeting
-    if (!c->dead) Update(c);
-  }
+void Engine::Drop(uint64_t id) {
+  if (Conn* c = Find(id)) Kill(c, true);
 }
+
+void Engine::Close(uint64_t id, const std::string& cause) {
+  Conn* c = Find(id);
+  if (c == nullptr) return;
+  if (c->st == St::Relaying || c->st == St::ServerGone)
+    EndRelay(c, cause);  // JS ended it: its cause is the one that counts
+  else
+    Kill(c, false);
+}
+
+// ----- commands run at once (binding.cc, with the lock held) ----------------------------------
 
 double Engine::Reply(uint64_t id, const ReplySpec& spec) {
   Conn* c = Find(id);
@@ -463,23 +418,6 @@ double Engine::Reply(uint64_t id, const ReplySpec& spec) {
   double written = c->bytes_to_client - before;
   if (!c->dead) Update(c);
   return written;
-}
-
-bool Engine::Drop(uint64_t id) {
-  Conn* c = Find(id);
-  if (c == nullptr) return false;
-  Kill(c, true);
-  return true;
-}
-
-bool Engine::Close(uint64_t id, const std::string& cause) {
-  Conn* c = Find(id);
-  if (c == nullptr) return false;
-  if (c->st == St::Relaying || c->st == St::ServerGone)
-    EndRelay(c, cause);  // JS ended it: its cause is the one that counts
-  else
-    Kill(c, false);
-  return true;
 }
 
 }  // namespace etd

@@ -6,13 +6,17 @@
 // TypeScript. It is one engine per Node environment. The types it speaks are src/proxy/protocol.ts's.
 //
 // Contract (details in docs/engine.md):
-//   - Commands run at once on the thread that owns the id (under its lock) and return their result.
-//     Commands on an id that is gone or in the wrong state return false (reply: -1, inspect:
-//     null) and never throw: a batch may hold an event for a connection an earlier handler closed,
-//     and an engine thread may have ended a connection whose event is still on its way.
-//   - Argument errors throw TypeError/RangeError; failed syscalls of hold/listen and of connect's socket/bind throw
-//     TransparentSyscallError (syscall 'epoll_ctl', 'socket', 'connect', ...) and leave the
-//     connection as it was.
+//   - hold, connect, drop and close are queued to the thread that owns the id (its inbox, one
+//     eventfd wakeup per batch) and run there in order, so their syscalls stay off this thread.
+//     They return true when a thread of the id runs, false when none does (stopped, or the thread
+//     died: its connections' events are on their way). A queued command whose connection has
+//     ended or moved on does nothing; the event that explains it reaches the callback. Their
+//     failures are events: GONE engine_<errno> (an epoll_ctl of hold), UPSTREAM_FAILED connect
+//     <errno> (socket, the source address, connect).
+//   - reply and inspect run at once under the owning thread's lock and return their result
+//     (reply: the bytes written, -1 when the id is gone or in the wrong state; inspect: null).
+//   - Argument errors (a bad address literal included) throw TypeError/RangeError/TransparentSyscallError
+//     at the call; failed syscalls of listen throw TransparentSyscallError.
 //   - A connection still `new` when the callback announcing it returns is reset and reported
 //     GONE 'undecided'; so is one left in `waiting` past its profile's decisionMs.
 //   - An exception escaping the callback is caught by the engine and counted in
@@ -39,15 +43,15 @@ export interface Engine {
   listen(fd: number, listenerId: number, thread?: number): void;
   /** Closes every fd of the listener; accepted connections go on. */
   unlisten(listenerId: number): void;
-  /** State `new` only: holds the client silently for windowMs; writes profile.teaser (if any) at once. */
+  /** Queued. State `new` only: holds the client silently for windowMs; writes profile.teaser (if any) at once. */
   hold(id: number, h: P.EngineHold): boolean;
-  /** States `new`/`held`/`waiting` (`held`: ends the window early): connects upstream (socket and source here; the connect(2) itself on the engine thread: its failure is UPSTREAM_FAILED connect), writes the preamble, reads the greeting. Failures of socket/bind throw TransparentSyscallError. */
+  /** Queued. States `new`/`held`/`waiting` (`held`: ends the window early): connects upstream (socket, source address, connect(2) on the engine thread: a failure is UPSTREAM_FAILED connect), writes the preamble, reads the greeting. A bad address literal throws here. */
   connect(id: number, c: P.EngineConnect): boolean;
   /** Any state before the relay: the final reply (or `first`, then the reply after the client's first line). Bytes written at once, or -1. */
   reply(id: number, r: P.EngineReply): number;
-  /** Any state: RST to the client, upstream closed. No more events. */
+  /** Queued. Any state: RST to the client, upstream closed. No more events. */
   drop(id: number): boolean;
-  /** Any state: closes both fds; a relay reports END with `cause`. */
+  /** Queued. Any state: closes both fds; a relay reports END with `cause`. */
   close(id: number, cause: string): boolean;
   /** State and byte counts of a live connection, or null. */
   inspect(id: number): P.EngineInspect | null;

@@ -329,6 +329,10 @@ export class Session implements LiveSession, EngineSession {
 
   gone(cause: string): void {
     if (this.done) return;
+    // An engine syscall failed on this connection (ENOSPC/ENOMEM from epoll_ctl in a flood); a dead thread is logged by the driver.
+    if (cause.startsWith('engine_') && cause !== 'engine_thread_died') {
+      this.ctx.log.warn({ client: hostPort(this.clientAddress, this.clientPort) }, `native engine failed on a connection: ${cause}`);
+    }
     this.endHold();
     this.finish(engineEndVerdict(cause, false), cause);
   }
@@ -469,7 +473,7 @@ export class Session implements LiveSession, EngineSession {
     this.finish(verdict, cause);
   }
 
-  /** An engine command threw (ENOSPC/ENOMEM from epoll_ctl during a flood): end the session, free its slot. */
+  /** An engine command threw (an argument it refused, e.g. an address literal): end the session, free its slot. */
   private engineFailed(err: unknown): void {
     const cause = `engine_${connectFailureCause(err)}`;
     this.ctx.log.warn({ err, client: hostPort(this.clientAddress, this.clientPort) }, `native engine command failed: ${cause}`);

@@ -179,6 +179,15 @@ function connectClient(
   return { ...c, connected };
 }
 
+/**
+ * Resolves once the engine thread has run every command queued before this call: commands run in
+ * order, so when a later client's drop has taken effect, so have they (the file runs one thread).
+ */
+async function applied(): Promise<void> {
+  const { c } = await accepted((e) => engine.drop(e[1]));
+  await c.closed;
+}
+
 /** The next client's ACCEPT is answered by `decide` in the engine's callback (one connection at a time). */
 async function accepted(
   decide: (ev: AcceptEvent) => void,
@@ -358,7 +367,9 @@ describe('accept', () => {
   it('drop resets the client', async () => {
     const { id, c } = await accepted((e) => engine.drop(e[1]));
     expect(await c.closed).toMatchObject({ code: 'ECONNRESET' });
-    expect(engine.drop(id)).toBe(false); // gone: no-op
+    expect(engine.drop(id)).toBe(true); // queued for the running thread, which finds it gone: a no-op
+    await applied();
+    expect(eventsOf(id).map((e) => e[0])).toEqual([EV_ACCEPT]);
   });
 
   it('reports an IPv6 client on ::1', async () => {
@@ -405,15 +416,19 @@ describe('accept', () => {
     const a = await accepted((e) => engine.drop(e[1]));
     const b = await accepted((e) => engine.drop(e[1]));
     expect(b.id).toBeGreaterThan(a.id);
-    const never = b.id + 1_000_000;
-    expect(engine.hold(never, { windowMs: 100, profile: P_DROP })).toBe(false);
-    expect(engine.connect(never, upstream(1, P_DROP, { timeoutMs: 100 }))).toBe(false);
+    const never = b.id + 1_000_000; // the same thread (its index is in the low 6 bits)
+    // Queued commands say only that a thread of the id runs; the thread finds no such connection.
+    expect(engine.hold(never, { windowMs: 100, profile: P_DROP })).toBe(true);
+    expect(engine.connect(never, upstream(1, P_DROP, { timeoutMs: 100 }))).toBe(true);
     expect(engine.reply(never, { text: 'x\r\n', profile: P_DROP })).toBe(-1);
     expect(engine.reply(never, { greeting: true })).toBe(-1);
-    expect(engine.drop(never)).toBe(false);
-    expect(engine.close(never, 'x')).toBe(false);
+    expect(engine.drop(never)).toBe(true);
+    expect(engine.close(never, 'x')).toBe(true);
     expect(engine.inspect(never)).toBeNull();
     await Promise.all([a.c.closed, b.c.closed]);
+    await applied();
+    expect(eventsOf(never)).toEqual([]);
+    expect(engine.counts()).toMatchObject({ connections: 0, held: 0 });
   });
 
   it('a connection left undecided by the ACCEPT callback is reset and reported GONE undecided', async () => {
@@ -452,9 +467,9 @@ describe('hold', () => {
   it('expires after the window, then engineReply sends the text and closes', async () => {
     const t0 = performance.now();
     const { id, c } = await accepted((e) => expect(engine.hold(e[1], { windowMs: 300, profile: P_DROP })).toBe(true));
+    await waitFor(() => engine.inspect(id)?.state === 'held', { what: 'the hold applied by the engine thread' });
     expect(engine.counts().held).toBe(1);
-    expect(engine.hold(id, { windowMs: 300, profile: P_DROP })).toBe(false); // not `new` any more
-    expect(engine.inspect(id)?.state).toBe('held');
+    engine.hold(id, { windowMs: 10_000, profile: P_DROP }); // not `new` any more: ignored (the window stays 300 ms)
     const ev = await waitEvent(evFor(EV_EXPIRED, id));
     expect(engine.inspect(id)?.state).toBe('waiting');
     const heldMs = ev[2] as number;
@@ -482,8 +497,8 @@ describe('hold', () => {
     expect((talk[3] as Buffer).toString('latin1')).toBe('EHLO x');
     expect(talk[4]).toBe(6);
     expect((await c.closed).code).toBe('ECONNRESET');
-    expect(engine.drop(id)).toBe(false);
-    await sleep(50);
+    engine.drop(id); // gone: the thread ignores it
+    await applied();
     expect(eventsOf(id).map((e) => e[0])).toEqual([EV_ACCEPT, EV_TALK]);
   });
 
@@ -537,6 +552,7 @@ describe('hold', () => {
       cs.push(...batch);
     }
     await waitFor(() => ids.size === n, { what: () => `${n} accepted (${ids.size})` });
+    await waitFor(() => engine.counts().held === n, { what: () => `${n} held (${engine.counts().held})` });
     expect(engine.counts()).toMatchObject({ connections: n, held: n, fds: n + 2 });
     await waitFor(() => events.filter((e) => e[0] === EV_EXPIRED).length === n, {
       what: () => `${n} EXPIRED (${events.filter((e) => e[0] === EV_EXPIRED).length})`,
@@ -665,7 +681,7 @@ describe('profiles', () => {
     const hole = await blackHole();
     try {
       const k = await accepted((e) => engine.connect(e[1], upstream(hole.port, P_DROP, { timeoutMs: 5000 })));
-      expect(engine.inspect(k.id)?.state).toBe('connecting');
+      await waitFor(() => engine.inspect(k.id)?.state === 'connecting', { what: 'the connect applied' });
       k.c.sock.write('EHLO y\r\n');
       const talk = await waitEvent(evFor(EV_TALK, k.id));
       expect(talk[5]).toBe('connecting');
@@ -786,11 +802,12 @@ describe('upstream', () => {
     await c.waitData('220 ok\r\n');
     expect(engine.reply(id, { text: 'no\r\n', profile: P_DROP })).toBe(-1); // relaying: too late for a reply
     expect(engine.inspect(id)?.state).toBe('relaying');
-    expect(engine.connect(id, upstream(backendPort, P_DROP, { timeoutMs: 100 }))).toBe(false);
+    engine.connect(id, upstream(backendPort, P_DROP, { timeoutMs: 100 })); // relaying: the thread ignores it
     c.sock.write('EHLO t\r\n');
     await c.waitData('220 ok\r\n250 hi\r\n');
     c.sock.end(up);
     await backendFinished;
+    expect(b.conns).toHaveLength(1); // the ignored connect made no second connection
     const r = await c.closed;
     expect(r).toEqual({ end: true, code: undefined });
     const got = c.data();
@@ -882,32 +899,16 @@ describe('upstream', () => {
     },
   );
 
-  it('a refused connect throws ECONNREFUSED at once or reports UPSTREAM_FAILED connect; the client stays', async () => {
+  it('a refused connect (made on the engine thread) is UPSTREAM_FAILED connect ECONNREFUSED; the client stays', async () => {
     const closed = await startBackend(() => undefined);
     const port = closed.port;
     await closed.close();
-    let thrown: unknown;
-    const { id, c } = await accepted((e) => {
-      try {
-        engine.connect(e[1], upstream(port, P_DROP));
-      } catch (err) {
-        thrown = err;
-      }
-    });
-    if (thrown) {
-      // Loopback may refuse inside connect(2) itself.
-      expect(thrown).toBeInstanceOf(TransparentSyscallError);
-      expect((thrown as TransparentSyscallError).sysCode).toBe('ECONNREFUSED');
-      expect((thrown as TransparentSyscallError).syscall).toBe('connect');
-      expect((thrown as TransparentSyscallError).port).toBe(port);
-      expect(engine.counts()).toMatchObject({ connections: 1, fds: 3 });
-      // still `new`: it can be connected or answered
-    } else {
-      const failed = await waitEvent(evFor(EV_UPSTREAM_FAILED, id));
-      expect(failed.slice(0, 4)).toEqual([EV_UPSTREAM_FAILED, id, 'connect', 'ECONNREFUSED']);
-      expect(failed[4]).toBeLessThan(1000);
-    }
-    console.info(`[engine test] a refused loopback connect ${thrown ? 'throws synchronously' : 'is an UPSTREAM_FAILED event'}`);
+    const { id, c } = await accepted((e) => expect(engine.connect(e[1], upstream(port, P_DROP))).toBe(true));
+    const failed = await waitEvent(evFor(EV_UPSTREAM_FAILED, id));
+    expect(failed.slice(0, 4)).toEqual([EV_UPSTREAM_FAILED, id, 'connect', 'ECONNREFUSED']);
+    expect(failed[4]).toBeLessThan(1000);
+    expect(engine.inspect(id)?.state).toBe('waiting'); // it can be connected again or answered
+    expect(engine.counts()).toMatchObject({ connections: 1, fds: 3 });
     expect(engine.reply(id, { text: '421 no server\r\n', profile: P_DROP })).toBe(15);
     await c.waitData('421 no server\r\n');
     c.sock.end();
@@ -1129,12 +1130,14 @@ describe('relay', () => {
     const held = await accepted((e) => engine.hold(e[1], { windowMs: 10_000, profile: P_DROP }));
     expect(engine.close(id, 'shutdown')).toBe(true);
     expect(engine.close(held.id, 'shutdown')).toBe(true);
-    expect(engine.close(id, 'again')).toBe(false);
+    engine.close(id, 'again'); // runs after the first, which ended it: ignored
     const end = await waitEvent(evFor(EV_END, id));
     expect(end).toEqual([EV_END, id, 'shutdown', 0, 8]);
     expect((await c.closed).end).toBe(true);
     expect((await held.c.closed).end).toBe(true);
     await seen.ended;
+    await applied();
+    expect(eventsOf(id).filter((e) => e[0] === EV_END)).toHaveLength(1);
     expect(eventsOf(held.id).map((e) => e[0])).toEqual([EV_ACCEPT]);
   });
 
@@ -1329,7 +1332,7 @@ describe('commands', () => {
       expect((e as TransparentSyscallError).sysCode).toBe('EINVAL');
       expect((e as TransparentSyscallError).syscall).toBe('inet_pton');
     }
-    expect(engine.counts().held).toBe(1);
+    await waitFor(() => engine.counts().held === 1, { what: 'the hold applied' });
     engine.drop(id);
     await c.closed;
 
@@ -1424,7 +1427,13 @@ describe('environments', () => {
           if (ev[0] === 1) {
             if (first) { first = false; throw new Error('handler failed'); }
             a.engineHold(ev[1], { windowMs: 60000, profile: 0 });
-            parentPort.postMessage({ counts: { ...a.engineCounts()[0], callbackErrors: a.engineCallbackErrors() } });
+            // The hold is queued: report once the engine thread has applied it.
+            const report = () => {
+              const k = a.engineCounts()[0];
+              if (k.held === 1) parentPort.postMessage({ counts: { ...k, callbackErrors: a.engineCallbackErrors() } });
+              else setTimeout(report, 5);
+            };
+            report();
           }
         }
       }, 1);
@@ -1483,8 +1492,13 @@ describe('environments', () => {
             a.engineStart(onEvents, 1);
             listen();
           } else {
-            parentPort.postMessage({ held: a.engineCounts()[0] });
-            setTimeout(() => process.exit(0), 20); // the engine is still running
+            const report = () => {
+              const k = a.engineCounts()[0];
+              if (k.held !== 1) return setTimeout(report, 5); // the hold is queued: wait until applied
+              parentPort.postMessage({ held: k });
+              setTimeout(() => process.exit(0), 20); // the engine is still running
+            };
+            report();
           }
         }
       };
@@ -1519,6 +1533,7 @@ describe('engineStop', () => {
     await waitEvent(evFor(EV_GREETING, relay.id));
     const holds = [];
     for (let i = 0; i < 5; i++) holds.push(await accepted((e) => engine.hold(e[1], { windowMs: 60_000, profile: P_DROP })));
+    await waitFor(() => engine.counts().held === 5, { what: 'the holds applied' });
     expect(engine.counts()).toMatchObject({ connections: 6, held: 5, relaying: 1, listeners: 2, fds: 2 + 5 + 2 });
     const before = events.length;
     engine.stop();
@@ -1544,49 +1559,43 @@ describe('engineStop', () => {
     await again.c.closed;
   });
 
-  it('ETD_ENGINE_FAULTS fails the n-th syscall: hold throws and leaves the client new, the connect(2) on the engine thread fails as UPSTREAM_FAILED; an epoll failure later is GONE engine_<errno>', async () => {
+  it('ETD_ENGINE_FAULTS fails the n-th syscall on the engine thread: a hold whose epoll_ctl fails is GONE engine_<errno>; socket(2) and connect(2) failures are UPSTREAM_FAILED connect; an epoll failure later is GONE engine_<errno>', async () => {
     engine.stop();
     expect((thrown(() => startEngine('epoll_ctl:x:ENOSPC')) as Error).message).toMatch(
       /^engineStart\(onEvents\): ETD_ENGINE_FAULTS must be <syscall>:<n>:<ERRNO>\[,\.\.\.\] .* \(got "epoll_ctl:x:ENOSPC"\) \(unset it, or fix it\)$/,
     );
     expect(engine.counts().listeners).toBe(0); // not started
 
-    // Calls 1 and 2 of epoll_ctl are the two listeners; the first hold is call 3.
-    startEngine('epoll_ctl:3:ENOSPC,connect:1:ENOMEM');
-    const errs: unknown[] = [];
-    const states: unknown[] = [];
-    const a = await accepted((e) => {
-      errs.push(thrown(() => engine.hold(e[1], { windowMs: 1000, profile: P_DROP })));
-      states.push(engine.inspect(e[1])?.state);
-      errs.push(engine.connect(e[1], upstream(9, P_DROP, { timeoutMs: 100 })));
-      states.push(engine.inspect(e[1])?.state);
-    });
-    expect(errs[0]).toBeInstanceOf(TransparentSyscallError);
-    expect(errs[0]).toMatchObject({ syscall: 'epoll_ctl', sysCode: 'ENOSPC' });
-    expect((errs[0] as Error).message).toMatch(/fs\.epoll\.max_user_watches/);
-    // The connect(2) itself is made by the engine thread: its failure is an UPSTREAM_FAILED event
-    // (the client back in waiting), not an exception.
-    expect(errs[1]).toBe(true);
-    expect(states[0]).toBe('new');
-    expect(['connecting', 'waiting']).toContain(states[1]); // the thread may have failed it already
-    const failed = await waitEvent(evFor(EV_UPSTREAM_FAILED, a.id));
-    expect(failed.slice(0, 4)).toEqual([EV_UPSTREAM_FAILED, a.id, 'connect', 'ENOMEM']);
-    expect(engine.inspect(a.id)?.state).toBe('waiting');
-    engine.reply(a.id, { text: '421 4.3.2 engine trouble\r\n', profile: P_DROP });
-    await a.c.waitData('421 4.3.2 engine trouble\r\n');
-    a.c.sock.end();
+    // Calls 1 and 2 of epoll_ctl are the two listeners; the first hold is call 3. Commands are
+    // queued: they return true (a thread runs) and their failures come back as events.
+    startEngine('epoll_ctl:3:ENOSPC,socket:1:EMFILE,connect:1:ENOMEM');
+    const a = await accepted((e) => expect(engine.hold(e[1], { windowMs: 1000, profile: P_DROP })).toBe(true));
+    expect(await waitEvent(evFor(EV_GONE, a.id))).toEqual([EV_GONE, a.id, 'engine_enospc']);
     await a.c.closed;
+
+    const b = await accepted((e) => expect(engine.connect(e[1], upstream(9, P_DROP, { timeoutMs: 100 }))).toBe(true));
+    const noSocket = await waitEvent(evFor(EV_UPSTREAM_FAILED, b.id));
+    expect(noSocket.slice(0, 4)).toEqual([EV_UPSTREAM_FAILED, b.id, 'connect', 'EMFILE']);
+    expect(engine.inspect(b.id)?.state).toBe('waiting');
+    engine.connect(b.id, upstream(9, P_DROP, { timeoutMs: 100 }));
+    await waitFor(() => eventsOf(b.id).filter((e) => e[0] === EV_UPSTREAM_FAILED).length === 2, { what: 'the second UPSTREAM_FAILED' });
+    expect(eventsOf(b.id)[2].slice(0, 4)).toEqual([EV_UPSTREAM_FAILED, b.id, 'connect', 'ENOMEM']);
+    expect(engine.inspect(b.id)?.state).toBe('waiting');
+    engine.reply(b.id, { text: '421 4.3.2 engine trouble\r\n', profile: P_DROP });
+    await b.c.waitData('421 4.3.2 engine trouble\r\n');
+    b.c.sock.end();
+    await b.c.closed;
     await waitFor(() => engine.counts().connections === 0, { what: () => 'the reply to end' });
 
     // Call 4: the early buffer of action log is full, the client leaves epoll (DEL) — and that fails.
     engine.stop();
     startEngine('epoll_ctl:4:ENOMEM');
     events.length = 0; // ids start again at 1 with a new engine
-    const b = await accepted((e) => engine.hold(e[1], { windowMs: 5000, profile: P_LOG_SMALL }));
-    b.c.sock.write('x'.repeat(100));
-    expect(await waitEvent(evFor(EV_GONE, b.id))).toEqual([EV_GONE, b.id, 'engine_enomem']);
-    expect(eventsOf(b.id).map((e) => e[0])).toEqual([EV_ACCEPT, EV_TALK, EV_GONE]);
-    await b.c.closed;
+    const d = await accepted((e) => engine.hold(e[1], { windowMs: 5000, profile: P_LOG_SMALL }));
+    d.c.sock.write('x'.repeat(100));
+    expect(await waitEvent(evFor(EV_GONE, d.id))).toEqual([EV_GONE, d.id, 'engine_enomem']);
+    expect(eventsOf(d.id).map((e) => e[0])).toEqual([EV_ACCEPT, EV_TALK, EV_GONE]);
+    await d.c.closed;
 
     engine.stop();
     startEngine();

@@ -1,6 +1,6 @@
 // `etd run -c FILE`: start the proxy, set up netfilter when a listener is transparent, handle signals.
 
-import { type ApiHandle, startApi } from '../api/server.js';
+import type { ApiHandle } from '../api/server.js';
 import { App } from '../app.js';
 import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/schema.js';
@@ -98,6 +98,8 @@ export async function runCommand(file: string): Promise<number> {
   let api: ApiHandle | undefined;
   if (config.api.enabled) {
     try {
+      // Loaded only when enabled: fastify, TypeBox's compiler and prom-client are about 8 MB of a gateway's RSS.
+      const { startApi } = await import('../api/server.js');
       api = await startApi(config.api, { app: handle.app, version: VERSION, log, reload, configFile: file });
     } catch (e) {
       await handle.stop();

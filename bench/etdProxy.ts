@@ -2,6 +2,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
+import { PACKAGE_ROOT } from '../src/paths.js';
 import { type BenchLab, CLI, stopChild, tail, waitListening } from './benchLab.js';
 import { sleep } from './procfs.js';
 import type { ProxySpec, RunningProxy } from './proxy.js';
@@ -37,6 +38,13 @@ log: { level: info }
 ${spec.workers === undefined ? '' : `workers: ${spec.workers}\n`}${spec.extraConfig ?? ''}`;
 }
 
+/** The environment the packaged systemd unit gives etd (its Environment= lines): the bench runs etd as the unit does. */
+export function unitEnvironment(unitFile = path.join(PACKAGE_ROOT, 'systemd', 'etd.service')): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const m of fs.readFileSync(unitFile, 'utf8').matchAll(/^Environment=([A-Za-z_][A-Za-z0-9_]*)=(\S*)$/gm)) env[m[1]!] = m[2]!;
+  return env;
+}
+
 export async function startEtdProxy(
   bl: BenchLab,
   spec: ProxySpec,
@@ -47,13 +55,10 @@ export async function startEtdProxy(
   const cfg = path.join(bl.dir, `${kind}-${spec.tag}.yaml`);
   const logFile = path.join(bl.dir, `${kind}-${spec.tag}.log`);
   fs.writeFileSync(cfg, etdConfig(bl, spec, port));
-  const child = bl.spawnLogged(
-    bl.lab.ns.gateway,
-    process.execPath,
-    [...(spec.nodeArgs ?? []), cli, 'run', '-c', cfg],
-    logFile,
-    spec.cwd ? { cwd: spec.cwd } : {},
-  );
+  const child = bl.spawnLogged(bl.lab.ns.gateway, process.execPath, [...(spec.nodeArgs ?? []), cli, 'run', '-c', cfg], logFile, {
+    env: { ...process.env, ...unitEnvironment() },
+    ...(spec.cwd ? { cwd: spec.cwd } : {}),
+  });
   const pid = child.pid;
   const stop = (graceMs = 5000): Promise<void> => stopChild(child, graceMs);
   try {

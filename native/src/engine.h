@@ -262,6 +262,7 @@ class Engine {
   std::deque<Ev> outbox_;  // published, not yet taken by the hub
   std::mutex inbox_mu_;
   std::vector<Cmd> inbox_;     // commands from JS, under inbox_mu_
+  std::vector<Cmd> running_;   // the inbox RunCommands took (the thread's own; swapped back, so both keep their capacity)
   bool inbox_closed_ = false;  // under inbox_mu_: the thread died or stops; Enqueue refuses
 };
 

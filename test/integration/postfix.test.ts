@@ -6,14 +6,11 @@
 // 127.0.0.5 while etd listens on and connects from 127.0.0.1: Postfix can only know 127.0.0.5
 // from the PROXY header. Postfix must be started as root (its master drops privileges itself).
 
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
-import { freePort, POSTFIX, postfixMissing, run, SWAKS, stopPostfix } from '../helpers/postfix.js';
+import { freePort, type PostfixInstance, postfixMissing, run, SWAKS, startPostfix } from '../helpers/postfix.js';
 import { waitFor } from '../helpers/wait.js';
 
 const CI = process.env.CI === 'true' || process.env.CI === '1';
@@ -37,134 +34,35 @@ function tcpPeersOf(port: number): string[] {
   return peers;
 }
 
-interface PostfixInstance {
-  readonly dir: string;
+interface ProxyPostfix extends PostfixInstance {
   /** smtpd with smtpd_upstream_proxy_protocol = haproxy */
   readonly proxyPort: number;
   /** smtpd without the PROXY protocol (the control) */
   readonly plainPort: number;
-  log(): string;
-  stop(): Promise<void>;
 }
 
-async function startPostfix(): Promise<PostfixInstance> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-postfix-'));
-  // Postfix daemons run as the postfix user and open data_directory and maillog by absolute path.
-  fs.chmodSync(dir, 0o755);
-  const etc = path.join(dir, 'etc');
-  const data = path.join(dir, 'data');
-  const maillog = path.join(dir, 'maillog');
-  for (const d of [etc, path.join(dir, 'spool'), data]) fs.mkdirSync(d);
-  const uid = Number(execFileSync('id', ['-u', 'postfix'], { encoding: 'utf8' }).trim());
-  const gid = Number(execFileSync('id', ['-g', 'postfix'], { encoding: 'utf8' }).trim());
-  fs.chownSync(data, uid, gid);
+/** Mail is accepted and thrown away (the test is about what smtpd logs, not delivery). */
+async function startProxyPostfix(): Promise<ProxyPostfix> {
   const proxyPort = await freePort();
   const plainPort = await freePort();
-  fs.writeFileSync(
-    path.join(etc, 'main.cf'),
-    [
-      'compatibility_level = 3.6',
-      `queue_directory = ${dir}/spool`,
-      `data_directory = ${data}`,
-      'command_directory = /usr/sbin',
-      'daemon_directory = /usr/lib/postfix/sbin',
-      'shlib_directory = /usr/lib/postfix',
-      'meta_directory = /etc/postfix',
-      'mail_owner = postfix',
-      'setgid_group = postdrop',
-      'myhostname = etd-postfix-test.localdomain',
-      'mydomain = localdomain',
-      'inet_interfaces = loopback-only',
-      'inet_protocols = ipv4',
-      'mydestination =',
-      'mynetworks = 127.0.0.0/8',
-      'smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination',
-      // Accept and throw away: the test is about what smtpd logs, not delivery.
+  const pf = await startPostfix({
+    name: 'postfix',
+    hostname: 'etd-postfix-test.localdomain',
+    mainCf: [
       'default_transport = discard:etd-test',
       'local_transport = discard:etd-test',
-      'alias_maps =',
-      'alias_database =',
-      // No syslog in a container: Postfix 3.4+ logs to a file through its postlog service.
-      `maillog_file = ${maillog}`,
-      `maillog_file_prefixes = ${dir}`,
       'smtpd_upstream_proxy_protocol = haproxy',
       'smtpd_upstream_proxy_timeout = 5s',
       'smtpd_client_port_logging = yes',
       'smtp_dns_support_level = disabled',
-      'smtputf8_enable = no',
-      'biff = no',
-      '',
-    ].join('\n'),
-  );
-  fs.writeFileSync(
-    path.join(etc, 'master.cf'),
-    [
+    ],
+    listeners: [
       `127.0.0.1:${proxyPort} inet n - n - - smtpd`,
       `127.0.0.1:${plainPort} inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=`,
-      'cleanup   unix n - n - 0 cleanup',
-      'qmgr      unix n - n 300 1 qmgr',
-      'rewrite   unix - - n - - trivial-rewrite',
-      'bounce    unix - - n - 0 bounce',
-      'defer     unix - - n - 0 bounce',
-      'trace     unix - - n - 0 bounce',
-      'verify    unix - - n - 1 verify',
-      'flush     unix n - n 1000? 0 flush',
-      'proxymap  unix - - n - - proxymap',
-      'showq     unix n - n - - showq',
-      'error     unix - - n - - error',
-      'retry     unix - - n - - error',
-      'discard   unix - - n - - discard',
-      'anvil     unix - - n - 1 anvil',
-      'scache    unix - - n - 1 scache',
-      'postlog   unix-dgram n - n - 1 postlogd',
-      '',
-    ].join('\n'),
-  );
-  const log = () => (fs.existsSync(maillog) ? fs.readFileSync(maillog, 'utf8') : '');
-  const pidFile = path.join(dir, 'spool', 'pid', 'master.pid');
-  const masterPid = () => {
-    try {
-      const pid = Number(fs.readFileSync(pidFile, 'utf8').trim());
-      return pid > 0 ? pid : undefined;
-    } catch {
-      return undefined;
-    }
-  };
-
-  let stopped = false;
-  const stop = async () => {
-    if (stopped) return;
-    stopped = true;
-    // The master ends its children; whatever is left of this instance is killed by pid.
-    await stopPostfix(etc, masterPid());
-    fs.rmSync(dir, { recursive: true, force: true });
-  };
-
-  const started = await run(POSTFIX, ['-c', etc, 'start'], 30_000);
-  try {
-    // `postfix` writes to stderr only on a tty; its reasons are in the maillog.
-    if (started.code !== 0) throw new Error(`postfix -c ${etc} start failed (exit ${started.code}):\n${started.stderr}${log()}`);
-    await waitFor(
-      () =>
-        new Promise<boolean>((resolve) => {
-          const s = net.connect({ port: plainPort, host: '127.0.0.1' });
-          s.once('data', () => {
-            s.end('QUIT\r\n');
-            resolve(true);
-          });
-          s.once('error', () => resolve(false));
-          s.setTimeout(2000, () => {
-            s.destroy();
-            resolve(false);
-          });
-        }),
-      { what: 'Postfix to listen', timeout: 15_000, detail: log },
-    );
-  } catch (e) {
-    await stop();
-    throw e;
-  }
-  return { dir, proxyPort, plainPort, log, stop };
+    ],
+    readyPort: plainPort,
+  });
+  return { ...pf, proxyPort, plainPort };
 }
 
 /** swaks from 127.0.0.5 through etd; returns Postfix's queue id. */
@@ -198,12 +96,12 @@ async function sendWithSwaks(port: number, subject: string): Promise<string> {
 }
 
 describe.skipIf(why !== undefined && !CI)('PROXY protocol to a real Postfix smtpd', () => {
-  let postfix: PostfixInstance | undefined;
+  let postfix: ProxyPostfix | undefined;
   const etds: TestEtd[] = [];
 
   beforeAll(async () => {
     if (why) throw new Error(`CI must run this test: ${why}`);
-    postfix = await startPostfix();
+    postfix = await startProxyPostfix();
   }, 60_000);
 
   afterAll(async () => {

@@ -7,14 +7,9 @@
 // `backend` smtpd services (their own myhostname, so the client does not see "mail loops back to
 // myself"; mail they receive is discarded). Postfix must be started as root.
 
-import { execFileSync } from 'node:child_process';
-import fs from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startEtdForTest, type TestEtd } from '../helpers/etd.js';
-import { freePort, POSTFIX, postfixMissing, run, SWAKS, stopPostfix } from '../helpers/postfix.js';
+import { freePort, type PostfixInstance, postfixMissing, run, SWAKS, startPostfix } from '../helpers/postfix.js';
 import { waitFor } from '../helpers/wait.js';
 
 const CI = process.env.CI === 'true' || process.env.CI === '1';
@@ -25,31 +20,12 @@ if (why && !CI) console.warn(`protocolPostfix.test.ts skipped: ${why}`);
 const ALL_REJECT = { pipelining: { action: 'reject' }, nonSmtpCommand: { action: 'reject' }, bareNewline: { action: 'reject' } };
 
 describe.skipIf(why !== undefined && !CI)("Postfix's smtp client through etd to Postfix, every protocol test at reject", () => {
-  let dir = '';
-  let etc = '';
-  let maillog = '';
+  let postfix: PostfixInstance | undefined;
   let injectPort = 0;
   const etds: TestEtd[] = [];
-  const log = () => (fs.existsSync(maillog) ? fs.readFileSync(maillog, 'utf8') : '');
-  const masterPid = () => {
-    try {
-      const pid = Number(fs.readFileSync(path.join(dir, 'spool', 'pid', 'master.pid'), 'utf8').trim());
-      return pid > 0 ? pid : undefined;
-    } catch {
-      return undefined;
-    }
-  };
+  const log = () => postfix?.log() ?? '';
 
   beforeAll(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'etd-protocol-postfix-'));
-    fs.chmodSync(dir, 0o755);
-    etc = path.join(dir, 'etc');
-    const data = path.join(dir, 'data');
-    maillog = path.join(dir, 'maillog');
-    for (const d of [etc, path.join(dir, 'spool'), data]) fs.mkdirSync(d);
-    const uid = Number(execFileSync('id', ['-u', 'postfix'], { encoding: 'utf8' }).trim());
-    const gid = Number(execFileSync('id', ['-g', 'postfix'], { encoding: 'utf8' }).trim());
-    fs.chownSync(data, uid, gid);
     injectPort = await freePort();
     const pipePort = await freePort();
     const noPipePort = await freePort();
@@ -62,95 +38,35 @@ describe.skipIf(why !== undefined && !CI)("Postfix's smtp client through etd to 
         }),
       );
     }
-    fs.writeFileSync(
-      path.join(etc, 'main.cf'),
-      [
-        'compatibility_level = 3.6',
-        `queue_directory = ${dir}/spool`,
-        `data_directory = ${data}`,
-        'command_directory = /usr/sbin',
-        'daemon_directory = /usr/lib/postfix/sbin',
-        'shlib_directory = /usr/lib/postfix',
-        'meta_directory = /etc/postfix',
-        'mail_owner = postfix',
-        'setgid_group = postdrop',
-        'myhostname = etd-sender.localdomain',
-        'mydomain = localdomain',
-        'inet_interfaces = loopback-only',
-        'inet_protocols = ipv4',
-        'mydestination =',
-        'mynetworks = 127.0.0.0/8',
+    const backend = (port: number, name: string, extra: string[]) =>
+      `127.0.0.1:${port} inet n - n - - smtpd -o myhostname=${name} -o content_filter=discard:etd-test ${extra.join(' ')}`;
+    postfix = await startPostfix({
+      name: 'protocol-postfix',
+      hostname: 'etd-sender.localdomain',
+      mainCf: [
         'relay_domains = pipe.test nopipe.test',
-        'smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination',
         // The smtp client delivers each test domain through its etd.
         `transport_maps = inline:{ pipe.test=smtp:[127.0.0.1]:${etds[0]!.port}, nopipe.test=smtp:[127.0.0.1]:${etds[1]!.port} }`,
         'smtp_connection_cache_on_demand = no',
         'smtp_dns_support_level = disabled',
         'smtp_tls_security_level = none',
-        'alias_maps =',
-        'alias_database =',
-        `maillog_file = ${maillog}`,
-        `maillog_file_prefixes = ${dir}`,
-        'smtputf8_enable = no',
-        'biff = no',
         // The smtp client's side of each dialogue in the maillog ("> host: MAIL FROM…", "< host: 250…"):
         // shows whether it pipelined.
         'debug_peer_list = 127.0.0.1',
         'debug_peer_level = 1',
-        '',
-      ].join('\n'),
-    );
-    const backend = (port: number, name: string, extra: string[]) =>
-      `127.0.0.1:${port} inet n - n - - smtpd -o myhostname=${name} -o content_filter=discard:etd-test ${extra.join(' ')}`;
-    fs.writeFileSync(
-      path.join(etc, 'master.cf'),
-      [
+      ],
+      listeners: [
         `127.0.0.1:${injectPort} inet n - n - - smtpd`,
         backend(pipePort, 'backend-pipe.localdomain', []),
         backend(noPipePort, 'backend-nopipe.localdomain', ['-o smtpd_discard_ehlo_keywords=pipelining']),
-        'pickup    unix n - n 60 1 pickup',
-        'cleanup   unix n - n - 0 cleanup',
-        'qmgr      unix n - n 300 1 qmgr',
-        'rewrite   unix - - n - - trivial-rewrite',
-        'bounce    unix - - n - 0 bounce',
-        'defer     unix - - n - 0 bounce',
-        'trace     unix - - n - 0 bounce',
-        'verify    unix - - n - 1 verify',
-        'flush     unix n - n 1000? 0 flush',
-        'proxymap  unix - - n - - proxymap',
-        'showq     unix n - n - - showq',
-        'error     unix - - n - - error',
-        'retry     unix - - n - - error',
-        'discard   unix - - n - - discard',
-        'smtp      unix - - n - - smtp',
-        'relay     unix - - n - - smtp',
-        'anvil     unix - - n - 1 anvil',
-        'scache    unix - - n - 1 scache',
-        'postlog   unix-dgram n - n - 1 postlogd',
-        '',
-      ].join('\n'),
-    );
-    const started = await run(POSTFIX, ['-c', etc, 'start'], 30_000);
-    if (started.code !== 0) throw new Error(`postfix -c ${etc} start failed (exit ${started.code}):\n${started.out}${log()}`);
-    await waitFor(
-      () =>
-        new Promise<boolean>((resolve) => {
-          const s = net.connect({ port: injectPort, host: '127.0.0.1' });
-          s.once('data', () => {
-            s.end('QUIT\r\n');
-            resolve(true);
-          });
-          s.once('error', () => resolve(false));
-        }),
-      { what: 'Postfix to listen', timeout: 15_000, detail: log },
-    );
+      ],
+      readyPort: injectPort,
+    });
   }, 60_000);
 
   afterAll(async () => {
     for (const e of etds) await e.stop(500);
-    if (!etc) return;
-    await stopPostfix(etc, masterPid());
-    fs.rmSync(dir, { recursive: true, force: true });
+    await postfix?.stop();
   }, 60_000);
 
   for (const [i, domain] of ['pipe.test', 'nopipe.test'].entries()) {

@@ -8,13 +8,12 @@
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadEngine } from '../../src/native/engine.js';
-import { loadTransparent } from '../../src/native/transparent.js';
-import { type EngineEvent, type EngineProfile, EV_ACCEPT } from '../../src/proxy/protocol.js';
+import type { EngineProfile } from '../../src/proxy/protocol.js';
 import { TEST_PROFILE } from '../helpers/engineProfile.js';
+import { closeServer, type RelayEngine, startRelayEngine } from '../helpers/relayEngine.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const engine = loadEngine();
-const sockets = loadTransparent();
 const P_GUARD = 0;
 const PROFILE: EngineProfile = {
   action: 'drop',
@@ -40,6 +39,7 @@ type Script = (s: net.Socket) => Promise<void>;
 const scripts = new Map<string, Script>();
 let listenPort = 0;
 let backend: net.Server;
+let relay: RelayEngine | undefined;
 
 beforeAll(async () => {
   backend = net.createServer((s) => {
@@ -65,30 +65,14 @@ beforeAll(async () => {
   await new Promise<void>((r) => backend.listen(0, '127.0.0.1', r));
   const backendPort = (backend.address() as net.AddressInfo).port;
   engine.defineProfile(P_GUARD, PROFILE);
-  engine.start((batch: EngineEvent[]) => {
-    for (const ev of batch) {
-      if (ev[0] !== EV_ACCEPT) continue;
-      // The preamble names the session: the client's port, as the backend's script key.
-      engine.connect(ev[1], {
-        profile: P_GUARD,
-        family: 4,
-        sourceAddress: '',
-        synCount: 0,
-        address: '127.0.0.1',
-        port: backendPort,
-        timeoutMs: 3000,
-        preamble: Buffer.from(`${ev[5]}\n`),
-      });
-    }
-  });
-  const fd = sockets.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 1024, v6only: false });
-  engine.listen(fd, 1);
-  listenPort = sockets.sockName(fd)[1];
+  // The preamble names the session: the client's port, as the backend's script key.
+  relay = startRelayEngine(backendPort, (ev) => ({ profile: P_GUARD, preamble: `${ev[5]}\n` }));
+  listenPort = relay.port;
 });
 
 afterAll(async () => {
-  engine.stop();
-  await new Promise<void>((r) => backend.close(() => r()));
+  relay?.stop();
+  await closeServer(backend);
 });
 
 /** Runs one session: the backend runs `server`, the client writes its pieces GAP_MS apart after the greeting; resolves with what the client got up to EOF. */

@@ -9,14 +9,13 @@ import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NON_SMTP_COMMANDS } from '../../src/config/protocolSchema.js';
 import { loadEngine } from '../../src/native/engine.js';
-import { loadTransparent } from '../../src/native/transparent.js';
 import { INSPECT_MAX_BYTES, INSPECT_MAX_COMMANDS, PROTOCOL_REPLY } from '../../src/proxy/policy.js';
 import { type EngineEvent, type EngineProfile, EV_ACCEPT, EV_END, EV_PROTOCOL, type ProtocolAction } from '../../src/proxy/protocol.js';
 import { TEST_PROFILE } from '../helpers/engineProfile.js';
+import { closeServer, type RelayEngine, startRelayEngine } from '../helpers/relayEngine.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const engine = loadEngine();
-const sockets = loadTransparent();
 
 function profileWith(action: ProtocolAction, commands: readonly string[] = NON_SMTP_COMMANDS): EngineProfile {
   return {
@@ -50,6 +49,7 @@ const events: EngineEvent[] = [];
 let listenPort = 0;
 let backend: net.Server;
 let backendPort = 0;
+let relay: RelayEngine | undefined;
 
 /** A minimal SMTP server that answers at once and records each line (DATA's body included, as it came). */
 function serve(s: net.Socket): void {
@@ -111,30 +111,17 @@ beforeAll(async () => {
   engine.defineProfile(P.ignore, profileWith('ignore'));
   // A non-SMTP word that is also valid base64: a SASL response must not be taken for a command.
   engine.defineProfile(P.sasl, profileWith('reject', ['CONNECT', 'GET', 'POST']));
-  engine.start((batch: EngineEvent[]) => {
-    for (const ev of batch) {
-      events.push(ev);
-      if (ev[0] !== EV_ACCEPT) continue;
-      engine.connect(ev[1], {
-        profile: plan.profile,
-        family: 4,
-        sourceAddress: '',
-        synCount: 0,
-        address: '127.0.0.1',
-        port: backendPort,
-        timeoutMs: 3000,
-        preamble: Buffer.from(`${ev[5]} ${plan.pipelining ? 1 : 0}\n`),
-      });
-    }
-  });
-  const fd = sockets.plainListener({ family: 4, address: '127.0.0.1', port: 0, backlog: 1024, v6only: false });
-  engine.listen(fd, 1);
-  listenPort = sockets.sockName(fd)[1];
+  relay = startRelayEngine(
+    backendPort,
+    (ev) => ({ profile: plan.profile, preamble: `${ev[5]} ${plan.pipelining ? 1 : 0}\n` }),
+    (ev) => events.push(ev),
+  );
+  listenPort = relay.port;
 });
 
 afterAll(async () => {
-  engine.stop();
-  await new Promise<void>((r) => backend.close(() => r()));
+  relay?.stop();
+  await closeServer(backend);
 });
 
 /** A step of a client: bytes to write (in these pieces, a few ms apart), or a wait for the received text to match. */

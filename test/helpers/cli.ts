@@ -94,6 +94,13 @@ export function runEtd(configFile: string, wrapper: string[] = []): RunningEtd {
   return r;
 }
 
+/** Cleanup: SIGTERM to an etd still running, then up to 10 s for it to exit. */
+export async function stopEtd(etd: RunningEtd | undefined): Promise<void> {
+  if (!etd || etd.child.exitCode !== null || etd.child.signalCode !== null) return;
+  etd.child.kill('SIGTERM');
+  await Promise.race([etd.exited, new Promise((r) => setTimeout(r, 10_000))]);
+}
+
 /**
  * Starts `etd run -c FILE` inside namespace `ns` and waits for "etd started". It goes into
  * `running` at once, so a test's cleanup finds it even when the start fails.

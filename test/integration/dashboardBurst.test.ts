@@ -8,7 +8,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Browser, launchBrowser, screenshot, skipWithoutChromium } from '../helpers/browser.js';
-import { type RunningEtd, runEtd } from '../helpers/cli.js';
+import { type RunningEtd, runEtd, stopEtd } from '../helpers/cli.js';
 import { sleep } from '../helpers/wait.js';
 
 const exec = promisify(execFile);
@@ -52,10 +52,7 @@ log: { level: info }
 
   afterAll(async () => {
     await browser?.close();
-    if (etd && etd.child.exitCode === null) {
-      etd.child.kill('SIGTERM');
-      await Promise.race([etd.exited, new Promise((r) => setTimeout(r, 10_000))]);
-    }
+    await stopEtd(etd);
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   }, 30_000);
 

@@ -15,7 +15,7 @@ import {
   skipWithoutChromium,
   tableFits,
 } from '../helpers/browser.js';
-import { type RunningEtd, runEtd } from '../helpers/cli.js';
+import { type RunningEtd, runEtd, stopEtd } from '../helpers/cli.js';
 import { startBackend, type TestBackend } from '../helpers/smtpBackend.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -77,10 +77,7 @@ log: { level: info }
 
   afterAll(async () => {
     await browser?.close();
-    if (etd && etd.child.exitCode === null) {
-      etd.child.kill('SIGTERM');
-      await Promise.race([etd.exited, new Promise((r) => setTimeout(r, 10_000))]);
-    }
+    await stopEtd(etd);
     await backend?.close();
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   }, 30_000);

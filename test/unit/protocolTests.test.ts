@@ -1,17 +1,15 @@
 // The protocol tests' TypeScript side: config keys, defaults and validation, the engine profile, the session's verdict and summary for PROTOCOL, the pure helpers.
 
-import pino from 'pino';
 import { describe, expect, it } from 'vitest';
-import { Pool } from '../../src/backend/pool.js';
 import { validateConfig } from '../../src/config/load.js';
 import { NON_SMTP_COMMANDS } from '../../src/config/protocolSchema.js';
 import type { Engine } from '../../src/native/engine.js';
 import { EngineDriver } from '../../src/proxy/engineDriver.js';
 import { INSPECT_MAX_BYTES, INSPECT_MAX_COMMANDS, PROTOCOL_REPLY, policyOf } from '../../src/proxy/policy.js';
-import { type EngineEvent, EV_PROTOCOL, type SessionContext, type SessionSummary } from '../../src/proxy/protocol.js';
+import { type EngineEvent, EV_PROTOCOL } from '../../src/proxy/protocol.js';
 import { Session } from '../../src/proxy/session.js';
-import { createSource } from '../../src/proxy/upstream.js';
 import { PROTOCOL_TESTS, protocolActionOf, VERDICTS } from '../../src/proxy/verdict.js';
+import { testSessionContext } from '../helpers/sessionContext.js';
 
 const base = {
   listeners: [{ name: 'l', address: '127.0.0.1', port: 0 }],
@@ -79,18 +77,7 @@ describe('the session and a PROTOCOL event', () => {
     // Every command succeeds; inspect knows nothing (the counts come with the events).
     const engine = new Proxy({}, { get: (_t, k) => (k === 'inspect' ? () => null : () => true) });
     const driver = new EngineDriver(engine as unknown as Engine);
-    const summaries: SessionSummary[] = [];
-    const ctx: SessionContext = {
-      listener: 'l',
-      mode: 'plain',
-      log: pino({ level: 'silent' }),
-      pool: new Pool(config.upstream.servers, config.upstream.balance, { passiveFall: 0 }),
-      source: createSource(config.upstream.source),
-      policy: policyOf(config),
-      sessionStarted: () => undefined,
-      sessionRelaying: () => undefined,
-      sessionEnded: (_s, summary) => summaries.push(summary),
-    };
+    const { ctx, summaries } = testSessionContext(config);
     const s = new Session(
       driver,
       { eid: 3, family: 4, peerAddress: '192.0.2.7', peerPort: 4000, localAddress: '127.0.0.1', localPort: 25 },

@@ -2,18 +2,15 @@
 
 import pino from 'pino';
 import { describe, expect, it } from 'vitest';
-import { Pool } from '../../src/backend/pool.js';
 import { validateConfig } from '../../src/config/load.js';
 import type { Engine } from '../../src/native/engine.js';
 import { EngineDriver } from '../../src/proxy/engineDriver.js';
-import { policyOf } from '../../src/proxy/policy.js';
-import type { SessionContext, SessionSummary } from '../../src/proxy/protocol.js';
 import { Session } from '../../src/proxy/session.js';
-import { createSource } from '../../src/proxy/upstream.js';
 import { applyScore, vouching } from '../../src/reputation/gate.js';
 import { Reputation } from '../../src/reputation/lookup.js';
 import type { Score } from '../../src/reputation/score.js';
 import { parseStrictJson } from '../../src/util/strictJson.js';
+import { testSessionContext } from '../helpers/sessionContext.js';
 
 type Call = [string, ...unknown[]];
 
@@ -52,18 +49,7 @@ function setup(reputation: Record<string, unknown> = {}) {
     inspect: () => null,
   } as unknown as Engine;
   const driver = new EngineDriver(engine);
-  const summaries: SessionSummary[] = [];
-  const ctx: SessionContext = {
-    listener: 'l',
-    mode: 'plain',
-    log: pino({ level: 'silent' }),
-    pool: new Pool(config.upstream.servers, config.upstream.balance, { passiveFall: 0 }),
-    source: createSource(config.upstream.source),
-    policy: policyOf(config),
-    sessionStarted: () => undefined,
-    sessionRelaying: () => undefined,
-    sessionEnded: (_s, summary) => summaries.push(summary),
-  };
+  const { ctx, summaries } = testSessionContext(config);
   const rep = new Reputation(config.reputation, pino({ level: 'silent' }));
   const conn = { eid: 7, family: 4 as const, peerAddress: '192.0.2.9', peerPort: 40000, localAddress: '127.0.0.1', localPort: 25 };
   return { calls, driver, ctx, rep, conn, summaries };

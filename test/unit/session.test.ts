@@ -1,16 +1,14 @@
 // The session's decisions against a recording fake of the engine: window, retries, refusals, verdicts, summaries, server counts, rollback.
 
-import pino from 'pino';
 import { describe, expect, it, vi } from 'vitest';
-import { Pool } from '../../src/backend/pool.js';
+import type { Pool } from '../../src/backend/pool.js';
 import { validateConfig } from '../../src/config/load.js';
 import type { Engine } from '../../src/native/engine.js';
 import { EngineDriver } from '../../src/proxy/engineDriver.js';
-import { policyOf } from '../../src/proxy/policy.js';
-import type { EngineInspect, LiveSession, SessionContext, SessionSummary } from '../../src/proxy/protocol.js';
+import type { EngineInspect } from '../../src/proxy/protocol.js';
 import { Session } from '../../src/proxy/session.js';
-import { createSource } from '../../src/proxy/upstream.js';
 import { upstreamFailureCause } from '../../src/proxy/verdict.js';
+import { testSessionContext } from '../helpers/sessionContext.js';
 
 type Call = [string, ...unknown[]];
 
@@ -75,20 +73,8 @@ function setup(doc: Record<string, unknown> = {}, fake: FakeOptions = {}) {
   });
   const calls: Call[] = [];
   const driver = new EngineDriver(fakeEngine(calls, fake));
-  const pool = new Pool(config.upstream.servers, config.upstream.balance, { passiveFall: 0 });
-  const summaries: SessionSummary[] = [];
   const events: string[] = [];
-  const ctx: SessionContext = {
-    listener: 'l',
-    mode: 'plain',
-    log: pino({ level: 'silent' }),
-    pool,
-    source: createSource(config.upstream.source),
-    policy: policyOf(config),
-    sessionStarted: (s: LiveSession) => events.push(`started ${s.id}`),
-    sessionRelaying: (s: LiveSession) => events.push(`relaying ${s.id}`),
-    sessionEnded: (_s: LiveSession, summary: SessionSummary) => summaries.push(summary),
-  };
+  const { ctx, pool, summaries } = testSessionContext(config, events);
   const conn = { eid: 7, family: 4 as const, peerAddress: '192.0.2.9', peerPort: 40000, localAddress: '127.0.0.1', localPort: 25 };
   return { calls, driver, pool, ctx, conn, summaries, events };
 }

@@ -6,6 +6,8 @@ import pino, { type Logger } from 'pino';
 export type { Logger };
 
 const EAGAIN_RETRY_MS = 10;
+/** How long a line may wait for others to share its write: each fs.write wakes a libuv pool thread (~5 µs of the decision thread). */
+const LINGER_MS = 5;
 /** flushSync gives up on a destination that stays full this long (the process is exiting). */
 const FLUSH_SYNC_GIVE_UP_MS = 2000;
 
@@ -14,9 +16,9 @@ function sleepSync(ms: number): void {
 }
 
 /**
- * Log lines to a file descriptor, in order, without blocking the thread: the lines logged in one
- * event-loop turn (and those logged while a write is in flight) are joined, encoded to UTF-8 once
- * and written with one fs.write. pino's own SonicBoom destination encoded each line three times
+ * Log lines to a file descriptor, in order, without blocking the thread: the lines logged within
+ * LINGER_MS of the first (and those logged while a write is in flight) are joined, encoded to
+ * UTF-8 once and written with one fs.write. pino's own SonicBoom destination encoded each line three times
  * in async mode (a byteLength per line, fs.write's copy, a Buffer.from to release what was
  * written): 24 % of the decision thread's profile under the sessions load (docs/performance.md).
  * EAGAIN (a full pipe) is retried; any other error (stdout gone) drops what is queued, never throws.
@@ -33,7 +35,7 @@ export class LineWriter {
     this.lines.push(line);
     if (this.writing || this.scheduled) return;
     this.scheduled = true;
-    setImmediate(this.next);
+    setTimeout(this.next, LINGER_MS).unref(); // exiting meanwhile: flushSync writes them
   }
 
   /** Calls `cb` once everything logged so far is written (or dropped). */

@@ -27,7 +27,7 @@ describe('LineWriter', () => {
     const lines = Array.from({ length: 10_000 }, (_, i) => `{"n":${i},"s":"é—${i}"}\n`);
     for (let i = 0; i < lines.length; i++) {
       w.write(lines[i] as string);
-      if (i % 1000 === 999) await new Promise((r) => setImmediate(r)); // ten turns
+      if (i % 1000 === 999) await new Promise((r) => setTimeout(r, 2)); // ten turns
     }
     await new Promise<void>((r) => w.flush(() => r()));
     expect(fs.readFileSync(file, 'utf8')).toBe(lines.join(''));

@@ -105,7 +105,7 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
     await sleep(50);
     const onB = await polite(b.port);
     expect(onB.data.toString()).toMatch(/^220 cluster.test/);
-    expect(onB.firstByteAfterMs!).toBeLessThan(100);
+    expect(onB.firstByteAfterMs!).toBeLessThan(WINDOW_MS / 4); // released: not held for the window
     const sb = await waitFor(() => b.summaries[0], { what: 'B summary' });
     expect(sb).toMatchObject({ verdict: 'passed', released: 'cluster_pass' });
     // Adopted locally: the next connection on B is a local pass-cache hit.
@@ -113,10 +113,8 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
     expect(await waitFor(() => b.summaries[1], { what: 'second B summary' })).toMatchObject({ verdict: 'passed', skipped: 'pass_cache' });
 
     // Now the same address talks early on A: the deny replaces the pass everywhere.
-    // (With engine workers, a deletion reaches their copies as a message: wait for that, as the API does.)
     a.app.cache.delete('127.0.0.1');
     b.app.cache.delete('127.0.0.1');
-    await Promise.all([a.app.workers?.refresh(), b.app.workers?.refresh()]);
     const bot = await early(a.port);
     expect(bot.data.length).toBe(0);
     await waitFor(() => a.summaries.some((s) => s.verdict === 'early_talker') && a.app.cluster!.status().pendingWrites === 0, {
@@ -124,10 +122,9 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
     });
     await sleep(50);
     b.app.cache.delete('127.0.0.1');
-    await b.app.workers?.refresh();
     const refused = await polite(b.port);
     expect(refused.data.toString()).toMatch(/^554 5\.7\.1/);
-    expect(refused.firstByteAfterMs!).toBeLessThan(200);
+    expect(refused.firstByteAfterMs!).toBeLessThan(WINDOW_MS / 4);
     expect(await waitFor(() => b.summaries.find((x) => x.verdict === 'denied'), { what: 'B deny summary' })).toMatchObject({
       verdict: 'denied',
       cause: 'cluster_deny',
@@ -262,7 +259,7 @@ describe.skipIf(skip)('cluster over a real Redis (loopback)', () => {
       });
       await sleep(50);
       const onB = await polite(b.port);
-      expect(onB.firstByteAfterMs!).toBeLessThan(200);
+      expect(onB.firstByteAfterMs!).toBeLessThan(WINDOW_MS / 4);
       expect(await waitFor(() => b.summaries[0], { what: 'B summary' })).toMatchObject({ verdict: 'passed', released: 'cluster_pass' });
     } finally {
       if (sentinel.pid !== undefined && sentinel.exitCode === null) process.kill(sentinel.pid, 'SIGKILL');

@@ -541,11 +541,6 @@ describe('through etd: sessions never go to a server that is down', () => {
 });
 
 /** Sessions by the server that greeted them ("220 <name>.test …"). */
-/** With engine workers an operator's change reaches them as a message: one more asked after it returns once all applied it. */
-async function settled(etd: { app: { workers: { refresh(): Promise<void> } | undefined } }): Promise<void> {
-  await etd.app.workers?.refresh();
-}
-
 function tally(results: readonly SessionResult[]): Record<string, number> {
   const out: Record<string, number> = {};
   for (const r of results) {
@@ -599,7 +594,6 @@ describe('through etd: drain and maint', () => {
     expect(sa.active).toBe(1);
 
     pool.setAdmin(sa, 'drain', 'operator: drain a');
-    await settled(etd);
     expect(tally(await sessions(etd.port, 10))).toEqual({ b: 10 });
     // The drained server's session carries on and ends normally.
     held!.socket.write('HELO client.test\r\n');
@@ -614,22 +608,15 @@ describe('through etd: drain and maint', () => {
     expect(etd.summaries.find((s) => s.client === `127.0.0.1:${held!.localPort}`)).toMatchObject({ server: 'a', verdict: 'passed' });
 
     pool.setAdmin(sa, 'maint', 'operator: maint a');
-    await settled(etd);
     const checksBefore = etd.app.health.status('a')!.checks;
     expect(tally(await sessions(etd.port, 10))).toEqual({ b: 10 });
     // Still checked while in maint, so its health is current when the override goes.
     await waitFor(() => etd.app.health.status('a')!.checks >= checksBefore + 2, { what: 'checks during maint', timeout: 1000 });
 
     pool.setAdmin(sa, undefined, 'operator: ready');
-    await settled(etd);
     const back = tally(await sessions(etd.port, 10));
-    // Each engine worker keeps its own round-robin turn: exact with one, ±1 per worker with several.
-    const workers = etd.app.currentConfig.workers;
-    if (workers === 1) expect(back).toEqual({ a: 5, b: 5 });
-    else {
-      expect((back.a ?? 0) + (back.b ?? 0)).toBe(10);
-      expect(Math.abs((back.a ?? 0) - 5)).toBeLessThanOrEqual(workers);
-    }
+    // One round-robin turn for every engine thread (the decision thread counts it): exact.
+    expect(back).toEqual({ a: 5, b: 5 });
     expect(changes.map((c) => `${c.server}:${c.from}->${c.to}`)).toEqual(['a:up->drain', 'a:drain->maint', 'a:maint->up']);
   });
 
@@ -650,11 +637,9 @@ describe('through etd: drain and maint', () => {
     const changes = recordChanges(etd);
     const sa = etd.app.pool.get('a')!;
     etd.app.pool.setAdmin(sa, 'maint', 'operator');
-    await settled(etd);
     await a.kill();
-    await waitFor(() => !sa.healthy, { what: 'a to fail its checks', timeout: FALL * INTERVAL + TIMEOUT + 200 });
+    await waitFor(() => !sa.healthy, { what: 'a to fail its checks', timeout: FALL * INTERVAL + TIMEOUT + 2000 });
     etd.app.pool.setAdmin(sa, undefined, 'operator');
-    await settled(etd);
     expect(changes.map((c) => `${c.from}->${c.to}`)).toEqual(['up->maint', 'maint->down']);
     expect(tally(await sessions(etd.port, 6))).toEqual({ b: 6 });
     expect(etd.summaries.every((s) => s.attempts === 1)).toBe(true);
@@ -668,7 +653,7 @@ describe('through etd: no server up', () => {
       detection: { window: '0ms' },
       upstream: { servers: [{ name: 'bad', address: '127.0.0.1', port: bad.port }], health: HEALTH_DOC },
     });
-    await waitFor(() => etd.app.pool.get('bad')!.state === 'down', { what: 'bad down', timeout: FALL * INTERVAL + TIMEOUT + 200 });
+    await waitFor(() => etd.app.pool.get('bad')!.state === 'down', { what: 'bad down', timeout: FALL * INTERVAL + TIMEOUT + 2000 });
     const connectionsBefore = bad.connections.length;
     const t0 = performance.now();
     const h = await openSession(etd.port);
@@ -706,10 +691,8 @@ describe('through etd: balancing', () => {
     const counts = tally(results);
     const total = Object.values(weights).reduce((a, b) => a + b, 0);
     for (const [name, w] of Object.entries(weights)) {
-      // ±1 per engine worker: each keeps its own round-robin turn.
-      expect(Math.abs((counts[name] ?? 0) - (n * w) / total), `${name}: ${counts[name]}`).toBeLessThanOrEqual(
-        etd.app.currentConfig.workers,
-      );
+      // One turn for every engine thread: off by less than one session (n × w / total need not be whole).
+      expect(Math.abs((counts[name] ?? 0) - (n * w) / total), `${name}: ${counts[name]}`).toBeLessThan(1);
     }
     const sums = await etd.waitForSummaries(n);
     expect(sums.every((s) => s.attempts === 1)).toBe(true);
@@ -733,13 +716,11 @@ describe('through etd: balancing', () => {
     // Load a with three open sessions (b and c out of the way meanwhile).
     pool.setAdmin(pool.get('b')!, 'maint', 'test');
     pool.setAdmin(pool.get('c')!, 'maint', 'test');
-    await settled(etd);
     const onA: HeldSession[] = [];
     for (let i = 0; i < 3; i++) onA.push(await openSession(etd.port));
     expect(onA.map(name)).toEqual(['a', 'a', 'a']);
     pool.setAdmin(pool.get('b')!, undefined, 'test');
     pool.setAdmin(pool.get('c')!, undefined, 'test');
-    await settled(etd);
 
     // a 3, b 0, c 0: the next six open sessions fill b and c up to a's load, none goes to a.
     const more: HeldSession[] = [];

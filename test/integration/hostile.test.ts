@@ -32,8 +32,7 @@ function doc(over: { action?: string; window?: string } = {}): Record<string, un
     upstream: { retries: 0, servers: [{ name: 'sink', address: '127.0.0.1', port: sink.port }] },
     timeouts: { client: `${CLIENT_IDLE_MS}ms`, server: '5s', shutdownGrace: '1s' },
     limits: { perClient: 0 },
-    // These checks count the Session objects and the heap of the thread that runs the sessions,
-    // so they run with one worker (the same session code runs in each worker thread).
+    // One engine thread: these checks count the engine's connections and the decision thread's heap.
     workers: 1,
   };
 }

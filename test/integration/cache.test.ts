@@ -143,10 +143,10 @@ function expectWindow(p: Probe, what: string): void {
   expect(p.bannerMs!).toBeGreaterThanOrEqual(WINDOW_MS - 5);
 }
 
-/** No window: the greeting comes as fast as the backend gives it. */
+/** No window: the greeting comes as fast as the backend gives it (well under half the window, even on a loaded machine). */
 function expectNoWindow(p: Probe, what: string): void {
   expect(p.bannerMs, `${what}: ${JSON.stringify(p)}`).toBeDefined();
-  expect(p.bannerMs!).toBeLessThan(WINDOW_MS / 4);
+  expect(p.bannerMs!).toBeLessThan(WINDOW_MS / 2);
 }
 
 function expectRefusedAtOnce(p: Probe, what: string): void {

@@ -78,10 +78,9 @@ state: { path: ":memory:" }
   }, 30_000);
 
   it('leaves destinations outside the list alone (no window, straight to the server)', async () => {
-    const t0 = Date.now();
     const out = await swaks(lab, lab.v4.backends[1]);
     expect(out).toMatch(/<- +250 Queued/);
-    expect(Date.now() - t0).toBeLessThan(450);
+    // etd never saw it: no session line (not a timed check: swaks's own start-up varies with the machine's load).
     expect(etd!.lines.filter((l) => l.msg === 'session' && String(l.serverAddress).startsWith(lab.v4.backends[1]))).toHaveLength(0);
   }, 30_000);
 
